@@ -1,0 +1,140 @@
+//! Settings: a TOML file (or the embedded demo dataset when none is given), then command-line
+//! overrides. Everything that tests or operators may want to shorten is a duration here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::auth::users::UserRecord;
+
+/// The demo dataset of the reference mock; used when no `--config` is given.
+pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP/WebSocket listener binds to.
+    pub listen: SocketAddr,
+    /// Where poolgate keeps its state (generated secrets, the embedded store).
+    pub data_dir: PathBuf,
+    /// Marks a demo server: only then is the mock's `date` one-time code accepted.
+    pub demo: bool,
+    /// A token dies after this long without a successful authenticated message.
+    #[serde(with = "secs")]
+    pub token_ttl: Duration,
+    /// A connection that sends nothing (not even a ping) for this long is closed.
+    #[serde(with = "secs")]
+    pub idle_timeout: Duration,
+    /// A connection that has not authenticated within this long is closed.
+    #[serde(with = "secs")]
+    pub auth_grace: Duration,
+    /// How long an MFA challenge token stays usable.
+    #[serde(with = "secs")]
+    pub mfa_token_ttl: Duration,
+    /// Largest text frame answered normally; larger ones get a 413 error envelope.
+    pub max_frame_bytes: usize,
+    /// Largest message the transport reads at all; beyond it the socket is closed (1009),
+    /// because the bytes would have to be buffered to be skipped.
+    pub max_message_bytes: usize,
+    /// Simultaneous WebSocket connections; the next upgrade is answered 503.
+    pub max_connections: usize,
+    /// Per-socket queue of outbound frames; a socket that lets it fill is closed.
+    pub outbound_queue: usize,
+    /// Failed authentication attempts one socket may make before it gets 429s.
+    pub max_auth_failures: u32,
+    /// Password hashes computed at once; more logins wait their turn.
+    pub max_concurrent_hashes: usize,
+    /// Optional separate users file (same `[[users]]` tables), relative to the config file.
+    pub users_file: Option<PathBuf>,
+    /// Users defined inline.
+    pub users: Vec<UserRecord>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("poolgate-data"),
+            demo: false,
+            token_ttl: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(600),
+            auth_grace: Duration::from_secs(60),
+            mfa_token_ttl: Duration::from_secs(120),
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_connections: 10_000,
+            outbound_queue: 256,
+            max_auth_failures: 5,
+            max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            users_file: None,
+            users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: Vec<UserRecord>,
+}
+
+impl Config {
+    /// The embedded demo configuration.
+    pub fn demo() -> Self {
+        Self::parse(DEMO_CONFIG, None).expect("the embedded demo config is valid")
+    }
+
+    /// Reads a config file, and the users file it names.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text, path.parent())
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses config text; `base` resolves a relative `users_file`.
+    pub fn parse(text: &str, base: Option<&Path>) -> anyhow::Result<Self> {
+        let mut config: Config = toml::from_str(text)?;
+        if let Some(file) = &config.users_file {
+            let file = base.map_or_else(|| file.clone(), |b| b.join(file));
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read users file {}", file.display()))?;
+            let extra: UsersFile = toml::from_str(&text)
+                .with_context(|| format!("invalid users file {}", file.display()))?;
+            config.users.extend(extra.users);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and cross-field rules.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.token_ttl.is_zero() || self.idle_timeout.is_zero() || self.auth_grace.is_zero() {
+            bail!("token_ttl, idle_timeout and auth_grace must be greater than zero");
+        }
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > self.max_message_bytes {
+            bail!("max_frame_bytes must be between 1 and max_message_bytes");
+        }
+        if self.max_connections == 0 || self.outbound_queue == 0 || self.max_concurrent_hashes == 0
+        {
+            bail!("max_connections, outbound_queue and max_concurrent_hashes must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Durations in the file are seconds, integer or fractional.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,157 @@
+//! The one error type of the domain and the RPC layer. Each variant knows its wire `code`
+//! (HTTP-like), the mock's `err_code` where it has one, and a message that is safe to show a
+//! client. Internal causes are logged at the edge and never put on the wire.
+
+use serde_json::{Map, Value, json};
+
+/// Which second factor a user must complete before a token is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MfaKind {
+    /// A one-time code (TOTP, or the demo `date` code); completable over this API.
+    Otp,
+    /// ADFS single sign-on; cannot be completed over this API.
+    Adfs,
+    /// A hardware token; cannot be completed over this API.
+    HardwareToken,
+}
+
+impl MfaKind {
+    /// The mock's `err_code` for this factor.
+    pub fn err_code(self) -> u32 {
+        match self {
+            MfaKind::Otp => 100,
+            MfaKind::Adfs => 101,
+            MfaKind::HardwareToken => 102,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed request: bad JSON, missing or wrong-typed fields.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A method that needs a signed-in connection was called without one.
+    #[error("Authentication required: call rpc/auth or rpc/auth_token first.")]
+    Unauthenticated,
+    /// Unknown user or wrong password: deliberately one answer for both.
+    #[error("Invalid credentials.")]
+    InvalidCredentials,
+    /// The token is unknown, revoked or expired.
+    #[error("Invalid or expired token; authenticate again.")]
+    InvalidToken,
+    /// The MFA challenge token is unknown, used up or expired.
+    #[error("Invalid or expired MFA token; call rpc/auth again.")]
+    InvalidMfaToken,
+    /// A wrong, reused or malformed one-time code.
+    #[error("Invalid one-time code.")]
+    InvalidOtp,
+    /// The user exists and the credentials are right, but the account is disabled.
+    #[error("User is disabled.")]
+    Disabled,
+    /// The caller may not do this (err_code as in the mock where one exists).
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        err_code: Option<u32>,
+    },
+    /// Unknown namespace, method or object.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (err_code as in the mock).
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        err_code: Option<u32>,
+    },
+    /// A text frame over the configured limit.
+    #[error("Frame too large: the limit is {limit} bytes.")]
+    FrameTooLarge { limit: usize },
+    /// Semantically invalid arguments (the mock's 422).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A second factor is needed; `mfa_token` continues the login with rpc/otp_verify.
+    #[error("MFA required.")]
+    MfaRequired {
+        kind: MfaKind,
+        mfa_token: Option<String>,
+    },
+    /// Too many attempts.
+    #[error("{0}")]
+    RateLimited(String),
+    /// Something broke on our side; the cause is logged, never sent.
+    #[error("Internal server error.")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Error::BadRequest(msg.into())
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Error::Internal(err.into())
+    }
+
+    /// The HTTP-like status code carried in `args.code`.
+    pub fn code(&self) -> u16 {
+        match self {
+            Error::BadRequest(_) => 400,
+            Error::Unauthenticated
+            | Error::InvalidCredentials
+            | Error::InvalidToken
+            | Error::InvalidMfaToken
+            | Error::InvalidOtp => 401,
+            Error::Disabled | Error::Forbidden { .. } => 403,
+            Error::NotFound(_) => 404,
+            Error::Conflict { .. } => 409,
+            Error::FrameTooLarge { .. } => 413,
+            Error::Unprocessable(_) => 422,
+            Error::MfaRequired { .. } => 428,
+            Error::RateLimited(_) => 429,
+            Error::Internal(_) => 500,
+        }
+    }
+
+    /// The mock's numeric `err_code`, when the mock has one for this failure.
+    pub fn err_code(&self) -> Option<u32> {
+        match self {
+            Error::InvalidCredentials => Some(999),
+            Error::InvalidOtp => Some(103),
+            Error::MfaRequired { kind, .. } => Some(kind.err_code()),
+            Error::Forbidden { err_code, .. } | Error::Conflict { err_code, .. } => *err_code,
+            _ => None,
+        }
+    }
+
+    /// The `args` object of an error envelope.
+    pub fn to_args(&self) -> Value {
+        let mut args = Map::new();
+        args.insert("code".into(), json!(self.code()));
+        args.insert("message".into(), json!(self.to_string()));
+        if let Some(err_code) = self.err_code() {
+            args.insert("err_code".into(), json!(err_code));
+        }
+        if let Error::MfaRequired { kind, mfa_token } = self {
+            match (kind, mfa_token) {
+                (MfaKind::Otp, Some(token)) => {
+                    args.insert("mfa_token".into(), json!(token));
+                }
+                (MfaKind::Adfs, _) => {
+                    args.insert(
+                        "detail".into(),
+                        json!("This user signs in through ADFS, which cannot be completed over this API."),
+                    );
+                }
+                (MfaKind::HardwareToken, _) => {
+                    args.insert(
+                        "detail".into(),
+                        json!("This user signs in with a hardware token, which cannot be completed over this API."),
+                    );
+                }
+                (MfaKind::Otp, None) => {}
+            }
+        }
+        Value::Object(args)
+    }
+}

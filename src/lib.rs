@@ -1,0 +1,16 @@
+//! poolgate: a remote-desktop connection broker. One WebSocket per thin client, speaking
+//! sysadm-style JSON envelopes (see `protocol/`).
+//!
+//! Data flows one way: transport (`ws`) → `rpc` → domain (`auth`) ; `state` ties them together.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod rpc;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod ws;
+
+pub use config::Config;
+pub use state::AppState;

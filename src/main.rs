@@ -1,0 +1,168 @@
+//! The `poolgate` command: parse the CLI, set up logging, load the config, bind, serve.
+
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use poolgate::telemetry::{self, LogFormat};
+use poolgate::{AppState, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "poolgate",
+    version,
+    about = "A remote-desktop connection broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Print an argon2id PHC string for the users file (password read from stdin or a prompt).
+    HashPassword,
+    /// Validate a config file and exit.
+    CheckConfig {
+        /// The config file to check.
+        config: PathBuf,
+    },
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Config file (TOML). Without one, the embedded demo dataset is served.
+    #[arg(long, env = "POOLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for poolgate's state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds of inactivity after which a token dies.
+    #[arg(long, value_name = "SECS")]
+    token_ttl: Option<f64>,
+    /// Seconds of silence after which a connection is closed.
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<f64>,
+    /// Seconds a new connection has to sign in.
+    #[arg(long, value_name = "SECS")]
+    auth_grace: Option<f64>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+fn secs(s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).context("a duration must be a non-negative number of seconds")
+}
+
+impl ServeArgs {
+    /// The file (or the demo dataset), then the flags: flags win.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::demo(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(s) = self.token_ttl {
+            config.token_ttl = secs(s)?;
+        }
+        if let Some(s) = self.idle_timeout {
+            config.idle_timeout = secs(s)?;
+        }
+        if let Some(s) = self.auth_grace {
+            config.auth_grace = secs(s)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
+        Command::HashPassword => hash_password(),
+        Command::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            AppState::new(config)?;
+            println!("ok");
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let config = args.config()?;
+    if args.config.is_none() {
+        tracing::warn!("no --config given: serving the embedded demo dataset (password Bazalt1!)");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text");
+    }
+    let state = AppState::new(config)?;
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    tracing::info!(%addr, "poolgate listening (WebSocket RPC at ws://{addr}/)");
+    poolgate::server::run(listener, state).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        if first != again {
+            bail!("the passwords differ");
+        }
+        first
+    } else {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        bail!("refusing to hash an empty password");
+    }
+    println!("{}", poolgate::auth::password::hash_password(&password)?);
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `rpc/auth {username, password, otp_code?}` → `[token, ttl]`, or 428 with an `mfa_token`.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Ctx, guard_auth_attempt, parse_args, record_auth_outcome, sign_in};
+use crate::auth::Credentials;
+use crate::error::Error;
+
+#[derive(Deserialize)]
+pub struct Auth {
+    username: String,
+    password: String,
+    #[serde(default)]
+    otp_code: Option<String>,
+}
+
+impl Auth {
+    pub fn parse(args: Value) -> Result<Self, Error> {
+        parse_args(args)
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        guard_auth_attempt(ctx)?;
+        let outcome = ctx
+            .state
+            .auth
+            .login(Credentials {
+                username: &self.username,
+                password: Some(&self.password),
+                otp_code: self.otp_code.as_deref(),
+            })
+            .await;
+        let result = outcome.map(|user| sign_in(ctx, user));
+        record_auth_outcome(ctx, &result);
+        result
+    }
+}

@@ -1,0 +1,19 @@
+//! `rpc/auth_clear` (args ignored): signs out. The token is revoked server-side, so it is
+//! refused on every connection, not just this one. Idempotent on a signed-out connection.
+
+use serde_json::{Value, json};
+
+use super::Ctx;
+use crate::error::Error;
+
+pub struct AuthClear;
+
+impl AuthClear {
+    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        if let Some(session) = ctx.conn.session.take() {
+            ctx.state.auth.tokens.revoke(&session.hash);
+            tracing::info!(conn_id = ctx.conn.id, user = %session.user.username, "signed out");
+        }
+        Ok(json!("success"))
+    }
+}

@@ -1,0 +1,174 @@
+//! The RPC methods of the WebSocket endpoint and the one table that maps `(namespace, name)`
+//! to them. Each method lives in its own file as a `parse` (args → typed request, 400 on
+//! mismatch) and an `apply` (run it against the domain).
+
+mod auth;
+mod auth_clear;
+mod auth_token;
+mod events;
+mod identify;
+mod otp_verify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::auth::tokens::Session;
+use crate::error::Error;
+use crate::state::AppState;
+
+/// What one connection knows about itself between messages.
+pub struct Conn {
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// The signed-in session, if any. Checked (not looked up) on every message.
+    pub session: Option<Arc<Session>>,
+    /// Whether task events are pushed to this socket (on by default once signed in).
+    pub events_enabled: bool,
+    /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
+    pub auth_failures: u32,
+}
+
+impl Conn {
+    pub fn new(id: u64, peer: SocketAddr) -> Self {
+        Conn {
+            id,
+            peer,
+            session: None,
+            events_enabled: true,
+            auth_failures: 0,
+        }
+    }
+}
+
+/// The context a method runs in.
+pub struct Ctx<'a> {
+    pub state: &'a AppState,
+    pub conn: &'a mut Conn,
+}
+
+/// Every method the endpoint knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Auth,
+    AuthToken,
+    AuthClear,
+    OtpVerify,
+    Identify,
+    Subscribe,
+    Unsubscribe,
+}
+
+impl Method {
+    /// The dispatch table.
+    pub fn lookup(namespace: &str, name: &str) -> Option<Method> {
+        Some(match (namespace, name) {
+            ("rpc", "auth") => Method::Auth,
+            ("rpc", "auth_token") => Method::AuthToken,
+            ("rpc", "auth_clear") => Method::AuthClear,
+            ("rpc", "otp_verify") => Method::OtpVerify,
+            ("rpc", "identify") => Method::Identify,
+            ("events", "subscribe") => Method::Subscribe,
+            ("events", "unsubscribe") => Method::Unsubscribe,
+            _ => return None,
+        })
+    }
+
+    /// Methods that work on a connection that has not signed in.
+    fn is_public(self) -> bool {
+        matches!(
+            self,
+            Method::Auth
+                | Method::AuthToken
+                | Method::AuthClear
+                | Method::OtpVerify
+                | Method::Identify
+        )
+    }
+}
+
+/// Runs one request: lookup (404), authentication (401), argument parsing (400), then the
+/// method itself. A successful authenticated request slides the session's inactivity window.
+pub async fn dispatch(
+    ctx: &mut Ctx<'_>,
+    namespace: &str,
+    name: &str,
+    args: Value,
+) -> Result<Value, Error> {
+    let Some(method) = Method::lookup(namespace, name) else {
+        return Err(Error::NotFound(format!(
+            "Unknown method {namespace}/{name}."
+        )));
+    };
+    let ttl = ctx.state.auth.tokens.ttl();
+    if let Some(session) = &ctx.conn.session
+        && !session.is_live(ttl)
+    {
+        ctx.conn.session = None;
+        if !method.is_public() {
+            return Err(Error::InvalidToken);
+        }
+    }
+    if !method.is_public() && ctx.conn.session.is_none() {
+        return Err(Error::Unauthenticated);
+    }
+    let result = match method {
+        Method::Auth => auth::Auth::parse(args)?.apply(ctx).await,
+        Method::AuthToken => auth_token::AuthToken::parse(args)?.apply(ctx).await,
+        Method::AuthClear => auth_clear::AuthClear.apply(ctx),
+        Method::OtpVerify => otp_verify::OtpVerify::parse(args)?.apply(ctx).await,
+        Method::Identify => Ok(identify::apply()),
+        Method::Subscribe => events::Subscription::parse(args)?.apply(ctx, true),
+        Method::Unsubscribe => events::Subscription::parse(args)?.apply(ctx, false),
+    };
+    if result.is_ok()
+        && let Some(session) = &ctx.conn.session
+    {
+        session.touch();
+    }
+    result
+}
+
+/// Deserializes `args` into a method's request type; mismatches are 400 with serde's message.
+fn parse_args<T: DeserializeOwned>(args: Value) -> Result<T, Error> {
+    serde_json::from_value(args).map_err(|e| Error::bad_request(format!("Invalid args: {e}.")))
+}
+
+/// The reply of every successful sign-in: the token and its inactivity lifetime in seconds.
+fn token_reply(token: &str, state: &AppState) -> Value {
+    let ttl = state.auth.tokens.ttl();
+    serde_json::json!([token, ttl.as_secs_f64().ceil() as u64])
+}
+
+/// Counts a failed sign-in on this socket, or refuses once the socket has used its allowance.
+fn guard_auth_attempt(ctx: &Ctx<'_>) -> Result<(), Error> {
+    if ctx.conn.auth_failures >= ctx.state.config.max_auth_failures {
+        return Err(Error::RateLimited(
+            "Too many failed sign-in attempts on this connection; open a new one later.".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Records the outcome of a sign-in attempt on the connection.
+fn record_auth_outcome(ctx: &mut Ctx<'_>, result: &Result<Value, Error>) {
+    if let Err(
+        Error::InvalidCredentials
+        | Error::InvalidOtp
+        | Error::InvalidToken
+        | Error::InvalidMfaToken,
+    ) = result
+    {
+        ctx.conn.auth_failures += 1;
+    }
+}
+
+/// Issues a token for a user who just passed authentication and binds it to the connection.
+fn sign_in(ctx: &mut Ctx<'_>, user: Arc<crate::auth::users::User>) -> Value {
+    tracing::info!(conn_id = ctx.conn.id, user = %user.username, peer = %ctx.conn.peer, "signed in");
+    let (token, session) = ctx.state.auth.tokens.issue(user);
+    ctx.conn.session = Some(session);
+    token_reply(&token, ctx.state)
+}

@@ -1,0 +1,31 @@
+//! `rpc/otp_verify {mfa_token, otp_code}` → `[token, ttl]`: the second step of an MFA sign-in.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Ctx, guard_auth_attempt, parse_args, record_auth_outcome, sign_in};
+use crate::error::Error;
+
+#[derive(Deserialize)]
+pub struct OtpVerify {
+    mfa_token: String,
+    otp_code: String,
+}
+
+impl OtpVerify {
+    pub fn parse(args: Value) -> Result<Self, Error> {
+        parse_args(args)
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        guard_auth_attempt(ctx)?;
+        let outcome = ctx
+            .state
+            .auth
+            .otp_verify(&self.mfa_token, &self.otp_code)
+            .await;
+        let result = outcome.map(|user| sign_in(ctx, user));
+        record_auth_outcome(ctx, &result);
+        result
+    }
+}

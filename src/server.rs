@@ -1,0 +1,51 @@
+//! The HTTP server: one Router (WebSocket RPC at `/`), background jobs, graceful shutdown.
+//! `run` never binds: callers (main, tests) hand it a listener.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::state::AppState;
+
+/// How often expired tokens and MFA challenges are dropped from memory.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Every route poolgate serves.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(crate::ws::upgrade))
+        .with_state(state)
+}
+
+/// Serves until `state.shutdown` is cancelled, then waits for every connection to close.
+pub async fn run(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    state.tracker.spawn(sweep(state.clone()));
+    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    // axum's graceful shutdown does not wait for upgraded sockets (tokio-rs/axum#3003).
+    state.tracker.close();
+    state.tracker.wait().await;
+    Ok(())
+}
+
+async fn sweep(state: AppState) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let dropped = state.auth.tokens.sweep();
+                state.auth.mfa.sweep();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "expired sessions dropped");
+                }
+            }
+        }
+    }
+}

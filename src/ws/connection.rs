@@ -1,0 +1,193 @@
+//! One WebSocket connection: read a frame, dispatch it, write the reply; close on idle, on a
+//! missed sign-in grace period, and on shutdown. Writes go through a bounded queue drained by
+//! a writer task, so replies and pushed events share one ordered outbound path.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tungstenite::error::CapacityError;
+
+use super::envelope;
+use crate::error::Error;
+use crate::rpc::{self, Conn, Ctx};
+use crate::state::AppState;
+
+/// Close codes (4000–4999 are the application's own).
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    pub const AUTH_TIMEOUT: u16 = 4001;
+    pub const TOO_SLOW: u16 = 4002;
+}
+
+/// How long a closing socket may take to flush its last frames.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+
+/// Why the read loop ended.
+enum End {
+    /// The peer closed or vanished: nothing more to send.
+    Gone,
+    /// We close, with a code and a reason the client can show.
+    Close(u16, String),
+}
+
+pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
+    let conn_id = state.next_conn_id();
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<Message>(state.config.outbound_queue);
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let mut conn = Conn::new(conn_id, peer);
+    tracing::debug!(conn_id, %peer, "connected");
+
+    let idle = state.config.idle_timeout;
+    let grace = state.config.auth_grace;
+    let mut last_seen = Instant::now();
+    // Re-armed lazily: each message only records `last_seen`, the timer checks it when it fires.
+    let mut idle_at = last_seen + idle;
+    let mut grace_at = Some(last_seen + grace);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = state.shutdown.cancelled() => {
+                break End::Close(close_code::GOING_AWAY, "server shutting down".into());
+            }
+            _ = sleep_until(idle_at) => {
+                if last_seen + idle <= Instant::now() {
+                    break End::Close(close_code::IDLE_TIMEOUT, format!(
+                        "idle timeout: nothing received for {} s", idle.as_secs_f64()));
+                }
+                idle_at = last_seen + idle;
+            }
+            _ = sleep_until(grace_at.unwrap_or(idle_at)), if grace_at.is_some() => {
+                break End::Close(close_code::AUTH_TIMEOUT, format!(
+                    "authentication timeout: not signed in within {} s", grace.as_secs_f64()));
+            }
+            frame = stream.next() => {
+                last_seen = Instant::now();
+                let reply = match frame {
+                    None => break End::Gone,
+                    Some(Ok(Message::Text(text))) => Some(handle_text(&state, &mut conn, &text).await),
+                    Some(Ok(Message::Binary(_))) => Some(envelope::error(None, &serde_json::Value::Null,
+                        &Error::bad_request("Binary frames are not supported; send JSON in text frames."))),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Ok(Message::Close(_))) => break End::Gone,
+                    Some(Err(err)) => break transport_error(&tx, err).await,
+                };
+                if let Some(reply) = reply
+                    && tx.send(Message::Text(reply.into())).await.is_err()
+                {
+                    break End::Gone;
+                }
+                grace_at = match (&conn.session, grace_at) {
+                    (Some(_), _) => None,
+                    (None, None) => Some(last_seen + grace),
+                    (None, at) => at,
+                };
+            }
+        }
+    };
+
+    if let End::Close(code, reason) = &end {
+        tracing::debug!(conn_id, code, reason, "closing");
+        let frame = CloseFrame {
+            code: *code,
+            reason: Utf8Bytes::from(reason.as_str()),
+        };
+        let _ = tokio::time::timeout(CLOSE_FLUSH, tx.send(Message::Close(Some(frame)))).await;
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(CLOSE_FLUSH, writer).await;
+    tracing::debug!(conn_id, "disconnected");
+}
+
+/// Parses and runs one text frame; always produces exactly one reply.
+async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
+    let limit = state.config.max_frame_bytes;
+    if text.len() > limit {
+        return envelope::error(
+            None,
+            &serde_json::Value::Null,
+            &Error::FrameTooLarge { limit },
+        );
+    }
+    let request = match envelope::parse(text) {
+        Ok(request) => request,
+        Err(bad) => return envelope::error(bad.namespace.as_deref(), &bad.id, &bad.error),
+    };
+    let mut ctx = Ctx { state, conn };
+    match rpc::dispatch(&mut ctx, &request.namespace, &request.name, request.args).await {
+        Ok(args) => envelope::response(&request.namespace, &request.id, &args),
+        Err(err) => {
+            if let Error::Internal(cause) = &err {
+                tracing::error!(conn_id = ctx.conn.id, method = %request.name, error = ?cause, "internal error");
+            }
+            envelope::error(Some(&request.namespace), &request.id, &err)
+        }
+    }
+}
+
+/// A read error ends the stream (tungstenite fuses it); say why before closing.
+async fn transport_error(tx: &mpsc::Sender<Message>, err: axum::Error) -> End {
+    let err = match err.into_inner().downcast::<tungstenite::Error>() {
+        Ok(err) => *err,
+        Err(other) => {
+            tracing::debug!(error = %other, "socket read failed");
+            return End::Gone;
+        }
+    };
+    let (code, reason, error) = match err {
+        tungstenite::Error::Utf8(_) => (
+            close_code::INVALID_PAYLOAD,
+            "text frame is not valid UTF-8",
+            Error::bad_request("Text frame is not valid UTF-8."),
+        ),
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { max_size, .. }) => (
+            close_code::TOO_BIG,
+            "message exceeds the transport limit",
+            Error::FrameTooLarge { limit: max_size },
+        ),
+        tungstenite::Error::Protocol(p) => {
+            tracing::debug!(error = %p, "websocket protocol error");
+            return End::Close(
+                close_code::PROTOCOL_ERROR,
+                "websocket protocol error".into(),
+            );
+        }
+        other => {
+            tracing::debug!(error = %other, "socket read failed");
+            return End::Gone;
+        }
+    };
+    let reply = envelope::error(None, &serde_json::Value::Null, &error);
+    let _ = tx.send(Message::Text(reply.into())).await;
+    End::Close(code, reason.into())
+}
+
+/// Drains the outbound queue into the socket, flushing when the queue runs dry so bursts of
+/// replies go out in few syscalls.
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let closing = matches!(msg, Message::Close(_));
+        if sink.feed(msg).await.is_err() {
+            return;
+        }
+        if (rx.is_empty() || closing) && sink.flush().await.is_err() {
+            return;
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}

@@ -1,0 +1,61 @@
+//! The WebSocket transport at `/`: the upgrade (with the connection limit and the transport's
+//! buffer sizes), the per-socket loop, and the envelope format.
+
+pub mod connection;
+pub mod envelope;
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::state::AppState;
+
+/// Read buffer per socket. tungstenite's default (128 KiB) costs that much RSS per idle socket
+/// and halves small-message throughput (tungstenite-rs#480); our messages are small.
+pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Write buffer per socket (frames are flushed when the outbound queue drains).
+pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                [("upgrade", "websocket")],
+                "poolgate: this endpoint speaks JSON envelopes over WebSocket; see protocol/ in the \
+                 repository (e.g. `wscat -c ws://HOST:PORT/`).\n",
+            )
+                .into_response();
+        }
+    };
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection refused: max_connections reached");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "5")],
+            "poolgate: too many connections, try again shortly\n",
+        )
+            .into_response();
+    };
+    let max = state.config.max_message_bytes;
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            tracker.track_future(async move {
+                connection::serve(socket, state, peer).await;
+                drop(permit);
+            })
+        })
+}

@@ -1,0 +1,122 @@
+//! The `poolgate` binary itself: hash-password, check-config, and serve with flags.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_poolgate");
+
+#[test]
+fn hash_password_prints_a_verifiable_argon2id_string() {
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret!\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let phc = String::from_utf8(out.stdout).unwrap();
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    use argon2::PasswordVerifier;
+    let hash = argon2::PasswordHash::new(phc.trim()).unwrap();
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"s3cret!", &hash)
+            .is_ok()
+    );
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"s3cret", &hash)
+            .is_err()
+    );
+}
+
+#[test]
+fn check_config_accepts_the_demo_and_rejects_a_broken_file() {
+    let ok = Command::new(BIN)
+        .args(["check-config", "examples/demo.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "token_ttl = \"soon\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token_ttl"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_honours_its_flags_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-ttl",
+            "7",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "poolgate=info")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Keep draining stderr after the address is found, so the server never blocks on logging.
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("ws://").nth(1)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(rest.split('/').next().unwrap().to_owned());
+            }
+        }
+    });
+    let addr = tokio::time::timeout(REPLY_TIMEOUT, rx)
+        .await
+        .expect("the server announces its address")
+        .expect("server exited without announcing its address");
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    let mut c = Client::from(ws);
+    let reply = c
+        .rpc(
+            "auth",
+            json!({"username": "astravdi", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        reply["args"][1], 7,
+        "--token-ttl wins over the file: {reply}"
+    );
+    assert!(dir.path().exists());
+    let pid = child.id().unwrap() as i32;
+    Command::new("kill").arg(pid.to_string()).status().unwrap();
+    let status = tokio::time::timeout(REPLY_TIMEOUT, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success());
+}

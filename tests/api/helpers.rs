@@ -1,0 +1,188 @@
+//! Shared test helpers: a server on 127.0.0.1:0 with the demo dataset, and a WebSocket client.
+
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use poolgate::{AppState, Config};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const PASSWORD: &str = "Bazalt1!";
+/// Longest any single reply may take in a test before it counts as a failure.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+static TRACING: Once = Once::new();
+
+/// Logs stay quiet unless TEST_LOG is set.
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("poolgate=debug")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+/// The demo dataset on an ephemeral port.
+pub fn demo_config() -> Config {
+    let mut config = Config::demo();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(edit: impl FnOnce(&mut Config)) -> TestApp {
+        init_tracing();
+        let mut config = demo_config();
+        edit(&mut config);
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState::new(config).expect("valid test config");
+        let handle = tokio::spawn(poolgate::server::run(listener, state.clone()));
+        TestApp {
+            addr,
+            state,
+            handle,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub async fn connect(&self) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url())
+            .await
+            .expect("websocket connect");
+        Client { ws, next_id: 1 }
+    }
+
+    /// A connected client signed in as `username`.
+    pub async fn login(&self, username: &str) -> (Client, String) {
+        let mut client = self.connect().await;
+        let token = client.auth(username, PASSWORD).await;
+        (client, token)
+    }
+
+    /// Cancels the server and waits until `run` returns.
+    pub async fn stop(self) {
+        self.state.shutdown.cancel();
+        tokio::time::timeout(REPLY_TIMEOUT, self.handle)
+            .await
+            .expect("server stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Client {
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::Text(text.into().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send(&mut self, msg: Message) {
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// The next text frame as JSON, skipping pings. Panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(REPLY_TIMEOUT, self.ws.next())
+                .await
+                .expect("a frame within the timeout")
+                .expect("socket open")
+                .expect("no transport error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the server's Close frame; returns its code and reason.
+    pub async fn expect_close(&mut self, within: Duration) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(within, self.ws.next())
+                .await
+                .expect("closed within the timeout");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and returns the reply with the same id (events are skipped).
+    pub async fn call(&mut self, namespace: &str, name: &str, args: Value) -> Value {
+        let id = format!("t{}", self.next_id);
+        self.next_id += 1;
+        let req = json!({"namespace": namespace, "name": name, "id": id, "args": args});
+        self.send_text(req.to_string()).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["id"] == json!(id) {
+                return reply;
+            }
+            assert_eq!(reply["namespace"], "events", "unexpected frame {reply}");
+        }
+    }
+
+    pub async fn rpc(&mut self, name: &str, args: Value) -> Value {
+        self.call("rpc", name, args).await
+    }
+
+    /// Signs in and returns the token; panics if the server refuses.
+    pub async fn auth(&mut self, username: &str, password: &str) -> String {
+        let reply = self
+            .rpc("auth", json!({"username": username, "password": password}))
+            .await;
+        assert_eq!(reply["name"], "response", "auth failed: {reply}");
+        reply["args"][0].as_str().unwrap().to_owned()
+    }
+}
+
+/// The `code` of an error reply, or a panic with the reply if it was not an error.
+pub fn error_code(reply: &Value) -> u64 {
+    assert_eq!(reply["name"], "error", "expected an error, got {reply}");
+    reply["args"]["code"].as_u64().unwrap()
+}
+
+/// The mock's demo one-time code: today's local date as YYMMDD.
+pub fn date_code() -> String {
+    chrono::Local::now().format("%y%m%d").to_string()
+}
+
+impl From<WebSocketStream<MaybeTlsStream<TcpStream>>> for Client {
+    fn from(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Client { ws, next_id: 1 }
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests over real sockets: one binary, one module per area.
+
+mod auth;
+mod cli;
+mod helpers;
+mod timeouts;
+mod transport;
