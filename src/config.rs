@@ -8,7 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use std::collections::HashMap;
+
 use crate::auth::users::UserRecord;
+use crate::pools::{PoolConfig, SeedTask};
+use crate::provision::ProvisionerConfig;
 
 /// The demo dataset of the reference mock; used when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
@@ -47,10 +51,19 @@ pub struct Config {
     pub max_auth_failures: u32,
     /// Password hashes computed at once; more logins wait their turn.
     pub max_concurrent_hashes: usize,
+    /// Every connect task ends within this long (CANCELLED if it overruns).
+    #[serde(with = "secs")]
+    pub task_deadline: Duration,
     /// Optional separate users file (same `[[users]]` tables), relative to the config file.
     pub users_file: Option<PathBuf>,
     /// Users defined inline.
     pub users: Vec<UserRecord>,
+    /// Desktop pools and who may use them.
+    pub pools: Vec<PoolConfig>,
+    /// Named provisioners pools refer to; `simulated` exists even when not defined.
+    pub provisioners: HashMap<String, ProvisionerConfig>,
+    /// Tasks present at start-up (the demo dataset's).
+    pub seed_tasks: Vec<SeedTask>,
 }
 
 impl Default for Config {
@@ -69,8 +82,12 @@ impl Default for Config {
             outbound_queue: 256,
             max_auth_failures: 5,
             max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            task_deadline: Duration::from_secs(90),
             users_file: None,
             users: Vec::new(),
+            pools: Vec::new(),
+            provisioners: HashMap::new(),
+            seed_tasks: Vec::new(),
         }
     }
 }
@@ -113,8 +130,14 @@ impl Config {
 
     /// Checks what serde cannot: ranges and cross-field rules.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.token_ttl.is_zero() || self.idle_timeout.is_zero() || self.auth_grace.is_zero() {
-            bail!("token_ttl, idle_timeout and auth_grace must be greater than zero");
+        if self.token_ttl.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.auth_grace.is_zero()
+            || self.task_deadline.is_zero()
+        {
+            bail!(
+                "token_ttl, idle_timeout, auth_grace and task_deadline must be greater than zero"
+            );
         }
         if self.max_frame_bytes == 0 || self.max_frame_bytes > self.max_message_bytes {
             bail!("max_frame_bytes must be between 1 and max_message_bytes");
@@ -128,7 +151,7 @@ impl Config {
 }
 
 /// Durations in the file are seconds, integer or fractional.
-mod secs {
+pub(crate) mod secs {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -1,11 +1,15 @@
 //! poolgate: a remote-desktop connection broker. One WebSocket per thin client, speaking
 //! sysadm-style JSON envelopes (see `protocol/`).
 //!
-//! Data flows one way: transport (`ws`) → `rpc` → domain (`auth`) ; `state` ties them together.
+//! Data flows one way: transport (`ws`) → `rpc` → domain (`auth`, `pools`) → `provision`;
+//! task events flow back through `events` to the sockets. `state` ties them together.
 
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod pools;
+pub mod provision;
 pub mod rpc;
 pub mod server;
 pub mod state;

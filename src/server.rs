@@ -20,8 +20,10 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `state.shutdown` is cancelled, then waits for every connection to close.
-pub async fn run(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+/// Starts the background jobs and the seed tasks, serves until `state.shutdown` is cancelled,
+/// then waits for every connection and task runner to finish.
+pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+    state.start()?;
     let shutdown = state.shutdown.clone();
     state.tracker.spawn(sweep(state.clone()));
     let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -10,7 +10,8 @@ pub struct AuthClear;
 
 impl AuthClear {
     pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-        if let Some(session) = ctx.conn.session.take() {
+        if let Some(session) = ctx.conn.session.clone() {
+            ctx.conn.clear_session(ctx.state);
             ctx.state.auth.tokens.revoke(&session.hash);
             tracing::info!(conn_id = ctx.conn.id, user = %session.user.username, "signed out");
         }

@@ -21,7 +21,7 @@ impl AuthToken {
         let result = match ctx.state.auth.tokens.lookup(&self.token) {
             Some(session) if session.user.disabled => Err(Error::Disabled),
             Some(session) => {
-                ctx.conn.session = Some(session);
+                ctx.conn.set_session(ctx.state, session);
                 Ok(token_reply(&self.token, ctx.state))
             }
             None => Err(Error::InvalidToken),

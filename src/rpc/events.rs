@@ -45,7 +45,9 @@ impl Subscription {
 
     pub fn apply(self, ctx: &mut Ctx<'_>, on: bool) -> Result<Value, Error> {
         if self.names.iter().any(|n| n == "task") {
-            ctx.conn.events_enabled = on;
+            ctx.conn
+                .events_enabled
+                .store(on, std::sync::atomic::Ordering::Relaxed);
         }
         let key = if on { "subscribe" } else { "unsubscribe" };
         Ok(json!({ key: self.echo }))

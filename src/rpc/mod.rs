@@ -5,18 +5,27 @@
 mod auth;
 mod auth_clear;
 mod auth_token;
+mod connect_info;
 mod events;
 mod identify;
 mod otp_verify;
+mod pool_request;
+mod pools;
+mod task;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::tokens::Session;
 use crate::error::Error;
+use crate::events::{EventFormat, Frame, Subscriber};
 use crate::state::AppState;
 
 /// What one connection knows about itself between messages.
@@ -26,20 +35,67 @@ pub struct Conn {
     /// The signed-in session, if any. Checked (not looked up) on every message.
     pub session: Option<Arc<Session>>,
     /// Whether task events are pushed to this socket (on by default once signed in).
-    pub events_enabled: bool,
+    pub events_enabled: Arc<AtomicBool>,
     /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
     pub auth_failures: u32,
+    /// The socket's outbound queue (replies and events).
+    pub outbound: mpsc::Sender<Frame>,
+    /// Cancelled when the socket fell behind on its events and must close.
+    pub kick: CancellationToken,
+    /// Set by a sign-in; the socket subscribes to events once the reply is queued, so the
+    /// catch-up events follow the reply.
+    pending_subscribe: bool,
 }
 
 impl Conn {
-    pub fn new(id: u64, peer: SocketAddr) -> Self {
+    pub fn new(id: u64, peer: SocketAddr, outbound: mpsc::Sender<Frame>) -> Self {
         Conn {
             id,
             peer,
             session: None,
-            events_enabled: true,
+            events_enabled: Arc::new(AtomicBool::new(true)),
             auth_failures: 0,
+            outbound,
+            kick: CancellationToken::new(),
+            pending_subscribe: false,
         }
+    }
+
+    /// Binds a session to this connection; events start after the reply (see `subscribe`).
+    pub fn set_session(&mut self, state: &AppState, session: Arc<Session>) {
+        self.clear_session(state);
+        self.session = Some(session);
+        self.pending_subscribe = true;
+    }
+
+    /// Signs the connection out locally (the token itself is untouched).
+    pub fn clear_session(&mut self, state: &AppState) {
+        if let Some(old) = self.session.take() {
+            state.events.unsubscribe(old.user.id, self.id);
+        }
+        self.pending_subscribe = false;
+    }
+
+    /// After a sign-in's reply is queued: registers for task events and queues one event per
+    /// active task of the user, so a reconnecting client catches up.
+    pub fn subscribe_if_signed_in(&mut self, state: &AppState) {
+        if !std::mem::take(&mut self.pending_subscribe) {
+            return;
+        }
+        let Some(session) = &self.session else { return };
+        let user = session.user.id;
+        let (session, ttl) = (session.clone(), state.auth.tokens.ttl());
+        let sub = Subscriber {
+            alive: Arc::new(move || session.is_live(ttl)),
+            conn_id: self.id,
+            format: EventFormat::Rpc,
+            tx: self.outbound.clone(),
+            enabled: self.events_enabled.clone(),
+            kick: self.kick.clone(),
+        };
+        state
+            .events
+            .subscribe(user, sub, || state.pools.active_tasks(user));
     }
 }
 
@@ -59,6 +115,11 @@ pub enum Method {
     Identify,
     Subscribe,
     Unsubscribe,
+    Pools,
+    PoolRequest,
+    ConnectInfo,
+    Task,
+    Tasks,
 }
 
 impl Method {
@@ -72,6 +133,11 @@ impl Method {
             ("rpc", "identify") => Method::Identify,
             ("events", "subscribe") => Method::Subscribe,
             ("events", "unsubscribe") => Method::Unsubscribe,
+            ("rpc", "pools") => Method::Pools,
+            ("rpc", "pool_request") => Method::PoolRequest,
+            ("rpc", "connect_info") => Method::ConnectInfo,
+            ("rpc", "task") => Method::Task,
+            ("rpc", "tasks") => Method::Tasks,
             _ => return None,
         })
     }
@@ -106,7 +172,7 @@ pub async fn dispatch(
     if let Some(session) = &ctx.conn.session
         && !session.is_live(ttl)
     {
-        ctx.conn.session = None;
+        ctx.conn.clear_session(ctx.state);
         if !method.is_public() {
             return Err(Error::InvalidToken);
         }
@@ -122,6 +188,11 @@ pub async fn dispatch(
         Method::Identify => Ok(identify::apply()),
         Method::Subscribe => events::Subscription::parse(args)?.apply(ctx, true),
         Method::Unsubscribe => events::Subscription::parse(args)?.apply(ctx, false),
+        Method::Pools => pools::Pools::parse(args)?.apply(ctx),
+        Method::PoolRequest => pool_request::PoolRequest::parse(args)?.apply(ctx),
+        Method::ConnectInfo => connect_info::ConnectInfo::parse(args)?.apply(ctx),
+        Method::Task => task::TaskLookup::parse(args)?.apply(ctx),
+        Method::Tasks => tasks::Tasks.apply(ctx),
     };
     if result.is_ok()
         && let Some(session) = &ctx.conn.session
@@ -165,10 +236,24 @@ fn record_auth_outcome(ctx: &mut Ctx<'_>, result: &Result<Value, Error>) {
     }
 }
 
+/// The signed-in user; dispatch guarantees one for non-public methods.
+fn user<'a>(ctx: &'a Ctx<'_>) -> Result<&'a Arc<crate::auth::users::User>, Error> {
+    ctx.conn
+        .session
+        .as_ref()
+        .map(|s| &s.user)
+        .ok_or(Error::Unauthenticated)
+}
+
+/// Serializes a result; failure here is a bug, reported as a 500.
+fn to_value(v: impl serde::Serialize) -> Result<Value, Error> {
+    serde_json::to_value(v).map_err(Error::internal)
+}
+
 /// Issues a token for a user who just passed authentication and binds it to the connection.
 fn sign_in(ctx: &mut Ctx<'_>, user: Arc<crate::auth::users::User>) -> Value {
     tracing::info!(conn_id = ctx.conn.id, user = %user.username, peer = %ctx.conn.peer, "signed in");
     let (token, session) = ctx.state.auth.tokens.issue(user);
-    ctx.conn.session = Some(session);
+    ctx.conn.set_session(ctx.state, session);
     token_reply(&token, ctx.state)
 }

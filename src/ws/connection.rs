@@ -13,6 +13,7 @@ use tungstenite::error::CapacityError;
 
 use super::envelope;
 use crate::error::Error;
+use crate::events::Frame;
 use crate::rpc::{self, Conn, Ctx};
 use crate::state::AppState;
 
@@ -41,9 +42,10 @@ enum End {
 pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
     let conn_id = state.next_conn_id();
     let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel::<Message>(state.config.outbound_queue);
-    let writer = tokio::spawn(write_loop(sink, rx));
-    let mut conn = Conn::new(conn_id, peer);
+    let (tx, rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
+    let mut writer = tokio::spawn(write_loop(sink, rx));
+    let mut conn = Conn::new(conn_id, peer, tx.clone());
+    let kick = conn.kick.clone();
     tracing::debug!(conn_id, %peer, "connected");
 
     let idle = state.config.idle_timeout;
@@ -58,6 +60,10 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
             biased;
             _ = state.shutdown.cancelled() => {
                 break End::Close(close_code::GOING_AWAY, "server shutting down".into());
+            }
+            _ = kick.cancelled() => {
+                break End::Close(close_code::TOO_SLOW,
+                    "too slow: the socket did not read its events and its queue filled up".into());
             }
             _ = sleep_until(idle_at) => {
                 if last_seen + idle <= Instant::now() {
@@ -82,10 +88,11 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
                     Some(Err(err)) => break transport_error(&tx, err).await,
                 };
                 if let Some(reply) = reply
-                    && tx.send(Message::Text(reply.into())).await.is_err()
+                    && tx.send(Frame::Text(reply)).await.is_err()
                 {
                     break End::Gone;
                 }
+                conn.subscribe_if_signed_in(&state);
                 grace_at = match (&conn.session, grace_at) {
                     (Some(_), _) => None,
                     (None, None) => Some(last_seen + grace),
@@ -95,16 +102,20 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
         }
     };
 
-    if let End::Close(code, reason) = &end {
+    conn.clear_session(&state);
+    if let End::Close(code, reason) = end {
         tracing::debug!(conn_id, code, reason, "closing");
-        let frame = CloseFrame {
-            code: *code,
-            reason: Utf8Bytes::from(reason.as_str()),
-        };
-        let _ = tokio::time::timeout(CLOSE_FLUSH, tx.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, tx.send(Frame::Close(code, reason))).await;
     }
     drop(tx);
-    let _ = tokio::time::timeout(CLOSE_FLUSH, writer).await;
+    drop(conn);
+    // A peer that stopped reading must not keep the writer (and this task) alive forever.
+    if tokio::time::timeout(CLOSE_FLUSH, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     tracing::debug!(conn_id, "disconnected");
 }
 
@@ -135,7 +146,7 @@ async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
 }
 
 /// A read error ends the stream (tungstenite fuses it); say why before closing.
-async fn transport_error(tx: &mpsc::Sender<Message>, err: axum::Error) -> End {
+async fn transport_error(tx: &mpsc::Sender<Frame>, err: axum::Error) -> End {
     let err = match err.into_inner().downcast::<tungstenite::Error>() {
         Ok(err) => *err,
         Err(other) => {
@@ -167,7 +178,7 @@ async fn transport_error(tx: &mpsc::Sender<Message>, err: axum::Error) -> End {
         }
     };
     let reply = envelope::error(None, &serde_json::Value::Null, &error);
-    let _ = tx.send(Message::Text(reply.into())).await;
+    let _ = tx.send(Frame::Text(reply)).await;
     End::Close(code, reason.into())
 }
 
@@ -175,10 +186,17 @@ async fn transport_error(tx: &mpsc::Sender<Message>, err: axum::Error) -> End {
 /// replies go out in few syscalls.
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Frame>,
 ) {
-    while let Some(msg) = rx.recv().await {
-        let closing = matches!(msg, Message::Close(_));
+    while let Some(frame) = rx.recv().await {
+        let closing = matches!(frame, Frame::Close(..));
+        let msg = match frame {
+            Frame::Text(text) => Message::Text(text.into()),
+            Frame::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })),
+        };
         if sink.feed(msg).await.is_err() {
             return;
         }

@@ -33,7 +33,7 @@ fn init_tracing() {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub state: AppState,
-    handle: JoinHandle<std::io::Result<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
 }
 
 /// The demo dataset on an ephemeral port.
@@ -184,5 +184,64 @@ pub fn date_code() -> String {
 impl From<WebSocketStream<MaybeTlsStream<TcpStream>>> for Client {
     fn from(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         Client { ws, next_id: 1 }
+    }
+}
+
+pub const POOL_WIN_1: &str = "bc4f9e45-6b5a-41e6-bb85-ae91f4b8c413";
+pub const POOL_WIN_2: &str = "22aaa425-6387-4767-9611-3c26ad1a6161";
+pub const POOL_ASTRA_2: &str = "2378c527-64eb-48cf-817a-645b645dba54";
+
+/// The simulated provisioner with short timings and fixed weights, and no seed tasks.
+pub fn fast_sim(config: &mut Config, expand: (f64, f64, f64), connect: (f64, f64, f64)) {
+    let toml = format!(
+        r#"kind = "simulated"
+pending = 0.05
+running = [0.2, 0.2]
+expand = {{ completed = {}, cancelled = {}, failed = {} }}
+connect = {{ completed = {}, cancelled = {}, failed = {} }}
+fail_users = ["user-2"]
+seed = 7"#,
+        expand.0, expand.1, expand.2, connect.0, connect.1, connect.2
+    );
+    config
+        .provisioners
+        .insert("simulated".into(), toml::from_str(&toml).unwrap());
+    config.seed_tasks.clear();
+}
+
+/// Always completes.
+pub const OK: (f64, f64, f64) = (1.0, 0.0, 0.0);
+pub const CANCEL: (f64, f64, f64) = (0.0, 1.0, 0.0);
+pub const FAIL: (f64, f64, f64) = (0.0, 0.0, 1.0);
+
+impl Client {
+    /// The next pushed event (replies are not expected while waiting).
+    pub async fn next_event(&mut self) -> Value {
+        let frame = self.recv().await;
+        assert_eq!(
+            frame["namespace"], "events",
+            "expected an event, got {frame}"
+        );
+        assert_eq!(frame["name"], "task");
+        assert_eq!(frame["id"], "");
+        frame["args"].clone()
+    }
+
+    /// Collects the statuses pushed for `task_id` until it ends; returns them and the last task.
+    pub async fn follow(&mut self, task_id: &Value) -> (Vec<String>, Value) {
+        let mut seen = Vec::new();
+        loop {
+            let task = self.next_event().await;
+            if &task["id"] != task_id {
+                continue;
+            }
+            let status = task["status"].as_str().unwrap().to_owned();
+            if seen.last() != Some(&status) {
+                seen.push(status.clone());
+            }
+            if !matches!(status.as_str(), "PENDING" | "RUNNING") {
+                return (seen, task);
+            }
+        }
     }
 }

@@ -3,5 +3,7 @@
 mod auth;
 mod cli;
 mod helpers;
+mod pools;
+mod provisioners;
 mod timeouts;
 mod transport;

@@ -1,0 +1,156 @@
+//! Provisioners: what actually finds a machine (step 1) and makes it connectable (step 2).
+//! Pools choose one in config. The task runner in `pools` drives them under a deadline, so a
+//! provisioner only has to do its work and report progress; it never sees the socket.
+
+mod command;
+mod simulated;
+mod static_inventory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+pub use command::CommandConfig;
+pub use simulated::SimulatedConfig;
+pub use static_inventory::{StaticConfig, StaticMachine};
+
+/// A machine held for a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub id: Uuid,
+    pub verbose_name: String,
+    pub host: String,
+    pub port: u16,
+    /// 1 = GLINT v1, the only remote protocol the v2 API knows.
+    pub protocol_id: u32,
+    pub permissions: Vec<String>,
+}
+
+/// What a client needs to connect (the mock's step-2 payload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionData {
+    pub id: Uuid,
+    pub verbose_name: String,
+    pub permissions: Vec<String>,
+    pub host: String,
+    pub port: u16,
+    pub status: String,
+    pub protocol_id: u32,
+}
+
+impl ConnectionData {
+    pub fn for_machine(m: &Machine) -> Self {
+        ConnectionData {
+            id: m.id,
+            verbose_name: m.verbose_name.clone(),
+            permissions: m.permissions.clone(),
+            host: m.host.clone(),
+            port: m.port,
+            status: "ACTIVE".into(),
+            protocol_id: m.protocol_id,
+        }
+    }
+}
+
+/// How a step ended when it did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// The step failed (task FAILED).
+    Failed(String),
+    /// The step was called off (task CANCELLED; the client's next request starts a new one).
+    Cancelled(String),
+}
+
+/// Progress a provisioner reports while it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// The work has started (task RUNNING).
+    Running,
+    /// Percent done, 0–100.
+    Percent(u8),
+}
+
+/// The sending side of a step's progress reports.
+#[derive(Clone)]
+pub struct Progress(mpsc::UnboundedSender<Update>);
+
+impl Progress {
+    pub fn channel() -> (Progress, mpsc::UnboundedReceiver<Update>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Progress(tx), rx)
+    }
+
+    pub fn running(&self) {
+        let _ = self.0.send(Update::Running);
+    }
+
+    pub fn percent(&self, p: u8) {
+        let _ = self.0.send(Update::Percent(p.min(100)));
+    }
+}
+
+/// Who and what a step is for.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRequest {
+    pub task_id: Uuid,
+    pub user_id: Uuid,
+    pub username: String,
+    pub pool_id: Uuid,
+    pub pool_name: String,
+    /// Step 2 only: the machine step 1 gave the user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    /// Step 2 only: the client's screen size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+}
+
+#[async_trait]
+pub trait Provisioner: Send + Sync {
+    /// Step 1: find or create a machine for the user. Must be safe to run concurrently: two
+    /// calls never return the same machine while it is held.
+    async fn expand(&self, req: &StepRequest, progress: Progress) -> Result<Machine, StepError>;
+
+    /// Step 2: make `req.machine` connectable and return how to connect.
+    async fn connect(
+        &self,
+        req: &StepRequest,
+        progress: Progress,
+    ) -> Result<ConnectionData, StepError>;
+
+    /// Gives a machine back (lease over, task abandoned, admin release). Best effort.
+    async fn release(&self, machine: &Machine);
+}
+
+/// A provisioner as written in the config (`[provisioners.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProvisionerConfig {
+    Simulated(SimulatedConfig),
+    Static(StaticConfig),
+    Command(CommandConfig),
+}
+
+impl ProvisionerConfig {
+    pub fn build(&self, name: &str) -> anyhow::Result<Arc<dyn Provisioner>> {
+        Ok(match self {
+            ProvisionerConfig::Simulated(c) => Arc::new(simulated::Simulated::new(c.clone())?),
+            ProvisionerConfig::Static(c) => {
+                Arc::new(static_inventory::Static::new(name, c.clone())?)
+            }
+            ProvisionerConfig::Command(c) => Arc::new(command::Command::new(c.clone())?),
+        })
+    }
+}
+
+/// Default desktop permissions when the config names none.
+pub fn default_permissions() -> Vec<String> {
+    ["USB_REDIR", "FOLDERS_REDIR", "SHARED_CLIPBOARD"]
+        .map(String::from)
+        .to_vec()
+}

@@ -1,0 +1,49 @@
+//! `rpc/connect_info {"pool_id","remote_protocol"?,"width"?,"height"?,"password"?}` →
+//! `{"task": {...}}` while not ready, `{"connection": {...}}` when ready (step 2).
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Ctx, parse_args, user};
+use crate::error::Error;
+use crate::pools::{ConnectOutcome, ConnectParams};
+
+#[derive(Deserialize)]
+pub struct ConnectInfo {
+    pool_id: Uuid,
+    #[serde(default)]
+    remote_protocol: Option<i64>,
+    #[serde(default)]
+    width: Option<i64>,
+    #[serde(default)]
+    height: Option<i64>,
+    /// Accepted for compatibility with the v2 API; never stored or logged.
+    #[serde(default)]
+    #[allow(dead_code)]
+    password: Option<String>,
+}
+
+impl ConnectInfo {
+    pub fn parse(args: Value) -> Result<Self, Error> {
+        parse_args(args)
+    }
+
+    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        let params = ConnectParams {
+            remote_protocol: self.remote_protocol,
+            width: self.width,
+            height: self.height,
+        };
+        Ok(
+            match ctx
+                .state
+                .pools
+                .connect_info(user(ctx)?, self.pool_id, &params)?
+            {
+                ConnectOutcome::Task(task) => json!({ "task": task }),
+                ConnectOutcome::Connection(c) => json!({ "connection": c }),
+            },
+        )
+    }
+}

@@ -1,0 +1,24 @@
+//! `rpc/pool_request {"pool_id"}` → `{"task": {...}}`: step 1, a machine in the pool.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Ctx, parse_args, user};
+use crate::error::Error;
+
+#[derive(Deserialize)]
+pub struct PoolRequest {
+    pool_id: Uuid,
+}
+
+impl PoolRequest {
+    pub fn parse(args: Value) -> Result<Self, Error> {
+        parse_args(args)
+    }
+
+    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        let task = ctx.state.pools.request_machine(user(ctx)?, self.pool_id)?;
+        Ok(json!({ "task": task }))
+    }
+}

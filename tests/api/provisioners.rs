@@ -1,0 +1,289 @@
+//! The static and command provisioners, and a provisioner that panics.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use poolgate::auth::users::UserRecord;
+use poolgate::pools::task::TaskStatus;
+use poolgate::provision::{ConnectionData, Machine, Progress, Provisioner, StepError, StepRequest};
+use poolgate::{AppState, Config};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+fn pool_win_1() -> Uuid {
+    POOL_WIN_1.parse().unwrap()
+}
+
+/// Waits until a task ends and returns its final status.
+async fn wait_done(state: &AppState, user: &str, task_id: Uuid) -> TaskStatus {
+    let user = state.auth.users.by_name(user).unwrap().clone();
+    for _ in 0..200 {
+        let task = state.pools.task(&user, task_id).unwrap();
+        if task.status.is_done() {
+            return task.status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("task {task_id} did not end");
+}
+
+fn extra_users(config: &mut Config, n: usize) -> Vec<String> {
+    let template: UserRecord = config.users[0].clone();
+    (0..n)
+        .map(|i| {
+            let mut u = template.clone();
+            u.username = format!("load-{i}");
+            u.id = Uuid::new_v4();
+            config.users.push(u);
+            format!("load-{i}")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_static_provisioner_never_gives_a_machine_twice_under_100_concurrent_requests() {
+    let mut config = demo_config();
+    config.seed_tasks.clear();
+    let names = extra_users(&mut config, 100);
+    let machines: Vec<String> = (0..10)
+        .map(|i| format!("{{ host = \"10.9.0.{i}\", port = 3389 }}"))
+        .collect();
+    let table = format!("kind = \"static\"\nmachines = [{}]", machines.join(", "));
+    config
+        .provisioners
+        .insert("inventory".into(), toml::from_str(&table).unwrap());
+    config.pools[0].provisioner = "inventory".into();
+    config.pools[0].users = names.clone();
+    let state = AppState::new(config).unwrap();
+
+    let mut handles = Vec::new();
+    for name in &names {
+        let (state, name) = (state.clone(), name.clone());
+        handles.push(tokio::spawn(async move {
+            let user = state.auth.users.by_name(&name).unwrap().clone();
+            // Two requests per user, racing each other too.
+            let a = state.pools.request_machine(&user, pool_win_1()).unwrap();
+            let b = state.pools.request_machine(&user, pool_win_1()).unwrap();
+            assert_eq!(a.id, b.id);
+            let status = wait_done(&state, &name, a.id).await;
+            (user.id, status)
+        }));
+    }
+    let mut holders = Vec::new();
+    let mut failed = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            (user, TaskStatus::Completed) => holders.push(user),
+            (_, TaskStatus::Failed) => failed += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(holders.len(), 10);
+    assert_eq!(failed, 90);
+    let given: HashSet<Uuid> = holders
+        .iter()
+        .map(|u| state.pools.assignment(*u, pool_win_1()).unwrap().id)
+        .collect();
+    assert_eq!(given.len(), 10, "ten machines, ten different holders");
+    // A released machine can be given again.
+    state.pools.release(holders[0], pool_win_1()).await.unwrap();
+    state.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_static_provisioner_probes_the_machine_in_step_2() {
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for (port, expect) in [(open_port, "COMPLETED"), (closed_port, "FAILED")] {
+        let app = TestApp::spawn_with(|c| {
+            c.seed_tasks.clear();
+            let table = format!(
+                "kind = \"static\"\nprobe_timeout = 1\nmachines = [{{ host = \"127.0.0.1\", port = {port}, verbose_name = \"desk\" }}]"
+            );
+            c.provisioners.insert("inv".into(), toml::from_str(&table).unwrap());
+            c.pools[0].provisioner = "inv".into();
+        })
+        .await;
+        let (mut c, _) = app.login("astravdi").await;
+        let id = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"]
+            .clone();
+        assert_eq!(c.follow(&id).await.0.last().unwrap(), "COMPLETED");
+        let id = c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"]
+            .clone();
+        let (seen, task) = c.follow(&id).await;
+        assert_eq!(seen.last().unwrap(), expect);
+        if expect == "FAILED" {
+            assert!(
+                task["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("does not answer"),
+                "{task}"
+            );
+        } else {
+            let reply = c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await;
+            assert_eq!(reply["args"]["connection"]["port"], port);
+            assert_eq!(reply["args"]["connection"]["verbose_name"], "desk");
+        }
+    }
+    drop(open);
+}
+
+const SCRIPT: &str = r#"
+input=$(cat)
+case "$1" in
+  ok)
+    echo '{"status":"RUNNING"}'
+    echo 'some log line that is not JSON'
+    echo '{"progress":40}'
+    sleep 0.1
+    case "$input" in
+      *'"step":"expand"'*) echo '{"result":{"host":"10.1.1.1","port":3389,"verbose_name":"vm-a"}}' ;;
+      *) echo '{"result":{"port":3390}}' ;;
+    esac ;;
+  fail)
+    echo "boom: no capacity left" >&2
+    exit 3 ;;
+  hang)
+    echo $$ > "$2"
+    exec sleep 30 ;;
+esac
+"#;
+
+async fn command_app(mode: &str, extra: &str, deadline: Duration) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("prov.sh");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let pidfile = dir.path().join("pid");
+    let table = format!(
+        "kind = \"command\"\ncommand = [\"sh\", {:?}, {mode:?}, {:?}]{extra}",
+        script.to_str().unwrap(),
+        pidfile.to_str().unwrap()
+    );
+    let app = TestApp::spawn_with(|c| {
+        c.seed_tasks.clear();
+        c.task_deadline = deadline;
+        c.provisioners
+            .insert("cmd".into(), toml::from_str(&table).unwrap());
+        c.pools[0].provisioner = "cmd".into();
+    })
+    .await;
+    (app, dir)
+}
+
+#[tokio::test]
+async fn the_command_provisioner_reports_progress_and_results() {
+    let (app, _dir) = command_app("ok", "", Duration::from_secs(10)).await;
+    let (mut c, _) = app.login("astravdi").await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    let mut progress = Vec::new();
+    loop {
+        let task = c.next_event().await;
+        progress.push(task["progress"].clone());
+        if task["status"] == "COMPLETED" {
+            break;
+        }
+        assert_eq!(task["status"], "RUNNING", "{task}");
+    }
+    assert!(progress.contains(&json!(40)), "{progress:?}");
+    let id2 =
+        c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    assert_ne!(id, id2);
+    c.follow(&id2).await;
+    let conn = c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await;
+    let conn = &conn["args"]["connection"];
+    assert_eq!(conn["host"], "10.1.1.1");
+    assert_eq!(conn["port"], 3390, "step 2's result overrides the port");
+    assert_eq!(conn["verbose_name"], "vm-a");
+}
+
+#[tokio::test]
+async fn the_command_provisioner_failure_carries_the_programs_message() {
+    let (app, _dir) = command_app("fail", "", Duration::from_secs(10)).await;
+    let (mut c, _) = app.login("astravdi").await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    let (seen, task) = c.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "FAILED");
+    let msg = task["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("boom: no capacity left") && msg.contains('3'),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn the_command_provisioner_is_killed_at_the_deadline() {
+    let (app, dir) = command_app("hang", "", Duration::from_millis(700)).await;
+    let (mut c, _) = app.login("astravdi").await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    let (seen, _) = c.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "CANCELLED");
+    let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
+    let mut gone = false;
+    for _ in 0..40 {
+        let alive = std::process::Command::new("kill")
+            .args(["-0", pid.trim()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !alive {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the provisioner process {pid} was killed");
+}
+
+struct Panics;
+
+#[async_trait]
+impl Provisioner for Panics {
+    async fn expand(&self, _: &StepRequest, progress: Progress) -> Result<Machine, StepError> {
+        progress.running();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        panic!("provisioner bug");
+    }
+    async fn connect(&self, _: &StepRequest, _: Progress) -> Result<ConnectionData, StepError> {
+        unreachable!()
+    }
+    async fn release(&self, _: &Machine) {}
+}
+
+#[tokio::test]
+async fn a_panicking_provisioner_fails_the_task_and_the_server_carries_on() {
+    let mut config = demo_config();
+    config.seed_tasks.clear();
+    config.pools[0].provisioner = "panics".into();
+    let extra: HashMap<String, Arc<dyn Provisioner>> = HashMap::from([(
+        "panics".to_owned(),
+        Arc::new(Panics) as Arc<dyn Provisioner>,
+    )]);
+    let state = AppState::with_provisioners(config, extra).unwrap();
+    let user = state.auth.users.by_name("astravdi").unwrap().clone();
+    let task = state.pools.request_machine(&user, pool_win_1()).unwrap();
+    assert_eq!(
+        wait_done(&state, "astravdi", task.id).await,
+        TaskStatus::Failed
+    );
+    let task = state.pools.task(&user, task.id).unwrap();
+    assert_eq!(task.error.unwrap().message, "The provisioner crashed.");
+    // FAILED step 1: the pool now refuses, per the rules.
+    let err = state
+        .pools
+        .request_machine(&user, pool_win_1())
+        .unwrap_err();
+    assert_eq!(err.code(), 403);
+}
