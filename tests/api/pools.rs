@@ -361,3 +361,26 @@ async fn a_signed_out_socket_gets_no_more_events() {
         assert_eq!(s.recv().await["id"], "probe");
     }
 }
+
+#[tokio::test]
+async fn a_socket_that_cannot_keep_up_is_closed_with_a_reason_not_skipped() {
+    let app = fast_app(OK, OK).await;
+    let (mut slow, _) = app.login("astravdi").await;
+    let (mut other, _) = app.login("user-2").await;
+    let user = app.state.auth.users.by_name("astravdi").unwrap().id;
+    let task = poolgate::pools::task::Task::new(
+        poolgate::pools::task::TaskKind::PoolExpand,
+        user,
+        POOL_WIN_1.parse().unwrap(),
+    );
+    // This test runs on one thread: the socket's writer cannot run between these calls, so
+    // its queue (256 frames) overflows exactly as it would behind a client that stopped reading.
+    for _ in 0..1000 {
+        app.state.events.publish(&task);
+    }
+    let (code, reason) = slow.expect_close(REPLY_TIMEOUT).await;
+    assert_eq!(code, 4002);
+    assert!(reason.contains("too slow"), "{reason}");
+    // Nobody else was affected.
+    assert_eq!(other.rpc("identify", json!({})).await["name"], "response");
+}
