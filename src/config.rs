@@ -54,6 +54,15 @@ pub struct Config {
     /// Every connect task ends within this long (CANCELLED if it overruns).
     #[serde(with = "secs")]
     pub task_deadline: Duration,
+    /// Lifetime of a v2 REST JWT (the mock's: 24 h). Logout revokes it earlier.
+    #[serde(with = "secs")]
+    pub jwt_ttl: Duration,
+    /// JWT signing secret. Prefer the env var POOLGATE_JWT_SECRET or `jwt_secret_file`; with
+    /// none of them, one is generated in the data directory.
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Values of `GET /api/v2/users/settings/` (the mock's by default).
+    pub client_settings: crate::rest::settings::ClientSettings,
     /// Optional separate users file (same `[[users]]` tables), relative to the config file.
     pub users_file: Option<PathBuf>,
     /// Users defined inline.
@@ -83,6 +92,10 @@ impl Default for Config {
             max_auth_failures: 5,
             max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             task_deadline: Duration::from_secs(90),
+            jwt_ttl: Duration::from_secs(24 * 3600),
+            jwt_secret: None,
+            jwt_secret_file: None,
+            client_settings: Default::default(),
             users_file: None,
             users: Vec::new(),
             pools: Vec::new(),
@@ -147,6 +160,17 @@ impl Config {
             bail!("max_connections, outbound_queue and max_concurrent_hashes must be at least 1");
         }
         Ok(())
+    }
+}
+
+/// A secret read from config: never shown by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
     }
 }
 

@@ -20,6 +20,8 @@ use crate::pools::task::Task;
 pub enum Frame {
     Text(String),
     Close(u16, String),
+    /// A keep-alive probe (status sockets).
+    Ping,
 }
 
 /// How a subscriber wants task events rendered.

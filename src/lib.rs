@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod pools;
 pub mod provision;
+pub mod rest;
 pub mod rpc;
 pub mod server;
 pub mod state;

@@ -96,7 +96,18 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::HashPassword => hash_password(),
         Command::CheckConfig { config } => {
-            let config = Config::load(&config)?;
+            let mut config = Config::load(&config)?;
+            if config.jwt_secret.is_none()
+                && config.jwt_secret_file.is_none()
+                && std::env::var_os(poolgate::auth::jwt::SECRET_ENV).is_none()
+            {
+                // Serving would generate one in the data dir; checking must not write anything.
+                config.jwt_secret =
+                    Some(poolgate::config::SecretString(hex::encode(rand::random::<
+                        [u8; 32],
+                    >(
+                    ))));
+            }
             AppState::new(config)?;
             println!("ok");
             Ok(())

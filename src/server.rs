@@ -17,6 +17,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(crate::ws::upgrade))
+        .merge(crate::rest::router())
         .with_state(state)
 }
 
@@ -44,6 +45,7 @@ async fn sweep(state: AppState) {
             _ = every.tick() => {
                 let dropped = state.auth.tokens.sweep();
                 state.auth.mfa.sweep();
+                state.jwt.sweep();
                 if dropped > 0 {
                     tracing::debug!(dropped, "expired sessions dropped");
                 }

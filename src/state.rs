@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::auth::jwt::JwtKeys;
 use crate::auth::otp::OtpGuard;
 use crate::auth::password::PasswordChecker;
 use crate::auth::tokens::{MfaStore, TokenStore};
@@ -24,6 +25,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub auth: Authenticator,
+    /// Signs and checks the v2 REST shim's JWTs.
+    pub jwt: JwtKeys,
     pub pools: Pools,
     pub events: Arc<EventHub>,
     /// One permit per open WebSocket; taken before the upgrade.
@@ -75,7 +78,9 @@ impl AppState {
             tracker.clone(),
             shutdown.clone(),
         )?;
+        let jwt = JwtKeys::from_config(&config)?;
         Ok(AppState(Arc::new(Inner {
+            jwt,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             auth,
             pools,

@@ -4,6 +4,7 @@
 //! Order of checks, as in the reference mock: the user exists → second factor → password →
 //! disabled. An unknown user and a wrong password give the same answer after the same work.
 
+pub mod jwt;
 pub mod otp;
 pub mod password;
 pub mod tokens;

@@ -26,10 +26,11 @@ pub mod close_code {
     pub const IDLE_TIMEOUT: u16 = 4000;
     pub const AUTH_TIMEOUT: u16 = 4001;
     pub const TOO_SLOW: u16 = 4002;
+    pub const TOKEN_GONE: u16 = 4003;
 }
 
 /// How long a closing socket may take to flush its last frames.
-const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 /// Why the read loop ended.
 enum End {
@@ -184,7 +185,7 @@ async fn transport_error(tx: &mpsc::Sender<Frame>, err: axum::Error) -> End {
 
 /// Drains the outbound queue into the socket, flushing when the queue runs dry so bursts of
 /// replies go out in few syscalls.
-async fn write_loop(
+pub(crate) async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Frame>,
 ) {
@@ -196,6 +197,7 @@ async fn write_loop(
                 code,
                 reason: Utf8Bytes::from(reason),
             })),
+            Frame::Ping => Message::Ping(Default::default()),
         };
         if sink.feed(msg).await.is_err() {
             return;

@@ -33,13 +33,14 @@ fn init_tracing() {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub state: AppState,
-    handle: JoinHandle<anyhow::Result<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// The demo dataset on an ephemeral port.
+/// The demo dataset on an ephemeral port, with its own data directory.
 pub fn demo_config() -> Config {
     let mut config = Config::demo();
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = std::env::temp_dir().join(format!("poolgate-test-{}", uuid::Uuid::new_v4()));
     config
 }
 
@@ -59,8 +60,25 @@ impl TestApp {
         TestApp {
             addr,
             state,
-            handle,
+            handle: Some(handle),
         }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Signs in over REST and returns the JWT.
+    pub async fn jwt(&self, username: &str) -> String {
+        let resp = reqwest::Client::new()
+            .post(self.url("/api/v2/users/login/"))
+            .json(&json!({"username": username, "password": PASSWORD, "ldap": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        body["data"]["access_token"].as_str().unwrap().to_owned()
     }
 
     pub fn ws_url(&self) -> String {
@@ -82,9 +100,10 @@ impl TestApp {
     }
 
     /// Cancels the server and waits until `run` returns.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.state.shutdown.cancel();
-        tokio::time::timeout(REPLY_TIMEOUT, self.handle)
+        let handle = self.handle.take().unwrap();
+        tokio::time::timeout(REPLY_TIMEOUT, handle)
             .await
             .expect("server stops in time")
             .unwrap()
@@ -243,5 +262,12 @@ impl Client {
                 return (seen, task);
             }
         }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.state.config.data_dir);
     }
 }

@@ -5,5 +5,6 @@ mod cli;
 mod helpers;
 mod pools;
 mod provisioners;
+mod rest;
 mod timeouts;
 mod transport;

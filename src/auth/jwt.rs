@@ -1,0 +1,202 @@
+//! JWTs for the v2 REST shim: HS256 only, `exp` required, revocable by `jti`.
+//!
+//! The signing secret comes from `POOLGATE_JWT_SECRET`, `jwt_secret_file` or `jwt_secret`
+//! (in that order); with none, a random one is generated once and kept (0600) in the data
+//! directory. Well-known and short secrets are refused at start-up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dashmap::DashMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::users::User;
+use crate::config::Config;
+
+/// Secrets published in examples and mocks (the reference mock signs with `super-secret`).
+const KNOWN_SECRETS: &[&str] = &[
+    "super-secret",
+    "secret",
+    "changeme",
+    "change-me",
+    "jwt-secret",
+    "password",
+    "your-256-bit-secret",
+];
+/// Shortest secret accepted, in bytes (HS256 wants at least its output size).
+const MIN_SECRET: usize = 32;
+pub const SECRET_ENV: &str = "POOLGATE_JWT_SECRET";
+const SECRET_FILE: &str = "jwt-secret";
+
+/// The claims the mock's clients read, plus `jti`/`iat` for revocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub username: String,
+    pub roles: Vec<String>,
+    pub client_id: String,
+    pub domain: Option<String>,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+}
+
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+    /// Revoked token ids and when they would have expired anyway (for sweeping).
+    revoked: DashMap<String, i64>,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        JwtKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl,
+            revoked: DashMap::new(),
+        }
+    }
+
+    /// Finds the secret per the module's rules, generating one if none is configured.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let secret = resolve_secret(config)?;
+        Ok(Self::new(&secret, config.jwt_ttl))
+    }
+
+    pub fn issue(&self, user: &User) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user.id,
+            username: user.username.clone(),
+            roles: user.roles.clone(),
+            client_id: user.id.hyphenated().to_string(),
+            domain: None,
+            exp: now + self.ttl.as_secs() as i64,
+            iat: now,
+            jti: Uuid::new_v4().simple().to_string(),
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// Claims of a valid, unexpired, unrevoked token.
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
+        (!self.revoked.contains_key(&data.claims.jti)).then_some(data.claims)
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.contains_key(jti)
+    }
+
+    pub fn revoke(&self, claims: &Claims) {
+        self.revoked.insert(claims.jti.clone(), claims.exp);
+    }
+
+    /// Forgets revocations of tokens that have expired anyway.
+    pub fn sweep(&self) {
+        let now = chrono::Utc::now().timestamp();
+        self.revoked.retain(|_, exp| *exp + 60 > now);
+    }
+}
+
+fn check_secret(secret: &[u8], source: &str) -> anyhow::Result<()> {
+    let text = String::from_utf8_lossy(secret);
+    if secret.is_empty() {
+        bail!(
+            "the JWT secret from {source} is empty: set {SECRET_ENV} to at least {MIN_SECRET} random bytes, or configure none and poolgate generates one in its data directory"
+        );
+    }
+    if KNOWN_SECRETS
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(text.trim()))
+    {
+        bail!(
+            "the JWT secret from {source} is a well-known default ({:?}): anyone could forge tokens. Set {SECRET_ENV} to at least {MIN_SECRET} random bytes (e.g. `openssl rand -base64 48`), or configure none and poolgate generates one",
+            text.trim()
+        );
+    }
+    if secret.len() < MIN_SECRET {
+        bail!(
+            "the JWT secret from {source} is {} bytes; use at least {MIN_SECRET} random bytes (e.g. `openssl rand -base64 48`)",
+            secret.len()
+        );
+    }
+    Ok(())
+}
+
+fn resolve_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Ok(s) = std::env::var(SECRET_ENV) {
+        check_secret(s.as_bytes(), SECRET_ENV)?;
+        return Ok(s.into_bytes());
+    }
+    if let Some(path) = &config.jwt_secret_file {
+        let s = std::fs::read(path)
+            .with_context(|| format!("cannot read jwt_secret_file {}", path.display()))?;
+        let s = s.trim_ascii().to_vec();
+        check_secret(&s, &format!("jwt_secret_file {}", path.display()))?;
+        return Ok(s);
+    }
+    if let Some(s) = &config.jwt_secret {
+        check_secret(s.0.as_bytes(), "jwt_secret in the config")?;
+        return Ok(s.0.clone().into_bytes());
+    }
+    load_or_generate(&config.data_dir)
+}
+
+fn load_or_generate(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(s) => {
+            check_secret(&s, &path.display().to_string())?;
+            return Ok(s);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
+    let tmp = dir.join(format!("{SECRET_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&secret)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    tracing::info!(path = %path.display(), "generated a JWT signing secret");
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_short_and_empty_secrets_are_refused() {
+        assert!(check_secret(b"super-secret", "t").is_err());
+        assert!(check_secret(b"", "t").is_err());
+        assert!(check_secret(b"0123456789", "t").is_err());
+        assert!(check_secret(&[b'x'; 40], "t").is_ok());
+    }
+}

@@ -1,0 +1,234 @@
+//! The v2 compatibility shim: the REST paths and status WebSocket of the dispatcher's v2 API,
+//! shaped like the reference mock (devalv/mockapi) so its clients work unchanged. Handlers only
+//! translate HTTP to the same domain calls the WebSocket RPCs make.
+
+mod core;
+mod openapi;
+mod pools;
+pub mod settings;
+mod status_ws;
+mod tasks;
+mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::auth::jwt::Claims;
+use crate::auth::users::User;
+use crate::error::{Error, MfaKind};
+use crate::state::AppState;
+
+/// Largest request body the shim reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Routes under `/api/v2`, plus the docs.
+pub fn router() -> Router<AppState> {
+    let api = Router::new()
+        .route("/users/login/", post(users::login))
+        .route("/users/logout/", post(users::logout))
+        .route("/users/settings/", get(users::settings))
+        .route("/pools/", get(pools::list))
+        .route("/pools/{id}/connect/", get(pools::step1).post(pools::step2))
+        .route("/pools/ws/{client_id}/", get(status_ws::upgrade))
+        .route("/tasks/{id}/", get(tasks::get))
+        .route("/tasks/{id}/is-done/", get(tasks::is_done))
+        .route("/health/", get(core::health))
+        .route("/version/", get(core::version))
+        .route("/openapi.json", get(openapi::spec))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    Router::new()
+        .nest("/api/v2", api)
+        .route("/docs", get(openapi::docs))
+        .route("/docs/{asset}", get(openapi::asset))
+}
+
+/// An error in the mock's shape: `{"detail":[{"msg","err_code","type"}]}` with
+/// `WWW-Authenticate: JWT`.
+#[derive(Debug)]
+pub struct RestError {
+    status: StatusCode,
+    detail: Vec<Value>,
+}
+
+impl RestError {
+    pub fn new(status: StatusCode, msg: &str, err_code: u32, kind: &str) -> Self {
+        RestError {
+            status,
+            detail: vec![json!({"msg": msg, "err_code": err_code, "type": kind})],
+        }
+    }
+
+    /// Missing, malformed, forged, `alg: none`, expired or revoked token (the mock's 403).
+    pub fn permission_denied() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Permission denied.", 999, "default")
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Not found.", 999, "default")
+    }
+
+    /// A 422 validation error item, FastAPI-style, with the mock's `err_code`.
+    pub fn validation(loc: &[&str], msg: impl Into<String>, kind: &str) -> Self {
+        RestError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            detail: vec![json!({"loc": loc, "msg": msg.into(), "type": kind, "err_code": 999})],
+        }
+    }
+}
+
+impl From<Error> for RestError {
+    fn from(err: Error) -> Self {
+        let code = err.err_code().unwrap_or(999);
+        match &err {
+            // The shim answers "Invalid Credentials." for every failed password login.
+            Error::InvalidCredentials | Error::Disabled => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "Invalid Credentials.",
+                999,
+                "default",
+            ),
+            Error::InvalidOtp => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "Invalid one-time code.",
+                103,
+                "auth",
+            ),
+            Error::MfaRequired { kind, .. } => {
+                let next_step = match kind {
+                    MfaKind::Otp => "/api/v2/users/login/",
+                    MfaKind::Adfs => "/api/v2/users/adfs/",
+                    MfaKind::HardwareToken => "/api/v2/users/hardware_token/",
+                };
+                RestError {
+                    status: StatusCode::PRECONDITION_REQUIRED,
+                    detail: vec![
+                        json!({"msg": "MFA required.", "err_code": code, "type": "auth", "next_step": next_step}),
+                    ],
+                }
+            }
+            Error::Unauthenticated | Error::InvalidToken | Error::InvalidMfaToken => {
+                Self::permission_denied()
+            }
+            Error::NotFound(_) => Self::not_found(),
+            Error::Unprocessable(msg) => Self::validation(&["body"], msg.clone(), "value_error"),
+            Error::BadRequest(msg) => Self::validation(&["body"], msg.clone(), "value_error"),
+            Error::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal error in the REST shim");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal server error.",
+                    999,
+                    "default",
+                )
+            }
+            other => Self::new(
+                StatusCode::from_u16(other.code()).unwrap_or(StatusCode::BAD_REQUEST),
+                &other.to_string(),
+                code,
+                "default",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(json!({"detail": self.detail}))).into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("JWT"));
+        resp
+    }
+}
+
+async fn not_found() -> RestError {
+    RestError::not_found()
+}
+
+/// The caller, authenticated by `Authorization: JWT <token>`.
+pub struct AuthUser {
+    pub user: Arc<User>,
+    pub claims: Claims,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = RestError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, RestError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("JWT "))
+            .ok_or_else(RestError::permission_denied)?;
+        authenticate_jwt(state, token.trim()).ok_or_else(RestError::permission_denied)
+    }
+}
+
+/// A JWT's user, if the token is valid and the user may still sign in.
+pub fn authenticate_jwt(state: &AppState, token: &str) -> Option<AuthUser> {
+    let claims = state.jwt.verify(token)?;
+    let user = state.auth.users.by_id(&claims.sub)?.clone();
+    if user.disabled || user.username != claims.username {
+        return None;
+    }
+    Some(AuthUser { user, claims })
+}
+
+/// Parses a JSON body, answering the mock's 422 shapes for anything unusable.
+pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, RestError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            RestError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("Request body too large: the limit is {MAX_BODY} bytes."),
+                999,
+                "default",
+            )
+        } else {
+            RestError::validation(&["body"], "Unreadable request body.", "value_error")
+        }
+    })?;
+    if body.is_empty() {
+        return Err(RestError::validation(
+            &["body"],
+            "Field required.",
+            "missing",
+        ));
+    }
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        RestError::validation(
+            &["body"],
+            format!("JSON decode error: {e}."),
+            "json_invalid",
+        )
+    })?;
+    serde_json::from_value(value)
+        .map_err(|e| RestError::validation(&["body"], format!("{e}."), "value_error"))
+}
+
+/// Parses a UUID path segment; malformed ids are the mock's 422.
+pub fn uuid_path(raw: &str, name: &str) -> Result<uuid::Uuid, RestError> {
+    raw.parse().map_err(|_| {
+        RestError::validation(
+            &["path", name],
+            "Input should be a valid UUID.",
+            "uuid_parsing",
+        )
+    })
+}
+
+/// `{"data": …}` with a status code.
+pub fn data(status: StatusCode, value: impl serde::Serialize) -> Response {
+    (status, axum::Json(json!({ "data": value }))).into_response()
+}

@@ -1,0 +1,155 @@
+//! `WS /api/v2/pools/ws/{client_id}/`: the per-client status socket of the v2 API.
+//!
+//! Authenticated by `Cookie: JWT <token>` (the mock's form) or a cookie named `JWT`; refused
+//! before the upgrade without a valid token or when `client_id` is not the token's (the mock
+//! never checks). Each task change of the user is sent as `{"status","id","kind",...}`; the
+//! user's active tasks are sent once on connect. The server pings every 30 s; a socket that
+//! answers nothing for `idle_timeout` is closed, and so is one whose token expires or is revoked.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{AuthUser, RestError, authenticate_jwt};
+use crate::events::{EventFormat, Frame, Subscriber};
+use crate::state::AppState;
+use crate::ws::connection::{CLOSE_FLUSH, close_code, write_loop};
+use crate::ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES};
+
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// The JWT from `Cookie: JWT <token>` or `Cookie: …; JWT=<token>`.
+fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            if let Some(token) = v.trim().strip_prefix("JWT ") {
+                return Some(token.trim());
+            }
+            v.split(';')
+                .find_map(|kv| kv.trim().strip_prefix("JWT="))
+                .map(str::trim)
+        })
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(auth) = cookie_token(&headers).and_then(|t| authenticate_jwt(&state, t)) else {
+        return RestError::permission_denied().into_response();
+    };
+    if client_id.parse::<uuid::Uuid>().ok() != Some(auth.user.id) {
+        tracing::warn!(user = %auth.user.username, %peer, "status socket refused: client_id is not the token's");
+        return RestError::permission_denied().into_response();
+    }
+    let Ok(ws) = ws else {
+        return RestError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "This endpoint is a WebSocket.",
+            999,
+            "default",
+        )
+        .into_response();
+    };
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return RestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many connections, try again shortly.",
+            999,
+            "default",
+        )
+        .into_response();
+    };
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(state.config.max_frame_bytes)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            tracker.track_future(async move {
+                serve(socket, state, auth).await;
+                drop(permit);
+            })
+        })
+}
+
+async fn serve(socket: WebSocket, state: AppState, auth: AuthUser) {
+    let conn_id = state.next_conn_id();
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
+    let mut writer = tokio::spawn(write_loop(sink, rx));
+    let kick = CancellationToken::new();
+    let user_id = auth.user.id;
+    let alive = {
+        let (state, claims) = (state.clone(), auth.claims.clone());
+        Arc::new(move || {
+            claims.exp > chrono::Utc::now().timestamp() && !state.jwt.is_revoked(&claims.jti)
+        })
+    };
+    let sub = Subscriber {
+        conn_id,
+        format: EventFormat::V2Status,
+        tx: tx.clone(),
+        enabled: Arc::new(true.into()),
+        kick: kick.clone(),
+        alive: alive.clone(),
+    };
+    state
+        .events
+        .subscribe(user_id, sub, || state.pools.active_tasks(user_id));
+    tracing::debug!(conn_id, user = %auth.user.username, "status socket open");
+
+    let idle = state.config.idle_timeout;
+    let mut last_seen = Instant::now();
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + PING_EVERY.min(idle / 2),
+        PING_EVERY.min(idle / 2),
+    );
+    let close = loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break Some((close_code::GOING_AWAY, "server shutting down")),
+            _ = kick.cancelled() => break Some((close_code::TOO_SLOW, "too slow: the socket did not read its events")),
+            _ = ping.tick() => {
+                if !alive() {
+                    break Some((close_code::TOKEN_GONE, "token expired or revoked"));
+                }
+                if last_seen.elapsed() >= idle {
+                    break Some((close_code::IDLE_TIMEOUT, "idle timeout: no answer to pings"));
+                }
+                // An empty text frame would confuse clients; a ping is answered by any stack.
+                let _ = tx.try_send(Frame::Ping);
+            }
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(_)) => last_seen = Instant::now(),
+            },
+        }
+    };
+    state.events.unsubscribe(user_id, conn_id);
+    if let Some((code, reason)) = close {
+        let _ = tokio::time::timeout(CLOSE_FLUSH, tx.send(Frame::Close(code, reason.into()))).await;
+    }
+    drop(tx);
+    if tokio::time::timeout(CLOSE_FLUSH, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    tracing::debug!(conn_id, "status socket closed");
+}
