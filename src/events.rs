@@ -39,14 +39,18 @@ impl EventFormat {
             EventFormat::Rpc => {
                 crate::ws::envelope::event("task", &serde_json::to_value(task).unwrap_or_default())
             }
-            EventFormat::V2Status => serde_json::json!({
-                "status": task.status,
-                "id": task.id,
-                "kind": task.kind,
-                "pool_id": task.pool_id,
-                "progress": task.progress,
-            })
-            .to_string(),
+            EventFormat::V2Status => {
+                let mut v = serde_json::json!({
+                    "status": task.status,
+                    "id": task.id,
+                    "kind": task.kind,
+                    "pool_id": task.pool_id,
+                });
+                if let Some(p) = task.progress {
+                    v["progress"] = p.into();
+                }
+                v.to_string()
+            }
         }
     }
 }
