@@ -51,6 +51,26 @@ pub struct Config {
     pub max_auth_failures: u32,
     /// Password hashes computed at once; more logins wait their turn.
     pub max_concurrent_hashes: usize,
+    /// Where state lives: `sqlite:<path>` (empty path: `<data_dir>/poolgate.sqlite3`, the
+    /// default), `redis://host:port` for several instances, or `memory` (lost on exit).
+    pub state: String,
+    /// Namespace of keys and of the event channel in a shared store: instances of one
+    /// deployment share it.
+    pub state_prefix: String,
+    /// How long a machine stays assigned to a user before the lease sweep gives it back.
+    #[serde(with = "secs")]
+    pub assignment_ttl: Duration,
+    /// How often expired assignments are released.
+    #[serde(with = "secs")]
+    pub lease_sweep: Duration,
+    /// On shared stores: how long an instance's claim on a task lasts without renewal; a task
+    /// whose instance died is ended within about this long.
+    #[serde(with = "secs")]
+    pub task_lease: Duration,
+    /// How often session activity is written to the store: the stored last-activity of a
+    /// token is at most this stale (a token may expire this much early after a crash).
+    #[serde(with = "secs")]
+    pub session_flush: Duration,
     /// Every connect task ends within this long (CANCELLED if it overruns).
     #[serde(with = "secs")]
     pub task_deadline: Duration,
@@ -92,6 +112,12 @@ impl Default for Config {
             max_auth_failures: 5,
             max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             task_deadline: Duration::from_secs(90),
+            state: "sqlite:".into(),
+            state_prefix: "poolgate".into(),
+            assignment_ttl: Duration::from_secs(8 * 3600),
+            lease_sweep: Duration::from_secs(60),
+            task_lease: Duration::from_secs(10),
+            session_flush: Duration::from_secs(5),
             jwt_ttl: Duration::from_secs(24 * 3600),
             jwt_secret: None,
             jwt_secret_file: None,

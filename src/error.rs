@@ -79,9 +79,18 @@ pub enum Error {
     /// Too many attempts.
     #[error("{0}")]
     RateLimited(String),
+    /// The state store cannot be reached; the request may be retried.
+    #[error("The state store is unavailable; try again shortly.")]
+    Unavailable(#[source] crate::store::StoreError),
     /// Something broke on our side; the cause is logged, never sent.
     #[error("Internal server error.")]
     Internal(#[source] anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        Error::Unavailable(e)
+    }
 }
 
 impl Error {
@@ -110,6 +119,7 @@ impl Error {
             Error::MfaRequired { .. } => 428,
             Error::RateLimited(_) => 429,
             Error::Internal(_) => 500,
+            Error::Unavailable(_) => 503,
         }
     }
 

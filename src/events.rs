@@ -4,6 +4,7 @@
 //! full is told to close (with a reason) rather than silently skipped or allowed to block the
 //! others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -86,53 +87,103 @@ impl Subscriber {
     }
 }
 
+/// One user's sockets, and the latest state of the user's active tasks (for catch-up).
+#[derive(Default)]
+struct UserEntry {
+    subs: Vec<Subscriber>,
+    active: HashMap<Uuid, Task>,
+}
+
+/// Every task change — from this instance or, through the store's bus, from others — passes
+/// through `publish`, so the hub's view of active tasks is as fresh as what sockets were told.
 #[derive(Default)]
 pub struct EventHub {
-    subscribers: DashMap<Uuid, Vec<Subscriber>>,
+    users: DashMap<Uuid, UserEntry>,
 }
 
 impl EventHub {
-    /// Registers a socket and first queues the current state of the user's active tasks
-    /// (`catch_up`). Both happen under the user's entry lock, which `publish` also takes, so a
-    /// change racing with the sign-in is never delivered before an older state.
-    pub fn subscribe(&self, user: Uuid, sub: Subscriber, catch_up: impl FnOnce() -> Vec<Task>) {
-        let mut subs = self.subscribers.entry(user).or_default();
+    /// Registers a socket and first queues the current state of the user's active tasks.
+    /// Both happen under the user's entry lock, which `publish` also takes, so a change racing
+    /// with the sign-in is never delivered before an older state.
+    pub fn subscribe(&self, user: Uuid, sub: Subscriber) {
+        let mut entry = self.users.entry(user).or_default();
         if sub.enabled.load(Ordering::Relaxed) {
-            for task in catch_up() {
-                sub.push(sub.format.render(&task));
+            let mut active: Vec<&Task> = entry.active.values().collect();
+            active.sort_by_key(|t| t.created);
+            for task in active {
+                sub.push(sub.format.render(task));
             }
         }
-        subs.push(sub);
+        entry.subs.push(sub);
     }
 
     pub fn unsubscribe(&self, user: Uuid, conn_id: u64) {
-        if let dashmap::Entry::Occupied(mut e) = self.subscribers.entry(user) {
-            e.get_mut().retain(|s| s.conn_id != conn_id);
-            if e.get().is_empty() {
+        if let dashmap::Entry::Occupied(mut e) = self.users.entry(user) {
+            e.get_mut().subs.retain(|s| s.conn_id != conn_id);
+            if e.get().subs.is_empty() && e.get().active.is_empty() {
                 e.remove();
             }
         }
     }
 
-    /// Sends a task's new state to every enabled socket of its user.
-    /// Never waits: queueing is `try_send`, so holding the entry's read lock here is cheap.
-    pub fn publish(&self, task: &Task) {
-        let Some(subs) = self.subscribers.get(&task.user_id) else {
+    /// Records a task's new state and, if `notify`, sends it to every enabled, still
+    /// signed-in socket of its user. Never waits: queueing is `try_send`.
+    pub fn publish(&self, task: &Task, notify: bool) {
+        let mut entry = self.users.entry(task.user_id).or_default();
+        if task.status.is_active() {
+            entry.active.insert(task.id, task.clone());
+        } else {
+            entry.active.remove(&task.id);
+        }
+        if notify {
+            let mut rendered: [Option<String>; 2] = [None, None];
+            for sub in entry
+                .subs
+                .iter()
+                .filter(|s| s.enabled.load(Ordering::Relaxed) && (s.alive)())
+            {
+                let slot = &mut rendered[sub.format as usize];
+                let text = slot.get_or_insert_with(|| sub.format.render(task)).clone();
+                sub.push(text);
+            }
+        }
+        if entry.subs.is_empty() && entry.active.is_empty() {
+            drop(entry);
+            self.users.remove_if(&task.user_id, |_, e| {
+                e.subs.is_empty() && e.active.is_empty()
+            });
+        }
+    }
+
+    /// Tells the user's RPC sockets that a machine was given back.
+    pub fn released(&self, user: Uuid, pool_id: Uuid, machine_id: Uuid, reason: &str) {
+        let Some(entry) = self.users.get(&user) else {
             return;
         };
-        let mut rendered: [Option<String>; 2] = [None, None];
-        for sub in subs
-            .iter()
-            .filter(|s| s.enabled.load(Ordering::Relaxed) && (s.alive)())
-        {
-            let slot = &mut rendered[sub.format as usize];
-            let text = slot.get_or_insert_with(|| sub.format.render(task)).clone();
-            sub.push(text);
+        let text = crate::ws::envelope::event(
+            "machine",
+            &serde_json::json!({"pool_id": pool_id, "machine_id": machine_id, "status": "RELEASED", "reason": reason}),
+        );
+        for sub in entry.subs.iter().filter(|s| {
+            s.format == EventFormat::Rpc && s.enabled.load(Ordering::Relaxed) && (s.alive)()
+        }) {
+            sub.push(text.clone());
         }
+    }
+
+    /// The user's PENDING and RUNNING tasks as this instance knows them, oldest first.
+    pub fn active_tasks(&self, user: Uuid) -> Vec<Task> {
+        let mut tasks: Vec<Task> = self
+            .users
+            .get(&user)
+            .map(|e| e.active.values().cloned().collect())
+            .unwrap_or_default();
+        tasks.sort_by_key(|t| t.created);
+        tasks
     }
 
     /// Signed-in sockets, for metrics and admin views.
     pub fn socket_count(&self) -> usize {
-        self.subscribers.iter().map(|e| e.len()).sum()
+        self.users.iter().map(|e| e.subs.len()).sum()
     }
 }

@@ -14,6 +14,7 @@ pub mod rest;
 pub mod rpc;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod ws;
 

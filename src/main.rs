@@ -108,7 +108,21 @@ fn main() -> anyhow::Result<()> {
                     >(
                     ))));
             }
-            AppState::new(config)?;
+            // Checking must not create the database either; the name is checked, not opened.
+            let state = std::mem::replace(&mut config.state, "memory".into());
+            if !(state == "memory"
+                || state.starts_with("sqlite:")
+                || state.starts_with("redis://")
+                || state.starts_with("rediss://"))
+            {
+                bail!(
+                    "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
+                );
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(AppState::new(config))?;
             println!("ok");
             Ok(())
         }
@@ -131,7 +145,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text");
     }
-    let state = AppState::new(config)?;
+    let state = AppState::new(config).await?;
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::state::AppState;
 
-/// How often expired tokens and MFA challenges are dropped from memory.
+/// How often expired sessions, MFA challenges and JWT revocations are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Every route poolgate serves.
@@ -24,7 +24,7 @@ pub fn app(state: AppState) -> Router {
 /// Starts the background jobs and the seed tasks, serves until `state.shutdown` is cancelled,
 /// then waits for every connection and task runner to finish.
 pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
-    state.start()?;
+    state.start().await?;
     let shutdown = state.shutdown.clone();
     state.tracker.spawn(sweep(state.clone()));
     let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -37,18 +37,30 @@ pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Persists session activity every `session_flush`, and drops expired sessions, MFA
+/// challenges and JWT revocations every 30 s.
 async fn sweep(state: AppState) {
+    let mut flush = tokio::time::interval(state.config.session_flush);
     let mut every = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = every.tick() => {
-                let dropped = state.auth.tokens.sweep();
-                state.auth.mfa.sweep();
-                state.jwt.sweep();
-                if dropped > 0 {
-                    tracing::debug!(dropped, "expired sessions dropped");
+            _ = state.shutdown.cancelled() => {
+                // Keep the last activity: tokens stay valid across a clean restart.
+                let _ = state.auth.tokens.flush().await;
+                return;
+            }
+            _ = flush.tick() => {
+                if let Err(e) = state.auth.tokens.flush().await {
+                    tracing::warn!(error = %e, "cannot persist session activity");
                 }
+            }
+            _ = every.tick() => {
+                match state.auth.tokens.sweep().await {
+                    Ok(dropped) if dropped > 0 => tracing::debug!(dropped, "expired sessions dropped"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+                }
+                state.jwt.sweep();
             }
         }
     }

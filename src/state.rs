@@ -1,10 +1,10 @@
 //! The shared application state: a cheap-to-clone handle given to every connection and handler.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,14 +16,16 @@ use crate::auth::tokens::{MfaStore, TokenStore};
 use crate::auth::users::UserDirectory;
 use crate::config::Config;
 use crate::events::EventHub;
-use crate::pools::Pools;
+use crate::pools::{Pools, Timings};
 use crate::provision::Provisioner;
+use crate::store::{BusEvent, Store};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub config: Config,
+    pub store: Arc<dyn Store>,
     pub auth: Authenticator,
     /// Signs and checks the v2 REST shim's JWTs.
     pub jwt: JwtKeys,
@@ -35,6 +37,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Every connection task and background job, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Events from the store's bus, consumed once `start` runs.
+    bus: Mutex<Option<mpsc::UnboundedReceiver<BusEvent>>>,
     next_conn_id: AtomicU64,
 }
 
@@ -46,24 +50,29 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Builds the state from a validated config. Fails on invalid users or pools.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        Self::with_provisioners(config, HashMap::new())
+    /// Opens the state store and builds the state from a validated config.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        Self::with_provisioners(config, HashMap::new()).await
     }
 
     /// Like [`AppState::new`], with extra provisioners by name (tests inject their own).
-    pub fn with_provisioners(
+    pub async fn with_provisioners(
         config: Config,
         extra: HashMap<String, Arc<dyn Provisioner>>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
-        let mut provisioners = Pools::build_provisioners(&config.provisioners)?;
+        let users = UserDirectory::new(&config.users, config.demo)?;
+        let jwt = JwtKeys::from_config(&config)?;
+        let (sink, bus) = mpsc::unbounded_channel();
+        let store =
+            crate::store::open(&config.state, &config.state_prefix, &config.data_dir, sink).await?;
+        let mut provisioners = Pools::build_provisioners(&config.provisioners, &store)?;
         provisioners.extend(extra);
         let auth = Authenticator {
-            users: UserDirectory::new(&config.users, config.demo)?,
-            tokens: TokenStore::new(config.token_ttl),
-            mfa: MfaStore::new(config.mfa_token_ttl),
-            otp: OtpGuard::default(),
+            users,
+            tokens: TokenStore::new(store.clone(), config.token_ttl),
+            mfa: MfaStore::new(store.clone(), config.mfa_token_ttl),
+            otp: OtpGuard::new(store.clone()),
             passwords: PasswordChecker::new(config.max_concurrent_hashes),
         };
         let shutdown = CancellationToken::new();
@@ -73,32 +82,74 @@ impl AppState {
             &config.pools,
             &provisioners,
             &auth.users,
+            store.clone(),
             events.clone(),
-            config.task_deadline,
+            Timings {
+                deadline: config.task_deadline,
+                assignment_ttl: config.assignment_ttl,
+                lease_sweep: config.lease_sweep,
+                task_lease: config.task_lease,
+            },
             tracker.clone(),
             shutdown.clone(),
         )?;
-        let jwt = JwtKeys::from_config(&config)?;
         Ok(AppState(Arc::new(Inner {
             jwt,
+            store,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             auth,
             pools,
             events,
             shutdown,
             tracker,
+            bus: Mutex::new(Some(bus)),
             next_conn_id: AtomicU64::new(1),
             config,
         })))
     }
 
-    /// Loads the config's seed tasks and starts driving the active ones. Call from within the
-    /// runtime, once, before serving.
-    pub fn start(&self) -> anyhow::Result<()> {
-        self.pools.seed(&self.config.seed_tasks, &self.auth.users)
+    /// Recovers and starts the background work: the bus, leftover tasks, seed tasks, sweeps.
+    /// Call once, before serving.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        let bus = self
+            .bus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("AppState::start called twice"))?;
+        self.tracker.spawn(dispatch_bus(self.clone(), bus));
+        self.jwt.load_revocations(&*self.store).await?;
+        self.pools
+            .start(&self.config.seed_tasks, &self.auth.users)
+            .await?;
+        Ok(())
     }
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Applies what arrives on the bus (from this instance or others) to this instance.
+async fn dispatch_bus(state: AppState, mut bus: mpsc::UnboundedReceiver<BusEvent>) {
+    loop {
+        let event = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            event = bus.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        match event {
+            BusEvent::Task { task, notify } => state.events.publish(&task, notify),
+            BusEvent::Released {
+                user_id,
+                pool_id,
+                machine_id,
+                reason,
+            } => state.events.released(user_id, pool_id, machine_id, &reason),
+            BusEvent::SessionRevoked { hash } => state.auth.tokens.revoke_local(&hash),
+            BusEvent::JwtRevoked { jti, exp } => state.jwt.revoke_local(&jti, exp),
+        }
     }
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::users::User;
 use crate::config::Config;
+use crate::store::{BusEvent, Store, StoreResult};
 
 /// Secrets published in examples and mocks (the reference mock signs with `super-secret`).
 const KNOWN_SECRETS: &[&str] = &[
@@ -102,8 +103,28 @@ impl JwtKeys {
         self.revoked.contains_key(jti)
     }
 
-    pub fn revoke(&self, claims: &Claims) {
-        self.revoked.insert(claims.jti.clone(), claims.exp);
+    /// Revokes a token here, in the store, and (by the bus) on every other instance.
+    pub async fn revoke(&self, store: &dyn Store, claims: &Claims) -> StoreResult<()> {
+        store.jwt_revoke(&claims.jti, claims.exp).await?;
+        self.revoke_local(&claims.jti, claims.exp);
+        store.publish(BusEvent::JwtRevoked {
+            jti: claims.jti.clone(),
+            exp: claims.exp,
+        });
+        Ok(())
+    }
+
+    /// Records a revocation made elsewhere (bus message, or the store at start-up).
+    pub fn revoke_local(&self, jti: &str, exp: i64) {
+        self.revoked.insert(jti.to_owned(), exp);
+    }
+
+    /// Loads the revocations already in the store.
+    pub async fn load_revocations(&self, store: &dyn Store) -> StoreResult<()> {
+        for (jti, exp) in store.jwt_revocations().await? {
+            self.revoke_local(&jti, exp);
+        }
+        Ok(())
     }
 
     /// Forgets revocations of tokens that have expired anyway.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::error::{Error, MfaKind};
 use otp::OtpGuard;
 use password::PasswordChecker;
-use tokens::{MfaLookup, MfaStore, TokenStore};
+use tokens::{MfaStore, TokenStore};
 use users::{User, UserDirectory};
 
 /// A first-step login attempt.
@@ -56,14 +56,14 @@ impl Authenticator {
                         Some(p) => self.passwords.verify(&user.password_hash, p).await?,
                         None => false,
                     };
-                    let mfa_token = self.mfa.issue(user, password_ok);
+                    let mfa_token = self.mfa.issue(&user, password_ok).await?;
                     return Err(Error::MfaRequired {
                         kind,
                         mfa_token: Some(mfa_token),
                     });
                 }
                 Some(code) => {
-                    if !self.otp.verify(&user, code) {
+                    if !self.otp.verify(&user, code).await? {
                         return Err(Error::InvalidOtp);
                     }
                 }
@@ -78,18 +78,18 @@ impl Authenticator {
 
     /// Completes an OTP challenge issued by [`Authenticator::login`].
     pub async fn otp_verify(&self, mfa_token: &str, otp_code: &str) -> Result<Arc<User>, Error> {
-        let MfaLookup::Valid(challenge) = self.mfa.get(mfa_token) else {
+        let Some(challenge) = self.mfa.get(mfa_token, &self.users).await? else {
             return Err(Error::InvalidMfaToken);
         };
-        if !self.otp.verify(&challenge.user, otp_code) {
-            self.mfa.fail(mfa_token, &challenge);
+        if !self.otp.verify(&challenge.user, otp_code).await? {
+            self.mfa.fail(mfa_token).await?;
             return Err(Error::InvalidOtp);
         }
-        if !self.mfa.take(mfa_token) {
+        if !self.mfa.take(mfa_token).await? {
             // Another request used this challenge a moment ago.
             return Err(Error::InvalidMfaToken);
         }
-        finish(challenge.user.clone(), challenge.password_ok)
+        finish(challenge.user, challenge.password_ok)
     }
 }
 

@@ -1,13 +1,14 @@
 //! One-time codes: RFC 6238 TOTP with ±1 step of skew and the §5.2 rule that an accepted code
 //! is never accepted again, plus the mock's demo `date` code (`%y%m%d`, demo servers only).
 
-use dashmap::DashMap;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use totp_rs::{Secret, Totp};
-use uuid::Uuid;
 
 use super::users::{TotpOrDate, User};
+use crate::store::{Store, StoreResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,34 +45,35 @@ impl TotpSecret {
     }
 }
 
-/// Remembers the last TOTP step accepted per user so no code works twice (RFC 6238 §5.2).
-#[derive(Default)]
+/// Remembers the last TOTP step accepted per user (in the state store, so it holds across
+/// restarts and instances) so no code works twice (RFC 6238 §5.2).
 pub struct OtpGuard {
-    last_step: DashMap<Uuid, u64>,
+    store: Arc<dyn Store>,
 }
 
 impl OtpGuard {
-    /// Checks `code` for `user` now. Returns false for a wrong, malformed or replayed code.
-    pub fn verify(&self, user: &User, code: &str) -> bool {
-        let now = chrono::Utc::now();
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        OtpGuard { store }
+    }
+
+    /// Checks `code` for `user` now. False for a wrong, malformed or replayed code.
+    pub async fn verify(&self, user: &User, code: &str) -> StoreResult<bool> {
         match &user.otp {
-            None => false,
+            None => Ok(false),
             Some(TotpOrDate::Date) => {
                 let expected = chrono::Local::now().format("%y%m%d").to_string();
-                bool::from(expected.as_bytes().ct_eq(code.trim().as_bytes()))
+                Ok(bool::from(
+                    expected.as_bytes().ct_eq(code.trim().as_bytes()),
+                ))
             }
             Some(TotpOrDate::Totp(totp)) => {
-                let Some(step) = totp.matching_step(code.trim(), now.timestamp() as u64) else {
-                    return false;
+                let now = chrono::Utc::now().timestamp() as u64;
+                let Some(step) = totp.matching_step(code.trim(), now) else {
+                    return Ok(false);
                 };
-                // Check and update under the entry's lock: two logins racing with the same
-                // code cannot both pass.
-                let mut entry = self.last_step.entry(user.id).or_insert(0);
-                if step <= *entry {
-                    return false;
-                }
-                *entry = step;
-                true
+                // Check and update are one atomic store operation: two logins racing with
+                // the same code cannot both pass.
+                self.store.totp_advance(user.id, step).await
             }
         }
     }

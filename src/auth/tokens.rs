@@ -1,13 +1,17 @@
 //! Session tokens and MFA challenge tokens.
 //!
 //! A token is 256 bits from the OS CSPRNG, shown to the client once as `pgt_<base64url>` and
-//! kept only as its SHA-256 digest. A session dies after `ttl` without a successful
-//! authenticated message; each such message slides the window with one atomic store on the
-//! session the connection already holds, so the hot path touches no map and no lock.
+//! kept only as its SHA-256 digest, in the state store. A session dies after `ttl` without a
+//! successful authenticated message; each such message slides the window with one atomic store
+//! on the session the connection already holds — no map, no lock, no I/O on the hot path. The
+//! new activity reaches the store lazily (`flush`, every few seconds), so the stored
+//! last-activity is never ahead of the truth: after a crash a token may expire a little early,
+//! never late. An instance that finds a session idle asks the store before declaring it dead,
+//! since another instance may have kept it alive.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,19 +20,14 @@ use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::users::User;
+use super::users::{User, UserDirectory};
+use crate::store::{BusEvent, MfaRecord, SessionRecord, Store, StoreResult, now_ms};
 
 const SESSION_PREFIX: &str = "pgt_";
 const MFA_PREFIX: &str = "pgm_";
 
 /// SHA-256 of a presented token: the only form in which tokens are stored.
 pub type TokenHash = [u8; 32];
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn new_token(prefix: &str) -> (String, TokenHash) {
     let mut bytes = [0u8; 32];
@@ -52,20 +51,39 @@ pub struct Session {
     /// Wall-clock milliseconds of issue.
     pub created_ms: u64,
     last_active_ms: AtomicU64,
+    /// Set by `touch`, cleared by the flush that persists it.
+    dirty: AtomicBool,
     revoked: AtomicBool,
 }
 
 impl Session {
-    /// True while the session is neither revoked nor idle for longer than `ttl`.
+    fn new(user: Arc<User>, rec: &SessionRecord) -> Self {
+        Session {
+            user,
+            hash: rec.hash,
+            created_ms: rec.created_ms,
+            last_active_ms: AtomicU64::new(rec.last_active_ms),
+            dirty: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+        }
+    }
+
+    /// True while the session is neither revoked nor idle for longer than `ttl` (as far as
+    /// this instance knows).
     pub fn is_live(&self, ttl: Duration) -> bool {
         !self.revoked.load(Ordering::Acquire)
             && now_ms().saturating_sub(self.last_active_ms.load(Ordering::Relaxed))
                 < ttl.as_millis() as u64
     }
 
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
     /// Slides the inactivity window.
     pub fn touch(&self) {
         self.last_active_ms.fetch_max(now_ms(), Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
     pub fn last_active_ms(&self) -> u64 {
@@ -78,14 +96,17 @@ impl Session {
 }
 
 pub struct TokenStore {
-    sessions: DashMap<TokenHash, Arc<Session>>,
+    store: Arc<dyn Store>,
+    /// Sessions this instance has seen, by digest.
+    cache: DashMap<TokenHash, Arc<Session>>,
     ttl: Duration,
 }
 
 impl TokenStore {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
         TokenStore {
-            sessions: DashMap::new(),
+            store,
+            cache: DashMap::new(),
             ttl,
         }
     }
@@ -95,153 +116,213 @@ impl TokenStore {
     }
 
     /// Issues a new token for `user`; the plaintext is returned once and never stored.
-    pub fn issue(&self, user: Arc<User>) -> (String, Arc<Session>) {
+    pub async fn issue(&self, user: Arc<User>) -> StoreResult<(String, Arc<Session>)> {
         let (token, hash) = new_token(SESSION_PREFIX);
         let now = now_ms();
-        let session = Arc::new(Session {
-            user,
+        let rec = SessionRecord {
             hash,
+            user_id: user.id,
             created_ms: now,
-            last_active_ms: AtomicU64::new(now),
-            revoked: AtomicBool::new(false),
-        });
-        self.sessions.insert(hash, session.clone());
-        (token, session)
+            last_active_ms: now,
+        };
+        self.store.session_put(&rec, self.ttl).await?;
+        let session = Arc::new(Session::new(user, &rec));
+        self.cache.insert(hash, session.clone());
+        Ok((token, session))
     }
 
     /// The live session for a presented token. Unknown, revoked and expired all answer `None`.
-    pub fn lookup(&self, token: &str) -> Option<Arc<Session>> {
+    pub async fn lookup(
+        &self,
+        token: &str,
+        users: &UserDirectory,
+    ) -> StoreResult<Option<Arc<Session>>> {
         if !token.starts_with(SESSION_PREFIX) {
-            return None;
+            return Ok(None);
         }
         let hash = hash_token(token);
-        let session = self.sessions.get(&hash).map(|s| s.clone())?;
+        let cached = self.cache.get(&hash).map(|s| s.clone());
+        let session = match cached {
+            Some(s) => s,
+            None => {
+                let Some(rec) = self.store.session_get(&hash).await? else {
+                    return Ok(None);
+                };
+                let Some(user) = users.by_id(&rec.user_id) else {
+                    return Ok(None);
+                };
+                let session = Arc::new(Session::new(user.clone(), &rec));
+                self.cache.entry(hash).or_insert(session).clone()
+            }
+        };
         // The map matched on the digest; confirm in constant time all the same.
         if !bool::from(session.hash.ct_eq(&hash)) {
-            return None;
+            return Ok(None);
         }
-        if session.is_live(self.ttl) {
-            Some(session)
+        if self.still_live(&session).await? {
+            Ok(Some(session))
         } else {
-            self.revoke(&hash);
-            None
+            Ok(None)
         }
     }
 
-    /// Revokes a session everywhere: removed from the map and flagged for current holders.
-    pub fn revoke(&self, hash: &TokenHash) {
-        if let Some((_, session)) = self.sessions.remove(hash) {
+    /// Whether a session holds, asking the store when this instance thinks it has expired
+    /// (another instance may have kept it alive). A dead session is removed everywhere.
+    pub async fn still_live(&self, session: &Session) -> StoreResult<bool> {
+        if session.is_live(self.ttl) {
+            return Ok(true);
+        }
+        if session.is_revoked() {
+            return Ok(false);
+        }
+        if let Some(rec) = self.store.session_get(&session.hash).await? {
+            session
+                .last_active_ms
+                .fetch_max(rec.last_active_ms, Ordering::Relaxed);
+            if session.is_live(self.ttl) {
+                return Ok(true);
+            }
+        }
+        self.revoke(&session.hash).await?;
+        Ok(false)
+    }
+
+    /// Revokes a session everywhere: this instance, the store, and (by the bus) the others.
+    pub async fn revoke(&self, hash: &TokenHash) -> StoreResult<()> {
+        self.revoke_local(hash);
+        self.store.session_delete(hash).await?;
+        self.store.publish(BusEvent::SessionRevoked { hash: *hash });
+        Ok(())
+    }
+
+    /// Flips this instance's copy (on a bus message from another instance).
+    pub fn revoke_local(&self, hash: &TokenHash) {
+        if let Some((_, session)) = self.cache.remove(hash) {
             session.revoke();
         }
     }
 
     /// Revokes every session of a user; returns how many there were.
-    pub fn revoke_user(&self, user_id: &uuid::Uuid) -> usize {
-        let hashes: Vec<TokenHash> = self
-            .sessions
+    pub async fn revoke_user(&self, user_id: &uuid::Uuid) -> StoreResult<usize> {
+        let hashes = self.store.session_delete_user(*user_id).await?;
+        let local: Vec<TokenHash> = self
+            .cache
             .iter()
             .filter(|s| s.user.id == *user_id)
             .map(|s| *s.key())
             .collect();
-        hashes.iter().for_each(|h| self.revoke(h));
-        hashes.len()
+        for h in hashes.iter().chain(local.iter()) {
+            self.revoke_local(h);
+            self.store.publish(BusEvent::SessionRevoked { hash: *h });
+        }
+        Ok(hashes.len().max(local.len()))
     }
 
-    /// Drops expired sessions; run periodically so dead tokens do not accumulate.
-    pub fn sweep(&self) -> usize {
-        let before = self.sessions.len();
-        self.sessions.retain(|_, s| {
-            let live = s.is_live(self.ttl);
-            if !live {
-                s.revoke();
+    /// Persists recent activity. Run every few seconds; the interval bounds how stale the
+    /// stored last-activity can be.
+    pub async fn flush(&self) -> StoreResult<usize> {
+        let touches: Vec<(TokenHash, u64)> = self
+            .cache
+            .iter()
+            .filter(|s| s.dirty.swap(false, Ordering::Relaxed))
+            .map(|s| (*s.key(), s.last_active_ms()))
+            .collect();
+        if !touches.is_empty()
+            && let Err(e) = self.store.session_touch(&touches, self.ttl).await
+        {
+            // Try again next time.
+            for (h, _) in &touches {
+                if let Some(s) = self.cache.get(h) {
+                    s.dirty.store(true, Ordering::Relaxed);
+                }
             }
-            live
-        });
-        before - self.sessions.len()
+            return Err(e);
+        }
+        Ok(touches.len())
     }
 
-    pub fn len(&self) -> usize {
-        self.sessions.len()
+    /// Drops expired sessions from memory and from the store.
+    pub async fn sweep(&self) -> StoreResult<usize> {
+        let ttl = self.ttl;
+        self.cache.retain(|_, s| s.is_live(ttl));
+        let cutoff = now_ms().saturating_sub(self.ttl.as_millis() as u64);
+        self.store.session_sweep(cutoff).await
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+    /// Sessions this instance holds in memory.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
     }
-}
-
-/// A pending second factor: the user has passed step one of `auth` and must send a code.
-pub struct MfaChallenge {
-    pub user: Arc<User>,
-    /// Whether the password given with the first step was right. A wrong password still gets
-    /// a challenge (the mock checks MFA before the password), but can never complete it.
-    pub password_ok: bool,
-    expires_ms: u64,
-    attempts: AtomicU32,
 }
 
 /// Wrong codes one challenge tolerates before it is burnt.
 const MFA_MAX_ATTEMPTS: u32 = 3;
 
+/// Pending second factors: the user passed step one of `auth` and must send a code.
 pub struct MfaStore {
-    challenges: DashMap<TokenHash, Arc<MfaChallenge>>,
+    store: Arc<dyn Store>,
     ttl: Duration,
 }
 
-/// What became of a presented MFA token.
-pub enum MfaLookup {
-    Valid(Arc<MfaChallenge>),
-    Invalid,
+/// A live challenge.
+pub struct MfaChallenge {
+    pub user: Arc<User>,
+    /// Whether the password given with the first step was right. A wrong password still gets
+    /// a challenge (the mock checks MFA before the password), but can never complete it.
+    pub password_ok: bool,
 }
 
 impl MfaStore {
-    pub fn new(ttl: Duration) -> Self {
-        MfaStore {
-            challenges: DashMap::new(),
-            ttl,
-        }
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+        MfaStore { store, ttl }
     }
 
-    pub fn issue(&self, user: Arc<User>, password_ok: bool) -> String {
+    pub async fn issue(&self, user: &User, password_ok: bool) -> StoreResult<String> {
         let (token, hash) = new_token(MFA_PREFIX);
-        self.challenges.insert(
-            hash,
-            Arc::new(MfaChallenge {
-                user,
-                password_ok,
-                expires_ms: now_ms() + self.ttl.as_millis() as u64,
-                attempts: AtomicU32::new(0),
-            }),
-        );
-        token
+        let rec = MfaRecord {
+            user_id: user.id,
+            password_ok,
+            expires_ms: now_ms() + self.ttl.as_millis() as u64,
+            attempts: 0,
+        };
+        self.store.mfa_put(&hash, &rec).await?;
+        Ok(token)
     }
 
     /// Finds a live challenge without consuming it.
-    pub fn get(&self, token: &str) -> MfaLookup {
-        let hash = hash_token(token);
-        let Some(c) = self.challenges.get(&hash).map(|c| c.clone()) else {
-            return MfaLookup::Invalid;
-        };
-        if now_ms() >= c.expires_ms {
-            self.challenges.remove(&hash);
-            return MfaLookup::Invalid;
+    pub async fn get(
+        &self,
+        token: &str,
+        users: &UserDirectory,
+    ) -> StoreResult<Option<MfaChallenge>> {
+        if !token.starts_with(MFA_PREFIX) {
+            return Ok(None);
         }
-        MfaLookup::Valid(c)
+        let hash = hash_token(token);
+        let Some(rec) = self.store.mfa_get(&hash).await? else {
+            return Ok(None);
+        };
+        if now_ms() >= rec.expires_ms || rec.attempts >= MFA_MAX_ATTEMPTS {
+            self.store.mfa_take(&hash).await?;
+            return Ok(None);
+        }
+        Ok(users.by_id(&rec.user_id).map(|user| MfaChallenge {
+            user: user.clone(),
+            password_ok: rec.password_ok,
+        }))
     }
 
-    /// Consumes the challenge (it is one-use). Returns false if another request took it first.
-    pub fn take(&self, token: &str) -> bool {
-        self.challenges.remove(&hash_token(token)).is_some()
+    /// Consumes the challenge (it is one-use). False if another request took it first.
+    pub async fn take(&self, token: &str) -> StoreResult<bool> {
+        self.store.mfa_take(&hash_token(token)).await
     }
 
     /// Counts a wrong code; the challenge is burnt after a few.
-    pub fn fail(&self, token: &str, challenge: &MfaChallenge) {
-        if challenge.attempts.fetch_add(1, Ordering::AcqRel) + 1 >= MFA_MAX_ATTEMPTS {
-            self.take(token);
+    pub async fn fail(&self, token: &str) -> StoreResult<()> {
+        let hash = hash_token(token);
+        if self.store.mfa_fail(&hash).await? >= MFA_MAX_ATTEMPTS {
+            self.store.mfa_take(&hash).await?;
         }
-    }
-
-    pub fn sweep(&self) {
-        let now = now_ms();
-        self.challenges.retain(|_, c| now < c.expires_ms);
+        Ok(())
     }
 }

@@ -2,18 +2,19 @@
 //! WebSocket RPCs and by the REST shim alike.
 //!
 //! Tasks are keyed by (user, pool, kind). Deciding what a request gets — the running task, the
-//! finished one, or a new one — happens under that key's map entry, so concurrent requests
-//! for the same key always agree on one task. Every task is driven by a runner under a
-//! deadline; whatever happens to the provisioner (error, panic, hang), the task ends.
+//! finished one, or a new one — ends in one compare-and-set on the key's latest task in the
+//! state store, so concurrent requests (on any instance) always agree on one task. Every task
+//! is driven by one runner, holding the task's lease, under a deadline; whatever happens to
+//! the provisioner (error, panic, hang) or to the instance driving it, the task ends.
 
 pub mod task;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use dashmap::DashMap;
+use dashmap::DashSet;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,7 @@ use crate::provision::{
     ConnectionData, Machine, Progress, Provisioner, ProvisionerConfig, SimulatedConfig, StepError,
     StepRequest, Update,
 };
+use crate::store::{Assignment, BusEvent, Store, now_ms};
 use task::{ERR_DEADLINE, ERR_INTERRUPTED, ERR_PROVISIONER, Task, TaskError, TaskKind, TaskStatus};
 
 /// A `[[pools]]` table.
@@ -106,8 +108,21 @@ pub enum ConnectOutcome {
     Connection(ConnectionData),
 }
 
-/// Tasks remembered per user for `tasks`; older finished ones are forgotten.
+/// Tasks listed by `tasks`.
 const RECENT_PER_USER: usize = 50;
+
+/// Timings of the background work around tasks and assignments.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// Every connect task ends within this long.
+    pub deadline: Duration,
+    /// How long a machine stays assigned to a user.
+    pub assignment_ttl: Duration,
+    /// How often expired assignments are released.
+    pub lease_sweep: Duration,
+    /// How long an instance's claim on a task lasts without renewal (shared stores).
+    pub task_lease: Duration,
+}
 
 #[derive(Clone)]
 pub struct Pools(Arc<Inner>);
@@ -116,12 +131,13 @@ pub struct Inner {
     pools: HashMap<Uuid, Arc<Pool>>,
     /// Config order, for stable listings.
     order: Vec<Uuid>,
-    tasks: DashMap<Uuid, Task>,
-    latest: DashMap<(Uuid, Uuid, TaskKind), Uuid>,
-    recent: DashMap<Uuid, VecDeque<Uuid>>,
-    assignments: DashMap<(Uuid, Uuid), Machine>,
+    store: Arc<dyn Store>,
     events: Arc<EventHub>,
-    deadline: Duration,
+    timings: Timings,
+    /// This instance's name in task leases.
+    instance: String,
+    /// Tasks this instance is driving.
+    running: DashSet<Uuid>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -140,34 +156,48 @@ fn forbidden() -> Error {
     }
 }
 
+fn cannot_expand() -> Error {
+    Error::Forbidden {
+        message: "Pool cannot be expanded.".into(),
+        err_code: Some(800),
+    }
+}
+
+/// Concurrent creators of one key's task lose the compare-and-set and read the winner's.
+const CREATE_ATTEMPTS: usize = 5;
+
 impl Pools {
     /// Builds the provisioners named in config; `simulated` exists even when not defined.
     pub fn build_provisioners(
         configs: &HashMap<String, ProvisionerConfig>,
+        store: &Arc<dyn Store>,
     ) -> anyhow::Result<HashMap<String, Arc<dyn Provisioner>>> {
         let mut built: HashMap<String, Arc<dyn Provisioner>> = HashMap::new();
         for (name, config) in configs {
             let provisioner = config
-                .build(name)
+                .build(name, store.clone())
                 .with_context(|| format!("provisioner {name:?}"))?;
             built.insert(name.clone(), provisioner);
         }
         if !built.contains_key("simulated") {
             built.insert(
                 "simulated".into(),
-                ProvisionerConfig::Simulated(SimulatedConfig::default()).build("simulated")?,
+                ProvisionerConfig::Simulated(SimulatedConfig::default())
+                    .build("simulated", store.clone())?,
             );
         }
         Ok(built)
     }
 
     /// The pools of the config, served by already-built provisioners.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pools: &[PoolConfig],
         built: &HashMap<String, Arc<dyn Provisioner>>,
         users: &UserDirectory,
+        store: Arc<dyn Store>,
         events: Arc<EventHub>,
-        deadline: Duration,
+        timings: Timings,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -209,19 +239,43 @@ impl Pools {
         Ok(Pools(Arc::new(Inner {
             pools: map,
             order,
-            tasks: DashMap::new(),
-            latest: DashMap::new(),
-            recent: DashMap::new(),
-            assignments: DashMap::new(),
+            store,
             events,
-            deadline,
+            timings,
+            instance: Uuid::new_v4().simple().to_string(),
+            running: DashSet::new(),
             tracker,
             shutdown,
         })))
     }
 
-    /// Adds the config's seed tasks; active ones are driven like new tasks.
-    pub fn seed(&self, seeds: &[SeedTask], users: &UserDirectory) -> anyhow::Result<()> {
+    /// Start-up: end what a previous run left unfinished (single-instance stores), add the
+    /// seed tasks, give back machines nobody holds, fill the event hub's view of active
+    /// tasks, and start the background sweeps.
+    pub async fn start(&self, seeds: &[SeedTask], users: &UserDirectory) -> anyhow::Result<()> {
+        if !self.store.is_shared() {
+            // Nothing else runs on this store: every active task lost its runner.
+            for task in self.store.tasks_active().await? {
+                self.end_orphan(
+                    task,
+                    "The server restarted before the task finished; ask again.",
+                )
+                .await;
+            }
+        }
+        self.seed(seeds, users).await?;
+        self.reconcile().await?;
+        for task in self.store.tasks_active().await? {
+            self.events.publish(&task, false);
+        }
+        let this = self.clone();
+        self.tracker.spawn(async move { this.sweeps().await });
+        Ok(())
+    }
+
+    /// Adds the config's seed tasks unless a previous run already did; active ones are driven
+    /// like new tasks.
+    async fn seed(&self, seeds: &[SeedTask], users: &UserDirectory) -> anyhow::Result<()> {
         for s in seeds {
             let Some(user) = users.by_name(&s.username) else {
                 bail!("seed task {} names an unknown user {:?}", s.id, s.username);
@@ -229,6 +283,9 @@ impl Pools {
             let Some(pool) = self.pools.get(&s.pool_id).cloned() else {
                 bail!("seed task {} names an unknown pool {}", s.id, s.pool_id);
             };
+            if self.store.task_get(s.id).await?.is_some() {
+                continue;
+            }
             let mut task = Task::new(s.kind, user.id, s.pool_id);
             task.id = s.id;
             if s.status.is_done() {
@@ -238,13 +295,50 @@ impl Pools {
                 });
                 task.finish(s.status, error);
             }
-            let active = task.status.is_active();
-            self.tasks.insert(task.id, task.clone());
-            self.latest.insert((user.id, s.pool_id, s.kind), task.id);
-            self.remember(&task);
-            if active {
+            let latest = self.store.task_latest((user.id, s.pool_id, s.kind)).await?;
+            if !self.store.task_create(latest.map(|t| t.id), &task).await? {
+                continue;
+            }
+            if task.status.is_active() {
                 let req = step_request(user, &pool.view, None);
-                self.spawn_runner(task, pool, req);
+                self.launch(task, pool, req).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back machines a provisioner holds that no assignment owns (a crash between
+    /// claiming a machine and recording it, or an assignment removed by hand).
+    async fn reconcile(&self) -> anyhow::Result<()> {
+        let assigned: HashSet<Uuid> = self
+            .store
+            .assignments()
+            .await?
+            .iter()
+            .map(|a| a.machine.id)
+            .collect();
+        if self.store.is_shared()
+            && self
+                .store
+                .tasks_active()
+                .await?
+                .iter()
+                .any(|t| t.kind == TaskKind::PoolExpand)
+        {
+            // Another instance may be between claiming and recording: try again next start.
+            return Ok(());
+        }
+        let mut seen = HashSet::new();
+        for pool in self.pools.values() {
+            let p = Arc::as_ptr(&pool.provisioner) as *const () as usize;
+            if !seen.insert(p) {
+                continue;
+            }
+            for machine in pool.provisioner.held().await {
+                if !assigned.contains(&machine.id) {
+                    tracing::warn!(machine = %machine.verbose_name, "releasing a machine no assignment owns");
+                    pool.provisioner.release(&machine).await;
+                }
             }
         }
         Ok(())
@@ -270,50 +364,45 @@ impl Pools {
     }
 
     /// Step 1: a machine for the user in the pool.
-    pub fn request_machine(&self, user: &User, pool_id: Uuid) -> Result<Task, Error> {
+    pub async fn request_machine(&self, user: &User, pool_id: Uuid) -> Result<Task, Error> {
         let pool = self.pool_for(user, pool_id)?;
         let key = (user.id, pool_id, TaskKind::PoolExpand);
-        let entry = self.latest.entry(key);
-        if let dashmap::Entry::Occupied(e) = &entry
-            && let Some(last) = self.tasks.get(e.get()).map(|t| t.clone())
-        {
-            match last.status {
-                TaskStatus::Completed if self.assignments.contains_key(&(user.id, pool_id)) => {
-                    return Ok(last);
+        for _ in 0..CREATE_ATTEMPTS {
+            let last = self.store.task_latest(key).await?;
+            if let Some(last) = &last {
+                match last.status {
+                    TaskStatus::Completed
+                        if self.store.assignment_get(user.id, pool_id).await?.is_some() =>
+                    {
+                        return Ok(last.clone());
+                    }
+                    TaskStatus::Failed => return Err(cannot_expand()),
+                    TaskStatus::Pending | TaskStatus::Running => return Ok(last.clone()),
+                    // CANCELLED, or COMPLETED whose machine has since been released.
+                    TaskStatus::Completed | TaskStatus::Cancelled => {}
                 }
-                TaskStatus::Failed => {
-                    return Err(Error::Forbidden {
-                        message: "Pool cannot be expanded.".into(),
-                        err_code: Some(800),
-                    });
-                }
-                TaskStatus::Pending | TaskStatus::Running => return Ok(last),
-                // CANCELLED, or COMPLETED whose machine has since been released: start again.
-                TaskStatus::Completed | TaskStatus::Cancelled => {}
+            }
+            let task = Task::new(TaskKind::PoolExpand, user.id, pool_id);
+            if self.store.task_create(last.map(|t| t.id), &task).await? {
+                let req = step_request(user, &pool.view, None);
+                self.launch(task.clone(), pool, req).await;
+                return Ok(task);
             }
         }
-        let task = Task::new(TaskKind::PoolExpand, user.id, pool_id);
-        // Into `tasks` before `latest` names it, so a concurrent request always finds it.
-        self.tasks.insert(task.id, task.clone());
-        drop(entry.insert(task.id));
-        self.remember(&task);
-        self.spawn_runner(
-            task.clone(),
-            pool.clone(),
-            step_request(user, &pool.view, None),
-        );
-        Ok(task)
+        Err(Error::internal(anyhow::anyhow!(
+            "lost the task race {CREATE_ATTEMPTS} times"
+        )))
     }
 
     /// Step 2: connection data for the user's machine in the pool.
-    pub fn connect_info(
+    pub async fn connect_info(
         &self,
         user: &User,
         pool_id: Uuid,
         params: &ConnectParams,
     ) -> Result<ConnectOutcome, Error> {
         let pool = self.pool_for(user, pool_id)?;
-        let Some(machine) = self.assignments.get(&(user.id, pool_id)).map(|m| m.clone()) else {
+        let Some(assignment) = self.store.assignment_get(user.id, pool_id).await? else {
             return Err(Error::Conflict {
                 message: "No eligible machine found for user connection.".into(),
                 err_code: Some(801),
@@ -333,139 +422,142 @@ impl Pools {
                 return Err(Error::Unprocessable(format!("{name} must be at least 2.")));
             }
         }
+        let machine = assignment.machine;
         let key = (user.id, pool_id, TaskKind::GlintStart);
-        let entry = self.latest.entry(key);
-        if let dashmap::Entry::Occupied(e) = &entry
-            && let Some(last) = self.tasks.get(e.get()).map(|t| t.clone())
-        {
-            match (&last.status, &last.connection) {
-                (TaskStatus::Completed, Some(c)) if c.id == machine.id => {
-                    return Ok(ConnectOutcome::Connection(c.clone()));
+        for _ in 0..CREATE_ATTEMPTS {
+            let last = self.store.task_latest(key).await?;
+            if let Some(last) = &last {
+                match (&last.status, &last.connection) {
+                    (TaskStatus::Completed, Some(c)) if c.id == machine.id => {
+                        return Ok(ConnectOutcome::Connection(c.clone()));
+                    }
+                    (TaskStatus::Pending | TaskStatus::Running, _) => {
+                        return Ok(ConnectOutcome::Task(Box::new(last.clone())));
+                    }
+                    _ => {}
                 }
-                (TaskStatus::Pending | TaskStatus::Running, _) => {
-                    return Ok(ConnectOutcome::Task(Box::new(last)));
-                }
-                _ => {}
+            }
+            let task = Task::new(TaskKind::GlintStart, user.id, pool_id);
+            if self.store.task_create(last.map(|t| t.id), &task).await? {
+                let mut req = step_request(user, &pool.view, Some(machine));
+                req.width = params.width.map(|w| w as u32);
+                req.height = params.height.map(|h| h as u32);
+                self.launch(task.clone(), pool, req).await;
+                return Ok(ConnectOutcome::Task(Box::new(task)));
             }
         }
-        let task = Task::new(TaskKind::GlintStart, user.id, pool_id);
-        self.tasks.insert(task.id, task.clone());
-        drop(entry.insert(task.id));
-        self.remember(&task);
-        let mut req = step_request(user, &pool.view, Some(machine));
-        req.width = params.width.map(|w| w as u32);
-        req.height = params.height.map(|h| h as u32);
-        self.spawn_runner(task.clone(), pool, req);
-        Ok(ConnectOutcome::Task(Box::new(task)))
+        Err(Error::internal(anyhow::anyhow!(
+            "lost the task race {CREATE_ATTEMPTS} times"
+        )))
     }
 
     /// One of the user's tasks; someone else's is "not found".
-    pub fn task(&self, user: &User, id: Uuid) -> Result<Task, Error> {
-        match self.tasks.get(&id) {
-            Some(t) if t.user_id == user.id => Ok(t.clone()),
+    pub async fn task(&self, user: &User, id: Uuid) -> Result<Task, Error> {
+        match self.store.task_get(id).await? {
+            Some(t) if t.user_id == user.id => Ok(t),
             _ => Err(Error::NotFound("Task not found.".into())),
         }
     }
 
     /// The user's recent tasks, newest first.
-    pub fn recent_tasks(&self, user: &User) -> Vec<Task> {
-        let ids: Vec<Uuid> = self
-            .recent
-            .get(&user.id)
-            .map(|r| r.iter().rev().copied().collect())
-            .unwrap_or_default();
-        ids.iter()
-            .filter_map(|id| self.tasks.get(id).map(|t| t.clone()))
-            .collect()
-    }
-
-    /// The user's PENDING and RUNNING tasks, oldest first (for catch-up after sign-in).
-    pub fn active_tasks(&self, user_id: Uuid) -> Vec<Task> {
-        let ids: Vec<Uuid> = self
-            .recent
-            .get(&user_id)
-            .map(|r| r.iter().copied().collect())
-            .unwrap_or_default();
-        ids.iter()
-            .filter_map(|id| self.tasks.get(id).map(|t| t.clone()))
-            .filter(|t| t.status.is_active())
-            .collect()
+    pub async fn recent_tasks(&self, user: &User) -> Result<Vec<Task>, Error> {
+        Ok(self.store.tasks_of_user(user.id, RECENT_PER_USER).await?)
     }
 
     /// Every PENDING or RUNNING task (admin view).
-    pub fn all_active_tasks(&self) -> Vec<Task> {
-        self.tasks
-            .iter()
-            .filter(|t| t.status.is_active())
-            .map(|t| t.clone())
-            .collect()
+    pub async fn all_active_tasks(&self) -> Result<Vec<Task>, Error> {
+        Ok(self.store.tasks_active().await?)
     }
 
     /// The machine a user holds in a pool, if any.
-    pub fn assignment(&self, user_id: Uuid, pool_id: Uuid) -> Option<Machine> {
-        self.assignments.get(&(user_id, pool_id)).map(|m| m.clone())
+    pub async fn assignment(&self, user_id: Uuid, pool_id: Uuid) -> Result<Option<Machine>, Error> {
+        Ok(self
+            .store
+            .assignment_get(user_id, pool_id)
+            .await?
+            .map(|a| a.machine))
     }
 
     /// Gives a user's machine in a pool back to the provisioner.
-    pub async fn release(&self, user_id: Uuid, pool_id: Uuid) -> Option<Machine> {
-        let (_, machine) = self.assignments.remove(&(user_id, pool_id))?;
+    pub async fn release(
+        &self,
+        user_id: Uuid,
+        pool_id: Uuid,
+        reason: &str,
+    ) -> Result<Option<Machine>, Error> {
+        let Some(a) = self.store.assignment_remove(user_id, pool_id).await? else {
+            return Ok(None);
+        };
         if let Some(pool) = self.pools.get(&pool_id) {
-            pool.provisioner.release(&machine).await;
+            pool.provisioner.release(&a.machine).await;
         }
-        Some(machine)
+        tracing::info!(user = %user_id, pool = %pool_id, machine = %a.machine.verbose_name, reason, "machine released");
+        self.store.publish(BusEvent::Released {
+            user_id,
+            pool_id,
+            machine_id: a.machine.id,
+            reason: reason.to_owned(),
+        });
+        Ok(Some(a.machine))
     }
 
-    /// Adds a task to its user's recent list, forgetting the oldest finished ones.
-    fn remember(&self, task: &Task) {
-        let evicted: Vec<Uuid> = {
-            let mut recent = self.recent.entry(task.user_id).or_default();
-            recent.push_back(task.id);
-            let excess = recent.len().saturating_sub(RECENT_PER_USER);
-            recent.drain(..excess).collect()
-        };
-        for old in evicted {
-            // Copy out, then look at `latest`: never hold two map guards at once here.
-            let Some((key, active)) = self
-                .tasks
-                .get(&old)
-                .map(|t| ((t.user_id, t.pool_id, t.kind), t.status.is_active()))
-            else {
-                continue;
-            };
-            let is_latest = self.latest.get(&key).is_some_and(|l| *l == old);
-            // Tasks still running or still deciding their key's rules stay.
-            if !active && !is_latest {
-                self.tasks.remove(&old);
+    /// Writes a task and tells every instance. Retried briefly: a store outage must not leave
+    /// a finished task looking active.
+    async fn save(&self, task: &Task, notify: bool) {
+        for attempt in 0u64..5 {
+            match self.store.task_update(task).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(task_id = %task.id, error = %e, "cannot save task; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
             }
         }
+        self.store.publish(BusEvent::Task {
+            task: Box::new(task.clone()),
+            notify,
+        });
     }
 
-    /// Applies a change to a task and pushes the new state to the user's sockets.
-    fn update(&self, id: Uuid, change: impl FnOnce(&mut Task)) -> Option<Task> {
-        let snapshot = {
-            let mut task = self.tasks.get_mut(&id)?;
-            let before = (task.status, task.progress);
-            change(&mut task);
-            if (task.status, task.progress) == before {
-                return None;
-            }
-            task.clone()
-        };
-        tracing::debug!(task_id = %id, status = ?snapshot.status, progress = ?snapshot.progress, "task changed");
-        self.events.publish(&snapshot);
-        Some(snapshot)
+    /// Ends a task whose runner is gone.
+    async fn end_orphan(&self, mut task: Task, message: &str) {
+        task.finish(
+            TaskStatus::Cancelled,
+            Some(TaskError {
+                err_code: ERR_INTERRUPTED,
+                message: message.into(),
+            }),
+        );
+        tracing::warn!(task_id = %task.id, message, "ended an orphaned task");
+        self.save(&task, true).await;
     }
 
-    fn spawn_runner(&self, task: Task, pool: Arc<Pool>, mut req: StepRequest) {
+    /// Takes the task's lease and starts its runner.
+    async fn launch(&self, task: Task, pool: Arc<Pool>, mut req: StepRequest) {
         req.task_id = task.id;
+        // Fresh task ids cannot be leased by anyone else; a failure here is a store outage,
+        // and the runner retries renewing.
+        let _ = self
+            .store
+            .lease_acquire(task.id, &self.instance, self.timings.task_lease)
+            .await;
+        self.store.publish(BusEvent::Task {
+            task: Box::new(task.clone()),
+            notify: false,
+        });
+        self.running.insert(task.id);
         let this = self.clone();
-        self.tracker
-            .spawn(async move { this.drive(task, pool, req).await });
+        self.tracker.spawn(async move {
+            let id = task.id;
+            this.drive(task, pool, req).await;
+            this.running.remove(&id);
+            let _ = this.store.lease_release(id, &this.instance).await;
+        });
     }
 
     /// Drives one task to an end: progress updates become events; the deadline, a provisioner
     /// error or panic, and shutdown all end the task.
-    async fn drive(self, task: Task, pool: Arc<Pool>, req: StepRequest) {
+    async fn drive(&self, mut task: Task, pool: Arc<Pool>, req: StepRequest) {
         let (progress, mut updates) = Progress::channel();
         let provisioner = pool.provisioner.clone();
         let kind = task.kind;
@@ -484,64 +576,95 @@ impl Pools {
         let age = (chrono::Utc::now() - task.created)
             .to_std()
             .unwrap_or_default();
-        let deadline = tokio::time::sleep_until(Instant::now() + self.deadline.saturating_sub(age));
+        let deadline =
+            tokio::time::sleep_until(Instant::now() + self.timings.deadline.saturating_sub(age));
         tokio::pin!(deadline);
+        let mut renew = tokio::time::interval(self.timings.task_lease / 3);
+        renew.tick().await;
         let result = loop {
             tokio::select! {
                 biased;
-                Some(update) = updates.recv() => self.apply_update(task.id, update),
+                Some(update) = updates.recv() => {
+                    if apply_update(&mut task, update) {
+                        self.save(&task, true).await;
+                    }
+                }
                 result = &mut work => break Some(result),
                 _ = &mut deadline => break None,
+                _ = renew.tick(), if self.store.is_shared() => {
+                    if let Err(e) = self.store.lease_acquire(task.id, &self.instance, self.timings.task_lease).await {
+                        tracing::warn!(task_id = %task.id, error = %e, "cannot renew the task lease");
+                    }
+                }
                 _ = self.shutdown.cancelled() => {
                     work.abort();
                     self.abandon(&pool, work).await;
-                    self.update(task.id, |t| t.finish(TaskStatus::Cancelled, Some(TaskError {
+                    task.finish(TaskStatus::Cancelled, Some(TaskError {
                         err_code: ERR_INTERRUPTED,
                         message: "The server shut down before the task finished; ask again.".into(),
-                    })));
+                    }));
+                    self.save(&task, true).await;
                     return;
                 }
             }
         };
+        let mut changed = false;
         while let Ok(update) = updates.try_recv() {
-            self.apply_update(task.id, update);
+            changed |= apply_update(&mut task, update);
+        }
+        if changed {
+            self.save(&task, true).await;
         }
         let Some(result) = result else {
             work.abort();
             self.abandon(&pool, work).await;
-            let secs = self.deadline.as_secs_f64();
+            let secs = self.timings.deadline.as_secs_f64();
             tracing::warn!(task_id = %task.id, "task overran its deadline");
-            self.update(task.id, |t| {
-                t.finish(
-                    TaskStatus::Cancelled,
-                    Some(TaskError {
-                        err_code: ERR_DEADLINE,
-                        message: format!(
-                            "The task did not finish within {secs} s and was cancelled; ask again."
-                        ),
-                    }),
-                )
-            });
+            task.finish(
+                TaskStatus::Cancelled,
+                Some(TaskError {
+                    err_code: ERR_DEADLINE,
+                    message: format!(
+                        "The task did not finish within {secs} s and was cancelled; ask again."
+                    ),
+                }),
+            );
+            self.save(&task, true).await;
             return;
         };
         let (status, error) = match result {
             Ok(Ok(StepOk::Machine(machine))) => {
-                let key = (task.user_id, task.pool_id);
-                if let dashmap::Entry::Vacant(v) = self.assignments.entry(key) {
-                    v.insert(machine.clone());
-                    if let Some(mut t) = self.tasks.get_mut(&task.id) {
-                        t.machine = Some(machine);
+                let assignment = Assignment {
+                    user_id: task.user_id,
+                    pool_id: task.pool_id,
+                    machine: machine.clone(),
+                    lease_until_ms: now_ms() + self.timings.assignment_ttl.as_millis() as u64,
+                };
+                match self.store.assignment_create(&assignment).await {
+                    Ok(true) => {
+                        task.machine = Some(machine);
+                        (TaskStatus::Completed, None)
                     }
-                } else {
-                    // Cannot happen with one active step-1 task per key; never hold two machines.
-                    pool.provisioner.release(&machine).await;
+                    // One active step-1 task per key makes this impossible; never hold two.
+                    Ok(false) => {
+                        pool.provisioner.release(&machine).await;
+                        (TaskStatus::Completed, None)
+                    }
+                    Err(e) => {
+                        tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
+                        pool.provisioner.release(&machine).await;
+                        (
+                            TaskStatus::Failed,
+                            Some(TaskError {
+                                err_code: ERR_PROVISIONER,
+                                message: "The machine could not be recorded; ask again.".into(),
+                            }),
+                        )
+                    }
                 }
-                (TaskStatus::Completed, None)
             }
             Ok(Ok(StepOk::Connection(connection))) => {
-                if let Some(mut t) = self.tasks.get_mut(&task.id) {
-                    t.connection = Some(connection);
-                }
+                task.connection = Some(connection);
                 (TaskStatus::Completed, None)
             }
             Ok(Err(StepError::Failed(message))) => (
@@ -569,17 +692,8 @@ impl Pools {
                 )
             }
         };
-        self.update(task.id, |t| t.finish(status, error));
-    }
-
-    fn apply_update(&self, id: Uuid, update: Update) {
-        self.update(id, |t| match update {
-            Update::Running => t.start(),
-            Update::Percent(p) => {
-                t.start();
-                t.progress = Some(p);
-            }
-        });
+        task.finish(status, error);
+        self.save(&task, true).await;
     }
 
     /// After an abort: if the step finished anyway, give back what it got.
@@ -588,6 +702,81 @@ impl Pools {
             pool.provisioner.release(&machine).await;
         }
     }
+
+    /// Background: release expired assignments; on shared stores, end tasks whose instance
+    /// went away (their lease lapsed).
+    async fn sweeps(self) {
+        let mut leases = tokio::time::interval(self.timings.lease_sweep);
+        let mut orphans = tokio::time::interval(self.timings.task_lease / 2);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = leases.tick() => {
+                    if let Err(e) = self.release_expired().await {
+                        tracing::warn!(error = %e, "assignment sweep failed");
+                    }
+                }
+                _ = orphans.tick(), if self.store.is_shared() => {
+                    if let Err(e) = self.take_over_orphans().await {
+                        tracing::warn!(error = %e, "orphan sweep failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn release_expired(&self) -> Result<(), Error> {
+        let now = now_ms();
+        for a in self.store.assignments().await? {
+            if a.lease_until_ms <= now {
+                self.release(a.user_id, a.pool_id, "lease expired").await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_over_orphans(&self) -> Result<(), Error> {
+        for task in self.store.tasks_active().await? {
+            let young = (chrono::Utc::now() - task.created)
+                .to_std()
+                .is_ok_and(|age| age < self.timings.task_lease);
+            // A task this young may not have had its lease taken yet.
+            if self.running.contains(&task.id) || young {
+                continue;
+            }
+            // Free lease: the instance that drove the task stopped renewing it.
+            if self
+                .store
+                .lease_acquire(task.id, &self.instance, self.timings.task_lease)
+                .await?
+            {
+                if let Some(current) = self.store.task_get(task.id).await?
+                    && current.status.is_active()
+                {
+                    self.end_orphan(
+                        current,
+                        "The instance driving this task went away; ask again.",
+                    )
+                    .await;
+                }
+                self.store.lease_release(task.id, &self.instance).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies a progress report; true if the task changed.
+fn apply_update(task: &mut Task, update: Update) -> bool {
+    let before = (task.status, task.progress);
+    match update {
+        Update::Running => task.start(),
+        Update::Percent(p) => {
+            task.start();
+            task.progress = Some(p);
+        }
+    }
+    (task.status, task.progress) != before
 }
 
 enum StepOk {

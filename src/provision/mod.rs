@@ -125,6 +125,12 @@ pub trait Provisioner: Send + Sync {
 
     /// Gives a machine back (lease over, task abandoned, admin release). Best effort.
     async fn release(&self, machine: &Machine);
+
+    /// Machines this provisioner holds for someone, for reconciliation at start-up: those no
+    /// assignment owns are released. Provisioners that cannot tell answer nothing.
+    async fn held(&self) -> Vec<Machine> {
+        Vec::new()
+    }
 }
 
 /// A provisioner as written in the config (`[provisioners.NAME]`).
@@ -137,11 +143,16 @@ pub enum ProvisionerConfig {
 }
 
 impl ProvisionerConfig {
-    pub fn build(&self, name: &str) -> anyhow::Result<Arc<dyn Provisioner>> {
+    /// Builds it; `store` keeps what must be shared between instances (held machines).
+    pub fn build(
+        &self,
+        name: &str,
+        store: Arc<dyn crate::store::Store>,
+    ) -> anyhow::Result<Arc<dyn Provisioner>> {
         Ok(match self {
             ProvisionerConfig::Simulated(c) => Arc::new(simulated::Simulated::new(c.clone())?),
             ProvisionerConfig::Static(c) => {
-                Arc::new(static_inventory::Static::new(name, c.clone())?)
+                Arc::new(static_inventory::Static::new(name, c.clone(), store)?)
             }
             ProvisionerConfig::Command(c) => Arc::new(command::Command::new(c.clone())?),
         })

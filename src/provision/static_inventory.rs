@@ -1,9 +1,10 @@
-//! The static provisioner: a fixed inventory of machines. Step 1 claims a free one (under a
-//! lock, so no machine is ever handed out twice); step 2 checks the machine answers on
-//! `host:port` with a TCP connect under a timeout.
+//! The static provisioner: a fixed inventory of machines. Step 1 claims a free one with an
+//! atomic set-if-absent in the state store, so no machine is ever handed out twice — not even
+//! by two instances sharing the store; step 2 checks the machine answers on `host:port` with a
+//! TCP connect under a timeout.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{ConnectionData, Machine, Progress, Provisioner, StepError, StepRequest};
+use crate::store::Store;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,14 +49,15 @@ fn default_probe() -> Duration {
 }
 
 pub struct Static {
+    /// The inventory's name: the key of its claims in the store.
+    name: String,
     machines: Vec<Machine>,
     probe_timeout: Duration,
-    /// Ids of machines currently held.
-    held: Mutex<HashSet<Uuid>>,
+    store: Arc<dyn Store>,
 }
 
 impl Static {
-    pub fn new(name: &str, config: StaticConfig) -> anyhow::Result<Self> {
+    pub fn new(name: &str, config: StaticConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let mut seen = HashSet::new();
         let machines: Vec<Machine> = config
             .machines
@@ -85,9 +88,10 @@ impl Static {
             }
         }
         Ok(Static {
+            name: name.to_owned(),
             machines,
             probe_timeout: config.probe_timeout,
-            held: Mutex::new(HashSet::new()),
+            store,
         })
     }
 }
@@ -96,14 +100,28 @@ impl Static {
 impl Provisioner for Static {
     async fn expand(&self, _req: &StepRequest, progress: Progress) -> Result<Machine, StepError> {
         progress.running();
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        match self.machines.iter().find(|m| !held.contains(&m.id)) {
-            Some(m) => {
-                held.insert(m.id);
-                Ok(m.clone())
+        let store_down = |e: crate::store::StoreError| {
+            StepError::Failed(format!("Cannot reach the state store: {e}."))
+        };
+        let held: HashSet<Uuid> = self
+            .store
+            .machines_claimed(&self.name)
+            .await
+            .map_err(store_down)?
+            .into_iter()
+            .collect();
+        for m in self.machines.iter().filter(|m| !held.contains(&m.id)) {
+            // Someone may claim it between our read and here: the claim itself decides.
+            if self
+                .store
+                .machine_claim(&self.name, m.id)
+                .await
+                .map_err(store_down)?
+            {
+                return Ok(m.clone());
             }
-            None => Err(StepError::Failed("No free machine in the pool.".into())),
         }
+        Err(StepError::Failed("No free machine in the pool.".into()))
     }
 
     async fn connect(
@@ -134,9 +152,20 @@ impl Provisioner for Static {
     }
 
     async fn release(&self, machine: &Machine) {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&machine.id);
+        if let Err(e) = self.store.machine_release(&self.name, machine.id).await {
+            tracing::warn!(machine = %machine.verbose_name, error = %e, "cannot release a machine");
+        }
+    }
+
+    async fn held(&self) -> Vec<Machine> {
+        let claimed: HashSet<Uuid> = match self.store.machines_claimed(&self.name).await {
+            Ok(c) => c.into_iter().collect(),
+            Err(_) => return Vec::new(),
+        };
+        self.machines
+            .iter()
+            .filter(|m| claimed.contains(&m.id))
+            .cloned()
+            .collect()
     }
 }

@@ -58,7 +58,7 @@ pub async fn step1(
     Path(id): Path<String>,
 ) -> Result<Response, RestError> {
     let pool_id = uuid_path(&id, "id")?;
-    let task = state.pools.request_machine(&auth.user, pool_id)?;
+    let task = state.pools.request_machine(&auth.user, pool_id).await?;
     let status = if task.status == TaskStatus::Completed {
         StatusCode::OK
     } else {
@@ -96,7 +96,11 @@ pub async fn step2(
         height: body.height,
     };
     Ok(
-        match state.pools.connect_info(&auth.user, pool_id, &params)? {
+        match state
+            .pools
+            .connect_info(&auth.user, pool_id, &params)
+            .await?
+        {
             ConnectOutcome::Task(task) => data(StatusCode::ACCEPTED, task),
             ConnectOutcome::Connection(c) => data(StatusCode::OK, c),
         },

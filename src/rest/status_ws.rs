@@ -109,9 +109,7 @@ async fn serve(socket: WebSocket, state: AppState, auth: AuthUser) {
         kick: kick.clone(),
         alive: alive.clone(),
     };
-    state
-        .events
-        .subscribe(user_id, sub, || state.pools.active_tasks(user_id));
+    state.events.subscribe(user_id, sub);
     tracing::debug!(conn_id, user = %auth.user.username, "status socket open");
 
     let idle = state.config.idle_timeout;

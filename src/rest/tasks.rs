@@ -13,7 +13,7 @@ pub async fn get(
     auth: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Response, RestError> {
-    let task = state.pools.task(&auth.user, uuid_path(&id, "id")?)?;
+    let task = state.pools.task(&auth.user, uuid_path(&id, "id")?).await?;
     Ok(data(StatusCode::OK, task))
 }
 
@@ -23,7 +23,7 @@ pub async fn is_done(
     auth: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Response, RestError> {
-    let task = state.pools.task(&auth.user, uuid_path(&id, "id")?)?;
+    let task = state.pools.task(&auth.user, uuid_path(&id, "id")?).await?;
     Ok(data(
         StatusCode::OK,
         json!({"is_done": task.status.is_done()}),

@@ -47,10 +47,14 @@ pub async fn login(
 }
 
 /// Revokes the presented token server-side (the mock forgets to).
-pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Response {
-    state.jwt.revoke(&auth.claims);
+pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<Response, RestError> {
+    state
+        .jwt
+        .revoke(&*state.store, &auth.claims)
+        .await
+        .map_err(Error::from)?;
     tracing::info!(user = %auth.user.username, "signed out over REST");
-    StatusCode::RESET_CONTENT.into_response()
+    Ok(StatusCode::RESET_CONTENT.into_response())
 }
 
 pub async fn settings(State(state): State<AppState>, auth: AuthUser) -> Response {

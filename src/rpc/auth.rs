@@ -31,7 +31,10 @@ impl Auth {
                 otp_code: self.otp_code.as_deref(),
             })
             .await;
-        let result = outcome.map(|user| sign_in(ctx, user));
+        let result = match outcome {
+            Ok(user) => sign_in(ctx, user).await,
+            Err(e) => Err(e),
+        };
         record_auth_outcome(ctx, &result);
         result
     }

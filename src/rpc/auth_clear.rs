@@ -9,10 +9,10 @@ use crate::error::Error;
 pub struct AuthClear;
 
 impl AuthClear {
-    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         if let Some(session) = ctx.conn.session.clone() {
             ctx.conn.clear_session(ctx.state);
-            ctx.state.auth.tokens.revoke(&session.hash);
+            ctx.state.auth.tokens.revoke(&session.hash).await?;
             tracing::info!(conn_id = ctx.conn.id, user = %session.user.username, "signed out");
         }
         Ok(json!("success"))

@@ -18,7 +18,8 @@ impl AuthToken {
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         guard_auth_attempt(ctx)?;
-        let result = match ctx.state.auth.tokens.lookup(&self.token) {
+        let auth = &ctx.state.auth;
+        let result = match auth.tokens.lookup(&self.token, &auth.users).await? {
             Some(session) if session.user.disabled => Err(Error::Disabled),
             Some(session) => {
                 ctx.conn.set_session(ctx.state, session);

@@ -29,7 +29,7 @@ impl ConnectInfo {
         parse_args(args)
     }
 
-    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         let params = ConnectParams {
             remote_protocol: self.remote_protocol,
             width: self.width,
@@ -39,7 +39,8 @@ impl ConnectInfo {
             match ctx
                 .state
                 .pools
-                .connect_info(user(ctx)?, self.pool_id, &params)?
+                .connect_info(user(ctx)?, self.pool_id, &params)
+                .await?
             {
                 ConnectOutcome::Task(task) => json!({ "task": task }),
                 ConnectOutcome::Connection(c) => json!({ "connection": c }),

@@ -93,9 +93,7 @@ impl Conn {
             enabled: self.events_enabled.clone(),
             kick: self.kick.clone(),
         };
-        state
-            .events
-            .subscribe(user, sub, || state.pools.active_tasks(user));
+        state.events.subscribe(user, sub);
     }
 }
 
@@ -169,8 +167,9 @@ pub async fn dispatch(
         )));
     };
     let ttl = ctx.state.auth.tokens.ttl();
-    if let Some(session) = &ctx.conn.session
+    if let Some(session) = ctx.conn.session.clone()
         && !session.is_live(ttl)
+        && !ctx.state.auth.tokens.still_live(&session).await?
     {
         ctx.conn.clear_session(ctx.state);
         if !method.is_public() {
@@ -183,16 +182,16 @@ pub async fn dispatch(
     let result = match method {
         Method::Auth => auth::Auth::parse(args)?.apply(ctx).await,
         Method::AuthToken => auth_token::AuthToken::parse(args)?.apply(ctx).await,
-        Method::AuthClear => auth_clear::AuthClear.apply(ctx),
+        Method::AuthClear => auth_clear::AuthClear.apply(ctx).await,
         Method::OtpVerify => otp_verify::OtpVerify::parse(args)?.apply(ctx).await,
         Method::Identify => Ok(identify::apply()),
         Method::Subscribe => events::Subscription::parse(args)?.apply(ctx, true),
         Method::Unsubscribe => events::Subscription::parse(args)?.apply(ctx, false),
         Method::Pools => pools::Pools::parse(args)?.apply(ctx),
-        Method::PoolRequest => pool_request::PoolRequest::parse(args)?.apply(ctx),
-        Method::ConnectInfo => connect_info::ConnectInfo::parse(args)?.apply(ctx),
-        Method::Task => task::TaskLookup::parse(args)?.apply(ctx),
-        Method::Tasks => tasks::Tasks.apply(ctx),
+        Method::PoolRequest => pool_request::PoolRequest::parse(args)?.apply(ctx).await,
+        Method::ConnectInfo => connect_info::ConnectInfo::parse(args)?.apply(ctx).await,
+        Method::Task => task::TaskLookup::parse(args)?.apply(ctx).await,
+        Method::Tasks => tasks::Tasks.apply(ctx).await,
     };
     if result.is_ok()
         && let Some(session) = &ctx.conn.session
@@ -251,9 +250,9 @@ fn to_value(v: impl serde::Serialize) -> Result<Value, Error> {
 }
 
 /// Issues a token for a user who just passed authentication and binds it to the connection.
-fn sign_in(ctx: &mut Ctx<'_>, user: Arc<crate::auth::users::User>) -> Value {
-    tracing::info!(conn_id = ctx.conn.id, user = %user.username, peer = %ctx.conn.peer, "signed in");
-    let (token, session) = ctx.state.auth.tokens.issue(user);
+async fn sign_in(ctx: &mut Ctx<'_>, user: Arc<crate::auth::users::User>) -> Result<Value, Error> {
+    let (token, session) = ctx.state.auth.tokens.issue(user).await?;
+    tracing::info!(conn_id = ctx.conn.id, user = %session.user.username, peer = %ctx.conn.peer, "signed in");
     ctx.conn.set_session(ctx.state, session);
-    token_reply(&token, ctx.state)
+    Ok(token_reply(&token, ctx.state))
 }

@@ -24,7 +24,10 @@ impl OtpVerify {
             .auth
             .otp_verify(&self.mfa_token, &self.otp_code)
             .await;
-        let result = outcome.map(|user| sign_in(ctx, user));
+        let result = match outcome {
+            Ok(user) => sign_in(ctx, user).await,
+            Err(e) => Err(e),
+        };
         record_auth_outcome(ctx, &result);
         result
     }

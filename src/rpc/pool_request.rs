@@ -17,8 +17,12 @@ impl PoolRequest {
         parse_args(args)
     }
 
-    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-        let task = ctx.state.pools.request_machine(user(ctx)?, self.pool_id)?;
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        let task = ctx
+            .state
+            .pools
+            .request_machine(user(ctx)?, self.pool_id)
+            .await?;
         Ok(json!({ "task": task }))
     }
 }

@@ -17,7 +17,7 @@ impl TaskLookup {
         parse_args(args)
     }
 
-    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-        to_value(ctx.state.pools.task(user(ctx)?, self.task_id)?)
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        to_value(ctx.state.pools.task(user(ctx)?, self.task_id).await?)
     }
 }

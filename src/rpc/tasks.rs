@@ -8,7 +8,7 @@ use crate::error::Error;
 pub struct Tasks;
 
 impl Tasks {
-    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-        to_value(ctx.state.pools.recent_tasks(user(ctx)?))
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        to_value(ctx.state.pools.recent_tasks(user(ctx)?).await?)
     }
 }

@@ -267,10 +267,13 @@ async fn a_totp_code_is_accepted_once_and_never_again() {
     assert_eq!(replay["args"]["err_code"], 103);
 }
 
-#[test]
-fn the_date_code_is_refused_outside_a_demo_server() {
+#[tokio::test]
+async fn the_date_code_is_refused_outside_a_demo_server() {
     let mut config = demo_config();
     config.demo = false;
-    let err = poolgate::AppState::new(config).err().expect("refused");
+    let err = poolgate::AppState::new(config)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("demo"), "{err}");
 }

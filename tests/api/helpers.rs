@@ -40,7 +40,12 @@ pub struct TestApp {
 pub fn demo_config() -> Config {
     let mut config = Config::demo();
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = std::env::temp_dir().join(format!("poolgate-test-{}", uuid::Uuid::new_v4()));
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    config.data_dir = std::env::temp_dir().join(format!("poolgate-test-{id}"));
+    // The same suite runs against each backend: POOLGATE_TEST_STATE=memory | sqlite: |
+    // redis://127.0.0.1:PORT (each test app then gets its own key prefix).
+    config.state = std::env::var("POOLGATE_TEST_STATE").unwrap_or_else(|_| "sqlite:".into());
+    config.state_prefix = format!("pgtest-{id}");
     config
 }
 
@@ -55,7 +60,7 @@ impl TestApp {
         edit(&mut config);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState::new(config).expect("valid test config");
+        let state = AppState::new(config).await.expect("valid test config");
         let handle = tokio::spawn(poolgate::server::run(listener, state.clone()));
         TestApp {
             addr,

@@ -376,7 +376,7 @@ async fn a_socket_that_cannot_keep_up_is_closed_with_a_reason_not_skipped() {
     // This test runs on one thread: the socket's writer cannot run between these calls, so
     // its queue (256 frames) overflows exactly as it would behind a client that stopped reading.
     for _ in 0..1000 {
-        app.state.events.publish(&task);
+        app.state.events.publish(&task, true);
     }
     let (code, reason) = slow.expect_close(REPLY_TIMEOUT).await;
     assert_eq!(code, 4002);

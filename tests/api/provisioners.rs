@@ -22,7 +22,7 @@ fn pool_win_1() -> Uuid {
 async fn wait_done(state: &AppState, user: &str, task_id: Uuid) -> TaskStatus {
     let user = state.auth.users.by_name(user).unwrap().clone();
     for _ in 0..200 {
-        let task = state.pools.task(&user, task_id).unwrap();
+        let task = state.pools.task(&user, task_id).await.unwrap();
         if task.status.is_done() {
             return task.status;
         }
@@ -58,7 +58,7 @@ async fn the_static_provisioner_never_gives_a_machine_twice_under_100_concurrent
         .insert("inventory".into(), toml::from_str(&table).unwrap());
     config.pools[0].provisioner = "inventory".into();
     config.pools[0].users = names.clone();
-    let state = AppState::new(config).unwrap();
+    let state = AppState::new(config).await.unwrap();
 
     let mut handles = Vec::new();
     for name in &names {
@@ -66,8 +66,16 @@ async fn the_static_provisioner_never_gives_a_machine_twice_under_100_concurrent
         handles.push(tokio::spawn(async move {
             let user = state.auth.users.by_name(&name).unwrap().clone();
             // Two requests per user, racing each other too.
-            let a = state.pools.request_machine(&user, pool_win_1()).unwrap();
-            let b = state.pools.request_machine(&user, pool_win_1()).unwrap();
+            let a = state
+                .pools
+                .request_machine(&user, pool_win_1())
+                .await
+                .unwrap();
+            let b = state
+                .pools
+                .request_machine(&user, pool_win_1())
+                .await
+                .unwrap();
             assert_eq!(a.id, b.id);
             let status = wait_done(&state, &name, a.id).await;
             (user.id, status)
@@ -86,11 +94,20 @@ async fn the_static_provisioner_never_gives_a_machine_twice_under_100_concurrent
     assert_eq!(failed, 90);
     let given: HashSet<Uuid> = holders
         .iter()
-        .map(|u| state.pools.assignment(*u, pool_win_1()).unwrap().id)
+        .map(|u| state.pools.assignment(*u, pool_win_1()))
+        .collect::<futures_util::future::JoinAll<_>>()
+        .await
+        .into_iter()
+        .map(|m| m.unwrap().unwrap().id)
         .collect();
     assert_eq!(given.len(), 10, "ten machines, ten different holders");
     // A released machine can be given again.
-    state.pools.release(holders[0], pool_win_1()).await.unwrap();
+    state
+        .pools
+        .release(holders[0], pool_win_1(), "test")
+        .await
+        .unwrap()
+        .unwrap();
     state.shutdown.cancel();
 }
 
@@ -271,19 +288,24 @@ async fn a_panicking_provisioner_fails_the_task_and_the_server_carries_on() {
         "panics".to_owned(),
         Arc::new(Panics) as Arc<dyn Provisioner>,
     )]);
-    let state = AppState::with_provisioners(config, extra).unwrap();
+    let state = AppState::with_provisioners(config, extra).await.unwrap();
     let user = state.auth.users.by_name("astravdi").unwrap().clone();
-    let task = state.pools.request_machine(&user, pool_win_1()).unwrap();
+    let task = state
+        .pools
+        .request_machine(&user, pool_win_1())
+        .await
+        .unwrap();
     assert_eq!(
         wait_done(&state, "astravdi", task.id).await,
         TaskStatus::Failed
     );
-    let task = state.pools.task(&user, task.id).unwrap();
+    let task = state.pools.task(&user, task.id).await.unwrap();
     assert_eq!(task.error.unwrap().message, "The provisioner crashed.");
     // FAILED step 1: the pool now refuses, per the rules.
     let err = state
         .pools
         .request_machine(&user, pool_win_1())
+        .await
         .unwrap_err();
     assert_eq!(err.code(), 403);
 }

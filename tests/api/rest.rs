@@ -577,19 +577,24 @@ async fn forged_alg_none_expired_and_wrongly_presented_tokens_are_403() {
     assert_eq!(resp.status(), 403, "only the JWT scheme");
 }
 
-#[test]
-fn a_well_known_secret_is_refused_at_start_up() {
+#[tokio::test]
+async fn a_well_known_secret_is_refused_at_start_up() {
     let mut config = demo_config();
     config.jwt_secret = Some(poolgate::config::SecretString("super-secret".into()));
-    let err = poolgate::AppState::new(config).err().expect("refused");
+    let err = poolgate::AppState::new(config)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("POOLGATE_JWT_SECRET"), "{err}");
 }
 
-#[test]
-fn the_generated_secret_is_kept_and_reused() {
-    let config = demo_config();
-    let a = poolgate::AppState::new(config.clone()).unwrap();
-    let b = poolgate::AppState::new(config.clone()).unwrap();
+#[tokio::test]
+async fn the_generated_secret_is_kept_and_reused() {
+    let mut config = demo_config();
+    // Two states on one data dir at once: keep the (single-process) database out of it.
+    config.state = "memory".into();
+    let a = poolgate::AppState::new(config.clone()).await.unwrap();
+    let b = poolgate::AppState::new(config.clone()).await.unwrap();
     let user = a.auth.users.by_name("astravdi").unwrap().clone();
     let token = a.jwt.issue(&user).unwrap();
     assert!(

@@ -1,0 +1,266 @@
+//! The in-memory store: for tests, and for people who want nothing kept. One lock around
+//! plain maps makes every operation trivially atomic.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::*;
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<TokenHash, SessionRecord>,
+    mfa: HashMap<TokenHash, MfaRecord>,
+    totp: HashMap<Uuid, u64>,
+    jwt: HashMap<String, i64>,
+    tasks: HashMap<Uuid, Task>,
+    latest: HashMap<TaskKey, Uuid>,
+    assignments: HashMap<(Uuid, Uuid), Assignment>,
+    machines: HashMap<String, HashSet<Uuid>>,
+    leases: HashMap<Uuid, (String, u64)>,
+}
+
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    sink: mpsc::UnboundedSender<BusEvent>,
+}
+
+impl MemoryStore {
+    pub fn new(sink: mpsc::UnboundedSender<BusEvent>) -> Self {
+        MemoryStore {
+            inner: Mutex::new(Inner::default()),
+            sink,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    async fn session_put(&self, rec: &SessionRecord, _ttl: Duration) -> StoreResult<()> {
+        self.lock().sessions.insert(rec.hash, rec.clone());
+        Ok(())
+    }
+
+    async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
+        Ok(self.lock().sessions.get(hash).cloned())
+    }
+
+    async fn session_touch(&self, touches: &[(TokenHash, u64)], _ttl: Duration) -> StoreResult<()> {
+        let mut inner = self.lock();
+        for (hash, at) in touches {
+            if let Some(s) = inner.sessions.get_mut(hash) {
+                s.last_active_ms = s.last_active_ms.max(*at);
+            }
+        }
+        Ok(())
+    }
+
+    async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
+        self.lock().sessions.remove(hash);
+        Ok(())
+    }
+
+    async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>> {
+        let mut inner = self.lock();
+        let hashes: Vec<TokenHash> = inner
+            .sessions
+            .values()
+            .filter(|s| s.user_id == user)
+            .map(|s| s.hash)
+            .collect();
+        for h in &hashes {
+            inner.sessions.remove(h);
+        }
+        Ok(hashes)
+    }
+
+    async fn session_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let mut inner = self.lock();
+        let before = inner.sessions.len();
+        inner.sessions.retain(|_, s| s.last_active_ms >= cutoff_ms);
+        let now = now_ms();
+        inner.mfa.retain(|_, m| m.expires_ms > now);
+        Ok(before - inner.sessions.len())
+    }
+
+    async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
+        self.lock().mfa.insert(*hash, rec.clone());
+        Ok(())
+    }
+
+    async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
+        Ok(self.lock().mfa.get(hash).cloned())
+    }
+
+    async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
+        Ok(self.lock().mfa.remove(hash).is_some())
+    }
+
+    async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32> {
+        Ok(self.lock().mfa.get_mut(hash).map_or(u32::MAX, |m| {
+            m.attempts += 1;
+            m.attempts
+        }))
+    }
+
+    async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let last = inner.totp.entry(user).or_insert(0);
+        if step <= *last {
+            return Ok(false);
+        }
+        *last = step;
+        Ok(true)
+    }
+
+    async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
+        self.lock().jwt.insert(jti.to_owned(), exp);
+        Ok(())
+    }
+
+    async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(self
+            .lock()
+            .jwt
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
+    }
+
+    async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
+        Ok(self.lock().tasks.get(&id).cloned())
+    }
+
+    async fn task_latest(&self, key: TaskKey) -> StoreResult<Option<Task>> {
+        let inner = self.lock();
+        Ok(inner
+            .latest
+            .get(&key)
+            .and_then(|id| inner.tasks.get(id))
+            .cloned())
+    }
+
+    async fn task_create(&self, expected: Option<Uuid>, task: &Task) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let key = (task.user_id, task.pool_id, task.kind);
+        if inner.latest.get(&key).copied() != expected {
+            return Ok(false);
+        }
+        inner.latest.insert(key, task.id);
+        inner.tasks.insert(task.id, task.clone());
+        Ok(true)
+    }
+
+    async fn task_update(&self, task: &Task) -> StoreResult<()> {
+        self.lock().tasks.insert(task.id, task.clone());
+        Ok(())
+    }
+
+    async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>> {
+        let inner = self.lock();
+        let mut tasks: Vec<Task> = inner
+            .tasks
+            .values()
+            .filter(|t| t.user_id == user)
+            .cloned()
+            .collect();
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.created));
+        tasks.truncate(limit);
+        Ok(tasks)
+    }
+
+    async fn tasks_active(&self) -> StoreResult<Vec<Task>> {
+        Ok(self
+            .lock()
+            .tasks
+            .values()
+            .filter(|t| t.status.is_active())
+            .cloned()
+            .collect())
+    }
+
+    async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
+        Ok(self.lock().assignments.get(&(user, pool)).cloned())
+    }
+
+    async fn assignment_create(&self, a: &Assignment) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let key = (a.user_id, a.pool_id);
+        if inner.assignments.contains_key(&key) {
+            return Ok(false);
+        }
+        inner.assignments.insert(key, a.clone());
+        Ok(true)
+    }
+
+    async fn assignment_remove(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
+        Ok(self.lock().assignments.remove(&(user, pool)))
+    }
+
+    async fn assignments(&self) -> StoreResult<Vec<Assignment>> {
+        Ok(self.lock().assignments.values().cloned().collect())
+    }
+
+    async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool> {
+        Ok(self
+            .lock()
+            .machines
+            .entry(inventory.to_owned())
+            .or_default()
+            .insert(machine))
+    }
+
+    async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()> {
+        if let Some(set) = self.lock().machines.get_mut(inventory) {
+            set.remove(&machine);
+        }
+        Ok(())
+    }
+
+    async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>> {
+        Ok(self
+            .lock()
+            .machines
+            .get(inventory)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let now = now_ms();
+        match inner.leases.get(&task) {
+            Some((o, until)) if o != owner && *until > now => Ok(false),
+            _ => {
+                inner
+                    .leases
+                    .insert(task, (owner.to_owned(), now + ttl.as_millis() as u64));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()> {
+        let mut inner = self.lock();
+        if inner.leases.get(&task).is_some_and(|(o, _)| o == owner) {
+            inner.leases.remove(&task);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, event: BusEvent) {
+        let _ = self.sink.send(event);
+    }
+}

@@ -1,0 +1,537 @@
+//! The shared backend for several instances: Redis, through the `redis` crate's
+//! `ConnectionManager` (reconnects by itself; RESP3 push messages carry the event bus and are
+//! re-subscribed after a reconnect). Sessions and MFA challenges are keys with a TTL; tasks
+//! and assignments are JSON values indexed by sets; every compare-and-set is a Lua script.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{AsyncCommands, PushKind, Script};
+use anyhow::Context;
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::*;
+
+pub struct RedisStore {
+    con: ConnectionManager,
+    /// Key namespace (`state_prefix`): instances of one deployment share it.
+    prefix: String,
+    /// Events to publish, drained in order by one task (spawning a PUBLISH per event would
+    /// let them overtake each other).
+    outbox: mpsc::UnboundedSender<BusEvent>,
+    task_create: Script,
+    totp_advance: Script,
+    lease_acquire: Script,
+    lease_release: Script,
+    session_touch: Script,
+}
+
+fn key(prefix: &str, parts: &[&str]) -> String {
+    let mut key = String::from(prefix);
+    for p in parts {
+        key.push(':');
+        key.push_str(p);
+    }
+    key
+}
+
+fn kind_str(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::PoolExpand => "POOL_EXPAND",
+        TaskKind::GlintStart => "GLINT_START",
+    }
+}
+
+fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+impl RedisStore {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        sink: mpsc::UnboundedSender<BusEvent>,
+    ) -> anyhow::Result<Self> {
+        let channel = key(prefix, &["bus"]);
+        let client = ::redis::Client::open(resp3(url)).context("invalid redis URL")?;
+        let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let mut con = client
+            .get_connection_manager_with_config(config)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        con.subscribe(&channel)
+            .await
+            .context("cannot subscribe to the event bus")?;
+
+        tokio::spawn(async move {
+            while let Some(push) = push_rx.recv().await {
+                if push.kind != PushKind::Message {
+                    continue;
+                }
+                let Some(payload) = push.data.into_iter().nth(1) else {
+                    continue;
+                };
+                let Ok(text) = ::redis::from_redis_value::<String>(payload) else {
+                    continue;
+                };
+                match serde_json::from_str::<BusEvent>(&text) {
+                    Ok(event) => {
+                        if sink.send(event).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable event on the bus"),
+                }
+            }
+        });
+
+        let (outbox, mut out_rx) = mpsc::unbounded_channel::<BusEvent>();
+        let mut pub_con = con.clone();
+        tokio::spawn(async move {
+            while let Some(event) = out_rx.recv().await {
+                let text = serde_json::to_string(&event).expect("events serialize");
+                // Retry briefly across a reconnect; an event lost here is a missed push, and
+                // clients can always ask for the task's state.
+                for attempt in 0..3 {
+                    match pub_con.publish::<_, _, ()>(&channel, &text).await {
+                        Ok(()) => break,
+                        Err(e) if attempt == 2 => tracing::warn!(error = %e, "event not published"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            }
+        });
+
+        Ok(RedisStore {
+            con,
+            prefix: prefix.to_owned(),
+            outbox,
+            task_create: Script::new(
+                r"local cur = redis.call('GET', KEYS[1]) or ''
+                  if cur ~= ARGV[1] then return 0 end
+                  redis.call('SET', KEYS[2], ARGV[3])
+                  redis.call('SET', KEYS[1], ARGV[2])
+                  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+                  if ARGV[5] == 'active' then redis.call('SADD', KEYS[4], ARGV[2])
+                  else redis.call('SREM', KEYS[4], ARGV[2]) end
+                  return 1",
+            ),
+            totp_advance: Script::new(
+                r"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+                  if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+                  return 0",
+            ),
+            lease_acquire: Script::new(
+                r"local cur = redis.call('GET', KEYS[1])
+                  if (not cur) or cur == ARGV[1] then
+                    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+                  return 0",
+            ),
+            lease_release: Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+                  return 0",
+            ),
+            session_touch: Script::new(
+                r"local cur = tonumber(redis.call('HGET', KEYS[1], 'last_active_ms'))
+                  if not cur then return 0 end
+                  local at = tonumber(ARGV[1])
+                  if at > cur then
+                    redis.call('HSET', KEYS[1], 'last_active_ms', ARGV[1])
+                    redis.call('PEXPIREAT', KEYS[1], at + tonumber(ARGV[2]))
+                  end
+                  return 1",
+            ),
+        })
+    }
+
+    fn k(&self, parts: &[&str]) -> String {
+        key(&self.prefix, parts)
+    }
+
+    fn session_key(&self, hash: &TokenHash) -> String {
+        self.k(&["session", &hex::encode(hash)])
+    }
+
+    fn mfa_key(&self, hash: &TokenHash) -> String {
+        self.k(&["mfa", &hex::encode(hash)])
+    }
+
+    fn con(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
+    async fn tasks_by_ids(&self, ids: Vec<String>) -> StoreResult<Vec<Task>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.k(&["task", id])).collect();
+        let bodies: Vec<Option<String>> = self.con().mget(keys).await?;
+        bodies
+            .into_iter()
+            .flatten()
+            .map(|b| task_from_json(&b))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn session_put(&self, rec: &SessionRecord, ttl: Duration) -> StoreResult<()> {
+        let key = self.session_key(&rec.hash);
+        let mut con = self.con();
+        ::redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("user_id", rec.user_id.to_string()),
+                    ("created_ms", rec.created_ms.to_string()),
+                    ("last_active_ms", rec.last_active_ms.to_string()),
+                ],
+            )
+            .ignore()
+            .pexpire_at(&key, (rec.last_active_ms + ttl.as_millis() as u64) as i64)
+            .ignore()
+            .sadd(
+                self.k(&["user_sessions", &rec.user_id.to_string()]),
+                hex::encode(rec.hash),
+            )
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
+        let fields: std::collections::HashMap<String, String> =
+            self.con().hgetall(self.session_key(hash)).await?;
+        let get = |f: &str| fields.get(f).and_then(|v| v.parse::<u64>().ok());
+        Ok(
+            match (
+                fields.get("user_id"),
+                get("created_ms"),
+                get("last_active_ms"),
+            ) {
+                (Some(user), Some(created_ms), Some(last_active_ms)) => Some(SessionRecord {
+                    hash: *hash,
+                    user_id: user.parse().map_err(anyhow::Error::from)?,
+                    created_ms,
+                    last_active_ms,
+                }),
+                _ => None,
+            },
+        )
+    }
+
+    async fn session_touch(&self, touches: &[(TokenHash, u64)], ttl: Duration) -> StoreResult<()> {
+        let mut con = self.con();
+        for (hash, at) in touches {
+            self.session_touch
+                .key(self.session_key(hash))
+                .arg(*at)
+                .arg(ttl.as_millis() as u64)
+                .invoke_async::<i64>(&mut con)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
+        self.con().del::<_, ()>(self.session_key(hash)).await?;
+        Ok(())
+    }
+
+    async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>> {
+        let set = self.k(&["user_sessions", &user.to_string()]);
+        let mut con = self.con();
+        let members: Vec<String> = con.smembers(&set).await?;
+        let hashes: Vec<TokenHash> = members
+            .iter()
+            .filter_map(|m| hex::decode(m).ok()?.try_into().ok())
+            .collect();
+        let mut pipe = ::redis::pipe();
+        for h in &hashes {
+            pipe.del(self.session_key(h)).ignore();
+        }
+        pipe.del(&set).ignore();
+        pipe.query_async::<()>(&mut con).await?;
+        Ok(hashes)
+    }
+
+    /// Keys expire by themselves.
+    async fn session_sweep(&self, _cutoff_ms: u64) -> StoreResult<usize> {
+        Ok(0)
+    }
+
+    async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
+        let key = self.mfa_key(hash);
+        let mut con = self.con();
+        ::redis::pipe()
+            .atomic()
+            .set(&key, serde_json::to_string(rec)?)
+            .ignore()
+            .pexpire_at(&key, rec.expires_ms as i64)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
+        let body: Option<String> = self.con().get(self.mfa_key(hash)).await?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
+        let n: i64 = self.con().del(self.mfa_key(hash)).await?;
+        Ok(n == 1)
+    }
+
+    async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32> {
+        let key = self.k(&["mfa_attempts", &hex::encode(hash)]);
+        let mut con = self.con();
+        let n: u32 = con.incr(&key, 1).await?;
+        con.expire::<_, ()>(&key, 3600).await?;
+        Ok(n)
+    }
+
+    async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool> {
+        let n: i64 = self
+            .totp_advance
+            .key(self.k(&["totp", &user.to_string()]))
+            .arg(step)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
+        let key = self.k(&["jwt_revoked", jti]);
+        let mut con = self.con();
+        ::redis::pipe()
+            .set(&key, exp)
+            .ignore()
+            .expire_at(&key, exp + 60)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
+        let mut con = self.con();
+        let prefix = self.k(&["jwt_revoked", ""]);
+        let mut keys = Vec::new();
+        {
+            let mut iter = con.scan_match::<_, String>(format!("{prefix}*")).await?;
+            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
+                keys.push(key?);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let exps: Vec<Option<i64>> = con.mget(&keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(exps)
+            .filter_map(|(key, exp)| Some((key.strip_prefix(&prefix)?.to_owned(), exp?)))
+            .collect())
+    }
+
+    async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
+        let body: Option<String> = self.con().get(self.k(&["task", &id.to_string()])).await?;
+        body.map(|b| task_from_json(&b)).transpose()
+    }
+
+    async fn task_latest(&self, (user, pool, kind): TaskKey) -> StoreResult<Option<Task>> {
+        let id: Option<String> = self
+            .con()
+            .get(self.k(&[
+                "latest",
+                &user.to_string(),
+                &pool.to_string(),
+                kind_str(kind),
+            ]))
+            .await?;
+        match id {
+            Some(id) => Ok(self.tasks_by_ids(vec![id]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    async fn task_create(&self, expected: Option<Uuid>, task: &Task) -> StoreResult<bool> {
+        let (user, pool) = (task.user_id.to_string(), task.pool_id.to_string());
+        let id = task.id.to_string();
+        let n: i64 = self
+            .task_create
+            .key(self.k(&["latest", &user, &pool, kind_str(task.kind)]))
+            .key(self.k(&["task", &id]))
+            .key(self.k(&["user_tasks", &user]))
+            .key(self.k(&["active_tasks"]))
+            .arg(expected.map(|e| e.to_string()).unwrap_or_default())
+            .arg(&id)
+            .arg(task_to_json(task))
+            .arg(task.created.timestamp_millis())
+            .arg(if task.status.is_active() {
+                "active"
+            } else {
+                "done"
+            })
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn task_update(&self, task: &Task) -> StoreResult<()> {
+        let id = task.id.to_string();
+        let mut con = self.con();
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .set(self.k(&["task", &id]), task_to_json(task))
+            .ignore();
+        if task.status.is_active() {
+            pipe.sadd(self.k(&["active_tasks"]), &id).ignore();
+        } else {
+            pipe.srem(self.k(&["active_tasks"]), &id).ignore();
+        }
+        pipe.query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
+    async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>> {
+        let ids: Vec<String> = self
+            .con()
+            .zrevrange(
+                self.k(&["user_tasks", &user.to_string()]),
+                0,
+                limit as isize - 1,
+            )
+            .await?;
+        self.tasks_by_ids(ids).await
+    }
+
+    async fn tasks_active(&self) -> StoreResult<Vec<Task>> {
+        let ids: Vec<String> = self.con().smembers(self.k(&["active_tasks"])).await?;
+        self.tasks_by_ids(ids).await
+    }
+
+    async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
+        let body: Option<String> = self
+            .con()
+            .get(self.k(&["assignment", &user.to_string(), &pool.to_string()]))
+            .await?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    async fn assignment_create(&self, a: &Assignment) -> StoreResult<bool> {
+        let (user, pool) = (a.user_id.to_string(), a.pool_id.to_string());
+        let mut con = self.con();
+        let created: bool = ::redis::cmd("SET")
+            .arg(self.k(&["assignment", &user, &pool]))
+            .arg(serde_json::to_string(a)?)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut con)
+            .await?
+            .is_some();
+        if created {
+            con.sadd::<_, _, ()>(self.k(&["assignments"]), format!("{user}:{pool}"))
+                .await?;
+        }
+        Ok(created)
+    }
+
+    async fn assignment_remove(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
+        let (u, p) = (user.to_string(), pool.to_string());
+        let mut con = self.con();
+        let body: Option<String> = con.get_del(self.k(&["assignment", &u, &p])).await?;
+        con.srem::<_, _, ()>(self.k(&["assignments"]), format!("{u}:{p}"))
+            .await?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    async fn assignments(&self) -> StoreResult<Vec<Assignment>> {
+        let mut con = self.con();
+        let members: Vec<String> = con.smembers(self.k(&["assignments"])).await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = members
+            .iter()
+            .filter_map(|m| m.split_once(':'))
+            .map(|(u, p)| self.k(&["assignment", u, p]))
+            .collect();
+        let bodies: Vec<Option<String>> = con.mget(keys).await?;
+        Ok(bodies
+            .into_iter()
+            .flatten()
+            .map(|b| serde_json::from_str(&b))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool> {
+        let n: i64 = self
+            .con()
+            .sadd(self.k(&["machines", inventory]), machine.to_string())
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()> {
+        self.con()
+            .srem::<_, _, ()>(self.k(&["machines", inventory]), machine.to_string())
+            .await?;
+        Ok(())
+    }
+
+    async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>> {
+        let members: Vec<String> = self
+            .con()
+            .smembers(self.k(&["machines", inventory]))
+            .await?;
+        Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
+    }
+
+    async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        let n: i64 = self
+            .lease_acquire
+            .key(self.k(&["lease", &task.to_string()]))
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()> {
+        self.lease_release
+            .key(self.k(&["lease", &task.to_string()]))
+            .arg(owner)
+            .invoke_async::<i64>(&mut self.con())
+            .await?;
+        Ok(())
+    }
+
+    fn publish(&self, event: BusEvent) {
+        let _ = self.outbox.send(event);
+    }
+}

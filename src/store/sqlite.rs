@@ -1,0 +1,454 @@
+//! The embedded default: SQLite (bundled, nothing to install) in WAL mode with
+//! `synchronous = NORMAL`, which survives a killed process (kill -9) without an fsync per
+//! write. One connection behind a mutex: every statement is microseconds, and the mutex makes
+//! each compare-and-set trivially atomic within the one process that may open the file.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::*;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS sessions (
+    hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    last_active_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id);
+CREATE TABLE IF NOT EXISTS mfa (
+    hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, password_ok INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL, attempts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS totp (user_id TEXT PRIMARY KEY, step INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jwt_revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, user_id TEXT NOT NULL, status TEXT NOT NULL,
+    created TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tasks_user ON tasks(user_id, created);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE TABLE IF NOT EXISTS latest (
+    user_id TEXT NOT NULL, pool_id TEXT NOT NULL, kind TEXT NOT NULL, task_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, pool_id, kind));
+CREATE TABLE IF NOT EXISTS assignments (
+    user_id TEXT NOT NULL, pool_id TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (user_id, pool_id));
+CREATE TABLE IF NOT EXISTS machines (
+    inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
+"#;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    /// Held for the process's life: a second poolgate on the same file is refused, since
+    /// this backend's atomicity is the process's own mutex.
+    _lock: std::fs::File,
+    sink: mpsc::UnboundedSender<BusEvent>,
+}
+
+fn kind_str(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::PoolExpand => "POOL_EXPAND",
+        TaskKind::GlintStart => "GLINT_START",
+    }
+}
+
+/// Fixed-width RFC 3339, so text order is time order.
+fn created_key(task: &Task) -> String {
+    task.created
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn status_active(task: &Task) -> &'static str {
+    if task.status.is_active() {
+        "active"
+    } else {
+        "done"
+    }
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, sink: mpsc::UnboundedSender<BusEvent>) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::File::create(&lock_path)
+            .with_context(|| format!("cannot create {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            anyhow::bail!(
+                "{} is in use by another poolgate process; run several instances on a shared \
+                 Redis (state = \"redis://…\") instead",
+                path.display()
+            );
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open the state database {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)
+            .context("cannot create the state schema")?;
+        Ok(SqliteStore {
+            _lock: lock,
+            conn: Mutex::new(conn),
+            sink,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(f(&mut conn)?)
+    }
+
+    fn tasks_where(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> StoreResult<Vec<Task>> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare_cached(sql)?;
+            let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
+            rows.collect()
+        })?;
+        bodies.iter().map(|b| task_from_json(b)).collect()
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    async fn session_put(&self, rec: &SessionRecord, _ttl: Duration) -> StoreResult<()> {
+        self.with(|c| {
+            c.prepare_cached("INSERT OR REPLACE INTO sessions VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![
+                    &rec.hash[..],
+                    rec.user_id.to_string(),
+                    rec.created_ms as i64,
+                    rec.last_active_ms as i64
+                ])
+                .map(drop)
+        })
+    }
+
+    async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT user_id, created_ms, last_active_ms FROM sessions WHERE hash = ?1",
+            )?
+            .query_row(params![&hash[..]], |r| {
+                Ok(SessionRecord {
+                    hash: *hash,
+                    user_id: r.get::<_, String>(0)?.parse().unwrap_or_default(),
+                    created_ms: r.get::<_, i64>(1)? as u64,
+                    last_active_ms: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .optional()
+        })
+    }
+
+    async fn session_touch(&self, touches: &[(TokenHash, u64)], _ttl: Duration) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE sessions SET last_active_ms = MAX(last_active_ms, ?2) WHERE hash = ?1",
+                )?;
+                for (hash, at) in touches {
+                    stmt.execute(params![&hash[..], *at as i64])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
+        self.with(|c| {
+            c.prepare_cached("DELETE FROM sessions WHERE hash = ?1")?
+                .execute(params![&hash[..]])
+                .map(drop)
+        })
+    }
+
+    async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let hashes: Vec<TokenHash> = {
+                let mut stmt = tx.prepare_cached("SELECT hash FROM sessions WHERE user_id = ?1")?;
+                let rows = stmt.query_map(params![user.to_string()], |r| r.get::<_, Vec<u8>>(0))?;
+                rows.filter_map(|h| h.ok().and_then(|h| h.try_into().ok()))
+                    .collect()
+            };
+            tx.execute(
+                "DELETE FROM sessions WHERE user_id = ?1",
+                params![user.to_string()],
+            )?;
+            tx.commit()?;
+            Ok(hashes)
+        })
+    }
+
+    async fn session_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        self.with(|c| {
+            let n = c.execute(
+                "DELETE FROM sessions WHERE last_active_ms < ?1",
+                params![cutoff_ms as i64],
+            )?;
+            c.execute(
+                "DELETE FROM mfa WHERE expires_ms <= ?1",
+                params![now_ms() as i64],
+            )?;
+            c.execute(
+                "DELETE FROM jwt_revoked WHERE exp + 60 < ?1",
+                params![chrono::Utc::now().timestamp()],
+            )?;
+            Ok(n)
+        })
+    }
+
+    async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
+        self.with(|c| {
+            c.prepare_cached("INSERT OR REPLACE INTO mfa VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![
+                    &hash[..],
+                    rec.user_id.to_string(),
+                    rec.password_ok,
+                    rec.expires_ms as i64,
+                    rec.attempts
+                ])
+                .map(drop)
+        })
+    }
+
+    async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT user_id, password_ok, expires_ms, attempts FROM mfa WHERE hash = ?1",
+            )?
+            .query_row(params![&hash[..]], |r| {
+                Ok(MfaRecord {
+                    user_id: r.get::<_, String>(0)?.parse().unwrap_or_default(),
+                    password_ok: r.get(1)?,
+                    expires_ms: r.get::<_, i64>(2)? as u64,
+                    attempts: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
+        self.with(|c| Ok(c.execute("DELETE FROM mfa WHERE hash = ?1", params![&hash[..]])? == 1))
+    }
+
+    async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32> {
+        self.with(|c| {
+            c.query_row(
+                "UPDATE mfa SET attempts = attempts + 1 WHERE hash = ?1 RETURNING attempts",
+                params![&hash[..]],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|a| a.unwrap_or(u32::MAX))
+        })
+    }
+
+    async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool> {
+        self.with(|c| {
+            // One statement: insert, or raise the step only if the new one is later.
+            let changed = c.execute(
+                "INSERT INTO totp VALUES (?1, ?2) ON CONFLICT(user_id) DO UPDATE
+                 SET step = excluded.step WHERE excluded.step > totp.step",
+                params![user.to_string(), step as i64],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO jwt_revoked VALUES (?1, ?2)",
+                params![jti, exp],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT jti, exp FROM jwt_revoked")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
+        Ok(self
+            .tasks_where("SELECT body FROM tasks WHERE id = ?1", &[&id.to_string()])?
+            .pop())
+    }
+
+    async fn task_latest(&self, (user, pool, kind): TaskKey) -> StoreResult<Option<Task>> {
+        Ok(self
+            .tasks_where(
+                "SELECT t.body FROM latest l JOIN tasks t ON t.id = l.task_id
+                 WHERE l.user_id = ?1 AND l.pool_id = ?2 AND l.kind = ?3",
+                &[&user.to_string(), &pool.to_string(), &kind_str(kind)],
+            )?
+            .pop())
+    }
+
+    async fn task_create(&self, expected: Option<Uuid>, task: &Task) -> StoreResult<bool> {
+        let body = task_to_json(task);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let (user, pool, kind) = (
+                task.user_id.to_string(),
+                task.pool_id.to_string(),
+                kind_str(task.kind),
+            );
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT task_id FROM latest WHERE user_id = ?1 AND pool_id = ?2 AND kind = ?3",
+                    params![user, pool, kind],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if current != expected.map(|e| e.to_string()) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO tasks VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    task.id.to_string(),
+                    user,
+                    status_active(task),
+                    created_key(task),
+                    body
+                ],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO latest VALUES (?1, ?2, ?3, ?4)",
+                params![user, pool, kind, task.id.to_string()],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    async fn task_update(&self, task: &Task) -> StoreResult<()> {
+        let body = task_to_json(task);
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO tasks VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE
+                 SET status = excluded.status, body = excluded.body",
+            )?
+            .execute(params![
+                task.id.to_string(),
+                task.user_id.to_string(),
+                status_active(task),
+                created_key(task),
+                body
+            ])
+            .map(drop)
+        })
+    }
+
+    async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>> {
+        self.tasks_where(
+            "SELECT body FROM tasks WHERE user_id = ?1 ORDER BY created DESC LIMIT ?2",
+            &[&user.to_string(), &(limit as i64)],
+        )
+    }
+
+    async fn tasks_active(&self) -> StoreResult<Vec<Task>> {
+        self.tasks_where("SELECT body FROM tasks WHERE status = 'active'", &[])
+    }
+
+    async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
+        let body: Option<String> = self.with(|c| {
+            c.prepare_cached("SELECT body FROM assignments WHERE user_id = ?1 AND pool_id = ?2")?
+                .query_row(params![user.to_string(), pool.to_string()], |r| r.get(0))
+                .optional()
+        })?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    async fn assignment_create(&self, a: &Assignment) -> StoreResult<bool> {
+        let body = serde_json::to_string(a)?;
+        self.with(|c| {
+            Ok(c.execute(
+                "INSERT OR IGNORE INTO assignments VALUES (?1, ?2, ?3)",
+                params![a.user_id.to_string(), a.pool_id.to_string(), body],
+            )? == 1)
+        })
+    }
+
+    async fn assignment_remove(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
+        let body: Option<String> = self.with(|c| {
+            c.query_row(
+                "DELETE FROM assignments WHERE user_id = ?1 AND pool_id = ?2 RETURNING body",
+                params![user.to_string(), pool.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    async fn assignments(&self) -> StoreResult<Vec<Assignment>> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT body FROM assignments")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        Ok(bodies
+            .iter()
+            .map(|b| serde_json::from_str(b))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool> {
+        self.with(|c| {
+            Ok(c.execute(
+                "INSERT OR IGNORE INTO machines VALUES (?1, ?2)",
+                params![inventory, machine.to_string()],
+            )? == 1)
+        })
+    }
+
+    async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM machines WHERE inventory = ?1 AND machine_id = ?2",
+                params![inventory, machine.to_string()],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT machine_id FROM machines WHERE inventory = ?1")?;
+            let rows = stmt.query_map(params![inventory], |r| r.get::<_, String>(0))?;
+            Ok(rows.filter_map(|r| r.ok()?.parse().ok()).collect())
+        })
+    }
+
+    /// One process owns the file, so it owns every task.
+    async fn lease_acquire(&self, _task: Uuid, _owner: &str, _ttl: Duration) -> StoreResult<bool> {
+        Ok(true)
+    }
+
+    async fn lease_release(&self, _task: Uuid, _owner: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn publish(&self, event: BusEvent) {
+        let _ = self.sink.send(event);
+    }
+}
