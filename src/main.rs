@@ -146,6 +146,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text");
     }
     let state = AppState::new(config).await?;
+    state.start().await?;
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -21,10 +21,9 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Starts the background jobs and the seed tasks, serves until `state.shutdown` is cancelled,
-/// then waits for every connection and task runner to finish.
+/// Serves until `state.shutdown` is cancelled, then waits for every connection and task
+/// runner to finish. Call [`AppState::start`] first (recovery, seed tasks, the event bus).
 pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
-    state.start().await?;
     let shutdown = state.shutdown.clone();
     state.tracker.spawn(sweep(state.clone()));
     let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -34,6 +34,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub state: AppState,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Remove the data directory on drop (not when the test restarts the app on it).
+    cleanup: bool,
 }
 
 /// The demo dataset on an ephemeral port, with its own data directory.
@@ -55,18 +57,32 @@ impl TestApp {
     }
 
     pub async fn spawn_with(edit: impl FnOnce(&mut Config)) -> TestApp {
-        init_tracing();
         let mut config = demo_config();
         edit(&mut config);
+        Self::spawn_config(config).await
+    }
+
+    pub async fn spawn_config(config: Config) -> TestApp {
+        init_tracing();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = AppState::new(config).await.expect("valid test config");
+        state.start().await.expect("state starts");
         let handle = tokio::spawn(poolgate::server::run(listener, state.clone()));
         TestApp {
             addr,
             state,
             handle: Some(handle),
+            cleanup: true,
         }
+    }
+
+    /// Stops the app (keeping its data) and starts a new one on the same config and state.
+    pub async fn restart(mut self) -> TestApp {
+        self.cleanup = false;
+        let config = self.state.config.clone();
+        self.stop().await;
+        Self::spawn_config(config).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -102,6 +118,21 @@ impl TestApp {
         let mut client = self.connect().await;
         let token = client.auth(username, PASSWORD).await;
         (client, token)
+    }
+
+    /// Signs in, retrying while the state store is unavailable (503).
+    pub async fn login_retrying(&self, username: &str) -> (Client, String) {
+        let mut client = self.connect().await;
+        for _ in 0..50 {
+            let reply = client
+                .rpc("auth", json!({"username": username, "password": PASSWORD}))
+                .await;
+            if reply["name"] == "response" {
+                return (client, reply["args"][0].as_str().unwrap().to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not sign in");
     }
 
     /// Cancels the server and waits until `run` returns.
@@ -200,6 +231,82 @@ pub fn error_code(reply: &Value) -> u64 {
     reply["args"]["code"].as_u64().unwrap()
 }
 
+/// A `poolgate serve` process; killed on drop.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `args` and waits for it to announce its address.
+    pub async fn start(args: &[&str]) -> ServerProcess {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .env("RUST_LOG", "poolgate=info")
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Keep draining stderr after the address is found, so the server never blocks on logging.
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+                if let Some(rest) = line.split("ws://").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.split('/').next().unwrap().to_owned());
+                }
+            }
+        });
+        let addr = tokio::time::timeout(REPLY_TIMEOUT, rx)
+            .await
+            .expect("the server announces its address")
+            .expect("server exited without announcing its address");
+        ServerProcess { child, addr }
+    }
+
+    pub async fn connect(&self) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", self.addr))
+            .await
+            .unwrap();
+        Client::from(ws)
+    }
+
+    /// kill -9.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// The demo config as a file, with fast, always-completing simulated timings and `extra`
+/// top-level keys (placed before the first table).
+pub fn config_file(dir: &std::path::Path, running_secs: f64, extra: &str) -> std::path::PathBuf {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml"))
+        .unwrap();
+    let sim = "pending = 1\nrunning = [1, 4]\nexpand = { completed = 0.8, cancelled = 0.2 }\nconnect = { completed = 0.8, cancelled = 0.1, failed = 0.1 }";
+    assert!(
+        demo.contains(sim),
+        "examples/demo.toml changed: update config_file()"
+    );
+    let text = demo
+        .replace(
+            sim,
+            &format!("pending = 0.05\nrunning = [{running_secs}, {running_secs}]"),
+        )
+        .replacen("[[users]]", &format!("{extra}\n\n[[users]]"), 1);
+    let path = dir.join("poolgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The mock's demo one-time code: today's local date as YYMMDD.
 pub fn date_code() -> String {
     chrono::Local::now().format("%y%m%d").to_string()
@@ -273,6 +380,68 @@ impl Client {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.state.shutdown.cancel();
-        let _ = std::fs::remove_dir_all(&self.state.config.data_dir);
+        if self.cleanup {
+            let _ = std::fs::remove_dir_all(&self.state.config.data_dir);
+        }
     }
+}
+
+/// A Redis for the tests: `POOLGATE_TEST_REDIS` if set (`.ci/run` sets it), else a
+/// `redis-server` started once per test process on a free loopback port, which stops when the
+/// test process ends. Fails loudly when there is no redis-server to start.
+pub fn redis_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("POOLGATE_TEST_REDIS") {
+            return url;
+        }
+        static CHILD: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
+        let port = free_port();
+        // Kept (not waited on) for the process's life; the wrapper stops redis with us.
+        *CHILD.lock().unwrap() = Some(spawn_redis(port));
+        format!("redis://127.0.0.1:{port}")
+    })
+    .clone()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `redis-server` on a port, tied to this process's life; waits until it answers.
+pub fn spawn_redis(port: u16) -> std::process::Child {
+    spawn_redis_with(port, "--save '' --appendonly no")
+}
+
+/// Same, with other redis-server options (e.g. persistence for a restart test). Stop it with
+/// SIGTERM to the returned child (the wrapper then stops redis).
+pub fn spawn_redis_with(port: u16, options: &str) -> std::process::Child {
+    // The shell watches its parent (this test process) and stops redis when it is gone.
+    let script = format!(
+        "redis-server --port {port} --bind 127.0.0.1 {options} --daemonize no & \
+         pid=$!; trap 'kill $pid' TERM; while kill -0 {parent} 2>/dev/null && kill -0 $pid 2>/dev/null; \
+         do sleep 0.2; done; kill $pid 2>/dev/null",
+        parent = std::process::id()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot run sh to start redis-server");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "redis-server did not start on port {port}: install it (Debian: apt-get install redis-server) \
+         or set POOLGATE_TEST_REDIS=redis://host:port"
+    );
 }

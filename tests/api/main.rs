@@ -1,9 +1,11 @@
 //! Integration tests over real sockets: one binary, one module per area.
 
 mod auth;
+mod backends;
 mod cli;
 mod helpers;
 mod pools;
+mod processes;
 mod provisioners;
 mod rest;
 mod timeouts;
