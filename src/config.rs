@@ -49,6 +49,11 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Failed authentication attempts one socket may make before it gets 429s.
     pub max_auth_failures: u32,
+    /// Failed sign-ins per username and per client address within `lockout_window` before
+    /// further attempts get 429.
+    pub lockout_attempts: u32,
+    #[serde(with = "secs")]
+    pub lockout_window: Duration,
     /// Password hashes computed at once; more logins wait their turn.
     pub max_concurrent_hashes: usize,
     /// Where state lives: `sqlite:<path>` (empty path: `<data_dir>/poolgate.sqlite3`, the
@@ -110,6 +115,8 @@ impl Default for Config {
             max_connections: 10_000,
             outbound_queue: 256,
             max_auth_failures: 5,
+            lockout_attempts: 5,
+            lockout_window: Duration::from_secs(15 * 60),
             max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             task_deadline: Duration::from_secs(90),
             state: "sqlite:".into(),

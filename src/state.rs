@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::auth::jwt::JwtKeys;
+use crate::auth::lockout::Lockout;
 use crate::auth::otp::OtpGuard;
 use crate::auth::password::PasswordChecker;
 use crate::auth::tokens::{MfaStore, TokenStore};
@@ -74,6 +75,11 @@ impl AppState {
             mfa: MfaStore::new(store.clone(), config.mfa_token_ttl),
             otp: OtpGuard::new(store.clone()),
             passwords: PasswordChecker::new(config.max_concurrent_hashes),
+            lockout: Lockout::new(
+                store.clone(),
+                config.lockout_attempts,
+                config.lockout_window,
+            ),
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();

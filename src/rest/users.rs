@@ -1,8 +1,10 @@
 //! `/users/login/`, `/users/logout/`, `/users/settings/`.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -27,6 +29,7 @@ struct LoginBody {
 
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
     let body: LoginBody = json_body(body)?;
@@ -36,6 +39,7 @@ pub async fn login(
             username: &body.username,
             password: body.password.as_deref(),
             otp_code: body.otp_code.as_deref(),
+            peer: peer.ip(),
         })
         .await?;
     let token = state.jwt.issue(&user).map_err(Error::Internal)?;

@@ -29,6 +29,7 @@ impl Auth {
                 username: &self.username,
                 password: Some(&self.password),
                 otp_code: self.otp_code.as_deref(),
+                peer: ctx.conn.peer.ip(),
             })
             .await;
         let result = match outcome {

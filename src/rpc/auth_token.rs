@@ -18,14 +18,12 @@ impl AuthToken {
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         guard_auth_attempt(ctx)?;
-        let auth = &ctx.state.auth;
-        let result = match auth.tokens.lookup(&self.token, &auth.users).await? {
-            Some(session) if session.user.disabled => Err(Error::Disabled),
-            Some(session) => {
+        let result = match ctx.state.auth.resume(&self.token, ctx.conn.peer.ip()).await {
+            Ok(session) => {
                 ctx.conn.set_session(ctx.state, session);
                 Ok(token_reply(&self.token, ctx.state))
             }
-            None => Err(Error::InvalidToken),
+            Err(e) => Err(e),
         };
         record_auth_outcome(ctx, &result);
         result

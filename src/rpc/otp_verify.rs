@@ -22,7 +22,7 @@ impl OtpVerify {
         let outcome = ctx
             .state
             .auth
-            .otp_verify(&self.mfa_token, &self.otp_code)
+            .otp_verify(&self.mfa_token, &self.otp_code, ctx.conn.peer.ip())
             .await;
         let result = match outcome {
             Ok(user) => sign_in(ctx, user).await,

@@ -22,6 +22,7 @@ struct Inner {
     assignments: HashMap<(Uuid, Uuid), Assignment>,
     machines: HashMap<String, HashSet<Uuid>>,
     leases: HashMap<Uuid, (String, u64)>,
+    failures: HashMap<String, (u32, u64)>,
 }
 
 pub struct MemoryStore {
@@ -257,6 +258,35 @@ impl Store for MemoryStore {
         if inner.leases.get(&task).is_some_and(|(o, _)| o == owner) {
             inner.leases.remove(&task);
         }
+        Ok(())
+    }
+
+    async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32> {
+        let mut inner = self.lock();
+        let now = now_ms();
+        let entry = inner
+            .failures
+            .entry(key.to_owned())
+            .or_insert((0, now + window.as_millis() as u64));
+        if entry.1 <= now {
+            *entry = (0, now + window.as_millis() as u64);
+        }
+        entry.0 += 1;
+        Ok(entry.0)
+    }
+
+    async fn failures_get(&self, key: &str) -> StoreResult<u32> {
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .failures
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map_or(0, |(n, _)| *n))
+    }
+
+    async fn failures_reset(&self, key: &str) -> StoreResult<()> {
+        self.lock().failures.remove(key);
         Ok(())
     }
 

@@ -212,6 +212,12 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool>;
     async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()>;
 
+    /// Counts a failure under `key` in a fixed window starting at the first failure; returns
+    /// the count so far (lockout counters: per username and per client address).
+    async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32>;
+    async fn failures_get(&self, key: &str) -> StoreResult<u32>;
+    async fn failures_reset(&self, key: &str) -> StoreResult<()>;
+
     /// Sends an event to every instance (this one included). Fire and forget.
     fn publish(&self, event: BusEvent);
 }

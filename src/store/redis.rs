@@ -26,6 +26,7 @@ pub struct RedisStore {
     lease_acquire: Script,
     lease_release: Script,
     session_touch: Script,
+    failures_add: Script,
 }
 
 fn key(prefix: &str, parts: &[&str]) -> String {
@@ -145,6 +146,11 @@ impl RedisStore {
             lease_release: Script::new(
                 r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                   return 0",
+            ),
+            failures_add: Script::new(
+                r"local n = redis.call('INCR', KEYS[1])
+                  if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+                  return n",
             ),
             session_touch: Script::new(
                 r"local cur = tonumber(redis.call('HGET', KEYS[1], 'last_active_ms'))
@@ -528,6 +534,26 @@ impl Store for RedisStore {
             .arg(owner)
             .invoke_async::<i64>(&mut self.con())
             .await?;
+        Ok(())
+    }
+
+    async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32> {
+        let n: u32 = self
+            .failures_add
+            .key(self.k(&["failures", key]))
+            .arg(window.as_millis() as u64)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(n)
+    }
+
+    async fn failures_get(&self, key: &str) -> StoreResult<u32> {
+        let n: Option<u32> = self.con().get(self.k(&["failures", key])).await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn failures_reset(&self, key: &str) -> StoreResult<()> {
+        self.con().del::<_, ()>(self.k(&["failures", key])).await?;
         Ok(())
     }
 

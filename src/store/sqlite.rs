@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS latest (
 CREATE TABLE IF NOT EXISTS assignments (
     user_id TEXT NOT NULL, pool_id TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (user_id, pool_id));
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY, count INTEGER NOT NULL, until_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
 "#;
@@ -199,6 +201,10 @@ impl Store for SqliteStore {
             )?;
             c.execute(
                 "DELETE FROM mfa WHERE expires_ms <= ?1",
+                params![now_ms() as i64],
+            )?;
+            c.execute(
+                "DELETE FROM failures WHERE until_ms <= ?1",
                 params![now_ms() as i64],
             )?;
             c.execute(
@@ -446,6 +452,40 @@ impl Store for SqliteStore {
 
     async fn lease_release(&self, _task: Uuid, _owner: &str) -> StoreResult<()> {
         Ok(())
+    }
+
+    async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32> {
+        let now = now_ms() as i64;
+        let until = now + window.as_millis() as i64;
+        self.with(|c| {
+            c.query_row(
+                "INSERT INTO failures VALUES (?1, 1, ?3) ON CONFLICT(key) DO UPDATE SET
+                   count = CASE WHEN until_ms <= ?2 THEN 1 ELSE count + 1 END,
+                   until_ms = CASE WHEN until_ms <= ?2 THEN ?3 ELSE until_ms END
+                 RETURNING count",
+                params![key, now, until],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    async fn failures_get(&self, key: &str) -> StoreResult<u32> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT count FROM failures WHERE key = ?1 AND until_ms > ?2",
+                params![key, now_ms() as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|n| n.unwrap_or(0))
+        })
+    }
+
+    async fn failures_reset(&self, key: &str) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM failures WHERE key = ?1", params![key])
+                .map(drop)
+        })
     }
 
     fn publish(&self, event: BusEvent) {

@@ -445,3 +445,19 @@ pub fn spawn_redis_with(port: u16, options: &str) -> std::process::Child {
          or set POOLGATE_TEST_REDIS=redis://host:port"
     );
 }
+
+impl TestApp {
+    /// A WebSocket from a given loopback source address (127.0.0.0/8 is all loopback), so
+    /// tests can act as several clients.
+    pub async fn connect_from(&self, source: [u8; 4]) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .expect("bind a loopback source address");
+        let stream = socket.connect(self.addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(self.ws_url(), MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        Client::from(ws)
+    }
+}

@@ -3,6 +3,7 @@
 mod auth;
 mod backends;
 mod cli;
+mod hardening;
 mod helpers;
 mod pools;
 mod processes;
