@@ -153,6 +153,75 @@ impl Method {
     }
 }
 
+/// A parsed request, ready to run: one variant per method.
+pub enum Command {
+    Auth(auth::Auth),
+    AuthToken(auth_token::AuthToken),
+    AuthClear,
+    OtpVerify(otp_verify::OtpVerify),
+    Identify,
+    Subscribe(events::Subscription),
+    Unsubscribe(events::Subscription),
+    Pools(pools::Pools),
+    PoolRequest(pool_request::PoolRequest),
+    ConnectInfo(connect_info::ConnectInfo),
+    Task(task::TaskLookup),
+    Tasks,
+}
+
+impl Command {
+    /// Parses a method's arguments; mismatches are 400. Pure: the fuzz targets call it.
+    pub fn parse(method: Method, args: Value) -> Result<Command, Error> {
+        Ok(match method {
+            Method::Auth => Command::Auth(auth::Auth::parse(args)?),
+            Method::AuthToken => Command::AuthToken(auth_token::AuthToken::parse(args)?),
+            Method::AuthClear => Command::AuthClear,
+            Method::OtpVerify => Command::OtpVerify(otp_verify::OtpVerify::parse(args)?),
+            Method::Identify => Command::Identify,
+            Method::Subscribe => Command::Subscribe(events::Subscription::parse(args)?),
+            Method::Unsubscribe => Command::Unsubscribe(events::Subscription::parse(args)?),
+            Method::Pools => Command::Pools(pools::Pools::parse(args)?),
+            Method::PoolRequest => Command::PoolRequest(pool_request::PoolRequest::parse(args)?),
+            Method::ConnectInfo => Command::ConnectInfo(connect_info::ConnectInfo::parse(args)?),
+            Method::Task => Command::Task(task::TaskLookup::parse(args)?),
+            Method::Tasks => Command::Tasks,
+        })
+    }
+
+    async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        match self {
+            Command::Auth(c) => c.apply(ctx).await,
+            Command::AuthToken(c) => c.apply(ctx).await,
+            Command::AuthClear => auth_clear::AuthClear.apply(ctx).await,
+            Command::OtpVerify(c) => c.apply(ctx).await,
+            Command::Identify => Ok(identify::apply()),
+            Command::Subscribe(c) => c.apply(ctx, true),
+            Command::Unsubscribe(c) => c.apply(ctx, false),
+            Command::Pools(c) => c.apply(ctx),
+            Command::PoolRequest(c) => c.apply(ctx).await,
+            Command::ConnectInfo(c) => c.apply(ctx).await,
+            Command::Task(c) => c.apply(ctx).await,
+            Command::Tasks => tasks::Tasks.apply(ctx).await,
+        }
+    }
+}
+
+/// Every method, for tests and fuzzing.
+pub const METHODS: &[Method] = &[
+    Method::Auth,
+    Method::AuthToken,
+    Method::AuthClear,
+    Method::OtpVerify,
+    Method::Identify,
+    Method::Subscribe,
+    Method::Unsubscribe,
+    Method::Pools,
+    Method::PoolRequest,
+    Method::ConnectInfo,
+    Method::Task,
+    Method::Tasks,
+];
+
 /// Runs one request: lookup (404), authentication (401), argument parsing (400), then the
 /// method itself. A successful authenticated request slides the session's inactivity window.
 pub async fn dispatch(
@@ -179,20 +248,7 @@ pub async fn dispatch(
     if !method.is_public() && ctx.conn.session.is_none() {
         return Err(Error::Unauthenticated);
     }
-    let result = match method {
-        Method::Auth => auth::Auth::parse(args)?.apply(ctx).await,
-        Method::AuthToken => auth_token::AuthToken::parse(args)?.apply(ctx).await,
-        Method::AuthClear => auth_clear::AuthClear.apply(ctx).await,
-        Method::OtpVerify => otp_verify::OtpVerify::parse(args)?.apply(ctx).await,
-        Method::Identify => Ok(identify::apply()),
-        Method::Subscribe => events::Subscription::parse(args)?.apply(ctx, true),
-        Method::Unsubscribe => events::Subscription::parse(args)?.apply(ctx, false),
-        Method::Pools => pools::Pools::parse(args)?.apply(ctx),
-        Method::PoolRequest => pool_request::PoolRequest::parse(args)?.apply(ctx).await,
-        Method::ConnectInfo => connect_info::ConnectInfo::parse(args)?.apply(ctx).await,
-        Method::Task => task::TaskLookup::parse(args)?.apply(ctx).await,
-        Method::Tasks => tasks::Tasks.apply(ctx).await,
-    };
+    let result = Command::parse(method, args)?.apply(ctx).await;
     if result.is_ok()
         && let Some(session) = &ctx.conn.session
     {
