@@ -22,6 +22,10 @@ pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
 pub struct Config {
     /// Address the HTTP/WebSocket listener binds to.
     pub listen: SocketAddr,
+    /// PEM certificate chain and private key: with both, the port serves `wss://` and
+    /// `https://` (TLS 1.2 and 1.3).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Where poolgate keeps its state (generated secrets, the embedded store).
     pub data_dir: PathBuf,
     /// Marks a demo server: only then is the mock's `date` one-time code accepted.
@@ -105,6 +109,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("poolgate-data"),
+            tls_cert: None,
+            tls_key: None,
             demo: false,
             token_ttl: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(600),
@@ -176,21 +182,42 @@ impl Config {
 
     /// Checks what serde cannot: ranges and cross-field rules.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.token_ttl.is_zero()
-            || self.idle_timeout.is_zero()
-            || self.auth_grace.is_zero()
-            || self.task_deadline.is_zero()
-        {
+        let durations = [
+            ("token_ttl", self.token_ttl),
+            ("idle_timeout", self.idle_timeout),
+            ("auth_grace", self.auth_grace),
+            ("mfa_token_ttl", self.mfa_token_ttl),
+            ("task_deadline", self.task_deadline),
+            ("assignment_ttl", self.assignment_ttl),
+            ("lease_sweep", self.lease_sweep),
+            ("task_lease", self.task_lease),
+            ("session_flush", self.session_flush),
+            ("lockout_window", self.lockout_window),
+            ("jwt_ttl", self.jwt_ttl),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            bail!("{name} must be greater than zero");
+        }
+        if self.session_flush > Duration::from_secs(10) {
             bail!(
-                "token_ttl, idle_timeout, auth_grace and task_deadline must be greater than zero"
+                "session_flush must be at most 10 s: it bounds how stale stored token activity may be"
             );
         }
         if self.max_frame_bytes == 0 || self.max_frame_bytes > self.max_message_bytes {
             bail!("max_frame_bytes must be between 1 and max_message_bytes");
         }
-        if self.max_connections == 0 || self.outbound_queue == 0 || self.max_concurrent_hashes == 0
+        if self.max_connections == 0
+            || self.outbound_queue == 0
+            || self.max_concurrent_hashes == 0
+            || self.lockout_attempts == 0
         {
-            bail!("max_connections, outbound_queue and max_concurrent_hashes must be at least 1");
+            bail!(
+                "max_connections, outbound_queue, max_concurrent_hashes and lockout_attempts \
+                 must be at least 1"
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together: give both or neither");
         }
         Ok(())
     }

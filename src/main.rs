@@ -54,6 +54,12 @@ struct ServeArgs {
     /// Seconds a new connection has to sign in.
     #[arg(long, value_name = "SECS")]
     auth_grace: Option<f64>,
+    /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
@@ -81,6 +87,12 @@ impl ServeArgs {
         }
         if let Some(s) = self.idle_timeout {
             config.idle_timeout = secs(s)?;
+        }
+        if let Some(f) = &self.tls_cert {
+            config.tls_cert = Some(f.clone());
+        }
+        if let Some(f) = &self.tls_key {
+            config.tls_key = Some(f.clone());
         }
         if let Some(s) = self.auth_grace {
             config.auth_grace = secs(s)?;
@@ -142,8 +154,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text");
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(poolgate::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text; use --tls-cert and --tls-key");
+        eprintln!(
+            "\n  WARNING: poolgate is listening on {addr} without TLS.\n  Passwords and tokens cross the network in clear text. Use --tls-cert/--tls-key.\n"
+        );
     }
     let state = AppState::new(config).await?;
     state.start().await?;
@@ -153,8 +172,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         shutdown.cancel();
     });
-    tracing::info!(%addr, "poolgate listening (WebSocket RPC at ws://{addr}/)");
-    poolgate::server::run(listener, state).await?;
+    match tls {
+        Some(acceptor) => {
+            tracing::info!(%addr, "poolgate listening with TLS (WebSocket RPC at wss://{addr}/)");
+            poolgate::server::run_tls(listener, acceptor, state).await?;
+        }
+        None => {
+            tracing::info!(%addr, "poolgate listening (WebSocket RPC at ws://{addr}/)");
+            poolgate::server::run(listener, state).await?;
+        }
+    }
     Ok(())
 }
 

@@ -5,6 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener, ListenerExt};
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::TlsListener;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
@@ -21,9 +26,29 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `state.shutdown` is cancelled, then waits for every connection and task
-/// runner to finish. Call [`AppState::start`] first (recovery, seed tasks, the event bus).
+/// Serves plain HTTP/WebSocket until `state.shutdown` is cancelled, then waits for every
+/// connection and task runner to finish. Call [`AppState::start`] first (recovery, seed tasks,
+/// the event bus).
 pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+    serve(listener, state).await
+}
+
+/// Like [`run`], over TLS (`wss://` and `https://` on the same port).
+pub async fn run_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: AppState,
+) -> anyhow::Result<()> {
+    // `tap_io` gives the listener axum's generic `ConnectInfo<SocketAddr>` support.
+    serve(TlsListener::new(listener, acceptor)?.tap_io(|_| {}), state).await
+}
+
+async fn serve<L>(listener: L, state: AppState) -> anyhow::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    L::Io: Send,
+    for<'a> SocketAddr: Connected<IncomingStream<'a, L>>,
+{
     let shutdown = state.shutdown.clone();
     state.tracker.spawn(sweep(state.clone()));
     let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -66,9 +66,18 @@ impl TestApp {
         init_tracing();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(poolgate::tls::acceptor(cert, key).unwrap()),
+            _ => None,
+        };
         let state = AppState::new(config).await.expect("valid test config");
         state.start().await.expect("state starts");
-        let handle = tokio::spawn(poolgate::server::run(listener, state.clone()));
+        let handle = match tls {
+            Some(acceptor) => {
+                tokio::spawn(poolgate::server::run_tls(listener, acceptor, state.clone()))
+            }
+            None => tokio::spawn(poolgate::server::run(listener, state.clone())),
+        };
         TestApp {
             addr,
             state,
@@ -147,12 +156,13 @@ impl TestApp {
     }
 }
 
-pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A WebSocket client speaking the envelope protocol, over plain TCP or TLS.
+pub struct Client<S = MaybeTlsStream<TcpStream>> {
+    pub ws: WebSocketStream<S>,
     next_id: u64,
 }
 
-impl Client {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws
             .send(Message::Text(text.into().into()))
@@ -259,10 +269,11 @@ impl ServerProcess {
                 if std::env::var_os("TEST_LOG").is_some() {
                     eprintln!("[server] {line}");
                 }
-                if let Some(rest) = line.split("ws://").nth(1)
+                if let Some(rest) = line.split("RPC at ").nth(1)
+                    && let Some((_, addr)) = rest.split_once("://")
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(rest.split('/').next().unwrap().to_owned());
+                    let _ = tx.send(addr.split('/').next().unwrap().to_owned());
                 }
             }
         });
@@ -318,6 +329,12 @@ impl From<WebSocketStream<MaybeTlsStream<TcpStream>>> for Client {
     }
 }
 
+impl<S> Client<S> {
+    pub fn from_any(ws: WebSocketStream<S>) -> Self {
+        Client { ws, next_id: 1 }
+    }
+}
+
 pub const POOL_WIN_1: &str = "bc4f9e45-6b5a-41e6-bb85-ae91f4b8c413";
 pub const POOL_WIN_2: &str = "22aaa425-6387-4767-9611-3c26ad1a6161";
 pub const POOL_ASTRA_2: &str = "2378c527-64eb-48cf-817a-645b645dba54";
@@ -345,7 +362,7 @@ pub const OK: (f64, f64, f64) = (1.0, 0.0, 0.0);
 pub const CANCEL: (f64, f64, f64) = (0.0, 1.0, 0.0);
 pub const FAIL: (f64, f64, f64) = (0.0, 0.0, 1.0);
 
-impl Client {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
     /// The next pushed event (replies are not expected while waiting).
     pub async fn next_event(&mut self) -> Value {
         let frame = self.recv().await;

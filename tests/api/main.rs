@@ -10,4 +10,5 @@ mod processes;
 mod provisioners;
 mod rest;
 mod timeouts;
+mod tls;
 mod transport;

@@ -1,0 +1,179 @@
+//! TLS: wss:// and https:// on one port with a certificate made at test time, verified by the
+//! client; TLS 1.2 and 1.3; a silent client cannot hold up the others.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::helpers::*;
+
+struct Cert {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+fn make_cert() -> Cert {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    Cert {
+        der: generated.cert.der().clone(),
+        _dir: dir,
+        cert,
+        key,
+    }
+}
+
+async fn tls_app(cert: &Cert) -> TestApp {
+    TestApp::spawn_with(|c| {
+        c.tls_cert = Some(cert.cert.clone());
+        c.tls_key = Some(cert.key.clone());
+    })
+    .await
+}
+
+fn connector(
+    trusted: Option<&CertificateDer<'static>>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(der) = trusted {
+        roots.add(der.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    trusted: Option<&CertificateDer<'static>>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    connector(trusted, versions)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+#[tokio::test]
+async fn wss_serves_the_rpc_protocol_to_a_verifying_client() {
+    let cert = make_cert();
+    let app = tls_app(&cert).await;
+    let tls = tls_connect(app.addr, Some(&cert.der), rustls::DEFAULT_VERSIONS)
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async("wss://localhost/", tls)
+        .await
+        .unwrap();
+    let mut c = Client::from_any(ws);
+    let reply = c
+        .rpc(
+            "auth",
+            json!({"username": "astravdi", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+}
+
+#[tokio::test]
+async fn https_serves_the_rest_shim_over_tls_1_2_and_1_3() {
+    let cert = make_cert();
+    let app = tls_app(&cert).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut tls = tls_connect(app.addr, Some(&cert.der), &[version])
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+        tls.write_all(
+            b"GET /api/v2/health/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut resp = String::new();
+        tls.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.contains("\"ok\":true"));
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_certificate_is_refused_and_plain_text_gets_nothing() {
+    let cert = make_cert();
+    let app = tls_app(&cert).await;
+    assert!(
+        tls_connect(app.addr, None, rustls::DEFAULT_VERSIONS)
+            .await
+            .is_err()
+    );
+    assert!(
+        tokio_tungstenite::connect_async(app.ws_url())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_silent_client_does_not_hold_up_the_handshakes_of_others() {
+    let cert = make_cert();
+    let app = tls_app(&cert).await;
+    let _silent: Vec<TcpStream> =
+        futures_util::future::join_all((0..20).map(|_| TcpStream::connect(app.addr)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        tls_connect(app.addr, Some(&cert.der), rustls::DEFAULT_VERSIONS),
+    )
+    .await
+    .expect("handshake not blocked")
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn serve_takes_tls_cert_and_key_flags() {
+    let cert = make_cert();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+    ])
+    .await;
+    let addr = server.addr.parse().unwrap();
+    let tls = tls_connect(addr, Some(&cert.der), rustls::DEFAULT_VERSIONS)
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async("wss://localhost/", tls)
+        .await
+        .unwrap();
+    let mut c = Client::from_any(ws);
+    assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
+}
