@@ -66,6 +66,9 @@ pub struct Config {
     /// Namespace of keys and of the event channel in a shared store: instances of one
     /// deployment share it.
     pub state_prefix: String,
+    /// File holding the Redis password (or set `POOLGATE_REDIS_PASSWORD`); keeps the secret
+    /// out of the config file and of the `state` URL.
+    pub state_password_file: Option<PathBuf>,
     /// How long a machine stays assigned to a user before the lease sweep gives it back.
     #[serde(with = "secs")]
     pub assignment_ttl: Duration,
@@ -127,6 +130,7 @@ impl Default for Config {
             task_deadline: Duration::from_secs(90),
             state: "sqlite:".into(),
             state_prefix: "poolgate".into(),
+            state_password_file: None,
             assignment_ttl: Duration::from_secs(8 * 3600),
             lease_sweep: Duration::from_secs(60),
             task_lease: Duration::from_secs(10),
@@ -178,6 +182,26 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The Redis password from `POOLGATE_REDIS_PASSWORD` or `state_password_file`, if any.
+    pub fn redis_password(&self) -> anyhow::Result<Option<String>> {
+        let (password, source) = if let Ok(p) = std::env::var("POOLGATE_REDIS_PASSWORD") {
+            (p, "POOLGATE_REDIS_PASSWORD".to_owned())
+        } else if let Some(path) = &self.state_password_file {
+            let p = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read state_password_file {}", path.display()))?;
+            (
+                p.trim().to_owned(),
+                format!("state_password_file {}", path.display()),
+            )
+        } else {
+            return Ok(None);
+        };
+        if password.is_empty() {
+            bail!("the Redis password from {source} is empty: set it, or remove {source}");
+        }
+        Ok(Some(password))
     }
 
     /// Checks what serde cannot: ranges and cross-field rules.

@@ -65,8 +65,14 @@ impl AppState {
         let users = UserDirectory::new(&config.users, config.demo)?;
         let jwt = JwtKeys::from_config(&config)?;
         let (sink, bus) = mpsc::unbounded_channel();
-        let store =
-            crate::store::open(&config.state, &config.state_prefix, &config.data_dir, sink).await?;
+        let store = crate::store::open(
+            &config.state,
+            config.redis_password()?.as_deref(),
+            &config.state_prefix,
+            &config.data_dir,
+            sink,
+        )
+        .await?;
         let mut provisioners = Pools::build_provisioners(&config.provisioners, &store)?;
         provisioners.extend(extra);
         let auth = Authenticator {

@@ -28,10 +28,17 @@ pub struct CommandConfig {
     /// Working directory for the program.
     #[serde(default)]
     pub workdir: Option<PathBuf>,
+    /// Credentials for the program as environment variables, each read from a file at start
+    /// (e.g. `{ PROXMOX_TOKEN = "/etc/poolgate/proxmox.token" }`), so no secret sits in the
+    /// config file or on a command line.
+    #[serde(default)]
+    pub env_files: std::collections::BTreeMap<String, PathBuf>,
 }
 
 pub struct Command {
     config: CommandConfig,
+    /// Read once from `env_files`; never logged.
+    env: Vec<(String, String)>,
 }
 
 /// Longest stderr tail kept for a failure message.
@@ -68,7 +75,18 @@ impl Command {
         if config.command.is_empty() {
             bail!("command provisioner: `command` must name a program");
         }
-        Ok(Command { config })
+        let mut env = Vec::new();
+        for (name, path) in &config.env_files {
+            let value = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("env_files.{name}: cannot read {}: {e}", path.display())
+            })?;
+            let value = value.trim_end_matches(['\r', '\n']).to_owned();
+            if value.is_empty() {
+                bail!("env_files.{name}: {} is empty", path.display());
+            }
+            env.push((name.clone(), value));
+        }
+        Ok(Command { config, env })
     }
 
     /// Runs one step; returns the final `result` object.
@@ -90,6 +108,7 @@ impl Command {
         if let Some(dir) = &self.config.workdir {
             cmd.current_dir(dir);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().map_err(|e| {
             StepError::Failed(format!(
                 "Cannot start provisioner {:?}: {e}.",

@@ -225,6 +225,7 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the store named by `state`, delivering bus events to `sink`.
 pub async fn open(
     state: &str,
+    password: Option<&str>,
     prefix: &str,
     data_dir: &std::path::Path,
     sink: mpsc::UnboundedSender<BusEvent>,
@@ -242,7 +243,7 @@ pub async fn open(
     }
     if state.starts_with("redis://") || state.starts_with("rediss://") {
         return Ok(Arc::new(
-            redis::RedisStore::connect(state, prefix, sink).await?,
+            redis::RedisStore::connect(state, password, prefix, sink).await?,
         ));
     }
     anyhow::bail!(

@@ -56,13 +56,25 @@ fn resp3(url: &str) -> String {
 }
 
 impl RedisStore {
+    /// `password` (from `POOLGATE_REDIS_PASSWORD` or `state_password_file`) overrides one in
+    /// the URL, so the URL in the config file can stay free of secrets.
     pub async fn connect(
         url: &str,
+        password: Option<&str>,
         prefix: &str,
         sink: mpsc::UnboundedSender<BusEvent>,
     ) -> anyhow::Result<Self> {
+        use ::redis::IntoConnectionInfo;
         let channel = key(prefix, &["bus"]);
-        let client = ::redis::Client::open(resp3(url)).context("invalid redis URL")?;
+        let mut info = resp3(url)
+            .as_str()
+            .into_connection_info()
+            .context("invalid redis URL")?;
+        if let Some(password) = password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = ::redis::Client::open(info).context("invalid redis URL")?;
         let (push_tx, mut push_rx) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)

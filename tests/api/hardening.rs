@@ -200,3 +200,97 @@ async fn a_flood_of_10000_requests_on_one_socket_is_answered_in_full() {
     assert_eq!(errors, 7_500);
     assert_eq!(other.rpc("pools", json!({})).await["name"], "response");
 }
+
+#[tokio::test]
+async fn the_redis_password_comes_from_a_file_and_is_required() {
+    let port = free_port();
+    let _redis = spawn_redis_with(
+        port,
+        "--save '' --appendonly no --requirepass correct-horse-battery",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis.pass");
+    std::fs::write(&file, "correct-horse-battery\n").unwrap();
+    let app = TestApp::spawn_with(|c| {
+        c.state = format!("redis://127.0.0.1:{port}");
+        c.state_password_file = Some(file.clone());
+    })
+    .await;
+    let (_c, _) = app.login("astravdi").await;
+
+    let mut without = demo_config();
+    without.state = format!("redis://127.0.0.1:{port}");
+    assert!(
+        poolgate::AppState::new(without).await.is_err(),
+        "no password, no service"
+    );
+
+    let empty = dir.path().join("empty.pass");
+    std::fs::write(&empty, "\n").unwrap();
+    let mut blank = demo_config();
+    blank.state = format!("redis://127.0.0.1:{port}");
+    blank.state_password_file = Some(empty);
+    let err = poolgate::AppState::new(blank).await.err().expect("refused");
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_types_in_every_field_of_every_method_get_400_with_the_id() {
+    let app = TestApp::spawn().await;
+    let (mut c, _) = app.login("astravdi").await;
+    let cases = [
+        ("rpc", "auth", json!({"username": 1, "password": "x"})),
+        ("rpc", "auth", json!({"username": "x", "password": []})),
+        (
+            "rpc",
+            "auth",
+            json!({"username": "x", "password": "y", "otp_code": 5}),
+        ),
+        (
+            "rpc",
+            "otp_verify",
+            json!({"mfa_token": {}, "otp_code": "1"}),
+        ),
+        (
+            "rpc",
+            "otp_verify",
+            json!({"mfa_token": "x", "otp_code": false}),
+        ),
+        ("rpc", "auth_token", json!({"token": 12})),
+        ("events", "subscribe", json!(42)),
+        ("events", "unsubscribe", json!([1, 2])),
+        ("rpc", "pools", json!({"is_favorite": "yes"})),
+        ("rpc", "pool_request", json!({"pool_id": 5})),
+        ("rpc", "pool_request", json!({"pool_id": "not-a-uuid"})),
+        (
+            "rpc",
+            "connect_info",
+            json!({"pool_id": POOL_WIN_1, "remote_protocol": "one"}),
+        ),
+        (
+            "rpc",
+            "connect_info",
+            json!({"pool_id": POOL_WIN_1, "width": 1.5}),
+        ),
+        (
+            "rpc",
+            "connect_info",
+            json!({"pool_id": POOL_WIN_1, "height": "tall"}),
+        ),
+        (
+            "rpc",
+            "connect_info",
+            json!({"pool_id": POOL_WIN_1, "password": 7}),
+        ),
+        ("rpc", "task", json!({"task_id": null})),
+        ("rpc", "task", json!({"task_id": [1]})),
+    ];
+    for (i, (ns, name, args)) in cases.into_iter().enumerate() {
+        c.send_text(json!({"namespace": ns, "name": name, "id": i, "args": args}).to_string())
+            .await;
+        let reply = c.recv().await;
+        assert_eq!(error_code(&reply), 400, "{ns}/{name} {args}: {reply}");
+        assert_eq!(reply["id"], i);
+    }
+    assert_eq!(c.rpc("pools", json!({})).await["name"], "response");
+}

@@ -172,6 +172,8 @@ case "$1" in
   hang)
     echo $$ > "$2"
     exec sleep 30 ;;
+  env)
+    echo "{\"result\":{\"host\":\"$PROV_TOKEN\",\"port\":1}}" ;;
 esac
 "#;
 
@@ -221,6 +223,33 @@ async fn the_command_provisioner_reports_progress_and_results() {
     assert_eq!(conn["host"], "10.1.1.1");
     assert_eq!(conn["port"], 3390, "step 2's result overrides the port");
     assert_eq!(conn["verbose_name"], "vm-a");
+}
+
+#[tokio::test]
+async fn the_command_provisioner_gets_credentials_from_files_as_environment() {
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "tok-from-file\n").unwrap();
+    let extra = format!(
+        "\nenv_files = {{ PROV_TOKEN = {:?} }}",
+        token.to_str().unwrap()
+    );
+    let (app, _dir) = command_app("env", &extra, Duration::from_secs(10)).await;
+    let (mut c, _) = app.login("astravdi").await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    assert_eq!(c.follow(&id).await.0.last().unwrap(), "COMPLETED");
+    let machine = app
+        .state
+        .pools
+        .assignment(
+            app.state.auth.users.by_name("astravdi").unwrap().id,
+            pool_win_1(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(machine.host, "tok-from-file");
 }
 
 #[tokio::test]
