@@ -204,7 +204,7 @@ async fn a_flood_of_10000_requests_on_one_socket_is_answered_in_full() {
 #[tokio::test]
 async fn the_redis_password_comes_from_a_file_and_is_required() {
     let port = free_port();
-    let _redis = spawn_redis_with(
+    let mut redis = spawn_redis_with(
         port,
         "--save '' --appendonly no --requirepass correct-horse-battery",
     );
@@ -232,6 +232,12 @@ async fn the_redis_password_comes_from_a_file_and_is_required() {
     blank.state_password_file = Some(empty);
     let err = poolgate::AppState::new(blank).await.err().expect("refused");
     assert!(err.to_string().contains("empty"), "{err}");
+    drop(app);
+    std::process::Command::new("kill")
+        .args(["-TERM", &redis.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = redis.wait();
 }
 
 #[tokio::test]
