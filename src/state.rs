@@ -162,6 +162,9 @@ async fn dispatch_bus(state: AppState, mut bus: mpsc::UnboundedReceiver<BusEvent
             } => state.events.released(user_id, pool_id, machine_id, &reason),
             BusEvent::SessionRevoked { hash } => state.auth.tokens.revoke_local(&hash),
             BusEvent::JwtRevoked { jti, exp } => state.jwt.revoke_local(&jti, exp),
+            BusEvent::JwtUserRevoked { user_id, before } => {
+                state.jwt.revoke_user_local(user_id, before)
+            }
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct JwtKeys {
     ttl: Duration,
     /// Revoked token ids and when they would have expired anyway (for sweeping).
     revoked: DashMap<String, i64>,
+    /// Per user: tokens issued at or before this unix second are revoked (admin revoke).
+    user_before: DashMap<Uuid, i64>,
 }
 
 impl JwtKeys {
@@ -65,6 +67,7 @@ impl JwtKeys {
             validation,
             ttl,
             revoked: DashMap::new(),
+            user_before: DashMap::new(),
         }
     }
 
@@ -96,7 +99,7 @@ impl JwtKeys {
     /// Claims of a valid, unexpired, unrevoked token.
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
-        (!self.revoked.contains_key(&data.claims.jti)).then_some(data.claims)
+        (!self.is_claims_revoked(&data.claims)).then_some(data.claims)
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {
@@ -124,7 +127,36 @@ impl JwtKeys {
         for (jti, exp) in store.jwt_revocations().await? {
             self.revoke_local(&jti, exp);
         }
+        for (user, before) in store.jwt_user_revocations().await? {
+            self.revoke_user_local(user, before);
+        }
         Ok(())
+    }
+
+    /// Revokes every JWT of a user issued until now, everywhere.
+    pub async fn revoke_user(&self, store: &dyn Store, user: Uuid) -> StoreResult<()> {
+        let before = chrono::Utc::now().timestamp();
+        store.jwt_revoke_user(user, before).await?;
+        self.revoke_user_local(user, before);
+        store.publish(BusEvent::JwtUserRevoked {
+            user_id: user,
+            before,
+        });
+        Ok(())
+    }
+
+    pub fn revoke_user_local(&self, user: Uuid, before: i64) {
+        let mut entry = self.user_before.entry(user).or_insert(before);
+        *entry = (*entry).max(before);
+    }
+
+    /// Whether a token's claims have been revoked (by `jti`, or all of its user's).
+    pub fn is_claims_revoked(&self, claims: &Claims) -> bool {
+        self.revoked.contains_key(&claims.jti)
+            || self
+                .user_before
+                .get(&claims.sub)
+                .is_some_and(|b| claims.iat <= *b)
     }
 
     /// Forgets revocations of tokens that have expired anyway.

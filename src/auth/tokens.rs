@@ -116,7 +116,7 @@ impl TokenStore {
     }
 
     /// Issues a new token for `user`; the plaintext is returned once and never stored.
-    pub async fn issue(&self, user: Arc<User>) -> StoreResult<(String, Arc<Session>)> {
+    pub async fn issue(&self, user: Arc<User>, peer: &str) -> StoreResult<(String, Arc<Session>)> {
         let (token, hash) = new_token(SESSION_PREFIX);
         let now = now_ms();
         let rec = SessionRecord {
@@ -124,6 +124,7 @@ impl TokenStore {
             user_id: user.id,
             created_ms: now,
             last_active_ms: now,
+            peer: peer.to_owned(),
         };
         self.store.session_put(&rec, self.ttl).await?;
         let session = Arc::new(Session::new(user, &rec));

@@ -98,7 +98,7 @@ async fn serve(socket: WebSocket, state: AppState, auth: AuthUser) {
     let alive = {
         let (state, claims) = (state.clone(), auth.claims.clone());
         Arc::new(move || {
-            claims.exp > chrono::Utc::now().timestamp() && !state.jwt.is_revoked(&claims.jti)
+            claims.exp > chrono::Utc::now().timestamp() && !state.jwt.is_claims_revoked(&claims)
         })
     };
     let sub = Subscriber {

@@ -2,6 +2,7 @@
 //! to them. Each method lives in its own file as a `parse` (args → typed request, 400 on
 //! mismatch) and an `apply` (run it against the domain).
 
+mod admin;
 mod auth;
 mod auth_clear;
 mod auth_token;
@@ -118,6 +119,10 @@ pub enum Method {
     ConnectInfo,
     Task,
     Tasks,
+    AdminSessions,
+    AdminRevoke,
+    AdminTasks,
+    AdminRelease,
 }
 
 impl Method {
@@ -136,6 +141,10 @@ impl Method {
             ("rpc", "connect_info") => Method::ConnectInfo,
             ("rpc", "task") => Method::Task,
             ("rpc", "tasks") => Method::Tasks,
+            ("rpc", "admin_sessions") => Method::AdminSessions,
+            ("rpc", "admin_revoke") => Method::AdminRevoke,
+            ("rpc", "admin_tasks") => Method::AdminTasks,
+            ("rpc", "admin_release") => Method::AdminRelease,
             _ => return None,
         })
     }
@@ -167,6 +176,10 @@ pub enum Command {
     ConnectInfo(connect_info::ConnectInfo),
     Task(task::TaskLookup),
     Tasks,
+    AdminSessions,
+    AdminRevoke(admin::Revoke),
+    AdminTasks,
+    AdminRelease(admin::Release),
 }
 
 impl Command {
@@ -185,6 +198,10 @@ impl Command {
             Method::ConnectInfo => Command::ConnectInfo(connect_info::ConnectInfo::parse(args)?),
             Method::Task => Command::Task(task::TaskLookup::parse(args)?),
             Method::Tasks => Command::Tasks,
+            Method::AdminSessions => Command::AdminSessions,
+            Method::AdminRevoke => Command::AdminRevoke(admin::Revoke::parse(args)?),
+            Method::AdminTasks => Command::AdminTasks,
+            Method::AdminRelease => Command::AdminRelease(admin::Release::parse(args)?),
         })
     }
 
@@ -202,6 +219,10 @@ impl Command {
             Command::ConnectInfo(c) => c.apply(ctx).await,
             Command::Task(c) => c.apply(ctx).await,
             Command::Tasks => tasks::Tasks.apply(ctx).await,
+            Command::AdminSessions => admin::sessions(ctx).await,
+            Command::AdminRevoke(c) => c.apply(ctx).await,
+            Command::AdminTasks => admin::tasks(ctx).await,
+            Command::AdminRelease(c) => c.apply(ctx).await,
         }
     }
 }
@@ -220,6 +241,10 @@ pub const METHODS: &[Method] = &[
     Method::ConnectInfo,
     Method::Task,
     Method::Tasks,
+    Method::AdminSessions,
+    Method::AdminRevoke,
+    Method::AdminTasks,
+    Method::AdminRelease,
 ];
 
 /// Runs one request: lookup (404), authentication (401), argument parsing (400), then the
@@ -307,7 +332,8 @@ fn to_value(v: impl serde::Serialize) -> Result<Value, Error> {
 
 /// Issues a token for a user who just passed authentication and binds it to the connection.
 async fn sign_in(ctx: &mut Ctx<'_>, user: Arc<crate::auth::users::User>) -> Result<Value, Error> {
-    let (token, session) = ctx.state.auth.tokens.issue(user).await?;
+    let peer = ctx.conn.peer.ip().to_string();
+    let (token, session) = ctx.state.auth.tokens.issue(user, &peer).await?;
     tracing::info!(conn_id = ctx.conn.id, user = %session.user.username, peer = %ctx.conn.peer, "signed in");
     ctx.conn.set_session(ctx.state, session);
     Ok(token_reply(&token, ctx.state))

@@ -23,6 +23,7 @@ struct Inner {
     machines: HashMap<String, HashSet<Uuid>>,
     leases: HashMap<Uuid, (String, u64)>,
     failures: HashMap<String, (u32, u64)>,
+    jwt_users: HashMap<Uuid, i64>,
 }
 
 pub struct MemoryStore {
@@ -87,6 +88,10 @@ impl Store for MemoryStore {
         Ok(hashes)
     }
 
+    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
+        Ok(self.lock().sessions.values().cloned().collect())
+    }
+
     async fn session_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
         let mut inner = self.lock();
         let before = inner.sessions.len();
@@ -137,6 +142,20 @@ impl Store for MemoryStore {
             .jwt
             .iter()
             .map(|(k, v)| (k.clone(), *v))
+            .collect())
+    }
+
+    async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()> {
+        self.lock().jwt_users.insert(user, before);
+        Ok(())
+    }
+
+    async fn jwt_user_revocations(&self) -> StoreResult<Vec<(Uuid, i64)>> {
+        Ok(self
+            .lock()
+            .jwt_users
+            .iter()
+            .map(|(k, v)| (*k, *v))
             .collect())
     }
 

@@ -60,6 +60,9 @@ pub struct SessionRecord {
     pub created_ms: u64,
     /// Persisted lazily: never ahead of the truth, at most the flush interval behind.
     pub last_active_ms: u64,
+    /// Where the sign-in came from (client address), for the admin view.
+    #[serde(default)]
+    pub peer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +107,8 @@ pub enum BusEvent {
     },
     /// A JWT was revoked.
     JwtRevoked { jti: String, exp: i64 },
+    /// Every JWT of a user issued at or before `before` was revoked.
+    JwtUserRevoked { user_id: Uuid, before: i64 },
 }
 
 /// The storage form of a task: the client-facing fields plus the server-side ones.
@@ -164,6 +169,8 @@ pub trait Store: Send + Sync + 'static {
     async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()>;
     /// Deletes every session of a user and returns their hashes.
     async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>>;
+    /// Every stored session (admin view).
+    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>>;
     /// Deletes sessions idle since before `cutoff_ms`.
     async fn session_sweep(&self, cutoff_ms: u64) -> StoreResult<usize>;
 
@@ -183,6 +190,9 @@ pub trait Store: Send + Sync + 'static {
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()>;
     /// Every revocation not yet expired (loaded at start-up).
     async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>>;
+    /// Revokes every JWT of a user issued at or before `before` (unix seconds).
+    async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()>;
+    async fn jwt_user_revocations(&self) -> StoreResult<Vec<(Uuid, i64)>>;
 
     // Tasks.
     async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>>;

@@ -224,6 +224,7 @@ impl Store for RedisStore {
                     ("user_id", rec.user_id.to_string()),
                     ("created_ms", rec.created_ms.to_string()),
                     ("last_active_ms", rec.last_active_ms.to_string()),
+                    ("peer", rec.peer.clone()),
                 ],
             )
             .ignore()
@@ -254,10 +255,37 @@ impl Store for RedisStore {
                     user_id: user.parse().map_err(anyhow::Error::from)?,
                     created_ms,
                     last_active_ms,
+                    peer: fields.get("peer").cloned().unwrap_or_default(),
                 }),
                 _ => None,
             },
         )
+    }
+
+    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
+        let prefix = self.k(&["session", ""]);
+        let mut keys = Vec::new();
+        {
+            let mut con = self.con();
+            let mut iter = con.scan_match::<_, String>(format!("{prefix}*")).await?;
+            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
+                keys.push(key?);
+            }
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(hash) = key
+                .strip_prefix(&prefix)
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|h| TokenHash::try_from(h).ok())
+            else {
+                continue;
+            };
+            if let Some(rec) = self.session_get(&hash).await? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
     }
 
     async fn session_touch(&self, touches: &[(TokenHash, u64)], ttl: Duration) -> StoreResult<()> {
@@ -373,6 +401,22 @@ impl Store for RedisStore {
             .into_iter()
             .zip(exps)
             .filter_map(|(key, exp)| Some((key.strip_prefix(&prefix)?.to_owned(), exp?)))
+            .collect())
+    }
+
+    async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()> {
+        self.con()
+            .hset::<_, _, _, ()>(self.k(&["jwt_users"]), user.to_string(), before)
+            .await?;
+        Ok(())
+    }
+
+    async fn jwt_user_revocations(&self) -> StoreResult<Vec<(Uuid, i64)>> {
+        let all: std::collections::HashMap<String, i64> =
+            self.con().hgetall(self.k(&["jwt_users"])).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(u, b)| Some((u.parse().ok()?, b)))
             .collect())
     }
 

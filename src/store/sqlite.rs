@@ -18,7 +18,8 @@ use super::*;
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sessions (
     hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
-    last_active_ms INTEGER NOT NULL);
+    last_active_ms INTEGER NOT NULL, peer TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS jwt_users (user_id TEXT PRIMARY KEY, before INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id);
 CREATE TABLE IF NOT EXISTS mfa (
     hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, password_ok INTEGER NOT NULL,
@@ -41,6 +42,17 @@ CREATE TABLE IF NOT EXISTS failures (
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
 "#;
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let hash: Vec<u8> = r.get(0)?;
+    Ok(SessionRecord {
+        hash: hash.try_into().unwrap_or([0; 32]),
+        user_id: r.get::<_, String>(1)?.parse().unwrap_or_default(),
+        created_ms: r.get::<_, i64>(2)? as u64,
+        last_active_ms: r.get::<_, i64>(3)? as u64,
+        peer: r.get(4)?,
+    })
+}
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -124,12 +136,13 @@ impl Store for SqliteStore {
 
     async fn session_put(&self, rec: &SessionRecord, _ttl: Duration) -> StoreResult<()> {
         self.with(|c| {
-            c.prepare_cached("INSERT OR REPLACE INTO sessions VALUES (?1, ?2, ?3, ?4)")?
+            c.prepare_cached("INSERT OR REPLACE INTO sessions VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![
                     &rec.hash[..],
                     rec.user_id.to_string(),
                     rec.created_ms as i64,
-                    rec.last_active_ms as i64
+                    rec.last_active_ms as i64,
+                    rec.peer
                 ])
                 .map(drop)
         })
@@ -138,17 +151,19 @@ impl Store for SqliteStore {
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT user_id, created_ms, last_active_ms FROM sessions WHERE hash = ?1",
+                "SELECT hash, user_id, created_ms, last_active_ms, peer FROM sessions WHERE hash = ?1",
             )?
-            .query_row(params![&hash[..]], |r| {
-                Ok(SessionRecord {
-                    hash: *hash,
-                    user_id: r.get::<_, String>(0)?.parse().unwrap_or_default(),
-                    created_ms: r.get::<_, i64>(1)? as u64,
-                    last_active_ms: r.get::<_, i64>(2)? as u64,
-                })
-            })
+            .query_row(params![&hash[..]], session_row)
             .optional()
+        })
+    }
+
+    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT hash, user_id, created_ms, last_active_ms, peer FROM sessions")?;
+            let rows = stmt.query_map([], session_row)?;
+            rows.collect()
         })
     }
 
@@ -289,6 +304,27 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare("SELECT jti, exp FROM jwt_revoked")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
+        })
+    }
+
+    async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO jwt_users VALUES (?1, ?2)",
+                params![user.to_string(), before],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn jwt_user_revocations(&self) -> StoreResult<Vec<(Uuid, i64)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT user_id, before FROM jwt_users")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            Ok(rows
+                .filter_map(|r| r.ok())
+                .filter_map(|(u, b)| Some((u.parse().ok()?, b)))
+                .collect())
         })
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests over real sockets: one binary, one module per area.
 
+mod admin;
 mod auth;
 mod backends;
 mod cli;
