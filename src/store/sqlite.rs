@@ -92,7 +92,16 @@ impl SqliteStore {
         let lock_path = path.with_extension("lock");
         let lock = std::fs::File::create(&lock_path)
             .with_context(|| format!("cannot create {}", lock_path.display()))?;
-        if lock.try_lock().is_err() {
+        // A restart may overlap briefly with the process it replaces: wait a little for the lock.
+        let mut locked = lock.try_lock().is_ok();
+        for _ in 0..50 {
+            if locked {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            locked = lock.try_lock().is_ok();
+        }
+        if !locked {
             anyhow::bail!(
                 "{} is in use by another poolgate process; run several instances on a shared \
                  Redis (state = \"redis://…\") instead",
