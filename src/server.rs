@@ -23,6 +23,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(crate::ws::upgrade))
         .merge(crate::rest::router())
+        .route("/metrics", get(crate::metrics::metrics))
+        .route("/healthz", get(crate::metrics::healthz))
         .with_state(state)
 }
 

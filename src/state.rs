@@ -17,6 +17,7 @@ use crate::auth::tokens::{MfaStore, TokenStore};
 use crate::auth::users::UserDirectory;
 use crate::config::Config;
 use crate::events::EventHub;
+use crate::metrics::Metrics;
 use crate::pools::{Pools, Timings};
 use crate::provision::Provisioner;
 use crate::store::{BusEvent, Store};
@@ -32,6 +33,7 @@ pub struct Inner {
     pub jwt: JwtKeys,
     pub pools: Pools,
     pub events: Arc<EventHub>,
+    pub metrics: Arc<Metrics>,
     /// One permit per open WebSocket; taken before the upgrade.
     pub connections: Arc<Semaphore>,
     /// Cancelled when the server shuts down; connections and background jobs watch it.
@@ -75,6 +77,7 @@ impl AppState {
         .await?;
         let mut provisioners = Pools::build_provisioners(&config.provisioners, &store)?;
         provisioners.extend(extra);
+        let metrics = Arc::new(Metrics::default());
         let auth = Authenticator {
             users,
             tokens: TokenStore::new(store.clone(), config.token_ttl),
@@ -86,6 +89,7 @@ impl AppState {
                 config.lockout_attempts,
                 config.lockout_window,
             ),
+            metrics: metrics.clone(),
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -96,6 +100,7 @@ impl AppState {
             &auth.users,
             store.clone(),
             events.clone(),
+            metrics.clone(),
             Timings {
                 deadline: config.task_deadline,
                 assignment_ttl: config.assignment_ttl,
@@ -112,6 +117,7 @@ impl AppState {
             auth,
             pools,
             events,
+            metrics: metrics.clone(),
             shutdown,
             tracker,
             bus: Mutex::new(Some(bus)),

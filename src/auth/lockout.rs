@@ -42,12 +42,12 @@ impl Lockout {
 
     /// Refuses when the username or the address has used up its attempts.
     pub async fn check(&self, username: Option<&str>, addr: IpAddr) -> Result<(), Error> {
-        if self.store.failures_get(&addr_key(addr)).await? >= self.attempts {
-            return Err(self.limited());
+        let mut locked = self.store.failures_get(&addr_key(addr)).await? >= self.attempts;
+        if !locked && let Some(username) = username {
+            locked = self.store.failures_get(&user_key(username)).await? >= self.attempts;
         }
-        if let Some(username) = username
-            && self.store.failures_get(&user_key(username)).await? >= self.attempts
-        {
+        if locked {
+            tracing::warn!(%addr, user = username.unwrap_or(""), "sign-in refused: locked out");
             return Err(self.limited());
         }
         Ok(())

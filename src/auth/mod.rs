@@ -38,6 +38,7 @@ pub struct Authenticator {
     pub otp: OtpGuard,
     pub passwords: PasswordChecker,
     pub lockout: Lockout,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Authenticator {
@@ -58,6 +59,13 @@ impl Authenticator {
         username: &str,
         peer: IpAddr,
     ) -> Result<(), Error> {
+        self.metrics.login(match result {
+            Ok(_) => "ok",
+            Err(Error::InvalidCredentials | Error::InvalidOtp) => "denied",
+            Err(Error::MfaRequired { .. }) => "mfa_required",
+            Err(Error::Disabled) => "disabled",
+            Err(_) => "error",
+        });
         match result {
             Ok(_) => self.lockout.succeeded(username).await,
             Err(Error::InvalidCredentials | Error::InvalidOtp) => {

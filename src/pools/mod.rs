@@ -133,6 +133,7 @@ pub struct Inner {
     order: Vec<Uuid>,
     store: Arc<dyn Store>,
     events: Arc<EventHub>,
+    metrics: Arc<crate::metrics::Metrics>,
     timings: Timings,
     /// This instance's name in task leases.
     instance: String,
@@ -197,6 +198,7 @@ impl Pools {
         users: &UserDirectory,
         store: Arc<dyn Store>,
         events: Arc<EventHub>,
+        metrics: Arc<crate::metrics::Metrics>,
         timings: Timings,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -241,6 +243,7 @@ impl Pools {
             order,
             store,
             events,
+            metrics,
             timings,
             instance: Uuid::new_v4().simple().to_string(),
             running: DashSet::new(),
@@ -504,6 +507,25 @@ impl Pools {
     /// Writes a task and tells every instance. Retried briefly: a store outage must not leave
     /// a finished task looking active.
     async fn save(&self, task: &Task, notify: bool) {
+        if let Some(finished) = task.finished
+            && task.status.is_done()
+        {
+            let secs = (finished - task.created).as_seconds_f64().max(0.0);
+            self.metrics
+                .task_seconds
+                .get_or_create(&crate::metrics::TaskLabels {
+                    kind: match task.kind {
+                        TaskKind::PoolExpand => "POOL_EXPAND",
+                        TaskKind::GlintStart => "GLINT_START",
+                    },
+                    outcome: match task.status {
+                        TaskStatus::Completed => "COMPLETED",
+                        TaskStatus::Failed => "FAILED",
+                        _ => "CANCELLED",
+                    },
+                })
+                .observe(secs);
+        }
         for attempt in 0u64..5 {
             match self.store.task_update(task).await {
                 Ok(()) => break,

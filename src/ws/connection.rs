@@ -42,6 +42,8 @@ enum End {
 
 pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
     let conn_id = state.next_conn_id();
+    state.metrics.connections_total.inc();
+    state.metrics.connections_open.inc();
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
     let mut writer = tokio::spawn(write_loop(sink, rx));
@@ -117,6 +119,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
     {
         writer.abort();
     }
+    state.metrics.connections_open.dec();
     tracing::debug!(conn_id, "disconnected");
 }
 
@@ -135,7 +138,15 @@ async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
         Err(bad) => return envelope::error(bad.namespace.as_deref(), &bad.id, &bad.error),
     };
     let mut ctx = Ctx { state, conn };
-    match rpc::dispatch(&mut ctx, &request.namespace, &request.name, request.args).await {
+    let result = rpc::dispatch(&mut ctx, &request.namespace, &request.name, request.args).await;
+    let method = match rpc::Method::lookup(&request.namespace, &request.name) {
+        Some(_) => format!("{}/{}", request.namespace, request.name),
+        None => "unknown".to_owned(),
+    };
+    state
+        .metrics
+        .rpc(&method, result.as_ref().map_or_else(|e| e.code(), |_| 200));
+    match result {
         Ok(args) => envelope::response(&request.namespace, &request.id, &args),
         Err(err) => {
             if let Error::Internal(cause) = &err {

@@ -6,6 +6,7 @@ mod backends;
 mod cli;
 mod hardening;
 mod helpers;
+mod metrics;
 mod pools;
 mod processes;
 mod provisioners;
