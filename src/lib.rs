@@ -18,6 +18,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod users_file;
 pub mod ws;
 
 pub use config::Config;

@@ -32,6 +32,41 @@ enum Command {
         /// The config file to check.
         config: PathBuf,
     },
+    /// Manage users in a users file (or a config file with inline [[users]]).
+    User {
+        /// The TOML file holding the [[users]] tables.
+        #[arg(long, short, env = "POOLGATE_USERS_FILE", default_value = "users.toml")]
+        file: PathBuf,
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user (the password is read from stdin or prompted for).
+    Add {
+        username: String,
+        /// Roles (repeatable); default: user.
+        #[arg(long = "role", default_values_t = vec!["user".to_owned()])]
+        roles: Vec<String>,
+        #[arg(long)]
+        full_name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Set a user's password (read from stdin or prompted for).
+    Passwd { username: String },
+    /// Disable a user (or enable again with --enable).
+    Disable {
+        username: String,
+        #[arg(long)]
+        enable: bool,
+    },
+    /// List the users.
+    List,
+    /// Give a user a new TOTP secret; prints the otpauth:// URI and a QR code to scan.
+    Totp { username: String },
 }
 
 #[derive(Args, Default)]
@@ -106,7 +141,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
-        Command::HashPassword => hash_password(),
+        Command::HashPassword => {
+            println!(
+                "{}",
+                poolgate::auth::password::hash_password(&read_password()?)?
+            );
+            Ok(())
+        }
+        Command::User { file, action } => user(&file, action),
         Command::CheckConfig { config } => {
             let mut config = Config::load(&config)?;
             if config.jwt_secret.is_none()
@@ -200,7 +242,76 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-fn hash_password() -> anyhow::Result<()> {
+fn user(file: &std::path::Path, action: UserAction) -> anyhow::Result<()> {
+    use poolgate::users_file::UsersFile;
+    let mut users = UsersFile::open(file)?;
+    match action {
+        UserAction::Add {
+            username,
+            roles,
+            full_name,
+            email,
+        } => {
+            let hash = poolgate::auth::password::hash_password(&read_password()?)?;
+            let id = users.add(
+                &username,
+                &hash,
+                &roles,
+                full_name.as_deref(),
+                email.as_deref(),
+            )?;
+            users.save()?;
+            println!("added {username} ({id})");
+        }
+        UserAction::Passwd { username } => {
+            let hash = poolgate::auth::password::hash_password(&read_password()?)?;
+            users.set_password(&username, &hash)?;
+            users.save()?;
+            println!("password changed for {username}");
+        }
+        UserAction::Disable { username, enable } => {
+            users.set_disabled(&username, !enable)?;
+            users.save()?;
+            println!("{username} {}", if enable { "enabled" } else { "disabled" });
+        }
+        UserAction::List => {
+            println!(
+                "{:<20} {:<36} {:<8} {:<15} roles",
+                "username", "id", "status", "mfa"
+            );
+            for u in users.list()? {
+                let status = if u.disabled { "disabled" } else { "active" };
+                println!(
+                    "{:<20} {:<36} {:<8} {:<15} {}",
+                    u.username,
+                    u.id,
+                    status,
+                    u.mfa,
+                    u.roles.join(",")
+                );
+            }
+        }
+        UserAction::Totp { username } => {
+            let secret = poolgate::auth::otp::TotpSecret::generate_base32();
+            let url =
+                poolgate::auth::otp::TotpSecret::from_base32(&secret, &username)?.otpauth_url()?;
+            users.set_totp(&username, &secret)?;
+            users.save()?;
+            let qr = qrcode::QrCode::new(url.as_bytes())?;
+            let art = qr
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .quiet_zone(true)
+                .build();
+            println!(
+                "TOTP enabled for {username}. Scan with an authenticator app:\n\n{art}\n{url}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A password from a no-echo prompt (twice) on a terminal, else one line of stdin.
+fn read_password() -> anyhow::Result<String> {
     let password = if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("Password: ")?;
         let again = rpassword::prompt_password("Again: ")?;
@@ -214,8 +325,7 @@ fn hash_password() -> anyhow::Result<()> {
         s.trim_end_matches(['\r', '\n']).to_owned()
     };
     if password.is_empty() {
-        bail!("refusing to hash an empty password");
+        bail!("refusing to use an empty password");
     }
-    println!("{}", poolgate::auth::password::hash_password(&password)?);
-    Ok(())
+    Ok(password)
 }

@@ -39,6 +39,19 @@ impl TotpSecret {
         self.0.check(code, unix_time)
     }
 
+    /// The `otpauth://` URI an authenticator app scans.
+    pub fn otpauth_url(&self) -> anyhow::Result<String> {
+        self.0
+            .to_url()
+            .map_err(|e| anyhow::anyhow!("cannot build the otpauth URI: {e:?}"))
+    }
+
+    /// A new random secret (160 bits, as RFC 4226 recommends), base32.
+    pub fn generate_base32() -> String {
+        let bytes: [u8; 20] = rand::random();
+        Secret::from(bytes).to_base32()
+    }
+
     /// The code for a given time; used by tests and the `connect` client's docs.
     pub fn code_at(&self, unix_time: u64) -> String {
         self.0.generate(unix_time).to_string()

@@ -120,3 +120,118 @@ async fn serve_honours_its_flags_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success());
 }
+
+fn user_cmd(file: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .arg("user")
+        .arg("--file")
+        .arg(file)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn user_subcommands_edit_the_users_file_and_the_server_accepts_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "# Staff accounts: keep this comment.\n").unwrap();
+
+    let out = user_cmd(
+        &users,
+        &[
+            "add",
+            "alice",
+            "--role",
+            "user",
+            "--role",
+            "admin",
+            "--email",
+            "a@example.com",
+        ],
+        Some("first-pass\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = user_cmd(&users, &["add", "alice"], Some("x\n"));
+    assert!(!out.status.success(), "no duplicate users");
+    let out = user_cmd(&users, &["passwd", "alice"], Some("second-pass\n"));
+    assert!(out.status.success());
+    let out = user_cmd(&users, &["add", "bob"], Some("bob-pass\n"));
+    assert!(out.status.success());
+    let out = user_cmd(&users, &["disable", "bob"], None);
+    assert!(out.status.success());
+    let out = user_cmd(&users, &["totp", "alice"], None);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("otpauth://totp/"), "{printed}");
+    assert!(
+        printed.contains('█') || printed.contains('▀'),
+        "a QR code is drawn"
+    );
+
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(
+        text.starts_with("# Staff accounts: keep this comment."),
+        "{text}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&users).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0o644 & 0o077, "permissions kept");
+    }
+    let list = String::from_utf8(user_cmd(&users, &["list"], None).stdout).unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("alice") && l.contains("otp") && l.contains("admin")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("bob") && l.contains("disabled")),
+        "{list}"
+    );
+
+    // The server loads the file: alice signs in with her new password and a TOTP code.
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("otp_secret = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let config_path = dir.path().join("poolgate.toml");
+    std::fs::write(&config_path, "users_file = \"users.toml\"\n").unwrap();
+    let mut config = poolgate::Config::load(&config_path).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().join("data");
+    config.state = "memory".into();
+    let app = TestApp::spawn_config(config).await;
+    let code = poolgate::auth::otp::TotpSecret::from_base32(&secret, "alice")
+        .unwrap()
+        .code_at(chrono::Utc::now().timestamp() as u64);
+    let mut c = app.connect().await;
+    let reply = c
+        .rpc(
+            "auth",
+            json!({"username": "alice", "password": "second-pass", "otp_code": code}),
+        )
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    let reply = c
+        .rpc("auth", json!({"username": "bob", "password": "bob-pass"}))
+        .await;
+    assert_eq!(error_code(&reply), 403, "bob is disabled");
+}
