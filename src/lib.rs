@@ -5,6 +5,7 @@
 //! task events flow back through `events` to the sockets. `state` ties them together.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;

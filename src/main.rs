@@ -32,6 +32,29 @@ enum Command {
         /// The config file to check.
         config: PathBuf,
     },
+    /// Get a desktop: sign in, run both steps with live progress, write a launcher file.
+    Connect {
+        /// Server WebSocket URL, e.g. wss://broker.example.com/
+        #[arg(long, env = "POOLGATE_SERVER")]
+        server: String,
+        #[arg(long)]
+        user: String,
+        /// Pool name or id.
+        #[arg(long)]
+        pool: String,
+        /// Where the token is kept for the next run (0600).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Directory for the .rdp/.vv launcher file.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Read the password (and one-time code) from stdin, one per line.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Open the launcher with the system's viewer.
+        #[arg(long)]
+        open: bool,
+    },
     /// Manage users in a users file (or a config file with inline [[users]]).
     User {
         /// The TOML file holding the [[users]] tables.
@@ -149,6 +172,29 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { file, action } => user(&file, action),
+        Command::Connect {
+            server,
+            user,
+            pool,
+            token_file,
+            out,
+            password_stdin,
+            open,
+        } => {
+            let token_file = token_file.unwrap_or_else(|| default_token_file(&server, &user));
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(poolgate::client::run(poolgate::client::Options {
+                    server,
+                    user,
+                    pool,
+                    token_file,
+                    out_dir: out,
+                    password_stdin,
+                    open,
+                }))
+        }
         Command::CheckConfig { config } => {
             let mut config = Config::load(&config)?;
             if config.jwt_secret.is_none()
@@ -240,6 +286,19 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `$XDG_CONFIG_HOME/poolgate/token-<host>-<user>` (or under ~/.config).
+fn default_token_file(server: &str, user: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let host: String = server
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    base.join("poolgate").join(format!("token-{host}-{user}"))
 }
 
 fn user(file: &std::path::Path, action: UserAction) -> anyhow::Result<()> {

@@ -235,3 +235,131 @@ async fn user_subcommands_edit_the_users_file_and_the_server_accepts_the_result(
         .await;
     assert_eq!(error_code(&reply), 403, "bob is disabled");
 }
+
+async fn connect_cmd(
+    app: &TestApp,
+    user: &str,
+    pool: &str,
+    dir: &std::path::Path,
+    stdin: &str,
+) -> std::process::Output {
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "connect",
+            "--server",
+            &app.ws_url(),
+            "--user",
+            user,
+            "--pool",
+            pool,
+            "--password-stdin",
+        ])
+        .arg("--out")
+        .arg(dir)
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("connect finishes")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connect_gets_a_desktop_and_writes_a_launcher_then_reuses_its_token() {
+    let app = TestApp::spawn_with(|c| fast_sim(c, OK, OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = connect_cmd(
+        &app,
+        "astravdi",
+        "pool-win-1",
+        dir.path(),
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["protocol_id"], 1);
+    let rdp = std::fs::read_to_string(dir.path().join("pool-win-1.rdp")).unwrap();
+    assert!(rdp.contains("full address:s:192.0.2.10:5900"), "{rdp}");
+    assert!(rdp.contains("username:s:astravdi"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the saved token is private");
+    }
+
+    // Second run: no password on stdin, the saved token signs in; a GLINT pool gets a .vv file.
+    let out = connect_cmd(&app, "astravdi", "pool-astra-1", dir.path(), "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("saved token"));
+    let vv = std::fs::read_to_string(dir.path().join("pool-astra-1.vv")).unwrap();
+    assert!(
+        vv.starts_with("[virt-viewer]") && vv.contains("type=spice") && vv.contains("port=5900"),
+        "{vv}"
+    );
+}
+
+#[tokio::test]
+async fn connect_handles_a_one_time_code_and_reports_refusals() {
+    let app = TestApp::spawn_with(|c| {
+        fast_sim(c, OK, OK);
+        c.pools[0].users.push("user-4".into());
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = connect_cmd(
+        &app,
+        "user-4",
+        "pool-win-1",
+        dir.path(),
+        &format!("{PASSWORD}\n{}\n", date_code()),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let out = connect_cmd(
+        &app,
+        "user-2",
+        "pool-win-1",
+        dir2.path(),
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(!out.status.success(), "user-2's step 1 fails in the demo");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("failed") || err.contains("refused"), "{err}");
+    let out = connect_cmd(
+        &app,
+        "astravdi",
+        "nope",
+        dir2.path(),
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pool"));
+}

@@ -1,0 +1,317 @@
+//! `poolgate connect`: a command-line client over the WebSocket RPC. It signs in (saved token
+//! first, then password and one-time code, prompted without echo), runs the two steps while
+//! showing the pushed task events, prints the connection data and writes a launcher file:
+//! `.rdp` for RDP pools, `.vv` (virt-viewer) for SPICE/GLINT-style ones.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What `poolgate connect` was asked to do.
+pub struct Options {
+    pub server: String,
+    pub user: String,
+    pub pool: String,
+    /// Where the token is saved for re-use (0600).
+    pub token_file: PathBuf,
+    /// Where the launcher file goes.
+    pub out_dir: PathBuf,
+    /// Read the password from stdin instead of prompting.
+    pub password_stdin: bool,
+    /// Launch the system's viewer on the file.
+    pub open: bool,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Session {
+    ws: Ws,
+    next_id: u64,
+}
+
+/// Longest wait for one step; the server ends every task within its deadline anyway.
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+
+impl Session {
+    async fn call(
+        &mut self,
+        name: &str,
+        args: Value,
+        mut on_event: impl FnMut(&Value),
+    ) -> anyhow::Result<Value> {
+        self.next_id += 1;
+        let id = self.next_id.to_string();
+        let req = json!({"namespace": "rpc", "name": name, "id": id, "args": args});
+        self.ws.send(Message::Text(req.to_string().into())).await?;
+        loop {
+            let frame = self.next().await?;
+            if frame["namespace"] == "events" {
+                on_event(&frame);
+                continue;
+            }
+            if frame["id"] == json!(id) {
+                return Ok(frame);
+            }
+        }
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Value> {
+        loop {
+            let msg = tokio::time::timeout(STEP_TIMEOUT, self.ws.next())
+                .await
+                .context("the server went quiet")?
+                .context("the server closed the connection")??;
+            match msg {
+                Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+                Message::Close(frame) => bail!(
+                    "the server closed the connection: {}",
+                    frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                ),
+                _ => continue,
+            }
+        }
+    }
+}
+
+fn error_of(reply: &Value) -> Option<(u64, String)> {
+    (reply["name"] == "error").then(|| {
+        (
+            reply["args"]["code"].as_u64().unwrap_or(0),
+            reply["args"]["message"].as_str().unwrap_or("").to_owned(),
+        )
+    })
+}
+
+fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let line = line.trim_end_matches(['\r', '\n']).to_owned();
+        if line.is_empty() {
+            bail!("{prompt} expected on stdin");
+        }
+        return Ok(line);
+    }
+    Ok(rpassword::prompt_password(format!("{prompt}: "))?)
+}
+
+fn save_token(path: &Path, token: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    use std::io::Write;
+    opts.open(path)?.write_all(token.as_bytes())?;
+    Ok(())
+}
+
+async fn sign_in(s: &mut Session, o: &Options) -> anyhow::Result<()> {
+    if let Ok(saved) = std::fs::read_to_string(&o.token_file) {
+        let reply = s
+            .call("auth_token", json!({"token": saved.trim()}), |_| {})
+            .await?;
+        if error_of(&reply).is_none() {
+            eprintln!("Signed in with the saved token.");
+            return Ok(());
+        }
+    }
+    let password = read_secret("Password", o.password_stdin)?;
+    let mut reply = s
+        .call(
+            "auth",
+            json!({"username": o.user, "password": password}),
+            |_| {},
+        )
+        .await?;
+    if let Some((428, _)) = error_of(&reply) {
+        match reply["args"]["err_code"].as_u64() {
+            Some(100) => {
+                let mfa = reply["args"]["mfa_token"].as_str().unwrap_or("").to_owned();
+                let code = read_secret("One-time code", o.password_stdin)?;
+                reply = s
+                    .call(
+                        "otp_verify",
+                        json!({"mfa_token": mfa, "otp_code": code}),
+                        |_| {},
+                    )
+                    .await?;
+            }
+            _ => bail!(
+                "{}",
+                reply["args"]["detail"]
+                    .as_str()
+                    .unwrap_or("this sign-in method is not supported here")
+            ),
+        }
+    }
+    if let Some((code, message)) = error_of(&reply) {
+        bail!("sign-in failed ({code}): {message}");
+    }
+    let token = reply["args"][0].as_str().context("no token in the reply")?;
+    save_token(&o.token_file, token)?;
+    Ok(())
+}
+
+fn spinner() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn describe(task: &Value) -> String {
+    let mut s = format!(
+        "{} {}",
+        task["kind"].as_str().unwrap_or("task"),
+        task["status"].as_str().unwrap_or("?")
+    );
+    if let Some(p) = task["progress"].as_u64() {
+        s.push_str(&format!(" {p}%"));
+    }
+    s
+}
+
+/// Runs one step until it yields `key` (`task` done for step 1, `connection` for step 2).
+async fn step(s: &mut Session, method: &str, args: Value, label: &str) -> anyhow::Result<Value> {
+    let bar = spinner();
+    for attempt in 1..=3 {
+        bar.set_message(format!("{label}…"));
+        let reply = s.call(method, args.clone(), |_| {}).await?;
+        if let Some((code, message)) = error_of(&reply) {
+            bar.finish_and_clear();
+            bail!("{label} refused ({code}): {message}");
+        }
+        if reply["args"].get("connection").is_some() {
+            bar.finish_and_clear();
+            return Ok(reply["args"]["connection"].clone());
+        }
+        let task = reply["args"]["task"].clone();
+        let id = task["id"].clone();
+        let mut status = task["status"].as_str().unwrap_or("").to_owned();
+        bar.set_message(format!("{label}: {}", describe(&task)));
+        while status == "PENDING" || status == "RUNNING" {
+            let frame = s.next().await?;
+            if frame["namespace"] == "events" && frame["args"]["id"] == id {
+                status = frame["args"]["status"].as_str().unwrap_or("").to_owned();
+                bar.set_message(format!("{label}: {}", describe(&frame["args"])));
+                if status != "PENDING" && status != "RUNNING" {
+                    if let Some(msg) = frame["args"]["error"]["message"].as_str() {
+                        bar.println(format!("{label}: {status}: {msg}"));
+                    }
+                }
+            }
+        }
+        match status.as_str() {
+            "COMPLETED" if method == "pool_request" => {
+                bar.finish_and_clear();
+                return Ok(task);
+            }
+            "COMPLETED" => continue, // ask again for the connection data
+            "FAILED" if method == "pool_request" => {
+                bar.finish_and_clear();
+                bail!("{label} failed");
+            }
+            _ => bar.println(format!(
+                "{label}: attempt {attempt} ended {status}; trying again"
+            )),
+        }
+    }
+    bar.finish_and_clear();
+    bail!("{label} did not succeed after 3 attempts")
+}
+
+/// The launcher file for a connection: `.rdp` for RDP pools, `.vv` otherwise.
+pub fn launcher(pool: &Value, conn: &Value, user: &str) -> (String, String) {
+    let name = pool["name"].as_str().unwrap_or("desktop");
+    let host = conn["host"].as_str().unwrap_or("");
+    let port = conn["port"].as_u64().unwrap_or(0);
+    let rdp = pool["connection_types"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|c| c.as_str().is_some_and(|c| c.contains("RDP")))
+    });
+    if rdp {
+        (
+            format!("{name}.rdp"),
+            format!(
+                "full address:s:{host}:{port}\r\nusername:s:{user}\r\nprompt for credentials:i:1\r\nscreen mode id:i:2\r\nauthentication level:i:2\r\n"
+            ),
+        )
+    } else {
+        (
+            format!("{name}.vv"),
+            format!(
+                "[virt-viewer]\ntype=spice\nhost={host}\nport={port}\ntitle={} ({name})\ndelete-this-file=1\nfullscreen=0\n",
+                conn["verbose_name"].as_str().unwrap_or(name)
+            ),
+        )
+    }
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let (ws, _) = tokio_tungstenite::connect_async(&o.server)
+        .await
+        .with_context(|| format!("cannot connect to {}", o.server))?;
+    let mut s = Session { ws, next_id: 0 };
+    sign_in(&mut s, &o).await?;
+
+    let pools = s.call("pools", json!({}), |_| {}).await?;
+    if let Some((code, message)) = error_of(&pools) {
+        bail!("cannot list pools ({code}): {message}");
+    }
+    let pool = pools["args"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["name"] == o.pool.as_str() || p["id"] == o.pool.as_str())
+        })
+        .cloned()
+        .with_context(|| format!("{} has no pool {:?}", o.user, o.pool))?;
+    let pool_id = pool["id"].clone();
+
+    step(
+        &mut s,
+        "pool_request",
+        json!({"pool_id": pool_id}),
+        "Getting a machine",
+    )
+    .await?;
+    let conn = step(
+        &mut s,
+        "connect_info",
+        json!({"pool_id": pool_id, "remote_protocol": 1, "width": 1920, "height": 1080}),
+        "Starting the desktop",
+    )
+    .await?;
+
+    println!("{}", serde_json::to_string_pretty(&conn)?);
+    let (file, text) = launcher(&pool, &conn, &o.user);
+    std::fs::create_dir_all(&o.out_dir)?;
+    let path = o.out_dir.join(file);
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("Launcher written to {}", path.display());
+    if o.open {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        std::process::Command::new(opener)
+            .arg(&path)
+            .spawn()
+            .with_context(|| format!("cannot run {opener}"))?;
+    }
+    Ok(())
+}
