@@ -207,10 +207,11 @@ async fn step(s: &mut Session, method: &str, args: Value, label: &str) -> anyhow
             if frame["namespace"] == "events" && frame["args"]["id"] == id {
                 status = frame["args"]["status"].as_str().unwrap_or("").to_owned();
                 bar.set_message(format!("{label}: {}", describe(&frame["args"])));
-                if status != "PENDING" && status != "RUNNING" {
-                    if let Some(msg) = frame["args"]["error"]["message"].as_str() {
-                        bar.println(format!("{label}: {status}: {msg}"));
-                    }
+                if status != "PENDING"
+                    && status != "RUNNING"
+                    && let Some(msg) = frame["args"]["error"]["message"].as_str()
+                {
+                    bar.println(format!("{label}: {status}: {msg}"));
                 }
             }
         }
