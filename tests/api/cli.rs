@@ -37,16 +37,18 @@ fn hash_password_prints_a_verifiable_argon2id_string() {
 }
 
 #[test]
-fn check_config_accepts_the_demo_and_rejects_a_broken_file() {
-    let ok = Command::new(BIN)
-        .args(["check-config", "examples/demo.toml"])
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+fn check_config_accepts_the_examples_and_rejects_a_broken_file() {
+    for example in ["examples/demo.toml", "examples/production.toml"] {
+        let ok = Command::new(BIN)
+            .args(["check-config", example])
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "token_ttl = \"soon\"\n").unwrap();
@@ -57,6 +59,15 @@ fn check_config_accepts_the_demo_and_rejects_a_broken_file() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("token_ttl"), "{err}");
+    assert!(err.contains("line 1"), "TOML errors say where: {err}");
+    std::fs::write(&bad, "[[pools]]\nid = \"6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a01\"\nname = \"p\"\npool_type = \"X\"\nos_type = \"Y\"\nconnection_types = []\nusers = [\"ghost\"]\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ghost"), "{err}");
 }
 
 #[tokio::test]
