@@ -195,36 +195,14 @@ fn main() -> anyhow::Result<()> {
                     open,
                 }))
         }
-        Command::CheckConfig { config } => {
-            let mut config = Config::load(&config)?;
-            if config.jwt_secret.is_none()
-                && config.jwt_secret_file.is_none()
-                && std::env::var_os(poolgate::auth::jwt::SECRET_ENV).is_none()
+        Command::CheckConfig { config: path } => {
+            let result = check_config(&path);
+            if let Err(e) = &result
+                && let Some(line) = locate(&path, e)
             {
-                // Serving would generate one in the data dir; checking must not write anything.
-                config.jwt_secret =
-                    Some(poolgate::config::SecretString(hex::encode(rand::random::<
-                        [u8; 32],
-                    >(
-                    ))));
+                eprintln!("{}:{line}: the value named below", path.display());
             }
-            // Checking must not create the database either; the name is checked, not opened.
-            let state = std::mem::replace(&mut config.state, "memory".into());
-            if !(state == "memory"
-                || state.starts_with("sqlite:")
-                || state.starts_with("redis://")
-                || state.starts_with("rediss://"))
-            {
-                bail!(
-                    "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
-                );
-            }
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(AppState::new(config))?;
-            println!("ok");
-            Ok(())
+            result
         }
     }
 }
@@ -286,6 +264,55 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Loads and validates a config the way `serve` would, without writing anything.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut config = Config::load(path)?;
+    if config.jwt_secret.is_none()
+        && config.jwt_secret_file.is_none()
+        && std::env::var_os(poolgate::auth::jwt::SECRET_ENV).is_none()
+    {
+        // Serving would generate one in the data dir; checking must not write anything.
+        config.jwt_secret = Some(poolgate::config::SecretString(hex::encode(rand::random::<
+            [u8; 32],
+        >())));
+    }
+    // Checking must not create the database either; the name is checked, not opened.
+    let state = std::mem::replace(&mut config.state, "memory".into());
+    if !(state == "memory"
+        || state.starts_with("sqlite:")
+        || state.starts_with("redis://")
+        || state.starts_with("rediss://"))
+    {
+        bail!(
+            "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
+        );
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(AppState::new(config))?;
+    println!("ok");
+    Ok(())
+}
+
+/// The line of the last quoted name in the error that appears in the file: semantic errors
+/// (an unknown user in a pool, a duplicate id) name the offending value.
+fn locate(path: &std::path::Path, err: &anyhow::Error) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let message = format!("{err:#}");
+    if message.contains(" at line ") {
+        return None; // TOML syntax errors say where themselves
+    }
+    // The offending value is named last ("pool \"p\" lists an unknown user \"ghost\"").
+    let names: Vec<&str> = message.split('"').skip(1).step_by(2).collect();
+    names.iter().rev().find_map(|name| {
+        let quoted = format!("\"{name}\"");
+        text.lines()
+            .position(|l| l.contains(&quoted))
+            .map(|i| i + 1)
+    })
 }
 
 /// `$XDG_CONFIG_HOME/poolgate/token-<host>-<user>` (or under ~/.config).

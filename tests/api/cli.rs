@@ -68,6 +68,7 @@ fn check_config_accepts_the_examples_and_rejects_a_broken_file() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ghost"), "{err}");
+    assert!(err.contains("bad.toml:7:"), "points at the line: {err}");
 }
 
 #[tokio::test]
