@@ -1,0 +1,315 @@
+//! Load generator for poolgate (and the echo ceiling). Modes:
+//!
+//! * `rpc`  — N signed-in connections send `rpc/task` lookups (an authenticated RPC that reads
+//!   the state store), one at a time or `--pipeline W` in flight per connection;
+//! * `echo` — the same frames against `examples/echo_server`, answered by echo;
+//! * `idle` — open N signed-in sockets (spread over 127.0.0.x source addresses), hold them, and
+//!   report the server's RSS per socket.
+//!
+//! Prints a progress line each second and a human + JSON summary (throughput, p50/p90/p99/max
+//! latency, errors, server RSS from /proc when `--server-pid` is given).
+//!
+//!     cargo run --release --example loadgen -- rpc --url ws://127.0.0.1:8080/ -c 256 -d 10
+//!     cargo run --release --example loadgen -- echo --url ws://127.0.0.1:9001/ -c 256 -d 10
+//!     cargo run --release --example loadgen -- idle --url ws://127.0.0.1:8080/ -c 15000 --server-pid PID
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Mode {
+    Rpc,
+    Echo,
+    Idle,
+}
+
+#[derive(Parser)]
+struct Args {
+    mode: Mode,
+    #[arg(long, default_value = "ws://127.0.0.1:8080/")]
+    url: String,
+    /// Connections.
+    #[arg(short, long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds of measurement (rpc/echo), or of holding the sockets (idle).
+    #[arg(short, long, default_value_t = 10)]
+    duration: u64,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    #[arg(long, default_value = "astravdi")]
+    user: String,
+    #[arg(long, default_value = "Bazalt1!")]
+    password: String,
+    /// The server's pid, to read its RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the JSON summary here too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit(')').next()?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+async fn connect_from(url: &str, source: Option<[u8; 4]>) -> anyhow::Result<Ws> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse()?;
+    let host = uri.host().unwrap_or("127.0.0.1");
+    let port = uri.port_u16().unwrap_or(80);
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(src) = source {
+        socket.bind(SocketAddr::from((src, 0)))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await?;
+    Ok(ws)
+}
+
+async fn request(ws: &mut Ws, frame: &str) -> anyhow::Result<Value> {
+    ws.send(Message::Text(frame.into())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed"),
+        }
+    }
+}
+
+/// Signs in once and returns the token every connection re-uses (`auth_token`), so the
+/// benchmark measures RPCs, not argon2.
+async fn token(args: &Args) -> anyhow::Result<String> {
+    let mut ws = connect_from(&args.url, None).await?;
+    let reply = request(
+        &mut ws,
+        &json!({"namespace":"rpc","name":"auth","id":"a","args":{"username":args.user,"password":args.password}}).to_string(),
+    )
+    .await?;
+    reply["args"][0]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("sign-in failed: {reply}"))
+}
+
+async fn signed_in(args: &Args, token: &str, source: Option<[u8; 4]>) -> anyhow::Result<Ws> {
+    let mut ws = connect_from(&args.url, source).await?;
+    let reply = request(
+        &mut ws,
+        &json!({"namespace":"rpc","name":"auth_token","id":"t","args":{"token":token}}).to_string(),
+    )
+    .await?;
+    anyhow::ensure!(reply["name"] == "response", "auth_token failed: {reply}");
+    Ok(ws)
+}
+
+/// Source address for the i-th socket: 127.0.0.x spreads sockets over many addresses so one
+/// address's 28k ephemeral ports are not the limit.
+fn source(i: usize) -> [u8; 4] {
+    [
+        127,
+        0,
+        (1 + i / 60_000 % 250) as u8,
+        (1 + i / 250 % 250) as u8,
+    ]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let token = if args.mode == Mode::Echo {
+        String::new()
+    } else {
+        token(&args).await?
+    };
+    let summary = match args.mode {
+        Mode::Idle => idle(&args, &token).await?,
+        _ => load(&args, &token).await?,
+    };
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;
+    }
+    Ok(())
+}
+
+async fn idle(args: &Args, token: &str) -> anyhow::Result<Value> {
+    let base = args.server_pid.and_then(rss_kib);
+    let mut sockets = Vec::with_capacity(args.connections);
+    let started = Instant::now();
+    for i in 0..args.connections {
+        sockets.push(signed_in(args, token, Some(source(i))).await?);
+        if i % 1000 == 999 {
+            eprintln!(
+                "{} sockets open ({:.1} s)",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(args.duration.min(5))).await;
+    let after = args.server_pid.and_then(rss_kib);
+    let per = match (base, after) {
+        (Some(b), Some(a)) => Some((a.saturating_sub(b)) as f64 * 1024.0 / args.connections as f64),
+        _ => None,
+    };
+    let per_kib = per.map(|p| p / 1024.0);
+    eprintln!(
+        "idle: {} signed-in sockets; server RSS {:?} KiB -> {:?} KiB; {:.2} KiB per socket",
+        args.connections,
+        base,
+        after,
+        per_kib.unwrap_or(f64::NAN)
+    );
+    Ok(json!({
+        "mode": "idle", "connections": args.connections,
+        "server_rss_kib_before": base, "server_rss_kib_after": after,
+        "bytes_per_socket": per,
+        "projected_gib_100k": per.map(|p| p * 100_000.0 / (1u64 << 30) as f64),
+        "projected_gib_1m": per.map(|p| p * 1_000_000.0 / (1u64 << 30) as f64),
+    }))
+}
+
+async fn load(args: &Args, token: &str) -> anyhow::Result<Value> {
+    let frame = json!({"namespace":"rpc","name":"task","id":1,"args":{"task_id":"00000000-0000-4000-8000-000000000000"}}).to_string();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut sockets = Vec::new();
+    for i in 0..args.connections {
+        let ws = match args.mode {
+            Mode::Rpc => signed_in(args, token, Some(source(i))).await?,
+            _ => connect_from(&args.url, Some(source(i))).await?,
+        };
+        sockets.push(ws);
+    }
+    let cpu_before = args.server_pid.and_then(cpu_ticks);
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for ws in sockets {
+        let (frame, hist, done, errors, window) = (
+            frame.clone(),
+            hist.clone(),
+            done.clone(),
+            errors.clone(),
+            args.pipeline,
+        );
+        let rpc = args.mode == Mode::Rpc;
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut sent = std::collections::VecDeque::new();
+            while Instant::now() < deadline {
+                while sent.len() < window {
+                    sink.feed(Message::Text(frame.clone().into())).await.ok();
+                    sent.push_back(Instant::now());
+                }
+                sink.flush().await.ok();
+                match stream.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let t0 = sent.pop_front().unwrap();
+                        local.record(t0.elapsed().as_micros().max(1) as u64).ok();
+                        done.fetch_add(1, Ordering::Relaxed);
+                        // The lookup of a task that is not the caller's answers 404: that is
+                        // the expected reply; anything else is an error.
+                        if rpc && !t.contains("\"code\":404") {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            hist.lock().await.add(&local).ok();
+        }));
+    }
+    let progress = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = done.load(Ordering::Relaxed);
+                eprint!("\r{} requests, {}/s      ", now, now - last);
+                last = now;
+            }
+        })
+    };
+    for t in tasks {
+        t.await?;
+    }
+    progress.abort();
+    eprintln!();
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_after = args.server_pid.and_then(cpu_ticks);
+    let h = hist.lock().await;
+    let n = done.load(Ordering::Relaxed);
+    let cpu_us_per_req = match (cpu_before, cpu_after) {
+        // /proc ticks are 1/100 s on Linux.
+        (Some(b), Some(a)) if n > 0 => Some((a - b) as f64 * 10_000.0 / n as f64),
+        _ => None,
+    };
+    let summary = json!({
+        "mode": if args.mode == Mode::Rpc { "rpc" } else { "echo" },
+        "connections": args.connections, "pipeline": args.pipeline, "seconds": secs,
+        "requests": n, "errors": errors.load(Ordering::Relaxed),
+        "per_second": n as f64 / secs,
+        "latency_us": {"p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
+                       "p99": h.value_at_quantile(0.99), "max": h.max()},
+        "server_cpu_us_per_request": cpu_us_per_req,
+        "server_rss_kib": args.server_pid.and_then(rss_kib),
+    });
+    eprintln!(
+        "{}: {} conns x{}: {:.0} req/s, p50 {} us, p99 {} us, max {} us, {} errors, server CPU {:?} us/req",
+        summary["mode"],
+        args.connections,
+        args.pipeline,
+        summary["per_second"].as_f64().unwrap_or(0.0),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.max(),
+        summary["errors"],
+        cpu_us_per_req
+    );
+    Ok(summary)
+}
