@@ -18,7 +18,7 @@ use crate::state::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
-    pub method: String,
+    pub method: &'static str,
     pub code: u16,
 }
 
@@ -102,12 +102,9 @@ impl Metrics {
         self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    pub fn rpc(&self, method: &str, code: u16) {
+    pub fn rpc(&self, method: &'static str, code: u16) {
         self.rpc_requests
-            .get_or_create(&RpcLabels {
-                method: method.to_owned(),
-                code,
-            })
+            .get_or_create(&RpcLabels { method, code })
             .inc();
     }
 }

@@ -149,6 +149,28 @@ impl Method {
         })
     }
 
+    /// `namespace/name`, for metrics labels (no allocation per request).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Auth => "rpc/auth",
+            Method::AuthToken => "rpc/auth_token",
+            Method::AuthClear => "rpc/auth_clear",
+            Method::OtpVerify => "rpc/otp_verify",
+            Method::Identify => "rpc/identify",
+            Method::Subscribe => "events/subscribe",
+            Method::Unsubscribe => "events/unsubscribe",
+            Method::Pools => "rpc/pools",
+            Method::PoolRequest => "rpc/pool_request",
+            Method::ConnectInfo => "rpc/connect_info",
+            Method::Task => "rpc/task",
+            Method::Tasks => "rpc/tasks",
+            Method::AdminSessions => "rpc/admin_sessions",
+            Method::AdminRevoke => "rpc/admin_revoke",
+            Method::AdminTasks => "rpc/admin_tasks",
+            Method::AdminRelease => "rpc/admin_release",
+        }
+    }
+
     /// Methods that work on a connection that has not signed in.
     fn is_public(self) -> bool {
         matches!(

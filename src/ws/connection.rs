@@ -139,13 +139,11 @@ async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
     };
     let mut ctx = Ctx { state, conn };
     let result = rpc::dispatch(&mut ctx, &request.namespace, &request.name, request.args).await;
-    let method = match rpc::Method::lookup(&request.namespace, &request.name) {
-        Some(_) => format!("{}/{}", request.namespace, request.name),
-        None => "unknown".to_owned(),
-    };
+    let method =
+        rpc::Method::lookup(&request.namespace, &request.name).map_or("unknown", rpc::Method::name);
     state
         .metrics
-        .rpc(&method, result.as_ref().map_or_else(|e| e.code(), |_| 200));
+        .rpc(method, result.as_ref().map_or_else(|e| e.code(), |_| 200));
     match result {
         Ok(args) => envelope::response(&request.namespace, &request.id, &args),
         Err(err) => {
