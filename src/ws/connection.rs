@@ -83,7 +83,9 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
                 last_seen = Instant::now();
                 let reply = match frame {
                     None => break End::Gone,
-                    Some(Ok(Message::Text(text))) => Some(handle_text(&state, &mut conn, &text).await),
+                    // Boxed: the request's future (the largest method's state) lives only while a
+                    // request runs, instead of inside every idle connection's future.
+                    Some(Ok(Message::Text(text))) => Some(Box::pin(handle_text(&state, &mut conn, &text)).await),
                     Some(Ok(Message::Binary(_))) => Some(envelope::error(None, &serde_json::Value::Null,
                         &Error::bad_request("Binary frames are not supported; send JSON in text frames."))),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
