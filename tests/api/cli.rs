@@ -74,45 +74,18 @@ fn check_config_accepts_the_examples_and_rejects_a_broken_file() {
 #[tokio::test]
 async fn serve_honours_its_flags_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--token-ttl",
-            "7",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .env("RUST_LOG", "poolgate=info")
-        .env("NO_COLOR", "1")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // Keep draining stderr after the address is found, so the server never blocks on logging.
-    tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        let mut tx = Some(tx);
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("ws://").nth(1)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(rest.split('/').next().unwrap().to_owned());
-            }
-        }
-    });
-    let addr = tokio::time::timeout(REPLY_TIMEOUT, rx)
-        .await
-        .expect("the server announces its address")
-        .expect("server exited without announcing its address");
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-        .await
-        .unwrap();
-    let mut c = Client::from(ws);
+    let data = dir.path().to_str().unwrap();
+    let mut server = ServerProcess::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-ttl",
+        "7",
+        "--data-dir",
+        data,
+    ])
+    .await;
+    let mut c = server.connect().await;
     let reply = c
         .rpc(
             "auth",
@@ -124,9 +97,9 @@ async fn serve_honours_its_flags_and_stops_on_sigterm() {
         "--token-ttl wins over the file: {reply}"
     );
     assert!(dir.path().exists());
-    let pid = child.id().unwrap() as i32;
+    let pid = server.child.id().unwrap();
     Command::new("kill").arg(pid.to_string()).status().unwrap();
-    let status = tokio::time::timeout(REPLY_TIMEOUT, child.wait())
+    let status = tokio::time::timeout(REPLY_TIMEOUT, server.child.wait())
         .await
         .expect("exits after SIGTERM")
         .unwrap();

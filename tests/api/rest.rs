@@ -684,6 +684,29 @@ async fn next_status(
     }
 }
 
+/// The distinct statuses the status socket reports for one task, until COMPLETED.
+async fn statuses_until_completed(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    id: &Value,
+    kind: &str,
+) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let ev = next_status(ws).await;
+        assert_eq!(&ev["id"], id);
+        assert_eq!(ev["kind"], kind);
+        let status = ev["status"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status == "COMPLETED" {
+            return seen;
+        }
+    }
+}
+
 #[tokio::test]
 async fn full_flow_login_status_socket_step_1_and_step_2() {
     let h = Http::with(TestApp::spawn_with(|c| fast_sim(c, OK, OK)).await);
@@ -695,20 +718,7 @@ async fn full_flow_login_status_socket_step_1_and_step_2() {
 
     let (s, body) = h.get(&path, Some(&token)).await;
     assert_eq!(s, 202);
-    let step1 = body["data"]["id"].clone();
-    let mut seen = Vec::new();
-    loop {
-        let ev = next_status(&mut ws).await;
-        assert_eq!(ev["id"], step1);
-        assert_eq!(ev["kind"], "POOL_EXPAND");
-        let status = ev["status"].as_str().unwrap().to_owned();
-        if seen.last() != Some(&status) {
-            seen.push(status.clone());
-        }
-        if status == "COMPLETED" {
-            break;
-        }
-    }
+    let seen = statuses_until_completed(&mut ws, &body["data"]["id"], "POOL_EXPAND").await;
     assert_eq!(seen, ["RUNNING", "COMPLETED"]);
     let (s, body) = h.get(&path, Some(&token)).await;
     assert_eq!(
@@ -719,20 +729,7 @@ async fn full_flow_login_status_socket_step_1_and_step_2() {
     let req = json!({"remote_protocol": 1, "width": 1280, "height": 800, "password": PASSWORD});
     let (s, body) = h.post(&path, Some(&token), Some(req.clone())).await;
     assert_eq!(s, 202);
-    let step2 = body["data"]["id"].clone();
-    let mut seen = Vec::new();
-    loop {
-        let ev = next_status(&mut ws).await;
-        assert_eq!(ev["id"], step2);
-        assert_eq!(ev["kind"], "GLINT_START");
-        let status = ev["status"].as_str().unwrap().to_owned();
-        if seen.last() != Some(&status) {
-            seen.push(status.clone());
-        }
-        if status == "COMPLETED" {
-            break;
-        }
-    }
+    let seen = statuses_until_completed(&mut ws, &body["data"]["id"], "GLINT_START").await;
     assert_eq!(seen, ["RUNNING", "COMPLETED"]);
     let (s, body) = h.post(&path, Some(&token), Some(req)).await;
     assert_eq!(s, 200);
