@@ -17,7 +17,7 @@ command -v wrk >/dev/null || { sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_=sudo; $su
 cargo build --release --quiet --bin poolgate --example loadgen --example echo_server
 
 data=$(mktemp -d)
-./target/release/poolgate serve --listen 127.0.0.1:18080 --data-dir "$data" --idle-timeout 3600 --auth-grace 3600 >"$out/server.log" 2>&1 &
+./target/release/poolgate serve --listen 127.0.0.1:18080 --data-dir "$data" --idle-timeout 3600 --auth-grace 3600 --max-connections 30000 >"$out/server.log" 2>&1 &
 pg=$!
 ./target/release/examples/echo_server 127.0.0.1:19001 >/dev/null 2>&1 &
 echo_pid=$!
@@ -32,7 +32,7 @@ for conns in 1 16 256 1024; do
       [ "$mode" = echo ] && { pid=$echo_pid; url=ws://127.0.0.1:19001/; }
       f="$out/$mode-$conns-$pipe.json"
       ./target/release/examples/loadgen "$mode" --url "$url" -c "$conns" --pipeline "$pipe" -d "$secs" --server-pid "$pid" --json "$f" >/dev/null 2>>"$out/loadgen.log"
-      row=$(python3 -c "import json,sys; r=json.load(open('$f')); l=r['latency_us']; c=r['server_cpu_us_per_request']; print(f\"| {r['mode']} | {r['connections']} | {r['pipeline']} | {r['per_second']:.0f} | {l['p50']} | {l['p99']} | {l['max']} | {c:.1f} | {r['errors']} |\")")
+      row=$(python3 -c "import json,sys; r=json.load(open('$f')); l=r['latency_us']; c=r['server_cpu_us_per_request']; c='n/a' if c is None else f'{c:.1f}'; print(f\"| {r['mode']} | {r['connections']} | {r['pipeline']} | {r['per_second']:.0f} | {l['p50']} | {l['p99']} | {l['max']} | {c} | {r['errors']} |\")")
       table+="$row\n"
       echo "$row"
     done

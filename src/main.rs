@@ -112,6 +112,9 @@ struct ServeArgs {
     /// Seconds a new connection has to sign in.
     #[arg(long, value_name = "SECS")]
     auth_grace: Option<f64>,
+    /// Simultaneous WebSocket connections before upgrades get 503.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -145,6 +148,9 @@ impl ServeArgs {
         }
         if let Some(s) = self.idle_timeout {
             config.idle_timeout = secs(s)?;
+        }
+        if let Some(n) = self.max_connections {
+            config.max_connections = n;
         }
         if let Some(f) = &self.tls_cert {
             config.tls_cert = Some(f.clone());
