@@ -102,10 +102,6 @@ impl JwtKeys {
         (!self.is_claims_revoked(&data.claims)).then_some(data.claims)
     }
 
-    pub fn is_revoked(&self, jti: &str) -> bool {
-        self.revoked.contains_key(jti)
-    }
-
     /// Revokes a token here, in the store, and (by the bus) on every other instance.
     pub async fn revoke(&self, store: &dyn Store, claims: &Claims) -> StoreResult<()> {
         store.jwt_revoke(&claims.jti, claims.exp).await?;
