@@ -91,12 +91,29 @@ struct Pool {
     provisioner: Arc<dyn Provisioner>,
 }
 
-/// Step 2's arguments.
-#[derive(Debug, Clone, Default)]
+/// Step 2's arguments, as both the RPC (`connect_info`) and the REST body carry them.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct ConnectParams {
+    #[serde(default)]
     pub remote_protocol: Option<i64>,
+    #[serde(default)]
     pub width: Option<i64>,
+    #[serde(default)]
     pub height: Option<i64>,
+    /// Accepted for compatibility with the v2 API (must be a string); dropped on reading, so
+    /// it is never stored or logged.
+    #[serde(default)]
+    pub password: Option<Discarded>,
+}
+
+/// A string field that is checked and thrown away.
+#[derive(Debug, Clone)]
+pub struct Discarded;
+
+impl<'de> Deserialize<'de> for Discarded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|_| Discarded)
+    }
 }
 
 /// What step 2 answers.

@@ -7,7 +7,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{AuthUser, RestError, data, json_body, uuid_path};
@@ -67,20 +66,6 @@ pub async fn step1(
     Ok(data(status, task))
 }
 
-#[derive(Deserialize)]
-struct Step2Body {
-    #[serde(default)]
-    remote_protocol: Option<i64>,
-    #[serde(default)]
-    width: Option<i64>,
-    #[serde(default)]
-    height: Option<i64>,
-    /// Accepted for compatibility; never stored or logged.
-    #[serde(default)]
-    #[allow(dead_code)]
-    password: Option<String>,
-}
-
 /// Step 2: 202 with the task while not ready, 200 with the connection data when ready.
 pub async fn step2(
     State(state): State<AppState>,
@@ -89,12 +74,7 @@ pub async fn step2(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
     let pool_id = uuid_path(&id, "id")?;
-    let body: Step2Body = json_body(body)?;
-    let params = ConnectParams {
-        remote_protocol: body.remote_protocol,
-        width: body.width,
-        height: body.height,
-    };
+    let params: ConnectParams = json_body(body)?;
     Ok(
         match state
             .pools

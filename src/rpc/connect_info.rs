@@ -12,16 +12,8 @@ use crate::pools::{ConnectOutcome, ConnectParams};
 #[derive(Deserialize)]
 pub struct ConnectInfo {
     pool_id: Uuid,
-    #[serde(default)]
-    remote_protocol: Option<i64>,
-    #[serde(default)]
-    width: Option<i64>,
-    #[serde(default)]
-    height: Option<i64>,
-    /// Accepted for compatibility with the v2 API; never stored or logged.
-    #[serde(default)]
-    #[allow(dead_code)]
-    password: Option<String>,
+    #[serde(flatten)]
+    params: ConnectParams,
 }
 
 impl ConnectInfo {
@@ -30,16 +22,11 @@ impl ConnectInfo {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-        let params = ConnectParams {
-            remote_protocol: self.remote_protocol,
-            width: self.width,
-            height: self.height,
-        };
         Ok(
             match ctx
                 .state
                 .pools
-                .connect_info(user(ctx)?, self.pool_id, &params)
+                .connect_info(user(ctx)?, self.pool_id, &self.params)
                 .await?
             {
                 ConnectOutcome::Task(task) => json!({ "task": task }),
