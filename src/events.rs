@@ -37,9 +37,7 @@ pub enum EventFormat {
 impl EventFormat {
     pub fn render(self, task: &Task) -> String {
         match self {
-            EventFormat::Rpc => {
-                crate::ws::envelope::event("task", &serde_json::to_value(task).unwrap_or_default())
-            }
+            EventFormat::Rpc => crate::ws::envelope::event("task", task),
             EventFormat::V2Status => {
                 let mut v = serde_json::json!({
                     "status": task.status,

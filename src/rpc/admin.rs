@@ -4,6 +4,7 @@
 //! `admin_release {"username","pool_id"}` (give a user's machine back).
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -70,7 +71,7 @@ pub struct Revoke {
 }
 
 impl Revoke {
-    pub fn parse(args: Value) -> Result<Self, Error> {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
         parse_args(args)
     }
 
@@ -111,7 +112,7 @@ pub struct Release {
 }
 
 impl Release {
-    pub fn parse(args: Value) -> Result<Self, Error> {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
         parse_args(args)
     }
 

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{Ctx, guard_auth_attempt, parse_args, record_auth_outcome, sign_in};
 use crate::auth::Credentials;
@@ -16,7 +17,7 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn parse(args: Value) -> Result<Self, Error> {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
         parse_args(args)
     }
 

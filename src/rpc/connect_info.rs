@@ -2,6 +2,7 @@
 //! `{"task": {...}}` while not ready, `{"connection": {...}}` when ready (step 2).
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -17,7 +18,7 @@ pub struct ConnectInfo {
 }
 
 impl ConnectInfo {
-    pub fn parse(args: Value) -> Result<Self, Error> {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
         parse_args(args)
     }
 

@@ -2,6 +2,7 @@
 //! Task events are on by default for a signed-in socket; unsubscribing turns them off.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{Ctx, parse_args};
@@ -24,8 +25,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn parse(args: Value) -> Result<Self, Error> {
-        let names = match parse_args::<Names>(args.clone()) {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
+        let names = match parse_args::<Names>(args) {
             Ok(Names::One(name)) => vec![name],
             Ok(Names::Many(names)) => names,
             Err(_) => {
@@ -40,7 +41,8 @@ impl Subscription {
                 KNOWN_EVENTS.join(", ")
             )));
         }
-        Ok(Subscription { echo: args, names })
+        let echo = serde_json::from_str(args.get()).map_err(Error::internal)?;
+        Ok(Subscription { echo, names })
     }
 
     pub fn apply(self, ctx: &mut Ctx<'_>, on: bool) -> Result<Value, Error> {

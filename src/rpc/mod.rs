@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -206,7 +207,7 @@ pub enum Command {
 
 impl Command {
     /// Parses a method's arguments; mismatches are 400. Pure: the fuzz targets call it.
-    pub fn parse(method: Method, args: Value) -> Result<Command, Error> {
+    pub fn parse(method: Method, args: &RawValue) -> Result<Command, Error> {
         Ok(match method {
             Method::Auth => Command::Auth(auth::Auth::parse(args)?),
             Method::AuthToken => Command::AuthToken(auth_token::AuthToken::parse(args)?),
@@ -227,8 +228,12 @@ impl Command {
         })
     }
 
-    async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-        match self {
+    async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
+        // The hot lookups serialize straight into a `Reply`; the rest build a `Value`.
+        let value = match self {
+            Command::Pools(c) => return c.apply(ctx),
+            Command::Task(c) => return c.apply(ctx).await,
+            Command::Tasks => return tasks::Tasks.apply(ctx).await,
             Command::Auth(c) => c.apply(ctx).await,
             Command::AuthToken(c) => c.apply(ctx).await,
             Command::AuthClear => auth_clear::AuthClear.apply(ctx).await,
@@ -236,16 +241,14 @@ impl Command {
             Command::Identify => Ok(identify::apply()),
             Command::Subscribe(c) => c.apply(ctx, true),
             Command::Unsubscribe(c) => c.apply(ctx, false),
-            Command::Pools(c) => c.apply(ctx),
             Command::PoolRequest(c) => c.apply(ctx).await,
             Command::ConnectInfo(c) => c.apply(ctx).await,
-            Command::Task(c) => c.apply(ctx).await,
-            Command::Tasks => tasks::Tasks.apply(ctx).await,
             Command::AdminSessions => admin::sessions(ctx).await,
             Command::AdminRevoke(c) => c.apply(ctx).await,
             Command::AdminTasks => admin::tasks(ctx).await,
             Command::AdminRelease(c) => c.apply(ctx).await,
-        }
+        };
+        to_reply(value?)
     }
 }
 
@@ -275,8 +278,8 @@ pub async fn dispatch(
     ctx: &mut Ctx<'_>,
     namespace: &str,
     name: &str,
-    args: Value,
-) -> Result<Value, Error> {
+    args: &RawValue,
+) -> Result<Reply, Error> {
     let Some(method) = Method::lookup(namespace, name) else {
         return Err(Error::NotFound(format!(
             "Unknown method {namespace}/{name}."
@@ -305,8 +308,8 @@ pub async fn dispatch(
 }
 
 /// Deserializes `args` into a method's request type; mismatches are 400 with serde's message.
-fn parse_args<T: DeserializeOwned>(args: Value) -> Result<T, Error> {
-    serde_json::from_value(args).map_err(|e| Error::bad_request(format!("Invalid args: {e}.")))
+fn parse_args<T: DeserializeOwned>(args: &RawValue) -> Result<T, Error> {
+    serde_json::from_str(args.get()).map_err(|e| Error::bad_request(format!("Invalid args: {e}.")))
 }
 
 /// The reply of every successful sign-in: the token and its inactivity lifetime in seconds.
@@ -347,9 +350,12 @@ fn user<'a>(ctx: &'a Ctx<'_>) -> Result<&'a Arc<crate::auth::users::User>, Error
         .ok_or(Error::Unauthenticated)
 }
 
+/// A method's successful result, as the JSON that goes into the reply's `args`.
+pub type Reply = Box<RawValue>;
+
 /// Serializes a result; failure here is a bug, reported as a 500.
-fn to_value(v: impl serde::Serialize) -> Result<Value, Error> {
-    serde_json::to_value(v).map_err(Error::internal)
+fn to_reply(v: impl serde::Serialize) -> Result<Reply, Error> {
+    serde_json::value::to_raw_value(&v).map_err(Error::internal)
 }
 
 /// Issues a token for a user who just passed authentication and binds it to the connection.

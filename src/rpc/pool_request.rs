@@ -1,6 +1,7 @@
 //! `rpc/pool_request {"pool_id"}` → `{"task": {...}}`: step 1, a machine in the pool.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -13,7 +14,7 @@ pub struct PoolRequest {
 }
 
 impl PoolRequest {
-    pub fn parse(args: Value) -> Result<Self, Error> {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
         parse_args(args)
     }
 

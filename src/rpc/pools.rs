@@ -1,9 +1,9 @@
 //! `rpc/pools {"is_favorite"?: bool}` → the caller's pools (favourites only when true).
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{Ctx, parse_args, to_value, user};
+use super::{Ctx, Reply, parse_args, to_reply, user};
 use crate::error::Error;
 
 #[derive(Deserialize)]
@@ -13,17 +13,17 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn parse(args: Value) -> Result<Self, Error> {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
         // sysadm clients often send no args, or an empty string.
-        if args.is_null() || args == Value::String(String::new()) {
+        if matches!(args.get(), "null" | "\"\"") {
             return Ok(Pools { is_favorite: None });
         }
         parse_args(args)
     }
 
-    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+    pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
         let user = user(ctx)?;
-        to_value(
+        to_reply(
             ctx.state
                 .pools
                 .list(user, self.is_favorite.unwrap_or(false)),

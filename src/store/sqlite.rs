@@ -2,6 +2,11 @@
 //! `synchronous = NORMAL`, which survives a killed process (kill -9) without an fsync per
 //! write. One connection behind a mutex: every statement is microseconds, and the mutex makes
 //! each compare-and-set trivially atomic within the one process that may open the file.
+//!
+//! Tasks are also kept in a bounded read cache: the file is this process's alone (the lock
+//! file), so every write goes through here and the cache cannot go stale. A `task` lookup — the
+//! hottest read a client makes while it waits — then costs a map probe, not a statement, the
+//! connection mutex and a JSON parse.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -9,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use dashmap::DashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -59,6 +65,8 @@ pub struct SqliteStore {
     /// Held for the process's life: a second poolgate on the same file is refused, since
     /// this backend's atomicity is the process's own mutex.
     _lock: std::fs::File,
+    /// Read cache of tasks, written only under `conn`'s lock so it never runs behind the file.
+    tasks: DashMap<Uuid, Task>,
     sink: mpsc::UnboundedSender<BusEvent>,
 }
 
@@ -82,6 +90,9 @@ fn status_active(task: &Task) -> &'static str {
         "done"
     }
 }
+
+/// Tasks kept in the read cache before finished ones are dropped from it.
+const TASK_CACHE_MAX: usize = 65_536;
 
 impl SqliteStore {
     pub fn open(path: &Path, sink: mpsc::UnboundedSender<BusEvent>) -> anyhow::Result<Self> {
@@ -118,6 +129,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             _lock: lock,
             conn: Mutex::new(conn),
+            tasks: DashMap::new(),
             sink,
         })
     }
@@ -134,6 +146,18 @@ impl SqliteStore {
             rows.collect()
         })?;
         bodies.iter().map(|b| task_from_json(b)).collect()
+    }
+
+    /// Records a task as written (or read) in the read cache.
+    fn cache(&self, task: &Task) {
+        if self.tasks.len() >= TASK_CACHE_MAX && !self.tasks.contains_key(&task.id) {
+            // Finished tasks are rarely looked up again; they come back from disk on demand.
+            self.tasks.retain(|_, t| t.status.is_active());
+            if self.tasks.len() >= TASK_CACHE_MAX {
+                self.tasks.clear();
+            }
+        }
+        self.tasks.insert(task.id, task.clone());
     }
 }
 
@@ -338,9 +362,21 @@ impl Store for SqliteStore {
     }
 
     async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
-        Ok(self
-            .tasks_where("SELECT body FROM tasks WHERE id = ?1", &[&id.to_string()])?
-            .pop())
+        if let Some(task) = self.tasks.get(&id) {
+            return Ok(Some(task.clone()));
+        }
+        let body: Option<String> = self.with(|c| {
+            let body = c
+                .prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
+                .query_row([id.to_string()], |r| r.get(0))
+                .optional()?;
+            // Parsed and cached under the lock, so a concurrent write cannot be overtaken.
+            if let Some(task) = body.as_deref().and_then(|b| task_from_json(b).ok()) {
+                self.cache(&task);
+            }
+            Ok(body)
+        })?;
+        body.as_deref().map(task_from_json).transpose()
     }
 
     async fn task_latest(&self, (user, pool, kind): TaskKey) -> StoreResult<Option<Task>> {
@@ -387,6 +423,7 @@ impl Store for SqliteStore {
                 params![user, pool, kind, task.id.to_string()],
             )?;
             tx.commit()?;
+            self.cache(task);
             Ok(true)
         })
     }
@@ -404,8 +441,9 @@ impl Store for SqliteStore {
                 status_active(task),
                 created_key(task),
                 body
-            ])
-            .map(drop)
+            ])?;
+            self.cache(task);
+            Ok(())
         })
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tungstenite::error::CapacityError;
@@ -86,7 +87,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
                     // Boxed: the request's future (the largest method's state) lives only while a
                     // request runs, instead of inside every idle connection's future.
                     Some(Ok(Message::Text(text))) => Some(Box::pin(handle_text(&state, &mut conn, &text)).await),
-                    Some(Ok(Message::Binary(_))) => Some(envelope::error(None, &serde_json::Value::Null,
+                    Some(Ok(Message::Binary(_))) => Some(envelope::error(None, RawValue::NULL,
                         &Error::bad_request("Binary frames are not supported; send JSON in text frames."))),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
                     Some(Ok(Message::Close(_))) => break End::Gone,
@@ -129,15 +130,11 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
 async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
     let limit = state.config.max_frame_bytes;
     if text.len() > limit {
-        return envelope::error(
-            None,
-            &serde_json::Value::Null,
-            &Error::FrameTooLarge { limit },
-        );
+        return envelope::error(None, RawValue::NULL, &Error::FrameTooLarge { limit });
     }
     let request = match envelope::parse(text) {
         Ok(request) => request,
-        Err(bad) => return envelope::error(bad.namespace.as_deref(), &bad.id, &bad.error),
+        Err(bad) => return envelope::error(bad.namespace.as_deref(), bad.id, &bad.error),
     };
     let mut ctx = Ctx { state, conn };
     let result = rpc::dispatch(&mut ctx, &request.namespace, &request.name, request.args).await;
@@ -147,12 +144,12 @@ async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
         .metrics
         .rpc(method, result.as_ref().map_or_else(|e| e.code(), |_| 200));
     match result {
-        Ok(args) => envelope::response(&request.namespace, &request.id, &args),
+        Ok(args) => envelope::response(&request.namespace, request.id, &args),
         Err(err) => {
             if let Error::Internal(cause) = &err {
                 tracing::error!(conn_id = ctx.conn.id, method = %request.name, error = ?cause, "internal error");
             }
-            envelope::error(Some(&request.namespace), &request.id, &err)
+            envelope::error(Some(&request.namespace), request.id, &err)
         }
     }
 }
@@ -189,7 +186,7 @@ async fn transport_error(tx: &mpsc::Sender<Frame>, err: axum::Error) -> End {
             return End::Gone;
         }
     };
-    let reply = envelope::error(None, &serde_json::Value::Null, &error);
+    let reply = envelope::error(None, RawValue::NULL, &error);
     let _ = tx.send(Frame::Text(reply)).await;
     End::Close(code, reason.into())
 }

@@ -1,66 +1,124 @@
 //! The sysadm-style envelope: `{"namespace","name","id","args"}` in, `response`/`error` out.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
 
-/// A request read off the wire. `args` is the whole object when the envelope has no `args`
-/// (sysadm's server and Qt client behave so).
+/// A request read off the wire, borrowing from the frame: `id` and `args` stay raw JSON, so
+/// the id is echoed byte for byte and `args` is parsed once, straight into the method's type.
+/// `args` is the whole object when the envelope has no `args` (sysadm's server and Qt client
+/// behave so).
 #[derive(Debug)]
-pub struct Request {
-    pub namespace: String,
-    pub name: String,
-    pub id: Value,
-    pub args: Value,
+pub struct Request<'a> {
+    pub namespace: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+    pub id: &'a RawValue,
+    pub args: &'a RawValue,
 }
 
 /// A request that could not be read; carries what could be read so the error can echo it.
 #[derive(Debug)]
-pub struct BadRequest {
-    pub namespace: Option<String>,
-    pub id: Value,
+pub struct BadRequest<'a> {
+    pub namespace: Option<Cow<'a, str>>,
+    pub id: &'a RawValue,
     pub error: Error,
 }
 
+/// The envelope's fields, unparsed; anything else in the object is ignored.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    namespace: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    args: Option<&'a RawValue>,
+}
+
+/// A raw JSON string's contents (borrowed unless it has escapes); `None` if not a string.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
+}
+
 /// Parses one text frame.
-pub fn parse(text: &str) -> Result<Request, BadRequest> {
-    let value: Value = serde_json::from_str(text).map_err(|e| BadRequest {
-        namespace: None,
-        id: Value::Null,
-        error: Error::bad_request(format!("Malformed JSON: {e}.")),
-    })?;
-    let Value::Object(mut obj) = value else {
-        return Err(BadRequest {
-            namespace: None,
-            id: Value::Null,
-            error: Error::bad_request("A request must be a JSON object."),
-        });
-    };
-    let id = match obj.get("id") {
-        Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
-        _ => Value::Null,
-    };
-    let namespace = match obj.get("namespace") {
-        Some(Value::String(ns)) => Some(ns.clone()),
-        _ => None,
-    };
-    let fail = |namespace: Option<String>, id: Value, msg: &str| BadRequest {
+pub fn parse(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
+    let bad = |namespace, id, error| BadRequest {
         namespace,
         id,
-        error: Error::bad_request(msg),
+        error,
     };
-    if id.is_null() {
-        return Err(fail(namespace, id, "`id` must be a string or a number."));
+    // Checked first: serde would also read a struct from a JSON array.
+    if !text.trim_start().starts_with('{') {
+        let error = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Error::bad_request("A request must be a JSON object."),
+            Err(e) => Error::bad_request(format!("Malformed JSON: {e}.")),
+        };
+        return Err(bad(None, RawValue::NULL, error));
     }
+    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| {
+        let what = if e.is_data() {
+            "Invalid request"
+        } else {
+            "Malformed JSON"
+        };
+        bad(
+            None,
+            RawValue::NULL,
+            Error::bad_request(format!("{what}: {e}.")),
+        )
+    })?;
+    // A string, or a number that ordinary JSON parsers can read back (not 1e400).
+    let id = wire.id.filter(|id| match id.get().as_bytes()[0] {
+        b'"' => true,
+        b'-' | b'0'..=b'9' => serde_json::from_str::<serde_json::Number>(id.get()).is_ok(),
+        _ => false,
+    });
+    let namespace = wire.namespace.and_then(string);
+    let Some(id) = id else {
+        return Err(bad(
+            namespace,
+            RawValue::NULL,
+            Error::bad_request("`id` must be a string or a number."),
+        ));
+    };
     let Some(namespace) = namespace else {
-        return Err(fail(None, id, "`namespace` must be a string."));
+        return Err(bad(
+            None,
+            id,
+            Error::bad_request("`namespace` must be a string."),
+        ));
     };
-    let name = match obj.get("name") {
-        Some(Value::String(name)) => name.clone(),
-        _ => return Err(fail(Some(namespace), id, "`name` must be a string.")),
+    let Some(name) = wire.name.and_then(string) else {
+        return Err(bad(
+            Some(namespace),
+            id,
+            Error::bad_request("`name` must be a string."),
+        ));
     };
-    let args = obj.remove("args").unwrap_or(Value::Object(obj));
+    let args = match wire.args {
+        Some(args) => args,
+        // The whole object; it was just parsed, so this cannot fail.
+        None => serde_json::from_str(text).map_err(|e| {
+            bad(
+                None,
+                RawValue::NULL,
+                Error::bad_request(format!("Malformed JSON: {e}.")),
+            )
+        })?,
+    };
     Ok(Request {
         namespace,
         name,
@@ -70,14 +128,14 @@ pub fn parse(text: &str) -> Result<Request, BadRequest> {
 }
 
 #[derive(Serialize)]
-struct Envelope<'a> {
+struct Envelope<'a, A: Serialize + ?Sized> {
     namespace: &'a str,
     name: &'a str,
-    id: &'a Value,
-    args: &'a Value,
+    id: &'a RawValue,
+    args: &'a A,
 }
 
-fn render(namespace: &str, name: &str, id: &Value, args: &Value) -> String {
+fn render<A: Serialize + ?Sized>(namespace: &str, name: &str, id: &RawValue, args: &A) -> String {
     serde_json::to_string(&Envelope {
         namespace,
         name,
@@ -88,18 +146,20 @@ fn render(namespace: &str, name: &str, id: &Value, args: &Value) -> String {
 }
 
 /// A success reply.
-pub fn response(namespace: &str, id: &Value, args: &Value) -> String {
+pub fn response(namespace: &str, id: &RawValue, args: &RawValue) -> String {
     render(namespace, "response", id, args)
 }
 
 /// An error reply; namespaces we could not read are answered as `rpc`.
-pub fn error(namespace: Option<&str>, id: &Value, error: &Error) -> String {
+pub fn error(namespace: Option<&str>, id: &RawValue, error: &Error) -> String {
     render(namespace.unwrap_or("rpc"), "error", id, &error.to_args())
 }
 
 /// An unsolicited event, e.g. a task status change.
-pub fn event(name: &str, args: &Value) -> String {
-    render("events", name, &Value::String(String::new()), args)
+pub fn event<A: Serialize + ?Sized>(name: &str, args: &A) -> String {
+    const EMPTY_ID: &str = "\"\"";
+    let id: &RawValue = serde_json::from_str(EMPTY_ID).expect("a JSON string");
+    render("events", name, id, args)
 }
 
 /// Helper for methods whose result is a plain object.
@@ -115,29 +175,58 @@ pub fn object(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn envelope_without_args_uses_the_whole_object() {
         let r = parse(r#"{"namespace":"rpc","name":"auth","id":"1","username":"u"}"#).unwrap();
-        assert_eq!(r.args["username"], "u");
-        assert_eq!(r.id, json!("1"));
+        let args: Value = serde_json::from_str(r.args.get()).unwrap();
+        assert_eq!(args["username"], "u");
+        assert_eq!(r.id.get(), r#""1""#);
     }
 
     #[test]
     fn unreadable_id_is_null_and_readable_id_is_echoed() {
-        assert_eq!(parse("[1]").unwrap_err().id, Value::Null);
-        assert_eq!(parse("{").unwrap_err().id, Value::Null);
+        assert_eq!(parse("[1]").unwrap_err().id.get(), "null");
+        assert_eq!(parse("{").unwrap_err().id.get(), "null");
         let e = parse(r#"{"id":7,"namespace":"rpc","name":3}"#).unwrap_err();
-        assert_eq!(e.id, json!(7));
+        assert_eq!(e.id.get(), "7");
         assert_eq!(e.error.code(), 400);
         let e = parse(r#"{"id":{"x":1},"namespace":"rpc","name":"auth"}"#).unwrap_err();
-        assert_eq!(e.id, Value::Null);
+        assert_eq!(e.id.get(), "null");
+        // Echoed byte for byte, however the number is written.
+        let r = parse(r#"{"id":1.50e3,"namespace":"rpc","name":"x"}"#).unwrap();
+        assert_eq!(r.id.get(), "1.50e3");
+    }
+
+    #[test]
+    fn escaped_strings_are_read() {
+        let r = parse(r#"{"id":"\u0031","namespace":"\u0072pc","name":"task"}"#).unwrap();
+        assert_eq!(r.namespace, "rpc");
+        assert_eq!(r.id.get(), r#""\u0031""#);
+    }
+
+    #[test]
+    fn arrays_and_duplicates_are_not_requests() {
+        let e = parse(r#"["rpc","task",1,{}]"#).unwrap_err();
+        assert!(e.error.to_string().contains("JSON object"), "{}", e.error);
+        let e = parse(r#"{"id":1,"id":2,"namespace":"rpc","name":"x"}"#).unwrap_err();
+        assert_eq!(e.error.code(), 400);
     }
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         let text = "[".repeat(100_000);
         assert_eq!(parse(&text).unwrap_err().error.code(), 400);
+        let text = format!(
+            r#"{{"id":1,"namespace":"rpc","name":"x","a":{}"#,
+            "[".repeat(100_000)
+        );
+        assert_eq!(parse(&text).unwrap_err().error.code(), 400);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let text = format!(r#"{{"id":1,"namespace":"rpc","name":"x","args":{deep}}}"#);
+        // Skipping a deep value is iterative; the method's own parse then refuses it.
+        if let Ok(r) = parse(&text) {
+            assert!(serde_json::from_str::<Value>(r.args.get()).is_err());
+        }
     }
 }
