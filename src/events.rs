@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -15,11 +16,11 @@ use uuid::Uuid;
 
 use crate::pools::task::Task;
 
-/// A frame on a socket's outbound queue. Transport-neutral: the socket's writer turns it into
-/// a WebSocket message.
+/// A frame on a socket's outbound queue; the socket's task writes it as a WebSocket message.
+/// Text is reference-counted: an event rendered once is shared by every socket it goes to.
 #[derive(Debug)]
 pub enum Frame {
-    Text(String),
+    Text(Utf8Bytes),
     Close(u16, String),
     /// A keep-alive probe (status sockets).
     Ping,
@@ -35,9 +36,9 @@ pub enum EventFormat {
 }
 
 impl EventFormat {
-    pub fn render(self, task: &Task) -> String {
+    pub fn render(self, task: &Task) -> Utf8Bytes {
         match self {
-            EventFormat::Rpc => crate::ws::envelope::event("task", task),
+            EventFormat::Rpc => crate::ws::envelope::event("task", task).into(),
             EventFormat::V2Status => {
                 let mut v = serde_json::json!({
                     "status": task.status,
@@ -48,7 +49,7 @@ impl EventFormat {
                 if let Some(p) = task.progress {
                     v["progress"] = p.into();
                 }
-                v.to_string()
+                v.to_string().into()
             }
         }
     }
@@ -70,7 +71,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Queues a frame without waiting; a full queue kicks the socket.
-    pub fn push(&self, text: String) {
+    pub fn push(&self, text: Utf8Bytes) {
         match self.tx.try_send(Frame::Text(text)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -134,7 +135,7 @@ impl EventHub {
             entry.active.remove(&task.id);
         }
         if notify {
-            let mut rendered: [Option<String>; 2] = [None, None];
+            let mut rendered: [Option<Utf8Bytes>; 2] = [None, None];
             for sub in entry
                 .subs
                 .iter()
@@ -158,10 +159,11 @@ impl EventHub {
         let Some(entry) = self.users.get(&user) else {
             return;
         };
-        let text = crate::ws::envelope::event(
+        let text: Utf8Bytes = crate::ws::envelope::event(
             "machine",
             &serde_json::json!({"pool_id": pool_id, "machine_id": machine_id, "status": "RELEASED", "reason": reason}),
-        );
+        )
+        .into();
         for sub in entry.subs.iter().filter(|s| {
             s.format == EventFormat::Rpc && s.enabled.load(Ordering::Relaxed) && (s.alive)()
         }) {

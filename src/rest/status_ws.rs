@@ -11,19 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{AuthUser, RestError, authenticate_jwt};
 use crate::events::{EventFormat, Frame, Subscriber};
 use crate::state::AppState;
-use crate::ws::connection::{CLOSE_FLUSH, close_code, write_loop};
+use crate::ws::connection::{close_code, close_handshake, write};
 use crate::ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -88,12 +86,11 @@ pub async fn upgrade(
         })
 }
 
-async fn serve(socket: WebSocket, state: AppState, auth: AuthUser) {
+async fn serve(mut socket: WebSocket, state: AppState, auth: AuthUser) {
     let conn_id = state.next_conn_id();
-    let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
-    let mut writer = tokio::spawn(write_loop(sink, rx));
-    let kick = CancellationToken::new();
+    let (tx, mut rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
+    // Cancelled when the socket falls behind, and at shutdown (a child of the server's token).
+    let kick = state.shutdown.child_token();
     let user_id = auth.user.id;
     let alive = {
         let (state, claims) = (state.clone(), auth.claims.clone());
@@ -104,7 +101,7 @@ async fn serve(socket: WebSocket, state: AppState, auth: AuthUser) {
     let sub = Subscriber {
         conn_id,
         format: EventFormat::V2Status,
-        tx: tx.clone(),
+        tx,
         enabled: Arc::new(true.into()),
         kick: kick.clone(),
         alive: alive.clone(),
@@ -119,9 +116,12 @@ async fn serve(socket: WebSocket, state: AppState, auth: AuthUser) {
         PING_EVERY.min(idle / 2),
     );
     let close = loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => break Some((close_code::GOING_AWAY, "server shutting down")),
-            _ = kick.cancelled() => break Some((close_code::TOO_SLOW, "too slow: the socket did not read its events")),
+        let written = tokio::select! {
+            _ = kick.cancelled() => break Some(if state.shutdown.is_cancelled() {
+                (close_code::GOING_AWAY, "server shutting down")
+            } else {
+                (close_code::TOO_SLOW, "too slow: the socket did not read its events")
+            }),
             _ = ping.tick() => {
                 if !alive() {
                     break Some((close_code::TOKEN_GONE, "token expired or revoked"));
@@ -130,24 +130,28 @@ async fn serve(socket: WebSocket, state: AppState, auth: AuthUser) {
                     break Some((close_code::IDLE_TIMEOUT, "idle timeout: no answer to pings"));
                 }
                 // An empty text frame would confuse clients; a ping is answered by any stack.
-                let _ = tx.try_send(Frame::Ping);
+                write(&mut socket, Some(Frame::Ping), &mut rx, &kick).await
             }
-            frame = stream.next() => match frame {
+            Some(frame) = rx.recv() => write(&mut socket, Some(frame), &mut rx, &kick).await,
+            frame = socket.recv() => match frame {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
-                Some(Ok(_)) => last_seen = Instant::now(),
+                Some(Ok(_)) => {
+                    last_seen = Instant::now();
+                    Ok(())
+                }
             },
+        };
+        if written.is_err() {
+            break None;
         }
     };
     state.events.unsubscribe(user_id, conn_id);
     if let Some((code, reason)) = close {
-        let _ = tokio::time::timeout(CLOSE_FLUSH, tx.send(Frame::Close(code, reason.into()))).await;
-    }
-    drop(tx);
-    if tokio::time::timeout(CLOSE_FLUSH, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        close_handshake(&mut socket, close, &state).await;
     }
     tracing::debug!(conn_id, "status socket closed");
 }

@@ -42,7 +42,9 @@ pub struct Conn {
     pub auth_failures: u32,
     /// The socket's outbound queue (replies and events).
     pub outbound: mpsc::Sender<Frame>,
-    /// Cancelled when the socket fell behind on its events and must close.
+    /// Cancelled when the socket fell behind on its events and must close, and (as a child of
+    /// the server's shutdown token) at shutdown: one uncontended token for the socket's loop to
+    /// watch instead of the shared one.
     pub kick: CancellationToken,
     /// Set by a sign-in; the socket subscribes to events once the reply is queued, so the
     /// catch-up events follow the reply.
@@ -50,7 +52,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, peer: SocketAddr, outbound: mpsc::Sender<Frame>) -> Self {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        outbound: mpsc::Sender<Frame>,
+        kick: CancellationToken,
+    ) -> Self {
         Conn {
             id,
             peer,
@@ -58,7 +65,7 @@ impl Conn {
             events_enabled: Arc::new(AtomicBool::new(true)),
             auth_failures: 0,
             outbound,
-            kick: CancellationToken::new(),
+            kick,
             pending_subscribe: false,
         }
     }

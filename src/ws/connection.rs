@@ -1,15 +1,18 @@
-//! One WebSocket connection: read a frame, dispatch it, write the reply; close on idle, on a
-//! missed sign-in grace period, and on shutdown. Writes go through a bounded queue drained by
-//! a writer task, so replies and pushed events share one ordered outbound path.
+//! One WebSocket connection, one task: read a frame, dispatch it, write the reply; write the
+//! events other tasks queue for it; close on idle, on a missed sign-in grace period, on
+//! falling behind, and on shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 use tungstenite::error::CapacityError;
 
 use super::envelope;
@@ -33,97 +36,192 @@ pub mod close_code {
 /// How long a closing socket may take to flush its last frames.
 pub(crate) const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
-/// Why the read loop ended.
-enum End {
+/// Why the socket's loop ended.
+pub(crate) enum End {
     /// The peer closed or vanished: nothing more to send.
     Gone,
     /// We close, with a code and a reason the client can show.
     Close(u16, String),
 }
 
-pub async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr) {
+pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
     let conn_id = state.next_conn_id();
-    state.metrics.connections_total.inc();
     state.metrics.connections_open.inc();
-    let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
-    let mut writer = tokio::spawn(write_loop(sink, rx));
-    let mut conn = Conn::new(conn_id, peer, tx.clone());
+    state.metrics.connections_total.inc();
+    // Events from elsewhere arrive here; the socket's own task writes them (no writer task).
+    let (tx, mut rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
+    let mut conn = Conn::new(conn_id, peer, tx, state.shutdown.child_token());
     let kick = conn.kick.clone();
     tracing::debug!(conn_id, %peer, "connected");
 
     let idle = state.config.idle_timeout;
     let grace = state.config.auth_grace;
     let mut last_seen = Instant::now();
-    // Re-armed lazily: each message only records `last_seen`, the timer checks it when it fires.
-    let mut idle_at = last_seen + idle;
-    let mut grace_at = Some(last_seen + grace);
+    // Created once and re-armed only when they fire (the idle timer checks `last_seen`), so a
+    // message costs no timer or waiter registration.
+    let idle_timer = sleep_until(last_seen + idle);
+    let grace_timer = sleep_until(last_seen + grace);
+    let stop = kick.cancelled();
+    tokio::pin!(idle_timer, grace_timer, stop);
+    let mut signed_in = false;
 
     let end = loop {
-        tokio::select! {
+        let outcome = tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => {
-                break End::Close(close_code::GOING_AWAY, "server shutting down".into());
-            }
-            _ = kick.cancelled() => {
-                break End::Close(close_code::TOO_SLOW,
-                    "too slow: the socket did not read its events and its queue filled up".into());
-            }
-            _ = sleep_until(idle_at) => {
+            _ = &mut stop => break if state.shutdown.is_cancelled() {
+                End::Close(close_code::GOING_AWAY, "server shutting down".into())
+            } else {
+                End::Close(close_code::TOO_SLOW,
+                    "too slow: the socket did not read its events and its queue filled up".into())
+            },
+            _ = &mut idle_timer => {
                 if last_seen + idle <= Instant::now() {
                     break End::Close(close_code::IDLE_TIMEOUT, format!(
                         "idle timeout: nothing received for {} s", idle.as_secs_f64()));
                 }
-                idle_at = last_seen + idle;
+                idle_timer.as_mut().reset(last_seen + idle);
+                continue;
             }
-            _ = sleep_until(grace_at.unwrap_or(idle_at)), if grace_at.is_some() => {
-                break End::Close(close_code::AUTH_TIMEOUT, format!(
-                    "authentication timeout: not signed in within {} s", grace.as_secs_f64()));
-            }
-            frame = stream.next() => {
+            _ = &mut grace_timer, if !signed_in => break End::Close(close_code::AUTH_TIMEOUT, format!(
+                "authentication timeout: not signed in within {} s", grace.as_secs_f64())),
+            Some(frame) = rx.recv() => write(&mut socket, Some(frame), &mut rx, &kick).await,
+            frame = socket.recv() => {
                 last_seen = Instant::now();
                 let reply = match frame {
                     None => break End::Gone,
                     // Boxed: the request's future (the largest method's state) lives only while a
                     // request runs, instead of inside every idle connection's future.
-                    Some(Ok(Message::Text(text))) => Some(Box::pin(handle_text(&state, &mut conn, &text)).await),
-                    Some(Ok(Message::Binary(_))) => Some(envelope::error(None, RawValue::NULL,
-                        &Error::bad_request("Binary frames are not supported; send JSON in text frames."))),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Ok(Message::Text(text))) => Box::pin(handle_text(&state, &mut conn, &text)).await,
+                    Some(Ok(Message::Binary(_))) => envelope::error(None, RawValue::NULL,
+                        &Error::bad_request("Binary frames are not supported; send JSON in text frames.")),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) => break End::Gone,
-                    Some(Err(err)) => break transport_error(&tx, err).await,
+                    Some(Err(err)) => break transport_error(&mut socket, err).await,
                 };
-                if let Some(reply) = reply
-                    && tx.send(Frame::Text(reply)).await.is_err()
-                {
-                    break End::Gone;
-                }
+                let outcome = write(&mut socket, Some(Frame::Text(reply.into())), &mut rx, &kick).await;
+                // Subscribing after the reply is written keeps catch-up events behind it.
                 conn.subscribe_if_signed_in(&state);
-                grace_at = match (&conn.session, grace_at) {
-                    (Some(_), _) => None,
-                    (None, None) => Some(last_seen + grace),
-                    (None, at) => at,
-                };
+                match (&conn.session, signed_in) {
+                    (Some(_), _) => signed_in = true,
+                    (None, true) => {
+                        // Signed out: the grace period starts again.
+                        signed_in = false;
+                        grace_timer.as_mut().reset(last_seen + grace);
+                    }
+                    (None, false) => {}
+                }
+                outcome
             }
+        };
+        if let Err(end) = outcome {
+            break end;
         }
     };
 
     conn.clear_session(&state);
     if let End::Close(code, reason) = end {
         tracing::debug!(conn_id, code, reason, "closing");
-        let _ = tokio::time::timeout(CLOSE_FLUSH, tx.send(Frame::Close(code, reason))).await;
-    }
-    drop(tx);
-    drop(conn);
-    // A peer that stopped reading must not keep the writer (and this task) alive forever.
-    if tokio::time::timeout(CLOSE_FLUSH, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        }));
+        close_handshake(&mut socket, close, &state).await;
     }
     state.metrics.connections_open.dec();
     tracing::debug!(conn_id, "disconnected");
+}
+
+/// Sends our close frame, then reads until the peer answers it, for at most [`CLOSE_LINGER`]:
+/// dropping a socket with unread input resets the connection, and the peer may lose the close
+/// frame still in flight. At shutdown the frame is sent without waiting for the answer.
+pub(crate) async fn close_handshake(socket: &mut WebSocket, close: Message, state: &AppState) {
+    if tokio::time::timeout(CLOSE_FLUSH, socket.send(close))
+        .await
+        .map_or(true, |sent| sent.is_err())
+        || state.shutdown.is_cancelled()
+    {
+        return;
+    }
+    let answered = async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+                // Unreadable input (it failed before): wait out the linger instead.
+                None | Some(Err(_)) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, answered).await;
+}
+
+/// How long a closing socket waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// Frames written per wake-up before the socket's loop looks at its input again.
+const WRITE_BATCH: usize = 64;
+
+/// How long a write may wait on a peer that stopped reading before the socket is dropped.
+pub(crate) const WRITE_STALL: Duration = Duration::from_secs(30);
+
+fn message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(text) => Message::Text(text),
+        Frame::Close(code, reason) => Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        })),
+        Frame::Ping => Message::Ping(Default::default()),
+    }
+}
+
+/// Feeds `first` and whatever else is already queued (up to a batch), then flushes once: a
+/// burst of events costs one syscall. `Ok(true)` when a close frame went out.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Option<Frame>,
+    rx: &mut mpsc::Receiver<Frame>,
+) -> Result<bool, axum::Error> {
+    let mut next = first;
+    let mut written = 0;
+    while let Some(frame) = next.take() {
+        let closing = matches!(frame, Frame::Close(..));
+        socket.feed(message(frame)).await?;
+        if closing {
+            socket.flush().await?;
+            return Ok(true);
+        }
+        written += 1;
+        if written < WRITE_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    socket.flush().await?;
+    Ok(false)
+}
+
+/// Writes from the socket's own task. Almost every write completes at once; one that waits
+/// (the peer's receive window is full) is abandoned when `stop` is cancelled (the peer fell
+/// behind, or shutdown), or after [`WRITE_STALL`].
+pub(crate) async fn write(
+    socket: &mut WebSocket,
+    first: Option<Frame>,
+    rx: &mut mpsc::Receiver<Frame>,
+    stop: &CancellationToken,
+) -> Result<(), End> {
+    let mut batch = std::pin::pin!(write_batch(socket, first, rx));
+    let done = match std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await {
+        Poll::Ready(done) => done,
+        Poll::Pending => tokio::select! {
+            done = &mut batch => done,
+            _ = stop.cancelled() => return Err(End::Gone),
+            _ = tokio::time::sleep(WRITE_STALL) => return Err(End::Gone),
+        },
+    };
+    match done {
+        Ok(false) => Ok(()),
+        Ok(true) | Err(_) => Err(End::Gone),
+    }
 }
 
 /// Parses and runs one text frame; always produces exactly one reply.
@@ -138,8 +236,7 @@ async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
     };
     let mut ctx = Ctx { state, conn };
     let result = rpc::dispatch(&mut ctx, &request.namespace, &request.name, request.args).await;
-    let method =
-        rpc::Method::lookup(&request.namespace, &request.name).map_or("unknown", rpc::Method::name);
+    let method = rpc::Method::lookup(&request.namespace, &request.name);
     state
         .metrics
         .rpc(method, result.as_ref().map_or_else(|e| e.code(), |_| 200));
@@ -155,7 +252,7 @@ async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
 }
 
 /// A read error ends the stream (tungstenite fuses it); say why before closing.
-async fn transport_error(tx: &mpsc::Sender<Frame>, err: axum::Error) -> End {
+async fn transport_error(socket: &mut WebSocket, err: axum::Error) -> End {
     let err = match err.into_inner().downcast::<tungstenite::Error>() {
         Ok(err) => *err,
         Err(other) => {
@@ -187,35 +284,6 @@ async fn transport_error(tx: &mpsc::Sender<Frame>, err: axum::Error) -> End {
         }
     };
     let reply = envelope::error(None, RawValue::NULL, &error);
-    let _ = tx.send(Frame::Text(reply)).await;
+    let _ = tokio::time::timeout(CLOSE_FLUSH, socket.send(Message::Text(reply.into()))).await;
     End::Close(code, reason.into())
-}
-
-/// Drains the outbound queue into the socket, flushing when the queue runs dry so bursts of
-/// replies go out in few syscalls.
-pub(crate) async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Frame>,
-) {
-    while let Some(frame) = rx.recv().await {
-        let closing = matches!(frame, Frame::Close(..));
-        let msg = match frame {
-            Frame::Text(text) => Message::Text(text.into()),
-            Frame::Close(code, reason) => Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            })),
-            Frame::Ping => Message::Ping(Default::default()),
-        };
-        if sink.feed(msg).await.is_err() {
-            return;
-        }
-        if (rx.is_empty() || closing) && sink.flush().await.is_err() {
-            return;
-        }
-        if closing {
-            break;
-        }
-    }
-    let _ = sink.close().await;
 }
