@@ -22,7 +22,6 @@ use super::{AuthUser, RestError, authenticate_jwt};
 use crate::events::{EventFormat, Frame, Subscriber};
 use crate::state::AppState;
 use crate::ws::connection::{close_code, close_handshake, write};
-use crate::ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 
@@ -74,10 +73,8 @@ pub async fn upgrade(
         )
         .into_response();
     };
-    ws.read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_message_size(state.config.max_frame_bytes)
-        .on_upgrade(move |socket| {
+    // Clients only answer pings here: the frame limit is the message limit.
+    crate::ws::transport(ws, state.config.max_frame_bytes).on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
             tracker.track_future(async move {
                 serve(socket, state, auth).await;

@@ -21,6 +21,15 @@ pub const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Write buffer per socket (frames are flushed when the outbound queue drains).
 pub const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
+/// The transport settings of every poolgate WebSocket: small buffers and the message ceiling.
+/// The Autobahn conformance run (`bench/autobahn.sh`) checks an echo built with exactly this.
+pub fn transport(ws: WebSocketUpgrade, max_message_bytes: usize) -> WebSocketUpgrade {
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(max_message_bytes)
+        .max_frame_size(max_message_bytes)
+}
+
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -47,12 +56,7 @@ pub async fn upgrade(
         )
             .into_response();
     };
-    let max = state.config.max_message_bytes;
-    ws.read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
+    transport(ws, state.config.max_message_bytes).on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
             tracker.track_future(async move {
                 connection::serve(socket, state, peer).await;
