@@ -4,7 +4,14 @@
 //!   the state store), one at a time or `--pipeline W` in flight per connection;
 //! * `echo` — the same frames against `examples/echo_server`, answered by echo;
 //! * `idle` — open N signed-in sockets (spread over 127.0.0.x source addresses), hold them, and
-//!   report the server's RSS per socket.
+//!   report the server's RSS per socket;
+//! * `fanout` — N sockets of one user; a driver socket makes tasks (`pool_request`, then
+//!   `admin_release` and again) so every status change is pushed to all N: reports the delay
+//!   from the change (the task's own `created`/`started`/`finished` time) to each delivery,
+//!   and deliveries per second of server CPU.
+//!
+//! `--logins-per-sec R` (rpc mode) adds a login storm: R password sign-ins per second on their
+//! own sockets while the round trips run; their latency is reported beside.
 //!
 //! Prints a progress line each second and a human + JSON summary (throughput, p50/p90/p99/max
 //! latency, errors, server RSS from /proc when `--server-pid` is given).
@@ -30,6 +37,7 @@ enum Mode {
     Rpc,
     Echo,
     Idle,
+    Fanout,
 }
 
 #[derive(Parser)]
@@ -53,6 +61,9 @@ struct Args {
     /// The server's pid, to read its RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Password sign-ins per second during an rpc run (the login storm).
+    #[arg(long, default_value_t = 0)]
+    logins_per_sec: u32,
     /// Write the JSON summary here too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -158,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let summary = match args.mode {
         Mode::Idle => idle(&args, &token).await?,
+        Mode::Fanout => fanout(&args, &token).await?,
         _ => load(&args, &token).await?,
     };
     println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -251,6 +263,7 @@ async fn load(args: &Args, token: &str) -> anyhow::Result<Value> {
     let cpu_before = args.server_pid.and_then(cpu_ticks);
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let started = Instant::now();
+    let storm = login_storm(args, deadline);
     let mut tasks = Vec::new();
     for ws in sockets {
         let (frame, hist, done, errors, window) = (
@@ -307,6 +320,7 @@ async fn load(args: &Args, token: &str) -> anyhow::Result<Value> {
     for t in tasks {
         t.await?;
     }
+    let logins = storm.await?;
     progress.abort();
     eprintln!();
     let secs = started.elapsed().as_secs_f64();
@@ -327,6 +341,7 @@ async fn load(args: &Args, token: &str) -> anyhow::Result<Value> {
                        "p99": h.value_at_quantile(0.99), "max": h.max()},
         "server_cpu_us_per_request": cpu_us_per_req,
         "server_rss_kib": args.server_pid.and_then(rss_kib),
+        "logins": logins,
     });
     eprintln!(
         "{}: {} conns x{}: {:.0} req/s, p50 {} us, p99 {} us, max {} us, {} errors, server CPU {:?} us/req",
@@ -339,6 +354,283 @@ async fn load(args: &Args, token: &str) -> anyhow::Result<Value> {
         h.max(),
         summary["errors"],
         cpu_us_per_req
+    );
+    Ok(summary)
+}
+
+/// R sockets, each signing in with the password once a second (staggered), until `deadline`.
+/// Returns the sign-ins' count and latency, or null when R is 0.
+fn login_storm(args: &Args, deadline: Instant) -> tokio::task::JoinHandle<Value> {
+    let rate = args.logins_per_sec;
+    let (url, user, password) = (args.url.clone(), args.user.clone(), args.password.clone());
+    tokio::spawn(async move {
+        if rate == 0 {
+            return Value::Null;
+        }
+        let frame = json!({"namespace":"rpc","name":"auth","id":"l","args":{"username":user,"password":password}}).to_string();
+        let mut workers = Vec::new();
+        for i in 0..rate {
+            let (url, frame) = (url.clone(), frame.clone());
+            workers.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let mut failed = 0u64;
+                let Ok(mut ws) = connect_from(&url, Some(source(100_000 + i as usize))).await
+                else {
+                    return (hist, 1);
+                };
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + Duration::from_secs(1) * i / rate,
+                    Duration::from_secs(1),
+                );
+                while Instant::now() < deadline {
+                    tick.tick().await;
+                    let t0 = Instant::now();
+                    match request(&mut ws, &frame).await {
+                        Ok(r) if r["name"] == "response" => {
+                            hist.record(t0.elapsed().as_micros().max(1) as u64).ok();
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (hist, failed)
+            }));
+        }
+        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let mut failed = 0;
+        for w in workers {
+            if let Ok((h, f)) = w.await {
+                all.add(&h).ok();
+                failed += f;
+            }
+        }
+        json!({"per_second": rate, "count": all.len(), "failed": failed,
+               "latency_us": {"p50": all.value_at_quantile(0.5), "p99": all.value_at_quantile(0.99), "max": all.max()}})
+    })
+}
+
+/// The parts of a pushed task event the fan-out measurement reads.
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    name: &'a str,
+    #[serde(borrow)]
+    args: EventTask<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventTask<'a> {
+    #[serde(default)]
+    id: Option<&'a str>,
+    #[serde(default)]
+    status: Option<&'a str>,
+    #[serde(default)]
+    created: Option<&'a str>,
+    #[serde(default)]
+    started: Option<&'a str>,
+    #[serde(default)]
+    finished: Option<&'a str>,
+}
+
+/// When the status in this event changed, by the server's clock (same machine).
+fn changed_at(task: &EventTask<'_>) -> Option<chrono::DateTime<chrono::Utc>> {
+    let at = match task.status? {
+        "PENDING" => task.created?,
+        "RUNNING" => task.started?,
+        _ => task.finished?,
+    };
+    at.parse().ok()
+}
+
+async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
+    let mut sockets = Vec::with_capacity(args.connections);
+    let opened = Instant::now();
+    for i in 0..args.connections {
+        sockets.push(signed_in(args, token, Some(source(i))).await?);
+        if i % 1000 == 999 {
+            eprint!(
+                "\r{} sockets open ({:.1} s)   ",
+                i + 1,
+                opened.elapsed().as_secs_f64()
+            );
+        }
+    }
+    eprintln!();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let deliveries = Arc::new(AtomicU64::new(0));
+    // (task, status) -> (change time, last delivery): the span of each burst.
+    let bursts = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        (String, String),
+        (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    >::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut readers = Vec::new();
+    for ws in sockets {
+        let (hist, deliveries, bursts, stop) = (
+            hist.clone(),
+            deliveries.clone(),
+            bursts.clone(),
+            stop.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let (_sink, mut stream) = ws.split();
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    msg = stream.next() => msg,
+                };
+                let Some(Ok(Message::Text(text))) = msg else {
+                    break;
+                };
+                let now = chrono::Utc::now();
+                deliveries.fetch_add(1, Ordering::Relaxed);
+                let Ok(ev) = serde_json::from_str::<Event<'_>>(&text) else {
+                    continue;
+                };
+                if ev.name != "task" {
+                    continue;
+                }
+                let (Some(id), Some(status)) = (ev.args.id, ev.args.status) else {
+                    continue;
+                };
+                // Progress updates repeat RUNNING: only the change itself is timed.
+                if !seen.insert((id.to_owned(), status.to_owned())) {
+                    continue;
+                }
+                if let Some(at) = changed_at(&ev.args) {
+                    let us = (now - at).num_microseconds().unwrap_or(0).max(1) as u64;
+                    local.record(us).ok();
+                    let mut b = bursts.lock().unwrap();
+                    let e = b
+                        .entry((id.to_owned(), status.to_owned()))
+                        .or_insert((at, now));
+                    e.1 = e.1.max(now);
+                }
+            }
+            hist.lock().await.add(&local).ok();
+        }));
+    }
+    // The driver: its own socket, same user; makes a task per pool, waits for it to end,
+    // gives the machine back (a `machine` event to all) and starts again.
+    let mut driver = signed_in(args, token, None).await?;
+    // Replies only on the driver's socket: it polls its task instead of reading events.
+    request(
+        &mut driver,
+        &json!({"namespace":"events","name":"unsubscribe","id":"u","args":"task"}).to_string(),
+    )
+    .await?;
+    let pools = request(
+        &mut driver,
+        &json!({"namespace":"rpc","name":"pools","id":"p"}).to_string(),
+    )
+    .await?;
+    let pools: Vec<String> = pools["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(!pools.is_empty(), "the user has no pools");
+    let cpu_before = args.server_pid.and_then(cpu_ticks);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let mut tasks_made = 0u64;
+    while Instant::now() < deadline {
+        // All pools at once: their status changes overlap, as bursts do.
+        let mut waiting = Vec::new();
+        for pool in &pools {
+            let reply = request(
+                &mut driver,
+                &json!({"namespace":"rpc","name":"pool_request","id":"r","args":{"pool_id":pool}})
+                    .to_string(),
+            )
+            .await?;
+            if let Some(task) = reply["args"]["task"]["id"].as_str() {
+                tasks_made += 1;
+                waiting.push((pool.clone(), task.to_owned()));
+            }
+        }
+        let give_up = Instant::now() + Duration::from_secs(15);
+        while !waiting.is_empty() {
+            anyhow::ensure!(Instant::now() < give_up, "tasks did not end within 15 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut still = Vec::new();
+            for (pool, task) in waiting {
+                let reply = request(
+                    &mut driver,
+                    &json!({"namespace":"rpc","name":"task","id":"t","args":{"task_id":task}})
+                        .to_string(),
+                )
+                .await?;
+                if matches!(
+                    reply["args"]["status"].as_str(),
+                    Some("PENDING" | "RUNNING")
+                ) {
+                    still.push((pool, task));
+                } else {
+                    // Giving the machine back lets the next pool_request make a new task.
+                    request(&mut driver, &json!({"namespace":"rpc","name":"admin_release","id":"x","args":{"username":args.user,"pool_id":pool}}).to_string()).await?;
+                }
+            }
+            waiting = still;
+        }
+        eprint!(
+            "\r{} tasks, {} deliveries   ",
+            tasks_made,
+            deliveries.load(Ordering::Relaxed)
+        );
+    }
+    // Let the last burst land, then stop the readers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_after = args.server_pid.and_then(cpu_ticks);
+    stop.cancel();
+    for r in readers {
+        r.await?;
+    }
+    eprintln!();
+    let n = deliveries.load(Ordering::Relaxed);
+    let h = hist.lock().await;
+    let cpu_us_per_delivery = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if n > 0 => Some((a - b) as f64 * 10_000.0 / n as f64),
+        _ => None,
+    };
+    // Each burst's rate: its sockets over the span from the change to the last delivery.
+    let mut rates: Vec<f64> = bursts
+        .lock()
+        .unwrap()
+        .values()
+        .filter_map(|(at, last)| {
+            let us = (*last - *at).num_microseconds()? as f64;
+            (us > 0.0).then(|| args.connections as f64 * 1e6 / us)
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let median_rate = rates.get(rates.len() / 2).copied();
+    let summary = json!({
+        "mode": "fanout", "connections": args.connections, "seconds": secs,
+        "tasks": tasks_made, "status_changes_timed": h.len(), "deliveries": n,
+        "latency_us": {"p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
+                       "p99": h.value_at_quantile(0.99), "max": h.max()},
+        "burst_deliveries_per_second_median": median_rate,
+        "server_cpu_us_per_delivery": cpu_us_per_delivery,
+        "deliveries_per_cpu_second": cpu_us_per_delivery.map(|us| 1e6 / us),
+        "server_rss_kib": args.server_pid.and_then(rss_kib),
+    });
+    eprintln!(
+        "fanout: {} sockets, {} tasks, {} deliveries; change->delivery p50 {} us, p99 {} us, max {} us; burst rate (median) {:.0}/s; server CPU {:?} us/delivery",
+        args.connections,
+        tasks_made,
+        n,
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.max(),
+        median_rate.unwrap_or(0.0),
+        cpu_us_per_delivery
     );
     Ok(summary)
 }

@@ -75,12 +75,12 @@ pub async fn upgrade(
     };
     // Clients only answer pings here: the frame limit is the message limit.
     crate::ws::transport(ws, state.config.max_frame_bytes).on_upgrade(move |socket| {
-            let tracker = state.tracker.clone();
-            tracker.track_future(async move {
-                serve(socket, state, auth).await;
-                drop(permit);
-            })
+        let tracker = state.tracker.clone();
+        tracker.track_future(async move {
+            serve(socket, state, auth).await;
+            drop(permit);
         })
+    })
 }
 
 async fn serve(mut socket: WebSocket, state: AppState, auth: AuthUser) {

@@ -57,10 +57,10 @@ pub async fn upgrade(
             .into_response();
     };
     transport(ws, state.config.max_message_bytes).on_upgrade(move |socket| {
-            let tracker = state.tracker.clone();
-            tracker.track_future(async move {
-                connection::serve(socket, state, peer).await;
-                drop(permit);
-            })
+        let tracker = state.tracker.clone();
+        tracker.track_future(async move {
+            connection::serve(socket, state, peer).await;
+            drop(permit);
         })
+    })
 }
