@@ -6,7 +6,8 @@
 //! * `idle` — open N signed-in sockets (spread over 127.0.0.x source addresses), hold them, and
 //!   report the server's RSS per socket;
 //! * `fanout` — N sockets of one user; a driver socket makes tasks (`pool_request`, then
-//!   `admin_release` and again) so every status change is pushed to all N: reports the delay
+//!   `admin_release` and again; `--pipeline W` pools at once, so W > 1 makes overlapping
+//!   bursts) so every status change is pushed to all N: reports the delay
 //!   from the change (the task's own `created`/`started`/`finished` time) to each delivery,
 //!   and deliveries per second of server CPU.
 //!
@@ -110,11 +111,17 @@ async fn connect_from(url: &str, source: Option<[u8; 4]>) -> anyhow::Result<Ws> 
     Ok(ws)
 }
 
+/// Sends one request and returns its reply; pushed events that arrive meanwhile are skipped.
 async fn request(ws: &mut Ws, frame: &str) -> anyhow::Result<Value> {
     ws.send(Message::Text(frame.into())).await?;
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["name"] == "response" || v["name"] == "error" {
+                    return Ok(v);
+                }
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
             None => anyhow::bail!("closed"),
@@ -540,9 +547,11 @@ async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks_made = 0u64;
     while Instant::now() < deadline {
-        // All pools at once: their status changes overlap, as bursts do.
+        // `--pipeline W` pools at once: with W > 1 their status changes overlap into bursts.
         let mut waiting = Vec::new();
-        for pool in &pools {
+        let round = (tasks_made as usize) % pools.len();
+        let width = args.pipeline.clamp(1, pools.len());
+        for pool in pools.iter().cycle().skip(round).take(width) {
             let reply = request(
                 &mut driver,
                 &json!({"namespace":"rpc","name":"pool_request","id":"r","args":{"pool_id":pool}})
@@ -610,6 +619,14 @@ async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
         })
         .collect();
     rates.sort_by(f64::total_cmp);
+    // How long each burst took to reach every socket, from its status change.
+    let mut spans: Vec<i64> = bursts
+        .lock()
+        .unwrap()
+        .values()
+        .map(|(at, last)| (*last - *at).num_milliseconds())
+        .collect();
+    spans.sort_unstable();
     let median_rate = rates.get(rates.len() / 2).copied();
     let summary = json!({
         "mode": "fanout", "connections": args.connections, "seconds": secs,
@@ -617,6 +634,8 @@ async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
         "latency_us": {"p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
                        "p99": h.value_at_quantile(0.99), "max": h.max()},
         "burst_deliveries_per_second_median": median_rate,
+        "bursts": spans.len(),
+        "burst_span_ms": {"min": spans.first(), "p50": spans.get(spans.len() / 2), "max": spans.last()},
         "server_cpu_us_per_delivery": cpu_us_per_delivery,
         "deliveries_per_cpu_second": cpu_us_per_delivery.map(|us| 1e6 / us),
         "server_rss_kib": args.server_pid.and_then(rss_kib),

@@ -58,7 +58,7 @@ pub struct Config {
     pub lockout_attempts: u32,
     #[serde(with = "secs")]
     pub lockout_window: Duration,
-    /// Password hashes computed at once; more logins wait their turn.
+    /// Password hashes computed at once; more logins wait their turn (default: cores − 1).
     pub max_concurrent_hashes: usize,
     /// Where state lives: `sqlite:<path>` (empty path: `<data_dir>/poolgate.sqlite3`, the
     /// default), `redis://host:port` for several instances, or `memory` (lost on exit).
@@ -126,7 +126,10 @@ impl Default for Config {
             max_auth_failures: 5,
             lockout_attempts: 5,
             lockout_window: Duration::from_secs(15 * 60),
-            max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // One core fewer than the machine has: a login storm never takes every core
+            // from the sockets (measured in bench/: workload 5).
+            max_concurrent_hashes: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             task_deadline: Duration::from_secs(90),
             state: "sqlite:".into(),
             state_prefix: "poolgate".into(),

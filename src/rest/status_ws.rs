@@ -15,11 +15,10 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{AuthUser, RestError, authenticate_jwt};
-use crate::events::{EventFormat, Frame, Subscriber};
+use crate::events::{EventFormat, Frame, Outbox, Subscriber};
 use crate::state::AppState;
 use crate::ws::connection::{close_code, close_handshake, write};
 
@@ -85,7 +84,7 @@ pub async fn upgrade(
 
 async fn serve(mut socket: WebSocket, state: AppState, auth: AuthUser) {
     let conn_id = state.next_conn_id();
-    let (tx, mut rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
+    let outbox = Outbox::new(state.config.outbound_queue);
     // Cancelled when the socket falls behind, and at shutdown (a child of the server's token).
     let kick = state.shutdown.child_token();
     let user_id = auth.user.id;
@@ -98,7 +97,7 @@ async fn serve(mut socket: WebSocket, state: AppState, auth: AuthUser) {
     let sub = Subscriber {
         conn_id,
         format: EventFormat::V2Status,
-        tx,
+        tx: outbox.clone(),
         enabled: Arc::new(true.into()),
         kick: kick.clone(),
         alive: alive.clone(),
@@ -127,9 +126,9 @@ async fn serve(mut socket: WebSocket, state: AppState, auth: AuthUser) {
                     break Some((close_code::IDLE_TIMEOUT, "idle timeout: no answer to pings"));
                 }
                 // An empty text frame would confuse clients; a ping is answered by any stack.
-                write(&mut socket, Some(Frame::Ping), &mut rx, &kick).await
+                write(&mut socket, Some(Frame::Ping), &outbox, &kick).await
             }
-            Some(frame) = rx.recv() => write(&mut socket, Some(frame), &mut rx, &kick).await,
+            _ = outbox.ready() => write(&mut socket, None, &outbox, &kick).await,
             frame = socket.recv() => match frame {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
                 Some(Ok(_)) => {

@@ -22,12 +22,11 @@ use std::sync::atomic::AtomicBool;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::tokens::Session;
 use crate::error::Error;
-use crate::events::{EventFormat, Frame, Subscriber};
+use crate::events::{EventFormat, Outbox, Subscriber};
 use crate::state::AppState;
 
 /// What one connection knows about itself between messages.
@@ -41,7 +40,7 @@ pub struct Conn {
     /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
     pub auth_failures: u32,
     /// The socket's outbound queue (replies and events).
-    pub outbound: mpsc::Sender<Frame>,
+    pub outbound: Arc<Outbox>,
     /// Cancelled when the socket fell behind on its events and must close, and (as a child of
     /// the server's shutdown token) at shutdown: one uncontended token for the socket's loop to
     /// watch instead of the shared one.
@@ -52,12 +51,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(
-        id: u64,
-        peer: SocketAddr,
-        outbound: mpsc::Sender<Frame>,
-        kick: CancellationToken,
-    ) -> Self {
+    pub fn new(id: u64, peer: SocketAddr, outbound: Arc<Outbox>, kick: CancellationToken) -> Self {
         Conn {
             id,
             peer,

@@ -10,14 +10,13 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tungstenite::error::CapacityError;
 
 use super::envelope;
 use crate::error::Error;
-use crate::events::Frame;
+use crate::events::{Frame, Outbox};
 use crate::rpc::{self, Conn, Ctx};
 use crate::state::AppState;
 
@@ -49,8 +48,8 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
     state.metrics.connections_open.inc();
     state.metrics.connections_total.inc();
     // Events from elsewhere arrive here; the socket's own task writes them (no writer task).
-    let (tx, mut rx) = mpsc::channel::<Frame>(state.config.outbound_queue);
-    let mut conn = Conn::new(conn_id, peer, tx, state.shutdown.child_token());
+    let outbox = Outbox::new(state.config.outbound_queue);
+    let mut conn = Conn::new(conn_id, peer, outbox.clone(), state.shutdown.child_token());
     let kick = conn.kick.clone();
     tracing::debug!(conn_id, %peer, "connected");
 
@@ -62,7 +61,8 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
     let idle_timer = sleep_until(last_seen + idle);
     let grace_timer = sleep_until(last_seen + grace);
     let stop = kick.cancelled();
-    tokio::pin!(idle_timer, grace_timer, stop);
+    let queued = outbox.ready();
+    tokio::pin!(idle_timer, grace_timer, stop, queued);
     let mut signed_in = false;
 
     let end = loop {
@@ -84,7 +84,10 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
             }
             _ = &mut grace_timer, if !signed_in => break End::Close(close_code::AUTH_TIMEOUT, format!(
                 "authentication timeout: not signed in within {} s", grace.as_secs_f64())),
-            Some(frame) = rx.recv() => write(&mut socket, Some(frame), &mut rx, &kick).await,
+            _ = &mut queued => {
+                queued.set(outbox.ready());
+                Box::pin(write(&mut socket, None, &outbox, &kick)).await
+            }
             frame = socket.recv() => {
                 last_seen = Instant::now();
                 let reply = match frame {
@@ -96,9 +99,10 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
                         &Error::bad_request("Binary frames are not supported; send JSON in text frames.")),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) => break End::Gone,
-                    Some(Err(err)) => break transport_error(&mut socket, err).await,
+                    Some(Err(err)) => break Box::pin(transport_error(&mut socket, err)).await,
                 };
-                let outcome = write(&mut socket, Some(Frame::Text(reply.into())), &mut rx, &kick).await;
+                // Boxed, like the request: the write's state lives only while it runs.
+                let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, &kick)).await;
                 // Subscribing after the reply is written keeps catch-up events behind it.
                 conn.subscribe_if_signed_in(&state);
                 match (&conn.session, signed_in) {
@@ -125,7 +129,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
             code,
             reason: Utf8Bytes::from(reason),
         }));
-        close_handshake(&mut socket, close, &state).await;
+        Box::pin(close_handshake(&mut socket, close, &state)).await;
     }
     state.metrics.connections_open.dec();
     tracing::debug!(conn_id, "disconnected");
@@ -180,9 +184,9 @@ fn message(frame: Frame) -> Message {
 async fn write_batch(
     socket: &mut WebSocket,
     first: Option<Frame>,
-    rx: &mut mpsc::Receiver<Frame>,
+    outbox: &Outbox,
 ) -> Result<bool, axum::Error> {
-    let mut next = first;
+    let mut next = first.or_else(|| outbox.pop());
     let mut written = 0;
     while let Some(frame) = next.take() {
         let closing = matches!(frame, Frame::Close(..));
@@ -193,10 +197,15 @@ async fn write_batch(
         }
         written += 1;
         if written < WRITE_BATCH {
-            next = rx.try_recv().ok();
+            next = outbox.pop();
+        } else {
+            // More may be queued: come back for it after looking at the input.
+            outbox.rearm();
         }
     }
-    socket.flush().await?;
+    if written > 0 {
+        socket.flush().await?;
+    }
     Ok(false)
 }
 
@@ -206,10 +215,10 @@ async fn write_batch(
 pub(crate) async fn write(
     socket: &mut WebSocket,
     first: Option<Frame>,
-    rx: &mut mpsc::Receiver<Frame>,
+    outbox: &Outbox,
     stop: &CancellationToken,
 ) -> Result<(), End> {
-    let mut batch = std::pin::pin!(write_batch(socket, first, rx));
+    let mut batch = std::pin::pin!(write_batch(socket, first, outbox));
     let done = match std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await {
         Poll::Ready(done) => done,
         Poll::Pending => tokio::select! {
