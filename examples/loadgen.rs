@@ -186,22 +186,31 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn idle(args: &Args, token: &str) -> anyhow::Result<Value> {
-    let base = args.server_pid.and_then(rss_kib);
+/// Opens `--connections` signed-in sockets over the 127.0.0.x source addresses, with progress.
+async fn open_signed_in(args: &Args, token: &str) -> anyhow::Result<Vec<Ws>> {
     let mut sockets = Vec::with_capacity(args.connections);
     let started = Instant::now();
     for i in 0..args.connections {
         sockets.push(signed_in(args, token, Some(source(i))).await?);
         if i % 1000 == 999 {
-            eprintln!(
-                "{} sockets open ({:.1} s)",
+            eprint!(
+                "\r{} sockets open ({:.1} s)   ",
                 i + 1,
                 started.elapsed().as_secs_f64()
             );
         }
     }
+    eprintln!();
+    Ok(sockets)
+}
+
+async fn idle(args: &Args, token: &str) -> anyhow::Result<Value> {
+    let base = args.server_pid.and_then(rss_kib);
+    let sockets = open_signed_in(args, token).await?;
     tokio::time::sleep(Duration::from_secs(args.duration.min(5))).await;
     let after = args.server_pid.and_then(rss_kib);
+    // Held open until the server's RSS was read.
+    drop(sockets);
     let per = match (base, after) {
         (Some(b), Some(a)) => Some((a.saturating_sub(b)) as f64 * 1024.0 / args.connections as f64),
         _ => None,
@@ -448,19 +457,7 @@ fn changed_at(task: &EventTask<'_>) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
-    let mut sockets = Vec::with_capacity(args.connections);
-    let opened = Instant::now();
-    for i in 0..args.connections {
-        sockets.push(signed_in(args, token, Some(source(i))).await?);
-        if i % 1000 == 999 {
-            eprint!(
-                "\r{} sockets open ({:.1} s)   ",
-                i + 1,
-                opened.elapsed().as_secs_f64()
-            );
-        }
-    }
-    eprintln!();
+    let sockets = open_signed_in(args, token).await?;
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));

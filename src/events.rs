@@ -251,7 +251,10 @@ mod tests {
         let ready = outbox.ready();
         assert!(outbox.push(Frame::Text("a".into())).is_ok());
         assert!(outbox.push(Frame::Text("b".into())).is_ok());
-        assert!(outbox.push(Frame::Text("c".into())).is_err(), "full at capacity");
+        assert!(
+            outbox.push(Frame::Text("c".into())).is_err(),
+            "full at capacity"
+        );
         tokio::time::timeout(std::time::Duration::from_secs(1), ready)
             .await
             .expect("a push wakes the reader");
