@@ -43,6 +43,8 @@ pub struct Inner {
     /// Events from the store's bus, consumed once `start` runs.
     bus: Mutex<Option<mpsc::UnboundedReceiver<BusEvent>>>,
     next_conn_id: AtomicU64,
+    /// Rendered `task` replies, reused while a task is unchanged.
+    pub task_replies: crate::rpc::TaskReplies,
 }
 
 impl std::ops::Deref for AppState {
@@ -122,6 +124,7 @@ impl AppState {
             tracker,
             bus: Mutex::new(Some(bus)),
             next_conn_id: AtomicU64::new(1),
+            task_replies: Default::default(),
             config,
         })))
     }

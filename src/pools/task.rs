@@ -50,7 +50,7 @@ pub const ERR_PROVISIONER: u32 = 811;
 /// err_code of a task ended by a restart or by its instance going away.
 pub const ERR_INTERRUPTED: u32 = 812;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: Uuid,
     pub kind: TaskKind,
