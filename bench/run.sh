@@ -139,7 +139,7 @@ import json, sys
 r = json.load(open(sys.argv[2])); l = r["latency_us"]; b = r["burst_span_ms"]
 cpu = r["server_cpu_us_per_delivery"]; per = r["deliveries_per_cpu_second"]
 print(f"| {sys.argv[1]} | {r['connections']} | {r['tasks']} | {r['deliveries']} | {l['p50']/1000:.1f} | {l['p99']/1000:.1f} | {l['max']/1000:.1f} | "
-      f"{b['p50']} / {b['max']} | {cpu:.2f} | {per:,.0f} |".replace(",", " "))
+      f"{b['p50']} / {b['max']} | {cpu:.2f} | {per:,.0f} |".replace(f"{per:,.0f}", f"{per:,.0f}".replace(",", " ")))
 PY
 }
 fan_table="| run | sockets | tasks | deliveries | p50 ms | p99 ms | max ms | burst span p50 / max ms | server CPU µs/delivery | deliveries per CPU-second |\n|---|---|---|---|---|---|---|---|---|---|\n"
