@@ -365,18 +365,23 @@ impl Store for SqliteStore {
         if let Some(task) = self.tasks.get(&id) {
             return Ok(Some(task.clone()));
         }
-        let body: Option<String> = self.with(|c| {
-            let body = c
+        let mut found = None;
+        self.with(|c| {
+            let body: Option<String> = c
                 .prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
                 .query_row([id.to_string()], |r| r.get(0))
                 .optional()?;
             // Parsed and cached under the lock, so a concurrent write cannot be overtaken.
-            if let Some(task) = body.as_deref().and_then(|b| task_from_json(b).ok()) {
-                self.cache(&task);
+            if let Some(body) = body {
+                let task = task_from_json(&body);
+                if let Ok(task) = &task {
+                    self.cache(task);
+                }
+                found = Some(task);
             }
-            Ok(body)
+            Ok(())
         })?;
-        body.as_deref().map(task_from_json).transpose()
+        found.transpose()
     }
 
     async fn task_latest(&self, (user, pool, kind): TaskKey) -> StoreResult<Option<Task>> {
