@@ -276,13 +276,16 @@ pub const METHODS: &[Method] = &[
 
 /// Runs one request: lookup (404), authentication (401), argument parsing (400), then the
 /// method itself. A successful authenticated request slides the session's inactivity window.
+/// `method` is `Method::lookup(namespace, name)`, done once by the caller (which also labels
+/// its metrics with it).
 pub async fn dispatch(
     ctx: &mut Ctx<'_>,
+    method: Option<Method>,
     namespace: &str,
     name: &str,
     args: &RawValue,
 ) -> Result<Reply, Error> {
-    let Some(method) = Method::lookup(namespace, name) else {
+    let Some(method) = method else {
         return Err(Error::NotFound(format!(
             "Unknown method {namespace}/{name}."
         )));

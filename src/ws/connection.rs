@@ -244,8 +244,15 @@ async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
         Err(bad) => return envelope::error(bad.namespace.as_deref(), bad.id, &bad.error),
     };
     let mut ctx = Ctx { state, conn };
-    let result = rpc::dispatch(&mut ctx, &request.namespace, &request.name, request.args).await;
     let method = rpc::Method::lookup(&request.namespace, &request.name);
+    let result = rpc::dispatch(
+        &mut ctx,
+        method,
+        &request.namespace,
+        &request.name,
+        request.args,
+    )
+    .await;
     state
         .metrics
         .rpc(method, result.as_ref().map_or_else(|e| e.code(), |_| 200));
