@@ -51,22 +51,22 @@ fn check_config_accepts_the_examples_and_rejects_a_broken_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "token_ttl = \"soon\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Writes `text` as the config, runs check-config on it, expects a failure, returns stderr.
+    let refused = |text: &str| {
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["check-config", bad.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("token_ttl = \"soon\"\n");
     assert!(err.contains("token_ttl"), "{err}");
     assert!(err.contains("line 1"), "TOML errors say where: {err}");
-    std::fs::write(&bad, "[[pools]]\nid = \"6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a01\"\nname = \"p\"\npool_type = \"X\"\nos_type = \"Y\"\nconnection_types = []\nusers = [\"ghost\"]\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        "[[pools]]\nid = \"6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a01\"\nname = \"p\"\npool_type = \"X\"\nos_type = \"Y\"\nconnection_types = []\nusers = [\"ghost\"]\n",
+    );
     assert!(err.contains("ghost"), "{err}");
     assert!(err.contains("bad.toml:7:"), "points at the line: {err}");
 }
