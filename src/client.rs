@@ -115,7 +115,15 @@ fn save_token(path: &Path, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sign_in(s: &mut Session, o: &Options) -> anyhow::Result<()> {
+/// Who signs in, and where the token is kept.
+pub struct Login {
+    pub user: String,
+    pub token_file: PathBuf,
+    /// Read the password (and one-time code) from stdin instead of prompting.
+    pub password_stdin: bool,
+}
+
+async fn sign_in(s: &mut Session, o: &Login) -> anyhow::Result<()> {
     if let Ok(saved) = std::fs::read_to_string(&o.token_file) {
         let reply = s
             .call("auth_token", json!({"token": saved.trim()}), |_| {})
@@ -266,7 +274,15 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to {}", o.server))?;
     let mut s = Session { ws, next_id: 0 };
-    sign_in(&mut s, &o).await?;
+    sign_in(
+        &mut s,
+        &Login {
+            user: o.user.clone(),
+            token_file: o.token_file.clone(),
+            password_stdin: o.password_stdin,
+        },
+    )
+    .await?;
 
     let pools = s.call("pools", json!({}), |_| {}).await?;
     if let Some((code, message)) = error_of(&pools) {
@@ -315,4 +331,24 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             .with_context(|| format!("cannot run {opener}"))?;
     }
     Ok(())
+}
+
+/// `poolgate admin`: signs in like `connect` (saved token first) and runs one admin method;
+/// returns its result, or an error carrying the server's message.
+pub async fn admin(
+    server: &str,
+    login: &Login,
+    method: &str,
+    args: Value,
+) -> anyhow::Result<Value> {
+    let (ws, _) = tokio_tungstenite::connect_async(server)
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    let mut s = Session { ws, next_id: 0 };
+    sign_in(&mut s, login).await?;
+    let reply = s.call(method, args, |_| {}).await?;
+    if let Some((code, message)) = error_of(&reply) {
+        bail!("{method} refused ({code}): {message}");
+    }
+    Ok(reply["args"].clone())
 }

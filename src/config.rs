@@ -86,6 +86,11 @@ pub struct Config {
     /// Every connect task ends within this long (CANCELLED if it overruns).
     #[serde(with = "secs")]
     pub task_deadline: Duration,
+    /// How long a FAILED step 1 makes the pool refuse the user (403 / 800, the mock's
+    /// answer) before a new request starts a new task. Zero: never refuse. Operators clear it
+    /// at once with `admin_reset` or `admin_release`.
+    #[serde(with = "secs")]
+    pub failed_step_retry: Duration,
     /// Lifetime of a v2 REST JWT (the mock's: 24 h). Logout revokes it earlier.
     #[serde(with = "secs")]
     pub jwt_ttl: Duration,
@@ -131,6 +136,7 @@ impl Default for Config {
             max_concurrent_hashes: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             task_deadline: Duration::from_secs(90),
+            failed_step_retry: Duration::from_secs(60),
             state: "sqlite:".into(),
             state_prefix: "poolgate".into(),
             state_password_file: None,

@@ -55,6 +55,23 @@ enum Command {
         #[arg(long)]
         open: bool,
     },
+    /// Run an admin method on a running server (signs in like `connect`; role admin).
+    Admin {
+        /// Server WebSocket URL, e.g. wss://broker.example.com/
+        #[arg(long, env = "POOLGATE_SERVER")]
+        server: String,
+        /// The admin's username.
+        #[arg(long)]
+        user: String,
+        /// Where the token is kept for the next run (0600).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Read the password (and one-time code) from stdin, one per line.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Manage users in a users file (or a config file with inline [[users]]).
     User {
         /// The TOML file holding the [[users]] tables.
@@ -90,6 +107,53 @@ enum UserAction {
     List,
     /// Give a user a new TOTP secret; prints the otpauth:// URI and a QR code to scan.
     Totp { username: String },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Who is signed in, from where, since when.
+    Sessions,
+    /// Every PENDING or RUNNING task.
+    Tasks,
+    /// Revoke every token and JWT of a user.
+    Revoke { username: String },
+    /// Give a user's machine in a pool back, and clear the user's failed step 1 there.
+    Release {
+        username: String,
+        /// Pool name or id.
+        pool: String,
+    },
+    /// Clear failed step-1 tasks in a pool so the next request starts a new task at once.
+    Reset {
+        /// Pool name or id.
+        pool: String,
+        /// Only this user (default: every user of the pool).
+        #[arg(long)]
+        username: Option<String>,
+    },
+}
+
+impl AdminAction {
+    /// The RPC method and its arguments.
+    fn request(self) -> (&'static str, serde_json::Value) {
+        use serde_json::json;
+        match self {
+            AdminAction::Sessions => ("admin_sessions", json!({})),
+            AdminAction::Tasks => ("admin_tasks", json!({})),
+            AdminAction::Revoke { username } => ("admin_revoke", json!({"username": username})),
+            AdminAction::Release { username, pool } => (
+                "admin_release",
+                json!({"username": username, "pool_id": pool}),
+            ),
+            AdminAction::Reset { pool, username } => {
+                let mut args = json!({"pool_id": pool});
+                if let Some(username) = username {
+                    args["username"] = json!(username);
+                }
+                ("admin_reset", args)
+            }
+        }
+    }
 }
 
 #[derive(Args, Default)]
@@ -178,6 +242,27 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { file, action } => user(&file, action),
+        Command::Admin {
+            server,
+            user,
+            token_file,
+            password_stdin,
+            action,
+        } => {
+            let token_file = token_file.unwrap_or_else(|| default_token_file(&server, &user));
+            let login = poolgate::client::Login {
+                user,
+                token_file,
+                password_stdin,
+            };
+            let (method, args) = action.request();
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(poolgate::client::admin(&server, &login, method, args))?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
         Command::Connect {
             server,
             user,

@@ -108,6 +108,7 @@ impl AppState {
                 assignment_ttl: config.assignment_ttl,
                 lease_sweep: config.lease_sweep,
                 task_lease: config.task_lease,
+                failed_step_retry: config.failed_step_retry,
             },
             tracker.clone(),
             shutdown.clone(),

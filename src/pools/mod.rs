@@ -139,6 +139,8 @@ pub struct Timings {
     pub lease_sweep: Duration,
     /// How long an instance's claim on a task lasts without renewal (shared stores).
     pub task_lease: Duration,
+    /// How long a FAILED step 1 keeps the pool refusing the user.
+    pub failed_step_retry: Duration,
 }
 
 #[derive(Clone)]
@@ -396,10 +398,13 @@ impl Pools {
                     {
                         return Ok(last.clone());
                     }
-                    TaskStatus::Failed => return Err(cannot_expand()),
+                    TaskStatus::Failed if self.failure_holds(last) => {
+                        return Err(cannot_expand());
+                    }
                     TaskStatus::Pending | TaskStatus::Running => return Ok(last.clone()),
-                    // CANCELLED, or COMPLETED whose machine has since been released.
-                    TaskStatus::Completed | TaskStatus::Cancelled => {}
+                    // CANCELLED, COMPLETED whose machine has since been released, or a
+                    // FAILED one whose window passed or that an operator cleared.
+                    TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => {}
                 }
             }
             let task = Task::new(TaskKind::PoolExpand, user.id, pool_id);
@@ -412,6 +417,56 @@ impl Pools {
         Err(Error::internal(anyhow::anyhow!(
             "lost the task race {CREATE_ATTEMPTS} times"
         )))
+    }
+
+    /// Whether a FAILED step 1 still makes the pool refuse: within `failed_step_retry` of its
+    /// end, unless an operator cleared it.
+    fn failure_holds(&self, task: &Task) -> bool {
+        let Some(finished) = task.finished else {
+            return false;
+        };
+        let age = (chrono::Utc::now() - finished).to_std().unwrap_or_default();
+        !task.cleared && age < self.timings.failed_step_retry
+    }
+
+    /// Clears the user's FAILED step 1 in the pool, if one still holds the pool back: the
+    /// next request starts a new task. Returns the cleared task.
+    pub async fn reset(
+        &self,
+        user_id: Uuid,
+        pool_id: Uuid,
+        by: &str,
+    ) -> Result<Option<Task>, Error> {
+        let key = (user_id, pool_id, TaskKind::PoolExpand);
+        let Some(mut last) = self.store.task_latest(key).await? else {
+            return Ok(None);
+        };
+        if last.status != TaskStatus::Failed || !self.failure_holds(&last) {
+            return Ok(None);
+        }
+        last.cleared = true;
+        self.store.task_update(&last).await?;
+        tracing::info!(user = %user_id, pool = %pool_id, task_id = %last.id, by, "failed step 1 cleared");
+        Ok(Some(last))
+    }
+
+    /// The ids of a pool's users (admin resets of a whole pool); `None` for an unknown pool.
+    pub fn pool_users(&self, pool_id: Uuid) -> Option<Vec<Uuid>> {
+        self.pools
+            .get(&pool_id)
+            .map(|p| p.users.iter().copied().collect())
+    }
+
+    /// A pool's id from its id or its name (admin methods take either).
+    pub fn pool_id_by_name_or_id(&self, pool: &str) -> Option<Uuid> {
+        match pool.parse::<Uuid>() {
+            Ok(id) => self.pools.contains_key(&id).then_some(id),
+            Err(_) => self
+                .order
+                .iter()
+                .find(|id| self.pools[*id].view.name == pool)
+                .copied(),
+        }
     }
 
     /// Step 2: connection data for the user's machine in the pool.

@@ -75,6 +75,10 @@ pub struct Task {
     /// Step 2's result: the connection data. Kept server-side; sent by `connect_info`.
     #[serde(skip_serializing)]
     pub connection: Option<ConnectionData>,
+    /// Set by an operator (`admin_reset`, `admin_release`) on a FAILED step 1: the failure no
+    /// longer holds back the user's next request. Kept server-side.
+    #[serde(skip_serializing, default)]
+    pub cleared: bool,
 }
 
 impl Task {
@@ -92,6 +96,7 @@ impl Task {
             progress: None,
             machine: None,
             connection: None,
+            cleared: false,
         }
     }
 

@@ -1,7 +1,10 @@
 //! Admin methods (role `admin` only; 403 otherwise):
 //! `admin_sessions` (who is signed in, from where, since when), `admin_revoke {"username"}`
 //! (all of a user's tokens and JWTs), `admin_tasks` (every active task), and
-//! `admin_release {"username","pool_id"}` (give a user's machine back).
+//! `admin_release {"username","pool_id"}` (give a user's machine back and clear a failed step
+//! 1), and `admin_reset {"username"?,"pool_id"}` (clear a failed step 1 of one user, or of
+//! every user of the pool, so the next request starts a new task at once). `pool_id` may also
+//! be the pool's name: operators know pools by name.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -11,6 +14,7 @@ use uuid::Uuid;
 use super::{Ctx, parse_args, user};
 use crate::auth::users::User;
 use crate::error::Error;
+use crate::pools::task::Task;
 
 fn require_admin(ctx: &Ctx<'_>) -> Result<(), Error> {
     if user(ctx)?.roles.iter().any(|r| r == "admin") {
@@ -88,27 +92,41 @@ impl Revoke {
     }
 }
 
+/// A task as admins see it: with whose it is.
+fn task_view(ctx: &Ctx<'_>, task: &Task) -> Value {
+    let mut v = serde_json::to_value(task).unwrap_or_default();
+    v["user_id"] = json!(task.user_id);
+    v["username"] = json!(
+        ctx.state
+            .auth
+            .users
+            .by_id(&task.user_id)
+            .map(|u| u.username.clone())
+    );
+    v
+}
+
+/// A pool named by id or by name; unknown pools are 404 (admins may know what exists).
+fn named_pool(ctx: &Ctx<'_>, pool: &str) -> Result<Uuid, Error> {
+    ctx.state
+        .pools
+        .pool_id_by_name_or_id(pool)
+        .ok_or_else(|| Error::NotFound(format!("No pool {pool:?}.")))
+}
+
 pub async fn tasks(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
     require_admin(ctx)?;
-    let users = &ctx.state.auth.users;
     let tasks = ctx.state.pools.all_active_tasks().await?;
     Ok(Value::Array(
-        tasks
-            .into_iter()
-            .map(|t| {
-                let mut v = serde_json::to_value(&t).unwrap_or_default();
-                v["user_id"] = json!(t.user_id);
-                v["username"] = json!(users.by_id(&t.user_id).map(|u| u.username.clone()));
-                v
-            })
-            .collect(),
+        tasks.iter().map(|t| task_view(ctx, t)).collect(),
     ))
 }
 
 #[derive(Deserialize)]
 pub struct Release {
     username: String,
-    pool_id: Uuid,
+    /// The pool's id or name.
+    pool_id: String,
 }
 
 impl Release {
@@ -116,15 +134,54 @@ impl Release {
         parse_args(args)
     }
 
+    /// Gives the user's machine back (if any) and clears a failed step 1 that holds the pool
+    /// back: after a release, the user's next request starts afresh.
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         require_admin(ctx)?;
         let target = named_user(ctx, &self.username)?.clone();
-        let reason = format!("released by {}", user(ctx)?.username);
-        let machine = ctx
-            .state
-            .pools
-            .release(target.id, self.pool_id, &reason)
-            .await?;
-        Ok(json!({"released": machine}))
+        let pool_id = named_pool(ctx, &self.pool_id)?;
+        let admin = user(ctx)?.username.clone();
+        let reason = format!("released by {admin}");
+        let pools = &ctx.state.pools;
+        let machine = pools.release(target.id, pool_id, &reason).await?;
+        let cleared = pools.reset(target.id, pool_id, &admin).await?;
+        let cleared: Vec<Value> = cleared.iter().map(|t| task_view(ctx, t)).collect();
+        Ok(json!({"released": machine, "cleared": cleared}))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reset {
+    /// One user; absent: every user of the pool.
+    #[serde(default)]
+    username: Option<String>,
+    /// The pool's id or name.
+    pool_id: String,
+}
+
+impl Reset {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
+        parse_args(args)
+    }
+
+    /// Clears failed step-1 tasks so the next request starts a new task at once, instead of
+    /// after `failed_step_retry`.
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        require_admin(ctx)?;
+        let pool_id = named_pool(ctx, &self.pool_id)?;
+        let targets = match &self.username {
+            Some(name) => vec![named_user(ctx, name)?.id],
+            None => ctx.state.pools.pool_users(pool_id).unwrap_or_default(),
+        };
+        let admin = user(ctx)?.username.clone();
+        let mut cleared = Vec::new();
+        for target in targets {
+            if let Some(task) = ctx.state.pools.reset(target, pool_id, &admin).await? {
+                cleared.push(task_view(ctx, &task));
+            }
+        }
+        tracing::warn!(admin = %admin, pool = %pool_id, user = self.username.as_deref().unwrap_or("*"), cleared = cleared.len(), "failed step 1 reset by an admin");
+        Ok(json!({ "cleared": cleared }))
     }
 }

@@ -126,6 +126,7 @@ pub enum Method {
     AdminRevoke,
     AdminTasks,
     AdminRelease,
+    AdminReset,
 }
 
 impl Method {
@@ -148,6 +149,7 @@ impl Method {
             ("rpc", "admin_revoke") => Method::AdminRevoke,
             ("rpc", "admin_tasks") => Method::AdminTasks,
             ("rpc", "admin_release") => Method::AdminRelease,
+            ("rpc", "admin_reset") => Method::AdminReset,
             _ => return None,
         })
     }
@@ -171,6 +173,7 @@ impl Method {
             Method::AdminRevoke => "rpc/admin_revoke",
             Method::AdminTasks => "rpc/admin_tasks",
             Method::AdminRelease => "rpc/admin_release",
+            Method::AdminReset => "rpc/admin_reset",
         }
     }
 
@@ -205,6 +208,7 @@ pub enum Command {
     AdminRevoke(admin::Revoke),
     AdminTasks,
     AdminRelease(admin::Release),
+    AdminReset(admin::Reset),
 }
 
 impl Command {
@@ -227,6 +231,7 @@ impl Command {
             Method::AdminRevoke => Command::AdminRevoke(admin::Revoke::parse(args)?),
             Method::AdminTasks => Command::AdminTasks,
             Method::AdminRelease => Command::AdminRelease(admin::Release::parse(args)?),
+            Method::AdminReset => Command::AdminReset(admin::Reset::parse(args)?),
         })
     }
 
@@ -249,6 +254,7 @@ impl Command {
             Command::AdminRevoke(c) => c.apply(ctx).await,
             Command::AdminTasks => admin::tasks(ctx).await,
             Command::AdminRelease(c) => c.apply(ctx).await,
+            Command::AdminReset(c) => c.apply(ctx).await,
         };
         to_reply(value?)
     }
@@ -272,6 +278,7 @@ pub const METHODS: &[Method] = &[
     Method::AdminRevoke,
     Method::AdminTasks,
     Method::AdminRelease,
+    Method::AdminReset,
 ];
 
 /// Runs one request: lookup (404), authentication (401), argument parsing (400), then the

@@ -119,6 +119,8 @@ struct StoredTask<'a> {
     user_id: Uuid,
     machine: &'a Option<Machine>,
     connection: &'a Option<ConnectionData>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cleared: bool,
 }
 
 /// Serde for a task in its storage form (with the server-side fields).
@@ -133,6 +135,7 @@ mod stored_task {
             user_id: task.user_id,
             machine: &task.machine,
             connection: &task.connection,
+            cleared: task.cleared,
         }
         .serialize(s)
     }
@@ -148,6 +151,7 @@ pub fn task_to_json(task: &Task) -> String {
         user_id: task.user_id,
         machine: &task.machine,
         connection: &task.connection,
+        cleared: task.cleared,
     })
     .expect("a task always serializes")
 }

@@ -1,6 +1,8 @@
 //! Admin RPCs: the role check, and what each does.
 
-use serde_json::json;
+use std::time::Duration;
+
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -15,6 +17,10 @@ async fn admin_methods_need_the_admin_role() {
         (
             "admin_release",
             json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        ),
+        (
+            "admin_reset",
+            json!({"username": "user-2", "pool_id": POOL_WIN_1}),
         ),
     ] {
         let reply = user.rpc(name, args).await;
@@ -130,4 +136,119 @@ async fn admin_tasks_and_admin_release() {
         .await;
     assert_eq!(none["args"]["released"], serde_json::Value::Null);
     drop(user.rpc("identify", json!({})).await);
+}
+
+/// A static pool with one machine, used by astravdi and user-2 (not a failing user here).
+async fn one_machine_pool(retry: Duration) -> TestApp {
+    TestApp::spawn_with(|c| {
+        c.seed_tasks.clear();
+        c.failed_step_retry = retry;
+        c.provisioners.insert(
+            "one".into(),
+            toml::from_str(
+                "kind = \"static\"\nmachines = [{ host = \"127.0.0.1\", port = 9, verbose_name = \"only\" }]",
+            )
+            .unwrap(),
+        );
+        c.pools[0].provisioner = "one".into();
+    })
+    .await
+}
+
+async fn step_1(c: &mut Client) -> Value {
+    let reply = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    let id = reply["args"]["task"]["id"].clone();
+    if reply["args"]["task"]["status"] == "COMPLETED" {
+        return reply["args"]["task"].clone();
+    }
+    c.follow(&id).await.1
+}
+
+#[tokio::test]
+async fn an_operator_takes_a_full_pool_back_to_working_with_admin_release_and_no_waiting() {
+    // The window is long: only the operator's actions may let user-2 in.
+    let app = one_machine_pool(Duration::from_secs(600)).await;
+    let (mut admin, _) = app.login("astravdi").await;
+    let (mut user, _) = app.login("user-2").await;
+    assert_eq!(step_1(&mut admin).await["status"], "COMPLETED");
+    let failed = step_1(&mut user).await;
+    assert_eq!(failed["status"], "FAILED", "the pool is full: {failed}");
+    let reply = user
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_eq!(reply["args"]["err_code"], 800, "{reply}");
+
+    // Free the machine (by pool name), then clear user-2's failure with admin_release too.
+    let reply = admin
+        .rpc(
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": "pool-win-1"}),
+        )
+        .await;
+    assert_eq!(reply["args"]["released"]["verbose_name"], "only", "{reply}");
+    let reply = admin
+        .rpc(
+            "admin_release",
+            json!({"username": "user-2", "pool_id": POOL_WIN_1}),
+        )
+        .await;
+    assert_eq!(reply["args"]["released"], Value::Null, "{reply}");
+    let cleared = reply["args"]["cleared"].as_array().unwrap();
+    assert_eq!(cleared.len(), 1, "{reply}");
+    assert_eq!(cleared[0]["id"], failed["id"]);
+    assert_eq!(cleared[0]["username"], "user-2");
+
+    let done = step_1(&mut user).await;
+    assert_ne!(done["id"], failed["id"], "a new task");
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+}
+
+#[tokio::test]
+async fn admin_reset_clears_failed_step_1_of_a_user_or_of_a_whole_pool_at_once() {
+    let app = one_machine_pool(Duration::from_secs(600)).await;
+    let (mut admin, _) = app.login("astravdi").await;
+    let (mut user, _) = app.login("user-2").await;
+    assert_eq!(step_1(&mut admin).await["status"], "COMPLETED");
+    let failed = step_1(&mut user).await;
+    assert_eq!(failed["status"], "FAILED");
+
+    let reply = admin
+        .rpc(
+            "admin_reset",
+            json!({"username": "user-2", "pool_id": POOL_WIN_1}),
+        )
+        .await;
+    assert_eq!(reply["args"]["cleared"][0]["id"], failed["id"], "{reply}");
+    // Cleared: the next request starts a new task (which fails again: the pool is still full).
+    let again = step_1(&mut user).await;
+    assert_ne!(again["id"], failed["id"]);
+    assert_eq!(again["status"], "FAILED");
+    // Nothing else to clear for astravdi; the whole pool's reset clears user-2's new failure.
+    let reply = admin
+        .rpc(
+            "admin_reset",
+            json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        )
+        .await;
+    assert_eq!(reply["args"]["cleared"], json!([]), "{reply}");
+    let reply = admin
+        .rpc("admin_reset", json!({"pool_id": "pool-win-1"}))
+        .await;
+    let cleared = reply["args"]["cleared"].as_array().unwrap();
+    assert_eq!(cleared.len(), 1, "{reply}");
+    assert_eq!(cleared[0]["id"], again["id"]);
+    let reply = user
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+
+    for (args, code) in [
+        (json!({"pool_id": "no-such-pool"}), 404),
+        (json!({"username": "ghost", "pool_id": POOL_WIN_1}), 404),
+        (json!({"username": "user-2"}), 400),
+    ] {
+        let reply = admin.rpc("admin_reset", args.clone()).await;
+        assert_eq!(error_code(&reply), code, "{args}: {reply}");
+    }
 }

@@ -348,3 +348,115 @@ async fn connect_handles_a_one_time_code_and_reports_refusals() {
     .await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pool"));
 }
+
+async fn admin_cmd(
+    app: &TestApp,
+    user: &str,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "admin",
+            "--server",
+            &app.ws_url(),
+            "--user",
+            user,
+            "--password-stdin",
+        ])
+        .arg("--token-file")
+        .arg(dir.join(format!("token-{user}")))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    tokio::time::timeout(REPLY_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("admin finishes")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn poolgate_admin_reset_lets_a_user_with_a_failed_step_1_in_at_once() {
+    let app = TestApp::spawn_with(|c| {
+        fast_sim(c, OK, OK);
+        c.failed_step_retry = std::time::Duration::from_secs(600);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut user, _) = app.login("user-2").await;
+    let failed = user
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    assert_eq!(user.follow(&failed).await.0.last().unwrap(), "FAILED");
+    assert_eq!(
+        error_code(
+            &user
+                .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+                .await
+        ),
+        403
+    );
+
+    let out = admin_cmd(&app, "user-2", dir.path(), &["reset", "pool-win-1"]).await;
+    assert!(!out.status.success(), "only admins");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("403") && err.contains("Admin role required"),
+        "{err}"
+    );
+
+    let out = admin_cmd(
+        &app,
+        "astravdi",
+        dir.path(),
+        &["reset", "pool-win-1", "--username", "user-2"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["cleared"][0]["id"], failed, "{printed}");
+    assert_eq!(printed["cleared"][0]["username"], "user-2");
+    let reply = user
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    assert_ne!(reply["args"]["task"]["id"], failed);
+
+    // The other actions map to their methods.
+    let out = admin_cmd(&app, "astravdi", dir.path(), &["tasks"]).await;
+    assert!(out.status.success());
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .is_array()
+    );
+    let out = admin_cmd(
+        &app,
+        "astravdi",
+        dir.path(),
+        &["release", "user-2", "pool-win-1"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(printed.get("released").is_some(), "{printed}");
+}

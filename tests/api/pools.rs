@@ -161,6 +161,57 @@ async fn a_failed_step_1_makes_the_pool_refuse_with_800() {
 }
 
 #[tokio::test]
+async fn a_failed_step_1_is_refused_only_within_failed_step_retry_then_a_new_task_starts() {
+    let app = TestApp::spawn_with(|c| {
+        fast_sim(c, OK, OK);
+        c.failed_step_retry = Duration::from_millis(600);
+    })
+    .await;
+    let (mut c, _) = app.login("user-2").await;
+    let first =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    assert_eq!(c.follow(&first).await.0.last().unwrap(), "FAILED");
+    let reply = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(error_code(&reply), 403, "within the window: {reply}");
+    assert_eq!(reply["args"]["err_code"], 800);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let reply = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(reply["name"], "response", "after the window: {reply}");
+    let second = reply["args"]["task"]["id"].clone();
+    assert_ne!(second, first, "a new task");
+    assert_eq!(reply["args"]["task"]["status"], "PENDING");
+    // user-2 fails by design: the new failure holds the pool back again, for a new window.
+    assert_eq!(c.follow(&second).await.0.last().unwrap(), "FAILED");
+    let reply = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(error_code(&reply), 403);
+}
+
+#[tokio::test]
+async fn the_demo_seeded_failed_task_answers_the_mocks_800_within_the_window_only() {
+    // The embedded demo dataset, seed tasks included.
+    let app = TestApp::spawn().await;
+    let (mut c, _) = app.login("user-2").await;
+    let reply = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(error_code(&reply), 403, "{reply}");
+    assert_eq!(reply["args"]["err_code"], 800);
+    drop(c);
+    drop(app);
+
+    let app = TestApp::spawn_with(|c| c.failed_step_retry = Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (mut c, _) = app.login("user-2").await;
+    let reply = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(
+        reply["name"], "response",
+        "the seeded failure has passed: {reply}"
+    );
+    assert_ne!(
+        reply["args"]["task"]["id"],
+        "22aaa425-6387-4767-9611-3c26ad1a6161"
+    );
+}
+
+#[tokio::test]
 async fn pools_not_assigned_unknown_or_malformed_are_refused() {
     let app = fast_app(OK, OK).await;
     let (mut c, _) = app.login("user-2").await;
