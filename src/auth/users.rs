@@ -160,6 +160,11 @@ impl UserDirectory {
         self.by_id.len()
     }
 
+    /// Every user, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.by_id.values()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

@@ -150,6 +150,8 @@ pub struct Inner {
     pools: HashMap<Uuid, Arc<Pool>>,
     /// Config order, for stable listings.
     order: Vec<Uuid>,
+    /// Every user's name by id: a release tells the provisioner whose machine it was.
+    usernames: HashMap<Uuid, String>,
     store: Arc<dyn Store>,
     events: Arc<EventHub>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -260,6 +262,7 @@ impl Pools {
         Ok(Pools(Arc::new(Inner {
             pools: map,
             order,
+            usernames: users.iter().map(|u| (u.id, u.username.clone())).collect(),
             store,
             events,
             metrics,
@@ -322,7 +325,7 @@ impl Pools {
                 continue;
             }
             if task.status.is_active() {
-                let req = step_request(user, &pool.view, None);
+                let req = step_request(user.id, &user.username, &pool.view, None);
                 self.launch(task, pool, req).await;
             }
         }
@@ -356,11 +359,8 @@ impl Pools {
             if !seen.insert(p) {
                 continue;
             }
-            for machine in pool.provisioner.held().await {
-                if !assigned.contains(&machine.id) {
-                    tracing::warn!(machine = %machine.verbose_name, "releasing a machine no assignment owns");
-                    pool.provisioner.release(&machine).await;
-                }
+            for machine in pool.provisioner.reconcile(&assigned).await {
+                tracing::warn!(machine = %machine.verbose_name, "released a machine no assignment owns");
             }
         }
         Ok(())
@@ -409,7 +409,7 @@ impl Pools {
             }
             let task = Task::new(TaskKind::PoolExpand, user.id, pool_id);
             if self.store.task_create(last.map(|t| t.id), &task).await? {
-                let req = step_request(user, &pool.view, None);
+                let req = step_request(user.id, &user.username, &pool.view, None);
                 self.launch(task.clone(), pool, req).await;
                 return Ok(task);
             }
@@ -514,7 +514,7 @@ impl Pools {
             }
             let task = Task::new(TaskKind::GlintStart, user.id, pool_id);
             if self.store.task_create(last.map(|t| t.id), &task).await? {
-                let mut req = step_request(user, &pool.view, Some(machine));
+                let mut req = step_request(user.id, &user.username, &pool.view, Some(machine));
                 req.width = params.width.map(|w| w as u32);
                 req.height = params.height.map(|h| h as u32);
                 self.launch(task.clone(), pool, req).await;
@@ -564,7 +564,19 @@ impl Pools {
             return Ok(None);
         };
         if let Some(pool) = self.pools.get(&pool_id) {
-            pool.provisioner.release(&a.machine).await;
+            // The step-1 task that obtained the machine, when the store still has it.
+            let key = (user_id, pool_id, TaskKind::PoolExpand);
+            let task_id = match self.store.task_latest(key).await {
+                Ok(Some(t)) if t.machine.as_ref().is_some_and(|m| m.id == a.machine.id) => {
+                    Some(t.id)
+                }
+                _ => None,
+            };
+            let username = self.usernames.get(&user_id).cloned().unwrap_or_default();
+            let mut req = step_request(user_id, &username, &pool.view, Some(a.machine.clone()));
+            req.task_id = task_id;
+            req.reason = Some(reason.to_owned());
+            pool.provisioner.release(&req).await;
         }
         tracing::info!(user = %user_id, pool = %pool_id, machine = %a.machine.verbose_name, reason, "machine released");
         self.store.publish(BusEvent::Released {
@@ -628,7 +640,7 @@ impl Pools {
 
     /// Takes the task's lease and starts its runner.
     async fn launch(&self, task: Task, pool: Arc<Pool>, mut req: StepRequest) {
-        req.task_id = task.id;
+        req.task_id = Some(task.id);
         // Fresh task ids cannot be leased by anyone else; a failure here is a store outage,
         // and the runner retries renewing.
         let _ = self
@@ -655,6 +667,16 @@ impl Pools {
         let (progress, mut updates) = Progress::channel();
         let provisioner = pool.provisioner.clone();
         let kind = task.kind;
+        // What a release of this step's machine says about it (the step consumes `req`).
+        let base = req.clone();
+        let releases = move |machine: &Machine, reason: &str| {
+            let mut r = base.clone();
+            r.machine = Some(machine.clone());
+            r.width = None;
+            r.height = None;
+            r.reason = Some(reason.to_owned());
+            r
+        };
         let mut work = tokio::spawn(async move {
             match kind {
                 TaskKind::PoolExpand => provisioner
@@ -692,7 +714,7 @@ impl Pools {
                 }
                 _ = self.shutdown.cancelled() => {
                     work.abort();
-                    self.abandon(&pool, work).await;
+                    self.abandon(&pool, work, |m| releases(m, "server shutting down")).await;
                     task.finish(TaskStatus::Cancelled, Some(TaskError {
                         err_code: ERR_INTERRUPTED,
                         message: "The server shut down before the task finished; ask again.".into(),
@@ -711,7 +733,8 @@ impl Pools {
         }
         let Some(result) = result else {
             work.abort();
-            self.abandon(&pool, work).await;
+            self.abandon(&pool, work, |m| releases(m, "task deadline passed"))
+                .await;
             let secs = self.timings.deadline.as_secs_f64();
             tracing::warn!(task_id = %task.id, "task overran its deadline");
             task.finish(
@@ -741,12 +764,14 @@ impl Pools {
                     }
                     // One active step-1 task per key makes this impossible; never hold two.
                     Ok(false) => {
-                        pool.provisioner.release(&machine).await;
+                        let req = releases(&machine, "already assigned");
+                        pool.provisioner.release(&req).await;
                         (TaskStatus::Completed, None)
                     }
                     Err(e) => {
                         tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
-                        pool.provisioner.release(&machine).await;
+                        let req = releases(&machine, "assignment not recorded");
+                        pool.provisioner.release(&req).await;
                         (
                             TaskStatus::Failed,
                             Some(TaskError {
@@ -790,10 +815,16 @@ impl Pools {
         self.save(&task, true).await;
     }
 
-    /// After an abort: if the step finished anyway, give back what it got.
-    async fn abandon(&self, pool: &Pool, work: tokio::task::JoinHandle<Result<StepOk, StepError>>) {
+    /// After an abort: if the step finished anyway, give back what it got; `release` makes
+    /// the release's request.
+    async fn abandon(
+        &self,
+        pool: &Pool,
+        work: tokio::task::JoinHandle<Result<StepOk, StepError>>,
+        release: impl FnOnce(&Machine) -> StepRequest,
+    ) {
         if let Ok(Ok(StepOk::Machine(machine))) = work.await {
-            pool.provisioner.release(&machine).await;
+            pool.provisioner.release(&release(&machine)).await;
         }
     }
 
@@ -878,15 +909,21 @@ enum StepOk {
     Connection(ConnectionData),
 }
 
-fn step_request(user: &User, pool: &PoolView, machine: Option<Machine>) -> StepRequest {
+fn step_request(
+    user_id: Uuid,
+    username: &str,
+    pool: &PoolView,
+    machine: Option<Machine>,
+) -> StepRequest {
     StepRequest {
-        task_id: Uuid::nil(),
-        user_id: user.id,
-        username: user.username.clone(),
+        task_id: None,
+        user_id,
+        username: username.to_owned(),
         pool_id: pool.id,
         pool_name: pool.name.clone(),
         machine,
         width: None,
         height: None,
+        reason: None,
     }
 }

@@ -227,19 +227,10 @@ impl Provisioner for Command {
         Ok(data)
     }
 
-    async fn release(&self, machine: &Machine) {
-        let req = StepRequest {
-            task_id: Uuid::nil(),
-            user_id: Uuid::nil(),
-            username: String::new(),
-            pool_id: Uuid::nil(),
-            pool_name: String::new(),
-            machine: Some(machine.clone()),
-            width: None,
-            height: None,
-        };
-        if let Err(e) = self.run("release", &req, None).await {
-            tracing::warn!(machine = %machine.id, error = ?e, "provisioner could not release a machine");
+    async fn release(&self, req: &StepRequest) {
+        if let Err(e) = self.run("release", req, None).await {
+            let machine = req.machine.as_ref().map(|m| m.id);
+            tracing::warn!(machine = ?machine, error = ?e, "provisioner could not release a machine");
         }
     }
 }

@@ -92,15 +92,18 @@ impl Progress {
     }
 }
 
-/// Who and what a step is for.
+/// Who and what a step is for: the same fields for every step, so a provisioner can always
+/// tell whose machine it is handling.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRequest {
-    pub task_id: Uuid,
+    /// The task the step runs for. On `release`: the step-1 task that obtained the machine,
+    /// or the task that was abandoned; `None` (null) only when the store no longer knows it.
+    pub task_id: Option<Uuid>,
     pub user_id: Uuid,
     pub username: String,
     pub pool_id: Uuid,
     pub pool_name: String,
-    /// Step 2 only: the machine step 1 gave the user.
+    /// Step 2 and release: the machine step 1 gave the user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine: Option<Machine>,
     /// Step 2 only: the client's screen size.
@@ -108,6 +111,10 @@ pub struct StepRequest {
     pub width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
+    /// Release only: why the machine is given back (`lease expired`, `released by <admin>`,
+    /// ...; the list is in protocol/provisioners.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[async_trait]
@@ -123,12 +130,16 @@ pub trait Provisioner: Send + Sync {
         progress: Progress,
     ) -> Result<ConnectionData, StepError>;
 
-    /// Gives a machine back (lease over, task abandoned, admin release). Best effort.
-    async fn release(&self, machine: &Machine);
+    /// Gives `req.machine` back (lease over, task abandoned, admin release); `req` says whose
+    /// it was and `req.reason` why. Best effort.
+    async fn release(&self, req: &StepRequest);
 
-    /// Machines this provisioner holds for someone, for reconciliation at start-up: those no
-    /// assignment owns are released. Provisioners that cannot tell answer nothing.
-    async fn held(&self) -> Vec<Machine> {
+    /// Start-up reconciliation: gives back the machines this provisioner holds that no
+    /// assignment owns (`owned` are the machine ids assignments hold) — a crash between
+    /// claiming a machine and recording it, or an assignment removed by hand — and returns
+    /// them. Provisioners that keep no record of what they hold do nothing.
+    async fn reconcile(&self, owned: &std::collections::HashSet<Uuid>) -> Vec<Machine> {
+        let _ = owned;
         Vec::new()
     }
 }

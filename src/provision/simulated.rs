@@ -191,5 +191,5 @@ impl Provisioner for Simulated {
         }
     }
 
-    async fn release(&self, _machine: &Machine) {}
+    async fn release(&self, _req: &StepRequest) {}
 }

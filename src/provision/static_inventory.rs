@@ -96,6 +96,14 @@ impl Static {
     }
 }
 
+impl Static {
+    async fn give_back(&self, machine: &Machine) {
+        if let Err(e) = self.store.machine_release(&self.name, machine.id).await {
+            tracing::warn!(machine = %machine.verbose_name, error = %e, "cannot release a machine");
+        }
+    }
+}
+
 #[async_trait]
 impl Provisioner for Static {
     async fn expand(&self, _req: &StepRequest, progress: Progress) -> Result<Machine, StepError> {
@@ -151,21 +159,24 @@ impl Provisioner for Static {
         }
     }
 
-    async fn release(&self, machine: &Machine) {
-        if let Err(e) = self.store.machine_release(&self.name, machine.id).await {
-            tracing::warn!(machine = %machine.verbose_name, error = %e, "cannot release a machine");
+    async fn release(&self, req: &StepRequest) {
+        if let Some(machine) = &req.machine {
+            self.give_back(machine).await;
         }
     }
 
-    async fn held(&self) -> Vec<Machine> {
+    async fn reconcile(&self, owned: &HashSet<Uuid>) -> Vec<Machine> {
         let claimed: HashSet<Uuid> = match self.store.machines_claimed(&self.name).await {
             Ok(c) => c.into_iter().collect(),
             Err(_) => return Vec::new(),
         };
-        self.machines
-            .iter()
-            .filter(|m| claimed.contains(&m.id))
-            .cloned()
-            .collect()
+        let mut released = Vec::new();
+        for m in &self.machines {
+            if claimed.contains(&m.id) && !owned.contains(&m.id) {
+                self.give_back(m).await;
+                released.push(m.clone());
+            }
+        }
+        released
     }
 }

@@ -174,10 +174,23 @@ case "$1" in
     exec sleep 30 ;;
   env)
     echo "{\"result\":{\"host\":\"$PROV_TOKEN\",\"port\":1}}" ;;
+  record)
+    echo "$input" >> "$2"
+    case "$input" in
+      *'"step":"expand"'*) echo '{"result":{"host":"10.1.1.1","port":3389,"verbose_name":"vm-a"}}' ;;
+    esac ;;
 esac
 "#;
 
 async fn command_app(mode: &str, extra: &str, deadline: Duration) -> (TestApp, tempfile::TempDir) {
+    command_app_with(mode, extra, |c| c.task_deadline = deadline).await
+}
+
+async fn command_app_with(
+    mode: &str,
+    extra: &str,
+    edit: impl FnOnce(&mut Config),
+) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("prov.sh");
     std::fs::write(&script, SCRIPT).unwrap();
@@ -189,10 +202,10 @@ async fn command_app(mode: &str, extra: &str, deadline: Duration) -> (TestApp, t
     );
     let app = TestApp::spawn_with(|c| {
         c.seed_tasks.clear();
-        c.task_deadline = deadline;
         c.provisioners
             .insert("cmd".into(), toml::from_str(&table).unwrap());
         c.pools[0].provisioner = "cmd".into();
+        edit(c);
     })
     .await;
     (app, dir)
@@ -305,7 +318,7 @@ impl Provisioner for Panics {
     async fn connect(&self, _: &StepRequest, _: Progress) -> Result<ConnectionData, StepError> {
         unreachable!()
     }
-    async fn release(&self, _: &Machine) {}
+    async fn release(&self, _: &StepRequest) {}
 }
 
 #[tokio::test]
@@ -337,4 +350,78 @@ async fn a_panicking_provisioner_fails_the_task_and_the_server_carries_on() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), 403);
+}
+
+/// The JSON objects the `record` script was given, in order.
+fn recorded(dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.path().join("pid"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits until the `record` script saw a release; returns it and the step-1 request.
+async fn recorded_release(dir: &tempfile::TempDir) -> (serde_json::Value, serde_json::Value) {
+    for _ in 0..100 {
+        let seen = recorded(dir);
+        if let Some(release) = seen.iter().find(|r| r["step"] == "release") {
+            let expand = seen.iter().find(|r| r["step"] == "expand").unwrap();
+            return (release.clone(), expand.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no release step was run: {:?}", recorded(dir));
+}
+
+#[tokio::test]
+async fn every_release_step_carries_the_real_pool_user_task_and_a_reason() {
+    // admin_release.
+    let (app, dir) = command_app_with("record", "", |_| {}).await;
+    let (mut c, _) = app.login("astravdi").await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    assert_eq!(c.follow(&id).await.0.last().unwrap(), "COMPLETED");
+    let reply = c
+        .rpc(
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        )
+        .await;
+    assert_eq!(reply["args"]["released"]["host"], "10.1.1.1", "{reply}");
+    let (release, expand) = recorded_release(&dir).await;
+    let astravdi = app.state.auth.users.by_name("astravdi").unwrap().id;
+    assert_eq!(expand["task_id"], id, "step 1 names its task: {expand}");
+    assert_eq!(
+        release["task_id"], id,
+        "the task that obtained the machine: {release}"
+    );
+    assert_eq!(release["pool_id"], POOL_WIN_1);
+    assert_eq!(release["pool_name"], "pool-win-1");
+    assert_eq!(release["user_id"], json!(astravdi));
+    assert_eq!(release["username"], "astravdi");
+    assert_eq!(release["machine"]["host"], "10.1.1.1");
+    assert_eq!(release["reason"], "released by astravdi");
+    assert!(
+        expand.get("reason").is_none(),
+        "only releases have a reason"
+    );
+    drop(c);
+    drop(app);
+
+    // The lease sweep.
+    let (app, dir) = command_app_with("record", "", |c| {
+        c.assignment_ttl = Duration::from_millis(300);
+        c.lease_sweep = Duration::from_millis(100);
+    })
+    .await;
+    let (mut c, _) = app.login("user-2").await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    assert_eq!(c.follow(&id).await.0.last().unwrap(), "COMPLETED");
+    let (release, _) = recorded_release(&dir).await;
+    assert_eq!(release["reason"], "lease expired", "{release}");
+    assert_eq!(release["username"], "user-2");
+    assert_eq!(release["task_id"], id);
+    assert_eq!(release["pool_name"], "pool-win-1");
 }
