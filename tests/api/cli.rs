@@ -460,3 +460,31 @@ async fn poolgate_admin_reset_lets_a_user_with_a_failed_step_1_in_at_once() {
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(printed.get("released").is_some(), "{printed}");
 }
+
+#[tokio::test]
+async fn text_logs_to_a_file_or_pipe_carry_no_colour_codes() {
+    // stderr is a pipe here, and neither NO_COLOR nor RUST_LOG is set.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let server = ServerProcess::start_with(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", data],
+        |_| {},
+    )
+    .await;
+    let mut c = server.connect().await;
+    assert_eq!(
+        c.rpc("auth", json!({"username": "astravdi", "password": "wrong"}))
+            .await["name"],
+        "error"
+    );
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.contains("WARN")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains(" INFO ")),
+        "plain level names: {log:#?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains('\x1b')),
+        "no escape codes: {log:#?}"
+    );
+}

@@ -245,21 +245,37 @@ pub fn error_code(reply: &Value) -> u64 {
 pub struct ServerProcess {
     pub child: tokio::process::Child,
     pub addr: String,
+    /// Every line the server wrote to stderr so far (its log).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
     /// Starts the binary with `args` and waits for it to announce its address.
     pub async fn start(args: &[&str]) -> ServerProcess {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
-            .args(args)
+        Self::start_with(args, |cmd| {
+            cmd.env("RUST_LOG", "poolgate=info").env("NO_COLOR", "1");
+        })
+        .await
+    }
+
+    /// Same, with the environment set by `env` (nothing of `RUST_LOG` or `NO_COLOR` is set:
+    /// the server's defaults apply unless `env` sets them).
+    pub async fn start_with(
+        args: &[&str],
+        env: impl FnOnce(&mut tokio::process::Command),
+    ) -> ServerProcess {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"));
+        cmd.args(args)
             .stderr(std::process::Stdio::piped())
-            .env("RUST_LOG", "poolgate=info")
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
+            .kill_on_drop(true);
+        env(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
         // Keep draining stderr after the address is found, so the server never blocks on logging.
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
@@ -269,6 +285,7 @@ impl ServerProcess {
                 if std::env::var_os("TEST_LOG").is_some() {
                     eprintln!("[server] {line}");
                 }
+                sink.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("RPC at ").nth(1)
                     && let Some((_, addr)) = rest.split_once("://")
                     && let Some(tx) = tx.take()
@@ -281,7 +298,7 @@ impl ServerProcess {
             .await
             .expect("the server announces its address")
             .expect("server exited without announcing its address");
-        ServerProcess { child, addr }
+        ServerProcess { child, addr, log }
     }
 
     pub async fn connect(&self) -> Client {
