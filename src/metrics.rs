@@ -1,8 +1,9 @@
 //! Prometheus metrics (OpenMetrics text at `/metrics`) and `/healthz`.
 //!
 //! What is counted: WebSocket connections (open and total), RPCs by method and result code,
-//! sign-ins by outcome, task durations by kind and outcome, and, sampled at scrape time,
-//! signed-in sockets and sessions held in memory.
+//! sign-ins by outcome, task durations by kind and outcome, failed provisioner steps by pool,
+//! step and outcome, and, sampled at scrape time, signed-in sockets and sessions held in
+//! memory.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -33,6 +34,15 @@ pub struct TaskLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProvisionerLabels {
+    /// The pool's name (its id when the pool is unknown).
+    pub pool: String,
+    /// `expand`, `connect` or `release`.
+    pub step: &'static str,
+    pub outcome: &'static str,
+}
+
 fn task_histogram() -> Histogram {
     // 50 ms to ~100 s.
     Histogram::new(exponential_buckets(0.05, 2.0, 12))
@@ -48,6 +58,8 @@ pub struct Metrics {
     rpc_ok: Vec<Counter>,
     pub logins: Family<OutcomeLabels, Counter>,
     pub task_seconds: Family<TaskLabels, Histogram, fn() -> Histogram>,
+    /// Failed provisioner steps, each counted once where it is logged.
+    pub provisioner_failures: Family<ProvisionerLabels, Counter>,
     signed_in_sockets: Gauge,
     cached_sessions: Gauge,
 }
@@ -62,6 +74,7 @@ impl Default for Metrics {
             rpc_ok: Vec::new(),
             logins: Family::default(),
             task_seconds: Family::new_with_constructor(task_histogram),
+            provisioner_failures: Family::default(),
             signed_in_sockets: Gauge::default(),
             cached_sessions: Gauge::default(),
             registry: Registry::default(),
@@ -86,6 +99,11 @@ impl Default for Metrics {
             "task_duration_seconds",
             "Connect task durations by kind and outcome",
             m.task_seconds.clone(),
+        );
+        registry.register(
+            "provisioner_failures",
+            "Failed provisioner steps by pool, step and outcome",
+            m.provisioner_failures.clone(),
         );
         registry.register(
             "signed_in_sockets",

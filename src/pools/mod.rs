@@ -25,8 +25,8 @@ use crate::auth::users::{User, UserDirectory};
 use crate::error::Error;
 use crate::events::EventHub;
 use crate::provision::{
-    ConnectionData, Machine, Progress, Provisioner, ProvisionerConfig, SimulatedConfig, StepError,
-    StepRequest, Update,
+    ConnectionData, Diagnosis, Machine, Progress, Provisioner, ProvisionerConfig, SimulatedConfig,
+    StepError, StepRequest, Update,
 };
 use crate::store::{Assignment, BusEvent, Store, now_ms};
 use task::{ERR_DEADLINE, ERR_INTERRUPTED, ERR_PROVISIONER, Task, TaskError, TaskKind, TaskStatus};
@@ -576,7 +576,7 @@ impl Pools {
             let mut req = step_request(user_id, &username, &pool.view, Some(a.machine.clone()));
             req.task_id = task_id;
             req.reason = Some(reason.to_owned());
-            pool.provisioner.release(&req).await;
+            self.give_back(pool, &req).await;
         }
         tracing::info!(user = %user_id, pool = %pool_id, machine = %a.machine.verbose_name, reason, "machine released");
         self.store.publish(BusEvent::Released {
@@ -586,6 +586,58 @@ impl Pools {
             reason: reason.to_owned(),
         });
         Ok(Some(a.machine))
+    }
+
+    /// Runs the provisioner's release step; a failure is logged and counted once (the machine
+    /// counts as released: the assignment is gone either way).
+    async fn give_back(&self, pool: &Pool, req: &StepRequest) {
+        let (progress, mut updates) = Progress::channel();
+        if let Err(e) = pool.provisioner.release(req, progress).await {
+            let mut diagnosis = None;
+            while let Ok(update) = updates.try_recv() {
+                if let Update::Failure(d) = update {
+                    diagnosis = Some(d);
+                }
+            }
+            self.report_failure(req, "release", &e, diagnosis);
+        }
+    }
+
+    /// Logs a failed provisioner step once, at WARN (a crash at ERROR), with the pool, task,
+    /// user, what the provisioner reported (exit status, last stderr line), and counts it in
+    /// `poolgate_provisioner_failures_total{pool,step,outcome}`.
+    fn report_failure(
+        &self,
+        req: &StepRequest,
+        step: &'static str,
+        error: &StepError,
+        diagnosis: Option<Diagnosis>,
+    ) {
+        let (default_outcome, message) = match error {
+            StepError::Failed(m) => ("failed", m.as_str()),
+            StepError::Cancelled(m) => ("cancelled", m.as_str()),
+        };
+        let d = diagnosis.unwrap_or(Diagnosis {
+            outcome: default_outcome,
+            exit_status: None,
+            stderr: None,
+        });
+        self.metrics
+            .provisioner_failures
+            .get_or_create(&crate::metrics::ProvisionerLabels {
+                pool: req.pool_name.clone(),
+                step,
+                outcome: d.outcome,
+            })
+            .inc();
+        let task_id = req.task_id.map(|t| t.to_string());
+        let machine = req.machine.as_ref().map(|m| m.verbose_name.as_str());
+        let (exit_status, stderr) = (d.exit_status.as_deref(), d.stderr.as_deref());
+        if d.outcome == "crashed" {
+            tracing::error!(pool = %req.pool_name, pool_id = %req.pool_id, task_id, user = %req.username, step, outcome = d.outcome, machine, error = message, "provisioner step failed");
+        } else {
+            tracing::warn!(pool = %req.pool_name, pool_id = %req.pool_id, task_id, user = %req.username, step, outcome = d.outcome, exit_status, stderr, machine, reason = req.reason.as_deref(), error = message, "provisioner step failed");
+        }
     }
 
     /// Writes a task and tells every instance. Retried briefly: a store outage must not leave
@@ -669,6 +721,12 @@ impl Pools {
         let kind = task.kind;
         // What a release of this step's machine says about it (the step consumes `req`).
         let base = req.clone();
+        let this_req = req.clone();
+        let step = match kind {
+            TaskKind::PoolExpand => "expand",
+            TaskKind::GlintStart => "connect",
+        };
+        let mut diagnosis = None;
         let releases = move |machine: &Machine, reason: &str| {
             let mut r = base.clone();
             r.machine = Some(machine.clone());
@@ -701,7 +759,7 @@ impl Pools {
             tokio::select! {
                 biased;
                 Some(update) = updates.recv() => {
-                    if apply_update(&mut task, update) {
+                    if apply_update(&mut task, update, &mut diagnosis) {
                         self.save(&task, true).await;
                     }
                 }
@@ -726,7 +784,7 @@ impl Pools {
         };
         let mut changed = false;
         while let Ok(update) = updates.try_recv() {
-            changed |= apply_update(&mut task, update);
+            changed |= apply_update(&mut task, update, &mut diagnosis);
         }
         if changed {
             self.save(&task, true).await;
@@ -736,7 +794,18 @@ impl Pools {
             self.abandon(&pool, work, |m| releases(m, "task deadline passed"))
                 .await;
             let secs = self.timings.deadline.as_secs_f64();
-            tracing::warn!(task_id = %task.id, "task overran its deadline");
+            let message = format!("The step did not finish within task_deadline ({secs} s).");
+            let killed = Diagnosis {
+                outcome: "deadline",
+                exit_status: None,
+                stderr: None,
+            };
+            self.report_failure(
+                &this_req,
+                step,
+                &StepError::Cancelled(message),
+                Some(killed),
+            );
             task.finish(
                 TaskStatus::Cancelled,
                 Some(TaskError {
@@ -764,14 +833,14 @@ impl Pools {
                     }
                     // One active step-1 task per key makes this impossible; never hold two.
                     Ok(false) => {
-                        let req = releases(&machine, "already assigned");
-                        pool.provisioner.release(&req).await;
+                        self.give_back(&pool, &releases(&machine, "already assigned"))
+                            .await;
                         (TaskStatus::Completed, None)
                     }
                     Err(e) => {
                         tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
-                        let req = releases(&machine, "assignment not recorded");
-                        pool.provisioner.release(&req).await;
+                        self.give_back(&pool, &releases(&machine, "assignment not recorded"))
+                            .await;
                         (
                             TaskStatus::Failed,
                             Some(TaskError {
@@ -786,22 +855,33 @@ impl Pools {
                 task.connection = Some(connection);
                 (TaskStatus::Completed, None)
             }
-            Ok(Err(StepError::Failed(message))) => (
-                TaskStatus::Failed,
-                Some(TaskError {
-                    err_code: ERR_PROVISIONER,
-                    message,
-                }),
-            ),
-            Ok(Err(StepError::Cancelled(message))) => (
-                TaskStatus::Cancelled,
-                Some(TaskError {
-                    err_code: ERR_PROVISIONER,
-                    message,
-                }),
-            ),
+            Ok(Err(e)) => {
+                self.report_failure(&this_req, step, &e, diagnosis.take());
+                match e {
+                    StepError::Failed(message) => (
+                        TaskStatus::Failed,
+                        Some(TaskError {
+                            err_code: ERR_PROVISIONER,
+                            message,
+                        }),
+                    ),
+                    StepError::Cancelled(message) => (
+                        TaskStatus::Cancelled,
+                        Some(TaskError {
+                            err_code: ERR_PROVISIONER,
+                            message,
+                        }),
+                    ),
+                }
+            }
             Err(join) => {
-                tracing::error!(task_id = %task.id, error = %join, "provisioner crashed");
+                let crashed = Diagnosis {
+                    outcome: "crashed",
+                    exit_status: None,
+                    stderr: None,
+                };
+                let error = StepError::Failed(format!("The provisioner crashed: {join}."));
+                self.report_failure(&this_req, step, &error, Some(crashed));
                 (
                     TaskStatus::Failed,
                     Some(TaskError {
@@ -824,7 +904,7 @@ impl Pools {
         release: impl FnOnce(&Machine) -> StepRequest,
     ) {
         if let Ok(Ok(StepOk::Machine(machine))) = work.await {
-            pool.provisioner.release(&release(&machine)).await;
+            self.give_back(pool, &release(&machine)).await;
         }
     }
 
@@ -891,8 +971,8 @@ impl Pools {
     }
 }
 
-/// Applies a progress report; true if the task changed.
-fn apply_update(task: &mut Task, update: Update) -> bool {
+/// Applies a progress report; true if the task changed. A failure report is kept for the log.
+fn apply_update(task: &mut Task, update: Update, diagnosis: &mut Option<Diagnosis>) -> bool {
     let before = (task.status, task.progress);
     match update {
         Update::Running => task.start(),
@@ -900,6 +980,7 @@ fn apply_update(task: &mut Task, update: Update) -> bool {
             task.start();
             task.progress = Some(p);
         }
+        Update::Failure(d) => *diagnosis = Some(d),
     }
     (task.status, task.progress) != before
 }

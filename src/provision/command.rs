@@ -110,6 +110,7 @@ impl Command {
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().map_err(|e| {
+            diagnose(progress, "not_started", None, None);
             StepError::Failed(format!(
                 "Cannot start provisioner {:?}: {e}.",
                 self.config.command[0]
@@ -159,13 +160,17 @@ impl Command {
             .await
             .map_err(|e| StepError::Failed(format!("Provisioner did not exit cleanly: {e}.")))?;
         let stderr = stderr_task.await.unwrap_or_default();
-        match (status.success(), outcome) {
-            (true, Some(outcome)) => outcome,
-            (true, None) if step == "release" => Ok(Value::Null),
-            (true, None) => Err(StepError::Failed(
-                "Provisioner exited without printing a result.".into(),
-            )),
-            (false, Some(Err(e))) => Err(e),
+        let (result, why) = match (status.success(), outcome) {
+            (true, Some(Ok(v))) => (Ok(v), ""),
+            (true, None) if step == "release" => (Ok(Value::Null), ""),
+            (true, None) => (
+                Err(StepError::Failed(
+                    "Provisioner exited without printing a result.".into(),
+                )),
+                "no_result",
+            ),
+            (_, Some(Err(e @ StepError::Cancelled(_)))) => (Err(e), "cancelled"),
+            (_, Some(Err(e))) => (Err(e), "failed"),
             (false, _) => {
                 let mut msg = format!("Provisioner failed ({status})");
                 if let Some(last) = stderr.lines().last() {
@@ -173,9 +178,32 @@ impl Command {
                     msg.push_str(last);
                 }
                 msg.push('.');
-                Err(StepError::Failed(msg))
+                (Err(StepError::Failed(msg)), "exit_status")
             }
+        };
+        if result.is_err() {
+            let code = status
+                .code()
+                .map_or_else(|| status.to_string(), |c| c.to_string());
+            diagnose(progress, why, Some(code), super::last_line(&stderr));
         }
+        result
+    }
+}
+
+/// Tells the runner why a step is about to fail: it logs the failure once, with this.
+fn diagnose(
+    progress: Option<&Progress>,
+    outcome: &'static str,
+    exit_status: Option<String>,
+    stderr: Option<String>,
+) {
+    if let Some(p) = progress {
+        p.failure(super::Diagnosis {
+            outcome,
+            exit_status,
+            stderr,
+        });
     }
 }
 
@@ -183,7 +211,8 @@ fn text(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_owned)
 }
 
-fn bad_result(e: serde_json::Error) -> StepError {
+fn bad_result(e: serde_json::Error, progress: &Progress) -> StepError {
+    diagnose(Some(progress), "bad_result", Some("0".into()), None);
     StepError::Failed(format!("Provisioner printed an unusable result: {e}."))
 }
 
@@ -191,7 +220,8 @@ fn bad_result(e: serde_json::Error) -> StepError {
 impl Provisioner for Command {
     async fn expand(&self, req: &StepRequest, progress: Progress) -> Result<Machine, StepError> {
         let result = self.run("expand", req, Some(&progress)).await?;
-        let m: MachineResult = serde_json::from_value(result).map_err(bad_result)?;
+        let m: MachineResult =
+            serde_json::from_value(result).map_err(|e| bad_result(e, &progress))?;
         Ok(Machine {
             id: m.id.unwrap_or_else(Uuid::new_v4),
             verbose_name: m
@@ -217,7 +247,7 @@ impl Provisioner for Command {
         let c: ConnectResult = if result.is_null() {
             ConnectResult::default()
         } else {
-            serde_json::from_value(result).map_err(bad_result)?
+            serde_json::from_value(result).map_err(|e| bad_result(e, &progress))?
         };
         let mut data = ConnectionData::for_machine(machine);
         data.host = c.host.unwrap_or(data.host);
@@ -227,10 +257,7 @@ impl Provisioner for Command {
         Ok(data)
     }
 
-    async fn release(&self, req: &StepRequest) {
-        if let Err(e) = self.run("release", req, None).await {
-            let machine = req.machine.as_ref().map(|m| m.id);
-            tracing::warn!(machine = ?machine, error = ?e, "provisioner could not release a machine");
-        }
+    async fn release(&self, req: &StepRequest, progress: Progress) -> Result<(), StepError> {
+        self.run("release", req, Some(&progress)).await.map(drop)
     }
 }

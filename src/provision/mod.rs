@@ -65,12 +65,45 @@ pub enum StepError {
 }
 
 /// Progress a provisioner reports while it works.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
     /// The work has started (task RUNNING).
     Running,
     /// Percent done, 0–100.
     Percent(u8),
+    /// Why the step is about to fail, for the operator's log (sent just before an `Err`).
+    Failure(Diagnosis),
+}
+
+/// What the operator's log and the failure metric say about a failed step, beyond the
+/// client-facing message: the runner logs every failure once, with the pool, task and user,
+/// and adds this when the provisioner reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// The metric's `outcome` label (see protocol/provisioners.md): `failed`, `cancelled`,
+    /// `exit_status`, `no_result`, `bad_result`, `not_started`.
+    pub outcome: &'static str,
+    /// A program's exit status (`3`, or `signal: 9 (SIGKILL)`).
+    pub exit_status: Option<String>,
+    /// The last line of a program's stderr, at most [`STDERR_LINE_MAX`] bytes.
+    pub stderr: Option<String>,
+}
+
+/// Longest stderr line a log entry carries.
+pub const STDERR_LINE_MAX: usize = 512;
+
+/// The last non-empty line of `text`, cut to [`STDERR_LINE_MAX`] bytes on a char boundary.
+pub fn last_line(text: &str) -> Option<String> {
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    let mut end = line.len().min(STDERR_LINE_MAX);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = line[..end].to_owned();
+    if end < line.len() {
+        out.push('…');
+    }
+    Some(out)
 }
 
 /// The sending side of a step's progress reports.
@@ -89,6 +122,11 @@ impl Progress {
 
     pub fn percent(&self, p: u8) {
         let _ = self.0.send(Update::Percent(p.min(100)));
+    }
+
+    /// Says why the step is about to fail (call before returning the `Err`).
+    pub fn failure(&self, diagnosis: Diagnosis) {
+        let _ = self.0.send(Update::Failure(diagnosis));
     }
 }
 
@@ -131,8 +169,9 @@ pub trait Provisioner: Send + Sync {
     ) -> Result<ConnectionData, StepError>;
 
     /// Gives `req.machine` back (lease over, task abandoned, admin release); `req` says whose
-    /// it was and `req.reason` why. Best effort.
-    async fn release(&self, req: &StepRequest);
+    /// it was and `req.reason` why. Best effort: a failure is logged and counted by the caller
+    /// (with what was reported on `progress`), and the machine is considered released.
+    async fn release(&self, req: &StepRequest, progress: Progress) -> Result<(), StepError>;
 
     /// Start-up reconciliation: gives back the machines this provisioner holds that no
     /// assignment owns (`owned` are the machine ids assignments hold) — a crash between

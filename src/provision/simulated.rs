@@ -191,5 +191,7 @@ impl Provisioner for Simulated {
         }
     }
 
-    async fn release(&self, _req: &StepRequest) {}
+    async fn release(&self, _req: &StepRequest, _progress: Progress) -> Result<(), StepError> {
+        Ok(())
+    }
 }

@@ -96,14 +96,6 @@ impl Static {
     }
 }
 
-impl Static {
-    async fn give_back(&self, machine: &Machine) {
-        if let Err(e) = self.store.machine_release(&self.name, machine.id).await {
-            tracing::warn!(machine = %machine.verbose_name, error = %e, "cannot release a machine");
-        }
-    }
-}
-
 #[async_trait]
 impl Provisioner for Static {
     async fn expand(&self, _req: &StepRequest, progress: Progress) -> Result<Machine, StepError> {
@@ -159,10 +151,14 @@ impl Provisioner for Static {
         }
     }
 
-    async fn release(&self, req: &StepRequest) {
-        if let Some(machine) = &req.machine {
-            self.give_back(machine).await;
-        }
+    async fn release(&self, req: &StepRequest, _progress: Progress) -> Result<(), StepError> {
+        let Some(machine) = &req.machine else {
+            return Ok(());
+        };
+        self.store
+            .machine_release(&self.name, machine.id)
+            .await
+            .map_err(|e| StepError::Failed(format!("Cannot reach the state store: {e}.")))
     }
 
     async fn reconcile(&self, owned: &HashSet<Uuid>) -> Vec<Machine> {
@@ -173,8 +169,12 @@ impl Provisioner for Static {
         let mut released = Vec::new();
         for m in &self.machines {
             if claimed.contains(&m.id) && !owned.contains(&m.id) {
-                self.give_back(m).await;
-                released.push(m.clone());
+                match self.store.machine_release(&self.name, m.id).await {
+                    Ok(()) => released.push(m.clone()),
+                    Err(e) => {
+                        tracing::warn!(machine = %m.verbose_name, error = %e, "cannot release a machine")
+                    }
+                }
             }
         }
         released

@@ -301,6 +301,17 @@ impl ServerProcess {
         ServerProcess { child, addr, log }
     }
 
+    /// The log lines so far that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
     pub async fn connect(&self) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", self.addr))
             .await

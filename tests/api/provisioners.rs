@@ -304,6 +304,24 @@ async fn the_command_provisioner_is_killed_at_the_deadline() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "the provisioner process {pid} was killed");
+    assert_eq!(
+        failures(&app.state, "expand", "deadline"),
+        1,
+        "counted once"
+    );
+}
+
+/// `poolgate_provisioner_failures_total` for pool-win-1.
+fn failures(state: &AppState, step: &'static str, outcome: &'static str) -> u64 {
+    state
+        .metrics
+        .provisioner_failures
+        .get_or_create(&poolgate::metrics::ProvisionerLabels {
+            pool: "pool-win-1".into(),
+            step,
+            outcome,
+        })
+        .get()
 }
 
 struct Panics;
@@ -318,7 +336,9 @@ impl Provisioner for Panics {
     async fn connect(&self, _: &StepRequest, _: Progress) -> Result<ConnectionData, StepError> {
         unreachable!()
     }
-    async fn release(&self, _: &StepRequest) {}
+    async fn release(&self, _: &StepRequest, _: Progress) -> Result<(), StepError> {
+        Ok(())
+    }
 }
 
 #[tokio::test]
@@ -343,6 +363,7 @@ async fn a_panicking_provisioner_fails_the_task_and_the_server_carries_on() {
     );
     let task = state.pools.task(&user, task.id).await.unwrap();
     assert_eq!(task.error.unwrap().message, "The provisioner crashed.");
+    assert_eq!(failures(&state, "expand", "crashed"), 1);
     // FAILED step 1: the pool now refuses, per the rules.
     let err = state
         .pools
@@ -424,4 +445,156 @@ async fn every_release_step_carries_the_real_pool_user_task_and_a_reason() {
     assert_eq!(release["username"], "user-2");
     assert_eq!(release["task_id"], id);
     assert_eq!(release["pool_name"], "pool-win-1");
+}
+
+/// Fails step 1 in turn by exiting 3 with a stderr line, then by exiting 0 without a result;
+/// succeeds the third time; every release exits 4.
+const FLAKY: &str = r#"
+input=$(cat)
+dir=$(dirname "$0")
+case "$input" in
+  *'"step":"release"'*) echo "cannot power off vm-a" >&2; exit 4 ;;
+esac
+n=$(cat "$dir/n" 2>/dev/null || echo 0)
+echo $((n + 1)) > "$dir/n"
+case $n in
+  0) echo "starting" >&2; echo "boom: no capacity left" >&2; exit 3 ;;
+  1) exit 0 ;;
+  *) echo '{"result":{"host":"10.1.1.1","port":3389,"verbose_name":"vm-a"}}' ;;
+esac
+"#;
+
+/// A config file serving one pool (pool-win-1, astravdi's) from a command provisioner.
+pub fn command_config_file(dir: &std::path::Path, script: &str, extra: &str) -> std::path::PathBuf {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml"))
+        .unwrap();
+    let start = demo.find("[[users]]").unwrap();
+    let end = start + 1 + demo[start + 1..].find("[[users]]").unwrap();
+    let astravdi = &demo[start..end];
+    let path = dir.join("prov.sh");
+    std::fs::write(&path, script).unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\nstate = \"memory\"\n{extra}\n\n{astravdi}\n\
+         [provisioners.cmd]\nkind = \"command\"\ncommand = [\"sh\", {script:?}]\n\n\
+         [[pools]]\nid = \"{POOL_WIN_1}\"\nname = \"pool-win-1\"\npool_type = \"AUTOMATED\"\n\
+         os_type = \"Windows\"\nconnection_types = [\"RDP\"]\nprovisioner = \"cmd\"\nusers = [\"astravdi\"]\n",
+        data = dir.join("data").to_str().unwrap(),
+        script = path.to_str().unwrap(),
+    );
+    let config = dir.join("poolgate.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[tokio::test]
+async fn every_provisioner_failure_is_logged_once_at_warn_with_its_cause_and_counted_by_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = command_config_file(dir.path(), FLAKY, "failed_step_retry = 0");
+    // The default log filter and format: nothing set in the environment.
+    let server =
+        ServerProcess::start_with(&["serve", "--config", config.to_str().unwrap()], |_| {}).await;
+    let mut c = server.connect().await;
+    c.auth("astravdi", PASSWORD).await;
+    let mut ids = Vec::new();
+    for expect in ["FAILED", "FAILED", "COMPLETED"] {
+        let reply = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+        let id = reply["args"]["task"]["id"].clone();
+        assert_eq!(c.follow(&id).await.0.last().unwrap(), expect, "{reply}");
+        ids.push(id.as_str().unwrap().to_owned());
+    }
+    let reply = c
+        .rpc(
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        )
+        .await;
+    assert_eq!(reply["args"]["released"]["host"], "10.1.1.1", "{reply}");
+
+    let mut failures = Vec::new();
+    for _ in 0..100 {
+        failures = server.log_lines("provisioner step failed");
+        if failures.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failures.len(), 3, "one line per failure: {failures:#?}");
+    let (exit3, no_result, release) = (&failures[0], &failures[1], &failures[2]);
+    for line in [exit3, no_result, release] {
+        assert!(line.contains("WARN"), "{line}");
+        assert!(
+            line.contains("pool=pool-win-1") && line.contains("user=astravdi"),
+            "{line}"
+        );
+    }
+    assert!(
+        exit3.contains(&ids[0]) && exit3.contains("step=\"expand\""),
+        "{exit3}"
+    );
+    assert!(exit3.contains("outcome=\"exit_status\""), "{exit3}");
+    assert!(exit3.contains("exit_status=\"3\""), "{exit3}");
+    assert!(
+        exit3.contains("stderr=\"boom: no capacity left\""),
+        "the last stderr line: {exit3}"
+    );
+    assert!(no_result.contains(&ids[1]), "{no_result}");
+    assert!(
+        no_result.contains("outcome=\"no_result\"") && no_result.contains("exit_status=\"0\""),
+        "{no_result}"
+    );
+    assert!(
+        release.contains(&ids[2]),
+        "the task that obtained the machine: {release}"
+    );
+    assert!(
+        release.contains("step=\"release\"") && release.contains("exit_status=\"4\""),
+        "{release}"
+    );
+    assert!(
+        release.contains("stderr=\"cannot power off vm-a\""),
+        "{release}"
+    );
+    assert!(
+        release.contains("reason=\"released by astravdi\""),
+        "{release}"
+    );
+    for id in &ids[..2] {
+        let mentions = server.log_lines(id);
+        assert!(
+            mentions.iter().filter(|l| l.contains("WARN")).count() == 1,
+            "logged once: {mentions:#?}"
+        );
+    }
+
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (step, outcome) in [
+        ("expand", "exit_status"),
+        ("expand", "no_result"),
+        ("release", "exit_status"),
+    ] {
+        let series = format!(
+            "poolgate_provisioner_failures_total{{pool=\"pool-win-1\",step=\"{step}\",outcome=\"{outcome}\"}} 1"
+        );
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    }
+}
+
+#[test]
+fn the_stderr_line_in_a_log_entry_is_the_last_one_and_bounded() {
+    use poolgate::provision::{STDERR_LINE_MAX, last_line};
+    assert_eq!(last_line("a\nb\n\n  \n").as_deref(), Some("b"));
+    assert_eq!(last_line(""), None);
+    let long = "é".repeat(STDERR_LINE_MAX);
+    let cut = last_line(&long).unwrap();
+    assert!(
+        cut.len() <= STDERR_LINE_MAX + '…'.len_utf8(),
+        "{}",
+        cut.len()
+    );
+    assert!(cut.ends_with('…'));
 }
