@@ -1,4 +1,5 @@
-//! Per-user fan-out of task status changes to every signed-in socket of that user.
+//! Per-user fan-out of task status changes (and machine releases) to every signed-in socket of
+//! that user.
 //!
 //! Delivery never waits: each socket has a bounded outbound queue, and a socket whose queue is
 //! full is told to close (with a reason) rather than silently skipped or allowed to block the
@@ -26,6 +27,65 @@ pub enum Frame {
     Ping,
 }
 
+/// The events pushed on the RPC socket. Every one of them can be turned off and on again per
+/// socket with `events/unsubscribe` and `events/subscribe`; all are on after a sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventName {
+    /// A task's status or progress changed.
+    Task,
+    /// A machine the user held was given back.
+    Machine,
+}
+
+impl EventName {
+    pub const ALL: [EventName; 2] = [EventName::Task, EventName::Machine];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::Task => "task",
+            EventName::Machine => "machine",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+/// Which events a socket receives.
+#[derive(Debug)]
+pub struct Subscriptions {
+    task: AtomicBool,
+    machine: AtomicBool,
+}
+
+impl From<bool> for Subscriptions {
+    /// Every event on, or every event off.
+    fn from(on: bool) -> Self {
+        Subscriptions {
+            task: AtomicBool::new(on),
+            machine: AtomicBool::new(on),
+        }
+    }
+}
+
+impl Subscriptions {
+    fn flag(&self, event: EventName) -> &AtomicBool {
+        match event {
+            EventName::Task => &self.task,
+            EventName::Machine => &self.machine,
+        }
+    }
+
+    pub fn set(&self, event: EventName, on: bool) {
+        self.flag(event).store(on, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, event: EventName) -> bool {
+        self.flag(event).load(Ordering::Relaxed)
+    }
+}
+
 /// How a subscriber wants task events rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventFormat {
@@ -38,7 +98,7 @@ pub enum EventFormat {
 impl EventFormat {
     pub fn render(self, task: &Task) -> Utf8Bytes {
         match self {
-            EventFormat::Rpc => crate::ws::envelope::event("task", task).into(),
+            EventFormat::Rpc => crate::ws::envelope::event(EventName::Task.as_str(), task).into(),
             EventFormat::V2Status => {
                 let mut v = serde_json::json!({
                     "status": task.status,
@@ -117,8 +177,8 @@ pub struct Subscriber {
     pub conn_id: u64,
     pub format: EventFormat,
     pub tx: Arc<Outbox>,
-    /// Turned off by `events/unsubscribe`.
-    pub enabled: Arc<AtomicBool>,
+    /// Which events it gets (`events/unsubscribe` turns them off).
+    pub enabled: Arc<Subscriptions>,
     /// Cancelled to make the socket close itself because it fell behind.
     pub kick: CancellationToken,
     /// Whether the socket's credentials still hold (token not expired or revoked); events
@@ -159,7 +219,7 @@ impl EventHub {
     /// with the sign-in is never delivered before an older state.
     pub fn subscribe(&self, user: Uuid, sub: Subscriber) {
         let mut entry = self.users.entry(user).or_default();
-        if sub.enabled.load(Ordering::Relaxed) {
+        if sub.enabled.get(EventName::Task) {
             let mut active: Vec<&Task> = entry.active.values().collect();
             active.sort_by_key(|t| t.created);
             for task in active {
@@ -192,7 +252,7 @@ impl EventHub {
             for sub in entry
                 .subs
                 .iter()
-                .filter(|s| s.enabled.load(Ordering::Relaxed) && (s.alive)())
+                .filter(|s| s.enabled.get(EventName::Task) && (s.alive)())
             {
                 let slot = &mut rendered[sub.format as usize];
                 let text = slot.get_or_insert_with(|| sub.format.render(task)).clone();
@@ -213,12 +273,12 @@ impl EventHub {
             return;
         };
         let text: Utf8Bytes = crate::ws::envelope::event(
-            "machine",
+            EventName::Machine.as_str(),
             &serde_json::json!({"pool_id": pool_id, "machine_id": machine_id, "status": "RELEASED", "reason": reason}),
         )
         .into();
         for sub in entry.subs.iter().filter(|s| {
-            s.format == EventFormat::Rpc && s.enabled.load(Ordering::Relaxed) && (s.alive)()
+            s.format == EventFormat::Rpc && s.enabled.get(EventName::Machine) && (s.alive)()
         }) {
             sub.push(text.clone());
         }

@@ -1,5 +1,6 @@
-//! `events/subscribe` and `events/unsubscribe` with one event name or an array of names.
-//! Task events are on by default for a signed-in socket; unsubscribing turns them off.
+//! `events/subscribe` and `events/unsubscribe` with one event name or an array of names: every
+//! event the server pushes (`task`, `machine`) is on by default for a signed-in socket, and
+//! each can be turned off and on again.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -7,9 +8,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, parse_args};
 use crate::error::Error;
-
-/// Event names a socket can subscribe to.
-pub const KNOWN_EVENTS: &[&str] = &["task"];
+use crate::events::EventName;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -21,7 +20,7 @@ enum Names {
 pub struct Subscription {
     /// As the client sent it, echoed in the reply.
     echo: Value,
-    names: Vec<String>,
+    names: Vec<EventName>,
 }
 
 impl Subscription {
@@ -35,21 +34,25 @@ impl Subscription {
                 ));
             }
         };
-        if let Some(unknown) = names.iter().find(|n| !KNOWN_EVENTS.contains(&n.as_str())) {
-            return Err(Error::bad_request(format!(
-                "Unknown event {unknown:?}; known events: {}.",
-                KNOWN_EVENTS.join(", ")
-            )));
-        }
+        let names = names
+            .iter()
+            .map(|n| {
+                EventName::parse(n).ok_or_else(|| {
+                    let known: Vec<&str> = EventName::ALL.iter().map(|e| e.as_str()).collect();
+                    Error::bad_request(format!(
+                        "Unknown event {n:?}; known events: {}.",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let echo = serde_json::from_str(args.get()).map_err(Error::internal)?;
         Ok(Subscription { echo, names })
     }
 
     pub fn apply(self, ctx: &mut Ctx<'_>, on: bool) -> Result<Value, Error> {
-        if self.names.iter().any(|n| n == "task") {
-            ctx.conn
-                .events_enabled
-                .store(on, std::sync::atomic::Ordering::Relaxed);
+        for &name in &self.names {
+            ctx.conn.events_enabled.set(name, on);
         }
         let key = if on { "subscribe" } else { "unsubscribe" };
         Ok(json!({ key: self.echo }))

@@ -18,7 +18,6 @@ mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -27,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::tokens::Session;
 use crate::error::Error;
-use crate::events::{EventFormat, Outbox, Subscriber};
+use crate::events::{EventFormat, Outbox, Subscriber, Subscriptions};
 use crate::state::AppState;
 
 /// What one connection knows about itself between messages.
@@ -36,8 +35,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The signed-in session, if any. Checked (not looked up) on every message.
     pub session: Option<Arc<Session>>,
-    /// Whether task events are pushed to this socket (on by default once signed in).
-    pub events_enabled: Arc<AtomicBool>,
+    /// Which events are pushed to this socket (all on by default once signed in).
+    pub events_enabled: Arc<Subscriptions>,
     /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
     pub auth_failures: u32,
     /// The socket's outbound queue (replies and events).
@@ -57,7 +56,7 @@ impl Conn {
             id,
             peer,
             session: None,
-            events_enabled: Arc::new(AtomicBool::new(true)),
+            events_enabled: Arc::new(true.into()),
             auth_failures: 0,
             outbound,
             kick,

@@ -435,3 +435,76 @@ async fn a_socket_that_cannot_keep_up_is_closed_with_a_reason_not_skipped() {
     // Nobody else was affected.
     assert_eq!(other.rpc("identify", json!({})).await["name"], "response");
 }
+
+/// Sends `identify` and returns every frame up to its reply (events pushed before it).
+async fn frames_until_identify(c: &mut Client) -> Vec<Value> {
+    c.send_text(r#"{"namespace":"rpc","name":"identify","id":"marker","args":{}}"#)
+        .await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = c.recv().await;
+        if frame["id"] == "marker" {
+            return frames;
+        }
+        frames.push(frame);
+    }
+}
+
+#[tokio::test]
+async fn every_event_the_server_pushes_can_be_unsubscribed_and_subscribed_again() {
+    let app = fast_app(OK, OK).await;
+    let (mut c, _) = app.login("astravdi").await;
+    let release = json!({"username": "astravdi", "pool_id": POOL_WIN_1});
+
+    // Off: a release pushes nothing to this socket.
+    let reply = c.call("events", "unsubscribe", json!("machine")).await;
+    assert_eq!(reply["args"], json!({"unsubscribe": "machine"}), "{reply}");
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    c.follow(&id).await;
+    let reply = c.rpc("admin_release", release.clone()).await;
+    assert!(reply["args"]["released"].is_object(), "{reply}");
+    let pushed = frames_until_identify(&mut c).await;
+    assert!(
+        pushed.iter().all(|f| f["name"] != "machine"),
+        "unsubscribed: {pushed:?}"
+    );
+
+    // On again, together with task: the release is pushed.
+    let reply = c
+        .call("events", "subscribe", json!(["task", "machine"]))
+        .await;
+    assert_eq!(reply["args"], json!({"subscribe": ["task", "machine"]}));
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    c.follow(&id).await;
+    c.rpc("admin_release", release.clone()).await;
+    let pushed = frames_until_identify(&mut c).await;
+    let machine = pushed
+        .iter()
+        .find(|f| f["name"] == "machine")
+        .unwrap_or_else(|| panic!("subscribed: {pushed:?}"));
+    assert_eq!(machine["namespace"], "events");
+    assert_eq!(machine["args"]["status"], "RELEASED");
+
+    // Task events off leaves machine events on, and the other way round.
+    c.call("events", "unsubscribe", json!("task")).await;
+    c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pushed = frames_until_identify(&mut c).await;
+    assert!(pushed.iter().all(|f| f["name"] != "task"), "{pushed:?}");
+
+    // Every name the server pushes is accepted (and the docs list them all).
+    let docs = include_str!("../../protocol/README.md");
+    for event in poolgate::events::EventName::ALL {
+        let name = event.as_str();
+        for method in ["subscribe", "unsubscribe"] {
+            let reply = c.call("events", method, json!(name)).await;
+            assert_eq!(reply["name"], "response", "{method} {name}: {reply}");
+        }
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "protocol/README.md names the {name} event"
+        );
+    }
+}
