@@ -3,6 +3,7 @@
 //! translate HTTP to the same domain calls the WebSocket RPCs make.
 
 mod core;
+mod mfa;
 mod openapi;
 mod pools;
 pub mod settings;
@@ -19,13 +20,13 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::auth::jwt::Claims;
 use crate::auth::users::User;
-use crate::error::{Error, MfaKind};
+use crate::error::Error;
 use crate::state::AppState;
 
 /// Largest request body the shim reads.
@@ -37,6 +38,8 @@ pub fn router() -> Router<AppState> {
         .route("/users/login/", post(users::login))
         .route("/users/logout/", post(users::logout))
         .route("/users/settings/", get(users::settings))
+        .route("/users/adfs/", any(mfa::adfs))
+        .route("/users/hardware_token/", any(mfa::hardware_token))
         .route("/pools/", get(pools::list))
         .route("/pools/{id}/connect/", get(pools::step1).post(pools::step2))
         .route("/pools/ws/{client_id}/", get(status_ws::upgrade))
@@ -105,11 +108,7 @@ impl From<Error> for RestError {
                 "auth",
             ),
             Error::MfaRequired { kind, .. } => {
-                let next_step = match kind {
-                    MfaKind::Otp => "/api/v2/users/login/",
-                    MfaKind::Adfs => "/api/v2/users/adfs/",
-                    MfaKind::HardwareToken => "/api/v2/users/hardware_token/",
-                };
+                let next_step = mfa::next_step(*kind);
                 RestError {
                     status: StatusCode::PRECONDITION_REQUIRED,
                     detail: vec![

@@ -821,3 +821,38 @@ async fn openapi_and_swagger_ui_are_served_without_the_network() {
     assert!(js.bytes().await.unwrap().len() > 100_000);
     assert_eq!(h.get("/api/v2/nowhere/", None).await.0, 404);
 }
+
+#[tokio::test]
+async fn every_428_next_step_points_to_a_path_that_answers() {
+    let h = Http::new().await;
+    for (user, err_code, method) in [("user-5", 101, "ADFS"), ("user-3", 102, "Hardware-token")] {
+        let (s, body) = h
+            .login(json!({"username": user, "password": PASSWORD, "ldap": false}))
+            .await;
+        assert_eq!(s, 428, "{body}");
+        let next = body["detail"][0]["next_step"].as_str().unwrap().to_owned();
+        let path = next.as_str();
+        let expected = json!({"detail": [{
+            "msg": format!("{method} sign-in is not available on this server."),
+            "err_code": err_code,
+            "type": "auth",
+        }]});
+        let (s, body) = h.post(path, None, Some(json!({"username": user}))).await;
+        assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "POST {next}: {body}");
+        assert_eq!(body, expected);
+        let (s, body) = h.get(path, None).await;
+        assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "GET {next}: {body}");
+        assert_eq!(body, expected);
+    }
+    // The OTP pointer is the login path itself, which answers.
+    let (s, body) = h
+        .login(json!({"username": "user-4", "password": PASSWORD, "ldap": false}))
+        .await;
+    assert_eq!(s, 428);
+    assert_eq!(body["detail"][0]["next_step"], "/api/v2/users/login/");
+    // Each pointer is in the OpenAPI document too.
+    let (_, spec) = h.get("/api/v2/openapi.json", None).await;
+    for path in ["/users/adfs/", "/users/hardware_token/", "/users/login/"] {
+        assert!(spec["paths"][path].is_object(), "{path} documented");
+    }
+}
