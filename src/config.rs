@@ -184,9 +184,9 @@ impl Config {
         if let Some(file) = &config.users_file {
             let file = base.map_or_else(|| file.clone(), |b| b.join(file));
             let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read users file {}", file.display()))?;
+                .map_err(|e| anyhow::anyhow!("users_file: cannot read {}: {e}", file.display()))?;
             let extra: UsersFile = toml::from_str(&text)
-                .with_context(|| format!("invalid users file {}", file.display()))?;
+                .with_context(|| format!("users_file: invalid users file {}", file.display()))?;
             config.users.extend(extra.users);
         }
         config.validate()?;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod pools;
+pub mod preflight;
 pub mod provision;
 pub mod rest;
 pub mod rpc;

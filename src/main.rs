@@ -27,10 +27,15 @@ enum Command {
     Serve(ServeArgs),
     /// Print an argon2id PHC string for the users file (password read from stdin or a prompt).
     HashPassword,
-    /// Validate a config file and exit.
+    /// Run every check `serve` runs on a config file, without serving, and exit: syntax,
+    /// values, users and pools, and every file the config names. Writes nothing.
     CheckConfig {
         /// The config file to check.
         config: PathBuf,
+        /// Also reach what serving needs: Redis answers (PING, with the configured password),
+        /// the data directory can be written (probed with a short-lived file).
+        #[arg(long)]
+        connect: bool,
     },
     /// Get a desktop: sign in, run both steps with live progress, write a launcher file.
     Connect {
@@ -286,8 +291,11 @@ fn main() -> anyhow::Result<()> {
                     open,
                 }))
         }
-        Command::CheckConfig { config: path } => {
-            let result = check_config(&path);
+        Command::CheckConfig {
+            config: path,
+            connect,
+        } => {
+            let result = check_config(&path, connect);
             if let Err(e) = &result
                 && let Some(line) = locate(&path, e)
             {
@@ -304,6 +312,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     if args.config.is_none() {
         tracing::warn!("no --config given: serving the embedded demo dataset (password Bazalt1!)");
+    }
+    // What check-config checks, before anything is bound or written.
+    let problems = poolgate::preflight::files(&config);
+    if !problems.is_empty() {
+        let text = args
+            .config
+            .as_ref()
+            .and_then(|p| Some((p, std::fs::read_to_string(p).ok()?)));
+        let mut flags = Vec::new();
+        if args.tls_cert.is_some() {
+            flags.push("tls_cert");
+        }
+        if args.tls_key.is_some() {
+            flags.push("tls_key");
+        }
+        let report = poolgate::preflight::render(
+            &problems,
+            text.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+            &flags,
+        );
+        bail!("the configuration cannot be served:\n{}", report.trim_end());
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -357,9 +386,30 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Loads and validates a config the way `serve` would, without writing anything.
-fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+/// Loads and validates a config the way `serve` would, without writing anything; lists every
+/// problem with its key and line.
+fn check_config(path: &std::path::Path, connect: bool) -> anyhow::Result<()> {
     let mut config = Config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut problems = poolgate::preflight::files(&config);
+    if connect {
+        problems.extend(runtime.block_on(poolgate::preflight::connect(&config)));
+    }
+    if !problems.is_empty() {
+        let text = std::fs::read_to_string(path)?;
+        eprint!(
+            "{}",
+            poolgate::preflight::render(&problems, Some((path, &text)), &[])
+        );
+        let n = problems.len();
+        bail!(
+            "{n} problem{} in {}",
+            if n == 1 { "" } else { "s" },
+            path.display()
+        );
+    }
     if config.jwt_secret.is_none()
         && config.jwt_secret_file.is_none()
         && std::env::var_os(poolgate::auth::jwt::SECRET_ENV).is_none()
@@ -369,21 +419,10 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             [u8; 32],
         >())));
     }
-    // Checking must not create the database either; the name is checked, not opened.
-    let state = std::mem::replace(&mut config.state, "memory".into());
-    if !(state == "memory"
-        || state.starts_with("sqlite:")
-        || state.starts_with("redis://")
-        || state.starts_with("rediss://"))
-    {
-        bail!(
-            "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
-        );
-    }
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(AppState::new(config))?;
+    // Checking must not create the database: the state URL was checked above (and reached
+    // with --connect); users, pools and provisioners are built on a throwaway store.
+    config.state = "memory".into();
+    runtime.block_on(AppState::new(config))?;
     println!("ok");
     Ok(())
 }
@@ -395,6 +434,20 @@ fn locate(path: &std::path::Path, err: &anyhow::Error) -> Option<usize> {
     let message = format!("{err:#}");
     if message.contains(" at line ") {
         return None; // TOML syntax errors say where themselves
+    }
+    // Rules on one key start with its name ("token_ttl must be …", "users_file: cannot …").
+    let innermost = err
+        .chain()
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let first = innermost
+        .split([' ', ':', ','])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(line) = poolgate::preflight::key_line(&text, &[first]) {
+        return Some(line);
     }
     // The offending value is named last ("pool \"p\" lists an unknown user \"ghost\"").
     let names: Vec<&str> = message.split('"').skip(1).step_by(2).collect();

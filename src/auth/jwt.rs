@@ -30,7 +30,7 @@ const KNOWN_SECRETS: &[&str] = &[
 /// Shortest secret accepted, in bytes (HS256 wants at least its output size).
 const MIN_SECRET: usize = 32;
 pub const SECRET_ENV: &str = "POOLGATE_JWT_SECRET";
-const SECRET_FILE: &str = "jwt-secret";
+pub const SECRET_FILE: &str = "jwt-secret";
 
 /// The claims the mock's clients read, plus `jti`/`iat` for revocation.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -55,6 +55,36 @@ fn resp3(url: &str) -> String {
     }
 }
 
+/// Parses a `redis://` URL the way [`RedisStore::connect`] does, without connecting.
+pub fn check_url(url: &str) -> anyhow::Result<()> {
+    use ::redis::IntoConnectionInfo;
+    resp3(url)
+        .as_str()
+        .into_connection_info()
+        .context("invalid redis URL")?;
+    Ok(())
+}
+
+/// Connects once with the configured password and sends PING (`check-config --connect`).
+pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<()> {
+    use ::redis::IntoConnectionInfo;
+    let mut info = url.into_connection_info().context("invalid redis URL")?;
+    if let Some(password) = password {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    let client = ::redis::Client::open(info).context("invalid redis URL")?;
+    let attempt = async {
+        let mut con = client.get_multiplexed_async_connection().await?;
+        ::redis::cmd("PING").query_async::<String>(&mut con).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!("cannot reach {url}: {e}")),
+        Err(_) => Err(anyhow::anyhow!("cannot reach {url}: no answer within 3 s")),
+    }
+}
+
 impl RedisStore {
     /// `password` (from `POOLGATE_REDIS_PASSWORD` or `state_password_file`) overrides one in
     /// the URL, so the URL in the config file can stay free of secrets.

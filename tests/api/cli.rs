@@ -37,18 +37,16 @@ fn hash_password_prints_a_verifiable_argon2id_string() {
 }
 
 #[test]
-fn check_config_accepts_the_examples_and_rejects_a_broken_file() {
-    for example in ["examples/demo.toml", "examples/production.toml"] {
-        let ok = Command::new(BIN)
-            .args(["check-config", example])
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "{example}: {}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-    }
+fn check_config_accepts_the_demo_and_rejects_a_broken_file() {
+    let ok = Command::new(BIN)
+        .args(["check-config", "examples/demo.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     // Writes `text` as the config, runs check-config on it, expects a failure, returns stderr.
@@ -69,6 +67,168 @@ fn check_config_accepts_the_examples_and_rejects_a_broken_file() {
     );
     assert!(err.contains("ghost"), "{err}");
     assert!(err.contains("bad.toml:7:"), "points at the line: {err}");
+    let err = refused("demo = false\nusers_file = \"missing-users.toml\"\n");
+    assert!(
+        err.contains("bad.toml:2:") && err.contains("users_file: cannot read"),
+        "{err}"
+    );
+    let err = refused("demo = false\n\ntoken_ttl = 0\n");
+    assert!(
+        err.contains("bad.toml:3:") && err.contains("token_ttl must be"),
+        "{err}"
+    );
+}
+
+/// The line (1-based) of the first line of `text` starting with `prefix`.
+fn line_of(text: &str, prefix: &str) -> usize {
+    text.lines().position(|l| l.starts_with(prefix)).unwrap() + 1
+}
+
+fn check_config(config: &std::path::Path, connect: bool) -> (bool, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check-config");
+    if connect {
+        cmd.arg("--connect");
+    }
+    let out = cmd
+        .arg(config)
+        .env_remove("POOLGATE_JWT_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_line() {
+    // examples/production.toml, with its paths moved into a scratch directory.
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let text = std::fs::read_to_string("examples/production.toml")
+        .unwrap()
+        .replace("0.0.0.0:8443", "127.0.0.1:0")
+        .replace("/etc/poolgate/tls/fullchain.pem", &at("cert.pem"))
+        .replace("/etc/poolgate/tls/privkey.pem", &at("key.pem"))
+        .replace("/var/lib/poolgate", &at("data"))
+        .replace("/usr/local/libexec/poolgate-proxmox", &at("prov.sh"))
+        .replace(
+            "# env_files = { PROXMOX_TOKEN = \"/etc/poolgate/proxmox.token\" }",
+            &format!("env_files = {{ PROXMOX_TOKEN = {:?} }}", at("token")),
+        );
+    assert!(
+        text.contains(&at("token")),
+        "examples/production.toml changed: update this test"
+    );
+    let config = dir.path().join("poolgate.toml");
+    std::fs::write(&config, &text).unwrap();
+    let file = config.to_str().unwrap();
+    let expect = |err: &str, prefix: &str, key: &str, what: &str| {
+        let line = format!("{file}:{}: {key}: ", line_of(&text, prefix));
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&line) && l.contains(what)),
+            "expected {line}…{what} in:\n{err}"
+        );
+    };
+
+    // Nothing exists yet: every problem at once, each with its key and line.
+    let (ok, err) = check_config(&config, false);
+    assert!(!ok);
+    expect(&err, "tls_cert", "tls_cert", "cannot read");
+    expect(&err, "tls_key", "tls_key", "cannot read");
+    expect(
+        &err,
+        "command = [",
+        "provisioners.proxmox.command",
+        "does not exist",
+    );
+    expect(
+        &err,
+        "env_files",
+        "provisioners.proxmox.env_files.PROXMOX_TOKEN",
+        "cannot read",
+    );
+    assert!(err.contains("4 problems"), "{err}");
+
+    // serve refuses the same file for the same reasons, before it listens.
+    let out = tokio::time::timeout(
+        REPLY_TIMEOUT,
+        tokio::process::Command::new(BIN)
+            .args(["serve", "--config", file])
+            .env("NO_COLOR", "1")
+            .env_remove("POOLGATE_JWT_SECRET")
+            .output(),
+    )
+    .await
+    .expect("serve gives up at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let served = String::from_utf8_lossy(&out.stderr);
+    expect(&served, "tls_cert", "tls_cert", "cannot read");
+    expect(
+        &served,
+        "command = [",
+        "provisioners.proxmox.command",
+        "does not exist",
+    );
+    assert!(!served.contains("listening"), "{served}");
+
+    // A program that is not executable, an empty secret, a certificate that does not parse.
+    std::fs::write(at("prov.sh"), "#!/bin/sh\necho '{\"result\":{}}'\n").unwrap();
+    std::fs::write(at("token"), "\n").unwrap();
+    std::fs::write(at("cert.pem"), "not a certificate").unwrap();
+    std::fs::write(at("key.pem"), "not a key").unwrap();
+    let (ok, err) = check_config(&config, false);
+    assert!(!ok);
+    expect(
+        &err,
+        "command = [",
+        "provisioners.proxmox.command",
+        "not executable",
+    );
+    expect(
+        &err,
+        "env_files",
+        "provisioners.proxmox.env_files.PROXMOX_TOKEN",
+        "is empty",
+    );
+    assert!(err.contains(": tls_"), "{err}");
+
+    // All fixed: ok, and serve starts on the same file.
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(at("cert.pem"), generated.cert.pem()).unwrap();
+    std::fs::write(at("key.pem"), generated.signing_key.serialize_pem()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(at("prov.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(at("token"), "secret-token\n").unwrap();
+    let (ok, err) = check_config(&config, true);
+    assert!(ok, "{err}");
+    assert!(!dir.path().join("data").exists(), "checking writes nothing");
+    let server = ServerProcess::start_with(&["serve", "--config", file], |c| {
+        c.env_remove("POOLGATE_JWT_SECRET");
+    })
+    .await;
+    assert!(!server.addr.is_empty());
+    drop(server);
+
+    // --connect reaches the store and the data directory; without it, neither is tried.
+    let unreachable = format!("redis://127.0.0.1:{}", free_port());
+    let blocked = dir.path().join("cert.pem/data"); // under a file: can never be created
+    let text = text
+        .replace("state = \"sqlite:\"", &format!("state = {unreachable:?}"))
+        .replace(&at("data"), blocked.to_str().unwrap());
+    std::fs::write(&config, &text).unwrap();
+    let (ok, err) = check_config(&config, false);
+    assert!(ok, "{err}");
+    let (ok, err) = check_config(&config, true);
+    assert!(!ok);
+    expect(&err, "state =", "state", "cannot reach");
+    expect(&err, "data_dir", "data_dir", "not a directory");
 }
 
 #[tokio::test]

@@ -1,0 +1,362 @@
+//! The checks `serve` runs on a loaded config before it binds, shared with `poolgate
+//! check-config`, so that a config that checks clean also starts: every file the config names
+//! is readable (TLS certificate and key, parsed and matched; the JWT and Redis secret files or
+//! a JWT secret kept in the data directory; command-provisioner programs, executable, their
+//! working directories and `env_files`), and the state URL parses. With `connect` (`check-config
+//! --connect`) it also reaches what serving needs: Redis answers PING with the configured
+//! password, and the data directory (and a SQLite file's directory) can be written.
+//!
+//! Every problem names its key; [`render`] adds the line of that key in the config file.
+//! Nothing here writes, except the short-lived probe file of the writability check under
+//! `connect`.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::provision::ProvisionerConfig;
+
+/// One thing wrong with a config: which key, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key's path in the file, e.g. `["provisioners", "proxmox", "command"]`; an
+    /// environment variable's name when the value comes from there.
+    pub key: Vec<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: &[&str], message: impl Into<String>) -> Self {
+        Problem {
+            key: key.iter().map(|k| (*k).to_owned()).collect(),
+            message: message.into(),
+        }
+    }
+
+    /// The key as written in a file (`provisioners.proxmox.command`).
+    pub fn key_path(&self) -> String {
+        self.key.join(".")
+    }
+}
+
+/// The checks that need nothing but the file system: run by `serve` before it binds and by
+/// `check-config`.
+pub fn files(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    tls(config, &mut problems);
+    secrets(config, &mut problems);
+    state_url(config, &mut problems);
+    let mut names: Vec<&String> = config.provisioners.keys().collect();
+    names.sort();
+    for name in names {
+        if let ProvisionerConfig::Command(c) = &config.provisioners[name] {
+            command(name, c, &mut problems);
+        }
+    }
+    problems
+}
+
+fn tls(config: &Config, problems: &mut Vec<Problem>) {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return;
+    };
+    let mut readable = true;
+    for (name, path) in [("tls_cert", cert), ("tls_key", key)] {
+        if let Err(e) = std::fs::File::open(path) {
+            problems.push(Problem::new(
+                &[name],
+                format!("cannot read {}: {e}", path.display()),
+            ));
+            readable = false;
+        }
+    }
+    if readable && let Err(e) = crate::tls::acceptor(cert, key) {
+        let message = format!("{e:#}");
+        let name = if message.contains("private key") || message.contains("do not match") {
+            "tls_key"
+        } else {
+            "tls_cert"
+        };
+        problems.push(Problem::new(&[name], message));
+    }
+}
+
+fn secrets(config: &Config, problems: &mut Vec<Problem>) {
+    use crate::auth::jwt::{JwtKeys, SECRET_ENV};
+    // Which source serving would use; a generated secret is checked only once it exists
+    // (generating it is serving's job).
+    let source: Option<&str> = if std::env::var_os(SECRET_ENV).is_some() {
+        Some(SECRET_ENV)
+    } else if config.jwt_secret_file.is_some() {
+        Some("jwt_secret_file")
+    } else if config.jwt_secret.is_some() {
+        Some("jwt_secret")
+    } else if config.data_dir.join(crate::auth::jwt::SECRET_FILE).exists() {
+        Some("data_dir")
+    } else {
+        None
+    };
+    if let Some(key) = source
+        && let Err(e) = JwtKeys::from_config(config)
+    {
+        problems.push(Problem::new(&[key], format!("{e:#}")));
+    }
+    if let Err(e) = config.redis_password() {
+        let key = if std::env::var_os("POOLGATE_REDIS_PASSWORD").is_some() {
+            "POOLGATE_REDIS_PASSWORD"
+        } else {
+            "state_password_file"
+        };
+        problems.push(Problem::new(&[key], format!("{e:#}")));
+    }
+}
+
+fn state_url(config: &Config, problems: &mut Vec<Problem>) {
+    let state = config.state.as_str();
+    if state == "memory" || state.starts_with("sqlite:") {
+        return;
+    }
+    if state.starts_with("redis://") || state.starts_with("rediss://") {
+        if let Err(e) = crate::store::redis::check_url(state) {
+            problems.push(Problem::new(&["state"], format!("{e:#}")));
+        }
+        return;
+    }
+    problems.push(Problem::new(
+        &["state"],
+        format!(
+            "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
+        ),
+    ));
+}
+
+fn command(name: &str, c: &crate::provision::CommandConfig, problems: &mut Vec<Problem>) {
+    fn key<'a>(name: &'a str, last: &'a str) -> [&'a str; 3] {
+        ["provisioners", name, last]
+    }
+    if let Some(dir) = &c.workdir
+        && !dir.is_dir()
+    {
+        problems.push(Problem::new(
+            &key(name, "workdir"),
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    match c.command.first() {
+        None => problems.push(Problem::new(&key(name, "command"), "must name a program")),
+        Some(program) => {
+            if let Err(message) = executable(program, c.workdir.as_deref()) {
+                problems.push(Problem::new(&key(name, "command"), message));
+            }
+        }
+    }
+    for (var, path) in &c.env_files {
+        let at = ["provisioners", name, "env_files", var.as_str()];
+        match std::fs::read_to_string(path) {
+            Err(e) => problems.push(Problem::new(
+                &at,
+                format!("cannot read {}: {e}", path.display()),
+            )),
+            Ok(text) if text.trim_end_matches(['\r', '\n']).is_empty() => {
+                problems.push(Problem::new(&at, format!("{} is empty", path.display())))
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Resolves a program the way it will be started — a bare name on `PATH`, a relative path
+/// against the working directory — and checks it is an executable file.
+fn executable(program: &str, workdir: Option<&Path>) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        let path = PathBuf::from(program);
+        vec![match workdir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path,
+        }]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
+            .unwrap_or_default()
+    };
+    for path in &candidates {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            return Err(format!("{} is not a file", path.display()));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o111 == 0 {
+                return Err(format!(
+                    "{} is not executable (chmod +x it)",
+                    path.display()
+                ));
+            }
+        }
+        return Ok(path.clone());
+    }
+    Err(if program.contains('/') {
+        format!("{} does not exist", candidates[0].display())
+    } else {
+        format!("{program:?} is not found on PATH")
+    })
+}
+
+/// The checks that reach out (`check-config --connect`): the state store answers and the
+/// directories serving writes to can be written.
+pub async fn connect(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Err(message) = writable(&config.data_dir) {
+        problems.push(Problem::new(&["data_dir"], message));
+    }
+    let state = config.state.as_str();
+    if let Some(path) = state.strip_prefix("sqlite:")
+        && !path.is_empty()
+    {
+        let path = Path::new(path);
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Err(message) = writable(dir.unwrap_or(Path::new("."))) {
+            problems.push(Problem::new(&["state"], message));
+        }
+    } else if state.starts_with("redis://") || state.starts_with("rediss://") {
+        let password = config.redis_password().ok().flatten();
+        if let Err(e) = crate::store::redis::ping(state, password.as_deref()).await {
+            problems.push(Problem::new(&["state"], format!("{e:#}")));
+        }
+    }
+    problems
+}
+
+/// Whether serving could create files in `dir` (creating it first, as serving does): probed
+/// with a file created and removed at once, since permissions alone do not tell (ACLs,
+/// read-only mounts, another user).
+fn writable(dir: &Path) -> Result<(), String> {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.as_os_str().is_empty() || a.exists())
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .unwrap_or(Path::new("."));
+    if !existing.is_dir() {
+        return Err(format!("{} is not a directory", existing.display()));
+    }
+    let probe = existing.join(format!(".poolgate-check-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if existing == dir => Err(format!("cannot write in {}: {e}", dir.display())),
+        Err(e) => Err(format!(
+            "cannot create {}: cannot write in {}: {e}",
+            dir.display(),
+            existing.display()
+        )),
+    }
+}
+
+/// The line (1-based) of a key in TOML text; when only a prefix of the path is there (the
+/// key is absent and a default applies), the line of the deepest part that is.
+pub fn key_line(text: &str, key: &[String]) -> Option<usize> {
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut found = None;
+    for part in key {
+        let Some((k, item)) = table.get_key_value(part) else {
+            break;
+        };
+        found = k.span().map(|s| s.start);
+        match item.as_table_like() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    found.map(|offset| text[..offset].matches('\n').count() + 1)
+}
+
+/// One line per problem: `FILE:LINE: key: message` (without a line when the key is not in
+/// the file: a default, a flag, or the environment).
+pub fn render(problems: &[Problem], file: Option<(&Path, &str)>, from_flags: &[&str]) -> String {
+    let mut out = String::new();
+    for p in problems {
+        let key = p.key_path();
+        let line = match file {
+            Some((_, text)) if !from_flags.contains(&key.as_str()) => key_line(text, &p.key),
+            _ => None,
+        };
+        match (file, line) {
+            (Some((path, _)), Some(line)) => out.push_str(&format!(
+                "{}:{line}: {key}: {}\n",
+                path.display(),
+                p.message
+            )),
+            (Some((path, _)), None) => {
+                out.push_str(&format!("{}: {key}: {}\n", path.display(), p.message))
+            }
+            (None, _) => out.push_str(&format!("{key}: {}\n", p.message)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str) -> Vec<String> {
+        p.split('.').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn key_lines_point_at_the_key_in_tables_and_inline_tables() {
+        let text = "listen = \"x\"\n\n[provisioners.p]\nkind = \"command\"\ncommand = [\"a\"]\nenv_files = { T = \"/t\" }\n";
+        assert_eq!(key_line(text, &path("listen")), Some(1));
+        assert_eq!(key_line(text, &path("provisioners.p")), Some(3));
+        assert_eq!(key_line(text, &path("provisioners.p.command")), Some(5));
+        assert_eq!(key_line(text, &path("provisioners.p.env_files.T")), Some(6));
+        assert_eq!(
+            key_line(text, &path("provisioners.p.workdir")),
+            Some(3),
+            "the table"
+        );
+        assert_eq!(key_line(text, &path("tls_cert")), None);
+    }
+
+    #[test]
+    fn programs_are_resolved_like_the_provisioner_starts_them() {
+        assert!(executable("sh", None).is_ok(), "found on PATH");
+        assert!(
+            executable("no-such-program-anywhere", None)
+                .unwrap_err()
+                .contains("not found on PATH")
+        );
+        let dir = std::env::temp_dir().join(format!("pg-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("prog"), "#!/bin/sh\n").unwrap();
+        let err = executable("./prog", Some(&dir)).unwrap_err();
+        assert!(err.contains("not executable"), "{err}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join("prog"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        assert_eq!(
+            executable("./prog", Some(&dir)).unwrap(),
+            dir.join("./prog")
+        );
+        assert!(
+            executable("./missing", Some(&dir))
+                .unwrap_err()
+                .contains("does not exist")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
