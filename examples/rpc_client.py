@@ -42,9 +42,13 @@ async def main(url, user, password, pool_name):
             code = input("one-time code: ")
             reply = await call(ws, "otp_verify", {"mfa_token": reply["args"]["mfa_token"], "otp_code": code})
         if reply["name"] == "error":
-            sys.exit(f"sign-in failed: {reply['args']}")
+            args = reply["args"]
+            sys.exit(f"sign-in failed: {args.get('detail') or args['message']} ({args['code']})")
         pools = (await call(ws, "pools", {}))["args"]
-        pool = next(p for p in pools if p["name"] == pool_name)
+        pool = next((p for p in pools if pool_name in (p["name"], p["id"])), None)
+        if pool is None:
+            names = ", ".join(p["name"] for p in pools) or "none"
+            sys.exit(f"{user} has no pool {pool_name!r}; {user}'s pools: {names}")
 
         while True:  # step 1; a CANCELLED task is simply asked for again
             reply = await call(ws, "pool_request", {"pool_id": pool["id"]})
@@ -69,4 +73,6 @@ async def main(url, user, password, pool_name):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 5:
+        sys.exit(f"usage: {sys.argv[0]} URL USER PASSWORD POOL (name or id)")
     asyncio.run(main(*sys.argv[1:5]))

@@ -5,10 +5,10 @@ plain HTTP with `Authorization: JWT <token>`, status updates on the per-client W
 
     pip install websockets
     python3 examples/v2_client.py --server http://127.0.0.1:8080 --user astravdi --pool pool-win-1
+    python3 examples/v2_client.py --user user-4 --otp "$(date +%y%m%d)"   # a demo OTP user
 """
 import argparse
 import asyncio
-import datetime
 import json
 import urllib.error
 import urllib.request
@@ -33,14 +33,22 @@ def call(server, method, path, token=None, body=None):
 
 
 def login(server, user, password, otp):
-    status, body = call(server, "POST", "/api/v2/users/login/",
-                        body={"username": user, "password": None, "ldap": False})
+    """Signs in as a real client does: username and password first; only when the server
+    answers 428 for a one-time code (err_code 100) is the code sent, with the password again.
+    A normal run therefore never produces a failed sign-in (which would count towards the
+    server's lockout)."""
+    creds = {"username": user, "password": password, "ldap": False}
+    status, body = call(server, "POST", "/api/v2/users/login/", body=creds)
     if status == 428:
-        print("MFA required:", body["detail"][0])
-        body = {"username": user, "password": password, "ldap": False, "otp_code": otp}
-    else:
-        body = {"username": user, "password": password, "ldap": False}
-    status, body = call(server, "POST", "/api/v2/users/login/", body=body)
+        detail = body["detail"][0]
+        if detail["err_code"] != 100:
+            # ADFS (101) or a hardware token (102): next_step says where; poolgate answers
+            # there that the method is not available on this server.
+            status, body = call(server, "POST", detail["next_step"], body={"username": user})
+            raise SystemExit(f"{user} cannot sign in here: {status} {body['detail'][0]['msg']}")
+        if otp is None:
+            otp = input("one-time code: ")
+        status, body = call(server, "POST", "/api/v2/users/login/", body={**creds, "otp_code": otp})
     if status != 200:
         raise SystemExit(f"login failed: {status} {body}")
     return body["data"]["access_token"]
@@ -51,7 +59,8 @@ async def main():
     p.add_argument("--server", default="http://127.0.0.1:8080")
     p.add_argument("--user", default="astravdi")
     p.add_argument("--password", default="Bazalt1!")
-    p.add_argument("--otp", default=datetime.date.today().strftime("%y%m%d"))
+    # The demo server's "date" code is today's date as YYMMDD; prompted for when not given.
+    p.add_argument("--otp", help="one-time code, sent only if the server asks for one")
     p.add_argument("--pool", default="pool-win-1")
     a = p.parse_args()
 
@@ -95,4 +104,5 @@ async def main():
     print("logout:", status)
 
 
-asyncio.run(main())
+if __name__ == "__main__":
+    asyncio.run(main())

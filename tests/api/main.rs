@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod backends;
 mod cli;
+mod examples;
 mod hardening;
 mod helpers;
 mod metrics;
