@@ -186,6 +186,14 @@ impl UsersFile {
         let mut f = opts
             .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            // Keep the owner and group too: root editing /etc/poolgate/users.toml (root:poolgate,
+            // 0640) must leave a file the service can still read. Only root may give a file
+            // away; anyone else keeps their own, which is what they had.
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        }
         f.write_all(self.doc.to_string().as_bytes())?;
         f.sync_all()?;
         drop(f);

@@ -648,3 +648,35 @@ async fn text_logs_to_a_file_or_pipe_carry_no_colour_codes() {
         "no escape codes: {log:#?}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn user_edits_keep_the_users_files_owner_group_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "").unwrap();
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // As root (CI, or an admin editing /etc/poolgate/users.toml): a file owned by someone
+    // else, e.g. root:poolgate, must stay theirs.
+    let root = std::fs::metadata(dir.path()).unwrap().uid() == 0
+        && std::os::unix::fs::chown(&users, Some(4242), Some(4343)).is_ok();
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("not root: only the mode is checked");
+    }
+    let before = std::fs::metadata(&users).unwrap();
+    let out = user_cmd(&users, &["add", "carol"], Some("carol-pass\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::metadata(&users).unwrap();
+    assert_ne!(before.ino(), after.ino(), "replaced atomically");
+    assert_eq!(after.permissions().mode() & 0o777, 0o640);
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    if root {
+        assert_eq!((after.uid(), after.gid()), (4242, 4343));
+    }
+}

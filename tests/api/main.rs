@@ -12,6 +12,7 @@ mod pools;
 mod processes;
 mod provisioners;
 mod rest;
+mod service;
 mod timeouts;
 mod tls;
 mod transport;
