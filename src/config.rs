@@ -256,6 +256,43 @@ impl Config {
     }
 }
 
+/// The top-level keys a config file may set: the fields serde reads into [`Config`], asked of
+/// serde itself so that documentation checked against this list cannot fall behind the code.
+pub fn keys() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only records the field names a struct asks for.
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only a struct's field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("field names read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = Config::deserialize(Fields(&mut fields));
+    fields
+}
+
 /// A secret read from config: never shown by `Debug`.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]

@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod backends;
 mod cli;
+mod docs;
 mod examples;
 mod hardening;
 mod helpers;

@@ -1,0 +1,83 @@
+//! Documentation that must stay true: checked against the code it describes.
+
+use std::collections::BTreeSet;
+
+const README: &str = include_str!("../../README.rst");
+
+/// The rows of README.rst's configuration table: (keys, default cell).
+fn config_table() -> Vec<(Vec<String>, String)> {
+    let start = README
+        .find("key                    default")
+        .expect("README.rst has the configuration table");
+    let body = &README[start..];
+    let border = body.lines().nth(1).unwrap();
+    assert!(border.starts_with("====="), "{border}");
+    // Column starts from the border: "=====  =====  =====".
+    let key_width = border.find(' ').unwrap();
+    let default_start = key_width + border[key_width..].find('=').unwrap();
+    let default_width = border[default_start..].find(' ').unwrap();
+    let mut rows = Vec::new();
+    for line in body.lines().skip(2) {
+        if line.starts_with("=====") {
+            return rows;
+        }
+        let key = line[..key_width.min(line.len())].trim();
+        if key.is_empty() {
+            continue; // a continuation line of the meaning
+        }
+        let default = line
+            .get(default_start..(default_start + default_width).min(line.len()))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        rows.push((key.split(", ").map(str::to_owned).collect(), default));
+    }
+    panic!("the configuration table is not closed");
+}
+
+#[test]
+fn the_readme_config_table_lists_every_key_the_config_reads_with_its_default() {
+    let rows = config_table();
+    let documented: BTreeSet<String> = rows.iter().flat_map(|(k, _)| k.clone()).collect();
+    let code: BTreeSet<String> = poolgate::config::keys()
+        .iter()
+        .map(|k| (*k).to_owned())
+        .collect();
+    assert!(code.len() > 30, "keys read from serde: {code:?}");
+    let missing: Vec<_> = code.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&code).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "README.rst's table lacks {missing:?} and names keys the config does not read: {unknown:?}"
+    );
+
+    // Every default that is a value (not prose like "cores − 1" or "—") is the real one: the
+    // key set to it leaves the config exactly as the default.
+    let default = format!("{:?}", poolgate::Config::default());
+    let mut checked = 0;
+    for (keys, cell) in &rows {
+        if cell.contains(' ') || cell == "—" {
+            continue;
+        }
+        for key in keys {
+            let parsed = toml::from_str::<poolgate::Config>(&format!("{key} = {cell}"))
+                .or_else(|_| toml::from_str(&format!("{key} = {cell:?}")));
+            match parsed {
+                Ok(config) => {
+                    assert_eq!(
+                        format!("{config:?}"),
+                        default,
+                        "README.rst says {key} defaults to {cell}"
+                    );
+                    checked += 1;
+                }
+                // A number must be a valid value of its key.
+                Err(e) if cell.starts_with(|c: char| c.is_ascii_digit()) => {
+                    panic!("README.rst's default of {key} ({cell}) is not a valid value: {e}")
+                }
+                Err(_) => {} // a word standing for a table ("mock's", "simulated")
+            }
+        }
+    }
+    assert!(checked > 20, "defaults checked: {checked}");
+}
