@@ -3,10 +3,12 @@
 //!
 //! Contract (see protocol/provisioners.md): the program gets one JSON object on stdin
 //! (`{"step": "expand"|"connect"|"release", "task_id", "user_id", "username", "pool_id",
-//! "pool_name", "machine"?, "width"?, "height"?}`) and writes JSON lines on stdout:
+//! "pool_name", "machine"?, "width"?, "height"?, "reason"?}`: a release names whose machine it
+//! was and why) and writes JSON lines on stdout:
 //! `{"status":"RUNNING"}`, `{"progress":40}`, and finally `{"result":{...}}`,
 //! `{"error":"why"}` or `{"cancelled":"why"}`. Exit status 0 with a result is success; anything
-//! else fails the task. The program is killed when the task's deadline passes.
+//! else fails the task. The program is killed when the task's deadline passes. Why a step
+//! failed (exit status, last stderr line) goes to the runner, which logs it once.
 
 use std::path::PathBuf;
 use std::process::Stdio;
