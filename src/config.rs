@@ -47,8 +47,9 @@ pub struct Config {
     /// Largest message the transport reads at all; beyond it the socket is closed (1009),
     /// because the bytes would have to be buffered to be skipped.
     pub max_message_bytes: usize,
-    /// Simultaneous WebSocket connections; the next upgrade is answered 503.
-    pub max_connections: usize,
+    /// Simultaneous WebSocket connections; the next upgrade is answered 503. Unset: what the
+    /// open-file limit allows (see `limits`); more than it allows stops start-up.
+    pub max_connections: Option<usize>,
     /// Per-socket queue of outbound frames; a socket that lets it fill is closed.
     pub outbound_queue: usize,
     /// Failed authentication attempts one socket may make before it gets 429s.
@@ -121,7 +122,7 @@ impl Default for Config {
             mfa_token_ttl: Duration::from_secs(120),
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
-            max_connections: 10_000,
+            max_connections: None,
             outbound_queue: 256,
             max_auth_failures: 5,
             lockout_attempts: 5,
@@ -233,7 +234,7 @@ impl Config {
         if self.max_frame_bytes == 0 || self.max_frame_bytes > self.max_message_bytes {
             bail!("max_frame_bytes must be between 1 and max_message_bytes");
         }
-        if self.max_connections == 0
+        if self.max_connections == Some(0)
             || self.outbound_queue == 0
             || self.max_concurrent_hashes == 0
             || self.lockout_attempts == 0

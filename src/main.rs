@@ -112,7 +112,8 @@ struct ServeArgs {
     /// Seconds a new connection has to sign in.
     #[arg(long, value_name = "SECS")]
     auth_grace: Option<f64>,
-    /// Simultaneous WebSocket connections before upgrades get 503.
+    /// Simultaneous WebSocket connections before upgrades get 503 (default: what the
+    /// open-file limit allows).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
@@ -150,7 +151,7 @@ impl ServeArgs {
             config.idle_timeout = secs(s)?;
         }
         if let Some(n) = self.max_connections {
-            config.max_connections = n;
+            config.max_connections = Some(n);
         }
         if let Some(f) = &self.tls_cert {
             config.tls_cert = Some(f.clone());

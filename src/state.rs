@@ -62,10 +62,21 @@ impl AppState {
 
     /// Like [`AppState::new`], with extra provisioners by name (tests inject their own).
     pub async fn with_provisioners(
-        config: Config,
+        mut config: Config,
         extra: HashMap<String, Arc<dyn Provisioner>>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        let files = crate::limits::FileLimit::raise()
+            .map_err(|e| anyhow::anyhow!("cannot read or raise the open-file limit: {e}"))?;
+        let max_connections = files.max_connections(config.max_connections)?;
+        tracing::info!(
+            open_files = files.soft,
+            raised_from = files.was,
+            kept_for_files = files.reserve(),
+            max_connections,
+            "connection limit from the open-file limit"
+        );
+        config.max_connections = Some(max_connections);
         let users = UserDirectory::new(&config.users, config.demo)?;
         let jwt = JwtKeys::from_config(&config)?;
         let (sink, bus) = mpsc::unbounded_channel();
@@ -115,7 +126,7 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             jwt,
             store,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            connections: Arc::new(Semaphore::new(max_connections)),
             auth,
             pools,
             events,

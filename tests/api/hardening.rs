@@ -202,45 +202,6 @@ async fn a_flood_of_10000_requests_on_one_socket_is_answered_in_full() {
 }
 
 #[tokio::test]
-async fn the_redis_password_comes_from_a_file_and_is_required() {
-    let port = free_port();
-    let mut redis = spawn_redis_with(
-        port,
-        "--save '' --appendonly no --requirepass correct-horse-battery",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("redis.pass");
-    std::fs::write(&file, "correct-horse-battery\n").unwrap();
-    let app = TestApp::spawn_with(|c| {
-        c.state = format!("redis://127.0.0.1:{port}");
-        c.state_password_file = Some(file.clone());
-    })
-    .await;
-    let (_c, _) = app.login("astravdi").await;
-
-    let mut without = demo_config();
-    without.state = format!("redis://127.0.0.1:{port}");
-    assert!(
-        poolgate::AppState::new(without).await.is_err(),
-        "no password, no service"
-    );
-
-    let empty = dir.path().join("empty.pass");
-    std::fs::write(&empty, "\n").unwrap();
-    let mut blank = demo_config();
-    blank.state = format!("redis://127.0.0.1:{port}");
-    blank.state_password_file = Some(empty);
-    let err = poolgate::AppState::new(blank).await.err().expect("refused");
-    assert!(err.to_string().contains("empty"), "{err}");
-    drop(app);
-    std::process::Command::new("kill")
-        .args(["-TERM", &redis.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = redis.wait();
-}
-
-#[tokio::test]
 async fn wrong_types_in_every_field_of_every_method_get_400_with_the_id() {
     let app = TestApp::spawn().await;
     let (mut c, _) = app.login("astravdi").await;

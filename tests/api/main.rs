@@ -6,6 +6,7 @@ mod backends;
 mod cli;
 mod hardening;
 mod helpers;
+mod limits;
 mod metrics;
 mod pools;
 mod processes;
