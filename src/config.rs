@@ -54,11 +54,19 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Failed authentication attempts one socket may make before it gets 429s.
     pub max_auth_failures: u32,
-    /// Failed sign-ins per username and per client address within `lockout_window` before
-    /// further attempts get 429.
+    /// Failed sign-ins of one username from one client address within `lockout_window`
+    /// before that pair gets 429; also where a username's back-off starts (see
+    /// `auth::lockout`).
     pub lockout_attempts: u32,
+    /// Failed sign-ins from one client address (IPv6: one /64), whatever the usernames,
+    /// within `lockout_window` before the address gets 429.
+    pub lockout_address_attempts: u32,
     #[serde(with = "secs")]
     pub lockout_window: Duration,
+    /// Longest spacing of a username's back-off, and the longest an attempt waits for its
+    /// turn before it is refused with the time to retry.
+    #[serde(with = "secs")]
+    pub lockout_backoff_max: Duration,
     /// Password hashes computed at once; more logins wait their turn (default: cores − 1).
     pub max_concurrent_hashes: usize,
     /// Where state lives: `sqlite:<path>` (empty path: `<data_dir>/poolgate.sqlite3`, the
@@ -126,7 +134,9 @@ impl Default for Config {
             outbound_queue: 256,
             max_auth_failures: 5,
             lockout_attempts: 5,
+            lockout_address_attempts: 100,
             lockout_window: Duration::from_secs(15 * 60),
+            lockout_backoff_max: Duration::from_secs(60),
             // One core fewer than the machine has: a login storm never takes every core
             // from the sockets (measured in bench/: workload 5).
             max_concurrent_hashes: std::thread::available_parallelism()
@@ -221,6 +231,7 @@ impl Config {
             ("task_lease", self.task_lease),
             ("session_flush", self.session_flush),
             ("lockout_window", self.lockout_window),
+            ("lockout_backoff_max", self.lockout_backoff_max),
             ("jwt_ttl", self.jwt_ttl),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
@@ -238,10 +249,11 @@ impl Config {
             || self.outbound_queue == 0
             || self.max_concurrent_hashes == 0
             || self.lockout_attempts == 0
+            || self.lockout_address_attempts == 0
         {
             bail!(
-                "max_connections, outbound_queue, max_concurrent_hashes and lockout_attempts \
-                 must be at least 1"
+                "max_connections, outbound_queue, max_concurrent_hashes, lockout_attempts and \
+                 lockout_address_attempts must be at least 1"
             );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {

@@ -78,7 +78,7 @@ impl AppState {
         );
         config.max_connections = Some(max_connections);
         let users = UserDirectory::new(&config.users, config.demo)?;
-        let jwt = JwtKeys::from_config(&config)?;
+        let (jwt, tags) = JwtKeys::with_tag_key(&config)?;
         let (sink, bus) = mpsc::unbounded_channel();
         let store = crate::store::open(
             &config.state,
@@ -93,14 +93,16 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let auth = Authenticator {
             users,
-            tokens: TokenStore::new(store.clone(), config.token_ttl),
-            mfa: MfaStore::new(store.clone(), config.mfa_token_ttl),
+            tokens: TokenStore::new(store.clone(), tags.clone(), config.token_ttl),
+            mfa: MfaStore::new(store.clone(), tags, config.mfa_token_ttl),
             otp: OtpGuard::new(store.clone()),
             passwords: PasswordChecker::new(config.max_concurrent_hashes),
             lockout: Lockout::new(
                 store.clone(),
                 config.lockout_attempts,
+                config.lockout_address_attempts,
                 config.lockout_window,
+                config.lockout_backoff_max,
             ),
             metrics: metrics.clone(),
         };

@@ -72,9 +72,14 @@ impl JwtKeys {
     }
 
     /// Finds the secret per the module's rules, generating one if none is configured.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    /// The keys and the tag key of session tokens, both from the one configured secret (so
+    /// instances that share the JWT secret recognise each other's tokens).
+    pub fn with_tag_key(config: &Config) -> anyhow::Result<(Self, super::tokens::TagKey)> {
         let secret = resolve_secret(config)?;
-        Ok(Self::new(&secret, config.jwt_ttl))
+        Ok((
+            Self::new(&secret, config.jwt_ttl),
+            super::tokens::TagKey::derive(&secret),
+        ))
     }
 
     pub fn issue(&self, user: &User) -> anyhow::Result<String> {

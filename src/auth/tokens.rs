@@ -1,7 +1,10 @@
 //! Session tokens and MFA challenge tokens.
 //!
-//! A token is 256 bits from the OS CSPRNG, shown to the client once as `pgt_<base64url>` and
-//! kept only as its SHA-256 digest, in the state store. A session dies after `ttl` without a
+//! A token is 256 bits from the OS CSPRNG followed by a 64-bit tag (an HMAC of those bits under
+//! a key derived from the server's secret), shown to the client once as `pgt_<base64url>` and
+//! kept only as its SHA-256 digest, in the state store. The tag lets the server tell, without
+//! storing anything, a token it once issued (now expired or revoked: a client's stale saved
+//! token, not a guess) from a made-up one (a guess, counted by the lockout). A session dies after `ttl` without a
 //! successful authenticated message; each such message slides the window with one atomic store
 //! on the session the connection already holds — no map, no lock, no I/O on the hot path. The
 //! new activity reaches the store lazily (`flush`, every few seconds), so the stored
@@ -29,14 +32,62 @@ const MFA_PREFIX: &str = "pgm_";
 /// SHA-256 of a presented token: the only form in which tokens are stored.
 pub type TokenHash = [u8; 32];
 
-fn new_token(prefix: &str) -> (String, TokenHash) {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the OS random number generator is unavailable");
-    let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
-    let hash = hash_token(&token);
-    (token, hash)
+/// Random bytes in a token; the tag follows them.
+const RANDOM_BYTES: usize = 32;
+const TAG_BYTES: usize = 8;
+
+/// The key that tags tokens as issued by this deployment.
+#[derive(Clone)]
+pub struct TagKey([u8; 32]);
+
+impl TagKey {
+    /// Derived from the server's secret with a label, so it is never the secret itself.
+    pub fn derive(secret: &[u8]) -> Self {
+        TagKey(mac(secret, b"poolgate session-token tag v1"))
+    }
+
+    fn tag(&self, random: &[u8]) -> [u8; TAG_BYTES] {
+        let full = mac(&self.0, random);
+        let mut tag = [0u8; TAG_BYTES];
+        tag.copy_from_slice(&full[..TAG_BYTES]);
+        tag
+    }
+
+    /// A new token with `prefix`, and its digest.
+    fn new_token(&self, prefix: &str) -> (String, TokenHash) {
+        let mut bytes = [0u8; RANDOM_BYTES + TAG_BYTES];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes[..RANDOM_BYTES])
+            .expect("the OS random number generator is unavailable");
+        let tag = self.tag(&bytes[..RANDOM_BYTES]);
+        bytes[RANDOM_BYTES..].copy_from_slice(&tag);
+        let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
+        let hash = hash_token(&token);
+        (token, hash)
+    }
+
+    /// Whether `token` (with `prefix`) was issued by a server holding this key — live or
+    /// not. Compared in constant time.
+    pub fn issued_here(&self, prefix: &str, token: &str) -> bool {
+        let Some(body) = token.strip_prefix(prefix) else {
+            return false;
+        };
+        let mut bytes = [0u8; RANDOM_BYTES + TAG_BYTES + 1];
+        match URL_SAFE_NO_PAD.decode_slice(body, &mut bytes) {
+            Ok(n) if n == RANDOM_BYTES + TAG_BYTES => {
+                let tag = self.tag(&bytes[..RANDOM_BYTES]);
+                bool::from(tag.ct_eq(&bytes[RANDOM_BYTES..n]))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
 }
 
 pub fn hash_token(token: &str) -> TokenHash {
@@ -97,15 +148,17 @@ impl Session {
 
 pub struct TokenStore {
     store: Arc<dyn Store>,
+    tags: TagKey,
     /// Sessions this instance has seen, by digest.
     cache: DashMap<TokenHash, Arc<Session>>,
     ttl: Duration,
 }
 
 impl TokenStore {
-    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, tags: TagKey, ttl: Duration) -> Self {
         TokenStore {
             store,
+            tags,
             cache: DashMap::new(),
             ttl,
         }
@@ -115,9 +168,14 @@ impl TokenStore {
         self.ttl
     }
 
+    /// Whether this server once issued `token`: a stale saved token is not a guess.
+    pub fn issued_here(&self, token: &str) -> bool {
+        self.tags.issued_here(SESSION_PREFIX, token)
+    }
+
     /// Issues a new token for `user`; the plaintext is returned once and never stored.
     pub async fn issue(&self, user: Arc<User>, peer: &str) -> StoreResult<(String, Arc<Session>)> {
-        let (token, hash) = new_token(SESSION_PREFIX);
+        let (token, hash) = self.tags.new_token(SESSION_PREFIX);
         let now = now_ms();
         let rec = SessionRecord {
             hash,
@@ -262,6 +320,7 @@ const MFA_MAX_ATTEMPTS: u32 = 3;
 /// Pending second factors: the user passed step one of `auth` and must send a code.
 pub struct MfaStore {
     store: Arc<dyn Store>,
+    tags: TagKey,
     ttl: Duration,
 }
 
@@ -274,12 +333,17 @@ pub struct MfaChallenge {
 }
 
 impl MfaStore {
-    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
-        MfaStore { store, ttl }
+    pub fn new(store: Arc<dyn Store>, tags: TagKey, ttl: Duration) -> Self {
+        MfaStore { store, tags, ttl }
+    }
+
+    /// Whether this server once issued `token` (it may have expired or been used since).
+    pub fn issued_here(&self, token: &str) -> bool {
+        self.tags.issued_here(MFA_PREFIX, token)
     }
 
     pub async fn issue(&self, user: &User, password_ok: bool) -> StoreResult<String> {
-        let (token, hash) = new_token(MFA_PREFIX);
+        let (token, hash) = self.tags.new_token(MFA_PREFIX);
         let rec = MfaRecord {
             user_id: user.id,
             password_ok,

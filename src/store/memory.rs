@@ -23,6 +23,8 @@ struct Inner {
     machines: HashMap<String, HashSet<Uuid>>,
     leases: HashMap<Uuid, (String, u64)>,
     failures: HashMap<String, (u32, u64)>,
+    /// Back-off keys: (next free slot, kept until), both in ms.
+    backoff: HashMap<String, (u64, u64)>,
     jwt_users: HashMap<Uuid, i64>,
 }
 
@@ -98,6 +100,8 @@ impl Store for MemoryStore {
         inner.sessions.retain(|_, s| s.last_active_ms >= cutoff_ms);
         let now = now_ms();
         inner.mfa.retain(|_, m| m.expires_ms > now);
+        inner.failures.retain(|_, (_, until)| *until > now);
+        inner.backoff.retain(|_, (_, until)| *until > now);
         Ok(before - inner.sessions.len())
     }
 
@@ -307,6 +311,39 @@ impl Store for MemoryStore {
     async fn failures_reset(&self, key: &str) -> StoreResult<()> {
         self.lock().failures.remove(key);
         Ok(())
+    }
+
+    async fn failures_undo(&self, key: &str) -> StoreResult<()> {
+        if let Some((n, _)) = self.lock().failures.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>> {
+        let mut inner = self.lock();
+        let next = inner
+            .backoff
+            .get(key)
+            .filter(|(_, until)| *until > now_ms)
+            .map_or(0, |(next, _)| *next);
+        let slot = next.max(now_ms);
+        if slot - now_ms > max_wait.as_millis() as u64 {
+            return Ok(Err(slot));
+        }
+        let entry = (
+            slot + spacing.as_millis() as u64,
+            now_ms + window.as_millis() as u64,
+        );
+        inner.backoff.insert(key.to_owned(), entry);
+        Ok(Ok(slot))
     }
 
     fn publish(&self, event: BusEvent) {

@@ -227,6 +227,21 @@ pub trait Store: Send + Sync + 'static {
     async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32>;
     async fn failures_get(&self, key: &str) -> StoreResult<u32>;
     async fn failures_reset(&self, key: &str) -> StoreResult<()>;
+    /// Takes back one count (a reserved attempt that turned out not to be a guess): never
+    /// below zero, the window unchanged.
+    async fn failures_undo(&self, key: &str) -> StoreResult<()>;
+    /// Schedules an attempt under a per-key back-off, atomically: the slot is the later of
+    /// `now_ms` and the key's next free time. If it is at most `max_wait` away it is taken —
+    /// the next free time becomes slot + `spacing`, kept for `window` — and `Ok(slot)` is
+    /// returned; otherwise nothing changes and `Err(slot)` says when one would be free.
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>>;
 
     /// Sends an event to every instance (this one included). Fire and forget.
     fn publish(&self, event: BusEvent);

@@ -27,6 +27,8 @@ pub struct RedisStore {
     lease_release: Script,
     session_touch: Script,
     failures_add: Script,
+    failures_undo: Script,
+    backoff_slot: Script,
 }
 
 fn key(prefix: &str, parts: &[&str]) -> String {
@@ -163,6 +165,18 @@ impl RedisStore {
                 r"local n = redis.call('INCR', KEYS[1])
                   if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
                   return n",
+            ),
+            failures_undo: Script::new(
+                r"local n = tonumber(redis.call('GET', KEYS[1]))
+                  if n and n > 0 then redis.call('DECR', KEYS[1]) end
+                  return 0",
+            ),
+            backoff_slot: Script::new(
+                r"local now = tonumber(ARGV[1])
+                  local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+                  if slot - now > tonumber(ARGV[3]) then return {0, slot} end
+                  redis.call('SET', KEYS[1], slot + tonumber(ARGV[2]), 'PX', ARGV[4])
+                  return {1, slot}",
             ),
             session_touch: Script::new(
                 r"local cur = tonumber(redis.call('HGET', KEYS[1], 'last_active_ms'))
@@ -611,6 +625,34 @@ impl Store for RedisStore {
     async fn failures_reset(&self, key: &str) -> StoreResult<()> {
         self.con().del::<_, ()>(self.k(&["failures", key])).await?;
         Ok(())
+    }
+
+    async fn failures_undo(&self, key: &str) -> StoreResult<()> {
+        self.failures_undo
+            .key(self.k(&["failures", key]))
+            .invoke_async::<i64>(&mut self.con())
+            .await?;
+        Ok(())
+    }
+
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>> {
+        let (taken, slot): (u8, u64) = self
+            .backoff_slot
+            .key(self.k(&["backoff", key]))
+            .arg(now_ms)
+            .arg(spacing.as_millis() as u64)
+            .arg(max_wait.as_millis() as u64)
+            .arg(window.as_millis().max(1) as u64)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(if taken == 1 { Ok(slot) } else { Err(slot) })
     }
 
     fn publish(&self, event: BusEvent) {

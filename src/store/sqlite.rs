@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS assignments (
     PRIMARY KEY (user_id, pool_id));
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY, count INTEGER NOT NULL, until_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS backoff (
+    key TEXT PRIMARY KEY, next_ms INTEGER NOT NULL, until_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
 "#;
@@ -253,6 +255,10 @@ impl Store for SqliteStore {
             )?;
             c.execute(
                 "DELETE FROM failures WHERE until_ms <= ?1",
+                params![now_ms() as i64],
+            )?;
+            c.execute(
+                "DELETE FROM backoff WHERE until_ms <= ?1",
                 params![now_ms() as i64],
             )?;
             c.execute(
@@ -573,6 +579,51 @@ impl Store for SqliteStore {
         self.with(|c| {
             c.execute("DELETE FROM failures WHERE key = ?1", params![key])
                 .map(drop)
+        })
+    }
+
+    async fn failures_undo(&self, key: &str) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE failures SET count = count - 1 WHERE key = ?1 AND count > 0",
+                params![key],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>> {
+        // Read and write under the connection's lock: atomic within this process, which is
+        // the only one an SQLite store serves.
+        self.with(|c| {
+            let next: i64 = c
+                .query_row(
+                    "SELECT next_ms FROM backoff WHERE key = ?1 AND until_ms > ?2",
+                    params![key, now_ms as i64],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let slot = (next as u64).max(now_ms);
+            if slot - now_ms > max_wait.as_millis() as u64 {
+                return Ok(Err(slot));
+            }
+            c.execute(
+                "INSERT OR REPLACE INTO backoff VALUES (?1, ?2, ?3)",
+                params![
+                    key,
+                    (slot + spacing.as_millis() as u64) as i64,
+                    (now_ms + window.as_millis() as u64) as i64
+                ],
+            )?;
+            Ok(Ok(slot))
         })
     }
 

@@ -7,6 +7,7 @@ mod cli;
 mod hardening;
 mod helpers;
 mod limits;
+mod lockout;
 mod metrics;
 mod pools;
 mod processes;
