@@ -96,7 +96,9 @@ fn is_json(headers: &HeaderMap) -> bool {
     kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
 }
 
-/// Where decoding stopped, in characters from the start (Python's `JSONDecodeError.pos`).
+/// Where decoding stopped, in characters from the start (Python's `JSONDecodeError.pos`):
+/// the offending character, or the end for a truncated body. serde_json's column is 1-based
+/// and, at the end of input, names the last character.
 fn char_offset(body: &[u8], e: &serde_json::Error) -> usize {
     let text = String::from_utf8_lossy(body);
     let line_start: usize = text
@@ -104,7 +106,11 @@ fn char_offset(body: &[u8], e: &serde_json::Error) -> usize {
         .take(e.line().saturating_sub(1))
         .map(|l| l.chars().count())
         .sum();
-    line_start + e.column().saturating_sub(1)
+    let column = match e.classify() {
+        serde_json::error::Category::Eof => e.column(),
+        _ => e.column().saturating_sub(1),
+    };
+    line_start + column
 }
 
 /// serde_json's message without its " at line L column C" tail (the offset is in `loc`).

@@ -11,6 +11,7 @@ mod pools;
 mod processes;
 mod provisioners;
 mod rest;
+mod rest_order;
 mod timeouts;
 mod tls;
 mod transport;
