@@ -69,7 +69,8 @@ pub async fn spec() -> axum::Json<Value> {
                 "Errors": {"type": "object", "properties": {"detail": {"type": "array", "items": {
                     "type": "object", "required": ["msg", "err_code", "type"],
                     "properties": {"msg": {"type": "string"}, "err_code": {"type": "integer"}, "type": {"type": "string"},
-                                   "next_step": {"type": "string"}, "loc": {"type": "array", "items": {"type": "string"}}}}}}},
+                                   "next_step": {"type": "string"}, "ctx": {"type": "object"},
+                                   "loc": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}}}}}},
                 "Login": {"type": "object", "required": ["username", "password", "ldap"], "properties": {
                     "username": {"type": "string"}, "password": {"type": "string", "nullable": true},
                     "ldap": {"type": "boolean"}, "otp_code": {"type": "string", "nullable": true}}},
