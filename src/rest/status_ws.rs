@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
@@ -40,20 +41,16 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
+/// Checks in the mock's order: a request that is no WebSocket handshake is refused first (the
+/// mock has no HTTP route here at all), then the token (403), then `client_id` (403), then the
+/// connection limit (503).
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(client_id): Path<String>,
+    client_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(auth) = cookie_token(&headers).and_then(|t| authenticate_jwt(&state, t)) else {
-        return RestError::permission_denied().into_response();
-    };
-    if client_id.parse::<uuid::Uuid>().ok() != Some(auth.user.id) {
-        tracing::warn!(user = %auth.user.username, %peer, "status socket refused: client_id is not the token's");
-        return RestError::permission_denied().into_response();
-    }
     let Ok(ws) = ws else {
         return RestError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -63,6 +60,16 @@ pub async fn upgrade(
         )
         .into_response();
     };
+    let Some(auth) = cookie_token(&headers).and_then(|t| authenticate_jwt(&state, t)) else {
+        return RestError::permission_denied().into_response();
+    };
+    let client_id = client_id
+        .ok()
+        .and_then(|Path(id)| id.parse::<uuid::Uuid>().ok());
+    if client_id != Some(auth.user.id) {
+        tracing::warn!(user = %auth.user.username, %peer, "status socket refused: client_id is not the token's");
+        return RestError::permission_denied().into_response();
+    }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return RestError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -13,6 +13,7 @@ mod pools;
 mod processes;
 mod provisioners;
 mod rest;
+mod rest_order;
 mod timeouts;
 mod tls;
 mod transport;
