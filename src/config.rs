@@ -87,6 +87,10 @@ pub struct Config {
     /// Every connect task ends within this long (CANCELLED if it overruns).
     #[serde(with = "secs")]
     pub task_deadline: Duration,
+    /// Every provisioner release (and the start-up query of what a provisioner holds) ends
+    /// within this long; an overrun is abandoned (a command's process group is killed).
+    #[serde(with = "secs")]
+    pub release_deadline: Duration,
     /// Lifetime of a v2 REST JWT (the mock's: 24 h). Logout revokes it earlier.
     #[serde(with = "secs")]
     pub jwt_ttl: Duration,
@@ -132,6 +136,7 @@ impl Default for Config {
             max_concurrent_hashes: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             task_deadline: Duration::from_secs(90),
+            release_deadline: Duration::from_secs(60),
             state: "sqlite:".into(),
             state_prefix: "poolgate".into(),
             state_password_file: None,
@@ -216,6 +221,7 @@ impl Config {
             ("auth_grace", self.auth_grace),
             ("mfa_token_ttl", self.mfa_token_ttl),
             ("task_deadline", self.task_deadline),
+            ("release_deadline", self.release_deadline),
             ("assignment_ttl", self.assignment_ttl),
             ("lease_sweep", self.lease_sweep),
             ("task_lease", self.task_lease),

@@ -119,6 +119,7 @@ impl AppState {
                 assignment_ttl: config.assignment_ttl,
                 lease_sweep: config.lease_sweep,
                 task_lease: config.task_lease,
+                release_deadline: config.release_deadline,
             },
             tracker.clone(),
             shutdown.clone(),
