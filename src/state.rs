@@ -93,7 +93,12 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let auth = Authenticator {
             users,
-            tokens: TokenStore::new(store.clone(), config.token_ttl),
+            tokens: TokenStore::new(
+                store.clone(),
+                config.token_ttl,
+                config.session_flush,
+                config.max_sessions_per_user,
+            ),
             mfa: MfaStore::new(store.clone(), config.mfa_token_ttl),
             otp: OtpGuard::new(store.clone()),
             passwords: PasswordChecker::new(config.max_concurrent_hashes),
@@ -120,6 +125,8 @@ impl AppState {
                 lease_sweep: config.lease_sweep,
                 task_lease: config.task_lease,
                 release_deadline: config.release_deadline,
+                task_retention: config.task_retention,
+                sweep_interval: config.sweep_interval,
             },
             tracker.clone(),
             shutdown.clone(),

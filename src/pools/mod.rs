@@ -146,6 +146,10 @@ pub struct Timings {
     pub task_lease: Duration,
     /// Every provisioner `release` (and the start-up `held` query) ends within this long.
     pub release_deadline: Duration,
+    /// Ended tasks older than this are deleted (except each key's latest).
+    pub task_retention: Duration,
+    /// How often they are.
+    pub sweep_interval: Duration,
 }
 
 /// Provisioner releases running at once on one instance; more wait their turn (a sweep that
@@ -808,14 +812,23 @@ impl Pools {
         }
     }
 
-    /// Background: release expired assignments; on shared stores, end tasks whose instance
-    /// went away (their lease lapsed).
+    /// Background: release expired assignments; delete ended tasks past their retention; on
+    /// shared stores, end tasks whose instance went away (their lease lapsed).
     async fn sweeps(self) {
         let mut leases = tokio::time::interval(self.timings.lease_sweep);
         let mut orphans = tokio::time::interval(self.timings.task_lease / 2);
+        let mut retention = tokio::time::interval(self.timings.sweep_interval);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                _ = retention.tick() => {
+                    let cutoff = now_ms().saturating_sub(self.timings.task_retention.as_millis() as u64);
+                    match self.store.tasks_sweep(cutoff).await {
+                        Ok(0) => {}
+                        Ok(deleted) => tracing::debug!(deleted, "ended tasks past task_retention deleted"),
+                        Err(e) => tracing::warn!(error = %e, "task retention sweep failed"),
+                    }
+                }
                 _ = leases.tick() => {
                     if let Err(e) = self.release_expired().await {
                         tracing::warn!(error = %e, "assignment sweep failed");
