@@ -573,6 +573,13 @@ impl Pools {
                 tokio::time::timeout(deadline, provisioner.release(&machine)).await
             };
             tokio::select! {
+                // Shutdown first: a release handed over during shutdown does not even start.
+                biased;
+                _ = shutdown.cancelled() => tracing::warn!(
+                    machine = %machine.id, verbose_name = %machine.verbose_name, reason,
+                    "shutdown interrupted the provisioner's release; the machine may still be held \
+                     by the provisioner"
+                ),
                 ended = release => match ended {
                     Ok(()) => tracing::debug!(machine = %machine.id, reason, "provisioner released the machine"),
                     Err(_) => tracing::warn!(
@@ -582,11 +589,6 @@ impl Pools {
                         deadline.as_secs_f64()
                     ),
                 },
-                _ = shutdown.cancelled() => tracing::warn!(
-                    machine = %machine.id, verbose_name = %machine.verbose_name, reason,
-                    "shutdown interrupted the provisioner's release; the machine may still be held \
-                     by the provisioner"
-                ),
             }
         });
     }
