@@ -2,6 +2,9 @@
 //! `ConnectionManager` (reconnects by itself; RESP3 push messages carry the event bus and are
 //! re-subscribed after a reconnect). Sessions and MFA challenges are keys with a TTL; tasks
 //! and assignments are JSON values indexed by sets; every compare-and-set is a Lua script.
+//! Ended tasks are also indexed by creation time (`done_tasks`), so the retention sweep reads
+//! only what it may delete; a user's session set is trimmed (gone members, the cap) whenever
+//! the user signs in, so it never holds more than `max_sessions_per_user`.
 
 use std::time::Duration;
 
