@@ -92,9 +92,25 @@ pub struct Config {
     /// token is at most this stale (a token may expire this much early after a crash).
     #[serde(with = "secs")]
     pub session_flush: Duration,
+    /// Sessions (tokens) one user may hold; signing in past it revokes the least recently
+    /// active ones, so a user — or a script with a user's password — cannot grow the store
+    /// without bound.
+    pub max_sessions_per_user: usize,
+    /// How long ended tasks are kept (for `task`/`tasks` and the admin's view) before they are
+    /// deleted; the latest task of each (user, pool, kind) is kept regardless.
+    #[serde(with = "secs")]
+    pub task_retention: Duration,
+    /// How often expired records are deleted from the state store: idle sessions, MFA
+    /// challenges, lockout counters, JWT revocations, and tasks past `task_retention`.
+    #[serde(with = "secs")]
+    pub sweep_interval: Duration,
     /// Every connect task ends within this long (CANCELLED if it overruns).
     #[serde(with = "secs")]
     pub task_deadline: Duration,
+    /// Every provisioner release (and the start-up query of what a provisioner holds) ends
+    /// within this long; an overrun is abandoned (a command's process group is killed).
+    #[serde(with = "secs")]
+    pub release_deadline: Duration,
     /// Lifetime of a v2 REST JWT (the mock's: 24 h). Logout revokes it earlier.
     #[serde(with = "secs")]
     pub jwt_ttl: Duration,
@@ -142,6 +158,10 @@ impl Default for Config {
             max_concurrent_hashes: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             task_deadline: Duration::from_secs(90),
+            max_sessions_per_user: 32,
+            task_retention: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_secs(30),
+            release_deadline: Duration::from_secs(60),
             state: "sqlite:".into(),
             state_prefix: "poolgate".into(),
             state_password_file: None,
@@ -226,6 +246,9 @@ impl Config {
             ("auth_grace", self.auth_grace),
             ("mfa_token_ttl", self.mfa_token_ttl),
             ("task_deadline", self.task_deadline),
+            ("release_deadline", self.release_deadline),
+            ("task_retention", self.task_retention),
+            ("sweep_interval", self.sweep_interval),
             ("assignment_ttl", self.assignment_ttl),
             ("lease_sweep", self.lease_sweep),
             ("task_lease", self.task_lease),
@@ -250,10 +273,11 @@ impl Config {
             || self.max_concurrent_hashes == 0
             || self.lockout_attempts == 0
             || self.lockout_address_attempts == 0
+            || self.max_sessions_per_user == 0
         {
             bail!(
-                "max_connections, outbound_queue, max_concurrent_hashes, lockout_attempts and \
-                 lockout_address_attempts must be at least 1"
+                "max_connections, outbound_queue, max_concurrent_hashes, lockout_attempts, \
+                 lockout_address_attempts and max_sessions_per_user must be at least 1"
             );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {

@@ -2,7 +2,6 @@
 //! `run` never binds: callers (main, tests) hand it a listener.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::connect_info::Connected;
@@ -14,9 +13,6 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::state::AppState;
-
-/// How often expired sessions, MFA challenges and JWT revocations are dropped.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Every route poolgate serves.
 pub fn app(state: AppState) -> Router {
@@ -64,10 +60,11 @@ where
 }
 
 /// Persists session activity every `session_flush`, and drops expired sessions, MFA
-/// challenges and JWT revocations every 30 s.
+/// challenges, lockout counters and JWT revocations every `sweep_interval` (old tasks are the
+/// task runner's: `Pools`).
 async fn sweep(state: AppState) {
     let mut flush = tokio::time::interval(state.config.session_flush);
-    let mut every = tokio::time::interval(SWEEP_EVERY);
+    let mut every = tokio::time::interval(state.config.sweep_interval);
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => {

@@ -93,7 +93,13 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let auth = Authenticator {
             users,
-            tokens: TokenStore::new(store.clone(), tags.clone(), config.token_ttl),
+            tokens: TokenStore::new(
+                store.clone(),
+                tags.clone(),
+                config.token_ttl,
+                config.session_flush,
+                config.max_sessions_per_user,
+            ),
             mfa: MfaStore::new(store.clone(), tags, config.mfa_token_ttl),
             otp: OtpGuard::new(store.clone()),
             passwords: PasswordChecker::new(config.max_concurrent_hashes),
@@ -121,6 +127,9 @@ impl AppState {
                 assignment_ttl: config.assignment_ttl,
                 lease_sweep: config.lease_sweep,
                 task_lease: config.task_lease,
+                release_deadline: config.release_deadline,
+                task_retention: config.task_retention,
+                sweep_interval: config.sweep_interval,
             },
             tracker.clone(),
             shutdown.clone(),

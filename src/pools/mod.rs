@@ -6,6 +6,11 @@
 //! state store, so concurrent requests (on any instance) always agree on one task. Every task
 //! is driven by one runner, holding the task's lease, under a deadline; whatever happens to
 //! the provisioner (error, panic, hang) or to the instance driving it, the task ends.
+//!
+//! Giving a machine back never runs on the caller's task: the assignment is removed at once
+//! (that is what decides who holds the machine), and the provisioner's `release` runs on the
+//! tracker under `release_deadline`, a few at a time, and is dropped at shutdown — so a hanging
+//! release stalls neither a socket (`admin_release`), nor the lease sweep, nor a SIGTERM.
 
 pub mod task;
 
@@ -139,7 +144,17 @@ pub struct Timings {
     pub lease_sweep: Duration,
     /// How long an instance's claim on a task lasts without renewal (shared stores).
     pub task_lease: Duration,
+    /// Every provisioner `release` (and the start-up `held` query) ends within this long.
+    pub release_deadline: Duration,
+    /// Ended tasks older than this are deleted (except each key's latest).
+    pub task_retention: Duration,
+    /// How often they are.
+    pub sweep_interval: Duration,
 }
+
+/// Provisioner releases running at once on one instance; more wait their turn (a sweep that
+/// finds many expired leases does not start a program per lease all at once).
+const CONCURRENT_RELEASES: usize = 8;
 
 #[derive(Clone)]
 pub struct Pools(Arc<Inner>);
@@ -156,6 +171,8 @@ pub struct Inner {
     instance: String,
     /// Tasks this instance is driving.
     running: DashSet<Uuid>,
+    /// Permits for provisioner releases (see [`CONCURRENT_RELEASES`]).
+    releases: Arc<tokio::sync::Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -264,6 +281,7 @@ impl Pools {
             timings,
             instance: Uuid::new_v4().simple().to_string(),
             running: DashSet::new(),
+            releases: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_RELEASES)),
             tracker,
             shutdown,
         })))
@@ -354,10 +372,20 @@ impl Pools {
             if !seen.insert(p) {
                 continue;
             }
-            for machine in pool.provisioner.held().await {
+            let held = tokio::time::timeout(self.timings.release_deadline, pool.provisioner.held())
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!(
+                        pool = %pool.view.name,
+                        "the provisioner did not say what it holds within release_deadline; \
+                         nothing reconciled for it"
+                    );
+                    Vec::new()
+                });
+            for machine in held {
                 if !assigned.contains(&machine.id) {
                     tracing::warn!(machine = %machine.verbose_name, "releasing a machine no assignment owns");
-                    pool.provisioner.release(&machine).await;
+                    self.release_machine(&pool.provisioner, machine, "no assignment owns it");
                 }
             }
         }
@@ -498,7 +526,9 @@ impl Pools {
             .map(|a| a.machine))
     }
 
-    /// Gives a user's machine in a pool back to the provisioner.
+    /// Takes a user's machine in a pool away and hands it back to the provisioner. Returns
+    /// once the assignment is gone (the user's sockets are told); the provisioner's release
+    /// runs in the background (see [`Pools::release_machine`]).
     pub async fn release(
         &self,
         user_id: Uuid,
@@ -508,9 +538,6 @@ impl Pools {
         let Some(a) = self.store.assignment_remove(user_id, pool_id).await? else {
             return Ok(None);
         };
-        if let Some(pool) = self.pools.get(&pool_id) {
-            pool.provisioner.release(&a.machine).await;
-        }
         tracing::info!(user = %user_id, pool = %pool_id, machine = %a.machine.verbose_name, reason, "machine released");
         self.store.publish(BusEvent::Released {
             user_id,
@@ -518,7 +545,52 @@ impl Pools {
             machine_id: a.machine.id,
             reason: reason.to_owned(),
         });
+        if let Some(pool) = self.pools.get(&pool_id) {
+            self.release_machine(&pool.provisioner, a.machine.clone(), reason);
+        }
         Ok(Some(a.machine))
+    }
+
+    /// How long a provisioner release may take before it is abandoned (and its program killed).
+    pub fn release_deadline(&self) -> Duration {
+        self.timings.release_deadline
+    }
+
+    /// Gives a machine back to its provisioner off the caller's task: on the tracker, at most
+    /// [`CONCURRENT_RELEASES`] at once, each ended at `release_deadline` (the step's future is
+    /// dropped, which kills a command provisioner's program and its process group), and all
+    /// of them ended at shutdown. An abandoned release is logged with the machine: provisioners
+    /// that report what they hold (`held`) get it back at the next start-up's reconciliation.
+    fn release_machine(&self, provisioner: &Arc<dyn Provisioner>, machine: Machine, reason: &str) {
+        let provisioner = provisioner.clone();
+        let permits = self.releases.clone();
+        let shutdown = self.shutdown.clone();
+        let deadline = self.timings.release_deadline;
+        let reason = reason.to_owned();
+        self.tracker.spawn(async move {
+            let release = async {
+                let _permit = permits.acquire_owned().await;
+                tokio::time::timeout(deadline, provisioner.release(&machine)).await
+            };
+            tokio::select! {
+                // Shutdown first: a release handed over during shutdown does not even start.
+                biased;
+                _ = shutdown.cancelled() => tracing::warn!(
+                    machine = %machine.id, verbose_name = %machine.verbose_name, reason,
+                    "shutdown interrupted the provisioner's release; the machine may still be held \
+                     by the provisioner"
+                ),
+                ended = release => match ended {
+                    Ok(()) => tracing::debug!(machine = %machine.id, reason, "provisioner released the machine"),
+                    Err(_) => tracing::warn!(
+                        machine = %machine.id, verbose_name = %machine.verbose_name, reason,
+                        "the provisioner's release did not finish within release_deadline ({} s) and was \
+                         abandoned; the machine may still be held by the provisioner",
+                        deadline.as_secs_f64()
+                    ),
+                },
+            }
+        });
     }
 
     /// Writes a task and tells every instance. Retried briefly: a store outage must not leave
@@ -686,12 +758,12 @@ impl Pools {
                     }
                     // One active step-1 task per key makes this impossible; never hold two.
                     Ok(false) => {
-                        pool.provisioner.release(&machine).await;
+                        self.release_machine(&pool.provisioner, machine, "already assigned");
                         (TaskStatus::Completed, None)
                     }
                     Err(e) => {
                         tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
-                        pool.provisioner.release(&machine).await;
+                        self.release_machine(&pool.provisioner, machine, "not recorded");
                         (
                             TaskStatus::Failed,
                             Some(TaskError {
@@ -738,18 +810,27 @@ impl Pools {
     /// After an abort: if the step finished anyway, give back what it got.
     async fn abandon(&self, pool: &Pool, work: tokio::task::JoinHandle<Result<StepOk, StepError>>) {
         if let Ok(Ok(StepOk::Machine(machine))) = work.await {
-            pool.provisioner.release(&machine).await;
+            self.release_machine(&pool.provisioner, machine, "task abandoned");
         }
     }
 
-    /// Background: release expired assignments; on shared stores, end tasks whose instance
-    /// went away (their lease lapsed).
+    /// Background: release expired assignments; delete ended tasks past their retention; on
+    /// shared stores, end tasks whose instance went away (their lease lapsed).
     async fn sweeps(self) {
         let mut leases = tokio::time::interval(self.timings.lease_sweep);
         let mut orphans = tokio::time::interval(self.timings.task_lease / 2);
+        let mut retention = tokio::time::interval(self.timings.sweep_interval);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                _ = retention.tick() => {
+                    let cutoff = now_ms().saturating_sub(self.timings.task_retention.as_millis() as u64);
+                    match self.store.tasks_sweep(cutoff).await {
+                        Ok(0) => {}
+                        Ok(deleted) => tracing::debug!(deleted, "ended tasks past task_retention deleted"),
+                        Err(e) => tracing::warn!(error = %e, "task retention sweep failed"),
+                    }
+                }
                 _ = leases.tick() => {
                     if let Err(e) = self.release_expired().await {
                         tracing::warn!(error = %e, "assignment sweep failed");

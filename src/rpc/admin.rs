@@ -1,7 +1,8 @@
 //! Admin methods (role `admin` only; 403 otherwise):
 //! `admin_sessions` (who is signed in, from where, since when), `admin_revoke {"username"}`
 //! (all of a user's tokens and JWTs), `admin_tasks` (every active task), and
-//! `admin_release {"username","pool_id"}` (give a user's machine back).
+//! `admin_release {"username","pool_id"}` (give a user's machine back: answered once the
+//! assignment is removed, while the provisioner's release runs in the background).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -125,6 +126,14 @@ impl Release {
             .pools
             .release(target.id, self.pool_id, &reason)
             .await?;
-        Ok(json!({"released": machine}))
+        // Answered once the assignment is gone; the provisioner's release runs in the
+        // background and ends within `release_deadline` (protocol/README.md).
+        Ok(match machine {
+            Some(machine) => json!({
+                "released": machine,
+                "release_deadline": ctx.state.pools.release_deadline().as_secs_f64(),
+            }),
+            None => json!({"released": null}),
+        })
     }
 }

@@ -52,23 +52,51 @@ impl Store for MemoryStore {
         false
     }
 
-    async fn session_put(&self, rec: &SessionRecord, _ttl: Duration) -> StoreResult<()> {
-        self.lock().sessions.insert(rec.hash, rec.clone());
-        Ok(())
+    async fn session_put(
+        &self,
+        rec: &SessionRecord,
+        ttl: Duration,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<TokenHash>> {
+        let mut inner = self.lock();
+        inner.sessions.insert(rec.hash, rec.clone());
+        let idle_since = now_ms().saturating_sub(ttl.as_millis() as u64);
+        inner.sessions.retain(|h, s| {
+            s.user_id != rec.user_id || *h == rec.hash || s.last_active_ms >= idle_since
+        });
+        let mut mine: Vec<(u64, u64, TokenHash)> = inner
+            .sessions
+            .values()
+            .filter(|s| s.user_id == rec.user_id && s.hash != rec.hash)
+            .map(|s| (s.last_active_ms, s.created_ms, s.hash))
+            .collect();
+        let excess = (mine.len() + 1).saturating_sub(max_per_user.max(1));
+        mine.sort_unstable();
+        let evicted: Vec<TokenHash> = mine.into_iter().take(excess).map(|(_, _, h)| h).collect();
+        for h in &evicted {
+            inner.sessions.remove(h);
+        }
+        Ok(evicted)
     }
 
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
         Ok(self.lock().sessions.get(hash).cloned())
     }
 
-    async fn session_touch(&self, touches: &[(TokenHash, u64)], _ttl: Duration) -> StoreResult<()> {
+    async fn session_touch(
+        &self,
+        touches: &[(TokenHash, u64)],
+        _ttl: Duration,
+    ) -> StoreResult<Vec<TokenHash>> {
         let mut inner = self.lock();
+        let mut missing = Vec::new();
         for (hash, at) in touches {
-            if let Some(s) = inner.sessions.get_mut(hash) {
-                s.last_active_ms = s.last_active_ms.max(*at);
+            match inner.sessions.get_mut(hash) {
+                Some(s) => s.last_active_ms = s.last_active_ms.max(*at),
+                None => missing.push(*hash),
             }
         }
-        Ok(())
+        Ok(missing)
     }
 
     async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
@@ -102,6 +130,8 @@ impl Store for MemoryStore {
         inner.mfa.retain(|_, m| m.expires_ms > now);
         inner.failures.retain(|_, (_, until)| *until > now);
         inner.backoff.retain(|_, (_, until)| *until > now);
+        let now_s = chrono::Utc::now().timestamp();
+        inner.jwt.retain(|_, exp| *exp + 60 >= now_s);
         Ok(before - inner.sessions.len())
     }
 
@@ -213,6 +243,19 @@ impl Store for MemoryStore {
             .filter(|t| t.status.is_active())
             .cloned()
             .collect())
+    }
+
+    async fn tasks_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let latest: HashSet<Uuid> = inner.latest.values().copied().collect();
+        let before = inner.tasks.len();
+        inner.tasks.retain(|id, t| {
+            t.status.is_active()
+                || latest.contains(id)
+                || t.created.timestamp_millis() >= cutoff_ms as i64
+        });
+        Ok(before - inner.tasks.len())
     }
 
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
@@ -344,6 +387,16 @@ impl Store for MemoryStore {
         );
         inner.backoff.insert(key.to_owned(), entry);
         Ok(Ok(slot))
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        let inner = self.lock();
+        Ok(StoreCounts {
+            sessions: inner.sessions.len(),
+            session_index: inner.sessions.len(),
+            tasks: inner.tasks.len(),
+            failure_counters: inner.failures.len() + inner.backoff.len(),
+        })
     }
 
     fn publish(&self, event: BusEvent) {

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     created TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS tasks_user ON tasks(user_id, created);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE INDEX IF NOT EXISTS tasks_done ON tasks(status, created);
 CREATE TABLE IF NOT EXISTS latest (
     user_id TEXT NOT NULL, pool_id TEXT NOT NULL, kind TEXT NOT NULL, task_id TEXT NOT NULL,
     PRIMARY KEY (user_id, pool_id, kind));
@@ -169,17 +170,45 @@ impl Store for SqliteStore {
         false
     }
 
-    async fn session_put(&self, rec: &SessionRecord, _ttl: Duration) -> StoreResult<()> {
+    async fn session_put(
+        &self,
+        rec: &SessionRecord,
+        ttl: Duration,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<TokenHash>> {
+        let user = rec.user_id.to_string();
+        let idle_since = now_ms().saturating_sub(ttl.as_millis() as u64) as i64;
+        // The others kept: the cap less the new one.
+        let others = max_per_user.max(1) as i64 - 1;
         self.with(|c| {
-            c.prepare_cached("INSERT OR REPLACE INTO sessions VALUES (?1, ?2, ?3, ?4, ?5)")?
+            let tx = c.transaction()?;
+            tx.prepare_cached("INSERT OR REPLACE INTO sessions VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![
                     &rec.hash[..],
-                    rec.user_id.to_string(),
+                    user,
                     rec.created_ms as i64,
                     rec.last_active_ms as i64,
                     rec.peer
-                ])
-                .map(drop)
+                ])?;
+            tx.prepare_cached(
+                "DELETE FROM sessions WHERE user_id = ?1 AND hash != ?2 AND last_active_ms < ?3",
+            )?
+            .execute(params![user, &rec.hash[..], idle_since])?;
+            let evicted: Vec<TokenHash> = {
+                let mut stmt = tx.prepare_cached(
+                    "DELETE FROM sessions WHERE hash IN (
+                       SELECT hash FROM sessions WHERE user_id = ?1 AND hash != ?2
+                       ORDER BY last_active_ms DESC, created_ms DESC LIMIT -1 OFFSET ?3)
+                     RETURNING hash",
+                )?;
+                let rows = stmt.query_map(params![user, &rec.hash[..], others], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })?;
+                rows.filter_map(|h| h.ok().and_then(|h| h.try_into().ok()))
+                    .collect()
+            };
+            tx.commit()?;
+            Ok(evicted)
         })
     }
 
@@ -202,18 +231,26 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn session_touch(&self, touches: &[(TokenHash, u64)], _ttl: Duration) -> StoreResult<()> {
+    async fn session_touch(
+        &self,
+        touches: &[(TokenHash, u64)],
+        _ttl: Duration,
+    ) -> StoreResult<Vec<TokenHash>> {
         self.with(|c| {
             let tx = c.transaction()?;
+            let mut missing = Vec::new();
             {
                 let mut stmt = tx.prepare_cached(
                     "UPDATE sessions SET last_active_ms = MAX(last_active_ms, ?2) WHERE hash = ?1",
                 )?;
                 for (hash, at) in touches {
-                    stmt.execute(params![&hash[..], *at as i64])?;
+                    if stmt.execute(params![&hash[..], *at as i64])? == 0 {
+                        missing.push(*hash);
+                    }
                 }
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(missing)
         })
     }
 
@@ -469,6 +506,28 @@ impl Store for SqliteStore {
         self.tasks_where("SELECT body FROM tasks WHERE status = 'active'", &[])
     }
 
+    async fn tasks_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let cutoff = chrono::DateTime::from_timestamp_millis(cutoff_ms as i64)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "DELETE FROM tasks WHERE status = 'done' AND created < ?1
+                 AND id NOT IN (SELECT task_id FROM latest) RETURNING id",
+            )?;
+            let ids: Vec<String> = stmt
+                .query_map(params![cutoff], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            // Under the connection's lock, like every write of the cache.
+            for id in &ids {
+                if let Ok(id) = id.parse() {
+                    self.tasks.remove(&id);
+                }
+            }
+            Ok(ids.len())
+        })
+    }
+
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         let body: Option<String> = self.with(|c| {
             c.prepare_cached("SELECT body FROM assignments WHERE user_id = ?1 AND pool_id = ?2")?
@@ -624,6 +683,24 @@ impl Store for SqliteStore {
                 ],
             )?;
             Ok(Ok(slot))
+        })
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        self.with(|c| {
+            let count = |table: &str| {
+                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n as usize)
+            };
+            let sessions = count("sessions")?;
+            Ok(StoreCounts {
+                sessions,
+                session_index: sessions,
+                tasks: count("tasks")?,
+                failure_counters: count("failures")? + count("backoff")?,
+            })
         })
     }
 

@@ -204,3 +204,76 @@ pub async fn the_redis_password_comes_from_a_file_and_is_required() {
         .unwrap();
     let _ = redis.wait();
 }
+
+/// On A a socket sits idle past `token_ttl` while B keeps its token alive, so A's sweep would
+/// drop the session from A's memory; the socket then revives it from the store. A sign-out on
+/// B (`auth_clear`), and an admin's `admin_revoke` on B, must still reach that socket on A,
+/// within one `session_flush`.
+pub async fn revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("revive-{}", uuid::Uuid::new_v4().simple());
+    let extra = format!(
+        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"\n\
+         session_flush = 0.5\nsweep_interval = 0.2",
+        redis_url(),
+        "k".repeat(40)
+    );
+    let config = config_file(dir.path(), 1.0, &extra);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("token_ttl = 300", "token_ttl = 1.5");
+    std::fs::write(&config, text).unwrap();
+    let a_args = redis_instance_args(&config, &dir.path().join("a"));
+    let b_args = redis_instance_args(&config, &dir.path().join("b"));
+    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut admin = b.connect().await;
+    admin.auth("astravdi", PASSWORD).await;
+
+    for how in ["auth_clear", "admin_revoke"] {
+        let mut on_a = a.connect().await;
+        let token = on_a.auth("user-2", PASSWORD).await;
+        let mut on_b = b.connect().await;
+        let reply = on_b.rpc("auth_token", json!({"token": token})).await;
+        assert_eq!(reply["name"], "response", "{reply}");
+        // Idle on A for longer than the TTL (A's sweep runs every 0.2 s), alive on B.
+        let idle = std::time::Instant::now();
+        while idle.elapsed() < Duration::from_millis(2200) {
+            assert_eq!(on_b.rpc("tasks", json!({})).await["name"], "response");
+            admin.rpc("identify", json!({})).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(on_b.rpc("tasks", json!({})).await["name"], "response");
+        // A's socket revives the session from the store.
+        let revived = on_a.rpc("tasks", json!({})).await;
+        assert_eq!(
+            revived["name"], "response",
+            "alive on B, so alive on A: {revived}"
+        );
+
+        let reply = match how {
+            "auth_clear" => on_b.rpc("auth_clear", json!({})).await,
+            _ => {
+                admin
+                    .rpc("admin_revoke", json!({"username": "user-2"}))
+                    .await
+            }
+        };
+        assert_eq!(reply["name"], "response", "{how}: {reply}");
+        let revoked = std::time::Instant::now();
+        loop {
+            let reply = on_a.rpc("tasks", json!({})).await;
+            if reply["name"] == "error" {
+                assert_eq!(error_code(&reply), 401, "{how}: {reply}");
+                break;
+            }
+            assert!(
+                revoked.elapsed() < Duration::from_millis(500 + 700),
+                "{how} on B has not reached the socket on A after {:?}",
+                revoked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop((a, b));
+}

@@ -59,11 +59,24 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         state_survives_a_restart,
         a_task_cut_off_by_a_stop_is_cancelled_and_restarts,
         orphaned_machines_are_released_at_start_up,
+        a_users_sessions_are_capped_and_the_least_recently_active_is_revoked,
+        ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
+        expired_failure_counters_are_swept,
+        a_session_gone_from_the_store_is_refused_within_one_session_flush,
     ];
     all.push((
         "instances::two_instances_on_one_redis_act_as_one",
         Needs::Redis,
         || Box::pin(cases::two_instances_on_one_redis_act_as_one()),
+    ));
+    all.push((
+        "instances::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance",
+        Needs::Redis,
+        || {
+            Box::pin(
+                cases::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance(),
+            )
+        },
     ));
     all.push((
         "instances::redis_restarting_under_load_costs_only_the_requests_in_flight",
