@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod limits;
 pub mod metrics;
 pub mod pools;

@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod backends;
 mod cli;
+mod exposure;
 mod hardening;
 mod helpers;
 mod limits;
