@@ -63,6 +63,17 @@ impl TestApp {
     }
 
     pub async fn spawn_config(config: Config) -> TestApp {
+        Self::spawn_with_provisioners(config, Default::default()).await
+    }
+
+    /// Like [`TestApp::spawn_config`], with extra provisioners by name.
+    pub async fn spawn_with_provisioners(
+        config: Config,
+        extra: std::collections::HashMap<
+            String,
+            std::sync::Arc<dyn poolgate::provision::Provisioner>,
+        >,
+    ) -> TestApp {
         init_tracing();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -70,7 +81,9 @@ impl TestApp {
             (Some(cert), Some(key)) => Some(poolgate::tls::acceptor(cert, key).unwrap()),
             _ => None,
         };
-        let state = AppState::new(config).await.expect("valid test config");
+        let state = AppState::with_provisioners(config, extra)
+            .await
+            .expect("valid test config");
         state.start().await.expect("state starts");
         let handle = match tls {
             Some(acceptor) => {
