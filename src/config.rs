@@ -47,9 +47,18 @@ pub struct Config {
     /// Largest message the transport reads at all; beyond it the socket is closed (1009),
     /// because the bytes would have to be buffered to be skipped.
     pub max_message_bytes: usize,
-    /// Simultaneous WebSocket connections; the next upgrade is answered 503. Unset: what the
-    /// open-file limit allows (see `limits`); more than it allows stops start-up.
+    /// Simultaneous connections of every kind (plain HTTP, TLS handshakes, keep-alive,
+    /// WebSockets), taken at accept; the next one is answered 503. Unset: what the open-file
+    /// limit allows (see `limits`); more than it allows stops start-up.
     pub max_connections: Option<usize>,
+    /// Simultaneous connections from one client address (IPv6: one /64); the next one is
+    /// answered 429. Sized for a NAT'd office (see README, Security).
+    pub max_connections_per_address: usize,
+    /// A connection has this long for its TLS handshake, then for each request's headers
+    /// (slowloris), then for the request's body; a keep-alive connection waiting for its next
+    /// request is closed after this long too.
+    #[serde(with = "secs")]
+    pub http_header_timeout: Duration,
     /// Per-socket queue of outbound frames; a socket that lets it fill is closed.
     pub outbound_queue: usize,
     /// Failed authentication attempts one socket may make before it gets 429s.
@@ -123,6 +132,8 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
             max_connections: None,
+            max_connections_per_address: 1024,
+            http_header_timeout: Duration::from_secs(10),
             outbound_queue: 256,
             max_auth_failures: 5,
             lockout_attempts: 5,
@@ -222,6 +233,7 @@ impl Config {
             ("session_flush", self.session_flush),
             ("lockout_window", self.lockout_window),
             ("jwt_ttl", self.jwt_ttl),
+            ("http_header_timeout", self.http_header_timeout),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             bail!("{name} must be greater than zero");
@@ -242,6 +254,12 @@ impl Config {
             bail!(
                 "max_connections, outbound_queue, max_concurrent_hashes and lockout_attempts \
                  must be at least 1"
+            );
+        }
+        if self.max_connections_per_address == 0 {
+            bail!(
+                "max_connections_per_address must be at least 1 (to lift it, set it to \
+                 max_connections)"
             );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {

@@ -112,8 +112,8 @@ struct ServeArgs {
     /// Seconds a new connection has to sign in.
     #[arg(long, value_name = "SECS")]
     auth_grace: Option<f64>,
-    /// Simultaneous WebSocket connections before upgrades get 503 (default: what the
-    /// open-file limit allows).
+    /// Simultaneous connections (HTTP and WebSocket alike) before new ones get 503 (default:
+    /// what the open-file limit allows).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).

@@ -63,22 +63,11 @@ pub async fn upgrade(
         )
         .into_response();
     };
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return RestError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many connections, try again shortly.",
-            999,
-            "default",
-        )
-        .into_response();
-    };
-    // Clients only answer pings here: the frame limit is the message limit.
+    // Clients only answer pings here: the frame limit is the message limit. The connection's
+    // admission slot (taken at accept) travels inside the upgraded stream.
     crate::ws::transport(ws, state.config.max_frame_bytes).on_upgrade(move |socket| {
         let tracker = state.tracker.clone();
-        tracker.track_future(async move {
-            serve(socket, state, auth).await;
-            drop(permit);
-        })
+        tracker.track_future(serve(socket, state, auth))
     })
 }
 
