@@ -59,6 +59,9 @@ pub struct Config {
     /// request is closed after this long too.
     #[serde(with = "secs")]
     pub http_header_timeout: Duration,
+    /// Origins (`scheme://host[:port]`) whose pages may open the cookie-authenticated status
+    /// WebSocket. Empty: only pages served from the host the request names (`Host`).
+    pub allowed_origins: Vec<String>,
     /// Per-socket queue of outbound frames; a socket that lets it fill is closed.
     pub outbound_queue: usize,
     /// Failed authentication attempts one socket may make before it gets 429s.
@@ -134,6 +137,7 @@ impl Default for Config {
             max_connections: None,
             max_connections_per_address: 1024,
             http_header_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
             outbound_queue: 256,
             max_auth_failures: 5,
             lockout_attempts: 5,
@@ -261,6 +265,14 @@ impl Config {
                 "max_connections_per_address must be at least 1 (to lift it, set it to \
                  max_connections)"
             );
+        }
+        for origin in &self.allowed_origins {
+            crate::http::Origin::parse(origin).with_context(|| {
+                format!(
+                    "allowed_origins: {origin:?} is not an origin; write scheme://host[:port], \
+                     e.g. \"https://desktops.example.com\""
+                )
+            })?;
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("tls_cert and tls_key go together: give both or neither");

@@ -1,8 +1,101 @@
-//! What the server lets others see: its state files (private whatever the umask).
+//! What the server lets others see: its state files (private whatever the umask) and the
+//! cookie-authenticated status socket (only from allowed origins).
 
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::*;
+
+const ASTRAVDI_ID: &str = "7e1459c2-3e19-4c3d-98f5-8344d44ae6f4";
+
+/// Opens the status socket with the given `Origin` (none: no header); the refusal's status and
+/// body on failure.
+async fn status_socket_from(
+    app: &TestApp,
+    jwt: &str,
+    origin: Option<&str>,
+) -> Result<(), (u16, String)> {
+    let mut req = format!("ws://{}/api/v2/pools/ws/{ASTRAVDI_ID}/", app.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("cookie", format!("JWT {jwt}").parse().unwrap());
+    if let Some(origin) = origin {
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_status_socket_refuses_a_foreign_origin() {
+    let app = TestApp::spawn().await;
+    let jwt = app.jwt("astravdi").await;
+    let (status, body) = status_socket_from(&app, &jwt, Some("https://evil.example"))
+        .await
+        .expect_err("a page of another site may not use the user's cookie");
+    assert_eq!(status, 403);
+    assert!(body.contains("Origin not allowed"), "{body}");
+    for opaque in ["null", "not an origin"] {
+        let (status, _) = status_socket_from(&app, &jwt, Some(opaque))
+            .await
+            .expect_err("opaque origins are refused");
+        assert_eq!(status, 403);
+    }
+    // A page served by this very host, and clients that send no Origin, are let in.
+    let own = format!("http://{}", app.addr);
+    status_socket_from(&app, &jwt, Some(&own)).await.unwrap();
+    status_socket_from(&app, &jwt, None).await.unwrap();
+    // The RPC socket authenticates by its first frame, not a cookie: no Origin check there.
+    let mut req = app.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut c = Client::from(ws);
+    assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
+}
+
+#[tokio::test]
+async fn the_status_socket_accepts_exactly_the_configured_origins() {
+    let app = TestApp::spawn_with(|c| {
+        c.allowed_origins = vec!["https://desktops.example.com".into()];
+    })
+    .await;
+    let jwt = app.jwt("astravdi").await;
+    status_socket_from(&app, &jwt, Some("https://desktops.example.com"))
+        .await
+        .unwrap();
+    status_socket_from(&app, &jwt, Some("https://DESKTOPS.example.com:443"))
+        .await
+        .unwrap();
+    for refused in [
+        "http://desktops.example.com",
+        "https://desktops.example.com:8443",
+        "https://evil.example",
+        // The list replaces the same-host default.
+        &format!("http://{}", app.addr),
+    ] {
+        let (status, body) = status_socket_from(&app, &jwt, Some(refused))
+            .await
+            .expect_err(refused);
+        assert_eq!(status, 403, "{refused}");
+        assert!(body.contains("allowed_origins"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn an_origin_list_that_does_not_parse_stops_start_up() {
+    let mut config = demo_config();
+    config.allowed_origins = vec!["desktops.example.com".into()];
+    let err = config.validate().unwrap_err();
+    assert!(format!("{err:#}").contains("scheme://host"), "{err:#}");
+}
 
 #[cfg(unix)]
 #[tokio::test]
