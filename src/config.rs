@@ -62,6 +62,9 @@ pub struct Config {
     /// Origins (`scheme://host[:port]`) whose pages may open the cookie-authenticated status
     /// WebSocket. Empty: only pages served from the host the request names (`Host`).
     pub allowed_origins: Vec<String>,
+    /// A separate listener for `/metrics` (and `/healthz`); when set, `/metrics` is no longer
+    /// served on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Per-socket queue of outbound frames; a socket that lets it fill is closed.
     pub outbound_queue: usize,
     /// Failed authentication attempts one socket may make before it gets 429s.
@@ -138,6 +141,7 @@ impl Default for Config {
             max_connections_per_address: 1024,
             http_header_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
+            metrics_listen: None,
             outbound_queue: 256,
             max_auth_failures: 5,
             lockout_attempts: 5,
@@ -273,6 +277,12 @@ impl Config {
                      e.g. \"https://desktops.example.com\""
                 )
             })?;
+        }
+        if let Some(metrics) = self.metrics_listen
+            && metrics == self.listen
+            && metrics.port() != 0
+        {
+            bail!("metrics_listen must differ from listen");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("tls_cert and tls_key go together: give both or neither");

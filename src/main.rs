@@ -236,8 +236,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "\n  WARNING: poolgate is listening on {addr} without TLS.\n  Passwords and tokens cross the network in clear text. Use --tls-cert/--tls-key.\n"
         );
     }
+    let metrics = match config.metrics_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on metrics_listen {at}"))?,
+        ),
+        None => None,
+    };
     let state = AppState::new(config).await?;
     state.start().await?;
+    if let Some(listener) = metrics {
+        let at = listener.local_addr()?;
+        tracing::info!(%at, "metrics listening (http://{at}/metrics); not served on the main port");
+        poolgate::server::spawn_metrics(listener, &state);
+    }
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

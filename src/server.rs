@@ -1,5 +1,5 @@
 //! The HTTP server: one Router (WebSocket RPC at `/`), the accept loop with its connection
-//! caps and timeouts, background jobs, graceful shutdown.
+//! caps and timeouts, an optional metrics listener, background jobs, graceful shutdown.
 //! `run` never binds: callers (main, tests) hand it a listener.
 //!
 //! Connections are served with hyper's HTTP/1.1 connection builder directly (`axum::serve`
@@ -41,12 +41,27 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 const REFUSERS: usize = 64;
 /// How long a refused connection is drained before it is closed anyway.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Connections the metrics listener accepts at once: scrapers and health checks only.
+const METRICS_CONNECTIONS: usize = 64;
 
-/// Every route poolgate serves.
+/// Every route poolgate serves on its main port. `/metrics` moves to its own listener when
+/// `metrics_listen` is set.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(crate::ws::upgrade))
         .merge(crate::rest::router())
+        .route("/healthz", get(crate::metrics::healthz));
+    let router = if state.config.metrics_listen.is_none() {
+        router.route("/metrics", get(crate::metrics::metrics))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// The routes of the metrics listener.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
         .route("/metrics", get(crate::metrics::metrics))
         .route("/healthz", get(crate::metrics::healthz))
         .with_state(state)
@@ -66,6 +81,20 @@ pub async fn run_tls(
     state: AppState,
 ) -> anyhow::Result<()> {
     serve(listener, Some(acceptor), state).await
+}
+
+/// Serves `/metrics` and `/healthz` (plain HTTP) on `metrics_listen` until shutdown. Start it
+/// before [`run`]: its connections are tracked, so `run` waits for them too.
+pub fn spawn_metrics(listener: TcpListener, state: &AppState) {
+    let site = Site {
+        router: metrics_app(state.clone()),
+        admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS),
+        tls: None,
+        name: "metrics",
+    };
+    state
+        .tracker
+        .spawn(accept_loop(listener, site, state.clone()));
 }
 
 async fn serve(
@@ -92,7 +121,7 @@ struct Site {
     router: Router,
     admission: Arc<Admission>,
     tls: Option<TlsAcceptor>,
-    /// For logs.
+    /// For logs: "main" or "metrics".
     name: &'static str,
 }
 

@@ -1,5 +1,8 @@
-//! What the server lets others see: its state files (private whatever the umask) and the
-//! cookie-authenticated status socket (only from allowed origins).
+//! What the server lets others see: its state files (private whatever the umask), the
+//! cookie-authenticated status socket (only from allowed origins), and `/metrics` (on a
+//! listener of its own when configured).
+
+use std::net::SocketAddr;
 
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -95,6 +98,83 @@ async fn an_origin_list_that_does_not_parse_stops_start_up() {
     config.allowed_origins = vec!["desktops.example.com".into()];
     let err = config.validate().unwrap_err();
     assert!(format!("{err:#}").contains("scheme://host"), "{err:#}");
+}
+
+#[tokio::test]
+async fn metrics_can_be_served_on_their_own_listener_and_then_not_on_the_main_port() {
+    let app =
+        TestApp::spawn_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let metrics: SocketAddr = app.metrics_addr.expect("a metrics listener");
+    let main = reqwest::get(app.url("/metrics")).await.unwrap();
+    assert_eq!(main.status(), 404, "not on the main port any more");
+    let resp = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("openmetrics")
+    );
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("poolgate_connections_open")
+    );
+    // Health checks answer on both.
+    assert_eq!(
+        reqwest::get(app.url("/healthz")).await.unwrap().status(),
+        200
+    );
+    let health = reqwest::get(format!("http://{metrics}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // The metrics listener stops with the server.
+    app.stop().await;
+    assert!(
+        reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn serve_binds_metrics_listen_and_logs_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config_file(
+        dir.path(),
+        1.0,
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    );
+    let server = ServerProcess::start(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ])
+    .await;
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let main = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(main.status(), 404);
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains(&format!(
+            "metrics listening (http://127.0.0.1:{port}/metrics)"
+        )),
+        "{log}"
+    );
 }
 
 #[cfg(unix)]
