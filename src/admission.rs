@@ -122,10 +122,6 @@ impl Admission {
     pub fn open(&self) -> usize {
         self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
     }
-
-    pub fn max_total(&self) -> usize {
-        self.max_total
-    }
 }
 
 /// One admitted connection; dropping it frees the slot.
