@@ -47,9 +47,24 @@ pub struct Config {
     /// Largest message the transport reads at all; beyond it the socket is closed (1009),
     /// because the bytes would have to be buffered to be skipped.
     pub max_message_bytes: usize,
-    /// Simultaneous WebSocket connections; the next upgrade is answered 503. Unset: what the
-    /// open-file limit allows (see `limits`); more than it allows stops start-up.
+    /// Simultaneous connections of every kind (plain HTTP, TLS handshakes, keep-alive,
+    /// WebSockets), taken at accept; the next one is answered 503. Unset: what the open-file
+    /// limit allows (see `limits`); more than it allows stops start-up.
     pub max_connections: Option<usize>,
+    /// Simultaneous connections from one client address (IPv6: one /64); the next one is
+    /// answered 429. Sized for a NAT'd office (see README, Security).
+    pub max_connections_per_address: usize,
+    /// A connection has this long for its TLS handshake, then for each request's headers
+    /// (slowloris), then for the request's body; a keep-alive connection waiting for its next
+    /// request is closed after this long too.
+    #[serde(with = "secs")]
+    pub http_header_timeout: Duration,
+    /// Origins (`scheme://host[:port]`) whose pages may open the cookie-authenticated status
+    /// WebSocket. Empty: only pages served from the host the request names (`Host`).
+    pub allowed_origins: Vec<String>,
+    /// A separate listener for `/metrics` (and `/healthz`); when set, `/metrics` is no longer
+    /// served on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Per-socket queue of outbound frames; a socket that lets it fill is closed.
     pub outbound_queue: usize,
     /// Failed authentication attempts one socket may make before it gets 429s.
@@ -147,6 +162,10 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
             max_connections: None,
+            max_connections_per_address: 1024,
+            http_header_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            metrics_listen: None,
             outbound_queue: 256,
             max_auth_failures: 5,
             lockout_attempts: 5,
@@ -256,6 +275,7 @@ impl Config {
             ("lockout_window", self.lockout_window),
             ("lockout_backoff_max", self.lockout_backoff_max),
             ("jwt_ttl", self.jwt_ttl),
+            ("http_header_timeout", self.http_header_timeout),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             bail!("{name} must be greater than zero");
@@ -279,6 +299,26 @@ impl Config {
                 "max_connections, outbound_queue, max_concurrent_hashes, lockout_attempts, \
                  lockout_address_attempts and max_sessions_per_user must be at least 1"
             );
+        }
+        if self.max_connections_per_address == 0 {
+            bail!(
+                "max_connections_per_address must be at least 1 (to lift it, set it to \
+                 max_connections)"
+            );
+        }
+        for origin in &self.allowed_origins {
+            crate::http::Origin::parse(origin).with_context(|| {
+                format!(
+                    "allowed_origins: {origin:?} is not an origin; write scheme://host[:port], \
+                     e.g. \"https://desktops.example.com\""
+                )
+            })?;
+        }
+        if let Some(metrics) = self.metrics_listen
+            && metrics == self.listen
+            && metrics.port() != 0
+        {
+            bail!("metrics_listen must differ from listen");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("tls_cert and tls_key go together: give both or neither");

@@ -112,8 +112,8 @@ struct ServeArgs {
     /// Seconds a new connection has to sign in.
     #[arg(long, value_name = "SECS")]
     auth_grace: Option<f64>,
-    /// Simultaneous WebSocket connections before upgrades get 503 (default: what the
-    /// open-file limit allows).
+    /// Simultaneous connections (HTTP and WebSocket alike) before new ones get 503 (default:
+    /// what the open-file limit allows).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
@@ -221,8 +221,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.config.is_none() {
         tracing::warn!("no --config given: serving the embedded demo dataset (password Bazalt1!)");
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    poolgate::files::data_dir(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -237,8 +236,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "\n  WARNING: poolgate is listening on {addr} without TLS.\n  Passwords and tokens cross the network in clear text. Use --tls-cert/--tls-key.\n"
         );
     }
+    let metrics = match config.metrics_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on metrics_listen {at}"))?,
+        ),
+        None => None,
+    };
     let state = AppState::new(config).await?;
     state.start().await?;
+    if let Some(listener) = metrics {
+        let at = listener.local_addr()?;
+        tracing::info!(%at, "metrics listening (http://{at}/metrics); not served on the main port");
+        poolgate::server::spawn_metrics(listener, &state);
+    }
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,8 +34,9 @@ pub struct Inner {
     pub pools: Pools,
     pub events: Arc<EventHub>,
     pub metrics: Arc<Metrics>,
-    /// One permit per open WebSocket; taken before the upgrade.
-    pub connections: Arc<Semaphore>,
+    /// One slot per accepted connection (`max_connections`, `max_connections_per_address`),
+    /// taken at accept and held until the socket closes, WebSocket or not.
+    pub admission: Arc<crate::admission::Admission>,
     /// Cancelled when the server shuts down; connections and background jobs watch it.
     pub shutdown: CancellationToken,
     /// Every connection task and background job, so shutdown can wait for them.
@@ -137,7 +138,10 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             jwt,
             store,
-            connections: Arc::new(Semaphore::new(max_connections)),
+            admission: crate::admission::Admission::new(
+                max_connections,
+                config.max_connections_per_address,
+            ),
             auth,
             pools,
             events,

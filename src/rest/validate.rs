@@ -53,6 +53,13 @@ pub fn read_body(
                 999,
                 "default",
             )
+        } else if let Some(late) = crate::http::BodyTimeout::find(&e) {
+            RestError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("Request body not received in time: {late}."),
+                999,
+                "default",
+            )
         } else {
             RestError::validation(&["body"], "Unreadable request body.", "value_error")
         }

@@ -297,6 +297,7 @@ pub async fn open(
     }
     if let Some(path) = state.strip_prefix("sqlite:") {
         let path = if path.is_empty() {
+            crate::files::data_dir(data_dir)?;
             data_dir.join("poolgate.sqlite3")
         } else {
             std::path::PathBuf::from(path)

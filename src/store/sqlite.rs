@@ -100,11 +100,11 @@ const TASK_CACHE_MAX: usize = 65_536;
 impl SqliteStore {
     pub fn open(path: &Path, sink: mpsc::UnboundedSender<BusEvent>) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::files::create_dirs(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let lock_path = path.with_extension("lock");
-        let lock = std::fs::File::create(&lock_path)
+        let lock = crate::files::open(&lock_path, false)
             .with_context(|| format!("cannot create {}", lock_path.display()))?;
         // A restart may overlap briefly with the process it replaces: wait a little for the lock.
         let mut locked = lock.try_lock().is_ok();
@@ -121,6 +121,16 @@ impl SqliteStore {
                  Redis (state = \"redis://…\") instead",
                 path.display()
             );
+        }
+        // The database is created 0600 here; SQLite gives its -wal and -shm files the
+        // database's mode (whatever the umask). Files from before are tightened.
+        crate::files::open(path, false)
+            .with_context(|| format!("cannot create the state database {}", path.display()))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            crate::files::tighten(Path::new(&side))
+                .with_context(|| format!("cannot make {} 0600", Path::new(&side).display()))?;
         }
         let conn = Connection::open(path)
             .with_context(|| format!("cannot open the state database {}", path.display()))?;

@@ -32,6 +32,8 @@ fn init_tracing() {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The metrics listener's address, when the config has `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// Remove the data directory on drop (not when the test restarts the app on it).
@@ -63,15 +65,36 @@ impl TestApp {
     }
 
     pub async fn spawn_config(config: Config) -> TestApp {
+        Self::spawn_with_provisioners(config, Default::default()).await
+    }
+
+    /// Like [`TestApp::spawn_config`], with extra provisioners by name.
+    pub async fn spawn_with_provisioners(
+        config: Config,
+        extra: std::collections::HashMap<
+            String,
+            std::sync::Arc<dyn poolgate::provision::Provisioner>,
+        >,
+    ) -> TestApp {
         init_tracing();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(tokio::net::TcpListener::bind(at).await.unwrap()),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(poolgate::tls::acceptor(cert, key).unwrap()),
             _ => None,
         };
-        let state = AppState::new(config).await.expect("valid test config");
+        let state = AppState::with_provisioners(config, extra)
+            .await
+            .expect("valid test config");
         state.start().await.expect("state starts");
+        if let Some(listener) = metrics {
+            poolgate::server::spawn_metrics(listener, &state);
+        }
         let handle = match tls {
             Some(acceptor) => {
                 tokio::spawn(poolgate::server::run_tls(listener, acceptor, state.clone()))
@@ -80,6 +103,7 @@ impl TestApp {
         };
         TestApp {
             addr,
+            metrics_addr,
             state,
             handle: Some(handle),
             cleanup: true,

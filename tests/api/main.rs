@@ -4,6 +4,8 @@ mod admin;
 mod auth;
 mod backends;
 mod cli;
+mod connections;
+mod exposure;
 mod hardening;
 mod helpers;
 mod limits;
