@@ -4,12 +4,14 @@
 # The server runs the demo dataset plus a pool on a command provisioner that prints its
 # environment, leaves a background child in step 2 and hangs on release.
 #
-# Usage: bench/hostile.sh
+# Usage: bench/hostile.sh            (PROFILE=debug bench/hostile.sh for a quick debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin poolgate --example hostile
+profile=${PROFILE:-release}
+flag=--release; [ "$profile" = debug ] && flag=
+cargo build $flag --quiet --bin poolgate --example hostile
 dir=$(mktemp -d)
-trap 'kill -9 $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill -9 $pid 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pool=6f1b7f0e-0a57-4b9e-9a11-5e5ca1ab1e00
 cat > "$dir/provision.sh" <<SH
@@ -23,7 +25,7 @@ esac
 SH
 chmod +x "$dir/provision.sh"
 {
-  sed -e 's/^demo = true/demo = true\ntask_deadline = 4/' examples/demo.toml
+  sed -e 's/^task_deadline = .*/task_deadline = 4/' examples/demo.toml
   cat <<TOML
 
 [[pools]]
@@ -42,11 +44,11 @@ TOML
 } > "$dir/poolgate.toml"
 export POOLGATE_JWT_SECRET=$(head -c 32 /dev/urandom | base64)
 export POOLGATE_REDIS_PASSWORD=not-used-here-but-secret
-NO_COLOR=1 target/release/poolgate serve --config "$dir/poolgate.toml" --data-dir "$dir/data" \
+NO_COLOR=1 target/$profile/poolgate serve --config "$dir/poolgate.toml" --data-dir "$dir/data" \
   --listen "127.0.0.1:$port" 2>"$dir/log" &
 pid=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-target/release/examples/hostile "ws://127.0.0.1:$port/" "127.0.0.1:$port" "$dir" "$dir/log" "$pool"
+target/$profile/examples/hostile "ws://127.0.0.1:$port/" "127.0.0.1:$port" "$dir" "$dir/log" "$pool"
 # A release is still hanging: how long does SIGTERM take?
 start=$(date +%s.%N)
 kill -TERM $pid
