@@ -47,17 +47,41 @@ pub struct Config {
     /// Largest message the transport reads at all; beyond it the socket is closed (1009),
     /// because the bytes would have to be buffered to be skipped.
     pub max_message_bytes: usize,
-    /// Simultaneous WebSocket connections; the next upgrade is answered 503.
-    pub max_connections: usize,
+    /// Simultaneous connections of every kind (plain HTTP, TLS handshakes, keep-alive,
+    /// WebSockets), taken at accept; the next one is answered 503. Unset: what the open-file
+    /// limit allows (see `limits`); more than it allows stops start-up.
+    pub max_connections: Option<usize>,
+    /// Simultaneous connections from one client address (IPv6: one /64); the next one is
+    /// answered 429. Sized for a NAT'd office (see README, Security).
+    pub max_connections_per_address: usize,
+    /// A connection has this long for its TLS handshake, then for each request's headers
+    /// (slowloris), then for the request's body; a keep-alive connection waiting for its next
+    /// request is closed after this long too.
+    #[serde(with = "secs")]
+    pub http_header_timeout: Duration,
+    /// Origins (`scheme://host[:port]`) whose pages may open the cookie-authenticated status
+    /// WebSocket. Empty: only pages served from the host the request names (`Host`).
+    pub allowed_origins: Vec<String>,
+    /// A separate listener for `/metrics` (and `/healthz`); when set, `/metrics` is no longer
+    /// served on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Per-socket queue of outbound frames; a socket that lets it fill is closed.
     pub outbound_queue: usize,
     /// Failed authentication attempts one socket may make before it gets 429s.
     pub max_auth_failures: u32,
-    /// Failed sign-ins per username and per client address within `lockout_window` before
-    /// further attempts get 429.
+    /// Failed sign-ins of one username from one client address within `lockout_window`
+    /// before that pair gets 429; also where a username's back-off starts (see
+    /// `auth::lockout`).
     pub lockout_attempts: u32,
+    /// Failed sign-ins from one client address (IPv6: one /64), whatever the usernames,
+    /// within `lockout_window` before the address gets 429.
+    pub lockout_address_attempts: u32,
     #[serde(with = "secs")]
     pub lockout_window: Duration,
+    /// Longest spacing of a username's back-off, and the longest an attempt waits for its
+    /// turn before it is refused with the time to retry.
+    #[serde(with = "secs")]
+    pub lockout_backoff_max: Duration,
     /// Password hashes computed at once; more logins wait their turn (default: cores − 1).
     pub max_concurrent_hashes: usize,
     /// Where state lives: `sqlite:<path>` (empty path: `<data_dir>/poolgate.sqlite3`, the
@@ -83,6 +107,18 @@ pub struct Config {
     /// token is at most this stale (a token may expire this much early after a crash).
     #[serde(with = "secs")]
     pub session_flush: Duration,
+    /// Sessions (tokens) one user may hold; signing in past it revokes the least recently
+    /// active ones, so a user — or a script with a user's password — cannot grow the store
+    /// without bound.
+    pub max_sessions_per_user: usize,
+    /// How long ended tasks are kept (for `task`/`tasks` and the admin's view) before they are
+    /// deleted; the latest task of each (user, pool, kind) is kept regardless.
+    #[serde(with = "secs")]
+    pub task_retention: Duration,
+    /// How often expired records are deleted from the state store: idle sessions, MFA
+    /// challenges, lockout counters, JWT revocations, and tasks past `task_retention`.
+    #[serde(with = "secs")]
+    pub sweep_interval: Duration,
     /// Every connect task ends within this long (CANCELLED if it overruns).
     #[serde(with = "secs")]
     pub task_deadline: Duration,
@@ -91,6 +127,10 @@ pub struct Config {
     /// at once with `admin_reset` or `admin_release`.
     #[serde(with = "secs")]
     pub failed_step_retry: Duration,
+    /// Every provisioner release (and the start-up query of what a provisioner holds) ends
+    /// within this long; an overrun is abandoned (a command's process group is killed).
+    #[serde(with = "secs")]
+    pub release_deadline: Duration,
     /// Lifetime of a v2 REST JWT (the mock's: 24 h). Logout revokes it earlier.
     #[serde(with = "secs")]
     pub jwt_ttl: Duration,
@@ -126,17 +166,27 @@ impl Default for Config {
             mfa_token_ttl: Duration::from_secs(120),
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
-            max_connections: 10_000,
+            max_connections: None,
+            max_connections_per_address: 1024,
+            http_header_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            metrics_listen: None,
             outbound_queue: 256,
             max_auth_failures: 5,
             lockout_attempts: 5,
+            lockout_address_attempts: 100,
             lockout_window: Duration::from_secs(15 * 60),
+            lockout_backoff_max: Duration::from_secs(60),
             // One core fewer than the machine has: a login storm never takes every core
             // from the sockets (measured in bench/: workload 5).
             max_concurrent_hashes: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             task_deadline: Duration::from_secs(90),
             failed_step_retry: Duration::from_secs(60),
+            max_sessions_per_user: 32,
+            task_retention: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_secs(30),
+            release_deadline: Duration::from_secs(60),
             state: "sqlite:".into(),
             state_prefix: "poolgate".into(),
             state_password_file: None,
@@ -221,12 +271,17 @@ impl Config {
             ("auth_grace", self.auth_grace),
             ("mfa_token_ttl", self.mfa_token_ttl),
             ("task_deadline", self.task_deadline),
+            ("release_deadline", self.release_deadline),
+            ("task_retention", self.task_retention),
+            ("sweep_interval", self.sweep_interval),
             ("assignment_ttl", self.assignment_ttl),
             ("lease_sweep", self.lease_sweep),
             ("task_lease", self.task_lease),
             ("session_flush", self.session_flush),
             ("lockout_window", self.lockout_window),
+            ("lockout_backoff_max", self.lockout_backoff_max),
             ("jwt_ttl", self.jwt_ttl),
+            ("http_header_timeout", self.http_header_timeout),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             bail!("{name} must be greater than zero");
@@ -239,15 +294,37 @@ impl Config {
         if self.max_frame_bytes == 0 || self.max_frame_bytes > self.max_message_bytes {
             bail!("max_frame_bytes must be between 1 and max_message_bytes");
         }
-        if self.max_connections == 0
+        if self.max_connections == Some(0)
             || self.outbound_queue == 0
             || self.max_concurrent_hashes == 0
             || self.lockout_attempts == 0
+            || self.lockout_address_attempts == 0
+            || self.max_sessions_per_user == 0
         {
             bail!(
-                "max_connections, outbound_queue, max_concurrent_hashes and lockout_attempts \
-                 must be at least 1"
+                "max_connections, outbound_queue, max_concurrent_hashes, lockout_attempts, \
+                 lockout_address_attempts and max_sessions_per_user must be at least 1"
             );
+        }
+        if self.max_connections_per_address == 0 {
+            bail!(
+                "max_connections_per_address must be at least 1 (to lift it, set it to \
+                 max_connections)"
+            );
+        }
+        for origin in &self.allowed_origins {
+            crate::http::Origin::parse(origin).with_context(|| {
+                format!(
+                    "allowed_origins: {origin:?} is not an origin; write scheme://host[:port], \
+                     e.g. \"https://desktops.example.com\""
+                )
+            })?;
+        }
+        if let Some(metrics) = self.metrics_listen
+            && metrics == self.listen
+            && metrics.port() != 0
+        {
+            bail!("metrics_listen must differ from listen");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("tls_cert and tls_key go together: give both or neither");

@@ -4,11 +4,15 @@
 //! Data flows one way: transport (`ws`) → `rpc` → domain (`auth`, `pools`) → `provision`;
 //! task events flow back through `events` to the sockets. `state` ties them together.
 
+pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod files;
+pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod pools;
 pub mod preflight;

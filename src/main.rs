@@ -181,7 +181,8 @@ struct ServeArgs {
     /// Seconds a new connection has to sign in.
     #[arg(long, value_name = "SECS")]
     auth_grace: Option<f64>,
-    /// Simultaneous WebSocket connections before upgrades get 503.
+    /// Simultaneous connections (HTTP and WebSocket alike) before new ones get 503 (default:
+    /// what the open-file limit allows).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
@@ -219,7 +220,7 @@ impl ServeArgs {
             config.idle_timeout = secs(s)?;
         }
         if let Some(n) = self.max_connections {
-            config.max_connections = n;
+            config.max_connections = Some(n);
         }
         if let Some(f) = &self.tls_cert {
             config.tls_cert = Some(f.clone());
@@ -334,8 +335,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         bail!("the configuration cannot be served:\n{}", report.trim_end());
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    poolgate::files::data_dir(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -350,8 +350,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "\n  WARNING: poolgate is listening on {addr} without TLS.\n  Passwords and tokens cross the network in clear text. Use --tls-cert/--tls-key.\n"
         );
     }
+    let metrics = match config.metrics_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on metrics_listen {at}"))?,
+        ),
+        None => None,
+    };
     let state = AppState::new(config).await?;
     state.start().await?;
+    if let Some(listener) = metrics {
+        let at = listener.local_addr()?;
+        tracing::info!(%at, "metrics listening (http://{at}/metrics); not served on the main port");
+        poolgate::server::spawn_metrics(listener, &state);
+    }
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

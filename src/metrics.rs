@@ -1,9 +1,9 @@
 //! Prometheus metrics (OpenMetrics text at `/metrics`) and `/healthz`.
 //!
-//! What is counted: WebSocket connections (open and total), RPCs by method and result code,
-//! sign-ins by outcome, task durations by kind and outcome, failed provisioner steps by pool,
-//! step and outcome, and, sampled at scrape time, signed-in sockets and sessions held in
-//! memory.
+//! What is counted: accepted connections (open, and refused by reason), WebSocket connections
+//! (open and total), RPCs by method and result code, sign-ins by outcome, task durations by
+//! kind and outcome, failed provisioner steps by pool, step and outcome, and, sampled at
+//! scrape time, signed-in sockets and sessions held in memory.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -26,6 +26,11 @@ pub struct RpcLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +67,10 @@ pub struct Metrics {
     pub provisioner_failures: Family<ProvisionerLabels, Counter>,
     signed_in_sockets: Gauge,
     cached_sessions: Gauge,
+    /// Accepted connections of every kind held against `max_connections` (sampled).
+    accepted_open: Gauge,
+    /// Connections refused at accept, by the cap that refused them.
+    refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,6 +86,8 @@ impl Default for Metrics {
             provisioner_failures: Family::default(),
             signed_in_sockets: Gauge::default(),
             cached_sessions: Gauge::default(),
+            accepted_open: Gauge::default(),
+            refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -115,6 +126,16 @@ impl Default for Metrics {
             "Sessions held in this instance's memory",
             m.cached_sessions.clone(),
         );
+        registry.register(
+            "accepted_connections_open",
+            "Accepted connections of every kind (HTTP, TLS, WebSocket) held against max_connections",
+            m.accepted_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at accept, by the cap that refused them",
+            m.refused.clone(),
+        );
         let rpc_ok = crate::rpc::METHODS
             .iter()
             .enumerate()
@@ -137,6 +158,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A connection refused at accept; `reason` names the cap.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
     pub fn login(&self, outcome: &'static str) {
         self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
     }
@@ -161,6 +187,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     m.signed_in_sockets.set(state.events.socket_count() as i64);
     m.cached_sessions.set(state.auth.tokens.cached() as i64);
+    m.accepted_open.set(state.admission.open() as i64);
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &m.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -96,7 +96,7 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>) {
         None
     };
     if let Some(key) = source
-        && let Err(e) = JwtKeys::from_config(config)
+        && let Err(e) = JwtKeys::with_tag_key(config)
     {
         problems.push(Problem::new(&[key], format!("{e:#}")));
     }

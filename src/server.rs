@@ -1,28 +1,65 @@
-//! The HTTP server: one Router (WebSocket RPC at `/`), background jobs, graceful shutdown.
+//! The HTTP server: one Router (WebSocket RPC at `/`), the accept loop with its connection
+//! caps and timeouts, an optional metrics listener, background jobs, graceful shutdown.
 //! `run` never binds: callers (main, tests) hand it a listener.
+//!
+//! Connections are served with hyper's HTTP/1.1 connection builder directly (`axum::serve`
+//! exposes none of its settings): that is where the header read timeout lives. Every accepted
+//! connection first takes a slot from [`Admission`] (all connections, and per client
+//! address); the slot travels inside the stream, so it is held through the TLS handshake,
+//! keep-alive and an upgrade to a WebSocket, and freed when the socket is closed.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener, ListenerExt};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::response::Response;
+use axum::routing::future::RouteFuture;
+use axum::routing::get;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls::TlsListener;
-use axum::routing::get;
-use tokio::net::TcpListener;
-
+use crate::admission::{Admission, Refusal, RefusalLog};
+use crate::http::{DeadlineBody, Holding};
 use crate::state::AppState;
 
-/// How often expired sessions, MFA challenges and JWT revocations are dropped.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// At most one log line per this long for each kind of refused connection, with the count.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Refused plain-HTTP connections answered at once (the status line is written, then the
+/// request is drained so that closing does not reset the connection before the client has
+/// read the answer). Past this many, refused connections are only written to and closed.
+const REFUSERS: usize = 64;
+/// How long a refused connection is drained before it is closed anyway.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Connections the metrics listener accepts at once: scrapers and health checks only.
+const METRICS_CONNECTIONS: usize = 64;
 
-/// Every route poolgate serves.
+/// Every route poolgate serves on its main port. `/metrics` moves to its own listener when
+/// `metrics_listen` is set.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(crate::ws::upgrade))
         .merge(crate::rest::router())
+        .route("/healthz", get(crate::metrics::healthz));
+    let router = if state.config.metrics_listen.is_none() {
+        router.route("/metrics", get(crate::metrics::metrics))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// The routes of the metrics listener.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
         .route("/metrics", get(crate::metrics::metrics))
         .route("/healthz", get(crate::metrics::healthz))
         .with_state(state)
@@ -32,7 +69,7 @@ pub fn app(state: AppState) -> Router {
 /// connection and task runner to finish. Call [`AppState::start`] first (recovery, seed tasks,
 /// the event bus).
 pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
-    serve(listener, state).await
+    serve(listener, None, state).await
 }
 
 /// Like [`run`], over TLS (`wss://` and `https://` on the same port).
@@ -41,33 +78,252 @@ pub async fn run_tls(
     acceptor: TlsAcceptor,
     state: AppState,
 ) -> anyhow::Result<()> {
-    // `tap_io` gives the listener axum's generic `ConnectInfo<SocketAddr>` support.
-    serve(TlsListener::new(listener, acceptor)?.tap_io(|_| {}), state).await
+    serve(listener, Some(acceptor), state).await
 }
 
-async fn serve<L>(listener: L, state: AppState) -> anyhow::Result<()>
-where
-    L: Listener<Addr = SocketAddr>,
-    L::Io: Send,
-    for<'a> SocketAddr: Connected<IncomingStream<'a, L>>,
-{
-    let shutdown = state.shutdown.clone();
+/// Serves `/metrics` and `/healthz` (plain HTTP) on `metrics_listen` until shutdown. Start it
+/// before [`run`]: its connections are tracked, so `run` waits for them too.
+pub fn spawn_metrics(listener: TcpListener, state: &AppState) {
+    let site = Site {
+        router: metrics_app(state.clone()),
+        admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS),
+        tls: None,
+        name: "metrics",
+    };
+    state
+        .tracker
+        .spawn(accept_loop(listener, site, state.clone()));
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: AppState,
+) -> anyhow::Result<()> {
     state.tracker.spawn(sweep(state.clone()));
-    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    // axum's graceful shutdown does not wait for upgraded sockets (tokio-rs/axum#3003).
+    let site = Site {
+        router: app(state.clone()),
+        admission: state.admission.clone(),
+        tls,
+        name: "main",
+    };
+    accept_loop(listener, site, state.clone()).await;
+    // Upgraded sockets and connections still finishing a request are on the tracker.
     state.tracker.close();
     state.tracker.wait().await;
     Ok(())
 }
 
+/// One listener's routes, caps and transport.
+struct Site {
+    router: Router,
+    admission: Arc<Admission>,
+    tls: Option<TlsAcceptor>,
+    /// For logs: "main" or "metrics".
+    name: &'static str,
+}
+
+/// The rate-limited warnings of one listener.
+struct Refusals {
+    full: RefusalLog,
+    per_address: RefusalLog,
+    accept_failed: RefusalLog,
+}
+
+impl Refusals {
+    fn new() -> Self {
+        Refusals {
+            full: RefusalLog::new(REFUSAL_LOG_EVERY),
+            per_address: RefusalLog::new(REFUSAL_LOG_EVERY),
+            accept_failed: RefusalLog::new(REFUSAL_LOG_EVERY),
+        }
+    }
+
+    fn log(&self, site: &str, refusal: Refusal, peer: SocketAddr) {
+        let (log, limit) = match refusal {
+            Refusal::Full { limit } => (&self.full, limit),
+            Refusal::PerAddress { limit } => (&self.per_address, limit),
+        };
+        if let Some(refused) = log.hit() {
+            tracing::warn!(
+                listener = site,
+                reason = refusal.label(),
+                limit,
+                last_peer = %crate::admission::address_key(peer.ip()),
+                refused,
+                "connections refused (at most one line per {} s, with the count since the last)",
+                REFUSAL_LOG_EVERY.as_secs()
+            );
+        }
+    }
+
+    /// Reports what was counted since the last line once the period is over.
+    fn flush(&self, site: &str) {
+        for (log, reason) in [
+            (&self.full, "max_connections"),
+            (&self.per_address, "max_connections_per_address"),
+        ] {
+            if let Some(refused) = log.flush() {
+                tracing::warn!(listener = site, reason, refused, "connections refused");
+            }
+        }
+        if let Some(failed) = self.accept_failed.flush() {
+            tracing::warn!(listener = site, failed, "accept failed");
+        }
+    }
+}
+
+/// Accepts until shutdown: admits (or refuses) each connection and serves it on its own task.
+async fn accept_loop(listener: TcpListener, site: Site, state: AppState) {
+    let refusals = Refusals::new();
+    let refusers = Arc::new(Semaphore::new(REFUSERS));
+    let mut flush = tokio::time::interval(REFUSAL_LOG_EVERY);
+    let site = Arc::new(site);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = flush.tick() => {
+                refusals.flush(site.name);
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // e.g. out of file descriptors: back off instead of spinning.
+                    if let Some(failed) = refusals.accept_failed.hit() {
+                        tracing::warn!(listener = site.name, error = %e, failed, "accept failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        match site.admission.admit(peer.ip()) {
+            Ok(slot) => {
+                let stream = Holding::new(tcp, slot);
+                state
+                    .tracker
+                    .spawn(connection(stream, peer, site.clone(), state.clone()));
+            }
+            Err(refusal) => {
+                state.metrics.refused(refusal.label());
+                refusals.log(site.name, refusal, peer);
+                refuse(tcp, refusal, site.tls.is_some(), &refusers);
+            }
+        }
+    }
+}
+
+/// Answers a refused connection. Over plain HTTP: the status line and a body saying why,
+/// written before the request is read. Over TLS: a close, because answering would first cost
+/// a handshake for each refused connection, which is what a flood is after.
+fn refuse(mut tcp: TcpStream, refusal: Refusal, tls: bool, refusers: &Arc<Semaphore>) {
+    if tls {
+        return;
+    }
+    let answer = refusal.http_response();
+    let Ok(permit) = refusers.clone().try_acquire_owned() else {
+        let _ = tcp.try_write(answer.as_bytes());
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            tcp.write_all(answer.as_bytes()).await?;
+            tcp.shutdown().await?;
+            // Read what the client sent until it closes: closing with unread input would
+            // reset the connection, and the client could lose the answer.
+            let mut buf = [0u8; 2048];
+            while tcp.read(&mut buf).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
+}
+
+/// One admitted connection: the TLS handshake (if any), then HTTP/1.1 until the client or
+/// shutdown ends it.
+async fn connection<S>(stream: S, peer: SocketAddr, site: Arc<Site>, state: AppState)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = state.config.http_header_timeout;
+    let Some(acceptor) = site.tls.clone() else {
+        return serve_http(stream, peer, &site, &state).await;
+    };
+    let handshake = tokio::select! {
+        _ = state.shutdown.cancelled() => return,
+        handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(tls)) => serve_http(tls, peer, &site, &state).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// HTTP/1.1 with upgrades. hyper's header read timeout runs from the moment it waits for a
+/// request head: on a new connection (a silent socket is closed), while headers drip in, and
+/// on a keep-alive connection between requests (an idle one is closed).
+async fn serve_http<S>(stream: S, peer: SocketAddr, site: &Site, state: &AppState)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = state.config.http_header_timeout;
+    let service = PeerService {
+        router: site.router.clone(),
+        peer,
+        body_timeout: timeout,
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = state.shutdown.cancelled() => {
+            // Finish the request in flight (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// The router, with the client's address (`ConnectInfo`) and the body deadline added to each
+/// request.
+#[derive(Clone)]
+struct PeerService {
+    router: Router,
+    peer: SocketAddr,
+    body_timeout: Duration,
+}
+
+impl hyper::service::Service<Request<Incoming>> for PeerService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RouteFuture<Infallible>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let timeout = self.body_timeout;
+        let mut req = req.map(|body| Body::new(DeadlineBody::new(body, timeout)));
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        tower_service::Service::call(&mut self.router.clone(), req)
+    }
+}
+
 /// Persists session activity every `session_flush`, and drops expired sessions, MFA
-/// challenges and JWT revocations every 30 s.
+/// challenges, lockout counters and JWT revocations every `sweep_interval` (old tasks are the
+/// task runner's: `Pools`).
 async fn sweep(state: AppState) {
     let mut flush = tokio::time::interval(state.config.session_flush);
-    let mut every = tokio::time::interval(SWEEP_EVERY);
+    let mut every = tokio::time::interval(state.config.sweep_interval);
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,8 +34,9 @@ pub struct Inner {
     pub pools: Pools,
     pub events: Arc<EventHub>,
     pub metrics: Arc<Metrics>,
-    /// One permit per open WebSocket; taken before the upgrade.
-    pub connections: Arc<Semaphore>,
+    /// One slot per accepted connection (`max_connections`, `max_connections_per_address`),
+    /// taken at accept and held until the socket closes, WebSocket or not.
+    pub admission: Arc<crate::admission::Admission>,
     /// Cancelled when the server shuts down; connections and background jobs watch it.
     pub shutdown: CancellationToken,
     /// Every connection task and background job, so shutdown can wait for them.
@@ -62,12 +63,23 @@ impl AppState {
 
     /// Like [`AppState::new`], with extra provisioners by name (tests inject their own).
     pub async fn with_provisioners(
-        config: Config,
+        mut config: Config,
         extra: HashMap<String, Arc<dyn Provisioner>>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        let files = crate::limits::FileLimit::raise()
+            .map_err(|e| anyhow::anyhow!("cannot read or raise the open-file limit: {e}"))?;
+        let max_connections = files.max_connections(config.max_connections)?;
+        tracing::info!(
+            open_files = files.soft,
+            raised_from = files.was,
+            kept_for_files = files.reserve(),
+            max_connections,
+            "connection limit from the open-file limit"
+        );
+        config.max_connections = Some(max_connections);
         let users = UserDirectory::new(&config.users, config.demo)?;
-        let jwt = JwtKeys::from_config(&config)?;
+        let (jwt, tags) = JwtKeys::with_tag_key(&config)?;
         let (sink, bus) = mpsc::unbounded_channel();
         let store = crate::store::open(
             &config.state,
@@ -82,14 +94,22 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let auth = Authenticator {
             users,
-            tokens: TokenStore::new(store.clone(), config.token_ttl),
-            mfa: MfaStore::new(store.clone(), config.mfa_token_ttl),
+            tokens: TokenStore::new(
+                store.clone(),
+                tags.clone(),
+                config.token_ttl,
+                config.session_flush,
+                config.max_sessions_per_user,
+            ),
+            mfa: MfaStore::new(store.clone(), tags, config.mfa_token_ttl),
             otp: OtpGuard::new(store.clone()),
             passwords: PasswordChecker::new(config.max_concurrent_hashes),
             lockout: Lockout::new(
                 store.clone(),
                 config.lockout_attempts,
+                config.lockout_address_attempts,
                 config.lockout_window,
+                config.lockout_backoff_max,
             ),
             metrics: metrics.clone(),
         };
@@ -109,6 +129,9 @@ impl AppState {
                 lease_sweep: config.lease_sweep,
                 task_lease: config.task_lease,
                 failed_step_retry: config.failed_step_retry,
+                release_deadline: config.release_deadline,
+                task_retention: config.task_retention,
+                sweep_interval: config.sweep_interval,
             },
             tracker.clone(),
             shutdown.clone(),
@@ -116,7 +139,10 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             jwt,
             store,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            admission: crate::admission::Admission::new(
+                max_connections,
+                config.max_connections_per_address,
+            ),
             auth,
             pools,
             events,

@@ -72,9 +72,14 @@ impl JwtKeys {
     }
 
     /// Finds the secret per the module's rules, generating one if none is configured.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    /// The keys and the tag key of session tokens, both from the one configured secret (so
+    /// instances that share the JWT secret recognise each other's tokens).
+    pub fn with_tag_key(config: &Config) -> anyhow::Result<(Self, super::tokens::TagKey)> {
         let secret = resolve_secret(config)?;
-        Ok(Self::new(&secret, config.jwt_ttl))
+        Ok((
+            Self::new(&secret, config.jwt_ttl),
+            super::tokens::TagKey::derive(&secret),
+        ))
     }
 
     pub fn issue(&self, user: &User) -> anyhow::Result<String> {
@@ -208,6 +213,7 @@ fn resolve_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
 
 fn load_or_generate(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(SECRET_FILE);
+    crate::files::tighten(&path).with_context(|| format!("cannot make {} 0600", path.display()))?;
     match std::fs::read(&path) {
         Ok(s) => {
             check_secret(&s, &path.display().to_string())?;
@@ -216,18 +222,12 @@ fn load_or_generate(dir: &Path) -> anyhow::Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    crate::files::data_dir(dir)?;
     let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
     let tmp = dir.join(format!("{SECRET_FILE}.tmp"));
     {
         use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts
-            .open(&tmp)
+        let mut f = crate::files::open(&tmp, true)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(&secret)?;
         f.sync_all()?;

@@ -1,19 +1,59 @@
-//! Brute-force limits: after `attempts` failed sign-ins (password, one-time code or token) in
-//! `window`, per username and per client address, further attempts get 429 until the window
-//! passes — answered before any argon2 work. A successful sign-in resets the username's
-//! counter. Counters live in the state store, so they hold across restarts and instances.
+//! Brute-force limits that cannot be raced past nor turned against real users.
+//!
+//! Every password or one-time-code verification is *reserved* in the state store before it
+//! runs (an atomic increment), so parallel guesses cannot all slip in before the first failure
+//! is counted. Three counters, over `window` (fixed, from the first attempt):
+//!
+//! * **(username, address)**: a hard lock after `pair_attempts` verifications that did not
+//!   succeed — the guesser is stopped, the same user elsewhere is not.
+//! * **username alone**: no lock (anyone could lock anyone out with it), but an exponential
+//!   back-off once it has `pair_attempts` failures: further verifications for that username
+//!   are spaced 1 s, 2 s, 4 s … apart (at most `backoff_max`), one at a time across every
+//!   address and instance. An attempt whose turn is further away than `backoff_max` is refused
+//!   with the time to retry. Distributed guessing stays slow; the real user waits seconds.
+//! * **address** (IPv6 per /64): a hard lock after `address_attempts` (default 100), against
+//!   spraying many usernames from one place while staying far above a NAT'd office's typos.
+//!
+//! A success resets its pair's and its address's counters and takes back its own reservation
+//! of the username's; a reservation that turned out not to be a guess (a challenge answered
+//! 428 after a right password, a disabled account's right password) is taken back. Refused
+//! attempts run no verification and count nothing. Tokens are not passwords: an unknown token
+//! counts against its address only, and a token this server once issued (a stale saved one)
+//! counts nothing. NIST SP 800-63B §5.2.2 and the OWASP Authentication Cheat Sheet are the
+//! references; README.rst says which numbers and why.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{Store, now_ms};
+
+/// Back-off spacing after the first `pair_attempts` failures of a username: this, doubling.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 pub struct Lockout {
     store: Arc<dyn Store>,
-    attempts: u32,
+    pair_attempts: u32,
+    address_attempts: u32,
     window: Duration,
+    backoff_max: Duration,
+    refusals: crate::telemetry::RateLimitedLog,
+}
+
+/// The counting key of a client address: IPv4 as is, IPv6 by its /64 (one end site gets a
+/// whole /64, so counting single addresses would let it rotate through them).
+pub fn address_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 fn user_key(username: &str) -> String {
@@ -21,52 +61,162 @@ fn user_key(username: &str) -> String {
 }
 
 fn addr_key(addr: IpAddr) -> String {
-    format!("addr:{addr}")
+    format!("addr:{}", address_key(addr))
+}
+
+fn pair_key(username: &str, addr: IpAddr) -> String {
+    // The username is the last part: it may contain anything, the address cannot.
+    format!("pair:{}/{username}", address_key(addr))
+}
+
+/// A verification reserved by [`Lockout::begin`]; say how it ended.
+#[must_use = "an attempt must end with failed(), succeeded() or not_a_guess()"]
+pub struct Attempt<'a> {
+    lockout: &'a Lockout,
+    pair: String,
+    addr: String,
+    user: String,
+}
+
+impl Attempt<'_> {
+    /// A wrong password or code: the reservation stands as a failure.
+    pub fn failed(self) {}
+
+    /// Right credentials: the pair and the address start afresh; the username's counter keeps
+    /// the failures of others (resetting it would hand a distributed guesser a fresh start).
+    pub async fn succeeded(self) -> Result<(), Error> {
+        let store = &self.lockout.store;
+        store.failures_reset(&self.pair).await?;
+        store.failures_reset(&self.addr).await?;
+        store.failures_undo(&self.user).await?;
+        Ok(())
+    }
+
+    /// Nothing was guessed (e.g. a right password answered with a second-factor challenge).
+    pub async fn not_a_guess(self) -> Result<(), Error> {
+        let store = &self.lockout.store;
+        store.failures_undo(&self.pair).await?;
+        store.failures_undo(&self.addr).await?;
+        store.failures_undo(&self.user).await?;
+        Ok(())
+    }
 }
 
 impl Lockout {
-    pub fn new(store: Arc<dyn Store>, attempts: u32, window: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        pair_attempts: u32,
+        address_attempts: u32,
+        window: Duration,
+        backoff_max: Duration,
+    ) -> Self {
         Lockout {
             store,
-            attempts,
+            pair_attempts,
+            address_attempts,
             window,
+            backoff_max,
+            refusals: crate::telemetry::RateLimitedLog::new("sign-in refused: locked out"),
         }
     }
 
-    fn limited(&self) -> Error {
+    fn locked(&self, why: &'static str, addr: IpAddr) -> Error {
+        self.refusals.warn(why, address_key(addr));
         Error::RateLimited(format!(
             "Too many failed sign-in attempts; try again in up to {} minutes.",
             self.window.as_secs().div_ceil(60)
         ))
     }
 
-    /// Refuses when the username or the address has used up its attempts.
-    pub async fn check(&self, username: Option<&str>, addr: IpAddr) -> Result<(), Error> {
-        let mut locked = self.store.failures_get(&addr_key(addr)).await? >= self.attempts;
-        if !locked && let Some(username) = username {
-            locked = self.store.failures_get(&user_key(username)).await? >= self.attempts;
+    /// Spacing of the username back-off once it has `failures` failures.
+    fn spacing(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(self.pair_attempts + 1).min(20);
+        (BACKOFF_BASE * 2u32.pow(doublings)).min(self.backoff_max)
+    }
+
+    /// Reserves one verification of `username`'s password or code from `addr`, waiting for
+    /// the username's back-off turn if it has one; 429 when a limit is reached (nothing is
+    /// then counted and nothing should be verified).
+    pub async fn begin(&self, username: &str, addr: IpAddr) -> Result<Attempt<'_>, Error> {
+        let attempt = Attempt {
+            lockout: self,
+            pair: pair_key(username, addr),
+            addr: addr_key(addr),
+            user: user_key(username),
+        };
+        let store = &self.store;
+        let pair = store.failures_add(&attempt.pair, self.window).await?;
+        let at_addr = store.failures_add(&attempt.addr, self.window).await?;
+        if pair > self.pair_attempts || at_addr > self.address_attempts {
+            store.failures_undo(&attempt.pair).await?;
+            store.failures_undo(&attempt.addr).await?;
+            let why = if pair > self.pair_attempts {
+                "username and address"
+            } else {
+                "address"
+            };
+            return Err(self.locked(why, addr));
         }
-        if locked {
-            tracing::warn!(%addr, user = username.unwrap_or(""), "sign-in refused: locked out");
-            return Err(self.limited());
+        let failures = store.failures_add(&attempt.user, self.window).await?;
+        if failures > self.pair_attempts {
+            let now = now_ms();
+            let turn = store
+                .backoff_slot(
+                    &attempt.user,
+                    now,
+                    self.spacing(failures),
+                    self.backoff_max,
+                    self.window,
+                )
+                .await?;
+            match turn {
+                Ok(slot) => {
+                    tokio::time::sleep(Duration::from_millis(slot.saturating_sub(now))).await;
+                }
+                Err(slot) => {
+                    attempt.not_a_guess().await?;
+                    self.refusals.warn("username back-off", address_key(addr));
+                    return Err(Error::RateLimited(format!(
+                        "Too many failed sign-in attempts for this user; try again in {} seconds.",
+                        Duration::from_millis(slot.saturating_sub(now))
+                            .as_secs()
+                            .max(1)
+                    )));
+                }
+            }
+        }
+        Ok(attempt)
+    }
+
+    /// Refuses an address that has used up its attempts (before a token lookup).
+    pub async fn check_address(&self, addr: IpAddr) -> Result<(), Error> {
+        if self.store.failures_get(&addr_key(addr)).await? >= self.address_attempts {
+            return Err(self.locked("address", addr));
         }
         Ok(())
     }
 
-    /// Counts a failure against the username (if known) and the address.
-    pub async fn failed(&self, username: Option<&str>, addr: IpAddr) -> Result<(), Error> {
+    /// Counts a made-up token or challenge against the address.
+    pub async fn unknown_token(&self, addr: IpAddr) -> Result<(), Error> {
         self.store
             .failures_add(&addr_key(addr), self.window)
             .await?;
-        if let Some(username) = username {
-            self.store
-                .failures_add(&user_key(username), self.window)
-                .await?;
-        }
         Ok(())
     }
+}
 
-    pub async fn succeeded(&self, username: &str) -> Result<(), Error> {
-        Ok(self.store.failures_reset(&user_key(username)).await?)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 }

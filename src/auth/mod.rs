@@ -1,8 +1,10 @@
 //! Authentication: who may sign in, and how. The login rules live here once and are called by
 //! both the WebSocket RPCs and the REST shim.
 //!
-//! Order of checks, as in the reference mock: the user exists → second factor → password →
-//! disabled. An unknown user and a wrong password give the same answer after the same work.
+//! Order of checks: the username's length → the lockout's reservation → one password
+//! verification (a dummy one for an unknown user) → the second factor → disabled. An unknown
+//! user and a wrong password give the same answer after the same work; an MFA user gets the
+//! mock's 428 after that same work, whether the password was right or not.
 
 pub mod jwt;
 pub mod lockout;
@@ -41,78 +43,131 @@ pub struct Authenticator {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// Longest username looked at; longer ones are refused before any other work (and never
+/// reach a log line or a store key).
+pub const MAX_USERNAME_BYTES: usize = 256;
+
+/// How a verification ended, for the lockout.
+enum Verdict {
+    /// The credentials were right and the sign-in is complete.
+    Success,
+    /// A wrong password or code.
+    Guess,
+    /// Nothing wrong was presented (a right password answered with a challenge, a disabled
+    /// account's right password, a store error).
+    NotAGuess,
+}
+
 impl Authenticator {
     /// Checks credentials; on success the caller issues a token for the returned user.
-    /// Failures count towards the lockout; a locked-out attempt costs no argon2 work.
+    /// Every verification is reserved with the lockout first; a refused attempt costs no
+    /// argon2 work. Unknown users, wrong passwords and MFA users cost the same one
+    /// verification whenever a password is given.
     pub async fn login(&self, creds: Credentials<'_>) -> Result<Arc<User>, Error> {
-        self.lockout.check(Some(creds.username), creds.peer).await?;
-        let (username, peer) = (creds.username, creds.peer);
-        let result = self.login_unlimited(creds).await;
-        self.count(&result, username, peer).await?;
-        result
+        check_username(creds.username)?;
+        let Some(password) = creds.password else {
+            // The mock's first MFA step (no password yet): nothing is verified or counted.
+            return self.record(self.login_without_password(creds.username).await);
+        };
+        let attempt = self.lockout.begin(creds.username, creds.peer).await?;
+        let (verdict, result) = self
+            .login_with_password(creds.username, password, creds.otp_code)
+            .await;
+        self.settle(attempt, verdict).await?;
+        self.record(result)
     }
 
-    /// Records the outcome of an attempt in the lockout counters.
-    async fn count(
-        &self,
-        result: &Result<Arc<User>, Error>,
-        username: &str,
-        peer: IpAddr,
-    ) -> Result<(), Error> {
-        self.metrics.login(match result {
+    /// Updates the lockout counters once the verification's verdict is known.
+    async fn settle(&self, attempt: lockout::Attempt<'_>, verdict: Verdict) -> Result<(), Error> {
+        match verdict {
+            Verdict::Success => attempt.succeeded().await,
+            Verdict::Guess => {
+                attempt.failed();
+                Ok(())
+            }
+            Verdict::NotAGuess => attempt.not_a_guess().await,
+        }
+    }
+
+    /// Counts the outcome in the metrics.
+    fn record(&self, result: Result<Arc<User>, Error>) -> Result<Arc<User>, Error> {
+        self.metrics.login(match &result {
             Ok(_) => "ok",
             Err(Error::InvalidCredentials | Error::InvalidOtp) => "denied",
             Err(Error::MfaRequired { .. }) => "mfa_required",
             Err(Error::Disabled) => "disabled",
             Err(_) => "error",
         });
-        match result {
-            Ok(_) => self.lockout.succeeded(username).await,
-            Err(Error::InvalidCredentials | Error::InvalidOtp) => {
-                self.lockout.failed(Some(username), peer).await
-            }
-            Err(_) => Ok(()),
+        result
+    }
+
+    async fn login_without_password(&self, username: &str) -> Result<Arc<User>, Error> {
+        let Some(user) = self.users.by_name(username).cloned() else {
+            return Err(Error::InvalidCredentials);
+        };
+        match mfa_kind(&user) {
+            Some(MfaKind::Otp) => Err(Error::MfaRequired {
+                kind: MfaKind::Otp,
+                mfa_token: Some(self.mfa.issue(&user, false).await?),
+            }),
+            Some(kind) => Err(Error::MfaRequired {
+                kind,
+                mfa_token: None,
+            }),
+            None => Err(Error::InvalidCredentials),
         }
     }
 
-    async fn login_unlimited(&self, creds: Credentials<'_>) -> Result<Arc<User>, Error> {
-        let Some(user) = self.users.by_name(creds.username).cloned() else {
-            if let Some(password) = creds.password {
-                self.passwords.verify_dummy(password).await?;
-            }
-            return Err(Error::InvalidCredentials);
+    /// One verification of the password, whoever the user is; then the second factor. A
+    /// wrong password of an MFA user gets the same challenge as a right one (the factor that
+    /// failed is not revealed) but counts as a guess and can never complete.
+    async fn login_with_password(
+        &self,
+        username: &str,
+        password: &str,
+        otp_code: Option<&str>,
+    ) -> (Verdict, Result<Arc<User>, Error>) {
+        let Some(user) = self.users.by_name(username).cloned() else {
+            return match self.passwords.verify_dummy(password).await {
+                Ok(_) => (Verdict::Guess, Err(Error::InvalidCredentials)),
+                Err(e) => (Verdict::NotAGuess, Err(e)),
+            };
         };
-        if let Some(kind) = mfa_kind(&user) {
-            if kind != MfaKind::Otp {
-                return Err(Error::MfaRequired {
+        let password_ok = match self.passwords.verify(&user.password_hash, password).await {
+            Ok(ok) => ok,
+            Err(e) => return (Verdict::NotAGuess, Err(e)),
+        };
+        let wrong = if password_ok {
+            Verdict::NotAGuess
+        } else {
+            Verdict::Guess
+        };
+        match (mfa_kind(&user), otp_code) {
+            (None, _) => finish(user, password_ok),
+            (Some(MfaKind::Otp), None) => match self.mfa.issue(&user, password_ok).await {
+                Ok(token) => (
+                    wrong,
+                    Err(Error::MfaRequired {
+                        kind: MfaKind::Otp,
+                        mfa_token: Some(token),
+                    }),
+                ),
+                Err(e) => (Verdict::NotAGuess, Err(e.into())),
+            },
+            (Some(MfaKind::Otp), Some(code)) => match self.otp.verify(&user, code).await {
+                Ok(true) => finish(user, password_ok),
+                Ok(false) => (Verdict::Guess, Err(Error::InvalidOtp)),
+                Err(e) => (Verdict::NotAGuess, Err(e.into())),
+            },
+            // A method this server cannot complete: the mock's 428, after the same work.
+            (Some(kind), _) => (
+                wrong,
+                Err(Error::MfaRequired {
                     kind,
                     mfa_token: None,
-                });
-            }
-            match creds.otp_code {
-                None => {
-                    let password_ok = match creds.password {
-                        Some(p) => self.passwords.verify(&user.password_hash, p).await?,
-                        None => false,
-                    };
-                    let mfa_token = self.mfa.issue(&user, password_ok).await?;
-                    return Err(Error::MfaRequired {
-                        kind,
-                        mfa_token: Some(mfa_token),
-                    });
-                }
-                Some(code) => {
-                    if !self.otp.verify(&user, code).await? {
-                        return Err(Error::InvalidOtp);
-                    }
-                }
-            }
+                }),
+            ),
         }
-        let password_ok = match creds.password {
-            Some(p) => self.passwords.verify(&user.password_hash, p).await?,
-            None => false,
-        };
-        finish(user, password_ok)
     }
 
     /// Completes an OTP challenge issued by [`Authenticator::login`].
@@ -122,18 +177,20 @@ impl Authenticator {
         otp_code: &str,
         peer: IpAddr,
     ) -> Result<Arc<User>, Error> {
-        self.lockout.check(None, peer).await?;
+        self.lockout.check_address(peer).await?;
         let Some(challenge) = self.mfa.get(mfa_token, &self.users).await? else {
-            self.lockout.failed(None, peer).await?;
+            // A challenge this server issued (expired, used up) is not a guess.
+            if !self.mfa.issued_here(mfa_token) {
+                self.lockout.unknown_token(peer).await?;
+            }
             return Err(Error::InvalidMfaToken);
         };
-        let username = challenge.user.username.clone();
-        self.lockout.check(Some(&username), peer).await?;
-        let result = self
+        let attempt = self.lockout.begin(&challenge.user.username, peer).await?;
+        let (verdict, result) = self
             .otp_verify_unlimited(mfa_token, otp_code, challenge)
             .await;
-        self.count(&result, &username, peer).await?;
-        result
+        self.settle(attempt, verdict).await?;
+        self.record(result)
     }
 
     async fn otp_verify_unlimited(
@@ -141,30 +198,51 @@ impl Authenticator {
         mfa_token: &str,
         otp_code: &str,
         challenge: tokens::MfaChallenge,
-    ) -> Result<Arc<User>, Error> {
-        if !self.otp.verify(&challenge.user, otp_code).await? {
-            self.mfa.fail(mfa_token).await?;
-            return Err(Error::InvalidOtp);
+    ) -> (Verdict, Result<Arc<User>, Error>) {
+        match self.otp.verify(&challenge.user, otp_code).await {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Err(e) = self.mfa.fail(mfa_token).await {
+                    return (Verdict::Guess, Err(e.into()));
+                }
+                return (Verdict::Guess, Err(Error::InvalidOtp));
+            }
+            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
         }
-        if !self.mfa.take(mfa_token).await? {
+        match self.mfa.take(mfa_token).await {
+            Ok(true) => finish(challenge.user, challenge.password_ok),
             // Another request used this challenge a moment ago.
-            return Err(Error::InvalidMfaToken);
+            Ok(false) => (Verdict::NotAGuess, Err(Error::InvalidMfaToken)),
+            Err(e) => (Verdict::NotAGuess, Err(e.into())),
         }
-        finish(challenge.user, challenge.password_ok)
     }
 
-    /// Re-authentication with a saved token, under the per-address limit.
+    /// Re-authentication with a saved token, under the per-address limit. A token this
+    /// server issued that has since expired or been revoked is not a guess and counts
+    /// nothing (a client sends its saved token first as a matter of course).
     pub async fn resume(&self, token: &str, peer: IpAddr) -> Result<Arc<tokens::Session>, Error> {
-        self.lockout.check(None, peer).await?;
+        self.lockout.check_address(peer).await?;
         match self.tokens.lookup(token, &self.users).await? {
             Some(session) if session.user.disabled => Err(Error::Disabled),
             Some(session) => Ok(session),
             None => {
-                self.lockout.failed(None, peer).await?;
+                if !self.tokens.issued_here(token) {
+                    self.lockout.unknown_token(peer).await?;
+                }
                 Err(Error::InvalidToken)
             }
         }
     }
+}
+
+/// Refuses an over-long username before anything else looks at it.
+pub fn check_username(username: &str) -> Result<(), Error> {
+    if username.len() > MAX_USERNAME_BYTES {
+        return Err(Error::bad_request(format!(
+            "Username too long: at most {MAX_USERNAME_BYTES} bytes."
+        )));
+    }
+    Ok(())
 }
 
 fn mfa_kind(user: &User) -> Option<MfaKind> {
@@ -179,12 +257,13 @@ fn mfa_kind(user: &User) -> Option<MfaKind> {
     }
 }
 
-fn finish(user: Arc<User>, password_ok: bool) -> Result<Arc<User>, Error> {
+/// The last check of every sign-in: "disabled" is only said once the credentials were right.
+fn finish(user: Arc<User>, password_ok: bool) -> (Verdict, Result<Arc<User>, Error>) {
     if !password_ok {
-        return Err(Error::InvalidCredentials);
+        return (Verdict::Guess, Err(Error::InvalidCredentials));
     }
     if user.disabled {
-        return Err(Error::Disabled);
+        return (Verdict::NotAGuess, Err(Error::Disabled));
     }
-    Ok(user)
+    (Verdict::Success, Ok(user))
 }

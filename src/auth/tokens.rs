@@ -1,13 +1,26 @@
 //! Session tokens and MFA challenge tokens.
 //!
-//! A token is 256 bits from the OS CSPRNG, shown to the client once as `pgt_<base64url>` and
-//! kept only as its SHA-256 digest, in the state store. A session dies after `ttl` without a
+//! A token is 256 bits from the OS CSPRNG followed by a 64-bit tag (an HMAC of those bits under
+//! a key derived from the server's secret), shown to the client once as `pgt_<base64url>` and
+//! kept only as its SHA-256 digest, in the state store. The tag lets the server tell, without
+//! storing anything, a token it once issued (now expired or revoked: a client's stale saved
+//! token, not a guess) from a made-up one (a guess, counted by the lockout). A session dies after `ttl` without a
 //! successful authenticated message; each such message slides the window with one atomic store
 //! on the session the connection already holds — no map, no lock, no I/O on the hot path. The
 //! new activity reaches the store lazily (`flush`, every few seconds), so the stored
 //! last-activity is never ahead of the truth: after a crash a token may expire a little early,
 //! never late. An instance that finds a session idle asks the store before declaring it dead,
 //! since another instance may have kept it alive.
+//!
+//! Revocation reaches every socket on every instance: the bus flips each instance's copy at
+//! once, and each flush also learns from the store which of the sessions it holds are gone (on
+//! a shared store every cached one is checked, so a bus message lost in a Redis reconnect
+//! costs at most one `session_flush`). For that, the one copy of a session that sockets hold
+//! stays in the cache as long as any socket holds it — even while this instance sees it idle
+//! and another keeps it alive — and the store keeps a record `2 × session_flush` past its
+//! TTL, so a live session whose activity is not yet flushed is never missing from it. A user
+//! holds at most `max_sessions_per_user` sessions: signing in past that revokes the least
+//! recently active ones.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,14 +42,62 @@ const MFA_PREFIX: &str = "pgm_";
 /// SHA-256 of a presented token: the only form in which tokens are stored.
 pub type TokenHash = [u8; 32];
 
-fn new_token(prefix: &str) -> (String, TokenHash) {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the OS random number generator is unavailable");
-    let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
-    let hash = hash_token(&token);
-    (token, hash)
+/// Random bytes in a token; the tag follows them.
+const RANDOM_BYTES: usize = 32;
+const TAG_BYTES: usize = 8;
+
+/// The key that tags tokens as issued by this deployment.
+#[derive(Clone)]
+pub struct TagKey([u8; 32]);
+
+impl TagKey {
+    /// Derived from the server's secret with a label, so it is never the secret itself.
+    pub fn derive(secret: &[u8]) -> Self {
+        TagKey(mac(secret, b"poolgate session-token tag v1"))
+    }
+
+    fn tag(&self, random: &[u8]) -> [u8; TAG_BYTES] {
+        let full = mac(&self.0, random);
+        let mut tag = [0u8; TAG_BYTES];
+        tag.copy_from_slice(&full[..TAG_BYTES]);
+        tag
+    }
+
+    /// A new token with `prefix`, and its digest.
+    fn new_token(&self, prefix: &str) -> (String, TokenHash) {
+        let mut bytes = [0u8; RANDOM_BYTES + TAG_BYTES];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes[..RANDOM_BYTES])
+            .expect("the OS random number generator is unavailable");
+        let tag = self.tag(&bytes[..RANDOM_BYTES]);
+        bytes[RANDOM_BYTES..].copy_from_slice(&tag);
+        let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
+        let hash = hash_token(&token);
+        (token, hash)
+    }
+
+    /// Whether `token` (with `prefix`) was issued by a server holding this key — live or
+    /// not. Compared in constant time.
+    pub fn issued_here(&self, prefix: &str, token: &str) -> bool {
+        let Some(body) = token.strip_prefix(prefix) else {
+            return false;
+        };
+        let mut bytes = [0u8; RANDOM_BYTES + TAG_BYTES + 1];
+        match URL_SAFE_NO_PAD.decode_slice(body, &mut bytes) {
+            Ok(n) if n == RANDOM_BYTES + TAG_BYTES => {
+                let tag = self.tag(&bytes[..RANDOM_BYTES]);
+                bool::from(tag.ct_eq(&bytes[RANDOM_BYTES..n]))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
 }
 
 pub fn hash_token(token: &str) -> TokenHash {
@@ -97,27 +158,53 @@ impl Session {
 
 pub struct TokenStore {
     store: Arc<dyn Store>,
-    /// Sessions this instance has seen, by digest.
+    tags: TagKey,
+    /// Sessions this instance has seen, by digest: at most one copy per session, and every
+    /// copy a socket holds is here (so revocation can find it).
     cache: DashMap<TokenHash, Arc<Session>>,
     ttl: Duration,
+    /// How long past `ttl` the store keeps a record: twice the flush interval, so a record is
+    /// never gone while its activity may still be waiting for a flush.
+    grace: Duration,
+    /// Sessions one user may hold; signing in past it revokes the least recently active.
+    max_per_user: usize,
 }
 
 impl TokenStore {
-    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        tags: TagKey,
+        ttl: Duration,
+        session_flush: Duration,
+        max_per_user: usize,
+    ) -> Self {
         TokenStore {
             store,
+            tags,
             cache: DashMap::new(),
             ttl,
+            grace: session_flush * 2,
+            max_per_user,
         }
+    }
+
+    /// How long the store keeps a session record after its last (stored) activity.
+    fn kept(&self) -> Duration {
+        self.ttl + self.grace
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
 
+    /// Whether this server once issued `token`: a stale saved token is not a guess.
+    pub fn issued_here(&self, token: &str) -> bool {
+        self.tags.issued_here(SESSION_PREFIX, token)
+    }
+
     /// Issues a new token for `user`; the plaintext is returned once and never stored.
     pub async fn issue(&self, user: Arc<User>, peer: &str) -> StoreResult<(String, Arc<Session>)> {
-        let (token, hash) = new_token(SESSION_PREFIX);
+        let (token, hash) = self.tags.new_token(SESSION_PREFIX);
         let now = now_ms();
         let rec = SessionRecord {
             hash,
@@ -126,7 +213,22 @@ impl TokenStore {
             last_active_ms: now,
             peer: peer.to_owned(),
         };
-        self.store.session_put(&rec, self.ttl).await?;
+        let evicted = self
+            .store
+            .session_put(&rec, self.kept(), self.max_per_user)
+            .await?;
+        if !evicted.is_empty() {
+            tracing::info!(
+                user = %user.username,
+                revoked = evicted.len(),
+                max_sessions_per_user = self.max_per_user,
+                "signed in past max_sessions_per_user: the least recently active sessions are revoked"
+            );
+        }
+        for h in &evicted {
+            self.revoke_local(h);
+            self.store.publish(BusEvent::SessionRevoked { hash: *h });
+        }
         let session = Arc::new(Session::new(user, &rec));
         self.cache.insert(hash, session.clone());
         Ok((token, session))
@@ -169,7 +271,7 @@ impl TokenStore {
 
     /// Whether a session holds, asking the store when this instance thinks it has expired
     /// (another instance may have kept it alive). A dead session is removed everywhere.
-    pub async fn still_live(&self, session: &Session) -> StoreResult<bool> {
+    pub async fn still_live(&self, session: &Arc<Session>) -> StoreResult<bool> {
         if session.is_live(self.ttl) {
             return Ok(true);
         }
@@ -181,6 +283,16 @@ impl TokenStore {
                 .last_active_ms
                 .fetch_max(rec.last_active_ms, Ordering::Relaxed);
             if session.is_live(self.ttl) {
+                // Revived: make sure revocation can find it here (the sweep keeps held
+                // sessions, so this is the same copy unless something dropped it).
+                let cached = self
+                    .cache
+                    .entry(session.hash)
+                    .or_insert_with(|| session.clone());
+                if !Arc::ptr_eq(&cached, session) && cached.is_revoked() {
+                    session.revoke();
+                    return Ok(false);
+                }
                 return Ok(true);
             }
         }
@@ -219,34 +331,62 @@ impl TokenStore {
         Ok(hashes.len().max(local.len()))
     }
 
-    /// Persists recent activity. Run every few seconds; the interval bounds how stale the
-    /// stored last-activity can be.
+    /// Persists recent activity, and revokes this instance's copy of every session the store
+    /// no longer has. Run every `session_flush`; the interval bounds how stale the stored
+    /// last-activity can be. On a shared store every cached session is checked (a revocation
+    /// published by another instance may have been lost in a reconnect); on a single-process
+    /// store the bus is in-process and loses nothing, so only the active ones are written.
     pub async fn flush(&self) -> StoreResult<usize> {
+        let every = self.store.is_shared();
+        let mut dirty = Vec::new();
         let touches: Vec<(TokenHash, u64)> = self
             .cache
             .iter()
-            .filter(|s| s.dirty.swap(false, Ordering::Relaxed))
+            .filter(|s| {
+                let was = s.dirty.swap(false, Ordering::Relaxed);
+                if was {
+                    dirty.push(*s.key());
+                }
+                was || every
+            })
             .map(|s| (*s.key(), s.last_active_ms()))
             .collect();
-        if !touches.is_empty()
-            && let Err(e) = self.store.session_touch(&touches, self.ttl).await
-        {
-            // Try again next time.
-            for (h, _) in &touches {
-                if let Some(s) = self.cache.get(h) {
-                    s.dirty.store(true, Ordering::Relaxed);
-                }
-            }
-            return Err(e);
+        if touches.is_empty() {
+            return Ok(0);
         }
-        Ok(touches.len())
+        match self.store.session_touch(&touches, self.kept()).await {
+            Ok(gone) => {
+                for h in &gone {
+                    self.revoke_local(h);
+                }
+                if !gone.is_empty() {
+                    tracing::debug!(
+                        gone = gone.len(),
+                        "sessions gone from the store: revoked here"
+                    );
+                }
+                Ok(dirty.len())
+            }
+            Err(e) => {
+                // Try again next time.
+                for h in &dirty {
+                    if let Some(s) = self.cache.get(h) {
+                        s.dirty.store(true, Ordering::Relaxed);
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Drops expired sessions from memory and from the store.
+    /// Drops expired sessions from memory and from the store. A session some socket still
+    /// holds stays in memory even when it looks idle here: another instance may be keeping it
+    /// alive, and a revocation must still find this copy.
     pub async fn sweep(&self) -> StoreResult<usize> {
         let ttl = self.ttl;
-        self.cache.retain(|_, s| s.is_live(ttl));
-        let cutoff = now_ms().saturating_sub(self.ttl.as_millis() as u64);
+        self.cache
+            .retain(|_, s| s.is_live(ttl) || Arc::strong_count(s) > 1);
+        let cutoff = now_ms().saturating_sub(self.kept().as_millis() as u64);
         self.store.session_sweep(cutoff).await
     }
 
@@ -262,6 +402,7 @@ const MFA_MAX_ATTEMPTS: u32 = 3;
 /// Pending second factors: the user passed step one of `auth` and must send a code.
 pub struct MfaStore {
     store: Arc<dyn Store>,
+    tags: TagKey,
     ttl: Duration,
 }
 
@@ -274,12 +415,17 @@ pub struct MfaChallenge {
 }
 
 impl MfaStore {
-    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
-        MfaStore { store, ttl }
+    pub fn new(store: Arc<dyn Store>, tags: TagKey, ttl: Duration) -> Self {
+        MfaStore { store, tags, ttl }
+    }
+
+    /// Whether this server once issued `token` (it may have expired or been used since).
+    pub fn issued_here(&self, token: &str) -> bool {
+        self.tags.issued_here(MFA_PREFIX, token)
     }
 
     pub async fn issue(&self, user: &User, password_ok: bool) -> StoreResult<String> {
-        let (token, hash) = new_token(MFA_PREFIX);
+        let (token, hash) = self.tags.new_token(MFA_PREFIX);
         let rec = MfaRecord {
             user_id: user.id,
             password_ok,

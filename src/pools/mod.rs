@@ -6,6 +6,11 @@
 //! state store, so concurrent requests (on any instance) always agree on one task. Every task
 //! is driven by one runner, holding the task's lease, under a deadline; whatever happens to
 //! the provisioner (error, panic, hang) or to the instance driving it, the task ends.
+//!
+//! Giving a machine back never runs on the caller's task: the assignment is removed at once
+//! (that is what decides who holds the machine), and the provisioner's `release` runs on the
+//! tracker under `release_deadline`, a few at a time, and is dropped at shutdown — so a hanging
+//! release stalls neither a socket (`admin_release`), nor the lease sweep, nor a SIGTERM.
 
 pub mod task;
 
@@ -141,7 +146,17 @@ pub struct Timings {
     pub task_lease: Duration,
     /// How long a FAILED step 1 keeps the pool refusing the user.
     pub failed_step_retry: Duration,
+    /// Every provisioner `release` (and the start-up `reconcile`) ends within this long.
+    pub release_deadline: Duration,
+    /// Ended tasks older than this are deleted (except each key's latest).
+    pub task_retention: Duration,
+    /// How often they are.
+    pub sweep_interval: Duration,
 }
+
+/// Provisioner releases running at once on one instance; more wait their turn (a sweep that
+/// finds many expired leases does not start a program per lease all at once).
+const CONCURRENT_RELEASES: usize = 8;
 
 #[derive(Clone)]
 pub struct Pools(Arc<Inner>);
@@ -160,6 +175,8 @@ pub struct Inner {
     instance: String,
     /// Tasks this instance is driving.
     running: DashSet<Uuid>,
+    /// Permits for provisioner releases (see [`CONCURRENT_RELEASES`]).
+    releases: Arc<tokio::sync::Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -269,6 +286,7 @@ impl Pools {
             timings,
             instance: Uuid::new_v4().simple().to_string(),
             running: DashSet::new(),
+            releases: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_RELEASES)),
             tracker,
             shutdown,
         })))
@@ -359,7 +377,20 @@ impl Pools {
             if !seen.insert(p) {
                 continue;
             }
-            for machine in pool.provisioner.reconcile(&assigned).await {
+            let released = tokio::time::timeout(
+                self.timings.release_deadline,
+                pool.provisioner.reconcile(&assigned),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    pool = %pool.view.name,
+                    "the provisioner's reconciliation did not finish within release_deadline; \
+                     what it held may not all be given back"
+                );
+                Vec::new()
+            });
+            for machine in released {
                 tracing::warn!(machine = %machine.verbose_name, "released a machine no assignment owns");
             }
         }
@@ -553,7 +584,9 @@ impl Pools {
             .map(|a| a.machine))
     }
 
-    /// Gives a user's machine in a pool back to the provisioner.
+    /// Takes a user's machine in a pool away and hands it back to the provisioner. Returns
+    /// once the assignment is gone (the user's sockets are told); the provisioner's release
+    /// runs in the background (see [`Pools::release_machine`]).
     pub async fn release(
         &self,
         user_id: Uuid,
@@ -563,6 +596,13 @@ impl Pools {
         let Some(a) = self.store.assignment_remove(user_id, pool_id).await? else {
             return Ok(None);
         };
+        tracing::info!(user = %user_id, pool = %pool_id, machine = %a.machine.verbose_name, reason, "machine released");
+        self.store.publish(BusEvent::Released {
+            user_id,
+            pool_id,
+            machine_id: a.machine.id,
+            reason: reason.to_owned(),
+        });
         if let Some(pool) = self.pools.get(&pool_id) {
             // The step-1 task that obtained the machine, when the store still has it.
             let key = (user_id, pool_id, TaskKind::PoolExpand);
@@ -576,31 +616,78 @@ impl Pools {
             let mut req = step_request(user_id, &username, &pool.view, Some(a.machine.clone()));
             req.task_id = task_id;
             req.reason = Some(reason.to_owned());
-            self.give_back(pool, &req).await;
+            self.release_machine(&pool.provisioner, req);
         }
-        tracing::info!(user = %user_id, pool = %pool_id, machine = %a.machine.verbose_name, reason, "machine released");
-        self.store.publish(BusEvent::Released {
-            user_id,
-            pool_id,
-            machine_id: a.machine.id,
-            reason: reason.to_owned(),
-        });
         Ok(Some(a.machine))
     }
 
-    /// Runs the provisioner's release step; a failure is logged and counted once (the machine
-    /// counts as released: the assignment is gone either way).
-    async fn give_back(&self, pool: &Pool, req: &StepRequest) {
-        let (progress, mut updates) = Progress::channel();
-        if let Err(e) = pool.provisioner.release(req, progress).await {
-            let mut diagnosis = None;
-            while let Ok(update) = updates.try_recv() {
-                if let Update::Failure(d) = update {
-                    diagnosis = Some(d);
-                }
+    /// How long a provisioner release may take before it is abandoned (and its program killed).
+    pub fn release_deadline(&self) -> Duration {
+        self.timings.release_deadline
+    }
+
+    /// Gives a machine back to its provisioner off the caller's task: on the tracker, at most
+    /// [`CONCURRENT_RELEASES`] at once, each ended at `release_deadline` (the step's future is
+    /// dropped, which kills a command provisioner's program and its process group), and all
+    /// of them ended at shutdown. An abandoned release is logged with the machine: provisioners
+    /// that keep a record of what they hold (`reconcile`) get it back at the next start-up.
+    ///
+    /// `req` says whose machine it is (pool, user, the task that obtained it) and why it is
+    /// given back; a failed or overrun release is logged and counted once (see
+    /// [`Pools::report_failure`]), and the machine counts as released either way.
+    fn release_machine(&self, provisioner: &Arc<dyn Provisioner>, req: StepRequest) {
+        let provisioner = provisioner.clone();
+        let permits = self.releases.clone();
+        let shutdown = self.shutdown.clone();
+        let deadline = self.timings.release_deadline;
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let Some(machine) = req.machine.clone() else {
+                return;
+            };
+            let reason = req.reason.clone().unwrap_or_default();
+            let (progress, mut updates) = Progress::channel();
+            let release = async {
+                let _permit = permits.acquire_owned().await;
+                tokio::time::timeout(deadline, provisioner.release(&req, progress)).await
+            };
+            tokio::select! {
+                // Shutdown first: a release handed over during shutdown does not even start.
+                biased;
+                _ = shutdown.cancelled() => tracing::warn!(
+                    machine = %machine.id, verbose_name = %machine.verbose_name, reason,
+                    "shutdown interrupted the provisioner's release; the machine may still be held \
+                     by the provisioner"
+                ),
+                ended = release => match ended {
+                    Ok(Ok(())) => tracing::debug!(machine = %machine.id, reason, "provisioner released the machine"),
+                    Ok(Err(e)) => {
+                        let mut diagnosis = None;
+                        while let Ok(update) = updates.try_recv() {
+                            if let Update::Failure(d) = update {
+                                diagnosis = Some(d);
+                            }
+                        }
+                        this.report_failure(&req, "release", &e, diagnosis);
+                    }
+                    Err(_) => {
+                        // Logged once, by report_failure, with the machine's id.
+                        let message = format!(
+                            "The provisioner's release did not finish within release_deadline \
+                             ({} s) and was abandoned; the machine may still be held by the \
+                             provisioner.",
+                            deadline.as_secs_f64()
+                        );
+                        let overran = Diagnosis {
+                            outcome: "deadline",
+                            exit_status: None,
+                            stderr: None,
+                        };
+                        this.report_failure(&req, "release", &StepError::Cancelled(message), Some(overran));
+                    }
+                },
             }
-            self.report_failure(req, "release", &e, diagnosis);
-        }
+        });
     }
 
     /// Logs a failed provisioner step once, at WARN (a crash at ERROR), with the pool, task,
@@ -632,11 +719,12 @@ impl Pools {
             .inc();
         let task_id = req.task_id.map(|t| t.to_string());
         let machine = req.machine.as_ref().map(|m| m.verbose_name.as_str());
+        let machine_id = req.machine.as_ref().map(|m| m.id.to_string());
         let (exit_status, stderr) = (d.exit_status.as_deref(), d.stderr.as_deref());
         if d.outcome == "crashed" {
-            tracing::error!(pool = %req.pool_name, pool_id = %req.pool_id, task_id, user = %req.username, step, outcome = d.outcome, machine, error = message, "provisioner step failed");
+            tracing::error!(pool = %req.pool_name, pool_id = %req.pool_id, task_id, user = %req.username, step, outcome = d.outcome, machine, machine_id, error = message, "provisioner step failed");
         } else {
-            tracing::warn!(pool = %req.pool_name, pool_id = %req.pool_id, task_id, user = %req.username, step, outcome = d.outcome, exit_status, stderr, machine, reason = req.reason.as_deref(), error = message, "provisioner step failed");
+            tracing::warn!(pool = %req.pool_name, pool_id = %req.pool_id, task_id, user = %req.username, step, outcome = d.outcome, exit_status, stderr, machine, machine_id, reason = req.reason.as_deref(), error = message, "provisioner step failed");
         }
     }
 
@@ -833,14 +921,18 @@ impl Pools {
                     }
                     // One active step-1 task per key makes this impossible; never hold two.
                     Ok(false) => {
-                        self.give_back(&pool, &releases(&machine, "already assigned"))
-                            .await;
+                        self.release_machine(
+                            &pool.provisioner,
+                            releases(&machine, "already assigned"),
+                        );
                         (TaskStatus::Completed, None)
                     }
                     Err(e) => {
                         tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
-                        self.give_back(&pool, &releases(&machine, "assignment not recorded"))
-                            .await;
+                        self.release_machine(
+                            &pool.provisioner,
+                            releases(&machine, "assignment not recorded"),
+                        );
                         (
                             TaskStatus::Failed,
                             Some(TaskError {
@@ -904,18 +996,27 @@ impl Pools {
         release: impl FnOnce(&Machine) -> StepRequest,
     ) {
         if let Ok(Ok(StepOk::Machine(machine))) = work.await {
-            self.give_back(pool, &release(&machine)).await;
+            self.release_machine(&pool.provisioner, release(&machine));
         }
     }
 
-    /// Background: release expired assignments; on shared stores, end tasks whose instance
-    /// went away (their lease lapsed).
+    /// Background: release expired assignments; delete ended tasks past their retention; on
+    /// shared stores, end tasks whose instance went away (their lease lapsed).
     async fn sweeps(self) {
         let mut leases = tokio::time::interval(self.timings.lease_sweep);
         let mut orphans = tokio::time::interval(self.timings.task_lease / 2);
+        let mut retention = tokio::time::interval(self.timings.sweep_interval);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                _ = retention.tick() => {
+                    let cutoff = now_ms().saturating_sub(self.timings.task_retention.as_millis() as u64);
+                    match self.store.tasks_sweep(cutoff).await {
+                        Ok(0) => {}
+                        Ok(deleted) => tracing::debug!(deleted, "ended tasks past task_retention deleted"),
+                        Err(e) => tracing::warn!(error = %e, "task retention sweep failed"),
+                    }
+                }
                 _ = leases.tick() => {
                     if let Err(e) = self.release_expired().await {
                         tracing::warn!(error = %e, "assignment sweep failed");

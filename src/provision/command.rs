@@ -7,9 +7,17 @@
 //! was and why) and writes JSON lines on stdout:
 //! `{"status":"RUNNING"}`, `{"progress":40}`, and finally `{"result":{...}}`,
 //! `{"error":"why"}` or `{"cancelled":"why"}`. Exit status 0 with a result is success; anything
-//! else fails the task. The program is killed when the task's deadline passes. Why a step
-//! failed (exit status, last stderr line) goes to the runner, which logs it once.
+//! else fails the task. Why a step failed (exit status, last stderr line) goes to the runner,
+//! which logs it once.
+//!
+//! Isolation: the program starts from an empty environment plus an allow-list (`PATH`, `LANG`,
+//! `LC_ALL`, `TZ` from poolgate's own, then the provisioner's `env` and `env_files`), so it
+//! never sees the broker's secrets (`POOLGATE_JWT_SECRET` would let it forge any user's JWT).
+//! It runs in a process group of its own, and the whole group is killed when the step ends —
+//! at the deadline, on cancellation or shutdown (the step's future is dropped), or when the
+//! program exits leaving children behind — so nothing it started outlives the step.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -30,17 +38,73 @@ pub struct CommandConfig {
     /// Working directory for the program.
     #[serde(default)]
     pub workdir: Option<PathBuf>,
+    /// Plain (non-secret) environment variables for the program, e.g.
+    /// `{ PROXMOX_URL = "https://pve:8006" }`. They may override the inherited `PATH`, `LANG`,
+    /// `LC_ALL` and `TZ`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     /// Credentials for the program as environment variables, each read from a file at start
     /// (e.g. `{ PROXMOX_TOKEN = "/etc/poolgate/proxmox.token" }`), so no secret sits in the
     /// config file or on a command line.
     #[serde(default)]
-    pub env_files: std::collections::BTreeMap<String, PathBuf>,
+    pub env_files: BTreeMap<String, PathBuf>,
 }
 
 pub struct Command {
     config: CommandConfig,
-    /// Read once from `env_files`; never logged.
+    /// The program's whole environment: the allow-list, `env`, and `env_files` read once at
+    /// start. Never logged.
     env: Vec<(String, String)>,
+}
+
+/// What the program gets from poolgate's own environment; nothing else of it passes. Search
+/// path, language and time zone only: none of them carries a secret, and scripts misbehave
+/// without them. `HOME`, `USER` and the like are left out (they point at the broker's account);
+/// give them with `env` if a tool needs them.
+const INHERITED: [&str; 4] = ["PATH", "LANG", "LC_ALL", "TZ"];
+
+/// `PATH` when poolgate itself runs without one.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Refuses variable names the environment cannot carry, and poolgate's own (`POOLGATE_*`), so
+/// a broker secret cannot be handed to a script by a slip in the config.
+fn check_name(table: &str, name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        bail!("{table}: {name:?} is not a valid environment variable name");
+    }
+    if name.to_ascii_uppercase().starts_with("POOLGATE_") {
+        bail!(
+            "{table}.{name}: POOLGATE_* variables are poolgate's own and never passed to a provisioner"
+        );
+    }
+    Ok(())
+}
+
+/// The program's process group, killed whole when this is dropped: at the deadline and on
+/// cancellation the step's future is dropped, and so is this. Owns the child so the group is
+/// killed before tokio reaps the leader (until then the group's id cannot be reused).
+struct Running {
+    child: tokio::process::Child,
+    /// The group's id (the leader's pid); `None` once the group has been killed.
+    group: Option<i32>,
+}
+
+impl Running {
+    fn kill_group(&mut self) {
+        if let Some(group) = self.group.take() {
+            // SAFETY: killpg only sends a signal; it touches no memory of ours. ESRCH (every
+            // member already gone) is fine to ignore.
+            unsafe {
+                libc::killpg(group, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
 }
 
 /// Longest stderr tail kept for a failure message.
@@ -77,8 +141,24 @@ impl Command {
         if config.command.is_empty() {
             bail!("command provisioner: `command` must name a program");
         }
-        let mut env = Vec::new();
+        let mut env: BTreeMap<String, String> = INHERITED
+            .iter()
+            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .collect();
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
+        for (name, value) in &config.env {
+            check_name("env", name)?;
+            if value.contains('\0') {
+                bail!("env.{name}: the value contains a NUL byte");
+            }
+            env.insert(name.clone(), value.clone());
+        }
         for (name, path) in &config.env_files {
+            check_name("env_files", name)?;
+            if config.env.contains_key(name) {
+                bail!("{name} is set in both env and env_files: keep one");
+            }
             let value = std::fs::read_to_string(path).map_err(|e| {
                 anyhow::anyhow!("env_files.{name}: cannot read {}: {e}", path.display())
             })?;
@@ -86,9 +166,15 @@ impl Command {
             if value.is_empty() {
                 bail!("env_files.{name}: {} is empty", path.display());
             }
-            env.push((name.clone(), value));
+            if value.contains('\0') {
+                bail!("env_files.{name}: {} contains a NUL byte", path.display());
+            }
+            env.insert(name.clone(), value);
         }
-        Ok(Command { config, env })
+        Ok(Command {
+            config,
+            env: env.into_iter().collect(),
+        })
     }
 
     /// Runs one step; returns the final `result` object.
@@ -105,19 +191,24 @@ impl Command {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Dropping the future at the deadline kills the program.
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // A group of its own, so the program and everything it starts can be killed at once.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(dir) = &self.config.workdir {
             cmd.current_dir(dir);
         }
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             diagnose(progress, "not_started", None, None);
             StepError::Failed(format!(
                 "Cannot start provisioner {:?}: {e}.",
                 self.config.command[0]
             ))
         })?;
+        let group = child.id().and_then(|pid| i32::try_from(pid).ok());
+        let mut running = Running { child, group };
+        let child = &mut running.child;
         let mut stdin = child.stdin.take().expect("piped");
         let mut line = input.to_string();
         line.push('\n');
@@ -135,7 +226,22 @@ impl Command {
 
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut outcome: Option<Result<Value, StepError>> = None;
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut exited = None;
+        loop {
+            let line = tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => line,
+                    // End of output (or unreadable output): what remains is the exit status.
+                    _ => break,
+                },
+                status = running.child.wait(), if exited.is_none() => {
+                    exited = Some(status);
+                    // The program is done: what it left running in its group goes too, which
+                    // also closes their copies of stdout, so the read below ends.
+                    running.kill_group();
+                    continue;
+                }
+            };
             let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(&line) else {
                 tracing::debug!(line, "provisioner printed a non-JSON line");
                 continue;
@@ -157,10 +263,12 @@ impl Command {
                 outcome = Some(Err(StepError::Cancelled(text(why))));
             }
         }
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| StepError::Failed(format!("Provisioner did not exit cleanly: {e}.")))?;
+        let status = match exited {
+            Some(status) => status,
+            None => running.child.wait().await,
+        }
+        .map_err(|e| StepError::Failed(format!("Provisioner did not exit cleanly: {e}.")))?;
+        running.kill_group();
         let stderr = stderr_task.await.unwrap_or_default();
         let (result, why) = match (status.success(), outcome) {
             (true, Some(Ok(v))) => (Ok(v), ""),

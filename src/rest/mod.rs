@@ -10,18 +10,16 @@ pub mod settings;
 mod status_ws;
 mod tasks;
 mod users;
+mod validate;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::auth::jwt::Claims;
@@ -49,6 +47,7 @@ pub fn router() -> Router<AppState> {
         .route("/version/", get(core::version))
         .route("/openapi.json", get(openapi::spec))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY));
     Router::new()
         .nest("/api/v2", api)
@@ -154,6 +153,16 @@ async fn not_found() -> RestError {
     RestError::not_found()
 }
 
+/// A known path with another method (axum adds the `Allow` header).
+async fn method_not_allowed() -> RestError {
+    RestError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed.",
+        999,
+        "default",
+    )
+}
+
 /// The caller, authenticated by `Authorization: JWT <token>`.
 pub struct AuthUser {
     pub user: Arc<User>,
@@ -164,8 +173,15 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = RestError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, RestError> {
-        let token = parts
-            .headers
+        AuthUser::from_headers(state, &parts.headers)
+    }
+}
+
+impl AuthUser {
+    /// The mock's JWT dependency, for handlers that must read the body first (FastAPI decodes
+    /// a JSON body before it runs dependencies).
+    pub fn from_headers(state: &AppState, headers: &HeaderMap) -> Result<Self, RestError> {
+        let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("JWT "))
@@ -182,49 +198,6 @@ pub fn authenticate_jwt(state: &AppState, token: &str) -> Option<AuthUser> {
         return None;
     }
     Some(AuthUser { user, claims })
-}
-
-/// Parses a JSON body, answering the mock's 422 shapes for anything unusable.
-pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, RestError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            RestError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("Request body too large: the limit is {MAX_BODY} bytes."),
-                999,
-                "default",
-            )
-        } else {
-            RestError::validation(&["body"], "Unreadable request body.", "value_error")
-        }
-    })?;
-    if body.is_empty() {
-        return Err(RestError::validation(
-            &["body"],
-            "Field required.",
-            "missing",
-        ));
-    }
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        RestError::validation(
-            &["body"],
-            format!("JSON decode error: {e}."),
-            "json_invalid",
-        )
-    })?;
-    serde_json::from_value(value)
-        .map_err(|e| RestError::validation(&["body"], format!("{e}."), "value_error"))
-}
-
-/// Parses a UUID path segment; malformed ids are the mock's 422.
-pub fn uuid_path(raw: &str, name: &str) -> Result<uuid::Uuid, RestError> {
-    raw.parse().map_err(|_| {
-        RestError::validation(
-            &["path", name],
-            "Input should be a valid UUID.",
-            "uuid_parsing",
-        )
-    })
 }
 
 /// `{"data": …}` with a status code.

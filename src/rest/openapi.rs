@@ -69,10 +69,11 @@ pub async fn spec() -> axum::Json<Value> {
                 "Errors": {"type": "object", "properties": {"detail": {"type": "array", "items": {
                     "type": "object", "required": ["msg", "err_code", "type"],
                     "properties": {"msg": {"type": "string"}, "err_code": {"type": "integer"}, "type": {"type": "string"},
-                                   "next_step": {"type": "string"}, "loc": {"type": "array", "items": {"type": "string"}}}}}}},
-                "Login": {"type": "object", "required": ["username"], "properties": {
+                                   "next_step": {"type": "string"}, "ctx": {"type": "object"},
+                                   "loc": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}}}}}},
+                "Login": {"type": "object", "required": ["username", "password", "ldap"], "properties": {
                     "username": {"type": "string"}, "password": {"type": "string", "nullable": true},
-                    "ldap": {"type": "boolean", "default": false}, "otp_code": {"type": "string"}}},
+                    "ldap": {"type": "boolean"}, "otp_code": {"type": "string", "nullable": true}}},
                 "Token": {"type": "object", "properties": {"access_token": {"type": "string"}, "refresh_token": {"type": "string"}, "token_type": {"type": "string", "enum": ["JWT"]}}},
                 "Pool": {"type": "object", "properties": {
                     "id": {"type": "string", "format": "uuid"}, "name": {"type": "string"}, "status": {"type": "string"},
@@ -89,9 +90,9 @@ pub async fn spec() -> axum::Json<Value> {
                     "finished": {"type": "string", "format": "date-time", "nullable": true},
                     "progress": {"type": "integer", "minimum": 0, "maximum": 100},
                     "error": {"type": "object", "properties": {"err_code": {"type": "integer"}, "message": {"type": "string"}}}}},
-                "Connect": {"type": "object", "properties": {
+                "Connect": {"type": "object", "required": ["remote_protocol", "width", "height", "password"], "properties": {
                     "remote_protocol": {"type": "integer", "enum": [1]}, "width": {"type": "integer", "minimum": 2},
-                    "height": {"type": "integer", "minimum": 2}, "password": {"type": "string"}}},
+                    "height": {"type": "integer", "minimum": 2}, "password": {"type": "string", "nullable": true}}},
                 "Connection": {"type": "object", "properties": {
                     "id": {"type": "string", "format": "uuid"}, "verbose_name": {"type": "string"},
                     "permissions": {"type": "array", "items": {"type": "string"}}, "host": {"type": "string"},
@@ -121,7 +122,9 @@ pub async fn spec() -> axum::Json<Value> {
             "/users/settings/": {"get": {"summary": "Client settings", "tags": ["users"], "security": secured,
                 "responses": {"200": data_response("Settings", "Settings"), "403": denied}}},
             "/pools/": {"get": {"summary": "The caller's pools", "tags": ["pools"], "security": secured,
-                "parameters": [{"name": "is_favorite", "in": "query", "schema": {"type": "boolean", "default": false}}],
+                "parameters": [{"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                               {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+                               {"name": "is_favorite", "in": "query", "schema": {"type": "boolean", "default": false}}],
                 "responses": {"200": {"description": "Page of pools", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PoolPage"}}}}, "403": denied, "422": invalid}}},
             "/pools/{id}/connect/": {
                 "get": {"summary": "Step 1: a machine for the caller in the pool", "tags": ["pools"], "security": secured,
@@ -138,11 +141,11 @@ pub async fn spec() -> axum::Json<Value> {
                                   "403": error_response("Permission denied or Insufficient permissions (900)"),
                                   "409": error_response("No eligible machine found for user connection (801)"),
                                   "422": invalid}}},
-            "/tasks/{id}/": {"get": {"summary": "One of the caller's tasks", "tags": ["tasks"], "security": secured,
-                "parameters": [uuid_param("id")],
+            "/tasks/{task_id}/": {"get": {"summary": "One of the caller's tasks", "tags": ["tasks"], "security": secured,
+                "parameters": [uuid_param("task_id")],
                 "responses": {"200": data_response("Task", "Task"), "403": denied, "404": error_response("Not found (or not yours)"), "422": invalid}}},
-            "/tasks/{id}/is-done/": {"get": {"summary": "Whether a task has ended (COMPLETED, FAILED or CANCELLED)", "tags": ["tasks"], "security": secured,
-                "parameters": [uuid_param("id")],
+            "/tasks/{task_id}/is-done/": {"get": {"summary": "Whether a task has ended (COMPLETED, FAILED or CANCELLED)", "tags": ["tasks"], "security": secured,
+                "parameters": [uuid_param("task_id")],
                 "responses": {"200": data_response("Done or not", "IsDone"), "403": denied, "404": error_response("Not found (or not yours)"), "422": invalid}}},
             "/health/": {"get": {"summary": "Health", "tags": ["service"], "responses": {"200": data_response("Healthy", "Health")}}},
             "/version/": {"get": {"summary": "Version", "tags": ["service"], "responses": {"200": data_response("Version", "Version")}}}

@@ -1,50 +1,62 @@
 //! `/pools/` and `/pools/{id}/connect/` (GET: step 1, POST: step 2).
-
-use std::collections::HashMap;
+//!
+//! Each handler checks in the mock's order (see [`super::validate`]): body decoding, the JWT,
+//! path/query/body fields, and only then state.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{AuthUser, RestError, data, json_body, uuid_path};
+use super::validate::{self, Body, Fields, Problems};
+use super::{AuthUser, RestError, data};
 use crate::pools::task::TaskStatus;
-use crate::pools::{ConnectOutcome, ConnectParams};
+use crate::pools::{ConnectOutcome, ConnectParams, Discarded};
 use crate::state::AppState;
 
-/// The mock pages with fastapi-pagination's defaults.
-const PAGE_SIZE: usize = 50;
+/// fastapi-pagination's default page size, and its largest.
+const PAGE_SIZE: i64 = 50;
+const MAX_PAGE_SIZE: i64 = 100;
+
+/// GLINT v1, the one protocol the mock (and poolgate) connects with.
+const GLINT_V1: i64 = 1;
 
 pub async fn list(
     State(state): State<AppState>,
     auth: AuthUser,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<validate::Query>,
 ) -> Result<Response, RestError> {
-    let favorites_only = match query.get("is_favorite").map(String::as_str) {
-        None => false,
-        Some("true" | "True" | "1" | "on" | "yes") => true,
-        Some("false" | "False" | "0" | "off" | "no") => false,
-        Some(_) => {
-            return Err(RestError::validation(
-                &["query", "is_favorite"],
-                "Input should be a valid boolean.",
-                "bool_parsing",
-            ));
-        }
-    };
+    // fastapi-pagination's parameters come first in the mock's 422s, then its own.
+    let mut problems = Problems::default();
+    let page = validate::query_int(&query, "page", 1, (1, None), &mut problems);
+    let size = validate::query_int(
+        &query,
+        "size",
+        PAGE_SIZE,
+        (1, Some(MAX_PAGE_SIZE)),
+        &mut problems,
+    );
+    let favorites_only = validate::query_bool(&query, "is_favorite", false, &mut problems);
+    let ((page, size), favorites_only) = problems.finish(page.zip(size).zip(favorites_only))?;
+
     let pools = state.pools.list(&auth.user, favorites_only);
     let total = pools.len();
-    let page: Vec<_> = pools.into_iter().take(PAGE_SIZE).collect();
+    let (page_no, size) = (page as usize, size as usize);
+    let items: Vec<_> = pools
+        .into_iter()
+        .skip(page_no.saturating_sub(1).saturating_mul(size))
+        .take(size)
+        .collect();
     Ok((
         StatusCode::OK,
         axum::Json(json!({
-            "data": page,
+            "data": items,
             "total": total,
-            "page": 1,
-            "size": PAGE_SIZE,
-            "pages": total.div_ceil(PAGE_SIZE).max(1),
+            "page": page,
+            "size": size,
+            "pages": total.div_ceil(size),
         })),
     )
         .into_response())
@@ -54,9 +66,12 @@ pub async fn list(
 pub async fn step1(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, RestError> {
-    let pool_id = uuid_path(&id, "id")?;
+    let mut problems = Problems::default();
+    let pool_id = validate::uuid_path(path, "id", &mut problems);
+    let pool_id = problems.finish(pool_id)?;
+
     let task = state.pools.request_machine(&auth.user, pool_id).await?;
     let status = if task.status == TaskStatus::Completed {
         StatusCode::OK
@@ -69,12 +84,17 @@ pub async fn step1(
 /// Step 2: 202 with the task while not ready, 200 with the connection data when ready.
 pub async fn step2(
     State(state): State<AppState>,
-    auth: AuthUser,
-    Path(id): Path<String>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
-    let pool_id = uuid_path(&id, "id")?;
-    let params: ConnectParams = json_body(body)?;
+    let body = validate::read_body(&headers, body)?;
+    let auth = AuthUser::from_headers(&state, &headers)?;
+    let mut problems = Problems::default();
+    let pool_id = validate::uuid_path(path, "id", &mut problems);
+    let params = connect_params(&body, &mut problems);
+    let (pool_id, params) = problems.finish(pool_id.zip(params))?;
+
     Ok(
         match state
             .pools
@@ -85,4 +105,34 @@ pub async fn step2(
             ConnectOutcome::Connection(c) => data(StatusCode::OK, c),
         },
     )
+}
+
+/// The mock's `MachineStartGlintRequestModel`: every field required, `password` nullable.
+fn connect_params(body: &Body, problems: &mut Problems) -> Option<ConnectParams> {
+    let fields = Fields::of(body, problems);
+    let protocol = fields
+        .int_enum("remote_protocol", &[1, 2, 3], problems)
+        .and_then(|p| {
+            if p == GLINT_V1 {
+                return Some(p);
+            }
+            // The mock's own validator, word for word.
+            problems.add(
+                json!(["body", "remote_protocol"]),
+                "value_error",
+                "Value error, remote_protocol must be ConnectionTypesMap.GLINTV1",
+                Some(json!({"error": {}})),
+            );
+            None
+        });
+    let width = fields.int_at_least("width", 2, problems);
+    let height = fields.int_at_least("height", 2, problems);
+    // Checked for its type, then dropped: never stored or logged.
+    let password = fields.nullable_string("password", true, problems);
+    Some(ConnectParams {
+        remote_protocol: Some(protocol?),
+        width: Some(width?),
+        height: Some(height?),
+        password: password?.map(|_| Discarded),
+    })
 }

@@ -2,14 +2,19 @@
 //!
 //! Authenticated by `Cookie: JWT <token>` (the mock's form) or a cookie named `JWT`; refused
 //! before the upgrade without a valid token or when `client_id` is not the token's (the mock
-//! never checks). Each task change of the user is sent as `{"status","id","kind",...}`; the
+//! never checks). A browser sends cookies with a WebSocket opened by any site's page, so the
+//! `Origin` is checked first (cross-site WebSocket hijacking): it must be one of
+//! `allowed_origins`, or, when that list is empty, name the host the request was sent to.
+//! Requests without `Origin` come from non-browser clients, which hold the cookie themselves,
+//! and are let through. Each task change of the user is sent as `{"status","id","kind",...}`; the
 //! user's active tasks are sent once on connect. The server pings every 30 s; a socket that
 //! answers nothing for `idle_timeout` is closed, and so is one whose token expires or is revoked.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
@@ -18,7 +23,9 @@ use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use super::{AuthUser, RestError, authenticate_jwt};
+use crate::admission::RefusalLog;
 use crate::events::{EventFormat, Frame, Outbox, Subscriber};
+use crate::http::Origin;
 use crate::state::AppState;
 use crate::ws::connection::{close_code, close_handshake, write};
 
@@ -40,20 +47,52 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
+/// At most one log line per this long about refused origins, with the count.
+const ORIGIN_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether the request's `Origin` may open this socket; the refusal says why.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static str> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .ok()
+        .and_then(|o| Origin::parse(o).ok())
+        .ok_or("Origin not allowed: it is not a web origin (opaque or malformed).")?;
+    let ok = if allowed.is_empty() {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| origin.is_host(host))
+    } else {
+        allowed
+            .iter()
+            .filter_map(|a| Origin::parse(a).ok())
+            .any(|a| a == origin)
+    };
+    if ok {
+        Ok(())
+    } else if allowed.is_empty() {
+        Err(
+            "Origin not allowed: pages of another site may not open this socket \
+             (allowed_origins lists the sites that may).",
+        )
+    } else {
+        Err("Origin not allowed: it is not in allowed_origins.")
+    }
+}
+
+/// Checks in the mock's order: a request that is no WebSocket handshake is refused first (the
+/// mock has no HTTP route here at all), then a foreign `Origin` (403), then the token (403),
+/// then `client_id` (403). The connection caps were applied when the connection was accepted.
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(client_id): Path<String>,
+    client_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(auth) = cookie_token(&headers).and_then(|t| authenticate_jwt(&state, t)) else {
-        return RestError::permission_denied().into_response();
-    };
-    if client_id.parse::<uuid::Uuid>().ok() != Some(auth.user.id) {
-        tracing::warn!(user = %auth.user.username, %peer, "status socket refused: client_id is not the token's");
-        return RestError::permission_denied().into_response();
-    }
     let Ok(ws) = ws else {
         return RestError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -63,22 +102,31 @@ pub async fn upgrade(
         )
         .into_response();
     };
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return RestError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many connections, try again shortly.",
-            999,
-            "default",
-        )
-        .into_response();
+    if let Err(why) = check_origin(&headers, &state.config.allowed_origins) {
+        static REFUSED: LazyLock<RefusalLog> = LazyLock::new(|| RefusalLog::new(ORIGIN_LOG_EVERY));
+        if let Some(refused) = REFUSED.hit() {
+            let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
+                String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
+            });
+            tracing::warn!(%peer, %origin, refused, "status socket refused: foreign Origin (at most one line per 10 s, with the count)");
+        }
+        return RestError::new(StatusCode::FORBIDDEN, why, 999, "default").into_response();
+    }
+    let Some(auth) = cookie_token(&headers).and_then(|t| authenticate_jwt(&state, t)) else {
+        return RestError::permission_denied().into_response();
     };
-    // Clients only answer pings here: the frame limit is the message limit.
+    let client_id = client_id
+        .ok()
+        .and_then(|Path(id)| id.parse::<uuid::Uuid>().ok());
+    if client_id != Some(auth.user.id) {
+        tracing::warn!(user = %auth.user.username, %peer, "status socket refused: client_id is not the token's");
+        return RestError::permission_denied().into_response();
+    }
+    // Clients only answer pings here: the frame limit is the message limit. The connection's
+    // admission slot (taken at accept) travels inside the upgraded stream.
     crate::ws::transport(ws, state.config.max_frame_bytes).on_upgrade(move |socket| {
         let tracker = state.tracker.clone();
-        tracker.track_future(async move {
-            serve(socket, state, auth).await;
-            drop(permit);
-        })
+        tracker.track_future(serve(socket, state, auth))
     })
 }
 

@@ -1,19 +1,35 @@
-//! `/tasks/{id}/` and `/tasks/{id}/is-done/`; another user's task is 404.
+//! `/tasks/{task_id}/` and `/tasks/{task_id}/is-done/`; another user's task is 404.
+//!
+//! The JWT first, then the path (422 at `["path","task_id"]`, the mock's name), then state.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
 
-use super::{AuthUser, RestError, data, uuid_path};
+use super::validate::{self, Problems};
+use super::{AuthUser, RestError, data};
+use crate::pools::task::Task;
 use crate::state::AppState;
+
+async fn caller_task(
+    state: &AppState,
+    auth: &AuthUser,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Task, RestError> {
+    let mut problems = Problems::default();
+    let id = validate::uuid_path(path, "task_id", &mut problems);
+    let id = problems.finish(id)?;
+    Ok(state.pools.task(&auth.user, id).await?)
+}
 
 pub async fn get(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, RestError> {
-    let task = state.pools.task(&auth.user, uuid_path(&id, "id")?).await?;
+    let task = caller_task(&state, &auth, path).await?;
     Ok(data(StatusCode::OK, task))
 }
 
@@ -21,9 +37,9 @@ pub async fn get(
 pub async fn is_done(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, RestError> {
-    let task = state.pools.task(&auth.user, uuid_path(&id, "id")?).await?;
+    let task = caller_task(&state, &auth, path).await?;
     Ok(data(
         StatusCode::OK,
         json!({"is_done": task.status.is_done()}),

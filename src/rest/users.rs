@@ -1,38 +1,61 @@
 //! `/users/login/`, `/users/logout/`, `/users/settings/`.
+//!
+//! Login has no JWT: its body is decoded, then validated as the mock's `LoginInputModel`, and
+//! only a valid body reaches the lockout and the password check (so a malformed body never
+//! counts as a failed sign-in). Logout and settings take no body and no parameters: the JWT
+//! is their only check, and whatever else the request carries is ignored, as in the mock.
 
-use axum::body::Bytes;
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 
-use super::{AuthUser, RestError, data, json_body};
+use super::validate::{self, Body, Fields, Problems};
+use super::{AuthUser, RestError, data};
 use crate::auth::Credentials;
 use crate::error::Error;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+/// The mock's `LoginInputModel`.
 struct LoginBody {
     username: String,
-    /// `null` is the mock's documented first step for MFA users.
+    /// Required but nullable: `null` is the mock's documented first step for MFA users.
     password: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    ldap: bool,
-    #[serde(default)]
     otp_code: Option<String>,
+}
+
+impl LoginBody {
+    fn validate(body: &Body, problems: &mut Problems) -> Option<LoginBody> {
+        let fields = Fields::of(body, problems);
+        let username = fields.string("username", problems);
+        let password = fields.nullable_string("password", true, problems);
+        // Required and type-checked like the mock; poolgate has one directory, so it is unused.
+        let ldap = fields.boolean("ldap", problems);
+        let otp_code = fields.nullable_string("otp_code", false, problems);
+        ldap?;
+        Some(LoginBody {
+            username: username?,
+            password: password?,
+            otp_code: otp_code?,
+        })
+    }
 }
 
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
-    let body: LoginBody = json_body(body)?;
+    let body = validate::read_body(&headers, body)?;
+    let mut problems = Problems::default();
+    let body = LoginBody::validate(&body, &mut problems);
+    let body = problems.finish(body)?;
+
     let user = state
         .auth
         .login(Credentials {

@@ -2,9 +2,10 @@
 //! `admin_sessions` (who is signed in, from where, since when), `admin_revoke {"username"}`
 //! (all of a user's tokens and JWTs), `admin_tasks` (every active task), and
 //! `admin_release {"username","pool_id"}` (give a user's machine back and clear a failed step
-//! 1), and `admin_reset {"username"?,"pool_id"}` (clear a failed step 1 of one user, or of
-//! every user of the pool, so the next request starts a new task at once). `pool_id` may also
-//! be the pool's name: operators know pools by name.
+//! 1: answered once the assignment is removed, while the provisioner's release runs in the
+//! background under `release_deadline`), and `admin_reset {"username"?,"pool_id"}` (clear a
+//! failed step 1 of one user, or of every user of the pool, so the next request starts a new
+//! task at once). `pool_id` may also be the pool's name: operators know pools by name.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -146,7 +147,16 @@ impl Release {
         let machine = pools.release(target.id, pool_id, &reason).await?;
         let cleared = pools.reset(target.id, pool_id, &admin).await?;
         let cleared: Vec<Value> = cleared.iter().map(|t| task_view(ctx, t)).collect();
-        Ok(json!({"released": machine, "cleared": cleared}))
+        // Answered once the assignment is gone; the provisioner's release runs in the
+        // background and ends within `release_deadline` (protocol/README.md).
+        Ok(match machine {
+            Some(machine) => json!({
+                "released": machine,
+                "release_deadline": pools.release_deadline().as_secs_f64(),
+                "cleared": cleared,
+            }),
+            None => json!({"released": null, "cleared": cleared}),
+        })
     }
 }
 

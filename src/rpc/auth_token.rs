@@ -26,7 +26,12 @@ impl AuthToken {
             }
             Err(e) => Err(e),
         };
-        record_auth_outcome(ctx, &result);
+        // A saved token this server issued, now expired or revoked, is not a guess.
+        let stale = matches!(result, Err(Error::InvalidToken))
+            && ctx.state.auth.tokens.issued_here(&self.token);
+        if !stale {
+            record_auth_outcome(ctx, &result);
+        }
         result
     }
 }

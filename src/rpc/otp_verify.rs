@@ -29,7 +29,12 @@ impl OtpVerify {
             Ok(user) => sign_in(ctx, user).await,
             Err(e) => Err(e),
         };
-        record_auth_outcome(ctx, &result);
+        // A challenge this server issued, now expired or used, is not a guess.
+        let stale = matches!(result, Err(Error::InvalidMfaToken))
+            && ctx.state.auth.mfa.issued_here(&self.mfa_token);
+        if !stale {
+            record_auth_outcome(ctx, &result);
+        }
         result
     }
 }

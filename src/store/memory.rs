@@ -23,6 +23,8 @@ struct Inner {
     machines: HashMap<String, HashSet<Uuid>>,
     leases: HashMap<Uuid, (String, u64)>,
     failures: HashMap<String, (u32, u64)>,
+    /// Back-off keys: (next free slot, kept until), both in ms.
+    backoff: HashMap<String, (u64, u64)>,
     jwt_users: HashMap<Uuid, i64>,
 }
 
@@ -50,23 +52,51 @@ impl Store for MemoryStore {
         false
     }
 
-    async fn session_put(&self, rec: &SessionRecord, _ttl: Duration) -> StoreResult<()> {
-        self.lock().sessions.insert(rec.hash, rec.clone());
-        Ok(())
+    async fn session_put(
+        &self,
+        rec: &SessionRecord,
+        ttl: Duration,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<TokenHash>> {
+        let mut inner = self.lock();
+        inner.sessions.insert(rec.hash, rec.clone());
+        let idle_since = now_ms().saturating_sub(ttl.as_millis() as u64);
+        inner.sessions.retain(|h, s| {
+            s.user_id != rec.user_id || *h == rec.hash || s.last_active_ms >= idle_since
+        });
+        let mut mine: Vec<(u64, u64, TokenHash)> = inner
+            .sessions
+            .values()
+            .filter(|s| s.user_id == rec.user_id && s.hash != rec.hash)
+            .map(|s| (s.last_active_ms, s.created_ms, s.hash))
+            .collect();
+        let excess = (mine.len() + 1).saturating_sub(max_per_user.max(1));
+        mine.sort_unstable();
+        let evicted: Vec<TokenHash> = mine.into_iter().take(excess).map(|(_, _, h)| h).collect();
+        for h in &evicted {
+            inner.sessions.remove(h);
+        }
+        Ok(evicted)
     }
 
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
         Ok(self.lock().sessions.get(hash).cloned())
     }
 
-    async fn session_touch(&self, touches: &[(TokenHash, u64)], _ttl: Duration) -> StoreResult<()> {
+    async fn session_touch(
+        &self,
+        touches: &[(TokenHash, u64)],
+        _ttl: Duration,
+    ) -> StoreResult<Vec<TokenHash>> {
         let mut inner = self.lock();
+        let mut missing = Vec::new();
         for (hash, at) in touches {
-            if let Some(s) = inner.sessions.get_mut(hash) {
-                s.last_active_ms = s.last_active_ms.max(*at);
+            match inner.sessions.get_mut(hash) {
+                Some(s) => s.last_active_ms = s.last_active_ms.max(*at),
+                None => missing.push(*hash),
             }
         }
-        Ok(())
+        Ok(missing)
     }
 
     async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
@@ -98,6 +128,10 @@ impl Store for MemoryStore {
         inner.sessions.retain(|_, s| s.last_active_ms >= cutoff_ms);
         let now = now_ms();
         inner.mfa.retain(|_, m| m.expires_ms > now);
+        inner.failures.retain(|_, (_, until)| *until > now);
+        inner.backoff.retain(|_, (_, until)| *until > now);
+        let now_s = chrono::Utc::now().timestamp();
+        inner.jwt.retain(|_, exp| *exp + 60 >= now_s);
         Ok(before - inner.sessions.len())
     }
 
@@ -211,6 +245,19 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn tasks_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let latest: HashSet<Uuid> = inner.latest.values().copied().collect();
+        let before = inner.tasks.len();
+        inner.tasks.retain(|id, t| {
+            t.status.is_active()
+                || latest.contains(id)
+                || t.created.timestamp_millis() >= cutoff_ms as i64
+        });
+        Ok(before - inner.tasks.len())
+    }
+
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         Ok(self.lock().assignments.get(&(user, pool)).cloned())
     }
@@ -307,6 +354,49 @@ impl Store for MemoryStore {
     async fn failures_reset(&self, key: &str) -> StoreResult<()> {
         self.lock().failures.remove(key);
         Ok(())
+    }
+
+    async fn failures_undo(&self, key: &str) -> StoreResult<()> {
+        if let Some((n, _)) = self.lock().failures.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>> {
+        let mut inner = self.lock();
+        let next = inner
+            .backoff
+            .get(key)
+            .filter(|(_, until)| *until > now_ms)
+            .map_or(0, |(next, _)| *next);
+        let slot = next.max(now_ms);
+        if slot - now_ms > max_wait.as_millis() as u64 {
+            return Ok(Err(slot));
+        }
+        let entry = (
+            slot + spacing.as_millis() as u64,
+            now_ms + window.as_millis() as u64,
+        );
+        inner.backoff.insert(key.to_owned(), entry);
+        Ok(Ok(slot))
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        let inner = self.lock();
+        Ok(StoreCounts {
+            sessions: inner.sessions.len(),
+            session_index: inner.sessions.len(),
+            tasks: inner.tasks.len(),
+            failure_counters: inner.failures.len() + inner.backoff.len(),
+        })
     }
 
     fn publish(&self, event: BusEvent) {

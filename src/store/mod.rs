@@ -165,17 +165,35 @@ pub trait Store: Send + Sync + 'static {
     /// True when several instances may share this store (leases and the bus matter).
     fn is_shared(&self) -> bool;
 
-    // Sessions.
-    async fn session_put(&self, rec: &SessionRecord, ttl: Duration) -> StoreResult<()>;
+    // Sessions. `ttl` is how long a record is kept after its last activity (backends that
+    // expire keys by themselves use it).
+    /// Stores a new session and trims its user's sessions in the same atomic step: records
+    /// idle for longer than `ttl` go, and past `max_per_user` the least recently active ones
+    /// are deleted. Returns the hashes of the sessions deleted for the cap (never `rec`'s), so
+    /// the caller can revoke them everywhere.
+    async fn session_put(
+        &self,
+        rec: &SessionRecord,
+        ttl: Duration,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<TokenHash>>;
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>>;
-    /// Moves `last_active_ms` forward (never back) for each session still present.
-    async fn session_touch(&self, touches: &[(TokenHash, u64)], ttl: Duration) -> StoreResult<()>;
+    /// Moves `last_active_ms` forward (never back) for each session still present; returns
+    /// the hashes of those no longer present (revoked, evicted or expired), so an instance
+    /// that missed a revocation on the bus still learns of it.
+    async fn session_touch(
+        &self,
+        touches: &[(TokenHash, u64)],
+        ttl: Duration,
+    ) -> StoreResult<Vec<TokenHash>>;
     async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()>;
     /// Deletes every session of a user and returns their hashes.
     async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>>;
     /// Every stored session (admin view).
     async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>>;
-    /// Deletes sessions idle since before `cutoff_ms`.
+    /// Deletes sessions idle since before `cutoff_ms`, and every other record past its expiry:
+    /// MFA challenges, failure counters (lockout), JWT revocations. Returns the sessions
+    /// deleted. (Backends whose keys expire by themselves may have nothing to do.)
     async fn session_sweep(&self, cutoff_ms: u64) -> StoreResult<usize>;
 
     // MFA challenges.
@@ -209,6 +227,9 @@ pub trait Store: Send + Sync + 'static {
     async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>>;
     /// Every PENDING or RUNNING task.
     async fn tasks_active(&self) -> StoreResult<Vec<Task>>;
+    /// Deletes ended tasks created before `cutoff_ms` (task retention), except the latest
+    /// task of each key, which the step rules read. Returns how many were deleted.
+    async fn tasks_sweep(&self, cutoff_ms: u64) -> StoreResult<usize>;
 
     // Assignments.
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>>;
@@ -231,9 +252,40 @@ pub trait Store: Send + Sync + 'static {
     async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32>;
     async fn failures_get(&self, key: &str) -> StoreResult<u32>;
     async fn failures_reset(&self, key: &str) -> StoreResult<()>;
+    /// Takes back one count (a reserved attempt that turned out not to be a guess): never
+    /// below zero, the window unchanged.
+    async fn failures_undo(&self, key: &str) -> StoreResult<()>;
+    /// Schedules an attempt under a per-key back-off, atomically: the slot is the later of
+    /// `now_ms` and the key's next free time. If it is at most `max_wait` away it is taken —
+    /// the next free time becomes slot + `spacing`, kept for `window` — and `Ok(slot)` is
+    /// returned; otherwise nothing changes and `Err(slot)` says when one would be free.
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>>;
+
+    /// How many records of the kinds that must stay bounded the store holds (the retention
+    /// promises are checked against it). May scan: not for hot paths.
+    async fn counts(&self) -> StoreResult<StoreCounts>;
 
     /// Sends an event to every instance (this one included). Fire and forget.
     fn publish(&self, event: BusEvent);
+}
+
+/// Records held, by kind: what `session_put`'s cap, `session_sweep` and `tasks_sweep` bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub sessions: usize,
+    /// Entries of the per-user session indexes (Redis keeps one set per user; the SQL and
+    /// memory backends index the sessions themselves, so this equals `sessions` there).
+    pub session_index: usize,
+    pub tasks: usize,
+    /// Lockout failure counters, expired or not.
+    pub failure_counters: usize,
 }
 
 /// Opens the store named by `state`, delivering bus events to `sink`.
@@ -249,6 +301,7 @@ pub async fn open(
     }
     if let Some(path) = state.strip_prefix("sqlite:") {
         let path = if path.is_empty() {
+            crate::files::data_dir(data_dir)?;
             data_dir.join("poolgate.sqlite3")
         } else {
             std::path::PathBuf::from(path)

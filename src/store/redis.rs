@@ -2,6 +2,9 @@
 //! `ConnectionManager` (reconnects by itself; RESP3 push messages carry the event bus and are
 //! re-subscribed after a reconnect). Sessions and MFA challenges are keys with a TTL; tasks
 //! and assignments are JSON values indexed by sets; every compare-and-set is a Lua script.
+//! Ended tasks are also indexed by creation time (`done_tasks`), so the retention sweep reads
+//! only what it may delete; a user's session set is trimmed (gone members, the cap) whenever
+//! the user signs in, so it never holds more than `max_sessions_per_user`.
 
 use std::time::Duration;
 
@@ -25,9 +28,17 @@ pub struct RedisStore {
     totp_advance: Script,
     lease_acquire: Script,
     lease_release: Script,
+    session_put: Script,
     session_touch: Script,
+    task_sweep: Script,
     failures_add: Script,
+    failures_undo: Script,
+    backoff_slot: Script,
 }
+
+/// Sessions checked per `session_touch` script call: one round trip each, short enough not to
+/// hold Redis up for long.
+const TOUCH_CHUNK: usize = 256;
 
 fn key(prefix: &str, parts: &[&str]) -> String {
     let mut key = String::from(prefix);
@@ -171,7 +182,8 @@ impl RedisStore {
                   redis.call('SET', KEYS[1], ARGV[2])
                   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
                   if ARGV[5] == 'active' then redis.call('SADD', KEYS[4], ARGV[2])
-                  else redis.call('SREM', KEYS[4], ARGV[2]) end
+                  else redis.call('SREM', KEYS[4], ARGV[2])
+                    redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2]) end
                   return 1",
             ),
             totp_advance: Script::new(
@@ -194,14 +206,86 @@ impl RedisStore {
                   if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
                   return n",
             ),
-            session_touch: Script::new(
-                r"local cur = tonumber(redis.call('HGET', KEYS[1], 'last_active_ms'))
-                  if not cur then return 0 end
-                  local at = tonumber(ARGV[1])
-                  if at > cur then
-                    redis.call('HSET', KEYS[1], 'last_active_ms', ARGV[1])
-                    redis.call('PEXPIREAT', KEYS[1], at + tonumber(ARGV[2]))
+            failures_undo: Script::new(
+                r"local n = tonumber(redis.call('GET', KEYS[1]))
+                  if n and n > 0 then redis.call('DECR', KEYS[1]) end
+                  return 0",
+            ),
+            backoff_slot: Script::new(
+                r"local now = tonumber(ARGV[1])
+                  local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+                  if slot - now > tonumber(ARGV[3]) then return {0, slot} end
+                  redis.call('SET', KEYS[1], slot + tonumber(ARGV[2]), 'PX', ARGV[4])
+                  return {1, slot}",
+            ),
+            // KEYS: the session, the user's session set. ARGV: hash, user, created, last
+            // active, peer, ttl, cap, the session key prefix. Stores the session, drops set
+            // members whose session is gone, and past the cap deletes the least recently
+            // active others; returns their hashes.
+            session_put: Script::new(
+                r"redis.call('HSET', KEYS[1], 'user_id', ARGV[2], 'created_ms', ARGV[3],
+                    'last_active_ms', ARGV[4], 'peer', ARGV[5])
+                  redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[6]))
+                  redis.call('SADD', KEYS[2], ARGV[1])
+                  local others = {}
+                  for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+                    if m ~= ARGV[1] then
+                      local h = redis.call('HMGET', ARGV[8] .. m, 'last_active_ms', 'created_ms')
+                      if h[1] then
+                        others[#others + 1] = {m, tonumber(h[1]), tonumber(h[2]) or 0}
+                      else
+                        redis.call('SREM', KEYS[2], m)
+                      end
+                    end
                   end
+                  local keep = tonumber(ARGV[7]) - 1
+                  local evicted = {}
+                  if #others > keep then
+                    table.sort(others, function(a, b)
+                      if a[2] ~= b[2] then return a[2] < b[2] end
+                      return a[3] < b[3]
+                    end)
+                    for i = 1, #others - keep do
+                      redis.call('DEL', ARGV[8] .. others[i][1])
+                      redis.call('SREM', KEYS[2], others[i][1])
+                      evicted[#evicted + 1] = others[i][1]
+                    end
+                  end
+                  return evicted",
+            ),
+            // KEYS: sessions. ARGV: ttl, then one activity time per key. Returns the (1-based)
+            // positions of the sessions that are gone.
+            session_touch: Script::new(
+                r"local ttl = tonumber(ARGV[1])
+                  local missing = {}
+                  for i, key in ipairs(KEYS) do
+                    local cur = tonumber(redis.call('HGET', key, 'last_active_ms'))
+                    if not cur then
+                      missing[#missing + 1] = i
+                    else
+                      local at = tonumber(ARGV[i + 1])
+                      if at > cur then
+                        redis.call('HSET', key, 'last_active_ms', ARGV[i + 1])
+                        redis.call('PEXPIREAT', key, at + ttl)
+                      end
+                    end
+                  end
+                  return missing",
+            ),
+            // KEYS: the task, the index of ended tasks. ARGV: the id, the key prefix. Deletes an
+            // ended task unless it is the latest of its key (then it stays indexed and is looked
+            // at again by the next sweep, once a newer task replaced it).
+            task_sweep: Script::new(
+                r"local body = redis.call('GET', KEYS[1])
+                  if not body then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
+                  local t = cjson.decode(body)
+                  if t.status == 'PENDING' or t.status == 'RUNNING' then
+                    redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
+                  local latest = ARGV[2] .. ':latest:' .. t.user_id .. ':' .. t.pool_id .. ':' .. t.kind
+                  if redis.call('GET', latest) == ARGV[1] then return 0 end
+                  redis.call('DEL', KEYS[1])
+                  redis.call('ZREM', ARGV[2] .. ':user_tasks:' .. t.user_id, ARGV[1])
+                  redis.call('ZREM', KEYS[2], ARGV[1])
                   return 1",
             ),
         })
@@ -221,6 +305,49 @@ impl RedisStore {
 
     fn con(&self) -> ConnectionManager {
         self.con.clone()
+    }
+
+    /// Every key of the namespace matching a pattern (SCAN: for sweeps and counts only).
+    async fn keys_matching(&self, parts: &[&str]) -> StoreResult<Vec<String>> {
+        let mut con = self.con();
+        let mut iter = con.scan_match::<_, String>(self.k(parts)).await?;
+        let mut keys = Vec::new();
+        while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
+            keys.push(key?);
+        }
+        Ok(keys)
+    }
+
+    /// Once per store: puts the ended tasks written before the `done_tasks` index existed
+    /// into it, so the retention sweep finds them too.
+    async fn index_done_tasks(&self) -> StoreResult<()> {
+        let flag = self.k(&["done_tasks", "indexed"]);
+        let mut con = self.con();
+        if con.exists(&flag).await? {
+            return Ok(());
+        }
+        let prefix = self.k(&["task", ""]);
+        let keys = self.keys_matching(&["task", "*"]).await?;
+        for chunk in keys.chunks(TOUCH_CHUNK) {
+            let ids = chunk
+                .iter()
+                .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+                .collect();
+            let mut pipe = ::redis::pipe();
+            for task in self.tasks_by_ids(ids).await? {
+                if task.status.is_done() {
+                    pipe.zadd(
+                        self.k(&["done_tasks"]),
+                        task.id.to_string(),
+                        task.created.timestamp_millis(),
+                    )
+                    .ignore();
+                }
+            }
+            pipe.query_async::<()>(&mut con).await?;
+        }
+        con.set::<_, _, ()>(&flag, 1).await?;
+        Ok(())
     }
 
     async fn tasks_by_ids(&self, ids: Vec<String>) -> StoreResult<Vec<Task>> {
@@ -243,31 +370,30 @@ impl Store for RedisStore {
         true
     }
 
-    async fn session_put(&self, rec: &SessionRecord, ttl: Duration) -> StoreResult<()> {
-        let key = self.session_key(&rec.hash);
-        let mut con = self.con();
-        ::redis::pipe()
-            .atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    ("user_id", rec.user_id.to_string()),
-                    ("created_ms", rec.created_ms.to_string()),
-                    ("last_active_ms", rec.last_active_ms.to_string()),
-                    ("peer", rec.peer.clone()),
-                ],
-            )
-            .ignore()
-            .pexpire_at(&key, (rec.last_active_ms + ttl.as_millis() as u64) as i64)
-            .ignore()
-            .sadd(
-                self.k(&["user_sessions", &rec.user_id.to_string()]),
-                hex::encode(rec.hash),
-            )
-            .ignore()
-            .query_async::<()>(&mut con)
+    async fn session_put(
+        &self,
+        rec: &SessionRecord,
+        ttl: Duration,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<TokenHash>> {
+        let evicted: Vec<String> = self
+            .session_put
+            .key(self.session_key(&rec.hash))
+            .key(self.k(&["user_sessions", &rec.user_id.to_string()]))
+            .arg(hex::encode(rec.hash))
+            .arg(rec.user_id.to_string())
+            .arg(rec.created_ms)
+            .arg(rec.last_active_ms)
+            .arg(&rec.peer)
+            .arg(ttl.as_millis() as u64)
+            .arg(max_per_user.max(1))
+            .arg(self.k(&["session", ""]))
+            .invoke_async(&mut self.con())
             .await?;
-        Ok(())
+        Ok(evicted
+            .iter()
+            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+            .collect())
     }
 
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
@@ -318,17 +444,26 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn session_touch(&self, touches: &[(TokenHash, u64)], ttl: Duration) -> StoreResult<()> {
+    async fn session_touch(
+        &self,
+        touches: &[(TokenHash, u64)],
+        ttl: Duration,
+    ) -> StoreResult<Vec<TokenHash>> {
         let mut con = self.con();
-        for (hash, at) in touches {
-            self.session_touch
-                .key(self.session_key(hash))
-                .arg(*at)
-                .arg(ttl.as_millis() as u64)
-                .invoke_async::<i64>(&mut con)
-                .await?;
+        let mut missing = Vec::new();
+        for chunk in touches.chunks(TOUCH_CHUNK) {
+            let mut call = self.session_touch.prepare_invoke();
+            call.arg(ttl.as_millis() as u64);
+            for (hash, at) in chunk {
+                call.key(self.session_key(hash)).arg(*at);
+            }
+            let gone: Vec<usize> = call.invoke_async(&mut con).await?;
+            missing.extend(
+                gone.into_iter()
+                    .filter_map(|i| chunk.get(i.checked_sub(1)?).map(|(h, _)| *h)),
+            );
         }
-        Ok(())
+        Ok(missing)
     }
 
     async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
@@ -480,6 +615,7 @@ impl Store for RedisStore {
             .key(self.k(&["task", &id]))
             .key(self.k(&["user_tasks", &user]))
             .key(self.k(&["active_tasks"]))
+            .key(self.k(&["done_tasks"]))
             .arg(expected.map(|e| e.to_string()).unwrap_or_default())
             .arg(&id)
             .arg(task_to_json(task))
@@ -505,6 +641,12 @@ impl Store for RedisStore {
             pipe.sadd(self.k(&["active_tasks"]), &id).ignore();
         } else {
             pipe.srem(self.k(&["active_tasks"]), &id).ignore();
+            pipe.zadd(
+                self.k(&["done_tasks"]),
+                &id,
+                task.created.timestamp_millis(),
+            )
+            .ignore();
         }
         pipe.query_async::<()>(&mut con).await?;
         Ok(())
@@ -525,6 +667,31 @@ impl Store for RedisStore {
     async fn tasks_active(&self) -> StoreResult<Vec<Task>> {
         let ids: Vec<String> = self.con().smembers(self.k(&["active_tasks"])).await?;
         self.tasks_by_ids(ids).await
+    }
+
+    async fn tasks_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        self.index_done_tasks().await?;
+        let index = self.k(&["done_tasks"]);
+        let mut con = self.con();
+        let ids: Vec<String> = con.zrangebyscore(&index, "-inf", cutoff_ms).await?;
+        let mut deleted = 0;
+        for chunk in ids.chunks(TOUCH_CHUNK) {
+            let mut pipe = ::redis::pipe();
+            // EVALSHA in a pipeline needs the script loaded first.
+            pipe.load_script(&self.task_sweep).ignore();
+            for id in chunk {
+                pipe.invoke_script(
+                    self.task_sweep
+                        .key(self.k(&["task", id]))
+                        .key(&index)
+                        .arg(id)
+                        .arg(&self.prefix),
+                );
+            }
+            let done: Vec<i64> = pipe.query_async(&mut con).await?;
+            deleted += done.iter().filter(|n| **n == 1).count();
+        }
+        Ok(deleted)
     }
 
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
@@ -641,6 +808,50 @@ impl Store for RedisStore {
     async fn failures_reset(&self, key: &str) -> StoreResult<()> {
         self.con().del::<_, ()>(self.k(&["failures", key])).await?;
         Ok(())
+    }
+
+    async fn failures_undo(&self, key: &str) -> StoreResult<()> {
+        self.failures_undo
+            .key(self.k(&["failures", key]))
+            .invoke_async::<i64>(&mut self.con())
+            .await?;
+        Ok(())
+    }
+
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>> {
+        let (taken, slot): (u8, u64) = self
+            .backoff_slot
+            .key(self.k(&["backoff", key]))
+            .arg(now_ms)
+            .arg(spacing.as_millis() as u64)
+            .arg(max_wait.as_millis() as u64)
+            .arg(window.as_millis().max(1) as u64)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(if taken == 1 { Ok(slot) } else { Err(slot) })
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        let sets = self.keys_matching(&["user_sessions", "*"]).await?;
+        let mut session_index = 0;
+        let mut con = self.con();
+        for set in &sets {
+            session_index += con.scard::<_, usize>(set).await?;
+        }
+        Ok(StoreCounts {
+            sessions: self.keys_matching(&["session", "*"]).await?.len(),
+            session_index,
+            tasks: self.keys_matching(&["task", "*"]).await?.len(),
+            failure_counters: self.keys_matching(&["failures", "*"]).await?.len()
+                + self.keys_matching(&["backoff", "*"]).await?.len(),
+        })
     }
 
     fn publish(&self, event: BusEvent) {

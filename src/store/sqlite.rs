@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     created TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS tasks_user ON tasks(user_id, created);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE INDEX IF NOT EXISTS tasks_done ON tasks(status, created);
 CREATE TABLE IF NOT EXISTS latest (
     user_id TEXT NOT NULL, pool_id TEXT NOT NULL, kind TEXT NOT NULL, task_id TEXT NOT NULL,
     PRIMARY KEY (user_id, pool_id, kind));
@@ -45,6 +46,8 @@ CREATE TABLE IF NOT EXISTS assignments (
     PRIMARY KEY (user_id, pool_id));
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY, count INTEGER NOT NULL, until_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS backoff (
+    key TEXT PRIMARY KEY, next_ms INTEGER NOT NULL, until_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
 "#;
@@ -97,11 +100,11 @@ const TASK_CACHE_MAX: usize = 65_536;
 impl SqliteStore {
     pub fn open(path: &Path, sink: mpsc::UnboundedSender<BusEvent>) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::files::create_dirs(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let lock_path = path.with_extension("lock");
-        let lock = std::fs::File::create(&lock_path)
+        let lock = crate::files::open(&lock_path, false)
             .with_context(|| format!("cannot create {}", lock_path.display()))?;
         // A restart may overlap briefly with the process it replaces: wait a little for the lock.
         let mut locked = lock.try_lock().is_ok();
@@ -118,6 +121,16 @@ impl SqliteStore {
                  Redis (state = \"redis://…\") instead",
                 path.display()
             );
+        }
+        // The database is created 0600 here; SQLite gives its -wal and -shm files the
+        // database's mode (whatever the umask). Files from before are tightened.
+        crate::files::open(path, false)
+            .with_context(|| format!("cannot create the state database {}", path.display()))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            crate::files::tighten(Path::new(&side))
+                .with_context(|| format!("cannot make {} 0600", Path::new(&side).display()))?;
         }
         let conn = Connection::open(path)
             .with_context(|| format!("cannot open the state database {}", path.display()))?;
@@ -167,17 +180,45 @@ impl Store for SqliteStore {
         false
     }
 
-    async fn session_put(&self, rec: &SessionRecord, _ttl: Duration) -> StoreResult<()> {
+    async fn session_put(
+        &self,
+        rec: &SessionRecord,
+        ttl: Duration,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<TokenHash>> {
+        let user = rec.user_id.to_string();
+        let idle_since = now_ms().saturating_sub(ttl.as_millis() as u64) as i64;
+        // The others kept: the cap less the new one.
+        let others = max_per_user.max(1) as i64 - 1;
         self.with(|c| {
-            c.prepare_cached("INSERT OR REPLACE INTO sessions VALUES (?1, ?2, ?3, ?4, ?5)")?
+            let tx = c.transaction()?;
+            tx.prepare_cached("INSERT OR REPLACE INTO sessions VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![
                     &rec.hash[..],
-                    rec.user_id.to_string(),
+                    user,
                     rec.created_ms as i64,
                     rec.last_active_ms as i64,
                     rec.peer
-                ])
-                .map(drop)
+                ])?;
+            tx.prepare_cached(
+                "DELETE FROM sessions WHERE user_id = ?1 AND hash != ?2 AND last_active_ms < ?3",
+            )?
+            .execute(params![user, &rec.hash[..], idle_since])?;
+            let evicted: Vec<TokenHash> = {
+                let mut stmt = tx.prepare_cached(
+                    "DELETE FROM sessions WHERE hash IN (
+                       SELECT hash FROM sessions WHERE user_id = ?1 AND hash != ?2
+                       ORDER BY last_active_ms DESC, created_ms DESC LIMIT -1 OFFSET ?3)
+                     RETURNING hash",
+                )?;
+                let rows = stmt.query_map(params![user, &rec.hash[..], others], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })?;
+                rows.filter_map(|h| h.ok().and_then(|h| h.try_into().ok()))
+                    .collect()
+            };
+            tx.commit()?;
+            Ok(evicted)
         })
     }
 
@@ -200,18 +241,26 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn session_touch(&self, touches: &[(TokenHash, u64)], _ttl: Duration) -> StoreResult<()> {
+    async fn session_touch(
+        &self,
+        touches: &[(TokenHash, u64)],
+        _ttl: Duration,
+    ) -> StoreResult<Vec<TokenHash>> {
         self.with(|c| {
             let tx = c.transaction()?;
+            let mut missing = Vec::new();
             {
                 let mut stmt = tx.prepare_cached(
                     "UPDATE sessions SET last_active_ms = MAX(last_active_ms, ?2) WHERE hash = ?1",
                 )?;
                 for (hash, at) in touches {
-                    stmt.execute(params![&hash[..], *at as i64])?;
+                    if stmt.execute(params![&hash[..], *at as i64])? == 0 {
+                        missing.push(*hash);
+                    }
                 }
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(missing)
         })
     }
 
@@ -253,6 +302,10 @@ impl Store for SqliteStore {
             )?;
             c.execute(
                 "DELETE FROM failures WHERE until_ms <= ?1",
+                params![now_ms() as i64],
+            )?;
+            c.execute(
+                "DELETE FROM backoff WHERE until_ms <= ?1",
                 params![now_ms() as i64],
             )?;
             c.execute(
@@ -463,6 +516,28 @@ impl Store for SqliteStore {
         self.tasks_where("SELECT body FROM tasks WHERE status = 'active'", &[])
     }
 
+    async fn tasks_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let cutoff = chrono::DateTime::from_timestamp_millis(cutoff_ms as i64)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "DELETE FROM tasks WHERE status = 'done' AND created < ?1
+                 AND id NOT IN (SELECT task_id FROM latest) RETURNING id",
+            )?;
+            let ids: Vec<String> = stmt
+                .query_map(params![cutoff], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            // Under the connection's lock, like every write of the cache.
+            for id in &ids {
+                if let Ok(id) = id.parse() {
+                    self.tasks.remove(&id);
+                }
+            }
+            Ok(ids.len())
+        })
+    }
+
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         let body: Option<String> = self.with(|c| {
             c.prepare_cached("SELECT body FROM assignments WHERE user_id = ?1 AND pool_id = ?2")?
@@ -573,6 +648,69 @@ impl Store for SqliteStore {
         self.with(|c| {
             c.execute("DELETE FROM failures WHERE key = ?1", params![key])
                 .map(drop)
+        })
+    }
+
+    async fn failures_undo(&self, key: &str) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE failures SET count = count - 1 WHERE key = ?1 AND count > 0",
+                params![key],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>> {
+        // Read and write under the connection's lock: atomic within this process, which is
+        // the only one an SQLite store serves.
+        self.with(|c| {
+            let next: i64 = c
+                .query_row(
+                    "SELECT next_ms FROM backoff WHERE key = ?1 AND until_ms > ?2",
+                    params![key, now_ms as i64],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let slot = (next as u64).max(now_ms);
+            if slot - now_ms > max_wait.as_millis() as u64 {
+                return Ok(Err(slot));
+            }
+            c.execute(
+                "INSERT OR REPLACE INTO backoff VALUES (?1, ?2, ?3)",
+                params![
+                    key,
+                    (slot + spacing.as_millis() as u64) as i64,
+                    (now_ms + window.as_millis() as u64) as i64
+                ],
+            )?;
+            Ok(Ok(slot))
+        })
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        self.with(|c| {
+            let count = |table: &str| {
+                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n as usize)
+            };
+            let sessions = count("sessions")?;
+            Ok(StoreCounts {
+                sessions,
+                session_index: sessions,
+                tasks: count("tasks")?,
+                failure_counters: count("failures")? + count("backoff")?,
+            })
         })
     }
 

@@ -1,6 +1,6 @@
 //! One WebSocket connection, one task: read a frame, dispatch it, write the reply; write the
 //! events other tasks queue for it; close on idle, on a missed sign-in grace period, on
-//! falling behind, and on shutdown.
+//! falling behind, and on shutdown — also while a request is running.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,15 +65,22 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
     tokio::pin!(idle_timer, grace_timer, stop, queued);
     let mut signed_in = false;
 
+    // Why `kick` fired: shutdown, or the socket fell behind on its events.
+    let stopped = || {
+        if state.shutdown.is_cancelled() {
+            End::Close(close_code::GOING_AWAY, "server shutting down".into())
+        } else {
+            End::Close(
+                close_code::TOO_SLOW,
+                "too slow: the socket did not read its events and its queue filled up".into(),
+            )
+        }
+    };
+
     let end = loop {
         let outcome = tokio::select! {
             biased;
-            _ = &mut stop => break if state.shutdown.is_cancelled() {
-                End::Close(close_code::GOING_AWAY, "server shutting down".into())
-            } else {
-                End::Close(close_code::TOO_SLOW,
-                    "too slow: the socket did not read its events and its queue filled up".into())
-            },
+            _ = &mut stop => break stopped(),
             _ = &mut idle_timer => {
                 if last_seen + idle <= Instant::now() {
                     break End::Close(close_code::IDLE_TIMEOUT, format!(
@@ -94,7 +101,16 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
                     None => break End::Gone,
                     // Boxed: the request's future (the largest method's state) lives only while a
                     // request runs, instead of inside every idle connection's future.
-                    Some(Ok(Message::Text(text))) => Box::pin(handle_text(&state, &mut conn, &text)).await,
+                    // A request that is still running at shutdown (a provisioner that hangs,
+                    // a store that does not answer) is dropped: the socket closes with 1001 now
+                    // rather than when, or if, the request ends.
+                    Some(Ok(Message::Text(text))) => {
+                        let request = Box::pin(handle_text(&state, &mut conn, &text));
+                        match futures_util::future::select(request, stop.as_mut()).await {
+                            futures_util::future::Either::Left((reply, _)) => reply,
+                            futures_util::future::Either::Right(_) => break stopped(),
+                        }
+                    }
                     Some(Ok(Message::Binary(_))) => envelope::error(None, RawValue::NULL,
                         &Error::bad_request("Binary frames are not supported; send JSON in text frames.")),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,

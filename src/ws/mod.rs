@@ -1,5 +1,6 @@
-//! The WebSocket transport at `/`: the upgrade (with the connection limit and the transport's
-//! buffer sizes), the per-socket loop, and the envelope format.
+//! The WebSocket transport at `/`: the upgrade (with the transport's buffer sizes), the
+//! per-socket loop, and the envelope format. Connection limits are the accept loop's
+//! (`server`, `admission`): an upgraded socket keeps the slot its connection took.
 
 pub mod connection;
 pub mod envelope;
@@ -47,20 +48,9 @@ pub async fn upgrade(
                 .into_response();
         }
     };
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        tracing::warn!(%peer, "connection refused: max_connections reached");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [("retry-after", "5")],
-            "poolgate: too many connections, try again shortly\n",
-        )
-            .into_response();
-    };
+    // The connection's admission slot (taken at accept) travels inside the upgraded stream.
     transport(ws, state.config.max_message_bytes).on_upgrade(move |socket| {
         let tracker = state.tracker.clone();
-        tracker.track_future(async move {
-            connection::serve(socket, state, peer).await;
-            drop(permit);
-        })
+        tracker.track_future(connection::serve(socket, state, peer))
     })
 }

@@ -19,9 +19,9 @@ async fn auth_returns_a_strong_token_and_its_lifetime() {
     assert_eq!(reply["name"], "response", "{reply}");
     let token = reply["args"][0].as_str().unwrap();
     assert_eq!(reply["args"][1], 300);
-    // pgt_ + base64url(32 bytes) = 256 bits of randomness.
+    // pgt_ + base64url(32 random bytes + an 8-byte tag) = 256 bits of randomness.
     assert!(token.starts_with("pgt_"));
-    assert_eq!(token.len(), 4 + 43);
+    assert_eq!(token.len(), 4 + 54);
     let (_, again) = app.login("astravdi").await;
     assert_ne!(token, again, "every sign-in gets its own token");
 }

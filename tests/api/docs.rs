@@ -6,9 +6,12 @@ const README: &str = include_str!("../../README.rst");
 
 /// The rows of README.rst's configuration table: (keys, default cell).
 fn config_table() -> Vec<(Vec<String>, String)> {
-    let start = README
-        .find("key                    default")
+    // The header row: "key", "default", "meaning", however wide the columns are.
+    let header = README
+        .lines()
+        .find(|l| l.split_whitespace().eq(["key", "default", "meaning"]))
         .expect("README.rst has the configuration table");
+    let start = header.as_ptr() as usize - README.as_ptr() as usize;
     let body = &README[start..];
     let border = body.lines().nth(1).unwrap();
     assert!(border.starts_with("====="), "{border}");

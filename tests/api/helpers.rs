@@ -32,6 +32,8 @@ fn init_tracing() {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The metrics listener's address, when the config has `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// Remove the data directory on drop (not when the test restarts the app on it).
@@ -63,15 +65,36 @@ impl TestApp {
     }
 
     pub async fn spawn_config(config: Config) -> TestApp {
+        Self::spawn_with_provisioners(config, Default::default()).await
+    }
+
+    /// Like [`TestApp::spawn_config`], with extra provisioners by name.
+    pub async fn spawn_with_provisioners(
+        config: Config,
+        extra: std::collections::HashMap<
+            String,
+            std::sync::Arc<dyn poolgate::provision::Provisioner>,
+        >,
+    ) -> TestApp {
         init_tracing();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(tokio::net::TcpListener::bind(at).await.unwrap()),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(poolgate::tls::acceptor(cert, key).unwrap()),
             _ => None,
         };
-        let state = AppState::new(config).await.expect("valid test config");
+        let state = AppState::with_provisioners(config, extra)
+            .await
+            .expect("valid test config");
         state.start().await.expect("state starts");
+        if let Some(listener) = metrics {
+            poolgate::server::spawn_metrics(listener, &state);
+        }
         let handle = match tls {
             Some(acceptor) => {
                 tokio::spawn(poolgate::server::run_tls(listener, acceptor, state.clone()))
@@ -80,6 +103,7 @@ impl TestApp {
         };
         TestApp {
             addr,
+            metrics_addr,
             state,
             handle: Some(handle),
             cleanup: true,
@@ -127,21 +151,6 @@ impl TestApp {
         let mut client = self.connect().await;
         let token = client.auth(username, PASSWORD).await;
         (client, token)
-    }
-
-    /// Signs in, retrying while the state store is unavailable (503).
-    pub async fn login_retrying(&self, username: &str) -> (Client, String) {
-        let mut client = self.connect().await;
-        for _ in 0..50 {
-            let reply = client
-                .rpc("auth", json!({"username": username, "password": PASSWORD}))
-                .await;
-            if reply["name"] == "response" {
-                return (client, reply["args"][0].as_str().unwrap().to_owned());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("could not sign in");
     }
 
     /// Cancels the server and waits until `run` returns.
@@ -245,17 +254,39 @@ pub fn error_code(reply: &Value) -> u64 {
 pub struct ServerProcess {
     pub child: tokio::process::Child,
     pub addr: String,
-    /// Every line the server wrote to stderr so far (its log).
-    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Everything the server logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// The binary under test, with quiet, colourless info logs.
+pub fn server_command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"));
+    command
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .env("RUST_LOG", "poolgate=info")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `command` with its open-file limit set to `soft`/`hard`, as `ulimit -n` would.
+pub fn with_file_limit(
+    mut command: tokio::process::Command,
+    soft: u64,
+    hard: u64,
+) -> tokio::process::Command {
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard));
+    }
+    command
 }
 
 impl ServerProcess {
     /// Starts the binary with `args` and waits for it to announce its address.
     pub async fn start(args: &[&str]) -> ServerProcess {
-        Self::start_with(args, |cmd| {
-            cmd.env("RUST_LOG", "poolgate=info").env("NO_COLOR", "1");
-        })
-        .await
+        Self::start_command(server_command(args)).await
     }
 
     /// Same, with the environment set by `env` (nothing of `RUST_LOG` or `NO_COLOR` is set:
@@ -264,18 +295,18 @@ impl ServerProcess {
         args: &[&str],
         env: impl FnOnce(&mut tokio::process::Command),
     ) -> ServerProcess {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"));
-        cmd.args(args)
-            .stderr(std::process::Stdio::piped())
-            .env_remove("RUST_LOG")
-            .env_remove("NO_COLOR")
-            .kill_on_drop(true);
-        env(&mut cmd);
-        let mut child = cmd.spawn().unwrap();
+        let mut command = server_command(args);
+        command.env_remove("RUST_LOG").env_remove("NO_COLOR");
+        env(&mut command);
+        Self::start_command(command).await
+    }
+
+    pub async fn start_command(mut command: tokio::process::Command) -> ServerProcess {
+        let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = log.clone();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
         // Keep draining stderr after the address is found, so the server never blocks on logging.
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
@@ -285,7 +316,11 @@ impl ServerProcess {
                 if std::env::var_os("TEST_LOG").is_some() {
                     eprintln!("[server] {line}");
                 }
-                sink.lock().unwrap().push(line.clone());
+                {
+                    let mut kept = kept.lock().unwrap();
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
                 if let Some(rest) = line.split("RPC at ").nth(1)
                     && let Some((_, addr)) = rest.split_once("://")
                     && let Some(tx) = tx.take()
@@ -297,7 +332,12 @@ impl ServerProcess {
         let addr = tokio::time::timeout(REPLY_TIMEOUT, rx)
             .await
             .expect("the server announces its address")
-            .expect("server exited without announcing its address");
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server exited without announcing its address:\n{}",
+                    log.lock().unwrap()
+                )
+            });
         ServerProcess { child, addr, log }
     }
 
@@ -306,9 +346,9 @@ impl ServerProcess {
         self.log
             .lock()
             .unwrap()
-            .iter()
+            .lines()
             .filter(|l| l.contains(needle))
-            .cloned()
+            .map(str::to_owned)
             .collect()
     }
 
@@ -431,64 +471,12 @@ impl Drop for TestApp {
     }
 }
 
-/// A Redis for the tests: `POOLGATE_TEST_REDIS` if set (`.ci/run` sets it), else a
-/// `redis-server` started once per test process on a free loopback port, which stops when the
-/// test process ends. Fails loudly when there is no redis-server to start.
-pub fn redis_url() -> String {
-    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("POOLGATE_TEST_REDIS") {
-            return url;
-        }
-        static CHILD: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
-        let port = free_port();
-        // Kept (not waited on) for the process's life; the wrapper stops redis with us.
-        *CHILD.lock().unwrap() = Some(spawn_redis(port));
-        format!("redis://127.0.0.1:{port}")
-    })
-    .clone()
-}
-
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Starts `redis-server` on a port, tied to this process's life; waits until it answers.
-pub fn spawn_redis(port: u16) -> std::process::Child {
-    spawn_redis_with(port, "--save '' --appendonly no")
-}
-
-/// Same, with other redis-server options (e.g. persistence for a restart test). Stop it with
-/// SIGTERM to the returned child (the wrapper then stops redis).
-pub fn spawn_redis_with(port: u16, options: &str) -> std::process::Child {
-    // The shell watches its parent (this test process) and stops redis when it is gone.
-    let script = format!(
-        "redis-server --port {port} --bind 127.0.0.1 {options} --daemonize no & \
-         pid=$!; trap 'kill $pid' TERM; while kill -0 {parent} 2>/dev/null && kill -0 $pid 2>/dev/null; \
-         do sleep 0.2; done; kill $pid 2>/dev/null",
-        parent = std::process::id()
-    );
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("cannot run sh to start redis-server");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!(
-        "redis-server did not start on port {port}: install it (Debian: apt-get install redis-server) \
-         or set POOLGATE_TEST_REDIS=redis://host:port"
-    );
 }
 
 impl TestApp {

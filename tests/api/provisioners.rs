@@ -9,7 +9,7 @@ use poolgate::auth::users::UserRecord;
 use poolgate::pools::task::TaskStatus;
 use poolgate::provision::{ConnectionData, Machine, Progress, Provisioner, StepError, StepRequest};
 use poolgate::{AppState, Config};
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -179,36 +179,118 @@ case "$1" in
     case "$input" in
       *'"step":"expand"'*) echo '{"result":{"host":"10.1.1.1","port":3389,"verbose_name":"vm-a"}}' ;;
     esac ;;
+  group)
+    sleep 30 &
+    echo $! > "$2.bg"
+    echo $$ > "$2"
+    exec sleep 30 ;;
+  leave)
+    sleep 30 &
+    echo $! > "$2.bg"
+    echo '{"result":{"host":"10.1.1.2","port":3389}}' ;;
+  environ)
+    tr '\0' '\n' < /proc/$$/environ > "$2.env"
+    echo '{"result":{"host":"10.1.1.3","port":3389}}' ;;
+  release-hang)
+    case "$input" in
+      *'"step":"release"'*)
+        sleep 30 &
+        echo $! > "$2.release-bg"
+        echo $$ > "$2.release"
+        exec sleep 30 ;;
+      *'"step":"expand"'*) echo '{"result":{"host":"10.1.1.4","port":3389}}' ;;
+      *) echo '{"result":{}}' ;;
+    esac ;;
 esac
 "#;
+
+/// The `[provisioners.X]` table running [`SCRIPT`] in `mode`, with its files in `dir`
+/// (`dir/pid` and the names derived from it).
+fn command_table(dir: &std::path::Path, mode: &str, extra: &str) -> String {
+    let script = dir.join("prov.sh");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let pidfile = dir.join("pid");
+    format!(
+        "kind = \"command\"\ncommand = [\"sh\", {:?}, {mode:?}, {:?}]{extra}",
+        script.to_str().unwrap(),
+        pidfile.to_str().unwrap()
+    )
+}
 
 async fn command_app(mode: &str, extra: &str, deadline: Duration) -> (TestApp, tempfile::TempDir) {
     command_app_with(mode, extra, |c| c.task_deadline = deadline).await
 }
 
+/// A test app whose first two pools use the command provisioner in `mode`.
 async fn command_app_with(
     mode: &str,
     extra: &str,
     edit: impl FnOnce(&mut Config),
 ) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("prov.sh");
-    std::fs::write(&script, SCRIPT).unwrap();
-    let pidfile = dir.path().join("pid");
-    let table = format!(
-        "kind = \"command\"\ncommand = [\"sh\", {:?}, {mode:?}, {:?}]{extra}",
-        script.to_str().unwrap(),
-        pidfile.to_str().unwrap()
-    );
+    let table = command_table(dir.path(), mode, extra);
     let app = TestApp::spawn_with(|c| {
         c.seed_tasks.clear();
         c.provisioners
             .insert("cmd".into(), toml::from_str(&table).unwrap());
         c.pools[0].provisioner = "cmd".into();
+        c.pools[1].provisioner = "cmd".into();
         edit(c);
     })
     .await;
     (app, dir)
+}
+
+/// Whether a process is still running (a zombie waiting for its reaper is not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// The pid a script wrote into `path`, once it is there.
+async fn pid_in(path: &std::path::Path) -> u32 {
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no pid written to {}", path.display());
+}
+
+/// Waits up to `within` for every process in `pids` to be gone.
+async fn all_gone(pids: &[u32], within: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < within {
+        if !pids.iter().any(|p| running(*p)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// Kills what a failed test left running.
+struct KillOnDrop(Vec<std::path::PathBuf>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            if let Ok(pid) = std::fs::read_to_string(path) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid.trim()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -373,6 +455,307 @@ async fn a_panicking_provisioner_fails_the_task_and_the_server_carries_on() {
     assert_eq!(err.code(), 403);
 }
 
+#[tokio::test]
+async fn the_command_provisioners_whole_process_group_is_killed_at_the_deadline() {
+    let (app, dir) = command_app("group", "", Duration::from_millis(700)).await;
+    let files = ["pid", "pid.bg"].map(|f| dir.path().join(f));
+    let _cleanup = KillOnDrop(files.to_vec());
+    let (mut c, _) = app.login("astravdi").await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    let script = pid_in(&files[0]).await;
+    let background = pid_in(&files[1]).await;
+    assert!(running(background), "the script's background child runs");
+    let (seen, _) = c.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "CANCELLED");
+    assert!(
+        all_gone(&[script, background], Duration::from_secs(3)).await,
+        "the script ({script}) and its background child ({background}) were both killed"
+    );
+}
+
+#[tokio::test]
+async fn a_command_step_ends_when_the_program_exits_and_what_it_left_running_is_killed() {
+    // The background child keeps the program's stdout open: waiting for end of output alone
+    // would hang the step until the deadline.
+    let (app, dir) = command_app("leave", "", Duration::from_secs(20)).await;
+    let bg = dir.path().join("pid.bg");
+    let _cleanup = KillOnDrop(vec![bg.clone()]);
+    let (mut c, _) = app.login("astravdi").await;
+    let started = std::time::Instant::now();
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    let (seen, _) = c.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "COMPLETED");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the step ended with the program, in {:?}",
+        started.elapsed()
+    );
+    let background = pid_in(&bg).await;
+    assert!(
+        all_gone(&[background], Duration::from_secs(3)).await,
+        "the program's leftover child {background} was killed"
+    );
+}
+
+/// The demo config as a file for `poolgate serve`, every pool on [`SCRIPT`] in `mode` (the
+/// demo's `simulated` provisioner replaced), no seed tasks, and `extra` top-level keys.
+fn command_config_file(dir: &std::path::Path, mode: &str, extra: &str) -> std::path::PathBuf {
+    let path = config_file(dir, 1.0, extra);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("[provisioners.simulated]").unwrap();
+    let end = start + text[start..].find("[[pools]]").unwrap();
+    let seeds = text.find("[[seed_tasks]]").unwrap_or(text.len());
+    let table = command_table(dir, mode, "");
+    let text = format!(
+        "{}[provisioners.simulated]\n{table}\n\n{}",
+        &text[..start],
+        &text[end..seeds]
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_command_provisioner_sees_only_the_allow_listed_environment_never_the_brokers_secrets()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok-from-file\n").unwrap();
+    let config = command_config_file(dir.path(), "environ", "");
+    // The provisioner's own variables: a plain one and one from a file.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "kind = \"command\"",
+        &format!(
+            "kind = \"command\"\nenv = {{ PROV_PLAIN = \"plain\" }}\nenv_files = {{ PROV_TOKEN = {:?} }}",
+            token.to_str().unwrap()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let data = dir.path().join("data");
+    let mut command = server_command(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    command
+        .env("POOLGATE_JWT_SECRET", "broker-jwt-secret-".repeat(4))
+        .env("POOLGATE_REDIS_PASSWORD", "broker-redis-password")
+        .env("BROKER_ONLY", "not for scripts")
+        .env("HOME", "/home/broker")
+        .env("LANG", "C.UTF-8")
+        .env("TZ", "UTC")
+        .env_remove("LC_ALL");
+    let server = ServerProcess::start_command(command).await;
+    let mut c = server.connect().await;
+    c.auth("astravdi", PASSWORD).await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    assert_eq!(c.follow(&id).await.0.last().unwrap(), "COMPLETED");
+
+    let seen = std::fs::read_to_string(dir.path().join("pid.env")).unwrap();
+    let env: std::collections::BTreeMap<&str, &str> =
+        seen.lines().filter_map(|l| l.split_once('=')).collect();
+    assert!(!seen.contains("broker-"), "no secret of the broker: {seen}");
+    assert_eq!(
+        env.keys().copied().collect::<Vec<_>>(),
+        ["LANG", "PATH", "PROV_PLAIN", "PROV_TOKEN", "TZ"],
+        "exactly the allow-list, env and env_files: {seen}"
+    );
+    assert_eq!(env["PATH"], std::env::var("PATH").unwrap());
+    assert_eq!(env["PROV_PLAIN"], "plain");
+    assert_eq!(env["PROV_TOKEN"], "tok-from-file");
+    assert_eq!((env["LANG"], env["TZ"]), ("C.UTF-8", "UTC"));
+}
+
+#[tokio::test]
+async fn a_provisioner_variable_named_poolgate_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    for table in [
+        "env = { POOLGATE_JWT_SECRET = \"x\" }",
+        "env = { \"A=B\" = \"x\" }",
+    ] {
+        let extra = format!("\n{table}");
+        let table = command_table(dir.path(), "ok", &extra);
+        let mut config = demo_config();
+        config
+            .provisioners
+            .insert("cmd".into(), toml::from_str(&table).unwrap());
+        let err = AppState::new(config).await.err().expect("refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("POOLGATE_") || msg.contains("not a valid environment variable name"),
+            "{msg}"
+        );
+    }
+}
+
+/// Step 1 on both command pools for astravdi.
+async fn two_machines(c: &mut Client) {
+    for pool in [POOL_WIN_1, POOL_WIN_2] {
+        let id =
+            c.rpc("pool_request", json!({"pool_id": pool})).await["args"]["task"]["id"].clone();
+        assert_eq!(c.follow(&id).await.0.last().unwrap(), "COMPLETED");
+    }
+}
+
+/// The next `machine` event's args.
+async fn next_release(c: &mut Client) -> Value {
+    loop {
+        let frame = c.recv().await;
+        if frame["name"] == "machine" {
+            return frame["args"].clone();
+        }
+    }
+}
+
+#[tokio::test]
+async fn admin_release_answers_at_once_while_the_provisioners_release_hangs_and_the_release_is_killed_at_its_deadline()
+ {
+    let (app, dir) = command_app_with("release-hang", "", |c| {
+        c.release_deadline = Duration::from_millis(800);
+    })
+    .await;
+    let files = ["pid.release", "pid.release-bg"].map(|f| dir.path().join(f));
+    let _cleanup = KillOnDrop(files.to_vec());
+    let (mut admin, _) = app.login("astravdi").await;
+    two_machines(&mut admin).await;
+
+    let asked = std::time::Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(2),
+        admin.rpc(
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        ),
+    )
+    .await
+    .expect("admin_release answers without waiting for the provisioner");
+    assert_eq!(reply["args"]["released"]["host"], "10.1.1.4", "{reply}");
+    assert_eq!(reply["args"]["release_deadline"], 0.8, "{reply}");
+    assert_eq!(next_release(&mut admin).await["pool_id"], POOL_WIN_1);
+    // The socket is alive while the release hangs.
+    assert_eq!(admin.rpc("identify", json!({})).await["name"], "response");
+
+    let script = pid_in(&files[0]).await;
+    let background = pid_in(&files[1]).await;
+    assert!(
+        all_gone(&[script, background], Duration::from_secs(4)).await,
+        "the hanging release and its child were killed at release_deadline"
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(800),
+        "not before the deadline"
+    );
+    // The user no longer holds the machine: step 1 starts over.
+    let again = admin
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_eq!(again["args"]["task"]["status"], "PENDING", "{again}");
+}
+
+#[tokio::test]
+async fn the_lease_sweep_keeps_releasing_while_earlier_releases_hang() {
+    let (app, dir) = command_app_with("release-hang", "", |c| {
+        c.release_deadline = Duration::from_secs(20);
+        c.assignment_ttl = Duration::from_millis(600);
+        c.lease_sweep = Duration::from_millis(100);
+    })
+    .await;
+    let _cleanup = KillOnDrop(
+        ["pid.release", "pid.release-bg"]
+            .map(|f| dir.path().join(f))
+            .to_vec(),
+    );
+    let (mut c, _) = app.login("astravdi").await;
+    two_machines(&mut c).await;
+    let mut released = HashSet::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(Duration::from_secs(3), next_release(&mut c))
+            .await
+            .expect("each expired lease is released, however long the releases before it take");
+        released.insert(event["pool_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(released.len(), 2, "{released:?}");
+    // Later leases still expire on time, with two releases still hanging.
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    assert_eq!(c.follow(&id).await.0.last().unwrap(), "COMPLETED");
+    let event = tokio::time::timeout(Duration::from_secs(3), next_release(&mut c))
+        .await
+        .expect("the sweep is not stalled");
+    assert_eq!(event["pool_id"], POOL_WIN_1);
+    drop(app);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_promptly_while_a_provisioner_release_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = command_config_file(dir.path(), "release-hang", "release_deadline = 60");
+    let files = ["pid.release", "pid.release-bg"].map(|f| dir.path().join(f));
+    let _cleanup = KillOnDrop(files.to_vec());
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let mut admin = server.connect().await;
+    admin.auth("astravdi", PASSWORD).await;
+    let id = admin
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    assert_eq!(admin.follow(&id).await.0.last().unwrap(), "COMPLETED");
+    let reply = admin
+        .rpc(
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        )
+        .await;
+    assert!(reply["args"]["released"].is_object(), "{reply}");
+    let script = pid_in(&files[0]).await;
+    let background = pid_in(&files[1]).await;
+
+    let pid = server.child.id().unwrap().to_string();
+    let stopping = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(5), server.child.wait())
+        .await
+        .expect("the server stops within seconds of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "clean exit: {status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        all_gone(&[script, background], Duration::from_secs(3)).await,
+        "the interrupted release's processes were killed"
+    );
+    assert!(
+        server.log.lock().unwrap().contains("shutdown interrupted"),
+        "the interrupted release is logged"
+    );
+}
+
 /// The JSON objects the `record` script was given, in order.
 fn recorded(dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.path().join("pid"))
@@ -465,7 +848,7 @@ esac
 "#;
 
 /// A config file serving one pool (pool-win-1, astravdi's) from a command provisioner.
-pub fn command_config_file(dir: &std::path::Path, script: &str, extra: &str) -> std::path::PathBuf {
+pub fn script_config_file(dir: &std::path::Path, script: &str, extra: &str) -> std::path::PathBuf {
     let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml"))
         .unwrap();
     let start = demo.find("[[users]]").unwrap();
@@ -489,7 +872,7 @@ pub fn command_config_file(dir: &std::path::Path, script: &str, extra: &str) -> 
 #[tokio::test]
 async fn every_provisioner_failure_is_logged_once_at_warn_with_its_cause_and_counted_by_pool() {
     let dir = tempfile::tempdir().unwrap();
-    let config = command_config_file(dir.path(), FLAKY, "failed_step_retry = 0");
+    let config = script_config_file(dir.path(), FLAKY, "failed_step_retry = 0");
     // The default log filter and format: nothing set in the environment.
     let server =
         ServerProcess::start_with(&["serve", "--config", config.to_str().unwrap()], |_| {}).await;

@@ -797,7 +797,7 @@ async fn openapi_and_swagger_ui_are_served_without_the_network() {
         "/users/login/",
         "/pools/",
         "/pools/{id}/connect/",
-        "/tasks/{id}/is-done/",
+        "/tasks/{task_id}/is-done/",
     ] {
         assert!(spec["paths"][path].is_object(), "{path}");
     }

@@ -14,14 +14,14 @@ use tokio_rustls::client::TlsStream;
 
 use crate::helpers::*;
 
-struct Cert {
+pub struct Cert {
     _dir: tempfile::TempDir,
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
 }
 
-fn make_cert() -> Cert {
+pub fn make_cert() -> Cert {
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("cert.pem");
@@ -62,7 +62,7 @@ fn connector(
     TlsConnector::from(Arc::new(config))
 }
 
-async fn tls_connect(
+pub async fn tls_connect(
     addr: std::net::SocketAddr,
     trusted: Option<&CertificateDer<'static>>,
     versions: &[&'static rustls::SupportedProtocolVersion],

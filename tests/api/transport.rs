@@ -212,7 +212,7 @@ async fn subscribe_and_unsubscribe_echo_the_names_and_reject_unknown_events() {
 
 #[tokio::test]
 async fn connections_past_the_limit_get_503_before_the_upgrade() {
-    let app = TestApp::spawn_with(|c| c.max_connections = 2).await;
+    let app = TestApp::spawn_with(|c| c.max_connections = Some(2)).await;
     let _a = app.connect().await;
     let _b = app.connect().await;
     let err = tokio_tungstenite::connect_async(app.ws_url())

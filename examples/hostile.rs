@@ -1,0 +1,338 @@
+//! A hostile client: replays the attacks of the security issue against a running server and
+//! prints, for each, what it got. `bench/hostile.sh` starts a server set up for it (a command
+//! provisioner that prints its environment, leaves a background child and hangs on release)
+//! and passes its paths here:
+//!
+//!     hostile URL HTTP_ADDR OUT_DIR LOG_FILE POOL_ID
+//!
+//! Rows that need the server's loopback source addresses (127.0.0.x) assume it is local.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Target {
+    url: String,
+    addr: SocketAddr,
+}
+
+impl Target {
+    /// A WebSocket from a given loopback source address.
+    async fn connect_from(&self, source: [u8; 4]) -> anyhow::Result<Ws> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        let stream = socket.connect(self.addr).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async(self.url.as_str(), MaybeTlsStream::Plain(stream))
+                .await?;
+        Ok(ws)
+    }
+}
+
+async fn call(ws: &mut Ws, name: &str, args: Value) -> anyhow::Result<Value> {
+    let frame = json!({"namespace": "rpc", "name": name, "id": "h", "args": args});
+    ws.send(Message::text(frame.to_string())).await?;
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(text) = msg? {
+            let reply: Value = serde_json::from_str(&text)?;
+            if reply["id"] == "h" {
+                return Ok(reply);
+            }
+        }
+    }
+    anyhow::bail!("closed before the reply")
+}
+
+fn code(reply: &Value) -> u64 {
+    reply["args"]["code"].as_u64().unwrap_or(200)
+}
+
+fn tally(codes: &[u64]) -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    for c in codes {
+        *counts.entry(*c).or_insert(0) += 1;
+    }
+    counts
+        .iter()
+        .map(|(c, n)| format!("{n} × {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn auth(t: &Target, from: [u8; 4], user: &str, password: &str) -> anyhow::Result<Value> {
+    let mut ws = t.connect_from(from).await?;
+    call(
+        &mut ws,
+        "auth",
+        json!({"username": user, "password": password}),
+    )
+    .await
+}
+
+/// How long the server keeps a TCP connection open that sends `prefix` then one byte a
+/// second (nothing at all when `prefix` is empty), up to `cap`.
+async fn lifetime(addr: SocketAddr, prefix: &[u8], drip: bool, cap: Duration) -> String {
+    let started = Instant::now();
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return "connect failed".into();
+    };
+    if !prefix.is_empty() {
+        let _ = stream.write_all(prefix).await;
+    }
+    let mut buf = [0u8; 512];
+    loop {
+        let step = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+        match step {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return format!(
+                    "closed by the server after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(Ok(n)) => {
+                let head = String::from_utf8_lossy(&buf[..n.min(40)]).replace("\r\n", " ");
+                return format!(
+                    "answered after {:.1} s: {head}…",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(_) if started.elapsed() >= cap => {
+                return format!("still open after {} s (gave up)", cap.as_secs());
+            }
+            Err(_) => {
+                if drip && stream.write_all(b"X").await.is_err() {
+                    return format!(
+                        "closed by the server after {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let [url, http, out, log, pool] = <[String; 5]>::try_from(a)
+        .map_err(|_| anyhow::anyhow!("usage: hostile URL HTTP_ADDR OUT_DIR LOG_FILE POOL_ID"))?;
+    let addr: SocketAddr = http.parse()?;
+    let t = Target { url, addr };
+    let out = std::path::PathBuf::from(out);
+    let password = "Bazalt1!";
+
+    // Slow and silent connections run in the background while the rest goes on.
+    let cap = Duration::from_secs(40);
+    let silent = tokio::spawn(lifetime(addr, b"", false, cap));
+    let dripping = tokio::spawn(lifetime(
+        addr,
+        b"GET /api/v2/health/ HTTP/1.1\r\nHost: x\r\n",
+        true,
+        cap,
+    ));
+
+    println!("| what was tried | what happened |\n|---|---|");
+
+    // 1. 20 wrong passwords for one user at once, from one address.
+    let replies = futures_util::future::join_all(
+        (0..20).map(|_| auth(&t, [127, 0, 50, 1], "user-2", "wrong")),
+    )
+    .await;
+    let codes: Vec<u64> = replies.iter().map(|r| r.as_ref().map_or(0, code)).collect();
+    println!(
+        "| 20 wrong passwords for one user sent at once (limit 5) | {} |",
+        tally(&codes)
+    );
+
+    // 2. 5 wrong passwords for the admin from one address, then the right one from another.
+    for _ in 0..5 {
+        auth(&t, [127, 0, 51, 1], "astravdi", "wrong").await?;
+    }
+    let same = code(&auth(&t, [127, 0, 51, 1], "astravdi", password).await?);
+    let other = code(&auth(&t, [127, 0, 51, 2], "astravdi", password).await?);
+    println!(
+        "| 5 wrong passwords for `astravdi` from one address, then the right one from it and from another | same address: {same}; other address: {other} |"
+    );
+
+    // 3. 5 stale saved tokens, then the right password, from one address.
+    let mut stale = Vec::new();
+    for _ in 0..5 {
+        let mut ws = t.connect_from([127, 0, 52, 9]).await?;
+        let reply = call(
+            &mut ws,
+            "auth",
+            json!({"username": "user-2", "password": password}),
+        )
+        .await?;
+        stale.push(reply["args"][0].as_str().unwrap_or_default().to_owned());
+        call(&mut ws, "auth_clear", json!({})).await?;
+    }
+    let mut ws = t.connect_from([127, 0, 52, 1]).await?;
+    let mut codes = Vec::new();
+    for token in &stale {
+        codes.push(code(
+            &call(&mut ws, "auth_token", json!({"token": token})).await?,
+        ));
+    }
+    let then = code(
+        &call(
+            &mut ws,
+            "auth",
+            json!({"username": "user-2", "password": password}),
+        )
+        .await?,
+    );
+    println!(
+        "| 5 stale saved tokens, then the right password, from the same address | tokens: {}; password: {then} |",
+        tally(&codes)
+    );
+
+    // 4. 15 wrong passwords for an OTP user on one socket.
+    let mut ws = t.connect_from([127, 0, 53, 1]).await?;
+    let mut codes = Vec::new();
+    for _ in 0..15 {
+        codes.push(code(
+            &call(
+                &mut ws,
+                "auth",
+                json!({"username": "user-4", "password": "wrong"}),
+            )
+            .await?,
+        ));
+    }
+    println!(
+        "| 15 wrong passwords for an OTP user on one socket | {} |",
+        tally(&codes)
+    );
+
+    // 5. Hardware-token / ADFS users with any password vs an unknown user (median of 9).
+    let mut times = Vec::new();
+    for (i, (user, pw)) in [("user-3", "x"), ("user-5", "x"), ("nobody", "x")]
+        .iter()
+        .enumerate()
+    {
+        let mut ms = Vec::new();
+        let mut last = 0;
+        for j in 0..9u8 {
+            let started = Instant::now();
+            last = code(&auth(&t, [127, 0, 54 + i as u8, j + 1], user, pw).await?);
+            ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        ms.sort_by(f64::total_cmp);
+        times.push(format!("{user}: {last} in {:.0} ms", ms[4]));
+    }
+    println!(
+        "| user-3 / user-5 (hardware token / ADFS) with any password, and an unknown user | {} |",
+        times.join("; ")
+    );
+
+    // 6. The command provisioner: its environment, and a background child at the deadline.
+    let mut admin = t.connect_from([127, 0, 60, 1]).await?;
+    call(
+        &mut admin,
+        "auth",
+        json!({"username": "astravdi", "password": password}),
+    )
+    .await?;
+    let step1 = call(&mut admin, "pool_request", json!({"pool_id": pool})).await?;
+    let task = step1["args"]["task"]["id"].clone();
+    let started = Instant::now();
+    let mut status = String::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        let r = call(&mut admin, "task", json!({"task_id": task})).await?;
+        status = r["args"]["task"]["status"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        if ["COMPLETED", "FAILED", "CANCELLED"].contains(&status.as_str()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let env = std::fs::read_to_string(out.join("env.txt")).unwrap_or_default();
+    let secrets: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| k.starts_with("POOLGATE_"))
+        .collect();
+    println!(
+        "| the command provisioner's script prints its environment | {} variables; broker secrets seen: {} |",
+        env.lines().count(),
+        if secrets.is_empty() {
+            "none".to_owned()
+        } else {
+            secrets.join(", ")
+        }
+    );
+    let _ = call(&mut admin, "connect_info", json!({"pool_id": pool})).await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let bg = std::fs::read_to_string(out.join("bg.pid")).unwrap_or_default();
+    let alive = !bg.trim().is_empty()
+        && std::process::Command::new("kill")
+            .args(["-0", bg.trim()])
+            .status()
+            .is_ok_and(|s| s.success());
+    println!(
+        "| a background child of the script, after the step's deadline | step 1 {status}; child {} |",
+        if alive { "still running" } else { "gone" }
+    );
+
+    // 7. A release step that hangs.
+    let started = Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(15),
+        call(
+            &mut admin,
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": pool}),
+        ),
+    )
+    .await;
+    let answer = match reply {
+        Ok(Ok(r)) => format!(
+            "answered {} in {:.1} s",
+            code(&r),
+            started.elapsed().as_secs_f64()
+        ),
+        Ok(Err(e)) => format!("failed: {e}"),
+        Err(_) => "no answer in 15 s".into(),
+    };
+    let identify = tokio::time::timeout(
+        Duration::from_secs(5),
+        call(&mut admin, "identify", json!({})),
+    )
+    .await;
+    println!(
+        "| a `release` step that hangs | admin_release {answer}; the socket afterwards: {} |",
+        if matches!(identify, Ok(Ok(_))) {
+            "answers"
+        } else {
+            "dead"
+        }
+    );
+
+    // 8. 50 refused sign-ins with 60 KiB usernames.
+    let before = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let long = "u".repeat(60 * 1024);
+    let mut codes = Vec::new();
+    for i in 0..50u8 {
+        codes.push(code(&auth(&t, [127, 0, 70, 1 + i % 5], &long, "x").await?));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grew = std::fs::metadata(&log).map_or(0, |m| m.len()) - before;
+    println!(
+        "| 50 refused sign-ins with 60 KiB usernames | {}; the log grew {grew} bytes |",
+        tally(&codes)
+    );
+
+    println!("| a silent TCP connection | {} |", silent.await?);
+    println!("| a slowly dripping HTTP request | {} |", dripping.await?);
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Who may hold a connection: a cap on every accepted connection (plain HTTP, TLS handshakes
+//! in progress, keep-alive, upgraded WebSockets alike) and a cap per client address, taken at
+//! `accept` before a single byte is read, so neither a flood of silent sockets nor one busy
+//! address can take the slots everybody else needs.
+//!
+//! IPv6 clients are counted per /64: one host is given a whole /64 and can pick any address in
+//! it, so counting single addresses would not limit anyone. IPv4-mapped IPv6 addresses (a
+//! dual-stack listener on `[::]`) count as the IPv4 address they are.
+//!
+//! Refusals are logged at a bounded rate with a count ([`RefusalLog`]): a flood of refused
+//! connections must not become a flood of log lines.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every slot of `max_connections` is taken.
+    Full { limit: usize },
+    /// The client's address (or IPv6 /64) holds `max_connections_per_address` already.
+    PerAddress { limit: usize },
+}
+
+impl Refusal {
+    /// A short, stable label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Full { .. } => "max_connections",
+            Refusal::PerAddress { .. } => "max_connections_per_address",
+        }
+    }
+
+    /// A complete HTTP/1.1 response saying why, written before the request is read: 503 when
+    /// the server is full (it is the server's state, try again shortly), 429 when this client
+    /// holds its share (it is the client's doing).
+    pub fn http_response(self) -> String {
+        let (status, body) = match self {
+            Refusal::Full { limit } => (
+                "503 Service Unavailable",
+                format!(
+                    "poolgate: too many connections (max_connections = {limit}), try again \
+                     shortly\n"
+                ),
+            ),
+            Refusal::PerAddress { limit } => (
+                "429 Too Many Requests",
+                format!(
+                    "poolgate: too many connections from your address (max_connections_per_address \
+                     = {limit}); close some and try again\n"
+                ),
+            ),
+        };
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 5\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// The two caps and what is held against them.
+pub struct Admission {
+    max_total: usize,
+    max_per_address: usize,
+    counts: Mutex<Counts>,
+}
+
+impl Admission {
+    pub fn new(max_total: usize, max_per_address: usize) -> Arc<Self> {
+        Arc::new(Admission {
+            max_total,
+            max_per_address,
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Takes a slot for a connection from `ip`; it is given back when the [`Slot`] drops.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+        let key = address_key(ip);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.total >= self.max_total {
+            return Err(Refusal::Full {
+                limit: self.max_total,
+            });
+        }
+        let held = counts.per_address.entry(key).or_insert(0);
+        if *held >= self.max_per_address {
+            return Err(Refusal::PerAddress {
+                limit: self.max_per_address,
+            });
+        }
+        *held += 1;
+        counts.total += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+/// One admitted connection; dropping it frees the slot.
+pub struct Slot {
+    admission: Arc<Admission>,
+    key: IpAddr,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("key", &self.key).finish()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .admission
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.total -= 1;
+        if let Some(held) = counts.per_address.get_mut(&self.key) {
+            *held -= 1;
+            if *held == 0 {
+                counts.per_address.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A warning that is written at most once per `every`, saying how many times it happened
+/// since the last line: the first occurrence is logged at once, later ones are counted.
+pub struct RefusalLog {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+    unlogged: AtomicU64,
+}
+
+impl RefusalLog {
+    pub fn new(every: Duration) -> Self {
+        RefusalLog {
+            every,
+            last: Mutex::new(None),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one occurrence; returns how many to report when a line is due now.
+    pub fn hit(&self) -> Option<u64> {
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
+            return None;
+        }
+        *last = Some(now);
+        Some(self.unlogged.swap(0, Ordering::Relaxed))
+    }
+
+    /// Occurrences not reported yet, once a period has passed since the last line: called
+    /// now and then, so the end of a flood is reported too.
+    pub fn flush(&self) -> Option<u64> {
+        if self.unlogged.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
+            return None;
+        }
+        *last = Some(now);
+        Some(self.unlogged.swap(0, Ordering::Relaxed)).filter(|n| *n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        assert_eq!(address_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn slots_are_capped_in_total_and_per_address_and_come_back_on_drop() {
+        let admission = Admission::new(3, 2);
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        let two: IpAddr = "192.0.2.2".parse().unwrap();
+        let a = admission.admit(one).unwrap();
+        let _b = admission.admit(one).unwrap();
+        assert_eq!(
+            admission.admit(one).unwrap_err(),
+            Refusal::PerAddress { limit: 2 }
+        );
+        let _c = admission.admit(two).unwrap();
+        assert_eq!(
+            admission.admit(two).unwrap_err(),
+            Refusal::Full { limit: 3 }
+        );
+        drop(a);
+        assert_eq!(admission.open(), 2);
+        let _d = admission.admit(one).unwrap();
+        assert_eq!(admission.open(), 3);
+    }
+
+    #[test]
+    fn a_v6_64_shares_one_per_address_count() {
+        let admission = Admission::new(10, 1);
+        let _a = admission.admit("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(admission.admit("2001:db8::2".parse().unwrap()).is_err());
+        assert!(admission.admit("2001:db8:0:1::2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn the_refusal_log_writes_the_first_line_then_one_per_period_with_the_count() {
+        let log = RefusalLog::new(Duration::from_millis(200));
+        assert_eq!(log.hit(), Some(1));
+        for _ in 0..999 {
+            assert_eq!(log.hit(), None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(log.hit(), Some(1000));
+        log.hit();
+        assert_eq!(log.flush(), None, "not before the period is over");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(log.flush(), Some(1));
+        assert_eq!(log.flush(), None);
+    }
+}

@@ -1,0 +1,281 @@
+//! HTTP plumbing below the router, shared by the server (which installs it) and the handlers
+//! (which recognise what it reports): the request-body deadline, the stream that carries its
+//! admission slot, and `Origin` parsing for the cookie-authenticated WebSocket.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A request body that did not arrive within `http_header_timeout` after its headers.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {} s", .0.as_secs_f64())]
+pub struct BodyTimeout(pub Duration);
+
+impl BodyTimeout {
+    /// The timeout, if `err` (or anything in its chain of causes) is one.
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimeout> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<BodyTimeout>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+}
+
+/// A body that fails with [`BodyTimeout`] once its deadline passes: without it, a client that
+/// sends headers and then drips (or withholds) the body holds its connection for as long as
+/// it likes. The timer is only created if the body is not already there when first read.
+pub struct DeadlineBody<B> {
+    inner: B,
+    deadline: Instant,
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> DeadlineBody<B> {
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            deadline: Instant::now() + timeout,
+            timeout,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A stream that holds something (the connection's admission slot) for exactly as long as
+/// the stream itself lives: through the TLS layer, hyper, and an upgrade to a WebSocket,
+/// which all take the stream by value.
+pub struct Holding<S, H> {
+    stream: S,
+    _held: H,
+}
+
+impl<S, H> Holding<S, H> {
+    pub fn new(stream: S, held: H) -> Self {
+        Holding {
+            stream,
+            _held: held,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin, H: Unpin> AsyncRead for Holding<S, H> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Holding<S, H> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// A web origin (`scheme://host[:port]`, RFC 6454), normalised: lower case, the port always
+/// known (the scheme's default when not written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Why a string is not an origin.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadOrigin(&'static str);
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+/// `host[:port]` → (lower-case host, port if written); IPv6 literals keep their brackets.
+fn split_authority(authority: &str) -> Result<(String, Option<u16>), BadOrigin> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']').ok_or(BadOrigin("unclosed IPv6 literal"))?;
+        let after = &rest[end + 1..];
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or(BadOrigin("junk after the host"))?,
+            ),
+        };
+        (&authority[..end + 2], port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '/' | '?' | '#' | '@'))
+    {
+        return Err(BadOrigin("not a host"));
+    }
+    let port = port
+        .map(|p| p.parse::<u16>().map_err(|_| BadOrigin("not a port")))
+        .transpose()?;
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+impl Origin {
+    /// Parses an `Origin` header value or a configured origin (a trailing `/` is allowed).
+    pub fn parse(text: &str) -> Result<Origin, BadOrigin> {
+        let text = text.trim();
+        let text = text.strip_suffix('/').unwrap_or(text);
+        let (scheme, authority) = text.split_once("://").ok_or(BadOrigin("no scheme://"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            return Err(BadOrigin("not a scheme"));
+        }
+        let (host, port) = split_authority(authority)?;
+        let port = port
+            .or_else(|| default_port(&scheme))
+            .ok_or(BadOrigin("a port is needed for this scheme"))?;
+        Ok(Origin { scheme, host, port })
+    }
+
+    /// Whether this origin names the host of a request's `Host` header (a `Host` without a
+    /// port means this origin scheme's default port).
+    pub fn is_host(&self, host_header: &str) -> bool {
+        match split_authority(host_header.trim()) {
+            Ok((host, port)) => {
+                host == self.host && port.or_else(|| default_port(&self.scheme)) == Some(self.port)
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_normalised_with_their_default_ports() {
+        let o = Origin::parse("HTTPS://Desktops.Example.com/").unwrap();
+        assert_eq!(
+            o,
+            Origin {
+                scheme: "https".into(),
+                host: "desktops.example.com".into(),
+                port: 443
+            }
+        );
+        assert_eq!(Origin::parse("http://[::1]:8080").unwrap().host, "[::1]");
+        assert_eq!(Origin::parse("http://[::1]:8080").unwrap().port, 8080);
+        for bad in [
+            "null",
+            "example.com",
+            "https://",
+            "https://a.example/path",
+            "https://u@a.example",
+            "https://a.example:99999",
+            "chrome-extension://abc",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_origin_matches_its_own_host_header_only() {
+        let o = Origin::parse("https://broker.example").unwrap();
+        assert!(o.is_host("broker.example"));
+        assert!(o.is_host("Broker.Example:443"));
+        assert!(!o.is_host("broker.example:8443"));
+        assert!(!o.is_host("evil.example"));
+        let local = Origin::parse("http://127.0.0.1:8080").unwrap();
+        assert!(local.is_host("127.0.0.1:8080"));
+        assert!(!local.is_host("127.0.0.1"));
+        assert!(
+            Origin::parse("http://[::1]:8080")
+                .unwrap()
+                .is_host("[::1]:8080")
+        );
+    }
+}

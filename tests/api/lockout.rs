@@ -1,0 +1,357 @@
+//! Sign-in limits that cannot be raced past nor turned against real users, and the
+//! no-enumeration promise (same answer after the same work), each shown by a test that fails
+//! without the code behind it. The rules are in src/auth/lockout.rs.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn try_auth(c: &mut Client, user: &str, password: &str) -> Value {
+    c.rpc("auth", json!({"username": user, "password": password}))
+        .await
+}
+
+fn verifications(app: &TestApp) -> u64 {
+    app.state.auth.passwords.verifications()
+}
+
+/// A token that was valid once: signed in, then signed out.
+async fn stale_token(app: &TestApp) -> String {
+    let (mut c, token) = app.login("astravdi").await;
+    assert_eq!(c.rpc("auth_clear", json!({})).await["name"], "response");
+    token
+}
+
+#[tokio::test]
+async fn parallel_wrong_passwords_from_one_address_get_at_most_lockout_attempts_verifications() {
+    let app = TestApp::spawn().await;
+    let before = verifications(&app);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(app.connect_from([127, 0, 10, 1]).await);
+    }
+    let replies = futures_util::future::join_all(
+        clients.iter_mut().map(|c| try_auth(c, "astravdi", "wrong")),
+    )
+    .await;
+    let codes: Vec<u64> = replies.iter().map(error_code).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 401).count(), 5, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 429).count(), 15, "{codes:?}");
+    assert_eq!(verifications(&app) - before, 5);
+}
+
+#[tokio::test]
+async fn parallel_wrong_passwords_from_many_addresses_are_spaced_by_the_usernames_back_off() {
+    // Back-off spacing 1 s, and no attempt waits more than 1 s for its turn.
+    let app = TestApp::spawn_with(|c| c.lockout_backoff_max = Duration::from_secs(1)).await;
+    let before = verifications(&app);
+    let mut clients = Vec::new();
+    for i in 0..20u8 {
+        clients.push(app.connect_from([127, 0, 11, i + 1]).await);
+    }
+    let replies = futures_util::future::join_all(
+        clients.iter_mut().map(|c| try_auth(c, "astravdi", "wrong")),
+    )
+    .await;
+    let codes: Vec<u64> = replies.iter().map(error_code).collect();
+    // 5 at once, then one now and one a second later; every other attempt is refused
+    // with the time to retry, without any verification.
+    assert_eq!(verifications(&app) - before, 7, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 429).count(), 13, "{codes:?}");
+    let refused = replies.iter().find(|r| error_code(r) == 429).unwrap();
+    let message = refused["args"]["message"].as_str().unwrap();
+    assert!(message.contains("try again in"), "{message}");
+}
+
+#[tokio::test]
+async fn the_right_password_from_an_address_that_has_not_failed_still_signs_in() {
+    let app = TestApp::spawn().await;
+    let mut attacker = app.connect_from([127, 0, 12, 1]).await;
+    for _ in 0..5 {
+        assert_eq!(
+            error_code(&try_auth(&mut attacker, "astravdi", "wrong").await),
+            401
+        );
+    }
+    // The guesser's pair is locked, even with the right password...
+    assert_eq!(
+        error_code(&try_auth(&mut attacker, "astravdi", PASSWORD).await),
+        429
+    );
+    // ...and the admin signs in from elsewhere.
+    let mut admin = app.connect_from([127, 0, 12, 2]).await;
+    let reply = try_auth(&mut admin, "astravdi", PASSWORD).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+}
+
+#[tokio::test]
+async fn stale_saved_tokens_are_not_guesses_and_a_success_resets_the_address() {
+    let app = TestApp::spawn_with(|c| c.lockout_address_attempts = 5).await;
+    let mut stale = Vec::new();
+    for _ in 0..6 {
+        stale.push(stale_token(&app).await);
+    }
+    // As the bundled client does: the saved token first, then the password; all on one
+    // socket (its own limit of five failures must not count them either).
+    let mut c = app.connect().await;
+    for token in &stale {
+        let reply = c.rpc("auth_token", json!({"token": token})).await;
+        assert_eq!(error_code(&reply), 401, "{reply}");
+    }
+    assert_eq!(
+        try_auth(&mut c, "astravdi", PASSWORD).await["name"],
+        "response"
+    );
+    // A wrong password, then a success: the address starts afresh.
+    let mut d = app.connect().await;
+    for _ in 0..4 {
+        try_auth(&mut d, "user-2", "wrong").await;
+    }
+    assert_eq!(
+        try_auth(&mut d, "user-2", PASSWORD).await["name"],
+        "response"
+    );
+    let mut e = app.connect().await;
+    for _ in 0..4 {
+        assert_eq!(error_code(&try_auth(&mut e, "user-2", "wrong").await), 401);
+    }
+}
+
+#[tokio::test]
+async fn made_up_tokens_count_against_the_address() {
+    let app = TestApp::spawn_with(|c| c.lockout_address_attempts = 5).await;
+    let (_, token) = app.login("astravdi").await;
+    let guess = format!("pgt_{}", "A".repeat(54));
+    for _ in 0..5 {
+        let mut c = app.connect_from([127, 0, 13, 1]).await;
+        assert_eq!(
+            error_code(&c.rpc("auth_token", json!({"token": guess})).await),
+            401
+        );
+    }
+    let mut c = app.connect_from([127, 0, 13, 1]).await;
+    assert_eq!(
+        error_code(&c.rpc("auth_token", json!({"token": token})).await),
+        429
+    );
+    let mut other = app.connect_from([127, 0, 13, 2]).await;
+    assert_eq!(
+        other.rpc("auth_token", json!({"token": token})).await["name"],
+        "response"
+    );
+}
+
+#[tokio::test]
+async fn a_sprayed_address_is_locked_for_every_username() {
+    let app = TestApp::spawn_with(|c| c.lockout_address_attempts = 8).await;
+    let mut c = app.connect_from([127, 0, 14, 1]).await;
+    for i in 0..8 {
+        let user = format!("nobody-{i}");
+        let mut s = app.connect_from([127, 0, 14, 1]).await;
+        assert_eq!(error_code(&try_auth(&mut s, &user, "x").await), 401);
+    }
+    assert_eq!(error_code(&try_auth(&mut c, "user-2", PASSWORD).await), 429);
+    let mut other = app.connect_from([127, 0, 14, 2]).await;
+    assert_eq!(
+        try_auth(&mut other, "user-2", PASSWORD).await["name"],
+        "response"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_of_an_otp_user_is_answered_like_a_right_one_but_counted() {
+    let app = TestApp::spawn().await;
+    let before = verifications(&app);
+    let mut c = app.connect_from([127, 0, 15, 1]).await;
+    for _ in 0..5 {
+        let reply = try_auth(&mut c, "user-4", "wrong").await;
+        assert_eq!(error_code(&reply), 428, "{reply}");
+        assert!(reply["args"]["mfa_token"].is_string(), "{reply}");
+    }
+    assert_eq!(verifications(&app) - before, 5);
+    let mut d = app.connect_from([127, 0, 15, 1]).await;
+    assert_eq!(
+        error_code(&try_auth(&mut d, "user-4", PASSWORD).await),
+        429,
+        "the pair is locked after five wrong passwords"
+    );
+    // A right password's challenge is not a guess: it counts nothing.
+    let mut e = app.connect_from([127, 0, 15, 2]).await;
+    for _ in 0..6 {
+        assert_eq!(error_code(&try_auth(&mut e, "user-4", PASSWORD).await), 428);
+    }
+}
+
+#[tokio::test]
+async fn unknown_users_wrong_passwords_and_mfa_users_cost_the_same_one_verification() {
+    let app = TestApp::spawn().await;
+    let mut c = app.connect_from([127, 0, 16, 1]).await;
+    // Warm the dummy hash so its one-time creation is not counted.
+    try_auth(&mut c, "nobody-0", "x").await;
+    // (username, password, expected code): user-3 has a hardware token, user-4 TOTP,
+    // user-5 ADFS, user-1 is disabled (with TOTP).
+    let cases = [
+        ("nobody-1", "wrong", 401),
+        ("astravdi", "wrong", 401),
+        ("user-3", "wrong", 428),
+        ("user-3", PASSWORD, 428),
+        ("user-4", "wrong", 428),
+        ("user-4", PASSWORD, 428),
+        ("user-5", "wrong", 428),
+        ("user-5", PASSWORD, 428),
+        ("user-1", "wrong", 428),
+    ];
+    for (i, (user, password, code)) in cases.into_iter().enumerate() {
+        let mut s = app.connect_from([127, 0, 16, 10 + i as u8]).await;
+        let before = verifications(&app);
+        let reply = try_auth(&mut s, user, password).await;
+        assert_eq!(error_code(&reply), code, "{user}/{password}: {reply}");
+        assert_eq!(verifications(&app) - before, 1, "{user}/{password}");
+    }
+}
+
+#[tokio::test]
+async fn disabled_is_said_only_after_the_password_and_the_code_were_right_on_both_paths() {
+    let app = TestApp::spawn().await;
+    let http = reqwest::Client::new();
+    let rest = |password: &'static str, code: String| {
+        http.post(app.url("/api/v2/users/login/"))
+            .json(&json!({"username": "user-1", "password": password, "ldap": false, "otp_code": code}))
+            .send()
+    };
+    let mut c = app.connect().await;
+    let ws = json!({"username": "user-1", "password": "wrong", "otp_code": date_code()});
+    assert_eq!(error_code(&c.rpc("auth", ws).await), 401);
+    assert_eq!(rest("wrong", date_code()).await.unwrap().status(), 401);
+    let ws = json!({"username": "user-1", "password": PASSWORD, "otp_code": "000000"});
+    assert_eq!(error_code(&c.rpc("auth", ws).await), 401);
+    let mut d = app.connect().await;
+    let ws = json!({"username": "user-1", "password": PASSWORD, "otp_code": date_code()});
+    assert_eq!(error_code(&d.rpc("auth", ws).await), 403);
+}
+
+#[tokio::test]
+async fn rest_and_websocket_sign_ins_share_the_counters() {
+    let app = TestApp::spawn().await;
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        let resp = http
+            .post(app.url("/api/v2/users/login/"))
+            .json(&json!({"username": "user-4", "password": PASSWORD, "ldap": false, "otp_code": "000000"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    // The WebSocket path from the same address sees the same lock.
+    let mut c = app.connect().await;
+    let reply = c
+        .rpc(
+            "auth",
+            json!({"username": "user-4", "password": PASSWORD, "otp_code": date_code()}),
+        )
+        .await;
+    assert_eq!(error_code(&reply), 429);
+    let resp = http
+        .post(app.url("/api/v2/users/login/"))
+        .json(&json!({"username": "user-4", "password": PASSWORD, "ldap": false, "otp_code": date_code()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"][0]["err_code"], 999);
+}
+
+#[tokio::test]
+async fn the_lock_lifts_when_the_window_passes() {
+    let app = TestApp::spawn_with(|c| c.lockout_window = Duration::from_millis(800)).await;
+    let mut c = app.connect_from([127, 0, 17, 1]).await;
+    for _ in 0..5 {
+        try_auth(&mut c, "user-2", "wrong").await;
+    }
+    let mut d = app.connect_from([127, 0, 17, 1]).await;
+    assert_eq!(error_code(&try_auth(&mut d, "user-2", PASSWORD).await), 429);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        try_auth(&mut d, "user-2", PASSWORD).await["name"],
+        "response"
+    );
+}
+
+#[tokio::test]
+async fn a_username_over_256_bytes_is_refused_before_anything_else() {
+    let app = TestApp::spawn().await;
+    let before = verifications(&app);
+    let long = "u".repeat(60 * 1024);
+    for _ in 0..10 {
+        let mut c = app.connect_from([127, 0, 18, 1]).await;
+        let reply = try_auth(&mut c, &long, "x").await;
+        assert_eq!(error_code(&reply), 400, "{reply}");
+        assert!(
+            reply["args"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 256 bytes")
+        );
+    }
+    assert_eq!(verifications(&app), before, "no argon2 ran");
+    let ok = "u".repeat(256);
+    let mut c = app.connect_from([127, 0, 18, 1]).await;
+    assert_eq!(error_code(&try_auth(&mut c, &ok, "x").await), 401);
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_sign_ins_is_logged_at_a_bounded_rate_with_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let server =
+        ServerProcess::start(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data]).await;
+    let mut c = server.connect().await;
+    for _ in 0..5 {
+        try_auth(&mut c, "astravdi", "wrong").await;
+    }
+    let long = "u".repeat(60 * 1024);
+    for i in 0..50 {
+        let mut s = server.connect().await;
+        let user = if i % 2 == 0 {
+            long.as_str()
+        } else {
+            "astravdi"
+        };
+        let code = error_code(&try_auth(&mut s, user, "wrong").await);
+        assert!(code == 400 || code == 429, "{code}");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut s = server.connect().await;
+    assert_eq!(
+        error_code(&try_auth(&mut s, "astravdi", "wrong").await),
+        429
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = server.log.lock().unwrap().clone();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sign-in refused"))
+        .collect();
+    assert!(
+        (1..=3).contains(&lines.len()),
+        "{} lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().any(
+            |l| l.contains("also_refused_since_last_line=") && !l.contains("since_last_line=0")
+        ),
+        "a later line says how many were folded into it:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        !log.contains(&long[..300]),
+        "a long username never reaches the log"
+    );
+    assert!(log.len() < 20_000, "{} bytes of log", log.len());
+}

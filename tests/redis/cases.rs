@@ -1,0 +1,279 @@
+//! The cases that need a real Redis beyond the backend suite: two `poolgate serve` processes on
+//! one Redis, Redis restarting under load, and the Redis password.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::redis_server::*;
+
+fn redis_instance_args(config: &std::path::Path, data: &std::path::Path) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--config".into(),
+        config.to_str().unwrap().into(),
+        "--data-dir".into(),
+        data.to_str().unwrap().into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ]
+}
+
+pub async fn two_instances_on_one_redis_act_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("two-{}", uuid::Uuid::new_v4().simple());
+    let extra = format!(
+        "state = \"{}\"\nstate_prefix = \"{prefix}\"\ntask_lease = 1\njwt_secret = \"{}\"",
+        redis_url(),
+        "k".repeat(40)
+    );
+    let config = config_file(dir.path(), 20.0, &extra);
+    let a_args = redis_instance_args(&config, &dir.path().join("a"));
+    let b_args = redis_instance_args(&config, &dir.path().join("b"));
+    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    // Log in on A, resume on B.
+    let mut on_a = a.connect().await;
+    let token = on_a.auth("astravdi", PASSWORD).await;
+    let mut on_b = b.connect().await;
+    let reply = on_b.rpc("auth_token", json!({"token": token})).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+
+    // Step 1 on A; its events reach B.
+    let id = on_a
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    let event = on_b.next_event().await;
+    assert_eq!(event["id"], id);
+    assert_eq!(event["status"], "RUNNING");
+    // B sees the same task for the same key.
+    let same = on_b
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_eq!(same["args"]["task"]["id"], id);
+
+    // A dies mid-task: B ends it (well within the 90 s deadline) and says why.
+    a.kill().await;
+    let started = std::time::Instant::now();
+    let (seen, task) = on_b.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "CANCELLED");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("went away"),
+        "{task}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "ended in {:?}",
+        started.elapsed()
+    );
+    let next = on_b
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_ne!(next["args"]["task"]["id"], id);
+    drop(b);
+}
+
+pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
+    let port = free_port();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let persist = format!(
+        "--appendonly yes --appendfsync always --save '' --dir {}",
+        redis_dir.path().display()
+    );
+    let mut redis = spawn_redis_with(port, &persist);
+    let app = TestApp::spawn_with(|c| {
+        c.state = format!("redis://127.0.0.1:{port}");
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(app.login("astravdi").await.0);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut load = Vec::new();
+    for mut c in clients {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0u32, 0u32);
+            while !stop.is_cancelled() {
+                let reply = c.rpc("tasks", json!({})).await;
+                match reply["name"].as_str() {
+                    Some("response") => ok += 1,
+                    _ => {
+                        assert_eq!(error_code(&reply), 503, "store errors are 503: {reply}");
+                        unavailable += 1;
+                    }
+                }
+            }
+            // The connection itself survived: it still answers.
+            assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
+            (ok, unavailable)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Stop redis (SIGTERM to the wrapper stops redis), wait until the port is closed.
+    std::process::Command::new("kill")
+        .args(["-TERM", &redis.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = redis.wait();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis = spawn_redis_with(port, &persist);
+    // Give the connection manager time to reconnect, then check the service is back.
+    let mut back = false;
+    let (mut probe, token) = app.login_retrying("astravdi").await;
+    for _ in 0..50 {
+        if probe.rpc("tasks", json!({})).await["name"] == "response" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the service resumes after redis comes back");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let (mut ok, mut unavailable) = (0, 0);
+    for h in load {
+        let (o, u) = h.await.unwrap();
+        ok += o;
+        unavailable += u;
+    }
+    assert!(
+        ok > 0 && unavailable > 0,
+        "ok {ok}, unavailable {unavailable}"
+    );
+    // Sessions are in redis too (persisted): the token from before the outage still works.
+    let mut again = app.connect().await;
+    assert_eq!(
+        again.rpc("auth_token", json!({"token": token})).await["name"],
+        "response"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &redis.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+pub async fn the_redis_password_comes_from_a_file_and_is_required() {
+    let port = free_port();
+    let mut redis = spawn_redis_with(
+        port,
+        "--save '' --appendonly no --requirepass correct-horse-battery",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis.pass");
+    std::fs::write(&file, "correct-horse-battery\n").unwrap();
+    let app = TestApp::spawn_with(|c| {
+        c.state = format!("redis://127.0.0.1:{port}");
+        c.state_password_file = Some(file.clone());
+    })
+    .await;
+    let (_c, _) = app.login("astravdi").await;
+
+    let mut without = demo_config();
+    without.state = format!("redis://127.0.0.1:{port}");
+    assert!(
+        poolgate::AppState::new(without).await.is_err(),
+        "no password, no service"
+    );
+
+    let empty = dir.path().join("empty.pass");
+    std::fs::write(&empty, "\n").unwrap();
+    let mut blank = demo_config();
+    blank.state = format!("redis://127.0.0.1:{port}");
+    blank.state_password_file = Some(empty);
+    let err = poolgate::AppState::new(blank).await.err().expect("refused");
+    assert!(err.to_string().contains("empty"), "{err}");
+    drop(app);
+    std::process::Command::new("kill")
+        .args(["-TERM", &redis.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = redis.wait();
+}
+
+/// On A a socket sits idle past `token_ttl` while B keeps its token alive, so A's sweep would
+/// drop the session from A's memory; the socket then revives it from the store. A sign-out on
+/// B (`auth_clear`), and an admin's `admin_revoke` on B, must still reach that socket on A,
+/// within one `session_flush`.
+pub async fn revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("revive-{}", uuid::Uuid::new_v4().simple());
+    let extra = format!(
+        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"\n\
+         session_flush = 0.5\nsweep_interval = 0.2",
+        redis_url(),
+        "k".repeat(40)
+    );
+    let config = config_file(dir.path(), 1.0, &extra);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("token_ttl = 300", "token_ttl = 1.5");
+    std::fs::write(&config, text).unwrap();
+    let a_args = redis_instance_args(&config, &dir.path().join("a"));
+    let b_args = redis_instance_args(&config, &dir.path().join("b"));
+    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut admin = b.connect().await;
+    admin.auth("astravdi", PASSWORD).await;
+
+    for how in ["auth_clear", "admin_revoke"] {
+        let mut on_a = a.connect().await;
+        let token = on_a.auth("user-2", PASSWORD).await;
+        let mut on_b = b.connect().await;
+        let reply = on_b.rpc("auth_token", json!({"token": token})).await;
+        assert_eq!(reply["name"], "response", "{reply}");
+        // Idle on A for longer than the TTL (A's sweep runs every 0.2 s), alive on B.
+        let idle = std::time::Instant::now();
+        while idle.elapsed() < Duration::from_millis(2200) {
+            assert_eq!(on_b.rpc("tasks", json!({})).await["name"], "response");
+            admin.rpc("identify", json!({})).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(on_b.rpc("tasks", json!({})).await["name"], "response");
+        // A's socket revives the session from the store.
+        let revived = on_a.rpc("tasks", json!({})).await;
+        assert_eq!(
+            revived["name"], "response",
+            "alive on B, so alive on A: {revived}"
+        );
+
+        let reply = match how {
+            "auth_clear" => on_b.rpc("auth_clear", json!({})).await,
+            _ => {
+                admin
+                    .rpc("admin_revoke", json!({"username": "user-2"}))
+                    .await
+            }
+        };
+        assert_eq!(reply["name"], "response", "{how}: {reply}");
+        let revoked = std::time::Instant::now();
+        loop {
+            let reply = on_a.rpc("tasks", json!({})).await;
+            if reply["name"] == "error" {
+                assert_eq!(error_code(&reply), 401, "{how}: {reply}");
+                break;
+            }
+            assert!(
+                revoked.elapsed() < Duration::from_millis(500 + 700),
+                "{how} on B has not reached the socket on A after {:?}",
+                revoked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop((a, b));
+}

@@ -1,0 +1,288 @@
+//! The cases that need a real Redis, under a harness that can tell "skipped" from "passed".
+//!
+//! libtest decides what is ignored at compile time; whether a Redis is there is only known when
+//! the tests run. So this target has its own `main` (libtest-mimic, `harness = false`): each case
+//! is a trial that is *ignored* — with one line saying which case and how to run it — when no
+//! Redis can be had, and counted as ignored in the summary, never as passed.
+//!
+//! Where a Redis comes from: `POOLGATE_TEST_REDIS=redis://host:port` if set (`.ci/run` sets it),
+//! else a `redis-server` on the `PATH` that the helpers start on a free loopback port. A few cases
+//! start and stop their own `redis-server` (a restart, a password) and need the program itself.
+//! `POOLGATE_TEST_REQUIRE_REDIS=1` turns every would-be skip into a failure, so CI cannot pass
+//! without running them.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+#[allow(dead_code)]
+#[path = "../api/backends.rs"]
+mod backends;
+
+mod cases;
+mod redis_server;
+
+/// What a case needs to run.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Needs {
+    /// Any Redis: `POOLGATE_TEST_REDIS`, or a `redis-server` the helpers start.
+    Redis,
+    /// The `redis-server` program itself: the case starts, stops or configures its own.
+    RedisServer,
+}
+
+type Case = fn() -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Every Redis case. The backend suite's list is the SQLite one (tests/api/backends.rs).
+fn cases() -> Vec<(&'static str, Needs, Case)> {
+    macro_rules! backend {
+        ($($case:ident),* $(,)?) => {
+            vec![$((
+                concat!("backends::redis::", stringify!($case)),
+                Needs::Redis,
+                (|| Box::pin(async { backends::$case(&redis_server::redis_url()).await })) as Case,
+            )),*]
+        };
+    }
+    let mut all = backend![
+        concurrent_requests_create_one_task,
+        a_static_inventory_never_gives_a_machine_twice,
+        a_totp_code_is_refused_the_second_time,
+        an_expired_assignment_is_released,
+        state_survives_a_restart,
+        a_task_cut_off_by_a_stop_is_cancelled_and_restarts,
+        orphaned_machines_are_released_at_start_up,
+        a_users_sessions_are_capped_and_the_least_recently_active_is_revoked,
+        ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
+        expired_failure_counters_are_swept,
+        a_session_gone_from_the_store_is_refused_within_one_session_flush,
+    ];
+    all.push((
+        "instances::two_instances_on_one_redis_act_as_one",
+        Needs::Redis,
+        || Box::pin(cases::two_instances_on_one_redis_act_as_one()),
+    ));
+    all.push((
+        "instances::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance",
+        Needs::Redis,
+        || {
+            Box::pin(
+                cases::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance(),
+            )
+        },
+    ));
+    all.push((
+        "instances::redis_restarting_under_load_costs_only_the_requests_in_flight",
+        Needs::RedisServer,
+        || Box::pin(cases::redis_restarting_under_load_costs_only_the_requests_in_flight()),
+    ));
+    all.push((
+        "secrets::the_redis_password_comes_from_a_file_and_is_required",
+        Needs::RedisServer,
+        || Box::pin(cases::the_redis_password_comes_from_a_file_and_is_required()),
+    ));
+    all
+}
+
+/// What this machine offers.
+struct Found {
+    url: Option<String>,
+    server: Option<PathBuf>,
+}
+
+impl Found {
+    fn from_env() -> Found {
+        Found {
+            url: std::env::var("POOLGATE_TEST_REDIS")
+                .ok()
+                .filter(|u| !u.is_empty()),
+            server: on_path("redis-server"),
+        }
+    }
+
+    /// Why a case with these needs cannot run here, with how to make it run; `None` if it can.
+    fn missing(&self, needs: Needs) -> Option<&'static str> {
+        match needs {
+            Needs::Redis if self.url.is_none() && self.server.is_none() => Some(
+                "no Redis: POOLGATE_TEST_REDIS is unset and there is no redis-server on the PATH; \
+                 to run it: apt-get install redis-server, or POOLGATE_TEST_REDIS=redis://host:port",
+            ),
+            Needs::RedisServer if self.server.is_none() => Some(
+                "it starts its own Redis and there is no redis-server on the PATH \
+                 (POOLGATE_TEST_REDIS is not enough); to run it: apt-get install redis-server",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The first executable file called `name` in the `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|file| {
+            std::fs::metadata(file)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// libtest's selection rules (a substring filter, `--exact`, `--skip`), to print a skip line
+/// only for the cases this run would have run.
+fn selected(args: &Arguments, name: &str) -> bool {
+    let matches = |pattern: &str| {
+        if args.exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    };
+    args.filter.as_deref().is_none_or(matches) && !args.skip.iter().any(|s| matches(s))
+}
+
+fn run(case: Case) -> Result<(), Failed> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("cannot build a runtime: {e}")))?
+        .block_on(case());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let found = Found::from_env();
+    let required = std::env::var("POOLGATE_TEST_REQUIRE_REDIS").is_ok_and(|v| v == "1");
+    let mut trials = Vec::new();
+    for (name, needs, case) in cases() {
+        let trial = match found.missing(needs) {
+            None => Trial::test(name, move || run(case)),
+            Some(why) if required => Trial::test(name, move || {
+                Err(format!("POOLGATE_TEST_REQUIRE_REDIS=1, but {why}").into())
+            }),
+            Some(why) => {
+                if !args.list && selected(&args, name) {
+                    println!("skipped redis case {name}: {why}");
+                }
+                Trial::test(name, move || run(case)).with_ignored_flag(true)
+            }
+        };
+        trials.push(trial);
+    }
+    // The harness's own promises, checked by running this binary again in a changed
+    // environment (not inside those runs, which would recurse).
+    if std::env::var_os(CHILD).is_none() {
+        trials.extend([
+            Trial::test(
+                "harness::without_redis_every_case_is_skipped_on_one_line_and_counted_as_ignored",
+                without_redis_every_case_is_skipped_on_one_line_and_counted_as_ignored,
+            ),
+            Trial::test(
+                "harness::without_redis_the_run_fails_when_redis_is_required",
+                without_redis_the_run_fails_when_redis_is_required,
+            ),
+            Trial::test(
+                "harness::a_redis_url_without_the_program_skips_only_the_cases_that_start_their_own",
+                a_redis_url_without_the_program_skips_only_the_cases_that_start_their_own,
+            ),
+        ]);
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Set in the environment of the runs the harness tests make of this binary.
+const CHILD: &str = "POOLGATE_TEST_REDIS_HARNESS_CHILD";
+
+/// This binary, run with a `PATH` that has no redis-server and the given variables.
+fn run_self(vars: &[(&str, &str)], args: &[&str]) -> Result<(bool, String), Failed> {
+    let empty = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(args)
+        .env(CHILD, "1")
+        .env("PATH", empty.path())
+        .env_remove("POOLGATE_TEST_REDIS")
+        .env_remove("POOLGATE_TEST_REQUIRE_REDIS");
+    for (key, value) in vars {
+        command.env(key, value);
+    }
+    let out = command.output().map_err(|e| e.to_string())?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+fn check(ok: bool, what: &str, output: &str) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what}; the run printed:\n{output}").into())
+    }
+}
+
+fn without_redis_every_case_is_skipped_on_one_line_and_counted_as_ignored() -> Result<(), Failed> {
+    let (success, out) = run_self(&[], &[])?;
+    let n = cases().len();
+    check(success, "a run without Redis succeeds", &out)?;
+    for (name, _, _) in cases() {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("skipped redis case ") && l.contains(name));
+        check(
+            line.is_some_and(|l| l.contains("apt-get install redis-server")),
+            &format!("one line says {name} was skipped and how to run it"),
+            &out,
+        )?;
+    }
+    check(
+        out.contains(&format!("0 passed; 0 failed; {n} ignored")),
+        "every case counted as ignored, none as passed",
+        &out,
+    )
+}
+
+fn without_redis_the_run_fails_when_redis_is_required() -> Result<(), Failed> {
+    let (success, out) = run_self(&[("POOLGATE_TEST_REQUIRE_REDIS", "1")], &[])?;
+    let n = cases().len();
+    check(!success, "the run fails", &out)?;
+    check(
+        out.contains(&format!("0 passed; {n} failed; 0 ignored"))
+            && out.contains("POOLGATE_TEST_REQUIRE_REDIS=1, but"),
+        "every case fails and says why",
+        &out,
+    )
+}
+
+fn a_redis_url_without_the_program_skips_only_the_cases_that_start_their_own() -> Result<(), Failed>
+{
+    // `--list --ignored` lists the ignored cases without running anything.
+    let vars = [("POOLGATE_TEST_REDIS", "redis://127.0.0.1:1")];
+    let (success, out) = run_self(&vars, &["--list", "--ignored"])?;
+    check(success, "the listing succeeds", &out)?;
+    let listed: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .collect();
+    let expected: Vec<&str> = cases()
+        .into_iter()
+        .filter(|(_, needs, _)| *needs == Needs::RedisServer)
+        .map(|(name, _, _)| name)
+        .collect();
+    check(
+        listed == expected,
+        &format!("only {expected:?} are ignored"),
+        &out,
+    )
+}
