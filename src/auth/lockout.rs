@@ -41,20 +41,8 @@ pub struct Lockout {
     refusals: crate::telemetry::RateLimitedLog,
 }
 
-/// The counting key of a client address: IPv4 as is, IPv6 by its /64 (one end site gets a
-/// whole /64, so counting single addresses would let it rotate through them).
-pub fn address_key(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
-    }
-}
+/// Clients are counted as the connection caps count them: IPv4 as is, IPv6 by its /64.
+pub use crate::admission::address_key;
 
 fn user_key(username: &str) -> String {
     format!("user:{username}")
