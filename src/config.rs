@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 
 use crate::auth::users::UserRecord;
+use crate::domain::secs;
 use crate::pools::{PoolConfig, SeedTask};
 use crate::provision::ProvisionerConfig;
 
@@ -378,17 +379,5 @@ pub struct SecretString(pub String);
 impl std::fmt::Debug for SecretString {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
-    }
-}
-
-/// Durations in the file are seconds, integer or fractional.
-pub(crate) mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::pools::task::Task;
+use crate::domain::Task;
 
 /// A frame on a socket's outbound queue; the socket's task writes it as a WebSocket message.
 /// Text is reference-counted: an event rendered once is shared by every socket it goes to.

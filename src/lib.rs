@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod events;
 pub mod files;

@@ -149,7 +149,7 @@ impl Refusals {
                 listener = site,
                 reason = refusal.label(),
                 limit,
-                last_peer = %crate::admission::address_key(peer.ip()),
+                last_peer = %crate::domain::address_key(peer.ip()),
                 refused,
                 "connections refused (at most one line per {} s, with the count since the last)",
                 REFUSAL_LOG_EVERY.as_secs()

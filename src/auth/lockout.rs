@@ -42,7 +42,7 @@ pub struct Lockout {
 }
 
 /// Clients are counted as the connection caps count them: IPv4 as is, IPv6 by its /64.
-pub use crate::admission::address_key;
+use crate::domain::address_key;
 
 fn user_key(username: &str) -> String {
     format!("user:{username}")

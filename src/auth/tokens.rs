@@ -40,7 +40,7 @@ const SESSION_PREFIX: &str = "pgt_";
 const MFA_PREFIX: &str = "pgm_";
 
 /// SHA-256 of a presented token: the only form in which tokens are stored.
-pub type TokenHash = [u8; 32];
+pub use crate::domain::TokenHash;
 
 /// Random bytes in a token; the tag follows them.
 const RANDOM_BYTES: usize = 32;

@@ -12,8 +12,6 @@
 //! tracker under `release_deadline`, a few at a time, and is dropped at shutdown — so a hanging
 //! release stalls neither a socket (`admin_release`), nor the lease sweep, nor a SIGTERM.
 
-pub mod task;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,14 +25,17 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::auth::users::{User, UserDirectory};
+use crate::domain::{ConnectionData, Machine};
+use crate::domain::{
+    ERR_DEADLINE, ERR_INTERRUPTED, ERR_PROVISIONER, Task, TaskError, TaskKind, TaskStatus,
+};
 use crate::error::Error;
 use crate::events::EventHub;
 use crate::provision::{
-    ConnectionData, Diagnosis, Machine, Progress, Provisioner, ProvisionerConfig, SimulatedConfig,
-    StepError, StepRequest, Update,
+    Diagnosis, Progress, Provisioner, ProvisionerConfig, SimulatedConfig, StepError, StepRequest,
+    Update,
 };
 use crate::store::{Assignment, BusEvent, Store, now_ms};
-use task::{ERR_DEADLINE, ERR_INTERRUPTED, ERR_PROVISIONER, Task, TaskError, TaskKind, TaskStatus};
 
 /// A `[[pools]]` table.
 #[derive(Debug, Clone, Deserialize)]

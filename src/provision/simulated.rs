@@ -37,7 +37,7 @@ impl Default for Weights {
 #[serde(deny_unknown_fields, default)]
 pub struct SimulatedConfig {
     /// Seconds a task stays PENDING.
-    #[serde(with = "crate::config::secs")]
+    #[serde(with = "crate::domain::secs")]
     pub pending: Duration,
     /// Seconds a task stays RUNNING: drawn uniformly from `[min, max]`.
     pub running: [f64; 2],

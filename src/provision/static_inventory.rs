@@ -40,7 +40,7 @@ fn one() -> u32 {
 pub struct StaticConfig {
     pub machines: Vec<StaticMachine>,
     /// Seconds step 2 waits for the machine's port to answer.
-    #[serde(with = "crate::config::secs", default = "default_probe")]
+    #[serde(with = "crate::domain::secs", default = "default_probe")]
     pub probe_timeout: Duration,
 }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::validate::{self, Body, Fields, Problems};
 use super::{AuthUser, RestError, data};
-use crate::pools::task::TaskStatus;
+use crate::domain::TaskStatus;
 use crate::pools::{ConnectOutcome, ConnectParams, Discarded};
 use crate::state::AppState;
 

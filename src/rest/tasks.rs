@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::validate::{self, Problems};
 use super::{AuthUser, RestError, data};
-use crate::pools::task::Task;
+use crate::domain::Task;
 use crate::state::AppState;
 
 async fn caller_task(

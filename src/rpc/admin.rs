@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::{Ctx, parse_args, user};
 use crate::auth::users::User;
+use crate::domain::Task;
 use crate::error::Error;
-use crate::pools::task::Task;
 
 fn require_admin(ctx: &Ctx<'_>) -> Result<(), Error> {
     if user(ctx)?.roles.iter().any(|r| r == "admin") {

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use dashmap::DashMap;
 
 use super::{Ctx, Reply, parse_args, to_reply, user};
+use crate::domain::Task;
 use crate::error::Error;
-use crate::pools::task::Task;
 
 #[derive(Deserialize)]
 pub struct TaskLookup {
@@ -54,7 +54,7 @@ impl TaskReplies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pools::task::{TaskKind, TaskStatus};
+    use crate::domain::{TaskKind, TaskStatus};
 
     #[test]
     fn a_changed_task_is_rendered_again() {

@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::auth::tokens::TokenHash;
-use crate::pools::task::{Task, TaskKind};
-use crate::provision::{ConnectionData, Machine};
+use crate::domain::{ConnectionData, Machine, Task, TaskKind, TokenHash};
 
 /// A store failure: the backend is unreachable or refused. Requests in flight get 503.
 #[derive(Debug, thiserror::Error)]

@@ -419,8 +419,8 @@ async fn a_socket_that_cannot_keep_up_is_closed_with_a_reason_not_skipped() {
     let (mut slow, _) = app.login("astravdi").await;
     let (mut other, _) = app.login("user-2").await;
     let user = app.state.auth.users.by_name("astravdi").unwrap().id;
-    let task = poolgate::pools::task::Task::new(
-        poolgate::pools::task::TaskKind::PoolExpand,
+    let task = poolgate::domain::Task::new(
+        poolgate::domain::TaskKind::PoolExpand,
         user,
         POOL_WIN_1.parse().unwrap(),
     );

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use poolgate::auth::users::UserRecord;
-use poolgate::pools::task::TaskStatus;
-use poolgate::provision::{ConnectionData, Machine, Progress, Provisioner, StepError, StepRequest};
+use poolgate::domain::{ConnectionData, Machine, TaskStatus};
+use poolgate::provision::{Progress, Provisioner, StepError, StepRequest};
 use poolgate::{AppState, Config};
 use serde_json::{Value, json};
 use uuid::Uuid;
