@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-600}
-for target in envelope rpc_args jwt; do
+for target in envelope rpc_args jwt token_tag; do
   mkdir -p "work/$target"
   echo "== $target ($secs s)"
   cargo +nightly fuzz run "$target" "work/$target" "corpus/$target" -- \

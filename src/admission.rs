@@ -7,17 +7,17 @@
 //! it, so counting single addresses would not limit anyone. IPv4-mapped IPv6 addresses (a
 //! dual-stack listener on `[::]`) count as the IPv4 address they are.
 //!
-//! Refusals are logged at a bounded rate with a count ([`RefusalLog`]): a flood of refused
+//! Refusals are logged at a bounded rate with a count (`telemetry::RateLimitedLog`): a flood of refused
 //! connections must not become a flood of log lines.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use crate::domain::address_key;
+/// The old name, until the last callers move to `telemetry::RateLimitedLog`.
+pub use crate::telemetry::RateLimitedLog as RefusalLog;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,51 +145,6 @@ impl Drop for Slot {
     }
 }
 
-/// A warning that is written at most once per `every`, saying how many times it happened
-/// since the last line: the first occurrence is logged at once, later ones are counted.
-pub struct RefusalLog {
-    every: Duration,
-    last: Mutex<Option<Instant>>,
-    unlogged: AtomicU64,
-}
-
-impl RefusalLog {
-    pub fn new(every: Duration) -> Self {
-        RefusalLog {
-            every,
-            last: Mutex::new(None),
-            unlogged: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts one occurrence; returns how many to report when a line is due now.
-    pub fn hit(&self) -> Option<u64> {
-        self.unlogged.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < self.every) {
-            return None;
-        }
-        *last = Some(now);
-        Some(self.unlogged.swap(0, Ordering::Relaxed))
-    }
-
-    /// Occurrences not reported yet, once a period has passed since the last line: called
-    /// now and then, so the end of a flood is reported too.
-    pub fn flush(&self) -> Option<u64> {
-        if self.unlogged.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < self.every) {
-            return None;
-        }
-        *last = Some(now);
-        Some(self.unlogged.swap(0, Ordering::Relaxed)).filter(|n| *n > 0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,21 +189,5 @@ mod tests {
         let _a = admission.admit("2001:db8::1".parse().unwrap()).unwrap();
         assert!(admission.admit("2001:db8::2".parse().unwrap()).is_err());
         assert!(admission.admit("2001:db8:0:1::2".parse().unwrap()).is_ok());
-    }
-
-    #[test]
-    fn the_refusal_log_writes_the_first_line_then_one_per_period_with_the_count() {
-        let log = RefusalLog::new(Duration::from_millis(200));
-        assert_eq!(log.hit(), Some(1));
-        for _ in 0..999 {
-            assert_eq!(log.hit(), None);
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(log.hit(), Some(1000));
-        log.hit();
-        assert_eq!(log.flush(), None, "not before the period is over");
-        std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(log.flush(), Some(1));
-        assert_eq!(log.flush(), None);
     }
 }

@@ -140,7 +140,7 @@ pub struct Config {
     pub jwt_secret: Option<SecretString>,
     pub jwt_secret_file: Option<PathBuf>,
     /// Values of `GET /api/v2/users/settings/` (the mock's by default).
-    pub client_settings: crate::rest::settings::ClientSettings,
+    pub client_settings: crate::domain::client_settings::ClientSettings,
     /// Optional separate users file (same `[[users]]` tables), relative to the config file.
     pub users_file: Option<PathBuf>,
     /// Users defined inline.
@@ -242,6 +242,15 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Where the JWT signing secret may come from (`auth::jwt` picks, in its documented order).
+    pub fn jwt_secret_sources(&self) -> crate::auth::jwt::SecretSources<'_> {
+        crate::auth::jwt::SecretSources {
+            value: self.jwt_secret.as_ref().map(|s| s.0.as_str()),
+            file: self.jwt_secret_file.as_deref(),
+            data_dir: &self.data_dir,
+        }
     }
 
     /// The Redis password from `POOLGATE_REDIS_PASSWORD` or `state_password_file`, if any.

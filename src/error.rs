@@ -4,6 +4,10 @@
 
 use serde_json::{Map, Value, json};
 
+/// The mock's `err_code` for every failure it has no specific code for (validation items,
+/// permission denied, not found, wrong credentials): the REST shim answers with it too.
+pub const ERR_CODE_DEFAULT: u32 = 999;
+
 /// Which second factor a user must complete before a token is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MfaKind {
@@ -55,6 +59,19 @@ pub enum Error {
         message: String,
         err_code: Option<u32>,
     },
+    /// The user may not use this pool (the mock's 403, `err_code` 900).
+    #[error("Insufficient permissions.")]
+    InsufficientPermissions,
+    /// An admin method called without the `admin` role (403, `err_code` 900).
+    #[error("Admin role required.")]
+    AdminRequired,
+    /// Step 1 refused: the pool cannot give this user a machine now, e.g. while a failed step
+    /// 1 holds it back (the mock's 403, `err_code` 800).
+    #[error("Pool cannot be expanded.")]
+    PoolCannotExpand,
+    /// Step 2 asked for without a machine from step 1 (the mock's 409, `err_code` 801).
+    #[error("No eligible machine found for user connection.")]
+    NoEligibleMachine,
     /// Unknown namespace, method or object.
     #[error("{0}")]
     NotFound(String),
@@ -111,9 +128,13 @@ impl Error {
             | Error::InvalidToken
             | Error::InvalidMfaToken
             | Error::InvalidOtp => 401,
-            Error::Disabled | Error::Forbidden { .. } => 403,
+            Error::Disabled
+            | Error::Forbidden { .. }
+            | Error::InsufficientPermissions
+            | Error::AdminRequired
+            | Error::PoolCannotExpand => 403,
             Error::NotFound(_) => 404,
-            Error::Conflict { .. } => 409,
+            Error::Conflict { .. } | Error::NoEligibleMachine => 409,
             Error::FrameTooLarge { .. } => 413,
             Error::Unprocessable(_) => 422,
             Error::MfaRequired { .. } => 428,
@@ -126,7 +147,10 @@ impl Error {
     /// The mock's numeric `err_code`, when the mock has one for this failure.
     pub fn err_code(&self) -> Option<u32> {
         match self {
-            Error::InvalidCredentials => Some(999),
+            Error::InvalidCredentials => Some(ERR_CODE_DEFAULT),
+            Error::InsufficientPermissions | Error::AdminRequired => Some(900),
+            Error::PoolCannotExpand => Some(800),
+            Error::NoEligibleMachine => Some(801),
             Error::InvalidOtp => Some(103),
             Error::MfaRequired { kind, .. } => Some(kind.err_code()),
             Error::Forbidden { err_code, .. } | Error::Conflict { err_code, .. } => *err_code,

@@ -96,7 +96,7 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>) {
         None
     };
     if let Some(key) = source
-        && let Err(e) = JwtKeys::with_tag_key(config)
+        && let Err(e) = JwtKeys::with_tag_key(config.jwt_secret_sources(), config.jwt_ttl)
     {
         problems.push(Problem::new(&[key], format!("{e:#}")));
     }

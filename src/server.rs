@@ -342,7 +342,7 @@ async fn sweep(state: AppState) {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "session sweep failed"),
                 }
-                state.jwt.sweep();
+                state.auth.jwt.sweep();
             }
         }
     }

@@ -29,8 +29,6 @@ pub struct Inner {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
-    /// Signs and checks the v2 REST shim's JWTs.
-    pub jwt: JwtKeys,
     pub pools: Pools,
     pub events: Arc<EventHub>,
     pub metrics: Arc<Metrics>,
@@ -79,7 +77,7 @@ impl AppState {
         );
         config.max_connections = Some(max_connections);
         let users = UserDirectory::new(&config.users, config.demo)?;
-        let (jwt, tags) = JwtKeys::with_tag_key(&config)?;
+        let (jwt, tags) = JwtKeys::with_tag_key(config.jwt_secret_sources(), config.jwt_ttl)?;
         let (sink, bus) = mpsc::unbounded_channel();
         let store = crate::store::open(
             &config.state,
@@ -111,6 +109,8 @@ impl AppState {
                 config.lockout_window,
                 config.lockout_backoff_max,
             ),
+            jwt,
+            store: store.clone(),
             metrics: metrics.clone(),
         };
         let shutdown = CancellationToken::new();
@@ -137,7 +137,6 @@ impl AppState {
             shutdown.clone(),
         )?;
         Ok(AppState(Arc::new(Inner {
-            jwt,
             store,
             admission: crate::admission::Admission::new(
                 max_connections,
@@ -166,7 +165,7 @@ impl AppState {
             .take()
             .ok_or_else(|| anyhow::anyhow!("AppState::start called twice"))?;
         self.tracker.spawn(dispatch_bus(self.clone(), bus));
-        self.jwt.load_revocations(&*self.store).await?;
+        self.auth.jwt.load_revocations(&*self.store).await?;
         self.pools
             .start(&self.config.seed_tasks, &self.auth.users)
             .await?;
@@ -197,9 +196,9 @@ async fn dispatch_bus(state: AppState, mut bus: mpsc::UnboundedReceiver<BusEvent
                 reason,
             } => state.events.released(user_id, pool_id, machine_id, &reason),
             BusEvent::SessionRevoked { hash } => state.auth.tokens.revoke_local(&hash),
-            BusEvent::JwtRevoked { jti, exp } => state.jwt.revoke_local(&jti, exp),
+            BusEvent::JwtRevoked { jti, exp } => state.auth.jwt.revoke_local(&jti, exp),
             BusEvent::JwtUserRevoked { user_id, before } => {
-                state.jwt.revoke_user_local(user_id, before)
+                state.auth.jwt.revoke_user_local(user_id, before)
             }
         }
     }

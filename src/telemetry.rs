@@ -5,6 +5,9 @@
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
@@ -33,39 +36,51 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// A warning that a flood could repeat thousands of times a second (refused sign-ins, refused
-/// connections): logged at most once a second, with how many were folded into it. The fields
-/// are only the ones given (never a username or secret of the attempt).
+/// A warning that a flood could repeat thousands of times a second (refused connections,
+/// refused sign-ins, foreign Origins): written at most once per `every`, saying how many times
+/// it happened since the last line. The first occurrence is logged at once, later ones are
+/// counted; `flush`, called now and then, reports the end of a flood. The caller writes the
+/// line, with only the fields it chooses (never a username or secret of the attempt).
 pub struct RateLimitedLog {
-    what: &'static str,
-    /// Second (since the process started) of the last line, and refusals since.
-    last: std::sync::Mutex<(u64, u64)>,
-    started: std::time::Instant,
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+    unlogged: AtomicU64,
 }
 
 impl RateLimitedLog {
-    pub fn new(what: &'static str) -> Self {
+    pub fn new(every: Duration) -> Self {
         RateLimitedLog {
-            what,
-            last: std::sync::Mutex::new((u64::MAX, 0)),
-            started: std::time::Instant::now(),
+            every,
+            last: Mutex::new(None),
+            unlogged: AtomicU64::new(0),
         }
     }
 
-    /// Counts one occurrence; writes a line if none was written this second.
-    pub fn warn(&self, reason: &str, peer: impl std::fmt::Display) {
-        let second = self.started.elapsed().as_secs();
-        let folded = {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.0 == second {
-                last.1 += 1;
-                return;
-            }
-            let folded = last.1;
-            *last = (second, 0);
-            folded
-        };
-        tracing::warn!(reason, %peer, also_refused_since_last_line = folded, "{}", self.what);
+    /// Counts one occurrence; returns how many to report when a line is due now.
+    pub fn hit(&self) -> Option<u64> {
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
+            return None;
+        }
+        *last = Some(now);
+        Some(self.unlogged.swap(0, Ordering::Relaxed))
+    }
+
+    /// Occurrences not reported yet, once a period has passed since the last line: called
+    /// now and then, so the end of a flood is reported too.
+    pub fn flush(&self) -> Option<u64> {
+        if self.unlogged.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
+            return None;
+        }
+        *last = Some(now);
+        Some(self.unlogged.swap(0, Ordering::Relaxed)).filter(|n| *n > 0)
     }
 }
 
@@ -89,5 +104,21 @@ mod tests {
         assert!(!use_colour(true, Some(OsStr::new("1"))));
         assert!(!use_colour(false, None));
         assert!(!use_colour(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn the_log_writes_the_first_line_then_one_per_period_with_the_count() {
+        let log = RateLimitedLog::new(Duration::from_millis(200));
+        assert_eq!(log.hit(), Some(1));
+        for _ in 0..999 {
+            assert_eq!(log.hit(), None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(log.hit(), Some(1000));
+        log.hit();
+        assert_eq!(log.flush(), None, "not before the period is over");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(log.flush(), Some(1));
+        assert_eq!(log.flush(), None);
     }
 }

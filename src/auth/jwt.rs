@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::users::User;
-use crate::config::Config;
 use crate::store::{BusEvent, Store, StoreResult};
 
 /// Secrets published in examples and mocks (the reference mock signs with `super-secret`).
@@ -31,6 +30,16 @@ const KNOWN_SECRETS: &[&str] = &[
 const MIN_SECRET: usize = 32;
 pub const SECRET_ENV: &str = "POOLGATE_JWT_SECRET";
 pub const SECRET_FILE: &str = "jwt-secret";
+
+/// Where the signing secret may come from, besides `POOLGATE_JWT_SECRET` (see the module doc
+/// for the order): the settings' `jwt_secret` and `jwt_secret_file`, and the data directory
+/// that keeps a generated one.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretSources<'a> {
+    pub value: Option<&'a str>,
+    pub file: Option<&'a Path>,
+    pub data_dir: &'a Path,
+}
 
 /// The claims the mock's clients read, plus `jti`/`iat` for revocation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,10 +83,13 @@ impl JwtKeys {
     /// Finds the secret per the module's rules, generating one if none is configured.
     /// The keys and the tag key of session tokens, both from the one configured secret (so
     /// instances that share the JWT secret recognise each other's tokens).
-    pub fn with_tag_key(config: &Config) -> anyhow::Result<(Self, super::tokens::TagKey)> {
-        let secret = resolve_secret(config)?;
+    pub fn with_tag_key(
+        sources: SecretSources<'_>,
+        ttl: Duration,
+    ) -> anyhow::Result<(Self, super::tokens::TagKey)> {
+        let secret = resolve_secret(sources)?;
         Ok((
-            Self::new(&secret, config.jwt_ttl),
+            Self::new(&secret, ttl),
             super::tokens::TagKey::derive(&secret),
         ))
     }
@@ -192,23 +204,23 @@ fn check_secret(secret: &[u8], source: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resolve_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+fn resolve_secret(sources: SecretSources<'_>) -> anyhow::Result<Vec<u8>> {
     if let Ok(s) = std::env::var(SECRET_ENV) {
         check_secret(s.as_bytes(), SECRET_ENV)?;
         return Ok(s.into_bytes());
     }
-    if let Some(path) = &config.jwt_secret_file {
+    if let Some(path) = sources.file {
         let s = std::fs::read(path)
             .with_context(|| format!("cannot read jwt_secret_file {}", path.display()))?;
         let s = s.trim_ascii().to_vec();
         check_secret(&s, &format!("jwt_secret_file {}", path.display()))?;
         return Ok(s);
     }
-    if let Some(s) = &config.jwt_secret {
-        check_secret(s.0.as_bytes(), "jwt_secret in the config")?;
-        return Ok(s.0.clone().into_bytes());
+    if let Some(s) = sources.value {
+        check_secret(s.as_bytes(), "jwt_secret in the config")?;
+        return Ok(s.as_bytes().to_vec());
     }
-    load_or_generate(&config.data_dir)
+    load_or_generate(sources.data_dir)
 }
 
 fn load_or_generate(dir: &Path) -> anyhow::Result<Vec<u8>> {

@@ -28,6 +28,10 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::store::{Store, now_ms};
+use crate::telemetry::RateLimitedLog;
+
+/// How often a refused sign-in may be logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Back-off spacing after the first `pair_attempts` failures of a username: this, doubling.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -38,7 +42,7 @@ pub struct Lockout {
     address_attempts: u32,
     window: Duration,
     backoff_max: Duration,
-    refusals: crate::telemetry::RateLimitedLog,
+    refusals: RateLimitedLog,
 }
 
 /// Clients are counted as the connection caps count them: IPv4 as is, IPv6 by its /64.
@@ -104,12 +108,25 @@ impl Lockout {
             address_attempts,
             window,
             backoff_max,
-            refusals: crate::telemetry::RateLimitedLog::new("sign-in refused: locked out"),
+            refusals: RateLimitedLog::new(REFUSAL_LOG_EVERY),
+        }
+    }
+
+    /// One line per second at most, with the count: a flood of refused guesses must not become
+    /// a flood of log lines. The username is never logged (it may be a mistyped password).
+    fn log_refusal(&self, reason: &'static str, addr: IpAddr) {
+        if let Some(refused) = self.refusals.hit() {
+            tracing::warn!(
+                reason,
+                peer = %address_key(addr),
+                also_refused_since_last_line = refused - 1,
+                "sign-in refused: locked out"
+            );
         }
     }
 
     fn locked(&self, why: &'static str, addr: IpAddr) -> Error {
-        self.refusals.warn(why, address_key(addr));
+        self.log_refusal(why, addr);
         Error::RateLimited(format!(
             "Too many failed sign-in attempts; try again in up to {} minutes.",
             self.window.as_secs().div_ceil(60)
@@ -163,7 +180,7 @@ impl Lockout {
                 }
                 Err(slot) => {
                     attempt.not_a_guess().await?;
-                    self.refusals.warn("username back-off", address_key(addr));
+                    self.log_refusal("username back-off", addr);
                     return Err(Error::RateLimited(format!(
                         "Too many failed sign-in attempts for this user; try again in {} seconds.",
                         Duration::from_millis(slot.saturating_sub(now))

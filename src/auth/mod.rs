@@ -17,6 +17,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::error::{Error, MfaKind};
+use crate::store::{SessionRecord, Store, StoreResult, now_ms};
+use jwt::{Claims, JwtKeys};
 use lockout::Lockout;
 use otp::OtpGuard;
 use password::PasswordChecker;
@@ -40,6 +42,9 @@ pub struct Authenticator {
     pub otp: OtpGuard,
     pub passwords: PasswordChecker,
     pub lockout: Lockout,
+    /// Signs and checks the v2 REST shim's JWTs.
+    pub jwt: JwtKeys,
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -215,6 +220,45 @@ impl Authenticator {
             Ok(false) => (Verdict::NotAGuess, Err(Error::InvalidMfaToken)),
             Err(e) => (Verdict::NotAGuess, Err(e.into())),
         }
+    }
+
+    /// A JWT's user and claims, if the token is valid, unexpired and unrevoked and its user
+    /// may still sign in (not disabled, not renamed since it was issued).
+    pub fn verify_jwt(&self, token: &str) -> Option<(Arc<User>, Claims)> {
+        let claims = self.jwt.verify(token)?;
+        let user = self.users.by_id(&claims.sub)?.clone();
+        if user.disabled || user.username != claims.username {
+            return None;
+        }
+        Some((user, claims))
+    }
+
+    /// Whether claims verified earlier still hold: not expired, not revoked since. (A socket
+    /// authenticated by a JWT checks this while it stays open.)
+    pub fn jwt_still_valid(&self, claims: &Claims) -> bool {
+        claims.exp > chrono::Utc::now().timestamp() && !self.jwt.is_claims_revoked(claims)
+    }
+
+    /// Signs one JWT out, here and (by the bus) on every instance.
+    pub async fn revoke_jwt(&self, claims: &Claims) -> StoreResult<()> {
+        self.jwt.revoke(&*self.store, claims).await
+    }
+
+    /// Ends everything a user is signed in with — every session token and every JWT issued
+    /// until now — on every instance. Returns how many sessions there were.
+    pub async fn revoke_user(&self, user: uuid::Uuid) -> StoreResult<usize> {
+        let sessions = self.tokens.revoke_user(&user).await?;
+        self.jwt.revoke_user(&*self.store, user).await?;
+        Ok(sessions)
+    }
+
+    /// Every session still live (active within the token lifetime), on any instance.
+    pub async fn live_sessions(&self) -> StoreResult<Vec<SessionRecord>> {
+        let ttl = self.tokens.ttl().as_millis() as u64;
+        let now = now_ms();
+        let mut sessions = self.store.sessions_all().await?;
+        sessions.retain(|s| now.saturating_sub(s.last_active_ms) < ttl);
+        Ok(sessions)
     }
 
     /// Re-authentication with a saved token, under the per-address limit. A token this

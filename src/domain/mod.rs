@@ -4,6 +4,7 @@
 //! never needs an upper one to name what it stores or sends (see `lib.rs` for the layers).
 
 pub mod address;
+pub mod client_settings;
 pub mod machine;
 pub mod secs;
 pub mod task;

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::auth::jwt::Claims;
 use crate::auth::users::User;
-use crate::error::Error;
+use crate::error::{ERR_CODE_DEFAULT, Error};
 use crate::state::AppState;
 
 /// Largest request body the shim reads.
@@ -73,39 +73,48 @@ impl RestError {
 
     /// Missing, malformed, forged, `alg: none`, expired or revoked token (the mock's 403).
     pub fn permission_denied() -> Self {
-        Self::new(StatusCode::FORBIDDEN, "Permission denied.", 999, "default")
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Permission denied.",
+            ERR_CODE_DEFAULT,
+            "default",
+        )
     }
 
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "Not found.", 999, "default")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Not found.",
+            ERR_CODE_DEFAULT,
+            "default",
+        )
     }
 
     /// A 422 validation error item, FastAPI-style, with the mock's `err_code`.
     pub fn validation(loc: &[&str], msg: impl Into<String>, kind: &str) -> Self {
         RestError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            detail: vec![json!({"loc": loc, "msg": msg.into(), "type": kind, "err_code": 999})],
+            detail: vec![
+                json!({"loc": loc, "msg": msg.into(), "type": kind, "err_code": ERR_CODE_DEFAULT}),
+            ],
         }
     }
 }
 
 impl From<Error> for RestError {
     fn from(err: Error) -> Self {
-        let code = err.err_code().unwrap_or(999);
+        let code = err.err_code().unwrap_or(ERR_CODE_DEFAULT);
         match &err {
             // The shim answers "Invalid Credentials." for every failed password login.
             Error::InvalidCredentials | Error::Disabled => Self::new(
                 StatusCode::UNAUTHORIZED,
                 "Invalid Credentials.",
-                999,
+                ERR_CODE_DEFAULT,
                 "default",
             ),
-            Error::InvalidOtp => Self::new(
-                StatusCode::UNAUTHORIZED,
-                "Invalid one-time code.",
-                103,
-                "auth",
-            ),
+            Error::InvalidOtp => {
+                Self::new(StatusCode::UNAUTHORIZED, &err.to_string(), code, "auth")
+            }
             Error::MfaRequired { kind, .. } => {
                 let next_step = mfa::next_step(*kind);
                 RestError {
@@ -125,8 +134,8 @@ impl From<Error> for RestError {
                 tracing::error!(error = ?cause, "internal error in the REST shim");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal server error.",
-                    999,
+                    &err.to_string(),
+                    code,
                     "default",
                 )
             }
@@ -158,7 +167,7 @@ async fn method_not_allowed() -> RestError {
     RestError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "Method Not Allowed.",
-        999,
+        ERR_CODE_DEFAULT,
         "default",
     )
 }
@@ -192,11 +201,7 @@ impl AuthUser {
 
 /// A JWT's user, if the token is valid and the user may still sign in.
 pub fn authenticate_jwt(state: &AppState, token: &str) -> Option<AuthUser> {
-    let claims = state.jwt.verify(token)?;
-    let user = state.auth.users.by_id(&claims.sub)?.clone();
-    if user.disabled || user.username != claims.username {
-        return None;
-    }
+    let (user, claims) = state.auth.verify_jwt(token)?;
     Some(AuthUser { user, claims })
 }
 

@@ -138,9 +138,7 @@ async fn serve(mut socket: WebSocket, state: AppState, auth: AuthUser) {
     let user_id = auth.user.id;
     let alive = {
         let (state, claims) = (state.clone(), auth.claims.clone());
-        Arc::new(move || {
-            claims.exp > chrono::Utc::now().timestamp() && !state.jwt.is_claims_revoked(&claims)
-        })
+        Arc::new(move || state.auth.jwt_still_valid(&claims))
     };
     let sub = Subscriber {
         conn_id,

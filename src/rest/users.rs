@@ -65,7 +65,7 @@ pub async fn login(
             peer: peer.ip(),
         })
         .await?;
-    let token = state.jwt.issue(&user).map_err(Error::Internal)?;
+    let token = state.auth.jwt.issue(&user).map_err(Error::Internal)?;
     tracing::info!(user = %user.username, "signed in over REST");
     Ok(data(
         StatusCode::OK,
@@ -76,8 +76,8 @@ pub async fn login(
 /// Revokes the presented token server-side (the mock forgets to).
 pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<Response, RestError> {
     state
-        .jwt
-        .revoke(&*state.store, &auth.claims)
+        .auth
+        .revoke_jwt(&auth.claims)
         .await
         .map_err(Error::from)?;
     tracing::info!(user = %auth.user.username, "signed out over REST");

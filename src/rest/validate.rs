@@ -27,6 +27,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::{MAX_BODY, RestError};
+use crate::error::ERR_CODE_DEFAULT;
 
 /// A request body after stage 1.
 #[derive(Debug)]
@@ -50,14 +51,14 @@ pub fn read_body(
             RestError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("Request body too large: the limit is {MAX_BODY} bytes."),
-                999,
+                ERR_CODE_DEFAULT,
                 "default",
             )
         } else if let Some(late) = crate::http::BodyTimeout::find(&e) {
             RestError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!("Request body not received in time: {late}."),
-                999,
+                ERR_CODE_DEFAULT,
                 "default",
             )
         } else {
@@ -136,7 +137,8 @@ pub struct Problems(Vec<Value>);
 impl Problems {
     /// One item in pydantic's shape, with the mock's `err_code`.
     pub fn add(&mut self, loc: Value, kind: &str, msg: impl Into<String>, ctx: Option<Value>) {
-        let mut item = json!({"type": kind, "loc": loc, "msg": msg.into(), "err_code": 999});
+        let mut item =
+            json!({"type": kind, "loc": loc, "msg": msg.into(), "err_code": ERR_CODE_DEFAULT});
         if let Some(ctx) = ctx {
             item["ctx"] = ctx;
         }
@@ -161,7 +163,7 @@ impl Problems {
             RestError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal server error.",
-                999,
+                ERR_CODE_DEFAULT,
                 "default",
             )
         })

@@ -21,10 +21,7 @@ fn require_admin(ctx: &Ctx<'_>) -> Result<(), Error> {
     if user(ctx)?.roles.iter().any(|r| r == "admin") {
         Ok(())
     } else {
-        Err(Error::Forbidden {
-            message: "Admin role required.".into(),
-            err_code: Some(900),
-        })
+        Err(Error::AdminRequired)
     }
 }
 
@@ -44,16 +41,13 @@ fn named_user<'a>(ctx: &'a Ctx<'_>, username: &str) -> Result<&'a std::sync::Arc
 
 pub async fn sessions(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
     require_admin(ctx)?;
-    let ttl = ctx.state.auth.tokens.ttl().as_millis() as u64;
-    let now = crate::store::now_ms();
     let users = &ctx.state.auth.users;
     let mut list: Vec<Value> = ctx
         .state
-        .store
-        .sessions_all()
+        .auth
+        .live_sessions()
         .await?
         .into_iter()
-        .filter(|s| now.saturating_sub(s.last_active_ms) < ttl)
         .map(|s| {
             json!({
                 "user_id": s.user_id,
@@ -83,11 +77,7 @@ impl Revoke {
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         require_admin(ctx)?;
         let target = named_user(ctx, &self.username)?.clone();
-        let n = ctx.state.auth.tokens.revoke_user(&target.id).await?;
-        ctx.state
-            .jwt
-            .revoke_user(&*ctx.state.store, target.id)
-            .await?;
+        let n = ctx.state.auth.revoke_user(target.id).await?;
         tracing::warn!(admin = %user(ctx)?.username, user = %target.username, sessions = n, "tokens revoked by an admin");
         Ok(json!({"username": target.username, "revoked_sessions": n}))
     }

@@ -267,14 +267,19 @@ async fn rest_and_websocket_sign_ins_share_the_counters() {
 
 #[tokio::test]
 async fn the_lock_lifts_when_the_window_passes() {
-    let app = TestApp::spawn_with(|c| c.lockout_window = Duration::from_millis(800)).await;
+    // The window is fixed from the first failure; it is long enough for five argon2
+    // verifications on a loaded machine, and the test waits for its end from that moment.
+    let window = Duration::from_secs(2);
+    let app = TestApp::spawn_with(|c| c.lockout_window = window).await;
     let mut c = app.connect_from([127, 0, 17, 1]).await;
+    let first = tokio::time::Instant::now();
     for _ in 0..5 {
         try_auth(&mut c, "user-2", "wrong").await;
     }
     let mut d = app.connect_from([127, 0, 17, 1]).await;
     assert_eq!(error_code(&try_auth(&mut d, "user-2", PASSWORD).await), 429);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(first.elapsed() < window, "the check ran inside the window");
+    tokio::time::sleep_until(first + window + Duration::from_millis(200)).await;
     assert_eq!(
         try_auth(&mut d, "user-2", PASSWORD).await["name"],
         "response"

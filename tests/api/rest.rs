@@ -596,9 +596,9 @@ async fn the_generated_secret_is_kept_and_reused() {
     let a = poolgate::AppState::new(config.clone()).await.unwrap();
     let b = poolgate::AppState::new(config.clone()).await.unwrap();
     let user = a.auth.users.by_name("astravdi").unwrap().clone();
-    let token = a.jwt.issue(&user).unwrap();
+    let token = a.auth.jwt.issue(&user).unwrap();
     assert!(
-        b.jwt.verify(&token).is_some(),
+        b.auth.jwt.verify(&token).is_some(),
         "a restart keeps accepting issued tokens"
     );
     #[cfg(unix)]
