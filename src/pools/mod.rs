@@ -26,9 +26,7 @@ use uuid::Uuid;
 
 use crate::auth::users::{User, UserDirectory};
 use crate::domain::{ConnectionData, Machine};
-use crate::domain::{
-    ERR_DEADLINE, ERR_INTERRUPTED, ERR_PROVISIONER, Task, TaskError, TaskKind, TaskStatus,
-};
+use crate::domain::{Task, TaskError, TaskKind, TaskStatus};
 use crate::error::Error;
 use crate::events::EventHub;
 use crate::provision::{
@@ -300,11 +298,7 @@ impl Pools {
         if !self.store.is_shared() {
             // Nothing else runs on this store: every active task lost its runner.
             for task in self.store.tasks_active().await? {
-                self.end_orphan(
-                    task,
-                    "The server restarted before the task finished; ask again.",
-                )
-                .await;
+                self.end_orphan(task, TaskError::server_restarted()).await;
             }
         }
         self.seed(seeds, users).await?;
@@ -333,9 +327,8 @@ impl Pools {
             let mut task = Task::new(s.kind, user.id, s.pool_id);
             task.id = s.id;
             if s.status.is_done() {
-                let error = (s.status != TaskStatus::Completed).then(|| TaskError {
-                    err_code: ERR_PROVISIONER,
-                    message: s.message.clone().unwrap_or_else(|| "Seeded task.".into()),
+                let error = (s.status != TaskStatus::Completed).then(|| {
+                    TaskError::provisioner(s.message.as_deref().unwrap_or("Seeded task."))
                 });
                 task.finish(s.status, error);
             }
@@ -739,15 +732,8 @@ impl Pools {
             self.metrics
                 .task_seconds
                 .get_or_create(&crate::metrics::TaskLabels {
-                    kind: match task.kind {
-                        TaskKind::PoolExpand => "POOL_EXPAND",
-                        TaskKind::GlintStart => "GLINT_START",
-                    },
-                    outcome: match task.status {
-                        TaskStatus::Completed => "COMPLETED",
-                        TaskStatus::Failed => "FAILED",
-                        _ => "CANCELLED",
-                    },
+                    kind: task.kind.as_str(),
+                    outcome: task.status.as_str(),
                 })
                 .observe(secs);
         }
@@ -766,15 +752,10 @@ impl Pools {
         });
     }
 
-    /// Ends a task whose runner is gone.
-    async fn end_orphan(&self, mut task: Task, message: &str) {
-        task.finish(
-            TaskStatus::Cancelled,
-            Some(TaskError {
-                err_code: ERR_INTERRUPTED,
-                message: message.into(),
-            }),
-        );
+    /// Ends a task whose runner is gone; `error` says how it went.
+    async fn end_orphan(&self, mut task: Task, error: TaskError) {
+        let message = error.message.clone();
+        task.finish(TaskStatus::Cancelled, Some(error));
         tracing::warn!(task_id = %task.id, message, "ended an orphaned task");
         self.save(&task, true).await;
     }
@@ -862,10 +843,7 @@ impl Pools {
                 _ = self.shutdown.cancelled() => {
                     work.abort();
                     self.abandon(&pool, work, |m| releases(m, "server shutting down")).await;
-                    task.finish(TaskStatus::Cancelled, Some(TaskError {
-                        err_code: ERR_INTERRUPTED,
-                        message: "The server shut down before the task finished; ask again.".into(),
-                    }));
+                    task.finish(TaskStatus::Cancelled, Some(TaskError::server_shut_down()));
                     self.save(&task, true).await;
                     return;
                 }
@@ -897,12 +875,7 @@ impl Pools {
             );
             task.finish(
                 TaskStatus::Cancelled,
-                Some(TaskError {
-                    err_code: ERR_DEADLINE,
-                    message: format!(
-                        "The task did not finish within {secs} s and was cancelled; ask again."
-                    ),
-                }),
+                Some(TaskError::deadline(self.timings.deadline)),
             );
             self.save(&task, true).await;
             return;
@@ -934,13 +907,7 @@ impl Pools {
                             &pool.provisioner,
                             releases(&machine, "assignment not recorded"),
                         );
-                        (
-                            TaskStatus::Failed,
-                            Some(TaskError {
-                                err_code: ERR_PROVISIONER,
-                                message: "The machine could not be recorded; ask again.".into(),
-                            }),
-                        )
+                        (TaskStatus::Failed, Some(TaskError::machine_not_recorded()))
                     }
                 }
             }
@@ -951,20 +918,12 @@ impl Pools {
             Ok(Err(e)) => {
                 self.report_failure(&this_req, step, &e, diagnosis.take());
                 match e {
-                    StepError::Failed(message) => (
-                        TaskStatus::Failed,
-                        Some(TaskError {
-                            err_code: ERR_PROVISIONER,
-                            message,
-                        }),
-                    ),
-                    StepError::Cancelled(message) => (
-                        TaskStatus::Cancelled,
-                        Some(TaskError {
-                            err_code: ERR_PROVISIONER,
-                            message,
-                        }),
-                    ),
+                    StepError::Failed(message) => {
+                        (TaskStatus::Failed, Some(TaskError::provisioner(message)))
+                    }
+                    StepError::Cancelled(message) => {
+                        (TaskStatus::Cancelled, Some(TaskError::provisioner(message)))
+                    }
                 }
             }
             Err(join) => {
@@ -975,13 +934,7 @@ impl Pools {
                 };
                 let error = StepError::Failed(format!("The provisioner crashed: {join}."));
                 self.report_failure(&this_req, step, &error, Some(crashed));
-                (
-                    TaskStatus::Failed,
-                    Some(TaskError {
-                        err_code: ERR_PROVISIONER,
-                        message: "The provisioner crashed.".into(),
-                    }),
-                )
+                (TaskStatus::Failed, Some(TaskError::provisioner_crashed()))
             }
         };
         task.finish(status, error);
@@ -1060,11 +1013,7 @@ impl Pools {
                 if let Some(current) = self.store.task_get(task.id).await?
                     && current.status.is_active()
                 {
-                    self.end_orphan(
-                        current,
-                        "The instance driving this task went away; ask again.",
-                    )
-                    .await;
+                    self.end_orphan(current, TaskError::instance_gone()).await;
                 }
                 self.store.lease_release(task.id, &self.instance).await?;
             }
