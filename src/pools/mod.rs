@@ -33,7 +33,7 @@ use crate::provision::{
     Diagnosis, Progress, Provisioner, ProvisionerConfig, SimulatedConfig, StepError, StepRequest,
     Update,
 };
-use crate::store::{Assignment, BusEvent, Store, now_ms};
+use crate::store::{Assignment, BusEvent, Store, TaskKey, now_ms};
 
 /// A `[[pools]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +129,12 @@ pub enum ConnectOutcome {
     Connection(ConnectionData),
 }
 
+impl From<Task> for ConnectOutcome {
+    fn from(task: Task) -> Self {
+        ConnectOutcome::Task(Box::new(task))
+    }
+}
+
 /// Tasks listed by `tasks`.
 const RECENT_PER_USER: usize = 50;
 
@@ -159,6 +165,20 @@ const CONCURRENT_RELEASES: usize = 8;
 
 #[derive(Clone)]
 pub struct Pools(Arc<Inner>);
+
+/// What [`Pools::new`] wires the pools to: the built provisioners and the user directory the
+/// config is checked against, and the services and background machinery the tasks run on.
+pub struct PoolsDeps<'a> {
+    /// By name, from [`Pools::build_provisioners`] (plus any a test adds).
+    pub provisioners: &'a HashMap<String, Arc<dyn Provisioner>>,
+    pub users: &'a UserDirectory,
+    pub store: Arc<dyn Store>,
+    pub events: Arc<EventHub>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Runners, releases and sweeps are spawned here, so shutdown waits for them.
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
 
 pub struct Inner {
     pools: HashMap<Uuid, Arc<Pool>>,
@@ -227,19 +247,21 @@ impl Pools {
         Ok(built)
     }
 
-    /// The pools of the config, served by already-built provisioners.
-    #[allow(clippy::too_many_arguments)]
+    /// The pools of the config, served by already-built provisioners, with their timings.
     pub fn new(
         pools: &[PoolConfig],
-        built: &HashMap<String, Arc<dyn Provisioner>>,
-        users: &UserDirectory,
-        store: Arc<dyn Store>,
-        events: Arc<EventHub>,
-        metrics: Arc<crate::metrics::Metrics>,
+        deps: PoolsDeps<'_>,
         timings: Timings,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let PoolsDeps {
+            provisioners: built,
+            users,
+            store,
+            events,
+            metrics,
+            tracker,
+            shutdown,
+        } = deps;
         let mut map = HashMap::new();
         let mut order = Vec::new();
         for p in pools {
@@ -414,29 +436,53 @@ impl Pools {
     pub async fn request_machine(&self, user: &User, pool_id: Uuid) -> Result<Task, Error> {
         let pool = self.pool_for(user, pool_id)?;
         let key = (user.id, pool_id, TaskKind::PoolExpand);
-        for _ in 0..CREATE_ATTEMPTS {
-            let last = self.store.task_latest(key).await?;
-            if let Some(last) = &last {
-                match last.status {
-                    TaskStatus::Completed
-                        if self.store.assignment_get(user.id, pool_id).await?.is_some() =>
-                    {
-                        return Ok(last.clone());
-                    }
-                    TaskStatus::Failed if self.failure_holds(last) => {
-                        return Err(cannot_expand());
-                    }
-                    TaskStatus::Pending | TaskStatus::Running => return Ok(last.clone()),
-                    // CANCELLED, COMPLETED whose machine has since been released, or a
-                    // FAILED one whose window passed or that an operator cleared.
-                    TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => {}
+        let req = step_request(user.id, &user.username, &pool.view, None);
+        self.get_or_create(key, pool, req, |last| async move {
+            match last.status {
+                TaskStatus::Pending | TaskStatus::Running => Ok(Some(last)),
+                TaskStatus::Completed
+                    if self.store.assignment_get(user.id, pool_id).await?.is_some() =>
+                {
+                    Ok(Some(last))
                 }
+                TaskStatus::Failed if self.failure_holds(&last) => Err(cannot_expand()),
+                // CANCELLED, COMPLETED whose machine has since been released, or a FAILED one
+                // whose window passed or that an operator cleared.
+                TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => Ok(None),
             }
-            let task = Task::new(TaskKind::PoolExpand, user.id, pool_id);
-            if self.store.task_create(last.map(|t| t.id), &task).await? {
-                let req = step_request(user.id, &user.username, &pool.view, None);
+        })
+        .await
+    }
+
+    /// The one way a request gets its task: the key's latest task when `keep` says it still
+    /// answers the request (`Some`: the running task on a repeat, a result that stands; or an
+    /// error), else a new task, started with `req`, in its place. The new task replaces the
+    /// latest by compare-and-set, so concurrent requests on any instance agree on one task: a
+    /// loser reads the winner's and asks `keep` again.
+    async fn get_or_create<T, F>(
+        &self,
+        key: TaskKey,
+        pool: Arc<Pool>,
+        req: StepRequest,
+        mut keep: impl FnMut(Task) -> F,
+    ) -> Result<T, Error>
+    where
+        T: From<Task>,
+        F: Future<Output = Result<Option<T>, Error>>,
+    {
+        let (user_id, pool_id, kind) = key;
+        for _ in 0..CREATE_ATTEMPTS {
+            let latest = self.store.task_latest(key).await?;
+            let expected = latest.as_ref().map(|t| t.id);
+            if let Some(latest) = latest
+                && let Some(answer) = keep(latest).await?
+            {
+                return Ok(answer);
+            }
+            let task = Task::new(kind, user_id, pool_id);
+            if self.store.task_create(expected, &task).await? {
                 self.launch(task.clone(), pool, req).await;
-                return Ok(task);
+                return Ok(task.into());
             }
         }
         Err(Error::internal(anyhow::anyhow!(
@@ -522,33 +568,28 @@ impl Pools {
                 return Err(Error::Unprocessable(format!("{name} must be at least 2.")));
             }
         }
-        let machine = assignment.machine;
+        let machine_id = assignment.machine.id;
         let key = (user.id, pool_id, TaskKind::GlintStart);
-        for _ in 0..CREATE_ATTEMPTS {
-            let last = self.store.task_latest(key).await?;
-            if let Some(last) = &last {
-                match (&last.status, &last.connection) {
-                    (TaskStatus::Completed, Some(c)) if c.id == machine.id => {
-                        return Ok(ConnectOutcome::Connection(c.clone()));
-                    }
-                    (TaskStatus::Pending | TaskStatus::Running, _) => {
-                        return Ok(ConnectOutcome::Task(Box::new(last.clone())));
-                    }
-                    _ => {}
+        let mut req = step_request(
+            user.id,
+            &user.username,
+            &pool.view,
+            Some(assignment.machine),
+        );
+        req.width = params.width.map(|w| w as u32);
+        req.height = params.height.map(|h| h as u32);
+        self.get_or_create(key, pool, req, |last| async move {
+            Ok(match (&last.status, &last.connection) {
+                (TaskStatus::Pending | TaskStatus::Running, _) => Some(last.into()),
+                // Ready, for the machine the user holds now.
+                (TaskStatus::Completed, Some(c)) if c.id == machine_id => {
+                    Some(ConnectOutcome::Connection(c.clone()))
                 }
-            }
-            let task = Task::new(TaskKind::GlintStart, user.id, pool_id);
-            if self.store.task_create(last.map(|t| t.id), &task).await? {
-                let mut req = step_request(user.id, &user.username, &pool.view, Some(machine));
-                req.width = params.width.map(|w| w as u32);
-                req.height = params.height.map(|h| h as u32);
-                self.launch(task.clone(), pool, req).await;
-                return Ok(ConnectOutcome::Task(Box::new(task)));
-            }
-        }
-        Err(Error::internal(anyhow::anyhow!(
-            "lost the task race {CREATE_ATTEMPTS} times"
-        )))
+                // Ended badly, or connected to a machine since released: connect again.
+                _ => None,
+            })
+        })
+        .await
     }
 
     /// One of the user's tasks; someone else's is "not found".
