@@ -7,12 +7,39 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use super::{Pool, Pools};
 use crate::domain::{ConnectionData, Machine, Task, TaskError, TaskKind, TaskStatus};
-use crate::provision::{Diagnosis, Progress, StepError, StepRequest, Update};
+use crate::provision::{Diagnosis, Progress, Provisioner, StepError, StepRequest, Update};
 use crate::store::{Assignment, BusEvent, now_ms};
+
+/// What a step obtains when it succeeds.
+enum StepOk {
+    Machine(Machine),
+    Connection(ConnectionData),
+}
+
+/// The provisioner's step, on its own tokio task.
+type Work = JoinHandle<Result<StepOk, StepError>>;
+
+/// What the step's tokio task returned (`Err`: it panicked).
+type StepResult = Result<Result<StepOk, StepError>, JoinError>;
+
+/// How following a step ended.
+enum Ended {
+    /// The step returned, with the failure the provisioner reported, if any.
+    Step(StepResult, Option<Diagnosis>),
+    /// `task_deadline` passed first.
+    Deadline,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// How a task ends: its status and, unless COMPLETED, why.
+type Outcome = (TaskStatus, Option<TaskError>);
 
 impl Pools {
     /// Takes the task's lease and starts its runner.
@@ -39,39 +66,36 @@ impl Pools {
     }
 
     /// Drives one task to an end: progress updates become events; the deadline, a provisioner
-    /// error or panic, and shutdown all end the task.
+    /// error or panic, and shutdown all end the task. `req` carries the task id.
     async fn drive(&self, mut task: Task, pool: Arc<Pool>, req: StepRequest) {
         let (progress, mut updates) = Progress::channel();
-        let provisioner = pool.provisioner.clone();
-        let kind = task.kind;
-        // What a release of this step's machine says about it (the step consumes `req`).
-        let base = req.clone();
-        let this_req = req.clone();
-        let step = match kind {
-            TaskKind::PoolExpand => "expand",
-            TaskKind::GlintStart => "connect",
-        };
-        let mut diagnosis = None;
-        let releases = move |machine: &Machine, reason: &str| {
-            let mut r = base.clone();
-            r.machine = Some(machine.clone());
-            r.width = None;
-            r.height = None;
-            r.reason = Some(reason.to_owned());
-            r
-        };
-        let mut work = tokio::spawn(async move {
-            match kind {
-                TaskKind::PoolExpand => provisioner
-                    .expand(&req, progress)
-                    .await
-                    .map(StepOk::Machine),
-                TaskKind::GlintStart => provisioner
-                    .connect(&req, progress)
-                    .await
-                    .map(StepOk::Connection),
+        let mut work = start_step(pool.provisioner.clone(), task.kind, req.clone(), progress);
+        let (status, error) = match self.follow(&mut task, &mut work, &mut updates).await {
+            Ended::Shutdown => {
+                self.abandon(&pool, work, &req, "server shutting down")
+                    .await;
+                (TaskStatus::Cancelled, Some(TaskError::server_shut_down()))
             }
-        });
+            Ended::Deadline => self.overran(task.kind, &pool, work, &req).await,
+            Ended::Step(result, diagnosis) => {
+                self.settle(&mut task, &pool, &req, result, diagnosis).await
+            }
+        };
+        task.finish(status, error);
+        self.save(&task, true).await;
+    }
+
+    /// Follows the step until it returns, the task's deadline passes (counted from its
+    /// creation) or the server shuts down: progress is saved as it comes, and the lease is
+    /// renewed on shared stores. Progress reported by a step that ended is saved too, but not
+    /// at shutdown.
+    async fn follow(
+        &self,
+        task: &mut Task,
+        work: &mut Work,
+        updates: &mut UnboundedReceiver<Update>,
+    ) -> Ended {
+        let mut diagnosis = None;
         let age = (chrono::Utc::now() - task.created)
             .to_std()
             .unwrap_or_default();
@@ -84,94 +108,69 @@ impl Pools {
             tokio::select! {
                 biased;
                 Some(update) = updates.recv() => {
-                    if apply_update(&mut task, update, &mut diagnosis) {
-                        self.save(&task, true).await;
+                    if apply_update(task, update, &mut diagnosis) {
+                        self.save(task, true).await;
                     }
                 }
-                result = &mut work => break Some(result),
+                result = &mut *work => break Some(result),
                 _ = &mut deadline => break None,
                 _ = renew.tick(), if self.store.is_shared() => {
                     if let Err(e) = self.store.lease_acquire(task.id, &self.instance, self.timings.task_lease).await {
                         tracing::warn!(task_id = %task.id, error = %e, "cannot renew the task lease");
                     }
                 }
-                _ = self.shutdown.cancelled() => {
-                    work.abort();
-                    self.abandon(&pool, work, |m| releases(m, "server shutting down")).await;
-                    task.finish(TaskStatus::Cancelled, Some(TaskError::server_shut_down()));
-                    self.save(&task, true).await;
-                    return;
-                }
+                _ = self.shutdown.cancelled() => return Ended::Shutdown,
             }
         };
         let mut changed = false;
         while let Ok(update) = updates.try_recv() {
-            changed |= apply_update(&mut task, update, &mut diagnosis);
+            changed |= apply_update(task, update, &mut diagnosis);
         }
         if changed {
-            self.save(&task, true).await;
+            self.save(task, true).await;
         }
-        let Some(result) = result else {
-            work.abort();
-            self.abandon(&pool, work, |m| releases(m, "task deadline passed"))
-                .await;
-            let secs = self.timings.deadline.as_secs_f64();
-            let message = format!("The step did not finish within task_deadline ({secs} s).");
-            let killed = Diagnosis {
-                outcome: "deadline",
-                exit_status: None,
-                stderr: None,
-            };
-            self.report_failure(
-                &this_req,
-                step,
-                &StepError::Cancelled(message),
-                Some(killed),
-            );
-            task.finish(
-                TaskStatus::Cancelled,
-                Some(TaskError::deadline(self.timings.deadline)),
-            );
-            self.save(&task, true).await;
-            return;
+        match result {
+            Some(result) => Ended::Step(result, diagnosis),
+            None => Ended::Deadline,
+        }
+    }
+
+    /// The deadline passed: the step is abandoned, logged and counted, and the task cancelled.
+    async fn overran(&self, kind: TaskKind, pool: &Pool, work: Work, req: &StepRequest) -> Outcome {
+        self.abandon(pool, work, req, "task deadline passed").await;
+        let secs = self.timings.deadline.as_secs_f64();
+        let message = format!("The step did not finish within task_deadline ({secs} s).");
+        let killed = Diagnosis {
+            outcome: "deadline",
+            exit_status: None,
+            stderr: None,
         };
-        let (status, error) = match result {
-            Ok(Ok(StepOk::Machine(machine))) => {
-                let assignment = Assignment {
-                    user_id: task.user_id,
-                    pool_id: task.pool_id,
-                    machine: machine.clone(),
-                    lease_until_ms: now_ms() + self.timings.assignment_ttl.as_millis() as u64,
-                };
-                match self.store.assignment_create(&assignment).await {
-                    Ok(true) => {
-                        task.machine = Some(machine);
-                        (TaskStatus::Completed, None)
-                    }
-                    // One active step-1 task per key makes this impossible; never hold two.
-                    Ok(false) => {
-                        self.release_machine(
-                            &pool.provisioner,
-                            releases(&machine, "already assigned"),
-                        );
-                        (TaskStatus::Completed, None)
-                    }
-                    Err(e) => {
-                        tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
-                        self.release_machine(
-                            &pool.provisioner,
-                            releases(&machine, "assignment not recorded"),
-                        );
-                        (TaskStatus::Failed, Some(TaskError::machine_not_recorded()))
-                    }
-                }
-            }
+        let error = StepError::Cancelled(message);
+        self.report_failure(req, step_name(kind), &error, Some(killed));
+        (
+            TaskStatus::Cancelled,
+            Some(TaskError::deadline(self.timings.deadline)),
+        )
+    }
+
+    /// What the step's result makes of the task; a failure is logged and counted once.
+    async fn settle(
+        &self,
+        task: &mut Task,
+        pool: &Pool,
+        req: &StepRequest,
+        result: StepResult,
+        diagnosis: Option<Diagnosis>,
+    ) -> Outcome {
+        let step = step_name(task.kind);
+        match result {
+            Ok(Ok(StepOk::Machine(machine))) => self.assign(task, pool, req, machine).await,
             Ok(Ok(StepOk::Connection(connection))) => {
                 task.connection = Some(connection);
                 (TaskStatus::Completed, None)
             }
             Ok(Err(e)) => {
-                self.report_failure(&this_req, step, &e, diagnosis.take());
+                self.report_failure(req, step, &e, diagnosis);
                 match e {
                     StepError::Failed(message) => {
                         (TaskStatus::Failed, Some(TaskError::provisioner(message)))
@@ -188,24 +187,53 @@ impl Pools {
                     stderr: None,
                 };
                 let error = StepError::Failed(format!("The provisioner crashed: {join}."));
-                self.report_failure(&this_req, step, &error, Some(crashed));
+                self.report_failure(req, step, &error, Some(crashed));
                 (TaskStatus::Failed, Some(TaskError::provisioner_crashed()))
             }
-        };
-        task.finish(status, error);
-        self.save(&task, true).await;
+        }
     }
 
-    /// After an abort: if the step finished anyway, give back what it got; `release` makes
-    /// the release's request.
-    async fn abandon(
+    /// Step 1 got a machine: it is the user's once the assignment is recorded; a machine that
+    /// cannot be recorded goes back to the provisioner.
+    async fn assign(
         &self,
+        task: &mut Task,
         pool: &Pool,
-        work: tokio::task::JoinHandle<Result<StepOk, StepError>>,
-        release: impl FnOnce(&Machine) -> StepRequest,
-    ) {
+        req: &StepRequest,
+        machine: Machine,
+    ) -> Outcome {
+        let assignment = Assignment {
+            user_id: task.user_id,
+            pool_id: task.pool_id,
+            machine: machine.clone(),
+            lease_until_ms: now_ms() + self.timings.assignment_ttl.as_millis() as u64,
+        };
+        match self.store.assignment_create(&assignment).await {
+            Ok(true) => {
+                task.machine = Some(machine);
+                (TaskStatus::Completed, None)
+            }
+            // One active step-1 task per key makes this impossible; never hold two.
+            Ok(false) => {
+                let release = release_request(req, &machine, "already assigned");
+                self.release_machine(&pool.provisioner, release);
+                (TaskStatus::Completed, None)
+            }
+            Err(e) => {
+                tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
+                let release = release_request(req, &machine, "assignment not recorded");
+                self.release_machine(&pool.provisioner, release);
+                (TaskStatus::Failed, Some(TaskError::machine_not_recorded()))
+            }
+        }
+    }
+
+    /// Aborts the step; if it finished anyway, gives back what it got, saying `reason`.
+    async fn abandon(&self, pool: &Pool, work: Work, req: &StepRequest, reason: &str) {
+        work.abort();
         if let Ok(Ok(StepOk::Machine(machine))) = work.await {
-            self.release_machine(&pool.provisioner, release(&machine));
+            let release = release_request(req, &machine, reason);
+            self.release_machine(&pool.provisioner, release);
         }
     }
 
@@ -286,6 +314,47 @@ impl Pools {
     }
 }
 
+/// Starts the provisioner's step for a task of `kind` on its own tokio task.
+fn start_step(
+    provisioner: Arc<dyn Provisioner>,
+    kind: TaskKind,
+    req: StepRequest,
+    progress: Progress,
+) -> Work {
+    tokio::spawn(async move {
+        match kind {
+            TaskKind::PoolExpand => provisioner
+                .expand(&req, progress)
+                .await
+                .map(StepOk::Machine),
+            TaskKind::GlintStart => provisioner
+                .connect(&req, progress)
+                .await
+                .map(StepOk::Connection),
+        }
+    })
+}
+
+/// The provisioner step that carries out a task of `kind`: the `step` of logs and metrics.
+fn step_name(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::PoolExpand => "expand",
+        TaskKind::GlintStart => "connect",
+    }
+}
+
+/// The release of a machine a step obtained: the step's request (pool, user, task) without
+/// the screen size, with the machine and why it is given back.
+fn release_request(step: &StepRequest, machine: &Machine, reason: &str) -> StepRequest {
+    StepRequest {
+        machine: Some(machine.clone()),
+        width: None,
+        height: None,
+        reason: Some(reason.to_owned()),
+        ..step.clone()
+    }
+}
+
 /// Applies a progress report; true if the task changed. A failure report is kept for the log.
 fn apply_update(task: &mut Task, update: Update, diagnosis: &mut Option<Diagnosis>) -> bool {
     let before = (task.status, task.progress);
@@ -298,9 +367,4 @@ fn apply_update(task: &mut Task, update: Update, diagnosis: &mut Option<Diagnosi
         Update::Failure(d) => *diagnosis = Some(d),
     }
     (task.status, task.progress) != before
-}
-
-enum StepOk {
-    Machine(Machine),
-    Connection(ConnectionData),
 }
