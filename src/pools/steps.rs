@@ -1,6 +1,6 @@
 //! The rules of the two steps: who may ask for which pool, what a repeated request gets (the
 //! running task, a result that stands, a refusal) and when a new task replaces the last one.
-//! Both steps end in [`Pools::get_or_create`], the one compare-and-set on a key's latest task,
+//! Both steps end in `get_or_create`, the one compare-and-set on a key's latest task,
 //! so concurrent requests on any instance agree on one task.
 
 use std::sync::Arc;
@@ -32,6 +32,7 @@ fn cannot_expand() -> Error {
 const CREATE_ATTEMPTS: usize = 5;
 
 impl Pools {
+    /// The pool, if the user may use it.
     fn pool_for(&self, user: &User, pool_id: Uuid) -> Result<Arc<Pool>, Error> {
         match self.pools.get(&pool_id) {
             Some(p) if p.users.contains(&user.id) => Ok(p.clone()),
@@ -58,6 +59,58 @@ impl Pools {
                 // whose window passed or that an operator cleared.
                 TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => Ok(None),
             }
+        })
+        .await
+    }
+
+    /// Step 2: connection data for the user's machine in the pool.
+    pub async fn connect_info(
+        &self,
+        user: &User,
+        pool_id: Uuid,
+        params: &ConnectParams,
+    ) -> Result<ConnectOutcome, Error> {
+        let pool = self.pool_for(user, pool_id)?;
+        let Some(assignment) = self.store.assignment_get(user.id, pool_id).await? else {
+            return Err(Error::Conflict {
+                message: "No eligible machine found for user connection.".into(),
+                err_code: Some(801),
+            });
+        };
+        if let Some(p) = params.remote_protocol
+            && p != 1
+        {
+            return Err(Error::Unprocessable(format!(
+                "Unsupported remote_protocol {p}: only 1 (GLINT v1) is available."
+            )));
+        }
+        for (name, v) in [("width", params.width), ("height", params.height)] {
+            if let Some(v) = v
+                && v < 2
+            {
+                return Err(Error::Unprocessable(format!("{name} must be at least 2.")));
+            }
+        }
+        let machine_id = assignment.machine.id;
+        let key = (user.id, pool_id, TaskKind::GlintStart);
+        let mut req = step_request(
+            user.id,
+            &user.username,
+            &pool.view,
+            Some(assignment.machine),
+        );
+        req.width = params.width.map(|w| w as u32);
+        req.height = params.height.map(|h| h as u32);
+        self.get_or_create(key, pool, req, |last| async move {
+            Ok(match (&last.status, &last.connection) {
+                (TaskStatus::Pending | TaskStatus::Running, _) => Some(last.into()),
+                // Ready, for the machine the user holds now.
+                (TaskStatus::Completed, Some(c)) if c.id == machine_id => {
+                    Some(ConnectOutcome::Connection(c.clone()))
+                }
+                // Ended badly, or connected to a machine since released: connect again.
+                _ => None,
+            })
         })
         .await
     }
@@ -127,57 +180,5 @@ impl Pools {
         self.store.task_update(&last).await?;
         tracing::info!(user = %user_id, pool = %pool_id, task_id = %last.id, by, "failed step 1 cleared");
         Ok(Some(last))
-    }
-
-    /// Step 2: connection data for the user's machine in the pool.
-    pub async fn connect_info(
-        &self,
-        user: &User,
-        pool_id: Uuid,
-        params: &ConnectParams,
-    ) -> Result<ConnectOutcome, Error> {
-        let pool = self.pool_for(user, pool_id)?;
-        let Some(assignment) = self.store.assignment_get(user.id, pool_id).await? else {
-            return Err(Error::Conflict {
-                message: "No eligible machine found for user connection.".into(),
-                err_code: Some(801),
-            });
-        };
-        if let Some(p) = params.remote_protocol
-            && p != 1
-        {
-            return Err(Error::Unprocessable(format!(
-                "Unsupported remote_protocol {p}: only 1 (GLINT v1) is available."
-            )));
-        }
-        for (name, v) in [("width", params.width), ("height", params.height)] {
-            if let Some(v) = v
-                && v < 2
-            {
-                return Err(Error::Unprocessable(format!("{name} must be at least 2.")));
-            }
-        }
-        let machine_id = assignment.machine.id;
-        let key = (user.id, pool_id, TaskKind::GlintStart);
-        let mut req = step_request(
-            user.id,
-            &user.username,
-            &pool.view,
-            Some(assignment.machine),
-        );
-        req.width = params.width.map(|w| w as u32);
-        req.height = params.height.map(|h| h as u32);
-        self.get_or_create(key, pool, req, |last| async move {
-            Ok(match (&last.status, &last.connection) {
-                (TaskStatus::Pending | TaskStatus::Running, _) => Some(last.into()),
-                // Ready, for the machine the user holds now.
-                (TaskStatus::Completed, Some(c)) if c.id == machine_id => {
-                    Some(ConnectOutcome::Connection(c.clone()))
-                }
-                // Ended badly, or connected to a machine since released: connect again.
-                _ => None,
-            })
-        })
-        .await
     }
 }
