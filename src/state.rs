@@ -18,7 +18,7 @@ use crate::auth::users::UserDirectory;
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
-use crate::pools::{Pools, Timings};
+use crate::pools::{Pools, PoolsDeps, Timings};
 use crate::provision::Provisioner;
 use crate::store::{BusEvent, Store};
 
@@ -118,11 +118,15 @@ impl AppState {
         let events = Arc::new(EventHub::default());
         let pools = Pools::new(
             &config.pools,
-            &provisioners,
-            &auth.users,
-            store.clone(),
-            events.clone(),
-            metrics.clone(),
+            PoolsDeps {
+                provisioners: &provisioners,
+                users: &auth.users,
+                store: store.clone(),
+                events: events.clone(),
+                metrics: metrics.clone(),
+                tracker: tracker.clone(),
+                shutdown: shutdown.clone(),
+            },
             Timings {
                 deadline: config.task_deadline,
                 assignment_ttl: config.assignment_ttl,
@@ -133,8 +137,6 @@ impl AppState {
                 task_retention: config.task_retention,
                 sweep_interval: config.sweep_interval,
             },
-            tracker.clone(),
-            shutdown.clone(),
         )?;
         Ok(AppState(Arc::new(Inner {
             store,

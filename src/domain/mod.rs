@@ -11,9 +11,7 @@ pub mod task;
 
 pub use address::address_key;
 pub use machine::{ConnectionData, Machine};
-pub use task::{
-    ERR_DEADLINE, ERR_INTERRUPTED, ERR_PROVISIONER, Task, TaskError, TaskKind, TaskStatus,
-};
+pub use task::{Task, TaskError, TaskKind, TaskStatus};
 
 /// A session or MFA token's SHA-256 digest: what is stored and compared, never the token.
 pub type TokenHash = [u8; 32];

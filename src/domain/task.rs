@@ -1,6 +1,8 @@
 //! The task: one asynchronous step of getting a desktop, and its state machine
 //! PENDING → RUNNING → COMPLETED | FAILED | CANCELLED (a task may also end straight from PENDING).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -14,6 +16,17 @@ pub enum TaskKind {
     PoolExpand,
     /// Step 2: the data to connect to that machine.
     GlintStart,
+}
+
+impl TaskKind {
+    /// The wire name (`POOL_EXPAND`, `GLINT_START`), as serde writes it: also the store's key
+    /// part and the `kind` label of the task metrics, so every place spells it the same way.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::PoolExpand => "POOL_EXPAND",
+            TaskKind::GlintStart => "GLINT_START",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,21 +47,87 @@ impl TaskStatus {
     pub fn is_done(self) -> bool {
         !self.is_active()
     }
+
+    /// The wire name (`PENDING` … `CANCELLED`), as serde writes it; the `outcome` label of the
+    /// task metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "PENDING",
+            TaskStatus::Running => "RUNNING",
+            TaskStatus::Completed => "COMPLETED",
+            TaskStatus::Failed => "FAILED",
+            TaskStatus::Cancelled => "CANCELLED",
+        }
+    }
 }
 
-/// Why a task ended badly.
+/// Why a task ended badly, as clients see it. Built only by the constructors below, which own
+/// the wire codes (`protocol/pools.md`) and the messages, so a code never drifts from its cause.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskError {
     pub err_code: u32,
     pub message: String,
 }
 
-/// err_code of a task that overran its deadline.
-pub const ERR_DEADLINE: u32 = 810;
-/// err_code of a task whose provisioner failed or crashed.
-pub const ERR_PROVISIONER: u32 = 811;
-/// err_code of a task ended by a restart or by its instance going away.
-pub const ERR_INTERRUPTED: u32 = 812;
+impl TaskError {
+    /// err_code of a task that overran its deadline.
+    pub const DEADLINE: u32 = 810;
+    /// err_code of a task whose provisioner failed, cancelled or crashed.
+    pub const PROVISIONER: u32 = 811;
+    /// err_code of a task ended by a restart, a shutdown or its instance going away.
+    pub const INTERRUPTED: u32 = 812;
+
+    /// The task did not finish within `limit` (`task_deadline`) and was cancelled.
+    pub fn deadline(limit: Duration) -> Self {
+        let secs = limit.as_secs_f64();
+        TaskError {
+            err_code: Self::DEADLINE,
+            message: format!(
+                "The task did not finish within {secs} s and was cancelled; ask again."
+            ),
+        }
+    }
+
+    /// The provisioner failed or cancelled the step and said why (or a seed task says so).
+    pub fn provisioner(message: impl Into<String>) -> Self {
+        TaskError {
+            err_code: Self::PROVISIONER,
+            message: message.into(),
+        }
+    }
+
+    /// The provisioner's step panicked; what it said stays in the log.
+    pub fn provisioner_crashed() -> Self {
+        Self::provisioner("The provisioner crashed.")
+    }
+
+    /// The step got a machine but the store could not record the assignment (it was given back).
+    pub fn machine_not_recorded() -> Self {
+        Self::provisioner("The machine could not be recorded; ask again.")
+    }
+
+    /// A previous run of the server left the task unfinished.
+    pub fn server_restarted() -> Self {
+        Self::interrupted("The server restarted before the task finished; ask again.")
+    }
+
+    /// The server shut down while driving the task.
+    pub fn server_shut_down() -> Self {
+        Self::interrupted("The server shut down before the task finished; ask again.")
+    }
+
+    /// The instance driving the task (shared stores) stopped renewing its lease.
+    pub fn instance_gone() -> Self {
+        Self::interrupted("The instance driving this task went away; ask again.")
+    }
+
+    fn interrupted(message: &str) -> Self {
+        TaskError {
+            err_code: Self::INTERRUPTED,
+            message: message.into(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
@@ -201,6 +280,47 @@ mod rfc3339 {
                 let ours = format!("\"{}\"", super::format(&t, &mut buf).unwrap());
                 assert_eq!(ours, chrono);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{TaskError, TaskKind, TaskStatus};
+
+    #[test]
+    fn as_str_spells_kinds_and_statuses_exactly_as_serde_does() {
+        for kind in [TaskKind::PoolExpand, TaskKind::GlintStart] {
+            let wire = serde_json::to_value(kind).unwrap();
+            assert_eq!(wire, kind.as_str());
+        }
+        use TaskStatus::*;
+        for status in [Pending, Running, Completed, Failed, Cancelled] {
+            let wire = serde_json::to_value(status).unwrap();
+            assert_eq!(wire, status.as_str());
+        }
+    }
+
+    #[test]
+    fn task_errors_carry_the_documented_codes() {
+        let deadline = TaskError::deadline(Duration::from_millis(1500));
+        assert_eq!(deadline.err_code, 810);
+        assert!(deadline.message.contains("within 1.5 s"), "{deadline:?}");
+        for e in [
+            TaskError::provisioner("no capacity"),
+            TaskError::provisioner_crashed(),
+            TaskError::machine_not_recorded(),
+        ] {
+            assert_eq!(e.err_code, 811, "{e:?}");
+        }
+        for e in [
+            TaskError::server_restarted(),
+            TaskError::server_shut_down(),
+            TaskError::instance_gone(),
+        ] {
+            assert_eq!(e.err_code, 812, "{e:?}");
         }
     }
 }

@@ -49,13 +49,6 @@ fn key(prefix: &str, parts: &[&str]) -> String {
     key
 }
 
-fn kind_str(kind: TaskKind) -> &'static str {
-    match kind {
-        TaskKind::PoolExpand => "POOL_EXPAND",
-        TaskKind::GlintStart => "GLINT_START",
-    }
-}
-
 fn resp3(url: &str) -> String {
     if url.contains("protocol=") {
         url.to_owned()
@@ -597,7 +590,7 @@ impl Store for RedisStore {
                 "latest",
                 &user.to_string(),
                 &pool.to_string(),
-                kind_str(kind),
+                kind.as_str(),
             ]))
             .await?;
         match id {
@@ -611,7 +604,7 @@ impl Store for RedisStore {
         let id = task.id.to_string();
         let n: i64 = self
             .task_create
-            .key(self.k(&["latest", &user, &pool, kind_str(task.kind)]))
+            .key(self.k(&["latest", &user, &pool, task.kind.as_str()]))
             .key(self.k(&["task", &id]))
             .key(self.k(&["user_tasks", &user]))
             .key(self.k(&["active_tasks"]))

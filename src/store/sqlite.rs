@@ -73,13 +73,6 @@ pub struct SqliteStore {
     sink: mpsc::UnboundedSender<BusEvent>,
 }
 
-fn kind_str(kind: TaskKind) -> &'static str {
-    match kind {
-        TaskKind::PoolExpand => "POOL_EXPAND",
-        TaskKind::GlintStart => "GLINT_START",
-    }
-}
-
 /// Fixed-width RFC 3339, so text order is time order.
 fn created_key(task: &Task) -> String {
     task.created
@@ -442,7 +435,7 @@ impl Store for SqliteStore {
             .tasks_where(
                 "SELECT t.body FROM latest l JOIN tasks t ON t.id = l.task_id
                  WHERE l.user_id = ?1 AND l.pool_id = ?2 AND l.kind = ?3",
-                &[&user.to_string(), &pool.to_string(), &kind_str(kind)],
+                &[&user.to_string(), &pool.to_string(), &kind.as_str()],
             )?
             .pop())
     }
@@ -454,7 +447,7 @@ impl Store for SqliteStore {
             let (user, pool, kind) = (
                 task.user_id.to_string(),
                 task.pool_id.to_string(),
-                kind_str(task.kind),
+                task.kind.as_str(),
             );
             let current: Option<String> = tx
                 .query_row(

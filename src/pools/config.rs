@@ -1,0 +1,73 @@
+//! The pools' settings: the `[[pools]]` tables, the seed tasks, and the timings of the work
+//! around tasks. Plain data that `config` (a layer above) composes into the settings file and
+//! `Pools::new` consumes, so the settings format of pools lives with the pools.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::domain::{TaskKind, TaskStatus};
+
+/// A `[[pools]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(default = "active")]
+    pub status: String,
+    #[serde(default)]
+    pub is_favorite: bool,
+    pub pool_type: String,
+    pub os_type: String,
+    pub connection_types: Vec<String>,
+    /// Usernames assigned to the pool.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Name of a `[provisioners.NAME]` table; `simulated` works without one.
+    #[serde(default = "simulated")]
+    pub provisioner: String,
+}
+
+fn active() -> String {
+    "ACTIVE".into()
+}
+
+fn simulated() -> String {
+    "simulated".into()
+}
+
+/// A task present at start-up (the mock's demo dataset has two).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedTask {
+    pub id: Uuid,
+    pub username: String,
+    pub pool_id: Uuid,
+    pub kind: TaskKind,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Timings of the background work around tasks and assignments.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// Every connect task ends within this long.
+    pub deadline: Duration,
+    /// How long a machine stays assigned to a user.
+    pub assignment_ttl: Duration,
+    /// How often expired assignments are released.
+    pub lease_sweep: Duration,
+    /// How long an instance's claim on a task lasts without renewal (shared stores).
+    pub task_lease: Duration,
+    /// How long a FAILED step 1 keeps the pool refusing the user.
+    pub failed_step_retry: Duration,
+    /// Every provisioner `release` (and the start-up `reconcile`) ends within this long.
+    pub release_deadline: Duration,
+    /// Ended tasks older than this are deleted (except each key's latest).
+    pub task_retention: Duration,
+    /// How often they are.
+    pub sweep_interval: Duration,
+}

@@ -1,0 +1,78 @@
+//! Read-only answers about pools, tasks and assignments: what the listing methods and the
+//! admin views need, kept apart from the rules that change anything.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{PoolView, Pools};
+use crate::auth::users::User;
+use crate::domain::{Machine, Task};
+use crate::error::Error;
+
+/// Tasks listed by `tasks`.
+const RECENT_PER_USER: usize = 50;
+
+impl Pools {
+    /// The user's pools, in config order; `favorites_only` keeps the favourites.
+    pub fn list(&self, user: &User, favorites_only: bool) -> Vec<PoolView> {
+        self.order
+            .iter()
+            .map(|id| &self.pools[id])
+            .filter(|p| p.users.contains(&user.id))
+            .filter(|p| !favorites_only || p.view.is_favorite)
+            .map(|p| p.view.clone())
+            .collect()
+    }
+
+    /// The ids of a pool's users (admin resets of a whole pool); `None` for an unknown pool.
+    pub fn pool_users(&self, pool_id: Uuid) -> Option<Vec<Uuid>> {
+        self.pools
+            .get(&pool_id)
+            .map(|p| p.users.iter().copied().collect())
+    }
+
+    /// A pool's id from its id or its name (admin methods take either).
+    pub fn pool_id_by_name_or_id(&self, pool: &str) -> Option<Uuid> {
+        match pool.parse::<Uuid>() {
+            Ok(id) => self.pools.contains_key(&id).then_some(id),
+            Err(_) => self
+                .order
+                .iter()
+                .find(|id| self.pools[*id].view.name == pool)
+                .copied(),
+        }
+    }
+
+    /// One of the user's tasks; someone else's is "not found".
+    pub async fn task(&self, user: &User, id: Uuid) -> Result<Task, Error> {
+        match self.store.task_get(id).await? {
+            Some(t) if t.user_id == user.id => Ok(t),
+            _ => Err(Error::NotFound("Task not found.".into())),
+        }
+    }
+
+    /// The user's recent tasks, newest first.
+    pub async fn recent_tasks(&self, user: &User) -> Result<Vec<Task>, Error> {
+        Ok(self.store.tasks_of_user(user.id, RECENT_PER_USER).await?)
+    }
+
+    /// Every PENDING or RUNNING task (admin view).
+    pub async fn all_active_tasks(&self) -> Result<Vec<Task>, Error> {
+        Ok(self.store.tasks_active().await?)
+    }
+
+    /// The machine a user holds in a pool, if any.
+    pub async fn assignment(&self, user_id: Uuid, pool_id: Uuid) -> Result<Option<Machine>, Error> {
+        Ok(self
+            .store
+            .assignment_get(user_id, pool_id)
+            .await?
+            .map(|a| a.machine))
+    }
+
+    /// How long a provisioner release may take before it is abandoned (and its program killed).
+    pub fn release_deadline(&self) -> Duration {
+        self.timings.release_deadline
+    }
+}

@@ -1,0 +1,370 @@
+//! The task runner: drives one task to an end. The provisioner's step runs on its own tokio
+//! task, so a panic becomes a FAILED task instead of a lost one; the runner follows its
+//! progress, renews the task's lease (shared stores) and ends the task at `task_deadline` or
+//! at shutdown, giving back whatever an abandoned step still obtained. Whatever happens, the
+//! task is saved ended and every instance is told.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+use super::{Pool, Pools};
+use crate::domain::{ConnectionData, Machine, Task, TaskError, TaskKind, TaskStatus};
+use crate::provision::{Diagnosis, Progress, Provisioner, StepError, StepRequest, Update};
+use crate::store::{Assignment, BusEvent, now_ms};
+
+/// What a step obtains when it succeeds.
+enum StepOk {
+    Machine(Machine),
+    Connection(ConnectionData),
+}
+
+/// The provisioner's step, on its own tokio task.
+type Work = JoinHandle<Result<StepOk, StepError>>;
+
+/// What the step's tokio task returned (`Err`: it panicked).
+type StepResult = Result<Result<StepOk, StepError>, JoinError>;
+
+/// How following a step ended.
+enum Ended {
+    /// The step returned, with the failure the provisioner reported, if any.
+    Step(StepResult, Option<Diagnosis>),
+    /// `task_deadline` passed first.
+    Deadline,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// How a task ends: its status and, unless COMPLETED, why.
+type Outcome = (TaskStatus, Option<TaskError>);
+
+impl Pools {
+    /// Takes the task's lease and starts its runner.
+    pub(super) async fn launch(&self, task: Task, pool: Arc<Pool>, mut req: StepRequest) {
+        req.task_id = Some(task.id);
+        // Fresh task ids cannot be leased by anyone else; a failure here is a store outage,
+        // and the runner retries renewing.
+        let _ = self
+            .store
+            .lease_acquire(task.id, &self.instance, self.timings.task_lease)
+            .await;
+        self.store.publish(BusEvent::Task {
+            task: Box::new(task.clone()),
+            notify: false,
+        });
+        self.running.insert(task.id);
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let id = task.id;
+            this.drive(task, pool, req).await;
+            this.running.remove(&id);
+            let _ = this.store.lease_release(id, &this.instance).await;
+        });
+    }
+
+    /// Drives one task to an end: progress updates become events; the deadline, a provisioner
+    /// error or panic, and shutdown all end the task. `req` carries the task id.
+    async fn drive(&self, mut task: Task, pool: Arc<Pool>, req: StepRequest) {
+        let (progress, mut updates) = Progress::channel();
+        let mut work = start_step(pool.provisioner.clone(), task.kind, req.clone(), progress);
+        let (status, error) = match self.follow(&mut task, &mut work, &mut updates).await {
+            Ended::Shutdown => {
+                self.abandon(&pool, work, &req, "server shutting down")
+                    .await;
+                (TaskStatus::Cancelled, Some(TaskError::server_shut_down()))
+            }
+            Ended::Deadline => self.overran(task.kind, &pool, work, &req).await,
+            Ended::Step(result, diagnosis) => {
+                self.settle(&mut task, &pool, &req, result, diagnosis).await
+            }
+        };
+        task.finish(status, error);
+        self.save(&task, true).await;
+    }
+
+    /// Follows the step until it returns, the task's deadline passes (counted from its
+    /// creation) or the server shuts down: progress is saved as it comes, and the lease is
+    /// renewed on shared stores. Progress reported by a step that ended is saved too, but not
+    /// at shutdown.
+    async fn follow(
+        &self,
+        task: &mut Task,
+        work: &mut Work,
+        updates: &mut UnboundedReceiver<Update>,
+    ) -> Ended {
+        let mut diagnosis = None;
+        let age = (chrono::Utc::now() - task.created)
+            .to_std()
+            .unwrap_or_default();
+        let deadline =
+            tokio::time::sleep_until(Instant::now() + self.timings.deadline.saturating_sub(age));
+        tokio::pin!(deadline);
+        let mut renew = tokio::time::interval(self.timings.task_lease / 3);
+        renew.tick().await;
+        let result = loop {
+            tokio::select! {
+                biased;
+                Some(update) = updates.recv() => {
+                    if apply_update(task, update, &mut diagnosis) {
+                        self.save(task, true).await;
+                    }
+                }
+                result = &mut *work => break Some(result),
+                _ = &mut deadline => break None,
+                _ = renew.tick(), if self.store.is_shared() => {
+                    if let Err(e) = self.store.lease_acquire(task.id, &self.instance, self.timings.task_lease).await {
+                        tracing::warn!(task_id = %task.id, error = %e, "cannot renew the task lease");
+                    }
+                }
+                _ = self.shutdown.cancelled() => return Ended::Shutdown,
+            }
+        };
+        let mut changed = false;
+        while let Ok(update) = updates.try_recv() {
+            changed |= apply_update(task, update, &mut diagnosis);
+        }
+        if changed {
+            self.save(task, true).await;
+        }
+        match result {
+            Some(result) => Ended::Step(result, diagnosis),
+            None => Ended::Deadline,
+        }
+    }
+
+    /// The deadline passed: the step is abandoned, logged and counted, and the task cancelled.
+    async fn overran(&self, kind: TaskKind, pool: &Pool, work: Work, req: &StepRequest) -> Outcome {
+        self.abandon(pool, work, req, "task deadline passed").await;
+        let secs = self.timings.deadline.as_secs_f64();
+        let message = format!("The step did not finish within task_deadline ({secs} s).");
+        let killed = Diagnosis {
+            outcome: "deadline",
+            exit_status: None,
+            stderr: None,
+        };
+        let error = StepError::Cancelled(message);
+        self.report_failure(req, step_name(kind), &error, Some(killed));
+        (
+            TaskStatus::Cancelled,
+            Some(TaskError::deadline(self.timings.deadline)),
+        )
+    }
+
+    /// What the step's result makes of the task; a failure is logged and counted once.
+    async fn settle(
+        &self,
+        task: &mut Task,
+        pool: &Pool,
+        req: &StepRequest,
+        result: StepResult,
+        diagnosis: Option<Diagnosis>,
+    ) -> Outcome {
+        let step = step_name(task.kind);
+        match result {
+            Ok(Ok(StepOk::Machine(machine))) => self.assign(task, pool, req, machine).await,
+            Ok(Ok(StepOk::Connection(connection))) => {
+                task.connection = Some(connection);
+                (TaskStatus::Completed, None)
+            }
+            Ok(Err(e)) => {
+                self.report_failure(req, step, &e, diagnosis);
+                match e {
+                    StepError::Failed(message) => {
+                        (TaskStatus::Failed, Some(TaskError::provisioner(message)))
+                    }
+                    StepError::Cancelled(message) => {
+                        (TaskStatus::Cancelled, Some(TaskError::provisioner(message)))
+                    }
+                }
+            }
+            Err(join) => {
+                let crashed = Diagnosis {
+                    outcome: "crashed",
+                    exit_status: None,
+                    stderr: None,
+                };
+                let error = StepError::Failed(format!("The provisioner crashed: {join}."));
+                self.report_failure(req, step, &error, Some(crashed));
+                (TaskStatus::Failed, Some(TaskError::provisioner_crashed()))
+            }
+        }
+    }
+
+    /// Step 1 got a machine: it is the user's once the assignment is recorded; a machine that
+    /// cannot be recorded goes back to the provisioner.
+    async fn assign(
+        &self,
+        task: &mut Task,
+        pool: &Pool,
+        req: &StepRequest,
+        machine: Machine,
+    ) -> Outcome {
+        let assignment = Assignment {
+            user_id: task.user_id,
+            pool_id: task.pool_id,
+            machine: machine.clone(),
+            lease_until_ms: now_ms() + self.timings.assignment_ttl.as_millis() as u64,
+        };
+        match self.store.assignment_create(&assignment).await {
+            Ok(true) => {
+                task.machine = Some(machine);
+                (TaskStatus::Completed, None)
+            }
+            // One active step-1 task per key makes this impossible; never hold two.
+            Ok(false) => {
+                let release = release_request(req, &machine, "already assigned");
+                self.release_machine(&pool.provisioner, release);
+                (TaskStatus::Completed, None)
+            }
+            Err(e) => {
+                tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
+                let release = release_request(req, &machine, "assignment not recorded");
+                self.release_machine(&pool.provisioner, release);
+                (TaskStatus::Failed, Some(TaskError::machine_not_recorded()))
+            }
+        }
+    }
+
+    /// Aborts the step; if it finished anyway, gives back what it got, saying `reason`.
+    async fn abandon(&self, pool: &Pool, work: Work, req: &StepRequest, reason: &str) {
+        work.abort();
+        if let Ok(Ok(StepOk::Machine(machine))) = work.await {
+            let release = release_request(req, &machine, reason);
+            self.release_machine(&pool.provisioner, release);
+        }
+    }
+
+    /// Writes a task and tells every instance. Retried briefly: a store outage must not leave
+    /// a finished task looking active.
+    async fn save(&self, task: &Task, notify: bool) {
+        if let Some(finished) = task.finished
+            && task.status.is_done()
+        {
+            let secs = (finished - task.created).as_seconds_f64().max(0.0);
+            self.metrics
+                .task_seconds
+                .get_or_create(&crate::metrics::TaskLabels {
+                    kind: task.kind.as_str(),
+                    outcome: task.status.as_str(),
+                })
+                .observe(secs);
+        }
+        for attempt in 0u64..5 {
+            match self.store.task_update(task).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(task_id = %task.id, error = %e, "cannot save task; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
+            }
+        }
+        self.store.publish(BusEvent::Task {
+            task: Box::new(task.clone()),
+            notify,
+        });
+    }
+
+    /// Ends a task whose runner is gone; `error` says how it went.
+    pub(super) async fn end_orphan(&self, mut task: Task, error: TaskError) {
+        let message = error.message.clone();
+        task.finish(TaskStatus::Cancelled, Some(error));
+        tracing::warn!(task_id = %task.id, message, "ended an orphaned task");
+        self.save(&task, true).await;
+    }
+
+    /// Logs a failed provisioner step once, at WARN (a crash at ERROR), with the pool, task,
+    /// user, what the provisioner reported (exit status, last stderr line), and counts it in
+    /// `poolgate_provisioner_failures_total{pool,step,outcome}`.
+    pub(super) fn report_failure(
+        &self,
+        req: &StepRequest,
+        step: &'static str,
+        error: &StepError,
+        diagnosis: Option<Diagnosis>,
+    ) {
+        let (default_outcome, message) = match error {
+            StepError::Failed(m) => ("failed", m.as_str()),
+            StepError::Cancelled(m) => ("cancelled", m.as_str()),
+        };
+        let d = diagnosis.unwrap_or(Diagnosis {
+            outcome: default_outcome,
+            exit_status: None,
+            stderr: None,
+        });
+        self.metrics
+            .provisioner_failures
+            .get_or_create(&crate::metrics::ProvisionerLabels {
+                pool: req.pool_name.clone(),
+                step,
+                outcome: d.outcome,
+            })
+            .inc();
+        let task_id = req.task_id.map(|t| t.to_string());
+        let machine = req.machine.as_ref().map(|m| m.verbose_name.as_str());
+        let machine_id = req.machine.as_ref().map(|m| m.id.to_string());
+        let (exit_status, stderr) = (d.exit_status.as_deref(), d.stderr.as_deref());
+        if d.outcome == "crashed" {
+            tracing::error!(pool = %req.pool_name, pool_id = %req.pool_id, task_id, user = %req.username, step, outcome = d.outcome, machine, machine_id, error = message, "provisioner step failed");
+        } else {
+            tracing::warn!(pool = %req.pool_name, pool_id = %req.pool_id, task_id, user = %req.username, step, outcome = d.outcome, exit_status, stderr, machine, machine_id, reason = req.reason.as_deref(), error = message, "provisioner step failed");
+        }
+    }
+}
+
+/// Starts the provisioner's step for a task of `kind` on its own tokio task.
+fn start_step(
+    provisioner: Arc<dyn Provisioner>,
+    kind: TaskKind,
+    req: StepRequest,
+    progress: Progress,
+) -> Work {
+    tokio::spawn(async move {
+        match kind {
+            TaskKind::PoolExpand => provisioner
+                .expand(&req, progress)
+                .await
+                .map(StepOk::Machine),
+            TaskKind::GlintStart => provisioner
+                .connect(&req, progress)
+                .await
+                .map(StepOk::Connection),
+        }
+    })
+}
+
+/// The provisioner step that carries out a task of `kind`: the `step` of logs and metrics.
+fn step_name(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::PoolExpand => "expand",
+        TaskKind::GlintStart => "connect",
+    }
+}
+
+/// The release of a machine a step obtained: the step's request (pool, user, task) without
+/// the screen size, with the machine and why it is given back.
+fn release_request(step: &StepRequest, machine: &Machine, reason: &str) -> StepRequest {
+    StepRequest {
+        machine: Some(machine.clone()),
+        width: None,
+        height: None,
+        reason: Some(reason.to_owned()),
+        ..step.clone()
+    }
+}
+
+/// Applies a progress report; true if the task changed. A failure report is kept for the log.
+fn apply_update(task: &mut Task, update: Update, diagnosis: &mut Option<Diagnosis>) -> bool {
+    let before = (task.status, task.progress);
+    match update {
+        Update::Running => task.start(),
+        Update::Percent(p) => {
+            task.start();
+            task.progress = Some(p);
+        }
+        Update::Failure(d) => *diagnosis = Some(d),
+    }
+    (task.status, task.progress) != before
+}
