@@ -53,12 +53,6 @@ pub enum Error {
     /// The user exists and the credentials are right, but the account is disabled.
     #[error("User is disabled.")]
     Disabled,
-    /// The caller may not do this (err_code as in the mock where one exists).
-    #[error("{message}")]
-    Forbidden {
-        message: String,
-        err_code: Option<u32>,
-    },
     /// The user may not use this pool (the mock's 403, `err_code` 900).
     #[error("Insufficient permissions.")]
     InsufficientPermissions,
@@ -75,12 +69,6 @@ pub enum Error {
     /// Unknown namespace, method or object.
     #[error("{0}")]
     NotFound(String),
-    /// The request conflicts with the current state (err_code as in the mock).
-    #[error("{message}")]
-    Conflict {
-        message: String,
-        err_code: Option<u32>,
-    },
     /// A text frame over the configured limit.
     #[error("Frame too large: the limit is {limit} bytes.")]
     FrameTooLarge { limit: usize },
@@ -129,12 +117,11 @@ impl Error {
             | Error::InvalidMfaToken
             | Error::InvalidOtp => 401,
             Error::Disabled
-            | Error::Forbidden { .. }
             | Error::InsufficientPermissions
             | Error::AdminRequired
             | Error::PoolCannotExpand => 403,
             Error::NotFound(_) => 404,
-            Error::Conflict { .. } | Error::NoEligibleMachine => 409,
+            Error::NoEligibleMachine => 409,
             Error::FrameTooLarge { .. } => 413,
             Error::Unprocessable(_) => 422,
             Error::MfaRequired { .. } => 428,
@@ -153,7 +140,6 @@ impl Error {
             Error::NoEligibleMachine => Some(801),
             Error::InvalidOtp => Some(103),
             Error::MfaRequired { kind, .. } => Some(kind.err_code()),
-            Error::Forbidden { err_code, .. } | Error::Conflict { err_code, .. } => *err_code,
             _ => None,
         }
     }

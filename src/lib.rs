@@ -1,9 +1,23 @@
 //! poolgate: a remote-desktop connection broker. One WebSocket per thin client, speaking
-//! sysadm-style JSON envelopes (see `protocol/`).
+//! sysadm-style JSON envelopes (see `protocol/`), and beside it the dispatcher's v2 REST API.
 //!
-//! Data flows one way: transport (`ws`) → `rpc` → domain (`auth`, `pools`) → `provision`;
-//! task events flow back through `events` to the sockets. `state` ties them together.
-
+//! The modules form layers. A module uses its own layer and those below, never one above,
+//! and no two modules import each other in a cycle; `tests/layers.rs` reads every `crate::`
+//! path and checks this drawing (README.rst draws the same). Bottom to top:
+//!
+//! 1. `domain`, `files`, `telemetry`, `limits`, `http`, `tls` — plain types and plumbing
+//! 2. `store`, `error`, `envelope` — durable state, errors with wire codes, the envelope
+//! 3. `auth`, `provision`, `events`, `metrics`, `admission` — the domain's services
+//! 4. `pools` — the step rules and the task runner
+//! 5. `config`, `state` — settings composed from each layer's own, and the wired state
+//! 6. `rpc`, `rest` — the handlers of both transports, calling the same domain functions
+//! 7. `ws`, `server`, `app` — one socket loop, the router, building and stopping the app
+//! 8. `cli`, `client`, `preflight`, `users_file` — the commands that `main.rs` dispatches to
+//!
+//! Layer 1 imports nothing of the crate: `domain` holds what lower layers must name (tasks,
+//! machines, token digests, client addresses) so that they never reach up for it. Requests
+//! flow down from a transport to the domain; task events flow back up through `events` to
+//! the sockets.
 pub mod admission;
 pub mod auth;
 pub mod client;

@@ -14,20 +14,6 @@ use crate::error::Error;
 use crate::provision::StepRequest;
 use crate::store::TaskKey;
 
-fn forbidden() -> Error {
-    Error::Forbidden {
-        message: "Insufficient permissions.".into(),
-        err_code: Some(900),
-    }
-}
-
-fn cannot_expand() -> Error {
-    Error::Forbidden {
-        message: "Pool cannot be expanded.".into(),
-        err_code: Some(800),
-    }
-}
-
 /// Concurrent creators of one key's task lose the compare-and-set and read the winner's.
 const CREATE_ATTEMPTS: usize = 5;
 
@@ -37,7 +23,7 @@ impl Pools {
         match self.pools.get(&pool_id) {
             Some(p) if p.users.contains(&user.id) => Ok(p.clone()),
             // An unknown pool answers like a foreign one: existence is not disclosed.
-            _ => Err(forbidden()),
+            _ => Err(Error::InsufficientPermissions),
         }
     }
 
@@ -54,7 +40,7 @@ impl Pools {
                 {
                     Ok(Some(last))
                 }
-                TaskStatus::Failed if self.failure_holds(&last) => Err(cannot_expand()),
+                TaskStatus::Failed if self.failure_holds(&last) => Err(Error::PoolCannotExpand),
                 // CANCELLED, COMPLETED whose machine has since been released, or a FAILED one
                 // whose window passed or that an operator cleared.
                 TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => Ok(None),
@@ -72,10 +58,7 @@ impl Pools {
     ) -> Result<ConnectOutcome, Error> {
         let pool = self.pool_for(user, pool_id)?;
         let Some(assignment) = self.store.assignment_get(user.id, pool_id).await? else {
-            return Err(Error::Conflict {
-                message: "No eligible machine found for user connection.".into(),
-                err_code: Some(801),
-            });
+            return Err(Error::NoEligibleMachine);
         };
         if let Some(p) = params.remote_protocol
             && p != 1
