@@ -13,7 +13,6 @@ mod otp_verify;
 mod pool_request;
 mod pools;
 mod task;
-pub use task::TaskReplies;
 mod tasks;
 
 use std::net::SocketAddr;

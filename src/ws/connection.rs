@@ -14,7 +14,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tungstenite::error::CapacityError;
 
-use super::envelope;
+use crate::envelope;
 use crate::error::Error;
 use crate::events::{Frame, Outbox};
 use crate::rpc::{self, Conn, Ctx};

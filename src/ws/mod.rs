@@ -1,9 +1,8 @@
-//! The WebSocket transport at `/`: the upgrade (with the transport's buffer sizes), the
-//! per-socket loop, and the envelope format. Connection limits are the accept loop's
+//! The WebSocket transport at `/`: the upgrade (with the transport's buffer sizes) and the
+//! per-socket loop; the envelope format is `crate::envelope`. Connection limits are the accept loop's
 //! (`server`, `admission`): an upgraded socket keeps the slot its connection took.
 
 pub mod connection;
-pub mod envelope;
 
 use std::net::SocketAddr;
 
