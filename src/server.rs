@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::Request;
-use axum::response::Response;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::routing::get;
 use hyper::body::Incoming;
@@ -46,11 +46,11 @@ const METRICS_CONNECTIONS: usize = 64;
 /// `metrics_listen` is set.
 pub fn app(state: AppState) -> Router {
     let router = Router::new()
-        .route("/", get(crate::ws::upgrade))
+        .route("/", crate::ws::rpc_route(&state))
         .merge(crate::rest::router())
-        .route("/healthz", get(crate::metrics::healthz));
+        .route("/healthz", get(healthz));
     let router = if state.config.metrics_listen.is_none() {
-        router.route("/metrics", get(crate::metrics::metrics))
+        router.route("/metrics", get(metrics))
     } else {
         router
     };
@@ -60,9 +60,36 @@ pub fn app(state: AppState) -> Router {
 /// The routes of the metrics listener.
 pub fn metrics_app(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(crate::metrics::metrics))
-        .route("/healthz", get(crate::metrics::healthz))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .with_state(state)
+}
+
+/// `GET /metrics`: OpenMetrics text, with the gauges sampled now.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let sampled = crate::metrics::Sampled {
+        signed_in_sockets: state.events.socket_count(),
+        sessions_in_memory: state.auth.tokens.cached(),
+        accepted_open: state.admission.open(),
+    };
+    match state.metrics.encode(sampled) {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// `GET /healthz`: 200 when serving and the state store answers, 503 otherwise.
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match state.store.failures_get("healthz").await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: state store unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response()
+        }
+    }
 }
 
 /// Serves plain HTTP/WebSocket until `state.shutdown` is cancelled, then waits for every

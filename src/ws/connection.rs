@@ -269,9 +269,10 @@ async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
         request.args,
     )
     .await;
-    state
-        .metrics
-        .rpc(method, result.as_ref().map_or_else(|e| e.code(), |_| 200));
+    state.metrics.rpc(
+        method.map(|m| (m.index(), m.name())),
+        result.as_ref().map_or_else(|e| e.code(), |_| 200),
+    );
     match result {
         Ok(args) => envelope::response(&request.namespace, request.id, &args),
         Err(err) => {

@@ -11,6 +11,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
 
 use crate::state::AppState;
 
@@ -30,7 +31,14 @@ pub fn transport(ws: WebSocketUpgrade, max_message_bytes: usize) -> WebSocketUpg
         .max_frame_size(max_message_bytes)
 }
 
-pub async fn upgrade(
+/// The RPC socket's route (`/`). Names the methods in the metrics first, so each method's
+/// counters exist from the first scrape on.
+pub fn rpc_route(state: &AppState) -> MethodRouter<AppState> {
+    state.metrics.name_methods(crate::rpc::METHOD_NAMES);
+    get(upgrade)
+}
+
+async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
