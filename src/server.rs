@@ -47,7 +47,7 @@ const METRICS_CONNECTIONS: usize = 64;
 pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .route("/", crate::ws::rpc_route(&state))
-        .merge(crate::rest::router())
+        .merge(crate::rest::router(crate::ws::status_route()))
         .route("/healthz", get(healthz));
     let router = if state.config.metrics_listen.is_none() {
         router.route("/metrics", get(metrics))

@@ -1,11 +1,14 @@
 //! The RPC methods of the WebSocket endpoint and the one table that maps `(namespace, name)`
 //! to them. Each method lives in its own file as a `parse` (args → typed request, 400 on
-//! mismatch) and an `apply` (run it against the domain).
+//! mismatch) and an `apply` (run it against the domain). `conn` holds what a connection knows
+//! about itself and turns one text frame into one reply; the socket around it (timers, queue,
+//! close codes) is `ws`'s, which calls [`handle_text`].
 
 mod admin;
 mod auth;
 mod auth_clear;
 mod auth_token;
+mod conn;
 mod connect_info;
 mod events;
 mod identify;
@@ -15,17 +18,15 @@ mod pools;
 mod task;
 mod tasks;
 
-use std::net::SocketAddr;
+pub use conn::{Conn, handle_text, refusal};
+
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
 
-use crate::auth::tokens::Session;
 use crate::error::Error;
-use crate::events::{EventFormat, Outbox, Subscriber, Subscriptions};
 use crate::state::AppState;
 
 /// Expands the method table (below) into everything derived from it.
@@ -129,77 +130,6 @@ impl IntoReply for Result<Value, Error> {
 impl IntoReply for Result<Reply, Error> {
     fn into_reply(self) -> Result<Reply, Error> {
         self
-    }
-}
-
-/// What one connection knows about itself between messages.
-pub struct Conn {
-    pub id: u64,
-    pub peer: SocketAddr,
-    /// The signed-in session, if any. Checked (not looked up) on every message.
-    pub session: Option<Arc<Session>>,
-    /// Which events are pushed to this socket (all on by default once signed in).
-    pub events_enabled: Arc<Subscriptions>,
-    /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
-    pub auth_failures: u32,
-    /// The socket's outbound queue (replies and events).
-    pub outbound: Arc<Outbox>,
-    /// Cancelled when the socket fell behind on its events and must close, and (as a child of
-    /// the server's shutdown token) at shutdown: one uncontended token for the socket's loop to
-    /// watch instead of the shared one.
-    pub kick: CancellationToken,
-    /// Set by a sign-in; the socket subscribes to events once the reply is queued, so the
-    /// catch-up events follow the reply.
-    pending_subscribe: bool,
-}
-
-impl Conn {
-    pub fn new(id: u64, peer: SocketAddr, outbound: Arc<Outbox>, kick: CancellationToken) -> Self {
-        Conn {
-            id,
-            peer,
-            session: None,
-            events_enabled: Arc::new(true.into()),
-            auth_failures: 0,
-            outbound,
-            kick,
-            pending_subscribe: false,
-        }
-    }
-
-    /// Binds a session to this connection; events start after the reply (see `subscribe`).
-    pub fn set_session(&mut self, state: &AppState, session: Arc<Session>) {
-        self.clear_session(state);
-        self.session = Some(session);
-        self.pending_subscribe = true;
-    }
-
-    /// Signs the connection out locally (the token itself is untouched).
-    pub fn clear_session(&mut self, state: &AppState) {
-        if let Some(old) = self.session.take() {
-            state.events.unsubscribe(old.user.id, self.id);
-        }
-        self.pending_subscribe = false;
-    }
-
-    /// After a sign-in's reply is queued: registers for task events and queues one event per
-    /// active task of the user, so a reconnecting client catches up.
-    pub fn subscribe_if_signed_in(&mut self, state: &AppState) {
-        if !std::mem::take(&mut self.pending_subscribe) {
-            return;
-        }
-        let Some(session) = &self.session else { return };
-        let user = session.user.id;
-        let (session, ttl) = (session.clone(), state.auth.tokens.ttl());
-        let sub = Subscriber {
-            alive: Arc::new(move || session.is_live(ttl)),
-            conn_id: self.id,
-            format: EventFormat::Rpc,
-            tx: self.outbound.clone(),
-            enabled: self.events_enabled.clone(),
-            kick: self.kick.clone(),
-        };
-        state.events.subscribe(user, sub);
     }
 }
 
