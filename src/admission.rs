@@ -16,8 +16,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::domain::address_key;
-/// The old name, until the last callers move to `telemetry::RateLimitedLog`.
-pub use crate::telemetry::RateLimitedLog as RefusalLog;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

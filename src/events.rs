@@ -98,7 +98,7 @@ pub enum EventFormat {
 impl EventFormat {
     pub fn render(self, task: &Task) -> Utf8Bytes {
         match self {
-            EventFormat::Rpc => crate::ws::envelope::event(EventName::Task.as_str(), task).into(),
+            EventFormat::Rpc => crate::envelope::event(EventName::Task.as_str(), task).into(),
             EventFormat::V2Status => {
                 let mut v = serde_json::json!({
                     "status": task.status,
@@ -239,7 +239,8 @@ impl EventHub {
     }
 
     /// Records a task's new state and, if `notify`, sends it to every enabled, still
-    /// signed-in socket of its user. Never waits: queueing is `try_send`.
+    /// signed-in socket of its user. Never waits: a socket whose queue is full is kicked
+    /// (see [`Subscriber::push`]).
     pub fn publish(&self, task: &Task, notify: bool) {
         let mut entry = self.users.entry(task.user_id).or_default();
         if task.status.is_active() {
@@ -272,7 +273,7 @@ impl EventHub {
         let Some(entry) = self.users.get(&user) else {
             return;
         };
-        let text: Utf8Bytes = crate::ws::envelope::event(
+        let text: Utf8Bytes = crate::envelope::event(
             EventName::Machine.as_str(),
             &serde_json::json!({"pool_id": pool_id, "machine_id": machine_id, "status": "RELEASED", "reason": reason}),
         )

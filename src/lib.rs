@@ -23,6 +23,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod files;

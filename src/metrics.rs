@@ -1,13 +1,16 @@
-//! Prometheus metrics (OpenMetrics text at `/metrics`) and `/healthz`.
+//! Prometheus metrics: the registry and its counters, rendered as OpenMetrics text (the
+//! `/metrics` and `/healthz` handlers are the router's, in `server`).
 //!
 //! What is counted: accepted connections (open, and refused by reason), WebSocket connections
 //! (open and total), RPCs by method and result code, sign-ins by outcome, task durations by
 //! kind and outcome, failed provisioner steps by pool, step and outcome, and, sampled at
 //! scrape time, signed-in sockets and sessions held in memory.
+//!
+//! This module knows no method table and no state: the RPC layer names its methods once
+//! ([`Metrics::name_methods`]) and the router passes the sampled figures to [`Metrics::encode`].
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,7 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::state::AppState;
+/// The `Content-Type` of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
@@ -58,9 +62,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_total: Counter,
     pub rpc_requests: Family<RpcLabels, Counter>,
-    /// Each method's `code="200"` counter, by `Method as usize`: the hot path skips the
-    /// family's lock and label hash.
-    rpc_ok: Vec<Counter>,
+    /// Each method's `code="200"` counter, by its position in the names given to
+    /// [`Metrics::name_methods`]: the hot path skips the family's lock and label hash.
+    rpc_ok: OnceLock<Box<[Counter]>>,
     pub logins: Family<OutcomeLabels, Counter>,
     pub task_seconds: Family<TaskLabels, Histogram, fn() -> Histogram>,
     /// Failed provisioner steps, each counted once where it is logged.
@@ -80,7 +84,7 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_total: Counter::default(),
             rpc_requests: Family::default(),
-            rpc_ok: Vec::new(),
+            rpc_ok: OnceLock::new(),
             logins: Family::default(),
             task_seconds: Family::new_with_constructor(task_histogram),
             provisioner_failures: Family::default(),
@@ -136,25 +140,16 @@ impl Default for Metrics {
             "Connections refused at accept, by the cap that refused them",
             m.refused.clone(),
         );
-        let rpc_ok = crate::rpc::METHODS
-            .iter()
-            .enumerate()
-            .map(|(i, method)| {
-                assert_eq!(*method as usize, i, "METHODS is in declaration order");
-                m.rpc_requests
-                    .get_or_create(&RpcLabels {
-                        method: method.name(),
-                        code: 200,
-                    })
-                    .clone()
-            })
-            .collect();
-        Metrics {
-            registry,
-            rpc_ok,
-            ..m
-        }
+        Metrics { registry, ..m }
     }
+}
+
+/// Gauges sampled from the rest of the application when metrics are scraped.
+pub struct Sampled {
+    pub signed_in_sockets: usize,
+    pub sessions_in_memory: usize,
+    /// Accepted connections held against `max_connections`.
+    pub accepted_open: usize,
 }
 
 impl Metrics {
@@ -167,51 +162,46 @@ impl Metrics {
         self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    pub fn rpc(&self, method: Option<crate::rpc::Method>, code: u16) {
-        match method {
-            Some(m) if code == 200 => {
-                self.rpc_ok[m as usize].inc();
-            }
-            _ => {
-                let method = method.map_or("unknown", crate::rpc::Method::name);
-                self.rpc_requests
-                    .get_or_create(&RpcLabels { method, code })
-                    .inc();
-            }
-        }
+    /// Names the RPC methods (`namespace/name`), by position, and creates each one's
+    /// `code="200"` counter, so every method is listed from the first scrape on. Called once by
+    /// the transport that owns the method table when its route is built; later calls are
+    /// ignored.
+    pub fn name_methods(&self, names: &[&'static str]) {
+        self.rpc_ok.get_or_init(|| {
+            names
+                .iter()
+                .map(|&method| {
+                    self.rpc_requests
+                        .get_or_create(&RpcLabels { method, code: 200 })
+                        .clone()
+                })
+                .collect()
+        });
     }
-}
 
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let m = &state.metrics;
-    m.signed_in_sockets.set(state.events.socket_count() as i64);
-    m.cached_sessions.set(state.auth.tokens.cached() as i64);
-    m.accepted_open.set(state.admission.open() as i64);
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &m.registry).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
-}
-
-/// `GET /healthz`: 200 when serving and the state store answers, 503 otherwise.
-pub async fn healthz(State(state): State<AppState>) -> Response {
-    if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    match state.store.failures_get("healthz").await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check: state store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response()
+    /// One RPC's outcome. `method` is the method's position in the names given to
+    /// [`Metrics::name_methods`] and its name; `None` for an unknown method.
+    pub fn rpc(&self, method: Option<(usize, &'static str)>, code: u16) {
+        if code == 200
+            && let Some((index, _)) = method
+            && let Some(ok) = self.rpc_ok.get().and_then(|ok| ok.get(index))
+        {
+            ok.inc();
+            return;
         }
+        let method = method.map_or("unknown", |(_, name)| name);
+        self.rpc_requests
+            .get_or_create(&RpcLabels { method, code })
+            .inc();
+    }
+
+    /// Every metric as OpenMetrics text ([`CONTENT_TYPE`]), with the sampled gauges set first.
+    pub fn encode(&self, sampled: Sampled) -> Result<String, std::fmt::Error> {
+        self.signed_in_sockets.set(sampled.signed_in_sockets as i64);
+        self.cached_sessions.set(sampled.sessions_in_memory as i64);
+        self.accepted_open.set(sampled.accepted_open as i64);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
     }
 }

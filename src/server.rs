@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::Request;
-use axum::response::Response;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::routing::get;
 use hyper::body::Incoming;
@@ -27,9 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{Admission, Refusal, RefusalLog};
+use crate::admission::{Admission, Refusal};
 use crate::http::{DeadlineBody, Holding};
 use crate::state::AppState;
+use crate::telemetry::RateLimitedLog;
 
 /// At most one log line per this long for each kind of refused connection, with the count.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -46,11 +47,11 @@ const METRICS_CONNECTIONS: usize = 64;
 /// `metrics_listen` is set.
 pub fn app(state: AppState) -> Router {
     let router = Router::new()
-        .route("/", get(crate::ws::upgrade))
-        .merge(crate::rest::router())
-        .route("/healthz", get(crate::metrics::healthz));
+        .route("/", crate::ws::rpc_route(&state))
+        .merge(crate::rest::router(crate::ws::status_route()))
+        .route("/healthz", get(healthz));
     let router = if state.config.metrics_listen.is_none() {
-        router.route("/metrics", get(crate::metrics::metrics))
+        router.route("/metrics", get(metrics))
     } else {
         router
     };
@@ -60,9 +61,36 @@ pub fn app(state: AppState) -> Router {
 /// The routes of the metrics listener.
 pub fn metrics_app(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(crate::metrics::metrics))
-        .route("/healthz", get(crate::metrics::healthz))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .with_state(state)
+}
+
+/// `GET /metrics`: OpenMetrics text, with the gauges sampled now.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let sampled = crate::metrics::Sampled {
+        signed_in_sockets: state.events.socket_count(),
+        sessions_in_memory: state.auth.tokens.cached(),
+        accepted_open: state.admission.open(),
+    };
+    match state.metrics.encode(sampled) {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// `GET /healthz`: 200 when serving and the state store answers, 503 otherwise.
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match state.store.failures_get("healthz").await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: state store unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response()
+        }
+    }
 }
 
 /// Serves plain HTTP/WebSocket until `state.shutdown` is cancelled, then waits for every
@@ -125,17 +153,17 @@ struct Site {
 
 /// The rate-limited warnings of one listener.
 struct Refusals {
-    full: RefusalLog,
-    per_address: RefusalLog,
-    accept_failed: RefusalLog,
+    full: RateLimitedLog,
+    per_address: RateLimitedLog,
+    accept_failed: RateLimitedLog,
 }
 
 impl Refusals {
     fn new() -> Self {
         Refusals {
-            full: RefusalLog::new(REFUSAL_LOG_EVERY),
-            per_address: RefusalLog::new(REFUSAL_LOG_EVERY),
-            accept_failed: RefusalLog::new(REFUSAL_LOG_EVERY),
+            full: RateLimitedLog::new(REFUSAL_LOG_EVERY),
+            per_address: RateLimitedLog::new(REFUSAL_LOG_EVERY),
+            accept_failed: RateLimitedLog::new(REFUSAL_LOG_EVERY),
         }
     }
 

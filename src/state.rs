@@ -43,7 +43,7 @@ pub struct Inner {
     bus: Mutex<Option<mpsc::UnboundedReceiver<BusEvent>>>,
     next_conn_id: AtomicU64,
     /// Rendered `task` replies, reused while a task is unchanged.
-    pub task_replies: crate::rpc::TaskReplies,
+    pub task_replies: crate::envelope::TaskReplies,
 }
 
 impl std::ops::Deref for AppState {

@@ -1,8 +1,8 @@
 //! Property tests over the same parsers the fuzz targets exercise (fuzz/): they run in CI on
 //! the stable toolchain, where cargo fuzz cannot.
 
+use poolgate::envelope;
 use poolgate::rpc::{Command, METHODS};
-use poolgate::ws::envelope;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use poolgate::ws::envelope;
+use poolgate::envelope;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

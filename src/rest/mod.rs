@@ -7,7 +7,7 @@ mod mfa;
 mod openapi;
 mod pools;
 pub mod settings;
-mod status_ws;
+pub mod status_ws;
 mod tasks;
 mod users;
 mod validate;
@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{MethodRouter, any, get, post};
 use serde_json::{Value, json};
 
 use crate::auth::jwt::Claims;
@@ -30,8 +30,9 @@ use crate::state::AppState;
 /// Largest request body the shim reads.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Routes under `/api/v2`, plus the docs.
-pub fn router() -> Router<AppState> {
+/// Routes under `/api/v2`, plus the docs. `status_socket` serves the status WebSocket (its
+/// socket phase runs in `ws`, which the shim may not import; its checks are [`status_ws`]'s).
+pub fn router(status_socket: MethodRouter<AppState>) -> Router<AppState> {
     let api = Router::new()
         .route("/users/login/", post(users::login))
         .route("/users/logout/", post(users::logout))
@@ -40,7 +41,7 @@ pub fn router() -> Router<AppState> {
         .route("/users/hardware_token/", any(mfa::hardware_token))
         .route("/pools/", get(pools::list))
         .route("/pools/{id}/connect/", get(pools::step1).post(pools::step2))
-        .route("/pools/ws/{client_id}/", get(status_ws::upgrade))
+        .route("/pools/ws/{client_id}/", status_socket)
         .route("/tasks/{id}/", get(tasks::get))
         .route("/tasks/{id}/is-done/", get(tasks::is_done))
         .route("/health/", get(core::health))

@@ -1,4 +1,7 @@
-//! `WS /api/v2/pools/ws/{client_id}/`: the per-client status socket of the v2 API.
+//! `WS /api/v2/pools/ws/{client_id}/`: the per-client status socket of the v2 API, its HTTP
+//! side — the checks before the upgrade ([`admit`]) and the rule that keeps an open socket's
+//! token valid ([`token_holds`]). The socket itself runs on the one socket loop (`ws::status`;
+//! the router hands `rest::router` that route, since the shim does not import `ws`).
 //!
 //! Authenticated by `Cookie: JWT <token>` (the mock's form) or a cookie named `JWT`; refused
 //! before the upgrade without a valid token or when `client_id` is not the token's (the mock
@@ -11,25 +14,21 @@
 //! answers nothing for `idle_timeout` is closed, and so is one whose token expires or is revoked.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use tokio::time::Instant;
 
 use super::{AuthUser, RestError, authenticate_jwt};
-use crate::admission::RefusalLog;
-use crate::events::{EventFormat, Frame, Outbox, Subscriber};
+use crate::auth::jwt::Claims;
+use crate::error::ERR_CODE_DEFAULT;
 use crate::http::Origin;
 use crate::state::AppState;
-use crate::ws::connection::{close_code, close_handshake, write};
-
-const PING_EVERY: Duration = Duration::from_secs(30);
+use crate::telemetry::RateLimitedLog;
 
 /// The JWT from `Cookie: JWT <token>` or `Cookie: …; JWT=<token>`.
 fn cookie_token(headers: &HeaderMap) -> Option<&str> {
@@ -83,117 +82,55 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static 
     }
 }
 
-/// Checks in the mock's order: a request that is no WebSocket handshake is refused first (the
-/// mock has no HTTP route here at all), then a foreign `Origin` (403), then the token (403),
-/// then `client_id` (403). The connection caps were applied when the connection was accepted.
-pub async fn upgrade(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+/// The status socket's checks, in the mock's order: a request that is no WebSocket handshake
+/// is refused first (the mock has no HTTP route here at all), then a foreign `Origin` (403),
+/// then the token (403), then `client_id` (403). `Ok`: the upgrade to complete and whose
+/// socket it is; `Err`: the mock-shaped refusal. The connection caps were applied when the connection was accepted.
+pub fn admit(
+    state: &AppState,
+    peer: SocketAddr,
     client_id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
+) -> Result<(WebSocketUpgrade, AuthUser), RestError> {
     let Ok(ws) = ws else {
-        return RestError::new(
+        return Err(RestError::new(
             StatusCode::UPGRADE_REQUIRED,
             "This endpoint is a WebSocket.",
-            999,
+            ERR_CODE_DEFAULT,
             "default",
-        )
-        .into_response();
+        ));
     };
-    if let Err(why) = check_origin(&headers, &state.config.allowed_origins) {
-        static REFUSED: LazyLock<RefusalLog> = LazyLock::new(|| RefusalLog::new(ORIGIN_LOG_EVERY));
+    if let Err(why) = check_origin(headers, &state.config.allowed_origins) {
+        static REFUSED: LazyLock<RateLimitedLog> =
+            LazyLock::new(|| RateLimitedLog::new(ORIGIN_LOG_EVERY));
         if let Some(refused) = REFUSED.hit() {
             let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
                 String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
             });
             tracing::warn!(%peer, %origin, refused, "status socket refused: foreign Origin (at most one line per 10 s, with the count)");
         }
-        return RestError::new(StatusCode::FORBIDDEN, why, 999, "default").into_response();
+        return Err(RestError::new(
+            StatusCode::FORBIDDEN,
+            why,
+            ERR_CODE_DEFAULT,
+            "default",
+        ));
     }
-    let Some(auth) = cookie_token(&headers).and_then(|t| authenticate_jwt(&state, t)) else {
-        return RestError::permission_denied().into_response();
+    let Some(auth) = cookie_token(headers).and_then(|t| authenticate_jwt(state, t)) else {
+        return Err(RestError::permission_denied());
     };
     let client_id = client_id
         .ok()
         .and_then(|Path(id)| id.parse::<uuid::Uuid>().ok());
     if client_id != Some(auth.user.id) {
         tracing::warn!(user = %auth.user.username, %peer, "status socket refused: client_id is not the token's");
-        return RestError::permission_denied().into_response();
+        return Err(RestError::permission_denied());
     }
-    // Clients only answer pings here: the frame limit is the message limit. The connection's
-    // admission slot (taken at accept) travels inside the upgraded stream.
-    crate::ws::transport(ws, state.config.max_frame_bytes).on_upgrade(move |socket| {
-        let tracker = state.tracker.clone();
-        tracker.track_future(serve(socket, state, auth))
-    })
+    Ok((ws, auth))
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, auth: AuthUser) {
-    let conn_id = state.next_conn_id();
-    let outbox = Outbox::new(state.config.outbound_queue);
-    // Cancelled when the socket falls behind, and at shutdown (a child of the server's token).
-    let kick = state.shutdown.child_token();
-    let user_id = auth.user.id;
-    let alive = {
-        let (state, claims) = (state.clone(), auth.claims.clone());
-        Arc::new(move || state.auth.jwt_still_valid(&claims))
-    };
-    let sub = Subscriber {
-        conn_id,
-        format: EventFormat::V2Status,
-        tx: outbox.clone(),
-        enabled: Arc::new(true.into()),
-        kick: kick.clone(),
-        alive: alive.clone(),
-    };
-    state.events.subscribe(user_id, sub);
-    tracing::debug!(conn_id, user = %auth.user.username, "status socket open");
-
-    let idle = state.config.idle_timeout;
-    let mut last_seen = Instant::now();
-    let mut ping = tokio::time::interval_at(
-        Instant::now() + PING_EVERY.min(idle / 2),
-        PING_EVERY.min(idle / 2),
-    );
-    let close = loop {
-        let written = tokio::select! {
-            _ = kick.cancelled() => break Some(if state.shutdown.is_cancelled() {
-                (close_code::GOING_AWAY, "server shutting down")
-            } else {
-                (close_code::TOO_SLOW, "too slow: the socket did not read its events")
-            }),
-            _ = ping.tick() => {
-                if !alive() {
-                    break Some((close_code::TOKEN_GONE, "token expired or revoked"));
-                }
-                if last_seen.elapsed() >= idle {
-                    break Some((close_code::IDLE_TIMEOUT, "idle timeout: no answer to pings"));
-                }
-                // An empty text frame would confuse clients; a ping is answered by any stack.
-                write(&mut socket, Some(Frame::Ping), &outbox, &kick).await
-            }
-            _ = outbox.ready() => write(&mut socket, None, &outbox, &kick).await,
-            frame = socket.recv() => match frame {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
-                Some(Ok(_)) => {
-                    last_seen = Instant::now();
-                    Ok(())
-                }
-            },
-        };
-        if written.is_err() {
-            break None;
-        }
-    };
-    state.events.unsubscribe(user_id, conn_id);
-    if let Some((code, reason)) = close {
-        let close = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        close_handshake(&mut socket, close, &state).await;
-    }
-    tracing::debug!(conn_id, "status socket closed");
+/// Whether an open status socket's token still holds: not expired, not revoked.
+pub fn token_holds(state: &AppState, claims: &Claims) -> bool {
+    state.auth.jwt_still_valid(claims)
 }

@@ -1,11 +1,14 @@
 //! The RPC methods of the WebSocket endpoint and the one table that maps `(namespace, name)`
 //! to them. Each method lives in its own file as a `parse` (args → typed request, 400 on
-//! mismatch) and an `apply` (run it against the domain).
+//! mismatch) and an `apply` (run it against the domain). `conn` holds what a connection knows
+//! about itself and turns one text frame into one reply; the socket around it (timers, queue,
+//! close codes) is `ws`'s, which calls [`handle_text`].
 
 mod admin;
 mod auth;
 mod auth_clear;
 mod auth_token;
+mod conn;
 mod connect_info;
 mod events;
 mod identify;
@@ -13,90 +16,120 @@ mod otp_verify;
 mod pool_request;
 mod pools;
 mod task;
-pub use task::TaskReplies;
 mod tasks;
 
-use std::net::SocketAddr;
+pub use conn::{Conn, handle_text, refusal};
+
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
 
-use crate::auth::tokens::Session;
 use crate::error::Error;
-use crate::events::{EventFormat, Outbox, Subscriber, Subscriptions};
 use crate::state::AppState;
 
-/// What one connection knows about itself between messages.
-pub struct Conn {
-    pub id: u64,
-    pub peer: SocketAddr,
-    /// The signed-in session, if any. Checked (not looked up) on every message.
-    pub session: Option<Arc<Session>>,
-    /// Which events are pushed to this socket (all on by default once signed in).
-    pub events_enabled: Arc<Subscriptions>,
-    /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
-    pub auth_failures: u32,
-    /// The socket's outbound queue (replies and events).
-    pub outbound: Arc<Outbox>,
-    /// Cancelled when the socket fell behind on its events and must close, and (as a child of
-    /// the server's shutdown token) at shutdown: one uncontended token for the socket's loop to
-    /// watch instead of the shared one.
-    pub kick: CancellationToken,
-    /// Set by a sign-in; the socket subscribes to events once the reply is queued, so the
-    /// catch-up events follow the reply.
-    pending_subscribe: bool,
+/// Expands the method table (below) into everything derived from it.
+macro_rules! methods {
+    (@public public) => { true };
+    (@public signed_in) => { false };
+    ($(
+        $variant:ident = $ns:literal / $name:literal, $access:ident, $request:ty
+            => |$command:pat_param, $ctx:ident| $apply:expr
+    ),* $(,)?) => {
+        /// Every method the endpoint knows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Method {
+            $($variant,)*
+        }
+
+        /// Every method, in table order (for tests and fuzzing).
+        pub const METHODS: &[Method] = &[$(Method::$variant,)*];
+
+        /// Every method's `namespace/name`, in table order: the metrics labels, by
+        /// [`Method::index`].
+        pub const METHOD_NAMES: &[&str] = &[$(concat!($ns, "/", $name),)*];
+
+        impl Method {
+            /// The dispatch table.
+            pub fn lookup(namespace: &str, name: &str) -> Option<Method> {
+                Some(match (namespace, name) {
+                    $(($ns, $name) => Method::$variant,)*
+                    _ => return None,
+                })
+            }
+
+            /// `namespace/name`, for logs and metrics labels (no allocation per request).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Method::$variant => concat!($ns, "/", $name),)*
+                }
+            }
+
+            /// The method's position in [`METHODS`] and [`METHOD_NAMES`].
+            pub fn index(self) -> usize {
+                self as usize
+            }
+
+            /// Methods that work on a connection that has not signed in.
+            fn is_public(self) -> bool {
+                match self {
+                    $(Method::$variant => methods!(@public $access),)*
+                }
+            }
+        }
+
+        /// A parsed request, ready to run: one variant per method.
+        pub enum Command {
+            $($variant($request),)*
+        }
+
+        impl Command {
+            /// Parses a method's arguments; mismatches are 400. Pure: the fuzz targets call it.
+            pub fn parse(method: Method, args: &RawValue) -> Result<Command, Error> {
+                Ok(match method {
+                    $(Method::$variant => Command::$variant(<$request>::parse(args)?),)*
+                })
+            }
+
+            async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
+                match self {
+                    $(Command::$variant($command) => {
+                        let $ctx = ctx;
+                        IntoReply::into_reply($apply)
+                    })*
+                }
+            }
+        }
+    };
 }
 
-impl Conn {
-    pub fn new(id: u64, peer: SocketAddr, outbound: Arc<Outbox>, kick: CancellationToken) -> Self {
-        Conn {
-            id,
-            peer,
-            session: None,
-            events_enabled: Arc::new(true.into()),
-            auth_failures: 0,
-            outbound,
-            kick,
-            pending_subscribe: false,
-        }
-    }
+/// The request of a method without arguments: whatever was sent is ignored.
+trait NoArgs: Sized {
+    fn parse(args: &RawValue) -> Result<Self, Error>;
+}
 
-    /// Binds a session to this connection; events start after the reply (see `subscribe`).
-    pub fn set_session(&mut self, state: &AppState, session: Arc<Session>) {
-        self.clear_session(state);
-        self.session = Some(session);
-        self.pending_subscribe = true;
+impl NoArgs for () {
+    fn parse(_: &RawValue) -> Result<(), Error> {
+        Ok(())
     }
+}
 
-    /// Signs the connection out locally (the token itself is untouched).
-    pub fn clear_session(&mut self, state: &AppState) {
-        if let Some(old) = self.session.take() {
-            state.events.unsubscribe(old.user.id, self.id);
-        }
-        self.pending_subscribe = false;
+/// What a method's `apply` returns: most build a `Value`, serialized here; the hot lookups
+/// serialize straight into a [`Reply`].
+trait IntoReply {
+    fn into_reply(self) -> Result<Reply, Error>;
+}
+
+impl IntoReply for Result<Value, Error> {
+    fn into_reply(self) -> Result<Reply, Error> {
+        to_reply(self?)
     }
+}
 
-    /// After a sign-in's reply is queued: registers for task events and queues one event per
-    /// active task of the user, so a reconnecting client catches up.
-    pub fn subscribe_if_signed_in(&mut self, state: &AppState) {
-        if !std::mem::take(&mut self.pending_subscribe) {
-            return;
-        }
-        let Some(session) = &self.session else { return };
-        let user = session.user.id;
-        let (session, ttl) = (session.clone(), state.auth.tokens.ttl());
-        let sub = Subscriber {
-            alive: Arc::new(move || session.is_live(ttl)),
-            conn_id: self.id,
-            format: EventFormat::Rpc,
-            tx: self.outbound.clone(),
-            enabled: self.events_enabled.clone(),
-            kick: self.kick.clone(),
-        };
-        state.events.subscribe(user, sub);
+impl IntoReply for Result<Reply, Error> {
+    fn into_reply(self) -> Result<Reply, Error> {
+        self
     }
 }
 
@@ -106,179 +139,31 @@ pub struct Ctx<'a> {
     pub conn: &'a mut Conn,
 }
 
-/// Every method the endpoint knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Auth,
-    AuthToken,
-    AuthClear,
-    OtpVerify,
-    Identify,
-    Subscribe,
-    Unsubscribe,
-    Pools,
-    PoolRequest,
-    ConnectInfo,
-    Task,
-    Tasks,
-    AdminSessions,
-    AdminRevoke,
-    AdminTasks,
-    AdminRelease,
-    AdminReset,
+// The method table: one row per method, and the only place a method is named. Each row gives
+// the method's variant, its `namespace/name`, who may call it (`public`: also before sign-in;
+// `signed_in`), its request type (parsed from `args` by the type's `parse`; `()` when the
+// method takes no arguments, which are then ignored as sysadm does) and how the parsed request
+// runs. Lookup, names, the access rule, parsing, dispatch, `METHODS` and `METHOD_NAMES` (the
+// metrics labels, by position) are derived from it.
+methods! {
+    Auth          = "rpc" / "auth",               public,    auth::Auth                => |c, ctx| c.apply(ctx).await,
+    AuthToken     = "rpc" / "auth_token",         public,    auth_token::AuthToken     => |c, ctx| c.apply(ctx).await,
+    AuthClear     = "rpc" / "auth_clear",         public,    ()                        => |_, ctx| auth_clear::AuthClear.apply(ctx).await,
+    OtpVerify     = "rpc" / "otp_verify",         public,    otp_verify::OtpVerify     => |c, ctx| c.apply(ctx).await,
+    Identify      = "rpc" / "identify",           public,    ()                        => |_, _ctx| Ok(identify::apply()),
+    Subscribe     = "events" / "subscribe",       signed_in, events::Subscription      => |c, ctx| c.apply(ctx, true),
+    Unsubscribe   = "events" / "unsubscribe",     signed_in, events::Subscription      => |c, ctx| c.apply(ctx, false),
+    Pools         = "rpc" / "pools",              signed_in, pools::Pools              => |c, ctx| c.apply(ctx),
+    PoolRequest   = "rpc" / "pool_request",       signed_in, pool_request::PoolRequest => |c, ctx| c.apply(ctx).await,
+    ConnectInfo   = "rpc" / "connect_info",       signed_in, connect_info::ConnectInfo => |c, ctx| c.apply(ctx).await,
+    Task          = "rpc" / "task",               signed_in, task::TaskLookup          => |c, ctx| c.apply(ctx).await,
+    Tasks         = "rpc" / "tasks",              signed_in, ()                        => |_, ctx| tasks::Tasks.apply(ctx).await,
+    AdminSessions = "rpc" / "admin_sessions",     signed_in, ()                        => |_, ctx| admin::sessions(ctx).await,
+    AdminRevoke   = "rpc" / "admin_revoke",       signed_in, admin::Revoke             => |c, ctx| c.apply(ctx).await,
+    AdminTasks    = "rpc" / "admin_tasks",        signed_in, ()                        => |_, ctx| admin::tasks(ctx).await,
+    AdminRelease  = "rpc" / "admin_release",      signed_in, admin::Release            => |c, ctx| c.apply(ctx).await,
+    AdminReset    = "rpc" / "admin_reset",        signed_in, admin::Reset              => |c, ctx| c.apply(ctx).await,
 }
-
-impl Method {
-    /// The dispatch table.
-    pub fn lookup(namespace: &str, name: &str) -> Option<Method> {
-        Some(match (namespace, name) {
-            ("rpc", "auth") => Method::Auth,
-            ("rpc", "auth_token") => Method::AuthToken,
-            ("rpc", "auth_clear") => Method::AuthClear,
-            ("rpc", "otp_verify") => Method::OtpVerify,
-            ("rpc", "identify") => Method::Identify,
-            ("events", "subscribe") => Method::Subscribe,
-            ("events", "unsubscribe") => Method::Unsubscribe,
-            ("rpc", "pools") => Method::Pools,
-            ("rpc", "pool_request") => Method::PoolRequest,
-            ("rpc", "connect_info") => Method::ConnectInfo,
-            ("rpc", "task") => Method::Task,
-            ("rpc", "tasks") => Method::Tasks,
-            ("rpc", "admin_sessions") => Method::AdminSessions,
-            ("rpc", "admin_revoke") => Method::AdminRevoke,
-            ("rpc", "admin_tasks") => Method::AdminTasks,
-            ("rpc", "admin_release") => Method::AdminRelease,
-            ("rpc", "admin_reset") => Method::AdminReset,
-            _ => return None,
-        })
-    }
-
-    /// `namespace/name`, for metrics labels (no allocation per request).
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Auth => "rpc/auth",
-            Method::AuthToken => "rpc/auth_token",
-            Method::AuthClear => "rpc/auth_clear",
-            Method::OtpVerify => "rpc/otp_verify",
-            Method::Identify => "rpc/identify",
-            Method::Subscribe => "events/subscribe",
-            Method::Unsubscribe => "events/unsubscribe",
-            Method::Pools => "rpc/pools",
-            Method::PoolRequest => "rpc/pool_request",
-            Method::ConnectInfo => "rpc/connect_info",
-            Method::Task => "rpc/task",
-            Method::Tasks => "rpc/tasks",
-            Method::AdminSessions => "rpc/admin_sessions",
-            Method::AdminRevoke => "rpc/admin_revoke",
-            Method::AdminTasks => "rpc/admin_tasks",
-            Method::AdminRelease => "rpc/admin_release",
-            Method::AdminReset => "rpc/admin_reset",
-        }
-    }
-
-    /// Methods that work on a connection that has not signed in.
-    fn is_public(self) -> bool {
-        matches!(
-            self,
-            Method::Auth
-                | Method::AuthToken
-                | Method::AuthClear
-                | Method::OtpVerify
-                | Method::Identify
-        )
-    }
-}
-
-/// A parsed request, ready to run: one variant per method.
-pub enum Command {
-    Auth(auth::Auth),
-    AuthToken(auth_token::AuthToken),
-    AuthClear,
-    OtpVerify(otp_verify::OtpVerify),
-    Identify,
-    Subscribe(events::Subscription),
-    Unsubscribe(events::Subscription),
-    Pools(pools::Pools),
-    PoolRequest(pool_request::PoolRequest),
-    ConnectInfo(connect_info::ConnectInfo),
-    Task(task::TaskLookup),
-    Tasks,
-    AdminSessions,
-    AdminRevoke(admin::Revoke),
-    AdminTasks,
-    AdminRelease(admin::Release),
-    AdminReset(admin::Reset),
-}
-
-impl Command {
-    /// Parses a method's arguments; mismatches are 400. Pure: the fuzz targets call it.
-    pub fn parse(method: Method, args: &RawValue) -> Result<Command, Error> {
-        Ok(match method {
-            Method::Auth => Command::Auth(auth::Auth::parse(args)?),
-            Method::AuthToken => Command::AuthToken(auth_token::AuthToken::parse(args)?),
-            Method::AuthClear => Command::AuthClear,
-            Method::OtpVerify => Command::OtpVerify(otp_verify::OtpVerify::parse(args)?),
-            Method::Identify => Command::Identify,
-            Method::Subscribe => Command::Subscribe(events::Subscription::parse(args)?),
-            Method::Unsubscribe => Command::Unsubscribe(events::Subscription::parse(args)?),
-            Method::Pools => Command::Pools(pools::Pools::parse(args)?),
-            Method::PoolRequest => Command::PoolRequest(pool_request::PoolRequest::parse(args)?),
-            Method::ConnectInfo => Command::ConnectInfo(connect_info::ConnectInfo::parse(args)?),
-            Method::Task => Command::Task(task::TaskLookup::parse(args)?),
-            Method::Tasks => Command::Tasks,
-            Method::AdminSessions => Command::AdminSessions,
-            Method::AdminRevoke => Command::AdminRevoke(admin::Revoke::parse(args)?),
-            Method::AdminTasks => Command::AdminTasks,
-            Method::AdminRelease => Command::AdminRelease(admin::Release::parse(args)?),
-            Method::AdminReset => Command::AdminReset(admin::Reset::parse(args)?),
-        })
-    }
-
-    async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
-        // The hot lookups serialize straight into a `Reply`; the rest build a `Value`.
-        let value = match self {
-            Command::Pools(c) => return c.apply(ctx),
-            Command::Task(c) => return c.apply(ctx).await,
-            Command::Tasks => return tasks::Tasks.apply(ctx).await,
-            Command::Auth(c) => c.apply(ctx).await,
-            Command::AuthToken(c) => c.apply(ctx).await,
-            Command::AuthClear => auth_clear::AuthClear.apply(ctx).await,
-            Command::OtpVerify(c) => c.apply(ctx).await,
-            Command::Identify => Ok(identify::apply()),
-            Command::Subscribe(c) => c.apply(ctx, true),
-            Command::Unsubscribe(c) => c.apply(ctx, false),
-            Command::PoolRequest(c) => c.apply(ctx).await,
-            Command::ConnectInfo(c) => c.apply(ctx).await,
-            Command::AdminSessions => admin::sessions(ctx).await,
-            Command::AdminRevoke(c) => c.apply(ctx).await,
-            Command::AdminTasks => admin::tasks(ctx).await,
-            Command::AdminRelease(c) => c.apply(ctx).await,
-            Command::AdminReset(c) => c.apply(ctx).await,
-        };
-        to_reply(value?)
-    }
-}
-
-/// Every method, for tests and fuzzing.
-pub const METHODS: &[Method] = &[
-    Method::Auth,
-    Method::AuthToken,
-    Method::AuthClear,
-    Method::OtpVerify,
-    Method::Identify,
-    Method::Subscribe,
-    Method::Unsubscribe,
-    Method::Pools,
-    Method::PoolRequest,
-    Method::ConnectInfo,
-    Method::Task,
-    Method::Tasks,
-    Method::AdminSessions,
-    Method::AdminRevoke,
-    Method::AdminTasks,
-    Method::AdminRelease,
-    Method::AdminReset,
-];
 
 /// Runs one request: lookup (404), authentication (401), argument parsing (400), then the
 /// method itself. A successful authenticated request slides the session's inactivity window.
@@ -376,4 +261,21 @@ async fn sign_in(ctx: &mut Ctx<'_>, user: Arc<crate::auth::users::User>) -> Resu
     tracing::info!(conn_id = ctx.conn.id, user = %session.user.username, peer = %ctx.conn.peer, "signed in");
     ctx.conn.set_session(ctx.state, session);
     Ok(token_reply(&token, ctx.state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_is_found_by_its_own_name_at_its_own_position() {
+        assert_eq!(METHODS.len(), METHOD_NAMES.len());
+        for (index, &method) in METHODS.iter().enumerate() {
+            let (namespace, name) = method.name().split_once('/').unwrap();
+            assert_eq!(Method::lookup(namespace, name), Some(method));
+            assert_eq!(method.index(), index);
+            assert_eq!(METHOD_NAMES[index], method.name());
+        }
+        assert_eq!(Method::lookup("events", "auth"), None);
+    }
 }

@@ -1,23 +1,33 @@
-//! One WebSocket connection, one task: read a frame, dispatch it, write the reply; write the
-//! events other tasks queue for it; close on idle, on a missed sign-in grace period, on
-//! falling behind, and on shutdown — also while a request is running.
+//! The one socket loop every poolgate WebSocket runs — the RPC socket at `/` and the v2 status
+//! socket alike — driven by a [`Handler`] that says what the two differ in.
+//!
+//! One socket, one task: read a frame and hand it to the handler, write its reply; write the
+//! events other tasks queue for the socket; ping, if the socket's [`Policy`] says so. The loop
+//! alone owns the close codes and when they are sent: on idle, on a missed sign-in grace
+//! period, on credentials that no longer hold, on falling behind (a full outbound queue), on
+//! transport errors (frames over the limit, bad UTF-8, protocol errors), and on shutdown —
+//! also while a request is running.
+//!
+//! The loop is generic over its handler, so each socket kind gets its own monomorphised loop:
+//! no `dyn` call or boxed handler per frame. The future that an idle socket is parked in is
+//! what each held connection costs in memory (bench/run.sh measures it), so what a request or
+//! a write needs is boxed while it runs instead of living in that future.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use serde_json::value::RawValue;
+use futures_util::future::Either;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tungstenite::error::CapacityError;
 
-use super::envelope;
+use crate::config::Config;
 use crate::error::Error;
 use crate::events::{Frame, Outbox};
-use crate::rpc::{self, Conn, Ctx};
 use crate::state::AppState;
 
 /// Close codes (4000–4999 are the application's own).
@@ -32,103 +42,182 @@ pub mod close_code {
     pub const TOKEN_GONE: u16 = 4003;
 }
 
+/// What one kind of socket does with what the loop reads; everything else is the loop's.
+pub trait Handler: Send {
+    /// Names the socket kind in logs.
+    const KIND: &'static str;
+
+    /// The socket kind's timing and size rules.
+    fn policy(config: &Config) -> Policy;
+
+    /// A text frame within [`Policy::max_frame`]; resolves to the reply to write, if any. The
+    /// loop stops waiting for it at shutdown (the socket then closes with 1001).
+    fn text(&mut self, state: &AppState, text: &str)
+    -> impl Future<Output = Option<String>> + Send;
+
+    /// How a frame the loop refuses is answered before the socket goes on (a binary frame, a
+    /// text frame over `max_frame`) or closes (bad UTF-8, over `max_message`); `None`: it is
+    /// not answered.
+    fn refusal(&self, error: &Error) -> Option<String>;
+
+    /// After a reply was written. (The RPC socket subscribes a new sign-in to events here, so
+    /// that the catch-up events follow the sign-in's reply.)
+    fn replied(&mut self, _state: &AppState) {}
+
+    /// Whether the socket is signed in: while it is not, the [`Policy::grace`] period runs,
+    /// and it starts again when the socket signs out. Asked after each reply.
+    fn signed_in(&self) -> bool {
+        true
+    }
+
+    /// Whether the socket's credentials still hold; asked every [`Policy::ping`], and the
+    /// socket is closed with 4003 when they do not.
+    fn alive(&self) -> bool {
+        true
+    }
+
+    /// The socket is ending: undo what the handler registered (sessions, event subscriptions).
+    fn close(&mut self, state: &AppState);
+}
+
+/// The timing and size rules of one kind of socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Closed with 4000 when nothing at all (not even a ping or pong) arrived for this long.
+    pub idle: Duration,
+    /// Closed with 4001 unless signed in within this long of connecting or of signing out;
+    /// `None`: the socket is signed in before it opens.
+    pub grace: Option<Duration>,
+    /// The server pings this often (a client's pong counts as activity) and checks
+    /// [`Handler::alive`]; `None`: never.
+    pub ping: Option<Duration>,
+    /// Text frames longer than this are refused with a 413 [`Handler::refusal`] and the
+    /// socket stays open.
+    pub max_frame: usize,
+    /// The transport's ceiling for a message: longer ones close the socket with 1009.
+    pub max_message: usize,
+}
+
+/// What the loop gives a handler when its socket opens.
+pub struct Link {
+    pub conn_id: u64,
+    /// The socket's outbound queue: events queued here are written by the loop.
+    pub outbox: Arc<Outbox>,
+    /// Cancel it to make the socket close as too slow (4002). A child of the server's shutdown
+    /// token, so it is also cancelled at shutdown: one uncontended token for the loop to watch
+    /// instead of the shared one.
+    pub kick: CancellationToken,
+}
+
 /// How long a closing socket may take to flush its last frames.
-pub(crate) const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+
+/// How long a closing socket waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// Frames written per wake-up before the socket's loop looks at its input again.
+const WRITE_BATCH: usize = 64;
+
+/// How long a write may wait on a peer that stopped reading before the socket is dropped.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Why the socket's loop ended.
-pub(crate) enum End {
+enum End {
     /// The peer closed or vanished: nothing more to send.
     Gone,
     /// We close, with a code and a reason the client can show.
     Close(u16, String),
 }
 
-pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
+/// Runs one upgraded socket until it ends. `open` builds the handler once the socket has its
+/// id, queue and kick token. (Arguments stay in the socket's future for its whole life: keep
+/// them few and small.)
+pub async fn serve<H: Handler>(
+    mut socket: WebSocket,
+    state: AppState,
+    open: impl FnOnce(&AppState, Link) -> H,
+) {
+    let policy = H::policy(&state.config);
     let conn_id = state.next_conn_id();
     state.metrics.connections_open.inc();
     state.metrics.connections_total.inc();
     // Events from elsewhere arrive here; the socket's own task writes them (no writer task).
     let outbox = Outbox::new(state.config.outbound_queue);
-    let mut conn = Conn::new(conn_id, peer, outbox.clone(), state.shutdown.child_token());
-    let kick = conn.kick.clone();
-    tracing::debug!(conn_id, %peer, "connected");
+    let kick = state.shutdown.child_token();
+    let mut handler = open(
+        &state,
+        Link {
+            conn_id,
+            outbox: outbox.clone(),
+            kick: kick.clone(),
+        },
+    );
 
-    let idle = state.config.idle_timeout;
-    let grace = state.config.auth_grace;
-    let mut last_seen = Instant::now();
-    // Created once and re-armed only when they fire (the idle timer checks `last_seen`), so a
-    // message costs no timer or waiter registration.
-    let idle_timer = sleep_until(last_seen + idle);
-    let grace_timer = sleep_until(last_seen + grace);
+    let mut clock = Clock::new(policy, Instant::now());
+    // One timer serves every deadline (idle, grace, ping). It is re-armed only when it fires
+    // or a deadline moves earlier (a sign-out), so a message costs no timer or waiter
+    // registration: the idle deadline moves with `last_seen` and is checked when it fires.
+    let timer = sleep_until(clock.next());
     let stop = kick.cancelled();
     let queued = outbox.ready();
-    tokio::pin!(idle_timer, grace_timer, stop, queued);
-    let mut signed_in = false;
-
-    // Why `kick` fired: shutdown, or the socket fell behind on its events.
-    let stopped = || {
-        if state.shutdown.is_cancelled() {
-            End::Close(close_code::GOING_AWAY, "server shutting down".into())
-        } else {
-            End::Close(
-                close_code::TOO_SLOW,
-                "too slow: the socket did not read its events and its queue filled up".into(),
-            )
-        }
-    };
+    tokio::pin!(timer, stop, queued);
 
     let end = loop {
         let outcome = tokio::select! {
             biased;
-            _ = &mut stop => break stopped(),
-            _ = &mut idle_timer => {
-                if last_seen + idle <= Instant::now() {
-                    break End::Close(close_code::IDLE_TIMEOUT, format!(
-                        "idle timeout: nothing received for {} s", idle.as_secs_f64()));
+            _ = &mut stop => break stopped(&state),
+            _ = &mut timer => {
+                let due = clock.fired(Instant::now(), || handler.alive());
+                timer.as_mut().reset(clock.next());
+                match due {
+                    Err(end) => break end,
+                    // An empty text frame would confuse clients; a ping is answered by any stack.
+                    Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox, &kick)).await,
+                    Ok(false) => continue,
                 }
-                idle_timer.as_mut().reset(last_seen + idle);
-                continue;
             }
-            _ = &mut grace_timer, if !signed_in => break End::Close(close_code::AUTH_TIMEOUT, format!(
-                "authentication timeout: not signed in within {} s", grace.as_secs_f64())),
             _ = &mut queued => {
                 queued.set(outbox.ready());
                 Box::pin(write(&mut socket, None, &outbox, &kick)).await
             }
             frame = socket.recv() => {
-                last_seen = Instant::now();
+                clock.last_seen = Instant::now();
                 let reply = match frame {
                     None => break End::Gone,
+                    Some(Ok(Message::Text(text))) if text.len() > clock.policy.max_frame => {
+                        handler.refusal(&Error::FrameTooLarge { limit: clock.policy.max_frame })
+                    }
                     // Boxed: the request's future (the largest method's state) lives only while a
                     // request runs, instead of inside every idle connection's future.
                     // A request that is still running at shutdown (a provisioner that hangs,
                     // a store that does not answer) is dropped: the socket closes with 1001 now
                     // rather than when, or if, the request ends.
                     Some(Ok(Message::Text(text))) => {
-                        let request = Box::pin(handle_text(&state, &mut conn, &text));
+                        let request = Box::pin(handler.text(&state, &text));
                         match futures_util::future::select(request, stop.as_mut()).await {
-                            futures_util::future::Either::Left((reply, _)) => reply,
-                            futures_util::future::Either::Right(_) => break stopped(),
+                            Either::Left((reply, _)) => reply,
+                            Either::Right(_) => break stopped(&state),
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => envelope::error(None, RawValue::NULL,
-                        &Error::bad_request("Binary frames are not supported; send JSON in text frames.")),
+                    Some(Ok(Message::Binary(_))) => handler.refusal(&Error::bad_request(
+                        "Binary frames are not supported; send JSON in text frames.",
+                    )),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) => break End::Gone,
-                    Some(Err(err)) => break Box::pin(transport_error(&mut socket, err)).await,
+                    Some(Err(err)) => {
+                        let (end, reply) = transport_error(err, &handler);
+                        if let Some(reply) = reply {
+                            Box::pin(send_last(&mut socket, reply)).await;
+                        }
+                        break end;
+                    }
                 };
+                let Some(reply) = reply else { continue };
                 // Boxed, like the request: the write's state lives only while it runs.
                 let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, &kick)).await;
-                // Subscribing after the reply is written keeps catch-up events behind it.
-                conn.subscribe_if_signed_in(&state);
-                match (&conn.session, signed_in) {
-                    (Some(_), _) => signed_in = true,
-                    (None, true) => {
-                        // Signed out: the grace period starts again.
-                        signed_in = false;
-                        grace_timer.as_mut().reset(last_seen + grace);
-                    }
-                    (None, false) => {}
+                handler.replied(&state);
+                if clock.signed_in(handler.signed_in()) {
+                    timer.as_mut().reset(clock.next());
                 }
                 outcome
             }
@@ -138,7 +227,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
         }
     };
 
-    conn.clear_session(&state);
+    handler.close(&state);
     if let End::Close(code, reason) = end {
         tracing::debug!(conn_id, code, reason, "closing");
         let close = Message::Close(Some(CloseFrame {
@@ -148,13 +237,114 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
         Box::pin(close_handshake(&mut socket, close, &state)).await;
     }
     state.metrics.connections_open.dec();
-    tracing::debug!(conn_id, "disconnected");
+    tracing::debug!(conn_id, socket = H::KIND, "disconnected");
+}
+
+/// Sends a last text frame before closing, for at most [`CLOSE_FLUSH`].
+async fn send_last(socket: &mut WebSocket, text: String) {
+    let _ = tokio::time::timeout(CLOSE_FLUSH, socket.send(Message::Text(text.into()))).await;
+}
+
+/// Why `kick` fired: shutdown, or the socket fell behind on its events.
+fn stopped(state: &AppState) -> End {
+    if state.shutdown.is_cancelled() {
+        End::Close(close_code::GOING_AWAY, "server shutting down".into())
+    } else {
+        End::Close(
+            close_code::TOO_SLOW,
+            "too slow: the socket did not read its events and its queue filled up".into(),
+        )
+    }
+}
+
+/// The socket's deadlines, all served by one timer.
+struct Clock {
+    policy: Policy,
+    /// When the last frame of any kind arrived.
+    last_seen: Instant,
+    /// Closed unless signed in by then; `None` while signed in (or without a grace period).
+    grace_ends: Option<Instant>,
+    next_ping: Option<Instant>,
+}
+
+impl Clock {
+    fn new(policy: Policy, now: Instant) -> Self {
+        Clock {
+            policy,
+            last_seen: now,
+            grace_ends: policy.grace.map(|grace| now + grace),
+            next_ping: policy.ping.map(|every| now + every),
+        }
+    }
+
+    /// The earliest deadline.
+    fn next(&self) -> Instant {
+        [self.grace_ends, self.next_ping]
+            .into_iter()
+            .flatten()
+            .fold(self.last_seen + self.policy.idle, Instant::min)
+    }
+
+    /// The timer fired at `now`: the reason to close, or whether to ping now. Credentials are
+    /// checked at ping time, before the idle rule; the idle rule before the grace rule.
+    fn fired(&mut self, now: Instant, alive: impl FnOnce() -> bool) -> Result<bool, End> {
+        let ping = self.next_ping.is_some_and(|at| at <= now);
+        if ping && !alive() {
+            return Err(End::Close(
+                close_code::TOKEN_GONE,
+                "token expired or revoked".into(),
+            ));
+        }
+        if self.last_seen + self.policy.idle <= now {
+            return Err(End::Close(
+                close_code::IDLE_TIMEOUT,
+                format!(
+                    "idle timeout: nothing received for {} s",
+                    self.policy.idle.as_secs_f64()
+                ),
+            ));
+        }
+        if let (Some(at), Some(grace)) = (self.grace_ends, self.policy.grace)
+            && at <= now
+        {
+            return Err(End::Close(
+                close_code::AUTH_TIMEOUT,
+                format!(
+                    "authentication timeout: not signed in within {} s",
+                    grace.as_secs_f64()
+                ),
+            ));
+        }
+        if ping {
+            self.next_ping = self.policy.ping.map(|every| now + every);
+        }
+        Ok(ping)
+    }
+
+    /// Follows the handler's sign-in state after a reply; a sign-out starts the grace period
+    /// again from the frame that caused it. True when a deadline moved earlier (re-arm).
+    fn signed_in(&mut self, signed_in: bool) -> bool {
+        let Some(grace) = self.policy.grace else {
+            return false;
+        };
+        match (signed_in, self.grace_ends) {
+            (true, Some(_)) => {
+                self.grace_ends = None;
+                false
+            }
+            (false, None) => {
+                self.grace_ends = Some(self.last_seen + grace);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Sends our close frame, then reads until the peer answers it, for at most [`CLOSE_LINGER`]:
 /// dropping a socket with unread input resets the connection, and the peer may lose the close
 /// frame still in flight. At shutdown the frame is sent without waiting for the answer.
-pub(crate) async fn close_handshake(socket: &mut WebSocket, close: Message, state: &AppState) {
+async fn close_handshake(socket: &mut WebSocket, close: Message, state: &AppState) {
     if tokio::time::timeout(CLOSE_FLUSH, socket.send(close))
         .await
         .map_or(true, |sent| sent.is_err())
@@ -174,15 +364,6 @@ pub(crate) async fn close_handshake(socket: &mut WebSocket, close: Message, stat
     };
     let _ = tokio::time::timeout(CLOSE_LINGER, answered).await;
 }
-
-/// How long a closing socket waits for the peer's close frame.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
-
-/// Frames written per wake-up before the socket's loop looks at its input again.
-const WRITE_BATCH: usize = 64;
-
-/// How long a write may wait on a peer that stopped reading before the socket is dropped.
-pub(crate) const WRITE_STALL: Duration = Duration::from_secs(30);
 
 fn message(frame: Frame) -> Message {
     match frame {
@@ -228,7 +409,7 @@ async fn write_batch(
 /// Writes from the socket's own task. Almost every write completes at once; one that waits
 /// (the peer's receive window is full) is abandoned when `stop` is cancelled (the peer fell
 /// behind, or shutdown), or after [`WRITE_STALL`].
-pub(crate) async fn write(
+async fn write(
     socket: &mut WebSocket,
     first: Option<Frame>,
     outbox: &Outbox,
@@ -249,47 +430,14 @@ pub(crate) async fn write(
     }
 }
 
-/// Parses and runs one text frame; always produces exactly one reply.
-async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
-    let limit = state.config.max_frame_bytes;
-    if text.len() > limit {
-        return envelope::error(None, RawValue::NULL, &Error::FrameTooLarge { limit });
-    }
-    let request = match envelope::parse(text) {
-        Ok(request) => request,
-        Err(bad) => return envelope::error(bad.namespace.as_deref(), bad.id, &bad.error),
-    };
-    let mut ctx = Ctx { state, conn };
-    let method = rpc::Method::lookup(&request.namespace, &request.name);
-    let result = rpc::dispatch(
-        &mut ctx,
-        method,
-        &request.namespace,
-        &request.name,
-        request.args,
-    )
-    .await;
-    state
-        .metrics
-        .rpc(method, result.as_ref().map_or_else(|e| e.code(), |_| 200));
-    match result {
-        Ok(args) => envelope::response(&request.namespace, request.id, &args),
-        Err(err) => {
-            if let Error::Internal(cause) = &err {
-                tracing::error!(conn_id = ctx.conn.id, method = %request.name, error = ?cause, "internal error");
-            }
-            envelope::error(Some(&request.namespace), request.id, &err)
-        }
-    }
-}
-
-/// A read error ends the stream (tungstenite fuses it); say why before closing.
-async fn transport_error(socket: &mut WebSocket, err: axum::Error) -> End {
+/// A read error ends the stream (tungstenite fuses it): how to close, and what the handler
+/// answers first to say why.
+fn transport_error(err: axum::Error, handler: &impl Handler) -> (End, Option<String>) {
     let err = match err.into_inner().downcast::<tungstenite::Error>() {
         Ok(err) => *err,
         Err(other) => {
             tracing::debug!(error = %other, "socket read failed");
-            return End::Gone;
+            return (End::Gone, None);
         }
     };
     let (code, reason, error) = match err {
@@ -305,17 +453,16 @@ async fn transport_error(socket: &mut WebSocket, err: axum::Error) -> End {
         ),
         tungstenite::Error::Protocol(p) => {
             tracing::debug!(error = %p, "websocket protocol error");
-            return End::Close(
+            let end = End::Close(
                 close_code::PROTOCOL_ERROR,
                 "websocket protocol error".into(),
             );
+            return (end, None);
         }
         other => {
             tracing::debug!(error = %other, "socket read failed");
-            return End::Gone;
+            return (End::Gone, None);
         }
     };
-    let reply = envelope::error(None, RawValue::NULL, &error);
-    let _ = tokio::time::timeout(CLOSE_FLUSH, socket.send(Message::Text(reply.into()))).await;
-    End::Close(code, reason.into())
+    (End::Close(code, reason.into()), handler.refusal(&error))
 }

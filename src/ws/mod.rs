@@ -1,23 +1,25 @@
-//! The WebSocket transport at `/`: the upgrade (with the transport's buffer sizes), the
-//! per-socket loop, and the envelope format. Connection limits are the accept loop's
-//! (`server`, `admission`): an upgraded socket keeps the slot its connection took.
+//! Every poolgate WebSocket: the upgrade (with the transport's buffer sizes) and the one
+//! socket loop (`connection`), with a [`Handler`](connection::Handler) per kind of socket — the
+//! RPC socket at `/` (`rpc`) and the v2 status socket at `/api/v2/pools/ws/{client_id}/`
+//! (`status`, whose HTTP-side checks are the v2 shim's). The envelope format is
+//! `crate::envelope`. Connection limits are the accept loop's (`server`, `admission`): an
+//! upgraded socket keeps the slot its connection took.
 
 pub mod connection;
-pub mod envelope;
-
-use std::net::SocketAddr;
+mod rpc;
+mod status;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use axum::routing::{MethodRouter, get};
 
 use crate::state::AppState;
+use connection::{Handler, Link};
 
-/// Read buffer per socket (2 KiB: measured 7.5 KiB RSS per idle signed-in socket with it, 9.5
-/// with 4 KiB). tungstenite's default (128 KiB) costs that much RSS per idle socket
-/// and halves small-message throughput (tungstenite-rs#480); our messages are small.
+/// Read buffer per socket (2 KiB). tungstenite's default (128 KiB) costs that much RSS per
+/// idle socket and halves small-message throughput (tungstenite-rs#480); our messages are
+/// small. With it an idle signed-in socket costs about 5.3 KiB of server RSS in all
+/// (bench/RESULTS.md); a 4 KiB buffer cost 2 KiB more.
 pub const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Write buffer per socket (frames are flushed when the outbound queue drains).
 pub const WRITE_BUFFER_BYTES: usize = 4 * 1024;
@@ -31,26 +33,30 @@ pub fn transport(ws: WebSocketUpgrade, max_message_bytes: usize) -> WebSocketUpg
         .max_frame_size(max_message_bytes)
 }
 
-pub async fn upgrade(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+/// The RPC socket's route (`/`). Names the methods in the metrics first, so each method's
+/// counters exist from the first scrape on.
+pub fn rpc_route(state: &AppState) -> MethodRouter<AppState> {
+    state.metrics.name_methods(crate::rpc::METHOD_NAMES);
+    get(rpc::upgrade)
+}
+
+/// The v2 status socket's route, for the v2 shim's router (`rest::router`), which may not
+/// name `ws` itself.
+pub fn status_route() -> MethodRouter<AppState> {
+    get(status::upgrade)
+}
+
+/// Completes an accepted upgrade: the transport settings of `H`'s policy, then the socket
+/// loop on the server's tracker (so shutdown waits for it). The connection's admission slot
+/// (taken at accept) travels inside the upgraded stream.
+fn accept<H: Handler + 'static>(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    open: impl FnOnce(&AppState, Link) -> H + Send + 'static,
 ) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(_) => {
-            return (
-                StatusCode::UPGRADE_REQUIRED,
-                [("upgrade", "websocket")],
-                "poolgate: this endpoint speaks JSON envelopes over WebSocket; see protocol/ in the \
-                 repository (e.g. `wscat -c ws://HOST:PORT/`).\n",
-            )
-                .into_response();
-        }
-    };
-    // The connection's admission slot (taken at accept) travels inside the upgraded stream.
-    transport(ws, state.config.max_message_bytes).on_upgrade(move |socket| {
+    let max_message = H::policy(&state.config).max_message;
+    transport(ws, max_message).on_upgrade(move |socket| {
         let tracker = state.tracker.clone();
-        tracker.track_future(connection::serve(socket, state, peer))
+        tracker.track_future(connection::serve(socket, state, open))
     })
 }

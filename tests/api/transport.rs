@@ -172,6 +172,32 @@ async fn invalid_utf8_gets_an_error_then_a_1007_close() {
 }
 
 #[tokio::test]
+async fn a_websocket_protocol_error_closes_the_rpc_and_the_status_socket_alike_with_1002() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = TestApp::spawn().await;
+    let (rpc, _) = app.login("astravdi").await;
+    let jwt = app.jwt("astravdi").await;
+    let mut req = format!(
+        "ws://{}/api/v2/pools/ws/7e1459c2-3e19-4c3d-98f5-8344d44ae6f4/",
+        app.addr
+    )
+    .into_client_request()
+    .unwrap();
+    req.headers_mut()
+        .insert("cookie", format!("JWT {jwt}").parse().unwrap());
+    let (status, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    for (socket, mut c) in [("rpc", rpc), ("status", Client::from(status))] {
+        // A reserved bit set without an extension that defines it (RFC 6455 §5.2).
+        let mut frame = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+        frame.header_mut().rsv1 = true;
+        c.send(Message::Frame(frame)).await;
+        let (code, reason) = c.expect_close(REPLY_TIMEOUT).await;
+        assert_eq!(code, 1002, "{socket}: {reason}");
+        assert!(reason.contains("protocol error"), "{socket}: {reason}");
+    }
+}
+
+#[tokio::test]
 async fn a_flood_of_hostile_frames_does_not_disturb_another_client() {
     let app = TestApp::spawn().await;
     let (mut good, _) = app.login("astravdi").await;

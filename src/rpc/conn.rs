@@ -1,0 +1,125 @@
+//! One RPC connection's own state ([`Conn`]) and the step from a text frame to its reply
+//! ([`handle_text`]): envelope in, lookup, dispatch, metrics, envelope out. Everything about the
+//! socket itself (reading, writing, timers, close codes) is the socket loop's, in `ws`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ctx, Method, dispatch};
+use crate::auth::tokens::Session;
+use crate::envelope;
+use crate::error::Error;
+use crate::events::{EventFormat, Outbox, Subscriber, Subscriptions};
+use crate::state::AppState;
+
+/// What one connection knows about itself between messages.
+pub struct Conn {
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// The signed-in session, if any. Checked (not looked up) on every message.
+    pub session: Option<Arc<Session>>,
+    /// Which events are pushed to this socket (all on by default once signed in).
+    pub events_enabled: Arc<Subscriptions>,
+    /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
+    pub auth_failures: u32,
+    /// The socket's outbound queue (events; the loop writes replies directly).
+    pub outbound: Arc<Outbox>,
+    /// Cancelled to close the socket as too slow (its event subscription does, when the queue
+    /// is full); a child of the server's shutdown token, so also cancelled at shutdown.
+    pub kick: CancellationToken,
+    /// Set by a sign-in; the socket subscribes to events once the reply is queued, so the
+    /// catch-up events follow the reply.
+    pending_subscribe: bool,
+}
+
+impl Conn {
+    pub fn new(id: u64, peer: SocketAddr, outbound: Arc<Outbox>, kick: CancellationToken) -> Self {
+        Conn {
+            id,
+            peer,
+            session: None,
+            events_enabled: Arc::new(true.into()),
+            auth_failures: 0,
+            outbound,
+            kick,
+            pending_subscribe: false,
+        }
+    }
+
+    /// Binds a session to this connection; events start after the reply (see
+    /// [`Conn::subscribe_if_signed_in`]).
+    pub fn set_session(&mut self, state: &AppState, session: Arc<Session>) {
+        self.clear_session(state);
+        self.session = Some(session);
+        self.pending_subscribe = true;
+    }
+
+    /// Signs the connection out locally (the token itself is untouched).
+    pub fn clear_session(&mut self, state: &AppState) {
+        if let Some(old) = self.session.take() {
+            state.events.unsubscribe(old.user.id, self.id);
+        }
+        self.pending_subscribe = false;
+    }
+
+    /// After a sign-in's reply is queued: registers for task events and queues one event per
+    /// active task of the user, so a reconnecting client catches up.
+    pub fn subscribe_if_signed_in(&mut self, state: &AppState) {
+        if !std::mem::take(&mut self.pending_subscribe) {
+            return;
+        }
+        let Some(session) = &self.session else { return };
+        let user = session.user.id;
+        let (session, ttl) = (session.clone(), state.auth.tokens.ttl());
+        let sub = Subscriber {
+            alive: Arc::new(move || session.is_live(ttl)),
+            conn_id: self.id,
+            format: EventFormat::Rpc,
+            tx: self.outbound.clone(),
+            enabled: self.events_enabled.clone(),
+            kick: self.kick.clone(),
+        };
+        state.events.subscribe(user, sub);
+    }
+}
+
+/// Parses and runs one text frame; always produces exactly one reply. The frame's size was
+/// checked by the socket loop.
+pub async fn handle_text(state: &AppState, conn: &mut Conn, text: &str) -> String {
+    let request = match envelope::parse(text) {
+        Ok(request) => request,
+        Err(bad) => return envelope::error(bad.namespace.as_deref(), bad.id, &bad.error),
+    };
+    let mut ctx = Ctx { state, conn };
+    let method = Method::lookup(&request.namespace, &request.name);
+    let result = dispatch(
+        &mut ctx,
+        method,
+        &request.namespace,
+        &request.name,
+        request.args,
+    )
+    .await;
+    state.metrics.rpc(
+        method.map(|m| (m.index(), m.name())),
+        result.as_ref().map_or_else(|e| e.code(), |_| 200),
+    );
+    match result {
+        Ok(args) => envelope::response(&request.namespace, request.id, &args),
+        Err(err) => {
+            if let Error::Internal(cause) = &err {
+                tracing::error!(conn_id = ctx.conn.id, method = %request.name, error = ?cause, "internal error");
+            }
+            envelope::error(Some(&request.namespace), request.id, &err)
+        }
+    }
+}
+
+/// How the RPC socket answers a frame it cannot read (binary, too large, not UTF-8): an error
+/// envelope whose id is null, since none could be read.
+pub fn refusal(error: &Error) -> String {
+    envelope::error(None, RawValue::NULL, error)
+}

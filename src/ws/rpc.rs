@@ -1,0 +1,81 @@
+//! The RPC socket at `/`: the socket loop's handler for `rpc` — each text frame is one
+//! request and gets one reply (`rpc::handle_text`), sign-in has a grace period, and nothing is
+//! pinged (clients ping, or send requests, within `idle_timeout`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+
+use super::connection::{Handler, Link, Policy};
+use crate::config::Config;
+use crate::error::Error;
+use crate::rpc::{self, Conn};
+use crate::state::AppState;
+
+/// `GET /`: upgrades to the RPC socket; plain HTTP gets 426 and a pointer to the protocol.
+pub(super) async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [("upgrade", "websocket")],
+            "poolgate: this endpoint speaks JSON envelopes over WebSocket; see protocol/ in the \
+             repository (e.g. `wscat -c ws://HOST:PORT/`).\n",
+        )
+            .into_response();
+    };
+    super::accept(ws, state, move |_, link: Link| {
+        tracing::debug!(conn_id = link.conn_id, %peer, "connected");
+        RpcSocket(Conn::new(link.conn_id, peer, link.outbox, link.kick))
+    })
+}
+
+/// One RPC connection: its [`Conn`] is all it keeps between frames.
+struct RpcSocket(Conn);
+
+impl Handler for RpcSocket {
+    const KIND: &'static str = "rpc";
+
+    fn policy(config: &Config) -> Policy {
+        Policy {
+            idle: config.idle_timeout,
+            grace: Some(config.auth_grace),
+            ping: None,
+            max_frame: config.max_frame_bytes,
+            max_message: config.max_message_bytes,
+        }
+    }
+
+    fn text(
+        &mut self,
+        state: &AppState,
+        text: &str,
+    ) -> impl Future<Output = Option<String>> + Send {
+        rpc::handle_text(state, &mut self.0, text).map(Some)
+    }
+
+    fn refusal(&self, error: &Error) -> Option<String> {
+        Some(rpc::refusal(error))
+    }
+
+    fn replied(&mut self, state: &AppState) {
+        self.0.subscribe_if_signed_in(state);
+    }
+
+    fn signed_in(&self) -> bool {
+        self.0.session.is_some()
+    }
+
+    fn close(&mut self, state: &AppState) {
+        self.0.clear_session(state);
+    }
+}
