@@ -52,6 +52,10 @@ impl Store for MemoryStore {
         false
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,

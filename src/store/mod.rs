@@ -163,6 +163,10 @@ pub trait Store: Send + Sync + 'static {
     /// True when several instances may share this store (leases and the bus matter).
     fn is_shared(&self) -> bool;
 
+    /// A cheap round trip proving the backend answers (SQLite: a trivial statement on the
+    /// connection; Redis: PING; memory: nothing to ask). For `/healthz`.
+    async fn ping(&self) -> StoreResult<()>;
+
     // Sessions. `ttl` is how long a record is kept after its last activity (backends that
     // expire keys by themselves use it).
     /// Stores a new session and trims its user's sessions in the same atomic step: records

@@ -370,6 +370,13 @@ impl Store for RedisStore {
         true
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        ::redis::cmd("PING")
+            .query_async::<String>(&mut self.con())
+            .await?;
+        Ok(())
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,

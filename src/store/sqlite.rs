@@ -180,6 +180,10 @@ impl Store for SqliteStore {
         false
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,
