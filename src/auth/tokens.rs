@@ -386,8 +386,7 @@ impl TokenStore {
         let ttl = self.ttl;
         self.cache
             .retain(|_, s| s.is_live(ttl) || Arc::strong_count(s) > 1);
-        let cutoff = now_ms().saturating_sub(self.kept().as_millis() as u64);
-        self.store.session_sweep(cutoff).await
+        self.store.sweep_expired().await
     }
 
     /// Sessions this instance holds in memory.

@@ -1,5 +1,6 @@
 //! The in-memory store: for tests, and for people who want nothing kept. One lock around
-//! plain maps makes every operation trivially atomic.
+//! plain maps makes every operation trivially atomic. Expired records stay in their maps until
+//! `sweep_expired`, but every read filters them out, as the contract wants.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -13,7 +14,8 @@ use super::*;
 
 #[derive(Default)]
 struct Inner {
-    sessions: HashMap<TokenHash, SessionRecord>,
+    /// Each session with the wall-clock ms at which it expires.
+    sessions: HashMap<TokenHash, (SessionRecord, u64)>,
     mfa: HashMap<TokenHash, MfaRecord>,
     totp: HashMap<Uuid, u64>,
     jwt: HashMap<String, i64>,
@@ -21,7 +23,7 @@ struct Inner {
     latest: HashMap<TaskKey, Uuid>,
     assignments: HashMap<(Uuid, Uuid), Assignment>,
     machines: HashMap<String, HashSet<Uuid>>,
-    leases: HashMap<Uuid, (String, u64)>,
+    /// Failure counters: (count, window ends), the latter in ms.
     failures: HashMap<String, (u32, u64)>,
     /// Back-off keys: (next free slot, kept until), both in ms.
     backoff: HashMap<String, (u64, u64)>,
@@ -52,6 +54,10 @@ impl Store for MemoryStore {
         false
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,
@@ -59,16 +65,19 @@ impl Store for MemoryStore {
         max_per_user: usize,
     ) -> StoreResult<Vec<TokenHash>> {
         let mut inner = self.lock();
-        inner.sessions.insert(rec.hash, rec.clone());
-        let idle_since = now_ms().saturating_sub(ttl.as_millis() as u64);
-        inner.sessions.retain(|h, s| {
-            s.user_id != rec.user_id || *h == rec.hash || s.last_active_ms >= idle_since
-        });
+        let now = now_ms();
+        inner.sessions.insert(
+            rec.hash,
+            (rec.clone(), rec.last_active_ms + ttl.as_millis() as u64),
+        );
+        inner
+            .sessions
+            .retain(|h, (s, until)| s.user_id != rec.user_id || *h == rec.hash || *until > now);
         let mut mine: Vec<(u64, u64, TokenHash)> = inner
             .sessions
             .values()
-            .filter(|s| s.user_id == rec.user_id && s.hash != rec.hash)
-            .map(|s| (s.last_active_ms, s.created_ms, s.hash))
+            .filter(|(s, _)| s.user_id == rec.user_id && s.hash != rec.hash)
+            .map(|(s, _)| (s.last_active_ms, s.created_ms, s.hash))
             .collect();
         let excess = (mine.len() + 1).saturating_sub(max_per_user.max(1));
         mine.sort_unstable();
@@ -80,20 +89,32 @@ impl Store for MemoryStore {
     }
 
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
-        Ok(self.lock().sessions.get(hash).cloned())
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .sessions
+            .get(hash)
+            .filter(|(_, until)| *until > now)
+            .map(|(s, _)| s.clone()))
     }
 
     async fn session_touch(
         &self,
         touches: &[(TokenHash, u64)],
-        _ttl: Duration,
+        ttl: Duration,
     ) -> StoreResult<Vec<TokenHash>> {
         let mut inner = self.lock();
+        let now = now_ms();
         let mut missing = Vec::new();
         for (hash, at) in touches {
             match inner.sessions.get_mut(hash) {
-                Some(s) => s.last_active_ms = s.last_active_ms.max(*at),
-                None => missing.push(*hash),
+                Some((s, until)) if *until > now => {
+                    if *at > s.last_active_ms {
+                        s.last_active_ms = *at;
+                        *until = at + ttl.as_millis() as u64;
+                    }
+                }
+                _ => missing.push(*hash),
             }
         }
         Ok(missing)
@@ -106,33 +127,47 @@ impl Store for MemoryStore {
 
     async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>> {
         let mut inner = self.lock();
-        let hashes: Vec<TokenHash> = inner
-            .sessions
-            .values()
-            .filter(|s| s.user_id == user)
-            .map(|s| s.hash)
-            .collect();
-        for h in &hashes {
-            inner.sessions.remove(h);
-        }
-        Ok(hashes)
+        let now = now_ms();
+        let mut live = Vec::new();
+        inner.sessions.retain(|h, (s, until)| {
+            if s.user_id != user {
+                return true;
+            }
+            if *until > now {
+                live.push(*h);
+            }
+            false
+        });
+        Ok(live)
     }
 
     async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
-        Ok(self.lock().sessions.values().cloned().collect())
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .sessions
+            .values()
+            .filter(|(_, until)| *until > now)
+            .map(|(s, _)| s.clone())
+            .collect())
     }
 
-    async fn session_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+    async fn sweep_expired(&self) -> StoreResult<usize> {
         let mut inner = self.lock();
-        let before = inner.sessions.len();
-        inner.sessions.retain(|_, s| s.last_active_ms >= cutoff_ms);
+        let held = |i: &Inner| {
+            i.sessions.len() + i.mfa.len() + i.failures.len() + i.backoff.len() + i.jwt.len()
+        };
+        let before = held(&inner);
         let now = now_ms();
+        inner.sessions.retain(|_, (_, until)| *until > now);
         inner.mfa.retain(|_, m| m.expires_ms > now);
         inner.failures.retain(|_, (_, until)| *until > now);
         inner.backoff.retain(|_, (_, until)| *until > now);
-        let now_s = chrono::Utc::now().timestamp();
-        inner.jwt.retain(|_, exp| *exp + 60 >= now_s);
-        Ok(before - inner.sessions.len())
+        let now_s = (now / 1000) as i64;
+        inner
+            .jwt
+            .retain(|_, exp| *exp + JWT_REVOCATION_MARGIN_S > now_s);
+        Ok(before - held(&inner))
     }
 
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
@@ -141,27 +176,43 @@ impl Store for MemoryStore {
     }
 
     async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
-        Ok(self.lock().mfa.get(hash).cloned())
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .mfa
+            .get(hash)
+            .filter(|m| m.expires_ms > now)
+            .cloned())
     }
 
     async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
-        Ok(self.lock().mfa.remove(hash).is_some())
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .mfa
+            .remove(hash)
+            .is_some_and(|m| m.expires_ms > now))
     }
 
     async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32> {
-        Ok(self.lock().mfa.get_mut(hash).map_or(u32::MAX, |m| {
-            m.attempts += 1;
-            m.attempts
-        }))
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .mfa
+            .get_mut(hash)
+            .filter(|m| m.expires_ms > now)
+            .map_or(u32::MAX, |m| {
+                m.attempts = m.attempts.saturating_add(1);
+                m.attempts
+            }))
     }
 
     async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool> {
         let mut inner = self.lock();
-        let last = inner.totp.entry(user).or_insert(0);
-        if step <= *last {
+        if inner.totp.get(&user).is_some_and(|last| step <= *last) {
             return Ok(false);
         }
-        *last = step;
+        inner.totp.insert(user, step);
         Ok(true)
     }
 
@@ -171,16 +222,20 @@ impl Store for MemoryStore {
     }
 
     async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
+        let now_s = (now_ms() / 1000) as i64;
         Ok(self
             .lock()
             .jwt
             .iter()
+            .filter(|(_, exp)| **exp + JWT_REVOCATION_MARGIN_S > now_s)
             .map(|(k, v)| (k.clone(), *v))
             .collect())
     }
 
     async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()> {
-        self.lock().jwt_users.insert(user, before);
+        let mut inner = self.lock();
+        let stored = inner.jwt_users.entry(user).or_insert(before);
+        *stored = (*stored).max(before);
         Ok(())
     }
 
@@ -218,7 +273,9 @@ impl Store for MemoryStore {
     }
 
     async fn task_update(&self, task: &Task) -> StoreResult<()> {
-        self.lock().tasks.insert(task.id, task.clone());
+        if let Some(stored) = self.lock().tasks.get_mut(&task.id) {
+            *stored = task.clone();
+        }
         Ok(())
     }
 
@@ -305,25 +362,12 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool> {
-        let mut inner = self.lock();
-        let now = now_ms();
-        match inner.leases.get(&task) {
-            Some((o, until)) if o != owner && *until > now => Ok(false),
-            _ => {
-                inner
-                    .leases
-                    .insert(task, (owner.to_owned(), now + ttl.as_millis() as u64));
-                Ok(true)
-            }
-        }
+    /// Not shared: this process owns every task.
+    async fn lease_acquire(&self, _task: Uuid, _owner: &str, _ttl: Duration) -> StoreResult<bool> {
+        Ok(true)
     }
 
-    async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()> {
-        let mut inner = self.lock();
-        if inner.leases.get(&task).is_some_and(|(o, _)| o == owner) {
-            inner.leases.remove(&task);
-        }
+    async fn lease_release(&self, _task: Uuid, _owner: &str) -> StoreResult<()> {
         Ok(())
     }
 

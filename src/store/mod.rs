@@ -1,12 +1,20 @@
 //! Durable state behind one interface, three backends (`state = "sqlite:<path>" | "redis://…"
 //! | "memory"`): sessions, MFA challenges, TOTP last-used steps, JWT revocations, tasks and
 //! the latest task per (user, pool, kind), machine assignments with their leases, machines
-//! held by static inventories, and task leases (which instance drives a task).
+//! held by static inventories, task leases (which instance drives a task), lockout counters
+//! and back-off slots.
 //!
 //! Every operation the rules need to be atomic is one call here (a compare-and-set, a
 //! set-if-absent), so the rules hold whether one process or several share the state. The
 //! store also carries the event bus: what one instance publishes, every instance (itself
 //! included) receives on the sink it was built with.
+//!
+//! The [`Store`] trait's docs are the contract — what each call returns, what is atomic, what
+//! expires by itself and when, what a backend may skip — and the backend suite
+//! (tests/api/backends.rs, on all three) checks it, so a rule that works on one backend works
+//! on the others.
+//!
+//! Layer 2: imports only the plain types of `crate::domain` and `crate::files`.
 
 pub mod memory;
 pub mod redis;
@@ -158,105 +166,189 @@ pub fn task_from_json(text: &str) -> StoreResult<Task> {
     Ok(serde_json::from_str(text)?)
 }
 
+/// How long a JWT revocation is kept past the token's own `exp`, in seconds: the margin for
+/// clocks that disagree between instances (verification itself allows 5 s of leeway).
+pub const JWT_REVOCATION_MARGIN_S: i64 = 60;
+
+/// The state every rule relies on, behind one contract that all three backends keep (the
+/// backend suite in tests/api/backends.rs checks each promise on memory, SQLite and Redis).
+///
+/// Conventions for every method:
+/// - **Errors**: `Err` only when the backend failed (unreachable, refused, corrupt); "not there"
+///   is `None`, `false` or an empty list, never an error.
+/// - **Time**: expiries are wall-clock milliseconds ([`now_ms`]), or unix seconds where the
+///   record is a JWT's. A record past its expiry is *gone* for every read the moment it
+///   expires, on every backend; [`Store::sweep_expired`] only reclaims the space (Redis keys
+///   expire by themselves, so it has nothing to do there).
+/// - **Atomicity**: what a method documents as atomic holds across every instance sharing the
+///   store; everything else is a single write whose last writer wins.
+/// - **Not shared** ([`Store::is_shared`] false: memory, SQLite): one process serves the store,
+///   so the bus is in-process and task leases are granted without bookkeeping.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// True when several instances may share this store (leases and the bus matter).
+    /// True when several instances may share this store (Redis): leases and the bus then
+    /// matter, and a single process cannot assume every active task is its own.
     fn is_shared(&self) -> bool;
 
-    // Sessions. `ttl` is how long a record is kept after its last activity (backends that
-    // expire keys by themselves use it).
-    /// Stores a new session and trims its user's sessions in the same atomic step: records
-    /// idle for longer than `ttl` go, and past `max_per_user` the least recently active ones
-    /// are deleted. Returns the hashes of the sessions deleted for the cap (never `rec`'s), so
-    /// the caller can revoke them everywhere.
+    /// A cheap round trip proving the backend answers (SQLite: a trivial statement on the
+    /// connection; Redis: PING; memory: nothing to ask). For `/healthz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- Sessions ----
+    //
+    // A session record expires `ttl` after its `last_active_ms`, where `ttl` is the one given
+    // with the write that last moved `last_active_ms` (`session_put`, `session_touch`). From
+    // then on it is gone for `session_get`, `session_touch`, `sessions_all` and
+    // `session_delete_user`. Callers still judge a token's liveness themselves (their own TTL
+    // may be shorter than what the store keeps).
+
+    /// Stores a new session and, in the same atomic step, trims its user's others: expired
+    /// ones go, and past `max_per_user` (at least 1) the least recently active ones are deleted
+    /// (ties: the earlier created first). Returns the hashes deleted for the cap — never
+    /// `rec`'s, nor the expired ones — so the caller can revoke them everywhere.
     async fn session_put(
         &self,
         rec: &SessionRecord,
         ttl: Duration,
         max_per_user: usize,
     ) -> StoreResult<Vec<TokenHash>>;
+    /// The live session with this hash.
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>>;
-    /// Moves `last_active_ms` forward (never back) for each session still present; returns
-    /// the hashes of those no longer present (revoked, evicted or expired), so an instance
-    /// that missed a revocation on the bus still learns of it.
+    /// For each live session listed, moves `last_active_ms` forward (never back) and, when it
+    /// moved, its expiry to the new `last_active_ms + ttl`. Returns the hashes of the sessions
+    /// no longer there (revoked, evicted or expired: an expired one is not revived), so an
+    /// instance that missed a revocation on the bus still learns of it. Atomic per session.
     async fn session_touch(
         &self,
         touches: &[(TokenHash, u64)],
         ttl: Duration,
     ) -> StoreResult<Vec<TokenHash>>;
+    /// Deletes a session (no-op when absent).
     async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()>;
-    /// Deletes every session of a user and returns their hashes.
+    /// Deletes every session of a user, atomically with respect to `session_put` (a session
+    /// stored concurrently is either deleted or survives indexed, so a later call finds it).
+    /// Returns the hashes of the live sessions it deleted.
     async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>>;
-    /// Every stored session (admin view).
+    /// Every live session, in no order (admin view). May scan: not for hot paths.
     async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>>;
-    /// Deletes sessions idle since before `cutoff_ms`, and every other record past its expiry:
-    /// MFA challenges, failure counters (lockout), JWT revocations. Returns the sessions
-    /// deleted. (Backends whose keys expire by themselves may have nothing to do.)
-    async fn session_sweep(&self, cutoff_ms: u64) -> StoreResult<usize>;
 
-    // MFA challenges.
+    /// Deletes every record past its expiry: sessions, MFA challenges (and their attempt
+    /// counts), lockout failure counters, back-off slots and JWT revocations. Reads already
+    /// treat them as gone; this bounds what is *held* ([`Store::counts`]). Returns how many
+    /// records it deleted, all kinds together. Redis expires each of them by itself (and a
+    /// user's session index with that user's last session), so it deletes nothing there.
+    async fn sweep_expired(&self) -> StoreResult<usize>;
+
+    // ---- MFA challenges ----
+    //
+    // A challenge is gone once `expires_ms` has passed (get: None, take: false, fail: u32::MAX).
+
+    /// Stores a challenge, replacing one with the same hash (its wrong-code count included).
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()>;
+    /// The live challenge, `attempts` counting every `mfa_fail` since its `mfa_put`.
     async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>>;
-    /// Removes the challenge; true if this call removed it (one use).
+    /// Removes the challenge; true only for the one call that removed a live challenge (it
+    /// is one-use: of concurrent takes, exactly one wins).
     async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool>;
-    /// Counts a wrong code; returns the attempts so far.
+    /// Counts a wrong code atomically; returns the attempts so far, or `u32::MAX` when there
+    /// is no live challenge (so any limit check burns it).
     async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32>;
 
-    /// Records `step` as the user's last accepted TOTP step if it is newer; false if not
-    /// (a replay). Check and update are one atomic operation.
+    /// Records `step` as the user's last accepted TOTP step if it is later than the last one
+    /// (any step is later than none); false if not (a replay). Check and update are one atomic
+    /// operation: of concurrent calls with the same step, one wins. Never expires.
     async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool>;
 
-    // JWT revocations.
+    // ---- JWT revocations ----
+
+    /// Revokes one JWT. Kept until `exp + JWT_REVOCATION_MARGIN_S` (unix seconds), then gone.
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()>;
-    /// Every revocation not yet expired (loaded at start-up).
+    /// Every revocation not yet gone (loaded at start-up), in no order.
     async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>>;
-    /// Revokes every JWT of a user issued at or before `before` (unix seconds).
+    /// Revokes every JWT of a user issued at or before `before` (unix seconds). Only moves
+    /// forward: an earlier `before` than the one stored changes nothing (a late or skewed call
+    /// never un-revokes). Never expires (one entry per user).
     async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()>;
+    /// Every per-user revocation, in no order.
     async fn jwt_user_revocations(&self) -> StoreResult<Vec<(Uuid, i64)>>;
 
-    // Tasks.
+    // ---- Tasks ----
+    //
+    // Tasks never expire by themselves: `tasks_sweep` applies the retention.
+
     async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>>;
+    /// The latest task of a (user, pool, kind) key, if it is still stored.
     async fn task_latest(&self, key: TaskKey) -> StoreResult<Option<Task>>;
-    /// Inserts `task` and makes it the latest of its key, only if the latest is still
-    /// `expected`. False when another request got there first.
+    /// Inserts `task` (a new id) and makes it the latest of its key, only if the latest is
+    /// still `expected` (`None`: the key has none). One atomic compare-and-set: of concurrent
+    /// creators expecting the same latest, exactly one gets true.
     async fn task_create(&self, expected: Option<Uuid>, task: &Task) -> StoreResult<bool>;
+    /// Overwrites a stored task (status, progress, result). A task that is not stored (never
+    /// created, or swept) is not recreated.
     async fn task_update(&self, task: &Task) -> StoreResult<()>;
-    /// The user's tasks, newest first.
+    /// The user's tasks, newest `created` first, at most `limit`.
     async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>>;
-    /// Every PENDING or RUNNING task.
+    /// Every PENDING or RUNNING task, in no order.
     async fn tasks_active(&self) -> StoreResult<Vec<Task>>;
-    /// Deletes ended tasks created before `cutoff_ms` (task retention), except the latest
-    /// task of each key, which the step rules read. Returns how many were deleted.
+    /// Deletes ended tasks created before `cutoff_ms` (task retention; one created at
+    /// `cutoff_ms` stays), except the latest task of each key, which the step rules read.
+    /// Returns how many were deleted.
     async fn tasks_sweep(&self, cutoff_ms: u64) -> StoreResult<usize>;
 
-    // Assignments.
+    // ---- Assignments ----
+    //
+    // Assignments never expire by themselves: `lease_until_ms` is read by the pools' lease
+    // sweep, which gives the machine back through its provisioner and then removes it.
+
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>>;
-    /// Stores the assignment unless the user already holds a machine in the pool.
+    /// Stores the assignment unless the user already holds a machine in the pool (then false,
+    /// the stored one unchanged). Atomic: of concurrent creators, exactly one gets true.
     async fn assignment_create(&self, a: &Assignment) -> StoreResult<bool>;
+    /// Removes and returns the assignment; of concurrent removers, one gets it.
     async fn assignment_remove(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>>;
+    /// Every assignment, in no order.
     async fn assignments(&self) -> StoreResult<Vec<Assignment>>;
 
-    // Machines held by a static inventory (shared, so instances never hand one out twice).
+    // ---- Machines held by a static inventory ----
+    //
+    // Shared, so instances never hand one out twice. Claims never expire: start-up
+    // reconciliation releases those no assignment owns.
+
+    /// Claims a machine for an inventory; true only for the one claimant (atomic).
     async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool>;
+    /// Gives a claim back (no-op when not claimed).
     async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()>;
+    /// The inventory's claimed machines, in no order.
     async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>>;
 
-    /// Takes or renews the right to drive a task. False while another owner holds it.
+    // ---- Task leases: which instance drives a task ----
+
+    /// Takes or renews the right to drive a task, atomically: true when it was free, lapsed or
+    /// already `owner`'s (then held until `ttl` from now); false while another owner holds it.
+    /// A store that is not shared serves one process, which owns every task: it grants every
+    /// call and keeps nothing (memory, SQLite).
     async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool>;
+    /// Gives the lease up if `owner` holds it (another owner's lease is left alone).
     async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()>;
 
-    /// Counts a failure under `key` in a fixed window starting at the first failure; returns
-    /// the count so far (lockout counters: per username and per client address).
+    // ---- Lockout failure counters and back-off slots ----
+
+    /// Counts a failure under `key`, atomically, in a fixed window that starts with the first
+    /// failure (later failures and undos do not move it); returns the count so far. Once the
+    /// window has passed the counter is gone and the next failure starts a new one.
     async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32>;
+    /// The count in the key's current window (0 when none).
     async fn failures_get(&self, key: &str) -> StoreResult<u32>;
+    /// Deletes the counter.
     async fn failures_reset(&self, key: &str) -> StoreResult<()>;
     /// Takes back one count (a reserved attempt that turned out not to be a guess): never
     /// below zero, the window unchanged.
     async fn failures_undo(&self, key: &str) -> StoreResult<()>;
     /// Schedules an attempt under a per-key back-off, atomically: the slot is the later of
     /// `now_ms` and the key's next free time. If it is at most `max_wait` away it is taken —
-    /// the next free time becomes slot + `spacing`, kept for `window` — and `Ok(slot)` is
-    /// returned; otherwise nothing changes and `Err(slot)` says when one would be free.
+    /// the next free time becomes slot + `spacing`, kept for `window` from `now_ms` — and
+    /// `Ok(slot)` is returned; otherwise nothing changes and `Err(slot)` says when one would be
+    /// free. Of concurrent callers, each gets its own slot.
     async fn backoff_slot(
         &self,
         key: &str,
@@ -266,23 +358,29 @@ pub trait Store: Send + Sync + 'static {
         window: Duration,
     ) -> StoreResult<Result<u64, u64>>;
 
-    /// How many records of the kinds that must stay bounded the store holds (the retention
-    /// promises are checked against it). May scan: not for hot paths.
+    /// How many records of the kinds that must stay bounded the store *holds* — expired ones
+    /// not yet swept included (the retention promises are checked against it). May scan: not
+    /// for hot paths.
     async fn counts(&self) -> StoreResult<StoreCounts>;
 
-    /// Sends an event to every instance (this one included). Fire and forget.
+    /// Sends an event to every instance, this one included, on the sink each was built with;
+    /// one publisher's events arrive in the order published. Fire and forget: on Redis an
+    /// event may be lost across a reconnect (sessions are re-checked by `session_touch`;
+    /// clients can ask for a task's state).
     fn publish(&self, event: BusEvent);
 }
 
-/// Records held, by kind: what `session_put`'s cap, `session_sweep` and `tasks_sweep` bound.
+/// Records held, by kind: what `session_put`'s cap, `sweep_expired` and `tasks_sweep` bound.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreCounts {
     pub sessions: usize,
-    /// Entries of the per-user session indexes (Redis keeps one set per user; the SQL and
-    /// memory backends index the sessions themselves, so this equals `sessions` there).
+    /// Entries of the per-user session indexes. The SQL and memory backends index the
+    /// sessions themselves, so this equals `sessions` there; Redis keeps one set per user,
+    /// trimmed at each sign-in and expiring with the user's last session, so while a user has
+    /// a live session it may also hold that user's expired ones (never more than the cap).
     pub session_index: usize,
     pub tasks: usize,
-    /// Lockout failure counters, expired or not.
+    /// Lockout failure counters and back-off slots.
     pub failure_counters: usize,
 }
 

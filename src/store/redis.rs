@@ -4,7 +4,10 @@
 //! and assignments are JSON values indexed by sets; every compare-and-set is a Lua script.
 //! Ended tasks are also indexed by creation time (`done_tasks`), so the retention sweep reads
 //! only what it may delete; a user's session set is trimmed (gone members, the cap) whenever
-//! the user signs in, so it never holds more than `max_sessions_per_user`.
+//! the user signs in, so it never holds more than `max_sessions_per_user`, and it expires with
+//! the user's last session (its expiry only ever moves later, so it never lapses while one of
+//! its sessions lives). Every record with an expiry is a key with a TTL, so `sweep_expired`
+//! has nothing to do.
 
 use std::time::Duration;
 
@@ -25,16 +28,34 @@ pub struct RedisStore {
     /// let them overtake each other).
     outbox: mpsc::UnboundedSender<BusEvent>,
     task_create: Script,
+    task_update: Script,
     totp_advance: Script,
     lease_acquire: Script,
     lease_release: Script,
     session_put: Script,
     session_touch: Script,
+    session_delete: Script,
+    session_delete_user: Script,
+    mfa_fail: Script,
+    jwt_revoke_user: Script,
+    assignment_create: Script,
     task_sweep: Script,
     failures_add: Script,
     failures_undo: Script,
     backoff_slot: Script,
 }
+
+/// Lua: `now`, the server's clock in ms (scripts may read it: Redis >= 6.2 replicates their
+/// effects, not the script).
+const LUA_NOW: &str = "local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
+
+/// Lua: `extend(key, until)`: makes `key` expire no earlier than `until` (ms). A key without
+/// an expiry keeps none; a missing one is left missing.
+const LUA_EXTEND: &str = "local function extend(key, until_ms)
+    local left = redis.call('PTTL', key)
+    if left >= 0 and now + left < until_ms then redis.call('PEXPIREAT', key, until_ms) end
+  end";
 
 /// Sessions checked per `session_touch` script call: one round trip each, short enough not to
 /// hold Redis up for long.
@@ -179,9 +200,20 @@ impl RedisStore {
                     redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2]) end
                   return 1",
             ),
+            // KEYS: the task, the active set, the ended index. ARGV: id, body, 'active' or
+            // 'done', created (ms). Only a stored task is overwritten.
+            task_update: Script::new(
+                r"if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+                  redis.call('SET', KEYS[1], ARGV[2])
+                  if ARGV[3] == 'active' then redis.call('SADD', KEYS[2], ARGV[1])
+                  else redis.call('SREM', KEYS[2], ARGV[1])
+                    redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+                  return 1",
+            ),
             totp_advance: Script::new(
-                r"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-                  if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+                r"local cur = redis.call('GET', KEYS[1])
+                  if (not cur) or tonumber(ARGV[1]) > tonumber(cur) then
+                    redis.call('SET', KEYS[1], ARGV[1]) return 1 end
                   return 0",
             ),
             lease_acquire: Script::new(
@@ -194,9 +226,10 @@ impl RedisStore {
                 r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                   return 0",
             ),
+            // The window starts with the key: a count taken back to 0 keeps its window.
             failures_add: Script::new(
                 r"local n = redis.call('INCR', KEYS[1])
-                  if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+                  if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
                   return n",
             ),
             failures_undo: Script::new(
@@ -214,56 +247,115 @@ impl RedisStore {
             // KEYS: the session, the user's session set. ARGV: hash, user, created, last
             // active, peer, ttl, cap, the session key prefix. Stores the session, drops set
             // members whose session is gone, and past the cap deletes the least recently
-            // active others; returns their hashes.
-            session_put: Script::new(
-                r"redis.call('HSET', KEYS[1], 'user_id', ARGV[2], 'created_ms', ARGV[3],
+            // active others; returns their hashes. The set then expires with its last session.
+            session_put: Script::new(&format!(
+                r"{LUA_NOW}
+                  local expires = tonumber(ARGV[4]) + tonumber(ARGV[6])
+                  redis.call('HSET', KEYS[1], 'user_id', ARGV[2], 'created_ms', ARGV[3],
                     'last_active_ms', ARGV[4], 'peer', ARGV[5])
-                  redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[6]))
+                  redis.call('PEXPIREAT', KEYS[1], expires)
                   redis.call('SADD', KEYS[2], ARGV[1])
-                  local others = {}
+                  local others = {{}}
                   for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
                     if m ~= ARGV[1] then
                       local h = redis.call('HMGET', ARGV[8] .. m, 'last_active_ms', 'created_ms')
                       if h[1] then
-                        others[#others + 1] = {m, tonumber(h[1]), tonumber(h[2]) or 0}
+                        others[#others + 1] = {{m, tonumber(h[1]), tonumber(h[2]) or 0}}
                       else
                         redis.call('SREM', KEYS[2], m)
                       end
                     end
                   end
                   local keep = tonumber(ARGV[7]) - 1
-                  local evicted = {}
-                  if #others > keep then
-                    table.sort(others, function(a, b)
-                      if a[2] ~= b[2] then return a[2] < b[2] end
-                      return a[3] < b[3]
-                    end)
-                    for i = 1, #others - keep do
-                      redis.call('DEL', ARGV[8] .. others[i][1])
-                      redis.call('SREM', KEYS[2], others[i][1])
-                      evicted[#evicted + 1] = others[i][1]
+                  local evicted = {{}}
+                  table.sort(others, function(a, b)
+                    if a[2] ~= b[2] then return a[2] < b[2] end
+                    return a[3] < b[3]
+                  end)
+                  local last = expires
+                  for i, o in ipairs(others) do
+                    if i <= #others - keep then
+                      redis.call('DEL', ARGV[8] .. o[1])
+                      redis.call('SREM', KEYS[2], o[1])
+                      evicted[#evicted + 1] = o[1]
+                    else
+                      local left = redis.call('PTTL', ARGV[8] .. o[1])
+                      if left == -1 then last = nil
+                      elseif last and now + left > last then last = now + left end
                     end
                   end
+                  if last then redis.call('PEXPIREAT', KEYS[2], last)
+                  else redis.call('PERSIST', KEYS[2]) end
                   return evicted",
-            ),
-            // KEYS: sessions. ARGV: ttl, then one activity time per key. Returns the (1-based)
-            // positions of the sessions that are gone.
-            session_touch: Script::new(
-                r"local ttl = tonumber(ARGV[1])
-                  local missing = {}
+            )),
+            // KEYS: sessions. ARGV: ttl, the session key prefix, the user set key prefix, then
+            // one activity time per key. Returns the (1-based) positions of the sessions that
+            // are gone. A session that moves takes its user's set along (put back if missing).
+            session_touch: Script::new(&format!(
+                r"{LUA_NOW}
+                  {LUA_EXTEND}
+                  local ttl = tonumber(ARGV[1])
+                  local missing = {{}}
                   for i, key in ipairs(KEYS) do
-                    local cur = tonumber(redis.call('HGET', key, 'last_active_ms'))
+                    local h = redis.call('HMGET', key, 'last_active_ms', 'user_id')
+                    local cur = tonumber(h[1])
                     if not cur then
                       missing[#missing + 1] = i
                     else
-                      local at = tonumber(ARGV[i + 1])
+                      local at = tonumber(ARGV[i + 3])
                       if at > cur then
-                        redis.call('HSET', key, 'last_active_ms', ARGV[i + 1])
+                        redis.call('HSET', key, 'last_active_ms', ARGV[i + 3])
                         redis.call('PEXPIREAT', key, at + ttl)
+                        local set = ARGV[3] .. h[2]
+                        if redis.call('SADD', set, string.sub(key, #ARGV[2] + 1)) == 1
+                          and redis.call('SCARD', set) == 1 then
+                          redis.call('PEXPIREAT', set, at + ttl)
+                        else
+                          extend(set, at + ttl)
+                        end
                       end
                     end
                   end
                   return missing",
+            )),
+            // KEYS: the session. ARGV: the hash, the user set key prefix.
+            session_delete: Script::new(
+                r"local user = redis.call('HGET', KEYS[1], 'user_id')
+                  redis.call('DEL', KEYS[1])
+                  if user then redis.call('SREM', ARGV[2] .. user, ARGV[1]) end
+                  return 0",
+            ),
+            // KEYS: the user's session set. ARGV: the session key prefix. Returns the hashes
+            // of the sessions that were there.
+            session_delete_user: Script::new(
+                r"local live = {}
+                  for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+                    if redis.call('DEL', ARGV[1] .. m) == 1 then live[#live + 1] = m end
+                  end
+                  redis.call('DEL', KEYS[1])
+                  return live",
+            ),
+            // KEYS: the challenge, its wrong-code count. The count lives and dies with the
+            // challenge; -1 when there is none.
+            mfa_fail: Script::new(
+                r"local left = redis.call('PTTL', KEYS[1])
+                  if left == -2 then return -1 end
+                  local n = redis.call('INCR', KEYS[2])
+                  if left > 0 then redis.call('PEXPIRE', KEYS[2], left) end
+                  return n",
+            ),
+            // KEYS: the per-user revocations. ARGV: user, before. Only moves forward.
+            jwt_revoke_user: Script::new(
+                r"local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+                  if (not cur) or tonumber(ARGV[2]) > cur then
+                    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+                  return 0",
+            ),
+            // KEYS: the assignment, the index. ARGV: body, index member.
+            assignment_create: Script::new(
+                r"if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+                  redis.call('SADD', KEYS[2], ARGV[2])
+                  return 1",
             ),
             // KEYS: the task, the index of ended tasks. ARGV: the id, the key prefix. Deletes an
             // ended task unless it is the latest of its key (then it stays indexed and is looked
@@ -294,6 +386,15 @@ impl RedisStore {
 
     fn mfa_key(&self, hash: &TokenHash) -> String {
         self.k(&["mfa", &hex::encode(hash)])
+    }
+
+    /// A challenge's wrong-code count (a counter beside the record, so `mfa_fail` is one INCR).
+    fn mfa_attempts_key(&self, hash: &TokenHash) -> String {
+        self.k(&["mfa_attempts", &hex::encode(hash)])
+    }
+
+    fn user_sessions_key(&self, user: Uuid) -> String {
+        self.k(&["user_sessions", &user.to_string()])
     }
 
     fn con(&self) -> ConnectionManager {
@@ -363,6 +464,13 @@ impl Store for RedisStore {
         true
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        ::redis::cmd("PING")
+            .query_async::<String>(&mut self.con())
+            .await?;
+        Ok(())
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,
@@ -372,7 +480,7 @@ impl Store for RedisStore {
         let evicted: Vec<String> = self
             .session_put
             .key(self.session_key(&rec.hash))
-            .key(self.k(&["user_sessions", &rec.user_id.to_string()]))
+            .key(self.user_sessions_key(rec.user_id))
             .arg(hex::encode(rec.hash))
             .arg(rec.user_id.to_string())
             .arg(rec.created_ms)
@@ -446,7 +554,9 @@ impl Store for RedisStore {
         let mut missing = Vec::new();
         for chunk in touches.chunks(TOUCH_CHUNK) {
             let mut call = self.session_touch.prepare_invoke();
-            call.arg(ttl.as_millis() as u64);
+            call.arg(ttl.as_millis() as u64)
+                .arg(self.k(&["session", ""]))
+                .arg(self.k(&["user_sessions", ""]));
             for (hash, at) in chunk {
                 call.key(self.session_key(hash)).arg(*at);
             }
@@ -460,29 +570,30 @@ impl Store for RedisStore {
     }
 
     async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
-        self.con().del::<_, ()>(self.session_key(hash)).await?;
+        self.session_delete
+            .key(self.session_key(hash))
+            .arg(hex::encode(hash))
+            .arg(self.k(&["user_sessions", ""]))
+            .invoke_async::<i64>(&mut self.con())
+            .await?;
         Ok(())
     }
 
     async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>> {
-        let set = self.k(&["user_sessions", &user.to_string()]);
-        let mut con = self.con();
-        let members: Vec<String> = con.smembers(&set).await?;
-        let hashes: Vec<TokenHash> = members
+        let live: Vec<String> = self
+            .session_delete_user
+            .key(self.user_sessions_key(user))
+            .arg(self.k(&["session", ""]))
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(live
             .iter()
             .filter_map(|m| hex::decode(m).ok()?.try_into().ok())
-            .collect();
-        let mut pipe = ::redis::pipe();
-        for h in &hashes {
-            pipe.del(self.session_key(h)).ignore();
-        }
-        pipe.del(&set).ignore();
-        pipe.query_async::<()>(&mut con).await?;
-        Ok(hashes)
+            .collect())
     }
 
-    /// Keys expire by themselves.
-    async fn session_sweep(&self, _cutoff_ms: u64) -> StoreResult<usize> {
+    /// Every record with an expiry is a key with a TTL: nothing is left to delete.
+    async fn sweep_expired(&self) -> StoreResult<usize> {
         Ok(0)
     }
 
@@ -495,27 +606,46 @@ impl Store for RedisStore {
             .ignore()
             .pexpire_at(&key, rec.expires_ms as i64)
             .ignore()
+            .del(self.mfa_attempts_key(hash))
+            .ignore()
             .query_async::<()>(&mut con)
             .await?;
         Ok(())
     }
 
     async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
-        let body: Option<String> = self.con().get(self.mfa_key(hash)).await?;
-        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        let (body, failed): (Option<String>, Option<u32>) = ::redis::pipe()
+            .atomic()
+            .get(self.mfa_key(hash))
+            .get(self.mfa_attempts_key(hash))
+            .query_async(&mut self.con())
+            .await?;
+        let Some(body) = body else {
+            return Ok(None);
+        };
+        let mut rec: MfaRecord = serde_json::from_str(&body)?;
+        rec.attempts = rec.attempts.saturating_add(failed.unwrap_or(0));
+        Ok(Some(rec))
     }
 
     async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
-        let n: i64 = self.con().del(self.mfa_key(hash)).await?;
-        Ok(n == 1)
+        let (taken, _): (i64, i64) = ::redis::pipe()
+            .atomic()
+            .del(self.mfa_key(hash))
+            .del(self.mfa_attempts_key(hash))
+            .query_async(&mut self.con())
+            .await?;
+        Ok(taken == 1)
     }
 
     async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32> {
-        let key = self.k(&["mfa_attempts", &hex::encode(hash)]);
-        let mut con = self.con();
-        let n: u32 = con.incr(&key, 1).await?;
-        con.expire::<_, ()>(&key, 3600).await?;
-        Ok(n)
+        let n: i64 = self
+            .mfa_fail
+            .key(self.mfa_key(hash))
+            .key(self.mfa_attempts_key(hash))
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool> {
@@ -529,14 +659,13 @@ impl Store for RedisStore {
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
-        let key = self.k(&["jwt_revoked", jti]);
-        let mut con = self.con();
-        ::redis::pipe()
-            .set(&key, exp)
-            .ignore()
-            .expire_at(&key, exp + 60)
-            .ignore()
-            .query_async::<()>(&mut con)
+        // One command, so the key never exists without its expiry.
+        ::redis::cmd("SET")
+            .arg(self.k(&["jwt_revoked", jti]))
+            .arg(exp)
+            .arg("EXAT")
+            .arg((exp + JWT_REVOCATION_MARGIN_S).max(1))
+            .query_async::<()>(&mut self.con())
             .await?;
         Ok(())
     }
@@ -563,8 +692,11 @@ impl Store for RedisStore {
     }
 
     async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()> {
-        self.con()
-            .hset::<_, _, _, ()>(self.k(&["jwt_users"]), user.to_string(), before)
+        self.jwt_revoke_user
+            .key(self.k(&["jwt_users"]))
+            .arg(user.to_string())
+            .arg(before)
+            .invoke_async::<i64>(&mut self.con())
             .await?;
         Ok(())
     }
@@ -625,23 +757,20 @@ impl Store for RedisStore {
 
     async fn task_update(&self, task: &Task) -> StoreResult<()> {
         let id = task.id.to_string();
-        let mut con = self.con();
-        let mut pipe = ::redis::pipe();
-        pipe.atomic()
-            .set(self.k(&["task", &id]), task_to_json(task))
-            .ignore();
-        if task.status.is_active() {
-            pipe.sadd(self.k(&["active_tasks"]), &id).ignore();
-        } else {
-            pipe.srem(self.k(&["active_tasks"]), &id).ignore();
-            pipe.zadd(
-                self.k(&["done_tasks"]),
-                &id,
-                task.created.timestamp_millis(),
-            )
-            .ignore();
-        }
-        pipe.query_async::<()>(&mut con).await?;
+        self.task_update
+            .key(self.k(&["task", &id]))
+            .key(self.k(&["active_tasks"]))
+            .key(self.k(&["done_tasks"]))
+            .arg(&id)
+            .arg(task_to_json(task))
+            .arg(if task.status.is_active() {
+                "active"
+            } else {
+                "done"
+            })
+            .arg(task.created.timestamp_millis())
+            .invoke_async::<i64>(&mut self.con())
+            .await?;
         Ok(())
     }
 
@@ -666,7 +795,10 @@ impl Store for RedisStore {
         self.index_done_tasks().await?;
         let index = self.k(&["done_tasks"]);
         let mut con = self.con();
-        let ids: Vec<String> = con.zrangebyscore(&index, "-inf", cutoff_ms).await?;
+        // Created strictly before the cutoff.
+        let ids: Vec<String> = con
+            .zrangebyscore(&index, "-inf", format!("({cutoff_ms}"))
+            .await?;
         let mut deleted = 0;
         for chunk in ids.chunks(TOUCH_CHUNK) {
             let mut pipe = ::redis::pipe();
@@ -697,26 +829,26 @@ impl Store for RedisStore {
 
     async fn assignment_create(&self, a: &Assignment) -> StoreResult<bool> {
         let (user, pool) = (a.user_id.to_string(), a.pool_id.to_string());
-        let mut con = self.con();
-        let created: bool = ::redis::cmd("SET")
-            .arg(self.k(&["assignment", &user, &pool]))
+        // One script: an assignment is never stored without its index entry, or the lease
+        // sweep (which lists the index) would never give its machine back.
+        let created: i64 = self
+            .assignment_create
+            .key(self.k(&["assignment", &user, &pool]))
+            .key(self.k(&["assignments"]))
             .arg(serde_json::to_string(a)?)
-            .arg("NX")
-            .query_async::<Option<String>>(&mut con)
-            .await?
-            .is_some();
-        if created {
-            con.sadd::<_, _, ()>(self.k(&["assignments"]), format!("{user}:{pool}"))
-                .await?;
-        }
-        Ok(created)
+            .arg(format!("{user}:{pool}"))
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(created == 1)
     }
 
     async fn assignment_remove(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         let (u, p) = (user.to_string(), pool.to_string());
-        let mut con = self.con();
-        let body: Option<String> = con.get_del(self.k(&["assignment", &u, &p])).await?;
-        con.srem::<_, _, ()>(self.k(&["assignments"]), format!("{u}:{p}"))
+        let (body, _): (Option<String>, i64) = ::redis::pipe()
+            .atomic()
+            .get_del(self.k(&["assignment", &u, &p]))
+            .srem(self.k(&["assignments"]), format!("{u}:{p}"))
+            .query_async(&mut self.con())
             .await?;
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }

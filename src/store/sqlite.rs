@@ -7,9 +7,13 @@
 //! file), so every write goes through here and the cache cannot go stale. A `task` lookup — the
 //! hottest read a client makes while it waits — then costs a map probe, not a statement, the
 //! connection mutex and a JSON parse.
+//!
+//! Expired rows stay until `sweep_expired`, but every read filters them out (each row carries
+//! its expiry), as the store's contract wants.
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +28,7 @@ use super::*;
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sessions (
     hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
-    last_active_ms INTEGER NOT NULL, peer TEXT NOT NULL DEFAULT '');
+    last_active_ms INTEGER NOT NULL, peer TEXT NOT NULL DEFAULT '', expires_ms INTEGER);
 CREATE TABLE IF NOT EXISTS jwt_users (user_id TEXT PRIMARY KEY, before INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id);
 CREATE TABLE IF NOT EXISTS mfa (
@@ -70,6 +74,10 @@ pub struct SqliteStore {
     _lock: std::fs::File,
     /// Read cache of tasks, written only under `conn`'s lock so it never runs behind the file.
     tasks: DashMap<Uuid, Task>,
+    /// Sessions written before rows carried their expiry (`expires_ms` NULL) are still in the
+    /// file: the first write that knows the TTL stamps them. Until then they count as live,
+    /// as they did before (callers judge a token's liveness themselves).
+    unstamped_sessions: AtomicBool,
     sink: mpsc::UnboundedSender<BusEvent>,
 }
 
@@ -132,10 +140,21 @@ impl SqliteStore {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)
             .context("cannot create the state schema")?;
+        let has_expiry = conn
+            .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'expires_ms'")?
+            .exists([])?;
+        if !has_expiry {
+            conn.execute_batch("ALTER TABLE sessions ADD COLUMN expires_ms INTEGER")
+                .context("cannot add the sessions' expiry to the state schema")?;
+        }
+        let unstamped = conn
+            .prepare("SELECT 1 FROM sessions WHERE expires_ms IS NULL LIMIT 1")?
+            .exists([])?;
         Ok(SqliteStore {
             _lock: lock,
             conn: Mutex::new(conn),
             tasks: DashMap::new(),
+            unstamped_sessions: AtomicBool::new(unstamped),
             sink,
         })
     }
@@ -152,6 +171,21 @@ impl SqliteStore {
             rows.collect()
         })?;
         bodies.iter().map(|b| task_from_json(b)).collect()
+    }
+
+    /// Gives sessions from before rows carried their expiry the one `ttl` now knows (once).
+    fn stamp_sessions(&self, c: &Connection, ttl: Duration) -> rusqlite::Result<()> {
+        if self.unstamped_sessions.swap(false, Ordering::Relaxed) {
+            let stamped = c.execute(
+                "UPDATE sessions SET expires_ms = last_active_ms + ?1 WHERE expires_ms IS NULL",
+                params![ttl.as_millis() as i64],
+            );
+            if stamped.is_err() {
+                self.unstamped_sessions.store(true, Ordering::Relaxed);
+            }
+            stamped?;
+        }
+        Ok(())
     }
 
     /// Records a task as written (or read) in the read cache.
@@ -173,6 +207,10 @@ impl Store for SqliteStore {
         false
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,
@@ -180,23 +218,29 @@ impl Store for SqliteStore {
         max_per_user: usize,
     ) -> StoreResult<Vec<TokenHash>> {
         let user = rec.user_id.to_string();
-        let idle_since = now_ms().saturating_sub(ttl.as_millis() as u64) as i64;
+        let now = now_ms() as i64;
         // The others kept: the cap less the new one.
         let others = max_per_user.max(1) as i64 - 1;
         self.with(|c| {
+            self.stamp_sessions(c, ttl)?;
             let tx = c.transaction()?;
-            tx.prepare_cached("INSERT OR REPLACE INTO sessions VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![
-                    &rec.hash[..],
-                    user,
-                    rec.created_ms as i64,
-                    rec.last_active_ms as i64,
-                    rec.peer
-                ])?;
             tx.prepare_cached(
-                "DELETE FROM sessions WHERE user_id = ?1 AND hash != ?2 AND last_active_ms < ?3",
+                "INSERT OR REPLACE INTO sessions
+                   (hash, user_id, created_ms, last_active_ms, peer, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![user, &rec.hash[..], idle_since])?;
+            .execute(params![
+                &rec.hash[..],
+                user,
+                rec.created_ms as i64,
+                rec.last_active_ms as i64,
+                rec.peer,
+                (rec.last_active_ms + ttl.as_millis() as u64) as i64
+            ])?;
+            tx.prepare_cached(
+                "DELETE FROM sessions WHERE user_id = ?1 AND hash != ?2 AND expires_ms <= ?3",
+            )?
+            .execute(params![user, &rec.hash[..], now])?;
             let evicted: Vec<TokenHash> = {
                 let mut stmt = tx.prepare_cached(
                     "DELETE FROM sessions WHERE hash IN (
@@ -218,18 +262,21 @@ impl Store for SqliteStore {
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT hash, user_id, created_ms, last_active_ms, peer FROM sessions WHERE hash = ?1",
+                "SELECT hash, user_id, created_ms, last_active_ms, peer FROM sessions
+                 WHERE hash = ?1 AND (expires_ms IS NULL OR expires_ms > ?2)",
             )?
-            .query_row(params![&hash[..]], session_row)
+            .query_row(params![&hash[..], now_ms() as i64], session_row)
             .optional()
         })
     }
 
     async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT hash, user_id, created_ms, last_active_ms, peer FROM sessions")?;
-            let rows = stmt.query_map([], session_row)?;
+            let mut stmt = c.prepare(
+                "SELECT hash, user_id, created_ms, last_active_ms, peer FROM sessions
+                 WHERE expires_ms IS NULL OR expires_ms > ?1",
+            )?;
+            let rows = stmt.query_map(params![now_ms() as i64], session_row)?;
             rows.collect()
         })
     }
@@ -237,17 +284,24 @@ impl Store for SqliteStore {
     async fn session_touch(
         &self,
         touches: &[(TokenHash, u64)],
-        _ttl: Duration,
+        ttl: Duration,
     ) -> StoreResult<Vec<TokenHash>> {
+        let now = now_ms() as i64;
         self.with(|c| {
+            self.stamp_sessions(c, ttl)?;
             let tx = c.transaction()?;
             let mut missing = Vec::new();
             {
+                // The right-hand sides all read the row as it was.
                 let mut stmt = tx.prepare_cached(
-                    "UPDATE sessions SET last_active_ms = MAX(last_active_ms, ?2) WHERE hash = ?1",
+                    "UPDATE sessions SET
+                       expires_ms = CASE WHEN ?2 > last_active_ms THEN ?2 + ?3 ELSE expires_ms END,
+                       last_active_ms = MAX(last_active_ms, ?2)
+                     WHERE hash = ?1 AND expires_ms > ?4",
                 )?;
                 for (hash, at) in touches {
-                    if stmt.execute(params![&hash[..], *at as i64])? == 0 {
+                    let args = params![&hash[..], *at as i64, ttl.as_millis() as i64, now];
+                    if stmt.execute(args)? == 0 {
                         missing.push(*hash);
                     }
                 }
@@ -267,44 +321,46 @@ impl Store for SqliteStore {
 
     async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>> {
         self.with(|c| {
-            let tx = c.transaction()?;
-            let hashes: Vec<TokenHash> = {
-                let mut stmt = tx.prepare_cached("SELECT hash FROM sessions WHERE user_id = ?1")?;
-                let rows = stmt.query_map(params![user.to_string()], |r| r.get::<_, Vec<u8>>(0))?;
-                rows.filter_map(|h| h.ok().and_then(|h| h.try_into().ok()))
-                    .collect()
-            };
-            tx.execute(
-                "DELETE FROM sessions WHERE user_id = ?1",
-                params![user.to_string()],
+            let mut stmt = c.prepare_cached(
+                "DELETE FROM sessions WHERE user_id = ?1
+                 RETURNING hash, expires_ms IS NULL OR expires_ms > ?2",
             )?;
-            tx.commit()?;
-            Ok(hashes)
+            let rows = stmt.query_map(params![user.to_string(), now_ms() as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, bool>(1)?))
+            })?;
+            let mut live = Vec::new();
+            for row in rows {
+                let (hash, is_live) = row?;
+                if let (true, Ok(hash)) = (is_live, TokenHash::try_from(hash)) {
+                    live.push(hash);
+                }
+            }
+            Ok(live)
         })
     }
 
-    async fn session_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
+    async fn sweep_expired(&self) -> StoreResult<usize> {
+        let now = now_ms() as i64;
         self.with(|c| {
-            let n = c.execute(
-                "DELETE FROM sessions WHERE last_active_ms < ?1",
-                params![cutoff_ms as i64],
+            let tx = c.transaction()?;
+            let mut n = 0;
+            for table in ["sessions", "mfa"] {
+                n += tx.execute(
+                    &format!("DELETE FROM {table} WHERE expires_ms <= ?1"),
+                    params![now],
+                )?;
+            }
+            for table in ["failures", "backoff"] {
+                n += tx.execute(
+                    &format!("DELETE FROM {table} WHERE until_ms <= ?1"),
+                    params![now],
+                )?;
+            }
+            n += tx.execute(
+                "DELETE FROM jwt_revoked WHERE exp + ?1 <= ?2",
+                params![JWT_REVOCATION_MARGIN_S, now / 1000],
             )?;
-            c.execute(
-                "DELETE FROM mfa WHERE expires_ms <= ?1",
-                params![now_ms() as i64],
-            )?;
-            c.execute(
-                "DELETE FROM failures WHERE until_ms <= ?1",
-                params![now_ms() as i64],
-            )?;
-            c.execute(
-                "DELETE FROM backoff WHERE until_ms <= ?1",
-                params![now_ms() as i64],
-            )?;
-            c.execute(
-                "DELETE FROM jwt_revoked WHERE exp + 60 < ?1",
-                params![chrono::Utc::now().timestamp()],
-            )?;
+            tx.commit()?;
             Ok(n)
         })
     }
@@ -326,9 +382,10 @@ impl Store for SqliteStore {
     async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT user_id, password_ok, expires_ms, attempts FROM mfa WHERE hash = ?1",
+                "SELECT user_id, password_ok, expires_ms, attempts FROM mfa
+                 WHERE hash = ?1 AND expires_ms > ?2",
             )?
-            .query_row(params![&hash[..]], |r| {
+            .query_row(params![&hash[..], now_ms() as i64], |r| {
                 Ok(MfaRecord {
                     user_id: r.get::<_, String>(0)?.parse().unwrap_or_default(),
                     password_ok: r.get(1)?,
@@ -341,14 +398,24 @@ impl Store for SqliteStore {
     }
 
     async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
-        self.with(|c| Ok(c.execute("DELETE FROM mfa WHERE hash = ?1", params![&hash[..]])? == 1))
+        self.with(|c| {
+            let live: Option<bool> = c
+                .query_row(
+                    "DELETE FROM mfa WHERE hash = ?1 RETURNING expires_ms > ?2",
+                    params![&hash[..], now_ms() as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(live == Some(true))
+        })
     }
 
     async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32> {
         self.with(|c| {
             c.query_row(
-                "UPDATE mfa SET attempts = attempts + 1 WHERE hash = ?1 RETURNING attempts",
-                params![&hash[..]],
+                "UPDATE mfa SET attempts = attempts + 1 WHERE hash = ?1 AND expires_ms > ?2
+                 RETURNING attempts",
+                params![&hash[..], now_ms() as i64],
                 |r| r.get(0),
             )
             .optional()
@@ -380,8 +447,11 @@ impl Store for SqliteStore {
 
     async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT jti, exp FROM jwt_revoked")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut stmt = c.prepare("SELECT jti, exp FROM jwt_revoked WHERE exp + ?1 > ?2")?;
+            let now_s = (now_ms() / 1000) as i64;
+            let rows = stmt.query_map(params![JWT_REVOCATION_MARGIN_S, now_s], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
             rows.collect()
         })
     }
@@ -389,7 +459,8 @@ impl Store for SqliteStore {
     async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()> {
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO jwt_users VALUES (?1, ?2)",
+                "INSERT INTO jwt_users VALUES (?1, ?2) ON CONFLICT(user_id) DO UPDATE
+                 SET before = MAX(before, excluded.before)",
                 params![user.to_string(), before],
             )
             .map(drop)
@@ -482,18 +553,12 @@ impl Store for SqliteStore {
     async fn task_update(&self, task: &Task) -> StoreResult<()> {
         let body = task_to_json(task);
         self.with(|c| {
-            c.prepare_cached(
-                "INSERT INTO tasks VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE
-                 SET status = excluded.status, body = excluded.body",
-            )?
-            .execute(params![
-                task.id.to_string(),
-                task.user_id.to_string(),
-                status_active(task),
-                created_key(task),
-                body
-            ])?;
-            self.cache(task);
+            let updated = c
+                .prepare_cached("UPDATE tasks SET status = ?2, body = ?3 WHERE id = ?1")?
+                .execute(params![task.id.to_string(), status_active(task), body])?;
+            if updated == 1 {
+                self.cache(task);
+            }
             Ok(())
         })
     }

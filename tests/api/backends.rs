@@ -1,5 +1,7 @@
-//! One behaviour suite, run against every state backend (memory, sqlite, redis): the rules
-//! that depend on the store's atomic operations and on what survives a restart. Memory and
+//! One behaviour suite, run against every state backend (memory, sqlite, redis): the store's
+//! contract method by method (the `Store` trait's docs: what each call returns, what is atomic,
+//! what expires and when), and the rules that depend on the store's atomic operations and on
+//! what survives a restart, through the running app. Memory and
 //! SQLite run here; the Redis run lives in the `redis` test target (tests/redis/main.rs),
 //! which says it was skipped, and counts the cases as ignored, when no Redis can be had.
 //!
@@ -7,10 +9,16 @@
 //! `POOLGATE_TEST_STATE=memory|sqlite:|redis://… cargo test`; `.ci/run` does so for redis.)
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use poolgate::Config;
+use poolgate::domain::{Machine, Task, TaskKind, TaskStatus, TokenHash};
+use poolgate::store::{
+    self, Assignment, BusEvent, MfaRecord, SessionRecord, Store, StoreCounts, now_ms,
+};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -422,6 +430,838 @@ pub async fn a_session_gone_from_the_store_is_refused_within_one_session_flush(s
     }
 }
 
+// ---- The store's contract (the `Store` trait's docs), method by method, on each backend ----
+//
+// These talk to a fresh store directly, built by the backend's own constructor. Times are the
+// stores' wall clock (`now_ms`): expiries are set in the past where they can be, and the few
+// waits are a fraction of a second.
+
+/// A fresh, empty store of the backend `state` names, and the sink its bus delivers to.
+struct Fresh {
+    store: Arc<dyn Store>,
+    bus: mpsc::UnboundedReceiver<BusEvent>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fresh(state: &str) -> Fresh {
+    let (sink, bus) = mpsc::unbounded_channel();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = if state == "memory" {
+        Arc::new(store::memory::MemoryStore::new(sink))
+    } else if state.starts_with("sqlite:") {
+        let path = dir.path().join("state.sqlite3");
+        Arc::new(store::sqlite::SqliteStore::open(&path, sink).unwrap())
+    } else {
+        let prefix = format!("contract-{}", Uuid::new_v4().simple());
+        Arc::new(
+            store::redis::RedisStore::connect(state, None, &prefix, sink)
+                .await
+                .unwrap(),
+        )
+    };
+    Fresh {
+        store,
+        bus,
+        _dir: dir,
+    }
+}
+
+/// A random token digest.
+fn digest() -> TokenHash {
+    let mut h = [0; 32];
+    h[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    h[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    h
+}
+
+fn session(user: Uuid, last_active_ms: u64) -> SessionRecord {
+    SessionRecord {
+        hash: digest(),
+        user_id: user,
+        created_ms: last_active_ms,
+        last_active_ms,
+        peer: "192.0.2.7".into(),
+    }
+}
+
+/// Long enough never to lapse during a case.
+const LONG: Duration = Duration::from_secs(600);
+
+/// Sleeps until `ms` (wall clock, as the stores count).
+async fn sleep_until_ms(ms: u64) {
+    let now = now_ms();
+    if ms > now {
+        tokio::time::sleep(Duration::from_millis(ms - now)).await;
+    }
+}
+
+/// Runs `n` copies of `f` at once; returns how many got true.
+async fn winners<F>(n: usize, f: impl Fn() -> F) -> usize
+where
+    F: std::future::Future<Output = bool> + Send + 'static,
+{
+    let handles: Vec<_> = (0..n).map(|_| tokio::spawn(f())).collect();
+    let mut won = 0;
+    for h in handles {
+        won += usize::from(h.await.unwrap());
+    }
+    won
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+pub async fn a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let ttl = Duration::from_secs(3);
+    let user = Uuid::new_v4();
+    let now = now_ms();
+    let expired = session(user, now - 4000);
+    s.session_put(&expired, ttl, 10).await.unwrap();
+    assert_eq!(s.session_get(&expired.hash).await.unwrap(), None);
+    assert!(s.sessions_all().await.unwrap().is_empty());
+    assert_eq!(
+        s.session_touch(&[(expired.hash, now)], ttl).await.unwrap(),
+        vec![expired.hash],
+        "an expired session is reported gone"
+    );
+    assert_eq!(
+        s.session_get(&expired.hash).await.unwrap(),
+        None,
+        "and not revived"
+    );
+
+    // Idle for 2 s of its 3: expires at now + 1 s unless touched.
+    let live = session(user, now - 2000);
+    s.session_put(&live, ttl, 10).await.unwrap();
+    assert_eq!(s.session_get(&live.hash).await.unwrap(), Some(live.clone()));
+    let back = s.session_touch(&[(live.hash, now - 2500)], ttl).await;
+    assert!(back.unwrap().is_empty());
+    assert_eq!(
+        s.session_get(&live.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_active_ms,
+        now - 2000,
+        "activity never moves back"
+    );
+    let at = now_ms();
+    assert!(
+        s.session_touch(&[(live.hash, at)], ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.session_get(&live.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_active_ms,
+        at
+    );
+    sleep_until_ms(now + 1300).await;
+    assert!(
+        s.session_get(&live.hash).await.unwrap().is_some(),
+        "the touch moved the expiry too"
+    );
+    assert_eq!(s.sessions_all().await.unwrap().len(), 1);
+}
+
+pub async fn a_new_session_trims_its_users_expired_and_least_recently_active_sessions(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let now = now_ms();
+    let expired = session(user, now - 100_000);
+    s.session_put(&expired, Duration::from_secs(10), 10)
+        .await
+        .unwrap();
+    let mut a = session(user, now - 3000);
+    a.created_ms = now - 50_000;
+    let b = session(user, now - 2000);
+    let c = session(user, now - 1000);
+    let theirs = session(other, now - 9000);
+    for rec in [&a, &b, &c, &theirs] {
+        assert!(s.session_put(rec, LONG, 10).await.unwrap().is_empty());
+    }
+    // A fourth live one past a cap of 3: the least recently active goes (not the oldest, and
+    // the expired one neither counts nor is reported).
+    let d = session(user, now);
+    assert_eq!(s.session_put(&d, LONG, 3).await.unwrap(), vec![a.hash]);
+    assert_eq!(s.session_get(&a.hash).await.unwrap(), None);
+    for rec in [&b, &c, &d, &theirs] {
+        assert!(s.session_get(&rec.hash).await.unwrap().is_some());
+    }
+    // Equally recent: the earlier created goes first.
+    let mut e = session(user, now - 2000);
+    e.created_ms = b.created_ms + 500;
+    assert!(s.session_put(&e, LONG, 10).await.unwrap().is_empty());
+    let g = session(user, now);
+    assert_eq!(s.session_put(&g, LONG, 4).await.unwrap(), vec![b.hash]);
+    let counts = s.counts().await.unwrap();
+    assert_eq!(
+        (counts.sessions, counts.session_index),
+        (5, 5),
+        "c, d, e, g and the other user's"
+    );
+}
+
+pub async fn deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let now = now_ms();
+    let (one, two, theirs) = (session(user, now), session(user, now), session(other, now));
+    for rec in [&one, &two, &theirs] {
+        s.session_put(rec, LONG, 10).await.unwrap();
+    }
+    let expired = session(user, now - 5000);
+    s.session_put(&expired, Duration::from_secs(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(s.session_delete_user(user).await.unwrap()),
+        sorted(vec![one.hash, two.hash])
+    );
+    assert_eq!(s.session_get(&one.hash).await.unwrap(), None);
+    assert!(s.session_delete_user(user).await.unwrap().is_empty());
+    assert_eq!(s.sessions_all().await.unwrap(), vec![theirs.clone()]);
+    s.session_delete(&theirs.hash).await.unwrap();
+    s.session_delete(&theirs.hash).await.unwrap();
+    assert_eq!(s.session_get(&theirs.hash).await.unwrap(), None);
+    let counts = s.counts().await.unwrap();
+    assert_eq!(
+        (counts.sessions, counts.session_index),
+        (0, 0),
+        "nothing held, index included"
+    );
+}
+
+pub async fn sweeping_deletes_every_expired_record_and_nothing_live(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let now = now_ms();
+    let now_s = (now / 1000) as i64;
+    let short = Duration::from_millis(50);
+    // Expired, or about to be: a session, a user's only session, an MFA challenge, a JWT
+    // revocation, a failure counter and a back-off slot.
+    let (user, lonely) = (Uuid::new_v4(), Uuid::new_v4());
+    let gone = session(user, now - 5000);
+    s.session_put(&gone, Duration::from_secs(1), 10)
+        .await
+        .unwrap();
+    let lonely_session = session(lonely, now - 1000);
+    s.session_put(&lonely_session, Duration::from_millis(1200), 10)
+        .await
+        .unwrap();
+    let challenge = |expires_ms| MfaRecord {
+        user_id: user,
+        password_ok: true,
+        expires_ms,
+        attempts: 0,
+    };
+    let (spent, pending) = (digest(), digest());
+    s.mfa_put(&spent, &challenge(now - 1)).await.unwrap();
+    s.jwt_revoke("lapsed", now_s - store::JWT_REVOCATION_MARGIN_S - 1)
+        .await
+        .unwrap();
+    s.failures_add("short", short).await.unwrap();
+    let slot = s.backoff_slot("short", now, short, short, short).await;
+    assert_eq!(slot.unwrap(), Ok(now));
+    // And one of each that lives on.
+    let kept = session(Uuid::new_v4(), now);
+    s.session_put(&kept, LONG, 10).await.unwrap();
+    s.mfa_put(&pending, &challenge(now + 600_000))
+        .await
+        .unwrap();
+    s.jwt_revoke("current", now_s + 600).await.unwrap();
+    s.failures_add("long", LONG).await.unwrap();
+    let slot = s.backoff_slot("long", now, short, short, LONG).await;
+    assert_eq!(slot.unwrap(), Ok(now));
+
+    sleep_until_ms(now + 300).await;
+    // Reads treat them as gone before any sweep.
+    assert_eq!(s.session_get(&lonely_session.hash).await.unwrap(), None);
+    assert_eq!(s.mfa_get(&spent).await.unwrap(), None);
+    assert_eq!(s.failures_get("short").await.unwrap(), 0);
+    assert_eq!(
+        s.jwt_revocations().await.unwrap(),
+        vec![("current".to_owned(), now_s + 600)]
+    );
+
+    let swept = s.sweep_expired().await.unwrap();
+    if s.is_shared() {
+        assert_eq!(swept, 0, "Redis keys expire by themselves");
+    } else {
+        assert_eq!(
+            swept, 6,
+            "two sessions, a challenge, a revocation, a counter, a slot"
+        );
+    }
+    assert_eq!(
+        s.counts().await.unwrap(),
+        StoreCounts {
+            sessions: 1,
+            session_index: 1,
+            tasks: 0,
+            failure_counters: 2,
+        },
+        "only what lives is held (the lonely user's index went with its session)"
+    );
+    assert_eq!(s.session_get(&kept.hash).await.unwrap(), Some(kept));
+    assert!(s.mfa_get(&pending).await.unwrap().is_some());
+    assert_eq!(s.failures_get("long").await.unwrap(), 1);
+    assert_eq!(s.jwt_revocations().await.unwrap().len(), 1);
+    assert_eq!(s.sweep_expired().await.unwrap(), 0, "nothing left to sweep");
+}
+
+pub async fn an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let now = now_ms();
+    let rec = MfaRecord {
+        user_id: Uuid::new_v4(),
+        password_ok: true,
+        expires_ms: now + 600_000,
+        attempts: 0,
+    };
+    let hash = digest();
+    s.mfa_put(&hash, &rec).await.unwrap();
+    assert_eq!(s.mfa_get(&hash).await.unwrap(), Some(rec.clone()));
+    assert_eq!(s.mfa_fail(&hash).await.unwrap(), 1);
+    assert_eq!(s.mfa_fail(&hash).await.unwrap(), 2);
+    assert_eq!(
+        s.mfa_get(&hash).await.unwrap().unwrap().attempts,
+        2,
+        "the record says how many wrong codes it has had"
+    );
+    s.mfa_put(&hash, &rec).await.unwrap();
+    assert_eq!(
+        s.mfa_get(&hash).await.unwrap().unwrap().attempts,
+        0,
+        "a new challenge counts afresh"
+    );
+    let store = f.store.clone();
+    let taken = winners(8, || {
+        let store = store.clone();
+        async move { store.mfa_take(&hash).await.unwrap() }
+    })
+    .await;
+    assert_eq!(taken, 1, "one use");
+    assert_eq!(s.mfa_get(&hash).await.unwrap(), None);
+    assert_eq!(s.mfa_fail(&hash).await.unwrap(), u32::MAX);
+    assert!(!s.mfa_take(&hash).await.unwrap());
+
+    let expired = digest();
+    let old = MfaRecord {
+        expires_ms: now - 1,
+        ..rec.clone()
+    };
+    s.mfa_put(&expired, &old).await.unwrap();
+    assert_eq!(s.mfa_get(&expired).await.unwrap(), None);
+    assert_eq!(s.mfa_fail(&expired).await.unwrap(), u32::MAX);
+    assert!(!s.mfa_take(&expired).await.unwrap());
+
+    let brief = digest();
+    let soon = MfaRecord {
+        expires_ms: now_ms() + 500,
+        ..rec
+    };
+    s.mfa_put(&brief, &soon).await.unwrap();
+    assert!(s.mfa_get(&brief).await.unwrap().is_some());
+    sleep_until_ms(soon.expires_ms + 50).await;
+    assert_eq!(s.mfa_get(&brief).await.unwrap(), None, "gone at expires_ms");
+    assert!(!s.mfa_take(&brief).await.unwrap());
+}
+
+pub async fn a_totp_step_is_accepted_once_and_only_forward(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(
+        s.totp_advance(user, 0).await.unwrap(),
+        "any first step is accepted"
+    );
+    assert!(!s.totp_advance(user, 0).await.unwrap());
+    assert!(s.totp_advance(user, 100).await.unwrap());
+    assert!(!s.totp_advance(user, 100).await.unwrap(), "a replay");
+    assert!(!s.totp_advance(user, 99).await.unwrap(), "an earlier step");
+    assert!(s.totp_advance(user, 101).await.unwrap());
+    assert!(s.totp_advance(other, 50).await.unwrap(), "per user");
+    let store = f.store.clone();
+    let won = winners(8, || {
+        let store = store.clone();
+        async move { store.totp_advance(user, 200).await.unwrap() }
+    })
+    .await;
+    assert_eq!(won, 1, "of concurrent uses of one code, one wins");
+}
+
+pub async fn jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward(
+    state: &str,
+) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let now_s = (now_ms() / 1000) as i64;
+    s.jwt_revoke("live", now_s + 600).await.unwrap();
+    s.jwt_revoke("lapsed", now_s - store::JWT_REVOCATION_MARGIN_S - 1)
+        .await
+        .unwrap();
+    s.jwt_revoke("recent", now_s - 1).await.unwrap();
+    assert_eq!(
+        sorted(s.jwt_revocations().await.unwrap()),
+        vec![
+            ("live".to_owned(), now_s + 600),
+            ("recent".to_owned(), now_s - 1)
+        ],
+        "kept until exp + the margin"
+    );
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    s.jwt_revoke_user(user, 1_000).await.unwrap();
+    s.jwt_revoke_user(user, 500).await.unwrap();
+    s.jwt_revoke_user(other, 10).await.unwrap();
+    assert_eq!(
+        sorted(s.jwt_user_revocations().await.unwrap()),
+        sorted(vec![(user, 1_000), (other, 10)]),
+        "an earlier cut-off never un-revokes"
+    );
+    s.jwt_revoke_user(user, 2_000).await.unwrap();
+    assert!(
+        s.jwt_user_revocations()
+            .await
+            .unwrap()
+            .contains(&(user, 2_000))
+    );
+}
+
+pub async fn a_keys_latest_task_moves_only_by_compare_and_set(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let (user, pool) = (Uuid::new_v4(), Uuid::new_v4());
+    let key = (user, pool, TaskKind::PoolExpand);
+    let first = Task::new(TaskKind::PoolExpand, user, pool);
+    let second = Task::new(TaskKind::PoolExpand, user, pool);
+    assert_eq!(s.task_latest(key).await.unwrap(), None);
+    assert!(s.task_create(None, &first).await.unwrap());
+    assert!(
+        !s.task_create(None, &second).await.unwrap(),
+        "the key has a latest"
+    );
+    assert!(!s.task_create(Some(Uuid::new_v4()), &second).await.unwrap());
+    assert_eq!(
+        s.task_get(second.id).await.unwrap(),
+        None,
+        "a refused create stores nothing"
+    );
+    assert_eq!(s.task_latest(key).await.unwrap().unwrap().id, first.id);
+    assert!(s.task_create(Some(first.id), &second).await.unwrap());
+    assert_eq!(s.task_latest(key).await.unwrap().unwrap().id, second.id);
+    let glint = Task::new(TaskKind::GlintStart, user, pool);
+    assert!(
+        s.task_create(None, &glint).await.unwrap(),
+        "another kind is another key"
+    );
+
+    let store = f.store.clone();
+    let won = winners(8, || {
+        let store = store.clone();
+        async move {
+            let task = Task::new(TaskKind::PoolExpand, user, pool);
+            store.task_create(Some(second.id), &task).await.unwrap()
+        }
+    })
+    .await;
+    assert_eq!(won, 1, "of concurrent creators, one wins");
+    let latest = s.task_latest(key).await.unwrap().unwrap();
+    assert!(latest.id != second.id);
+    assert_eq!(s.tasks_of_user(user, 100).await.unwrap().len(), 4);
+    assert!(s.task_get(first.id).await.unwrap().is_some());
+}
+
+pub async fn a_task_update_overwrites_a_stored_task_and_the_lists_follow_it(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let user = Uuid::new_v4();
+    let base = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let mut t = Task::new(TaskKind::PoolExpand, user, Uuid::new_v4());
+        t.created = base + chrono::Duration::seconds(i);
+        assert!(s.task_create(None, &t).await.unwrap());
+        tasks.push(t);
+    }
+    let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.tasks_of_user(user, 2).await.unwrap()),
+        vec![tasks[2].id, tasks[1].id],
+        "newest first, at most the limit"
+    );
+    assert_eq!(s.tasks_active().await.unwrap().len(), 3);
+
+    let mut t = tasks[0].clone();
+    t.start();
+    t.progress = Some(40);
+    s.task_update(&t).await.unwrap();
+    let stored = s.task_get(t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.progress),
+        (TaskStatus::Running, Some(40))
+    );
+    t.finish(TaskStatus::Completed, None);
+    s.task_update(&t).await.unwrap();
+    assert_eq!(
+        s.task_get(t.id).await.unwrap().unwrap().status,
+        TaskStatus::Completed
+    );
+    assert_eq!(
+        s.task_latest((user, t.pool_id, t.kind))
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        TaskStatus::Completed
+    );
+    assert_eq!(
+        sorted(ids(s.tasks_active().await.unwrap())),
+        sorted(vec![tasks[1].id, tasks[2].id]),
+        "an ended task is no longer active"
+    );
+
+    let ghost = Task::new(TaskKind::PoolExpand, user, Uuid::new_v4());
+    s.task_update(&ghost).await.unwrap();
+    assert_eq!(
+        s.task_get(ghost.id).await.unwrap(),
+        None,
+        "an update does not create"
+    );
+    assert_eq!(s.tasks_active().await.unwrap().len(), 2);
+    assert_eq!(s.tasks_of_user(user, 100).await.unwrap().len(), 3);
+}
+
+pub async fn ended_tasks_created_before_the_cutoff_go_except_each_keys_latest(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let cutoff = now_ms() - 60_000;
+    let at = |offset_ms: i64| {
+        chrono::DateTime::from_timestamp_millis(cutoff as i64 + offset_ms).unwrap()
+    };
+    let user = Uuid::new_v4();
+    // Creates a task of a (pool, kind) key created at `offset_ms` from the cutoff.
+    let create = |pool: Uuid, offset_ms: i64, done: bool| {
+        let store = f.store.clone();
+        async move {
+            let mut t = Task::new(TaskKind::PoolExpand, user, pool);
+            t.created = at(offset_ms);
+            if done {
+                t.finish(TaskStatus::Failed, None);
+            }
+            let latest = store
+                .task_latest((user, pool, TaskKind::PoolExpand))
+                .await
+                .unwrap();
+            assert!(store.task_create(latest.map(|l| l.id), &t).await.unwrap());
+            t.id
+        }
+    };
+    let (p1, p2, p3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let superseded = create(p1, -10_000, true).await;
+    let latest = create(p1, -5_000, true).await;
+    let active = create(p2, -10_000, false).await;
+    let at_cutoff = create(p3, 0, true).await;
+    let newer = create(p3, 1_000, true).await;
+    assert_eq!(s.tasks_sweep(cutoff).await.unwrap(), 1);
+    assert_eq!(s.task_get(superseded).await.unwrap(), None);
+    for (id, why) in [
+        (latest, "a key's latest stays"),
+        (active, "an active task stays"),
+        (at_cutoff, "one created at the cutoff stays"),
+        (newer, "a newer one stays"),
+    ] {
+        assert!(s.task_get(id).await.unwrap().is_some(), "{why}");
+    }
+    assert_eq!(s.tasks_of_user(user, 100).await.unwrap().len(), 4);
+    assert_eq!(s.tasks_sweep(cutoff).await.unwrap(), 0);
+    assert_eq!(s.tasks_sweep(cutoff + 1).await.unwrap(), 1);
+    assert_eq!(s.task_get(at_cutoff).await.unwrap(), None);
+    assert_eq!(s.counts().await.unwrap().tasks, 3);
+}
+
+pub async fn a_user_holds_at_most_one_assignment_per_pool(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let (user, pool) = (Uuid::new_v4(), Uuid::new_v4());
+    let assignment = |pool_id, lease_until_ms| Assignment {
+        user_id: user,
+        pool_id,
+        machine: Machine {
+            id: Uuid::new_v4(),
+            verbose_name: "vm".into(),
+            host: "10.0.0.1".into(),
+            port: 3389,
+            protocol_id: 1,
+            permissions: vec![],
+        },
+        lease_until_ms,
+    };
+    let first = assignment(pool, now_ms() + 60_000);
+    assert!(s.assignment_create(&first).await.unwrap());
+    assert!(!s.assignment_create(&assignment(pool, 0)).await.unwrap());
+    assert_eq!(
+        s.assignment_get(user, pool).await.unwrap(),
+        Some(first.clone()),
+        "the first one is kept"
+    );
+    let lapsed = assignment(Uuid::new_v4(), now_ms() - 1);
+    assert!(s.assignment_create(&lapsed).await.unwrap());
+    assert_eq!(
+        s.assignment_get(user, lapsed.pool_id).await.unwrap(),
+        Some(lapsed),
+        "a lapsed lease is the lease sweep's to end, not the store's"
+    );
+    let contested = Uuid::new_v4();
+    let store = f.store.clone();
+    let won = winners(8, || {
+        let (store, a) = (store.clone(), assignment(contested, 0));
+        async move { store.assignment_create(&a).await.unwrap() }
+    })
+    .await;
+    assert_eq!(won, 1, "of concurrent creators, one wins");
+    assert_eq!(s.assignments().await.unwrap().len(), 3);
+    assert_eq!(s.assignment_remove(user, pool).await.unwrap(), Some(first));
+    assert_eq!(s.assignment_remove(user, pool).await.unwrap(), None);
+    assert_eq!(s.assignment_get(user, pool).await.unwrap(), None);
+    assert_eq!(s.assignments().await.unwrap().len(), 2);
+}
+
+pub async fn a_machine_is_claimed_once_per_inventory(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let (m1, m2) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(s.machine_claim("inv", m1).await.unwrap());
+    assert!(!s.machine_claim("inv", m1).await.unwrap());
+    assert!(
+        s.machine_claim("other", m1).await.unwrap(),
+        "claims are per inventory"
+    );
+    let store = f.store.clone();
+    let won = winners(8, || {
+        let store = store.clone();
+        async move { store.machine_claim("inv", m2).await.unwrap() }
+    })
+    .await;
+    assert_eq!(won, 1);
+    assert_eq!(
+        sorted(s.machines_claimed("inv").await.unwrap()),
+        sorted(vec![m1, m2])
+    );
+    s.machine_release("inv", m1).await.unwrap();
+    s.machine_release("inv", m1).await.unwrap();
+    assert_eq!(s.machines_claimed("inv").await.unwrap(), vec![m2]);
+    assert!(s.machine_claim("inv", m1).await.unwrap());
+    assert!(s.machines_claimed("none").await.unwrap().is_empty());
+}
+
+pub async fn a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    assert_eq!(s.is_shared(), state.starts_with("redis"));
+    let task = Uuid::new_v4();
+    let ttl = Duration::from_secs(5);
+    assert!(s.lease_acquire(task, "a", ttl).await.unwrap());
+    if !s.is_shared() {
+        assert!(
+            s.lease_acquire(task, "b", ttl).await.unwrap(),
+            "one process owns every task"
+        );
+        return;
+    }
+    assert!(!s.lease_acquire(task, "b", ttl).await.unwrap(), "held by a");
+    assert!(
+        s.lease_acquire(task, "a", ttl).await.unwrap(),
+        "renewed by its owner"
+    );
+    s.lease_release(task, "b").await.unwrap();
+    assert!(
+        !s.lease_acquire(task, "b", ttl).await.unwrap(),
+        "only the owner gives it up"
+    );
+    s.lease_release(task, "a").await.unwrap();
+    let taken = now_ms();
+    let short = Duration::from_millis(200);
+    assert!(s.lease_acquire(task, "b", short).await.unwrap(), "released");
+    sleep_until_ms(taken + 300).await;
+    assert!(
+        s.lease_acquire(task, "a", ttl).await.unwrap(),
+        "lapsed ttl after its last renewal"
+    );
+}
+
+pub async fn a_failure_counter_counts_in_a_fixed_window_and_never_below_zero(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let window = Duration::from_millis(600);
+    let start = now_ms();
+    for n in 1..=3 {
+        assert_eq!(s.failures_add("k", window).await.unwrap(), n);
+    }
+    assert_eq!(s.failures_get("k").await.unwrap(), 3);
+    assert_eq!(s.failures_get("unknown").await.unwrap(), 0);
+    for _ in 0..4 {
+        s.failures_undo("k").await.unwrap();
+    }
+    assert_eq!(s.failures_get("k").await.unwrap(), 0, "never below zero");
+    sleep_until_ms(start + 200).await;
+    assert_eq!(s.failures_add("k", window).await.unwrap(), 1);
+    // The window started with the first failure: neither the undos nor the later failure
+    // moved it.
+    sleep_until_ms(start + 700).await;
+    assert_eq!(
+        s.failures_get("k").await.unwrap(),
+        0,
+        "the window has passed"
+    );
+    assert_eq!(
+        s.failures_add("k", window).await.unwrap(),
+        1,
+        "a new window"
+    );
+    s.failures_add("k", window).await.unwrap();
+    s.failures_reset("k").await.unwrap();
+    assert_eq!(s.failures_get("k").await.unwrap(), 0);
+    assert_eq!(s.failures_add("k", window).await.unwrap(), 1);
+}
+
+pub async fn back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window(
+    state: &str,
+) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let ms = Duration::from_millis;
+    let now = now_ms();
+    let (spacing, max_wait) = (ms(100), ms(250));
+    for n in 0..3 {
+        let slot = s.backoff_slot("k", now, spacing, max_wait, LONG).await;
+        assert_eq!(slot.unwrap(), Ok(now + 100 * n));
+    }
+    for _ in 0..2 {
+        let slot = s.backoff_slot("k", now, spacing, max_wait, LONG).await;
+        assert_eq!(slot.unwrap(), Err(now + 300), "refused, and nothing taken");
+    }
+    let later = s
+        .backoff_slot("k", now + 100, spacing, max_wait, LONG)
+        .await;
+    assert_eq!(later.unwrap(), Ok(now + 300));
+    let other = s.backoff_slot("other", now, spacing, max_wait, LONG).await;
+    assert_eq!(other.unwrap(), Ok(now), "per key");
+
+    let store = f.store.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let slot = store.backoff_slot("c", now, ms(10), ms(1000), LONG).await;
+                slot.unwrap().unwrap()
+            })
+        })
+        .collect();
+    let mut slots = Vec::new();
+    for h in handles {
+        slots.push(h.await.unwrap());
+    }
+    assert_eq!(
+        sorted(slots),
+        (0..8).map(|i| now + 10 * i).collect::<Vec<_>>(),
+        "each concurrent caller gets its own slot"
+    );
+
+    let slot = s.backoff_slot("w", now, spacing, ms(0), ms(500)).await;
+    assert_eq!(slot.unwrap(), Ok(now));
+    let slot = s.backoff_slot("w", now, spacing, ms(0), ms(500)).await;
+    assert_eq!(slot.unwrap(), Err(now + 100));
+    sleep_until_ms(now + 600).await;
+    let fresh_now = now_ms();
+    let slot = s
+        .backoff_slot("w", fresh_now, ms(10_000), ms(0), ms(500))
+        .await;
+    assert_eq!(slot.unwrap(), Ok(fresh_now), "forgotten after the window");
+}
+
+pub async fn the_store_answers_a_ping_and_delivers_its_own_events_in_order(state: &str) {
+    let mut f = fresh(state).await;
+    f.store.ping().await.unwrap();
+    for i in 0..5 {
+        f.store.publish(BusEvent::JwtRevoked {
+            jti: format!("j{i}"),
+            exp: i,
+        });
+    }
+    for i in 0..5 {
+        let event = tokio::time::timeout(Duration::from_secs(5), f.bus.recv())
+            .await
+            .expect("the event arrives")
+            .unwrap();
+        match event {
+            BusEvent::JwtRevoked { jti, exp } => assert_eq!((jti, exp), (format!("j{i}"), i)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A state file from before session rows carried their expiry still works: its sessions count
+/// as live until the first write that knows the TTL stamps them, after which they expire (and
+/// are swept) like any other.
+#[tokio::test]
+async fn sqlite_sessions_from_before_expiries_are_stamped_by_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite3");
+    let now = now_ms();
+    let user = Uuid::new_v4();
+    let (old, recent) = (session(user, now - 10_000), session(user, now - 100));
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE sessions (
+               hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+               last_active_ms INTEGER NOT NULL, peer TEXT NOT NULL DEFAULT '');",
+        )
+        .unwrap();
+        for rec in [&old, &recent] {
+            c.execute(
+                "INSERT INTO sessions VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    &rec.hash[..],
+                    rec.user_id.to_string(),
+                    rec.created_ms as i64,
+                    rec.last_active_ms as i64,
+                    rec.peer
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let (sink, _bus) = mpsc::unbounded_channel();
+    let s = store::sqlite::SqliteStore::open(&path, sink).unwrap();
+    assert_eq!(s.session_get(&old.hash).await.unwrap(), Some(old.clone()));
+    assert_eq!(s.sessions_all().await.unwrap().len(), 2);
+    let new = session(Uuid::new_v4(), now);
+    s.session_put(&new, Duration::from_secs(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.session_get(&old.hash).await.unwrap(),
+        None,
+        "idle past the TTL"
+    );
+    assert_eq!(s.session_get(&recent.hash).await.unwrap(), Some(recent));
+    assert_eq!(s.sweep_expired().await.unwrap(), 1);
+    assert_eq!(s.counts().await.unwrap().sessions, 2);
+}
+
 /// `backend_suite! { name => state, [case, ...]; ... }` makes one test per case and backend;
 /// memory is not durable, so the restart cases are not listed for it. Keep the Redis list in
 /// tests/redis/main.rs in step with the sqlite one.
@@ -448,6 +1288,22 @@ backend_suite! {
         ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
         expired_failure_counters_are_swept,
         a_session_gone_from_the_store_is_refused_within_one_session_flush,
+        a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both,
+        a_new_session_trims_its_users_expired_and_least_recently_active_sessions,
+        deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users,
+        sweeping_deletes_every_expired_record_and_nothing_live,
+        an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
+        a_totp_step_is_accepted_once_and_only_forward,
+        jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
+        a_keys_latest_task_moves_only_by_compare_and_set,
+        a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,
+        ended_tasks_created_before_the_cutoff_go_except_each_keys_latest,
+        a_user_holds_at_most_one_assignment_per_pool,
+        a_machine_is_claimed_once_per_inventory,
+        a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others,
+        a_failure_counter_counts_in_a_fixed_window_and_never_below_zero,
+        back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window,
+        the_store_answers_a_ping_and_delivers_its_own_events_in_order,
     ];
     sqlite => "sqlite:", [
         concurrent_requests_create_one_task,
@@ -461,5 +1317,21 @@ backend_suite! {
         ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
         expired_failure_counters_are_swept,
         a_session_gone_from_the_store_is_refused_within_one_session_flush,
+        a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both,
+        a_new_session_trims_its_users_expired_and_least_recently_active_sessions,
+        deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users,
+        sweeping_deletes_every_expired_record_and_nothing_live,
+        an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
+        a_totp_step_is_accepted_once_and_only_forward,
+        jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
+        a_keys_latest_task_moves_only_by_compare_and_set,
+        a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,
+        ended_tasks_created_before_the_cutoff_go_except_each_keys_latest,
+        a_user_holds_at_most_one_assignment_per_pool,
+        a_machine_is_claimed_once_per_inventory,
+        a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others,
+        a_failure_counter_counts_in_a_fixed_window_and_never_below_zero,
+        back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window,
+        the_store_answers_a_ping_and_delivers_its_own_events_in_order,
     ];
 }

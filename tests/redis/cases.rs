@@ -130,6 +130,9 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The health check asks the store itself (a PING), so a load balancer sees the outage.
+    let health = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 503, "/healthz while Redis is down");
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis = spawn_redis_with(port, &persist);
     // Give the connection manager time to reconnect, then check the service is back.
@@ -143,6 +146,8 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(back, "the service resumes after redis comes back");
+    let health = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "/healthz once Redis is back");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     let (mut ok, mut unavailable) = (0, 0);
