@@ -14,6 +14,7 @@ use crate::auth::users::UserRecord;
 use crate::domain::secs;
 use crate::pools::{PoolConfig, SeedTask};
 use crate::provision::ProvisionerConfig;
+use crate::store::StateUrl;
 
 /// The demo dataset of the reference mock; used when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
@@ -86,8 +87,9 @@ pub struct Config {
     /// Password hashes computed at once; more logins wait their turn (default: cores − 1).
     pub max_concurrent_hashes: usize,
     /// Where state lives: `sqlite:<path>` (empty path: `<data_dir>/poolgate.sqlite3`, the
-    /// default), `redis://host:port` for several instances, or `memory` (lost on exit).
-    pub state: String,
+    /// default), `redis://host:port` for several instances, or `memory` (lost on exit);
+    /// parsed when the config is read.
+    pub state: StateUrl,
     /// Namespace of keys and of the event channel in a shared store: instances of one
     /// deployment share it.
     pub state_prefix: String,
@@ -188,7 +190,7 @@ impl Default for Config {
             task_retention: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(30),
             release_deadline: Duration::from_secs(60),
-            state: "sqlite:".into(),
+            state: StateUrl::default(),
             state_prefix: "poolgate".into(),
             state_password_file: None,
             assignment_ttl: Duration::from_secs(8 * 3600),

@@ -434,7 +434,7 @@ fn check_config(path: &std::path::Path, connect: bool) -> anyhow::Result<()> {
     }
     // Checking must not create the database: the state URL was checked above (and reached
     // with --connect); users, pools and provisioners are built on a throwaway store.
-    config.state = "memory".into();
+    config.state = poolgate::store::StateUrl::Memory;
     runtime.block_on(AppState::new(config))?;
     println!("ok");
     Ok(())

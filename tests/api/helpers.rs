@@ -5,6 +5,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use poolgate::store::StateUrl;
 use poolgate::{AppState, Config};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -48,7 +49,10 @@ pub fn demo_config() -> Config {
     config.data_dir = std::env::temp_dir().join(format!("poolgate-test-{id}"));
     // The same suite runs against each backend: POOLGATE_TEST_STATE=memory | sqlite: |
     // redis://127.0.0.1:PORT (each test app then gets its own key prefix).
-    config.state = std::env::var("POOLGATE_TEST_STATE").unwrap_or_else(|_| "sqlite:".into());
+    config.state = std::env::var("POOLGATE_TEST_STATE").map_or_else(
+        |_| StateUrl::default(),
+        |s| s.parse().expect("POOLGATE_TEST_STATE names a state"),
+    );
     config.state_prefix = format!("pgtest-{id}");
     config
 }
