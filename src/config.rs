@@ -231,7 +231,9 @@ impl Config {
             .with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    /// Parses config text; `base` resolves a relative `users_file`.
+    /// Parses config text; `base` resolves a relative `users_file`. What serde cannot check
+    /// (ranges, rules across keys) is [`Config::validate`]'s, run when the state is built
+    /// from the config, after command-line flags have been applied.
     pub fn parse(text: &str, base: Option<&Path>) -> anyhow::Result<Self> {
         let mut config: Config = toml::from_str(text)?;
         if let Some(file) = &config.users_file {
@@ -242,7 +244,6 @@ impl Config {
                 .with_context(|| format!("users_file: invalid users file {}", file.display()))?;
             config.users.extend(extra.users);
         }
-        config.validate()?;
         Ok(config)
     }
 
@@ -266,7 +267,9 @@ impl Config {
         Ok(Some(password))
     }
 
-    /// Checks what serde cannot: ranges and cross-field rules.
+    /// Checks what serde cannot: ranges and cross-field rules. Called once, by the state's
+    /// constructor (`AppState`), which every way of running a config goes through: `serve`,
+    /// `check-config`, the tests.
     pub fn validate(&self) -> anyhow::Result<()> {
         let durations = [
             ("token_ttl", self.token_ttl),
@@ -381,5 +384,16 @@ pub struct SecretString(pub String);
 impl std::fmt::Debug for SecretString {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_and_the_defaults_are_valid() {
+        Config::demo().validate().unwrap();
+        Config::default().validate().unwrap();
     }
 }

@@ -201,7 +201,8 @@ fn secs(s: f64) -> anyhow::Result<Duration> {
 }
 
 impl ServeArgs {
-    /// The file (or the demo dataset), then the flags: flags win.
+    /// The file (or the demo dataset), then the flags: flags win. Validated when the state is
+    /// built from it.
     fn config(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
@@ -231,7 +232,6 @@ impl ServeArgs {
         if let Some(s) = self.auth_grace {
             config.auth_grace = secs(s)?;
         }
-        config.validate()?;
         Ok(config)
     }
 }
@@ -335,7 +335,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         bail!("the configuration cannot be served:\n{}", report.trim_end());
     }
-    poolgate::files::data_dir(&config.data_dir)?;
+    // Validated (once) as the state is built: before anything is bound.
+    let state = AppState::new(config).await?;
+    let config = &state.config;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -358,7 +360,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let state = AppState::new(config).await?;
     state.start().await?;
     if let Some(listener) = metrics {
         let at = listener.local_addr()?;
@@ -399,10 +400,12 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Loads and validates a config the way `serve` would, without writing anything; lists every
-/// problem with its key and line.
+/// Loads the config and runs the checks the way `serve` would: the files it names (and with
+/// `connect`, what it reaches), then the state built as serving builds it but writing nothing
+/// (`AppState::check`: validation, users, secrets, provisioners, pools). Lists every problem
+/// of the first kind with its key and line.
 fn check_config(path: &std::path::Path, connect: bool) -> anyhow::Result<()> {
-    let mut config = Config::load(path)?;
+    let config = Config::load(path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -423,19 +426,7 @@ fn check_config(path: &std::path::Path, connect: bool) -> anyhow::Result<()> {
             path.display()
         );
     }
-    if config.jwt_secret.is_none()
-        && config.jwt_secret_file.is_none()
-        && std::env::var_os(poolgate::auth::jwt::SECRET_ENV).is_none()
-    {
-        // Serving would generate one in the data dir; checking must not write anything.
-        config.jwt_secret = Some(poolgate::config::SecretString(hex::encode(rand::random::<
-            [u8; 32],
-        >())));
-    }
-    // Checking must not create the database: the state URL was checked above (and reached
-    // with --connect); users, pools and provisioners are built on a throwaway store.
-    config.state = poolgate::store::StateUrl::Memory;
-    runtime.block_on(AppState::new(config))?;
+    runtime.block_on(AppState::check(config))?;
     println!("ok");
     Ok(())
 }

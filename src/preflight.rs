@@ -82,7 +82,7 @@ fn tls(config: &Config, problems: &mut Vec<Problem>) {
 }
 
 fn secrets(config: &Config, problems: &mut Vec<Problem>) {
-    use crate::auth::jwt::{JwtKeys, SECRET_ENV};
+    use crate::auth::jwt::{JwtKeys, Missing, SECRET_ENV};
     // Which source serving would use; a generated secret is checked only once it exists
     // (generating it is serving's job).
     let source: Option<&str> = if std::env::var_os(SECRET_ENV).is_some() {
@@ -97,7 +97,7 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>) {
         None
     };
     if let Some(key) = source
-        && let Err(e) = JwtKeys::with_tag_key(config)
+        && let Err(e) = JwtKeys::with_tag_key(config, Missing::Throwaway)
     {
         problems.push(Problem::new(&[key], format!("{e:#}")));
     }

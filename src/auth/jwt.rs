@@ -32,6 +32,17 @@ const MIN_SECRET: usize = 32;
 pub const SECRET_ENV: &str = "POOLGATE_JWT_SECRET";
 pub const SECRET_FILE: &str = "jwt-secret";
 
+/// What [`JwtKeys::with_tag_key`] does when no secret is configured and none is kept in the
+/// data directory yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// Generate one and keep it (0600) in the data directory: serving.
+    Generate,
+    /// Use a random one that lives as long as the keys, writing nothing: checking a config
+    /// (`check-config`), which must build everything serving builds without writing.
+    Throwaway,
+}
+
 /// The claims the mock's clients read, plus `jti`/`iat` for revocation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -71,11 +82,15 @@ impl JwtKeys {
         }
     }
 
-    /// Finds the secret per the module's rules, generating one if none is configured.
-    /// The keys and the tag key of session tokens, both from the one configured secret (so
-    /// instances that share the JWT secret recognise each other's tokens).
-    pub fn with_tag_key(config: &Config) -> anyhow::Result<(Self, super::tokens::TagKey)> {
-        let secret = resolve_secret(config)?;
+    /// Finds the secret per the module's rules; `missing` says what to do when none is
+    /// configured or kept. The keys and the tag key of session tokens, both from the one
+    /// configured secret (so instances that share the JWT secret recognise each other's
+    /// tokens).
+    pub fn with_tag_key(
+        config: &Config,
+        missing: Missing,
+    ) -> anyhow::Result<(Self, super::tokens::TagKey)> {
+        let secret = resolve_secret(config, missing)?;
         Ok((
             Self::new(&secret, config.jwt_ttl),
             super::tokens::TagKey::derive(&secret),
@@ -192,7 +207,7 @@ fn check_secret(secret: &[u8], source: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resolve_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+fn resolve_secret(config: &Config, missing: Missing) -> anyhow::Result<Vec<u8>> {
     if let Ok(s) = std::env::var(SECRET_ENV) {
         check_secret(s.as_bytes(), SECRET_ENV)?;
         return Ok(s.into_bytes());
@@ -208,19 +223,37 @@ fn resolve_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
         check_secret(s.0.as_bytes(), "jwt_secret in the config")?;
         return Ok(s.0.clone().into_bytes());
     }
-    load_or_generate(&config.data_dir)
+    match missing {
+        Missing::Generate => load_or_generate(&config.data_dir),
+        Missing::Throwaway => {
+            // A data directory that cannot be reached is `check-config --connect`'s to report.
+            let kept = match config.data_dir.join(SECRET_FILE).exists() {
+                true => load(&config.data_dir)?,
+                false => None,
+            };
+            Ok(kept.unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()).into_bytes()))
+        }
+    }
+}
+
+/// The secret kept in the data directory, if there is one.
+fn load(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(s) => {
+            check_secret(&s, &path.display().to_string())?;
+            Ok(Some(s))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 fn load_or_generate(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(SECRET_FILE);
     crate::files::tighten(&path).with_context(|| format!("cannot make {} 0600", path.display()))?;
-    match std::fs::read(&path) {
-        Ok(s) => {
-            check_secret(&s, &path.display().to_string())?;
-            return Ok(s);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    if let Some(kept) = load(dir)? {
+        return Ok(kept);
     }
     crate::files::data_dir(dir)?;
     let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
