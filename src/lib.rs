@@ -5,6 +5,7 @@
 //! task events flow back through `events` to the sockets. `state` ties them together.
 
 pub mod admission;
+pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -28,5 +29,6 @@ pub mod tls;
 pub mod users_file;
 pub mod ws;
 
+pub use app::{Application, ServerHandle};
 pub use config::Config;
 pub use state::AppState;

@@ -335,54 +335,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         bail!("the configuration cannot be served:\n{}", report.trim_end());
     }
-    // Validated (once) as the state is built: before anything is bound.
-    let state = AppState::new(config).await?;
-    let config = &state.config;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(poolgate::tls::acceptor(cert, key)?),
-        _ => None,
-    };
-    if tls.is_none() && !addr.ip().is_loopback() {
+    let app = poolgate::Application::build(config).await?;
+    let addr = app.local_addr();
+    if !app.tls() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text; use --tls-cert and --tls-key");
         eprintln!(
             "\n  WARNING: poolgate is listening on {addr} without TLS.\n  Passwords and tokens cross the network in clear text. Use --tls-cert/--tls-key.\n"
         );
     }
-    let metrics = match config.metrics_listen {
-        Some(at) => Some(
-            tokio::net::TcpListener::bind(at)
-                .await
-                .with_context(|| format!("cannot listen on metrics_listen {at}"))?,
-        ),
-        None => None,
-    };
-    state.start().await?;
-    if let Some(listener) = metrics {
-        let at = listener.local_addr()?;
-        tracing::info!(%at, "metrics listening (http://{at}/metrics); not served on the main port");
-        poolgate::server::spawn_metrics(listener, &state);
-    }
-    let shutdown = state.shutdown.clone();
+    let server = app.handle();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
-        shutdown.cancel();
+        server.stop();
     });
-    match tls {
-        Some(acceptor) => {
-            tracing::info!(%addr, "poolgate listening with TLS (WebSocket RPC at wss://{addr}/)");
-            poolgate::server::run_tls(listener, acceptor, state).await?;
-        }
-        None => {
-            tracing::info!(%addr, "poolgate listening (WebSocket RPC at ws://{addr}/)");
-            poolgate::server::run(listener, state).await?;
-        }
-    }
-    Ok(())
+    app.run_until_stopped().await
 }
 
 async fn wait_for_signal() {
