@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod domain;
