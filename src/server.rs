@@ -1,6 +1,6 @@
 //! The HTTP server: one Router (WebSocket RPC at `/`), the accept loop with its connection
 //! caps and timeouts, an optional metrics listener, background jobs, graceful shutdown.
-//! `run` never binds: the application (`crate::app`, used by main and the tests alike) binds
+//! `run` never binds: `Application` (app.rs, used by main and the tests alike) binds
 //! and hands it its listeners.
 //!
 //! Connections are served with hyper's HTTP/1.1 connection builder directly (`axum::serve`
