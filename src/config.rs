@@ -14,6 +14,7 @@ use crate::auth::users::UserRecord;
 use crate::domain::secs;
 use crate::pools::{PoolConfig, SeedTask};
 use crate::provision::ProvisionerConfig;
+use crate::store::StateUrl;
 
 /// The demo dataset of the reference mock; used when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
@@ -86,8 +87,9 @@ pub struct Config {
     /// Password hashes computed at once; more logins wait their turn (default: cores − 1).
     pub max_concurrent_hashes: usize,
     /// Where state lives: `sqlite:<path>` (empty path: `<data_dir>/poolgate.sqlite3`, the
-    /// default), `redis://host:port` for several instances, or `memory` (lost on exit).
-    pub state: String,
+    /// default), `redis://host:port` for several instances, or `memory` (lost on exit);
+    /// parsed when the config is read.
+    pub state: StateUrl,
     /// Namespace of keys and of the event channel in a shared store: instances of one
     /// deployment share it.
     pub state_prefix: String,
@@ -188,7 +190,7 @@ impl Default for Config {
             task_retention: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(30),
             release_deadline: Duration::from_secs(60),
-            state: "sqlite:".into(),
+            state: StateUrl::default(),
             state_prefix: "poolgate".into(),
             state_password_file: None,
             assignment_ttl: Duration::from_secs(8 * 3600),
@@ -229,7 +231,9 @@ impl Config {
             .with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    /// Parses config text; `base` resolves a relative `users_file`.
+    /// Parses config text; `base` resolves a relative `users_file`. What serde cannot check
+    /// (ranges, rules across keys) is [`Config::validate`]'s, run when the state is built
+    /// from the config, after command-line flags have been applied.
     pub fn parse(text: &str, base: Option<&Path>) -> anyhow::Result<Self> {
         let mut config: Config = toml::from_str(text)?;
         if let Some(file) = &config.users_file {
@@ -240,7 +244,6 @@ impl Config {
                 .with_context(|| format!("users_file: invalid users file {}", file.display()))?;
             config.users.extend(extra.users);
         }
-        config.validate()?;
         Ok(config)
     }
 
@@ -273,7 +276,9 @@ impl Config {
         Ok(Some(password))
     }
 
-    /// Checks what serde cannot: ranges and cross-field rules.
+    /// Checks what serde cannot: ranges and cross-field rules. Called once, by the state's
+    /// constructor (`AppState`), which every way of running a config goes through: `serve`,
+    /// `check-config`, the tests.
     pub fn validate(&self) -> anyhow::Result<()> {
         let durations = [
             ("token_ttl", self.token_ttl),
@@ -388,5 +393,16 @@ pub struct SecretString(pub String);
 impl std::fmt::Debug for SecretString {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_and_the_defaults_are_valid() {
+        Config::demo().validate().unwrap();
+        Config::default().validate().unwrap();
     }
 }

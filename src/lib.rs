@@ -19,7 +19,9 @@
 //! flow down from a transport to the domain; task events flow back up through `events` to
 //! the sockets.
 pub mod admission;
+pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod domain;
@@ -43,5 +45,6 @@ pub mod tls;
 pub mod users_file;
 pub mod ws;
 
+pub use app::{Application, ServerHandle};
 pub use config::Config;
 pub use state::AppState;

@@ -2,9 +2,10 @@
 //! check-config`, so that a config that checks clean also starts: every file the config names
 //! is readable (TLS certificate and key, parsed and matched; the JWT and Redis secret files or
 //! a JWT secret kept in the data directory; command-provisioner programs, executable, their
-//! working directories and `env_files`), and the state URL parses. With `connect` (`check-config
-//! --connect`) it also reaches what serving needs: Redis answers PING with the configured
-//! password, and the data directory (and a SQLite file's directory) can be written.
+//! working directories and `env_files`; the state URL was parsed when the config was read).
+//! With `connect` (`check-config --connect`) it also reaches what serving needs: Redis answers
+//! PING with the configured password, and the data directory (and a SQLite file's directory)
+//! can be written.
 //!
 //! Every problem names its key; [`render`] adds the line of that key in the config file.
 //! Nothing here writes, except the short-lived probe file of the writability check under
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::provision::ProvisionerConfig;
+use crate::store::StateUrl;
 
 /// One thing wrong with a config: which key, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +46,6 @@ pub fn files(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     tls(config, &mut problems);
     secrets(config, &mut problems);
-    state_url(config, &mut problems);
     let mut names: Vec<&String> = config.provisioners.keys().collect();
     names.sort();
     for name in names {
@@ -81,7 +82,7 @@ fn tls(config: &Config, problems: &mut Vec<Problem>) {
 }
 
 fn secrets(config: &Config, problems: &mut Vec<Problem>) {
-    use crate::auth::jwt::{JwtKeys, SECRET_ENV};
+    use crate::auth::jwt::{JwtKeys, Missing, SECRET_ENV};
     // Which source serving would use; a generated secret is checked only once it exists
     // (generating it is serving's job).
     let source: Option<&str> = if std::env::var_os(SECRET_ENV).is_some() {
@@ -96,7 +97,11 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>) {
         None
     };
     if let Some(key) = source
-        && let Err(e) = JwtKeys::with_tag_key(config.jwt_secret_sources(), config.jwt_ttl)
+        && let Err(e) = JwtKeys::with_tag_key(
+            config.jwt_secret_sources(),
+            config.jwt_ttl,
+            Missing::Throwaway,
+        )
     {
         problems.push(Problem::new(&[key], format!("{e:#}")));
     }
@@ -108,25 +113,6 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>) {
         };
         problems.push(Problem::new(&[key], format!("{e:#}")));
     }
-}
-
-fn state_url(config: &Config, problems: &mut Vec<Problem>) {
-    let state = config.state.as_str();
-    if state == "memory" || state.starts_with("sqlite:") {
-        return;
-    }
-    if state.starts_with("redis://") || state.starts_with("rediss://") {
-        if let Err(e) = crate::store::redis::check_url(state) {
-            problems.push(Problem::new(&["state"], format!("{e:#}")));
-        }
-        return;
-    }
-    problems.push(Problem::new(
-        &["state"],
-        format!(
-            "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
-        ),
-    ));
 }
 
 fn command(name: &str, c: &crate::provision::CommandConfig, problems: &mut Vec<Problem>) {
@@ -211,19 +197,20 @@ pub async fn connect(config: &Config) -> Vec<Problem> {
     if let Err(message) = writable(&config.data_dir) {
         problems.push(Problem::new(&["data_dir"], message));
     }
-    let state = config.state.as_str();
-    if let Some(path) = state.strip_prefix("sqlite:")
-        && !path.is_empty()
-    {
-        let path = Path::new(path);
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Err(message) = writable(dir.unwrap_or(Path::new("."))) {
-            problems.push(Problem::new(&["state"], message));
+    match &config.state {
+        // The default file is in the data directory, checked above.
+        StateUrl::Memory | StateUrl::Sqlite(None) => {}
+        StateUrl::Sqlite(Some(path)) => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Err(message) = writable(dir.unwrap_or(Path::new("."))) {
+                problems.push(Problem::new(&["state"], message));
+            }
         }
-    } else if state.starts_with("redis://") || state.starts_with("rediss://") {
-        let password = config.redis_password().ok().flatten();
-        if let Err(e) = crate::store::redis::ping(state, password.as_deref()).await {
-            problems.push(Problem::new(&["state"], format!("{e:#}")));
+        StateUrl::Redis { url } => {
+            let password = config.redis_password().ok().flatten();
+            if let Err(e) = crate::store::redis::ping(url, password.as_deref()).await {
+                problems.push(Problem::new(&["state"], format!("{e:#}")));
+            }
         }
     }
     problems

@@ -1,6 +1,7 @@
 //! The HTTP server: one Router (WebSocket RPC at `/`), the accept loop with its connection
 //! caps and timeouts, an optional metrics listener, background jobs, graceful shutdown.
-//! `run` never binds: callers (main, tests) hand it a listener.
+//! `run` never binds: `Application` (app.rs, used by main and the tests alike) binds
+//! and hands it its listeners.
 //!
 //! Connections are served with hyper's HTTP/1.1 connection builder directly (`axum::serve`
 //! exposes none of its settings): that is where the header read timeout lives. Every accepted
@@ -93,25 +94,9 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Serves plain HTTP/WebSocket until `state.shutdown` is cancelled, then waits for every
-/// connection and task runner to finish. Call [`AppState::start`] first (recovery, seed tasks,
-/// the event bus).
-pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
-    serve(listener, None, state).await
-}
-
-/// Like [`run`], over TLS (`wss://` and `https://` on the same port).
-pub async fn run_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    state: AppState,
-) -> anyhow::Result<()> {
-    serve(listener, Some(acceptor), state).await
-}
-
 /// Serves `/metrics` and `/healthz` (plain HTTP) on `metrics_listen` until shutdown. Start it
 /// before [`run`]: its connections are tracked, so `run` waits for them too.
-pub fn spawn_metrics(listener: TcpListener, state: &AppState) {
+pub(crate) fn spawn_metrics(listener: TcpListener, state: &AppState) {
     let site = Site {
         router: metrics_app(state.clone()),
         admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS),
@@ -123,11 +108,10 @@ pub fn spawn_metrics(listener: TcpListener, state: &AppState) {
         .spawn(accept_loop(listener, site, state.clone()));
 }
 
-async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    state: AppState,
-) -> anyhow::Result<()> {
+/// Serves HTTP/WebSocket — over TLS (`wss://` and `https://` on the same port) with an
+/// acceptor — until `state.shutdown` is cancelled, then waits for every connection and task
+/// runner to finish. Call [`AppState::start`] first (recovery, seed tasks, the event bus).
+pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
     state.tracker.spawn(sweep(state.clone()));
     let site = Site {
         router: app(state.clone()),
@@ -139,7 +123,6 @@ async fn serve(
     // Upgraded sockets and connections still finishing a request are on the tracker.
     state.tracker.close();
     state.tracker.wait().await;
-    Ok(())
 }
 
 /// One listener's routes, caps and transport.
@@ -365,10 +348,11 @@ async fn sweep(state: AppState) {
                 }
             }
             _ = every.tick() => {
-                match state.auth.tokens.sweep().await {
-                    Ok(dropped) if dropped > 0 => tracing::debug!(dropped, "expired sessions dropped"),
+                state.auth.tokens.sweep();
+                match state.store.sweep_expired().await {
+                    Ok(dropped) if dropped > 0 => tracing::debug!(dropped, "expired records dropped"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+                    Err(e) => tracing::warn!(error = %e, "sweep of expired records failed"),
                 }
                 state.auth.jwt.sweep();
             }

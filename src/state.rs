@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::auth::jwt::JwtKeys;
+use crate::auth::jwt::{JwtKeys, Missing};
 use crate::auth::lockout::Lockout;
 use crate::auth::otp::OtpGuard;
 use crate::auth::password::PasswordChecker;
@@ -20,7 +20,7 @@ use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::pools::{Pools, PoolsDeps, Timings};
 use crate::provision::Provisioner;
-use crate::store::{BusEvent, Store};
+use crate::store::{BusEvent, StateUrl, Store};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -53,17 +53,47 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// What the state is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Open the configured store, keep (or generate) the JWT secret in the data directory.
+    Serve,
+    /// Build everything serving builds, from the same code, writing nothing: the store is a
+    /// throwaway memory one (the configured one is reached by `check-config --connect`), and
+    /// a JWT secret serving would generate is a throwaway one.
+    Check,
+}
+
 impl AppState {
-    /// Opens the state store and builds the state from a validated config.
+    /// Validates the config, opens the state store and builds the state. [`AppState::start`]
+    /// starts its background work.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         Self::with_provisioners(config, HashMap::new()).await
     }
 
     /// Like [`AppState::new`], with extra provisioners by name (tests inject their own).
     pub async fn with_provisioners(
-        mut config: Config,
+        config: Config,
         extra: HashMap<String, Arc<dyn Provisioner>>,
     ) -> anyhow::Result<Self> {
+        Self::build(config, extra, Purpose::Serve).await
+    }
+
+    /// Builds the state the way serving would — validation, users, secrets, provisioners,
+    /// pools — without opening the store or writing anything (`check-config`); the state is
+    /// dropped at once.
+    pub async fn check(config: Config) -> anyhow::Result<()> {
+        Self::build(config, HashMap::new(), Purpose::Check).await?;
+        Ok(())
+    }
+
+    async fn build(
+        mut config: Config,
+        extra: HashMap<String, Arc<dyn Provisioner>>,
+        purpose: Purpose,
+    ) -> anyhow::Result<Self> {
+        // The one place a config is validated: every way of running one comes through here,
+        // after its flags (or a test's edits) are applied.
         config.validate()?;
         let files = crate::limits::FileLimit::raise()
             .map_err(|e| anyhow::anyhow!("cannot read or raise the open-file limit: {e}"))?;
@@ -77,10 +107,19 @@ impl AppState {
         );
         config.max_connections = Some(max_connections);
         let users = UserDirectory::new(&config.users, config.demo)?;
-        let (jwt, tags) = JwtKeys::with_tag_key(config.jwt_secret_sources(), config.jwt_ttl)?;
+        let (state, missing) = match purpose {
+            Purpose::Serve => {
+                // Private before anything is kept in it.
+                crate::files::data_dir(&config.data_dir)?;
+                (&config.state, Missing::Generate)
+            }
+            Purpose::Check => (&StateUrl::Memory, Missing::Throwaway),
+        };
+        let (jwt, tags) =
+            JwtKeys::with_tag_key(config.jwt_secret_sources(), config.jwt_ttl, missing)?;
         let (sink, bus) = mpsc::unbounded_channel();
         let store = crate::store::open(
-            &config.state,
+            state,
             config.redis_password()?.as_deref(),
             &config.state_prefix,
             &config.data_dir,

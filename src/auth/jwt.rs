@@ -41,6 +41,17 @@ pub struct SecretSources<'a> {
     pub data_dir: &'a Path,
 }
 
+/// What [`JwtKeys::with_tag_key`] does when no secret is configured and none is kept in the
+/// data directory yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// Generate one and keep it (0600) in the data directory: serving.
+    Generate,
+    /// Use a random one that lives as long as the keys, writing nothing: checking a config
+    /// (`check-config`), which must build everything serving builds without writing.
+    Throwaway,
+}
+
 /// The claims the mock's clients read, plus `jti`/`iat` for revocation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -80,14 +91,16 @@ impl JwtKeys {
         }
     }
 
-    /// Finds the secret per the module's rules, generating one if none is configured.
+    /// Finds the secret per the module's rules; `missing` says what to do when none is
+    /// configured or kept.
     /// The keys and the tag key of session tokens, both from the one configured secret (so
     /// instances that share the JWT secret recognise each other's tokens).
     pub fn with_tag_key(
         sources: SecretSources<'_>,
         ttl: Duration,
+        missing: Missing,
     ) -> anyhow::Result<(Self, super::tokens::TagKey)> {
-        let secret = resolve_secret(sources)?;
+        let secret = resolve_secret(sources, missing)?;
         Ok((
             Self::new(&secret, ttl),
             super::tokens::TagKey::derive(&secret),
@@ -204,7 +217,7 @@ fn check_secret(secret: &[u8], source: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resolve_secret(sources: SecretSources<'_>) -> anyhow::Result<Vec<u8>> {
+fn resolve_secret(sources: SecretSources<'_>, missing: Missing) -> anyhow::Result<Vec<u8>> {
     if let Ok(s) = std::env::var(SECRET_ENV) {
         check_secret(s.as_bytes(), SECRET_ENV)?;
         return Ok(s.into_bytes());
@@ -220,19 +233,37 @@ fn resolve_secret(sources: SecretSources<'_>) -> anyhow::Result<Vec<u8>> {
         check_secret(s.as_bytes(), "jwt_secret in the config")?;
         return Ok(s.as_bytes().to_vec());
     }
-    load_or_generate(sources.data_dir)
+    match missing {
+        Missing::Generate => load_or_generate(sources.data_dir),
+        Missing::Throwaway => {
+            // A data directory that cannot be reached is `check-config --connect`'s to report.
+            let kept = match sources.data_dir.join(SECRET_FILE).exists() {
+                true => load(sources.data_dir)?,
+                false => None,
+            };
+            Ok(kept.unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()).into_bytes()))
+        }
+    }
+}
+
+/// The secret kept in the data directory, if there is one.
+fn load(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(s) => {
+            check_secret(&s, &path.display().to_string())?;
+            Ok(Some(s))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 fn load_or_generate(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(SECRET_FILE);
     crate::files::tighten(&path).with_context(|| format!("cannot make {} 0600", path.display()))?;
-    match std::fs::read(&path) {
-        Ok(s) => {
-            check_secret(&s, &path.display().to_string())?;
-            return Ok(s);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    if let Some(kept) = load(dir)? {
+        return Ok(kept);
     }
     crate::files::data_dir(dir)?;
     let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();

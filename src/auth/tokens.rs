@@ -379,14 +379,14 @@ impl TokenStore {
         }
     }
 
-    /// Drops expired sessions from memory and from the store. A session some socket still
-    /// holds stays in memory even when it looks idle here: another instance may be keeping it
-    /// alive, and a revocation must still find this copy.
-    pub async fn sweep(&self) -> StoreResult<usize> {
+    /// Drops expired sessions from this instance's memory (the store sweeps its own records:
+    /// `Store::sweep_expired`). A session some socket still holds stays in memory even when
+    /// it looks idle here: another instance may be keeping it alive, and a revocation must
+    /// still find this copy.
+    pub fn sweep(&self) {
         let ttl = self.ttl;
         self.cache
             .retain(|_, s| s.is_live(ttl) || Arc::strong_count(s) > 1);
-        self.store.sweep_expired().await
     }
 
     /// Sessions this instance holds in memory.

@@ -19,6 +19,9 @@
 pub mod memory;
 pub mod redis;
 pub mod sqlite;
+mod url;
+
+pub use url::StateUrl;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -384,34 +387,31 @@ pub struct StoreCounts {
     pub failure_counters: usize,
 }
 
-/// Opens the store named by `state`, delivering bus events to `sink`.
+/// Opens the store named by `state`, delivering bus events to `sink`. `data_dir` holds the
+/// default SQLite file (created, private, when that is used).
 pub async fn open(
-    state: &str,
+    state: &StateUrl,
     password: Option<&str>,
     prefix: &str,
     data_dir: &std::path::Path,
     sink: mpsc::UnboundedSender<BusEvent>,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    if state == "memory" {
-        return Ok(Arc::new(memory::MemoryStore::new(sink)));
-    }
-    if let Some(path) = state.strip_prefix("sqlite:") {
-        let path = if path.is_empty() {
-            crate::files::data_dir(data_dir)?;
-            data_dir.join("poolgate.sqlite3")
-        } else {
-            std::path::PathBuf::from(path)
-        };
-        return Ok(Arc::new(sqlite::SqliteStore::open(&path, sink)?));
-    }
-    if state.starts_with("redis://") || state.starts_with("rediss://") {
-        return Ok(Arc::new(
-            redis::RedisStore::connect(state, password, prefix, sink).await?,
-        ));
-    }
-    anyhow::bail!(
-        "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
-    )
+    Ok(match state {
+        StateUrl::Memory => Arc::new(memory::MemoryStore::new(sink)),
+        StateUrl::Sqlite(path) => {
+            let path = match path {
+                Some(path) => path.clone(),
+                None => {
+                    crate::files::data_dir(data_dir)?;
+                    data_dir.join(url::SQLITE_FILE)
+                }
+            };
+            Arc::new(sqlite::SqliteStore::open(&path, sink)?)
+        }
+        StateUrl::Redis { url } => {
+            Arc::new(redis::RedisStore::connect(url, password, prefix, sink).await?)
+        }
+    })
 }
 
 pub fn now_ms() -> u64 {

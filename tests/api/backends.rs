@@ -26,7 +26,7 @@ use crate::helpers::*;
 /// The demo config on a given backend, with fast simulated timings.
 fn config(state: &str) -> Config {
     let mut c = demo_config();
-    c.state = state.to_owned();
+    c.state = state.parse().expect("a state URL");
     fast_sim(&mut c, OK, OK);
     c
 }

@@ -362,7 +362,7 @@ async fn user_subcommands_edit_the_users_file_and_the_server_accepts_the_result(
     let mut config = poolgate::Config::load(&config_path).unwrap();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = dir.path().join("data");
-    config.state = "memory".into();
+    config.state = poolgate::store::StateUrl::Memory;
     let app = TestApp::spawn_config(config).await;
     let code = poolgate::auth::otp::TotpSecret::from_base32(&secret, "alice")
         .unwrap()

@@ -5,7 +5,8 @@ use std::sync::Once;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use poolgate::{AppState, Config};
+use poolgate::store::StateUrl;
+use poolgate::{AppState, Application, Config, ServerHandle};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -30,12 +31,14 @@ fn init_tracing() {
     });
 }
 
+/// A server built by [`Application::build`], as `poolgate serve` builds it, running on a task.
 pub struct TestApp {
     pub addr: SocketAddr,
     /// The metrics listener's address, when the config has `metrics_listen`.
     pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    pub server: ServerHandle,
+    run: Option<JoinHandle<anyhow::Result<()>>>,
     /// Remove the data directory on drop (not when the test restarts the app on it).
     cleanup: bool,
 }
@@ -48,7 +51,10 @@ pub fn demo_config() -> Config {
     config.data_dir = std::env::temp_dir().join(format!("poolgate-test-{id}"));
     // The same suite runs against each backend: POOLGATE_TEST_STATE=memory | sqlite: |
     // redis://127.0.0.1:PORT (each test app then gets its own key prefix).
-    config.state = std::env::var("POOLGATE_TEST_STATE").unwrap_or_else(|_| "sqlite:".into());
+    config.state = std::env::var("POOLGATE_TEST_STATE").map_or_else(
+        |_| StateUrl::default(),
+        |s| s.parse().expect("POOLGATE_TEST_STATE names a state"),
+    );
     config.state_prefix = format!("pgtest-{id}");
     config
 }
@@ -77,35 +83,15 @@ impl TestApp {
         >,
     ) -> TestApp {
         init_tracing();
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = match config.metrics_listen {
-            Some(at) => Some(tokio::net::TcpListener::bind(at).await.unwrap()),
-            None => None,
-        };
-        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(poolgate::tls::acceptor(cert, key).unwrap()),
-            _ => None,
-        };
-        let state = AppState::with_provisioners(config, extra)
+        let app = Application::build_with_provisioners(config, extra)
             .await
             .expect("valid test config");
-        state.start().await.expect("state starts");
-        if let Some(listener) = metrics {
-            poolgate::server::spawn_metrics(listener, &state);
-        }
-        let handle = match tls {
-            Some(acceptor) => {
-                tokio::spawn(poolgate::server::run_tls(listener, acceptor, state.clone()))
-            }
-            None => tokio::spawn(poolgate::server::run(listener, state.clone())),
-        };
         TestApp {
-            addr,
-            metrics_addr,
-            state,
-            handle: Some(handle),
+            addr: app.local_addr(),
+            metrics_addr: app.metrics_addr(),
+            state: app.state().clone(),
+            server: app.handle(),
+            run: Some(tokio::spawn(app.run_until_stopped())),
             cleanup: true,
         }
     }
@@ -153,13 +139,16 @@ impl TestApp {
         (client, token)
     }
 
-    /// Cancels the server and waits until `run` returns.
+    /// Stops the server and waits until everything has finished and the run has returned.
     pub async fn stop(mut self) {
-        self.state.shutdown.cancel();
-        let handle = self.handle.take().unwrap();
-        tokio::time::timeout(REPLY_TIMEOUT, handle)
+        self.server.stop();
+        tokio::time::timeout(REPLY_TIMEOUT, self.server.stopped())
             .await
-            .expect("server stops in time")
+            .expect("server stops in time");
+        let run = self.run.take().unwrap();
+        tokio::time::timeout(REPLY_TIMEOUT, run)
+            .await
+            .expect("the run returns once stopped")
             .unwrap()
             .unwrap();
     }
@@ -464,7 +453,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.state.shutdown.cancel();
+        self.server.stop();
         if self.cleanup {
             let _ = std::fs::remove_dir_all(&self.state.config.data_dir);
         }

@@ -1,6 +1,7 @@
 //! Integration tests over real sockets: one binary, one module per area.
 
 mod admin;
+mod app;
 mod auth;
 mod backends;
 mod cli;

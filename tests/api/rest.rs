@@ -592,7 +592,7 @@ async fn a_well_known_secret_is_refused_at_start_up() {
 async fn the_generated_secret_is_kept_and_reused() {
     let mut config = demo_config();
     // Two states on one data dir at once: keep the (single-process) database out of it.
-    config.state = "memory".into();
+    config.state = poolgate::store::StateUrl::Memory;
     let a = poolgate::AppState::new(config.clone()).await.unwrap();
     let b = poolgate::AppState::new(config.clone()).await.unwrap();
     let user = a.auth.users.by_name("astravdi").unwrap().clone();

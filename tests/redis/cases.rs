@@ -88,7 +88,7 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
     );
     let mut redis = spawn_redis_with(port, &persist);
     let app = TestApp::spawn_with(|c| {
-        c.state = format!("redis://127.0.0.1:{port}");
+        c.state = format!("redis://127.0.0.1:{port}").parse().unwrap();
         fast_sim(c, OK, OK);
     })
     .await;
@@ -182,14 +182,14 @@ pub async fn the_redis_password_comes_from_a_file_and_is_required() {
     let file = dir.path().join("redis.pass");
     std::fs::write(&file, "correct-horse-battery\n").unwrap();
     let app = TestApp::spawn_with(|c| {
-        c.state = format!("redis://127.0.0.1:{port}");
+        c.state = format!("redis://127.0.0.1:{port}").parse().unwrap();
         c.state_password_file = Some(file.clone());
     })
     .await;
     let (_c, _) = app.login("astravdi").await;
 
     let mut without = demo_config();
-    without.state = format!("redis://127.0.0.1:{port}");
+    without.state = format!("redis://127.0.0.1:{port}").parse().unwrap();
     assert!(
         poolgate::AppState::new(without).await.is_err(),
         "no password, no service"
@@ -198,7 +198,7 @@ pub async fn the_redis_password_comes_from_a_file_and_is_required() {
     let empty = dir.path().join("empty.pass");
     std::fs::write(&empty, "\n").unwrap();
     let mut blank = demo_config();
-    blank.state = format!("redis://127.0.0.1:{port}");
+    blank.state = format!("redis://127.0.0.1:{port}").parse().unwrap();
     blank.state_password_file = Some(empty);
     let err = poolgate::AppState::new(blank).await.err().expect("refused");
     assert!(err.to_string().contains("empty"), "{err}");

@@ -1,0 +1,87 @@
+//! `poolgate admin`: one admin RPC method on a running server, signed in like `connect`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Server WebSocket URL, e.g. wss://broker.example.com/
+    #[arg(long, env = "POOLGATE_SERVER")]
+    server: String,
+    /// The admin's username.
+    #[arg(long)]
+    user: String,
+    /// Where the token is kept for the next run (0600).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Read the password (and one-time code) from stdin, one per line.
+    #[arg(long)]
+    password_stdin: bool,
+    #[command(subcommand)]
+    action: AdminAction,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Who is signed in, from where, since when.
+    Sessions,
+    /// Every PENDING or RUNNING task.
+    Tasks,
+    /// Revoke every token and JWT of a user.
+    Revoke { username: String },
+    /// Give a user's machine in a pool back, and clear the user's failed step 1 there.
+    Release {
+        username: String,
+        /// Pool name or id.
+        pool: String,
+    },
+    /// Clear failed step-1 tasks in a pool so the next request starts a new task at once.
+    Reset {
+        /// Pool name or id.
+        pool: String,
+        /// Only this user (default: every user of the pool).
+        #[arg(long)]
+        username: Option<String>,
+    },
+}
+
+impl AdminAction {
+    /// The RPC method and its arguments.
+    fn request(self) -> (&'static str, serde_json::Value) {
+        match self {
+            AdminAction::Sessions => ("admin_sessions", json!({})),
+            AdminAction::Tasks => ("admin_tasks", json!({})),
+            AdminAction::Revoke { username } => ("admin_revoke", json!({"username": username})),
+            AdminAction::Release { username, pool } => (
+                "admin_release",
+                json!({"username": username, "pool_id": pool}),
+            ),
+            AdminAction::Reset { pool, username } => {
+                let mut args = json!({"pool_id": pool});
+                if let Some(username) = username {
+                    args["username"] = json!(username);
+                }
+                ("admin_reset", args)
+            }
+        }
+    }
+}
+
+/// Signs in, calls the method and prints its result as JSON.
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let token_file = args
+        .token_file
+        .unwrap_or_else(|| super::default_token_file(&args.server, &args.user));
+    let login = crate::client::Login {
+        user: args.user,
+        token_file,
+        password_stdin: args.password_stdin,
+    };
+    let (method, call) = args.action.request();
+    let result =
+        super::runtime()?.block_on(crate::client::admin(&args.server, &login, method, call))?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! `poolgate serve`: the config (a file or the demo dataset, then the flags), the checks
+//! `check-config` runs, then [`Application`] until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::app::{Application, ServerHandle};
+use crate::config::Config;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Args, Default)]
+pub struct ServeArgs {
+    /// Config file (TOML). Without one, the embedded demo dataset is served.
+    #[arg(long, env = "POOLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for poolgate's state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds of inactivity after which a token dies.
+    #[arg(long, value_name = "SECS")]
+    token_ttl: Option<f64>,
+    /// Seconds of silence after which a connection is closed.
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<f64>,
+    /// Seconds a new connection has to sign in.
+    #[arg(long, value_name = "SECS")]
+    auth_grace: Option<f64>,
+    /// Simultaneous connections (HTTP and WebSocket alike) before new ones get 503 (default:
+    /// what the open-file limit allows).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+fn secs(s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).context("a duration must be a non-negative number of seconds")
+}
+
+impl ServeArgs {
+    /// The file (or the demo dataset), then the flags: flags win. Validated when the state is
+    /// built from it.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::demo(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(s) = self.token_ttl {
+            config.token_ttl = secs(s)?;
+        }
+        if let Some(s) = self.idle_timeout {
+            config.idle_timeout = secs(s)?;
+        }
+        if let Some(n) = self.max_connections {
+            config.max_connections = Some(n);
+        }
+        if let Some(f) = &self.tls_cert {
+            config.tls_cert = Some(f.clone());
+        }
+        if let Some(f) = &self.tls_key {
+            config.tls_key = Some(f.clone());
+        }
+        if let Some(s) = self.auth_grace {
+            config.auth_grace = secs(s)?;
+        }
+        Ok(config)
+    }
+
+    /// What `check-config` checks, before anything is bound or written: every problem, with
+    /// the line of its key in the file (not for values given as flags).
+    fn preflight(&self, config: &Config) -> anyhow::Result<()> {
+        let problems = crate::preflight::files(config);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let text = self
+            .config
+            .as_ref()
+            .and_then(|p| Some((p, std::fs::read_to_string(p).ok()?)));
+        let mut flags = Vec::new();
+        if self.tls_cert.is_some() {
+            flags.push("tls_cert");
+        }
+        if self.tls_key.is_some() {
+            flags.push("tls_key");
+        }
+        let report = crate::preflight::render(
+            &problems,
+            text.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+            &flags,
+        );
+        bail!("the configuration cannot be served:\n{}", report.trim_end());
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains (see [`Application::run_until_stopped`]).
+#[tokio::main]
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let config = args.config()?;
+    if args.config.is_none() {
+        tracing::warn!("no --config given: serving the embedded demo dataset (password Bazalt1!)");
+    }
+    args.preflight(&config)?;
+    let app = Application::build(config).await?;
+    let addr = app.local_addr();
+    if !app.tls() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text; use --tls-cert and --tls-key");
+        eprintln!(
+            "\n  WARNING: poolgate is listening on {addr} without TLS.\n  Passwords and tokens cross the network in clear text. Use --tls-cert/--tls-key.\n"
+        );
+    }
+    tokio::spawn(stop_on_signal(app.handle()));
+    app.run_until_stopped().await
+}
+
+/// Begins the graceful shutdown on the first SIGTERM or Ctrl-C.
+async fn stop_on_signal(server: ServerHandle) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    server.stop();
+}

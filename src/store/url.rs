@@ -1,0 +1,131 @@
+//! The `state` setting, parsed once — when the config is read — into the backend it names, so
+//! that opening the store, `check-config` and `--connect` never look at the text again. It
+//! lives with the store (not the config) so that [`super::open`] can take it without knowing
+//! the config.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// Where state lives: `memory`, `sqlite:<path>` or `redis://…` (`rediss://…` for TLS).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum StateUrl {
+    /// In this process only, lost on exit.
+    Memory,
+    /// One SQLite file, for one instance; `None` (`sqlite:`): `<data_dir>/poolgate.sqlite3`.
+    Sqlite(Option<PathBuf>),
+    /// A Redis shared by the instances of a deployment; the URL as written (checked to parse
+    /// the way the store connects with it).
+    Redis { url: String },
+}
+
+/// The file of `sqlite:` with an empty path, in the data directory.
+pub(super) const SQLITE_FILE: &str = "poolgate.sqlite3";
+
+impl StateUrl {
+    /// The SQLite file this names, the default resolved against `data_dir`; `None` for the
+    /// other backends.
+    pub fn sqlite_path(&self, data_dir: &Path) -> Option<PathBuf> {
+        match self {
+            StateUrl::Sqlite(Some(path)) => Some(path.clone()),
+            StateUrl::Sqlite(None) => Some(data_dir.join(SQLITE_FILE)),
+            StateUrl::Memory | StateUrl::Redis { .. } => None,
+        }
+    }
+}
+
+impl Default for StateUrl {
+    fn default() -> Self {
+        StateUrl::Sqlite(None)
+    }
+}
+
+impl FromStr for StateUrl {
+    type Err = anyhow::Error;
+
+    fn from_str(state: &str) -> anyhow::Result<Self> {
+        if state == "memory" {
+            return Ok(StateUrl::Memory);
+        }
+        if let Some(path) = state.strip_prefix("sqlite:") {
+            return Ok(StateUrl::Sqlite(
+                (!path.is_empty()).then(|| PathBuf::from(path)),
+            ));
+        }
+        if state.starts_with("redis://") || state.starts_with("rediss://") {
+            super::redis::check_url(state)?;
+            return Ok(StateUrl::Redis {
+                url: state.to_owned(),
+            });
+        }
+        anyhow::bail!(
+            "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
+        )
+    }
+}
+
+impl TryFrom<String> for StateUrl {
+    type Error = String;
+
+    fn try_from(state: String) -> Result<Self, String> {
+        // serde shows the message with the key's line; keep the whole cause chain in it.
+        state.parse().map_err(|e: anyhow::Error| format!("{e:#}"))
+    }
+}
+
+/// As written in a config file.
+impl fmt::Display for StateUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateUrl::Memory => f.write_str("memory"),
+            StateUrl::Sqlite(None) => f.write_str("sqlite:"),
+            StateUrl::Sqlite(Some(path)) => write!(f, "sqlite:{}", path.display()),
+            StateUrl::Redis { url } => f.write_str(url),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_backend_is_named_by_its_scheme_and_anything_else_is_refused() {
+        assert_eq!("memory".parse::<StateUrl>().unwrap(), StateUrl::Memory);
+        assert_eq!(
+            "sqlite:".parse::<StateUrl>().unwrap(),
+            StateUrl::Sqlite(None)
+        );
+        assert_eq!(
+            "sqlite:/var/lib/p.db".parse::<StateUrl>().unwrap(),
+            StateUrl::Sqlite(Some("/var/lib/p.db".into()))
+        );
+        assert_eq!(
+            "redis://10.0.0.5:6379".parse::<StateUrl>().unwrap(),
+            StateUrl::Redis {
+                url: "redis://10.0.0.5:6379".into()
+            }
+        );
+        for bad in ["", "Memory", "postgres://x", "sqlite", "redis://:x:y:z@"] {
+            assert!(bad.parse::<StateUrl>().is_err(), "{bad:?} is refused");
+        }
+        let err = "mysql://db".parse::<StateUrl>().unwrap_err().to_string();
+        assert!(err.contains("unknown state \"mysql://db\""), "{err}");
+    }
+
+    #[test]
+    fn the_default_sqlite_file_is_in_the_data_directory() {
+        let dir = Path::new("/data");
+        assert_eq!(
+            StateUrl::Sqlite(None).sqlite_path(dir),
+            Some(dir.join("poolgate.sqlite3"))
+        );
+        assert_eq!(StateUrl::Memory.sqlite_path(dir), None);
+        for text in ["memory", "sqlite:", "sqlite:x/y.db", "redis://h:1"] {
+            assert_eq!(text.parse::<StateUrl>().unwrap().to_string(), text);
+        }
+    }
+}
