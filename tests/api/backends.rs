@@ -1262,76 +1262,73 @@ async fn sqlite_sessions_from_before_expiries_are_stamped_by_the_first_write() {
     assert_eq!(s.counts().await.unwrap().sessions, 2);
 }
 
-/// `backend_suite! { name => state, [case, ...]; ... }` makes one test per case and backend;
-/// memory is not durable, so the restart cases are not listed for it. Keep the Redis list in
-/// tests/redis/main.rs in step with the sqlite one.
+/// Every case of the backend suite, written once: each backend runs the `any` cases, and the
+/// durable ones (SQLite here, Redis in tests/redis/main.rs) the `durable` cases too. Calls
+/// `$suite!` with the two lists.
+macro_rules! backend_cases {
+    ($suite:ident) => {
+        $suite! {
+            any: [
+                concurrent_requests_create_one_task,
+                a_static_inventory_never_gives_a_machine_twice,
+                a_totp_code_is_refused_the_second_time,
+                an_expired_assignment_is_released,
+                a_users_sessions_are_capped_and_the_least_recently_active_is_revoked,
+                ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
+                expired_failure_counters_are_swept,
+                a_session_gone_from_the_store_is_refused_within_one_session_flush,
+                a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both,
+                a_new_session_trims_its_users_expired_and_least_recently_active_sessions,
+                deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users,
+                sweeping_deletes_every_expired_record_and_nothing_live,
+                an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
+                a_totp_step_is_accepted_once_and_only_forward,
+                jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
+                a_keys_latest_task_moves_only_by_compare_and_set,
+                a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,
+                ended_tasks_created_before_the_cutoff_go_except_each_keys_latest,
+                a_user_holds_at_most_one_assignment_per_pool,
+                a_machine_is_claimed_once_per_inventory,
+                a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others,
+                a_failure_counter_counts_in_a_fixed_window_and_never_below_zero,
+                back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window,
+                the_store_answers_a_ping_and_delivers_its_own_events_in_order,
+            ],
+            durable: [
+                state_survives_a_restart,
+                a_task_cut_off_by_a_stop_is_cancelled_and_restarts,
+                orphaned_machines_are_released_at_start_up,
+            ],
+        }
+    };
+}
+
+/// One test per case and backend: memory is not durable, so it runs only the `any` cases.
 macro_rules! backend_suite {
-    ($($backend:ident => $state:expr, [$($case:ident),* $(,)?];)*) => {$(
-        mod $backend {
+    (any: [$($any:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
+        mod memory {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(&$state.to_string()).await
+                async fn $any() {
+                    super::$any("memory").await
                 }
             )*
         }
-    )*};
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $any() {
+                    super::$any("sqlite:").await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $durable() {
+                    super::$durable("sqlite:").await
+                }
+            )*
+        }
+    };
 }
 
-backend_suite! {
-    memory => "memory", [
-        concurrent_requests_create_one_task,
-        a_static_inventory_never_gives_a_machine_twice,
-        a_totp_code_is_refused_the_second_time,
-        an_expired_assignment_is_released,
-        a_users_sessions_are_capped_and_the_least_recently_active_is_revoked,
-        ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
-        expired_failure_counters_are_swept,
-        a_session_gone_from_the_store_is_refused_within_one_session_flush,
-        a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both,
-        a_new_session_trims_its_users_expired_and_least_recently_active_sessions,
-        deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users,
-        sweeping_deletes_every_expired_record_and_nothing_live,
-        an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
-        a_totp_step_is_accepted_once_and_only_forward,
-        jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
-        a_keys_latest_task_moves_only_by_compare_and_set,
-        a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,
-        ended_tasks_created_before_the_cutoff_go_except_each_keys_latest,
-        a_user_holds_at_most_one_assignment_per_pool,
-        a_machine_is_claimed_once_per_inventory,
-        a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others,
-        a_failure_counter_counts_in_a_fixed_window_and_never_below_zero,
-        back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window,
-        the_store_answers_a_ping_and_delivers_its_own_events_in_order,
-    ];
-    sqlite => "sqlite:", [
-        concurrent_requests_create_one_task,
-        a_static_inventory_never_gives_a_machine_twice,
-        a_totp_code_is_refused_the_second_time,
-        an_expired_assignment_is_released,
-        state_survives_a_restart,
-        a_task_cut_off_by_a_stop_is_cancelled_and_restarts,
-        orphaned_machines_are_released_at_start_up,
-        a_users_sessions_are_capped_and_the_least_recently_active_is_revoked,
-        ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
-        expired_failure_counters_are_swept,
-        a_session_gone_from_the_store_is_refused_within_one_session_flush,
-        a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both,
-        a_new_session_trims_its_users_expired_and_least_recently_active_sessions,
-        deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users,
-        sweeping_deletes_every_expired_record_and_nothing_live,
-        an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
-        a_totp_step_is_accepted_once_and_only_forward,
-        jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
-        a_keys_latest_task_moves_only_by_compare_and_set,
-        a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,
-        ended_tasks_created_before_the_cutoff_go_except_each_keys_latest,
-        a_user_holds_at_most_one_assignment_per_pool,
-        a_machine_is_claimed_once_per_inventory,
-        a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others,
-        a_failure_counter_counts_in_a_fixed_window_and_never_below_zero,
-        back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window,
-        the_store_answers_a_ping_and_delivers_its_own_events_in_order,
-    ];
-}
+backend_cases!(backend_suite);

@@ -23,6 +23,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 mod helpers;
 
 #[allow(dead_code)]
+#[macro_use]
 #[path = "../api/backends.rs"]
 mod backends;
 
@@ -40,46 +41,23 @@ enum Needs {
 
 type Case = fn() -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Every Redis case. The backend suite's list is the SQLite one (tests/api/backends.rs).
+/// Every Redis case: the backend suite's cases (both lists of `backend_cases!` in
+/// tests/api/backends.rs), then the Redis-only ones.
 fn cases() -> Vec<(&'static str, Needs, Case)> {
-    macro_rules! backend {
-        ($($case:ident),* $(,)?) => {
+    macro_rules! redis_suite {
+        (any: [$($any:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
             vec![$((
-                concat!("backends::redis::", stringify!($case)),
+                concat!("backends::redis::", stringify!($any)),
                 Needs::Redis,
-                (|| Box::pin(async { backends::$case(&redis_server::redis_url()).await })) as Case,
-            )),*]
+                (|| Box::pin(async { backends::$any(&redis_server::redis_url()).await })) as Case,
+            ),)* $((
+                concat!("backends::redis::", stringify!($durable)),
+                Needs::Redis,
+                (|| Box::pin(async { backends::$durable(&redis_server::redis_url()).await })) as Case,
+            ),)*]
         };
     }
-    let mut all = backend![
-        concurrent_requests_create_one_task,
-        a_static_inventory_never_gives_a_machine_twice,
-        a_totp_code_is_refused_the_second_time,
-        an_expired_assignment_is_released,
-        state_survives_a_restart,
-        a_task_cut_off_by_a_stop_is_cancelled_and_restarts,
-        orphaned_machines_are_released_at_start_up,
-        a_users_sessions_are_capped_and_the_least_recently_active_is_revoked,
-        ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
-        expired_failure_counters_are_swept,
-        a_session_gone_from_the_store_is_refused_within_one_session_flush,
-        a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both,
-        a_new_session_trims_its_users_expired_and_least_recently_active_sessions,
-        deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users,
-        sweeping_deletes_every_expired_record_and_nothing_live,
-        an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
-        a_totp_step_is_accepted_once_and_only_forward,
-        jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
-        a_keys_latest_task_moves_only_by_compare_and_set,
-        a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,
-        ended_tasks_created_before_the_cutoff_go_except_each_keys_latest,
-        a_user_holds_at_most_one_assignment_per_pool,
-        a_machine_is_claimed_once_per_inventory,
-        a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others,
-        a_failure_counter_counts_in_a_fixed_window_and_never_below_zero,
-        back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window,
-        the_store_answers_a_ping_and_delivers_its_own_events_in_order,
-    ];
+    let mut all = backend_cases!(redis_suite);
     all.push((
         "instances::two_instances_on_one_redis_act_as_one",
         Needs::Redis,
