@@ -33,7 +33,7 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$out"/data-*; }
 trap cleanup EXIT
 serve() { # WHICH PORT: starts that revision's server; its pid in $served
   "${bin[$1]}" serve --listen "127.0.0.1:$2" --data-dir "$out/data-$1-$2" \
-    --idle-timeout 3600 --auth-grace 3600 --max-connections 30000 >"$out/server-$1-$2.log" 2>&1 &
+    --idle-timeout 3600 --auth-grace 3600 >"$out/server-$1-$2.log" 2>&1 &
   served=$!; pids+=("$served"); wait_port "$2"
 }
 loadgen() { ./target/release/examples/loadgen "$@" 2>>"$out/loadgen.log" >/dev/null; }

@@ -46,7 +46,7 @@ trap cleanup EXIT
 serve() { # NAME PORT [extra serve flags...]: starts poolgate; its pid in $served
   local name=$1 port=$2; shift 2
   ./target/release/poolgate serve --listen "127.0.0.1:$port" --data-dir "$out/data-$name" \
-    --idle-timeout 3600 --auth-grace 3600 --max-connections 30000 "$@" >"$out/server-$name.log" 2>&1 &
+    --idle-timeout 3600 --auth-grace 3600 "$@" >"$out/server-$name.log" 2>&1 &
   served=$!; pids+=("$served"); wait_port "$port"
 }
 loadgen() { ./target/release/examples/loadgen "$@" 2>>"$out/loadgen.log" >/dev/null; }
