@@ -247,10 +247,8 @@ async fn main() -> anyhow::Result<()> {
     let mut status = String::new();
     while started.elapsed() < Duration::from_secs(20) {
         let r = call(&mut admin, "task", json!({"task_id": task})).await?;
-        status = r["args"]["task"]["status"]
-            .as_str()
-            .unwrap_or("?")
-            .to_owned();
+        // `rpc/task` answers with the task itself.
+        status = r["args"]["status"].as_str().unwrap_or("?").to_owned();
         if ["COMPLETED", "FAILED", "CANCELLED"].contains(&status.as_str()) {
             break;
         }
@@ -277,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
     let alive = !bg.trim().is_empty()
         && std::process::Command::new("kill")
             .args(["-0", bg.trim()])
+            .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
     println!(
