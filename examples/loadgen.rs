@@ -1,7 +1,9 @@
 //! Load generator for poolgate (and the echo ceiling). Modes:
 //!
 //! * `rpc`  — N signed-in connections send `rpc/task` lookups (an authenticated RPC that reads
-//!   the state store), one at a time or `--pipeline W` in flight per connection;
+//!   the state store), one at a time or `--pipeline W` in flight per connection; `--method`
+//!   picks another read RPC a client makes in steady state (`pools`, `tasks`, `identify`, or
+//!   `connect-info` of a finished step 2, which the run sets up first);
 //! * `echo` — the same frames against `examples/echo_server`, answered by echo;
 //! * `idle` — open N signed-in sockets (spread over 127.0.0.x source addresses), hold them, and
 //!   report the server's RSS per socket;
@@ -41,6 +43,29 @@ enum Mode {
     Fanout,
 }
 
+/// The read RPC an `rpc` run repeats.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+enum Method {
+    Task,
+    Pools,
+    Tasks,
+    ConnectInfo,
+    Identify,
+}
+
+impl Method {
+    /// The method's name on the wire.
+    fn name(self) -> &'static str {
+        match self {
+            Method::Task => "task",
+            Method::Pools => "pools",
+            Method::Tasks => "tasks",
+            Method::ConnectInfo => "connect_info",
+            Method::Identify => "identify",
+        }
+    }
+}
+
 #[derive(Parser)]
 struct Args {
     mode: Mode,
@@ -52,6 +77,9 @@ struct Args {
     /// Seconds of measurement (rpc/echo), or of holding the sockets (idle).
     #[arg(short, long, default_value_t = 10)]
     duration: u64,
+    /// The read RPC repeated in `rpc` mode (its set-up is done before the measured window).
+    #[arg(long, value_enum, default_value = "task")]
+    method: Method,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
@@ -232,8 +260,9 @@ async fn idle(args: &Args, token: &str) -> anyhow::Result<Value> {
     }))
 }
 
-/// A task the user owns (its pool request, made or found), so the lookups read a real task.
-async fn own_task(args: &Args, token: &str) -> anyhow::Result<String> {
+/// A task the user owns (its pool request, made or found), so the lookups read a real task;
+/// and the pool it is in.
+async fn own_task(args: &Args, token: &str) -> anyhow::Result<(String, String)> {
     let mut ws = signed_in(args, token, None).await?;
     let pools = request(
         &mut ws,
@@ -250,19 +279,74 @@ async fn own_task(args: &Args, token: &str) -> anyhow::Result<String> {
             .to_string(),
     )
     .await?;
-    reply["args"]["task"]["id"]
+    let task = reply["args"]["task"]["id"]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("pool_request failed: {reply}"))
+        .ok_or_else(|| anyhow::anyhow!("pool_request failed: {reply}"))?;
+    Ok((pool, task))
+}
+
+/// Repeats `frame` every 200 ms until `ready` accepts the reply (30 s at most).
+async fn poll(
+    ws: &mut Ws,
+    frame: &str,
+    ready: impl Fn(&Value) -> bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let reply = request(ws, frame).await?;
+        if ready(&reply) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("{what} not ready after 30 s: {reply}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The frame an `rpc` run repeats, after the set-up its method needs.
+async fn rpc_frame(args: &Args, token: &str) -> anyhow::Result<String> {
+    let rpc_args = match args.method {
+        Method::Task => json!({"task_id": own_task(args, token).await?.1}),
+        Method::Pools | Method::Tasks | Method::Identify => json!({}),
+        Method::ConnectInfo => {
+            // Step 1 to completion, then step 2 until it answers with the connection.
+            let (pool, task) = own_task(args, token).await?;
+            let mut ws = signed_in(args, token, None).await?;
+            let lookup = json!({"namespace":"rpc","name":"task","id":"t","args":{"task_id":task}});
+            poll(
+                &mut ws,
+                &lookup.to_string(),
+                |r| r["args"]["status"] == "COMPLETED",
+                "step 1",
+            )
+            .await?;
+            let step2 =
+                json!({"namespace":"rpc","name":"connect_info","id":"c","args":{"pool_id":pool}});
+            poll(
+                &mut ws,
+                &step2.to_string(),
+                |r| r["args"]["connection"].is_object(),
+                "step 2",
+            )
+            .await?;
+            json!({"pool_id": pool})
+        }
+    };
+    let name = args.method.name();
+    Ok(json!({"namespace":"rpc","name":name,"id":1,"args":rpc_args}).to_string())
 }
 
 async fn load(args: &Args, token: &str) -> anyhow::Result<Value> {
-    let task_id = match args.mode {
-        Mode::Rpc => own_task(args, token).await?,
-        _ => "00000000-0000-4000-8000-000000000000".into(),
+    let frame = match args.mode {
+        Mode::Rpc => rpc_frame(args, token).await?,
+        // The echo is sent the frame of a `task` lookup.
+        _ => json!({"namespace":"rpc","name":"task","id":1,
+            "args":{"task_id":"00000000-0000-4000-8000-000000000000"}})
+        .to_string(),
     };
-    let frame =
-        json!({"namespace":"rpc","name":"task","id":1,"args":{"task_id":task_id}}).to_string();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
@@ -350,6 +434,7 @@ async fn load(args: &Args, token: &str) -> anyhow::Result<Value> {
     };
     let summary = json!({
         "mode": if args.mode == Mode::Rpc { "rpc" } else { "echo" },
+        "method": (args.mode == Mode::Rpc).then(|| args.method.name()),
         "connections": args.connections, "pipeline": args.pipeline, "seconds": secs,
         "requests": n, "errors": errors.load(Ordering::Relaxed),
         "per_second": n as f64 / secs,
