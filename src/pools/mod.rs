@@ -92,6 +92,9 @@ pub struct Inner {
     instance: String,
     /// Tasks this instance is driving.
     running: DashSet<Uuid>,
+    /// `rpc/pools` replies by (user, favourites only): pools do not change while the process
+    /// runs, so each is rendered once ([`Pools::list_reply`]).
+    list_replies: dashmap::DashMap<(Uuid, bool), Box<serde_json::value::RawValue>>,
     /// Permits for provisioner releases (see [`release::CONCURRENT_RELEASES`]).
     releases: Arc<tokio::sync::Semaphore>,
     tracker: TaskTracker,
@@ -188,6 +191,7 @@ impl Pools {
             timings,
             instance: Uuid::new_v4().simple().to_string(),
             running: DashSet::new(),
+            list_replies: dashmap::DashMap::new(),
             releases: Arc::new(tokio::sync::Semaphore::new(release::CONCURRENT_RELEASES)),
             tracker,
             shutdown,

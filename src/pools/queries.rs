@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::{PoolView, Pools};
@@ -12,6 +13,9 @@ use crate::error::Error;
 
 /// Tasks listed by `tasks`.
 const RECENT_PER_USER: usize = 50;
+
+/// Rendered listings kept before the cache is emptied (one per user and flag).
+const LIST_REPLIES_MAX: usize = 100_000;
 
 impl Pools {
     /// The user's pools, in config order; `favorites_only` keeps the favourites.
@@ -23,6 +27,22 @@ impl Pools {
             .filter(|p| !favorites_only || p.view.is_favorite)
             .map(|p| p.view.clone())
             .collect()
+    }
+
+    /// [`Pools::list`] rendered as JSON, once per user and flag: what a user sees depends on
+    /// nothing else, since pools are fixed for the life of the process.
+    pub fn list_reply(&self, user: &User, favorites_only: bool) -> Result<Box<RawValue>, Error> {
+        let key = (user.id, favorites_only);
+        if let Some(hit) = self.list_replies.get(&key) {
+            return Ok(hit.clone());
+        }
+        let reply = serde_json::value::to_raw_value(&self.list(user, favorites_only))
+            .map_err(Error::internal)?;
+        if self.list_replies.len() >= LIST_REPLIES_MAX {
+            self.list_replies.clear();
+        }
+        self.list_replies.insert(key, reply.clone());
+        Ok(reply)
     }
 
     /// The ids of a pool's users (admin resets of a whole pool); `None` for an unknown pool.

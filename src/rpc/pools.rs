@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Ctx, Reply, parse_args, to_reply, user};
+use super::{Ctx, Reply, parse_args, user};
 use crate::error::Error;
 
 #[derive(Deserialize)]
@@ -23,10 +23,9 @@ impl Pools {
 
     pub fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
         let user = user(ctx)?;
-        to_reply(
-            ctx.state
-                .pools
-                .list(user, self.is_favorite.unwrap_or(false)),
-        )
+        // Rendered once per user and flag (`Pools::list_reply`).
+        ctx.state
+            .pools
+            .list_reply(user, self.is_favorite.unwrap_or(false))
     }
 }

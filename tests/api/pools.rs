@@ -35,6 +35,23 @@ async fn pools_lists_only_the_callers_pools_and_filters_favourites() {
         .map(|p| p["name"].clone())
         .collect();
     assert_eq!(names, vec![json!("pool-win-1"), json!("pool-astra-2")]);
+    // Replies are rendered once per user and flag: asked again, in between each other, every
+    // caller still gets their own.
+    for _ in 0..2 {
+        assert_eq!(admin.rpc("pools", json!({})).await["args"], all["args"]);
+        assert_eq!(
+            admin.rpc("pools", json!({"is_favorite": true})).await["args"],
+            fav["args"]
+        );
+        let theirs = user2.rpc("pools", json!({})).await;
+        assert_eq!(theirs["args"].as_array().unwrap().len(), 2);
+        let favourites = user2.rpc("pools", json!({"is_favorite": true})).await;
+        assert_eq!(
+            favourites["args"].as_array().unwrap().len(),
+            1,
+            "{favourites}"
+        );
+    }
     assert_eq!(
         error_code(&user2.rpc("pools", json!({"is_favorite": "yes"})).await),
         400
