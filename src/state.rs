@@ -241,6 +241,8 @@ async fn dispatch_bus(state: AppState, mut bus: mpsc::UnboundedReceiver<BusEvent
             BusEvent::JwtUserRevoked { user_id, before } => {
                 state.auth.jwt.revoke_user_local(user_id, before)
             }
+            // The store's read cache consumes these before they get here.
+            BusEvent::Invalidate { .. } | BusEvent::BusGap { .. } => {}
         }
     }
 }

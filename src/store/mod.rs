@@ -16,6 +16,7 @@
 //!
 //! Layer 2: imports only the plain types of `crate::domain` and `crate::files`.
 
+pub mod cache;
 pub mod memory;
 pub mod redis;
 pub mod sqlite;
@@ -118,6 +119,18 @@ pub enum BusEvent {
     JwtRevoked { jti: String, exp: i64 },
     /// Every JWT of a user issued at or before `before` was revoked.
     JwtUserRevoked { user_id: Uuid, before: i64 },
+    /// A user's tasks or assignments (and the task `task_id`) were written by the instance
+    /// `origin`: every other instance drops what its read cache holds of them
+    /// ([`cache`]). Consumed by the cache, never passed on to the application.
+    Invalidate {
+        origin: u64,
+        user_id: Uuid,
+        task_id: Option<Uuid>,
+    },
+    /// Local only, never sent: the bus lost its connection (`resumed` false; what is published
+    /// meanwhile is missed) or has it back (`resumed` true). Consumed by the read cache.
+    #[serde(skip)]
+    BusGap { resumed: bool },
 }
 
 /// The storage form of a task: the client-facing fields plus the server-side ones.
@@ -388,7 +401,8 @@ pub struct StoreCounts {
 }
 
 /// Opens the store named by `state`, delivering bus events to `sink`. `data_dir` holds the
-/// default SQLite file (created, private, when that is used).
+/// default SQLite file (created, private, when that is used). SQLite and Redis are opened
+/// behind the read cache ([`cache`]); the memory store is its own cache.
 pub async fn open(
     state: &StateUrl,
     password: Option<&str>,
@@ -406,11 +420,17 @@ pub async fn open(
                     data_dir.join(url::SQLITE_FILE)
                 }
             };
-            Arc::new(sqlite::SqliteStore::open(&path, sink)?)
+            Arc::new(cache::CachedStore::local(Arc::new(
+                sqlite::SqliteStore::open(&path, sink)?,
+            )))
         }
-        StateUrl::Redis { url } => {
-            Arc::new(redis::RedisStore::connect(url, password, prefix, sink).await?)
-        }
+        StateUrl::Redis { url } => Arc::new(
+            cache::CachedStore::shared(sink, |bus| async move {
+                let store = redis::RedisStore::connect(url, password, prefix, bus).await?;
+                Ok(Arc::new(store) as Arc<dyn Store>)
+            })
+            .await?,
+        ),
     })
 }
 

@@ -148,7 +148,17 @@ impl RedisStore {
 
         tokio::spawn(async move {
             while let Some(push) = push_rx.recv().await {
-                if push.kind != PushKind::Message {
+                // A gap in the subscription: what is published until it is back is missed.
+                let gap = match push.kind {
+                    PushKind::Message => None,
+                    PushKind::Disconnection => Some(false),
+                    PushKind::Subscribe => Some(true),
+                    _ => continue,
+                };
+                if let Some(resumed) = gap {
+                    if sink.send(BusEvent::BusGap { resumed }).is_err() {
+                        return;
+                    }
                     continue;
                 }
                 let Some(payload) = push.data.into_iter().nth(1) else {

@@ -3,10 +3,9 @@
 //! write. One connection behind a mutex: every statement is microseconds, and the mutex makes
 //! each compare-and-set trivially atomic within the one process that may open the file.
 //!
-//! Tasks are also kept in a bounded read cache: the file is this process's alone (the lock
-//! file), so every write goes through here and the cache cannot go stale. A `task` lookup — the
-//! hottest read a client makes while it waits — then costs a map probe, not a statement, the
-//! connection mutex and a JSON parse.
+//! The reads a client makes on every request are served by the read cache in front of this
+//! store (`store::cache`): the file is this process's alone (the lock file), so every write
+//! goes through that cache and it cannot go stale.
 //!
 //! Expired rows stay until `sweep_expired`, but every read filters them out (each row carries
 //! its expiry), as the store's contract wants.
@@ -18,7 +17,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use dashmap::DashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -72,8 +70,6 @@ pub struct SqliteStore {
     /// Held for the process's life: a second poolgate on the same file is refused, since
     /// this backend's atomicity is the process's own mutex.
     _lock: std::fs::File,
-    /// Read cache of tasks, written only under `conn`'s lock so it never runs behind the file.
-    tasks: DashMap<Uuid, Task>,
     /// Sessions written before rows carried their expiry (`expires_ms` NULL) are still in the
     /// file: the first write that knows the TTL stamps them. Until then they count as live,
     /// as they did before (callers judge a token's liveness themselves).
@@ -94,9 +90,6 @@ fn status_active(task: &Task) -> &'static str {
         "done"
     }
 }
-
-/// Tasks kept in the read cache before finished ones are dropped from it.
-const TASK_CACHE_MAX: usize = 65_536;
 
 impl SqliteStore {
     pub fn open(path: &Path, sink: mpsc::UnboundedSender<BusEvent>) -> anyhow::Result<Self> {
@@ -153,7 +146,6 @@ impl SqliteStore {
         Ok(SqliteStore {
             _lock: lock,
             conn: Mutex::new(conn),
-            tasks: DashMap::new(),
             unstamped_sessions: AtomicBool::new(unstamped),
             sink,
         })
@@ -186,18 +178,6 @@ impl SqliteStore {
             stamped?;
         }
         Ok(())
-    }
-
-    /// Records a task as written (or read) in the read cache.
-    fn cache(&self, task: &Task) {
-        if self.tasks.len() >= TASK_CACHE_MAX && !self.tasks.contains_key(&task.id) {
-            // Finished tasks are rarely looked up again; they come back from disk on demand.
-            self.tasks.retain(|_, t| t.status.is_active());
-            if self.tasks.len() >= TASK_CACHE_MAX {
-                self.tasks.clear();
-            }
-        }
-        self.tasks.insert(task.id, task.clone());
     }
 }
 
@@ -479,26 +459,12 @@ impl Store for SqliteStore {
     }
 
     async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
-        if let Some(task) = self.tasks.get(&id) {
-            return Ok(Some(task.clone()));
-        }
-        let mut found = None;
-        self.with(|c| {
-            let body: Option<String> = c
-                .prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
+        let body: Option<String> = self.with(|c| {
+            c.prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
                 .query_row([id.to_string()], |r| r.get(0))
-                .optional()?;
-            // Parsed and cached under the lock, so a concurrent write cannot be overtaken.
-            if let Some(body) = body {
-                let task = task_from_json(&body);
-                if let Ok(task) = &task {
-                    self.cache(task);
-                }
-                found = Some(task);
-            }
-            Ok(())
+                .optional()
         })?;
-        found.transpose()
+        body.map(|b| task_from_json(&b)).transpose()
     }
 
     async fn task_latest(&self, (user, pool, kind): TaskKey) -> StoreResult<Option<Task>> {
@@ -545,7 +511,6 @@ impl Store for SqliteStore {
                 params![user, pool, kind, task.id.to_string()],
             )?;
             tx.commit()?;
-            self.cache(task);
             Ok(true)
         })
     }
@@ -553,12 +518,8 @@ impl Store for SqliteStore {
     async fn task_update(&self, task: &Task) -> StoreResult<()> {
         let body = task_to_json(task);
         self.with(|c| {
-            let updated = c
-                .prepare_cached("UPDATE tasks SET status = ?2, body = ?3 WHERE id = ?1")?
+            c.prepare_cached("UPDATE tasks SET status = ?2, body = ?3 WHERE id = ?1")?
                 .execute(params![task.id.to_string(), status_active(task), body])?;
-            if updated == 1 {
-                self.cache(task);
-            }
             Ok(())
         })
     }
@@ -579,20 +540,11 @@ impl Store for SqliteStore {
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         self.with(|c| {
-            let mut stmt = c.prepare_cached(
+            c.prepare_cached(
                 "DELETE FROM tasks WHERE status = 'done' AND created < ?1
-                 AND id NOT IN (SELECT task_id FROM latest) RETURNING id",
-            )?;
-            let ids: Vec<String> = stmt
-                .query_map(params![cutoff], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            // Under the connection's lock, like every write of the cache.
-            for id in &ids {
-                if let Ok(id) = id.parse() {
-                    self.tasks.remove(&id);
-                }
-            }
-            Ok(ids.len())
+                 AND id NOT IN (SELECT task_id FROM latest)",
+            )?
+            .execute(params![cutoff])
         })
     }
 

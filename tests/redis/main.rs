@@ -64,6 +64,18 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cases::two_instances_on_one_redis_act_as_one()),
     ));
     all.push((
+        "instances::a_write_on_one_instance_is_never_read_stale_on_another_once_announced",
+        Needs::Redis,
+        || {
+            Box::pin(async {
+                backends::a_write_on_one_instance_is_never_read_stale_on_another_once_announced(
+                    &redis_server::redis_url(),
+                )
+                .await
+            })
+        },
+    ));
+    all.push((
         "instances::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance",
         Needs::Redis,
         || {
