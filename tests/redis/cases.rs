@@ -79,6 +79,97 @@ pub async fn two_instances_on_one_redis_act_as_one() {
     drop(b);
 }
 
+/// What a push tells a client on one instance, a request on that instance never contradicts,
+/// though the task is driven by another instance and the first one caches what it reads: after
+/// each pushed status, `task`, `tasks` and `pool_request` on it answer that status or a later
+/// one — never an older, cached one.
+pub async fn a_pushed_status_is_never_contradicted_by_a_request_on_the_same_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("two-{}", uuid::Uuid::new_v4().simple());
+    let extra = format!(
+        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"",
+        redis_url(),
+        "k".repeat(40)
+    );
+    let config = config_file(dir.path(), 0.6, &extra);
+    let a_args = redis_instance_args(&config, &dir.path().join("a"));
+    let b_args = redis_instance_args(&config, &dir.path().join("b"));
+    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let rank = |status: &serde_json::Value| match status.as_str().unwrap() {
+        "PENDING" => 0,
+        "RUNNING" => 1,
+        _ => 2,
+    };
+
+    let mut on_a = a.connect().await;
+    let token = on_a.auth("astravdi", PASSWORD).await;
+    let mut watch_b = b.connect().await;
+    let mut ask_b = b.connect().await;
+    for c in [&mut watch_b, &mut ask_b] {
+        let reply = c.rpc("auth_token", json!({"token": token})).await;
+        assert_eq!(reply["name"], "response", "{reply}");
+    }
+    for round in 0..3 {
+        // B has read (and cached) the key's state before A changes it.
+        let before = ask_b
+            .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+            .await;
+        assert_eq!(before["name"], "response", "{before}");
+        ask_b.rpc("tasks", json!({})).await;
+        if round > 0 {
+            // The machine from the round before: released on A, so the next request on B
+            // starts again rather than answering from what B held.
+            let reply = on_a
+                .rpc(
+                    "admin_release",
+                    json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+                )
+                .await;
+            assert_eq!(reply["name"], "response", "{reply}");
+        }
+        let id = on_a
+            .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+            .await["args"]["task"]["id"]
+            .clone();
+        loop {
+            // Machine events (the release) pass by too.
+            let frame = watch_b.recv().await;
+            let pushed = &frame["args"];
+            if frame["name"] != "task" || pushed["id"] != id {
+                continue;
+            }
+            let task = ask_b.rpc("task", json!({"task_id": id})).await;
+            assert!(
+                rank(&task["args"]["status"]) >= rank(&pushed["status"])
+                    && task["args"]["progress"].as_u64() >= pushed["progress"].as_u64(),
+                "pushed {pushed}, then read {task}"
+            );
+            let listed = ask_b.rpc("tasks", json!({})).await;
+            let listed = listed["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["id"] == id)
+                .cloned()
+                .unwrap_or_else(|| panic!("task {id} missing from {listed}"));
+            assert!(
+                rank(&listed["status"]) >= rank(&pushed["status"]),
+                "{listed}"
+            );
+            let again = ask_b
+                .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+                .await;
+            assert_eq!(again["args"]["task"]["id"], id, "{again}");
+            assert!(rank(&again["args"]["task"]["status"]) >= rank(&pushed["status"]));
+            if rank(&pushed["status"]) == 2 {
+                break;
+            }
+        }
+    }
+    drop((a, b));
+}
+
 pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
     let port = free_port();
     let redis_dir = tempfile::tempdir().unwrap();

@@ -76,6 +76,15 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         },
     ));
     all.push((
+        "instances::a_pushed_status_is_never_contradicted_by_a_request_on_the_same_instance",
+        Needs::Redis,
+        || {
+            Box::pin(
+                cases::a_pushed_status_is_never_contradicted_by_a_request_on_the_same_instance(),
+            )
+        },
+    ));
+    all.push((
         "instances::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance",
         Needs::Redis,
         || {
