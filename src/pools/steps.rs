@@ -31,7 +31,9 @@ impl Pools {
     pub async fn request_machine(&self, user: &User, pool_id: Uuid) -> Result<Task, Error> {
         let pool = self.pool_for(user, pool_id)?;
         let key = (user.id, pool_id, TaskKind::PoolExpand);
-        let req = step_request(user.id, &user.username, &pool.view, None);
+        // Built only when a task is started.
+        let p = pool.clone();
+        let req = || step_request(user.id, &user.username, &p.view, None);
         self.get_or_create(key, pool, req, |last| async move {
             match last.status {
                 TaskStatus::Pending | TaskStatus::Running => Ok(Some(last)),
@@ -76,14 +78,13 @@ impl Pools {
         }
         let machine_id = assignment.machine.id;
         let key = (user.id, pool_id, TaskKind::GlintStart);
-        let mut req = step_request(
-            user.id,
-            &user.username,
-            &pool.view,
-            Some(assignment.machine),
-        );
-        req.width = params.width.map(|w| w as u32);
-        req.height = params.height.map(|h| h as u32);
+        let p = pool.clone();
+        let req = || {
+            let mut req = step_request(user.id, &user.username, &p.view, Some(assignment.machine));
+            req.width = params.width.map(|w| w as u32);
+            req.height = params.height.map(|h| h as u32);
+            req
+        };
         self.get_or_create(key, pool, req, |last| async move {
             Ok(match (&last.status, &last.connection) {
                 (TaskStatus::Pending | TaskStatus::Running, _) => Some(last.into()),
@@ -100,14 +101,14 @@ impl Pools {
 
     /// The one way a request gets its task: the key's latest task when `keep` says it still
     /// answers the request (`Some`: the running task on a repeat, a result that stands; or an
-    /// error), else a new task, started with `req`, in its place. The new task replaces the
+    /// error), else a new task, started with what `req` builds, in its place. The new task replaces the
     /// latest by compare-and-set, so concurrent requests on any instance agree on one task: a
     /// loser reads the winner's and asks `keep` again.
     async fn get_or_create<T, F>(
         &self,
         key: TaskKey,
         pool: Arc<Pool>,
-        req: StepRequest,
+        req: impl FnOnce() -> StepRequest,
         mut keep: impl FnMut(Task) -> F,
     ) -> Result<T, Error>
     where
@@ -125,7 +126,7 @@ impl Pools {
             }
             let task = Task::new(kind, user_id, pool_id);
             if self.store.task_create(expected, &task).await? {
-                self.launch(task.clone(), pool, req).await;
+                self.launch(task.clone(), pool, req()).await;
                 return Ok(task.into());
             }
         }

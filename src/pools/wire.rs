@@ -43,8 +43,9 @@ impl<'de> Deserialize<'de> for Discarded {
     }
 }
 
-/// What step 2 answers.
-#[derive(Debug, Clone)]
+/// What step 2 answers; on the WebSocket, `{"task": {...}}` or `{"connection": {...}}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ConnectOutcome {
     /// Not ready yet: the running (or new) task.
     Task(Box<Task>),

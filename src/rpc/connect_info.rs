@@ -3,12 +3,11 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Ctx, parse_args, user};
+use super::{Ctx, Reply, parse_args, to_reply, user};
 use crate::error::Error;
-use crate::pools::{ConnectOutcome, ConnectParams};
+use crate::pools::ConnectParams;
 
 #[derive(Deserialize)]
 pub struct ConnectInfo {
@@ -22,17 +21,13 @@ impl ConnectInfo {
         parse_args(args)
     }
 
-    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-        Ok(
-            match ctx
-                .state
-                .pools
-                .connect_info(user(ctx)?, self.pool_id, &self.params)
-                .await?
-            {
-                ConnectOutcome::Task(task) => json!({ "task": task }),
-                ConnectOutcome::Connection(c) => json!({ "connection": c }),
-            },
-        )
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
+        // Serialized straight from the outcome: `{"task": …}` or `{"connection": …}`.
+        let outcome = ctx
+            .state
+            .pools
+            .connect_info(user(ctx)?, self.pool_id, &self.params)
+            .await?;
+        to_reply(outcome)
     }
 }
