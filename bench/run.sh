@@ -30,7 +30,7 @@ need wrk wrk
 need redis-server redis-server
 font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 [ -f "$font" ] || need fc-list fonts-dejavu-core
-cargo build --release --quiet --bin poolgate --example loadgen --example echo_server
+cargo build --release --quiet --bin poolgate --example loadgen --example echo_server --example cache_invalidation
 (cd bench/plot && cargo build --release --quiet)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
@@ -179,6 +179,10 @@ for pipe in 1 8; do
   loadgen rpc --url "ws://127.0.0.1:$rp/" -c 256 --pipeline "$pipe" -d "$secs" --server-pid "$r_pid" --json "$out/redis-rpc-256-$pipe.json"
   r=$(row "$out/redis-rpc-256-$pipe.json"); table+="${r/| rpc |/| rpc on redis |}\n"; echo "$r (redis)"
 done
+for m in pools connect-info; do
+  loadgen rpc --url "ws://127.0.0.1:$rp/" -c 256 -d "$secs" --method "$m" --server-pid "$r_pid" --json "$out/redis-method-$m.json"
+done
+./target/release/examples/cache_invalidation "redis://127.0.0.1:$rport/" 2000 --json "$out/invalidation.json" >/dev/null
 loadgen fanout --url "ws://127.0.0.1:$rp/" -c "$fan" -d "$secs" --pipeline 1 --server-pid "$r_pid" --json "$out/fanout-redis-1.json"
 fan_table+="$(fanrow "redis, one task at a time" "$out/fanout-redis-1.json")\n"
 redis_line=$(python3 - "$out" <<'PY'
@@ -188,9 +192,17 @@ for pipe in (1, 8):
     s = json.load(open(f"{d}/rpc-256-{pipe}.json")); r = json.load(open(f"{d}/redis-rpc-256-{pipe}.json"))
     out.append(f"{pipe} in flight: {r['per_second']:.0f} vs {s['per_second']:.0f} req/s on sqlite "
                f"({r['per_second'] / s['per_second']:.2f}x), p99 {r['latency_us']['p99']/1000:.1f} vs {s['latency_us']['p99']/1000:.1f} ms")
+for m in ("pools", "connect-info"):
+    s = json.load(open(f"{d}/method-{m}.json")); r = json.load(open(f"{d}/redis-method-{m}.json"))
+    out.append(f"{r['method']}: {r['per_second']:.0f} vs {s['per_second']:.0f} req/s on sqlite "
+               f"({r['per_second'] / s['per_second']:.2f}x), p99 {r['latency_us']['p99']/1000:.1f} vs {s['latency_us']['p99']/1000:.1f} ms "
+               f"({r['latency_us']['p99'] / s['latency_us']['p99']:.2f}x)")
+i = json.load(open(f"{d}/invalidation.json"))["latency_us"]
+out.append(f"a write on one instance stops being served by another's read cache after p50 {i['p50']} µs, "
+           f"p99 {i['p99']} µs, max {i['max']} µs (examples/cache_invalidation, 2000 writes)")
 fs = json.load(open(f"{d}/fanout-sqlite-1.json")); fr = json.load(open(f"{d}/fanout-redis-1.json"))
 out.append(f"fan-out p99 {fr['latency_us']['p99']/1000:.1f} ms on redis vs {fs['latency_us']['p99']/1000:.1f} ms on sqlite")
-print("; ".join(out))
+print("- " + "\n- ".join(out))
 PY
 )
 echo "$redis_line"
