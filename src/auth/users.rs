@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use argon2::password_hash::PasswordHash;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -91,8 +90,8 @@ impl UserDirectory {
             if r.username.is_empty() {
                 bail!("a user has an empty username");
             }
-            PasswordHash::new(&r.password_hash)
-                .map_err(|e| anyhow::anyhow!("password_hash is not a PHC string: {e}"))
+            super::password::check_strength(&r.password_hash)
+                .map_err(|e| anyhow::anyhow!("password_hash: {e}"))
                 .with_context(ctx)?;
             let otp = match (r.otp_method, &r.otp_secret) {
                 (None, None) => None,

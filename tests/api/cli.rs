@@ -77,6 +77,15 @@ fn check_config_accepts_the_demo_and_rejects_a_broken_file() {
         err.contains("bad.toml:3:") && err.contains("token_ttl must be"),
         "{err}"
     );
+    // A hash below OWASP's argon2id minimum is as bad as no hash: the user is named.
+    let weak = "$argon2id$v=19$m=4096,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$9e1eQ5Ge9kN0yXBi1J2uLQBw9vqH2pEThTxg9W7yK2A";
+    let err = refused(&format!(
+        "[[users]]\nusername = \"weak\"\nid = \"6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a02\"\npassword_hash = \"{weak}\"\n"
+    ));
+    assert!(
+        err.contains("\"weak\"") && err.contains("below OWASP's minimum"),
+        "{err}"
+    );
 }
 
 /// The line (1-based) of the first line of `text` starting with `prefix`.
