@@ -105,8 +105,14 @@ pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<()> {
     };
     match tokio::time::timeout(Duration::from_secs(3), attempt).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(anyhow::anyhow!("cannot reach {url}: {e}")),
-        Err(_) => Err(anyhow::anyhow!("cannot reach {url}: no answer within 3 s")),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot reach {}: {e}",
+            super::url::redacted(url)
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot reach {}: no answer within 3 s",
+            super::url::redacted(url)
+        )),
     }
 }
 
@@ -141,7 +147,7 @@ impl RedisStore {
         let mut con = client
             .get_connection_manager_with_config(config)
             .await
-            .with_context(|| format!("cannot connect to {url}"))?;
+            .with_context(|| format!("cannot connect to {}", super::url::redacted(url)))?;
         con.subscribe(&channel)
             .await
             .context("cannot subscribe to the event bus")?;

@@ -10,7 +10,8 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 /// Where state lives: `memory`, `sqlite:<path>` or `redis://…` (`rediss://…` for TLS).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Shown (`Display`, `Debug`) with any password in the URL masked.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum StateUrl {
     /// In this process only, lost on exit.
@@ -83,14 +84,55 @@ impl fmt::Display for StateUrl {
             StateUrl::Memory => f.write_str("memory"),
             StateUrl::Sqlite(None) => f.write_str("sqlite:"),
             StateUrl::Sqlite(Some(path)) => write!(f, "sqlite:{}", path.display()),
-            StateUrl::Redis { url } => f.write_str(url),
+            StateUrl::Redis { url } => f.write_str(&redacted(url)),
         }
+    }
+}
+
+impl fmt::Debug for StateUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StateUrl({self})")
+    }
+}
+
+/// `url` with the password of its user-info (`redis://user:secret@host`) replaced by `***`,
+/// for messages and logs.
+pub fn redacted(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[scheme_end..];
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &url[scheme_end + at..]
+        )
+        .into(),
+        _ => url.into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        let url: StateUrl = "redis://user:s3cr3t@10.0.0.5:6379/0".parse().unwrap();
+        for shown in [url.to_string(), format!("{url:?}")] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(
+                shown.contains("redis://user:***@10.0.0.5:6379/0"),
+                "{shown}"
+            );
+        }
+        assert_eq!(redacted("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redacted("rediss://u@h:1"), "rediss://u@h:1");
+    }
 
     #[test]
     fn each_backend_is_named_by_its_scheme_and_anything_else_is_refused() {
