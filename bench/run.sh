@@ -30,7 +30,7 @@ need wrk wrk
 need redis-server redis-server
 font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 [ -f "$font" ] || need fc-list fonts-dejavu-core
-cargo build --release --quiet --bin poolgate --example loadgen --example echo_server --example cache_invalidation
+cargo build --release --quiet --bin poolgate --example loadgen --example echo_server --example cache_invalidation --example broadcast_server
 (cd bench/plot && cargo build --release --quiet)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
@@ -156,18 +156,37 @@ fanrow() { # LABEL JSON
 import json, sys
 r = json.load(open(sys.argv[2])); l = r["latency_us"]; b = r["burst_span_ms"]
 cpu = r["server_cpu_us_per_delivery"]; per = r["deliveries_per_cpu_second"]
+sys_share = r.get("server_cpu_system_share")
+sys_share = "n/a" if sys_share is None else f"{sys_share * 100:.0f} %"
 print(f"| {sys.argv[1]} | {r['connections']} | {r['tasks']} | {r['deliveries']} | {l['p50']/1000:.1f} | {l['p99']/1000:.1f} | {l['max']/1000:.1f} | "
-      f"{b['p50']} / {b['max']} | {cpu:.2f} | {per:,.0f} |".replace(f"{per:,.0f}", f"{per:,.0f}".replace(",", " ")))
+      f"{b['p50']} / {b['max']} | {cpu:.2f} | {sys_share} | {per:,.0f} |".replace(f"{per:,.0f}", f"{per:,.0f}".replace(",", " ")))
 PY
 }
-fan_table="| run | sockets | tasks | deliveries | p50 ms | p99 ms | max ms | burst span p50 / max ms | server CPU µs/delivery | deliveries per CPU-second |\n|---|---|---|---|---|---|---|---|---|---|\n"
+fan_table="| run | sockets | changes | deliveries | p50 ms | p99 ms | max ms | burst span p50 / max ms | server CPU µs/delivery | of it in the kernel | deliveries per CPU-second |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
 echo "== 4. fan-out"
+# The ceiling first: a minimal tokio-tungstenite broadcast of the same frame to as many sockets.
+bp=$(free_port)
+./target/release/examples/broadcast_server "127.0.0.1:$bp" >/dev/null 2>&1 &
+b_pid=$!; pids+=("$b_pid"); wait_port "$bp"
+loadgen broadcast --url "ws://127.0.0.1:$bp/" -c "$fan" -d "$secs" --server-pid "$b_pid" --json "$out/fanout-ceiling.json"
+fan_table+="$(fanrow "ceiling: tokio-tungstenite broadcast" "$out/fanout-ceiling.json")\n"
+kill "$b_pid"
 fp=$(free_port); serve fanout "$fp" --config "$out/fanout.toml"; f_pid=$served
 loadgen fanout --url "ws://127.0.0.1:$fp/" -c "$fan" -d "$secs" --pipeline 1 --server-pid "$f_pid" --json "$out/fanout-sqlite-1.json"
 fan_table+="$(fanrow "sqlite, one task at a time" "$out/fanout-sqlite-1.json")\n"
 loadgen fanout --url "ws://127.0.0.1:$fp/" -c "$fan" -d "$secs" --pipeline 4 --server-pid "$f_pid" --json "$out/fanout-sqlite-4.json"
 fan_table+="$(fanrow "sqlite, 4 pools at once" "$out/fanout-sqlite-4.json")\n"
 kill "$f_pid"
+fan_ratio=$(python3 - "$out" <<'PY'
+import json, sys
+d = sys.argv[1]
+c = json.load(open(f"{d}/fanout-ceiling.json")); p = json.load(open(f"{d}/fanout-sqlite-1.json"))
+print(f"poolgate (one task at a time) vs the ceiling: server CPU per delivery **{p['server_cpu_us_per_delivery'] / c['server_cpu_us_per_delivery']:.2f}x** "
+      f"({p['server_cpu_us_per_delivery']:.2f} vs {c['server_cpu_us_per_delivery']:.2f} µs), p99 **{p['latency_us']['p99'] / c['latency_us']['p99']:.2f}x** "
+      f"({p['latency_us']['p99'] / 1000:.0f} vs {c['latency_us']['p99'] / 1000:.0f} ms)")
+PY
+)
+echo "$fan_ratio"
 
 echo "== 6. redis"
 rport=$(free_port); rdir=$(mktemp -d)
@@ -250,6 +269,8 @@ mkdir -p docs
   echo "Delay from a task's status change (its own timestamp) to the frame's arrival on each socket."
   echo
   printf "%b" "$fan_table"
+  echo
+  echo "$fan_ratio"
   echo
   echo "## 5. Login storm"
   echo

@@ -41,6 +41,8 @@ enum Mode {
     Echo,
     Idle,
     Fanout,
+    /// The fan-out ceiling: `fanout`'s measurement against examples/broadcast_server.rs.
+    Broadcast,
 }
 
 /// The read RPC an `rpc` run repeats.
@@ -113,10 +115,15 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// The process's (user, system) CPU time so far, in clock ticks.
+fn cpu_split(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit(')').next()?;
     let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 async fn connect_from(url: &str, source: Option<[u8; 4]>) -> anyhow::Result<Ws> {
@@ -197,14 +204,14 @@ fn source(i: usize) -> [u8; 4] {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let token = if args.mode == Mode::Echo {
+    let token = if matches!(args.mode, Mode::Echo | Mode::Broadcast) {
         String::new()
     } else {
         token(&args).await?
     };
     let summary = match args.mode {
         Mode::Idle => idle(&args, &token).await?,
-        Mode::Fanout => fanout(&args, &token).await?,
+        Mode::Fanout | Mode::Broadcast => fanout(&args, &token).await?,
         _ => load(&args, &token).await?,
     };
     println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -214,12 +221,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens `--connections` signed-in sockets over the 127.0.0.x source addresses, with progress.
+/// Opens `--connections` signed-in sockets over the 127.0.0.x source addresses, with progress
+/// (plain ones, with no sign-in, in `broadcast` mode).
 async fn open_signed_in(args: &Args, token: &str) -> anyhow::Result<Vec<Ws>> {
     let mut sockets = Vec::with_capacity(args.connections);
     let started = Instant::now();
     for i in 0..args.connections {
-        sockets.push(signed_in(args, token, Some(source(i))).await?);
+        sockets.push(if args.mode == Mode::Broadcast {
+            connect_from(&args.url, Some(source(i))).await?
+        } else {
+            signed_in(args, token, Some(source(i))).await?
+        });
         if i % 1000 == 999 {
             eprint!(
                 "\r{} sockets open ({:.1} s)   ",
@@ -541,6 +553,102 @@ fn changed_at(task: &EventTask<'_>) -> Option<chrono::DateTime<chrono::Utc>> {
     at.parse().ok()
 }
 
+/// `fanout`'s driver: its own socket, same user; makes a task per pool, waits for it to end,
+/// gives the machine back (a `machine` event to all) and starts again. Returns the tasks made.
+async fn drive_poolgate(args: &Args, token: &str, deadline: Instant) -> anyhow::Result<u64> {
+    let mut driver = signed_in(args, token, None).await?;
+    // Replies only on the driver's socket: it polls its task instead of reading events.
+    request(
+        &mut driver,
+        &json!({"namespace":"events","name":"unsubscribe","id":"u","args":"task"}).to_string(),
+    )
+    .await?;
+    let pools = request(
+        &mut driver,
+        &json!({"namespace":"rpc","name":"pools","id":"p"}).to_string(),
+    )
+    .await?;
+    let pools: Vec<String> = pools["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(!pools.is_empty(), "the user has no pools");
+    let mut tasks_made = 0u64;
+    while Instant::now() < deadline {
+        // `--pipeline W` pools at once: with W > 1 their status changes overlap into bursts.
+        let mut waiting = Vec::new();
+        let round = (tasks_made as usize) % pools.len();
+        let width = args.pipeline.clamp(1, pools.len());
+        for pool in pools.iter().cycle().skip(round).take(width) {
+            let reply = request(
+                &mut driver,
+                &json!({"namespace":"rpc","name":"pool_request","id":"r","args":{"pool_id":pool}})
+                    .to_string(),
+            )
+            .await?;
+            if let Some(task) = reply["args"]["task"]["id"].as_str() {
+                tasks_made += 1;
+                waiting.push((pool.clone(), task.to_owned()));
+            }
+        }
+        let give_up = Instant::now() + Duration::from_secs(15);
+        while !waiting.is_empty() {
+            anyhow::ensure!(Instant::now() < give_up, "tasks did not end within 15 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut still = Vec::new();
+            for (pool, task) in waiting {
+                let reply = request(
+                    &mut driver,
+                    &json!({"namespace":"rpc","name":"task","id":"t","args":{"task_id":task}})
+                        .to_string(),
+                )
+                .await?;
+                if matches!(
+                    reply["args"]["status"].as_str(),
+                    Some("PENDING" | "RUNNING")
+                ) {
+                    still.push((pool, task));
+                } else {
+                    // Giving the machine back lets the next pool_request make a new task.
+                    request(&mut driver, &json!({"namespace":"rpc","name":"admin_release","id":"x","args":{"username":args.user,"pool_id":pool}}).to_string()).await?;
+                }
+            }
+            waiting = still;
+        }
+        eprint!("\r{tasks_made} tasks   ");
+    }
+    Ok(tasks_made)
+}
+
+/// `broadcast`'s driver: sends the ceiling server one status change at a time (`--pipeline`
+/// at once), shaped and sized like poolgate's task event and stamped with the time it is
+/// sent, every 500 ms — about poolgate's pace in `fanout`. Returns the changes sent.
+async fn drive_broadcast(args: &Args, deadline: Instant) -> anyhow::Result<u64> {
+    let (mut sink, mut stream) = connect_from(&args.url, None).await?.split();
+    // The driver is a socket like the others: what the server sends it is read and dropped.
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let pool = uuid::Uuid::new_v4();
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        for _ in 0..args.pipeline.max(1) {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let frame = json!({"namespace": "events", "name": "task", "id": "", "args": {
+                "id": uuid::Uuid::new_v4(), "kind": "POOL_EXPAND", "status": "RUNNING",
+                "pool_id": pool, "created": now, "started": now, "finished": null, "progress": 0}});
+            sink.send(Message::text(frame.to_string())).await?;
+            sent += 1;
+        }
+        eprint!("\r{sent} changes sent   ");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drain.abort();
+    Ok(sent)
+}
+
 async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
     let sockets = open_signed_in(args, token).await?;
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
@@ -601,83 +709,19 @@ async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
             hist.lock().await.add(&local).ok();
         }));
     }
-    // The driver: its own socket, same user; makes a task per pool, waits for it to end,
-    // gives the machine back (a `machine` event to all) and starts again.
-    let mut driver = signed_in(args, token, None).await?;
-    // Replies only on the driver's socket: it polls its task instead of reading events.
-    request(
-        &mut driver,
-        &json!({"namespace":"events","name":"unsubscribe","id":"u","args":"task"}).to_string(),
-    )
-    .await?;
-    let pools = request(
-        &mut driver,
-        &json!({"namespace":"rpc","name":"pools","id":"p"}).to_string(),
-    )
-    .await?;
-    let pools: Vec<String> = pools["args"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    anyhow::ensure!(!pools.is_empty(), "the user has no pools");
+    let split_before = args.server_pid.and_then(cpu_split);
     let cpu_before = args.server_pid.and_then(cpu_ticks);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
-    let mut tasks_made = 0u64;
-    while Instant::now() < deadline {
-        // `--pipeline W` pools at once: with W > 1 their status changes overlap into bursts.
-        let mut waiting = Vec::new();
-        let round = (tasks_made as usize) % pools.len();
-        let width = args.pipeline.clamp(1, pools.len());
-        for pool in pools.iter().cycle().skip(round).take(width) {
-            let reply = request(
-                &mut driver,
-                &json!({"namespace":"rpc","name":"pool_request","id":"r","args":{"pool_id":pool}})
-                    .to_string(),
-            )
-            .await?;
-            if let Some(task) = reply["args"]["task"]["id"].as_str() {
-                tasks_made += 1;
-                waiting.push((pool.clone(), task.to_owned()));
-            }
-        }
-        let give_up = Instant::now() + Duration::from_secs(15);
-        while !waiting.is_empty() {
-            anyhow::ensure!(Instant::now() < give_up, "tasks did not end within 15 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let mut still = Vec::new();
-            for (pool, task) in waiting {
-                let reply = request(
-                    &mut driver,
-                    &json!({"namespace":"rpc","name":"task","id":"t","args":{"task_id":task}})
-                        .to_string(),
-                )
-                .await?;
-                if matches!(
-                    reply["args"]["status"].as_str(),
-                    Some("PENDING" | "RUNNING")
-                ) {
-                    still.push((pool, task));
-                } else {
-                    // Giving the machine back lets the next pool_request make a new task.
-                    request(&mut driver, &json!({"namespace":"rpc","name":"admin_release","id":"x","args":{"username":args.user,"pool_id":pool}}).to_string()).await?;
-                }
-            }
-            waiting = still;
-        }
-        eprint!(
-            "\r{} tasks, {} deliveries   ",
-            tasks_made,
-            deliveries.load(Ordering::Relaxed)
-        );
-    }
+    let tasks_made = if args.mode == Mode::Broadcast {
+        drive_broadcast(args, deadline).await?
+    } else {
+        drive_poolgate(args, token, deadline).await?
+    };
     // Let the last burst land, then stop the readers.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let secs = started.elapsed().as_secs_f64();
+    let split_after = args.server_pid.and_then(cpu_split);
     let cpu_after = args.server_pid.and_then(cpu_ticks);
     stop.cancel();
     for r in readers {
@@ -711,7 +755,8 @@ async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
     spans.sort_unstable();
     let median_rate = rates.get(rates.len() / 2).copied();
     let summary = json!({
-        "mode": "fanout", "connections": args.connections, "seconds": secs,
+        "mode": if args.mode == Mode::Broadcast { "broadcast" } else { "fanout" },
+        "connections": args.connections, "seconds": secs,
         "tasks": tasks_made, "status_changes_timed": h.len(), "deliveries": n,
         "latency_us": {"p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
                        "p99": h.value_at_quantile(0.99), "max": h.max()},
@@ -719,6 +764,14 @@ async fn fanout(args: &Args, token: &str) -> anyhow::Result<Value> {
         "bursts": spans.len(),
         "burst_span_ms": {"min": spans.first(), "p50": spans.get(spans.len() / 2), "max": spans.last()},
         "server_cpu_us_per_delivery": cpu_us_per_delivery,
+        // The share of that CPU spent in the kernel (system time): writes, wake-ups, and on
+        // loopback the receiving side's TCP processing.
+        "server_cpu_system_share": match (split_before, split_after) {
+            (Some((u0, s0)), Some((u1, s1))) if u1 + s1 > u0 + s0 => {
+                Some((s1 - s0) as f64 / ((u1 + s1) - (u0 + s0)) as f64)
+            }
+            _ => None,
+        },
         "deliveries_per_cpu_second": cpu_us_per_delivery.map(|us| 1e6 / us),
         "server_rss_kib": args.server_pid.and_then(rss_kib),
     });
