@@ -487,9 +487,10 @@ fn login_storm(args: &Args, deadline: Instant) -> tokio::task::JoinHandle<Value>
             workers.push(tokio::spawn(async move {
                 let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
                 let mut failed = 0u64;
+                let mut first_failure = None;
                 let Ok(mut ws) = connect_from(&url, Some(source(100_000 + i as usize))).await
                 else {
-                    return (hist, 1);
+                    return (hist, 1, Some("cannot connect".to_owned()));
                 };
                 let mut tick = tokio::time::interval_at(
                     tokio::time::Instant::now() + Duration::from_secs(1) * i / rate,
@@ -502,21 +503,29 @@ fn login_storm(args: &Args, deadline: Instant) -> tokio::task::JoinHandle<Value>
                         Ok(r) if r["name"] == "response" => {
                             hist.record(t0.elapsed().as_micros().max(1) as u64).ok();
                         }
-                        _ => failed += 1,
+                        other => {
+                            failed += 1;
+                            first_failure.get_or_insert_with(|| match other {
+                                Ok(reply) => reply["args"].to_string(),
+                                Err(e) => e.to_string(),
+                            });
+                        }
                     }
                 }
-                (hist, failed)
+                (hist, failed, first_failure)
             }));
         }
         let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         let mut failed = 0;
+        let mut first_failure = None;
         for w in workers {
-            if let Ok((h, f)) = w.await {
+            if let Ok((h, f, first)) = w.await {
                 all.add(&h).ok();
                 failed += f;
+                first_failure = first_failure.or(first);
             }
         }
-        json!({"per_second": rate, "count": all.len(), "failed": failed,
+        json!({"per_second": rate, "count": all.len(), "failed": failed, "first_failure": first_failure,
                "latency_us": {"p50": all.value_at_quantile(0.5), "p99": all.value_at_quantile(0.99), "max": all.max()}})
     })
 }
