@@ -1173,17 +1173,8 @@ pub async fn a_user_holds_at_most_one_assignment_per_pool(state: &str) {
     let s = &f.store;
     let (user, pool) = (Uuid::new_v4(), Uuid::new_v4());
     let assignment = |pool_id, lease_until_ms| Assignment {
-        user_id: user,
-        pool_id,
-        machine: Machine {
-            id: Uuid::new_v4(),
-            verbose_name: "vm".into(),
-            host: "10.0.0.1".into(),
-            port: 3389,
-            protocol_id: 1,
-            permissions: vec![],
-        },
         lease_until_ms,
+        ..held(user, pool_id)
     };
     let first = assignment(pool, now_ms() + 60_000);
     assert!(s.assignment_create(&first).await.unwrap());
