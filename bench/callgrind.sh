@@ -17,7 +17,7 @@ for d in 2 8; do
   valgrind --tool=callgrind --callgrind-out-file=$out/$name-$method-$pipe-$d.out "$bin" serve --listen 127.0.0.1:$port --data-dir $out/data-$name-$d --idle-timeout 3600 --auth-grace 3600 > $out/$name-$d.log 2>&1 &
   vp=$!
   for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
-  ./target/release/examples/loadgen rpc --url ws://127.0.0.1:$port/ -c 16 --pipeline $pipe --method $method -d $d --json $out/$name-$method-$pipe-$d.json >/dev/null 2>&1
+  ./target/release/examples/loadgen rpc --url ws://127.0.0.1:$port/ -c 16 --pipeline $pipe --method $method -d $d --json $out/$name-$method-$pipe-$d.json >/dev/null 2>$out/$name-$method-$pipe-$d.err || { cat $out/$name-$method-$pipe-$d.err >&2; kill $vp; exit 1; }
   kill -TERM $vp; wait $vp || true
 done
 python3 - "$out" "$name" "$pipe" "$method" <<'PY'

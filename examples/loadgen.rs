@@ -298,18 +298,18 @@ async fn own_task(args: &Args, token: &str) -> anyhow::Result<(String, String)> 
     Ok((pool, task))
 }
 
-/// Repeats `frame` every 200 ms until `ready` accepts the reply (30 s at most).
+/// Repeats `frame` every 200 ms until `ready` accepts the reply (30 s at most); that reply.
 async fn poll(
     ws: &mut Ws,
     frame: &str,
     ready: impl Fn(&Value) -> bool,
     what: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Value> {
     let started = Instant::now();
     loop {
         let reply = request(ws, frame).await?;
         if ready(&reply) {
-            return Ok(());
+            return Ok(reply);
         }
         if started.elapsed() > Duration::from_secs(30) {
             anyhow::bail!("{what} not ready after 30 s: {reply}");
@@ -324,17 +324,29 @@ async fn rpc_frame(args: &Args, token: &str) -> anyhow::Result<String> {
         Method::Task => json!({"task_id": own_task(args, token).await?.1}),
         Method::Pools | Method::Tasks | Method::Identify => json!({}),
         Method::ConnectInfo => {
-            // Step 1 to completion, then step 2 until it answers with the connection.
-            let (pool, task) = own_task(args, token).await?;
+            // Step 1 to completion (asked again when the simulated provisioner fails or
+            // cancels it, as a client would), then step 2 until it answers with the connection.
             let mut ws = signed_in(args, token, None).await?;
-            let lookup = json!({"namespace":"rpc","name":"task","id":"t","args":{"task_id":task}});
-            poll(
-                &mut ws,
-                &lookup.to_string(),
-                |r| r["args"]["status"] == "COMPLETED",
-                "step 1",
-            )
-            .await?;
+            let mut attempts = 0;
+            let pool = loop {
+                let (pool, task) = own_task(args, token).await?;
+                let lookup =
+                    json!({"namespace":"rpc","name":"task","id":"t","args":{"task_id":task}});
+                let ended = |r: &Value| {
+                    matches!(
+                        r["args"]["status"].as_str(),
+                        Some("COMPLETED" | "FAILED" | "CANCELLED")
+                    )
+                };
+                let status = poll(&mut ws, &lookup.to_string(), ended, "step 1").await?;
+                attempts += 1;
+                if status["args"]["status"] == "COMPLETED" {
+                    break pool;
+                }
+                if attempts == 5 {
+                    anyhow::bail!("step 1 did not complete in 5 attempts: {status}");
+                }
+            };
             let step2 =
                 json!({"namespace":"rpc","name":"connect_info","id":"c","args":{"pool_id":pool}});
             poll(

@@ -44,6 +44,8 @@ pub struct Inner {
     next_conn_id: AtomicU64,
     /// Rendered `task` replies, reused while a task is unchanged.
     pub task_replies: crate::envelope::TaskReplies,
+    /// `rpc/connect_info` replies of finished step 2s, keyed by machine.
+    pub connect_replies: crate::envelope::Replies<crate::pools::ConnectOutcome>,
 }
 
 impl std::ops::Deref for AppState {
@@ -192,6 +194,7 @@ impl AppState {
             bus: Mutex::new(Some(bus)),
             next_conn_id: AtomicU64::new(1),
             task_replies: Default::default(),
+            connect_replies: Default::default(),
             config,
         })))
     }

@@ -1,6 +1,7 @@
 //! The task: one asynchronous step of getting a desktop, and its state machine
 //! PENDING → RUNNING → COMPLETED | FAILED | CANCELLED (a task may also end straight from PENDING).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -150,10 +151,10 @@ pub struct Task {
     pub progress: Option<u8>,
     /// Step 1's result: the machine given to the user. Kept server-side.
     #[serde(skip_serializing)]
-    pub machine: Option<Machine>,
+    pub machine: Option<Arc<Machine>>,
     /// Step 2's result: the connection data. Kept server-side; sent by `connect_info`.
     #[serde(skip_serializing)]
-    pub connection: Option<ConnectionData>,
+    pub connection: Option<Arc<ConnectionData>>,
     /// Set by an operator (`admin_reset`, `admin_release`) on a FAILED step 1: the failure no
     /// longer holds back the user's next request. Kept server-side.
     #[serde(skip_serializing, default)]

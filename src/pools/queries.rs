@@ -1,6 +1,7 @@
 //! Read-only answers about pools, tasks and assignments: what the listing methods and the
 //! admin views need, kept apart from the rules that change anything.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -88,7 +89,7 @@ impl Pools {
             .store
             .assignment_get(user_id, pool_id)
             .await?
-            .map(|a| a.machine))
+            .map(|a| Arc::unwrap_or_clone(a.machine)))
     }
 
     /// How long a provisioner release may take before it is abandoned (and its program killed).

@@ -48,12 +48,12 @@ impl Pools {
                 _ => None,
             };
             let username = self.usernames.get(&user_id).cloned().unwrap_or_default();
-            let mut req = step_request(user_id, &username, &pool.view, Some(a.machine.clone()));
+            let mut req = step_request(user_id, &username, &pool.view, Some((*a.machine).clone()));
             req.task_id = task_id;
             req.reason = Some(reason.to_owned());
             self.release_machine(&pool.provisioner, req);
         }
-        Ok(Some(a.machine))
+        Ok(Some(Arc::unwrap_or_clone(a.machine)))
     }
 
     /// Gives a machine back to its provisioner off the caller's task: on the tracker, at most

@@ -166,7 +166,7 @@ impl Pools {
         match result {
             Ok(Ok(StepOk::Machine(machine))) => self.assign(task, pool, req, machine).await,
             Ok(Ok(StepOk::Connection(connection))) => {
-                task.connection = Some(connection);
+                task.connection = Some(Arc::new(connection));
                 (TaskStatus::Completed, None)
             }
             Ok(Err(e)) => {
@@ -202,6 +202,7 @@ impl Pools {
         req: &StepRequest,
         machine: Machine,
     ) -> Outcome {
+        let machine = Arc::new(machine);
         let assignment = Assignment {
             user_id: task.user_id,
             pool_id: task.pool_id,

@@ -80,7 +80,12 @@ impl Pools {
         let key = (user.id, pool_id, TaskKind::GlintStart);
         let p = pool.clone();
         let req = || {
-            let mut req = step_request(user.id, &user.username, &p.view, Some(assignment.machine));
+            let mut req = step_request(
+                user.id,
+                &user.username,
+                &p.view,
+                Some((*assignment.machine).clone()),
+            );
             req.width = params.width.map(|w| w as u32);
             req.height = params.height.map(|h| h as u32);
             req

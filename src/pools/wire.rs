@@ -1,6 +1,8 @@
 //! What clients send to and get from the pool methods, shared by the WebSocket RPCs and the
 //! REST shim so both transports speak the same shapes.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -44,13 +46,14 @@ impl<'de> Deserialize<'de> for Discarded {
 }
 
 /// What step 2 answers; on the WebSocket, `{"task": {...}}` or `{"connection": {...}}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectOutcome {
     /// Not ready yet: the running (or new) task.
     Task(Box<Task>),
-    /// Ready: how to connect.
-    Connection(ConnectionData),
+    /// Ready: how to connect (shared with the task that holds it, so answering again copies
+    /// nothing).
+    Connection(Arc<ConnectionData>),
 }
 
 impl From<Task> for ConnectOutcome {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{Ctx, Reply, parse_args, to_reply, user};
 use crate::error::Error;
-use crate::pools::ConnectParams;
+use crate::pools::{ConnectOutcome, ConnectParams};
 
 #[derive(Deserialize)]
 pub struct ConnectInfo {
@@ -22,12 +22,16 @@ impl ConnectInfo {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
-        // Serialized straight from the outcome: `{"task": …}` or `{"connection": …}`.
+        // Serialized straight from the outcome: `{"task": …}` or `{"connection": …}`; the
+        // connection data of a finished step is rendered once per machine and change.
         let outcome = ctx
             .state
             .pools
             .connect_info(user(ctx)?, self.pool_id, &self.params)
             .await?;
-        to_reply(outcome)
+        match &outcome {
+            ConnectOutcome::Connection(c) => ctx.state.connect_replies.render(c.id, outcome),
+            ConnectOutcome::Task(_) => to_reply(outcome),
+        }
     }
 }

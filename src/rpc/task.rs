@@ -19,7 +19,7 @@ impl TaskLookup {
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
         let task = ctx.state.pools.task(user(ctx)?, self.task_id).await?;
-        // Rendered once per change of the task (`envelope::TaskReplies`).
-        ctx.state.task_replies.render(task)
+        // Rendered once per change of the task (`envelope::Replies`).
+        ctx.state.task_replies.render(task.id, task)
     }
 }

@@ -87,7 +87,7 @@ pub struct MfaRecord {
 pub struct Assignment {
     pub user_id: Uuid,
     pub pool_id: Uuid,
-    pub machine: Machine,
+    pub machine: Arc<Machine>,
     /// Wall-clock milliseconds after which the lease sweep gives the machine back.
     pub lease_until_ms: u64,
 }
@@ -139,8 +139,8 @@ struct StoredTask<'a> {
     #[serde(flatten)]
     task: &'a Task,
     user_id: Uuid,
-    machine: &'a Option<Machine>,
-    connection: &'a Option<ConnectionData>,
+    machine: &'a Option<Arc<Machine>>,
+    connection: &'a Option<Arc<ConnectionData>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     cleared: bool,
 }

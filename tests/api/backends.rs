@@ -990,14 +990,14 @@ fn held(user: Uuid, pool: Uuid) -> Assignment {
     Assignment {
         user_id: user,
         pool_id: pool,
-        machine: Machine {
+        machine: std::sync::Arc::new(Machine {
             id: Uuid::new_v4(),
             verbose_name: "vm".into(),
             host: "10.0.0.1".into(),
             port: 3389,
             protocol_id: 1,
             permissions: vec![],
-        },
+        }),
         lease_until_ms: now_ms() + 60_000,
     }
 }
