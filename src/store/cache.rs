@@ -170,16 +170,23 @@ impl Cache {
         }
     }
 
-    /// Drops everything; `live` says whether to serve from the cache from now on.
-    fn reset(&self, live: bool) {
-        if !live {
-            self.live.store(false, Ordering::Release);
-        }
+    /// Drops everything, and every read in flight skips its fill.
+    fn clear(&self) {
         for generation in self.generations.iter() {
             generation.fetch_add(1, Ordering::AcqRel);
         }
         self.users.clear();
         self.tasks.clear();
+    }
+
+    /// Drops everything; `live` says whether to serve from the cache from now on. Only the
+    /// bus's own reports call it: whoever else empties the cache (`clear`) leaves the bus's
+    /// verdict alone, or a clear racing a gap could turn the cache back on mid-gap.
+    fn reset(&self, live: bool) {
+        if !live {
+            self.live.store(false, Ordering::Release);
+        }
+        self.clear();
         if live {
             self.live.store(true, Ordering::Release);
         }
@@ -421,7 +428,7 @@ impl Store for CachedStore {
         let swept = self.inner.tasks_sweep(cutoff_ms).await;
         if !matches!(swept, Ok(0)) {
             // Which tasks went is not known here: start again (this is an hourly sweep).
-            self.cache.reset(self.cache.live());
+            self.cache.clear();
         }
         swept
     }
@@ -580,6 +587,19 @@ mod tests {
             None,
             "a read from before the gap does not fill"
         );
+        put_recent(&c, user, c.generation(user), vec![]);
+        assert_eq!(recent(&c, user), Some(0));
+    }
+
+    #[test]
+    fn emptying_the_cache_during_a_bus_gap_does_not_end_the_gap() {
+        let c = cache();
+        let user = Uuid::new_v4();
+        assert!(c.observe(&BusEvent::BusGap { resumed: false }));
+        c.clear();
+        put_recent(&c, user, c.generation(user), vec![]);
+        assert_eq!(recent(&c, user), None, "still off until the bus is back");
+        assert!(c.observe(&BusEvent::BusGap { resumed: true }));
         put_recent(&c, user, c.generation(user), vec![]);
         assert_eq!(recent(&c, user), Some(0));
     }
