@@ -242,33 +242,6 @@ async fn step(s: &mut Session, method: &str, args: Value, label: &str) -> anyhow
     bail!("{label} did not succeed after 3 attempts")
 }
 
-/// The launcher file for a connection: `.rdp` for RDP pools, `.vv` otherwise.
-pub fn launcher(pool: &Value, conn: &Value, user: &str) -> (String, String) {
-    let name = pool["name"].as_str().unwrap_or("desktop");
-    let host = conn["host"].as_str().unwrap_or("");
-    let port = conn["port"].as_u64().unwrap_or(0);
-    let rdp = pool["connection_types"].as_array().is_some_and(|t| {
-        t.iter()
-            .any(|c| c.as_str().is_some_and(|c| c.contains("RDP")))
-    });
-    if rdp {
-        (
-            format!("{name}.rdp"),
-            format!(
-                "full address:s:{host}:{port}\r\nusername:s:{user}\r\nprompt for credentials:i:1\r\nscreen mode id:i:2\r\nauthentication level:i:2\r\n"
-            ),
-        )
-    } else {
-        (
-            format!("{name}.vv"),
-            format!(
-                "[virt-viewer]\ntype=spice\nhost={host}\nport={port}\ntitle={} ({name})\ndelete-this-file=1\nfullscreen=0\n",
-                conn["verbose_name"].as_str().unwrap_or(name)
-            ),
-        )
-    }
-}
-
 pub async fn run(o: Options) -> anyhow::Result<()> {
     let (ws, _) = tokio_tungstenite::connect_async(&o.server)
         .await
@@ -314,7 +287,23 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     .await?;
 
     println!("{}", serde_json::to_string_pretty(&conn)?);
-    let (file, text) = launcher(&pool, &conn, &o.user);
+    // The server renders the file (`rpc/launcher`), as it does for the web portal.
+    let reply = s
+        .call("launcher", json!({"pool_id": pool_id}), |_| {})
+        .await?;
+    if let Some((code, message)) = error_of(&reply) {
+        bail!("cannot get the launcher file ({code}): {message}");
+    }
+    let (Some(file), Some(text)) = (
+        reply["args"]["filename"].as_str(),
+        reply["args"]["content"].as_str(),
+    ) else {
+        bail!("the server's launcher reply has no file: {reply}");
+    };
+    // The server already reduces the name to a plain file name; never leave `out_dir`.
+    let file = std::path::Path::new(file)
+        .file_name()
+        .context("the server's launcher file name is not a file name")?;
     std::fs::create_dir_all(&o.out_dir)?;
     let path = o.out_dir.join(file);
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;

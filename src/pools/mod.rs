@@ -20,13 +20,15 @@
 //! | `config.rs` | `[[pools]]`, seed tasks, [`Timings`] |
 //! | `wire.rs` | what clients send and get ([`PoolView`], [`ConnectParams`], [`ConnectOutcome`]) |
 //! | `steps.rs` | the step 1 / step 2 rules and the compare-and-set that starts a task |
-//! | `queries.rs` | read-only answers: pool lists, tasks, assignments |
+//! | `queries.rs` | read-only answers: pool lists, tasks, assignments, the launcher file |
+//! | `launcher.rs` | the `.rdp` / `.vv` file a desktop client opens ([`Launcher`]) |
 //! | `runner.rs` | driving one task to an end under its deadline and lease |
 //! | `release.rs` | taking a machine away and giving it back to its provisioner |
 //! | `recovery.rs` | start-up: what a previous run left, seed tasks, reconciliation |
 //! | `sweeps.rs` | background: expired assignments, old tasks, orphaned tasks |
 
 mod config;
+mod launcher;
 mod queries;
 mod recovery;
 mod release;
@@ -36,6 +38,7 @@ mod sweeps;
 mod wire;
 
 pub use config::{PoolConfig, SeedTask, Timings};
+pub use launcher::Launcher;
 pub use wire::{ConnectOutcome, ConnectParams, Discarded, PoolView};
 
 use std::collections::{HashMap, HashSet};

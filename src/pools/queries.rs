@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::{PoolView, Pools};
+use super::{Launcher, PoolView, Pools, launcher};
 use crate::auth::users::User;
-use crate::domain::{Machine, Task};
+use crate::domain::{Machine, Task, TaskKind, TaskStatus};
 use crate::error::Error;
 
 /// Tasks listed by `tasks`.
@@ -44,6 +44,33 @@ impl Pools {
         }
         self.list_replies.insert(key, reply.clone());
         Ok(reply)
+    }
+
+    /// The launcher file for the user's desktop in the pool: step 2 must have completed for
+    /// the machine the user holds now (404 otherwise; this never starts a step).
+    pub async fn launcher(&self, user: &User, pool_id: Uuid) -> Result<Launcher, Error> {
+        let pool = self.pool_for(user, pool_id)?;
+        let Some(assignment) = self.store.assignment_get(user.id, pool_id).await? else {
+            return Err(Error::NoEligibleMachine);
+        };
+        let latest = self
+            .store
+            .task_latest((user.id, pool_id, TaskKind::GlintStart))
+            .await?;
+        match latest.as_ref().and_then(|t| {
+            t.connection
+                .as_ref()
+                .filter(|_| t.status == TaskStatus::Completed)
+        }) {
+            Some(c) if c.id == assignment.machine.id => {
+                Ok(launcher::render(&pool.view, c, &user.username))
+            }
+            _ => Err(Error::NotFound(
+                "No connection is ready in this pool: call connect_info until it answers with \
+                 the connection."
+                    .into(),
+            )),
+        }
     }
 
     /// The ids of a pool's users (admin resets of a whole pool); `None` for an unknown pool.

@@ -19,7 +19,7 @@ const CREATE_ATTEMPTS: usize = 5;
 
 impl Pools {
     /// The pool, if the user may use it.
-    fn pool_for(&self, user: &User, pool_id: Uuid) -> Result<Arc<Pool>, Error> {
+    pub(super) fn pool_for(&self, user: &User, pool_id: Uuid) -> Result<Arc<Pool>, Error> {
         match self.pools.get(&pool_id) {
             Some(p) if p.users.contains(&user.id) => Ok(p.clone()),
             // An unknown pool answers like a foreign one: existence is not disclosed.

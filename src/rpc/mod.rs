@@ -12,6 +12,7 @@ mod conn;
 mod connect_info;
 mod events;
 mod identify;
+mod launcher;
 mod otp_verify;
 mod pool_request;
 mod pools;
@@ -156,6 +157,7 @@ methods! {
     Pools         = "rpc" / "pools",              signed_in, pools::Pools              => |c, ctx| c.apply(ctx),
     PoolRequest   = "rpc" / "pool_request",       signed_in, pool_request::PoolRequest => |c, ctx| c.apply(ctx).await,
     ConnectInfo   = "rpc" / "connect_info",       signed_in, connect_info::ConnectInfo => |c, ctx| c.apply(ctx).await,
+    Launcher      = "rpc" / "launcher",           signed_in, launcher::LauncherRequest => |c, ctx| c.apply(ctx).await,
     Task          = "rpc" / "task",               signed_in, task::TaskLookup          => |c, ctx| c.apply(ctx).await,
     Tasks         = "rpc" / "tasks",              signed_in, ()                        => |_, ctx| tasks::Tasks.apply(ctx).await,
     AdminSessions = "rpc" / "admin_sessions",     signed_in, ()                        => |_, ctx| admin::sessions(ctx).await,

@@ -525,3 +525,59 @@ async fn every_event_the_server_pushes_can_be_unsubscribed_and_subscribed_again(
         );
     }
 }
+
+#[tokio::test]
+async fn the_launcher_is_the_finished_step_2s_file_and_nothing_before_it() {
+    let app = fast_app(OK, OK).await;
+    let (mut c, _) = app.login("astravdi").await;
+    let reply = c.rpc("launcher", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(
+        (error_code(&reply), &reply["args"]["err_code"]),
+        (409, &json!(801))
+    );
+
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    c.follow(&id).await;
+    let reply = c.rpc("launcher", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(error_code(&reply), 404, "no file before step 2: {reply}");
+    let tasks = c.rpc("tasks", json!({})).await["args"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(tasks, 1, "asking for the file started nothing");
+
+    let step2 =
+        c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    c.follow(&step2).await;
+    let conn =
+        c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await["args"]["connection"].clone();
+    let file = c.rpc("launcher", json!({"pool_id": POOL_WIN_1})).await["args"].clone();
+    assert_eq!(file["filename"], "pool-win-1.rdp");
+    assert_eq!(file["content_type"], "application/x-rdp");
+    let first_line = format!(
+        "full address:s:{}:{}\r\n",
+        conn["host"].as_str().unwrap(),
+        conn["port"]
+    );
+    assert!(
+        file["content"].as_str().unwrap().starts_with(&first_line),
+        "{file}"
+    );
+
+    // Not another user's pool, and not once the machine is given back.
+    let (mut other, _) = app.login("user-2").await;
+    let reply = other.rpc("launcher", json!({"pool_id": POOL_WIN_2})).await;
+    assert_eq!(error_code(&reply), 403);
+    let released = c
+        .rpc(
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        )
+        .await;
+    assert!(released["args"]["released"].is_object(), "{released}");
+    assert_eq!(
+        error_code(&c.rpc("launcher", json!({"pool_id": POOL_WIN_1})).await),
+        409
+    );
+}
