@@ -10,7 +10,8 @@
 //! 3. `auth`, `provision`, `events`, `metrics`, `admission` — the domain's services
 //! 4. `pools` — the step rules and the task runner
 //! 5. `config`, `state` — settings composed from each layer's own, and the wired state
-//! 6. `rpc`, `rest` — the handlers of both transports, calling the same domain functions
+//! 6. `rpc`, `rest`, `portal` — the handlers of both transports, calling the same domain
+//!    functions, and the web portal's page
 //! 7. `ws`, `server`, `app` — one socket loop, the router, building and stopping the app
 //! 8. `cli`, `client`, `preflight`, `users_file` — the commands that `main.rs` dispatches to
 //!
@@ -33,6 +34,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod pools;
+pub mod portal;
 pub mod preflight;
 pub mod provision;
 pub mod rest;

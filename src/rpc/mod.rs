@@ -151,7 +151,7 @@ methods! {
     AuthToken     = "rpc" / "auth_token",         public,    auth_token::AuthToken     => |c, ctx| c.apply(ctx).await,
     AuthClear     = "rpc" / "auth_clear",         public,    ()                        => |_, ctx| auth_clear::AuthClear.apply(ctx).await,
     OtpVerify     = "rpc" / "otp_verify",         public,    otp_verify::OtpVerify     => |c, ctx| c.apply(ctx).await,
-    Identify      = "rpc" / "identify",           public,    ()                        => |_, _ctx| identify::apply(),
+    Identify      = "rpc" / "identify",           public,    ()                        => |_, ctx| identify::apply(ctx),
     Subscribe     = "events" / "subscribe",       signed_in, events::Subscription      => |c, ctx| c.apply(ctx, true),
     Unsubscribe   = "events" / "unsubscribe",     signed_in, events::Subscription      => |c, ctx| c.apply(ctx, false),
     Pools         = "rpc" / "pools",              signed_in, pools::Pools              => |c, ctx| c.apply(ctx),

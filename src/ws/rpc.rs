@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
@@ -18,13 +18,18 @@ use crate::error::Error;
 use crate::rpc::{self, Conn};
 use crate::state::AppState;
 
-/// `GET /`: upgrades to the RPC socket; plain HTTP gets 426 and a pointer to the protocol.
+/// `GET /`: upgrades to the RPC socket; a browser's plain request gets the web portal
+/// (`portal`), any other plain HTTP 426 and a pointer to the protocol.
 pub(super) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(ws) = ws else {
+        if crate::portal::wants_page(&headers) {
+            return crate::portal::index(&headers);
+        }
         return (
             StatusCode::UPGRADE_REQUIRED,
             [("upgrade", "websocket")],

@@ -1,0 +1,460 @@
+// poolgate web portal: a client of poolgate's own WebSocket protocol (protocol/README.md and
+// protocol/pools.md), and the reference for client authors. One socket carries the sign-in,
+// the two steps to a desktop, and the pushed task events that drive the progress bars (the
+// page never polls). No token is ever put in a URL; "Keep me signed in" keeps it in this
+// tab's sessionStorage only.
+
+const TOKEN_KEY = "poolgate.token";
+const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
+const STEP_LABEL = { pool_request: "Getting a machine", connect_info: "Starting the desktop" };
+const CLOSE_REASONS = {
+  1001: "The server is restarting.",
+  4000: "The server closed the connection after a long time without activity.",
+  4001: "The server closed the connection: nobody signed in on it in time.",
+  4002: "The connection could not keep up with the server's updates.",
+};
+
+const $ = (id) => document.getElementById(id);
+
+/** The one socket to the server, with request/reply matching by id. */
+class Rpc {
+  constructor(onEvent, onClose) {
+    this.onEvent = onEvent;
+    this.onClose = onClose;
+    this.next = 1;
+    this.pending = new Map();
+    this.ws = null;
+  }
+
+  open() {
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return this.ready;
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}/`);
+    this.ws = ws;
+    this.ready = new Promise((resolve, reject) => {
+      ws.addEventListener("open", () => resolve(), { once: true });
+      ws.addEventListener("error", () => reject(new Error("Cannot reach the server.")), { once: true });
+    });
+    ws.addEventListener("message", (m) => this.dispatch(m.data));
+    ws.addEventListener("close", (e) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      for (const { reject } of this.pending.values()) reject(new Error("The connection was closed."));
+      this.pending.clear();
+      this.onClose(e);
+    });
+    return this.ready;
+  }
+
+  dispatch(text) {
+    let frame;
+    try { frame = JSON.parse(text); } catch { return; }
+    if (frame.namespace === "events") { this.onEvent(frame.name, frame.args); return; }
+    const waiter = this.pending.get(frame.id);
+    if (!waiter) return;
+    this.pending.delete(frame.id);
+    waiter.resolve(frame);
+  }
+
+  /** Sends one request; resolves with `args`, or rejects with a RpcError for an error reply. */
+  async call(name, args = {}, namespace = "rpc") {
+    await this.open();
+    const id = String(this.next++);
+    const reply = new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
+    this.ws.send(JSON.stringify({ namespace, name, id, args }));
+    const frame = await reply;
+    if (frame.name === "error") throw new RpcError(frame.args);
+    return frame.args;
+  }
+
+  close() { if (this.ws) { const ws = this.ws; this.ws = null; ws.close(1000); } }
+}
+
+class RpcError extends Error {
+  constructor(args) {
+    super(args.message || "The server refused the request.");
+    this.code = args.code;
+    this.errCode = args.err_code;
+    this.args = args;
+  }
+}
+
+/** What a person should read for a refused sign-in. */
+function signInMessage(e) {
+  if (!(e instanceof RpcError)) return e.message;
+  switch (e.code) {
+    case 401:
+      if (e.errCode === 103) return "That one-time code is not right. Check your app and try again.";
+      if (e.errCode === 999) return "Wrong username or password.";
+      return "Your sign-in expired. Enter your password again.";
+    case 403: return e.message === "User is disabled." ? "This account is disabled. Ask your administrator." : e.message;
+    case 428: return e.args.detail || "This account needs a second factor this page cannot offer.";
+    case 429: return `Too many attempts. ${e.message.replace(/^Too many failed sign-in attempts[^;]*; /, "").replace(/^t/, "T")}`;
+    case 503: return "The server is busy for a moment; try again in a few seconds.";
+    default: return e.message;
+  }
+}
+
+// ---- state ----------------------------------------------------------------------------
+
+const state = {
+  token: null,       // the session token while signed in
+  ttl: 0,            // seconds of inactivity the token survives
+  lastActive: 0,     // when the server last accepted an authenticated message
+  username: "",
+  mfaToken: null,    // between `auth` answering 428 and `otp_verify`
+  tasks: new Map(),  // task id -> latest task seen (replies and events)
+  waiters: new Map(),// task id -> [resolve] waiting for an end
+  cards: new Map(),  // pool id -> the pool's card
+  flows: new Map(),  // pool id -> the step in progress
+  expiryTimer: null,
+};
+
+const rpc = new Rpc(onEvent, onClose);
+
+/** A call made while signed in: a success slides the token's window, as the server does. */
+async function authed(name, args) {
+  try {
+    const result = await rpc.call(name, args);
+    state.lastActive = Date.now();
+    return result;
+  } catch (e) {
+    if (e instanceof RpcError && e.code === 401 && state.token) {
+      signedOut("Your session has ended (expired or signed out elsewhere). Sign in again.");
+    }
+    throw e;
+  }
+}
+
+// ---- views -----------------------------------------------------------------------------
+
+function notice(text) {
+  $("notice").textContent = text || "";
+  $("notice").hidden = !text;
+}
+
+function showSignIn(message) {
+  $("pools-view").hidden = true;
+  $("account").hidden = true;
+  $("signin-view").hidden = false;
+  $("otp-step").hidden = true;
+  $("password-step").hidden = false;
+  $("signin-button").textContent = "Sign in";
+  $("signin-button").disabled = false;
+  $("password").value = "";
+  $("otp").value = "";
+  state.mfaToken = null;
+  notice(message);
+  ($("username").value ? $("password") : $("username")).focus();
+}
+
+function signInError(text) {
+  $("signin-error").textContent = text || "";
+  $("signin-error").hidden = !text;
+}
+
+async function signedIn([token, ttl], keep) {
+  state.token = token;
+  state.ttl = ttl;
+  state.lastActive = Date.now();
+  if (keep) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+  $("signin-view").hidden = true;
+  signInError("");
+  notice("");
+  $("who").textContent = state.username ? `Signed in as ${state.username}` : "Signed in";
+  $("account").hidden = false;
+  clearInterval(state.expiryTimer);
+  state.expiryTimer = setInterval(checkExpiry, 1000);
+  checkExpiry();
+  await loadPools();
+}
+
+function signedOut(reason) {
+  clearInterval(state.expiryTimer);
+  state.token = null;
+  state.flows.clear();
+  sessionStorage.removeItem(TOKEN_KEY);
+  showSignIn(reason);
+}
+
+/** The token dies after `ttl` seconds without a successful authenticated message. */
+function checkExpiry() {
+  if (!state.token) return;
+  const left = Math.ceil(state.ttl - (Date.now() - state.lastActive) / 1000);
+  if (left <= 0) {
+    signedOut(`You were signed out: no activity for ${state.ttl} seconds. Sign in again.`);
+    return;
+  }
+  const minutes = Math.floor(left / 60);
+  const seconds = String(left % 60).padStart(2, "0");
+  $("session-info").textContent =
+    `For your security you are signed out after ${Math.round(state.ttl / 60)} minutes without activity (${minutes}:${seconds} left).`;
+}
+
+async function loadPools() {
+  const pools = await authed("pools", {});
+  const list = $("pools");
+  list.replaceChildren();
+  state.cards.clear();
+  // Favourites first, then the server's order.
+  pools.sort((a, b) => Number(b.is_favorite) - Number(a.is_favorite));
+  for (const pool of pools) list.append(poolCard(pool));
+  $("pools-empty").hidden = pools.length > 0;
+  $("pools-view").hidden = false;
+  // Tasks pushed on sign-in (before the list existed) are shown now.
+  for (const task of state.tasks.values()) showTask(task);
+}
+
+function poolCard(pool) {
+  const card = $("pool-template").content.firstElementChild.cloneNode(true);
+  card.dataset.poolId = pool.id;
+  card.querySelector(".name").textContent = pool.name;
+  card.querySelector(".fav").hidden = !pool.is_favorite;
+  card.querySelector(".status").textContent = pool.status;
+  card.querySelector(".os").textContent = pool.os_type;
+  card.querySelector(".types").textContent = pool.connection_types.join(", ");
+  const button = card.querySelector(".connect");
+  button.setAttribute("aria-label", `Connect to ${pool.name}`);
+  button.addEventListener("click", () => connect(pool, card));
+  state.cards.set(pool.id, card);
+  return card;
+}
+
+function setProgress(card, percent, text) {
+  const box = card.querySelector(".progress");
+  box.hidden = false;
+  box.querySelector("progress").value = percent;
+  box.querySelector(".progress-text").textContent = text;
+}
+
+function cardError(card, text) {
+  const p = card.querySelector(".error");
+  p.textContent = text || "";
+  p.hidden = !text;
+}
+
+/** Shows a task's state on its pool's card (pushed events and replies alike). */
+function showTask(task) {
+  const card = state.cards.get(task.pool_id);
+  const flow = state.flows.get(task.pool_id);
+  if (!card || !flow || flow.taskId !== task.id) return;
+  const label = task.kind === "POOL_EXPAND" ? STEP_LABEL.pool_request : STEP_LABEL.connect_info;
+  const step = task.kind === "POOL_EXPAND" ? 0 : 50;
+  const percent = task.status === "COMPLETED" ? 100 : (task.progress || 0);
+  const elapsed = Math.max(0, Math.round((Date.now() - Date.parse(task.created)) / 1000));
+  const status = { PENDING: "waiting", RUNNING: "in progress", COMPLETED: "done",
+    FAILED: "failed", CANCELLED: "cancelled" }[task.status] || task.status;
+  setProgress(card, step + percent / 2,
+    `${label}: ${status}${task.status === "RUNNING" ? ` (${percent} %)` : ""} — ${elapsed} s`);
+}
+
+function remember(task) {
+  state.tasks.set(task.id, task);
+  showTask(task);
+  if (TERMINAL.has(task.status)) {
+    for (const resolve of state.waiters.get(task.id) || []) resolve(task);
+    state.waiters.delete(task.id);
+  }
+}
+
+/** Resolves with the task once it has ended, fed by the pushed events. */
+function ended(task) {
+  remember(task);
+  const known = state.tasks.get(task.id);
+  if (TERMINAL.has(known.status)) return Promise.resolve(known);
+  return new Promise((resolve) => {
+    const list = state.waiters.get(task.id) || [];
+    list.push(resolve);
+    state.waiters.set(task.id, list);
+  });
+}
+
+function onEvent(name, args) {
+  if (name === "task" && args && args.id) remember(args);
+  if (name === "machine" && args && args.pool_id) {
+    const card = state.cards.get(args.pool_id);
+    if (card) {
+      card.querySelector(".result").hidden = true;
+      cardError(card, "Your machine in this pool was given back; connect again to get a new one.");
+    }
+  }
+}
+
+function onClose(e) {
+  if (!state.token) return;
+  const reason = CLOSE_REASONS[e.code] || "The connection to the server was lost.";
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  clearInterval(state.expiryTimer);
+  state.token = null;
+  state.flows.clear();
+  if (saved && e.code !== 4000) {
+    notice(`${reason} Reconnecting…`);
+    setTimeout(() => resume(saved, reason), 2000);
+  } else {
+    signedOut(`${reason} Sign in again.`);
+  }
+}
+
+// ---- the two steps ---------------------------------------------------------------------
+
+/** Runs one step until it answers with a result: `pool_request` → the COMPLETED task,
+ * `connect_info` → the connection. A repeated click while it runs gets the same task. */
+async function step(pool, card, method) {
+  for (;;) {
+    const reply = await authed(method, { pool_id: pool.id });
+    if (reply.connection) return reply.connection;
+    const task = reply.task;
+    const flow = state.flows.get(pool.id);
+    if (flow) flow.taskId = task.id;
+    const done = await ended(task);
+    if (done.status !== "COMPLETED") {
+      const why = done.error && done.error.message ? done.error.message : `The step ended ${done.status}.`;
+      throw new Error(why);
+    }
+    if (method === "pool_request") return done;
+    // Step 2 completed: ask again for the connection data.
+  }
+}
+
+async function connect(pool, card) {
+  const running = state.flows.get(pool.id);
+  if (running) {
+    // The server answers a repeated request with the task already running.
+    const reply = await authed(running.method, { pool_id: pool.id }).catch(() => null);
+    if (reply && reply.task && reply.task.id === running.taskId) {
+      notice(`Still connecting to ${pool.name}: the same request is in progress.`);
+    }
+    return;
+  }
+  const button = card.querySelector(".connect");
+  const flow = { method: "pool_request", taskId: null };
+  state.flows.set(pool.id, flow);
+  button.textContent = "Connecting…";
+  cardError(card, "");
+  card.querySelector(".result").hidden = true;
+  setProgress(card, 0, `${STEP_LABEL.pool_request}…`);
+  try {
+    await step(pool, card, "pool_request");
+    flow.method = "connect_info";
+    setProgress(card, 50, `${STEP_LABEL.connect_info}…`);
+    const conn = await step(pool, card, "connect_info");
+    const file = await authed("launcher", { pool_id: pool.id });
+    setProgress(card, 100, "Ready.");
+    showResult(card, conn, file);
+  } catch (e) {
+    if (state.token) {
+      cardError(card, e instanceof RpcError ? e.message : `${e.message} Try again.`);
+      card.querySelector(".progress").hidden = true;
+    }
+  } finally {
+    state.flows.delete(pool.id);
+    button.textContent = "Connect";
+  }
+}
+
+function showResult(card, conn, file) {
+  const dl = card.querySelector(".conn");
+  dl.replaceChildren();
+  for (const [label, value] of [["Machine", conn.verbose_name], ["Address", `${conn.host}:${conn.port}`],
+    ["Allowed", (conn.permissions || []).join(", ") || "—"]]) {
+    const dt = document.createElement("dt");
+    dt.textContent = label;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    dl.append(dt, dd);
+  }
+  const link = card.querySelector(".download");
+  if (link.href) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([file.content], { type: file.content_type }));
+  link.download = file.filename;
+  link.textContent = `Download ${file.filename}`;
+  card.querySelector(".result").hidden = false;
+  link.focus();
+}
+
+// ---- sign-in ---------------------------------------------------------------------------
+
+async function submitSignIn(event) {
+  event.preventDefault();
+  signInError("");
+  const keep = $("keep").checked;
+  const button = $("signin-button");
+  button.disabled = true;
+  try {
+    if (state.mfaToken) {
+      const code = $("otp").value.trim();
+      if (!code) { signInError("Enter the one-time code."); return; }
+      const reply = await rpc.call("otp_verify", { mfa_token: state.mfaToken, otp_code: code });
+      state.mfaToken = null;
+      await signedIn(reply, keep);
+      return;
+    }
+    const username = $("username").value.trim();
+    const password = $("password").value;
+    if (!username || !password) { signInError("Enter your username and password."); return; }
+    state.username = username;
+    try {
+      await signedIn(await rpc.call("auth", { username, password }), keep);
+    } catch (e) {
+      if (e instanceof RpcError && e.code === 428 && e.args.mfa_token) {
+        state.mfaToken = e.args.mfa_token;
+        $("password-step").hidden = true;
+        $("otp-step").hidden = false;
+        button.textContent = "Verify";
+        $("otp").focus();
+        return;
+      }
+      throw e;
+    }
+  } catch (e) {
+    if (state.mfaToken && e instanceof RpcError && e.code === 401 && e.errCode !== 103) {
+      // The challenge is used up or expired, or the password was wrong: start again.
+      const message = signInMessage(e);
+      showSignIn("");
+      signInError(message);
+      return;
+    }
+    signInError(signInMessage(e));
+    if (state.mfaToken) $("otp").select(); else $("password").select();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function signOut() {
+  try { if (state.token) await rpc.call("auth_clear", {}); } catch { /* signed out anyway */ }
+  signedOut("You signed out.");
+}
+
+/** Signs this page in again with the token kept in sessionStorage. */
+async function resume(token, reason) {
+  try {
+    const reply = await rpc.call("auth_token", { token });
+    await signedIn(reply, true);
+    notice("");
+  } catch (e) {
+    signedOut(reason ? `${reason} Sign in again.` : "Your saved session has ended. Sign in again.");
+  }
+}
+
+async function start() {
+  $("signin-form").addEventListener("submit", submitSignIn);
+  $("signout").addEventListener("click", signOut);
+  try {
+    const server = await rpc.call("identify");
+    $("server-info").textContent = `poolgate ${server.version} on ${server.hostname}`;
+    $("demo-hint").hidden = !server.demo;
+  } catch (e) {
+    showSignIn("Cannot reach the server. Reload the page to try again.");
+    return;
+  }
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) {
+    $("keep").checked = true;
+    await resume(saved);
+  } else {
+    showSignIn("");
+  }
+}
+
+start();

@@ -1,0 +1,126 @@
+//! The web portal: a page a person opens in a browser to sign in, pick a pool and download
+//! the launcher of their desktop. It is a client of poolgate's own WebSocket protocol (the
+//! page's script speaks the envelopes of `protocol/`), so the server side is only the three
+//! embedded files and the headers that lock the page down.
+//!
+//! A plain `GET /` whose `Accept` names `text/html` (what a browser sends) gets the page;
+//! WebSocket upgrades on `/` are unaffected, and other plain requests still get the 426 that
+//! points at the protocol. Nothing is fetched from elsewhere, at build or at run time.
+
+use axum::extract::Path;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+const INDEX: &str = include_str!("../assets/portal/index.html");
+const APP: &str = include_str!("../assets/portal/app.js");
+const STYLE: &str = include_str!("../assets/portal/style.css");
+
+/// Whether a plain request on `/` comes from a browser that wants a page.
+pub fn wants_page(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"))
+}
+
+/// The portal's page.
+pub fn index(headers: &HeaderMap) -> Response {
+    secured(INDEX, "text/html; charset=utf-8", headers)
+}
+
+/// `GET /portal/{asset}`: the page's script and style sheet.
+pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match name.as_str() {
+        "app.js" => secured(APP, "text/javascript; charset=utf-8", &headers),
+        "style.css" => secured(STYLE, "text/css; charset=utf-8", &headers),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The Content-Security-Policy of every portal response: scripts, styles and images from this
+/// server only, no inline script or style, no framing, no form posts, and the WebSocket back
+/// to the host the page was loaded from.
+pub fn content_security_policy(headers: &HeaderMap) -> String {
+    // `'self'` covers ws:/wss: to the same host in current browsers; the explicit sources are
+    // for older ones. The host is the request's own, used only if it looks like a host.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        });
+    let connect = match host {
+        Some(h) => format!("'self' ws://{h} wss://{h}"),
+        None => "'self'".to_owned(),
+    };
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
+fn secured(body: &'static str, content_type: &'static str, headers: &HeaderMap) -> Response {
+    let csp = HeaderValue::from_str(&content_security_policy(headers))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CONTENT_SECURITY_POLICY, csp),
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::HeaderName::from_static("cross-origin-opener-policy"),
+                HeaderValue::from_static("same-origin"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_allows_nothing_inline_and_no_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        let csp = content_security_policy(&headers);
+        assert!(csp.contains("script-src 'self';") && csp.contains("style-src 'self';"));
+        assert!(!csp.contains("unsafe-inline") && csp.contains("frame-ancestors 'none'"));
+        assert!(csp.contains("connect-src 'self' ws://127.0.0.1:8080 wss://127.0.0.1:8080;"));
+        headers.insert(header::HOST, HeaderValue::from_static("evil; script-src *"));
+        assert!(content_security_policy(&headers).contains("connect-src 'self';"));
+    }
+
+    #[test]
+    fn the_page_has_no_inline_script_or_style() {
+        for page in [INDEX] {
+            assert!(
+                !page.contains("<style") && !page.contains("style="),
+                "inline style"
+            );
+            for script in page.split("<script").skip(1) {
+                let tag = &script[..script.find('>').unwrap()];
+                assert!(tag.contains("src="), "inline script: <script{tag}>");
+            }
+            assert!(
+                !page.contains(" on") || !page.contains("onclick="),
+                "inline handler"
+            );
+        }
+    }
+}

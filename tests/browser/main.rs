@@ -1,0 +1,442 @@
+//! The web portal in a real browser: headless Chromium driven through chromedriver (WebDriver,
+//! the `fantoccini` crate), against a poolgate started in this process.
+//!
+//! Like the Redis cases, this target has its own `main` (libtest-mimic, `harness = false`), so a
+//! machine without the browser reports each case as *ignored*, with one line saying why, never
+//! as passed. `.ci/run` installs Debian's `chromium` and `chromium-driver` and sets
+//! `POOLGATE_TEST_REQUIRE_BROWSER=1`, which turns every would-be skip into a failure.
+//!
+//! Each step leaves a screenshot in `target/browser-artefacts/` (or `$POOLGATE_TEST_ARTEFACTS`).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::{Value, json};
+
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+use helpers::{OK, PASSWORD, TestApp, date_code, fast_sim, free_port};
+
+/// How long the page may take to show what a step leads to.
+const STEP: Duration = Duration::from_secs(20);
+
+type Case = fn(Browser) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn cases() -> Vec<(&'static str, Case)> {
+    vec![
+        (
+            "portal::a_person_signs_in_with_a_code_connects_downloads_the_launcher_and_signs_out",
+            |b| Box::pin(sign_in_with_a_code_connect_download_sign_out(b)),
+        ),
+        (
+            "portal::a_wrong_password_is_said_plainly_and_the_form_stays",
+            |b| Box::pin(a_wrong_password_is_said_plainly(b)),
+        ),
+        (
+            "portal::an_expired_token_signs_the_page_out_and_says_why",
+            |b| Box::pin(an_expired_token_signs_the_page_out(b)),
+        ),
+        (
+            "portal::keep_me_signed_in_survives_a_reload_and_works_at_360_px",
+            |b| Box::pin(keep_me_signed_in_survives_a_reload(b)),
+        ),
+    ]
+}
+
+/// What a case gets: a fresh browser session and a directory for its downloads and pictures.
+struct Browser {
+    client: Client,
+    downloads: PathBuf,
+    artefacts: PathBuf,
+    case: String,
+}
+
+impl Browser {
+    /// Saves a screenshot of the page as `<case>-<step>.png`.
+    async fn shot(&self, step: &str) {
+        let png = self.client.screenshot().await.expect("screenshot");
+        let short = self.case.rsplit("::").next().unwrap();
+        std::fs::write(self.artefacts.join(format!("{short}-{step}.png")), png).unwrap();
+    }
+
+    /// Waits until the JavaScript expression is truthy; fails with `what` after `STEP`.
+    async fn until(&self, expr: &str, what: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let v = self
+                .client
+                .execute(&format!("return !!({expr});"), vec![])
+                .await
+                .expect("script");
+            if v == Value::Bool(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let text = self.text("document.body.innerText").await;
+                panic!("timed out waiting for {what} ({expr}); the page says:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn text(&self, expr: &str) -> String {
+        let v = self
+            .client
+            .execute(&format!("return String({expr});"), vec![])
+            .await
+            .expect("script");
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn type_into(&self, id: &str, text: &str) {
+        let field = self.client.find(Locator::Id(id)).await.expect(id);
+        field.clear().await.expect("clear");
+        field.send_keys(text).await.expect("type");
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    async fn sign_in(&self, username: &str, password: &str, keep: bool) {
+        self.until(
+            "!document.getElementById('signin-view').hidden",
+            "the sign-in form",
+        )
+        .await;
+        self.type_into("username", username).await;
+        self.type_into("password", password).await;
+        if keep {
+            self.click("#keep").await;
+        }
+        self.click("#signin-button").await;
+    }
+}
+
+fn visible(id: &str) -> String {
+    format!("!document.getElementById('{id}').hidden")
+}
+
+/// The demo dataset with a simulation that always completes, quickly but visibly, and
+/// user-4 (the one-time-code user) given pool-win-1.
+async fn portal_app(token_ttl: Option<Duration>) -> TestApp {
+    TestApp::spawn_with(|c| {
+        fast_sim(c, OK, OK);
+        c.pools[0].users.push("user-4".into());
+        if let Some(ttl) = token_ttl {
+            c.token_ttl = ttl;
+        }
+    })
+    .await
+}
+
+async fn sign_in_with_a_code_connect_download_sign_out(b: Browser) {
+    let app = portal_app(None).await;
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.shot("01-sign-in").await;
+    b.sign_in("user-4", PASSWORD, false).await;
+    b.until(&visible("otp-step"), "the one-time code step")
+        .await;
+    b.shot("02-one-time-code").await;
+    b.type_into("otp", &date_code()).await;
+    b.click("#signin-button").await;
+    b.until(&visible("pools-view"), "the pools").await;
+    assert!(
+        b.text("document.getElementById('who').textContent")
+            .await
+            .contains("user-4")
+    );
+    b.until(
+        "document.querySelectorAll('#pools .pool').length == 1",
+        "user-4's one pool",
+    )
+    .await;
+    b.shot("03-pools").await;
+
+    b.click("#pools .pool .connect").await;
+    b.until(
+        "!document.querySelector('#pools .pool .progress').hidden",
+        "the progress bar",
+    )
+    .await;
+    b.shot("04-progress").await;
+    b.until(
+        "!document.querySelector('#pools .pool .result').hidden",
+        "the result",
+    )
+    .await;
+    let percent = b
+        .text("document.querySelector('#pools .pool progress').value")
+        .await;
+    assert_eq!(percent, "100", "the bar reached the end");
+    b.shot("05-ready").await;
+
+    // The link carries the server's launcher (rpc/launcher); the page's CSP keeps even its own
+    // script from reading it back, so the downloaded file is what is checked.
+    let name = b
+        .text("document.querySelector('#pools .pool .download').download")
+        .await;
+    assert_eq!(name, "pool-win-1.rdp");
+    b.click("#pools .pool .download").await;
+    let file = b.downloads.join("pool-win-1.rdp");
+    let deadline = Instant::now() + STEP;
+    let content = loop {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && text.ends_with("\r\n")
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the launcher was not downloaded to {file:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        content.starts_with("full address:s:") && content.contains("username:s:user-4\r\n"),
+        "{content:?}"
+    );
+
+    b.click("#signout").await;
+    b.until(
+        &visible("signin-view"),
+        "the sign-in form after signing out",
+    )
+    .await;
+    assert_eq!(
+        b.text("document.getElementById('notice').textContent")
+            .await,
+        "You signed out."
+    );
+    b.shot("06-signed-out").await;
+    app.stop().await;
+}
+
+async fn a_wrong_password_is_said_plainly(b: Browser) {
+    let app = portal_app(None).await;
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.sign_in("astravdi", "not the password", false).await;
+    b.until(&visible("signin-error"), "the error").await;
+    assert_eq!(
+        b.text("document.getElementById('signin-error').textContent")
+            .await,
+        "Wrong username or password."
+    );
+    assert!(
+        b.text("document.getElementById('pools-view').hidden").await == "true",
+        "not signed in"
+    );
+    b.shot("01-wrong-password").await;
+    app.stop().await;
+}
+
+async fn an_expired_token_signs_the_page_out(b: Browser) {
+    let app = portal_app(Some(Duration::from_secs(3))).await;
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.sign_in("astravdi", PASSWORD, false).await;
+    b.until(&visible("pools-view"), "the pools").await;
+    b.until(&visible("signin-view"), "the page signing itself out")
+        .await;
+    let notice = b
+        .text("document.getElementById('notice').textContent")
+        .await;
+    assert_eq!(
+        notice,
+        "You were signed out: no activity for 3 seconds. Sign in again."
+    );
+    b.shot("01-signed-out-by-expiry").await;
+    app.stop().await;
+}
+
+async fn keep_me_signed_in_survives_a_reload(b: Browser) {
+    let app = portal_app(None).await;
+    b.client.set_window_size(360, 740).await.unwrap();
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.sign_in("astravdi", PASSWORD, true).await;
+    b.until(&visible("pools-view"), "the pools").await;
+    b.until(
+        "document.querySelectorAll('#pools .pool').length == 4",
+        "astravdi's pools",
+    )
+    .await;
+    // Nothing is wider than the screen.
+    let overflow = b
+        .text("document.documentElement.scrollWidth > document.documentElement.clientWidth")
+        .await;
+    assert_eq!(overflow, "false", "the page scrolls sideways at 360 px");
+    b.shot("01-360px").await;
+    b.client.refresh().await.unwrap();
+    b.until(
+        &visible("pools-view"),
+        "the pools again after a reload, without a password",
+    )
+    .await;
+    // The token never shows in the address bar.
+    let url = b.client.current_url().await.unwrap();
+    assert!(!url.as_str().contains("pgt_"), "{url}");
+    app.stop().await;
+}
+
+/// Where the pictures go.
+fn artefacts() -> PathBuf {
+    let dir = std::env::var_os("POOLGATE_TEST_ARTEFACTS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-artefacts"),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first executable file called `name` in the `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|file| {
+            std::fs::metadata(file)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// A chromedriver on a free loopback port, stopped on drop.
+struct Driver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Driver {
+    fn start(program: &Path) -> Driver {
+        let port = free_port();
+        let child = std::process::Command::new(program)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+async fn session(driver: &str, downloads: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,900", "--no-first-run", "--disable-extensions"],
+            "prefs": {
+                "download.default_directory": downloads,
+                "download.prompt_for_download": false,
+                "safebrowsing.enabled": false,
+            },
+        }),
+    );
+    ClientBuilder::rustls()
+        .expect("TLS roots")
+        .capabilities(caps)
+        .connect(driver)
+        .await
+        .expect("a chromedriver session")
+}
+
+fn run(driver: &str, name: &str, case: Case) -> Result<(), Failed> {
+    let downloads = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("cannot build a runtime: {e}")))?;
+    rt.block_on(async {
+        let client = session(driver, downloads.path()).await;
+        let browser = Browser {
+            client: client.clone(),
+            downloads: downloads.path().to_owned(),
+            artefacts: artefacts(),
+            case: name.to_owned(),
+        };
+        let outcome = tokio::spawn(case(browser)).await;
+        client.close().await.ok();
+        outcome.map_err(|e| Failed::from(format!("{e}")))
+    })
+}
+
+fn main() -> ExitCode {
+    // fantoccini's HTTP client brings rustls with a second crypto backend; name the one
+    // poolgate uses, or rustls cannot pick.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let args = Arguments::from_args();
+    let required = std::env::var("POOLGATE_TEST_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    let found = (
+        on_path("chromedriver"),
+        on_path("chromium").or_else(|| on_path("chromium-browser")),
+    );
+    let missing = match &found {
+        (Some(_), Some(_)) => None,
+        _ => Some(
+            "no headless browser: chromedriver and chromium are not both on the PATH; to run it: \
+             apt-get install chromium chromium-driver",
+        ),
+    };
+    // One chromedriver for the whole run, started only if a case will use it.
+    let driver = match (&found.0, missing) {
+        (Some(program), None) if !args.list => Some(std::sync::Arc::new(Driver::start(program))),
+        _ => None,
+    };
+    let mut trials = Vec::new();
+    for (name, case) in cases() {
+        let trial = match (missing, &driver) {
+            (None, Some(driver)) => {
+                let driver = driver.clone();
+                Trial::test(name, move || run(&driver.url, name, case))
+            }
+            (Some(why), _) if required => Trial::test(name, move || {
+                Err(format!("POOLGATE_TEST_REQUIRE_BROWSER=1, but {why}").into())
+            }),
+            (why, _) => {
+                if let Some(why) = why
+                    && !args.list
+                    && args.filter.as_deref().is_none_or(|f| name.contains(f))
+                {
+                    println!("skipped browser case {name}: {why}");
+                }
+                Trial::test(name, || Ok(())).with_ignored_flag(true)
+            }
+        };
+        trials.push(trial);
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(driver);
+    conclusion.exit_code()
+}
