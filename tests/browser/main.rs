@@ -44,6 +44,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             |b| Box::pin(an_expired_token_signs_the_page_out(b)),
         ),
         (
+            "portal::a_failed_step_is_shown_on_its_pool_as_it_happens",
+            |b| Box::pin(a_failed_step_is_shown_on_its_pool(b)),
+        ),
+        (
             "portal::keep_me_signed_in_survives_a_reload_and_works_at_360_px",
             |b| Box::pin(keep_me_signed_in_survives_a_reload(b)),
         ),
@@ -258,6 +262,34 @@ async fn an_expired_token_signs_the_page_out(b: Browser) {
         "You were signed out: no activity for 3 seconds. Sign in again."
     );
     b.shot("01-signed-out-by-expiry").await;
+    app.stop().await;
+}
+
+async fn a_failed_step_is_shown_on_its_pool(b: Browser) {
+    let app = TestApp::spawn_with(|c| fast_sim(c, helpers::FAIL, OK)).await;
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.sign_in("astravdi", PASSWORD, false).await;
+    b.until(
+        "document.querySelectorAll('#pools .pool').length == 4",
+        "astravdi's pools",
+    )
+    .await;
+    b.click("#pools .pool .connect").await;
+    b.until(
+        "!document.querySelector('#pools .pool .error').hidden",
+        "the step's error",
+    )
+    .await;
+    let error = b
+        .text("document.querySelector('#pools .pool .error').textContent")
+        .await;
+    assert!(error.ends_with("Try again."), "{error}");
+    assert_eq!(
+        b.text("document.querySelector('#pools .pool .connect').textContent")
+            .await,
+        "Connect"
+    );
+    b.shot("01-step-failed").await;
     app.stop().await;
 }
 
