@@ -95,9 +95,11 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
             Error::bad_request(format!("{what}: {e}.")),
         )
     })?;
-    // A string, or a number that ordinary JSON parsers can read back (not 1e400).
+    // A string that ordinary JSON parsers can read back (not a lone surrogate, `"\ud800"`,
+    // which serde_json skips over unchecked), or a number they can (not 1e400): it is echoed
+    // as it came.
     let id = wire.id.filter(|id| match id.get().as_bytes()[0] {
-        b'"' => true,
+        b'"' => !id.get().contains('\\') || serde_json::from_str::<String>(id.get()).is_ok(),
         b'-' | b'0'..=b'9' => serde_json::from_str::<serde_json::Number>(id.get()).is_ok(),
         _ => false,
     });
@@ -335,6 +337,26 @@ mod tests {
         // Skipping a deep value is iterative; the method's own parse then refuses it.
         if let Ok(r) = parse(&text) {
             assert!(serde_json::from_str::<Value>(r.args.get()).is_err());
+        }
+    }
+
+    /// Found by a hostile review: an id with a lone surrogate escape was accepted and echoed,
+    /// making a reply no JSON parser reads; it is refused like any id that is not a string.
+    #[test]
+    fn every_reply_to_an_accepted_request_is_readable_json() {
+        for id in [r#""\ud800""#, r#""\udc00x""#, r#""a\ud83d""#] {
+            let frame = format!(r#"{{"id":{id},"namespace":"rpc","name":"identify"}}"#);
+            let Err(refused) = parse(&frame) else {
+                panic!("{frame} accepted");
+            };
+            assert_eq!(refused.id.get(), "null", "{frame}");
+        }
+        for id in [r#""\ud83d\ude00""#, r#""tab\there""#, "7"] {
+            let frame = format!(r#"{{"id":{id},"namespace":"rpc","name":"identify"}}"#);
+            let r = parse(&frame).expect("accepted");
+            let args: &RawValue = serde_json::from_str("{}").unwrap();
+            let reply = response(&r.namespace, r.id, args);
+            serde_json::from_str::<serde_json::Value>(&reply).expect("a readable reply");
         }
     }
 }

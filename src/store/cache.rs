@@ -7,12 +7,15 @@
 //! **When an entry goes.** Every write of a task or an assignment through this instance drops
 //! what it changed (the task, and everything cached of its user) once the backend has done
 //! the write. On a shared store (Redis) the write is also announced on the bus
-//! ([`BusEvent::Invalidate`]), after the write and by the same publisher as the domain's own
-//! events, so another instance drops its copy *before* it sees the task event that follows —
-//! a client told "ready" by a push never reads "running" on any instance. While the bus is
-//! disconnected ([`BusEvent::BusGap`]) nothing is cached or served from the cache, and the
-//! cache starts empty when the subscription is back, since announcements may have been
-//! missed in between.
+//! ([`BusEvent::Invalidate`]) by the write itself: the Redis script or transaction that writes
+//! publishes the announcement, so no crash of the writer and no lost connection can leave a
+//! write unannounced (and another instance serving the old value). Being published when the
+//! write is made, it reaches another instance *before* the task event the domain publishes
+//! after it — a client told "ready" by a push never reads "running" on any instance. While
+//! the bus is disconnected ([`BusEvent::BusGap`]) nothing is cached or served from the
+//! cache, and the cache starts empty when the subscription is back, since announcements may
+//! have been missed in between; once the bus is gone for good (shutdown), nothing is served
+//! from the cache either.
 //!
 //! **Racing reads.** A read that misses loads from the backend and then fills the entry —
 //! unless an invalidation of that entry happened since the read began: each entry belongs to
@@ -226,14 +229,17 @@ impl CachedStore {
     fn new(inner: Arc<dyn Store>) -> Self {
         let generations = (0..STRIPES).map(|_| AtomicU64::new(0)).collect();
         CachedStore {
-            inner,
             cache: Arc::new(Cache {
-                origin: rand::rng().random(),
+                // The backend's own when it announces writes, so this instance skips them.
+                origin: inner
+                    .announced_writes_origin()
+                    .unwrap_or_else(|| rand::rng().random()),
                 users: DashMap::new(),
                 tasks: DashMap::new(),
                 generations,
                 live: AtomicBool::new(true),
             }),
+            inner,
         }
     }
 
@@ -260,18 +266,22 @@ impl CachedStore {
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 if !cache.observe(&event) && sink.send(event).is_err() {
-                    return;
+                    break;
                 }
             }
+            // No more invalidations will be heard (the bus or the application is gone, as at
+            // shutdown): stop serving from the cache.
+            cache.reset(false);
         });
         Ok(store)
     }
 
     /// A write of `user`'s records (and of task `task`) was made, or may have been: drop
-    /// what is cached of them here, and announce it to the other instances.
+    /// what is cached of them here, and announce it to the other instances unless the
+    /// backend's write announced itself (Redis does, atomically with the write).
     fn changed(&self, user: Uuid, task: Option<Uuid>) {
         self.cache.invalidate(user, task);
-        if self.inner.is_shared() {
+        if self.inner.is_shared() && self.inner.announced_writes_origin().is_none() {
             self.inner.publish(BusEvent::Invalidate {
                 origin: self.cache.origin,
                 user_id: user,

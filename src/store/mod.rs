@@ -384,6 +384,16 @@ pub trait Store: Send + Sync + 'static {
     /// event may be lost across a reconnect (sessions are re-checked by `session_touch`;
     /// clients can ask for a task's state).
     fn publish(&self, event: BusEvent);
+
+    /// For a shared backend whose writes of tasks and assignments (`task_create`,
+    /// `task_update`, `assignment_create`, `assignment_remove`) publish their own
+    /// [`BusEvent::Invalidate`] atomically with the write — in the same script or transaction,
+    /// so that no crash or lost connection can separate a write from its announcement —
+    /// the `origin` those announcements carry. A read cache in front of it then announces
+    /// nothing itself.
+    fn announced_writes_origin(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Records held, by kind: what `session_put`'s cap, `sweep_expired` and `tasks_sweep` bound.

@@ -27,6 +27,10 @@ pub struct RedisStore {
     /// Events to publish, drained in order by one task (spawning a PUBLISH per event would
     /// let them overtake each other).
     outbox: mpsc::UnboundedSender<BusEvent>,
+    /// The bus channel, where the writes of tasks and assignments announce themselves.
+    channel: String,
+    /// The `origin` of those announcements (see [`Store::announced_writes_origin`]).
+    origin: u64,
     task_create: Script,
     task_update: Script,
     totp_advance: Script,
@@ -39,6 +43,7 @@ pub struct RedisStore {
     mfa_fail: Script,
     jwt_revoke_user: Script,
     assignment_create: Script,
+    assignment_remove: Script,
     task_sweep: Script,
     failures_add: Script,
     failures_undo: Script,
@@ -186,13 +191,14 @@ impl RedisStore {
 
         let (outbox, mut out_rx) = mpsc::unbounded_channel::<BusEvent>();
         let mut pub_con = con.clone();
+        let out_channel = channel.clone();
         tokio::spawn(async move {
             while let Some(event) = out_rx.recv().await {
                 let text = serde_json::to_string(&event).expect("events serialize");
                 // Retry briefly across a reconnect; an event lost here is a missed push, and
                 // clients can always ask for the task's state.
                 for attempt in 0..3 {
-                    match pub_con.publish::<_, _, ()>(&channel, &text).await {
+                    match pub_con.publish::<_, _, ()>(&out_channel, &text).await {
                         Ok(()) => break,
                         Err(e) if attempt == 2 => tracing::warn!(error = %e, "event not published"),
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -205,6 +211,12 @@ impl RedisStore {
             con,
             prefix: prefix.to_owned(),
             outbox,
+            channel,
+            origin: rand::random(),
+            // KEYS: the key's latest, the task, the user's tasks, the active set, the ended
+            // index. ARGV: the expected latest ('' for none), id, body, created (ms), 'active'
+            // or 'done', the bus channel, the announcement. The compare-and-set of a key's
+            // latest task.
             task_create: Script::new(
                 r"local cur = redis.call('GET', KEYS[1]) or ''
                   if cur ~= ARGV[1] then return 0 end
@@ -214,16 +226,19 @@ impl RedisStore {
                   if ARGV[5] == 'active' then redis.call('SADD', KEYS[4], ARGV[2])
                   else redis.call('SREM', KEYS[4], ARGV[2])
                     redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2]) end
+                  redis.call('PUBLISH', ARGV[6], ARGV[7])
                   return 1",
             ),
             // KEYS: the task, the active set, the ended index. ARGV: id, body, 'active' or
-            // 'done', created (ms). Only a stored task is overwritten.
+            // 'done', created (ms), the bus channel, the announcement. Only a stored task is
+            // overwritten.
             task_update: Script::new(
                 r"if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
                   redis.call('SET', KEYS[1], ARGV[2])
                   if ARGV[3] == 'active' then redis.call('SADD', KEYS[2], ARGV[1])
                   else redis.call('SREM', KEYS[2], ARGV[1])
                     redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+                  redis.call('PUBLISH', ARGV[5], ARGV[6])
                   return 1",
             ),
             totp_advance: Script::new(
@@ -367,11 +382,23 @@ impl RedisStore {
                     redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
                   return 0",
             ),
-            // KEYS: the assignment, the index. ARGV: body, index member.
+            // KEYS: the assignment, the index. ARGV: body, index member, the bus channel, the
+            // announcement.
             assignment_create: Script::new(
                 r"if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
                   redis.call('SADD', KEYS[2], ARGV[2])
+                  redis.call('PUBLISH', ARGV[3], ARGV[4])
                   return 1",
+            ),
+            // KEYS: the assignment, the index. ARGV: index member, the bus channel, the
+            // announcement. A script, not MULTI: a transaction's EXEC reply on the connection
+            // that is also subscribed to the bus could be taken for the announcement's push.
+            assignment_remove: Script::new(
+                r"local body = redis.call('GET', KEYS[1])
+                  redis.call('DEL', KEYS[1])
+                  redis.call('SREM', KEYS[2], ARGV[1])
+                  redis.call('PUBLISH', ARGV[2], ARGV[3])
+                  return body",
             ),
             // KEYS: the task, the index of ended tasks. ARGV: the id, the key prefix. Deletes an
             // ended task unless it is the latest of its key (then it stays indexed and is looked
@@ -390,6 +417,16 @@ impl RedisStore {
                   return 1",
             ),
         })
+    }
+
+    /// The announcement a write of `user`'s records (and of task `task`) publishes with it.
+    fn announcement(&self, user: Uuid, task: Option<Uuid>) -> String {
+        serde_json::to_string(&BusEvent::Invalidate {
+            origin: self.origin,
+            user_id: user,
+            task_id: task,
+        })
+        .expect("events serialize")
     }
 
     fn k(&self, parts: &[&str]) -> String {
@@ -766,6 +803,8 @@ impl Store for RedisStore {
             } else {
                 "done"
             })
+            .arg(&self.channel)
+            .arg(self.announcement(task.user_id, None))
             .invoke_async(&mut self.con())
             .await?;
         Ok(n == 1)
@@ -785,6 +824,8 @@ impl Store for RedisStore {
                 "done"
             })
             .arg(task.created.timestamp_millis())
+            .arg(&self.channel)
+            .arg(self.announcement(task.user_id, Some(task.id)))
             .invoke_async::<i64>(&mut self.con())
             .await?;
         Ok(())
@@ -853,6 +894,8 @@ impl Store for RedisStore {
             .key(self.k(&["assignments"]))
             .arg(serde_json::to_string(a)?)
             .arg(format!("{user}:{pool}"))
+            .arg(&self.channel)
+            .arg(self.announcement(a.user_id, None))
             .invoke_async(&mut self.con())
             .await?;
         Ok(created == 1)
@@ -860,11 +903,14 @@ impl Store for RedisStore {
 
     async fn assignment_remove(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         let (u, p) = (user.to_string(), pool.to_string());
-        let (body, _): (Option<String>, i64) = ::redis::pipe()
-            .atomic()
-            .get_del(self.k(&["assignment", &u, &p]))
-            .srem(self.k(&["assignments"]), format!("{u}:{p}"))
-            .query_async(&mut self.con())
+        let body: Option<String> = self
+            .assignment_remove
+            .key(self.k(&["assignment", &u, &p]))
+            .key(self.k(&["assignments"]))
+            .arg(format!("{u}:{p}"))
+            .arg(&self.channel)
+            .arg(self.announcement(user, None))
+            .invoke_async(&mut self.con())
             .await?;
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
@@ -993,6 +1039,10 @@ impl Store for RedisStore {
             failure_counters: self.keys_matching(&["failures", "*"]).await?.len()
                 + self.keys_matching(&["backoff", "*"]).await?.len(),
         })
+    }
+
+    fn announced_writes_origin(&self) -> Option<u64> {
+        Some(self.origin)
     }
 
     fn publish(&self, event: BusEvent) {

@@ -99,6 +99,11 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cases::redis_restarting_under_load_costs_only_the_requests_in_flight()),
     ));
     all.push((
+        "cache::a_write_is_announced_even_when_its_writer_dies_as_it_returns",
+        Needs::Redis,
+        || Box::pin(cases::a_write_is_announced_even_when_its_writer_dies_as_it_returns()),
+    ));
+    all.push((
         "secrets::the_redis_password_comes_from_a_file_and_is_required",
         Needs::RedisServer,
         || Box::pin(cases::the_redis_password_comes_from_a_file_and_is_required()),
