@@ -3,10 +3,11 @@
 //! Two stores are opened on the same Redis and prefix exactly as two `poolgate serve` instances
 //! open theirs (`store::open`, each behind its read cache). B reads a task (so its cache holds
 //! it), A updates the task and then publishes a marker on the bus; the marker reaches B's
-//! application sink only after B's cache has applied the write's announcement (same publisher,
-//! same order), so the time from A's write returning to the marker's arrival on B is the
-//! window in which B could still answer the old task. Each sample then checks that B answers
-//! the update.
+//! application sink only after B's cache has applied the write's announcement (published by
+//! the write's own script, so before the write returned and so before the marker; one
+//! subscription delivers in order), so the time from A's write returning to the marker's
+//! arrival on B bounds the window in which B could still answer the old task. Each sample then
+//! checks that B answers the update.
 //!
 //! Usage: cache_invalidation redis://127.0.0.1:6379/ [SAMPLES] [--json FILE]
 

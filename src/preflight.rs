@@ -53,7 +53,23 @@ pub fn files(config: &Config) -> Vec<Problem> {
             command(name, c, &mut problems);
         }
     }
+    gateways(config, &mut problems);
     problems
+}
+
+/// Each pool's Guacamole gateway loads: its key is readable and well formed (never quoted).
+fn gateways(config: &Config, problems: &mut Vec<Problem>) {
+    for (i, pool) in config.pools.iter().enumerate() {
+        if let Some(g) = &pool.guacamole
+            && let Err(e) = crate::pools::Gateway::load(g, pool)
+        {
+            let index = i.to_string();
+            problems.push(Problem::new(
+                &["pools", &index, "guacamole"],
+                format!("pool {:?}: {e:#}", pool.name),
+            ));
+        }
+    }
 }
 
 fn tls(config: &Config, problems: &mut Vec<Problem>) {
@@ -251,15 +267,27 @@ fn writable(dir: &Path) -> Result<(), String> {
 
 /// The line (1-based) of a key in TOML text; when only a prefix of the path is there (the
 /// key is absent and a default applies), the line of the deepest part that is.
+/// A part that is a number picks a table of an array of tables (`pools.0.guacamole`).
 pub fn key_line(text: &str, key: &[String]) -> Option<usize> {
     let doc = toml_edit::Document::parse(text).ok()?;
     let mut table: &dyn toml_edit::TableLike = doc.as_table();
     let mut found = None;
-    for part in key {
+    let mut parts = key.iter();
+    while let Some(part) = parts.next() {
         let Some((k, item)) = table.get_key_value(part) else {
             break;
         };
         found = k.span().map(|s| s.start);
+        if let Some(array) = item.as_array_of_tables() {
+            match parts.next().and_then(|i| array.get(i.parse().ok()?)) {
+                Some(t) => {
+                    found = t.span().map(|s| s.start).or(found);
+                    table = t;
+                    continue;
+                }
+                None => break,
+            }
+        }
         match item.as_table_like() {
             Some(t) => table = t,
             None => break,
@@ -299,6 +327,16 @@ mod tests {
 
     fn path(p: &str) -> Vec<String> {
         p.split('.').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn key_lines_point_into_arrays_of_tables_by_index() {
+        let text =
+            "[[pools]]\nname = \"a\"\n\n[[pools]]\nname = \"b\"\nguacamole = { url = \"u\" }\n";
+        assert_eq!(key_line(text, &path("pools.1.guacamole")), Some(6));
+        assert_eq!(key_line(text, &path("pools.1.guacamole.url")), Some(6));
+        assert_eq!(key_line(text, &path("pools.0.guacamole")), Some(1));
+        assert_eq!(key_line(text, &path("pools.7.guacamole")), Some(1));
     }
 
     #[test]

@@ -106,6 +106,7 @@ const state = {
   tasks: new Map(),  // task id -> latest task seen (replies and events)
   waiters: new Map(),// task id -> [resolve] waiting for an end
   cards: new Map(),  // pool id -> the pool's card
+  linkTimers: new Map(), // card -> the timer renewing its Guacamole link
   flows: new Map(),  // pool id -> the step in progress
   expiryTimer: null,
 };
@@ -173,6 +174,8 @@ function signedOut(reason) {
   clearInterval(state.expiryTimer);
   state.token = null;
   state.flows.clear();
+  for (const timer of state.linkTimers.values()) clearTimeout(timer);
+  state.linkTimers.clear();
   sessionStorage.removeItem(TOKEN_KEY);
   showSignIn(reason);
 }
@@ -275,6 +278,7 @@ function onEvent(name, args) {
     const card = state.cards.get(args.pool_id);
     if (card) {
       card.querySelector(".result").hidden = true;
+      showGuacamole(card, null, null);
       cardError(card, "Your machine in this pool was given back; connect again to get a new one.");
     }
   }
@@ -298,11 +302,12 @@ function onClose(e) {
 // ---- the two steps ---------------------------------------------------------------------
 
 /** Runs one step until it answers with a result: `pool_request` → the COMPLETED task,
- * `connect_info` → the connection. A repeated click while it runs gets the same task. */
+ * `connect_info` → its reply with the connection (and a Guacamole link when the pool has a
+ * gateway). A repeated click while it runs gets the same task. */
 async function step(pool, card, method) {
   for (;;) {
     const reply = await authed(method, { pool_id: pool.id });
-    if (reply.connection) return reply.connection;
+    if (reply.connection) return reply;
     const task = reply.task;
     const flow = state.flows.get(pool.id);
     if (flow) flow.taskId = task.id;
@@ -337,10 +342,11 @@ async function connect(pool, card) {
     await step(pool, card, "pool_request");
     flow.method = "connect_info";
     setProgress(card, 50, `${STEP_LABEL.connect_info}…`);
-    const conn = await step(pool, card, "connect_info");
+    const ready = await step(pool, card, "connect_info");
     const file = await authed("launcher", { pool_id: pool.id });
     setProgress(card, 100, "Ready.");
-    showResult(card, conn, file);
+    showResult(card, ready.connection, file);
+    showGuacamole(card, pool, ready.guacamole);
   } catch (e) {
     if (state.token) {
       cardError(card, e instanceof RpcError ? e.message : `${e.message} Try again.`);
@@ -370,6 +376,29 @@ function showResult(card, conn, file) {
   link.textContent = `Download ${file.filename}`;
   card.querySelector(".result").hidden = false;
   link.focus();
+}
+
+/** The link into the desktop through the pool's Guacamole gateway. Each link opens the
+ * desktop once and expires after `expires_in` seconds, so a fresh one is asked for (with
+ * `connect_info`, which starts nothing once the desktop is ready) after every click and
+ * shortly before it expires; when none comes back the link is hidden. */
+function showGuacamole(card, pool, link) {
+  const a = card.querySelector(".guacamole");
+  clearTimeout(state.linkTimers.get(card));
+  if (!link || !state.token || !card.isConnected) {
+    a.hidden = true;
+    a.removeAttribute("href");
+    return;
+  }
+  a.href = link.url;
+  a.hidden = false;
+  const refresh = async () => {
+    clearTimeout(state.linkTimers.get(card));
+    const reply = await authed("connect_info", { pool_id: pool.id }).catch(() => null);
+    showGuacamole(card, pool, reply && reply.connection ? reply.guacamole : null);
+  };
+  state.linkTimers.set(card, setTimeout(refresh, Math.max(1, link.expires_in * 0.8) * 1000));
+  a.onclick = () => { setTimeout(refresh, 0); };
 }
 
 // ---- sign-in ---------------------------------------------------------------------------

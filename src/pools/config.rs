@@ -2,12 +2,14 @@
 //! around tasks. Plain data that `config` (a layer above) composes into the settings file and
 //! `Pools::new` consumes, so the settings format of pools lives with the pools.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::domain::{TaskKind, TaskStatus};
+use crate::domain::{TaskKind, TaskStatus, secs};
 
 /// A `[[pools]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +30,38 @@ pub struct PoolConfig {
     /// Name of a `[provisioners.NAME]` table; `simulated` works without one.
     #[serde(default = "simulated")]
     pub provisioner: String,
+    /// A Guacamole gateway in front of the pool's desktops: `connect_info` and the portal then
+    /// also hand out a link into the desktop through guacamole-auth-json.
+    #[serde(default)]
+    pub guacamole: Option<GuacamoleConfig>,
+}
+
+/// A pool's `guacamole = { url, secret_key_file }` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuacamoleConfig {
+    /// The Guacamole web application, e.g. `https://gw.example.org/guacamole/`.
+    pub url: String,
+    /// A file holding Guacamole's `json-secret-key` (32 hex digits)...
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
+    /// ...or the name of an environment variable holding it.
+    #[serde(default)]
+    pub secret_key_env: Option<String>,
+    /// Guacamole's protocol name; `rdp` for RDP pools and `vnc` for VNC ones when unset.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Further connection parameters (`ignore-cert`, `security`, `username`, …); `hostname`
+    /// and `port` are the machine's.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    /// How long a link is accepted after it was made.
+    #[serde(default = "link_ttl", with = "secs")]
+    pub link_ttl: Duration,
+}
+
+fn link_ttl() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn active() -> String {

@@ -22,12 +22,14 @@
 //! | `steps.rs` | the step 1 / step 2 rules and the compare-and-set that starts a task |
 //! | `queries.rs` | read-only answers: pool lists, tasks, assignments, the launcher file |
 //! | `launcher.rs` | the `.rdp` / `.vv` file a desktop client opens ([`Launcher`]) |
+//! | `guacamole.rs` | the link into a desktop through a Guacamole gateway ([`GuacamoleLink`]) |
 //! | `runner.rs` | driving one task to an end under its deadline and lease |
 //! | `release.rs` | taking a machine away and giving it back to its provisioner |
 //! | `recovery.rs` | start-up: what a previous run left, seed tasks, reconciliation |
 //! | `sweeps.rs` | background: expired assignments, old tasks, orphaned tasks |
 
 mod config;
+mod guacamole;
 mod launcher;
 mod queries;
 mod recovery;
@@ -37,7 +39,8 @@ mod steps;
 mod sweeps;
 mod wire;
 
-pub use config::{PoolConfig, SeedTask, Timings};
+pub use config::{GuacamoleConfig, PoolConfig, SeedTask, Timings};
+pub use guacamole::{Gateway, GuacamoleKey, GuacamoleLink};
 pub use launcher::Launcher;
 pub use wire::{ConnectOutcome, ConnectParams, Discarded, PoolView};
 
@@ -61,6 +64,7 @@ struct Pool {
     view: PoolView,
     users: HashSet<Uuid>,
     provisioner: Arc<dyn Provisioner>,
+    guacamole: Option<guacamole::Gateway>,
 }
 
 /// The pools and everything their tasks run on; cheap to clone.
@@ -178,6 +182,12 @@ impl Pools {
                 },
                 users: assigned,
                 provisioner: provisioner.clone(),
+                guacamole: p
+                    .guacamole
+                    .as_ref()
+                    .map(|g| guacamole::Gateway::load(g, p))
+                    .transpose()
+                    .with_context(|| format!("pool {:?}", p.name))?,
             };
             if map.insert(p.id, Arc::new(pool)).is_some() {
                 bail!("pool id {} is used twice", p.id);

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::{Launcher, PoolView, Pools, launcher};
+use super::{GuacamoleLink, Launcher, PoolView, Pools, launcher};
 use crate::auth::users::User;
-use crate::domain::{Machine, Task, TaskKind, TaskStatus};
+use crate::domain::{ConnectionData, Machine, Task, TaskKind, TaskStatus};
 use crate::error::Error;
 
 /// Tasks listed by `tasks`.
@@ -71,6 +71,30 @@ impl Pools {
                     .into(),
             )),
         }
+    }
+
+    /// A link into `conn`, the user's connection in the pool, through the pool's Guacamole
+    /// gateway; `None` when the pool has none. Made afresh on every call: each link is
+    /// single-use and expires (see `guacamole.rs`).
+    pub fn guacamole_link(
+        &self,
+        user: &User,
+        pool_id: Uuid,
+        conn: &ConnectionData,
+    ) -> Result<Option<GuacamoleLink>, Error> {
+        let pool = self.pool_for(user, pool_id)?;
+        let Some(gateway) = &pool.guacamole else {
+            return Ok(None);
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Ok(Some(gateway.link(
+            &user.username,
+            &pool.view.name,
+            conn,
+            now_ms,
+        )))
     }
 
     /// The ids of a pool's users (admin resets of a whole pool); `None` for an unknown pool.

@@ -1,13 +1,22 @@
 //! `rpc/connect_info {"pool_id","remote_protocol"?,"width"?,"height"?,"password"?}` →
-//! `{"task": {...}}` while not ready, `{"connection": {...}}` when ready (step 2).
+//! `{"task": {...}}` while not ready, `{"connection": {...}}` when ready (step 2), with
+//! `"guacamole": {"url", "expires"}` beside it when the pool has a Guacamole gateway.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::{Ctx, Reply, parse_args, to_reply, user};
+use crate::domain::ConnectionData;
 use crate::error::Error;
-use crate::pools::{ConnectOutcome, ConnectParams};
+use crate::pools::{ConnectOutcome, ConnectParams, GuacamoleLink};
+
+/// The reply for a pool behind a Guacamole gateway.
+#[derive(Serialize)]
+struct WithLink<'a> {
+    connection: &'a ConnectionData,
+    guacamole: GuacamoleLink,
+}
 
 #[derive(Deserialize)]
 pub struct ConnectInfo {
@@ -24,13 +33,18 @@ impl ConnectInfo {
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
         // Serialized straight from the outcome: `{"task": …}` or `{"connection": …}`; the
         // connection data of a finished step is rendered once per machine and change.
-        let outcome = ctx
-            .state
-            .pools
-            .connect_info(user(ctx)?, self.pool_id, &self.params)
-            .await?;
+        let user = user(ctx)?;
+        let pools = &ctx.state.pools;
+        let outcome = pools.connect_info(user, self.pool_id, &self.params).await?;
         match &outcome {
-            ConnectOutcome::Connection(c) => ctx.state.connect_replies.render(c.id, outcome),
+            // A Guacamole link is single-use and expires: made afresh, never cached.
+            ConnectOutcome::Connection(c) => match pools.guacamole_link(user, self.pool_id, c)? {
+                Some(link) => to_reply(WithLink {
+                    connection: c,
+                    guacamole: link,
+                }),
+                None => ctx.state.connect_replies.render(c.id, outcome),
+            },
             ConnectOutcome::Task(_) => to_reply(outcome),
         }
     }

@@ -125,9 +125,11 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
         .replace(
             "# env_files = { PROXMOX_TOKEN = \"/etc/poolgate/proxmox.token\" }",
             &format!("env_files = {{ PROXMOX_TOKEN = {:?} }}", at("token")),
-        );
+        )
+        .replace("# guacamole = {", "guacamole = {")
+        .replace("/etc/poolgate/guacamole.key", &at("guacamole.key"));
     assert!(
-        text.contains(&at("token")),
+        text.contains(&at("token")) && text.contains(&at("guacamole.key")),
         "examples/production.toml changed: update this test"
     );
     let config = dir.path().join("poolgate.toml");
@@ -159,7 +161,13 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
         "provisioners.proxmox.env_files.PROXMOX_TOKEN",
         "cannot read",
     );
-    assert!(err.contains("4 problems"), "{err}");
+    expect(
+        &err,
+        "guacamole = {",
+        "pools.0.guacamole",
+        "cannot read guacamole.secret_key_file",
+    );
+    assert!(err.contains("5 problems"), "{err}");
 
     // serve refuses the same file for the same reasons, before it listens.
     let out = tokio::time::timeout(
@@ -187,6 +195,7 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
     // A program that is not executable, an empty secret, a certificate that does not parse.
     std::fs::write(at("prov.sh"), "#!/bin/sh\necho '{\"result\":{}}'\n").unwrap();
     std::fs::write(at("token"), "\n").unwrap();
+    std::fs::write(at("guacamole.key"), "a passphrase, not a key").unwrap();
     std::fs::write(at("cert.pem"), "not a certificate").unwrap();
     std::fs::write(at("key.pem"), "not a key").unwrap();
     let (ok, err) = check_config(&config, false);
@@ -203,6 +212,16 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
         "provisioners.proxmox.env_files.PROXMOX_TOKEN",
         "is empty",
     );
+    expect(
+        &err,
+        "guacamole = {",
+        "pools.0.guacamole",
+        "must be 32 hexadecimal digits",
+    );
+    assert!(
+        !err.contains("passphrase"),
+        "the key is never quoted: {err}"
+    );
     assert!(err.contains(": tls_"), "{err}");
 
     // All fixed: ok, and serve starts on the same file.
@@ -215,6 +234,7 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
         std::fs::set_permissions(at("prov.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::write(at("token"), "secret-token\n").unwrap();
+    std::fs::write(at("guacamole.key"), "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
     let (ok, err) = check_config(&config, true);
     assert!(ok, "{err}");
     assert!(!dir.path().join("data").exists(), "checking writes nothing");

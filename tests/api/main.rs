@@ -9,6 +9,7 @@ mod connections;
 mod docs;
 mod examples;
 mod exposure;
+mod guacamole;
 mod hardening;
 mod helpers;
 mod limits;

@@ -36,7 +36,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             |b| Box::pin(sign_in_with_a_code_connect_download_sign_out(b)),
         ),
         (
-            "portal::a_wrong_password_is_said_plainly_and_the_form_stays",
+            "portal::a_wrong_password_and_then_the_lockout_are_said_plainly",
             |b| Box::pin(a_wrong_password_is_said_plainly(b)),
         ),
         (
@@ -134,12 +134,28 @@ fn visible(id: &str) -> String {
     format!("!document.getElementById('{id}').hidden")
 }
 
+/// Where pool-win-1's Guacamole gateway is said to be (nothing listens there: the page's link
+/// is checked, not followed).
+const GATEWAY: &str = "https://gw.example.org/guacamole/";
+
 /// The demo dataset with a simulation that always completes, quickly but visibly, and
-/// user-4 (the one-time-code user) given pool-win-1.
+/// user-4 (the one-time-code user) given pool-win-1, which has a Guacamole gateway.
 async fn portal_app(token_ttl: Option<Duration>) -> TestApp {
     TestApp::spawn_with(|c| {
         fast_sim(c, OK, OK);
         c.pools[0].users.push("user-4".into());
+        // The key in a file of the app's own data directory, removed with it.
+        std::fs::create_dir_all(&c.data_dir).unwrap();
+        let key_file = c.data_dir.join("guacamole.key");
+        std::fs::write(&key_file, "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
+        c.pools[0].guacamole = Some(poolgate::pools::GuacamoleConfig {
+            url: GATEWAY.into(),
+            secret_key_file: Some(key_file),
+            secret_key_env: None,
+            protocol: None,
+            parameters: Default::default(),
+            link_ttl: Duration::from_secs(60),
+        });
         if let Some(ttl) = token_ttl {
             c.token_ttl = ttl;
         }
@@ -188,6 +204,21 @@ async fn sign_in_with_a_code_connect_download_sign_out(b: Browser) {
     assert_eq!(percent, "100", "the bar reached the end");
     b.shot("05-ready").await;
 
+    // The pool has a Guacamole gateway: a link into the desktop through it, opened in a new
+    // tab that is told nothing about this page.
+    let guacamole = "document.querySelector('#pools .pool .guacamole')";
+    assert_eq!(b.text(&format!("{guacamole}.hidden")).await, "false");
+    let href = b.text(&format!("{guacamole}.href")).await;
+    assert!(
+        href.starts_with(&format!("{GATEWAY}#/?data=")) && href.len() > 200,
+        "{href}"
+    );
+    assert_eq!(b.text(&format!("{guacamole}.target")).await, "_blank");
+    assert_eq!(
+        b.text(&format!("{guacamole}.rel")).await,
+        "noopener noreferrer"
+    );
+
     // The link carries the server's launcher (rpc/launcher); the page's CSP keeps even its own
     // script from reading it back, so the downloaded file is what is checked.
     let name = b
@@ -230,20 +261,32 @@ async fn sign_in_with_a_code_connect_download_sign_out(b: Browser) {
 }
 
 async fn a_wrong_password_is_said_plainly(b: Browser) {
-    let app = portal_app(None).await;
+    // The lockout after two failures, so that the third attempt meets it.
+    let app = TestApp::spawn_with(|c| c.lockout_attempts = 2).await;
     b.client.goto(&app.url("/")).await.unwrap();
-    b.sign_in("astravdi", "not the password", false).await;
-    b.until(&visible("signin-error"), "the error").await;
-    assert_eq!(
-        b.text("document.getElementById('signin-error').textContent")
-            .await,
-        "Wrong username or password."
-    );
-    assert!(
-        b.text("document.getElementById('pools-view').hidden").await == "true",
-        "not signed in"
-    );
-    b.shot("01-wrong-password").await;
+    for attempt in 1..=3 {
+        b.sign_in("astravdi", "not the password", false).await;
+        b.until(&visible("signin-error"), "the error").await;
+        let error = b
+            .text("document.getElementById('signin-error').textContent")
+            .await;
+        if attempt < 3 {
+            assert_eq!(error, "Wrong username or password.", "attempt {attempt}");
+            if attempt == 1 {
+                b.shot("01-wrong-password").await;
+            }
+        } else {
+            assert_eq!(
+                error, "Too many attempts. Try again in up to 15 minutes.",
+                "a 429 says when to retry"
+            );
+            b.shot("02-too-many-attempts").await;
+        }
+        assert!(
+            b.text("document.getElementById('pools-view').hidden").await == "true",
+            "not signed in"
+        );
+    }
     app.stop().await;
 }
 
