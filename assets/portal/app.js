@@ -106,7 +106,7 @@ const state = {
   tasks: new Map(),  // task id -> latest task seen (replies and events)
   waiters: new Map(),// task id -> [resolve] waiting for an end
   cards: new Map(),  // pool id -> the pool's card
-  linkTimers: new Map(), // card -> the timer renewing its Guacamole link
+  linkTimers: new Map(), // card -> the timer that retires its Guacamole link when it expires
   flows: new Map(),  // pool id -> the step in progress
   expiryTimer: null,
 };
@@ -379,26 +379,51 @@ function showResult(card, conn, file) {
 }
 
 /** The link into the desktop through the pool's Guacamole gateway. Each link opens the
- * desktop once and expires after `expires_in` seconds, so a fresh one is asked for (with
- * `connect_info`, which starts nothing once the desktop is ready) after every click and
- * shortly before it expires; when none comes back the link is hidden. */
+ * desktop once and expires after `expires_in` seconds, so once it is clicked or expired it
+ * gives way to a "New browser link" button; a new link is asked for (with `connect_info`,
+ * which starts nothing once the desktop is ready) only when that button is pressed — never
+ * on a timer, which would keep an unattended page signed in. */
 function showGuacamole(card, pool, link) {
   const a = card.querySelector(".guacamole");
+  const renew = card.querySelector(".guacamole-renew");
   clearTimeout(state.linkTimers.get(card));
+  state.linkTimers.delete(card);
   if (!link || !state.token || !card.isConnected) {
     a.hidden = true;
     a.removeAttribute("href");
+    renew.hidden = true;
     return;
   }
+  const spent = () => {
+    clearTimeout(state.linkTimers.get(card));
+    state.linkTimers.delete(card);
+    a.hidden = true;
+    a.removeAttribute("href");
+    renew.hidden = false;
+  };
   a.href = link.url;
   a.hidden = false;
-  const refresh = async () => {
-    clearTimeout(state.linkTimers.get(card));
-    const reply = await authed("connect_info", { pool_id: pool.id }).catch(() => null);
-    showGuacamole(card, pool, reply && reply.connection ? reply.guacamole : null);
+  renew.hidden = true;
+  state.linkTimers.set(card, setTimeout(spent, link.expires_in * 1000));
+  // After the browser has taken the link to the new tab.
+  a.onclick = () => { setTimeout(spent, 0); };
+  renew.onclick = async () => {
+    renew.disabled = true;
+    try {
+      const reply = await authed("connect_info", { pool_id: pool.id });
+      if (reply.connection && reply.guacamole) {
+        showGuacamole(card, pool, reply.guacamole);
+        a.focus();
+      } else {
+        showGuacamole(card, pool, null);
+        cardError(card, "The desktop is no longer ready: connect again.");
+      }
+    } catch (e) {
+      cardError(card, e.message);
+    } finally {
+      renew.disabled = false;
+    }
   };
-  state.linkTimers.set(card, setTimeout(refresh, Math.max(1, link.expires_in * 0.8) * 1000));
-  a.onclick = () => { setTimeout(refresh, 0); };
 }
 
 // ---- sign-in ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ pub mod machine;
 pub mod secs;
 pub mod task;
 
-pub use address::address_key;
+pub use address::{address_key, is_loopback_url};
 pub use machine::{ConnectionData, Machine};
 pub use task::{Task, TaskError, TaskKind, TaskStatus};
 

@@ -16,7 +16,6 @@
 //! made.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
@@ -80,10 +79,6 @@ pub struct Gateway {
     protocol: String,
     parameters: BTreeMap<String, String>,
     link_ttl: Duration,
-    /// The last expiry handed out: each link expires at least 1 ms after the one before, so
-    /// no two links of this instance are the same (the sealing has no randomness, and a used
-    /// link is refused by its signature).
-    last_expires: AtomicU64,
 }
 
 /// What `connect_info` and the portal hand out: open `url` to be signed into the desktop
@@ -108,6 +103,11 @@ struct UserData<'a> {
 
 #[derive(Serialize)]
 struct Connection<'a> {
+    /// Random for every link: the sealing has no randomness of its own, and Guacamole refuses
+    /// a used link by its signature, so two links asked for in one millisecond must differ.
+    /// (Guacamole lets a connection be joined by this id only from a payload that names it in
+    /// `join`, which takes the key to make.)
+    id: String,
     protocol: &'a str,
     parameters: BTreeMap<&'a str, String>,
 }
@@ -120,6 +120,13 @@ impl Gateway {
         if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains('#') {
             bail!("guacamole.url must be an http(s) address without a fragment, got {url:?}");
         }
+        if url.starts_with("http://") && !crate::domain::is_loopback_url(url) {
+            tracing::warn!(
+                pool = %pool.name,
+                "guacamole.url is plain http: the sign-in data and the desktop travel \
+                 unencrypted between the browser and Guacamole"
+            );
+        }
         let (text, source) = match (&config.secret_key_file, &config.secret_key_env) {
             (Some(path), None) => (
                 std::fs::read_to_string(path).with_context(|| {
@@ -128,9 +135,16 @@ impl Gateway {
                 format!("guacamole.secret_key_file {}", path.display()),
             ),
             (None, Some(var)) => (
-                std::env::var(var).with_context(|| {
-                    format!("guacamole.secret_key_env names {var}, which is not set")
-                })?,
+                // Never `std::env::var`'s error: it quotes a value that is not UTF-8.
+                match std::env::var_os(var) {
+                    None => bail!("guacamole.secret_key_env names {var}, which is not set"),
+                    Some(v) => v.into_string().map_err(|_| {
+                        anyhow::anyhow!(
+                            "the environment variable {var} (guacamole.secret_key_env) is not \
+                             UTF-8 text"
+                        )
+                    })?,
+                },
                 format!("the environment variable {var} (guacamole.secret_key_env)"),
             ),
             _ => bail!(
@@ -180,7 +194,6 @@ impl Gateway {
             protocol,
             parameters: config.parameters.clone(),
             link_ttl: config.link_ttl,
-            last_expires: AtomicU64::new(0),
         })
     }
 
@@ -192,14 +205,7 @@ impl Gateway {
         conn: &ConnectionData,
         now_ms: u64,
     ) -> GuacamoleLink {
-        let due = now_ms.saturating_add(self.link_ttl.as_millis() as u64);
-        let last = self
-            .last_expires
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                Some(due.max(last + 1))
-            })
-            .expect("always Some");
-        let expires = due.max(last + 1);
+        let expires = now_ms.saturating_add(self.link_ttl.as_millis() as u64);
         let mut parameters: BTreeMap<&str, String> = self
             .parameters
             .iter()
@@ -214,6 +220,7 @@ impl Gateway {
             connections: BTreeMap::from([(
                 name,
                 Connection {
+                    id: hex::encode(rand::random::<[u8; 16]>()),
                     protocol: &self.protocol,
                     parameters,
                 },
@@ -239,6 +246,47 @@ mod tests {
 
     /// The worked example of guacamole-auth-json's README (1.5.2): this JSON, under key
     /// 4C0B569E4C96DF157EEE1B65DD0E4D41, is what its `encrypt-json.sh` turns into `EXPECTED`.
+    fn conn() -> ConnectionData {
+        serde_json::from_value(serde_json::json!({
+            "id": "bc4f9e45-6b5a-41e6-bb85-ae91f4b8c413", "verbose_name": "m",
+            "permissions": [], "host": "10.0.0.1", "port": 3389, "status": "ACTIVE",
+            "protocol_id": 1
+        }))
+        .unwrap()
+    }
+
+    /// Found by a hostile review: links asked for faster than one per millisecond used to
+    /// push every later link's expiry past `link_ttl`.
+    #[test]
+    fn every_link_expires_link_ttl_after_it_is_made_and_no_two_are_the_same() {
+        let var = "POOLGATE_TEST_GUACAMOLE_KEY_UNIT_BURST";
+        // SAFETY: the only test that sets or reads this variable.
+        unsafe { std::env::set_var(var, "4c0b569e4c96df157eee1b65dd0e4d41") };
+        let gw = load("RDP", &format!("secret_key_env = \"{var}\", link_ttl = 10")).unwrap();
+        let now = 1_700_000_000_000u64;
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..2_000u64 {
+            let at = now + i / 20;
+            let link = gw.link("mallory", "p", &conn(), at);
+            assert_eq!(link.expires, at + 10_000);
+            assert!(seen.insert(link.url), "a link twice");
+        }
+    }
+
+    /// Found by a hostile review: `std::env::var`'s error quotes a value that is not UTF-8.
+    #[test]
+    fn a_key_in_the_environment_that_is_not_text_is_never_quoted() {
+        use std::os::unix::ffi::OsStrExt;
+        let var = "POOLGATE_TEST_GUACAMOLE_KEY_UNIT_NON_UTF8";
+        let value = std::ffi::OsStr::from_bytes(b"4c0b569e4c96df157eee1b65dd0e4d41\xff");
+        // SAFETY: the only test that sets or reads this variable.
+        unsafe { std::env::set_var(var, value) };
+        let err = load("RDP", &format!("secret_key_env = \"{var}\"")).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(!text.contains("4c0b569e"), "the key is quoted: {text}");
+        assert!(text.contains("not UTF-8"), "{text}");
+    }
+
     const EXAMPLE_JSON: &str = r#"{
   "username" : "test",
   "expires" : "1446323765000",

@@ -116,9 +116,15 @@ async fn a_ready_desktop_behind_a_gateway_comes_with_a_link_guacamole_accepts() 
     assert_eq!(user["username"], "astravdi");
     assert_eq!(user["expires"], expires);
     assert_eq!(user["singleUse"], true, "a link opens the desktop once");
+    let id = &user["connections"]["pool-win-1"]["id"];
+    assert!(
+        id.as_str().is_some_and(|id| id.len() == 32),
+        "a random connection id: {user}"
+    );
     assert_eq!(
         user["connections"],
         json!({"pool-win-1": {
+            "id": id,
             "protocol": "rdp",
             "parameters": {
                 "hostname": conn["host"],
@@ -129,12 +135,13 @@ async fn a_ready_desktop_behind_a_gateway_comes_with_a_link_guacamole_accepts() 
     );
 
     // Asked again, even within the same millisecond: a new link (the first may have been
-    // used), the same connection.
+    // used), the same connection, expiring link_ttl after it was made.
     let mut seen = std::collections::HashSet::from([link["url"].clone()]);
     for _ in 0..5 {
         let again = c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await["args"].clone();
         assert_eq!(&again["connection"], conn);
-        assert!(again["guacamole"]["expires"].as_u64().unwrap() > expires);
+        let again_expires = again["guacamole"]["expires"].as_u64().unwrap();
+        assert!(again_expires >= expires && again_expires <= now_ms() + 60_000);
         assert!(
             seen.insert(again["guacamole"]["url"].clone()),
             "a link twice"
