@@ -6,6 +6,7 @@
 //! user and a wrong password give the same answer after the same work; an MFA user gets the
 //! mock's 428 after that same work, whether the password was right or not.
 
+pub mod directory;
 pub mod jwt;
 pub mod lockout;
 pub mod otp;

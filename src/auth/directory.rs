@@ -1,0 +1,474 @@
+//! Directory sign-in: people and groups kept in LDAP or Active Directory.
+//!
+//! A sign-in searches the user with the service account (`bind_dn`), the username escaped as
+//! RFC 4515 says (a `*`, `(`, `)`, `\` or NUL in it is a literal character, never filter
+//! syntax), then binds as the entry found with the password given, on a connection of its
+//! own. An empty password is refused before any bind: LDAP treats a simple bind with a DN and
+//! no password as an *unauthenticated* bind, which succeeds on many servers. Full name, email
+//! and groups come from the entry (groups from `group_attribute`, e.g. `memberOf`, or from a
+//! search of `group_base` with `group_filter`); `admin_groups` make an administrator.
+//!
+//! Disabled accounts are said to be disabled only once the password was proven right: an AD
+//! account with `userAccountControl` bit 0x2 when the bind succeeded (or when AD answers the
+//! bind with its "data 533", which it only gives for a right password); an OpenLDAP account
+//! locked by ppolicy cannot be told apart — slapd refuses a locked account's bind whatever the
+//! password — so it answers like a wrong password.
+//!
+//! Every operation runs under `timeout`; a directory that does not answer, refuses the
+//! service account or fails otherwise is [`DirectoryError::Unavailable`] (the caller's 503).
+//! Service-bound connections are kept for reuse (a few) and dropped when they fail, so a
+//! directory that restarts is reconnected to by the next sign-in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, ldap_escape};
+use serde::Deserialize;
+
+use crate::domain::secs;
+
+/// Environment variable that may hold the service account's password.
+pub const PASSWORD_ENV: &str = "POOLGATE_LDAP_PASSWORD";
+
+/// Service-bound connections kept for reuse.
+const IDLE_CONNECTIONS: usize = 4;
+
+/// The `[directory]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `ldaps://host[:port]`, or `ldap://host[:port]` (with `start_tls`, or on loopback).
+    pub url: String,
+    #[serde(default)]
+    pub start_tls: bool,
+    /// PEM file of the certificate authorities to trust; the system's roots otherwise.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The service account that searches users.
+    pub bind_dn: String,
+    /// A file holding its password (or set `POOLGATE_LDAP_PASSWORD`).
+    #[serde(default)]
+    pub bind_password_file: Option<PathBuf>,
+    /// Where users are searched (the whole subtree).
+    pub user_base: String,
+    /// `{username}` is replaced by the escaped username.
+    #[serde(default = "user_filter")]
+    pub user_filter: String,
+    /// The entry's attribute listing its groups' DNs (`memberOf`)...
+    #[serde(default = "group_attribute")]
+    pub group_attribute: String,
+    /// ...or, when set, the groups are searched here with `group_filter` (`{dn}` is replaced
+    /// by the escaped DN of the user).
+    #[serde(default)]
+    pub group_base: Option<String>,
+    #[serde(default = "group_filter")]
+    pub group_filter: String,
+    /// Members of any of these groups are administrators.
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
+    /// Seconds every directory operation may take.
+    #[serde(default = "timeout", with = "secs")]
+    pub timeout: Duration,
+}
+
+fn user_filter() -> String {
+    "(&(objectClass=person)(uid={username}))".into()
+}
+fn group_attribute() -> String {
+    "memberOf".into()
+}
+fn group_filter() -> String {
+    "(member={dn})".into()
+}
+fn timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A person found in the directory whose password was right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryEntry {
+    pub dn: String,
+    /// The entry's own account name (`uid` or `sAMAccountName`), else the name signed in with.
+    pub username: String,
+    pub full_name: String,
+    pub email: String,
+    /// The DNs of the user's groups, as the directory writes them.
+    pub groups: Vec<String>,
+    /// Whether a group of `admin_groups` is among them.
+    pub admin: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// No such user, a wrong or empty password, or an account the directory refuses without
+    /// saying more: one answer for all.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The password was right and the account is disabled.
+    #[error("account disabled")]
+    Disabled,
+    /// The directory could not be asked (down, slow, refusing the service account).
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The directory, ready to sign people in.
+pub struct Directory {
+    config: DirectoryConfig,
+    password: String,
+    settings: LdapConnSettings,
+    idle: std::sync::Mutex<Vec<Ldap>>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectoryConfig {
+    /// Whether traffic to the directory is encrypted (`ldaps://`, or StartTLS).
+    pub fn encrypted(&self) -> bool {
+        self.url.starts_with("ldaps://") || self.start_tls
+    }
+
+    /// The service account's password: `POOLGATE_LDAP_PASSWORD`, else `bind_password_file`.
+    pub fn bind_password(&self) -> anyhow::Result<String> {
+        let password = if let Ok(p) = std::env::var(PASSWORD_ENV) {
+            p
+        } else if let Some(path) = &self.bind_password_file {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read bind_password_file {}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned()
+        } else {
+            bail!(
+                "the service account's password is needed: set bind_password_file or \
+                 {PASSWORD_ENV} (it is never written in the settings file)"
+            );
+        };
+        if password.is_empty() {
+            bail!(
+                "the service account's password is empty (an empty password is an unauthenticated bind)"
+            );
+        }
+        Ok(password)
+    }
+
+    /// What serde cannot check.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.url.starts_with("ldap://") || self.url.starts_with("ldaps://")) {
+            bail!("directory.url must start with ldap:// or ldaps://");
+        }
+        if self.start_tls && self.url.starts_with("ldaps://") {
+            bail!("directory.start_tls is for ldap:// URLs (ldaps:// is TLS already)");
+        }
+        if !self.user_filter.contains("{username}") {
+            bail!("directory.user_filter must contain {{username}}");
+        }
+        if self.group_base.is_some() && !self.group_filter.contains("{dn}") {
+            bail!("directory.group_filter must contain {{dn}}");
+        }
+        if self.timeout.is_zero() {
+            bail!("directory.timeout must be more than 0");
+        }
+        Ok(())
+    }
+}
+
+impl Directory {
+    /// Checks the settings, reads the password and the CA file; connects to nothing yet.
+    pub fn new(config: DirectoryConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let password = config.bind_password()?;
+        let mut settings = LdapConnSettings::new()
+            .set_conn_timeout(config.timeout)
+            .set_starttls(config.start_tls);
+        if let Some(ca) = &config.ca_file {
+            settings = settings.set_config(Arc::new(tls_config(ca)?));
+        }
+        Ok(Directory {
+            config,
+            password,
+            settings,
+            idle: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn config(&self) -> &DirectoryConfig {
+        &self.config
+    }
+
+    /// Signs `username` in with `password`.
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<DirectoryEntry, DirectoryError> {
+        if password.is_empty() {
+            return Err(DirectoryError::InvalidCredentials);
+        }
+        let timeout = self.config.timeout;
+        tokio::time::timeout(timeout, self.authenticate_unbounded(username, password))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DirectoryError::Unavailable(format!(
+                    "no answer within {} s",
+                    timeout.as_secs_f64()
+                )))
+            })
+    }
+
+    /// Whether the directory answers the service account (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), DirectoryError> {
+        let timeout = self.config.timeout;
+        let check = async {
+            let mut ldap = self.service().await?;
+            let found = ldap
+                .search(
+                    &self.config.user_base,
+                    Scope::Base,
+                    "(objectClass=*)",
+                    ["1.1"],
+                )
+                .await
+                .and_then(|r| r.success());
+            match found {
+                Ok(_) => {
+                    self.put_back(ldap);
+                    Ok(())
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .unwrap_or_else(|_| Err(DirectoryError::Unavailable("no answer".into())))
+    }
+
+    async fn authenticate_unbounded(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<DirectoryEntry, DirectoryError> {
+        let entry = self.find(username).await?;
+        let Some(entry) = entry else {
+            return Err(DirectoryError::InvalidCredentials);
+        };
+        // The user's own bind, on a connection of its own (a bind changes who the connection
+        // is), closed afterwards.
+        let mut ldap = self.connect().await?;
+        let bound = ldap.simple_bind(&entry.dn, password).await;
+        let _ = ldap.unbind().await;
+        match bound {
+            Ok(r) if r.rc == 0 => {}
+            // AD gives its sub-code 533 (disabled) only for a right password.
+            Ok(r) if r.rc == 49 && r.text.contains("data 533") => {
+                return Err(DirectoryError::Disabled);
+            }
+            Ok(r) if r.rc == 49 || r.rc == 53 => return Err(DirectoryError::InvalidCredentials),
+            Ok(r) => return Err(DirectoryError::Unavailable(format!("bind answered {r}"))),
+            Err(e) => return Err(unavailable(e)),
+        }
+        let uac = first(&entry.attrs, "userAccountControl")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if uac & 0x2 != 0 {
+            return Err(DirectoryError::Disabled);
+        }
+        let groups = self.groups(&entry).await?;
+        let admin = groups
+            .iter()
+            .any(|g| self.config.admin_groups.iter().any(|a| same_dn(a, g)));
+        Ok(DirectoryEntry {
+            username: first(&entry.attrs, "uid")
+                .or_else(|| first(&entry.attrs, "sAMAccountName"))
+                .unwrap_or(username)
+                .to_owned(),
+            full_name: first(&entry.attrs, "displayName")
+                .or_else(|| first(&entry.attrs, "cn"))
+                .unwrap_or_default()
+                .to_owned(),
+            email: first(&entry.attrs, "mail").unwrap_or_default().to_owned(),
+            dn: entry.dn,
+            groups,
+            admin,
+        })
+    }
+
+    /// The one entry the user filter finds for `username`; none when there is none or more
+    /// than one (a filter that matches several entries is a configuration mistake, logged).
+    async fn find(&self, username: &str) -> Result<Option<SearchEntry>, DirectoryError> {
+        let filter = self
+            .config
+            .user_filter
+            .replace("{username}", &ldap_escape(username));
+        let attrs = vec![
+            "uid",
+            "sAMAccountName",
+            "cn",
+            "displayName",
+            "mail",
+            "userAccountControl",
+            self.config.group_attribute.as_str(),
+        ];
+        let mut ldap = self.service().await?;
+        let found = ldap
+            .search(&self.config.user_base, Scope::Subtree, &filter, attrs)
+            .await
+            .and_then(|r| r.success());
+        let (entries, _) = match found {
+            Ok(found) => found,
+            // The base itself missing is a configuration problem, not a wrong password.
+            Err(e) => return Err(unavailable(e)),
+        };
+        self.put_back(ldap);
+        if entries.len() > 1 {
+            tracing::warn!(
+                entries = entries.len(),
+                "the directory's user_filter matches several entries for one username; none is used"
+            );
+            return Ok(None);
+        }
+        Ok(entries.into_iter().next().map(SearchEntry::construct))
+    }
+
+    async fn groups(&self, entry: &SearchEntry) -> Result<Vec<String>, DirectoryError> {
+        let Some(base) = &self.config.group_base else {
+            return Ok(entry
+                .attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&self.config.group_attribute))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default());
+        };
+        let filter = self
+            .config
+            .group_filter
+            .replace("{dn}", &ldap_escape(entry.dn.as_str()));
+        let mut ldap = self.service().await?;
+        let found = ldap
+            .search(base, Scope::Subtree, &filter, ["1.1"])
+            .await
+            .and_then(|r| r.success());
+        match found {
+            Ok((entries, _)) => {
+                self.put_back(ldap);
+                Ok(entries
+                    .into_iter()
+                    .map(|e| SearchEntry::construct(e).dn)
+                    .collect())
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// A connection bound as the service account: an idle one, or a new one.
+    async fn service(&self) -> Result<Ldap, DirectoryError> {
+        while let Some(mut ldap) = self.idle.lock().expect("not poisoned").pop() {
+            if !ldap.is_closed() {
+                return Ok(ldap);
+            }
+        }
+        let mut ldap = self.connect().await?;
+        match ldap.simple_bind(&self.config.bind_dn, &self.password).await {
+            Ok(r) if r.rc == 0 => Ok(ldap),
+            Ok(r) => Err(DirectoryError::Unavailable(format!(
+                "the service account's bind was refused ({})",
+                r.rc
+            ))),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Keeps a service-bound connection that just worked, for the next sign-in.
+    fn put_back(&self, ldap: Ldap) {
+        let mut idle = self.idle.lock().expect("not poisoned");
+        if idle.len() < IDLE_CONNECTIONS {
+            idle.push(ldap);
+        }
+    }
+
+    async fn connect(&self) -> Result<Ldap, DirectoryError> {
+        let (conn, mut ldap) =
+            LdapConnAsync::with_settings(self.settings.clone(), &self.config.url)
+                .await
+                .map_err(unavailable)?;
+        ldap3::drive!(conn);
+        ldap.with_timeout(self.config.timeout);
+        Ok(ldap)
+    }
+}
+
+fn unavailable(e: ldap3::LdapError) -> DirectoryError {
+    DirectoryError::Unavailable(e.to_string())
+}
+
+/// An attribute's first value (attribute names are case-insensitive).
+fn first<'a>(
+    attrs: &'a std::collections::HashMap<String, Vec<String>>,
+    name: &str,
+) -> Option<&'a str> {
+    attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .map(String::as_str)
+}
+
+/// Whether two DNs name the same entry, as far as case and spaces after commas go.
+pub fn same_dn(a: &str, b: &str) -> bool {
+    fn norm(dn: &str) -> String {
+        dn.split(',')
+            .map(|rdn| rdn.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    norm(a) == norm(b)
+}
+
+fn tls_config(ca_file: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .with_context(|| format!("cannot read directory.ca_file {}", ca_file.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("directory.ca_file {} is not PEM", ca_file.display()))?;
+    if certs.is_empty() {
+        bail!(
+            "directory.ca_file {} holds no certificate",
+            ca_file.display()
+        );
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .with_context(|| format!("directory.ca_file {}", ca_file.display()))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS versions")?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_compare_without_case_or_spaces() {
+        assert!(same_dn(
+            "cn=VDI-Admins, ou=groups,dc=example,dc=org",
+            "CN=vdi-admins,OU=Groups,DC=example,DC=org"
+        ));
+        assert!(!same_dn("cn=a,dc=x", "cn=b,dc=x"));
+    }
+}

@@ -1,0 +1,131 @@
+//! Directory sign-in against a real OpenLDAP server, under a harness that can tell "skipped"
+//! from "passed" (libtest-mimic, `harness = false`, like the Redis and browser cases).
+//!
+//! Each case starts its own `slapd` (Debian: `slapd`) on a free loopback port and loads it with
+//! `ldapadd` (Debian: `ldap-utils`); see slapd.rs for the people and groups. Without both
+//! programs every case prints one line saying so and counts as *ignored*, never as passed;
+//! `POOLGATE_TEST_REQUIRE_LDAP=1` (set by `.ci/run`, which installs them) turns that into a
+//! failure.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+mod cases;
+mod slapd;
+
+type Case = fn() -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn cases() -> Vec<(&'static str, Case)> {
+    vec![
+        (
+            "directory::a_person_signs_in_with_the_directory_password_and_gets_name_mail_and_groups",
+            || Box::pin(cases::a_person_signs_in_with_the_directory_password()),
+        ),
+        (
+            "directory::wrong_unknown_and_empty_passwords_are_one_answer_and_empty_never_binds",
+            || Box::pin(cases::wrong_unknown_and_empty_passwords_are_refused()),
+        ),
+        (
+            "directory::filter_metacharacters_in_a_username_are_literal",
+            || Box::pin(cases::filter_metacharacters_in_a_username_are_literal()),
+        ),
+        (
+            "directory::disabled_is_said_only_after_the_right_password",
+            || Box::pin(cases::disabled_is_said_only_after_the_right_password()),
+        ),
+        (
+            "directory::groups_come_from_memberof_or_from_a_group_search",
+            || Box::pin(cases::groups_come_from_memberof_or_from_a_group_search()),
+        ),
+        (
+            "directory::a_directory_down_or_silent_is_unavailable_within_the_timeout_and_recovers",
+            || Box::pin(cases::a_directory_down_is_unavailable_and_recovers()),
+        ),
+    ]
+}
+
+/// The first executable file called `name` in the `PATH` (or, for `slapd`, Debian's
+/// `/usr/sbin`, which is not on every user's `PATH`).
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if name == "slapd" {
+        dirs.push(PathBuf::from("/usr/sbin"));
+    }
+    dirs.into_iter().map(|dir| dir.join(name)).find(|file| {
+        std::fs::metadata(file)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
+/// Why the cases cannot run here, with how to make them run; `None` if they can.
+fn missing() -> Option<String> {
+    let absent: Vec<&str> = ["slapd", "ldapadd"]
+        .into_iter()
+        .filter(|p| on_path(p).is_none())
+        .collect();
+    (!absent.is_empty()).then(|| {
+        format!(
+            "no {} on the PATH; to run it: apt-get install slapd ldap-utils",
+            absent.join(" and no ")
+        )
+    })
+}
+
+/// libtest's selection rules, to print a skip line only for the cases this run would run.
+fn selected(args: &Arguments, name: &str) -> bool {
+    let matches = |pattern: &str| {
+        if args.exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    };
+    args.filter.as_deref().is_none_or(matches) && !args.skip.iter().any(|s| matches(s))
+}
+
+fn run(case: Case) -> Result<(), Failed> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("cannot build a runtime: {e}")))?
+        .block_on(case());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let missing = missing();
+    let required = std::env::var("POOLGATE_TEST_REQUIRE_LDAP").is_ok_and(|v| v == "1");
+    let mut trials = Vec::new();
+    for (name, case) in cases() {
+        let trial = match &missing {
+            None => Trial::test(name, move || run(case)),
+            Some(why) if required => {
+                let why = why.clone();
+                Trial::test(name, move || {
+                    Err(format!("POOLGATE_TEST_REQUIRE_LDAP=1, but {why}").into())
+                })
+            }
+            Some(why) => {
+                if !args.list && selected(&args, name) {
+                    println!("skipped ldap case {name}: {why}");
+                }
+                Trial::test(name, move || run(case)).with_ignored_flag(true)
+            }
+        };
+        trials.push(trial);
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
