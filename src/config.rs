@@ -147,6 +147,8 @@ pub struct Config {
     pub users_file: Option<PathBuf>,
     /// Users defined inline.
     pub users: Vec<UserRecord>,
+    /// An LDAP / Active Directory to sign people in against (`[directory]`).
+    pub directory: Option<crate::auth::directory::DirectoryConfig>,
     /// Desktop pools and who may use them.
     pub pools: Vec<PoolConfig>,
     /// Named provisioners pools refer to; `simulated` exists even when not defined.
@@ -203,6 +205,7 @@ impl Default for Config {
             client_settings: Default::default(),
             users_file: None,
             users: Vec::new(),
+            directory: None,
             pools: Vec::new(),
             provisioners: HashMap::new(),
             seed_tasks: Vec::new(),
@@ -326,6 +329,9 @@ impl Config {
                 "max_connections_per_address must be at least 1 (to lift it, set it to \
                  max_connections)"
             );
+        }
+        if let Some(directory) = &self.directory {
+            directory.validate()?;
         }
         for origin in &self.allowed_origins {
             crate::http::Origin::parse(origin).with_context(|| {

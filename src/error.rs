@@ -87,6 +87,9 @@ pub enum Error {
     /// The state store cannot be reached; the request may be retried.
     #[error("The state store is unavailable; try again shortly.")]
     Unavailable(#[source] crate::store::StoreError),
+    /// The directory (LDAP) did not answer a sign-in in time, or failed; may be retried.
+    #[error("The directory is unavailable; try again shortly.")]
+    DirectoryUnavailable,
     /// Something broke on our side; the cause is logged, never sent.
     #[error("Internal server error.")]
     Internal(#[source] anyhow::Error),
@@ -127,7 +130,7 @@ impl Error {
             Error::MfaRequired { .. } => 428,
             Error::RateLimited(_) => 429,
             Error::Internal(_) => 500,
-            Error::Unavailable(_) => 503,
+            Error::Unavailable(_) | Error::DirectoryUnavailable => 503,
         }
     }
 

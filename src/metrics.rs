@@ -75,6 +75,8 @@ pub struct Metrics {
     accepted_open: Gauge,
     /// Connections refused at accept, by the cap that refused them.
     refused: Family<ReasonLabels, Counter>,
+    /// Sign-ins the directory could not answer (down, slow, refusing the service account).
+    pub directory_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,7 @@ impl Default for Metrics {
             cached_sessions: Gauge::default(),
             accepted_open: Gauge::default(),
             refused: Family::default(),
+            directory_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -139,6 +142,11 @@ impl Default for Metrics {
             "connections_refused",
             "Connections refused at accept, by the cap that refused them",
             m.refused.clone(),
+        );
+        registry.register(
+            "directory_errors",
+            "Directory (LDAP) operations that failed: down, slow, or refusing the service account",
+            m.directory_errors.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -81,13 +81,33 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /healthz`: 200 when serving and the state store answers, 503 otherwise.
+/// `GET /healthz`: 200 when serving and the state store answers, 503 otherwise. A configured
+/// directory that does not answer within a second makes it "degraded" — still 200: local
+/// users sign in, and the instance should stay in its balancer.
 async fn healthz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     match state.store.ping().await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(_) => match &state.auth.directory {
+            Some(directory) => {
+                let answered =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), directory.ping()).await;
+                match answered {
+                    Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
+                    Ok(Err(e)) => {
+                        state.metrics.directory_errors.inc();
+                        tracing::warn!(error = %e, "health check: directory unreachable");
+                        (StatusCode::OK, "degraded: directory unreachable\n").into_response()
+                    }
+                    Err(_) => {
+                        state.metrics.directory_errors.inc();
+                        (StatusCode::OK, "degraded: directory unreachable\n").into_response()
+                    }
+                }
+            }
+            None => (StatusCode::OK, "ok\n").into_response(),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "health check: state store unreachable");
             (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response()

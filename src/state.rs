@@ -108,7 +108,13 @@ impl AppState {
             "connection limit from the open-file limit"
         );
         config.max_connections = Some(max_connections);
-        let users = UserDirectory::new(&config.users, config.demo)?;
+        let mut users = UserDirectory::new(&config.users, config.demo)?;
+        let directory = config
+            .directory
+            .clone()
+            .map(crate::auth::directory::Directory::new)
+            .transpose()
+            .map_err(|e| e.context("directory"))?;
         let (state, missing) = match purpose {
             Purpose::Serve => {
                 // Private before anything is kept in it.
@@ -128,6 +134,7 @@ impl AppState {
             sink,
         )
         .await?;
+        users.attach_store(store.clone());
         let mut provisioners = Pools::build_provisioners(&config.provisioners, &store)?;
         provisioners.extend(extra);
         let metrics = Arc::new(Metrics::default());
@@ -151,6 +158,7 @@ impl AppState {
                 config.lockout_backoff_max,
             ),
             jwt,
+            directory,
             store: store.clone(),
             metrics: metrics.clone(),
         };

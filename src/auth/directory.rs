@@ -184,6 +184,13 @@ impl Directory {
     /// Checks the settings, reads the password and the CA file; connects to nothing yet.
     pub fn new(config: DirectoryConfig) -> anyhow::Result<Self> {
         config.validate()?;
+        if !config.encrypted() && !crate::domain::is_loopback_url(&config.url) {
+            tracing::warn!(
+                url = %config.url,
+                "THE DIRECTORY IS REACHED WITHOUT TLS: passwords cross the network in clear text; \
+                 use ldaps:// or start_tls = true"
+            );
+        }
         let password = config.bind_password()?;
         let mut settings = LdapConnSettings::new()
             .set_conn_timeout(config.timeout)

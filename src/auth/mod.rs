@@ -34,6 +34,9 @@ pub struct Credentials<'a> {
     pub otp_code: Option<&'a str>,
     /// Where the attempt comes from (for the per-address limit).
     pub peer: IpAddr,
+    /// The client asked for the directory (`"ldap": true`): with a directory configured, the
+    /// local users are not looked at. See [`Authenticator::login`].
+    pub directory: bool,
 }
 
 pub struct Authenticator {
@@ -45,6 +48,8 @@ pub struct Authenticator {
     pub lockout: Lockout,
     /// Signs and checks the v2 REST shim's JWTs.
     pub jwt: JwtKeys,
+    /// The LDAP / Active Directory people may sign in against, if one is configured.
+    pub directory: Option<directory::Directory>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -67,8 +72,13 @@ enum Verdict {
 impl Authenticator {
     /// Checks credentials; on success the caller issues a token for the returned user.
     /// Every verification is reserved with the lockout first; a refused attempt costs no
-    /// argon2 work. Unknown users, wrong passwords and MFA users cost the same one
-    /// verification whenever a password is given.
+    /// argon2 work (and no directory bind). Unknown users, wrong passwords and MFA users cost
+    /// the same one verification whenever a password is given.
+    ///
+    /// Who checks the password: with no directory configured, the settings file's users.
+    /// With one, `directory` (`"ldap": true`) sends the attempt to the directory alone;
+    /// otherwise a local user of that name is checked locally, and any other name goes to
+    /// the directory.
     pub async fn login(&self, creds: Credentials<'_>) -> Result<Arc<User>, Error> {
         check_username(creds.username)?;
         let Some(password) = creds.password else {
@@ -76,9 +86,20 @@ impl Authenticator {
             return self.record(self.login_without_password(creds.username).await);
         };
         let attempt = self.lockout.begin(creds.username, creds.peer).await?;
-        let (verdict, result) = self
-            .login_with_password(creds.username, password, creds.otp_code)
-            .await;
+        let local = match &self.directory {
+            Some(_) if creds.directory => None,
+            _ => self.users.by_name(creds.username).cloned(),
+        };
+        let (verdict, result) = match (local, &self.directory) {
+            (None, Some(directory)) => {
+                self.login_with_directory(directory, creds.username, password)
+                    .await
+            }
+            (local, _) => {
+                self.login_with_password(local, password, creds.otp_code)
+                    .await
+            }
+        };
         self.settle(attempt, verdict).await?;
         self.record(result)
     }
@@ -129,11 +150,11 @@ impl Authenticator {
     /// failed is not revealed) but counts as a guess and can never complete.
     async fn login_with_password(
         &self,
-        username: &str,
+        user: Option<Arc<User>>,
         password: &str,
         otp_code: Option<&str>,
     ) -> (Verdict, Result<Arc<User>, Error>) {
-        let Some(user) = self.users.by_name(username).cloned() else {
+        let Some(user) = user else {
             return match self.passwords.verify_dummy(password).await {
                 Ok(_) => (Verdict::Guess, Err(Error::InvalidCredentials)),
                 Err(e) => (Verdict::NotAGuess, Err(e)),
@@ -174,6 +195,48 @@ impl Authenticator {
                 }),
             ),
         }
+    }
+
+    /// The directory checks the password; a person it knows is kept in the state store (for
+    /// every instance to resolve their sessions), refreshed — name, mail, groups, admin — at
+    /// each sign-in.
+    async fn login_with_directory(
+        &self,
+        directory: &directory::Directory,
+        username: &str,
+        password: &str,
+    ) -> (Verdict, Result<Arc<User>, Error>) {
+        let entry = match directory.authenticate(username, password).await {
+            Ok(entry) => entry,
+            Err(directory::DirectoryError::InvalidCredentials) => {
+                return (Verdict::Guess, Err(Error::InvalidCredentials));
+            }
+            Err(directory::DirectoryError::Disabled) => {
+                return (Verdict::NotAGuess, Err(Error::Disabled));
+            }
+            Err(directory::DirectoryError::Unavailable(why)) => {
+                self.metrics.directory_errors.inc();
+                tracing::warn!(error = %why, "directory unavailable: a directory sign-in was answered 503");
+                return (Verdict::NotAGuess, Err(Error::DirectoryUnavailable));
+            }
+        };
+        let record = crate::store::DirectoryUser {
+            id: users::directory_user_id(&entry.username),
+            dn: entry.dn,
+            username: entry.username,
+            full_name: entry.full_name,
+            email: entry.email,
+            groups: entry.groups,
+            admin: entry.admin,
+            updated_ms: now_ms(),
+        };
+        if let Err(e) = self.store.directory_user_put(&record).await {
+            return (Verdict::NotAGuess, Err(e.into()));
+        }
+        (
+            Verdict::Success,
+            Ok(Arc::new(User::from_directory(&record))),
+        )
     }
 
     /// Completes an OTP challenge issued by [`Authenticator::login`].
@@ -225,9 +288,10 @@ impl Authenticator {
 
     /// A JWT's user and claims, if the token is valid, unexpired and unrevoked and its user
     /// may still sign in (not disabled, not renamed since it was issued).
-    pub fn verify_jwt(&self, token: &str) -> Option<(Arc<User>, Claims)> {
+    pub async fn verify_jwt(&self, token: &str) -> Option<(Arc<User>, Claims)> {
         let claims = self.jwt.verify(token)?;
-        let user = self.users.by_id(&claims.sub)?.clone();
+        // A store that cannot answer refuses the token (the request may be retried).
+        let user = self.users.resolve(&claims.sub).await.ok()??;
         if user.disabled || user.username != claims.username {
             return None;
         }

@@ -251,10 +251,10 @@ impl TokenStore {
                 let Some(rec) = self.store.session_get(&hash).await? else {
                     return Ok(None);
                 };
-                let Some(user) = users.by_id(&rec.user_id) else {
+                let Some(user) = users.resolve(&rec.user_id).await? else {
                     return Ok(None);
                 };
-                let session = Arc::new(Session::new(user.clone(), &rec));
+                let session = Arc::new(Session::new(user, &rec));
                 self.cache.entry(hash).or_insert(session).clone()
             }
         };
@@ -452,8 +452,8 @@ impl MfaStore {
             self.store.mfa_take(&hash).await?;
             return Ok(None);
         }
-        Ok(users.by_id(&rec.user_id).map(|user| MfaChallenge {
-            user: user.clone(),
+        Ok(users.resolve(&rec.user_id).await?.map(|user| MfaChallenge {
+            user,
             password_ok: rec.password_ok,
         }))
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::otp::{OtpMethod, TotpSecret};
+use crate::store::{DirectoryUser, Store, StoreResult};
 
 /// One `[[users]]` table as written in the config or users file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -51,6 +52,9 @@ pub struct User {
     pub full_name: String,
     pub email: String,
     pub roles: Vec<String>,
+    /// A directory user's groups (DNs) and own DN; empty and `None` for a local user.
+    pub groups: Vec<String>,
+    pub dn: Option<String>,
     pub disabled: bool,
     pub otp_enabled: bool,
     pub adfs_enabled: bool,
@@ -74,10 +78,48 @@ pub(crate) enum TotpOrDate {
     Date,
 }
 
+/// The users of the settings file, and — with a state store attached — the directory users
+/// who signed in before (their records are in the store, see [`UserDirectory::resolve`]).
 #[derive(Default)]
 pub struct UserDirectory {
     by_name: HashMap<String, Arc<User>>,
     by_id: HashMap<Uuid, Arc<User>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+/// Directory users' ids: a name-based UUID of the account name, so that the same person keeps
+/// one id on every instance and across moves in the directory tree.
+const DIRECTORY_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_5a0e_2b9d_4f57_8e31_d2a4_0b7c_9e15);
+
+/// The id of the directory user whose account name is `username` (case does not matter).
+pub fn directory_user_id(username: &str) -> Uuid {
+    Uuid::new_v5(&DIRECTORY_NAMESPACE, username.to_lowercase().as_bytes())
+}
+
+impl User {
+    /// A directory user as their record describes them: no password hash (the directory
+    /// checks passwords), roles from the admin groups.
+    pub fn from_directory(record: &DirectoryUser) -> Self {
+        User {
+            id: record.id,
+            username: record.username.clone(),
+            full_name: record.full_name.clone(),
+            email: record.email.clone(),
+            roles: if record.admin {
+                vec!["admin".into(), "user".into()]
+            } else {
+                vec!["user".into()]
+            },
+            groups: record.groups.clone(),
+            dn: Some(record.dn.clone()),
+            disabled: false,
+            otp_enabled: false,
+            adfs_enabled: false,
+            hardware_token_enabled: false,
+            otp: None,
+            password_hash: String::new(),
+        }
+    }
 }
 
 impl UserDirectory {
@@ -126,6 +168,8 @@ impl UserDirectory {
                 full_name: r.full_name.clone(),
                 email: r.email.clone(),
                 roles: r.roles.clone(),
+                groups: Vec::new(),
+                dn: None,
                 disabled: r.disabled,
                 otp_enabled: r.otp_enabled,
                 adfs_enabled: r.adfs_enabled,
@@ -153,6 +197,26 @@ impl UserDirectory {
 
     pub fn by_id(&self, id: &Uuid) -> Option<&Arc<User>> {
         self.by_id.get(id)
+    }
+
+    /// Where directory users' records are kept; without it only local users resolve.
+    pub fn attach_store(&mut self, store: Arc<dyn Store>) {
+        self.store = Some(store);
+    }
+
+    /// Any user by id: a local one, or a directory user who signed in before (read from the
+    /// state store, so a session, challenge or task of theirs resolves on every instance).
+    pub async fn resolve(&self, id: &Uuid) -> StoreResult<Option<Arc<User>>> {
+        if let Some(user) = self.by_id.get(id) {
+            return Ok(Some(user.clone()));
+        }
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        Ok(store
+            .directory_user_get(*id)
+            .await?
+            .map(|r| Arc::new(User::from_directory(&r))))
     }
 
     pub fn len(&self) -> usize {

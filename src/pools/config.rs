@@ -27,6 +27,9 @@ pub struct PoolConfig {
     /// Usernames assigned to the pool.
     #[serde(default)]
     pub users: Vec<String>,
+    /// Directory groups (DNs) whose members may use the pool, beside `users`.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// Name of a `[provisioners.NAME]` table; `simulated` works without one.
     #[serde(default = "simulated")]
     pub provisioner: String,

@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::auth::users::UserDirectory;
+use crate::auth::users::{User, UserDirectory};
 use crate::domain::Machine;
 use crate::events::EventHub;
 use crate::provision::{Provisioner, ProvisionerConfig, SimulatedConfig, StepRequest};
@@ -63,8 +63,23 @@ use crate::store::Store;
 struct Pool {
     view: PoolView,
     users: HashSet<Uuid>,
+    /// Directory groups whose members may use the pool.
+    groups: Vec<String>,
     provisioner: Arc<dyn Provisioner>,
     guacamole: Option<guacamole::Gateway>,
+}
+
+impl Pool {
+    /// Whether `user` may use the pool: named in `users`, or a member of one of `groups`
+    /// (as the directory said at the user's last sign-in).
+    fn admits(&self, user: &User) -> bool {
+        self.users.contains(&user.id)
+            || user.groups.iter().any(|g| {
+                self.groups
+                    .iter()
+                    .any(|pg| crate::auth::directory::same_dn(pg, g))
+            })
+    }
 }
 
 /// The pools and everything their tasks run on; cheap to clone.
@@ -99,9 +114,9 @@ pub struct Inner {
     instance: String,
     /// Tasks this instance is driving.
     running: DashSet<Uuid>,
-    /// `rpc/pools` replies by (user, favourites only): pools do not change while the process
-    /// runs, so each is rendered once ([`Pools::list_reply`]).
-    list_replies: dashmap::DashMap<(Uuid, bool), Box<serde_json::value::RawValue>>,
+    /// `rpc/pools` replies by (user, favourites only, the user's groups): pools do not change
+    /// while the process runs, so each is rendered once ([`Pools::list_reply`]).
+    list_replies: dashmap::DashMap<(Uuid, bool, u64), Box<serde_json::value::RawValue>>,
     /// Permits for provisioner releases (see [`release::CONCURRENT_RELEASES`]).
     releases: Arc<tokio::sync::Semaphore>,
     tracker: TaskTracker,
@@ -181,6 +196,7 @@ impl Pools {
                     connection_types: p.connection_types.clone(),
                 },
                 users: assigned,
+                groups: p.groups.clone(),
                 provisioner: provisioner.clone(),
                 guacamole: p
                     .guacamole

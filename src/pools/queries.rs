@@ -24,16 +24,23 @@ impl Pools {
         self.order
             .iter()
             .map(|id| &self.pools[id])
-            .filter(|p| p.users.contains(&user.id))
+            .filter(|p| p.admits(user))
             .filter(|p| !favorites_only || p.view.is_favorite)
             .map(|p| p.view.clone())
             .collect()
     }
 
-    /// [`Pools::list`] rendered as JSON, once per user and flag: what a user sees depends on
-    /// nothing else, since pools are fixed for the life of the process.
+    /// [`Pools::list`] rendered as JSON, once per user, flag and group set: what a user sees
+    /// depends on nothing else, since pools are fixed for the life of the process (a
+    /// directory user whose groups changed at a sign-in gets a listing of their own).
     pub fn list_reply(&self, user: &User, favorites_only: bool) -> Result<Box<RawValue>, Error> {
-        let key = (user.id, favorites_only);
+        let groups = if user.groups.is_empty() {
+            0
+        } else {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(&user.groups)
+        };
+        let key = (user.id, favorites_only, groups);
         if let Some(hit) = self.list_replies.get(&key) {
             return Ok(hit.clone());
         }

@@ -47,7 +47,14 @@ impl Pools {
                 }
                 _ => None,
             };
-            let username = self.usernames.get(&user_id).cloned().unwrap_or_default();
+            let username = match self.usernames.get(&user_id) {
+                Some(name) => name.clone(),
+                // A directory user: their record in the store.
+                None => match self.store.directory_user_get(user_id).await {
+                    Ok(Some(record)) => record.username,
+                    _ => String::new(),
+                },
+            };
             let mut req = step_request(user_id, &username, &pool.view, Some((*a.machine).clone()));
             req.task_id = task_id;
             req.reason = Some(reason.to_owned());

@@ -183,26 +183,28 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = RestError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, RestError> {
-        AuthUser::from_headers(state, &parts.headers)
+        AuthUser::from_headers(state, &parts.headers).await
     }
 }
 
 impl AuthUser {
     /// The mock's JWT dependency, for handlers that must read the body first (FastAPI decodes
     /// a JSON body before it runs dependencies).
-    pub fn from_headers(state: &AppState, headers: &HeaderMap) -> Result<Self, RestError> {
+    pub async fn from_headers(state: &AppState, headers: &HeaderMap) -> Result<Self, RestError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("JWT "))
             .ok_or_else(RestError::permission_denied)?;
-        authenticate_jwt(state, token.trim()).ok_or_else(RestError::permission_denied)
+        authenticate_jwt(state, token.trim())
+            .await
+            .ok_or_else(RestError::permission_denied)
     }
 }
 
 /// A JWT's user, if the token is valid and the user may still sign in.
-pub fn authenticate_jwt(state: &AppState, token: &str) -> Option<AuthUser> {
-    let (user, claims) = state.auth.verify_jwt(token)?;
+pub async fn authenticate_jwt(state: &AppState, token: &str) -> Option<AuthUser> {
+    let (user, claims) = state.auth.verify_jwt(token).await?;
     Some(AuthUser { user, claims })
 }
 

@@ -89,7 +89,7 @@ pub async fn step2(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
     let body = validate::read_body(&headers, body)?;
-    let auth = AuthUser::from_headers(&state, &headers)?;
+    let auth = AuthUser::from_headers(&state, &headers).await?;
     let mut problems = Problems::default();
     let pool_id = validate::uuid_path(path, "id", &mut problems);
     let params = connect_params(&body, &mut problems);

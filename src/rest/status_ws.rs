@@ -86,7 +86,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static 
 /// is refused first (the mock has no HTTP route here at all), then a foreign `Origin` (403),
 /// then the token (403), then `client_id` (403). `Ok`: the upgrade to complete and whose
 /// socket it is; `Err`: the mock-shaped refusal. The connection caps were applied when the connection was accepted.
-pub fn admit(
+pub async fn admit(
     state: &AppState,
     peer: SocketAddr,
     client_id: Result<Path<String>, PathRejection>,
@@ -117,7 +117,11 @@ pub fn admit(
             "default",
         ));
     }
-    let Some(auth) = cookie_token(headers).and_then(|t| authenticate_jwt(state, t)) else {
+    let auth = match cookie_token(headers) {
+        Some(token) => authenticate_jwt(state, token).await,
+        None => None,
+    };
+    let Some(auth) = auth else {
         return Err(RestError::permission_denied());
     };
     let client_id = client_id

@@ -26,6 +26,8 @@ struct LoginBody {
     /// Required but nullable: `null` is the mock's documented first step for MFA users.
     password: Option<String>,
     otp_code: Option<String>,
+    /// `"ldap": true` asks for the directory (see `Authenticator::login`).
+    ldap: bool,
 }
 
 impl LoginBody {
@@ -33,14 +35,14 @@ impl LoginBody {
         let fields = Fields::of(body, problems);
         let username = fields.string("username", problems);
         let password = fields.nullable_string("password", true, problems);
-        // Required and type-checked like the mock; poolgate has one directory, so it is unused.
+        // Required and type-checked like the mock.
         let ldap = fields.boolean("ldap", problems);
         let otp_code = fields.nullable_string("otp_code", false, problems);
-        ldap?;
         Some(LoginBody {
             username: username?,
             password: password?,
             otp_code: otp_code?,
+            ldap: ldap?,
         })
     }
 }
@@ -63,6 +65,7 @@ pub async fn login(
             password: body.password.as_deref(),
             otp_code: body.otp_code.as_deref(),
             peer: peer.ip(),
+            directory: body.ldap,
         })
         .await?;
     let token = state.auth.jwt.issue(&user).map_err(Error::Internal)?;

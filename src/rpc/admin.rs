@@ -31,27 +31,45 @@ fn rfc3339(ms: u64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn named_user<'a>(ctx: &'a Ctx<'_>, username: &str) -> Result<&'a std::sync::Arc<User>, Error> {
-    ctx.state
-        .auth
-        .users
-        .by_name(username)
+/// A user by name: one of the settings file, else a directory user who has signed in.
+async fn named_user(ctx: &Ctx<'_>, username: &str) -> Result<std::sync::Arc<User>, Error> {
+    let users = &ctx.state.auth.users;
+    if let Some(user) = users.by_name(username) {
+        return Ok(user.clone());
+    }
+    users
+        .resolve(&crate::auth::users::directory_user_id(username))
+        .await?
         .ok_or_else(|| Error::NotFound(format!("No user {username:?}.")))
+}
+
+/// Each of `ids`' username, for the admin listings (a directory user's from the store).
+async fn usernames(
+    ctx: &Ctx<'_>,
+    ids: Vec<Uuid>,
+) -> Result<std::collections::HashMap<Uuid, String>, Error> {
+    let mut names = std::collections::HashMap::new();
+    for id in ids {
+        if let std::collections::hash_map::Entry::Vacant(e) = names.entry(id)
+            && let Some(user) = ctx.state.auth.users.resolve(&id).await?
+        {
+            e.insert(user.username.clone());
+        }
+    }
+    Ok(names)
 }
 
 pub async fn sessions(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
     require_admin(ctx)?;
-    let users = &ctx.state.auth.users;
-    let mut list: Vec<Value> = ctx
-        .state
-        .auth
-        .live_sessions()
-        .await?
+    let sessions = ctx.state.auth.live_sessions().await?;
+    let ids: Vec<Uuid> = sessions.iter().map(|s| s.user_id).collect();
+    let names = usernames(ctx, ids).await?;
+    let mut list: Vec<Value> = sessions
         .into_iter()
         .map(|s| {
             json!({
                 "user_id": s.user_id,
-                "username": users.by_id(&s.user_id).map(|u| u.username.as_str()),
+                "username": names.get(&s.user_id),
                 // Enough of the digest to tell sessions apart; never the token.
                 "session": hex::encode(&s.hash[..6]),
                 "peer": s.peer,
@@ -76,25 +94,26 @@ impl Revoke {
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         require_admin(ctx)?;
-        let target = named_user(ctx, &self.username)?.clone();
+        let target = named_user(ctx, &self.username).await?;
         let n = ctx.state.auth.revoke_user(target.id).await?;
         tracing::warn!(admin = %user(ctx)?.username, user = %target.username, sessions = n, "tokens revoked by an admin");
         Ok(json!({"username": target.username, "revoked_sessions": n}))
     }
 }
 
-/// A task as admins see it: with whose it is.
-fn task_view(ctx: &Ctx<'_>, task: &Task) -> Value {
-    let mut v = serde_json::to_value(task).unwrap_or_default();
-    v["user_id"] = json!(task.user_id);
-    v["username"] = json!(
-        ctx.state
-            .auth
-            .users
-            .by_id(&task.user_id)
-            .map(|u| u.username.clone())
-    );
-    v
+/// Tasks as admins see them: with whose each is.
+async fn task_views(ctx: &Ctx<'_>, tasks: &[Task]) -> Result<Vec<Value>, Error> {
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.user_id).collect();
+    let names = usernames(ctx, ids).await?;
+    Ok(tasks
+        .iter()
+        .map(|task| {
+            let mut v = serde_json::to_value(task).unwrap_or_default();
+            v["user_id"] = json!(task.user_id);
+            v["username"] = json!(names.get(&task.user_id));
+            v
+        })
+        .collect())
 }
 
 /// A pool named by id or by name; unknown pools are 404 (admins may know what exists).
@@ -108,9 +127,7 @@ fn named_pool(ctx: &Ctx<'_>, pool: &str) -> Result<Uuid, Error> {
 pub async fn tasks(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
     require_admin(ctx)?;
     let tasks = ctx.state.pools.all_active_tasks().await?;
-    Ok(Value::Array(
-        tasks.iter().map(|t| task_view(ctx, t)).collect(),
-    ))
+    Ok(Value::Array(task_views(ctx, &tasks).await?))
 }
 
 #[derive(Deserialize)]
@@ -129,14 +146,14 @@ impl Release {
     /// back: after a release, the user's next request starts afresh.
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         require_admin(ctx)?;
-        let target = named_user(ctx, &self.username)?.clone();
+        let target = named_user(ctx, &self.username).await?;
         let pool_id = named_pool(ctx, &self.pool_id)?;
         let admin = user(ctx)?.username.clone();
         let reason = format!("released by {admin}");
         let pools = &ctx.state.pools;
         let machine = pools.release(target.id, pool_id, &reason).await?;
         let cleared = pools.reset(target.id, pool_id, &admin).await?;
-        let cleared: Vec<Value> = cleared.iter().map(|t| task_view(ctx, t)).collect();
+        let cleared = task_views(ctx, cleared.as_slice()).await?;
         // Answered once the assignment is gone; the provisioner's release runs in the
         // background and ends within `release_deadline` (protocol/README.md).
         Ok(match machine {
@@ -171,16 +188,17 @@ impl Reset {
         require_admin(ctx)?;
         let pool_id = named_pool(ctx, &self.pool_id)?;
         let targets = match &self.username {
-            Some(name) => vec![named_user(ctx, name)?.id],
+            Some(name) => vec![named_user(ctx, name).await?.id],
             None => ctx.state.pools.pool_users(pool_id).unwrap_or_default(),
         };
         let admin = user(ctx)?.username.clone();
         let mut cleared = Vec::new();
         for target in targets {
             if let Some(task) = ctx.state.pools.reset(target, pool_id, &admin).await? {
-                cleared.push(task_view(ctx, &task));
+                cleared.push(task);
             }
         }
+        let cleared = task_views(ctx, &cleared).await?;
         tracing::warn!(admin = %admin, pool = %pool_id, user = self.username.as_deref().unwrap_or("*"), cleared = cleared.len(), "failed step 1 reset by an admin");
         Ok(json!({ "cleared": cleared }))
     }

@@ -14,6 +14,9 @@ pub struct Auth {
     password: String,
     #[serde(default)]
     otp_code: Option<String>,
+    /// Ask the directory (see `Authenticator::login`).
+    #[serde(default)]
+    ldap: bool,
 }
 
 impl Auth {
@@ -31,6 +34,7 @@ impl Auth {
                 password: Some(&self.password),
                 otp_code: self.otp_code.as_deref(),
                 peer: ctx.conn.peer.ip(),
+                directory: self.ldap,
             })
             .await;
         let result = match outcome {

@@ -358,6 +358,14 @@ impl Store for CachedStore {
         self.inner.totp_advance(user, step).await
     }
 
+    async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()> {
+        self.inner.directory_user_put(user).await
+    }
+
+    async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>> {
+        self.inner.directory_user_get(id).await
+    }
+
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         self.inner.jwt_revoke(jti, exp).await
     }

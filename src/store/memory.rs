@@ -18,6 +18,7 @@ struct Inner {
     sessions: HashMap<TokenHash, (SessionRecord, u64)>,
     mfa: HashMap<TokenHash, MfaRecord>,
     totp: HashMap<Uuid, u64>,
+    directory_users: HashMap<Uuid, DirectoryUser>,
     jwt: HashMap<String, i64>,
     tasks: HashMap<Uuid, Task>,
     latest: HashMap<TaskKey, Uuid>,
@@ -214,6 +215,15 @@ impl Store for MemoryStore {
         }
         inner.totp.insert(user, step);
         Ok(true)
+    }
+
+    async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()> {
+        self.lock().directory_users.insert(user.id, user.clone());
+        Ok(())
+    }
+
+    async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>> {
+        Ok(self.lock().directory_users.get(&id).cloned())
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {

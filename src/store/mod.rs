@@ -75,6 +75,22 @@ pub struct SessionRecord {
     pub peer: String,
 }
 
+/// A person who signed in from the directory (LDAP / Active Directory), as the directory
+/// described them at their last sign-in: kept so that every instance, and this one after a
+/// restart, can resolve their sessions, challenges and tasks without asking the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryUser {
+    pub id: Uuid,
+    pub dn: String,
+    pub username: String,
+    pub full_name: String,
+    pub email: String,
+    pub groups: Vec<String>,
+    pub admin: bool,
+    /// When this record was written (the sign-in that saw it), ms.
+    pub updated_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MfaRecord {
     pub user_id: Uuid,
@@ -274,6 +290,13 @@ pub trait Store: Send + Sync + 'static {
     /// (any step is later than none); false if not (a replay). Check and update are one atomic
     /// operation: of concurrent calls with the same step, one wins. Never expires.
     async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool>;
+
+    // ---- Directory users ----
+
+    /// Stores (or replaces) a directory user's record. Never expires.
+    async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()>;
+    /// The record of a directory user, if one ever signed in with this id.
+    async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>>;
 
     // ---- JWT revocations ----
 

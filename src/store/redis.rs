@@ -711,6 +711,24 @@ impl Store for RedisStore {
         Ok(n == 1)
     }
 
+    async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()> {
+        self.con()
+            .set::<_, _, ()>(
+                self.k(&["directory_user", &user.id.to_string()]),
+                serde_json::to_string(user)?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>> {
+        let body: Option<String> = self
+            .con()
+            .get(self.k(&["directory_user", &id.to_string()]))
+            .await?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         // One command, so the key never exists without its expiry.
         ::redis::cmd("SET")

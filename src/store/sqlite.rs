@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS mfa (
     hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, password_ok INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL, attempts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS totp (user_id TEXT PRIMARY KEY, step INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS directory_users (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jwt_revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, user_id TEXT NOT NULL, status TEXT NOT NULL,
@@ -413,6 +414,30 @@ impl Store for SqliteStore {
             )?;
             Ok(changed == 1)
         })
+    }
+
+    async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()> {
+        let body = serde_json::to_string(user)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO directory_users VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+                params![user.id.to_string(), body],
+            )?;
+            Ok(())
+        })
+    }
+
+    async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>> {
+        let body: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT body FROM directory_users WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {

@@ -36,7 +36,7 @@ pub(super) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let (ws, auth) = match status_ws::admit(&state, peer, client_id, &headers, ws) {
+    let (ws, auth) = match status_ws::admit(&state, peer, client_id, &headers, ws).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };

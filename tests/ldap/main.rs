@@ -18,6 +18,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+mod app;
 mod cases;
 mod slapd;
 
@@ -48,6 +49,30 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "directory::a_directory_down_or_silent_is_unavailable_within_the_timeout_and_recovers",
             || Box::pin(cases::a_directory_down_is_unavailable_and_recovers()),
+        ),
+        (
+            "app::directory_users_sign_in_on_both_transports_and_get_their_groups_pools",
+            || {
+                Box::pin(
+                    app::directory_users_sign_in_on_both_transports_and_get_their_groups_pools(),
+                )
+            },
+        ),
+        (
+            "app::a_directory_down_answers_503_local_users_still_sign_in_and_it_recovers",
+            || {
+                Box::pin(
+                    app::a_directory_down_answers_503_local_users_still_sign_in_and_it_recovers(),
+                )
+            },
+        ),
+        (
+            "app::the_lockout_and_revocation_apply_to_directory_users",
+            || Box::pin(app::the_lockout_and_revocation_apply_to_directory_users()),
+        ),
+        (
+            "app::a_group_change_takes_effect_at_the_next_sign_in",
+            || Box::pin(app::a_group_change_takes_effect_at_the_next_sign_in()),
         ),
     ]
 }

@@ -1,0 +1,284 @@
+//! Directory users in the running server: both transports, pools by group, admins by group,
+//! the lockout, revocation, restarts, and a directory that goes away and comes back.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::slapd::*;
+
+/// pool-win-2 (otherwise astravdi's alone) opened to the `vdi-users` group.
+const GROUP_POOL: &str = POOL_WIN_2;
+
+/// The demo dataset with `slapd` as its directory; `edit` for more.
+async fn app_with_directory(
+    slapd: &Slapd,
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut poolgate::config::Config),
+) -> TestApp {
+    let password_file = dir.join("ldap-password");
+    std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
+    let url = slapd.url();
+    TestApp::spawn_with(move |c| {
+        fast_sim(c, OK, OK);
+        c.directory = Some(poolgate::auth::directory::DirectoryConfig {
+            url,
+            start_tls: false,
+            ca_file: None,
+            bind_dn: SERVICE_DN.into(),
+            bind_password_file: Some(password_file),
+            user_base: PEOPLE.into(),
+            user_filter: "(&(objectClass=person)(uid={username}))".into(),
+            group_attribute: "memberOf".into(),
+            group_base: None,
+            group_filter: "(member={dn})".into(),
+            admin_groups: vec![ADMINS_GROUP.into()],
+            timeout: Duration::from_secs(2),
+        });
+        c.pools[1].groups = vec![USERS_GROUP.into()];
+        edit(c);
+    })
+    .await
+}
+
+async fn ws_auth(c: &mut Client, username: &str, password: &str, ldap: Option<bool>) -> Value {
+    let mut args = json!({"username": username, "password": password});
+    if let Some(ldap) = ldap {
+        args["ldap"] = json!(ldap);
+    }
+    c.rpc("auth", args).await
+}
+
+fn pool_ids(reply: &Value) -> Vec<String> {
+    reply["args"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a pool list: {reply}"))
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub async fn directory_users_sign_in_on_both_transports_and_get_their_groups_pools() {
+    let slapd = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
+
+    // WebSocket, asking for the directory.
+    let mut alice = app.connect().await;
+    let reply = ws_auth(&mut alice, "alice", "alice-pw", Some(true)).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    let token = reply["args"][0].as_str().unwrap().to_owned();
+    assert_eq!(
+        pool_ids(&alice.rpc("pools", json!({})).await),
+        vec![GROUP_POOL]
+    );
+    // Outside the group's pools: 403, as for a local user.
+    let reply = alice
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_eq!(error_code(&reply), 403);
+    let id = alice
+        .rpc("pool_request", json!({"pool_id": GROUP_POOL}))
+        .await["args"]["task"]["id"]
+        .clone();
+    let (_, done) = alice.follow(&id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    // Not an admin.
+    assert_eq!(
+        error_code(&alice.rpc("admin_sessions", json!({})).await),
+        403
+    );
+
+    // Without the flag: a name that is not local goes to the directory; a local one stays.
+    let mut again = app.connect().await;
+    assert_eq!(
+        ws_auth(&mut again, "bob", "bob-pw", None).await["name"],
+        "response"
+    );
+    let sessions = again.rpc("admin_sessions", json!({})).await;
+    let names: Vec<&Value> = sessions["args"]
+        .as_array()
+        .unwrap_or_else(|| panic!("bob is an admin by group: {sessions}"))
+        .iter()
+        .map(|s| &s["username"])
+        .collect();
+    assert!(names.contains(&&json!("alice")), "{sessions}");
+    let mut local = app.connect().await;
+    assert_eq!(
+        ws_auth(&mut local, "astravdi", PASSWORD, None).await["name"],
+        "response"
+    );
+    // Asking for the directory skips the local users.
+    let mut asked = app.connect().await;
+    assert_eq!(
+        error_code(&ws_auth(&mut asked, "astravdi", PASSWORD, Some(true)).await),
+        401
+    );
+    // Wrong and empty passwords.
+    assert_eq!(
+        error_code(&ws_auth(&mut asked, "alice", "wrong", Some(true)).await),
+        401
+    );
+    assert_eq!(
+        error_code(&ws_auth(&mut asked, "alice", "", Some(true)).await),
+        401
+    );
+
+    // REST, `"ldap": true`.
+    let http = reqwest::Client::new();
+    let login = http
+        .post(app.url("/api/v2/users/login/"))
+        .json(&json!({"username": "alice", "password": "alice-pw", "ldap": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let jwt = login.json::<Value>().await.unwrap()["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pools = http
+        .get(app.url("/api/v2/pools/"))
+        .header("Authorization", format!("JWT {jwt}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pools.status(), 200);
+    let body: Value = pools.json().await.unwrap();
+    assert!(body.to_string().contains(GROUP_POOL), "{body}");
+    let refused = http
+        .post(app.url("/api/v2/users/login/"))
+        .json(&json!({"username": "alice", "password": "wrong", "ldap": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // After a restart, the directory user's token and JWT still resolve (from the store).
+    let app = app.restart().await;
+    let mut resumed = app.connect().await;
+    let reply = resumed.rpc("auth_token", json!({"token": token})).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    assert_eq!(
+        pool_ids(&resumed.rpc("pools", json!({})).await),
+        vec![GROUP_POOL]
+    );
+    let pools = http
+        .get(app.url("/api/v2/pools/"))
+        .header("Authorization", format!("JWT {jwt}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pools.status(), 200);
+    app.stop().await;
+}
+
+pub async fn a_directory_down_answers_503_local_users_still_sign_in_and_it_recovers() {
+    let mut slapd = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
+    let http = reqwest::Client::new();
+    let health = |app: &TestApp| {
+        let (http, url) = (http.clone(), app.url("/healthz"));
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(health(&app).await, (200, "ok\n".into()));
+
+    slapd.stop();
+    let mut c = app.connect().await;
+    let reply = ws_auth(&mut c, "alice", "alice-pw", Some(true)).await;
+    assert_eq!(error_code(&reply), 503, "{reply}");
+    assert_eq!(
+        reply["args"]["message"],
+        "The directory is unavailable; try again shortly."
+    );
+    let mut local = app.connect().await;
+    assert_eq!(
+        ws_auth(&mut local, "astravdi", PASSWORD, None).await["name"],
+        "response",
+        "local users sign in while the directory is down"
+    );
+    assert_eq!(
+        health(&app).await,
+        (200, "degraded: directory unreachable\n".into())
+    );
+    let metrics = http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("poolgate_directory_errors_total "))
+        .unwrap_or_else(|| panic!("the directory error counter: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(errors >= 1.0, "{errors}");
+
+    slapd.resume();
+    let reply = ws_auth(&mut c, "alice", "alice-pw", Some(true)).await;
+    assert_eq!(reply["name"], "response", "recovered: {reply}");
+    assert_eq!(health(&app).await, (200, "ok\n".into()));
+    app.stop().await;
+}
+
+pub async fn the_lockout_and_revocation_apply_to_directory_users() {
+    let slapd = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_directory(&slapd, dir.path(), |c| c.lockout_attempts = 2).await;
+    let mut c = app.connect().await;
+    for _ in 0..2 {
+        assert_eq!(
+            error_code(&ws_auth(&mut c, "carol", "wrong", Some(true)).await),
+            401
+        );
+    }
+    let mut c = app.connect().await;
+    assert_eq!(
+        error_code(&ws_auth(&mut c, "carol", "carol-pw", Some(true)).await),
+        429,
+        "locked out like a local user, even with the right password"
+    );
+
+    // An admin (bob, by group) ends alice's sessions.
+    let mut alice = app.connect().await;
+    let token = ws_auth(&mut alice, "alice", "alice-pw", Some(true)).await["args"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut bob = app.connect().await;
+    ws_auth(&mut bob, "bob", "bob-pw", Some(true)).await;
+    let revoked = bob.rpc("admin_revoke", json!({"username": "alice"})).await;
+    assert_eq!(revoked["args"]["revoked_sessions"], 1, "{revoked}");
+    let mut later = app.connect().await;
+    assert_eq!(
+        error_code(&later.rpc("auth_token", json!({"token": token})).await),
+        401
+    );
+    app.stop().await;
+}
+
+pub async fn a_group_change_takes_effect_at_the_next_sign_in() {
+    let slapd = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
+    let mut c = app.connect().await;
+    ws_auth(&mut c, "carol", "carol-pw", Some(true)).await;
+    assert!(pool_ids(&c.rpc("pools", json!({})).await).is_empty());
+    slapd.modify(&format!(
+        "dn: {USERS_GROUP}\nchangetype: modify\nadd: member\nmember: uid=carol,{PEOPLE}\n"
+    ));
+    let mut c = app.connect().await;
+    ws_auth(&mut c, "carol", "carol-pw", Some(true)).await;
+    assert_eq!(pool_ids(&c.rpc("pools", json!({})).await), vec![GROUP_POOL]);
+    let reply = c.rpc("pool_request", json!({"pool_id": GROUP_POOL})).await;
+    assert!(reply["args"]["task"].is_object(), "{reply}");
+    app.stop().await;
+}
