@@ -54,6 +54,11 @@ pub fn files(config: &Config) -> Vec<Problem> {
         }
     }
     gateways(config, &mut problems);
+    if let Some(d) = &config.directory
+        && let Err(e) = crate::auth::directory::Directory::new(d.clone())
+    {
+        problems.push(Problem::new(&["directory"], format!("{e:#}")));
+    }
     problems
 }
 
@@ -228,6 +233,17 @@ pub async fn connect(config: &Config) -> Vec<Problem> {
                 problems.push(Problem::new(&["state"], format!("{e:#}")));
             }
         }
+    }
+    // The directory answers the service account (a bad password or file is reported by
+    // `files`, which runs first).
+    if let Some(d) = &config.directory
+        && let Ok(directory) = crate::auth::directory::Directory::new(d.clone())
+        && let Err(e) = directory.ping().await
+    {
+        problems.push(Problem::new(
+            &["directory", "url"],
+            format!("cannot reach: {e}"),
+        ));
     }
     problems
 }

@@ -773,6 +773,40 @@ pub async fn an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires(state
     assert!(!s.mfa_take(&brief).await.unwrap());
 }
 
+pub async fn a_directory_users_record_is_kept_and_replaced_whole(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let mut record = poolgate::store::DirectoryUser {
+        id: Uuid::new_v4(),
+        dn: "uid=alice,ou=people,dc=example,dc=org".into(),
+        username: "alice".into(),
+        full_name: "Alice".into(),
+        email: "alice@example.org".into(),
+        groups: vec![
+            "cn=a,dc=example,dc=org".into(),
+            "cn=b,dc=example,dc=org".into(),
+        ],
+        admin: false,
+        updated_ms: 1,
+    };
+    assert_eq!(s.directory_user_get(record.id).await.unwrap(), None);
+    s.directory_user_put(&record).await.unwrap();
+    assert_eq!(
+        s.directory_user_get(record.id).await.unwrap().as_ref(),
+        Some(&record)
+    );
+    // A later sign-in replaces the whole record (a group left, admin granted).
+    record.groups.pop();
+    record.admin = true;
+    record.updated_ms = 2;
+    s.directory_user_put(&record).await.unwrap();
+    assert_eq!(
+        s.directory_user_get(record.id).await.unwrap().as_ref(),
+        Some(&record)
+    );
+    assert_eq!(s.directory_user_get(Uuid::new_v4()).await.unwrap(), None);
+}
+
 pub async fn a_totp_step_is_accepted_once_and_only_forward(state: &str) {
     let f = fresh(state).await;
     let s = &f.store;
@@ -1451,6 +1485,7 @@ macro_rules! backend_cases {
                 sweeping_deletes_every_expired_record_and_nothing_live,
                 an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
                 a_totp_step_is_accepted_once_and_only_forward,
+                a_directory_users_record_is_kept_and_replaced_whole,
                 jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
                 a_keys_latest_task_moves_only_by_compare_and_set,
                 a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,

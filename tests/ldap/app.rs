@@ -282,3 +282,63 @@ pub async fn a_group_change_takes_effect_at_the_next_sign_in() {
     assert!(reply["args"]["task"].is_object(), "{reply}");
     app.stop().await;
 }
+
+pub async fn check_config_reads_the_service_password_and_connect_binds_it() {
+    let slapd = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("ldap-password");
+    let config = dir.path().join("poolgate.toml");
+    let write = |password_file: &std::path::Path| {
+        let text = format!(
+            "{}\n[directory]\nurl = {:?}\nbind_dn = {SERVICE_DN:?}\nbind_password_file = {:?}\n\
+             user_base = {PEOPLE:?}\n",
+            poolgate::config::DEMO_CONFIG.replace(
+                "data_dir = \"poolgate-data\"",
+                &format!("data_dir = {:?}", dir.path().join("data"))
+            ),
+            slapd.url(),
+            password_file,
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    let check = |connect: bool| {
+        let mut args = vec!["check-config"];
+        if connect {
+            args.push("--connect");
+        }
+        args.push(config.to_str().unwrap());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
+            .args(&args)
+            .env_remove("POOLGATE_LDAP_PASSWORD")
+            .env_remove("POOLGATE_JWT_SECRET")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // No password file yet.
+    write(&password_file);
+    let (ok, err) = check(false);
+    assert!(
+        !ok && err.contains("directory: cannot read bind_password_file"),
+        "{err}"
+    );
+
+    // A wrong password: the file is fine, the bind is refused.
+    std::fs::write(&password_file, "not-the-password\n").unwrap();
+    let (ok, err) = check(false);
+    assert!(ok, "{err}");
+    let (ok, err) = check(true);
+    assert!(
+        !ok && err.contains("directory.url: cannot reach") && err.contains("refused"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "never quoted: {err}");
+
+    std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
+    let (ok, err) = check(true);
+    assert!(ok, "{err}");
+}

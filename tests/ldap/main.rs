@@ -74,6 +74,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             "app::a_group_change_takes_effect_at_the_next_sign_in",
             || Box::pin(app::a_group_change_takes_effect_at_the_next_sign_in()),
         ),
+        (
+            "app::check_config_reads_the_service_password_and_connect_binds_it",
+            || Box::pin(app::check_config_reads_the_service_password_and_connect_binds_it()),
+        ),
     ]
 }
 
