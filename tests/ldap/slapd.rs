@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub const BASE: &str = "dc=example,dc=org";
 pub const PEOPLE: &str = "ou=people,dc=example,dc=org";
 pub const GROUPS: &str = "ou=groups,dc=example,dc=org";
 pub const SERVICE_DN: &str = "cn=poolgate,ou=services,dc=example,dc=org";
@@ -141,133 +140,10 @@ pub fn slapd_program() -> PathBuf {
     crate::on_path("slapd").unwrap_or_else(|| PathBuf::from("/usr/sbin/slapd"))
 }
 
+/// tests/ldap/slapd.conf with `@DIR@` set (bench/directory.sh uses the same two files).
 fn config(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-include /etc/ldap/schema/nis.schema
-# Active Directory's account flags (its own OID), for an AD-style disabled account.
-attributetype ( 1.2.840.113556.1.4.8 NAME 'userAccountControl'
-  SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
-modulepath /usr/lib/ldap
-moduleload back_mdb
-moduleload memberof
-moduleload ppolicy
-# Unauthenticated binds (a DN with an empty password) succeed here, as on many servers: the
-# cases prove poolgate never takes one for a sign-in.
-allow bind_anon_dn
-pidfile {d}/slapd.pid
-database mdb
-suffix "{BASE}"
-rootdn "{ROOT_DN}"
-rootpw {ROOT_PASSWORD}
-directory {d}/db
-maxsize 10485760
-overlay memberof
-overlay ppolicy
-ppolicy_default "cn=default,ou=policies,{BASE}"
-access to attrs=userPassword by self write by anonymous auth by * none
-access to * by dn.exact="{SERVICE_DN}" read by self read by * none
-"#
-    )
+    include_str!("slapd.conf").replace("@DIR@", &dir.display().to_string())
 }
 
-const DATA: &str = r#"dn: dc=example,dc=org
-objectClass: dcObject
-objectClass: organization
-o: Example
-dc: example
-
-dn: ou=people,dc=example,dc=org
-objectClass: organizationalUnit
-ou: people
-
-dn: ou=groups,dc=example,dc=org
-objectClass: organizationalUnit
-ou: groups
-
-dn: ou=services,dc=example,dc=org
-objectClass: organizationalUnit
-ou: services
-
-dn: ou=policies,dc=example,dc=org
-objectClass: organizationalUnit
-ou: policies
-
-dn: cn=default,ou=policies,dc=example,dc=org
-objectClass: organizationalRole
-objectClass: pwdPolicy
-cn: default
-pwdAttribute: userPassword
-pwdLockout: TRUE
-pwdMaxFailure: 0
-
-dn: cn=poolgate,ou=services,dc=example,dc=org
-objectClass: organizationalRole
-objectClass: simpleSecurityObject
-cn: poolgate
-userPassword: service-secret
-
-dn: uid=alice,ou=people,dc=example,dc=org
-objectClass: inetOrgPerson
-uid: alice
-cn: Alice Liddell
-sn: Liddell
-displayName: Alice L.
-mail: alice@example.org
-userPassword: alice-pw
-
-dn: uid=bob,ou=people,dc=example,dc=org
-objectClass: inetOrgPerson
-uid: bob
-cn: Bob Builder
-sn: Builder
-mail: bob@example.org
-userPassword: bob-pw
-
-dn: uid=carol,ou=people,dc=example,dc=org
-objectClass: inetOrgPerson
-uid: carol
-cn: Carol Outsider
-sn: Outsider
-userPassword: carol-pw
-
-dn: uid=disabled,ou=people,dc=example,dc=org
-objectClass: inetOrgPerson
-objectClass: extensibleObject
-uid: disabled
-cn: Disabled User
-sn: User
-userAccountControl: 514
-userPassword: disabled-pw
-
-dn: uid=locked,ou=people,dc=example,dc=org
-objectClass: inetOrgPerson
-uid: locked
-cn: Locked Out
-sn: Out
-userPassword: locked-pw
-pwdAccountLockedTime: 000001010000Z
-
-dn: uid=star*(user)\5C,ou=people,dc=example,dc=org
-objectClass: inetOrgPerson
-uid: star*(user)\
-cn: Odd Name
-sn: Name
-userPassword: odd-pw
-
-dn: cn=vdi-users,ou=groups,dc=example,dc=org
-objectClass: groupOfNames
-cn: vdi-users
-member: uid=alice,ou=people,dc=example,dc=org
-member: uid=bob,ou=people,dc=example,dc=org
-member: uid=disabled,ou=people,dc=example,dc=org
-member: uid=star*(user)\5C,ou=people,dc=example,dc=org
-
-dn: cn=vdi-admins,ou=groups,dc=example,dc=org
-objectClass: groupOfNames
-cn: vdi-admins
-member: uid=bob,ou=people,dc=example,dc=org
-"#;
+/// People, groups and the service account (tests/ldap/data.ldif).
+const DATA: &str = include_str!("data.ldif");
