@@ -264,6 +264,16 @@ impl Directory {
     ) -> Result<DirectoryEntry, DirectoryError> {
         let entry = self.find(username).await?;
         let Some(entry) = entry else {
+            // A bind all the same (as a name that does not exist), so that an unknown name
+            // costs what a known one with a wrong password does.
+            let mut ldap = self.connect().await?;
+            let nobody = format!(
+                "cn=poolgate-nobody-{},{}",
+                hex::encode(rand::random::<[u8; 16]>()),
+                self.config.user_base
+            );
+            let _ = ldap.simple_bind(&nobody, password).await;
+            let _ = ldap.unbind().await;
             return Err(DirectoryError::InvalidCredentials);
         };
         // The user's own bind, on a connection of its own (a bind changes who the connection

@@ -206,7 +206,16 @@ impl Authenticator {
         username: &str,
         password: &str,
     ) -> (Verdict, Result<Arc<User>, Error>) {
-        let entry = match directory.authenticate(username, password).await {
+        // The same argon2id work as a local sign-in, alongside the directory's: reply times
+        // must not tell a local username from a directory one (or from no one).
+        let (dummy, answer) = tokio::join!(
+            self.passwords.verify_dummy(password),
+            directory.authenticate(username, password)
+        );
+        if let Err(e) = dummy {
+            return (Verdict::NotAGuess, Err(e));
+        }
+        let entry = match answer {
             Ok(entry) => entry,
             Err(directory::DirectoryError::InvalidCredentials) => {
                 return (Verdict::Guess, Err(Error::InvalidCredentials));
