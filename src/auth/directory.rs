@@ -302,10 +302,7 @@ impl Directory {
             .iter()
             .any(|g| self.config.admin_groups.iter().any(|a| same_dn(a, g)));
         Ok(DirectoryEntry {
-            username: first(&entry.attrs, "uid")
-                .or_else(|| first(&entry.attrs, "sAMAccountName"))
-                .unwrap_or(username)
-                .to_owned(),
+            username: account_name(&entry.attrs, username),
             full_name: first(&entry.attrs, "displayName")
                 .or_else(|| first(&entry.attrs, "cn"))
                 .unwrap_or_default()
@@ -425,6 +422,20 @@ fn unavailable(e: ldap3::LdapError) -> DirectoryError {
     DirectoryError::Unavailable(e.to_string())
 }
 
+/// The entry's account name: the `uid` or `sAMAccountName` value that is the name signed in
+/// with (whatever its case), never merely the first of several values (an entry whose `uid`
+/// is [alice, carol] signed in as carol is carol); the name signed in with if none is.
+fn account_name(attrs: &std::collections::HashMap<String, Vec<String>>, typed: &str) -> String {
+    let typed = typed.trim();
+    attrs
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("uid") || k.eq_ignore_ascii_case("sAMAccountName"))
+        .flat_map(|(_, v)| v)
+        .find(|v| v.eq_ignore_ascii_case(typed))
+        .cloned()
+        .unwrap_or_else(|| typed.to_owned())
+}
+
 /// An attribute's first value (attribute names are case-insensitive).
 fn first<'a>(
     attrs: &'a std::collections::HashMap<String, Vec<String>>,
@@ -437,15 +448,36 @@ fn first<'a>(
         .map(String::as_str)
 }
 
-/// Whether two DNs name the same entry, as far as case and spaces after commas go.
+/// Whether two DNs name the same entry, as far as case and spaces around the separating
+/// commas go. An escaped comma (`\,`) is part of a value, and so are the spaces beside it.
 pub fn same_dn(a: &str, b: &str) -> bool {
-    fn norm(dn: &str) -> String {
-        dn.split(',')
-            .map(|rdn| rdn.trim().to_ascii_lowercase())
-            .collect::<Vec<_>>()
-            .join(",")
+    fn rdns(dn: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rdn = String::new();
+        let mut chars = dn.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    rdn.push(c);
+                    if let Some(next) = chars.next() {
+                        rdn.push(next);
+                    }
+                }
+                ',' => out.push(std::mem::take(&mut rdn)),
+                _ => rdn.push(c),
+            }
+        }
+        out.push(rdn);
+        out.iter()
+            .map(|r| r.trim_start().to_lowercase())
+            .map(|r| match r.strip_suffix(' ') {
+                // A trailing space is the value's only when escaped.
+                Some(_) if !r.ends_with("\\ ") => r.trim_end().to_owned(),
+                _ => r,
+            })
+            .collect()
     }
-    norm(a) == norm(b)
+    rdns(a) == rdns(b)
 }
 
 fn tls_config(ca_file: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
@@ -487,5 +519,15 @@ mod tests {
             "CN=vdi-admins,OU=Groups,DC=example,DC=org"
         ));
         assert!(!same_dn("cn=a,dc=x", "cn=b,dc=x"));
+        // Found by a hostile review: escaped commas are part of a value.
+        assert!(!same_dn(
+            r"cn=VDI\, Admins,ou=groups,dc=example,dc=org",
+            r"cn=VDI\,Admins,ou=groups,dc=example,dc=org"
+        ));
+        assert!(same_dn(
+            r"cn=VDI\, Admins, ou=groups,dc=example,dc=org",
+            r"CN=vdi\, admins,OU=groups,DC=example,DC=org"
+        ));
+        assert!(!same_dn("cn=a,dc=x", "cn=a,dc=x,dc=evil"));
     }
 }

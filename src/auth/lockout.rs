@@ -48,8 +48,14 @@ pub struct Lockout {
 /// Clients are counted as the connection caps count them: IPv4 as is, IPv6 by its /64.
 use crate::domain::address_key;
 
+/// The name a lockout counts under: without case or surrounding spaces, since a directory
+/// matches names that way (so "CAROL" and " carol" must not be fresh counters for carol).
+fn counted_name(username: &str) -> String {
+    username.trim().to_lowercase()
+}
+
 fn user_key(username: &str) -> String {
-    format!("user:{username}")
+    format!("user:{}", counted_name(username))
 }
 
 fn addr_key(addr: IpAddr) -> String {
@@ -58,7 +64,7 @@ fn addr_key(addr: IpAddr) -> String {
 
 fn pair_key(username: &str, addr: IpAddr) -> String {
     // The username is the last part: it may contain anything, the address cannot.
-    format!("pair:{}/{username}", address_key(addr))
+    format!("pair:{}/{}", address_key(addr), counted_name(username))
 }
 
 /// A verification reserved by [`Lockout::begin`]; say how it ended.

@@ -31,16 +31,33 @@ fn rfc3339(ms: u64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// A user by name: one of the settings file, else a directory user who has signed in.
-async fn named_user(ctx: &Ctx<'_>, username: &str) -> Result<std::sync::Arc<User>, Error> {
+/// A user by name: one of the settings file or a directory user who has signed in;
+/// `directory` says which when both have the name (otherwise that is refused, not guessed).
+async fn named_user(
+    ctx: &Ctx<'_>,
+    username: &str,
+    directory: Option<bool>,
+) -> Result<std::sync::Arc<User>, Error> {
     let users = &ctx.state.auth.users;
-    if let Some(user) = users.by_name(username) {
-        return Ok(user.clone());
+    let local = users.by_name(username).cloned();
+    let remote = if directory == Some(false) {
+        None
+    } else {
+        users
+            .resolve(&crate::auth::users::directory_user_id(username))
+            .await?
+            .filter(|u| u.dn.is_some())
+    };
+    match (local, remote, directory) {
+        (_, Some(remote), Some(true)) => Ok(remote),
+        (Some(local), _, Some(false)) => Ok(local),
+        (Some(_), Some(_), None) => Err(Error::Unprocessable(format!(
+            "Both a local user and a directory user are named {username:?}: add \"directory\": \
+             true or false."
+        ))),
+        (Some(user), None, None) | (None, Some(user), None) => Ok(user),
+        _ => Err(Error::NotFound(format!("No user {username:?}."))),
     }
-    users
-        .resolve(&crate::auth::users::directory_user_id(username))
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("No user {username:?}.")))
 }
 
 /// Each of `ids`' username, for the admin listings (a directory user's from the store).
@@ -85,6 +102,9 @@ pub async fn sessions(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
 #[derive(Deserialize)]
 pub struct Revoke {
     username: String,
+    /// Which user, when a local and a directory user share the name.
+    #[serde(default)]
+    directory: Option<bool>,
 }
 
 impl Revoke {
@@ -94,7 +114,7 @@ impl Revoke {
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         require_admin(ctx)?;
-        let target = named_user(ctx, &self.username).await?;
+        let target = named_user(ctx, &self.username, self.directory).await?;
         let n = ctx.state.auth.revoke_user(target.id).await?;
         tracing::warn!(admin = %user(ctx)?.username, user = %target.username, sessions = n, "tokens revoked by an admin");
         Ok(json!({"username": target.username, "revoked_sessions": n}))
@@ -133,6 +153,9 @@ pub async fn tasks(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
 #[derive(Deserialize)]
 pub struct Release {
     username: String,
+    /// Which user, when a local and a directory user share the name.
+    #[serde(default)]
+    directory: Option<bool>,
     /// The pool's id or name.
     pool_id: String,
 }
@@ -146,7 +169,7 @@ impl Release {
     /// back: after a release, the user's next request starts afresh.
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         require_admin(ctx)?;
-        let target = named_user(ctx, &self.username).await?;
+        let target = named_user(ctx, &self.username, self.directory).await?;
         let pool_id = named_pool(ctx, &self.pool_id)?;
         let admin = user(ctx)?.username.clone();
         let reason = format!("released by {admin}");
@@ -173,6 +196,9 @@ pub struct Reset {
     /// One user; absent: every user of the pool.
     #[serde(default)]
     username: Option<String>,
+    /// Which user, when a local and a directory user share the name.
+    #[serde(default)]
+    directory: Option<bool>,
     /// The pool's id or name.
     pool_id: String,
 }
@@ -188,7 +214,7 @@ impl Reset {
         require_admin(ctx)?;
         let pool_id = named_pool(ctx, &self.pool_id)?;
         let targets = match &self.username {
-            Some(name) => vec![named_user(ctx, name).await?.id],
+            Some(name) => vec![named_user(ctx, name, self.directory).await?.id],
             None => ctx.state.pools.pool_users(pool_id).unwrap_or_default(),
         };
         let admin = user(ctx)?.username.clone();

@@ -20,6 +20,7 @@ mod helpers;
 
 mod app;
 mod cases;
+mod review;
 mod slapd;
 
 type Case = fn() -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -77,6 +78,23 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "app::check_config_reads_the_service_password_and_connect_binds_it",
             || Box::pin(app::check_config_reads_the_service_password_and_connect_binds_it()),
+        ),
+        ("review::odd_passwords_names_and_dns_are_handled", || {
+            Box::pin(review::odd_passwords_names_and_dns_are_handled())
+        }),
+        ("review::escaped_commas_keep_two_groups_apart", || {
+            Box::pin(review::escaped_commas_keep_two_groups_apart())
+        }),
+        ("review::case_variants_of_a_name_share_its_lockout", || {
+            Box::pin(review::case_variants_of_a_name_share_its_lockout())
+        }),
+        (
+            "review::a_name_shared_by_a_local_and_a_directory_user_is_never_guessed",
+            || Box::pin(review::a_name_shared_by_a_local_and_a_directory_user_is_never_guessed()),
+        ),
+        (
+            "review::the_uid_value_signed_in_with_is_the_identity",
+            || Box::pin(review::the_uid_value_signed_in_with_is_the_identity()),
         ),
     ]
 }
