@@ -1,8 +1,6 @@
 //! Directory users in the running server: both transports, pools by group, admins by group,
 //! the lockout, revocation, restarts, and a directory that goes away and comes back.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -17,25 +15,10 @@ async fn app_with_directory(
     dir: &std::path::Path,
     edit: impl FnOnce(&mut poolgate::config::Config),
 ) -> TestApp {
-    let password_file = dir.join("ldap-password");
-    std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
-    let url = slapd.url();
+    let directory = directory_config(slapd, dir);
     TestApp::spawn_with(move |c| {
         fast_sim(c, OK, OK);
-        c.directory = Some(poolgate::auth::directory::DirectoryConfig {
-            url,
-            start_tls: false,
-            ca_file: None,
-            bind_dn: SERVICE_DN.into(),
-            bind_password_file: Some(password_file),
-            user_base: PEOPLE.into(),
-            user_filter: "(&(objectClass=person)(uid={username}))".into(),
-            group_attribute: "memberOf".into(),
-            group_base: None,
-            group_filter: "(member={dn})".into(),
-            admin_groups: vec![ADMINS_GROUP.into()],
-            timeout: Duration::from_secs(2),
-        });
+        c.directory = Some(directory);
         c.pools[1].groups = vec![USERS_GROUP.into()];
         edit(c);
     })

@@ -7,24 +7,12 @@ use poolgate::auth::directory::{Directory, DirectoryConfig, DirectoryError};
 
 use crate::slapd::*;
 
-/// A directory config for `slapd`, its service password in a file of `dir`.
+/// The shared config, with the admin group written as an operator might: other case, a
+/// space after a comma.
 fn config(slapd: &Slapd, dir: &std::path::Path) -> DirectoryConfig {
-    let password_file = dir.join("ldap-password");
-    std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
     DirectoryConfig {
-        url: slapd.url(),
-        start_tls: false,
-        ca_file: None,
-        bind_dn: SERVICE_DN.into(),
-        bind_password_file: Some(password_file),
-        user_base: PEOPLE.into(),
-        user_filter: "(&(objectClass=person)(uid={username}))".into(),
-        group_attribute: "memberOf".into(),
-        group_base: None,
-        group_filter: "(member={dn})".into(),
-        // Written as an operator might: other case, a space after a comma.
         admin_groups: vec!["CN=VDI-Admins, OU=groups,dc=example,dc=org".into()],
-        timeout: Duration::from_secs(2),
+        ..directory_config(slapd, dir)
     }
 }
 

@@ -1,36 +1,15 @@
 //! Cases a hostile review wrote against directory sign-in: the probes that held, and the
 //! defects it found (each fixed; the cases say what must hold now).
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
-use poolgate::auth::directory::{Directory, DirectoryConfig, DirectoryError, same_dn};
+use poolgate::auth::directory::{Directory, DirectoryError, same_dn};
 
 use crate::helpers::*;
 use crate::slapd::*;
 
-fn dconfig(slapd: &Slapd, dir: &std::path::Path) -> DirectoryConfig {
-    let password_file = dir.join("ldap-password");
-    std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
-    DirectoryConfig {
-        url: slapd.url(),
-        start_tls: false,
-        ca_file: None,
-        bind_dn: SERVICE_DN.into(),
-        bind_password_file: Some(password_file),
-        user_base: PEOPLE.into(),
-        user_filter: "(&(objectClass=person)(uid={username}))".into(),
-        group_attribute: "memberOf".into(),
-        group_base: None,
-        group_filter: "(member={dn})".into(),
-        admin_groups: vec![ADMINS_GROUP.into()],
-        timeout: Duration::from_secs(2),
-    }
-}
-
 async fn app(slapd: &Slapd, dir: &std::path::Path, attempts: u32) -> TestApp {
-    let config = dconfig(slapd, dir);
+    let config = directory_config(slapd, dir);
     TestApp::spawn_with(move |c| {
         fast_sim(c, OK, OK);
         c.directory = Some(config);
@@ -51,7 +30,7 @@ async fn ws_auth(c: &mut Client, username: &str, password: &str) -> Value {
 pub async fn odd_passwords_names_and_dns_are_handled() {
     let slapd = Slapd::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = dconfig(&slapd, dir.path());
+    let mut config = directory_config(&slapd, dir.path());
     config.group_base = Some(GROUPS.into());
     let d = Directory::new(config).unwrap();
     let refused =
@@ -166,7 +145,7 @@ pub async fn the_uid_value_signed_in_with_is_the_identity() {
         "dn: uid=carol,{PEOPLE}\nchangetype: modify\nreplace: uid\nuid: alice\nuid: carol\n"
     ));
     let dir = tempfile::tempdir().unwrap();
-    let d = Directory::new(dconfig(&slapd, dir.path())).unwrap();
+    let d = Directory::new(directory_config(&slapd, dir.path())).unwrap();
     let e = d.authenticate("carol", "carol-pw").await.unwrap();
     assert_eq!(
         e.username, "carol",

@@ -20,6 +20,30 @@ pub const ODD_NAME: &str = r"star*(user)\";
 const ROOT_DN: &str = "cn=admin,dc=example,dc=org";
 const ROOT_PASSWORD: &str = "root-secret";
 
+/// A directory config for `slapd` (groups by `memberOf`, `vdi-admins` the admin group, a 2 s
+/// timeout), its service password in a file of `dir`.
+pub fn directory_config(
+    slapd: &Slapd,
+    dir: &std::path::Path,
+) -> poolgate::auth::directory::DirectoryConfig {
+    let password_file = dir.join("ldap-password");
+    std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
+    poolgate::auth::directory::DirectoryConfig {
+        url: slapd.url(),
+        start_tls: false,
+        ca_file: None,
+        bind_dn: SERVICE_DN.into(),
+        bind_password_file: Some(password_file),
+        user_base: PEOPLE.into(),
+        user_filter: "(&(objectClass=person)(uid={username}))".into(),
+        group_attribute: "memberOf".into(),
+        group_base: None,
+        group_filter: "(member={dn})".into(),
+        admin_groups: vec![ADMINS_GROUP.into()],
+        timeout: std::time::Duration::from_secs(2),
+    }
+}
+
 /// A running slapd; stopped on drop.
 pub struct Slapd {
     pub port: u16,
