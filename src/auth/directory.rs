@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, ldap_escape};
+use ldap3::{
+    Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions, ldap_escape,
+};
 use serde::Deserialize;
 
 use crate::domain::secs;
@@ -34,6 +36,12 @@ pub const PASSWORD_ENV: &str = "POOLGATE_LDAP_PASSWORD";
 
 /// Service-bound connections kept for reuse.
 const IDLE_CONNECTIONS: usize = 4;
+
+/// Most groups a group search returns (more is refused as the directory's error).
+const MAX_GROUPS: i32 = 1000;
+
+/// LDAP's sizeLimitExceeded result code.
+const SIZE_LIMIT_EXCEEDED: u32 = 4;
 
 /// The `[directory]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -331,17 +339,27 @@ impl Directory {
             self.config.group_attribute.as_str(),
         ];
         let mut ldap = self.service().await?;
+        // Two entries are enough to know the filter is ambiguous: the directory stops there
+        // (sizeLimitExceeded) instead of sending a whole subtree.
         let found = ldap
+            .with_search_options(SearchOptions::new().sizelimit(2))
             .search(&self.config.user_base, Scope::Subtree, &filter, attrs)
-            .await
-            .and_then(|r| r.success());
-        let (entries, _) = match found {
-            Ok(found) => found,
+            .await;
+        let entries = match found {
+            Ok(ldap3::SearchResult(entries, r)) if r.rc == 0 || r.rc == SIZE_LIMIT_EXCEEDED => {
+                (entries, r.rc == SIZE_LIMIT_EXCEEDED)
+            }
             // The base itself missing is a configuration problem, not a wrong password.
+            Ok(ldap3::SearchResult(_, r)) => {
+                return Err(DirectoryError::Unavailable(format!(
+                    "the user search answered {r}"
+                )));
+            }
             Err(e) => return Err(unavailable(e)),
         };
         self.put_back(ldap);
-        if entries.len() > 1 {
+        let (entries, truncated) = entries;
+        if entries.len() > 1 || truncated {
             tracing::warn!(
                 entries = entries.len(),
                 "the directory's user_filter matches several entries for one username; none is used"
@@ -366,6 +384,7 @@ impl Directory {
             .replace("{dn}", &ldap_escape(entry.dn.as_str()));
         let mut ldap = self.service().await?;
         let found = ldap
+            .with_search_options(SearchOptions::new().sizelimit(MAX_GROUPS))
             .search(base, Scope::Subtree, &filter, ["1.1"])
             .await
             .and_then(|r| r.success());

@@ -81,6 +81,15 @@ pub async fn filter_metacharacters_in_a_username_are_literal() {
         directory.authenticate("alice)(uid=*", "alice-pw").await
     ));
     assert!(refused(directory.authenticate("star*", "odd-pw").await));
+    // A user_filter that matches several entries (a configuration mistake) signs no one in,
+    // whether the directory sends two or stops at its size limit.
+    let mut wide = config(&slapd, dir.path());
+    wide.user_filter = "(|(uid={username})(uid=bob))".into();
+    let two = Directory::new(wide.clone()).unwrap();
+    assert!(refused(two.authenticate("alice", "alice-pw").await));
+    wide.user_filter = "(|(uid={username})(objectClass=inetOrgPerson))".into();
+    let all = Directory::new(wide).unwrap();
+    assert!(refused(all.authenticate("alice", "alice-pw").await));
     // And a name made of them is found as it is.
     let odd = directory.authenticate(ODD_NAME, "odd-pw").await.unwrap();
     assert_eq!(odd.username, ODD_NAME);
