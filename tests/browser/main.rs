@@ -19,8 +19,13 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Value, json};
 
 #[allow(dead_code)]
+#[path = "../common/harness.rs"]
+mod harness;
+#[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+
+use harness::on_path;
 
 use helpers::{OK, PASSWORD, TestApp, date_code, fast_sim, free_port};
 
@@ -391,19 +396,6 @@ fn artefacts() -> PathBuf {
     );
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// The first executable file called `name` in the `PATH`.
-fn on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|file| {
-            std::fs::metadata(file)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// A chromedriver on a free loopback port, stopped on drop.

@@ -7,13 +7,14 @@
 //! `POOLGATE_TEST_REQUIRE_LDAP=1` (set by `.ci/run`, which installs them) turns that into a
 //! failure.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::ExitCode;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 
+#[allow(dead_code)]
+#[path = "../common/harness.rs"]
+mod harness;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
@@ -23,7 +24,7 @@ mod cases;
 mod review;
 mod slapd;
 
-type Case = fn() -> Pin<Box<dyn Future<Output = ()> + Send>>;
+use harness::{Case, run, selected};
 
 fn cases() -> Vec<(&'static str, Case)> {
     vec![
@@ -99,20 +100,9 @@ fn cases() -> Vec<(&'static str, Case)> {
     ]
 }
 
-/// The first executable file called `name` in the `PATH` (or, for `slapd`, Debian's
-/// `/usr/sbin`, which is not on every user's `PATH`).
+/// A program on the `PATH`, or for `slapd` in Debian's `/usr/sbin` (not on every `PATH`).
 pub fn on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    if name == "slapd" {
-        dirs.push(PathBuf::from("/usr/sbin"));
-    }
-    dirs.into_iter().map(|dir| dir.join(name)).find(|file| {
-        std::fs::metadata(file)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    })
+    harness::on_path_or(name, &["/usr/sbin"])
 }
 
 /// Why the cases cannot run here, with how to make them run; `None` if they can.
@@ -127,28 +117,6 @@ fn missing() -> Option<String> {
             absent.join(" and no ")
         )
     })
-}
-
-/// libtest's selection rules, to print a skip line only for the cases this run would run.
-fn selected(args: &Arguments, name: &str) -> bool {
-    let matches = |pattern: &str| {
-        if args.exact {
-            name == pattern
-        } else {
-            name.contains(pattern)
-        }
-    };
-    args.filter.as_deref().is_none_or(matches) && !args.skip.iter().any(|s| matches(s))
-}
-
-fn run(case: Case) -> Result<(), Failed> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(format!("cannot build a runtime: {e}")))?
-        .block_on(case());
-    Ok(())
 }
 
 fn main() -> ExitCode {

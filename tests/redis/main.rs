@@ -11,13 +11,14 @@
 //! `POOLGATE_TEST_REQUIRE_REDIS=1` turns every would-be skip into a failure, so CI cannot pass
 //! without running them.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::ExitCode;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+#[allow(dead_code)]
+#[path = "../common/harness.rs"]
+mod harness;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
@@ -39,7 +40,7 @@ enum Needs {
     RedisServer,
 }
 
-type Case = fn() -> Pin<Box<dyn Future<Output = ()> + Send>>;
+use harness::{Case, on_path, run, selected};
 
 /// Every Redis case: the backend suite's cases (both lists of `backend_cases!` in
 /// tests/api/backends.rs), then the Redis-only ones.
@@ -141,42 +142,6 @@ impl Found {
             _ => None,
         }
     }
-}
-
-/// The first executable file called `name` in the `PATH`.
-fn on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|file| {
-            std::fs::metadata(file)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
-/// libtest's selection rules (a substring filter, `--exact`, `--skip`), to print a skip line
-/// only for the cases this run would have run.
-fn selected(args: &Arguments, name: &str) -> bool {
-    let matches = |pattern: &str| {
-        if args.exact {
-            name == pattern
-        } else {
-            name.contains(pattern)
-        }
-    };
-    args.filter.as_deref().is_none_or(matches) && !args.skip.iter().any(|s| matches(s))
-}
-
-fn run(case: Case) -> Result<(), Failed> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(format!("cannot build a runtime: {e}")))?
-        .block_on(case());
-    Ok(())
 }
 
 fn main() -> ExitCode {
