@@ -33,6 +33,26 @@ async fn ws_auth(c: &mut Client, username: &str, password: &str, ldap: Option<bo
     c.rpc("auth", args).await
 }
 
+/// The v2 login with `"ldap": true`.
+async fn rest_login(app: &TestApp, username: &str, password: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url("/api/v2/users/login/"))
+        .json(&json!({"username": username, "password": password, "ldap": true}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The v2 pool list with a JWT.
+async fn rest_pools(app: &TestApp, jwt: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(app.url("/api/v2/pools/"))
+        .header("Authorization", format!("JWT {jwt}"))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn pool_ids(reply: &Value) -> Vec<String> {
     reply["args"]
         .as_array()
@@ -109,34 +129,17 @@ pub async fn directory_users_sign_in_on_both_transports_and_get_their_groups_poo
     );
 
     // REST, `"ldap": true`.
-    let http = reqwest::Client::new();
-    let login = http
-        .post(app.url("/api/v2/users/login/"))
-        .json(&json!({"username": "alice", "password": "alice-pw", "ldap": true}))
-        .send()
-        .await
-        .unwrap();
+    let login = rest_login(&app, "alice", "alice-pw").await;
     assert_eq!(login.status(), 200);
     let jwt = login.json::<Value>().await.unwrap()["data"]["access_token"]
         .as_str()
         .unwrap()
         .to_owned();
-    let pools = http
-        .get(app.url("/api/v2/pools/"))
-        .header("Authorization", format!("JWT {jwt}"))
-        .send()
-        .await
-        .unwrap();
+    let pools = rest_pools(&app, &jwt).await;
     assert_eq!(pools.status(), 200);
     let body: Value = pools.json().await.unwrap();
     assert!(body.to_string().contains(GROUP_POOL), "{body}");
-    let refused = http
-        .post(app.url("/api/v2/users/login/"))
-        .json(&json!({"username": "alice", "password": "wrong", "ldap": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 401);
+    assert_eq!(rest_login(&app, "alice", "wrong").await.status(), 401);
 
     // After a restart, the directory user's token and JWT still resolve (from the store).
     let app = app.restart().await;
@@ -147,13 +150,7 @@ pub async fn directory_users_sign_in_on_both_transports_and_get_their_groups_poo
         pool_ids(&resumed.rpc("pools", json!({})).await),
         vec![GROUP_POOL]
     );
-    let pools = http
-        .get(app.url("/api/v2/pools/"))
-        .header("Authorization", format!("JWT {jwt}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(pools.status(), 200);
+    assert_eq!(rest_pools(&app, &jwt).await.status(), 200);
     app.stop().await;
 }
 
