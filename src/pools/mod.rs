@@ -40,7 +40,7 @@ mod sweeps;
 mod wire;
 
 pub use config::{GuacamoleConfig, PoolConfig, SeedTask, Timings};
-pub use guacamole::{Gateway, GuacamoleKey, GuacamoleLink};
+pub use guacamole::{Gateway, GuacamoleLink};
 pub use launcher::Launcher;
 pub use wire::{ConnectOutcome, ConnectParams, Discarded, PoolView};
 
