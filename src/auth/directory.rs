@@ -43,6 +43,14 @@ const MAX_GROUPS: i32 = 1000;
 /// LDAP's sizeLimitExceeded result code.
 const SIZE_LIMIT_EXCEEDED: u32 = 4;
 
+/// LDAP's noSuchObject and invalidDNSyntax result codes.
+const NO_SUCH_OBJECT: u32 = 32;
+const INVALID_DN_SYNTAX: u32 = 34;
+
+/// The attributes read from a user's entry; the first four may hold a name the user filter
+/// matches (see [`Directory::lookup`]).
+const NAME_ATTRIBUTES: [&str; 4] = ["uid", "sAMAccountName", "userPrincipalName", "mail"];
+
 /// The `[directory]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +114,16 @@ pub struct DirectoryEntry {
     pub groups: Vec<String>,
     /// Whether a group of `admin_groups` is among them.
     pub admin: bool,
+}
+
+/// A person the service account found, without their password (to enrol them in TOTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryAccount {
+    /// The entry, as a sign-in under its first account name would see it.
+    pub entry: DirectoryEntry,
+    /// Every name that signs in to this entry (an entry with several `uid` values is the
+    /// same person under each, and each name has its own user id): never empty.
+    pub usernames: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +256,96 @@ impl Directory {
             })
     }
 
+    /// Finds a person by sign-in name or (`by_dn`) by the DN of their entry, with the service
+    /// account alone: for an admin enrolling them in TOTP before or after their first sign-in.
+    /// `None` when no entry is found or when the user filter does not lead back to the entry
+    /// from any of its names (a DN outside `user_base`, or not a person the filter admits).
+    pub async fn lookup(
+        &self,
+        name: &str,
+        by_dn: bool,
+    ) -> Result<Option<DirectoryAccount>, DirectoryError> {
+        let timeout = self.config.timeout;
+        tokio::time::timeout(timeout, self.lookup_unbounded(name, by_dn))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DirectoryError::Unavailable(format!(
+                    "no answer within {} s",
+                    timeout.as_secs_f64()
+                )))
+            })
+    }
+
+    async fn lookup_unbounded(
+        &self,
+        name: &str,
+        by_dn: bool,
+    ) -> Result<Option<DirectoryAccount>, DirectoryError> {
+        let entry = if by_dn {
+            self.read(name).await?
+        } else {
+            self.find(name).await?
+        };
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        // Every value that may be a sign-in name and that the filter maps back to this entry.
+        let mut usernames: Vec<String> = Vec::new();
+        if !by_dn {
+            usernames.push(account_name(&entry.attrs, name));
+        }
+        // In NAME_ATTRIBUTES' order, so that the first name is the same each time.
+        let candidates: Vec<String> = NAME_ATTRIBUTES
+            .iter()
+            .flat_map(|a| {
+                entry
+                    .attrs
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(a))
+            })
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect();
+        for candidate in candidates {
+            if usernames.iter().any(|u| u.eq_ignore_ascii_case(&candidate)) {
+                continue;
+            }
+            if let Some(found) = self.find(&candidate).await?
+                && same_dn(&found.dn, &entry.dn)
+            {
+                usernames.push(candidate);
+            }
+        }
+        if usernames.is_empty() {
+            return Ok(None);
+        }
+        let entry = self.describe(entry, usernames[0].clone()).await?;
+        Ok(Some(DirectoryAccount { entry, usernames }))
+    }
+
+    /// The entry at `dn` (a base search by the service account); `None` if there is none.
+    async fn read(&self, dn: &str) -> Result<Option<SearchEntry>, DirectoryError> {
+        let mut ldap = self.service().await?;
+        let found = ldap
+            .search(dn, Scope::Base, "(objectClass=*)", self.user_attributes())
+            .await;
+        match found {
+            Ok(ldap3::SearchResult(entries, r)) if r.rc == 0 => {
+                self.put_back(ldap);
+                Ok(entries.into_iter().next().map(SearchEntry::construct))
+            }
+            Ok(ldap3::SearchResult(_, r))
+                if r.rc == NO_SUCH_OBJECT || r.rc == INVALID_DN_SYNTAX =>
+            {
+                self.put_back(ldap);
+                Ok(None)
+            }
+            Ok(ldap3::SearchResult(_, r)) => Err(DirectoryError::Unavailable(format!(
+                "reading an entry answered {r}"
+            ))),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// Whether the directory answers the service account (for `/healthz`).
     pub async fn ping(&self) -> Result<(), DirectoryError> {
         let timeout = self.config.timeout;
@@ -305,12 +413,22 @@ impl Directory {
         if uac & 0x2 != 0 {
             return Err(DirectoryError::Disabled);
         }
+        let username = account_name(&entry.attrs, username);
+        self.describe(entry, username).await
+    }
+
+    /// What poolgate keeps of an entry: names, mail, groups, admin.
+    async fn describe(
+        &self,
+        entry: SearchEntry,
+        username: String,
+    ) -> Result<DirectoryEntry, DirectoryError> {
         let groups = self.groups(&entry).await?;
         let admin = groups
             .iter()
             .any(|g| self.config.admin_groups.iter().any(|a| same_dn(a, g)));
         Ok(DirectoryEntry {
-            username: account_name(&entry.attrs, username),
+            username,
             full_name: first(&entry.attrs, "displayName")
                 .or_else(|| first(&entry.attrs, "cn"))
                 .unwrap_or_default()
@@ -329,15 +447,7 @@ impl Directory {
             .config
             .user_filter
             .replace("{username}", &ldap_escape(username));
-        let attrs = vec![
-            "uid",
-            "sAMAccountName",
-            "cn",
-            "displayName",
-            "mail",
-            "userAccountControl",
-            self.config.group_attribute.as_str(),
-        ];
+        let attrs = self.user_attributes();
         let mut ldap = self.service().await?;
         // Two entries are enough to know the filter is ambiguous: the directory stops there
         // (sizeLimitExceeded) instead of sending a whole subtree.
@@ -367,6 +477,17 @@ impl Directory {
             return Ok(None);
         }
         Ok(entries.into_iter().next().map(SearchEntry::construct))
+    }
+
+    fn user_attributes(&self) -> Vec<&str> {
+        let mut attrs = NAME_ATTRIBUTES.to_vec();
+        attrs.extend([
+            "cn",
+            "displayName",
+            "userAccountControl",
+            self.config.group_attribute.as_str(),
+        ]);
+        attrs
     }
 
     async fn groups(&self, entry: &SearchEntry) -> Result<Vec<String>, DirectoryError> {

@@ -83,7 +83,7 @@ impl Authenticator {
         check_username(creds.username)?;
         let Some(password) = creds.password else {
             // The mock's first MFA step (no password yet): nothing is verified or counted.
-            return self.record(self.login_without_password(creds.username).await);
+            return self.record(self.login_without_password(&creds).await);
         };
         let attempt = self.lockout.begin(creds.username, creds.peer).await?;
         let local = match &self.directory {
@@ -92,7 +92,7 @@ impl Authenticator {
         };
         let (verdict, result) = match (local, &self.directory) {
             (None, Some(directory)) => {
-                self.login_with_directory(directory, creds.username, password)
+                self.login_with_directory(directory, creds.username, password, creds.otp_code)
                     .await
             }
             (local, _) => {
@@ -128,9 +128,18 @@ impl Authenticator {
         result
     }
 
-    async fn login_without_password(&self, username: &str) -> Result<Arc<User>, Error> {
-        let Some(user) = self.users.by_name(username).cloned() else {
-            return Err(Error::InvalidCredentials);
+    async fn login_without_password(&self, creds: &Credentials<'_>) -> Result<Arc<User>, Error> {
+        let local = match &self.directory {
+            Some(_) if creds.directory => None,
+            _ => self.users.by_name(creds.username).cloned(),
+        };
+        let user = match (local, &self.directory) {
+            (Some(user), _) => user,
+            (None, Some(_)) => match self.enrolled_directory_user(creds.username).await? {
+                Some(user) => user,
+                None => return Err(Error::InvalidCredentials),
+            },
+            (None, None) => return Err(Error::InvalidCredentials),
         };
         match mfa_kind(&user) {
             Some(MfaKind::Otp) => Err(Error::MfaRequired {
@@ -164,6 +173,17 @@ impl Authenticator {
             Ok(ok) => ok,
             Err(e) => return (Verdict::NotAGuess, Err(e)),
         };
+        self.second_factor(user, password_ok, otp_code).await
+    }
+
+    /// The second step of every sign-in whose password was checked (locally or by the
+    /// directory): the one-time code if the user has one, then [`finish`].
+    async fn second_factor(
+        &self,
+        user: Arc<User>,
+        password_ok: bool,
+        otp_code: Option<&str>,
+    ) -> (Verdict, Result<Arc<User>, Error>) {
         let wrong = if password_ok {
             Verdict::NotAGuess
         } else {
@@ -199,12 +219,14 @@ impl Authenticator {
 
     /// The directory checks the password; a person it knows is kept in the state store (for
     /// every instance to resolve their sessions), refreshed — name, mail, groups, admin — at
-    /// each sign-in.
+    /// each sign-in. Then the one-time code of a user enrolled in TOTP (`admin_totp`), exactly
+    /// as for a local user: a wrong password of an enrolled user gets the same challenge.
     async fn login_with_directory(
         &self,
         directory: &directory::Directory,
         username: &str,
         password: &str,
+        otp_code: Option<&str>,
     ) -> (Verdict, Result<Arc<User>, Error>) {
         // The same argon2id work as a local sign-in, alongside the directory's: reply times
         // must not tell a local username from a directory one (or from no one).
@@ -218,7 +240,13 @@ impl Authenticator {
         let entry = match answer {
             Ok(entry) => entry,
             Err(directory::DirectoryError::InvalidCredentials) => {
-                return (Verdict::Guess, Err(Error::InvalidCredentials));
+                // Whether the password or the code was wrong is not revealed to someone who
+                // has not given the code.
+                return match self.enrolled_directory_user(username).await {
+                    Ok(Some(user)) => self.second_factor(user, false, otp_code).await,
+                    Ok(None) => (Verdict::Guess, Err(Error::InvalidCredentials)),
+                    Err(e) => (Verdict::NotAGuess, Err(e)),
+                };
             }
             Err(directory::DirectoryError::Disabled) => {
                 return (Verdict::NotAGuess, Err(Error::Disabled));
@@ -242,10 +270,76 @@ impl Authenticator {
         if let Err(e) = self.store.directory_user_put(&record).await {
             return (Verdict::NotAGuess, Err(e.into()));
         }
-        (
-            Verdict::Success,
-            Ok(Arc::new(User::from_directory(&record))),
-        )
+        let secret = match self.store.directory_totp_get(record.id).await {
+            Ok(secret) => secret,
+            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
+        };
+        let user = Arc::new(User::from_directory(&record, secret.as_deref()));
+        self.second_factor(user, true, otp_code).await
+    }
+
+    /// Enrols a directory user in TOTP with a new secret (`enable`), replacing any earlier one,
+    /// or ends their enrolment. The person is found by the service account — by sign-in name,
+    /// or by their entry's DN (`by_dn`) — so this works before their first sign-in; every
+    /// name that signs in to the entry is enrolled (one secret), so no second name of the same
+    /// person skips the code. Returns the account and the new secret (base32).
+    pub async fn directory_totp(
+        &self,
+        name: &str,
+        by_dn: bool,
+        enable: bool,
+    ) -> Result<(directory::DirectoryAccount, Option<String>), Error> {
+        let Some(directory) = &self.directory else {
+            return Err(Error::Unprocessable(
+                "No directory is configured: a local user's TOTP secret is in the users file \
+                 (poolgate user totp)."
+                    .into(),
+            ));
+        };
+        let account = match directory.lookup(name, by_dn).await {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                return Err(Error::NotFound(format!(
+                    "The directory has no user who signs in as {name:?}."
+                )));
+            }
+            Err(e) => {
+                self.metrics.directory_errors.inc();
+                tracing::warn!(error = %e, "directory unavailable: a TOTP enrolment was answered 503");
+                return Err(Error::DirectoryUnavailable);
+            }
+        };
+        let secret = enable.then(otp::TotpSecret::generate_base32);
+        for username in &account.usernames {
+            let record = crate::store::DirectoryUser {
+                id: users::directory_user_id(username),
+                dn: account.entry.dn.clone(),
+                username: username.clone(),
+                full_name: account.entry.full_name.clone(),
+                email: account.entry.email.clone(),
+                groups: account.entry.groups.clone(),
+                admin: account.entry.admin,
+                updated_ms: now_ms(),
+            };
+            // The record too: an enrolled user's wrong password is then challenged like a
+            // right one even before their first sign-in.
+            self.store.directory_user_put(&record).await?;
+            self.store
+                .directory_totp_put(record.id, secret.as_deref())
+                .await?;
+        }
+        Ok((account, secret))
+    }
+
+    /// The directory user who signs in as `username` if they are enrolled in TOTP (known
+    /// without asking the directory: their record and enrolment are in the state store).
+    async fn enrolled_directory_user(&self, username: &str) -> Result<Option<Arc<User>>, Error> {
+        let id = users::directory_user_id(username.trim());
+        Ok(self
+            .users
+            .resolve(&id)
+            .await?
+            .filter(|u| u.dn.is_some() && u.otp_enabled))
     }
 
     /// Completes an OTP challenge issued by [`Authenticator::login`].

@@ -98,8 +98,18 @@ pub fn directory_user_id(username: &str) -> Uuid {
 
 impl User {
     /// A directory user as their record describes them: no password hash (the directory
-    /// checks passwords), roles from the admin groups.
-    pub fn from_directory(record: &DirectoryUser) -> Self {
+    /// checks passwords), roles from the admin groups, and a one-time code to give if they are
+    /// enrolled in TOTP (`totp_secret`, base32). A secret that does not parse still asks for a
+    /// code, which then never matches: a broken enrolment refuses, it never waives the factor.
+    pub fn from_directory(record: &DirectoryUser, totp_secret: Option<&str>) -> Self {
+        let otp = totp_secret.and_then(|secret| {
+            TotpSecret::from_base32(secret, &record.username)
+                .inspect_err(|e| {
+                    tracing::error!(user = %record.username, error = %e, "a directory user's TOTP enrolment is unusable; their sign-ins are refused until an admin enrols them again");
+                })
+                .ok()
+                .map(TotpOrDate::Totp)
+        });
         User {
             id: record.id,
             username: record.username.clone(),
@@ -113,10 +123,10 @@ impl User {
             groups: record.groups.clone(),
             dn: Some(record.dn.clone()),
             disabled: false,
-            otp_enabled: false,
+            otp_enabled: totp_secret.is_some(),
             adfs_enabled: false,
             hardware_token_enabled: false,
-            otp: None,
+            otp,
             password_hash: String::new(),
         }
     }
@@ -213,10 +223,14 @@ impl UserDirectory {
         let Some(store) = &self.store else {
             return Ok(None);
         };
-        Ok(store
-            .directory_user_get(*id)
-            .await?
-            .map(|r| Arc::new(User::from_directory(&r))))
+        let Some(record) = store.directory_user_get(*id).await? else {
+            return Ok(None);
+        };
+        let secret = store.directory_totp_get(*id).await?;
+        Ok(Some(Arc::new(User::from_directory(
+            &record,
+            secret.as_deref(),
+        ))))
     }
 
     pub fn len(&self) -> usize {

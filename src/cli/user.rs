@@ -1,4 +1,6 @@
-//! `poolgate user`: edits the `[[users]]` of a users file (or of a config file) in place.
+//! `poolgate user`: edits the `[[users]]` of a users file (or of a config file) in place;
+//! `user totp --directory` enrols a directory user through the running server instead (their
+//! enrolment lives in the state store, which the server owns).
 
 use std::path::PathBuf;
 
@@ -41,11 +43,49 @@ enum UserAction {
     /// List the users.
     List,
     /// Give a user a new TOTP secret; prints the otpauth:// URI and a QR code to scan.
-    Totp { username: String },
+    ///
+    /// With --directory, USERNAME is a directory user's sign-in name or their entry's DN (any
+    /// name with an '=' is taken as a DN): an admin signs in to the running server, which
+    /// finds the person in the directory and keeps the secret in the state store.
+    Totp {
+        username: String,
+        #[command(flatten)]
+        directory: DirectoryTotp,
+    },
+}
+
+#[derive(Args)]
+struct DirectoryTotp {
+    /// Enrol a user of the [directory] (LDAP / Active Directory) instead of a file's user.
+    #[arg(long)]
+    directory: bool,
+    /// End the directory user's enrolment (they sign in with their password alone again).
+    #[arg(long, requires = "directory")]
+    disable: bool,
+    /// The server's WebSocket URL, e.g. wss://broker.example.com/
+    #[arg(long, env = "POOLGATE_SERVER")]
+    server: Option<String>,
+    /// The admin who signs in to the server.
+    #[arg(long, requires = "directory")]
+    admin: Option<String>,
+    /// Where the admin's token is kept for the next run (0600).
+    #[arg(long, requires = "directory")]
+    token_file: Option<PathBuf>,
+    /// Read the admin's password (and one-time code) from stdin, one per line.
+    #[arg(long, requires = "directory")]
+    password_stdin: bool,
 }
 
 /// Applies one action to the file and saves it (listing only reads).
 pub fn run(args: UserArgs) -> anyhow::Result<()> {
+    if let UserAction::Totp {
+        username,
+        directory,
+    } = &args.action
+        && directory.directory
+    {
+        return enrol_directory_user(username, directory);
+    }
     let mut users = UsersFile::open(&args.file)?;
     match args.action {
         UserAction::Add {
@@ -77,20 +117,64 @@ pub fn run(args: UserArgs) -> anyhow::Result<()> {
             println!("{username} {}", if enable { "enabled" } else { "disabled" });
         }
         UserAction::List => list(&mut users)?,
-        UserAction::Totp { username } => {
+        UserAction::Totp { username, .. } => {
             let secret = TotpSecret::generate_base32();
             let url = TotpSecret::from_base32(&secret, &username)?.otpauth_url()?;
             users.set_totp(&username, &secret)?;
             users.save()?;
-            let qr = qrcode::QrCode::new(url.as_bytes())?;
-            let art = qr
-                .render::<qrcode::render::unicode::Dense1x2>()
-                .quiet_zone(true)
-                .build();
-            println!(
-                "TOTP enabled for {username}. Scan with an authenticator app:\n\n{art}\n{url}"
-            );
+            print_enrolment(&username, &url)?;
         }
+    }
+    Ok(())
+}
+
+/// The QR code and URI an authenticator app scans.
+fn print_enrolment(username: &str, url: &str) -> anyhow::Result<()> {
+    let qr = qrcode::QrCode::new(url.as_bytes())?;
+    let art = qr
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .quiet_zone(true)
+        .build();
+    println!("TOTP enabled for {username}. Scan with an authenticator app:\n\n{art}\n{url}");
+    Ok(())
+}
+
+/// `user totp --directory`: the server's `admin_totp`, signed in as an admin.
+fn enrol_directory_user(name: &str, o: &DirectoryTotp) -> anyhow::Result<()> {
+    let (Some(server), Some(admin)) = (&o.server, &o.admin) else {
+        anyhow::bail!(
+            "--directory enrols through the running server: give --server (or POOLGATE_SERVER) \
+             and --admin"
+        );
+    };
+    let login = crate::client::Login {
+        user: admin.clone(),
+        token_file: o
+            .token_file
+            .clone()
+            .unwrap_or_else(|| super::default_token_file(server, admin)),
+        password_stdin: o.password_stdin,
+    };
+    let key = if name.contains('=') { "dn" } else { "username" };
+    let args = serde_json::json!({ key: name, "disable": o.disable });
+    let reply =
+        super::runtime()?.block_on(crate::client::admin(server, &login, "admin_totp", args))?;
+    let usernames = reply["usernames"]
+        .as_array()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    match reply["otpauth_url"].as_str() {
+        Some(url) => print_enrolment(&usernames, url)?,
+        None => println!("TOTP disabled for {usernames}."),
+    }
+    if let Some(dn) = reply["dn"].as_str() {
+        println!("(directory entry {dn})");
     }
     Ok(())
 }

@@ -192,6 +192,63 @@ impl Release {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Totp {
+    /// A directory user's sign-in name (uid, sAMAccountName…)…
+    #[serde(default)]
+    username: Option<String>,
+    /// …or the DN of their entry: exactly one of the two.
+    #[serde(default)]
+    dn: Option<String>,
+    /// End the enrolment instead of giving a new secret.
+    #[serde(default)]
+    disable: bool,
+}
+
+impl Totp {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
+        let totp: Totp = parse_args(args)?;
+        match (&totp.username, &totp.dn) {
+            (Some(name), None) | (None, Some(name)) if !name.trim().is_empty() => Ok(totp),
+            _ => Err(Error::bad_request(
+                "Give exactly one of \"username\" and \"dn\" (not empty).",
+            )),
+        }
+    }
+
+    /// Enrols a directory user in TOTP (or ends it): the reply carries the new secret and its
+    /// otpauth:// URI once, for the admin to hand over; nothing logs them.
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        require_admin(ctx)?;
+        let (name, by_dn) = match (&self.username, &self.dn) {
+            (Some(name), _) => (name.as_str(), false),
+            (None, Some(dn)) => (dn.as_str(), true),
+            (None, None) => unreachable!("parse wants one"),
+        };
+        let (account, secret) = ctx
+            .state
+            .auth
+            .directory_totp(name, by_dn, !self.disable)
+            .await?;
+        let admin = &user(ctx)?.username;
+        tracing::warn!(admin = %admin, user = %account.usernames.join(","), dn = %account.entry.dn, enrolled = secret.is_some(), "a directory user's TOTP enrolment changed by an admin");
+        let mut reply = json!({
+            "usernames": account.usernames,
+            "dn": account.entry.dn,
+            "totp": secret.is_some(),
+        });
+        if let Some(secret) = secret {
+            let url = crate::auth::otp::TotpSecret::from_base32(&secret, &account.usernames[0])
+                .and_then(|t| t.otpauth_url())
+                .map_err(Error::Internal)?;
+            reply["secret"] = json!(secret);
+            reply["otpauth_url"] = json!(url);
+        }
+        Ok(reply)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Reset {
     /// One user; absent: every user of the pool.
     #[serde(default)]

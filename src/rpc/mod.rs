@@ -165,6 +165,7 @@ methods! {
     AdminTasks    = "rpc" / "admin_tasks",        signed_in, ()                        => |_, ctx| admin::tasks(ctx).await,
     AdminRelease  = "rpc" / "admin_release",      signed_in, admin::Release            => |c, ctx| c.apply(ctx).await,
     AdminReset    = "rpc" / "admin_reset",        signed_in, admin::Reset              => |c, ctx| c.apply(ctx).await,
+    AdminTotp     = "rpc" / "admin_totp",         signed_in, admin::Totp               => |c, ctx| c.apply(ctx).await,
 }
 
 /// Runs one request: lookup (404), authentication (401), argument parsing (400), then the

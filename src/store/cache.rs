@@ -366,6 +366,14 @@ impl Store for CachedStore {
         self.inner.directory_user_get(id).await
     }
 
+    async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
+        self.inner.directory_totp_put(id, secret).await
+    }
+
+    async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>> {
+        self.inner.directory_totp_get(id).await
+    }
+
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         self.inner.jwt_revoke(jti, exp).await
     }

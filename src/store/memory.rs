@@ -19,6 +19,7 @@ struct Inner {
     mfa: HashMap<TokenHash, MfaRecord>,
     totp: HashMap<Uuid, u64>,
     directory_users: HashMap<Uuid, DirectoryUser>,
+    directory_totp: HashMap<Uuid, String>,
     jwt: HashMap<String, i64>,
     tasks: HashMap<Uuid, Task>,
     latest: HashMap<TaskKey, Uuid>,
@@ -224,6 +225,19 @@ impl Store for MemoryStore {
 
     async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>> {
         Ok(self.lock().directory_users.get(&id).cloned())
+    }
+
+    async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
+        let mut inner = self.lock();
+        match secret {
+            Some(secret) => inner.directory_totp.insert(id, secret.to_owned()),
+            None => inner.directory_totp.remove(&id),
+        };
+        Ok(())
+    }
+
+    async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>> {
+        Ok(self.lock().directory_totp.get(&id).cloned())
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {

@@ -297,6 +297,12 @@ pub trait Store: Send + Sync + 'static {
     async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()>;
     /// The record of a directory user, if one ever signed in with this id.
     async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>>;
+    /// Enrols a directory user in TOTP with this base32 secret (replacing any earlier one), or
+    /// ends the enrolment with `None`. Kept apart from the record, which each sign-in replaces.
+    /// Never expires.
+    async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()>;
+    /// A directory user's TOTP secret (base32), if enrolled.
+    async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>>;
 
     // ---- JWT revocations ----
 

@@ -729,6 +729,22 @@ impl Store for RedisStore {
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
 
+    async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
+        let key = self.k(&["directory_totp", &id.to_string()]);
+        match secret {
+            Some(secret) => self.con().set::<_, _, ()>(key, secret).await?,
+            None => self.con().del::<_, ()>(key).await?,
+        }
+        Ok(())
+    }
+
+    async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>> {
+        Ok(self
+            .con()
+            .get(self.k(&["directory_totp", &id.to_string()]))
+            .await?)
+    }
+
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         // One command, so the key never exists without its expiry.
         ::redis::cmd("SET")

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS mfa (
     expires_ms INTEGER NOT NULL, attempts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS totp (user_id TEXT PRIMARY KEY, step INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS directory_users (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS directory_totp (id TEXT PRIMARY KEY, secret TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jwt_revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, user_id TEXT NOT NULL, status TEXT NOT NULL,
@@ -438,6 +439,34 @@ impl Store for SqliteStore {
             .optional()
         })?;
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
+        self.with(|c| {
+            match secret {
+                Some(secret) => c.execute(
+                    "INSERT INTO directory_totp VALUES (?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET secret = excluded.secret",
+                    params![id.to_string(), secret],
+                )?,
+                None => c.execute(
+                    "DELETE FROM directory_totp WHERE id = ?1",
+                    params![id.to_string()],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT secret FROM directory_totp WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+        })
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {

@@ -807,6 +807,51 @@ pub async fn a_directory_users_record_is_kept_and_replaced_whole(state: &str) {
     assert_eq!(s.directory_user_get(Uuid::new_v4()).await.unwrap(), None);
 }
 
+pub async fn a_directory_users_totp_enrolment_is_kept_replaced_and_ended(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(s.directory_totp_get(alice).await.unwrap(), None);
+    s.directory_totp_put(alice, Some("JBSWY3DPEHPK3PXP"))
+        .await
+        .unwrap();
+    s.directory_totp_put(bob, Some("GEZDGNBVGY3TQOJQ"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.directory_totp_get(alice).await.unwrap().as_deref(),
+        Some("JBSWY3DPEHPK3PXP")
+    );
+    // A new enrolment replaces the secret; ending one leaves the other user's alone.
+    s.directory_totp_put(alice, Some("MFRGGZDFMZTWQ2LK"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.directory_totp_get(alice).await.unwrap().as_deref(),
+        Some("MFRGGZDFMZTWQ2LK")
+    );
+    s.directory_totp_put(alice, None).await.unwrap();
+    assert_eq!(s.directory_totp_get(alice).await.unwrap(), None);
+    s.directory_totp_put(alice, None).await.unwrap();
+    assert_eq!(
+        s.directory_totp_get(bob).await.unwrap().as_deref(),
+        Some("GEZDGNBVGY3TQOJQ")
+    );
+    // The sign-in's record and the enrolment are apart: replacing one keeps the other.
+    let record = poolgate::store::DirectoryUser {
+        id: bob,
+        dn: "uid=bob,ou=people,dc=example,dc=org".into(),
+        username: "bob".into(),
+        full_name: String::new(),
+        email: String::new(),
+        groups: vec![],
+        admin: false,
+        updated_ms: 1,
+    };
+    s.directory_user_put(&record).await.unwrap();
+    assert!(s.directory_totp_get(bob).await.unwrap().is_some());
+}
+
 pub async fn a_totp_step_is_accepted_once_and_only_forward(state: &str) {
     let f = fresh(state).await;
     let s = &f.store;
@@ -1486,6 +1531,7 @@ macro_rules! backend_cases {
                 an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
                 a_totp_step_is_accepted_once_and_only_forward,
                 a_directory_users_record_is_kept_and_replaced_whole,
+                a_directory_users_totp_enrolment_is_kept_replaced_and_ended,
                 jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
                 a_keys_latest_task_moves_only_by_compare_and_set,
                 a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,

@@ -10,7 +10,7 @@ use crate::slapd::*;
 const GROUP_POOL: &str = POOL_WIN_2;
 
 /// The demo dataset with `slapd` as its directory; `edit` for more.
-async fn app_with_directory(
+pub(crate) async fn app_with_directory(
     slapd: &Slapd,
     dir: &std::path::Path,
     edit: impl FnOnce(&mut poolgate::config::Config),
@@ -25,7 +25,12 @@ async fn app_with_directory(
     .await
 }
 
-async fn ws_auth(c: &mut Client, username: &str, password: &str, ldap: Option<bool>) -> Value {
+pub(crate) async fn ws_auth(
+    c: &mut Client,
+    username: &str,
+    password: &str,
+    ldap: Option<bool>,
+) -> Value {
     let mut args = json!({"username": username, "password": password});
     if let Some(ldap) = ldap {
         args["ldap"] = json!(ldap);

@@ -23,6 +23,7 @@ mod app;
 mod cases;
 mod review;
 mod slapd;
+mod totp;
 
 use harness::{Case, run, selected};
 
@@ -96,6 +97,26 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "review::the_uid_value_signed_in_with_is_the_identity",
             || Box::pin(review::the_uid_value_signed_in_with_is_the_identity()),
+        ),
+        (
+            "totp::an_enrolled_directory_user_gives_a_code_on_both_transports",
+            || Box::pin(totp::an_enrolled_directory_user_gives_a_code_on_both_transports()),
+        ),
+        (
+            "totp::an_enrolment_by_dn_covers_every_name_of_the_entry_and_survives_a_restart",
+            || {
+                Box::pin(
+                    totp::an_enrolment_by_dn_covers_every_name_of_the_entry_and_survives_a_restart(
+                    ),
+                )
+            },
+        ),
+        ("totp::enrolments_are_refused_clearly", || {
+            Box::pin(totp::enrolments_are_refused_clearly())
+        }),
+        (
+            "totp::the_cli_enrols_a_directory_user_through_the_server",
+            || Box::pin(totp::the_cli_enrols_a_directory_user_through_the_server()),
         ),
     ]
 }
