@@ -106,6 +106,9 @@ fn timeout() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryEntry {
     pub dn: String,
+    /// What identifies the entry whatever name it is signed in with and wherever it moves:
+    /// see [`entry_key`].
+    pub key: String,
     /// The entry's own account name (`uid` or `sAMAccountName`), else the name signed in with.
     pub username: String,
     pub full_name: String,
@@ -116,25 +119,20 @@ pub struct DirectoryEntry {
     pub admin: bool,
 }
 
-/// A person the service account found, without their password (to enrol them in TOTP).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirectoryAccount {
-    /// The entry, as a sign-in under its first account name would see it.
-    pub entry: DirectoryEntry,
-    /// Every name that signs in to this entry (an entry with several `uid` values is the
-    /// same person under each, and each name has its own user id): never empty.
-    pub usernames: Vec<String>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
-    /// No such user, a wrong or empty password, or an account the directory refuses without
-    /// saying more: one answer for all.
+    /// No such user, an empty password, or an account the directory refuses without saying
+    /// more.
     #[error("invalid credentials")]
     InvalidCredentials,
-    /// The password was right and the account is disabled.
+    /// The person exists (their entry's [`entry_key`]) and the directory refused the password.
+    /// The caller answers it as [`DirectoryError::InvalidCredentials`] — unless the person
+    /// has a second factor, whose challenge a wrong password gets like a right one.
+    #[error("invalid credentials")]
+    WrongPassword(String),
+    /// The password was right and the account (its entry's [`entry_key`]) is disabled.
     #[error("account disabled")]
-    Disabled,
+    Disabled(String),
     /// The directory could not be asked (down, slow, refusing the service account).
     #[error("directory unavailable: {0}")]
     Unavailable(String),
@@ -264,7 +262,7 @@ impl Directory {
         &self,
         name: &str,
         by_dn: bool,
-    ) -> Result<Option<DirectoryAccount>, DirectoryError> {
+    ) -> Result<Option<DirectoryEntry>, DirectoryError> {
         let timeout = self.config.timeout;
         tokio::time::timeout(timeout, self.lookup_unbounded(name, by_dn))
             .await
@@ -280,21 +278,20 @@ impl Directory {
         &self,
         name: &str,
         by_dn: bool,
-    ) -> Result<Option<DirectoryAccount>, DirectoryError> {
-        let entry = if by_dn {
-            self.read(name).await?
-        } else {
-            self.find(name).await?
-        };
-        let Some(entry) = entry else {
+    ) -> Result<Option<DirectoryEntry>, DirectoryError> {
+        if !by_dn {
+            return match self.find(name).await? {
+                Some(entry) => {
+                    let username = account_name(&entry.attrs, name);
+                    Ok(Some(self.describe(entry, username).await?))
+                }
+                None => Ok(None),
+            };
+        }
+        let Some(entry) = self.read(name).await? else {
             return Ok(None);
         };
-        // Every value that may be a sign-in name and that the filter maps back to this entry.
-        let mut usernames: Vec<String> = Vec::new();
-        if !by_dn {
-            usernames.push(account_name(&entry.attrs, name));
-        }
-        // In NAME_ATTRIBUTES' order, so that the first name is the same each time.
+        // A person the filter admits: one of the entry's names leads back to it.
         let candidates: Vec<String> = NAME_ATTRIBUTES
             .iter()
             .flat_map(|a| {
@@ -306,20 +303,14 @@ impl Directory {
             .flat_map(|(_, v)| v.iter().cloned())
             .collect();
         for candidate in candidates {
-            if usernames.iter().any(|u| u.eq_ignore_ascii_case(&candidate)) {
-                continue;
-            }
             if let Some(found) = self.find(&candidate).await?
                 && same_dn(&found.dn, &entry.dn)
             {
-                usernames.push(candidate);
+                let username = account_name(&found.attrs, &candidate);
+                return Ok(Some(self.describe(found, username).await?));
             }
         }
-        if usernames.is_empty() {
-            return Ok(None);
-        }
-        let entry = self.describe(entry, usernames[0].clone()).await?;
-        Ok(Some(DirectoryAccount { entry, usernames }))
+        Ok(None)
     }
 
     /// The entry at `dn` (a base search by the service account); `None` if there is none.
@@ -401,9 +392,11 @@ impl Directory {
             Ok(r) if r.rc == 0 => {}
             // AD gives its sub-code 533 (disabled) only for a right password.
             Ok(r) if r.rc == 49 && r.text.contains("data 533") => {
-                return Err(DirectoryError::Disabled);
+                return Err(DirectoryError::Disabled(entry_key(&entry)));
             }
-            Ok(r) if r.rc == 49 || r.rc == 53 => return Err(DirectoryError::InvalidCredentials),
+            Ok(r) if r.rc == 49 || r.rc == 53 => {
+                return Err(DirectoryError::WrongPassword(entry_key(&entry)));
+            }
             Ok(r) => return Err(DirectoryError::Unavailable(format!("bind answered {r}"))),
             Err(e) => return Err(unavailable(e)),
         }
@@ -411,7 +404,7 @@ impl Directory {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         if uac & 0x2 != 0 {
-            return Err(DirectoryError::Disabled);
+            return Err(DirectoryError::Disabled(entry_key(&entry)));
         }
         let username = account_name(&entry.attrs, username);
         self.describe(entry, username).await
@@ -428,6 +421,7 @@ impl Directory {
             .iter()
             .any(|g| self.config.admin_groups.iter().any(|a| same_dn(a, g)));
         Ok(DirectoryEntry {
+            key: entry_key(&entry),
             username,
             full_name: first(&entry.attrs, "displayName")
                 .or_else(|| first(&entry.attrs, "cn"))
@@ -482,6 +476,9 @@ impl Directory {
     fn user_attributes(&self) -> Vec<&str> {
         let mut attrs = NAME_ATTRIBUTES.to_vec();
         attrs.extend([
+            // Operational: sent only when asked for by name.
+            "entryUUID",
+            "objectGUID",
             "cn",
             "displayName",
             "userAccountControl",
@@ -562,18 +559,48 @@ fn unavailable(e: ldap3::LdapError) -> DirectoryError {
     DirectoryError::Unavailable(e.to_string())
 }
 
-/// The entry's account name: the `uid` or `sAMAccountName` value that is the name signed in
-/// with (whatever its case), never merely the first of several values (an entry whose `uid`
-/// is [alice, carol] signed in as carol is carol); the name signed in with if none is.
+/// The entry's account name, for display and for the admin methods: the `uid` or
+/// `sAMAccountName` value that is the name signed in with (whatever its case), never merely
+/// the first of several values (an entry whose `uid` is [alice, carol] signed in as carol is
+/// carol). A name the directory matched by rules of its own (Unicode case folding, full-width
+/// forms: "ａｌｉｃｅ" finds uid=alice) is shown as the entry's first value, never as typed; the
+/// name typed is kept only when the entry has neither attribute. (Identity is the entry's
+/// [`entry_key`], whatever the name.)
 fn account_name(attrs: &std::collections::HashMap<String, Vec<String>>, typed: &str) -> String {
     let typed = typed.trim();
-    attrs
+    let values: Vec<&String> = ["uid", "sAMAccountName"]
         .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("uid") || k.eq_ignore_ascii_case("sAMAccountName"))
+        .flat_map(|a| attrs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(a)))
         .flat_map(|(_, v)| v)
-        .find(|v| v.eq_ignore_ascii_case(typed))
-        .cloned()
+        .collect();
+    values
+        .iter()
+        .find(|v| v.to_lowercase() == typed.to_lowercase())
+        .or_else(|| values.first())
+        .map(|v| (*v).clone())
         .unwrap_or_else(|| typed.to_owned())
+}
+
+/// What identifies an entry for good: its `entryUUID` (OpenLDAP, RFC 4530) or `objectGUID`
+/// (Active Directory), which neither a rename nor a move changes; else its DN, compared as
+/// [`same_dn`] does. Every name that signs in to the entry is the same user, with one TOTP
+/// enrolment and one record of used codes.
+pub fn entry_key(entry: &SearchEntry) -> String {
+    let uuid = first(&entry.attrs, "entryUUID")
+        .and_then(|v| uuid::Uuid::parse_str(v).ok())
+        .or_else(|| {
+            entry
+                .bin_attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
+                .and_then(|(_, v)| v.first())
+                .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+                .map(uuid::Uuid::from_bytes_le)
+        });
+    match uuid {
+        Some(uuid) => format!("uuid:{uuid}"),
+        None => format!("dn:{}", normalized_dn(&entry.dn)),
+    }
 }
 
 /// An attribute's first value (attribute names are case-insensitive).
@@ -591,6 +618,11 @@ fn first<'a>(
 /// Whether two DNs name the same entry, as far as case and spaces around the separating
 /// commas go. An escaped comma (`\,`) is part of a value, and so are the spaces beside it.
 pub fn same_dn(a: &str, b: &str) -> bool {
+    normalized_dn(a) == normalized_dn(b)
+}
+
+/// A DN as [`same_dn`] compares it: each RDN without case or the spaces around it.
+fn normalized_dn(dn: &str) -> String {
     fn rdns(dn: &str) -> Vec<String> {
         let mut out = Vec::new();
         let mut rdn = String::new();
@@ -617,7 +649,7 @@ pub fn same_dn(a: &str, b: &str) -> bool {
             })
             .collect()
     }
-    rdns(a) == rdns(b)
+    rdns(dn).join(",")
 }
 
 fn tls_config(ca_file: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {

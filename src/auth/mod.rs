@@ -133,13 +133,10 @@ impl Authenticator {
             Some(_) if creds.directory => None,
             _ => self.users.by_name(creds.username).cloned(),
         };
-        let user = match (local, &self.directory) {
-            (Some(user), _) => user,
-            (None, Some(_)) => match self.enrolled_directory_user(creds.username).await? {
-                Some(user) => user,
-                None => return Err(Error::InvalidCredentials),
-            },
-            (None, None) => return Err(Error::InvalidCredentials),
+        // The mock's password-less first step is for the server's own users: which person a
+        // name is in the directory is not asked for without a password.
+        let Some(user) = local else {
+            return Err(Error::InvalidCredentials);
         };
         match mfa_kind(&user) {
             Some(MfaKind::Otp) => Err(Error::MfaRequired {
@@ -240,16 +237,28 @@ impl Authenticator {
         let entry = match answer {
             Ok(entry) => entry,
             Err(directory::DirectoryError::InvalidCredentials) => {
-                // Whether the password or the code was wrong is not revealed to someone who
-                // has not given the code.
-                return match self.enrolled_directory_user(username).await {
+                return (Verdict::Guess, Err(Error::InvalidCredentials));
+            }
+            // A person with a second factor gets its challenge whether the password was wrong
+            // or their account is disabled, as for a right password: neither is told to
+            // someone without the code. Such a challenge never completes.
+            Err(directory::DirectoryError::WrongPassword(key)) => {
+                return match self.enrolled_directory_user(&key).await {
                     Ok(Some(user)) => self.second_factor(user, false, otp_code).await,
                     Ok(None) => (Verdict::Guess, Err(Error::InvalidCredentials)),
                     Err(e) => (Verdict::NotAGuess, Err(e)),
                 };
             }
-            Err(directory::DirectoryError::Disabled) => {
-                return (Verdict::NotAGuess, Err(Error::Disabled));
+            Err(directory::DirectoryError::Disabled(key)) => {
+                return match self.enrolled_directory_user(&key).await {
+                    Ok(Some(user)) => {
+                        let (_, result) = self.second_factor(user, false, otp_code).await;
+                        // A right password: not a guess, whatever the code.
+                        (Verdict::NotAGuess, result)
+                    }
+                    Ok(None) => (Verdict::NotAGuess, Err(Error::Disabled)),
+                    Err(e) => (Verdict::NotAGuess, Err(e)),
+                };
             }
             Err(directory::DirectoryError::Unavailable(why)) => {
                 self.metrics.directory_errors.inc();
@@ -258,7 +267,7 @@ impl Authenticator {
             }
         };
         let record = crate::store::DirectoryUser {
-            id: users::directory_user_id(&entry.username),
+            id: users::directory_user_id(&entry.key),
             dn: entry.dn,
             username: entry.username,
             full_name: entry.full_name,
@@ -280,15 +289,63 @@ impl Authenticator {
 
     /// Enrols a directory user in TOTP with a new secret (`enable`), replacing any earlier one,
     /// or ends their enrolment. The person is found by the service account — by sign-in name,
-    /// or by their entry's DN (`by_dn`) — so this works before their first sign-in; every
-    /// name that signs in to the entry is enrolled (one secret), so no second name of the same
-    /// person skips the code. Returns the account and the new secret (base32).
+    /// or by their entry's DN (`by_dn`) — so this works before their first sign-in; the
+    /// enrolment is their entry's, so it holds under every name that signs in to it. Returns
+    /// the person and the new secret (base32).
     pub async fn directory_totp(
         &self,
         name: &str,
         by_dn: bool,
         enable: bool,
-    ) -> Result<(directory::DirectoryAccount, Option<String>), Error> {
+    ) -> Result<(directory::DirectoryEntry, Option<String>), Error> {
+        let entry = self.directory_lookup(name, by_dn).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "The directory has no user who signs in as {name:?}."
+            ))
+        })?;
+        let secret = enable.then(otp::TotpSecret::generate_base32);
+        let record = crate::store::DirectoryUser {
+            id: users::directory_user_id(&entry.key),
+            dn: entry.dn.clone(),
+            username: entry.username.clone(),
+            full_name: entry.full_name.clone(),
+            email: entry.email.clone(),
+            groups: entry.groups.clone(),
+            admin: entry.admin,
+            updated_ms: now_ms(),
+        };
+        // The record too: an enrolled user's wrong password is then challenged like a right
+        // one even before their first sign-in.
+        self.store.directory_user_put(&record).await?;
+        self.store
+            .directory_totp_put(record.id, secret.as_deref())
+            .await?;
+        Ok((entry, secret))
+    }
+
+    /// The directory user who signs in as `name`, if they have signed in (or been enrolled)
+    /// before: asked of the directory, since a person's id is their entry's.
+    pub async fn directory_user_named(&self, name: &str) -> Result<Option<Arc<User>>, Error> {
+        if self.directory.is_none() {
+            return Ok(None);
+        }
+        let Some(entry) = self.directory_lookup(name, false).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .users
+            .resolve(&users::directory_user_id(&entry.key))
+            .await?
+            .filter(|u| u.dn.is_some()))
+    }
+
+    /// A person of the directory found by the service account (422 without a directory,
+    /// 503 when it cannot be asked).
+    async fn directory_lookup(
+        &self,
+        name: &str,
+        by_dn: bool,
+    ) -> Result<Option<directory::DirectoryEntry>, Error> {
         let Some(directory) = &self.directory else {
             return Err(Error::Unprocessable(
                 "No directory is configured: a local user's TOTP secret is in the users file \
@@ -296,45 +353,19 @@ impl Authenticator {
                     .into(),
             ));
         };
-        let account = match directory.lookup(name, by_dn).await {
-            Ok(Some(account)) => account,
-            Ok(None) => {
-                return Err(Error::NotFound(format!(
-                    "The directory has no user who signs in as {name:?}."
-                )));
-            }
+        match directory.lookup(name, by_dn).await {
+            Ok(found) => Ok(found),
             Err(e) => {
                 self.metrics.directory_errors.inc();
-                tracing::warn!(error = %e, "directory unavailable: a TOTP enrolment was answered 503");
-                return Err(Error::DirectoryUnavailable);
+                tracing::warn!(error = %e, "directory unavailable: an admin's lookup was answered 503");
+                Err(Error::DirectoryUnavailable)
             }
-        };
-        let secret = enable.then(otp::TotpSecret::generate_base32);
-        for username in &account.usernames {
-            let record = crate::store::DirectoryUser {
-                id: users::directory_user_id(username),
-                dn: account.entry.dn.clone(),
-                username: username.clone(),
-                full_name: account.entry.full_name.clone(),
-                email: account.entry.email.clone(),
-                groups: account.entry.groups.clone(),
-                admin: account.entry.admin,
-                updated_ms: now_ms(),
-            };
-            // The record too: an enrolled user's wrong password is then challenged like a
-            // right one even before their first sign-in.
-            self.store.directory_user_put(&record).await?;
-            self.store
-                .directory_totp_put(record.id, secret.as_deref())
-                .await?;
         }
-        Ok((account, secret))
     }
 
-    /// The directory user who signs in as `username` if they are enrolled in TOTP (known
-    /// without asking the directory: their record and enrolment are in the state store).
-    async fn enrolled_directory_user(&self, username: &str) -> Result<Option<Arc<User>>, Error> {
-        let id = users::directory_user_id(username.trim());
+    /// The directory user whose entry has this key, if they are enrolled in TOTP.
+    async fn enrolled_directory_user(&self, key: &str) -> Result<Option<Arc<User>>, Error> {
+        let id = users::directory_user_id(key);
         Ok(self
             .users
             .resolve(&id)

@@ -87,13 +87,15 @@ pub struct UserDirectory {
     store: Option<Arc<dyn Store>>,
 }
 
-/// Directory users' ids: a name-based UUID of the account name, so that the same person keeps
-/// one id on every instance and across moves in the directory tree.
+/// Directory users' ids: a name-based UUID of their entry's key (its entryUUID or
+/// objectGUID), so that a person is one user on every instance, under every name that signs in
+/// to their entry, and across renames and moves in the directory tree.
 const DIRECTORY_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_5a0e_2b9d_4f57_8e31_d2a4_0b7c_9e15);
 
-/// The id of the directory user whose account name is `username` (case does not matter).
-pub fn directory_user_id(username: &str) -> Uuid {
-    Uuid::new_v5(&DIRECTORY_NAMESPACE, username.to_lowercase().as_bytes())
+/// The id of the directory user whose entry has this key
+/// ([`crate::auth::directory::entry_key`]).
+pub fn directory_user_id(entry_key: &str) -> Uuid {
+    Uuid::new_v5(&DIRECTORY_NAMESPACE, entry_key.as_bytes())
 }
 
 impl User {
@@ -105,7 +107,7 @@ impl User {
         let otp = totp_secret.and_then(|secret| {
             TotpSecret::from_base32(secret, &record.username)
                 .inspect_err(|e| {
-                    tracing::error!(user = %record.username, error = %e, "a directory user's TOTP enrolment is unusable; their sign-ins are refused until an admin enrols them again");
+                    tracing::warn!(user = %record.username, error = %e, "a directory user's TOTP enrolment is unusable; their sign-ins are refused until an admin enrols them again");
                 })
                 .ok()
                 .map(TotpOrDate::Totp)

@@ -159,19 +159,10 @@ fn enrol_directory_user(name: &str, o: &DirectoryTotp) -> anyhow::Result<()> {
     let args = serde_json::json!({ key: name, "disable": o.disable });
     let reply =
         super::runtime()?.block_on(crate::client::admin(server, &login, "admin_totp", args))?;
-    let usernames = reply["usernames"]
-        .as_array()
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|n| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+    let username = reply["username"].as_str().unwrap_or(name);
     match reply["otpauth_url"].as_str() {
-        Some(url) => print_enrolment(&usernames, url)?,
-        None => println!("TOTP disabled for {usernames}."),
+        Some(url) => print_enrolment(username, url)?,
+        None => println!("TOTP disabled for {username}."),
     }
     if let Some(dn) = reply["dn"].as_str() {
         println!("(directory entry {dn})");

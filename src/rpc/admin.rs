@@ -38,15 +38,17 @@ async fn named_user(
     username: &str,
     directory: Option<bool>,
 ) -> Result<std::sync::Arc<User>, Error> {
-    let users = &ctx.state.auth.users;
-    let local = users.by_name(username).cloned();
+    let local = ctx.state.auth.users.by_name(username).cloned();
     let remote = if directory == Some(false) {
         None
     } else {
-        users
-            .resolve(&crate::auth::users::directory_user_id(username))
-            .await?
-            .filter(|u| u.dn.is_some())
+        match ctx.state.auth.directory_user_named(username).await {
+            Ok(remote) => remote,
+            // The directory away: a local user of the name is still reachable (an admin
+            // must be able to act on the server's own users during an outage).
+            Err(Error::DirectoryUnavailable) if local.is_some() && directory.is_none() => None,
+            Err(e) => return Err(e),
+        }
     };
     match (local, remote, directory) {
         (_, Some(remote), Some(true)) => Ok(remote),
@@ -224,20 +226,20 @@ impl Totp {
             (None, Some(dn)) => (dn.as_str(), true),
             (None, None) => unreachable!("parse wants one"),
         };
-        let (account, secret) = ctx
+        let (entry, secret) = ctx
             .state
             .auth
             .directory_totp(name, by_dn, !self.disable)
             .await?;
         let admin = &user(ctx)?.username;
-        tracing::warn!(admin = %admin, user = %account.usernames.join(","), dn = %account.entry.dn, enrolled = secret.is_some(), "a directory user's TOTP enrolment changed by an admin");
+        tracing::warn!(admin = %admin, user = %entry.username, dn = %entry.dn, enrolled = secret.is_some(), "a directory user's TOTP enrolment changed by an admin");
         let mut reply = json!({
-            "usernames": account.usernames,
-            "dn": account.entry.dn,
+            "username": entry.username,
+            "dn": entry.dn,
             "totp": secret.is_some(),
         });
         if let Some(secret) = secret {
-            let url = crate::auth::otp::TotpSecret::from_base32(&secret, &account.usernames[0])
+            let url = crate::auth::otp::TotpSecret::from_base32(&secret, &entry.username)
                 .and_then(|t| t.otpauth_url())
                 .map_err(Error::Internal)?;
             reply["secret"] = json!(secret);

@@ -24,6 +24,7 @@ mod cases;
 mod review;
 mod slapd;
 mod totp;
+mod totp_review;
 
 use harness::{Case, run, selected};
 
@@ -117,6 +118,34 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "totp::the_cli_enrols_a_directory_user_through_the_server",
             || Box::pin(totp::the_cli_enrols_a_directory_user_through_the_server()),
+        ),
+        (
+            "totp_review::a_unicode_variant_of_an_enrolled_name_is_asked_for_the_code",
+            || Box::pin(totp_review::a_unicode_variant_of_an_enrolled_name_is_asked_for_the_code()),
+        ),
+        (
+            "totp_review::a_code_used_under_one_name_is_refused_under_another_name_of_the_entry",
+            || {
+                Box::pin(totp_review::a_code_used_under_one_name_is_refused_under_another_name_of_the_entry())
+            },
+        ),
+        (
+            "totp_review::a_name_added_to_an_enrolled_entry_later_is_asked_for_the_code",
+            || {
+                Box::pin(
+                    totp_review::a_name_added_to_an_enrolled_entry_later_is_asked_for_the_code(),
+                )
+            },
+        ),
+        (
+            "totp_review::an_enrolled_disabled_account_gets_the_challenge_whatever_the_password",
+            || {
+                Box::pin(totp_review::an_enrolled_disabled_account_gets_the_challenge_whatever_the_password())
+            },
+        ),
+        (
+            "totp_review::the_other_paths_ask_for_the_code_and_fail_closed",
+            || Box::pin(totp_review::the_other_paths_ask_for_the_code_and_fail_closed()),
         ),
     ]
 }
