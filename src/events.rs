@@ -5,9 +5,9 @@
 //! full is told to close (with a reason) rather than silently skipped or allowed to block the
 //! others.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::Task;
+use crate::store::Store;
+use crate::store::routing::{Router, WatchGuard};
 
 /// A frame on a socket's outbound queue; the socket's task writes it as a WebSocket message.
 /// Text is reference-counted: an event rendered once is shared by every socket it goes to.
@@ -184,6 +186,9 @@ pub struct Subscriber {
     /// Whether the socket's credentials still hold (token not expired or revoked); events
     /// stop the moment they do not, even before the socket's next message.
     pub alive: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// On a store that routes events per user: this socket's hold on the user's channel
+    /// (set from [`Prepared`] by [`EventHub::subscribe`]).
+    pub watch: Option<WatchGuard>,
 }
 
 impl Subscriber {
@@ -204,21 +209,120 @@ impl Subscriber {
 struct UserEntry {
     subs: Vec<Subscriber>,
     active: HashMap<Uuid, Task>,
+    /// Sign-ins between their watch and their registration ([`EventHub::prepare`]); while
+    /// any is, the tasks that end are remembered in `ended`, so that a snapshot read before
+    /// an end never brings the task back as active.
+    seeding: usize,
+    ended: HashSet<Uuid>,
+}
+
+/// On a store that routes events per user: whose channels this instance hears, and where a
+/// new watch reads the user's active tasks.
+struct Routing {
+    router: Arc<Router>,
+    store: Arc<dyn Store>,
+}
+
+/// What [`EventHub::prepare`] readies for a socket's registration.
+#[derive(Default)]
+pub struct Prepared {
+    watch: Option<WatchGuard>,
+    snapshot: Vec<Task>,
+    seeding: Option<Seeding>,
+}
+
+/// A sign-in between its watch and its registration; see `UserEntry::seeding`.
+struct Seeding {
+    users: Arc<DashMap<Uuid, UserEntry>>,
+    user: Uuid,
+}
+
+impl Drop for Seeding {
+    fn drop(&mut self) {
+        if let dashmap::Entry::Occupied(mut e) = self.users.entry(self.user) {
+            let entry = e.get_mut();
+            entry.seeding -= 1;
+            if entry.seeding == 0 {
+                entry.ended.clear();
+                if entry.subs.is_empty() {
+                    e.remove();
+                }
+            }
+        }
+    }
 }
 
 /// Every task change — from this instance or, through the store's bus, from others — passes
 /// through `publish`, so the hub's view of active tasks is as fresh as what sockets were told.
+///
+/// On a store that routes events per user ([`crate::store::routing`]) the hub knows only the
+/// users with a socket here: a user's first socket starts the watch of their channel and reads
+/// their active tasks once it is confirmed ([`EventHub::prepare`]); from then on every change
+/// reaches the hub; the last socket leaving ends the watch and forgets the user.
 #[derive(Default)]
 pub struct EventHub {
-    users: DashMap<Uuid, UserEntry>,
+    users: Arc<DashMap<Uuid, UserEntry>>,
+    routing: OnceLock<Routing>,
 }
 
 impl EventHub {
+    /// Routes by user when `store` does (once, before any socket signs in).
+    pub fn attach(&self, store: &Arc<dyn Store>) {
+        if let Some(router) = store.router() {
+            let _ = self.routing.set(Routing {
+                router,
+                store: store.clone(),
+            });
+        }
+    }
+
+    /// Readies the registration of a socket of `user`: on a routing store, watches the user's
+    /// channel (returning once confirmed) and then reads their active tasks, which the
+    /// registration adds to what the hub knows. Nothing to do otherwise.
+    pub async fn prepare(&self, user: Uuid) -> Prepared {
+        let Some(routing) = self.routing.get() else {
+            return Prepared::default();
+        };
+        self.users.entry(user).or_default().seeding += 1;
+        let seeding = Seeding {
+            users: self.users.clone(),
+            user,
+        };
+        let watch = routing.router.watch(user).await;
+        let snapshot = match routing
+            .store
+            .tasks_of_user(user, crate::store::RECENT_TASKS)
+            .await
+        {
+            Ok(tasks) => tasks.into_iter().filter(|t| t.status.is_active()).collect(),
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "cannot read a user's active tasks for their new socket; it gets their changes from now on");
+                Vec::new()
+            }
+        };
+        Prepared {
+            watch: Some(watch),
+            snapshot,
+            seeding: Some(seeding),
+        }
+    }
+
     /// Registers a socket and first queues the current state of the user's active tasks.
     /// Both happen under the user's entry lock, which `publish` also takes, so a change racing
     /// with the sign-in is never delivered before an older state.
-    pub fn subscribe(&self, user: Uuid, sub: Subscriber) {
+    pub fn subscribe(&self, user: Uuid, mut sub: Subscriber, prepared: Prepared) {
+        let Prepared {
+            watch,
+            snapshot,
+            seeding,
+        } = prepared;
         let mut entry = self.users.entry(user).or_default();
+        for task in snapshot {
+            // What the hub heard since the watch is as new as the snapshot or newer.
+            if !entry.active.contains_key(&task.id) && !entry.ended.contains(&task.id) {
+                entry.active.insert(task.id, task);
+            }
+        }
         if sub.enabled.get(EventName::Task) {
             let mut active: Vec<&Task> = entry.active.values().collect();
             active.sort_by_key(|t| t.created);
@@ -226,13 +330,26 @@ impl EventHub {
                 sub.push(sub.format.render(task));
             }
         }
+        sub.watch = watch;
         entry.subs.push(sub);
+        drop(entry);
+        // After the entry's lock is let go: ending the seeding takes it.
+        drop(seeding);
     }
 
     pub fn unsubscribe(&self, user: Uuid, conn_id: u64) {
+        let routed = self.routing.get().is_some();
         if let dashmap::Entry::Occupied(mut e) = self.users.entry(user) {
             e.get_mut().subs.retain(|s| s.conn_id != conn_id);
-            if e.get().subs.is_empty() && e.get().active.is_empty() {
+            let entry = e.get();
+            // Routed, a user without sockets is not heard any more: what the hub knows of
+            // their tasks would only grow stale.
+            let idle = if routed {
+                entry.seeding == 0
+            } else {
+                entry.active.is_empty()
+            };
+            if entry.subs.is_empty() && idle {
                 e.remove();
             }
         }
@@ -240,13 +357,24 @@ impl EventHub {
 
     /// Records a task's new state and, if `notify`, sends it to every enabled, still
     /// signed-in socket of its user. Never waits: a socket whose queue is full is kicked
-    /// (see [`Subscriber::push`]).
+    /// (see [`Subscriber::push`]). Routed, a user without a socket here is ignored.
     pub fn publish(&self, task: &Task, notify: bool) {
-        let mut entry = self.users.entry(task.user_id).or_default();
+        let routed = self.routing.get().is_some();
+        let mut entry = if routed {
+            match self.users.get_mut(&task.user_id) {
+                Some(entry) => entry,
+                None => return,
+            }
+        } else {
+            self.users.entry(task.user_id).or_default()
+        };
         if task.status.is_active() {
             entry.active.insert(task.id, task.clone());
         } else {
             entry.active.remove(&task.id);
+            if entry.seeding > 0 {
+                entry.ended.insert(task.id);
+            }
         }
         if notify {
             let mut rendered: [Option<Utf8Bytes>; 2] = [None, None];
@@ -260,7 +388,7 @@ impl EventHub {
                 sub.push(text);
             }
         }
-        if entry.subs.is_empty() && entry.active.is_empty() {
+        if !routed && entry.subs.is_empty() && entry.active.is_empty() {
             drop(entry);
             self.users.remove_if(&task.user_id, |_, e| {
                 e.subs.is_empty() && e.active.is_empty()

@@ -77,6 +77,10 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     /// Sign-ins the directory could not answer (down, slow, refusing the service account).
     pub directory_errors: Counter,
+    /// The shared store's bus, sampled: messages received, events shed, users watched.
+    bus_received: Counter,
+    bus_shed: Counter,
+    bus_watched_users: Gauge,
 }
 
 impl Default for Metrics {
@@ -95,6 +99,9 @@ impl Default for Metrics {
             accepted_open: Gauge::default(),
             refused: Family::default(),
             directory_errors: Counter::default(),
+            bus_received: Counter::default(),
+            bus_shed: Counter::default(),
+            bus_watched_users: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -148,6 +155,21 @@ impl Default for Metrics {
             "Directory (LDAP) operations that failed: down, slow, or refusing the service account",
             m.directory_errors.clone(),
         );
+        registry.register(
+            "bus_messages_received",
+            "Messages this instance received on the shared store's event bus",
+            m.bus_received.clone(),
+        );
+        registry.register(
+            "bus_events_shed",
+            "Events not published because the shared store could not keep up",
+            m.bus_shed.clone(),
+        );
+        registry.register(
+            "bus_watched_users",
+            "Users whose event channel this instance hears (those with a socket here)",
+            m.bus_watched_users.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -158,6 +180,9 @@ pub struct Sampled {
     pub sessions_in_memory: usize,
     /// Accepted connections held against `max_connections`.
     pub accepted_open: usize,
+    /// The shared store's bus: messages received, events shed, users watched (zero without
+    /// a shared store).
+    pub bus: (u64, u64, usize),
 }
 
 impl Metrics {
@@ -208,6 +233,14 @@ impl Metrics {
         self.signed_in_sockets.set(sampled.signed_in_sockets as i64);
         self.cached_sessions.set(sampled.sessions_in_memory as i64);
         self.accepted_open.set(sampled.accepted_open as i64);
+        let (received, shed, watched) = sampled.bus;
+        self.bus_received
+            .inner()
+            .store(received, std::sync::atomic::Ordering::Relaxed);
+        self.bus_shed
+            .inner()
+            .store(shed, std::sync::atomic::Ordering::Relaxed);
+        self.bus_watched_users.set(watched as i64);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)

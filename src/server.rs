@@ -74,6 +74,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
         signed_in_sockets: state.events.socket_count(),
         sessions_in_memory: state.auth.tokens.cached(),
         accepted_open: state.admission.open(),
+        bus: state.store.router().map_or((0, 0, 0), |r| {
+            (
+                r.received.load(std::sync::atomic::Ordering::Relaxed),
+                r.shed.load(std::sync::atomic::Ordering::Relaxed),
+                r.watched(),
+            )
+        }),
     };
     match state.metrics.encode(sampled) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),

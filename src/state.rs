@@ -165,6 +165,7 @@ impl AppState {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let events = Arc::new(EventHub::default());
+        events.attach(&store);
         let pools = Pools::new(
             &config.pools,
             PoolsDeps {
@@ -247,7 +248,7 @@ async fn dispatch_bus(state: AppState, mut bus: mpsc::UnboundedReceiver<BusEvent
                 machine_id,
                 reason,
             } => state.events.released(user_id, pool_id, machine_id, &reason),
-            BusEvent::SessionRevoked { hash } => state.auth.tokens.revoke_local(&hash),
+            BusEvent::SessionRevoked { hash, .. } => state.auth.tokens.revoke_local(&hash),
             BusEvent::JwtRevoked { jti, exp } => state.auth.jwt.revoke_local(&jti, exp),
             BusEvent::JwtUserRevoked { user_id, before } => {
                 state.auth.jwt.revoke_user_local(user_id, before)

@@ -227,7 +227,10 @@ impl TokenStore {
         }
         for h in &evicted {
             self.revoke_local(h);
-            self.store.publish(BusEvent::SessionRevoked { hash: *h });
+            self.store.publish(BusEvent::SessionRevoked {
+                hash: *h,
+                user_id: user.id,
+            });
         }
         let session = Arc::new(Session::new(user, &rec));
         self.cache.insert(hash, session.clone());
@@ -296,15 +299,18 @@ impl TokenStore {
                 return Ok(true);
             }
         }
-        self.revoke(&session.hash).await?;
+        self.revoke(session.user.id, &session.hash).await?;
         Ok(false)
     }
 
     /// Revokes a session everywhere: this instance, the store, and (by the bus) the others.
-    pub async fn revoke(&self, hash: &TokenHash) -> StoreResult<()> {
+    pub async fn revoke(&self, user: uuid::Uuid, hash: &TokenHash) -> StoreResult<()> {
         self.revoke_local(hash);
         self.store.session_delete(hash).await?;
-        self.store.publish(BusEvent::SessionRevoked { hash: *hash });
+        self.store.publish(BusEvent::SessionRevoked {
+            hash: *hash,
+            user_id: user,
+        });
         Ok(())
     }
 
@@ -326,7 +332,10 @@ impl TokenStore {
             .collect();
         for h in hashes.iter().chain(local.iter()) {
             self.revoke_local(h);
-            self.store.publish(BusEvent::SessionRevoked { hash: *h });
+            self.store.publish(BusEvent::SessionRevoked {
+                hash: *h,
+                user_id: *user_id,
+            });
         }
         Ok(hashes.len().max(local.len()))
     }

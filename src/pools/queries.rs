@@ -13,7 +13,7 @@ use crate::domain::{ConnectionData, Machine, Task, TaskKind, TaskStatus};
 use crate::error::Error;
 
 /// Tasks listed by `tasks`.
-const RECENT_PER_USER: usize = 50;
+const RECENT_PER_USER: usize = crate::store::RECENT_TASKS;
 
 /// Rendered listings kept before the cache is emptied (one per user and flag).
 const LIST_REPLIES_MAX: usize = 100_000;

@@ -12,7 +12,11 @@ impl AuthClear {
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         if let Some(session) = ctx.conn.session.clone() {
             ctx.conn.clear_session(ctx.state);
-            ctx.state.auth.tokens.revoke(&session.hash).await?;
+            ctx.state
+                .auth
+                .tokens
+                .revoke(session.user.id, &session.hash)
+                .await?;
             tracing::info!(conn_id = ctx.conn.id, user = %session.user.username, "signed out");
         }
         Ok(json!("success"))

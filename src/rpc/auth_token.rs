@@ -21,7 +21,7 @@ impl AuthToken {
         guard_auth_attempt(ctx)?;
         let result = match ctx.state.auth.resume(&self.token, ctx.conn.peer.ip()).await {
             Ok(session) => {
-                ctx.conn.set_session(ctx.state, session);
+                ctx.conn.set_session(ctx.state, session).await;
                 Ok(token_reply(&self.token, ctx.state))
             }
             Err(e) => Err(e),

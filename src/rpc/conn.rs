@@ -12,7 +12,7 @@ use super::{Ctx, Method, dispatch};
 use crate::auth::tokens::Session;
 use crate::envelope;
 use crate::error::Error;
-use crate::events::{EventFormat, Outbox, Subscriber, Subscriptions};
+use crate::events::{EventFormat, Outbox, Prepared, Subscriber, Subscriptions};
 use crate::state::AppState;
 
 /// What one connection knows about itself between messages.
@@ -33,6 +33,9 @@ pub struct Conn {
     /// Set by a sign-in; the socket subscribes to events once the reply is queued, so the
     /// catch-up events follow the reply.
     pending_subscribe: bool,
+    /// What the sign-in readied for that subscription (the user's channel watched before the
+    /// reply, on a store that routes events per user).
+    prepared: Option<Prepared>,
 }
 
 impl Conn {
@@ -46,13 +49,15 @@ impl Conn {
             outbound,
             kick,
             pending_subscribe: false,
+            prepared: None,
         }
     }
 
     /// Binds a session to this connection; events start after the reply (see
     /// [`Conn::subscribe_if_signed_in`]).
-    pub fn set_session(&mut self, state: &AppState, session: Arc<Session>) {
+    pub async fn set_session(&mut self, state: &AppState, session: Arc<Session>) {
         self.clear_session(state);
+        self.prepared = Some(state.events.prepare(session.user.id).await);
         self.session = Some(session);
         self.pending_subscribe = true;
     }
@@ -63,6 +68,7 @@ impl Conn {
             state.events.unsubscribe(old.user.id, self.id);
         }
         self.pending_subscribe = false;
+        self.prepared = None;
     }
 
     /// After a sign-in's reply is queued: registers for task events and queues one event per
@@ -81,8 +87,10 @@ impl Conn {
             tx: self.outbound.clone(),
             enabled: self.events_enabled.clone(),
             kick: self.kick.clone(),
+            watch: None,
         };
-        state.events.subscribe(user, sub);
+        let prepared = self.prepared.take().unwrap_or_default();
+        state.events.subscribe(user, sub, prepared);
     }
 }
 

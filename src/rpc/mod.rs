@@ -262,7 +262,7 @@ async fn sign_in(ctx: &mut Ctx<'_>, user: Arc<crate::auth::users::User>) -> Resu
     let peer = ctx.conn.peer.ip().to_string();
     let (token, session) = ctx.state.auth.tokens.issue(user, &peer).await?;
     tracing::info!(conn_id = ctx.conn.id, user = %session.user.username, peer = %ctx.conn.peer, "signed in");
-    ctx.conn.set_session(ctx.state, session);
+    ctx.conn.set_session(ctx.state, session).await;
     Ok(token_reply(&token, ctx.state))
 }
 

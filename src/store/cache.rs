@@ -71,19 +71,32 @@ struct UserEntry {
 struct Timed<T> {
     value: T,
     at: Instant,
+    /// The watch epoch of the user whose record this is, when it was read (see `Began`).
+    epoch: u64,
 }
 
 impl<T> Timed<T> {
-    fn new(value: T) -> Self {
+    fn new(value: T, epoch: u64) -> Self {
         Timed {
             value,
             at: Instant::now(),
+            epoch,
         }
     }
 
-    fn fresh(&self) -> Option<&T> {
-        (self.at.elapsed() < MAX_AGE).then_some(&self.value)
+    /// The value, unless it is too old or was read under another watch of its user.
+    fn fresh(&self, epoch: u64) -> Option<&T> {
+        (self.epoch == epoch && self.at.elapsed() < MAX_AGE).then_some(&self.value)
     }
+}
+
+/// Where a read stood when it began: the generation of its stripe, and the router's mark
+/// (a fill is kept only under a watch confirmed before the read began: what was read while
+/// this instance might not have heard the user's announcements is never served).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Began {
+    generation: u64,
+    mark: u64,
 }
 
 /// The cache's state, shared with the task that applies the bus's announcements.
@@ -96,6 +109,9 @@ struct Cache {
     generations: Box<[AtomicU64]>,
     /// False while the bus is disconnected.
     live: AtomicBool,
+    /// Which users this instance hears, on a store that routes events per user: only their
+    /// records are cached. `None`: every announcement reaches this instance.
+    router: Option<Arc<routing::Router>>,
 }
 
 fn stripe(id: Uuid) -> usize {
@@ -106,6 +122,23 @@ fn stripe(id: Uuid) -> usize {
 impl Cache {
     fn generation(&self, id: Uuid) -> u64 {
         self.generations[stripe(id)].load(Ordering::Acquire)
+    }
+
+    /// Where a read of the records of `id` (a user, or a task by id) begins.
+    fn begin(&self, id: Uuid) -> Began {
+        Began {
+            generation: self.generation(id),
+            mark: self.router.as_ref().map_or(1, |r| r.mark()),
+        }
+    }
+
+    /// The epoch of `user`'s confirmed watch; `None` while this instance may miss their
+    /// announcements. Without a router, always 0.
+    fn epoch(&self, user: Uuid) -> Option<u64> {
+        match &self.router {
+            Some(router) => router.epoch(user),
+            None => Some(0),
+        }
     }
 
     fn live(&self) -> bool {
@@ -121,24 +154,28 @@ impl Cache {
         if !self.live() {
             return None;
         }
+        let epoch = self.epoch(user)?;
         let entry = self.users.get(&user)?;
-        pick(&entry)?.fresh().cloned()
+        pick(&entry)?.fresh(epoch).cloned()
     }
 
     /// Records what a read of `user`'s records that began at generation `began` found, unless
     /// an invalidation came in between.
-    fn user_fill(&self, user: Uuid, began: u64, put: impl FnOnce(&mut UserEntry)) {
+    fn user_fill(&self, user: Uuid, began: Began, put: impl FnOnce(&mut UserEntry, u64)) {
         if !self.live() {
             return;
         }
+        let Some(epoch) = self.epoch(user).filter(|e| *e < began.mark) else {
+            return;
+        };
         if self.users.len() >= MAX_ENTRIES && !self.users.contains_key(&user) {
             self.users.clear();
         }
         // The entry's lock is the one `drop_user` takes to remove: the check and the insert
         // cannot straddle an invalidation.
         let mut entry = self.users.entry(user).or_default();
-        if self.generation(user) == began {
-            put(&mut entry);
+        if self.generation(user) == began.generation {
+            put(&mut entry, epoch);
         }
     }
 
@@ -146,20 +183,24 @@ impl Cache {
         if !self.live() {
             return None;
         }
-        self.tasks.get(&id)?.fresh().cloned()
+        let entry = self.tasks.get(&id)?;
+        entry.fresh(self.epoch(entry.value.user_id)?).cloned()
     }
 
-    fn task_fill(&self, task: &Task, began: u64) {
+    fn task_fill(&self, task: &Task, began: Began) {
         if !self.live() {
             return;
         }
+        let Some(epoch) = self.epoch(task.user_id).filter(|e| *e < began.mark) else {
+            return;
+        };
         if self.tasks.len() >= MAX_ENTRIES && !self.tasks.contains_key(&task.id) {
             self.tasks.clear();
         }
         // The entry's lock is the one `invalidate` takes to remove (see `user_fill`).
         let entry = self.tasks.entry(task.id);
-        if self.generation(task.id) == began {
-            entry.insert(Timed::new(task.clone()));
+        if self.generation(task.id) == began.generation {
+            entry.insert(Timed::new(task.clone(), epoch));
         }
     }
 
@@ -238,6 +279,7 @@ impl CachedStore {
                 tasks: DashMap::new(),
                 generations,
                 live: AtomicBool::new(true),
+                router: inner.router(),
             }),
             inner,
         }
@@ -394,7 +436,7 @@ impl Store for CachedStore {
         if let Some(task) = self.cache.task_hit(id) {
             return Ok(Some(task));
         }
-        let began = self.cache.generation(id);
+        let began = self.cache.begin(id);
         let found = self.inner.task_get(id).await?;
         if let Some(task) = &found {
             self.cache.task_fill(task, began);
@@ -407,10 +449,11 @@ impl Store for CachedStore {
         if let Some(hit) = self.cache.user_hit(user, |u| u.latest.get(&(pool, kind))) {
             return Ok(hit);
         }
-        let began = self.cache.generation(user);
+        let began = self.cache.begin(user);
         let found = self.inner.task_latest(key).await?;
-        self.cache.user_fill(user, began, |u| {
-            u.latest.insert((pool, kind), Timed::new(found.clone()));
+        self.cache.user_fill(user, began, |u, epoch| {
+            u.latest
+                .insert((pool, kind), Timed::new(found.clone(), epoch));
         });
         Ok(found)
     }
@@ -435,13 +478,16 @@ impl Store for CachedStore {
         if let Some(recent) = hit {
             return Ok(recent.tasks);
         }
-        let began = self.cache.generation(user);
+        let began = self.cache.begin(user);
         let tasks = self.inner.tasks_of_user(user, limit).await?;
-        self.cache.user_fill(user, began, |u| {
-            u.recent = Some(Timed::new(Recent {
-                limit,
-                tasks: tasks.clone(),
-            }));
+        self.cache.user_fill(user, began, |u, epoch| {
+            u.recent = Some(Timed::new(
+                Recent {
+                    limit,
+                    tasks: tasks.clone(),
+                },
+                epoch,
+            ));
         });
         Ok(tasks)
     }
@@ -463,10 +509,10 @@ impl Store for CachedStore {
         if let Some(hit) = self.cache.user_hit(user, |u| u.assignments.get(&pool)) {
             return Ok(hit);
         }
-        let began = self.cache.generation(user);
+        let began = self.cache.begin(user);
         let found = self.inner.assignment_get(user, pool).await?;
-        self.cache.user_fill(user, began, |u| {
-            u.assignments.insert(pool, Timed::new(found.clone()));
+        self.cache.user_fill(user, began, |u, epoch| {
+            u.assignments.insert(pool, Timed::new(found.clone(), epoch));
         });
         Ok(found)
     }
@@ -543,6 +589,10 @@ impl Store for CachedStore {
     fn publish(&self, event: BusEvent) {
         self.inner.publish(event)
     }
+
+    fn router(&self) -> Option<Arc<routing::Router>> {
+        self.inner.router()
+    }
 }
 
 #[cfg(test)]
@@ -556,12 +606,13 @@ mod tests {
             tasks: DashMap::new(),
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             live: AtomicBool::new(true),
+            router: None,
         }
     }
 
-    fn put_recent(c: &Cache, user: Uuid, began: u64, tasks: Vec<Task>) {
-        c.user_fill(user, began, |u| {
-            u.recent = Some(Timed::new(Recent { limit: 50, tasks }))
+    fn put_recent(c: &Cache, user: Uuid, began: Began, tasks: Vec<Task>) {
+        c.user_fill(user, began, |u, epoch| {
+            u.recent = Some(Timed::new(Recent { limit: 50, tasks }, epoch))
         });
     }
 
@@ -574,11 +625,11 @@ mod tests {
     fn a_read_that_began_before_an_invalidation_does_not_fill() {
         let c = cache();
         let user = Uuid::new_v4();
-        let began = c.generation(user);
+        let began = c.begin(user);
         c.invalidate(user, None);
         put_recent(&c, user, began, vec![]);
         assert_eq!(recent(&c, user), None, "the read's old answer was not kept");
-        put_recent(&c, user, c.generation(user), vec![]);
+        put_recent(&c, user, c.begin(user), vec![]);
         assert_eq!(recent(&c, user), Some(0), "a read begun after it fills");
         c.invalidate(user, None);
         assert_eq!(recent(&c, user), None, "and the next invalidation drops it");
@@ -588,11 +639,11 @@ mod tests {
     fn a_task_read_that_began_before_its_invalidation_does_not_fill() {
         let c = cache();
         let task = Task::new(TaskKind::PoolExpand, Uuid::new_v4(), Uuid::new_v4());
-        let began = c.generation(task.id);
+        let began = c.begin(task.id);
         c.invalidate(task.user_id, Some(task.id));
         c.task_fill(&task, began);
         assert!(c.task_hit(task.id).is_none());
-        c.task_fill(&task, c.generation(task.id));
+        c.task_fill(&task, c.begin(task.id));
         assert_eq!(c.task_hit(task.id), Some(task));
     }
 
@@ -600,11 +651,11 @@ mod tests {
     fn nothing_is_served_or_kept_during_a_bus_gap_and_the_cache_restarts_empty() {
         let c = cache();
         let user = Uuid::new_v4();
-        put_recent(&c, user, c.generation(user), vec![]);
-        let began = c.generation(user);
+        put_recent(&c, user, c.begin(user), vec![]);
+        let began = c.begin(user);
         assert!(c.observe(&BusEvent::BusGap { resumed: false }));
         assert_eq!(recent(&c, user), None);
-        put_recent(&c, user, c.generation(user), vec![]);
+        put_recent(&c, user, c.begin(user), vec![]);
         assert_eq!(recent(&c, user), None, "not filled while the bus is away");
         assert!(c.observe(&BusEvent::BusGap { resumed: true }));
         put_recent(&c, user, began, vec![]);
@@ -613,7 +664,7 @@ mod tests {
             None,
             "a read from before the gap does not fill"
         );
-        put_recent(&c, user, c.generation(user), vec![]);
+        put_recent(&c, user, c.begin(user), vec![]);
         assert_eq!(recent(&c, user), Some(0));
     }
 
@@ -623,10 +674,10 @@ mod tests {
         let user = Uuid::new_v4();
         assert!(c.observe(&BusEvent::BusGap { resumed: false }));
         c.clear();
-        put_recent(&c, user, c.generation(user), vec![]);
+        put_recent(&c, user, c.begin(user), vec![]);
         assert_eq!(recent(&c, user), None, "still off until the bus is back");
         assert!(c.observe(&BusEvent::BusGap { resumed: true }));
-        put_recent(&c, user, c.generation(user), vec![]);
+        put_recent(&c, user, c.begin(user), vec![]);
         assert_eq!(recent(&c, user), Some(0));
     }
 
@@ -634,7 +685,7 @@ mod tests {
     fn another_instances_announcement_invalidates_and_its_own_is_skipped() {
         let c = cache();
         let user = Uuid::new_v4();
-        put_recent(&c, user, c.generation(user), vec![]);
+        put_recent(&c, user, c.begin(user), vec![]);
         let own = BusEvent::Invalidate {
             origin: c.origin,
             user_id: user,

@@ -19,6 +19,7 @@
 pub mod cache;
 pub mod memory;
 pub mod redis;
+pub mod routing;
 pub mod sqlite;
 mod url;
 
@@ -130,6 +131,8 @@ pub enum BusEvent {
     SessionRevoked {
         #[serde(with = "hex::serde")]
         hash: TokenHash,
+        /// Whose session it was (the event is routed to that user's channel).
+        user_id: Uuid,
     },
     /// A JWT was revoked.
     JwtRevoked { jti: String, exp: i64 },
@@ -148,6 +151,26 @@ pub enum BusEvent {
     #[serde(skip)]
     BusGap { resumed: bool },
 }
+
+impl BusEvent {
+    /// The user the event is about, for the events routed to that user's channel; `None` for
+    /// those every instance hears (JWT revocations) and the local-only gap reports.
+    pub fn user(&self) -> Option<Uuid> {
+        match self {
+            BusEvent::Task { task, .. } => Some(task.user_id),
+            BusEvent::Released { user_id, .. }
+            | BusEvent::SessionRevoked { user_id, .. }
+            | BusEvent::Invalidate { user_id, .. } => Some(*user_id),
+            BusEvent::JwtRevoked { .. }
+            | BusEvent::JwtUserRevoked { .. }
+            | BusEvent::BusGap { .. } => None,
+        }
+    }
+}
+
+/// How many of a user's latest tasks the `tasks` method lists (and the event hub reads to
+/// catch a new watch up): one figure, so both share the read cache's entry.
+pub const RECENT_TASKS: usize = 50;
 
 /// The storage form of a task: the client-facing fields plus the server-side ones.
 #[derive(Serialize)]
@@ -421,6 +444,13 @@ pub trait Store: Send + Sync + 'static {
     /// the `origin` those announcements carry. A read cache in front of it then announces
     /// nothing itself.
     fn announced_writes_origin(&self) -> Option<u64> {
+        None
+    }
+
+    /// For a shared backend that routes each user's events on a channel of their own: which
+    /// users this instance hears ([`routing`]). `None`: every event reaches this instance
+    /// (a store of one process, whose bus is in-process).
+    fn router(&self) -> Option<Arc<routing::Router>> {
         None
     }
 }

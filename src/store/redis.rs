@@ -25,10 +25,11 @@ pub struct RedisStore {
     /// Key namespace (`state_prefix`): instances of one deployment share it.
     prefix: String,
     /// Events to publish, drained in order by one task (spawning a PUBLISH per event would
-    /// let them overtake each other).
-    outbox: mpsc::UnboundedSender<BusEvent>,
-    /// The bus channel, where the writes of tasks and assignments announce themselves.
-    channel: String,
+    /// let them overtake each other). Bounded: when Redis cannot keep up, events are shed
+    /// (counted, logged) rather than queued without limit.
+    outbox: mpsc::Sender<BusEvent>,
+    /// Which users' channels this instance hears ([`routing`]).
+    router: Arc<routing::Router>,
     /// The `origin` of those announcements (see [`Store::announced_writes_origin`]).
     origin: u64,
     task_create: Script,
@@ -61,6 +62,49 @@ const LUA_EXTEND: &str = "local function extend(key, until_ms)
     local left = redis.call('PTTL', key)
     if left >= 0 and now + left < until_ms then redis.call('PEXPIREAT', key, until_ms) end
   end";
+
+/// Events waiting to be published, at most; past it they are shed.
+pub const OUTBOX_CAPACITY: usize = 16_384;
+
+/// The global channel: what every instance hears (JWT revocations).
+fn global_channel(prefix: &str) -> String {
+    key(prefix, &["bus"])
+}
+
+/// A user's channel: their tasks, releases, session revocations and the cache's
+/// announcements, heard by the instances that hold a socket of theirs. The braces are a
+/// Redis Cluster hash tag: the channel goes with the user's keys.
+fn user_channel(prefix: &str, user: Uuid) -> String {
+    key(prefix, &["bus", &format!("{{{user}}}")])
+}
+
+/// Carries out the router's subscription changes on the store's connection.
+struct Subscriptions {
+    con: ConnectionManager,
+    prefix: String,
+}
+
+impl routing::Subscriber for Subscriptions {
+    async fn apply(&self, subscribe: bool, users: &[Uuid]) -> bool {
+        let channels: Vec<String> = users
+            .iter()
+            .map(|u| user_channel(&self.prefix, *u))
+            .collect();
+        let mut con = self.con.clone();
+        let done = if subscribe {
+            con.subscribe(&channels).await
+        } else {
+            con.unsubscribe(&channels).await
+        };
+        match done {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, users = users.len(), subscribe, "a change of the bus subscriptions failed; retrying");
+                false
+            }
+        }
+    }
+}
 
 /// Sessions checked per `session_touch` script call: one round trip each, short enough not to
 /// hold Redis up for long.
@@ -131,7 +175,7 @@ impl RedisStore {
         sink: mpsc::UnboundedSender<BusEvent>,
     ) -> anyhow::Result<Self> {
         use ::redis::IntoConnectionInfo;
-        let channel = key(prefix, &["bus"]);
+        let channel = global_channel(prefix);
         let mut info = resp3(url)
             .as_str()
             .into_connection_info()
@@ -156,14 +200,33 @@ impl RedisStore {
         con.subscribe(&channel)
             .await
             .context("cannot subscribe to the event bus")?;
+        let router = routing::Router::new(Subscriptions {
+            con: con.clone(),
+            prefix: prefix.to_owned(),
+        });
 
+        let push_router = router.clone();
+        let push_channel = channel.clone();
         tokio::spawn(async move {
+            let router = push_router;
             while let Some(push) = push_rx.recv().await {
                 // A gap in the subscription: what is published until it is back is missed.
+                // (The global channel's subscription stands for the connection's; each
+                // user's is confirmed by the router.)
                 let gap = match push.kind {
                     PushKind::Message => None,
-                    PushKind::Disconnection => Some(false),
-                    PushKind::Subscribe => Some(true),
+                    PushKind::Disconnection => {
+                        router.disconnected();
+                        Some(false)
+                    }
+                    PushKind::Subscribe
+                        if push.data.first().is_some_and(|c| {
+                            ::redis::from_redis_value_ref::<String>(c)
+                                .is_ok_and(|c| c == push_channel)
+                        }) =>
+                    {
+                        Some(true)
+                    }
                     _ => continue,
                 };
                 if let Some(resumed) = gap {
@@ -172,6 +235,9 @@ impl RedisStore {
                     }
                     continue;
                 }
+                router
+                    .received
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(payload) = push.data.into_iter().nth(1) else {
                     continue;
                 };
@@ -189,12 +255,16 @@ impl RedisStore {
             }
         });
 
-        let (outbox, mut out_rx) = mpsc::unbounded_channel::<BusEvent>();
+        let (outbox, mut out_rx) = mpsc::channel::<BusEvent>(OUTBOX_CAPACITY);
         let mut pub_con = con.clone();
-        let out_channel = channel.clone();
+        let out_prefix = prefix.to_owned();
         tokio::spawn(async move {
             while let Some(event) = out_rx.recv().await {
                 let text = serde_json::to_string(&event).expect("events serialize");
+                let out_channel = match event.user() {
+                    Some(user) => user_channel(&out_prefix, user),
+                    None => global_channel(&out_prefix),
+                };
                 // Retry briefly across a reconnect; an event lost here is a missed push, and
                 // clients can always ask for the task's state.
                 for attempt in 0..3 {
@@ -211,7 +281,7 @@ impl RedisStore {
             con,
             prefix: prefix.to_owned(),
             outbox,
-            channel,
+            router,
             origin: rand::random(),
             // KEYS: the key's latest, the task, the user's tasks, the active set, the ended
             // index. ARGV: the expected latest ('' for none), id, body, created (ms), 'active'
@@ -837,7 +907,7 @@ impl Store for RedisStore {
             } else {
                 "done"
             })
-            .arg(&self.channel)
+            .arg(user_channel(&self.prefix, task.user_id))
             .arg(self.announcement(task.user_id, None))
             .invoke_async(&mut self.con())
             .await?;
@@ -858,7 +928,7 @@ impl Store for RedisStore {
                 "done"
             })
             .arg(task.created.timestamp_millis())
-            .arg(&self.channel)
+            .arg(user_channel(&self.prefix, task.user_id))
             .arg(self.announcement(task.user_id, Some(task.id)))
             .invoke_async::<i64>(&mut self.con())
             .await?;
@@ -928,7 +998,7 @@ impl Store for RedisStore {
             .key(self.k(&["assignments"]))
             .arg(serde_json::to_string(a)?)
             .arg(format!("{user}:{pool}"))
-            .arg(&self.channel)
+            .arg(user_channel(&self.prefix, a.user_id))
             .arg(self.announcement(a.user_id, None))
             .invoke_async(&mut self.con())
             .await?;
@@ -942,7 +1012,7 @@ impl Store for RedisStore {
             .key(self.k(&["assignment", &u, &p]))
             .key(self.k(&["assignments"]))
             .arg(format!("{u}:{p}"))
-            .arg(&self.channel)
+            .arg(user_channel(&self.prefix, user))
             .arg(self.announcement(user, None))
             .invoke_async(&mut self.con())
             .await?;
@@ -1080,6 +1150,24 @@ impl Store for RedisStore {
     }
 
     fn publish(&self, event: BusEvent) {
-        let _ = self.outbox.send(event);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(event) {
+            let shed = self
+                .router
+                .shed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            // 1, 2, 4, 8…: the log says it happens without flooding while it does.
+            if shed.is_power_of_two() {
+                tracing::warn!(
+                    shed,
+                    capacity = OUTBOX_CAPACITY,
+                    "Redis is not keeping up with the events to publish: events shed (clients can ask for a task's state)"
+                );
+            }
+        }
+    }
+
+    fn router(&self) -> Option<Arc<routing::Router>> {
+        Some(self.router.clone())
     }
 }

@@ -40,6 +40,9 @@ pub(super) async fn upgrade(
         Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
+    // The user's channel is watched (on a store that routes events per user) before the
+    // socket opens, so no change after it opens is missed.
+    let prepared = state.events.prepare(auth.user.id).await;
     super::accept(ws, state, move |state, link: Link| {
         let user_id = auth.user.id;
         let alive: Arc<dyn Fn() -> bool + Send + Sync> = {
@@ -56,7 +59,9 @@ pub(super) async fn upgrade(
                 enabled: Arc::new(true.into()),
                 kick: link.kick,
                 alive: alive.clone(),
+                watch: None,
             },
+            prepared,
         );
         tracing::debug!(conn_id = link.conn_id, user = %auth.user.username, %peer, "status socket open");
         StatusSocket {

@@ -516,3 +516,114 @@ pub async fn a_write_is_announced_even_when_its_writer_dies_as_it_returns() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `poolgate_bus_messages_received_total` and `poolgate_bus_watched_users` of an instance.
+async fn bus(server: &ServerProcess) -> (f64, f64) {
+    let text = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    (
+        value("poolgate_bus_messages_received_total"),
+        value("poolgate_bus_watched_users"),
+    )
+}
+
+/// Per-user routing: an instance hears the bus only for the users with a socket on it — a
+/// user's task on A costs B nothing until the user opens a socket on B, and nothing again once
+/// it is closed — while events still reach every socket of the user, on any instance.
+pub async fn an_instance_hears_only_the_users_with_a_socket_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("route-{}", uuid::Uuid::new_v4().simple());
+    let extra = format!(
+        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"",
+        redis_url(),
+        "k".repeat(40)
+    );
+    let config = config_file(dir.path(), 20.0, &extra);
+    let a_args = redis_instance_args(&config, &dir.path().join("a"));
+    let b_args = redis_instance_args(&config, &dir.path().join("b"));
+    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    let mut astra = a.connect().await;
+    let token = astra.auth("astravdi", PASSWORD).await;
+    let mut user2 = b.connect().await;
+    user2.auth("user-2", PASSWORD).await;
+    assert_eq!(bus(&a).await.1, 1.0, "A watches astravdi");
+    assert_eq!(bus(&b).await.1, 1.0, "B watches user-2");
+
+    // astravdi's whole step 1 on A: none of it reaches B.
+    let (b_before, _) = bus(&b).await;
+    let (a_before, _) = bus(&a).await;
+    let id = astra
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    let (seen, _) = astra.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "COMPLETED", "{seen:?}");
+    let (a_after, _) = bus(&a).await;
+    let (b_after, _) = bus(&b).await;
+    assert!(
+        a_after - a_before >= seen.len() as f64,
+        "A heard the task: {a_before} → {a_after}"
+    );
+    assert_eq!(
+        b_after, b_before,
+        "B heard nothing of a user it has no socket of"
+    );
+
+    // astravdi opens a socket on B: B hears the next task, and its socket is told.
+    let mut astra_b = b.connect().await;
+    let reply = astra_b.rpc("auth_token", json!({"token": token})).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    assert_eq!(bus(&b).await.1, 2.0);
+    let id = astra
+        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    let (seen_b, _) = astra_b.follow(&id).await;
+    assert_eq!(seen_b.last().unwrap(), "COMPLETED", "{seen_b:?}");
+    let (b_heard, _) = bus(&b).await;
+    assert!(b_heard > b_after, "B hears astravdi now");
+
+    // The socket on B closes: B stops hearing astravdi.
+    drop(astra_b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while bus(&b).await.1 != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still watches astravdi"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (b_left, _) = bus(&b).await;
+    let reply = astra
+        .rpc(
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        )
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    let id = astra
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    astra.follow(&id).await;
+    assert_eq!(
+        bus(&b).await.0,
+        b_left,
+        "B heard nothing once the socket left"
+    );
+    drop((a, b));
+}

@@ -65,6 +65,11 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cases::two_instances_on_one_redis_act_as_one()),
     ));
     all.push((
+        "instances::an_instance_hears_only_the_users_with_a_socket_on_it",
+        Needs::Redis,
+        || Box::pin(cases::an_instance_hears_only_the_users_with_a_socket_on_it()),
+    ));
+    all.push((
         "instances::a_write_on_one_instance_is_never_read_stale_on_another_once_announced",
         Needs::Redis,
         || {

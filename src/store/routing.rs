@@ -1,0 +1,365 @@
+//! Per-user event routing on a shared store: an instance hears the bus only for the users who
+//! hold a socket on it.
+//!
+//! Each user's events (task changes, machine releases, session revocations and the read
+//! cache's invalidations) are published on a channel of that user's own; an instance
+//! subscribes to it while it *watches* the user — from the first of the user's sockets
+//! signing in here to the last one leaving ([`Router::watch`], a counted [`WatchGuard`]).
+//! What concerns every instance whoever it is about (JWT revocations: a REST request may come
+//! to any instance) stays on the one global channel. So an instance's bus traffic grows with
+//! the users connected to it, not with the deployment.
+//!
+//! **When a watch is good.** A watch is *confirmed* once a `SUBSCRIBE` for the user's channel
+//! has completed while the watch existed: from then on Redis delivers the user's events here.
+//! [`Router::watch`] returns once it is (or after [`CONFIRM_WAIT`], logged, if Redis does not
+//! answer: the subscription is then retried in the background). Each confirmation gets a new
+//! *epoch*: the read cache keeps a user's records only under the epoch they were read in
+//! ([`Router::epoch`]), so nothing read while this instance might have missed the user's
+//! announcements — before a confirmation, across a lost connection, after the last socket
+//! left — is ever served. When the connection drops every watch is unconfirmed, and each is
+//! subscribed again (and confirmed anew) once Redis is back.
+//!
+//! Subscriptions are changed by one task, in the order the watches asked for them, so an
+//! `UNSUBSCRIBE` for a user who left never overtakes the `SUBSCRIBE` of their next sign-in.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+/// How long [`Router::watch`] waits for its subscription before going on unconfirmed.
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(3);
+
+/// Pause between attempts of a subscription change that failed (Redis away).
+const RETRY: Duration = Duration::from_millis(250);
+
+/// A change of subscription, for the task that talks to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Subscribe to the user's channel for the watch of this generation.
+    Subscribe(Uuid, u64),
+    Unsubscribe(Uuid),
+}
+
+/// What carries out the changes: the shared store's subscription connection.
+pub trait Subscriber: Send + Sync + 'static {
+    /// Subscribes to or unsubscribes from the users' channels; true once done.
+    fn apply(&self, subscribe: bool, users: &[Uuid]) -> impl Future<Output = bool> + Send;
+}
+
+struct Watch {
+    /// Sockets (and other holders) of this user on this instance.
+    count: usize,
+    /// Tells a confirmation apart from one for an earlier watch of the same user.
+    generation: u64,
+    /// Set while the watch is confirmed (see the module docs).
+    epoch: Option<u64>,
+    confirmed: watch::Sender<bool>,
+}
+
+/// Which users this instance watches; see the module docs.
+pub struct Router {
+    users: DashMap<Uuid, Watch>,
+    next: AtomicU64,
+    changes: mpsc::UnboundedSender<Change>,
+    /// Lost connections so far: a subscription made across one confirms nothing (the
+    /// re-subscription queued by [`Router::disconnected`] does).
+    disconnects: AtomicU64,
+    /// Bus messages received, and events not published because the outbox was full.
+    pub received: AtomicU64,
+    pub shed: AtomicU64,
+}
+
+/// Holds a watch of one user; the last one dropped ends it.
+pub struct WatchGuard {
+    router: Arc<Router>,
+    user: Uuid,
+}
+
+impl std::fmt::Debug for WatchGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchGuard")
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.router.release(self.user);
+    }
+}
+
+impl Router {
+    /// A router whose subscription changes `subscriber` carries out, in order, on a task of
+    /// its own.
+    pub fn new(subscriber: impl Subscriber) -> Arc<Self> {
+        let (changes, rx) = mpsc::unbounded_channel();
+        let router = Arc::new(Router {
+            users: DashMap::new(),
+            next: AtomicU64::new(1),
+            changes,
+            disconnects: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+        });
+        tokio::spawn(run(Arc::downgrade(&router), subscriber, rx));
+        router
+    }
+
+    /// Starts (or joins) the watch of `user`; returns once it is confirmed, or after
+    /// [`CONFIRM_WAIT`].
+    pub async fn watch(self: &Arc<Self>, user: Uuid) -> WatchGuard {
+        let mut confirmed = {
+            let mut entry = self.users.entry(user).or_insert_with(|| Watch {
+                count: 0,
+                generation: self.next.fetch_add(1, Ordering::Relaxed),
+                epoch: None,
+                confirmed: watch::channel(false).0,
+            });
+            entry.count += 1;
+            if entry.count == 1 {
+                let _ = self.changes.send(Change::Subscribe(user, entry.generation));
+            }
+            entry.confirmed.subscribe()
+        };
+        let guard = WatchGuard {
+            router: self.clone(),
+            user,
+        };
+        if tokio::time::timeout(CONFIRM_WAIT, confirmed.wait_for(|c| *c))
+            .await
+            .is_err()
+        {
+            tracing::warn!(%user, "the bus did not confirm a user's subscription in time; their events may be late until it does");
+        }
+        guard
+    }
+
+    fn release(&self, user: Uuid) {
+        if let dashmap::Entry::Occupied(mut e) = self.users.entry(user) {
+            e.get_mut().count -= 1;
+            if e.get().count == 0 {
+                e.remove();
+                let _ = self.changes.send(Change::Unsubscribe(user));
+            }
+        }
+    }
+
+    /// The epoch of `user`'s watch while it is confirmed; `None` otherwise.
+    pub fn epoch(&self, user: Uuid) -> Option<u64> {
+        self.users.get(&user)?.epoch
+    }
+
+    /// A mark to take before a read: a watch confirmed after it has an epoch at or above it.
+    pub fn mark(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Users watched here.
+    pub fn watched(&self) -> usize {
+        self.users.len()
+    }
+
+    /// A subscription for the watch of `generation` was made, with no lost connection since
+    /// `disconnects` was read.
+    fn confirm(&self, user: Uuid, generation: u64, disconnects: u64) {
+        if self.disconnects.load(Ordering::Acquire) != disconnects {
+            return;
+        }
+        if let Some(mut w) = self.users.get_mut(&user)
+            && w.generation == generation
+            && w.epoch.is_none()
+        {
+            w.epoch = Some(self.next.fetch_add(1, Ordering::Relaxed));
+            w.confirmed.send_replace(true);
+        }
+    }
+
+    /// The subscription connection was lost: every watch is unconfirmed and subscribed again.
+    pub fn disconnected(&self) {
+        self.disconnects.fetch_add(1, Ordering::AcqRel);
+        let mut again = Vec::new();
+        for mut w in self.users.iter_mut() {
+            w.epoch = None;
+            w.confirmed.send_replace(false);
+            again.push(Change::Subscribe(*w.key(), w.generation));
+        }
+        for change in again {
+            let _ = self.changes.send(change);
+        }
+    }
+}
+
+/// Carries out the changes in order; consecutive ones of a kind go in one command.
+async fn run(
+    router: std::sync::Weak<Router>,
+    subscriber: impl Subscriber,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+) {
+    let mut batch: Vec<Change> = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let mut rest = batch.as_slice();
+        while let Some(first) = rest.first() {
+            let subscribe = matches!(first, Change::Subscribe(..));
+            let run_len = rest
+                .iter()
+                .take_while(|c| matches!(c, Change::Subscribe(..)) == subscribe)
+                .count();
+            let (run, tail) = rest.split_at(run_len);
+            rest = tail;
+            let users: Vec<Uuid> = run
+                .iter()
+                .map(|c| match *c {
+                    Change::Subscribe(u, _) | Change::Unsubscribe(u) => u,
+                })
+                .collect();
+            let disconnects = match router.upgrade() {
+                Some(router) => router.disconnects.load(Ordering::Acquire),
+                None => return,
+            };
+            // Until Redis takes it (an unsubscription given up on is harmless: its messages
+            // are ignored; a subscription is retried while its watch lasts).
+            loop {
+                if subscriber.apply(subscribe, &users).await {
+                    break;
+                }
+                if !subscribe {
+                    break;
+                }
+                tokio::time::sleep(RETRY).await;
+                let Some(router) = router.upgrade() else {
+                    return;
+                };
+                if run.iter().all(|c| !router.wanted(c)) {
+                    break;
+                }
+            }
+            let Some(router) = router.upgrade() else {
+                return;
+            };
+            for change in run {
+                if let Change::Subscribe(user, generation) = *change {
+                    router.confirm(user, generation, disconnects);
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+impl Router {
+    /// Whether a subscription is still wanted (its watch lasts).
+    fn wanted(&self, change: &Change) -> bool {
+        match *change {
+            Change::Subscribe(user, generation) => self
+                .users
+                .get(&user)
+                .is_some_and(|w| w.generation == generation),
+            Change::Unsubscribe(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Each change applied: subscribe or not, and whose channels.
+    type Applied = Vec<(bool, Vec<Uuid>)>;
+
+    /// Records the changes; fails while `down`.
+    #[derive(Clone, Default)]
+    struct Log {
+        applied: Arc<Mutex<Applied>>,
+        down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Subscriber for Log {
+        async fn apply(&self, subscribe: bool, users: &[Uuid]) -> bool {
+            if self.down.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.applied
+                .lock()
+                .unwrap()
+                .push((subscribe, users.to_vec()));
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_subscribes_once_confirms_and_the_last_guard_unsubscribes() {
+        let log = Log::default();
+        let router = Router::new(log.clone());
+        let user = Uuid::new_v4();
+        let a = router.watch(user).await;
+        let first = router.epoch(user).expect("confirmed once watch returns");
+        let b = router.watch(user).await;
+        assert_eq!(router.epoch(user), Some(first), "a second socket joins");
+        drop(a);
+        assert_eq!(router.epoch(user), Some(first));
+        drop(b);
+        assert_eq!(router.epoch(user), None, "the last one leaving ends it");
+        let _c = router.watch(user).await;
+        let again = router.epoch(user).unwrap();
+        assert_ne!(again, first, "a new watch has a new epoch");
+        assert_eq!(
+            *log.applied.lock().unwrap(),
+            vec![(true, vec![user]), (false, vec![user]), (true, vec![user])],
+            "subscribed, unsubscribed, subscribed: in order"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_unconfirms_until_subscribed_again() {
+        let log = Log::default();
+        let router = Router::new(log.clone());
+        let user = Uuid::new_v4();
+        let _w = router.watch(user).await;
+        let before = router.epoch(user).unwrap();
+        log.down.store(true, Ordering::Relaxed);
+        router.disconnected();
+        assert_eq!(router.epoch(user), None);
+        tokio::time::sleep(RETRY * 4).await;
+        assert_eq!(router.epoch(user), None, "not while Redis refuses");
+        log.down.store(false, Ordering::Relaxed);
+        tokio::time::sleep(RETRY * 2).await;
+        let after = router.epoch(user).expect("subscribed again");
+        assert_ne!(after, before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_cannot_be_confirmed_returns_after_the_wait_and_is_confirmed_later() {
+        let log = Log::default();
+        log.down.store(true, Ordering::Relaxed);
+        let router = Router::new(log.clone());
+        let user = Uuid::new_v4();
+        let _w = router.watch(user).await;
+        assert_eq!(router.epoch(user), None);
+        log.down.store(false, Ordering::Relaxed);
+        tokio::time::sleep(RETRY * 2).await;
+        assert!(router.epoch(user).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_for_a_watch_gone_meanwhile_is_not_retried() {
+        let log = Log::default();
+        log.down.store(true, Ordering::Relaxed);
+        let router = Router::new(log.clone());
+        let user = Uuid::new_v4();
+        drop(router.watch(user).await);
+        log.down.store(false, Ordering::Relaxed);
+        tokio::time::sleep(RETRY * 4).await;
+        let applied = log.applied.lock().unwrap().clone();
+        assert!(
+            !applied.iter().any(|(subscribe, _)| *subscribe),
+            "the user left before Redis came back: {applied:?}"
+        );
+        assert_eq!(router.watched(), 0);
+    }
+}
