@@ -392,10 +392,10 @@ impl Directory {
             Ok(r) if r.rc == 0 => {}
             // AD gives its sub-code 533 (disabled) only for a right password.
             Ok(r) if r.rc == 49 && r.text.contains("data 533") => {
-                return Err(DirectoryError::Disabled(entry_key(&entry)));
+                return Err(DirectoryError::Disabled(entry_key(&entry)?));
             }
             Ok(r) if r.rc == 49 || r.rc == 53 => {
-                return Err(DirectoryError::WrongPassword(entry_key(&entry)));
+                return Err(DirectoryError::WrongPassword(entry_key(&entry)?));
             }
             Ok(r) => return Err(DirectoryError::Unavailable(format!("bind answered {r}"))),
             Err(e) => return Err(unavailable(e)),
@@ -404,7 +404,7 @@ impl Directory {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         if uac & 0x2 != 0 {
-            return Err(DirectoryError::Disabled(entry_key(&entry)));
+            return Err(DirectoryError::Disabled(entry_key(&entry)?));
         }
         let username = account_name(&entry.attrs, username);
         self.describe(entry, username).await
@@ -421,7 +421,7 @@ impl Directory {
             .iter()
             .any(|g| self.config.admin_groups.iter().any(|a| same_dn(a, g)));
         Ok(DirectoryEntry {
-            key: entry_key(&entry),
+            key: entry_key(&entry)?,
             username,
             full_name: first(&entry.attrs, "displayName")
                 .or_else(|| first(&entry.attrs, "cn"))
@@ -582,24 +582,41 @@ fn account_name(attrs: &std::collections::HashMap<String, Vec<String>>, typed: &
 }
 
 /// What identifies an entry for good: its `entryUUID` (OpenLDAP, RFC 4530) or `objectGUID`
-/// (Active Directory), which neither a rename nor a move changes; else its DN, compared as
-/// [`same_dn`] does. Every name that signs in to the entry is the same user, with one TOTP
-/// enrolment and one record of used codes.
-pub fn entry_key(entry: &SearchEntry) -> String {
+/// (Active Directory), which neither a rename nor a move changes. Every name that signs in to
+/// the entry is the same user, with one TOTP enrolment and one record of used codes.
+///
+/// An entry whose service account can read neither is refused (the caller's 503, logged),
+/// never identified by its DN instead: a DN changes with a move, and an identity that changes
+/// — or that changes when an ACL starts showing `entryUUID` — would leave the person's TOTP
+/// enrolment behind and let them in with the password alone.
+pub fn entry_key(entry: &SearchEntry) -> Result<String, DirectoryError> {
     let uuid = first(&entry.attrs, "entryUUID")
         .and_then(|v| uuid::Uuid::parse_str(v).ok())
         .or_else(|| {
-            entry
+            // 16 raw bytes: ldap3 files a value that happens to be UTF-8 with the text ones.
+            let text = entry
+                .attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
+                .and_then(|(_, v)| v.first())
+                .map(|v| v.as_bytes());
+            let binary = entry
                 .bin_attrs
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
                 .and_then(|(_, v)| v.first())
-                .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+                .map(Vec::as_slice);
+            text.or(binary)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
                 .map(uuid::Uuid::from_bytes_le)
         });
     match uuid {
-        Some(uuid) => format!("uuid:{uuid}"),
-        None => format!("dn:{}", normalized_dn(&entry.dn)),
+        Some(uuid) => Ok(format!("uuid:{uuid}")),
+        None => Err(DirectoryError::Unavailable(format!(
+            "the entry {} has no entryUUID or objectGUID the service account can read; \
+             poolgate identifies directory users by it (let bind_dn read it)",
+            entry.dn
+        ))),
     }
 }
 

@@ -15,8 +15,10 @@
 //!   spraying many usernames from one place while staying far above a NAT'd office's typos.
 //!
 //! A success resets its pair's and its address's counters and takes back its own reservation
-//! of the username's; a reservation that turned out not to be a guess (a challenge answered
-//! 428 after a right password, a disabled account's right password) is taken back. Refused
+//! of the username's; a reservation that turned out not to be a guess (a disabled account's
+//! right password) is taken back. A second-factor challenge counts whether its password was
+//! right or not — otherwise the lockout would tell someone without the code which password
+//! was right — and its completion by `otp_verify` takes the challenge's count back too. Refused
 //! attempts run no verification and count nothing. Tokens are not passwords: an unknown token
 //! counts against its address only, and a token this server once issued (a stale saved one)
 //! counts nothing. NIST SP 800-63B §5.2.2 and the OWASP Authentication Cheat Sheet are the
@@ -48,10 +50,10 @@ pub struct Lockout {
 /// Clients are counted as the connection caps count them: IPv4 as is, IPv6 by its /64.
 use crate::domain::address_key;
 
-/// The name a lockout counts under: without case or surrounding spaces, since a directory
-/// matches names that way (so "CAROL" and " carol" must not be fresh counters for carol).
+/// The name a lockout counts under: [`super::folded_name`], so that none of the forms a
+/// directory takes for one name is a fresh counter.
 fn counted_name(username: &str) -> String {
-    username.trim().to_lowercase()
+    super::folded_name(username)
 }
 
 fn user_key(username: &str) -> String {
@@ -90,7 +92,17 @@ impl Attempt<'_> {
         Ok(())
     }
 
-    /// Nothing was guessed (e.g. a right password answered with a second-factor challenge).
+    /// A second-factor challenge completed: besides this attempt's own reservation, the
+    /// username's counter gives back the one its first step left (a challenge counts whether
+    /// its password was right or not, so that the lockout never tells them apart; a real
+    /// user who completes it must not pay for it).
+    pub async fn challenge_completed(self) -> Result<(), Error> {
+        let store = &self.lockout.store;
+        store.failures_undo(&self.user).await?;
+        self.succeeded().await
+    }
+
+    /// Nothing was guessed (e.g. a disabled account's right password).
     pub async fn not_a_guess(self) -> Result<(), Error> {
         let store = &self.lockout.store;
         store.failures_undo(&self.pair).await?;

@@ -181,16 +181,14 @@ impl Authenticator {
         password_ok: bool,
         otp_code: Option<&str>,
     ) -> (Verdict, Result<Arc<User>, Error>) {
-        let wrong = if password_ok {
-            Verdict::NotAGuess
-        } else {
-            Verdict::Guess
-        };
+        // A challenge counts against the lockout whether the password was right or not (the
+        // code completing the sign-in clears the count): otherwise the lockout would tell
+        // someone without the code which password was right.
         match (mfa_kind(&user), otp_code) {
             (None, _) => finish(user, password_ok),
             (Some(MfaKind::Otp), None) => match self.mfa.issue(&user, password_ok).await {
                 Ok(token) => (
-                    wrong,
+                    Verdict::Guess,
                     Err(Error::MfaRequired {
                         kind: MfaKind::Otp,
                         mfa_token: Some(token),
@@ -205,7 +203,7 @@ impl Authenticator {
             },
             // A method this server cannot complete: the mock's 428, after the same work.
             (Some(kind), _) => (
-                wrong,
+                Verdict::Guess,
                 Err(Error::MfaRequired {
                     kind,
                     mfa_token: None,
@@ -251,11 +249,7 @@ impl Authenticator {
             }
             Err(directory::DirectoryError::Disabled(key)) => {
                 return match self.enrolled_directory_user(&key).await {
-                    Ok(Some(user)) => {
-                        let (_, result) = self.second_factor(user, false, otp_code).await;
-                        // A right password: not a guess, whatever the code.
-                        (Verdict::NotAGuess, result)
-                    }
+                    Ok(Some(user)) => self.second_factor(user, false, otp_code).await,
                     Ok(None) => (Verdict::NotAGuess, Err(Error::Disabled)),
                     Err(e) => (Verdict::NotAGuess, Err(e)),
                 };
@@ -277,6 +271,13 @@ impl Authenticator {
             updated_ms: now_ms(),
         };
         if let Err(e) = self.store.directory_user_put(&record).await {
+            return (Verdict::NotAGuess, Err(e.into()));
+        }
+        if let Err(e) = self
+            .store
+            .directory_name_put(&folded_name(&record.username), record.id)
+            .await
+        {
             return (Verdict::NotAGuess, Err(e.into()));
         }
         let secret = match self.store.directory_totp_get(record.id).await {
@@ -318,25 +319,40 @@ impl Authenticator {
         // one even before their first sign-in.
         self.store.directory_user_put(&record).await?;
         self.store
+            .directory_name_put(&folded_name(&record.username), record.id)
+            .await?;
+        self.store
             .directory_totp_put(record.id, secret.as_deref())
             .await?;
         Ok((entry, secret))
     }
 
     /// The directory user who signs in as `name`, if they have signed in (or been enrolled)
-    /// before: asked of the directory, since a person's id is their entry's.
+    /// before: the directory says whose entry the name is (a person's id is their entry's);
+    /// when it cannot — down, or the person gone from it — the name index kept at each
+    /// sign-in says whom the name last signed in as, so an admin can still end the sessions
+    /// of someone the directory no longer knows.
     pub async fn directory_user_named(&self, name: &str) -> Result<Option<Arc<User>>, Error> {
-        if self.directory.is_none() {
-            return Ok(None);
-        }
-        let Some(entry) = self.directory_lookup(name, false).await? else {
+        let Some(directory) = &self.directory else {
             return Ok(None);
         };
-        Ok(self
-            .users
-            .resolve(&users::directory_user_id(&entry.key))
-            .await?
-            .filter(|u| u.dn.is_some()))
+        let id = match directory.lookup(name, false).await {
+            Ok(Some(entry)) => Some(users::directory_user_id(&entry.key)),
+            Ok(None) => None,
+            Err(e) => {
+                self.metrics.directory_errors.inc();
+                tracing::warn!(error = %e, "directory unavailable: an admin's lookup used the names of past sign-ins");
+                None
+            }
+        };
+        let id = match id {
+            Some(id) => Some(id),
+            None => self.store.directory_name_get(&folded_name(name)).await?,
+        };
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        Ok(self.users.resolve(&id).await?.filter(|u| u.dn.is_some()))
     }
 
     /// A person of the directory found by the service account (422 without a directory,
@@ -392,7 +408,10 @@ impl Authenticator {
         let (verdict, result) = self
             .otp_verify_unlimited(mfa_token, otp_code, challenge)
             .await;
-        self.settle(attempt, verdict).await?;
+        match verdict {
+            Verdict::Success => attempt.challenge_completed().await?,
+            verdict => self.settle(attempt, verdict).await?,
+        }
         self.record(result)
     }
 
@@ -426,7 +445,9 @@ impl Authenticator {
         let claims = self.jwt.verify(token)?;
         // A store that cannot answer refuses the token (the request may be retried).
         let user = self.users.resolve(&claims.sub).await.ok()??;
-        if user.disabled || user.username != claims.username {
+        // A local user renamed in the file is someone else; a directory user is their entry,
+        // whichever of its names they signed in with.
+        if user.disabled || (user.dn.is_none() && user.username != claims.username) {
             return None;
         }
         Some((user, claims))
@@ -476,6 +497,17 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// A name folded roughly as a directory's string preparation (RFC 4518) matches names:
+/// compatibility forms (NFKC: full-width "ａlice", mathematical "𝐚lice", circled "ⓐlice"),
+/// case, and insignificant spaces. What the lockout counts names under, and the key of the
+/// directory users' name index.
+pub fn folded_name(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let folded: String = name.nfkc().collect::<String>().to_lowercase();
+    let folded: String = folded.nfkc().collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Refuses an over-long username before anything else looks at it.

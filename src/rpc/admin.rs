@@ -42,13 +42,7 @@ async fn named_user(
     let remote = if directory == Some(false) {
         None
     } else {
-        match ctx.state.auth.directory_user_named(username).await {
-            Ok(remote) => remote,
-            // The directory away: a local user of the name is still reachable (an admin
-            // must be able to act on the server's own users during an outage).
-            Err(Error::DirectoryUnavailable) if local.is_some() && directory.is_none() => None,
-            Err(e) => return Err(e),
-        }
+        ctx.state.auth.directory_user_named(username).await?
     };
     match (local, remote, directory) {
         (_, Some(remote), Some(true)) => Ok(remote),

@@ -416,6 +416,14 @@ impl Store for CachedStore {
         self.inner.directory_totp_get(id).await
     }
 
+    async fn directory_name_put(&self, name: &str, id: Uuid) -> StoreResult<()> {
+        self.inner.directory_name_put(name, id).await
+    }
+
+    async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>> {
+        self.inner.directory_name_get(name).await
+    }
+
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         self.inner.jwt_revoke(jti, exp).await
     }

@@ -20,6 +20,7 @@ struct Inner {
     totp: HashMap<Uuid, u64>,
     directory_users: HashMap<Uuid, DirectoryUser>,
     directory_totp: HashMap<Uuid, String>,
+    directory_names: HashMap<String, Uuid>,
     jwt: HashMap<String, i64>,
     tasks: HashMap<Uuid, Task>,
     latest: HashMap<TaskKey, Uuid>,
@@ -238,6 +239,15 @@ impl Store for MemoryStore {
 
     async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>> {
         Ok(self.lock().directory_totp.get(&id).cloned())
+    }
+
+    async fn directory_name_put(&self, name: &str, id: Uuid) -> StoreResult<()> {
+        self.lock().directory_names.insert(name.to_owned(), id);
+        Ok(())
+    }
+
+    async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>> {
+        Ok(self.lock().directory_names.get(name).copied())
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {

@@ -326,6 +326,12 @@ pub trait Store: Send + Sync + 'static {
     async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()>;
     /// A directory user's TOTP secret (base32), if enrolled.
     async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>>;
+    /// Records that `name` (folded: [`crate::auth::folded_name`]) signed in as the directory
+    /// user `id` — the latest one to, for the admin methods when the directory cannot say
+    /// (down, or the person gone from it). Never expires.
+    async fn directory_name_put(&self, name: &str, id: Uuid) -> StoreResult<()>;
+    /// The directory user a (folded) name last signed in as.
+    async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>>;
 
     // ---- JWT revocations ----
 

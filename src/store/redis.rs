@@ -815,6 +815,18 @@ impl Store for RedisStore {
             .await?)
     }
 
+    async fn directory_name_put(&self, name: &str, id: Uuid) -> StoreResult<()> {
+        self.con()
+            .set::<_, _, ()>(self.k(&["directory_name", name]), id.to_string())
+            .await?;
+        Ok(())
+    }
+
+    async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>> {
+        let id: Option<String> = self.con().get(self.k(&["directory_name", name])).await?;
+        Ok(id.and_then(|id| Uuid::parse_str(&id).ok()))
+    }
+
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         // One command, so the key never exists without its expiry.
         ::redis::cmd("SET")

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS mfa (
 CREATE TABLE IF NOT EXISTS totp (user_id TEXT PRIMARY KEY, step INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS directory_users (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS directory_totp (id TEXT PRIMARY KEY, secret TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS directory_names (name TEXT PRIMARY KEY, id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jwt_revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, user_id TEXT NOT NULL, status TEXT NOT NULL,
@@ -467,6 +468,29 @@ impl Store for SqliteStore {
             )
             .optional()
         })
+    }
+
+    async fn directory_name_put(&self, name: &str, id: Uuid) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO directory_names VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET id = excluded.id",
+                params![name, id.to_string()],
+            )?;
+            Ok(())
+        })
+    }
+
+    async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>> {
+        let id: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT id FROM directory_names WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(id.and_then(|id| Uuid::parse_str(&id).ok()))
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {

@@ -852,6 +852,28 @@ pub async fn a_directory_users_totp_enrolment_is_kept_replaced_and_ended(state: 
     assert!(s.directory_totp_get(bob).await.unwrap().is_some());
 }
 
+pub async fn a_directory_name_points_at_the_user_it_last_signed_in_as(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(s.directory_name_get("alice").await.unwrap(), None);
+    s.directory_name_put("alice", first).await.unwrap();
+    s.directory_name_put("al:ice ☃", second).await.unwrap();
+    assert_eq!(s.directory_name_get("alice").await.unwrap(), Some(first));
+    assert_eq!(
+        s.directory_name_get("al:ice ☃").await.unwrap(),
+        Some(second)
+    );
+    // A name taken by another entry later points at it.
+    s.directory_name_put("alice", second).await.unwrap();
+    assert_eq!(s.directory_name_get("alice").await.unwrap(), Some(second));
+    assert_eq!(
+        s.directory_name_get("ALICE").await.unwrap(),
+        None,
+        "folded by the caller"
+    );
+}
+
 pub async fn a_totp_step_is_accepted_once_and_only_forward(state: &str) {
     let f = fresh(state).await;
     let s = &f.store;
@@ -1532,6 +1554,7 @@ macro_rules! backend_cases {
                 a_totp_step_is_accepted_once_and_only_forward,
                 a_directory_users_record_is_kept_and_replaced_whole,
                 a_directory_users_totp_enrolment_is_kept_replaced_and_ended,
+                a_directory_name_points_at_the_user_it_last_signed_in_as,
                 jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
                 a_keys_latest_task_moves_only_by_compare_and_set,
                 a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,

@@ -161,7 +161,7 @@ async fn a_sprayed_address_is_locked_for_every_username() {
 }
 
 #[tokio::test]
-async fn a_wrong_password_of_an_otp_user_is_answered_like_a_right_one_but_counted() {
+async fn an_otp_users_challenge_is_counted_whether_the_password_was_right_or_not() {
     let app = TestApp::spawn().await;
     let before = verifications(&app);
     let mut c = app.connect_from([127, 0, 15, 1]).await;
@@ -177,10 +177,37 @@ async fn a_wrong_password_of_an_otp_user_is_answered_like_a_right_one_but_counte
         429,
         "the pair is locked after five wrong passwords"
     );
-    // A right password's challenge is not a guess: it counts nothing.
+    // A right password's challenge counts like a wrong one's — otherwise the lockout would
+    // tell someone without the code which password was right...
     let mut e = app.connect_from([127, 0, 15, 2]).await;
-    for _ in 0..6 {
+    for _ in 0..5 {
         assert_eq!(error_code(&try_auth(&mut e, "user-4", PASSWORD).await), 428);
+    }
+    assert_eq!(error_code(&try_auth(&mut e, "user-4", PASSWORD).await), 429);
+}
+
+#[tokio::test]
+async fn a_real_otp_user_completing_challenges_is_never_held_back() {
+    let app = TestApp::spawn().await;
+    // More sign-ins than the lockout's attempts, each a challenge and its code.
+    for i in 0..8 {
+        let mut c = app.connect_from([127, 0, 15, 4]).await;
+        let started = std::time::Instant::now();
+        let reply = try_auth(&mut c, "user-4", PASSWORD).await;
+        assert_eq!(error_code(&reply), 428, "sign-in {i}: {reply}");
+        let mfa = reply["args"]["mfa_token"].as_str().unwrap().to_owned();
+        let reply = c
+            .rpc(
+                "otp_verify",
+                json!({"mfa_token": mfa, "otp_code": date_code()}),
+            )
+            .await;
+        assert_eq!(reply["name"], "response", "sign-in {i}: {reply}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(900),
+            "sign-in {i} waited for a back-off: {:?}",
+            started.elapsed()
+        );
     }
 }
 

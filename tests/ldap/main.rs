@@ -21,6 +21,7 @@ mod helpers;
 
 mod app;
 mod cases;
+mod identity_review;
 mod review;
 mod slapd;
 mod totp;
@@ -147,6 +148,51 @@ fn cases() -> Vec<(&'static str, Case)> {
             "totp_review::the_other_paths_ask_for_the_code_and_fail_closed",
             || Box::pin(totp_review::the_other_paths_ask_for_the_code_and_fail_closed()),
         ),
+        (
+            "identity_review::a_deleted_directory_users_sessions_can_still_be_revoked",
+            || Box::pin(identity_review::a_deleted_directory_users_sessions_can_still_be_revoked()),
+        ),
+        (
+            "identity_review::a_directory_users_sessions_can_be_revoked_while_the_directory_is_down",
+            || {
+                Box::pin(identity_review::a_directory_users_sessions_can_be_revoked_while_the_directory_is_down())
+            },
+        ),
+        (
+            "identity_review::during_an_outage_a_shared_name_is_never_taken_for_the_local_user",
+            || {
+                Box::pin(identity_review::during_an_outage_a_shared_name_is_never_taken_for_the_local_user())
+            },
+        ),
+        (
+            "identity_review::name_variants_of_one_entry_share_its_lockout",
+            || Box::pin(identity_review::name_variants_of_one_entry_share_its_lockout()),
+        ),
+        (
+            "identity_review::the_lockout_does_not_tell_an_enrolled_users_right_password_from_a_wrong_one",
+            || {
+                Box::pin(identity_review::the_lockout_does_not_tell_an_enrolled_users_right_password_from_a_wrong_one())
+            },
+        ),
+        (
+            "identity_review::a_utf8_valid_objectguid_is_the_identity_not_the_dn",
+            || Box::pin(identity_review::a_utf8_valid_objectguid_is_the_identity_not_the_dn()),
+        ),
+        (
+            "identity_review::an_entry_without_a_readable_uuid_is_refused_not_identified_by_its_dn",
+            || {
+                Box::pin(identity_review::an_entry_without_a_readable_uuid_is_refused_not_identified_by_its_dn())
+            },
+        ),
+        (
+            "identity_review::signing_in_under_another_name_of_the_entry_keeps_the_first_names_jwt",
+            || {
+                Box::pin(identity_review::signing_in_under_another_name_of_the_entry_keeps_the_first_names_jwt())
+            },
+        ),
+        ("identity_review::identity_probes_that_held", || {
+            Box::pin(identity_review::identity_probes_that_held())
+        }),
     ]
 }
 
