@@ -41,6 +41,13 @@ async fn main() -> anyhow::Result<()> {
 
     let mut task = Task::new(TaskKind::PoolExpand, Uuid::new_v4(), Uuid::new_v4());
     a.task_create(None, &task).await?;
+    // B hears the task's user, as an instance does while the user has a socket on it: only
+    // then does its cache keep the user's records (and hear their announcements).
+    let _watch = b
+        .router()
+        .ok_or_else(|| anyhow::anyhow!("a Redis store routes by user"))?
+        .watch(task.user_id)
+        .await;
     task.start();
     let mut delays = Vec::with_capacity(samples);
     for i in 0..samples {

@@ -629,6 +629,58 @@ mod tests {
             .map(|r| r.tasks.len())
     }
 
+    /// A router whose subscriptions always succeed at once.
+    struct Accept;
+
+    impl routing::Subscriber for Accept {
+        async fn apply(&self, _subscribe: bool, _users: &[Uuid]) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn with_routing_only_what_was_read_under_the_users_confirmed_watch_is_served() {
+        let router = routing::Router::new(Accept);
+        let c = Cache {
+            router: Some(router.clone()),
+            ..cache()
+        };
+        let user = Uuid::new_v4();
+        put_recent(&c, user, c.begin(user), vec![]);
+        assert_eq!(recent(&c, user), None, "not watched: not kept");
+
+        let began = c.begin(user);
+        let watch = router.watch(user).await;
+        put_recent(&c, user, began, vec![]);
+        assert_eq!(
+            recent(&c, user),
+            None,
+            "read before the watch was confirmed"
+        );
+        put_recent(&c, user, c.begin(user), vec![]);
+        assert_eq!(recent(&c, user), Some(0), "read under the watch");
+
+        drop(watch);
+        assert_eq!(recent(&c, user), None, "the watch ended: not served");
+        let _again = router.watch(user).await;
+        assert_eq!(
+            recent(&c, user),
+            None,
+            "a new watch does not serve what the old one read (announcements were missed between)"
+        );
+        put_recent(&c, user, c.begin(user), vec![]);
+        assert_eq!(recent(&c, user), Some(0));
+
+        let task = Task::new(TaskKind::PoolExpand, user, Uuid::new_v4());
+        c.task_fill(&task, c.begin(task.id));
+        assert_eq!(c.task_hit(task.id), Some(task.clone()));
+        router.disconnected();
+        assert!(
+            c.task_hit(task.id).is_none(),
+            "a lost connection unconfirms the watch: a task by id is not served either"
+        );
+    }
+
     #[test]
     fn a_read_that_began_before_an_invalidation_does_not_fill() {
         let c = cache();

@@ -1198,6 +1198,8 @@ pub async fn a_write_on_one_instance_is_never_read_stale_on_another_once_announc
     let key = (user, pool, TaskKind::PoolExpand);
     let mut task = Task::new(TaskKind::PoolExpand, user, pool);
     assert!(a.task_create(None, &task).await.unwrap());
+    // B hears the user (as while they have a socket there): its cache keeps their records.
+    let _watch = b.router().expect("Redis routes by user").watch(user).await;
 
     // Readers on B, racing every write, filling its cache all the time.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Bus messages an instance receives, with per-user routing, against what every instance would
+# receive on one global channel (all the bus carries, counted by a PSUBSCRIBE to the prefix's
+# channels): N = 1, 2, 4 release instances on one Redis (Debian: redis-server), USERS users spread
+# round-robin over them, each running step 1 and step 2 once (examples/bus_routing.rs).
+# Prints a table.
+#
+# Usage: bench/routing.sh [USERS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+users=${1:-200}
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+  || { echo "needs redis-server and redis-cli: apt-get install redis-server" >&2; exit 1; }
+cargo build --release --quiet --bin poolgate --example bus_routing
+bin=target/release/poolgate
+dir=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
+pids+=($!)
+wait_port "$rport"
+
+# USERS users with one password (one hash: hashing is not what is measured), one pool for all.
+password=bench-password
+hash=$(printf '%s\n' "$password" | "$bin" hash-password)
+pool=6f1c0c2e-4b57-4d59-9a53-8d3a2f2b7a10
+secret=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')
+{
+  printf '[provisioners.simulated]\nkind = "simulated"\npending = 0.05\nrunning = [0.1, 0.3]\nexpand = { completed = 1.0 }\nconnect = { completed = 1.0 }\n'
+  names=""
+  for i in $(seq 0 $((users - 1))); do
+    name=$(printf 'bench-%03d' "$i")
+    printf '[[users]]\nusername = "%s"\nid = "%s"\npassword_hash = "%s"\n' \
+      "$name" "$(python3 -c 'import uuid; print(uuid.uuid4())')" "$hash"
+    names="$names\"$name\","
+  done
+  printf '[[pools]]\nid = "%s"\nname = "bench"\npool_type = "AUTOMATED"\nos_type = "Windows"\nconnection_types = ["RDP"]\nprovisioner = "simulated"\nusers = [%s]\n' "$pool" "${names%,}"
+} > "$dir/body.toml"
+
+echo "$users users, each step 1 + step 2 once, spread round-robin over the instances"
+echo
+echo "| instances | bus messages in all | received per instance (each) | share |"
+echo "|---|---|---|---|"
+for n in 1 2 4; do
+  prefix="route$n-$RANDOM"
+  { printf 'jwt_secret = "%s"\nlockout_address_attempts = 100000\n' "$secret"
+    printf 'state = "redis://127.0.0.1:%s"\nstate_prefix = "%s"\n' "$rport" "$prefix"
+    cat "$dir/body.toml"; } > "$dir/poolgate-$n.toml"
+  # Everything published under the prefix: what one global channel would give every instance.
+  redis-cli -p "$rport" psubscribe "$prefix:bus*" > "$dir/all-$n.txt" &
+  monitor=$!
+  urls=()
+  ports=()
+  inst=()
+  for k in $(seq 1 "$n"); do
+    port=$(free_port)
+    "$bin" serve --config "$dir/poolgate-$n.toml" --data-dir "$dir/data-$n-$k" \
+      --listen "127.0.0.1:$port" >"$dir/server-$n-$k.log" 2>&1 &
+    inst+=($!)
+    pids+=($!)
+    ports+=("$port")
+    urls+=("ws://127.0.0.1:$port/")
+  done
+  for p in "${ports[@]}"; do wait_port "$p"; done
+  sleep 0.3
+  out=$(target/release/examples/bus_routing --urls "$(IFS=,; echo "${urls[*]}")" \
+    --users "$users" --prefix bench- --password "$password" --pool "$pool")
+  sleep 0.5
+  kill "$monitor" 2>/dev/null || true
+  all=$(grep -c '^pmessage$' "$dir/all-$n.txt" || true)
+  each=()
+  for p in "${ports[@]}"; do
+    each+=("$(curl -s "http://127.0.0.1:$p/metrics" | awk '/^poolgate_bus_messages_received_total /{print $2}')")
+  done
+  kill "${inst[@]}" 2>/dev/null || true
+  wait "${inst[@]}" 2>/dev/null || true
+  echo "| $n | $all | ${each[*]} | $(python3 -c "import sys; e=[float(x) for x in sys.argv[2:]]; a=float(sys.argv[1]); print(f'{max(e)/a:.2f} of all (max)' if a else '-')" "$all" "${each[@]}") |"
+  echo "$out" >&2
+done
