@@ -187,6 +187,9 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
     for _ in 0..4 {
         clients.push(app.login("astravdi").await.0);
     }
+    // Signed in before the outage, and only listening: its user's channel must be subscribed
+    // again once Redis is back.
+    let (mut listener, _) = app.login("user-2").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut load = Vec::new();
     for mut c in clients {
@@ -239,6 +242,20 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
     assert!(back, "the service resumes after redis comes back");
     let health = reqwest::get(app.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200, "/healthz once Redis is back");
+    // Events resume for the socket from before the outage: a task of its user, made on
+    // another socket, is pushed to it to the end.
+    let (mut user2, _) = app.login_retrying("user-2").await;
+    let id = user2
+        .rpc("pool_request", json!({"pool_id": POOL_ASTRA_2}))
+        .await["args"]["task"]["id"]
+        .clone();
+    assert!(id.is_string(), "a task: {id}");
+    let (seen, _) = listener.follow(&id).await;
+    assert!(
+        seen.last()
+            .is_some_and(|s| s != "PENDING" && s != "RUNNING"),
+        "pushed to the end after the outage: {seen:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     let (mut ok, mut unavailable) = (0, 0);
