@@ -43,8 +43,9 @@ secret=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')
 
 echo "$users users, each step 1 + step 2 once, spread round-robin over the instances"
 echo
-echo "| instances | bus messages in all | received per instance (each) | share |"
-echo "|---|---|---|---|"
+commands() { redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/{print $2+0}'; }
+echo "| instances | bus messages in all | received per instance (each) | share | Redis commands per user |"
+echo "|---|---|---|---|---|"
 for n in 1 2 4; do
   prefix="route$n-$RANDOM"
   { printf 'jwt_secret = "%s"\nlockout_address_attempts = 100000\n' "$secret"
@@ -67,9 +68,11 @@ for n in 1 2 4; do
   done
   for p in "${ports[@]}"; do wait_port "$p"; done
   sleep 0.3
+  before=$(commands)
   out=$(target/release/examples/bus_routing --urls "$(IFS=,; echo "${urls[*]}")" \
     --users "$users" --prefix bench- --password "$password" --pool "$pool")
   sleep 0.5
+  after=$(commands)
   kill "$monitor" 2>/dev/null || true
   all=$(grep -c '^pmessage$' "$dir/all-$n.txt" || true)
   each=()
@@ -78,6 +81,6 @@ for n in 1 2 4; do
   done
   kill "${inst[@]}" 2>/dev/null || true
   wait "${inst[@]}" 2>/dev/null || true
-  echo "| $n | $all | ${each[*]} | $(python3 -c "import sys; e=[float(x) for x in sys.argv[2:]]; a=float(sys.argv[1]); print(f'{max(e)/a:.2f} of all (max)' if a else '-')" "$all" "${each[@]}") |"
+  echo "| $n | $all | ${each[*]} | $(python3 -c "import sys; e=[float(x) for x in sys.argv[2:]]; a=float(sys.argv[1]); print(f'{max(e)/a:.2f} of all (max)' if a else '-')" "$all" "${each[@]}") | $(( (after - before) / users )) |"
   echo "$out" >&2
 done
