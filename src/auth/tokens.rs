@@ -249,6 +249,16 @@ impl TokenStore {
         let hash = hash_token(token);
         let cached = self.cache.get(&hash).map(|s| s.clone());
         let session = match cached {
+            // A copy of a user this instance does not hear (no socket of theirs here, with
+            // per-user routing): a revocation elsewhere may not have reached it, so the store
+            // is asked first.
+            Some(s) if !self.hears(&s) => {
+                if self.store.session_get(&hash).await?.is_none() {
+                    self.revoke_local(&hash);
+                    return Ok(None);
+                }
+                s
+            }
             Some(s) => s,
             None => {
                 let Some(rec) = self.store.session_get(&hash).await? else {
@@ -270,6 +280,14 @@ impl TokenStore {
         } else {
             Ok(None)
         }
+    }
+
+    /// Whether this instance hears the revocations of `session`'s user: always, unless the
+    /// store routes events per user and no socket of the user is here.
+    fn hears(&self, session: &Session) -> bool {
+        self.store
+            .router()
+            .is_none_or(|router| router.epoch(session.user.id).is_some())
     }
 
     /// Whether a session holds, asking the store when this instance thinks it has expired

@@ -644,3 +644,44 @@ pub async fn an_instance_hears_only_the_users_with_a_socket_on_it() {
     );
     drop((a, b));
 }
+
+/// A session cached by an instance that does not hear its user (their last socket there has
+/// closed, so with per-user routing the revocation is not heard there) is checked against the
+/// store before it is accepted: a token signed out on B is refused on A at once, not after A's
+/// next session flush.
+pub async fn a_token_signed_out_elsewhere_is_refused_where_its_user_has_no_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("revoke-{}", uuid::Uuid::new_v4().simple());
+    let extra = format!(
+        "state = \"{}\"\nstate_prefix = \"{prefix}\"\nsession_flush = 10\njwt_secret = \"{}\"",
+        redis_url(),
+        "k".repeat(40)
+    );
+    let config = config_file(dir.path(), 20.0, &extra);
+    let a_args = redis_instance_args(&config, &dir.path().join("a"));
+    let b_args = redis_instance_args(&config, &dir.path().join("b"));
+    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    let mut on_a = a.connect().await;
+    let token = on_a.auth("astravdi", PASSWORD).await;
+    drop(on_a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while bus(&a).await.1 != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still watches astravdi"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut on_b = b.connect().await;
+    assert_eq!(
+        on_b.rpc("auth_token", json!({"token": token})).await["name"],
+        "response"
+    );
+    assert_eq!(on_b.rpc("auth_clear", json!({})).await["name"], "response");
+    let mut again = a.connect().await;
+    let reply = again.rpc("auth_token", json!({"token": token})).await;
+    assert_eq!(error_code(&reply), 401, "signed out on B: {reply}");
+    drop((a, b));
+}
