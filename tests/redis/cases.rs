@@ -685,3 +685,71 @@ pub async fn a_token_signed_out_elsewhere_is_refused_where_its_user_has_no_socke
     assert_eq!(error_code(&reply), 401, "signed out on B: {reply}");
     drop((a, b));
 }
+
+/// The publish path is bounded: while Redis does not answer, events past the outbox's capacity
+/// are shed and counted (`poolgate_bus_events_shed_total`) instead of queued without limit,
+/// and publishing goes on once Redis is back.
+pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers() {
+    use poolgate::store::{self, BusEvent};
+    let port = free_port();
+    let _redis = spawn_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, mut bus) = tokio::sync::mpsc::unbounded_channel();
+    let store = store::open(&url.parse().unwrap(), None, "shed", dir.path(), sink)
+        .await
+        .unwrap();
+    let router = store.router().expect("Redis routes by user");
+    let user = uuid::Uuid::new_v4();
+    let _watch = router.watch(user).await;
+    let released = |reason: &str| BusEvent::Released {
+        user_id: user,
+        pool_id: uuid::Uuid::nil(),
+        machine_id: uuid::Uuid::nil(),
+        reason: reason.into(),
+    };
+
+    // Redis stops answering (every client paused) while far more than the outbox holds is
+    // published.
+    let paused = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "client", "pause", "2000", "ALL"])
+        .output()
+        .unwrap();
+    assert!(paused.status.success(), "{paused:?}");
+    let published = store::redis::OUTBOX_CAPACITY + 10_000;
+    for _ in 0..published {
+        store.publish(released("load"));
+    }
+    let shed = router.shed.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        shed >= 9_000 && shed <= 10_000,
+        "about what the outbox could not hold is shed: {shed} of {published}"
+    );
+
+    // Once Redis answers again, every event the outbox took is published, in order, and
+    // publishing goes on: a later event arrives after them.
+    let kept = published - shed as usize;
+    let mut loads = 0;
+    let arrived = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = bus.recv().await {
+            match &event {
+                BusEvent::Released { reason, .. } if reason == "marker" => return true,
+                BusEvent::Released { .. } => {
+                    loads += 1;
+                    if loads >= kept {
+                        store.publish(released("marker"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    // (A publish retried after its reply timed out may arrive twice: at least once each.)
+    assert!(
+        loads >= kept,
+        "every event the outbox took was published: {loads} of {kept}"
+    );
+    assert_eq!(arrived, Ok(true), "publishing resumed after the pause");
+}

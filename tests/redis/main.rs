@@ -70,6 +70,11 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cases::an_instance_hears_only_the_users_with_a_socket_on_it()),
     ));
     all.push((
+        "bus::a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers",
+        Needs::Redis,
+        || Box::pin(cases::a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers()),
+    ));
+    all.push((
         "instances::a_token_signed_out_elsewhere_is_refused_where_its_user_has_no_socket",
         Needs::Redis,
         || Box::pin(cases::a_token_signed_out_elsewhere_is_refused_where_its_user_has_no_socket()),
