@@ -692,7 +692,7 @@ pub async fn a_token_signed_out_elsewhere_is_refused_where_its_user_has_no_socke
 pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers() {
     use poolgate::store::{self, BusEvent};
     let port = free_port();
-    let _redis = spawn_redis(port);
+    let mut redis = spawn_redis(port);
     let url = format!("redis://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let (sink, mut bus) = tokio::sync::mpsc::unbounded_channel();
@@ -722,7 +722,7 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
     }
     let shed = router.shed.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        shed >= 9_000 && shed <= 10_000,
+        (9_000..=10_000).contains(&shed),
         "about what the outbox could not hold is shed: {shed} of {published}"
     );
 
@@ -752,4 +752,9 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
         "every event the outbox took was published: {loads} of {kept}"
     );
     assert_eq!(arrived, Ok(true), "publishing resumed after the pause");
+    std::process::Command::new("kill")
+        .args(["-TERM", &redis.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = redis.wait();
 }
