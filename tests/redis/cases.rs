@@ -20,19 +20,36 @@ fn redis_instance_args(config: &std::path::Path, data: &std::path::Path) -> Vec<
     ]
 }
 
-pub async fn two_instances_on_one_redis_act_as_one() {
+/// Two `poolgate serve` processes on the test Redis under a fresh prefix (`label`-…): the demo
+/// dataset with the simulator at `speed`, one JWT secret, and `extra` config lines; `edit`
+/// may rewrite the config text first. The directory holds their data: keep it alive.
+async fn two_instances(
+    label: &str,
+    speed: f64,
+    extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> (tempfile::TempDir, ServerProcess, ServerProcess) {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("two-{}", uuid::Uuid::new_v4().simple());
+    let prefix = format!("{label}-{}", uuid::Uuid::new_v4().simple());
     let extra = format!(
-        "state = \"{}\"\nstate_prefix = \"{prefix}\"\ntask_lease = 1\njwt_secret = \"{}\"",
+        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"\n{extra}",
         redis_url(),
         "k".repeat(40)
     );
-    let config = config_file(dir.path(), 20.0, &extra);
-    let a_args = redis_instance_args(&config, &dir.path().join("a"));
-    let b_args = redis_instance_args(&config, &dir.path().join("b"));
-    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let config = config_file(dir.path(), speed, &extra);
+    let text = edit(std::fs::read_to_string(&config).unwrap());
+    std::fs::write(&config, text).unwrap();
+    let start = |name: &str| {
+        let args = redis_instance_args(&config, &dir.path().join(name));
+        async move { ServerProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    (dir, a, b)
+}
+
+pub async fn two_instances_on_one_redis_act_as_one() {
+    let (_dir, a, b) = two_instances("two", 20.0, "task_lease = 1", |c| c).await;
 
     // Log in on A, resume on B.
     let mut on_a = a.connect().await;
@@ -84,18 +101,7 @@ pub async fn two_instances_on_one_redis_act_as_one() {
 /// each pushed status, `task`, `tasks` and `pool_request` on it answer that status or a later
 /// one — never an older, cached one.
 pub async fn a_pushed_status_is_never_contradicted_by_a_request_on_the_same_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("two-{}", uuid::Uuid::new_v4().simple());
-    let extra = format!(
-        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"",
-        redis_url(),
-        "k".repeat(40)
-    );
-    let config = config_file(dir.path(), 0.6, &extra);
-    let a_args = redis_instance_args(&config, &dir.path().join("a"));
-    let b_args = redis_instance_args(&config, &dir.path().join("b"));
-    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (_dir, a, b) = two_instances("two", 0.6, "", |c| c).await;
     let rank = |status: &serde_json::Value| match status.as_str().unwrap() {
         "PENDING" => 0,
         "RUNNING" => 1,
@@ -323,23 +329,13 @@ pub async fn the_redis_password_comes_from_a_file_and_is_required() {
 /// B (`auth_clear`), and an admin's `admin_revoke` on B, must still reach that socket on A,
 /// within one `session_flush`.
 pub async fn revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("revive-{}", uuid::Uuid::new_v4().simple());
-    let extra = format!(
-        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"\n\
-         session_flush = 0.5\nsweep_interval = 0.2",
-        redis_url(),
-        "k".repeat(40)
-    );
-    let config = config_file(dir.path(), 1.0, &extra);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("token_ttl = 300", "token_ttl = 1.5");
-    std::fs::write(&config, text).unwrap();
-    let a_args = redis_instance_args(&config, &dir.path().join("a"));
-    let b_args = redis_instance_args(&config, &dir.path().join("b"));
-    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (_dir, a, b) = two_instances(
+        "revive",
+        1.0,
+        "session_flush = 0.5\nsweep_interval = 0.2",
+        |c| c.replace("token_ttl = 300", "token_ttl = 1.5"),
+    )
+    .await;
     let mut admin = b.connect().await;
     admin.auth("astravdi", PASSWORD).await;
 
@@ -559,18 +555,7 @@ async fn bus(server: &ServerProcess) -> (f64, f64) {
 /// user's task on A costs B nothing until the user opens a socket on B, and nothing again once
 /// it is closed — while events still reach every socket of the user, on any instance.
 pub async fn an_instance_hears_only_the_users_with_a_socket_on_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("route-{}", uuid::Uuid::new_v4().simple());
-    let extra = format!(
-        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"",
-        redis_url(),
-        "k".repeat(40)
-    );
-    let config = config_file(dir.path(), 20.0, &extra);
-    let a_args = redis_instance_args(&config, &dir.path().join("a"));
-    let b_args = redis_instance_args(&config, &dir.path().join("b"));
-    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (_dir, a, b) = two_instances("route", 20.0, "", |c| c).await;
 
     let mut astra = a.connect().await;
     let token = astra.auth("astravdi", PASSWORD).await;
@@ -650,18 +635,7 @@ pub async fn an_instance_hears_only_the_users_with_a_socket_on_it() {
 /// store before it is accepted: a token signed out on B is refused on A at once, not after A's
 /// next session flush.
 pub async fn a_token_signed_out_elsewhere_is_refused_where_its_user_has_no_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("revoke-{}", uuid::Uuid::new_v4().simple());
-    let extra = format!(
-        "state = \"{}\"\nstate_prefix = \"{prefix}\"\nsession_flush = 10\njwt_secret = \"{}\"",
-        redis_url(),
-        "k".repeat(40)
-    );
-    let config = config_file(dir.path(), 20.0, &extra);
-    let a_args = redis_instance_args(&config, &dir.path().join("a"));
-    let b_args = redis_instance_args(&config, &dir.path().join("b"));
-    let a = ServerProcess::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let b = ServerProcess::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (_dir, a, b) = two_instances("revoke", 20.0, "session_flush = 10", |c| c).await;
 
     let mut on_a = a.connect().await;
     let token = on_a.auth("astravdi", PASSWORD).await;
