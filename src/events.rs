@@ -216,6 +216,49 @@ struct UserEntry {
     ended: HashSet<Uuid>,
 }
 
+impl UserEntry {
+    /// Records a task's new state and, if `notify`, sends it to every enabled, still
+    /// signed-in socket of the user.
+    fn apply(&mut self, task: &Task, notify: bool) {
+        if task.status.is_active() {
+            self.active.insert(task.id, task.clone());
+        } else {
+            self.active.remove(&task.id);
+            if self.seeding > 0 {
+                self.ended.insert(task.id);
+            }
+        }
+        if notify {
+            let mut rendered: [Option<Utf8Bytes>; 2] = [None, None];
+            for sub in self
+                .subs
+                .iter()
+                .filter(|s| s.enabled.get(EventName::Task) && (s.alive)())
+            {
+                let slot = &mut rendered[sub.format as usize];
+                let text = slot.get_or_insert_with(|| sub.format.render(task)).clone();
+                sub.push(text);
+            }
+        }
+    }
+
+    /// Applies a task read from the store if it is news: further on than the copy held, or
+    /// an end of a task held as active. What ended since the read began (`ended`), or a copy
+    /// as far on as the held one, is not (a read may be older than the events heard since).
+    fn merge(&mut self, task: Task, notify: bool) {
+        if self.ended.contains(&task.id) {
+            return;
+        }
+        let newer = match self.active.get(&task.id) {
+            Some(held) => task.stage() > held.stage(),
+            None => task.status.is_active(),
+        };
+        if newer {
+            self.apply(&task, notify);
+        }
+    }
+}
+
 /// On a store that routes events per user: whose channels this instance hears, and where a
 /// new watch reads the user's active tasks.
 struct Routing {
@@ -277,8 +320,8 @@ impl EventHub {
     }
 
     /// Readies the registration of a socket of `user`: on a routing store, watches the user's
-    /// channel (returning once confirmed) and then reads their active tasks, which the
-    /// registration adds to what the hub knows. Nothing to do otherwise.
+    /// channel (returning once confirmed) and then reads their recent tasks, which the
+    /// registration merges into what the hub knows. Nothing to do otherwise.
     pub async fn prepare(&self, user: Uuid) -> Prepared {
         let Some(routing) = self.routing.get() else {
             return Prepared::default();
@@ -294,7 +337,9 @@ impl EventHub {
             .tasks_of_user(user, crate::store::RECENT_TASKS)
             .await
         {
-            Ok(tasks) => tasks.into_iter().filter(|t| t.status.is_active()).collect(),
+            // Ended ones too: they correct a copy held as active from an earlier watch's
+            // last events.
+            Ok(tasks) => tasks,
             Err(e) => {
                 tracing::warn!(%user, error = %e, "cannot read a user's active tasks for their new socket; it gets their changes from now on");
                 Vec::new()
@@ -318,10 +363,8 @@ impl EventHub {
         } = prepared;
         let mut entry = self.users.entry(user).or_default();
         for task in snapshot {
-            // What the hub heard since the watch is as new as the snapshot or newer.
-            if !entry.active.contains_key(&task.id) && !entry.ended.contains(&task.id) {
-                entry.active.insert(task.id, task);
-            }
+            // Quietly: the new socket gets it in the catch-up below, and the others heard it.
+            entry.merge(task, false);
         }
         if sub.enabled.get(EventName::Task) {
             let mut active: Vec<&Task> = entry.active.values().collect();
@@ -334,6 +377,42 @@ impl EventHub {
         entry.subs.push(sub);
         drop(entry);
         // After the entry's lock is let go: ending the seeding takes it.
+        drop(seeding);
+    }
+
+    /// Brings what the hub knows of `user`'s tasks up to the store's after their watch was
+    /// confirmed again following a lost connection (what was published meanwhile was not
+    /// heard): every task that moved on since is applied and told to the user's sockets — a
+    /// task that ended in the gap is said to have ended, not replayed as running later.
+    pub async fn catch_up(&self, user: Uuid) {
+        let Some(routing) = self.routing.get() else {
+            return;
+        };
+        if !self.users.contains_key(&user) {
+            return;
+        }
+        // While the snapshot is read, tasks that end are remembered (see `UserEntry::seeding`).
+        self.users.entry(user).or_default().seeding += 1;
+        let seeding = Seeding {
+            users: self.users.clone(),
+            user,
+        };
+        let snapshot = routing
+            .store
+            .tasks_of_user(user, crate::store::RECENT_TASKS)
+            .await;
+        match snapshot {
+            Ok(tasks) => {
+                if let Some(mut entry) = self.users.get_mut(&user) {
+                    for task in tasks {
+                        entry.merge(task, true);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "cannot catch a user's sockets up after a bus gap; they get the changes from now on");
+            }
+        }
         drop(seeding);
     }
 
@@ -368,26 +447,7 @@ impl EventHub {
         } else {
             self.users.entry(task.user_id).or_default()
         };
-        if task.status.is_active() {
-            entry.active.insert(task.id, task.clone());
-        } else {
-            entry.active.remove(&task.id);
-            if entry.seeding > 0 {
-                entry.ended.insert(task.id);
-            }
-        }
-        if notify {
-            let mut rendered: [Option<Utf8Bytes>; 2] = [None, None];
-            for sub in entry
-                .subs
-                .iter()
-                .filter(|s| s.enabled.get(EventName::Task) && (s.alive)())
-            {
-                let slot = &mut rendered[sub.format as usize];
-                let text = slot.get_or_insert_with(|| sub.format.render(task)).clone();
-                sub.push(text);
-            }
-        }
+        entry.apply(task, notify);
         if !routed && entry.subs.is_empty() && entry.active.is_empty() {
             drop(entry);
             self.users.remove_if(&task.user_id, |_, e| {

@@ -218,6 +218,26 @@ impl AppState {
             .take()
             .ok_or_else(|| anyhow::anyhow!("AppState::start called twice"))?;
         self.tracker.spawn(dispatch_bus(self.clone(), bus));
+        if let Some(mut resumed) = self.store.router().and_then(|r| r.take_resumed()) {
+            // A user heard again after a lost connection: their sockets catch up on what was
+            // published meanwhile.
+            let state = self.clone();
+            self.tracker.spawn(async move {
+                loop {
+                    let user = tokio::select! {
+                        _ = state.shutdown.cancelled() => return,
+                        user = resumed.recv() => match user {
+                            Some(user) => user,
+                            None => return,
+                        },
+                    };
+                    let catching = state.clone();
+                    state
+                        .tracker
+                        .spawn(async move { catching.events.catch_up(user).await });
+                }
+            });
+        }
         self.auth.jwt.load_revocations(&*self.store).await?;
         self.pools
             .start(&self.config.seed_tasks, &self.auth.users)

@@ -282,6 +282,17 @@ impl TokenStore {
         }
     }
 
+    /// After a socket started hearing `session`'s user (per-user routing): a revocation
+    /// published before that was not heard here, so the store is asked once whether the
+    /// session still stands; if not, it is revoked here too.
+    pub async fn recheck(&self, session: &Session) -> StoreResult<()> {
+        if self.store.router().is_some() && self.store.session_get(&session.hash).await?.is_none() {
+            self.revoke_local(&session.hash);
+            session.revoke();
+        }
+        Ok(())
+    }
+
     /// Whether this instance hears the revocations of `session`'s user: always, unless the
     /// store routes events per user and no socket of the user is here.
     fn hears(&self, session: &Session) -> bool {

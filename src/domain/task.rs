@@ -49,6 +49,16 @@ impl TaskStatus {
         !self.is_active()
     }
 
+    /// Where a status stands in a task's life: PENDING, then RUNNING, then an end. A task
+    /// only ever moves forward (see [`Task::stage`]).
+    fn order(self) -> u8 {
+        match self {
+            TaskStatus::Pending => 0,
+            TaskStatus::Running => 1,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled => 2,
+        }
+    }
+
     /// The wire name (`PENDING` … `CANCELLED`), as serde writes it; the `outcome` label of the
     /// task metrics.
     pub fn as_str(self) -> &'static str {
@@ -162,6 +172,12 @@ pub struct Task {
 }
 
 impl Task {
+    /// How far the task has come — its status, then its progress — for telling which of two
+    /// copies of one task is the newer: a task never goes back.
+    pub fn stage(&self) -> (u8, u8) {
+        (self.status.order(), self.progress.unwrap_or(0))
+    }
+
     pub fn new(kind: TaskKind, user_id: Uuid, pool_id: Uuid) -> Self {
         Task {
             id: Uuid::new_v4(),

@@ -58,6 +58,10 @@ impl Conn {
     pub async fn set_session(&mut self, state: &AppState, session: Arc<Session>) {
         self.clear_session(state);
         self.prepared = Some(state.events.prepare(session.user.id).await);
+        // A sign-out elsewhere between the lookup and the watch was not heard here.
+        if let Err(e) = state.auth.tokens.recheck(&session).await {
+            tracing::warn!(conn_id = self.id, error = %e, "cannot re-check a session after its watch; the next session flush will");
+        }
         self.session = Some(session);
         self.pending_subscribe = true;
     }

@@ -57,6 +57,8 @@ struct Watch {
     generation: u64,
     /// Set while the watch is confirmed (see the module docs).
     epoch: Option<u64>,
+    /// Whether it was confirmed before: a confirmation after that follows a lost connection.
+    confirmed_before: bool,
     confirmed: watch::Sender<bool>,
 }
 
@@ -68,6 +70,10 @@ pub struct Router {
     /// Lost connections so far: a subscription made across one confirms nothing (the
     /// re-subscription queued by [`Router::disconnected`] does).
     disconnects: AtomicU64,
+    /// The users whose watch was confirmed again after a lost connection: what was published
+    /// for them meanwhile was not heard ([`Router::take_resumed`]).
+    resumed: mpsc::UnboundedSender<Uuid>,
+    resumed_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Uuid>>>,
     /// Bus messages received, and events not published because the outbox was full.
     pub received: AtomicU64,
     pub shed: AtomicU64,
@@ -98,7 +104,10 @@ impl Router {
     /// its own.
     pub fn new(subscriber: impl Subscriber) -> Arc<Self> {
         let (changes, rx) = mpsc::unbounded_channel();
+        let (resumed, resumed_rx) = mpsc::unbounded_channel();
         let router = Arc::new(Router {
+            resumed,
+            resumed_rx: std::sync::Mutex::new(Some(resumed_rx)),
             users: DashMap::new(),
             next: AtomicU64::new(1),
             changes,
@@ -118,6 +127,7 @@ impl Router {
                 count: 0,
                 generation: self.next.fetch_add(1, Ordering::Relaxed),
                 epoch: None,
+                confirmed_before: false,
                 confirmed: watch::channel(false).0,
             });
             entry.count += 1;
@@ -176,7 +186,19 @@ impl Router {
         {
             w.epoch = Some(self.next.fetch_add(1, Ordering::Relaxed));
             w.confirmed.send_replace(true);
+            if std::mem::replace(&mut w.confirmed_before, true) {
+                let _ = self.resumed.send(user);
+            }
         }
+    }
+
+    /// The users whose watch is confirmed again after a lost connection, as it happens: the
+    /// application catches their sockets up (once; `None` after the first call).
+    pub fn take_resumed(&self) -> Option<mpsc::UnboundedReceiver<Uuid>> {
+        self.resumed_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The subscription connection was lost: every watch is unconfirmed and subscribed again.
@@ -331,6 +353,13 @@ mod tests {
         tokio::time::sleep(RETRY * 2).await;
         let after = router.epoch(user).expect("subscribed again");
         assert_ne!(after, before);
+        let mut resumed = router.take_resumed().unwrap();
+        assert_eq!(
+            resumed.try_recv(),
+            Ok(user),
+            "reported as confirmed again after the gap (once)"
+        );
+        assert!(resumed.try_recv().is_err());
     }
 
     #[tokio::test(start_paused = true)]

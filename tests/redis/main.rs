@@ -30,6 +30,7 @@ mod backends;
 
 mod cases;
 mod redis_server;
+mod routing_review;
 
 /// What a case needs to run.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -75,11 +76,6 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cases::a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers()),
     ));
     all.push((
-        "instances::a_token_signed_out_elsewhere_is_refused_where_its_user_has_no_socket",
-        Needs::Redis,
-        || Box::pin(cases::a_token_signed_out_elsewhere_is_refused_where_its_user_has_no_socket()),
-    ));
-    all.push((
         "instances::a_write_on_one_instance_is_never_read_stale_on_another_once_announced",
         Needs::Redis,
         || {
@@ -123,6 +119,21 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         "secrets::the_redis_password_comes_from_a_file_and_is_required",
         Needs::RedisServer,
         || Box::pin(cases::the_redis_password_comes_from_a_file_and_is_required()),
+    ));
+    all.push((
+        "routing_review::a_session_signed_out_on_one_instance_is_refused_at_once_on_another",
+        Needs::Redis,
+        || {
+            Box::pin(
+                routing_review::a_session_signed_out_on_one_instance_is_refused_at_once_on_another(
+                ),
+            )
+        },
+    ));
+    all.push((
+        "routing_review::a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_afterwards",
+        Needs::Redis,
+        || Box::pin(routing_review::a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_afterwards()),
     ));
     all
 }
