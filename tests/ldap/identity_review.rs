@@ -11,30 +11,11 @@ use serde_json::{Value, json};
 use crate::app::{app_with_directory, ws_auth};
 use crate::helpers::*;
 use crate::slapd::*;
-
-fn code(secret: &str, steps: i64) -> String {
-    poolgate::auth::otp::TotpSecret::from_base32(secret, "x")
-        .unwrap()
-        .code_at((chrono::Utc::now().timestamp() + 30 * steps) as u64)
-}
+use crate::totp::{admin, code, enrol, rest_login};
 
 /// An error reply's code, or `None` for a response (never panics, unlike `error_code`).
 fn err(reply: &Value) -> Option<u64> {
     (reply["name"] == "error").then(|| reply["args"]["code"].as_u64().unwrap_or(0))
-}
-
-/// bob is an admin by group (vdi-admins).
-async fn admin(app: &TestApp) -> Client {
-    let mut bob = app.connect().await;
-    let reply = ws_auth(&mut bob, "bob", "bob-pw", Some(true)).await;
-    assert_eq!(reply["name"], "response", "{reply}");
-    bob
-}
-
-async fn enrol(bob: &mut Client, args: Value) -> String {
-    let reply = bob.rpc("admin_totp", args.clone()).await;
-    assert_eq!(reply["name"], "response", "{args}: {reply}");
-    reply["args"]["secret"].as_str().unwrap().to_owned()
 }
 
 async fn token_of(app: &TestApp, name: &str, password: &str) -> String {
@@ -50,19 +31,6 @@ async fn token_of(app: &TestApp, name: &str, password: &str) -> String {
 async fn resumes(app: &TestApp, token: &str) -> Value {
     let mut c = app.connect().await;
     c.rpc("auth_token", json!({"token": token})).await
-}
-
-async fn rest_login(app: &TestApp, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(app.url("/api/v2/users/login/"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
 }
 
 /// A slapd of this file's own, from tests/ldap/slapd.conf with changes: an AD-like
@@ -531,7 +499,7 @@ pub async fn identity_probes_that_held() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
     let mut bob = admin(&app).await;
-    let secret = enrol(&mut bob, json!({"username": "alice"})).await;
+    let (secret, _) = enrol(&mut bob, json!({"username": "alice"})).await;
     let mut c = app.connect().await;
     let reply = c
         .rpc(

@@ -10,14 +10,14 @@ use crate::slapd::*;
 
 /// The current code of `secret`, `steps` periods of 30 s from now (the server accepts one
 /// period either side, and each period once per user).
-fn code(secret: &str, steps: i64) -> String {
+pub(crate) fn code(secret: &str, steps: i64) -> String {
     poolgate::auth::otp::TotpSecret::from_base32(secret, "x")
         .unwrap()
         .code_at((chrono::Utc::now().timestamp() + 30 * steps) as u64)
 }
 
 /// bob is an admin by group (vdi-admins).
-async fn admin(app: &TestApp) -> Client {
+pub(crate) async fn admin(app: &TestApp) -> Client {
     let mut bob = app.connect().await;
     let reply = ws_auth(&mut bob, "bob", "bob-pw", Some(true)).await;
     assert_eq!(reply["name"], "response", "{reply}");
@@ -29,14 +29,28 @@ fn secret_of(reply: &Value) -> String {
     reply["args"]["secret"].as_str().unwrap().to_owned()
 }
 
-async fn rest_login(app: &TestApp, body: Value) -> (u16, Value) {
+/// The v2 login with this body: the status and the JSON body (null if none).
+pub(crate) async fn rest_login(app: &TestApp, body: Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(app.url("/api/v2/users/login/"))
         .json(&body)
         .send()
         .await
         .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// `admin_totp` with `args`, which must succeed: the new secret and the account name.
+pub(crate) async fn enrol(admin: &mut Client, args: Value) -> (String, Value) {
+    let reply = admin.rpc("admin_totp", args.clone()).await;
+    assert_eq!(reply["name"], "response", "{args}: {reply}");
+    (
+        reply["args"]["secret"].as_str().unwrap().to_owned(),
+        reply["args"]["username"].clone(),
+    )
 }
 
 pub async fn an_enrolled_directory_user_gives_a_code_on_both_transports() {

@@ -8,42 +8,7 @@ use serde_json::{Value, json};
 use crate::app::{app_with_directory, ws_auth};
 use crate::helpers::*;
 use crate::slapd::*;
-
-fn code(secret: &str, steps: i64) -> String {
-    poolgate::auth::otp::TotpSecret::from_base32(secret, "x")
-        .unwrap()
-        .code_at((chrono::Utc::now().timestamp() + 30 * steps) as u64)
-}
-
-/// bob is an admin by group (vdi-admins).
-async fn admin(app: &TestApp) -> Client {
-    let mut bob = app.connect().await;
-    let reply = ws_auth(&mut bob, "bob", "bob-pw", Some(true)).await;
-    assert_eq!(reply["name"], "response", "{reply}");
-    bob
-}
-
-async fn enrol(bob: &mut Client, args: Value) -> (String, Value) {
-    let reply = bob.rpc("admin_totp", args.clone()).await;
-    assert_eq!(reply["name"], "response", "{args}: {reply}");
-    (
-        reply["args"]["secret"].as_str().unwrap().to_owned(),
-        reply["args"]["username"].clone(),
-    )
-}
-
-async fn rest_login(app: &TestApp, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(app.url("/api/v2/users/login/"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
-}
+use crate::totp::{admin, code, enrol, rest_login};
 
 /// Was: OpenLDAP's caseIgnoreMatch (RFC 4518 string preparation: NFKC, Unicode case
 /// folding) finds uid=alice for "ａｌｉｃｅ" (full-width) and "ALİCE" (dotted capital I), while
