@@ -1,11 +1,6 @@
 //! Cases from a hostile review of commit 41406fa ("a directory user is their entry":
 //! entryUUID / objectGUID, else the DN). Each case states what must hold; those that fail at
 //! 41406fa are the defects the review found. The last one collects probes that held.
-
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::app::{app_with_directory, ws_auth};
@@ -33,150 +28,26 @@ async fn resumes(app: &TestApp, token: &str) -> Value {
     c.rpc("auth_token", json!({"token": token})).await
 }
 
-/// A slapd of this file's own, from tests/ldap/slapd.conf with changes: an AD-like
-/// `objectGUID` (octet string) in the schema and, optionally, `entryUUID` hidden from the
-/// service account by an ACL (as a directory that hides operational attributes does).
-struct OwnSlapd {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl OwnSlapd {
-    fn start(hide_entry_uuid: bool) -> OwnSlapd {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("db")).unwrap();
-        let mut s = OwnSlapd {
-            port: free_port(),
-            dir,
-            child: None,
-        };
-        s.write_config(hide_entry_uuid);
-        s.resume();
-        std::fs::write(s.dir.path().join("data.ldif"), include_str!("data.ldif")).unwrap();
-        let out = Command::new("ldapadd")
-            .args(["-x", "-H", &s.url(), "-D", "cn=admin,dc=example,dc=org"])
-            .args(["-w", "root-secret", "-f"])
-            .arg(s.dir.path().join("data.ldif"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+/// tests/ldap/slapd.conf with an AD-like `objectGUID` (octet string) in the schema and,
+/// optionally, `entryUUID` hidden from the service account by an ACL (as a directory that
+/// hides operational attributes does).
+fn ad_like(hide_entry_uuid: bool) -> impl Fn(String) -> String {
+    move |conf| {
+        let conf = conf.replace(
+            "modulepath ",
+            "attributetype ( 1.2.840.113556.1.4.2 NAME 'objectGUID'\n  \
+             EQUALITY octetStringMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 SINGLE-VALUE )\n\
+             modulepath ",
         );
-        s
-    }
-
-    fn write_config(&self, hide_entry_uuid: bool) {
-        let mut conf = include_str!("slapd.conf")
-            .replace("@DIR@", &self.dir.path().display().to_string())
-            .replace(
-                "modulepath ",
-                "attributetype ( 1.2.840.113556.1.4.2 NAME 'objectGUID'\n  \
-                 EQUALITY octetStringMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 SINGLE-VALUE )\n\
-                 modulepath ",
-            );
         if hide_entry_uuid {
-            conf = conf.replacen(
+            conf.replacen(
                 "access to attrs=userPassword",
                 "access to attrs=entryUUID by * none\naccess to attrs=userPassword",
                 1,
-            );
+            )
+        } else {
+            conf
         }
-        std::fs::write(self.dir.path().join("slapd.conf"), conf).unwrap();
-    }
-
-    fn url(&self) -> String {
-        format!("ldap://127.0.0.1:{}", self.port)
-    }
-
-    fn modify(&self, ldif: &str) {
-        use std::io::Write;
-        let mut child = Command::new("ldapmodify")
-            .args(["-x", "-H", &self.url(), "-D", "cn=admin,dc=example,dc=org"])
-            .args(["-w", "root-secret"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(ldif.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn resume(&mut self) {
-        let conf: PathBuf = self.dir.path().join("slapd.conf");
-        let child = Command::new(slapd_program())
-            .args(["-d", "0", "-f"])
-            .arg(&conf)
-            .arg("-h")
-            .arg(self.url() + "/")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("slapd did not start on port {}", self.port);
-    }
-
-    async fn app(&self, dir: &std::path::Path) -> TestApp {
-        let password_file = dir.join("ldap-password");
-        std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
-        let directory = poolgate::auth::directory::DirectoryConfig {
-            url: self.url(),
-            start_tls: false,
-            ca_file: None,
-            bind_dn: SERVICE_DN.into(),
-            bind_password_file: Some(password_file),
-            user_base: PEOPLE.into(),
-            user_filter: "(&(objectClass=person)(uid={username}))".into(),
-            group_attribute: "memberOf".into(),
-            group_base: None,
-            group_filter: "(member={dn})".into(),
-            admin_groups: vec![ADMINS_GROUP.into()],
-            timeout: Duration::from_secs(2),
-        };
-        TestApp::spawn_with(move |c| {
-            fast_sim(c, OK, OK);
-            c.directory = Some(directory);
-        })
-        .await
-    }
-}
-
-impl Drop for OwnSlapd {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -355,14 +226,14 @@ pub async fn the_lockout_does_not_tell_an_enrolled_users_right_password_from_a_w
 /// (Simulated here: slapd with an AD-like octet-string objectGUID and entryUUID hidden from
 /// the service account, as AD has no entryUUID.)
 pub async fn a_utf8_valid_objectguid_is_the_identity_not_the_dn() {
-    let slapd = OwnSlapd::start(true);
+    let slapd = Slapd::start_with(ad_like(true));
     // "ABCDEFGHIJKLMNOP": 16 bytes, all ASCII.
     slapd.modify(&format!(
         "dn: uid=alice,{PEOPLE}\nchangetype: modify\nadd: objectClass\nobjectClass: \
          extensibleObject\n-\nadd: objectGUID\nobjectGUID:: QUJDREVGR0hJSktMTU5PUA==\n"
     ));
     let dir = tempfile::tempdir().unwrap();
-    let app = slapd.app(dir.path()).await;
+    let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
     // bob has no readable uuid here: the local admin enrols.
     let (mut admin, _) = app.login("astravdi").await;
     enrol(&mut admin, json!({"username": "alice"})).await;
@@ -390,9 +261,9 @@ pub async fn a_utf8_valid_objectguid_is_the_identity_not_the_dn() {
 /// without a readable entryUUID or objectGUID is refused (503, logged): no identity, no
 /// sign-in and no enrolment, until the ACL lets the service account read it.
 pub async fn an_entry_without_a_readable_uuid_is_refused_not_identified_by_its_dn() {
-    let mut slapd = OwnSlapd::start(true);
+    let mut slapd = Slapd::start_with(ad_like(true));
     let dir = tempfile::tempdir().unwrap();
-    let app = slapd.app(dir.path()).await;
+    let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
     let (mut admin, _) = app.login("astravdi").await;
     let reply = admin.rpc("admin_totp", json!({"username": "alice"})).await;
     assert_eq!(err(&reply), Some(503), "{reply}");
@@ -403,7 +274,7 @@ pub async fn an_entry_without_a_readable_uuid_is_refused_not_identified_by_its_d
         "no identity: refused, even with the right password"
     );
     slapd.stop();
-    slapd.write_config(false);
+    slapd.rewrite_config(ad_like(false));
     slapd.resume();
     // The pool may hold a connection to the old slapd: a 503 once, then the answer.
     let mut reply = admin.rpc("admin_totp", json!({"username": "alice"})).await;

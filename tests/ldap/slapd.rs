@@ -54,9 +54,14 @@ pub struct Slapd {
 impl Slapd {
     /// Starts slapd on a free port and loads the people and groups.
     pub fn start() -> Slapd {
+        Self::start_with(|conf| conf)
+    }
+
+    /// The same, with the config (tests/ldap/slapd.conf filled in) changed by `edit` first.
+    pub fn start_with(edit: impl Fn(String) -> String) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("db")).unwrap();
-        std::fs::write(dir.path().join("slapd.conf"), config(dir.path())).unwrap();
+        std::fs::write(dir.path().join("slapd.conf"), edit(config(dir.path()))).unwrap();
         std::fs::write(dir.path().join("data.ldif"), DATA).unwrap();
         let mut slapd = Slapd {
             port: crate::helpers::free_port(),
@@ -84,6 +89,15 @@ impl Slapd {
             String::from_utf8_lossy(&out.stderr)
         );
         slapd
+    }
+
+    /// Writes the config again, changed by `edit` (while stopped: `resume` reads it).
+    pub fn rewrite_config(&self, edit: impl Fn(String) -> String) {
+        std::fs::write(
+            self.dir.path().join("slapd.conf"),
+            edit(config(self.dir.path())),
+        )
+        .unwrap();
     }
 
     /// Applies an LDIF change (`ldapmodify`) as the directory's administrator.
