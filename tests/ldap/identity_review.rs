@@ -1,6 +1,7 @@
 //! Cases from a hostile review of commit 41406fa ("a directory user is their entry":
 //! entryUUID / objectGUID, else the DN). Each case states what must hold; those that fail at
 //! 41406fa are the defects the review found. The last one collects probes that held.
+
 use serde_json::{Value, json};
 
 use crate::app::{app_with_directory, ws_auth};
