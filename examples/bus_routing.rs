@@ -43,6 +43,18 @@ struct Counts {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The next text frame, as JSON.
+async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("closed"))??;
+        if let Message::Text(text) = frame {
+            return Ok(serde_json::from_str(&text)?);
+        }
+    }
+}
+
 /// Sends one request and returns its reply, counting the events that arrive meanwhile.
 async fn call(
     ws: &mut Ws,
@@ -54,11 +66,7 @@ async fn call(
     let request = json!({"namespace": "rpc", "name": name, "id": id, "args": args});
     ws.send(Message::Text(request.to_string().into())).await?;
     loop {
-        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("closed"))??;
-        let Message::Text(text) = frame else { continue };
-        let v: Value = serde_json::from_str(&text)?;
+        let v = next_json(ws).await?;
         if v["id"] == id {
             return Ok(v);
         }
@@ -69,11 +77,7 @@ async fn call(
 /// Waits for the pushed event that ends task `task`.
 async fn until_ended(ws: &mut Ws, task: &Value, counts: &Counts) -> anyhow::Result<()> {
     loop {
-        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("closed"))??;
-        let Message::Text(text) = frame else { continue };
-        let v: Value = serde_json::from_str(&text)?;
+        let v = next_json(ws).await?;
         if v["namespace"] != "events" {
             continue;
         }
