@@ -260,32 +260,39 @@ impl Authenticator {
                 return (Verdict::NotAGuess, Err(Error::DirectoryUnavailable));
             }
         };
-        let record = crate::store::DirectoryUser {
-            id: users::directory_user_id(&entry.key),
-            dn: entry.dn,
-            username: entry.username,
-            full_name: entry.full_name,
-            email: entry.email,
-            groups: entry.groups,
-            admin: entry.admin,
-            updated_ms: now_ms(),
+        let record = match self.remember(&entry).await {
+            Ok(record) => record,
+            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
         };
-        if let Err(e) = self.store.directory_user_put(&record).await {
-            return (Verdict::NotAGuess, Err(e.into()));
-        }
-        if let Err(e) = self
-            .store
-            .directory_name_put(&folded_name(&record.username), record.id)
-            .await
-        {
-            return (Verdict::NotAGuess, Err(e.into()));
-        }
         let secret = match self.store.directory_totp_get(record.id).await {
             Ok(secret) => secret,
             Err(e) => return (Verdict::NotAGuess, Err(e.into())),
         };
         let user = Arc::new(User::from_directory(&record, secret.as_deref()));
         self.second_factor(user, true, otp_code).await
+    }
+
+    /// Keeps what the directory says of a person: their record, for every instance to resolve
+    /// their sessions, challenges and tasks, and the name index of the admin methods.
+    async fn remember(
+        &self,
+        entry: &directory::DirectoryEntry,
+    ) -> StoreResult<crate::store::DirectoryUser> {
+        let record = crate::store::DirectoryUser {
+            id: users::directory_user_id(&entry.key),
+            dn: entry.dn.clone(),
+            username: entry.username.clone(),
+            full_name: entry.full_name.clone(),
+            email: entry.email.clone(),
+            groups: entry.groups.clone(),
+            admin: entry.admin,
+            updated_ms: now_ms(),
+        };
+        self.store.directory_user_put(&record).await?;
+        self.store
+            .directory_name_put(&folded_name(&record.username), record.id)
+            .await?;
+        Ok(record)
     }
 
     /// Enrols a directory user in TOTP with a new secret (`enable`), replacing any earlier one,
@@ -305,22 +312,9 @@ impl Authenticator {
             ))
         })?;
         let secret = enable.then(otp::TotpSecret::generate_base32);
-        let record = crate::store::DirectoryUser {
-            id: users::directory_user_id(&entry.key),
-            dn: entry.dn.clone(),
-            username: entry.username.clone(),
-            full_name: entry.full_name.clone(),
-            email: entry.email.clone(),
-            groups: entry.groups.clone(),
-            admin: entry.admin,
-            updated_ms: now_ms(),
-        };
         // The record too: an enrolled user's wrong password is then challenged like a right
         // one even before their first sign-in.
-        self.store.directory_user_put(&record).await?;
-        self.store
-            .directory_name_put(&folded_name(&record.username), record.id)
-            .await?;
+        let record = self.remember(&entry).await?;
         self.store
             .directory_totp_put(record.id, secret.as_deref())
             .await?;
