@@ -326,25 +326,11 @@ impl EventHub {
         let Some(routing) = self.routing.get() else {
             return Prepared::default();
         };
-        self.users.entry(user).or_default().seeding += 1;
-        let seeding = Seeding {
-            users: self.users.clone(),
-            user,
-        };
+        let seeding = self.seeding(user);
         let watch = routing.router.watch(user).await;
-        let snapshot = match routing
-            .store
-            .tasks_of_user(user, crate::store::RECENT_TASKS)
-            .await
-        {
-            // Ended ones too: they correct a copy held as active from an earlier watch's
-            // last events.
-            Ok(tasks) => tasks,
-            Err(e) => {
-                tracing::warn!(%user, error = %e, "cannot read a user's active tasks for their new socket; it gets their changes from now on");
-                Vec::new()
-            }
-        };
+        // Ended ones too: they correct a copy held as active from an earlier watch's last
+        // events.
+        let snapshot = self.recent_tasks(routing, user).await;
         Prepared {
             watch: Some(watch),
             snapshot,
@@ -391,29 +377,37 @@ impl EventHub {
         if !self.users.contains_key(&user) {
             return;
         }
-        // While the snapshot is read, tasks that end are remembered (see `UserEntry::seeding`).
-        self.users.entry(user).or_default().seeding += 1;
-        let seeding = Seeding {
-            users: self.users.clone(),
-            user,
-        };
-        let snapshot = routing
-            .store
-            .tasks_of_user(user, crate::store::RECENT_TASKS)
-            .await;
-        match snapshot {
-            Ok(tasks) => {
-                if let Some(mut entry) = self.users.get_mut(&user) {
-                    for task in tasks {
-                        entry.merge(task, true);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%user, error = %e, "cannot catch a user's sockets up after a bus gap; they get the changes from now on");
+        let seeding = self.seeding(user);
+        let snapshot = self.recent_tasks(routing, user).await;
+        if let Some(mut entry) = self.users.get_mut(&user) {
+            for task in snapshot {
+                entry.merge(task, true);
             }
         }
         drop(seeding);
+    }
+
+    /// Starts a read of `user`'s tasks from the store: until it is dropped, the tasks that end
+    /// are remembered (see `UserEntry::seeding`).
+    fn seeding(&self, user: Uuid) -> Seeding {
+        self.users.entry(user).or_default().seeding += 1;
+        Seeding {
+            users: self.users.clone(),
+            user,
+        }
+    }
+
+    /// The user's recent tasks from the store; none (logged) if it cannot answer: the sockets
+    /// then get the changes from now on.
+    async fn recent_tasks(&self, routing: &Routing, user: Uuid) -> Vec<Task> {
+        routing
+            .store
+            .tasks_of_user(user, crate::store::RECENT_TASKS)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(%user, error = %e, "cannot read a user's tasks to catch their sockets up; they get the changes from now on");
+                Vec::new()
+            })
     }
 
     pub fn unsubscribe(&self, user: Uuid, conn_id: u64) {
