@@ -11,7 +11,8 @@
 //!   `admin_release` and again; `--pipeline W` pools at once, so W > 1 makes overlapping
 //!   bursts) so every status change is pushed to all N: reports the delay
 //!   from the change (the task's own `created`/`started`/`finished` time) to each delivery,
-//!   and deliveries per second of server CPU.
+//!   and deliveries per second of server CPU. `--driver-url` makes the tasks on another
+//!   instance (the delay is then across instances, through the shared store's bus).
 //!
 //! `--logins-per-sec R` (rpc mode) adds a login storm: R password sign-ins per second on their
 //! own sockets while the round trips run; their latency is reported beside.
@@ -98,6 +99,10 @@ struct Args {
     /// Write the JSON summary here too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// fanout: the instance the driver makes its tasks on (default: `--url`), so that the
+    /// delay measured is from one instance to the sockets on another.
+    #[arg(long)]
+    driver_url: Option<String>,
 }
 
 type Ws =
@@ -180,7 +185,11 @@ async fn token(args: &Args) -> anyhow::Result<String> {
 }
 
 async fn signed_in(args: &Args, token: &str, source: Option<[u8; 4]>) -> anyhow::Result<Ws> {
-    let mut ws = connect_from(&args.url, source).await?;
+    signed_in_at(&args.url, token, source).await
+}
+
+async fn signed_in_at(url: &str, token: &str, source: Option<[u8; 4]>) -> anyhow::Result<Ws> {
+    let mut ws = connect_from(url, source).await?;
     let reply = request(
         &mut ws,
         &json!({"namespace":"rpc","name":"auth_token","id":"t","args":{"token":token}}).to_string(),
@@ -577,7 +586,8 @@ fn changed_at(task: &EventTask<'_>) -> Option<chrono::DateTime<chrono::Utc>> {
 /// `fanout`'s driver: its own socket, same user; makes a task per pool, waits for it to end,
 /// gives the machine back (a `machine` event to all) and starts again. Returns the tasks made.
 async fn drive_poolgate(args: &Args, token: &str, deadline: Instant) -> anyhow::Result<u64> {
-    let mut driver = signed_in(args, token, None).await?;
+    let url = args.driver_url.as_deref().unwrap_or(&args.url);
+    let mut driver = signed_in_at(url, token, None).await?;
     // Replies only on the driver's socket: it polls its task instead of reading events.
     request(
         &mut driver,
