@@ -163,6 +163,13 @@ impl Outbox {
         frame
     }
 
+    /// Forgets the events waiting to be written (the socket signed out, or in as someone
+    /// else: what was queued for the old sign-in is not for this one). Close and ping frames
+    /// stay.
+    pub fn drop_events(&self) {
+        self.lock().retain(|f| !matches!(f, Frame::Text(_)));
+    }
+
     /// Completes when a frame was pushed since the last wake-up (possibly already popped).
     pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
         self.ready.notified()
@@ -508,6 +515,12 @@ mod tests {
             })
             .collect();
         assert_eq!(texts, ["a", "b"]);
+        // Events queued for a sign-in that ended are dropped; a close stays.
+        outbox.push(Frame::Text("old".into())).unwrap();
+        outbox.push(Frame::Close(1000, "bye".into())).unwrap();
+        outbox.drop_events();
+        assert!(matches!(outbox.pop(), Some(Frame::Close(1000, _))));
+        assert!(outbox.pop().is_none());
         // A push before the reader waits is not lost either.
         outbox.push(Frame::Ping).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready())

@@ -66,10 +66,12 @@ impl Conn {
         self.pending_subscribe = true;
     }
 
-    /// Signs the connection out locally (the token itself is untouched).
+    /// Signs the connection out locally (the token itself is untouched). Events queued for
+    /// the old sign-in and not yet written are dropped: none reaches whoever signs in next.
     pub fn clear_session(&mut self, state: &AppState) {
         if let Some(old) = self.session.take() {
             state.events.unsubscribe(old.user.id, self.id);
+            self.outbound.drop_events();
         }
         self.pending_subscribe = false;
         self.prepared = None;
