@@ -18,7 +18,8 @@
 //! of the username's; a reservation that turned out not to be a guess (a disabled account's
 //! right password) is taken back. A second-factor challenge counts whether its password was
 //! right or not — otherwise the lockout would tell someone without the code which password
-//! was right — and its completion by `otp_verify` takes the challenge's count back too. Refused
+//! was right — and its completion (by `otp_verify`, or by the password again with the code,
+//! as the v2 login's second call does) takes the challenge's count back too. Refused
 //! attempts run no verification and count nothing. Tokens are not passwords: an unknown token
 //! counts against its address only, and a token this server once issued (a stale saved one)
 //! counts nothing. NIST SP 800-63B §5.2.2 and the OWASP Authentication Cheat Sheet are the
@@ -92,8 +93,9 @@ impl Attempt<'_> {
         Ok(())
     }
 
-    /// A second-factor challenge completed: besides this attempt's own reservation, the
-    /// username's counter gives back the one its first step left (a challenge counts whether
+    /// A second-factor challenge completed (or a sign-in with the code, which follows one):
+    /// besides this attempt's own reservation, the username's counter gives back the one its
+    /// first step left (a challenge counts whether
     /// its password was right or not, so that the lockout never tells them apart; a real
     /// user who completes it must not pay for it).
     pub async fn challenge_completed(self) -> Result<(), Error> {

@@ -100,7 +100,14 @@ impl Authenticator {
                     .await
             }
         };
-        self.settle(attempt, verdict).await?;
+        match (verdict, &result) {
+            // The code given with the password (the v2 login's second call, after its 428):
+            // the challenge's count is taken back as `otp_verify` does.
+            (Verdict::Success, Ok(user)) if mfa_kind(user).is_some() => {
+                attempt.challenge_completed().await?
+            }
+            (verdict, _) => self.settle(attempt, verdict).await?,
+        }
         self.record(result)
     }
 

@@ -187,6 +187,38 @@ async fn an_otp_users_challenge_is_counted_whether_the_password_was_right_or_not
 }
 
 #[tokio::test]
+async fn a_real_otp_user_signing_in_on_the_v2_login_is_never_held_back() {
+    let app = TestApp::spawn().await;
+    let http = reqwest::Client::new();
+    let login = |body: serde_json::Value| {
+        let (http, url) = (http.clone(), app.url("/api/v2/users/login/"));
+        async move {
+            http.post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // More sign-ins than the lockout's attempts, each the mock's two calls: 428, then the
+    // password again with the code.
+    for i in 0..8 {
+        let started = std::time::Instant::now();
+        let first = json!({"username": "user-4", "password": PASSWORD, "ldap": false});
+        assert_eq!(login(first).await, 428, "sign-in {i}");
+        let second = json!({"username": "user-4", "password": PASSWORD, "ldap": false, "otp_code": date_code()});
+        assert_eq!(login(second).await, 200, "sign-in {i}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(900),
+            "sign-in {i} waited for a back-off: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_real_otp_user_completing_challenges_is_never_held_back() {
     let app = TestApp::spawn().await;
     // More sign-ins than the lockout's attempts, each a challenge and its code.
