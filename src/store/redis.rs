@@ -28,6 +28,9 @@ pub struct RedisStore {
     /// let them overtake each other). Bounded: when Redis cannot keep up, events are shed
     /// (counted, logged) rather than queued without limit.
     outbox: mpsc::Sender<BusEvent>,
+    /// Revocations (sessions, JWTs) wait apart and go first: a flood of task events never
+    /// sheds a sign-out. Bounded too.
+    revocations: mpsc::Sender<BusEvent>,
     /// Which users' channels this instance hears ([`routing`]).
     router: Arc<routing::Router>,
     /// The `origin` of those announcements (see [`Store::announced_writes_origin`]).
@@ -65,6 +68,9 @@ const LUA_EXTEND: &str = "local function extend(key, until_ms)
 
 /// Events waiting to be published, at most; past it they are shed.
 pub const OUTBOX_CAPACITY: usize = 16_384;
+
+/// Revocations waiting to be published, at most (they are rare: sign-outs, admin revokes).
+pub const REVOCATIONS_CAPACITY: usize = 4_096;
 
 /// The global channel: what every instance hears (JWT revocations).
 fn global_channel(prefix: &str) -> String {
@@ -256,10 +262,17 @@ impl RedisStore {
         });
 
         let (outbox, mut out_rx) = mpsc::channel::<BusEvent>(OUTBOX_CAPACITY);
+        let (revocations, mut rev_rx) = mpsc::channel::<BusEvent>(REVOCATIONS_CAPACITY);
         let mut pub_con = con.clone();
         let out_prefix = prefix.to_owned();
         tokio::spawn(async move {
-            while let Some(event) = out_rx.recv().await {
+            loop {
+                let event = tokio::select! {
+                    biased;
+                    Some(event) = rev_rx.recv() => event,
+                    Some(event) = out_rx.recv() => event,
+                    else => break,
+                };
                 let text = serde_json::to_string(&event).expect("events serialize");
                 let out_channel = match event.user() {
                     Some(user) => user_channel(&out_prefix, user),
@@ -281,6 +294,7 @@ impl RedisStore {
             con,
             prefix: prefix.to_owned(),
             outbox,
+            revocations,
             router,
             origin: rand::random(),
             // KEYS: the key's latest, the task, the user's tasks, the active set, the ended
@@ -1162,7 +1176,13 @@ impl Store for RedisStore {
     }
 
     fn publish(&self, event: BusEvent) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(event) {
+        let lane = match event {
+            BusEvent::SessionRevoked { .. }
+            | BusEvent::JwtRevoked { .. }
+            | BusEvent::JwtUserRevoked { .. } => &self.revocations,
+            _ => &self.outbox,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(event) {
             let shed = self
                 .router
                 .shed
@@ -1172,7 +1192,6 @@ impl Store for RedisStore {
             if shed.is_power_of_two() {
                 tracing::warn!(
                     shed,
-                    capacity = OUTBOX_CAPACITY,
                     "Redis is not keeping up with the events to publish: events shed (clients can ask for a task's state)"
                 );
             }

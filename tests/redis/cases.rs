@@ -669,14 +669,28 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
         (9_000..=10_000).contains(&shed),
         "about what the outbox could not hold is shed: {shed} of {published}"
     );
+    // A sign-out after the flood is not shed: revocations wait apart and go first.
+    store.publish(BusEvent::SessionRevoked {
+        hash: [7; 32],
+        user_id: user,
+    });
+    assert_eq!(
+        router.shed.load(std::sync::atomic::Ordering::Relaxed),
+        shed,
+        "a revocation is never shed for task events"
+    );
 
     // Once Redis answers again, every event the outbox took is published, in order, and
     // publishing goes on: a later event arrives after them.
     let kept = published - shed as usize;
     let mut loads = 0;
+    let mut revoked = false;
     let arrived = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(event) = bus.recv().await {
             match &event {
+                BusEvent::SessionRevoked { hash, .. } if *hash == [7; 32] => {
+                    revoked = true;
+                }
                 BusEvent::Released { reason, .. } if reason == "marker" => return true,
                 BusEvent::Released { .. } => {
                     loads += 1;
@@ -696,6 +710,7 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
         "every event the outbox took was published: {loads} of {kept}"
     );
     assert_eq!(arrived, Ok(true), "publishing resumed after the pause");
+    assert!(revoked, "the revocation was published");
     std::process::Command::new("kill")
         .args(["-TERM", &redis.id().to_string()])
         .status()
