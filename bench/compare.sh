@@ -26,8 +26,7 @@ if [ -d "$wt" ]; then git -C "$wt" checkout -q --detach "$base"; else git worktr
 cargo build --release --quiet --bin poolgate --example loadgen --example echo_server
 declare -A bin=([base]=target/compare-base-target/release/poolgate [head]=target/release/poolgate)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+source bench/lib.sh
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$out"/data-*; }
 trap cleanup EXIT

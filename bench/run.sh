@@ -32,8 +32,7 @@ font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 [ -f "$font" ] || need fc-list fonts-dejavu-core
 cargo build --release --quiet --bin poolgate --example loadgen --example echo_server --example cache_invalidation --example broadcast_server
 (cd bench/plot && cargo build --release --quiet)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+source bench/lib.sh
 
 # Every load here signs one demo user in from loopback thousands of times (the idle sockets,
 # the login storm, wrk on the login endpoint): the brute-force lockout would measure itself,
