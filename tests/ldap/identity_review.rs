@@ -68,20 +68,10 @@ fn move_alice(modify: impl Fn(&str)) {
 /// (or moved out of user_base, or renamed) person cannot be revoked at all. (At 499bcc9 the
 /// id was derived from the name, and this worked.)
 pub async fn a_deleted_directory_users_sessions_can_still_be_revoked() {
-    let slapd = Slapd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
-    let token = token_of(&app, "alice", "alice-pw").await;
-    let mut bob = admin(&app).await;
-    slapd.modify(&format!("dn: uid=alice,{PEOPLE}\nchangetype: delete\n"));
-    let revoked = bob
-        .rpc(
-            "admin_revoke",
-            json!({"username": "alice", "directory": true}),
-        )
-        .await;
-    let after = resumes(&app, &token).await;
-    app.stop().await;
+    let (revoked, after) = revoke_alice_after(|slapd| {
+        slapd.modify(&format!("dn: uid=alice,{PEOPLE}\nchangetype: delete\n"))
+    })
+    .await;
     assert_eq!(
         revoked["args"]["revoked_sessions"], 1,
         "alice's entry is deleted; admin_revoke answers {revoked}, and her token still \
@@ -90,17 +80,15 @@ pub async fn a_deleted_directory_users_sessions_can_still_be_revoked() {
     assert_eq!(err(&after), Some(401), "{after}");
 }
 
-/// Was: while the directory is down, a directory user's sessions keep working (they
-/// resolve from the state store), but admin_revoke of that user answers 503 — the admin
-/// cannot end a compromised directory account's sessions during an outage (or while an
-/// attacker keeps the directory unreachable). At 499bcc9 it did not need the directory.
-pub async fn a_directory_users_sessions_can_be_revoked_while_the_directory_is_down() {
+/// alice signs in, then `disrupt` (the directory loses her, or goes away), then bob revokes
+/// her by name: the answer, and what her token then gets.
+async fn revoke_alice_after(disrupt: impl FnOnce(&mut Slapd)) -> (Value, Value) {
     let mut slapd = Slapd::start();
     let dir = tempfile::tempdir().unwrap();
     let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
     let token = token_of(&app, "alice", "alice-pw").await;
     let mut bob = admin(&app).await;
-    slapd.stop();
+    disrupt(&mut slapd);
     let revoked = bob
         .rpc(
             "admin_revoke",
@@ -109,6 +97,15 @@ pub async fn a_directory_users_sessions_can_be_revoked_while_the_directory_is_do
         .await;
     let after = resumes(&app, &token).await;
     app.stop().await;
+    (revoked, after)
+}
+
+/// Was: while the directory is down, a directory user's sessions keep working (they
+/// resolve from the state store), but admin_revoke of that user answers 503 — the admin
+/// cannot end a compromised directory account's sessions during an outage (or while an
+/// attacker keeps the directory unreachable). At 499bcc9 it did not need the directory.
+pub async fn a_directory_users_sessions_can_be_revoked_while_the_directory_is_down() {
+    let (revoked, after) = revoke_alice_after(Slapd::stop).await;
     assert_eq!(
         revoked["args"]["revoked_sessions"], 1,
         "directory down: admin_revoke alice answers {revoked}, and her token still signs \
