@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..samples {
         task.progress = Some((i % 101) as u8);
         // B holds the old value in its cache.
-        b.task_get(task.id).await?;
+        b.task_get(task.user_id, task.id).await?;
         a.task_update(&task).await?;
         let written = Instant::now();
         let marker = format!("marker-{i}");
@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
         }
         delays.push(written.elapsed());
         anyhow::ensure!(
-            b.task_get(task.id).await?.as_ref() == Some(&task),
+            b.task_get(task.user_id, task.id).await?.as_ref() == Some(&task),
             "B answered the old task after the announcement"
         );
     }

@@ -233,6 +233,12 @@ pub async fn connect(config: &Config) -> Vec<Problem> {
                 problems.push(Problem::new(&["state"], format!("{e:#}")));
             }
         }
+        StateUrl::RedisCluster { nodes, .. } => {
+            let password = config.redis_password().ok().flatten();
+            if let Err(e) = crate::store::redis::ping_cluster(nodes, password.as_deref()).await {
+                problems.push(Problem::new(&["state"], format!("{e:#}")));
+            }
+        }
     }
     // The directory answers the service account (a bad password or file is reported by
     // `files`, which runs first).

@@ -125,10 +125,10 @@ impl Pools {
 
     /// One of the user's tasks; someone else's is "not found".
     pub async fn task(&self, user: &User, id: Uuid) -> Result<Task, Error> {
-        match self.store.task_get(id).await? {
-            Some(t) if t.user_id == user.id => Ok(t),
-            _ => Err(Error::NotFound("Task not found.".into())),
-        }
+        self.store
+            .task_get(user.id, id)
+            .await?
+            .ok_or_else(|| Error::NotFound("Task not found.".into()))
     }
 
     /// The user's recent tasks, newest first.

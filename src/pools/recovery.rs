@@ -43,7 +43,7 @@ impl Pools {
             let Some(pool) = self.pools.get(&s.pool_id).cloned() else {
                 bail!("seed task {} names an unknown pool {}", s.id, s.pool_id);
             };
-            if self.store.task_get(s.id).await?.is_some() {
+            if self.store.task_get(user.id, s.id).await?.is_some() {
                 continue;
             }
             let mut task = Task::new(s.kind, user.id, s.pool_id);

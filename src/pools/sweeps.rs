@@ -64,7 +64,7 @@ impl Pools {
                 .lease_acquire(task.id, &self.instance, self.timings.task_lease)
                 .await?
             {
-                if let Some(current) = self.store.task_get(task.id).await?
+                if let Some(current) = self.store.task_get(task.user_id, task.id).await?
                     && current.status.is_active()
                 {
                     self.end_orphan(current, TaskError::instance_gone()).await;

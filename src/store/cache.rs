@@ -440,12 +440,12 @@ impl Store for CachedStore {
         self.inner.jwt_user_revocations().await
     }
 
-    async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
+    async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>> {
         if let Some(task) = self.cache.task_hit(id) {
-            return Ok(Some(task));
+            return Ok((task.user_id == user).then_some(task));
         }
         let began = self.cache.begin(id);
-        let found = self.inner.task_get(id).await?;
+        let found = self.inner.task_get(user, id).await?;
         if let Some(task) = &found {
             self.cache.task_fill(task, began);
         }
@@ -600,6 +600,10 @@ impl Store for CachedStore {
 
     fn router(&self) -> Option<Arc<routing::Router>> {
         self.inner.router()
+    }
+
+    fn token_fits(&self, user: Uuid, hash: &TokenHash) -> bool {
+        self.inner.token_fits(user, hash)
     }
 }
 

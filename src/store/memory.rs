@@ -282,8 +282,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
-        Ok(self.lock().tasks.get(&id).cloned())
+    async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>> {
+        Ok(self
+            .lock()
+            .tasks
+            .get(&id)
+            .filter(|t| t.user_id == user)
+            .cloned())
     }
 
     async fn task_latest(&self, key: TaskKey) -> StoreResult<Option<Task>> {

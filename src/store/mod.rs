@@ -1,5 +1,5 @@
 //! Durable state behind one interface, three backends (`state = "sqlite:<path>" | "redis://…"
-//! | "memory"`): sessions, MFA challenges, TOTP last-used steps, JWT revocations, tasks and
+//! | "redis-cluster://…" | "memory"`): sessions, MFA challenges, TOTP last-used steps, JWT revocations, tasks and
 //! the latest task per (user, pool, kind), machine assignments with their leases, machines
 //! held by static inventories, task leases (which instance drives a task), lockout counters
 //! and back-off slots.
@@ -48,6 +48,12 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<::redis::RedisError> for StoreError {
     fn from(e: ::redis::RedisError) -> Self {
+        StoreError(e.into())
+    }
+}
+
+impl From<::redis::ParsingError> for StoreError {
+    fn from(e: ::redis::ParsingError) -> Self {
         StoreError(e.into())
     }
 }
@@ -257,7 +263,15 @@ pub trait Store: Send + Sync + 'static {
     // `session_delete_user`. Callers still judge a token's liveness themselves (their own TTL
     // may be shorter than what the store keeps).
 
-    /// Stores a new session and, in the same atomic step, trims its user's others: expired
+    /// Whether a session of `user` may be stored under this token digest: a cluster keeps a
+    /// user's sessions in their user's slot, so it takes only digests of that slot's bucket
+    /// (the token store draws tokens until one fits: ~1 in 1 024). Always true elsewhere.
+    fn token_fits(&self, _user: Uuid, _hash: &TokenHash) -> bool {
+        true
+    }
+
+    /// Stores a new session (whose digest [`Store::token_fits`] its user; an error if not)
+    /// and, in the same atomic step, trims its user's others: expired
     /// ones go, and past `max_per_user` (at least 1) the least recently active ones are deleted
     /// (ties: the earlier created first). Returns the hashes deleted for the cap — never
     /// `rec`'s, nor the expired ones — so the caller can revoke them everywhere.
@@ -350,7 +364,9 @@ pub trait Store: Send + Sync + 'static {
     //
     // Tasks never expire by themselves: `tasks_sweep` applies the retention.
 
-    async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>>;
+    /// The task `id` if it is `user`'s; someone else's is `None`, as an unknown one. (Every
+    /// caller knows whose task it asks for, and a cluster keeps a task with its user's keys.)
+    async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>>;
     /// The latest task of a (user, pool, kind) key, if it is still stored.
     async fn task_latest(&self, key: TaskKey) -> StoreResult<Option<Task>>;
     /// Inserts `task` (a new id) and makes it the latest of its key, only if the latest is
@@ -502,6 +518,14 @@ pub async fn open(
         StateUrl::Redis { url } => Arc::new(
             cache::CachedStore::shared(sink, |bus| async move {
                 let store = redis::RedisStore::connect(url, password, prefix, bus).await?;
+                Ok(Arc::new(store) as Arc<dyn Store>)
+            })
+            .await?,
+        ),
+        StateUrl::RedisCluster { nodes, .. } => Arc::new(
+            cache::CachedStore::shared(sink, |bus| async move {
+                let store =
+                    redis::RedisStore::connect_cluster(nodes, password, prefix, bus).await?;
                 Ok(Arc::new(store) as Arc<dyn Store>)
             })
             .await?,

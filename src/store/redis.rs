@@ -1,6 +1,7 @@
-//! The shared backend for several instances: Redis, through the `redis` crate's
-//! `ConnectionManager` (reconnects by itself; RESP3 push messages carry the event bus and are
-//! re-subscribed after a reconnect). Sessions and MFA challenges are keys with a TTL; tasks
+//! The shared backend for several instances: one Redis, through the `redis` crate's
+//! `ConnectionManager`, or a Redis Cluster (Valkey cluster), through its cluster client — both
+//! reconnect by themselves; RESP3 push messages carry the event bus and are re-subscribed after
+//! a reconnect. Sessions and MFA challenges are keys with a TTL; tasks
 //! and assignments are JSON values indexed by sets; every compare-and-set is a Lua script.
 //! Ended tasks are also indexed by creation time (`done_tasks`), so the retention sweep reads
 //! only what it may delete; a user's session set is trimmed (gone members, the cap) whenever
@@ -8,22 +9,212 @@
 //! the user's last session (its expiry only ever moves later, so it never lapses while one of
 //! its sessions lives). Every record with an expiry is a key with a TTL, so `sweep_expired`
 //! has nothing to do.
+//!
+//! **Key layout.** On one Redis the keys are as they always were. On a cluster every
+//! multi-key operation must keep its keys in one hash slot, so the keys that scripts touch
+//! together carry a *bucket* hash tag, `{bN}` with N in 0..[`BUCKETS`]: a user's bucket (a hash
+//! of their id) for their tasks, latest tasks, assignments, sessions and session set, plus the
+//! per-bucket indexes the sweeps read (active and ended tasks, assignments); a token digest's
+//! bucket (its first bytes) for an MFA challenge and its count. A user's sessions sit in their
+//! user's bucket because a session token is drawn until its digest falls in that bucket
+//! ([`Store::token_fits`]: ~1 000 draws, 0.8 ms per sign-in), so a token
+//! still names its session's slot. Tags by bucket, not by user, so that the sweeps visit a
+//! fixed 1 024 index keys instead of a registry of users, while 1 024 tags still spread evenly
+//! over the cluster's masters. Keys used alone (leases, counters, TOTP steps, JWT revocations,
+//! directory records, inventories) carry no tag. Users' bus channels are sharded channels
+//! (`SSUBSCRIBE`/`SPUBLISH`) in their user's bucket, so a script publishes on the channel of the
+//! slot it writes in; the global channel stays a plain one.
 
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{AsyncCommands, PushKind, Script};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use ::redis::{AsyncCommands, Cmd, Pipeline, PushKind, RedisFuture, Script, Value};
 use anyhow::Context;
 use async_trait::async_trait;
+use sha2::Digest;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::*;
 
-pub struct RedisStore {
-    con: ConnectionManager,
+/// The connection every call goes through: to one Redis, or to a cluster (which routes each
+/// command by its first key's slot).
+#[derive(Clone)]
+enum Con {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Con::One(c) => c.req_packed_command(cmd),
+            Con::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Con::One(c) => c.req_packed_commands(cmd, offset, count),
+            Con::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Con::One(c) => c.get_db(),
+            Con::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Buckets of the cluster layout (see the module docs).
+pub const BUCKETS: u16 = 1024;
+
+/// Sweeps over the buckets of a cluster ask this many buckets at once.
+const BUCKETS_IN_FLIGHT: usize = 32;
+
+fn user_bucket(user: Uuid) -> u16 {
+    let digest = sha2::Sha256::digest(user.as_bytes());
+    u16::from_be_bytes([digest[0], digest[1]]) % BUCKETS
+}
+
+fn hash_bucket(hash: &TokenHash) -> u16 {
+    u16::from_be_bytes([hash[0], hash[1]]) % BUCKETS
+}
+
+/// The cluster layout's rule for a session digest (see [`Store::token_fits`]): it falls in its
+/// user's bucket.
+pub fn in_users_bucket(user: Uuid, hash: &TokenHash) -> bool {
+    user_bucket(user) == hash_bucket(hash)
+}
+
+/// Key names, in the layout of the deployment (see the module docs): plain on one Redis,
+/// bucket-tagged on a cluster.
+#[derive(Clone)]
+struct Keys {
     /// Key namespace (`state_prefix`): instances of one deployment share it.
     prefix: String,
+    cluster: bool,
+}
+
+impl Keys {
+    fn k(&self, parts: &[&str]) -> String {
+        key(&self.prefix, parts)
+    }
+
+    /// `prefix:kind[:{bN}]:rest…` — the tag on a cluster only.
+    fn tagged(&self, kind: &str, bucket: u16, rest: &[&str]) -> String {
+        let mut key = self.k(&[kind]);
+        if self.cluster {
+            key.push_str(&format!(":{{b{bucket}}}"));
+        }
+        for part in rest {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    /// The buckets the sweeps visit: one (untagged) on one Redis.
+    fn buckets(&self) -> std::ops::Range<u16> {
+        if self.cluster { 0..BUCKETS } else { 0..1 }
+    }
+
+    fn session(&self, hash: &TokenHash) -> String {
+        self.tagged("session", hash_bucket(hash), &[&hex::encode(hash)])
+    }
+
+    /// What a bucket's session keys begin with (scripts append the hash).
+    fn session_prefix(&self, bucket: u16) -> String {
+        self.tagged("session", bucket, &[""])
+    }
+
+    fn user_sessions(&self, user: Uuid) -> String {
+        self.tagged("user_sessions", user_bucket(user), &[&user.to_string()])
+    }
+
+    fn user_sessions_prefix(&self, bucket: u16) -> String {
+        self.tagged("user_sessions", bucket, &[""])
+    }
+
+    fn mfa(&self, hash: &TokenHash) -> String {
+        self.tagged("mfa", hash_bucket(hash), &[&hex::encode(hash)])
+    }
+
+    /// A challenge's wrong-code count (a counter beside the record, so `mfa_fail` is one INCR).
+    fn mfa_attempts(&self, hash: &TokenHash) -> String {
+        self.tagged("mfa_attempts", hash_bucket(hash), &[&hex::encode(hash)])
+    }
+
+    fn task(&self, bucket: u16, id: &str) -> String {
+        self.tagged("task", bucket, &[id])
+    }
+
+    fn latest(&self, (user, pool, kind): TaskKey) -> String {
+        self.tagged(
+            "latest",
+            user_bucket(user),
+            &[&user.to_string(), &pool.to_string(), kind.as_str()],
+        )
+    }
+
+    fn latest_prefix(&self, bucket: u16) -> String {
+        self.tagged("latest", bucket, &[""])
+    }
+
+    fn user_tasks(&self, user: Uuid) -> String {
+        self.tagged("user_tasks", user_bucket(user), &[&user.to_string()])
+    }
+
+    fn user_tasks_prefix(&self, bucket: u16) -> String {
+        self.tagged("user_tasks", bucket, &[""])
+    }
+
+    fn active_tasks(&self, bucket: u16) -> String {
+        self.tagged("active_tasks", bucket, &[])
+    }
+
+    fn done_tasks(&self, bucket: u16) -> String {
+        self.tagged("done_tasks", bucket, &[])
+    }
+
+    fn assignment(&self, bucket: u16, member: &str) -> String {
+        self.tagged("assignment", bucket, &[member])
+    }
+
+    fn assignments(&self, bucket: u16) -> String {
+        self.tagged("assignments", bucket, &[])
+    }
+
+    /// A user's channel: their tasks, releases, session revocations and the cache's
+    /// announcements, heard by the instances that hold a socket of theirs. On a cluster a
+    /// sharded channel in the user's bucket (a script publishes on it from that slot).
+    fn channel(&self, user: Uuid) -> String {
+        if self.cluster {
+            self.tagged("bus", user_bucket(user), &[&user.to_string()])
+        } else {
+            key(&self.prefix, &["bus", &format!("{{{user}}}")])
+        }
+    }
+
+    /// The command that publishes on a user's channel.
+    fn publish_command(&self) -> &'static str {
+        if self.cluster { "SPUBLISH" } else { "PUBLISH" }
+    }
+}
+
+pub struct RedisStore {
+    con: Con,
+    keys: Keys,
     /// Events to publish, drained in order by one task (spawning a PUBLISH per event would
     /// let them overtake each other). Bounded: when Redis cannot keep up, events are shed
     /// (counted, logged) rather than queued without limit.
@@ -77,32 +268,57 @@ fn global_channel(prefix: &str) -> String {
     key(prefix, &["bus"])
 }
 
-/// A user's channel: their tasks, releases, session revocations and the cache's
-/// announcements, heard by the instances that hold a socket of theirs. The braces are a
-/// Redis Cluster hash tag: the channel goes with the user's keys.
-fn user_channel(prefix: &str, user: Uuid) -> String {
-    key(prefix, &["bus", &format!("{{{user}}}")])
-}
-
 /// Carries out the router's subscription changes on the store's connection.
 struct Subscriptions {
-    con: ConnectionManager,
-    prefix: String,
+    con: Con,
+    keys: Keys,
+}
+
+impl Subscriptions {
+    async fn change(&self, subscribe: bool, users: &[Uuid]) -> ::redis::RedisResult<()> {
+        match &self.con {
+            Con::One(con) => {
+                let channels: Vec<String> = users.iter().map(|u| self.keys.channel(*u)).collect();
+                let mut con = con.clone();
+                if subscribe {
+                    con.subscribe(&channels).await
+                } else {
+                    con.unsubscribe(&channels).await
+                }
+            }
+            // One command per slot (a bucket's channels share one): a sharded subscription
+            // cannot span slots.
+            Con::Cluster(con) => {
+                let mut by_bucket: std::collections::HashMap<u16, Vec<String>> =
+                    std::collections::HashMap::new();
+                for user in users {
+                    by_bucket
+                        .entry(user_bucket(*user))
+                        .or_default()
+                        .push(self.keys.channel(*user));
+                }
+                let changes = by_bucket.into_values().map(|channels| {
+                    let mut con = con.clone();
+                    async move {
+                        if subscribe {
+                            con.ssubscribe(&channels).await
+                        } else {
+                            con.sunsubscribe(&channels).await
+                        }
+                    }
+                });
+                futures_util::future::join_all(changes)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
 }
 
 impl routing::Subscriber for Subscriptions {
     async fn apply(&self, subscribe: bool, users: &[Uuid]) -> bool {
-        let channels: Vec<String> = users
-            .iter()
-            .map(|u| user_channel(&self.prefix, *u))
-            .collect();
-        let mut con = self.con.clone();
-        let done = if subscribe {
-            con.subscribe(&channels).await
-        } else {
-            con.unsubscribe(&channels).await
-        };
-        match done {
+        match self.change(subscribe, users).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, users = users.len(), subscribe, "a change of the bus subscriptions failed; retrying");
@@ -132,6 +348,70 @@ fn resp3(url: &str) -> String {
         format!("{url}&protocol=resp3")
     } else {
         format!("{url}?protocol=resp3")
+    }
+}
+
+/// Subscribes the connection to the global channel.
+async fn subscribe_global(con: &mut Con, channel: &str) -> ::redis::RedisResult<()> {
+    match con {
+        Con::One(con) => con.subscribe(channel).await,
+        Con::Cluster(con) => con.subscribe(channel).await,
+    }
+}
+
+/// The seed nodes, for messages (passwords masked).
+fn seeds(nodes: &[String]) -> String {
+    nodes
+        .iter()
+        .map(|n| super::url::redacted(n).into_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A cluster client speaking RESP3 (pushes carry the bus), with the single-node timeouts.
+fn cluster_client(
+    nodes: &[String],
+    password: Option<&str>,
+) -> anyhow::Result<ClusterClientBuilder> {
+    use ::redis::IntoConnectionInfo;
+    let infos = nodes
+        .iter()
+        .map(|n| n.as_str().into_connection_info())
+        .collect::<Result<Vec<_>, _>>()
+        .context("invalid redis-cluster URL")?;
+    let mut builder = ClusterClientBuilder::new(infos)
+        .use_protocol(::redis::ProtocolVersion::RESP3)
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2))
+        .retries(3)
+        .max_retry_wait(1_000);
+    if let Some(password) = password {
+        builder = builder.password(password);
+    }
+    Ok(builder)
+}
+
+/// Connects once to a cluster with the configured password and sends PING to every node
+/// (`check-config --connect`).
+pub async fn ping_cluster(nodes: &[String], password: Option<&str>) -> anyhow::Result<()> {
+    let attempt = async {
+        let mut con = cluster_client(nodes, password)?
+            .build()?
+            .get_async_connection()
+            .await?;
+        ::redis::cmd("PING").query_async::<String>(&mut con).await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot reach the cluster at {}: {e:#}",
+            seeds(nodes)
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot reach the cluster at {}: no answer within 5 s",
+            seeds(nodes)
+        )),
     }
 }
 
@@ -172,8 +452,8 @@ pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<()> {
 }
 
 impl RedisStore {
-    /// `password` (from `POOLGATE_REDIS_PASSWORD` or `state_password_file`) overrides one in
-    /// the URL, so the URL in the config file can stay free of secrets.
+    /// One Redis. `password` (from `POOLGATE_REDIS_PASSWORD` or `state_password_file`)
+    /// overrides one in the URL, so the URL in the config file can stay free of secrets.
     pub async fn connect(
         url: &str,
         password: Option<&str>,
@@ -181,7 +461,6 @@ impl RedisStore {
         sink: mpsc::UnboundedSender<BusEvent>,
     ) -> anyhow::Result<Self> {
         use ::redis::IntoConnectionInfo;
-        let channel = global_channel(prefix);
         let mut info = resp3(url)
             .as_str()
             .into_connection_info()
@@ -191,7 +470,7 @@ impl RedisStore {
             info = info.set_redis_settings(settings);
         }
         let client = ::redis::Client::open(info).context("invalid redis URL")?;
-        let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)
             .set_automatic_resubscription()
@@ -199,20 +478,54 @@ impl RedisStore {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let mut con = client
+        let con = client
             .get_connection_manager_with_config(config)
             .await
             .with_context(|| format!("cannot connect to {}", super::url::redacted(url)))?;
-        con.subscribe(&channel)
+        Self::start(Con::One(con), push_rx, prefix, sink).await
+    }
+
+    /// A Redis Cluster (or Valkey cluster) through its seed nodes (`redis://` URLs), with the
+    /// bucket-tagged key layout (see the module docs). `password` as for [`Self::connect`].
+    pub async fn connect_cluster(
+        nodes: &[String],
+        password: Option<&str>,
+        prefix: &str,
+        sink: mpsc::UnboundedSender<BusEvent>,
+    ) -> anyhow::Result<Self> {
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let con = cluster_client(nodes, password)?
+            .push_sender(push_tx)
+            .build()
+            .context("invalid redis-cluster URL")?
+            .get_async_connection()
+            .await
+            .with_context(|| format!("cannot connect to the cluster at {}", seeds(nodes)))?;
+        Self::start(Con::Cluster(con), push_rx, prefix, sink).await
+    }
+
+    async fn start(
+        mut con: Con,
+        mut push_rx: mpsc::UnboundedReceiver<::redis::PushInfo>,
+        prefix: &str,
+        sink: mpsc::UnboundedSender<BusEvent>,
+    ) -> anyhow::Result<Self> {
+        let keys = Keys {
+            prefix: prefix.to_owned(),
+            cluster: matches!(con, Con::Cluster(_)),
+        };
+        let channel = global_channel(prefix);
+        subscribe_global(&mut con, &channel)
             .await
             .context("cannot subscribe to the event bus")?;
         let router = routing::Router::new(Subscriptions {
             con: con.clone(),
-            prefix: prefix.to_owned(),
+            keys: keys.clone(),
         });
 
         let push_router = router.clone();
         let push_channel = channel.clone();
+        let push_con = con.clone();
         tokio::spawn(async move {
             let router = push_router;
             while let Some(push) = push_rx.recv().await {
@@ -220,9 +533,20 @@ impl RedisStore {
                 // (The global channel's subscription stands for the connection's; each
                 // user's is confirmed by the router.)
                 let gap = match push.kind {
-                    PushKind::Message => None,
+                    PushKind::Message | PushKind::SMessage => None,
                     PushKind::Disconnection => {
                         router.disconnected();
+                        // A cluster reports each node's connection: the one that dropped may
+                        // not carry the global channel, whose re-subscription tells when the
+                        // gap is over — so subscribe it again (a no-op where it stands).
+                        if let Con::Cluster(_) = push_con {
+                            let (mut con, channel) = (push_con.clone(), push_channel.clone());
+                            tokio::spawn(async move {
+                                while subscribe_global(&mut con, &channel).await.is_err() {
+                                    tokio::time::sleep(Duration::from_millis(250)).await;
+                                }
+                            });
+                        }
                         Some(false)
                     }
                     PushKind::Subscribe
@@ -264,7 +588,7 @@ impl RedisStore {
         let (outbox, mut out_rx) = mpsc::channel::<BusEvent>(OUTBOX_CAPACITY);
         let (revocations, mut rev_rx) = mpsc::channel::<BusEvent>(REVOCATIONS_CAPACITY);
         let mut pub_con = con.clone();
-        let out_prefix = prefix.to_owned();
+        let out_keys = keys.clone();
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -274,14 +598,20 @@ impl RedisStore {
                     else => break,
                 };
                 let text = serde_json::to_string(&event).expect("events serialize");
-                let out_channel = match event.user() {
-                    Some(user) => user_channel(&out_prefix, user),
-                    None => global_channel(&out_prefix),
+                let publish = match event.user() {
+                    Some(user) => ::redis::cmd(out_keys.publish_command())
+                        .arg(out_keys.channel(user))
+                        .arg(&text)
+                        .to_owned(),
+                    None => ::redis::cmd("PUBLISH")
+                        .arg(global_channel(&out_keys.prefix))
+                        .arg(&text)
+                        .to_owned(),
                 };
                 // Retry briefly across a reconnect; an event lost here is a missed push, and
                 // clients can always ask for the task's state.
                 for attempt in 0..3 {
-                    match pub_con.publish::<_, _, ()>(&out_channel, &text).await {
+                    match publish.query_async::<()>(&mut pub_con).await {
                         Ok(()) => break,
                         Err(e) if attempt == 2 => tracing::warn!(error = %e, "event not published"),
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -292,15 +622,15 @@ impl RedisStore {
 
         Ok(RedisStore {
             con,
-            prefix: prefix.to_owned(),
+            keys,
             outbox,
             revocations,
             router,
             origin: rand::random(),
             // KEYS: the key's latest, the task, the user's tasks, the active set, the ended
             // index. ARGV: the expected latest ('' for none), id, body, created (ms), 'active'
-            // or 'done', the bus channel, the announcement. The compare-and-set of a key's
-            // latest task.
+            // or 'done', the bus channel, the announcement, the publish command. The
+            // compare-and-set of a key's latest task.
             task_create: Script::new(
                 r"local cur = redis.call('GET', KEYS[1]) or ''
                   if cur ~= ARGV[1] then return 0 end
@@ -310,19 +640,19 @@ impl RedisStore {
                   if ARGV[5] == 'active' then redis.call('SADD', KEYS[4], ARGV[2])
                   else redis.call('SREM', KEYS[4], ARGV[2])
                     redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2]) end
-                  redis.call('PUBLISH', ARGV[6], ARGV[7])
+                  redis.call(ARGV[8], ARGV[6], ARGV[7])
                   return 1",
             ),
             // KEYS: the task, the active set, the ended index. ARGV: id, body, 'active' or
-            // 'done', created (ms), the bus channel, the announcement. Only a stored task is
-            // overwritten.
+            // 'done', created (ms), the bus channel, the announcement, the publish command.
+            // Only a stored task is overwritten.
             task_update: Script::new(
                 r"if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
                   redis.call('SET', KEYS[1], ARGV[2])
                   if ARGV[3] == 'active' then redis.call('SADD', KEYS[2], ARGV[1])
                   else redis.call('SREM', KEYS[2], ARGV[1])
                     redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
-                  redis.call('PUBLISH', ARGV[5], ARGV[6])
+                  redis.call(ARGV[7], ARGV[5], ARGV[6])
                   return 1",
             ),
             totp_advance: Script::new(
@@ -467,36 +797,37 @@ impl RedisStore {
                   return 0",
             ),
             // KEYS: the assignment, the index. ARGV: body, index member, the bus channel, the
-            // announcement.
+            // announcement, the publish command.
             assignment_create: Script::new(
                 r"if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
                   redis.call('SADD', KEYS[2], ARGV[2])
-                  redis.call('PUBLISH', ARGV[3], ARGV[4])
+                  redis.call(ARGV[5], ARGV[3], ARGV[4])
                   return 1",
             ),
             // KEYS: the assignment, the index. ARGV: index member, the bus channel, the
-            // announcement. A script, not MULTI: a transaction's EXEC reply on the connection
+            // announcement, the publish command. A script, not MULTI: a transaction's EXEC reply on the connection
             // that is also subscribed to the bus could be taken for the announcement's push.
             assignment_remove: Script::new(
                 r"local body = redis.call('GET', KEYS[1])
                   redis.call('DEL', KEYS[1])
                   redis.call('SREM', KEYS[2], ARGV[1])
-                  redis.call('PUBLISH', ARGV[2], ARGV[3])
+                  redis.call(ARGV[4], ARGV[2], ARGV[3])
                   return body",
             ),
-            // KEYS: the task, the index of ended tasks. ARGV: the id, the key prefix. Deletes an
-            // ended task unless it is the latest of its key (then it stays indexed and is looked
-            // at again by the next sweep, once a newer task replaced it).
+            // KEYS: the task, the index of ended tasks. ARGV: the id, what the bucket's latest
+            // and user task index keys begin with. Deletes an ended task unless it is the
+            // latest of its key (then it stays indexed and is looked at again by the next
+            // sweep, once a newer task replaced it).
             task_sweep: Script::new(
                 r"local body = redis.call('GET', KEYS[1])
                   if not body then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
                   local t = cjson.decode(body)
                   if t.status == 'PENDING' or t.status == 'RUNNING' then
                     redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
-                  local latest = ARGV[2] .. ':latest:' .. t.user_id .. ':' .. t.pool_id .. ':' .. t.kind
+                  local latest = ARGV[2] .. t.user_id .. ':' .. t.pool_id .. ':' .. t.kind
                   if redis.call('GET', latest) == ARGV[1] then return 0 end
                   redis.call('DEL', KEYS[1])
-                  redis.call('ZREM', ARGV[2] .. ':user_tasks:' .. t.user_id, ARGV[1])
+                  redis.call('ZREM', ARGV[3] .. t.user_id, ARGV[1])
                   redis.call('ZREM', KEYS[2], ARGV[1])
                   return 1",
             ),
@@ -514,61 +845,92 @@ impl RedisStore {
     }
 
     fn k(&self, parts: &[&str]) -> String {
-        key(&self.prefix, parts)
+        self.keys.k(parts)
     }
 
-    fn session_key(&self, hash: &TokenHash) -> String {
-        self.k(&["session", &hex::encode(hash)])
-    }
-
-    fn mfa_key(&self, hash: &TokenHash) -> String {
-        self.k(&["mfa", &hex::encode(hash)])
-    }
-
-    /// A challenge's wrong-code count (a counter beside the record, so `mfa_fail` is one INCR).
-    fn mfa_attempts_key(&self, hash: &TokenHash) -> String {
-        self.k(&["mfa_attempts", &hex::encode(hash)])
-    }
-
-    fn user_sessions_key(&self, user: Uuid) -> String {
-        self.k(&["user_sessions", &user.to_string()])
-    }
-
-    fn con(&self) -> ConnectionManager {
+    fn con(&self) -> Con {
         self.con.clone()
     }
 
-    /// Every key of the namespace matching a pattern (SCAN: for sweeps and counts only).
+    /// Every key of the namespace matching a pattern (SCAN: for sweeps, counts and the admin
+    /// view only). On a cluster, every master is scanned.
     async fn keys_matching(&self, parts: &[&str]) -> StoreResult<Vec<String>> {
-        let mut con = self.con();
-        let mut iter = con.scan_match::<_, String>(self.k(parts)).await?;
+        let pattern = self.k(parts);
         let mut keys = Vec::new();
-        while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-            keys.push(key?);
+        match &self.con {
+            Con::One(con) => {
+                let mut con = con.clone();
+                let mut iter = con.scan_match::<_, String>(pattern).await?;
+                while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
+                    keys.push(key?);
+                }
+            }
+            Con::Cluster(con) => {
+                let mut con = con.clone();
+                for (host, port) in masters(&mut con).await? {
+                    let mut cursor = 0u64;
+                    loop {
+                        let page = con
+                            .route_command(
+                                ::redis::cmd("SCAN")
+                                    .arg(cursor)
+                                    .arg("MATCH")
+                                    .arg(&pattern)
+                                    .arg("COUNT")
+                                    .arg(1000)
+                                    .to_owned(),
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                    host: host.clone(),
+                                    port,
+                                }),
+                            )
+                            .await?;
+                        let (next, found): (u64, Vec<String>) = ::redis::from_redis_value(page)?;
+                        keys.extend(found);
+                        cursor = next;
+                        if cursor == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
         }
         Ok(keys)
     }
 
-    /// Once per store: puts the ended tasks written before the `done_tasks` index existed
-    /// into it, so the retention sweep finds them too.
+    /// Runs `read` for every bucket (a few at once on a cluster) and gathers what they return.
+    async fn each_bucket<T, F>(&self, read: impl Fn(u16) -> F) -> StoreResult<Vec<T>>
+    where
+        F: Future<Output = StoreResult<Vec<T>>>,
+    {
+        use futures_util::{StreamExt, TryStreamExt};
+        let found: Vec<Vec<T>> = futures_util::stream::iter(self.keys.buckets())
+            .map(read)
+            .buffer_unordered(BUCKETS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Once per store on one Redis: puts the ended tasks written before the `done_tasks`
+    /// index existed into it, so the retention sweep finds them too. (A cluster's layout is
+    /// newer than the index.)
     async fn index_done_tasks(&self) -> StoreResult<()> {
+        if self.keys.cluster {
+            return Ok(());
+        }
         let flag = self.k(&["done_tasks", "indexed"]);
         let mut con = self.con();
         if con.exists(&flag).await? {
             return Ok(());
         }
-        let prefix = self.k(&["task", ""]);
         let keys = self.keys_matching(&["task", "*"]).await?;
         for chunk in keys.chunks(TOUCH_CHUNK) {
-            let ids = chunk
-                .iter()
-                .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
-                .collect();
             let mut pipe = ::redis::pipe();
-            for task in self.tasks_by_ids(ids).await? {
+            for task in self.tasks_at(chunk.to_vec()).await? {
                 if task.status.is_done() {
                     pipe.zadd(
-                        self.k(&["done_tasks"]),
+                        self.keys.done_tasks(0),
                         task.id.to_string(),
                         task.created.timestamp_millis(),
                     )
@@ -581,11 +943,11 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn tasks_by_ids(&self, ids: Vec<String>) -> StoreResult<Vec<Task>> {
-        if ids.is_empty() {
+    /// The tasks stored at these keys (missing ones skipped).
+    async fn tasks_at(&self, keys: Vec<String>) -> StoreResult<Vec<Task>> {
+        if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.k(&["task", id])).collect();
         let bodies: Vec<Option<String>> = self.con().mget(keys).await?;
         bodies
             .into_iter()
@@ -593,6 +955,38 @@ impl RedisStore {
             .map(|b| task_from_json(&b))
             .collect()
     }
+
+    /// The tasks of a bucket with these ids.
+    async fn tasks_by_ids(&self, bucket: u16, ids: &[String]) -> StoreResult<Vec<Task>> {
+        self.tasks_at(ids.iter().map(|id| self.keys.task(bucket, id)).collect())
+            .await
+    }
+}
+
+/// The masters of a cluster, as (host, port).
+async fn masters(con: &mut ClusterConnection) -> StoreResult<Vec<(String, u16)>> {
+    let slots = con
+        .route_command(
+            ::redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let ranges: Vec<Vec<Value>> = ::redis::from_redis_value(slots)?;
+    let mut masters = std::collections::BTreeSet::new();
+    for range in ranges {
+        // [start, end, [host, port, id, …], replicas…]
+        if let Some(master) = range.into_iter().nth(2) {
+            let node: Vec<Value> = ::redis::from_redis_value(master)?;
+            let mut node = node.into_iter();
+            if let (Some(host), Some(port)) = (node.next(), node.next()) {
+                masters.insert((
+                    ::redis::from_redis_value::<String>(host)?,
+                    ::redis::from_redis_value::<u16>(port)?,
+                ));
+            }
+        }
+    }
+    Ok(masters.into_iter().collect())
 }
 
 #[async_trait]
@@ -614,10 +1008,15 @@ impl Store for RedisStore {
         ttl: Duration,
         max_per_user: usize,
     ) -> StoreResult<Vec<TokenHash>> {
+        if !self.token_fits(rec.user_id, &rec.hash) {
+            return Err(StoreError(anyhow::anyhow!(
+                "a session token outside its user's bucket (see Store::token_fits)"
+            )));
+        }
         let evicted: Vec<String> = self
             .session_put
-            .key(self.session_key(&rec.hash))
-            .key(self.user_sessions_key(rec.user_id))
+            .key(self.keys.session(&rec.hash))
+            .key(self.keys.user_sessions(rec.user_id))
             .arg(hex::encode(rec.hash))
             .arg(rec.user_id.to_string())
             .arg(rec.created_ms)
@@ -625,7 +1024,7 @@ impl Store for RedisStore {
             .arg(&rec.peer)
             .arg(ttl.as_millis() as u64)
             .arg(max_per_user.max(1))
-            .arg(self.k(&["session", ""]))
+            .arg(self.keys.session_prefix(user_bucket(rec.user_id)))
             .invoke_async(&mut self.con())
             .await?;
         Ok(evicted
@@ -636,7 +1035,7 @@ impl Store for RedisStore {
 
     async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
         let fields: std::collections::HashMap<String, String> =
-            self.con().hgetall(self.session_key(hash)).await?;
+            self.con().hgetall(self.keys.session(hash)).await?;
         let get = |f: &str| fields.get(f).and_then(|v| v.parse::<u64>().ok());
         Ok(
             match (
@@ -657,19 +1056,12 @@ impl Store for RedisStore {
     }
 
     async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
-        let prefix = self.k(&["session", ""]);
-        let mut keys = Vec::new();
-        {
-            let mut con = self.con();
-            let mut iter = con.scan_match::<_, String>(format!("{prefix}*")).await?;
-            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(key?);
-            }
-        }
+        let keys = self.keys_matching(&["session", "*"]).await?;
         let mut out = Vec::new();
         for key in keys {
             let Some(hash) = key
-                .strip_prefix(&prefix)
+                .rsplit(':')
+                .next()
                 .and_then(|h| hex::decode(h).ok())
                 .and_then(|h| TokenHash::try_from(h).ok())
             else {
@@ -689,28 +1081,41 @@ impl Store for RedisStore {
     ) -> StoreResult<Vec<TokenHash>> {
         let mut con = self.con();
         let mut missing = Vec::new();
-        for chunk in touches.chunks(TOUCH_CHUNK) {
-            let mut call = self.session_touch.prepare_invoke();
-            call.arg(ttl.as_millis() as u64)
-                .arg(self.k(&["session", ""]))
-                .arg(self.k(&["user_sessions", ""]));
-            for (hash, at) in chunk {
-                call.key(self.session_key(hash)).arg(*at);
+        // One script call touches the sessions of one bucket (one slot on a cluster).
+        let mut by_bucket: std::collections::BTreeMap<u16, Vec<(TokenHash, u64)>> =
+            std::collections::BTreeMap::new();
+        for touch in touches {
+            let bucket = if self.keys.cluster {
+                hash_bucket(&touch.0)
+            } else {
+                0
+            };
+            by_bucket.entry(bucket).or_default().push(*touch);
+        }
+        for (bucket, touches) in by_bucket {
+            for chunk in touches.chunks(TOUCH_CHUNK) {
+                let mut call = self.session_touch.prepare_invoke();
+                call.arg(ttl.as_millis() as u64)
+                    .arg(self.keys.session_prefix(bucket))
+                    .arg(self.keys.user_sessions_prefix(bucket));
+                for (hash, at) in chunk {
+                    call.key(self.keys.session(hash)).arg(*at);
+                }
+                let gone: Vec<usize> = call.invoke_async(&mut con).await?;
+                missing.extend(
+                    gone.into_iter()
+                        .filter_map(|i| chunk.get(i.checked_sub(1)?).map(|(h, _)| *h)),
+                );
             }
-            let gone: Vec<usize> = call.invoke_async(&mut con).await?;
-            missing.extend(
-                gone.into_iter()
-                    .filter_map(|i| chunk.get(i.checked_sub(1)?).map(|(h, _)| *h)),
-            );
         }
         Ok(missing)
     }
 
     async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
         self.session_delete
-            .key(self.session_key(hash))
+            .key(self.keys.session(hash))
             .arg(hex::encode(hash))
-            .arg(self.k(&["user_sessions", ""]))
+            .arg(self.keys.user_sessions_prefix(hash_bucket(hash)))
             .invoke_async::<i64>(&mut self.con())
             .await?;
         Ok(())
@@ -719,8 +1124,8 @@ impl Store for RedisStore {
     async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>> {
         let live: Vec<String> = self
             .session_delete_user
-            .key(self.user_sessions_key(user))
-            .arg(self.k(&["session", ""]))
+            .key(self.keys.user_sessions(user))
+            .arg(self.keys.session_prefix(user_bucket(user)))
             .invoke_async(&mut self.con())
             .await?;
         Ok(live
@@ -735,7 +1140,7 @@ impl Store for RedisStore {
     }
 
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
-        let key = self.mfa_key(hash);
+        let key = self.keys.mfa(hash);
         let mut con = self.con();
         ::redis::pipe()
             .atomic()
@@ -743,7 +1148,7 @@ impl Store for RedisStore {
             .ignore()
             .pexpire_at(&key, rec.expires_ms as i64)
             .ignore()
-            .del(self.mfa_attempts_key(hash))
+            .del(self.keys.mfa_attempts(hash))
             .ignore()
             .query_async::<()>(&mut con)
             .await?;
@@ -753,8 +1158,8 @@ impl Store for RedisStore {
     async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
         let (body, failed): (Option<String>, Option<u32>) = ::redis::pipe()
             .atomic()
-            .get(self.mfa_key(hash))
-            .get(self.mfa_attempts_key(hash))
+            .get(self.keys.mfa(hash))
+            .get(self.keys.mfa_attempts(hash))
             .query_async(&mut self.con())
             .await?;
         let Some(body) = body else {
@@ -768,8 +1173,8 @@ impl Store for RedisStore {
     async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
         let (taken, _): (i64, i64) = ::redis::pipe()
             .atomic()
-            .del(self.mfa_key(hash))
-            .del(self.mfa_attempts_key(hash))
+            .del(self.keys.mfa(hash))
+            .del(self.keys.mfa_attempts(hash))
             .query_async(&mut self.con())
             .await?;
         Ok(taken == 1)
@@ -778,8 +1183,8 @@ impl Store for RedisStore {
     async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32> {
         let n: i64 = self
             .mfa_fail
-            .key(self.mfa_key(hash))
-            .key(self.mfa_attempts_key(hash))
+            .key(self.keys.mfa(hash))
+            .key(self.keys.mfa_attempts(hash))
             .invoke_async(&mut self.con())
             .await?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
@@ -854,19 +1259,12 @@ impl Store for RedisStore {
     }
 
     async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
-        let mut con = self.con();
         let prefix = self.k(&["jwt_revoked", ""]);
-        let mut keys = Vec::new();
-        {
-            let mut iter = con.scan_match::<_, String>(format!("{prefix}*")).await?;
-            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(key?);
-            }
-        }
+        let keys = self.keys_matching(&["jwt_revoked", "*"]).await?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let exps: Vec<Option<i64>> = con.mget(&keys).await?;
+        let exps: Vec<Option<i64>> = self.con().mget(&keys).await?;
         Ok(keys
             .into_iter()
             .zip(exps)
@@ -893,37 +1291,35 @@ impl Store for RedisStore {
             .collect())
     }
 
-    async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
-        let body: Option<String> = self.con().get(self.k(&["task", &id.to_string()])).await?;
-        body.map(|b| task_from_json(&b)).transpose()
+    async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>> {
+        let body: Option<String> = self
+            .con()
+            .get(self.keys.task(user_bucket(user), &id.to_string()))
+            .await?;
+        Ok(body
+            .map(|b| task_from_json(&b))
+            .transpose()?
+            .filter(|t| t.user_id == user))
     }
 
-    async fn task_latest(&self, (user, pool, kind): TaskKey) -> StoreResult<Option<Task>> {
-        let id: Option<String> = self
-            .con()
-            .get(self.k(&[
-                "latest",
-                &user.to_string(),
-                &pool.to_string(),
-                kind.as_str(),
-            ]))
-            .await?;
+    async fn task_latest(&self, key: TaskKey) -> StoreResult<Option<Task>> {
+        let id: Option<String> = self.con().get(self.keys.latest(key)).await?;
         match id {
-            Some(id) => Ok(self.tasks_by_ids(vec![id]).await?.pop()),
+            Some(id) => Ok(self.tasks_by_ids(user_bucket(key.0), &[id]).await?.pop()),
             None => Ok(None),
         }
     }
 
     async fn task_create(&self, expected: Option<Uuid>, task: &Task) -> StoreResult<bool> {
-        let (user, pool) = (task.user_id.to_string(), task.pool_id.to_string());
         let id = task.id.to_string();
+        let bucket = user_bucket(task.user_id);
         let n: i64 = self
             .task_create
-            .key(self.k(&["latest", &user, &pool, task.kind.as_str()]))
-            .key(self.k(&["task", &id]))
-            .key(self.k(&["user_tasks", &user]))
-            .key(self.k(&["active_tasks"]))
-            .key(self.k(&["done_tasks"]))
+            .key(self.keys.latest((task.user_id, task.pool_id, task.kind)))
+            .key(self.keys.task(bucket, &id))
+            .key(self.keys.user_tasks(task.user_id))
+            .key(self.keys.active_tasks(bucket))
+            .key(self.keys.done_tasks(bucket))
             .arg(expected.map(|e| e.to_string()).unwrap_or_default())
             .arg(&id)
             .arg(task_to_json(task))
@@ -933,8 +1329,9 @@ impl Store for RedisStore {
             } else {
                 "done"
             })
-            .arg(user_channel(&self.prefix, task.user_id))
+            .arg(self.keys.channel(task.user_id))
             .arg(self.announcement(task.user_id, None))
+            .arg(self.keys.publish_command())
             .invoke_async(&mut self.con())
             .await?;
         Ok(n == 1)
@@ -942,10 +1339,11 @@ impl Store for RedisStore {
 
     async fn task_update(&self, task: &Task) -> StoreResult<()> {
         let id = task.id.to_string();
+        let bucket = user_bucket(task.user_id);
         self.task_update
-            .key(self.k(&["task", &id]))
-            .key(self.k(&["active_tasks"]))
-            .key(self.k(&["done_tasks"]))
+            .key(self.keys.task(bucket, &id))
+            .key(self.keys.active_tasks(bucket))
+            .key(self.keys.done_tasks(bucket))
             .arg(&id)
             .arg(task_to_json(task))
             .arg(if task.status.is_active() {
@@ -954,8 +1352,9 @@ impl Store for RedisStore {
                 "done"
             })
             .arg(task.created.timestamp_millis())
-            .arg(user_channel(&self.prefix, task.user_id))
+            .arg(self.keys.channel(task.user_id))
             .arg(self.announcement(task.user_id, Some(task.id)))
+            .arg(self.keys.publish_command())
             .invoke_async::<i64>(&mut self.con())
             .await?;
         Ok(())
@@ -964,104 +1363,118 @@ impl Store for RedisStore {
     async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>> {
         let ids: Vec<String> = self
             .con()
-            .zrevrange(
-                self.k(&["user_tasks", &user.to_string()]),
-                0,
-                limit as isize - 1,
-            )
+            .zrevrange(self.keys.user_tasks(user), 0, limit as isize - 1)
             .await?;
-        self.tasks_by_ids(ids).await
+        self.tasks_by_ids(user_bucket(user), &ids).await
     }
 
     async fn tasks_active(&self) -> StoreResult<Vec<Task>> {
-        let ids: Vec<String> = self.con().smembers(self.k(&["active_tasks"])).await?;
-        self.tasks_by_ids(ids).await
+        self.each_bucket(|bucket| async move {
+            let ids: Vec<String> = self.con().smembers(self.keys.active_tasks(bucket)).await?;
+            self.tasks_by_ids(bucket, &ids).await
+        })
+        .await
     }
 
     async fn tasks_sweep(&self, cutoff_ms: u64) -> StoreResult<usize> {
         self.index_done_tasks().await?;
-        let index = self.k(&["done_tasks"]);
-        let mut con = self.con();
-        // Created strictly before the cutoff.
-        let ids: Vec<String> = con
-            .zrangebyscore(&index, "-inf", format!("({cutoff_ms}"))
+        let deleted = self
+            .each_bucket(|bucket| async move {
+                let index = self.keys.done_tasks(bucket);
+                let mut con = self.con();
+                // Created strictly before the cutoff.
+                let ids: Vec<String> = con
+                    .zrangebyscore(&index, "-inf", format!("({cutoff_ms}"))
+                    .await?;
+                let mut deleted = Vec::new();
+                for chunk in ids.chunks(TOUCH_CHUNK) {
+                    let mut pipe = ::redis::pipe();
+                    // EVALSHA in a pipeline needs the script loaded first.
+                    pipe.load_script(&self.task_sweep).ignore();
+                    for id in chunk {
+                        pipe.invoke_script(
+                            self.task_sweep
+                                .key(self.keys.task(bucket, id))
+                                .key(&index)
+                                .arg(id)
+                                .arg(self.keys.latest_prefix(bucket))
+                                .arg(self.keys.user_tasks_prefix(bucket)),
+                        );
+                    }
+                    let done: Vec<i64> = pipe.query_async(&mut con).await?;
+                    deleted.extend(done.into_iter().filter(|n| *n == 1));
+                }
+                Ok(deleted)
+            })
             .await?;
-        let mut deleted = 0;
-        for chunk in ids.chunks(TOUCH_CHUNK) {
-            let mut pipe = ::redis::pipe();
-            // EVALSHA in a pipeline needs the script loaded first.
-            pipe.load_script(&self.task_sweep).ignore();
-            for id in chunk {
-                pipe.invoke_script(
-                    self.task_sweep
-                        .key(self.k(&["task", id]))
-                        .key(&index)
-                        .arg(id)
-                        .arg(&self.prefix),
-                );
-            }
-            let done: Vec<i64> = pipe.query_async(&mut con).await?;
-            deleted += done.iter().filter(|n| **n == 1).count();
-        }
-        Ok(deleted)
+        Ok(deleted.len())
     }
 
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         let body: Option<String> = self
             .con()
-            .get(self.k(&["assignment", &user.to_string(), &pool.to_string()]))
+            .get(
+                self.keys
+                    .assignment(user_bucket(user), &format!("{user}:{pool}")),
+            )
             .await?;
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
 
     async fn assignment_create(&self, a: &Assignment) -> StoreResult<bool> {
-        let (user, pool) = (a.user_id.to_string(), a.pool_id.to_string());
+        let member = format!("{}:{}", a.user_id, a.pool_id);
+        let bucket = user_bucket(a.user_id);
         // One script: an assignment is never stored without its index entry, or the lease
         // sweep (which lists the index) would never give its machine back.
         let created: i64 = self
             .assignment_create
-            .key(self.k(&["assignment", &user, &pool]))
-            .key(self.k(&["assignments"]))
+            .key(self.keys.assignment(bucket, &member))
+            .key(self.keys.assignments(bucket))
             .arg(serde_json::to_string(a)?)
-            .arg(format!("{user}:{pool}"))
-            .arg(user_channel(&self.prefix, a.user_id))
+            .arg(&member)
+            .arg(self.keys.channel(a.user_id))
             .arg(self.announcement(a.user_id, None))
+            .arg(self.keys.publish_command())
             .invoke_async(&mut self.con())
             .await?;
         Ok(created == 1)
     }
 
     async fn assignment_remove(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
-        let (u, p) = (user.to_string(), pool.to_string());
+        let member = format!("{user}:{pool}");
+        let bucket = user_bucket(user);
         let body: Option<String> = self
             .assignment_remove
-            .key(self.k(&["assignment", &u, &p]))
-            .key(self.k(&["assignments"]))
-            .arg(format!("{u}:{p}"))
-            .arg(user_channel(&self.prefix, user))
+            .key(self.keys.assignment(bucket, &member))
+            .key(self.keys.assignments(bucket))
+            .arg(&member)
+            .arg(self.keys.channel(user))
             .arg(self.announcement(user, None))
+            .arg(self.keys.publish_command())
             .invoke_async(&mut self.con())
             .await?;
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
 
     async fn assignments(&self) -> StoreResult<Vec<Assignment>> {
-        let mut con = self.con();
-        let members: Vec<String> = con.smembers(self.k(&["assignments"])).await?;
-        if members.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = members
-            .iter()
-            .filter_map(|m| m.split_once(':'))
-            .map(|(u, p)| self.k(&["assignment", u, p]))
-            .collect();
-        let bodies: Vec<Option<String>> = con.mget(keys).await?;
-        Ok(bodies
-            .into_iter()
-            .flatten()
-            .map(|b| serde_json::from_str(&b))
-            .collect::<Result<_, _>>()?)
+        self.each_bucket(|bucket| async move {
+            let mut con = self.con();
+            let members: Vec<String> = con.smembers(self.keys.assignments(bucket)).await?;
+            if members.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = members
+                .iter()
+                .map(|m| self.keys.assignment(bucket, m))
+                .collect();
+            let bodies: Vec<Option<String>> = con.mget(keys).await?;
+            Ok(bodies
+                .into_iter()
+                .flatten()
+                .map(|b| serde_json::from_str(&b))
+                .collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool> {
@@ -1200,5 +1613,9 @@ impl Store for RedisStore {
 
     fn router(&self) -> Option<Arc<routing::Router>> {
         Some(self.router.clone())
+    }
+
+    fn token_fits(&self, user: Uuid, hash: &TokenHash) -> bool {
+        !self.keys.cluster || in_users_bucket(user, hash)
     }
 }

@@ -536,13 +536,16 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn task_get(&self, id: Uuid) -> StoreResult<Option<Task>> {
+    async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>> {
         let body: Option<String> = self.with(|c| {
             c.prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
                 .query_row([id.to_string()], |r| r.get(0))
                 .optional()
         })?;
-        body.map(|b| task_from_json(&b)).transpose()
+        Ok(body
+            .map(|b| task_from_json(&b))
+            .transpose()?
+            .filter(|t| t.user_id == user))
     }
 
     async fn task_latest(&self, (user, pool, kind): TaskKey) -> StoreResult<Option<Task>> {

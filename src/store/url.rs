@@ -7,9 +7,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use anyhow::Context;
 use serde::Deserialize;
 
-/// Where state lives: `memory`, `sqlite:<path>` or `redis://…` (`rediss://…` for TLS).
+/// Where state lives: `memory`, `sqlite:<path>`, `redis://…` (`rediss://…` for TLS) or
+/// `redis-cluster://host:port,host:port,…` (seed nodes of a Redis Cluster or Valkey cluster).
 /// Shown (`Display`, `Debug`) with any password in the URL masked.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -21,6 +23,9 @@ pub enum StateUrl {
     /// A Redis shared by the instances of a deployment; the URL as written (checked to parse
     /// the way the store connects with it).
     Redis { url: String },
+    /// A Redis Cluster (or Valkey cluster), reached through its seed nodes: the URL as written
+    /// and one `redis://` URL per seed (user-info, if any, applied to each).
+    RedisCluster { url: String, nodes: Vec<String> },
 }
 
 /// The file of `sqlite:` with an empty path, in the data directory.
@@ -33,7 +38,7 @@ impl StateUrl {
         match self {
             StateUrl::Sqlite(Some(path)) => Some(path.clone()),
             StateUrl::Sqlite(None) => Some(data_dir.join(SQLITE_FILE)),
-            StateUrl::Memory | StateUrl::Redis { .. } => None,
+            StateUrl::Memory | StateUrl::Redis { .. } | StateUrl::RedisCluster { .. } => None,
         }
     }
 }
@@ -62,8 +67,15 @@ impl FromStr for StateUrl {
                 url: state.to_owned(),
             });
         }
+        if let Some(rest) = state.strip_prefix("redis-cluster://") {
+            return Ok(StateUrl::RedisCluster {
+                url: state.to_owned(),
+                nodes: cluster_nodes(rest)?,
+            });
+        }
         anyhow::bail!(
-            "unknown state {state:?}: use \"sqlite:<path>\", \"redis://host:port\" or \"memory\""
+            "unknown state {:?}: use \"sqlite:<path>\", \"redis://host:port\", \"redis-cluster://host:port,host:port,…\" or \"memory\"",
+            redacted(state)
         )
     }
 }
@@ -84,7 +96,9 @@ impl fmt::Display for StateUrl {
             StateUrl::Memory => f.write_str("memory"),
             StateUrl::Sqlite(None) => f.write_str("sqlite:"),
             StateUrl::Sqlite(Some(path)) => write!(f, "sqlite:{}", path.display()),
-            StateUrl::Redis { url } => f.write_str(&redacted(url)),
+            StateUrl::Redis { url } | StateUrl::RedisCluster { url, .. } => {
+                f.write_str(&redacted(url))
+            }
         }
     }
 }
@@ -93,6 +107,35 @@ impl fmt::Debug for StateUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StateUrl({self})")
     }
+}
+
+/// The seed nodes of `redis-cluster://[user[:password]@]host:port,host:port,…`, each as a
+/// `redis://` URL carrying the user-info.
+fn cluster_nodes(rest: &str) -> anyhow::Result<Vec<String>> {
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    if hosts.is_empty() || hosts.contains(['/', '?']) {
+        anyhow::bail!(
+            "a redis-cluster URL lists seed nodes only: redis-cluster://host:port,host:port,… (got {})",
+            redacted(&format!("redis-cluster://{rest}"))
+        );
+    }
+    hosts
+        .split(',')
+        .map(|host| {
+            let host = host.trim();
+            if host.is_empty() {
+                anyhow::bail!("a redis-cluster URL has an empty seed node");
+            }
+            let node = format!("redis://{userinfo}{host}");
+            super::redis::check_url(&node)
+                .with_context(|| format!("invalid seed node {}", redacted(&node)))?;
+            Ok(node)
+        })
+        .collect()
 }
 
 /// `url` with the password of its user-info (`redis://user:secret@host`) replaced by `***`,
@@ -151,7 +194,33 @@ mod tests {
                 url: "redis://10.0.0.5:6379".into()
             }
         );
-        for bad in ["", "Memory", "postgres://x", "sqlite", "redis://:x:y:z@"] {
+        assert_eq!(
+            "redis-cluster://10.0.0.5:7000,10.0.0.6:7000"
+                .parse::<StateUrl>()
+                .unwrap(),
+            StateUrl::RedisCluster {
+                url: "redis-cluster://10.0.0.5:7000,10.0.0.6:7000".into(),
+                nodes: vec![
+                    "redis://10.0.0.5:7000".into(),
+                    "redis://10.0.0.6:7000".into()
+                ],
+            }
+        );
+        let with_user: StateUrl = "redis-cluster://app:s3cr3t@a:1,b:2".parse().unwrap();
+        assert!(matches!(&with_user, StateUrl::RedisCluster { nodes, .. }
+            if nodes == &["redis://app:s3cr3t@a:1", "redis://app:s3cr3t@b:2"]));
+        assert_eq!(with_user.to_string(), "redis-cluster://app:***@a:1,b:2");
+        for bad in [
+            "",
+            "Memory",
+            "postgres://x",
+            "sqlite",
+            "redis://:x:y:z@",
+            "redis-cluster://",
+            "redis-cluster://a:1,,b:2",
+            "redis-cluster://a:1/0",
+            "redis-cluster://a:1?protocol=2",
+        ] {
             assert!(bad.parse::<StateUrl>().is_err(), "{bad:?} is refused");
         }
         let err = "mysql://db".parse::<StateUrl>().unwrap_err().to_string();
@@ -166,7 +235,13 @@ mod tests {
             Some(dir.join("poolgate.sqlite3"))
         );
         assert_eq!(StateUrl::Memory.sqlite_path(dir), None);
-        for text in ["memory", "sqlite:", "sqlite:x/y.db", "redis://h:1"] {
+        for text in [
+            "memory",
+            "sqlite:",
+            "sqlite:x/y.db",
+            "redis://h:1",
+            "redis-cluster://h:1,i:2",
+        ] {
             assert_eq!(text.parse::<StateUrl>().unwrap().to_string(), text);
         }
     }

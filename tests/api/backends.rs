@@ -468,9 +468,17 @@ fn digest() -> TokenHash {
     h
 }
 
+/// A session of `user` whose digest fits every backend (a cluster takes only digests in the
+/// user's bucket: `Store::token_fits`).
 fn session(user: Uuid, last_active_ms: u64) -> SessionRecord {
+    let hash = loop {
+        let hash = digest();
+        if store::redis::in_users_bucket(user, &hash) {
+            break hash;
+        }
+    };
     SessionRecord {
-        hash: digest(),
+        hash,
         user_id: user,
         created_ms: last_active_ms,
         last_active_ms,
@@ -505,6 +513,37 @@ where
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v
+}
+
+/// A cluster keeps a user's sessions in their user's slot, so it takes a session only under a
+/// digest of that slot's bucket (the token store draws tokens until one fits); every other
+/// backend takes any digest.
+pub async fn a_session_is_stored_only_under_a_digest_its_store_takes(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let user = Uuid::new_v4();
+    let digests: Vec<TokenHash> = (0..4096).map(|_| digest()).collect();
+    let fitting = digests.iter().filter(|h| s.token_fits(user, h)).count();
+    if state.starts_with("redis-cluster") {
+        assert!(
+            (1..=20).contains(&fitting),
+            "about 1 in 1 024 fits: {fitting}"
+        );
+        let misfit = digests.iter().find(|h| !s.token_fits(user, h)).unwrap();
+        let mut rec = session(user, now_ms());
+        rec.hash = *misfit;
+        assert!(s.session_put(&rec, LONG, 5).await.is_err());
+        assert_eq!(s.session_get(misfit).await.unwrap(), None);
+    } else {
+        assert_eq!(fitting, digests.len());
+    }
+    let rec = session(user, now_ms());
+    assert!(s.token_fits(user, &rec.hash));
+    assert_eq!(
+        s.session_put(&rec, LONG, 5).await.unwrap(),
+        Vec::<TokenHash>::new()
+    );
+    assert_eq!(s.session_get(&rec.hash).await.unwrap(), Some(rec));
 }
 
 pub async fn a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both(state: &str) {
@@ -949,7 +988,7 @@ pub async fn a_keys_latest_task_moves_only_by_compare_and_set(state: &str) {
     );
     assert!(!s.task_create(Some(Uuid::new_v4()), &second).await.unwrap());
     assert_eq!(
-        s.task_get(second.id).await.unwrap(),
+        s.task_get(user, second.id).await.unwrap(),
         None,
         "a refused create stores nothing"
     );
@@ -975,7 +1014,12 @@ pub async fn a_keys_latest_task_moves_only_by_compare_and_set(state: &str) {
     let latest = s.task_latest(key).await.unwrap().unwrap();
     assert!(latest.id != second.id);
     assert_eq!(s.tasks_of_user(user, 100).await.unwrap().len(), 4);
-    assert!(s.task_get(first.id).await.unwrap().is_some());
+    assert!(s.task_get(user, first.id).await.unwrap().is_some());
+    assert_eq!(
+        s.task_get(Uuid::new_v4(), first.id).await.unwrap(),
+        None,
+        "someone else's task is not found"
+    );
 }
 
 pub async fn a_task_update_overwrites_a_stored_task_and_the_lists_follow_it(state: &str) {
@@ -1002,7 +1046,7 @@ pub async fn a_task_update_overwrites_a_stored_task_and_the_lists_follow_it(stat
     t.start();
     t.progress = Some(40);
     s.task_update(&t).await.unwrap();
-    let stored = s.task_get(t.id).await.unwrap().unwrap();
+    let stored = s.task_get(user, t.id).await.unwrap().unwrap();
     assert_eq!(
         (stored.status, stored.progress),
         (TaskStatus::Running, Some(40))
@@ -1010,7 +1054,7 @@ pub async fn a_task_update_overwrites_a_stored_task_and_the_lists_follow_it(stat
     t.finish(TaskStatus::Completed, None);
     s.task_update(&t).await.unwrap();
     assert_eq!(
-        s.task_get(t.id).await.unwrap().unwrap().status,
+        s.task_get(user, t.id).await.unwrap().unwrap().status,
         TaskStatus::Completed
     );
     assert_eq!(
@@ -1030,7 +1074,7 @@ pub async fn a_task_update_overwrites_a_stored_task_and_the_lists_follow_it(stat
     let ghost = Task::new(TaskKind::PoolExpand, user, Uuid::new_v4());
     s.task_update(&ghost).await.unwrap();
     assert_eq!(
-        s.task_get(ghost.id).await.unwrap(),
+        s.task_get(user, ghost.id).await.unwrap(),
         None,
         "an update does not create"
     );
@@ -1070,19 +1114,19 @@ pub async fn ended_tasks_created_before_the_cutoff_go_except_each_keys_latest(st
     let at_cutoff = create(p3, 0, true).await;
     let newer = create(p3, 1_000, true).await;
     assert_eq!(s.tasks_sweep(cutoff).await.unwrap(), 1);
-    assert_eq!(s.task_get(superseded).await.unwrap(), None);
+    assert_eq!(s.task_get(user, superseded).await.unwrap(), None);
     for (id, why) in [
         (latest, "a key's latest stays"),
         (active, "an active task stays"),
         (at_cutoff, "one created at the cutoff stays"),
         (newer, "a newer one stays"),
     ] {
-        assert!(s.task_get(id).await.unwrap().is_some(), "{why}");
+        assert!(s.task_get(user, id).await.unwrap().is_some(), "{why}");
     }
     assert_eq!(s.tasks_of_user(user, 100).await.unwrap().len(), 4);
     assert_eq!(s.tasks_sweep(cutoff).await.unwrap(), 0);
     assert_eq!(s.tasks_sweep(cutoff + 1).await.unwrap(), 1);
-    assert_eq!(s.task_get(at_cutoff).await.unwrap(), None);
+    assert_eq!(s.task_get(user, at_cutoff).await.unwrap(), None);
     assert_eq!(s.counts().await.unwrap().tasks, 3);
 }
 
@@ -1114,7 +1158,7 @@ pub async fn every_read_follows_the_writes_that_change_it(state: &str) {
     let reads = || async {
         let latest = s.task_latest(key).await.unwrap();
         let by_id = match &latest {
-            Some(t) => s.task_get(t.id).await.unwrap(),
+            Some(t) => s.task_get(user, t.id).await.unwrap(),
             None => None,
         };
         let recent = s.tasks_of_user(user, 50).await.unwrap();
@@ -1172,7 +1216,7 @@ pub async fn every_read_follows_the_writes_that_change_it(state: &str) {
     assert_eq!(latest.as_ref(), Some(&next));
     assert_eq!(by_id.as_ref(), Some(&next));
     assert_eq!(recent.len(), 2);
-    assert_eq!(s.task_get(task.id).await.unwrap(), Some(task));
+    assert_eq!(s.task_get(user, task.id).await.unwrap(), Some(task));
 }
 
 /// Two instances on one Redis, each behind its read cache: once the announcement of a write on
@@ -1209,7 +1253,7 @@ pub async fn a_write_on_one_instance_is_never_read_stale_on_another_once_announc
         let id = task.id;
         readers.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                b.task_get(id).await.unwrap();
+                b.task_get(user, id).await.unwrap();
                 b.task_latest(key).await.unwrap();
                 b.tasks_of_user(user, 50).await.unwrap();
                 b.assignment_get(user, pool).await.unwrap();
@@ -1248,7 +1292,7 @@ pub async fn a_write_on_one_instance_is_never_read_stale_on_another_once_announc
         delays.push(written.elapsed());
         // Twice: the second read is served by B's cache when the first filled it.
         for _ in 0..2 {
-            let by_id = b.task_get(task.id).await.unwrap().unwrap();
+            let by_id = b.task_get(user, task.id).await.unwrap().unwrap();
             assert_eq!(by_id.progress, Some(i), "task by id, write {i}");
             let latest = b.task_latest(key).await.unwrap().unwrap();
             assert_eq!(latest.progress, Some(i), "the key's latest, write {i}");
@@ -1548,6 +1592,7 @@ macro_rules! backend_cases {
                 ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_stays,
                 expired_failure_counters_are_swept,
                 a_session_gone_from_the_store_is_refused_within_one_session_flush,
+                a_session_is_stored_only_under_a_digest_its_store_takes,
                 a_session_expires_ttl_after_its_last_activity_and_a_touch_moves_both,
                 a_new_session_trims_its_users_expired_and_least_recently_active_sessions,
                 deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users,

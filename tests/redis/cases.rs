@@ -29,11 +29,21 @@ async fn two_instances(
     extra: &str,
     edit: impl FnOnce(String) -> String,
 ) -> (tempfile::TempDir, ServerProcess, ServerProcess) {
+    two_instances_on(&redis_url(), label, speed, extra, edit).await
+}
+
+/// [`two_instances`] on the store `state` (a Redis or a cluster).
+pub async fn two_instances_on(
+    state: &str,
+    label: &str,
+    speed: f64,
+    extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> (tempfile::TempDir, ServerProcess, ServerProcess) {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{label}-{}", uuid::Uuid::new_v4().simple());
     let extra = format!(
-        "state = \"{}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"\n{extra}",
-        redis_url(),
+        "state = \"{state}\"\nstate_prefix = \"{prefix}\"\njwt_secret = \"{}\"\n{extra}",
         "k".repeat(40)
     );
     let config = config_file(dir.path(), speed, &extra);
@@ -50,7 +60,12 @@ async fn two_instances(
 
 pub async fn two_instances_on_one_redis_act_as_one() {
     let (_dir, a, b) = two_instances("two", 20.0, "task_lease = 1", |c| c).await;
+    act_as_one(a, b).await;
+}
 
+/// Two instances on one store: a token from A works on B, A's task events reach B, a sign-out
+/// on A ends the session on B, and when A dies mid-task B ends the task.
+pub async fn act_as_one(a: ServerProcess, b: ServerProcess) {
     // Log in on A, resume on B.
     let mut on_a = a.connect().await;
     let token = on_a.auth("astravdi", PASSWORD).await;
@@ -71,6 +86,37 @@ pub async fn two_instances_on_one_redis_act_as_one() {
         .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
         .await;
     assert_eq!(same["args"]["task"]["id"], id);
+
+    // A sign-out on A ends the same session on B (another user's session is kept).
+    let mut other_on_a = a.connect().await;
+    let other = other_on_a.auth("user-2", PASSWORD).await;
+    let mut leaving_on_b = b.connect().await;
+    let mut leaving_on_a = a.connect().await;
+    let leaving = leaving_on_a.auth("astravdi", PASSWORD).await;
+    let resumed = leaving_on_b
+        .rpc("auth_token", json!({"token": leaving}))
+        .await;
+    assert_eq!(resumed["name"], "response", "{resumed}");
+    assert_eq!(
+        leaving_on_a.rpc("auth_clear", json!({})).await["name"],
+        "response"
+    );
+    let mut refused = false;
+    for _ in 0..50 {
+        let reply = leaving_on_b.rpc("tasks", json!({})).await;
+        if reply["name"] == "error" {
+            assert_eq!(error_code(&reply), 401, "{reply}");
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a session signed out on A is refused on B");
+    let mut fresh_b = b.connect().await;
+    let revoked = fresh_b.rpc("auth_token", json!({"token": leaving})).await;
+    assert_eq!(error_code(&revoked), 401, "{revoked}");
+    let kept = fresh_b.rpc("auth_token", json!({"token": other})).await;
+    assert_eq!(kept["name"], "response", "{kept}");
 
     // A dies mid-task: B ends it (well within the 90 s deadline) and says why.
     a.kill().await;
@@ -467,7 +513,11 @@ pub async fn a_write_is_announced_even_when_its_writer_dies_as_it_returns() {
     let b = open(sink_b).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        b.task_get(task.id).await.unwrap().unwrap().status,
+        b.task_get(task.user_id, task.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Running
     );
     assert!(b.assignment_get(user, pool).await.unwrap().is_some());
@@ -501,7 +551,12 @@ pub async fn a_write_is_announced_even_when_its_writer_dies_as_it_returns() {
     // What Redis holds now, read by an instance with an empty cache.
     let (sink_c, _bus_c) = mpsc::unbounded_channel();
     let c = open(sink_c).await;
-    let truth_status = c.task_get(task.id).await.unwrap().unwrap().status;
+    let truth_status = c
+        .task_get(task.user_id, task.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
     let truth_held = c.assignment_get(user, pool).await.unwrap().is_some();
     assert_eq!((truth_status, truth_held), (TaskStatus::Completed, false));
 
@@ -509,7 +564,12 @@ pub async fn a_write_is_announced_even_when_its_writer_dies_as_it_returns() {
     // 60 s age limit (asked until then; the announcements arrive in milliseconds).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let status = b.task_get(task.id).await.unwrap().unwrap().status;
+        let status = b
+            .task_get(task.user_id, task.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status;
         let latest = b
             .task_latest((user, pool, TaskKind::PoolExpand))
             .await

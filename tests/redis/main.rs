@@ -29,6 +29,8 @@ mod helpers;
 mod backends;
 
 mod cases;
+mod cluster;
+mod cluster_cases;
 mod redis_server;
 mod routing_review;
 
@@ -39,6 +41,11 @@ enum Needs {
     Redis,
     /// The `redis-server` program itself: the case starts, stops or configures its own.
     RedisServer,
+    /// A Redis Cluster: `POOLGATE_TEST_REDIS_CLUSTER`, or three masters the helpers start
+    /// (`redis-server` and `redis-cli`).
+    RedisCluster,
+    /// A cluster the case starts itself, with replicas (it kills nodes).
+    RedisClusterServers,
 }
 
 use harness::{Case, on_path, run, selected};
@@ -59,7 +66,36 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
             ),)*]
         };
     }
+    macro_rules! cluster_suite {
+        (any: [$($any:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
+            vec![$((
+                concat!("backends::redis_cluster::", stringify!($any)),
+                Needs::RedisCluster,
+                (|| Box::pin(async { backends::$any(&cluster::cluster_url()).await })) as Case,
+            ),)* $((
+                concat!("backends::redis_cluster::", stringify!($durable)),
+                Needs::RedisCluster,
+                (|| Box::pin(async { backends::$durable(&cluster::cluster_url()).await })) as Case,
+            ),)*]
+        };
+    }
     let mut all = backend_cases!(redis_suite);
+    all.extend(backend_cases!(cluster_suite));
+    all.push((
+        "cluster::two_instances_on_a_cluster_act_as_one",
+        Needs::RedisCluster,
+        || Box::pin(cluster_cases::two_instances_on_a_cluster_act_as_one()),
+    ));
+    all.push((
+        "cluster::a_master_killed_mid_task_costs_only_the_requests_in_flight",
+        Needs::RedisClusterServers,
+        || Box::pin(cluster_cases::a_master_killed_mid_task_costs_only_the_requests_in_flight()),
+    ));
+    all.push((
+        "cluster::an_instance_killed_mid_task_is_taken_over_on_a_cluster",
+        Needs::RedisCluster,
+        || Box::pin(cluster_cases::an_instance_killed_mid_task_is_taken_over_on_a_cluster()),
+    ));
     all.push((
         "instances::two_instances_on_one_redis_act_as_one",
         Needs::Redis,
@@ -143,6 +179,8 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
 struct Found {
     url: Option<String>,
     server: Option<PathBuf>,
+    cluster_url: Option<String>,
+    cluster_tools: bool,
 }
 
 impl Found {
@@ -152,6 +190,10 @@ impl Found {
                 .ok()
                 .filter(|u| !u.is_empty()),
             server: on_path("redis-server"),
+            cluster_url: std::env::var("POOLGATE_TEST_REDIS_CLUSTER")
+                .ok()
+                .filter(|u| !u.is_empty()),
+            cluster_tools: cluster::can_start().is_some(),
         }
     }
 
@@ -165,6 +207,15 @@ impl Found {
             Needs::RedisServer if self.server.is_none() => Some(
                 "it starts its own Redis and there is no redis-server on the PATH \
                  (POOLGATE_TEST_REDIS is not enough); to run it: apt-get install redis-server",
+            ),
+            Needs::RedisCluster if self.cluster_url.is_none() && !self.cluster_tools => Some(
+                "no Redis Cluster: POOLGATE_TEST_REDIS_CLUSTER is unset and redis-server or \
+                 redis-cli is not on the PATH; to run it: apt-get install redis-server, or \
+                 POOLGATE_TEST_REDIS_CLUSTER=redis-cluster://host:port,…",
+            ),
+            Needs::RedisClusterServers if !self.cluster_tools => Some(
+                "it starts its own Redis Cluster and redis-server or redis-cli is not on the PATH \
+                 (POOLGATE_TEST_REDIS_CLUSTER is not enough); to run it: apt-get install redis-server",
             ),
             _ => None,
         }
@@ -225,6 +276,7 @@ fn run_self(vars: &[(&str, &str)], args: &[&str]) -> Result<(bool, String), Fail
         .env(CHILD, "1")
         .env("PATH", empty.path())
         .env_remove("POOLGATE_TEST_REDIS")
+        .env_remove("POOLGATE_TEST_REDIS_CLUSTER")
         .env_remove("POOLGATE_TEST_REQUIRE_REDIS");
     for (key, value) in vars {
         command.env(key, value);
@@ -279,7 +331,8 @@ fn without_redis_the_run_fails_when_redis_is_required() -> Result<(), Failed> {
 
 fn a_redis_url_without_the_program_skips_only_the_cases_that_start_their_own() -> Result<(), Failed>
 {
-    // `--list --ignored` lists the ignored cases without running anything.
+    // `--list --ignored` lists the ignored cases without running anything. (The cluster cases
+    // need a cluster or the programs to start one: a Redis URL is not enough for them either.)
     let vars = [("POOLGATE_TEST_REDIS", "redis://127.0.0.1:1")];
     let (success, out) = run_self(&vars, &["--list", "--ignored"])?;
     check(success, "the listing succeeds", &out)?;
@@ -289,7 +342,7 @@ fn a_redis_url_without_the_program_skips_only_the_cases_that_start_their_own() -
         .collect();
     let expected: Vec<&str> = cases()
         .into_iter()
-        .filter(|(_, needs, _)| *needs == Needs::RedisServer)
+        .filter(|(_, needs, _)| *needs != Needs::Redis)
         .map(|(name, _, _)| name)
         .collect();
     check(

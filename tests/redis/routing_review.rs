@@ -232,7 +232,11 @@ pub async fn a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_after
     )
     .await;
     assert_eq!(
-        b.task_get(task.id).await.unwrap().unwrap().status,
+        b.task_get(task.user_id, task.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Completed
     );
 

@@ -1,0 +1,196 @@
+//! A Redis Cluster for the cases: the one named by `POOLGATE_TEST_REDIS_CLUSTER`
+//! (`redis-cluster://host:port,…`), or real `redis-server` processes in cluster mode on free
+//! loopback ports, joined with `redis-cli --cluster create` and stopped with the test process.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::free_port;
+
+/// A cluster this process started: `masters` masters, each with `replicas` replicas.
+pub struct Cluster {
+    pub ports: Vec<u16>,
+    /// The shell that runs the nodes; they stop (and their directory goes) when it or the
+    /// test process ends.
+    wrapper: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the nodes, creates the cluster and waits until every node says it is ok (and
+    /// every replica is in sync with its master).
+    pub fn start(masters: usize, replicas: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..masters * (1 + replicas)).map(|_| free_port()).collect();
+        // Failover within about two seconds of a master's death.
+        let nodes: String = ports
+            .iter()
+            .map(|port| {
+                format!(
+                    "mkdir -p {d}/{port} && (cd {d}/{port} && exec redis-server --port {port} \
+                     --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf \
+                     --cluster-node-timeout 1000 --save '' --appendonly no --daemonize no) & \
+                     pids=\"$pids $!\"; ",
+                    d = dir.path().display()
+                )
+            })
+            .collect();
+        // The shell watches its parent (this test process) and stops the nodes when it is gone.
+        let script = format!(
+            "pids=''; {nodes} trap 'kill $pids 2>/dev/null; exit 0' TERM; \
+             while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; kill $pids 2>/dev/null",
+            parent = std::process::id()
+        );
+        let wrapper = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cannot run sh to start redis-server");
+        let cluster = Cluster {
+            ports,
+            wrapper,
+            _dir: dir,
+        };
+        for port in &cluster.ports {
+            cluster.wait_for(&format!("node {port} to listen"), || {
+                std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok()
+            });
+        }
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("cannot run redis-cli (Debian: apt-get install redis-server)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_for("the cluster to be ok on every node", || {
+            cluster.ports.iter().all(|p| cluster.ok(*p))
+        });
+        cluster
+    }
+
+    /// `redis-cluster://` URL naming every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis-cluster://{}", seeds.join(","))
+    }
+
+    /// What `redis-cli -p port args…` prints ("" when the node does not answer).
+    pub fn cli(port: u16, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The node says the cluster is ok, and, if it is a replica, its master link is up.
+    fn ok(&self, port: u16) -> bool {
+        let info = Self::cli(port, &["cluster", "info"]);
+        let replication = Self::cli(port, &["info", "replication"]);
+        info.contains("cluster_state:ok")
+            && (replication.contains("role:master")
+                || replication.contains("master_link_status:up"))
+    }
+
+    /// The nodes that are masters now and answer.
+    pub fn masters(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .copied()
+            .filter(|p| Self::cli(*p, &["info", "replication"]).contains("role:master"))
+            .collect()
+    }
+
+    /// The master holding a key matching `pattern`, if any does.
+    pub fn master_holding(&self, pattern: &str) -> Option<u16> {
+        self.masters().into_iter().find(|p| {
+            !Self::cli(*p, &["--scan", "--pattern", pattern])
+                .trim()
+                .is_empty()
+        })
+    }
+
+    /// Kills a node with SIGKILL (no goodbye to the cluster).
+    pub fn kill_node(&self, port: u16) {
+        let info = Self::cli(port, &["info", "server"]);
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .expect("the node answers with its process id")
+            .trim()
+            .to_owned();
+        let killed = Command::new("kill").args(["-9", &pid]).status().unwrap();
+        assert!(killed.success());
+        self.wait_for(&format!("node {port} to be gone"), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
+    }
+
+    /// Waits until the surviving nodes agree that the cluster is ok again (a replica took over).
+    pub fn wait_until_ok_without(&self, dead: u16) {
+        self.wait_for("the cluster to be ok after the failover", || {
+            self.ports
+                .iter()
+                .filter(|p| **p != dead)
+                .all(|p| Self::cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
+        });
+    }
+
+    fn wait_for(&self, what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.wrapper.id().to_string()])
+            .status();
+        let _ = self.wrapper.wait();
+    }
+}
+
+/// The cluster the backend suite runs on: `POOLGATE_TEST_REDIS_CLUSTER` if set, else three
+/// masters started once per test process.
+pub fn cluster_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("POOLGATE_TEST_REDIS_CLUSTER") {
+            return url;
+        }
+        static CLUSTER: std::sync::Mutex<Option<Cluster>> = std::sync::Mutex::new(None);
+        let cluster = Cluster::start(3, 0);
+        let url = cluster.url();
+        // Kept for the process's life; the wrapper stops the nodes with us.
+        *CLUSTER.lock().unwrap() = Some(cluster);
+        url
+    })
+    .clone()
+}
+
+/// Whether this machine can start a cluster: `redis-server` and `redis-cli` on the PATH.
+pub fn can_start() -> Option<(PathBuf, PathBuf)> {
+    Some((
+        crate::harness::on_path("redis-server")?,
+        crate::harness::on_path("redis-cli")?,
+    ))
+}

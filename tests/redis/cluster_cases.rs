@@ -1,0 +1,174 @@
+//! The cases on a Redis Cluster beyond the backend suite: two `poolgate serve` processes on one
+//! cluster, a master killed mid-task (a replica takes over), an instance killed mid-task.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cases::{act_as_one, two_instances_on};
+use crate::cluster::{Cluster, cluster_url};
+use crate::helpers::*;
+use crate::redis_server::LoginRetrying;
+
+pub async fn two_instances_on_a_cluster_act_as_one() {
+    let (_dir, a, b) = two_instances_on(&cluster_url(), "two", 20.0, "task_lease = 1", |c| c).await;
+    act_as_one(a, b).await;
+}
+
+pub async fn an_instance_killed_mid_task_is_taken_over_on_a_cluster() {
+    // Slow steps: the task is still running when its instance dies.
+    let (_dir, a, b) = two_instances_on(&cluster_url(), "kill", 0.2, "task_lease = 1", |c| c).await;
+    let mut on_a = a.connect().await;
+    let token = on_a.auth("astravdi", PASSWORD).await;
+    let mut on_b = b.connect().await;
+    assert_eq!(
+        on_b.rpc("auth_token", json!({"token": token})).await["name"],
+        "response"
+    );
+    let id = on_a
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    assert_eq!(on_b.next_event().await["status"], "RUNNING");
+    a.kill().await;
+    // B ends it within two task_lease periods (plus the sweep's half period and a margin).
+    let started = std::time::Instant::now();
+    let (seen, task) = on_b.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "CANCELLED", "{task}");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("went away")),
+        "{task}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "ended in {:?}",
+        started.elapsed()
+    );
+    // And a new request starts a new task.
+    let next = on_b
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_ne!(next["args"]["task"]["id"], id);
+}
+
+/// A master of a 3 × 2 cluster is killed (`kill -9`) while clients work: requests that reach
+/// it before a replica takes over get 503 and the same requests succeed afterwards; what was
+/// accepted before (the session, a finished task and the machine it assigned, a running task)
+/// is all there after; a socket signed in before gets its events after.
+pub async fn a_master_killed_mid_task_costs_only_the_requests_in_flight() {
+    let cluster = Cluster::start(3, 1);
+    let app = TestApp::spawn_with(|c| {
+        c.state = cluster.url().parse().unwrap();
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let astravdi = app.state.auth.users.by_name("astravdi").unwrap().id;
+
+    // Accepted before the kill: a finished step 1 (an assignment), a session.
+    let (mut client, token) = app.login("astravdi").await;
+    let first = client
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    let (seen, _) = client.follow(&first).await;
+    assert_eq!(seen.last().unwrap(), "COMPLETED", "{seen:?}");
+    let step_2 = client
+        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    let (seen, _) = client.follow(&step_2).await;
+    assert_eq!(seen.last().unwrap(), "COMPLETED", "{seen:?}");
+    let machine = client
+        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["connection"]["id"]
+        .clone();
+    assert!(machine.is_string(), "a machine is assigned: {machine}");
+    // Signed in before the kill and only listening: its user's channel must come back.
+    let (mut listener, _) = app.login("user-2").await;
+
+    // The master holding astravdi's keys (their bucket) dies.
+    let victim = cluster
+        .master_holding(&format!("*user_sessions*{astravdi}"))
+        .expect("a master holds astravdi's session set");
+    let mut load = Vec::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    for _ in 0..3 {
+        let (mut c, _) = app.login("astravdi").await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0u32, 0u32);
+            while !stop.is_cancelled() {
+                let reply = c.rpc("tasks", json!({})).await;
+                match reply["name"].as_str() {
+                    Some("response") => ok += 1,
+                    _ => {
+                        assert_eq!(error_code(&reply), 503, "store errors are 503: {reply}");
+                        unavailable += 1;
+                    }
+                }
+            }
+            assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
+            (ok, unavailable)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill_node(victim);
+    cluster.wait_until_ok_without(victim);
+
+    // The same requests succeed again.
+    let (mut probe, _) = app.login_retrying("astravdi").await;
+    let mut back = false;
+    for _ in 0..100 {
+        if probe.rpc("tasks", json!({})).await["name"] == "response" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the service resumes once a replica took over");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let (mut ok, mut unavailable) = (0, 0);
+    for h in load {
+        let (o, u) = h.await.unwrap();
+        ok += o;
+        unavailable += u;
+    }
+    assert!(
+        ok > 0 && unavailable > 0,
+        "ok {ok}, unavailable {unavailable}"
+    );
+
+    // Nothing accepted is lost: the task, the machine, the session.
+    let task = probe.rpc("task", json!({"task_id": first})).await;
+    assert_eq!(task["args"]["status"], "COMPLETED", "{task}");
+    let again = probe
+        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_eq!(
+        again["args"]["connection"]["id"], machine,
+        "the same machine: {again}"
+    );
+    let mut resumed = app.connect().await;
+    assert_eq!(
+        resumed.rpc("auth_token", json!({"token": token})).await["name"],
+        "response"
+    );
+
+    // Events resume for the socket from before the kill.
+    let (mut user2, _) = app.login_retrying("user-2").await;
+    let id = user2
+        .rpc("pool_request", json!({"pool_id": POOL_ASTRA_2}))
+        .await["args"]["task"]["id"]
+        .clone();
+    assert!(id.is_string(), "a task: {id}");
+    let (seen, _) = listener.follow(&id).await;
+    assert!(
+        seen.last()
+            .is_some_and(|s| s != "PENDING" && s != "RUNNING"),
+        "pushed to the end after the failover: {seen:?}"
+    );
+    drop(cluster);
+}
