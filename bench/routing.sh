@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Bus messages an instance receives, with per-user routing, against what every instance would
-# receive on one global channel (all the bus carries, counted by a PSUBSCRIBE to the prefix's
-# channels): N = 1, 2, 4 release instances on one Redis (Debian: redis-server), USERS users spread
+# receive on one global channel (all the bus carries: the PUBLISH and SPUBLISH calls Redis
+# counted, scripts' included): N = 1, 2, 4 release instances on one Redis (Debian:
+# redis-server), or with --cluster on a three-master Redis Cluster, USERS users spread
 # round-robin over them, each running step 1 and step 2 once (examples/bus_routing.rs).
 # Prints a table.
 #
-# Usage: bench/routing.sh [USERS]
+# Usage: bench/routing.sh [--cluster] [USERS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cluster=""
+if [ "${1:-}" = "--cluster" ]; then cluster=1; shift; fi
 users=${1:-200}
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
   || { echo "needs redis-server and redis-cli: apt-get install redis-server" >&2; exit 1; }
@@ -18,10 +21,18 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 source bench/lib.sh
 
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
-pids+=($!)
-wait_port "$rport"
+if [ -n "$cluster" ]; then
+  start_cluster 3
+  state="$cluster_url"
+  nodes=("${cluster_ports[@]}")
+else
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
+  pids+=($!)
+  wait_port "$rport"
+  state="redis://127.0.0.1:$rport"
+  nodes=("$rport")
+fi
 
 # USERS users with one password (one hash: hashing is not what is measured), one pool for all.
 password=bench-password
@@ -42,17 +53,21 @@ secret=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')
 
 echo "$users users, each step 1 + step 2 once, spread round-robin over the instances"
 echo
-commands() { redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/{print $2+0}'; }
+commands() {
+  for p in "${nodes[@]}"; do redis-cli -p "$p" info stats; done \
+    | awk -F: '/^total_commands_processed/{n += $2} END {print n+0}'
+}
+published() {
+  for p in "${nodes[@]}"; do redis-cli -p "$p" info commandstats; done \
+    | awk -F'[=,]' '/^cmdstat_s?publish:/{n += $2} END {print n+0}'
+}
 echo "| instances | bus messages in all | received per instance (each) | share | Redis commands per user |"
 echo "|---|---|---|---|---|"
 for n in 1 2 4; do
   prefix="route$n-$RANDOM"
   { printf 'jwt_secret = "%s"\nlockout_address_attempts = 100000\n' "$secret"
-    printf 'state = "redis://127.0.0.1:%s"\nstate_prefix = "%s"\n' "$rport" "$prefix"
+    printf 'state = "%s"\nstate_prefix = "%s"\n' "$state" "$prefix"
     cat "$dir/body.toml"; } > "$dir/poolgate-$n.toml"
-  # Everything published under the prefix: what one global channel would give every instance.
-  redis-cli -p "$rport" psubscribe "$prefix:bus*" > "$dir/all-$n.txt" &
-  monitor=$!
   urls=()
   ports=()
   inst=()
@@ -68,12 +83,13 @@ for n in 1 2 4; do
   for p in "${ports[@]}"; do wait_port "$p"; done
   sleep 0.3
   before=$(commands)
+  # Everything published: what one global channel would give every instance.
+  published_before=$(published)
   out=$(target/release/examples/bus_routing --urls "$(IFS=,; echo "${urls[*]}")" \
     --users "$users" --prefix bench- --password "$password" --pool "$pool")
   sleep 0.5
   after=$(commands)
-  kill "$monitor" 2>/dev/null || true
-  all=$(grep -c '^pmessage$' "$dir/all-$n.txt" || true)
+  all=$(( $(published) - published_before ))
   each=()
   for p in "${ports[@]}"; do
     each+=("$(curl -s "http://127.0.0.1:$p/metrics" | awk '/^poolgate_bus_messages_received_total /{print $2}')")

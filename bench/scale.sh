@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# N = 1, 2, 4 poolgate instances on this machine sharing one Redis (Debian: redis-server), the
-# demo dataset, clients spread round-robin over the instances by the load generator
-# (examples/loadgen.rs). For each N:
+# N = 1, 2, 4 poolgate instances on this machine sharing one Redis (Debian: redis-server), or
+# with --cluster a three-master Redis Cluster on loopback, the demo dataset, clients spread
+# round-robin over the instances by the load generator (examples/loadgen.rs). For each N:
 #   idle     SOCKETS signed-in idle sockets spread over the instances: RSS per socket on each;
 #   events   1 000 sockets of one user on the last instance, the tasks made on the first: the
 #            delay from a status change to its delivery, across instances (p50/p99);
-#   rpc      `task` lookups on every instance at once (32 connections each): requests/s in all.
-# Bus messages per instance as instances grow: bench/routing.sh. Prints a table.
+#   rpc      `task` lookups on every instance at once (32 connections each): requests/s in all;
+#   bus      bus messages each instance received over the whole run (the events phase's user
+#            is heard only where it has sockets: the first and last instance).
+# Bus messages per instance as instances grow, users spread: bench/routing.sh. Prints a table.
 #
-# Usage: bench/scale.sh [SOCKETS]
+# Usage: bench/scale.sh [--cluster] [SOCKETS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cluster=""
+if [ "${1:-}" = "--cluster" ]; then cluster=1; shift; fi
 sockets=${1:-8000}
 command -v redis-server >/dev/null || { echo "needs redis-server: apt-get install redis-server" >&2; exit 1; }
 cargo build --release --quiet --bin poolgate --example loadgen
@@ -21,25 +25,34 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 source bench/lib.sh
 
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
-pids+=($!)
-wait_port "$rport"
+if [ -n "$cluster" ]; then
+  command -v redis-cli >/dev/null || { echo "needs redis-cli: apt-get install redis-server" >&2; exit 1; }
+  start_cluster 3
+  state="$cluster_url"
+else
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
+  pids+=($!)
+  wait_port "$rport"
+  state="redis://127.0.0.1:$rport"
+fi
+echo "state: $state"
 export POOLGATE_JWT_SECRET
 POOLGATE_JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 
-echo "| instances | idle sockets | RSS per idle socket, each instance (KiB) | event delay across instances p50 / p99 (ms) | task lookups/s, all instances |"
-echo "|---|---|---|---|---|"
+echo "| instances | idle sockets | RSS per idle socket, each instance (KiB) | event delay across instances p50 / p99 (ms) | task lookups/s, all instances | bus messages received, each instance |"
+echo "|---|---|---|---|---|---|"
 for n in 1 2 4; do
-  { printf 'state = "redis://127.0.0.1:%s"\nstate_prefix = "scale%s-%s"\nlockout_address_attempts = 100000\nmax_sessions_per_user = 1000\n' "$rport" "$n" "$RANDOM"
+  { printf 'state = "%s"\nstate_prefix = "scale%s-%s"\nlockout_address_attempts = 100000\nmax_sessions_per_user = 1000\n' "$state" "$n" "$RANDOM"
     grep -v '^\(listen\|data_dir\) *=' examples/demo.toml; } > "$dir/poolgate-$n.toml"
-  urls=(); inst=()
+  urls=(); inst=(); ports=()
   for k in $(seq 1 "$n"); do
     port=$(free_port)
     "$bin" serve --config "$dir/poolgate-$n.toml" --data-dir "$dir/data-$n-$k" \
       --listen "127.0.0.1:$port" >"$dir/server-$n-$k.log" 2>&1 &
     inst+=($!); pids+=($!)
     urls+=("ws://127.0.0.1:$port/")
+    ports+=("$port")
     wait_port "$port"
   done
 
@@ -68,7 +81,12 @@ for n in 1 2 4; do
   wait $(jobs -p | tail -n "$n") 2>/dev/null || true
   total=$(python3 -c "import json,sys; print(round(sum(json.load(open(f))['per_second'] for f in sys.argv[1:])))" "$dir"/rpc-"$n"-*.json)
 
+  bus=()
+  for p in "${ports[@]}"; do
+    bus+=("$(curl -s "http://127.0.0.1:$p/metrics" | awk '/^poolgate_bus_messages_received_total /{print $2}')")
+  done
+
   kill "${inst[@]}" 2>/dev/null || true
   wait "${inst[@]}" 2>/dev/null || true
-  echo "| $n | $sockets | ${rss[*]} | $p50 / $p99 | $total |"
+  echo "| $n | $sockets | ${rss[*]} | $p50 / $p99 | $total | ${bus[*]} |"
 done
