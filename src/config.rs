@@ -304,6 +304,16 @@ impl Config {
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             bail!("{name} must be greater than zero");
         }
+        if matches!(self.state, StateUrl::RedisCluster { .. })
+            && self.state_prefix.contains(['{', '}'])
+        {
+            bail!(
+                "state_prefix must not contain '{{' or '}}' on a Redis Cluster: poolgate tags each \
+                 key with its user's bucket ({{bN}}) to spread users over the masters, and Redis \
+                 hashes a key by its first {{…}}, so a brace in the prefix would put every key in \
+                 one slot or split a script's keys over several"
+            );
+        }
         if self.session_flush > Duration::from_secs(10) {
             bail!(
                 "session_flush must be at most 10 s: it bounds how stale stored token activity may be"

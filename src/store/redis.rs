@@ -272,6 +272,12 @@ fn global_channel(prefix: &str) -> String {
 struct Subscriptions {
     con: Con,
     keys: Keys,
+    /// Buckets whose slot moved to another master (a failover, a reshard) since their last
+    /// subscription: the client's slot map may still name the old master, which — demoted to
+    /// a replica — would accept a sharded subscription (and lose it when the client drops
+    /// that connection), so the next subscription there first makes the client learn the
+    /// slot's new owner.
+    moved: Arc<dashmap::DashSet<u16>>,
 }
 
 impl Subscriptions {
@@ -297,10 +303,18 @@ impl Subscriptions {
                         .or_default()
                         .push(self.keys.channel(*user));
                 }
-                let changes = by_bucket.into_values().map(|channels| {
+                let changes = by_bucket.into_iter().map(|(bucket, channels)| {
                     let mut con = con.clone();
                     async move {
                         if subscribe {
+                            if self.moved.remove(&bucket).is_some() {
+                                // A read of the slot: the old master answers MOVED, and the
+                                // client refreshes its slot map before the subscription.
+                                if let Err(e) = con.exists::<_, bool>(&channels[0]).await {
+                                    self.moved.insert(bucket);
+                                    return Err(e);
+                                }
+                            }
                             con.ssubscribe(&channels).await
                         } else {
                             con.sunsubscribe(&channels).await
@@ -349,6 +363,12 @@ fn resp3(url: &str) -> String {
     } else {
         format!("{url}?protocol=resp3")
     }
+}
+
+/// The user whose (cluster) channel this is: `<prefix>:bus:{bN}:<user id>`.
+fn user_of_channel(prefix: &str, channel: &str) -> Option<Uuid> {
+    let rest = channel.strip_prefix(prefix)?.strip_prefix(":bus:")?;
+    rest.rsplit(':').next()?.parse().ok()
 }
 
 /// Subscribes the connection to the global channel.
@@ -493,6 +513,11 @@ impl RedisStore {
         prefix: &str,
         sink: mpsc::UnboundedSender<BusEvent>,
     ) -> anyhow::Result<Self> {
+        // Config validation refuses it too; a store opened otherwise must not mistag either.
+        anyhow::ensure!(
+            !prefix.contains(['{', '}']),
+            "state_prefix must not contain '{{' or '}}' on a Redis Cluster"
+        );
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let con = cluster_client(nodes, password)?
             .push_sender(push_tx)
@@ -518,14 +543,17 @@ impl RedisStore {
         subscribe_global(&mut con, &channel)
             .await
             .context("cannot subscribe to the event bus")?;
+        let moved = Arc::new(dashmap::DashSet::new());
         let router = routing::Router::new(Subscriptions {
             con: con.clone(),
             keys: keys.clone(),
+            moved: moved.clone(),
         });
 
         let push_router = router.clone();
         let push_channel = channel.clone();
         let push_con = con.clone();
+        let push_prefix = prefix.to_owned();
         tokio::spawn(async move {
             let router = push_router;
             while let Some(push) = push_rx.recv().await {
@@ -548,6 +576,21 @@ impl RedisStore {
                             });
                         }
                         Some(false)
+                    }
+                    // On a cluster, a master that loses a slot (failover, reshard) unsubscribes
+                    // its clients from the slot's sharded channels: subscribe again where the
+                    // slot is now (our own unsubscriptions end watches that are gone already).
+                    PushKind::SUnsubscribe => {
+                        if let Some(user) = push
+                            .data
+                            .first()
+                            .and_then(|c| ::redis::from_redis_value_ref::<String>(c).ok())
+                            .and_then(|c| user_of_channel(&push_prefix, &c))
+                        {
+                            moved.insert(user_bucket(user));
+                            router.lost(user);
+                        }
+                        continue;
                     }
                     PushKind::Subscribe
                         if push.data.first().is_some_and(|c| {

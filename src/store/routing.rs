@@ -201,6 +201,20 @@ impl Router {
             .take()
     }
 
+    /// The server dropped the subscription to `user`'s channel by itself (on a cluster, the
+    /// slot of a sharded channel moved to another master: a failover or a reshard). A watch
+    /// of the user is unconfirmed and subscribed again under a new generation — so that a
+    /// subscription made before the drop confirms nothing — and, once confirmed, reported
+    /// resumed ([`Router::take_resumed`]) like one after a lost connection.
+    pub fn lost(&self, user: Uuid) {
+        if let Some(mut w) = self.users.get_mut(&user) {
+            w.generation = self.next.fetch_add(1, Ordering::Relaxed);
+            w.epoch = None;
+            w.confirmed.send_replace(false);
+            let _ = self.changes.send(Change::Subscribe(user, w.generation));
+        }
+    }
+
     /// The subscription connection was lost: every watch is unconfirmed and subscribed again.
     pub fn disconnected(&self) {
         self.disconnects.fetch_add(1, Ordering::AcqRel);
@@ -360,6 +374,31 @@ mod tests {
             "reported as confirmed again after the gap (once)"
         );
         assert!(resumed.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_dropped_by_the_server_is_made_again_and_reported_resumed() {
+        let log = Log::default();
+        let router = Router::new(log.clone());
+        let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let _w = router.watch(user).await;
+        let _o = router.watch(other).await;
+        let before = router.epoch(user).unwrap();
+        let others = router.epoch(other).unwrap();
+        log.down.store(true, Ordering::Relaxed);
+        router.lost(user);
+        assert_eq!(router.epoch(user), None, "unconfirmed at once");
+        assert_eq!(router.epoch(other), Some(others), "other users untouched");
+        tokio::time::sleep(RETRY * 4).await;
+        assert_eq!(router.epoch(user), None, "not while the subscription fails");
+        log.down.store(false, Ordering::Relaxed);
+        tokio::time::sleep(RETRY * 2).await;
+        assert!(router.epoch(user).is_some_and(|e| e != before));
+        let mut resumed = router.take_resumed().unwrap();
+        assert_eq!(resumed.try_recv(), Ok(user), "caught up once confirmed");
+        // A user no longer watched (our own unsubscription's echo): nothing happens.
+        router.lost(Uuid::new_v4());
+        assert_eq!(router.watched(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -145,7 +145,12 @@ pub fn redacted(url: &str) -> std::borrow::Cow<'_, str> {
         return url.into();
     };
     let rest = &url[scheme_end..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    // A password may hold '/' or '?' (unencoded base64 does): the user-info ends at the last
+    // '@', wherever it is.
+    let authority = match rest.rfind('@') {
+        Some(at) => &rest[..at + 1],
+        None => &rest[..rest.find(['/', '?']).unwrap_or(rest.len())],
+    };
     match (authority.rfind('@'), authority.find(':')) {
         (Some(at), Some(colon)) if colon < at => format!(
             "{}{}:***{}",
@@ -175,6 +180,10 @@ mod tests {
         assert_eq!(redacted("redis://:pw@h:1"), "redis://:***@h:1");
         assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
         assert_eq!(redacted("rediss://u@h:1"), "rediss://u@h:1");
+        assert_eq!(
+            redacted("redis-cluster://app:Zm9v/YmFy?x@a:1,b:2"),
+            "redis-cluster://app:***@a:1,b:2"
+        );
     }
 
     #[test]

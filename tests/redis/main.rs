@@ -31,6 +31,7 @@ mod backends;
 mod cases;
 mod cluster;
 mod cluster_cases;
+mod cluster_review;
 mod redis_server;
 mod routing_review;
 
@@ -172,6 +173,7 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         Needs::RedisServer,
         || Box::pin(routing_review::a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_afterwards()),
     ));
+    all.extend(cluster_review::cases());
     all
 }
 

@@ -1,0 +1,484 @@
+//! Cases from a hostile review of the Redis Cluster backend (b0f3934). Each case says whether
+//! it FAILED on b0f3934 (a defect, fixed since) or HOLDS (tried, and the backend held).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use poolgate::domain::{Task, TaskKind};
+use poolgate::store::{self, StateUrl, Store};
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::cluster::{Cluster, cluster_url};
+use crate::helpers::*;
+
+/// A bare store on the cluster: "another instance" that writes (and announces its writes).
+async fn other_instance(url: &str, prefix: &str) -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, bus) = mpsc::unbounded_channel();
+    std::mem::forget(bus);
+    let s = store::open(&url.parse().unwrap(), None, prefix, dir.path(), sink)
+        .await
+        .unwrap();
+    (s, dir)
+}
+
+/// The port of a replica of the master on `master`.
+fn replica_of(master: u16) -> u16 {
+    let id = Cluster::cli(master, &["cluster", "myid"]).trim().to_owned();
+    let nodes = Cluster::cli(master, &["cluster", "nodes"]);
+    let line = nodes
+        .lines()
+        .find(|l| l.split(' ').nth(3) == Some(id.as_str()) && l.contains("slave"))
+        .unwrap_or_else(|| panic!("a replica of {master} in:\n{nodes}"));
+    let addr = line.split(' ').nth(1).unwrap();
+    addr.split(['@'])
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A planned failover (`CLUSTER FAILOVER` on the replica, as for maintenance or a rolling
+/// upgrade of the nodes): waits until the replica is master and every node says ok.
+fn planned_failover(master: u16) -> u16 {
+    let replica = replica_of(master);
+    let answer = Cluster::cli(replica, &["cluster", "failover"]);
+    assert!(answer.contains("OK"), "CLUSTER FAILOVER: {answer}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let promoted = Cluster::cli(replica, &["info", "replication"]).contains("role:master");
+        let demoted = Cluster::cli(master, &["info", "replication"]).contains("role:slave");
+        let ok = [replica, master]
+            .iter()
+            .all(|p| Cluster::cli(*p, &["cluster", "info"]).contains("cluster_state:ok"));
+        if promoted && demoted && ok {
+            return replica;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the planned failover did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The next task event for `id` within `within`, skipping others (None if none came).
+async fn event_for(
+    client: &mut Client,
+    id: &serde_json::Value,
+    within: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, client.recv()).await.ok()?;
+        if frame["namespace"] == "events" && &frame["args"]["id"] == id {
+            return frame["args"]["status"].as_str().map(str::to_owned);
+        }
+    }
+}
+
+/// FAILED on b0f3934, fixed. A planned failover of the master holding a user's slot (`CLUSTER
+/// FAILOVER` on its replica: maintenance, a node upgrade) does not drop any connection, so no
+/// `Disconnection` push reaches the store; but the demoted master *unsubscribes* every client
+/// from the sharded channels of the slots it lost (Redis 7 sends `sunsubscribe` pushes). The
+/// push loop in `RedisStore::start` ignores `SUnsubscribe` (`_ => continue`), the redis crate's
+/// subscription tracker drops the channel on that push (so it is not re-subscribed on the new
+/// master either), and the router still holds the watch as confirmed. From then on the user's
+/// sockets on this instance get no event until they all disconnect.
+pub async fn a_planned_failover_keeps_a_users_events_coming() {
+    let cluster = Cluster::start(3, 1);
+    let app = TestApp::spawn_with(|c| {
+        c.state = cluster.url().parse().unwrap();
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let astravdi = app.state.auth.users.by_name("astravdi").unwrap().id;
+    let router = app.state.store.router().unwrap();
+    let (mut listener, _) = app.login("astravdi").await;
+    assert!(router.epoch(astravdi).is_some(), "watched and confirmed");
+
+    // Before: events arrive.
+    let (mut actor, _) = app.login("astravdi").await;
+    let id = actor
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    assert!(
+        event_for(&mut listener, &id, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "an event before the failover"
+    );
+
+    let master = cluster
+        .master_holding(&format!("*user_sessions*{astravdi}"))
+        .expect("a master holds astravdi's session set");
+    let promoted = tokio::task::spawn_blocking(move || planned_failover(master))
+        .await
+        .unwrap();
+    // Give the client time to follow (MOVED, slot refresh, re-subscriptions).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // After: the same user's socket gets the events of a new task.
+    let (mut actor, _) = app.login("astravdi").await;
+    let reply = actor
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_2}))
+        .await;
+    let id = reply["args"]["task"]["id"].clone();
+    assert!(id.is_string(), "a task: {reply}");
+    let seen = event_for(&mut listener, &id, Duration::from_secs(5)).await;
+    assert!(
+        seen.is_some(),
+        "no event reached the socket signed in before a planned failover of its user's master \
+         (watch still confirmed: {:?}; sharded channels subscribed on the new master: {:?})",
+        router.epoch(astravdi),
+        Cluster::cli(promoted, &["pubsub", "shardchannels", "*"]),
+    );
+    drop(cluster);
+}
+
+/// FAILED on b0f3934, fixed. The same planned failover, seen by the read cache: another instance
+/// writes a task of a user whose recent tasks this instance has cached; the write's
+/// announcement (SPUBLISH from the script, on the new master) is never heard here, and since
+/// the router still holds the watch as confirmed, the cache keeps serving the list without the
+/// new task (until `MAX_AGE`, 60 s): "a write on one instance is never read stale on another
+/// once announced" no longer holds.
+pub async fn a_planned_failover_does_not_leave_the_read_cache_serving_stale_lists() {
+    read_after_another_instance_wrote(true).await
+}
+
+/// HOLDS on b0f3934: the control for the case above — the same steps without the failover.
+pub async fn without_a_failover_the_read_cache_follows_another_instances_write() {
+    read_after_another_instance_wrote(false).await
+}
+
+async fn read_after_another_instance_wrote(failover: bool) {
+    let cluster = Cluster::start(3, 1);
+    let url = cluster.url();
+    let prefix = format!("review-stale-{}", Uuid::new_v4().simple());
+    let app = TestApp::spawn_with(|c| {
+        c.state = url.parse().unwrap();
+        c.state_prefix = prefix.clone();
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let (b, _dir) = other_instance(&url, &prefix).await;
+    let user = app.state.auth.users.by_name("astravdi").unwrap().id;
+    let (mut client, _) = app.login("astravdi").await;
+    let listed = client.rpc("tasks", json!({})).await;
+    assert_eq!(listed["name"], "response", "{listed}");
+
+    let master = cluster
+        .master_holding(&format!("*user_sessions*{user}"))
+        .expect("a master holds the user's session set");
+    if failover {
+        tokio::task::spawn_blocking(move || planned_failover(master))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Fill the cache after the failover (this read goes to the new master).
+    let before = client.rpc("tasks", json!({})).await;
+    assert_eq!(before["name"], "response", "{before}");
+
+    // Another instance writes a task of the user (announced by its script).
+    let mut task = Task::new(
+        TaskKind::PoolExpand,
+        user,
+        Uuid::parse_str(POOL_ASTRA_2).unwrap(),
+    );
+    task.start();
+    assert!(b.task_create(None, &task).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let after = client.rpc("tasks", json!({})).await;
+    let text = after.to_string();
+    assert!(
+        text.contains(&task.id.to_string()),
+        "a task written (and announced) by another instance 500 ms ago is missing from the \
+         list served after a planned failover: {after}"
+    );
+    drop(cluster);
+}
+
+/// The cases of this file, for `cases()` in main.rs.
+pub(crate) fn cases() -> Vec<(&'static str, crate::Needs, crate::harness::Case)> {
+    use crate::Needs::*;
+    vec![
+        (
+            "cluster_review::single_redis_key_names_are_unchanged",
+            // redis-cli lists the keys.
+            RedisServer,
+            || Box::pin(single_redis_key_names_are_unchanged()),
+        ),
+        (
+            "cluster_review::admin_listing_and_revoking_work_on_a_cluster",
+            RedisCluster,
+            || Box::pin(admin_listing_and_revoking_work_on_a_cluster()),
+        ),
+        (
+            "cluster_review::a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_served",
+            RedisClusterServers,
+            || Box::pin(a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_served()),
+        ),
+        (
+            "cluster_review::a_state_prefix_with_a_brace_is_refused_and_a_plain_one_spreads",
+            RedisClusterServers,
+            || Box::pin(a_state_prefix_with_a_brace_is_refused_and_a_plain_one_spreads()),
+        ),
+        (
+            "cluster_review::a_cluster_url_that_does_not_parse_never_shows_its_password",
+            RedisCluster,
+            || Box::pin(a_cluster_url_that_does_not_parse_never_shows_its_password()),
+        ),
+        (
+            "cluster_review::a_planned_failover_keeps_a_users_events_coming",
+            RedisClusterServers,
+            || Box::pin(a_planned_failover_keeps_a_users_events_coming()),
+        ),
+        (
+            "cluster_review::a_planned_failover_does_not_leave_the_read_cache_serving_stale_lists",
+            RedisClusterServers,
+            || Box::pin(a_planned_failover_does_not_leave_the_read_cache_serving_stale_lists()),
+        ),
+        (
+            "cluster_review::without_a_failover_the_read_cache_follows_another_instances_write",
+            RedisClusterServers,
+            || Box::pin(without_a_failover_the_read_cache_follows_another_instances_write()),
+        ),
+    ]
+}
+
+/// FAILED on b0f3934, fixed. A cluster URL whose password has a `/` or `?` in it unencoded (base64
+/// secrets do) does not parse — and the error names the seed node with the password in clear:
+/// `invalid seed node redis://app:Zm9v/YmFy@a:1`. `url::redacted` cuts the authority at the
+/// first `/` or `?`, so it finds no `@` and masks nothing; `cluster_nodes` (src/store/url.rs)
+/// splits on the last `@` and so builds exactly such a node URL. The same mistake with
+/// `redis://` says "invalid redis URL" without the URL. (The error goes to the log and to the
+/// terminal of `check-config`.)
+pub async fn a_cluster_url_that_does_not_parse_never_shows_its_password() {
+    for (url, secret) in [
+        (
+            "redis-cluster://app:Zm9v/YmFy@10.0.0.5:7000,10.0.0.6:7000",
+            "Zm9v/YmFy",
+        ),
+        ("redis-cluster://app:pa?ss@10.0.0.5:7000", "pa?ss"),
+        ("redis://app:Zm9v/YmFy@10.0.0.5:7000", "Zm9v/YmFy"),
+    ] {
+        match url.parse::<StateUrl>() {
+            Ok(parsed) => {
+                for shown in [parsed.to_string(), format!("{parsed:?}")] {
+                    assert!(!shown.contains(secret), "{url}: shown as {shown}");
+                }
+            }
+            Err(e) => {
+                let shown = format!("{e:#}");
+                assert!(
+                    !shown.contains(secret),
+                    "the error for {url} shows the password: {shown}"
+                );
+            }
+        }
+    }
+}
+
+/// FAILED on b0f3934, fixed: `state_prefix` is put in front of every key, and Redis hashes
+/// the *first* `{…}` of a key: with `"{poolgate}"` every key would sit in one slot (the
+/// cluster spreading nothing, silently), with an unbalanced `"pool{gate"` every script failed
+/// with CROSSSLOT. A brace in the prefix is now refused on a cluster (by the config's
+/// validation and by the store itself), and a plain prefix spreads users over the masters.
+pub async fn a_state_prefix_with_a_brace_is_refused_and_a_plain_one_spreads() {
+    let cluster = Cluster::start(3, 0);
+    let url = cluster.url();
+    for prefix in ["pool{gate", "{poolgate}", "pool}gate"] {
+        let mut config = demo_config();
+        config.state = url.parse().unwrap();
+        config.state_prefix = prefix.to_owned();
+        let err = config.validate().expect_err(prefix).to_string();
+        assert!(err.contains("state_prefix"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, _bus) = mpsc::unbounded_channel();
+        let opened = store::open(&url.parse().unwrap(), None, prefix, dir.path(), sink).await;
+        assert!(opened.is_err(), "the store refuses state_prefix {prefix:?}");
+    }
+    // On one Redis a brace harms nothing: still taken (existing deployments keep working).
+    let mut config = demo_config();
+    config.state = "redis://127.0.0.1:6379".parse().unwrap();
+    config.state_prefix = "{poolgate}".into();
+    config.validate().unwrap();
+
+    // A plain prefix: 64 users' tasks land on more than one master.
+    let prefix = format!("pg-{}", Uuid::new_v4().simple());
+    let (s, _dir) = other_instance(&url, &prefix).await;
+    for _ in 0..64 {
+        let task = Task::new(TaskKind::PoolExpand, Uuid::new_v4(), Uuid::new_v4());
+        assert!(s.task_create(None, &task).await.unwrap());
+    }
+    let holding: Vec<u16> = cluster
+        .masters()
+        .into_iter()
+        .filter(|p| {
+            !Cluster::cli(*p, &["--scan", "--pattern", &format!("{prefix}:task:*")])
+                .trim()
+                .is_empty()
+        })
+        .collect();
+    assert_eq!(
+        holding.len(),
+        3,
+        "64 users' tasks spread over the three masters"
+    );
+    drop(cluster);
+}
+
+/// HOLDS on b0f3934 (measured): a master killed, requests for its slots answer 503 within the
+/// client's timeouts rather than hanging, and a user on another master is served meanwhile.
+pub async fn a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_served() {
+    let cluster = Cluster::start(3, 1);
+    let app = TestApp::spawn_with(|c| {
+        c.state = cluster.url().parse().unwrap();
+        fast_sim(c, OK, OK);
+        // Users with random ids (so some are on another master than astravdi).
+        let template = c
+            .users
+            .iter()
+            .find(|u| u.username == "user-2")
+            .unwrap()
+            .clone();
+        for i in 0..8 {
+            let mut u = template.clone();
+            u.username = format!("probe-{i}");
+            u.id = Uuid::new_v4();
+            c.users.push(u);
+        }
+    })
+    .await;
+    let astravdi = app.state.auth.users.by_name("astravdi").unwrap().id;
+    let (_a, _) = app.login("astravdi").await;
+    let victim = cluster
+        .master_holding(&format!("*user_sessions*{astravdi}"))
+        .unwrap();
+    // A user whose slot is on another master (signed in to find out).
+    let mut live_user = None;
+    let names: Vec<String> = (0..8).map(|i| format!("probe-{i}")).collect();
+    for name in names {
+        let id = app.state.auth.users.by_name(&name).unwrap().id;
+        let mut c = app.connect().await;
+        if c.rpc("auth", json!({"username": name, "password": PASSWORD}))
+            .await["name"]
+            != "response"
+        {
+            continue;
+        }
+        if cluster.master_holding(&format!("*user_sessions*{id}")) != Some(victim) {
+            live_user = Some(name);
+            break;
+        }
+    }
+    let live_user = live_user.expect("a demo user on another master");
+    let (mut on_dead, _) = app.login("astravdi").await;
+    let (mut on_live, _) = app.login(&live_user).await;
+    cluster.kill_node(victim);
+    let (dead, live) = tokio::join!(
+        async {
+            let mut out = Vec::new();
+            for _ in 0..2 {
+                let started = Instant::now();
+                let reply =
+                    tokio::time::timeout(Duration::from_secs(30), on_dead.rpc("tasks", json!({})))
+                        .await
+                        .expect("an answer within 30 s");
+                out.push((
+                    started.elapsed(),
+                    reply["name"] == "response" || error_code(&reply) == 503,
+                ));
+            }
+            out
+        },
+        async {
+            let started = Instant::now();
+            let reply = on_live.rpc("tasks", json!({})).await;
+            (started.elapsed(), reply)
+        }
+    );
+    eprintln!("dead master: {dead:?}; live master: {:?}", live.0);
+    for (took, ok) in &dead {
+        assert!(*ok, "a response or 503");
+        assert!(*took < Duration::from_secs(8), "took {took:?}");
+    }
+    assert_eq!(live.1["name"], "response", "{}", live.1);
+    assert!(
+        live.0 < Duration::from_secs(2),
+        "a user on a live master waited {:?}",
+        live.0
+    );
+    drop(cluster);
+}
+
+/// HOLDS on b0f3934: the admin RPCs that scan every master or touch a user's bucket —
+/// `admin_sessions`, `admin_tasks`, `admin_revoke` — answer on a cluster (no CROSSSLOT), and a
+/// revoked token is refused.
+pub async fn admin_listing_and_revoking_work_on_a_cluster() {
+    let app = TestApp::spawn_with(|c| {
+        c.state = cluster_url().parse().unwrap();
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let (mut admin, _) = app.login("astravdi").await;
+    let (_u1, token) = app.login("user-2").await;
+    let (_u2, _) = app.login("user-2").await;
+    let sessions = admin.rpc("admin_sessions", json!({})).await;
+    assert_eq!(sessions["name"], "response", "{sessions}");
+    let of_user2 = sessions["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["username"] == "user-2")
+        .count();
+    assert_eq!(of_user2, 2, "{sessions}");
+    let tasks = admin.rpc("admin_tasks", json!({})).await;
+    assert_eq!(tasks["name"], "response", "{tasks}");
+    let revoked = admin
+        .rpc("admin_revoke", json!({"username": "user-2"}))
+        .await;
+    assert_eq!(revoked["args"]["revoked_sessions"], 2, "{revoked}");
+    let mut again = app.connect().await;
+    let reply = again.rpc("auth_token", json!({"token": token})).await;
+    assert_eq!(error_code(&reply), 401, "{reply}");
+}
+
+/// HOLDS on b0f3934: on one Redis the key names are those of 425e1fa (before the cluster
+/// layout), so an existing deployment finds its records after the upgrade.
+pub async fn single_redis_key_names_are_unchanged() {
+    let url = crate::redis_server::redis_url();
+    let prefix = format!("review-layout-{}", Uuid::new_v4().simple());
+    let (s, _dir) = other_instance(&url, &prefix).await;
+    let (user, pool) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut task = Task::new(TaskKind::PoolExpand, user, pool);
+    assert!(s.task_create(None, &task).await.unwrap());
+    task.start();
+    s.task_update(&task).await.unwrap();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", &url, "--scan", "--pattern", &format!("{prefix}:*")])
+        .output()
+        .unwrap();
+    let mut keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches(&format!("{prefix}:")).to_owned())
+        .collect();
+    keys.sort();
+    let mut expected = vec![
+        "active_tasks".to_owned(),
+        format!("latest:{user}:{pool}:{}", task.kind.as_str()),
+        format!("task:{}", task.id),
+        format!("user_tasks:{user}"),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+}
