@@ -10,8 +10,10 @@ start_cluster() {
   for _ in $(seq 1 "$masters"); do
     port=$(free_port)
     mkdir -p "$dir/cluster-$port"
-    (cd "$dir/cluster-$port" && exec redis-server --port "$port" --bind 127.0.0.1 \
-      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
+    # The cluster bus on a port of its own (by default it is port + 10000, which may be
+    # taken, or past 65535).
+    (cd "$dir/cluster-$port" && exec redis-server --port "$port" --cluster-port "$(free_port)" \
+      --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
       --save '' --appendonly no >/dev/null) &
     pids+=($!)
     cluster_ports+=("$port")

@@ -27,12 +27,15 @@ impl Cluster {
         let nodes: String = ports
             .iter()
             .map(|port| {
+                // The cluster bus on a port of its own: by default it is port + 10000, which
+                // may be taken, or past 65535.
                 format!(
                     "mkdir -p {d}/{port} && (cd {d}/{port} && exec redis-server --port {port} \
-                     --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf \
-                     --cluster-node-timeout 1000 --save '' --appendonly no --daemonize no) & \
-                     pids=\"$pids $!\"; ",
-                    d = dir.path().display()
+                     --cluster-port {bus} --bind 127.0.0.1 --cluster-enabled yes \
+                     --cluster-config-file nodes.conf --cluster-node-timeout 1000 --save '' \
+                     --appendonly no --daemonize no) & pids=\"$pids $!\"; ",
+                    d = dir.path().display(),
+                    bus = free_port()
                 )
             })
             .collect();
