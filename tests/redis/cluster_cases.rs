@@ -193,3 +193,38 @@ pub async fn a_master_killed_mid_task_costs_only_the_requests_in_flight() {
     );
     drop(cluster);
 }
+
+/// A replica is down (its master serves on) and the masters' script caches are empty (a
+/// master restarted, or a replica promoted that never loaded the scripts): requests still
+/// succeed. The client would load a missing script on every node of the topology, and the
+/// dead replica is still in it, so the load must not be what the request waits for.
+pub async fn a_dead_replica_does_not_keep_scripts_from_running() {
+    let cluster = Cluster::start(3, 1);
+    let app = TestApp::spawn_with(|c| {
+        c.state = cluster.url().parse().unwrap();
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let (_warm, _) = app.login("astravdi").await;
+    let masters = cluster.masters();
+    let replica = cluster
+        .ports
+        .iter()
+        .copied()
+        .find(|p| !masters.contains(p))
+        .expect("a replica");
+    cluster.kill_node(replica);
+    for port in &masters {
+        assert!(Cluster::cli(*port, &["script", "flush"]).contains("OK"));
+    }
+    for name in ["astravdi", "user-2"] {
+        let mut c = app.connect().await;
+        let reply = c
+            .rpc("auth", json!({"username": name, "password": PASSWORD}))
+            .await;
+        assert_eq!(reply["name"], "response", "{name}: {reply}");
+        let listed = c.rpc("tasks", json!({})).await;
+        assert_eq!(listed["name"], "response", "{name}: {listed}");
+    }
+    drop(cluster);
+}

@@ -93,6 +93,11 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cluster_cases::a_master_killed_mid_task_costs_only_the_requests_in_flight()),
     ));
     all.push((
+        "cluster::a_dead_replica_does_not_keep_scripts_from_running",
+        Needs::RedisClusterServers,
+        || Box::pin(cluster_cases::a_dead_replica_does_not_keep_scripts_from_running()),
+    ));
+    all.push((
         "cluster::an_instance_killed_mid_task_is_taken_over_on_a_cluster",
         Needs::RedisCluster,
         || Box::pin(cluster_cases::an_instance_killed_mid_task_is_taken_over_on_a_cluster()),
