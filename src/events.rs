@@ -193,9 +193,6 @@ pub struct Subscriber {
     /// Whether the socket's credentials still hold (token not expired or revoked); events
     /// stop the moment they do not, even before the socket's next message.
     pub alive: Arc<dyn Fn() -> bool + Send + Sync>,
-    /// On a store that routes events per user: this socket's hold on the user's channel
-    /// (set from [`Prepared`] by [`EventHub::subscribe`]).
-    pub watch: Option<WatchGuard>,
 }
 
 impl Subscriber {
@@ -215,6 +212,11 @@ impl Subscriber {
 #[derive(Default)]
 struct UserEntry {
     subs: Vec<Subscriber>,
+    /// On a store that routes events per user: each registered socket's hold on the user's
+    /// channel (from its [`Prepared`]), by `conn_id`. Kept beside `subs` rather than in each
+    /// [`Subscriber`], so that where nothing is routed this stays unallocated and a
+    /// `Subscriber` — one per held socket — does not carry an always-empty slot.
+    watches: Vec<(u64, WatchGuard)>,
     active: HashMap<Uuid, Task>,
     /// Sign-ins between their watch and their registration ([`EventHub::prepare`]); while
     /// any is, the tasks that end are remembered in `ended`, so that a snapshot read before
@@ -273,12 +275,18 @@ struct Routing {
     store: Arc<dyn Store>,
 }
 
-/// What [`EventHub::prepare`] readies for a socket's registration.
+/// What [`EventHub::prepare`] readies for a socket's registration: nothing (the default) on a
+/// store that does not route events per user. One pointer wide, and boxed only when there is
+/// something: a connection keeps one from its sign-in's reply to its registration, and every
+/// byte it takes is a byte of every held connection's future.
 #[derive(Default)]
-pub struct Prepared {
-    watch: Option<WatchGuard>,
+pub struct Prepared(Option<Box<Readied>>);
+
+/// A routed sign-in's watch of its user's channel, and what was read once it was confirmed.
+struct Readied {
+    watch: WatchGuard,
     snapshot: Vec<Task>,
-    seeding: Option<Seeding>,
+    seeding: Seeding,
 }
 
 /// A sign-in between its watch and its registration; see `UserEntry::seeding`.
@@ -338,22 +346,25 @@ impl EventHub {
         // Ended ones too: they correct a copy held as active from an earlier watch's last
         // events.
         let snapshot = self.recent_tasks(routing, user).await;
-        Prepared {
-            watch: Some(watch),
+        Prepared(Some(Box::new(Readied {
+            watch,
             snapshot,
-            seeding: Some(seeding),
-        }
+            seeding,
+        })))
     }
 
     /// Registers a socket and first queues the current state of the user's active tasks.
     /// Both happen under the user's entry lock, which `publish` also takes, so a change racing
     /// with the sign-in is never delivered before an older state.
-    pub fn subscribe(&self, user: Uuid, mut sub: Subscriber, prepared: Prepared) {
-        let Prepared {
-            watch,
-            snapshot,
-            seeding,
-        } = prepared;
+    pub fn subscribe(&self, user: Uuid, sub: Subscriber, prepared: Prepared) {
+        let (watch, snapshot, seeding) = match prepared.0.map(|readied| *readied) {
+            Some(Readied {
+                watch,
+                snapshot,
+                seeding,
+            }) => (Some(watch), snapshot, Some(seeding)),
+            None => (None, Vec::new(), None),
+        };
         let mut entry = self.users.entry(user).or_default();
         for task in snapshot {
             // Quietly: the new socket gets it in the catch-up below, and the others heard it.
@@ -366,7 +377,9 @@ impl EventHub {
                 sub.push(sub.format.render(task));
             }
         }
-        sub.watch = watch;
+        if let Some(watch) = watch {
+            entry.watches.push((sub.conn_id, watch));
+        }
         entry.subs.push(sub);
         drop(entry);
         // After the entry's lock is let go: ending the seeding takes it.
@@ -421,6 +434,7 @@ impl EventHub {
         let routed = self.routing.get().is_some();
         if let dashmap::Entry::Occupied(mut e) = self.users.entry(user) {
             e.get_mut().subs.retain(|s| s.conn_id != conn_id);
+            e.get_mut().watches.retain(|(id, _)| *id != conn_id);
             let entry = e.get();
             // Routed, a user without sockets is not heard any more: what the hub knows of
             // their tasks would only grow stale.
@@ -494,6 +508,17 @@ impl EventHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prepared_registration_is_one_pointer_wide() {
+        // Every connection's future holds one (`rpc::Conn`): with the watch, snapshot and
+        // seeding inline it was 72 bytes, which took each socket's task (tokio allocates it
+        // in 128-byte steps) from 1792 to 1920 bytes on the default store.
+        assert_eq!(
+            std::mem::size_of::<Prepared>(),
+            std::mem::size_of::<usize>()
+        );
+    }
 
     #[tokio::test]
     async fn the_outbox_is_bounded_ordered_and_wakes_its_reader() {

@@ -34,8 +34,9 @@ pub struct Conn {
     /// catch-up events follow the reply.
     pending_subscribe: bool,
     /// What the sign-in readied for that subscription (the user's channel watched before the
-    /// reply, on a store that routes events per user).
-    prepared: Option<Prepared>,
+    /// reply, on a store that routes events per user; otherwise nothing, and no allocation).
+    /// Held by value in every connection's future, so it is kept one pointer wide.
+    prepared: Prepared,
 }
 
 impl Conn {
@@ -49,7 +50,7 @@ impl Conn {
             outbound,
             kick,
             pending_subscribe: false,
-            prepared: None,
+            prepared: Prepared::default(),
         }
     }
 
@@ -57,7 +58,7 @@ impl Conn {
     /// [`Conn::subscribe_if_signed_in`]).
     pub async fn set_session(&mut self, state: &AppState, session: Arc<Session>) {
         self.clear_session(state);
-        self.prepared = Some(state.events.prepare(session.user.id).await);
+        self.prepared = state.events.prepare(session.user.id).await;
         // A sign-out elsewhere between the lookup and the watch was not heard here.
         if let Err(e) = state.auth.tokens.recheck(&session).await {
             tracing::warn!(conn_id = self.id, error = %e, "cannot re-check a session after its watch; the next session flush will");
@@ -74,7 +75,7 @@ impl Conn {
             self.outbound.drop_events();
         }
         self.pending_subscribe = false;
-        self.prepared = None;
+        self.prepared = Prepared::default();
     }
 
     /// After a sign-in's reply is queued: registers for task events and queues one event per
@@ -93,9 +94,8 @@ impl Conn {
             tx: self.outbound.clone(),
             enabled: self.events_enabled.clone(),
             kick: self.kick.clone(),
-            watch: None,
         };
-        let prepared = self.prepared.take().unwrap_or_default();
+        let prepared = std::mem::take(&mut self.prepared);
         state.events.subscribe(user, sub, prepared);
     }
 }

@@ -18,8 +18,8 @@ use connection::{Handler, Link};
 
 /// Read buffer per socket (2 KiB). tungstenite's default (128 KiB) costs that much RSS per
 /// idle socket and halves small-message throughput (tungstenite-rs#480); our messages are
-/// small. With it an idle signed-in socket costs about 5.3 KiB of server RSS in all
-/// (bench/RESULTS.md); a 4 KiB buffer cost 2 KiB more.
+/// small. With it an idle signed-in socket costs about 5.0–5.7 KiB of server RSS in all
+/// (bench/RESULTS.md, bench/compare.sh); a 4 KiB buffer cost 2 KiB more.
 pub const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Write buffer per socket (frames are flushed when the outbound queue drains).
 pub const WRITE_BUFFER_BYTES: usize = 4 * 1024;

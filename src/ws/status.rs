@@ -59,7 +59,6 @@ pub(super) async fn upgrade(
                 enabled: Arc::new(true.into()),
                 kick: link.kick,
                 alive: alive.clone(),
-                watch: None,
             },
             prepared,
         );
