@@ -58,6 +58,36 @@ pub async fn two_instances_on(
     (dir, a, b)
 }
 
+/// Each client asks `tasks` until `stop`; every answer must be a response or a 503, and the
+/// connection must still answer afterwards. Each handle gives (responses, 503s).
+pub fn tasks_load(
+    clients: Vec<Client>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<(u32, u32)>> {
+    clients
+        .into_iter()
+        .map(|mut c| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut unavailable) = (0u32, 0u32);
+                while !stop.is_cancelled() {
+                    let reply = c.rpc("tasks", json!({})).await;
+                    match reply["name"].as_str() {
+                        Some("response") => ok += 1,
+                        _ => {
+                            assert_eq!(error_code(&reply), 503, "store errors are 503: {reply}");
+                            unavailable += 1;
+                        }
+                    }
+                }
+                // The connection itself survived: it still answers.
+                assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
+                (ok, unavailable)
+            })
+        })
+        .collect()
+}
+
 pub async fn two_instances_on_one_redis_act_as_one() {
     let (_dir, a, b) = two_instances("two", 20.0, "task_lease = 1", |c| c).await;
     act_as_one(a, b).await;
@@ -243,26 +273,7 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
     // again once Redis is back.
     let (mut listener, _) = app.login("user-2").await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut load = Vec::new();
-    for mut c in clients {
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let (mut ok, mut unavailable) = (0u32, 0u32);
-            while !stop.is_cancelled() {
-                let reply = c.rpc("tasks", json!({})).await;
-                match reply["name"].as_str() {
-                    Some("response") => ok += 1,
-                    _ => {
-                        assert_eq!(error_code(&reply), 503, "store errors are 503: {reply}");
-                        unavailable += 1;
-                    }
-                }
-            }
-            // The connection itself survived: it still answers.
-            assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
-            (ok, unavailable)
-        }));
-    }
+    let load = tasks_load(clients, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Stop redis (SIGTERM to the wrapper stops redis), wait until the port is closed.
     std::process::Command::new("kill")

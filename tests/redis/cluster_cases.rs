@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cases::{act_as_one, two_instances_on};
+use crate::cases::{act_as_one, tasks_load, two_instances_on};
 use crate::cluster::{Cluster, cluster_url};
 use crate::helpers::*;
 use crate::redis_server::LoginRetrying;
@@ -93,27 +93,12 @@ pub async fn a_master_killed_mid_task_costs_only_the_requests_in_flight() {
     let victim = cluster
         .master_holding(&format!("*user_sessions*{astravdi}"))
         .expect("a master holds astravdi's session set");
-    let mut load = Vec::new();
-    let stop = tokio_util::sync::CancellationToken::new();
+    let mut clients = Vec::new();
     for _ in 0..3 {
-        let (mut c, _) = app.login("astravdi").await;
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let (mut ok, mut unavailable) = (0u32, 0u32);
-            while !stop.is_cancelled() {
-                let reply = c.rpc("tasks", json!({})).await;
-                match reply["name"].as_str() {
-                    Some("response") => ok += 1,
-                    _ => {
-                        assert_eq!(error_code(&reply), 503, "store errors are 503: {reply}");
-                        unavailable += 1;
-                    }
-                }
-            }
-            assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
-            (ok, unavailable)
-        }));
+        clients.push(app.login("astravdi").await.0);
     }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tasks_load(clients, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Mid-task: a step 1 running (0.25 s) as the master dies.
     let running = client
