@@ -2,6 +2,14 @@
 # open, and a Redis Cluster on loopback.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+# One Redis on a free loopback port, its data in $dir: appends its pid to pids and sets rport.
+start_redis() {
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
+  pids+=($!)
+  wait_port "$rport"
+}
+
 # A Redis Cluster of $1 masters (default 3) on free loopback ports, nodes in $dir/cluster-<port>:
 # appends the nodes' pids to pids and sets cluster_ports and cluster_url (redis-cluster://…).
 start_cluster() {

@@ -26,10 +26,7 @@ if [ -n "$cluster" ]; then
   state="$cluster_url"
   nodes=("${cluster_ports[@]}")
 else
-  rport=$(free_port)
-  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
-  pids+=($!)
-  wait_port "$rport"
+  start_redis
   state="redis://127.0.0.1:$rport"
   nodes=("$rport")
 fi

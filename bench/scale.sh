@@ -30,10 +30,7 @@ if [ -n "$cluster" ]; then
   start_cluster 3
   state="$cluster_url"
 else
-  rport=$(free_port)
-  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
-  pids+=($!)
-  wait_port "$rport"
+  start_redis
   state="redis://127.0.0.1:$rport"
 fi
 echo "state: $state"
