@@ -149,27 +149,38 @@ pub async fn act_as_one(a: ServerProcess, b: ServerProcess) {
     assert_eq!(kept["name"], "response", "{kept}");
 
     // A dies mid-task: B ends it (well within the 90 s deadline) and says why.
+    taken_over_when_killed(a, &mut on_b, &id, Duration::from_secs(10)).await;
+    drop(b);
+}
+
+/// `a` is killed (`kill -9`) while task `id` runs on it: the socket on the other instance is
+/// pushed the task's end, CANCELLED because its instance went away, within `within`, and a new
+/// request there starts a new task.
+pub async fn taken_over_when_killed(
+    a: ServerProcess,
+    on_b: &mut Client,
+    id: &serde_json::Value,
+    within: Duration,
+) {
     a.kill().await;
     let started = std::time::Instant::now();
-    let (seen, task) = on_b.follow(&id).await;
-    assert_eq!(seen.last().unwrap(), "CANCELLED");
+    let (seen, task) = on_b.follow(id).await;
+    assert_eq!(seen.last().unwrap(), "CANCELLED", "{task}");
     assert!(
         task["error"]["message"]
             .as_str()
-            .unwrap()
-            .contains("went away"),
+            .is_some_and(|m| m.contains("went away")),
         "{task}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < within,
         "ended in {:?}",
         started.elapsed()
     );
     let next = on_b
         .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
         .await;
-    assert_ne!(next["args"]["task"]["id"], id);
-    drop(b);
+    assert_ne!(&next["args"]["task"]["id"], id);
 }
 
 /// What a push tells a client on one instance, a request on that instance never contradicts,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cases::{act_as_one, tasks_load, two_instances_on};
+use crate::cases::{act_as_one, taken_over_when_killed, tasks_load, two_instances_on};
 use crate::cluster::{Cluster, cluster_url};
 use crate::helpers::*;
 use crate::redis_server::LoginRetrying;
@@ -30,27 +30,8 @@ pub async fn an_instance_killed_mid_task_is_taken_over_on_a_cluster() {
         .await["args"]["task"]["id"]
         .clone();
     assert_eq!(on_b.next_event().await["status"], "RUNNING");
-    a.kill().await;
     // B ends it within two task_lease periods (plus the sweep's half period and a margin).
-    let started = std::time::Instant::now();
-    let (seen, task) = on_b.follow(&id).await;
-    assert_eq!(seen.last().unwrap(), "CANCELLED", "{task}");
-    assert!(
-        task["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("went away")),
-        "{task}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "ended in {:?}",
-        started.elapsed()
-    );
-    // And a new request starts a new task.
-    let next = on_b
-        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
-        .await;
-    assert_ne!(next["args"]["task"]["id"], id);
+    taken_over_when_killed(a, &mut on_b, &id, Duration::from_secs(4)).await;
 }
 
 /// A master of a 3 × 2 cluster is killed (`kill -9`) while clients work: requests that reach

@@ -1,28 +1,17 @@
 //! Cases from a hostile review of the Redis Cluster backend (b0f3934). Each case says whether
 //! it FAILED on b0f3934 (a defect, fixed since) or HOLDS (tried, and the backend held).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poolgate::domain::{Task, TaskKind};
-use poolgate::store::{self, StateUrl, Store};
+use poolgate::store::{self, StateUrl};
 use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::cluster::{Cluster, cluster_url};
 use crate::helpers::*;
-
-/// A bare store on the cluster: "another instance" that writes (and announces its writes).
-async fn other_instance(url: &str, prefix: &str) -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (sink, bus) = mpsc::unbounded_channel();
-    std::mem::forget(bus);
-    let s = store::open(&url.parse().unwrap(), None, prefix, dir.path(), sink)
-        .await
-        .unwrap();
-    (s, dir)
-}
+use crate::routing_review::other_instance;
 
 /// The port of a replica of the master on `master`.
 fn replica_of(master: u16) -> u16 {

@@ -86,8 +86,9 @@ impl Drop for CutOff {
     }
 }
 
-/// A bare store on the shared Redis: "another instance" that writes and publishes.
-async fn other_instance(url: &str, prefix: &str) -> (Arc<dyn Store>, tempfile::TempDir) {
+/// A bare store on the shared Redis or cluster at `url`: "another instance" that writes and
+/// publishes (announces its writes).
+pub async fn other_instance(url: &str, prefix: &str) -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (sink, bus) = mpsc::unbounded_channel();
     std::mem::forget(bus);
