@@ -73,12 +73,16 @@ impl Pool {
     /// Whether `user` may use the pool: named in `users`, or a member of one of `groups`
     /// (as the directory said at the user's last sign-in).
     fn admits(&self, user: &User) -> bool {
-        self.users.contains(&user.id)
-            || user.groups.iter().any(|g| {
-                self.groups
-                    .iter()
-                    .any(|pg| crate::auth::directory::same_dn(pg, g))
-            })
+        self.users.contains(&user.id) || self.admits_groups(&user.groups)
+    }
+
+    /// Whether one of `groups` (DNs, as the directory gave them) is one of the pool's.
+    fn admits_groups(&self, groups: &[String]) -> bool {
+        groups.iter().any(|g| {
+            self.groups
+                .iter()
+                .any(|pg| crate::auth::directory::same_dn(pg, g))
+        })
     }
 }
 

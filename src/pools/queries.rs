@@ -104,11 +104,25 @@ impl Pools {
         )))
     }
 
-    /// The ids of a pool's users (admin resets of a whole pool); `None` for an unknown pool.
-    pub fn pool_users(&self, pool_id: Uuid) -> Option<Vec<Uuid>> {
-        self.pools
-            .get(&pool_id)
-            .map(|p| p.users.iter().copied().collect())
+    /// The ids of a pool's users (admin resets of a whole pool): those its `users` name, and
+    /// the directory users in one of its `groups` as their last sign-in said (a directory user
+    /// who never signed in has no task to reset). `None` for an unknown pool.
+    pub async fn pool_users(&self, pool_id: Uuid) -> Result<Option<Vec<Uuid>>, Error> {
+        let Some(pool) = self.pools.get(&pool_id) else {
+            return Ok(None);
+        };
+        let mut ids: Vec<Uuid> = pool.users.iter().copied().collect();
+        if !pool.groups.is_empty() {
+            ids.extend(
+                self.store
+                    .directory_users()
+                    .await?
+                    .into_iter()
+                    .filter(|u| !pool.users.contains(&u.id) && pool.admits_groups(&u.groups))
+                    .map(|u| u.id),
+            );
+        }
+        Ok(Some(ids))
     }
 
     /// A pool's id from its id or its name (admin methods take either).

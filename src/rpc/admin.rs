@@ -268,7 +268,12 @@ impl Reset {
         let pool_id = named_pool(ctx, &self.pool_id)?;
         let targets = match &self.username {
             Some(name) => vec![named_user(ctx, name, self.directory).await?.id],
-            None => ctx.state.pools.pool_users(pool_id).unwrap_or_default(),
+            None => ctx
+                .state
+                .pools
+                .pool_users(pool_id)
+                .await?
+                .unwrap_or_default(),
         };
         let admin = user(ctx)?.username.clone();
         let mut cleared = Vec::new();

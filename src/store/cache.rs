@@ -408,6 +408,10 @@ impl Store for CachedStore {
         self.inner.directory_user_get(id).await
     }
 
+    async fn directory_users(&self) -> StoreResult<Vec<DirectoryUser>> {
+        self.inner.directory_users().await
+    }
+
     async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
         self.inner.directory_totp_put(id, secret).await
     }

@@ -228,6 +228,10 @@ impl Store for MemoryStore {
         Ok(self.lock().directory_users.get(&id).cloned())
     }
 
+    async fn directory_users(&self) -> StoreResult<Vec<DirectoryUser>> {
+        Ok(self.lock().directory_users.values().cloned().collect())
+    }
+
     async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
         let mut inner = self.lock();
         match secret {

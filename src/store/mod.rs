@@ -334,6 +334,9 @@ pub trait Store: Send + Sync + 'static {
     async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()>;
     /// The record of a directory user, if one ever signed in with this id.
     async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>>;
+    /// Every stored directory user's record, in no particular order (for the pool-wide admin
+    /// methods: who is a member of a pool's groups, as each one's last sign-in said).
+    async fn directory_users(&self) -> StoreResult<Vec<DirectoryUser>>;
     /// Enrols a directory user in TOTP with this base32 secret (replacing any earlier one), or
     /// ends the enrolment with `None`. Kept apart from the record, which each sign-in replaces.
     /// Never expires.

@@ -1261,6 +1261,19 @@ impl Store for RedisStore {
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
 
+    async fn directory_users(&self) -> StoreResult<Vec<DirectoryUser>> {
+        let keys = self.keys_matching(&["directory_user", "*"]).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        // MGET in pages (on a cluster the client splits each page by slot).
+        for page in keys.chunks(500) {
+            let bodies: Vec<Option<String>> = self.con().mget(page).await?;
+            for body in bodies.into_iter().flatten() {
+                out.push(serde_json::from_str(&body)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
         let key = self.k(&["directory_totp", &id.to_string()]);
         match secret {

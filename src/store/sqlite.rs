@@ -442,6 +442,18 @@ impl Store for SqliteStore {
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
 
+    async fn directory_users(&self) -> StoreResult<Vec<DirectoryUser>> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT body FROM directory_users")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        bodies
+            .iter()
+            .map(|b| Ok(serde_json::from_str(b)?))
+            .collect()
+    }
+
     async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
         self.with(|c| {
             match secret {

@@ -812,7 +812,7 @@ pub async fn an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires(state
     assert!(!s.mfa_take(&brief).await.unwrap());
 }
 
-pub async fn a_directory_users_record_is_kept_and_replaced_whole(state: &str) {
+pub async fn a_directory_users_record_is_kept_replaced_whole_and_listed(state: &str) {
     let f = fresh(state).await;
     let s = &f.store;
     let mut record = poolgate::store::DirectoryUser {
@@ -844,6 +844,23 @@ pub async fn a_directory_users_record_is_kept_and_replaced_whole(state: &str) {
         Some(&record)
     );
     assert_eq!(s.directory_user_get(Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(s.directory_users().await.unwrap(), vec![record.clone()]);
+
+    // Every record is listed, past the Redis backend's page of 500.
+    let mut all = vec![record.clone()];
+    for i in 0..510 {
+        let other = poolgate::store::DirectoryUser {
+            id: Uuid::new_v4(),
+            username: format!("user{i}"),
+            ..record.clone()
+        };
+        s.directory_user_put(&other).await.unwrap();
+        all.push(other);
+    }
+    let mut listed = s.directory_users().await.unwrap();
+    listed.sort_by_key(|u| u.id);
+    all.sort_by_key(|u| u.id);
+    assert_eq!(listed, all);
 }
 
 pub async fn a_directory_users_totp_enrolment_is_kept_replaced_and_ended(state: &str) {
@@ -1599,7 +1616,7 @@ macro_rules! backend_cases {
                 sweeping_deletes_every_expired_record_and_nothing_live,
                 an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
                 a_totp_step_is_accepted_once_and_only_forward,
-                a_directory_users_record_is_kept_and_replaced_whole,
+                a_directory_users_record_is_kept_replaced_whole_and_listed,
                 a_directory_users_totp_enrolment_is_kept_replaced_and_ended,
                 a_directory_name_points_at_the_user_it_last_signed_in_as,
                 jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,

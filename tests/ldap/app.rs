@@ -268,6 +268,46 @@ pub async fn a_group_change_takes_effect_at_the_next_sign_in() {
     app.stop().await;
 }
 
+/// A whole pool's `admin_reset` clears the failed step 1 of the directory users its groups
+/// admit (as their last sign-in said), not only of the users its config names.
+pub async fn a_pool_wide_reset_clears_the_failed_steps_of_its_group_members() {
+    let slapd = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_directory(&slapd, dir.path(), |c| fast_sim(c, FAIL, OK)).await;
+    let mut alice = app.connect().await;
+    ws_auth(&mut alice, "alice", "alice-pw", Some(true)).await;
+    let id = alice
+        .rpc("pool_request", json!({"pool_id": GROUP_POOL}))
+        .await["args"]["task"]["id"]
+        .clone();
+    let (seen, _) = alice.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "FAILED");
+    let held = alice
+        .rpc("pool_request", json!({"pool_id": GROUP_POOL}))
+        .await;
+    assert_eq!(error_code(&held), 403, "held back by the failure: {held}");
+
+    let (mut admin, _) = app.login("astravdi").await;
+    let reply = admin
+        .rpc("admin_reset", json!({"pool_id": GROUP_POOL}))
+        .await;
+    let cleared = reply["args"]["cleared"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a cleared list: {reply}"));
+    assert_eq!(cleared.len(), 1, "{reply}");
+    assert_eq!(cleared[0]["id"], id);
+    assert_eq!(cleared[0]["username"], "alice");
+    let again = alice
+        .rpc("pool_request", json!({"pool_id": GROUP_POOL}))
+        .await;
+    assert_ne!(
+        again["args"]["task"]["id"], id,
+        "a new task at once: {again}"
+    );
+    assert!(again["args"]["task"]["id"].is_string(), "{again}");
+    app.stop().await;
+}
+
 pub async fn check_config_reads_the_service_password_and_connect_binds_it() {
     let slapd = Slapd::start();
     let dir = tempfile::tempdir().unwrap();

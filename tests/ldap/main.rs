@@ -80,6 +80,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             || Box::pin(app::a_group_change_takes_effect_at_the_next_sign_in()),
         ),
         (
+            "app::a_pool_wide_reset_clears_the_failed_steps_of_its_group_members",
+            || Box::pin(app::a_pool_wide_reset_clears_the_failed_steps_of_its_group_members()),
+        ),
+        (
             "app::check_config_reads_the_service_password_and_connect_binds_it",
             || Box::pin(app::check_config_reads_the_service_password_and_connect_binds_it()),
         ),
