@@ -15,10 +15,12 @@ pub mod tokens;
 pub mod users;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use crate::error::{Error, MfaKind};
 use crate::store::{SessionRecord, Store, StoreResult, now_ms};
+use crate::telemetry::RateLimitedLog;
 use jwt::{Claims, JwtKeys};
 use lockout::Lockout;
 use otp::OtpGuard;
@@ -53,6 +55,9 @@ pub struct Authenticator {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// At most one "directory unavailable" line per period for failed directory sign-ins.
+const DIRECTORY_DOWN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Longest username looked at; longer ones are refused before any other work (and never
 /// reach a log line or a store key).
@@ -263,7 +268,13 @@ impl Authenticator {
             }
             Err(directory::DirectoryError::Unavailable(why)) => {
                 self.metrics.directory_errors.inc();
-                tracing::warn!(error = %why, "directory unavailable: a directory sign-in was answered 503");
+                // Every sign-in of a directory user fails while it is down: one line per
+                // period with the count, not one per attempt (the metric counts each).
+                static DOWN: LazyLock<RateLimitedLog> =
+                    LazyLock::new(|| RateLimitedLog::new(DIRECTORY_DOWN_LOG_EVERY));
+                if let Some(failed) = DOWN.hit() {
+                    tracing::warn!(error = %why, also_answered_503_since_last_line = failed - 1, "directory unavailable: a directory sign-in was answered 503");
+                }
                 return (Verdict::NotAGuess, Err(Error::DirectoryUnavailable));
             }
         };

@@ -98,3 +98,60 @@ async fn wrong_types_in_every_field_of_every_method_get_400_with_the_id() {
     }
     assert_eq!(c.rpc("pools", json!({})).await["name"], "response");
 }
+
+/// A directory that is down fails every directory sign-in — each one a 503 and counted in
+/// `poolgate_directory_errors_total` — but a flood of them is one log line per period with
+/// the count, not a line per attempt.
+#[tokio::test]
+async fn a_flood_of_sign_ins_while_the_directory_is_down_is_one_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("ldap-password");
+    std::fs::write(&password_file, "service-secret").unwrap();
+    // Nothing listens on this port: the directory is down from the start.
+    let down = free_port();
+    let config = config_file(dir.path(), 1.0, "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[directory]\nurl = \"ldap://127.0.0.1:{down}\"\n\
+         bind_dn = \"cn=poolgate,dc=example,dc=org\"\nbind_password_file = {password_file:?}\n\
+         user_base = \"ou=people,dc=example,dc=org\"\ntimeout = 1\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let server = ServerProcess::start(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ])
+    .await;
+    let mut c = server.connect().await;
+    for i in 0..20 {
+        let reply = c
+            .rpc(
+                "auth",
+                json!({"username": format!("person{i}"), "password": "pw", "ldap": true}),
+            )
+            .await;
+        assert_eq!(error_code(&reply), 503, "{reply}");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("poolgate_directory_errors_total "))
+        .unwrap_or_else(|| panic!("the directory error counter: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(errors >= 20.0, "every failed sign-in counted: {errors}");
+    // The metrics reply came after every sign-in's reply; give the log pipe a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let lines = server.log_lines("a directory sign-in was answered 503");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+}
