@@ -19,8 +19,20 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the nodes, creates the cluster and waits until every node says it is ok (and
-    /// every replica is in sync with its master).
+    /// every replica is in sync with its master). Tried up to three times on fresh ports: a
+    /// port found free may be taken before its node binds it (by another case's connection).
     pub fn start(masters: usize, replicas: usize) -> Cluster {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(masters, replicas) {
+                Ok(cluster) => return cluster,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("cannot start a cluster: {failures:#?}");
+    }
+
+    fn try_start(masters: usize, replicas: usize) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..masters * (1 + replicas)).map(|_| free_port()).collect();
         // Failover within about two seconds of a master's death.
@@ -56,9 +68,10 @@ impl Cluster {
             _dir: dir,
         };
         for port in &cluster.ports {
-            cluster.wait_for(&format!("node {port} to listen"), || {
-                std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok()
-            });
+            // PING, not a bare connect: something else may hold the port.
+            cluster.wait_until(&format!("node {port} to answer"), || {
+                Self::cli(*port, &["ping"]).trim() == "PONG"
+            })?;
         }
         let addresses: Vec<String> = cluster
             .ports
@@ -69,15 +82,19 @@ impl Cluster {
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .output()
             .expect("cannot run redis-cli (Debian: apt-get install redis-server)");
-        assert!(created.success(), "redis-cli --cluster create failed");
-        cluster.wait_for("the cluster to be ok on every node", || {
+        if !created.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&created.stdout),
+                String::from_utf8_lossy(&created.stderr)
+            ));
+        }
+        cluster.wait_until("the cluster to be ok on every node", || {
             cluster.ports.iter().all(|p| cluster.ok(*p))
-        });
-        cluster
+        })?;
+        Ok(cluster)
     }
 
     /// `redis-cluster://` URL naming every node as a seed.
@@ -154,12 +171,20 @@ impl Cluster {
         });
     }
 
-    fn wait_for(&self, what: &str, mut ready: impl FnMut() -> bool) {
+    fn wait_for(&self, what: &str, ready: impl FnMut() -> bool) {
+        self.wait_until(what, ready)
+            .unwrap_or_else(|why| panic!("{why}"));
+    }
+
+    fn wait_until(&self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            if Instant::now() >= deadline {
+                return Err(format!("timed out waiting for {what}"));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(())
     }
 }
 
