@@ -211,10 +211,20 @@ fn executable(program: &str, workdir: Option<&Path>) -> Result<PathBuf, String> 
     })
 }
 
-/// The checks that reach out (`check-config --connect`): the state store answers and the
-/// directories serving writes to can be written.
-pub async fn connect(config: &Config) -> Vec<Problem> {
+/// What the checks that reach out found: problems (the config would not serve) and warnings
+/// (it would, but something an operator should know: Redis without an append-only file).
+#[derive(Debug, Default)]
+pub struct Reached {
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+/// The checks that reach out (`check-config --connect`): the state store answers (and keeps
+/// what it acknowledges across its own restarts: a warning if not) and the directories
+/// serving writes to can be written.
+pub async fn connect(config: &Config) -> Reached {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     if let Err(message) = writable(&config.data_dir) {
         problems.push(Problem::new(&["data_dir"], message));
     }
@@ -229,14 +239,16 @@ pub async fn connect(config: &Config) -> Vec<Problem> {
         }
         StateUrl::Redis { url } => {
             let password = config.redis_password().ok().flatten();
-            if let Err(e) = crate::store::redis::ping(url, password.as_deref()).await {
-                problems.push(Problem::new(&["state"], format!("{e:#}")));
+            match crate::store::redis::ping(url, password.as_deref()).await {
+                Ok(warning) => warnings.extend(warning.map(|w| Problem::new(&["state"], w))),
+                Err(e) => problems.push(Problem::new(&["state"], format!("{e:#}"))),
             }
         }
         StateUrl::RedisCluster { nodes, .. } => {
             let password = config.redis_password().ok().flatten();
-            if let Err(e) = crate::store::redis::ping_cluster(nodes, password.as_deref()).await {
-                problems.push(Problem::new(&["state"], format!("{e:#}")));
+            match crate::store::redis::ping_cluster(nodes, password.as_deref()).await {
+                Ok(warning) => warnings.extend(warning.map(|w| Problem::new(&["state"], w))),
+                Err(e) => problems.push(Problem::new(&["state"], format!("{e:#}"))),
             }
         }
     }
@@ -251,7 +263,7 @@ pub async fn connect(config: &Config) -> Vec<Problem> {
             format!("cannot reach: {e}"),
         ));
     }
-    problems
+    Reached { problems, warnings }
 }
 
 /// Whether serving could create files in `dir` (creating it first, as serving does): probed

@@ -15,7 +15,8 @@ pub struct CheckArgs {
     /// The config file to check.
     config: PathBuf,
     /// Also reach what serving needs: Redis answers (PING, with the configured password),
-    /// the data directory can be written (probed with a short-lived file).
+    /// the data directory can be written (probed with a short-lived file). Warns (and still
+    /// passes) when a Redis node keeps no append-only file.
     #[arg(long)]
     connect: bool,
 }
@@ -41,7 +42,15 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     let mut problems = preflight::files(&config);
     if connect {
-        problems.extend(runtime.block_on(preflight::connect(&config)));
+        let reached = runtime.block_on(preflight::connect(&config));
+        problems.extend(reached.problems);
+        if !reached.warnings.is_empty() {
+            let text = std::fs::read_to_string(path)?;
+            let shown = preflight::render(&reached.warnings, Some((path, &text)), &[]);
+            for line in shown.lines() {
+                eprintln!("warning: {line}");
+            }
+        }
     }
     if !problems.is_empty() {
         let text = std::fs::read_to_string(path)?;

@@ -413,17 +413,20 @@ fn cluster_client(
 
 /// Connects once to a cluster with the configured password and sends PING to every node
 /// (`check-config --connect`).
-pub async fn ping_cluster(nodes: &[String], password: Option<&str>) -> anyhow::Result<()> {
+pub async fn ping_cluster(
+    nodes: &[String],
+    password: Option<&str>,
+) -> anyhow::Result<Option<String>> {
     let attempt = async {
         let mut con = cluster_client(nodes, password)?
             .build()?
             .get_async_connection()
             .await?;
         ::redis::cmd("PING").query_async::<String>(&mut con).await?;
-        anyhow::Ok(())
+        anyhow::Ok(durability(&Con::Cluster(con), "").await)
     };
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(warning)) => Ok(warning),
         Ok(Err(e)) => Err(anyhow::anyhow!(
             "cannot reach the cluster at {}: {e:#}",
             seeds(nodes)
@@ -445,8 +448,20 @@ pub fn check_url(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects once with the configured password and sends PING (`check-config --connect`).
-pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<()> {
+/// What `check-config --connect` says of Redis' durability: the warning of [`aof_warning`], or
+/// that it cannot be told.
+async fn durability(con: &Con, one: &str) -> Option<String> {
+    match nodes_without_aof(con, one).await {
+        Ok(without) => aof_warning(&without),
+        Err(e) => Some(format!(
+            "cannot tell whether Redis keeps an append-only file (INFO persistence): {e}"
+        )),
+    }
+}
+
+/// Connects once with the configured password and sends PING (`check-config --connect`);
+/// answers a warning when a Redis restart would lose accepted writes ([`aof_warning`]).
+pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<Option<String>> {
     use ::redis::IntoConnectionInfo;
     let mut info = url.into_connection_info().context("invalid redis URL")?;
     if let Some(password) = password {
@@ -456,10 +471,23 @@ pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<()> {
     let client = ::redis::Client::open(info).context("invalid redis URL")?;
     let attempt = async {
         let mut con = client.get_multiplexed_async_connection().await?;
-        ::redis::cmd("PING").query_async::<String>(&mut con).await
+        ::redis::cmd("PING").query_async::<String>(&mut con).await?;
+        let info = ::redis::cmd("INFO")
+            .arg("persistence")
+            .query_async::<String>(&mut con)
+            .await;
+        Ok::<_, ::redis::RedisError>(match info {
+            Ok(text) if aof_enabled(&text) == Some(false) => {
+                aof_warning(&[super::url::redacted(url).into_owned()])
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "cannot tell whether Redis keeps an append-only file (INFO persistence): {e}"
+            )),
+        })
     };
     match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(warning)) => Ok(warning),
         Ok(Err(e)) => Err(anyhow::anyhow!(
             "cannot reach {}: {e}",
             super::url::redacted(url)
@@ -543,6 +571,20 @@ impl RedisStore {
         subscribe_global(&mut con, &channel)
             .await
             .context("cannot subscribe to the event bus")?;
+        let check = con.clone();
+        tokio::spawn(async move {
+            match nodes_without_aof(&check, "Redis").await {
+                Ok(without) => {
+                    if let Some(warning) = aof_warning(&without) {
+                        tracing::warn!("{warning}");
+                    }
+                }
+                Err(e) => tracing::info!(
+                    error = %e,
+                    "cannot tell whether Redis keeps an append-only file (INFO persistence)"
+                ),
+            }
+        });
         let moved = Arc::new(dashmap::DashSet::new());
         let router = routing::Router::new(Subscriptions {
             con: con.clone(),
@@ -1008,6 +1050,12 @@ impl RedisStore {
 
 /// The masters of a cluster, as (host, port).
 async fn masters(con: &mut ClusterConnection) -> StoreResult<Vec<(String, u16)>> {
+    nodes(con, false).await
+}
+
+/// The cluster's nodes (`host`, `port`) by `CLUSTER SLOTS`: the masters serving slots, and
+/// with `replicas` their replicas too.
+async fn nodes(con: &mut ClusterConnection, replicas: bool) -> StoreResult<Vec<(String, u16)>> {
     let slots = con
         .route_command(
             ::redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
@@ -1015,21 +1063,81 @@ async fn masters(con: &mut ClusterConnection) -> StoreResult<Vec<(String, u16)>>
         )
         .await?;
     let ranges: Vec<Vec<Value>> = ::redis::from_redis_value(slots)?;
-    let mut masters = std::collections::BTreeSet::new();
+    let mut found = std::collections::BTreeSet::new();
     for range in ranges {
         // [start, end, [host, port, id, …], replicas…]
-        if let Some(master) = range.into_iter().nth(2) {
-            let node: Vec<Value> = ::redis::from_redis_value(master)?;
+        for node in range
+            .into_iter()
+            .skip(2)
+            .take(if replicas { usize::MAX } else { 1 })
+        {
+            let node: Vec<Value> = ::redis::from_redis_value(node)?;
             let mut node = node.into_iter();
             if let (Some(host), Some(port)) = (node.next(), node.next()) {
-                masters.insert((
+                found.insert((
                     ::redis::from_redis_value::<String>(host)?,
                     ::redis::from_redis_value::<u16>(port)?,
                 ));
             }
         }
     }
-    Ok(masters.into_iter().collect())
+    Ok(found.into_iter().collect())
+}
+
+/// Whether a node's `INFO persistence` says it keeps an append-only file.
+fn aof_enabled(info: &str) -> Option<bool> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("aof_enabled:"))
+        .map(|v| v.trim() == "1")
+}
+
+/// The nodes (`host:port`, or the URL's for one Redis) that keep no append-only file: a
+/// restart of one loses every write it acknowledged since its last snapshot. An error when
+/// a node's `INFO` cannot be read (down, or an ACL that denies it): then nobody can tell.
+async fn nodes_without_aof(con: &Con, one: &str) -> StoreResult<Vec<String>> {
+    let info = ::redis::cmd("INFO").arg("persistence").to_owned();
+    let mut without = Vec::new();
+    match con {
+        Con::One(c) => {
+            let text: String = info.query_async(&mut c.clone()).await?;
+            if aof_enabled(&text) == Some(false) {
+                without.push(one.to_owned());
+            }
+        }
+        Con::Cluster(c) => {
+            let mut c = c.clone();
+            for (host, port) in nodes(&mut c, true).await? {
+                let reply = c
+                    .route_command(
+                        info.clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        }),
+                    )
+                    .await?;
+                let text: String = ::redis::from_redis_value(reply)?;
+                if aof_enabled(&text) == Some(false) {
+                    without.push(format!("{host}:{port}"));
+                }
+            }
+        }
+    }
+    Ok(without)
+}
+
+/// What `serve` logs and `check-config --connect` prints when Redis would lose accepted
+/// writes on a restart; `None` when every node keeps an append-only file.
+pub fn aof_warning(without: &[String]) -> Option<String> {
+    (!without.is_empty()).then(|| {
+        format!(
+            "{} keep{} no append-only file (appendonly no): a Redis restart loses every write \
+             since its last snapshot (sessions, sign-outs, tasks, machine assignments); set \
+             appendonly yes (README.rst: State and restarts)",
+            without.join(", "),
+            if without.len() == 1 { "s" } else { "" }
+        )
+    })
 }
 
 #[async_trait]

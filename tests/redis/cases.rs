@@ -799,3 +799,93 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
         .unwrap();
     let _ = redis.wait();
 }
+
+/// `config_file` pointed at `state`, its data directory under `dir`.
+pub fn config_on(dir: &std::path::Path, state: &str) -> std::path::PathBuf {
+    let path = config_file(dir, 1.0, &format!("state = {state:?}"));
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "data_dir = \"poolgate-data\"",
+        &format!("data_dir = {:?}", dir.join("data")),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `poolgate check-config --connect`: whether it passed, and what it said on stderr.
+pub fn check_config_connect(config: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
+        .args(["check-config", "--connect"])
+        .arg(config)
+        .env_remove("POOLGATE_JWT_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A Redis that keeps no append-only file loses what it acknowledged since its last snapshot
+/// when it restarts: `check-config --connect` warns of it (naming the `state` line, and still
+/// passing) and `serve` logs it once at start; a Redis with `appendonly yes` gets neither.
+pub async fn a_redis_without_an_append_only_file_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (volatile, durable) = (free_port(), free_port());
+    let mut volatile_redis = spawn_redis_with(volatile, "--save '' --appendonly no");
+    let mut durable_redis = spawn_redis_with(
+        durable,
+        &format!("--save '' --appendonly yes --dir {}", dir.path().display()),
+    );
+    for (port, warned) in [(volatile, true), (durable, false)] {
+        let here = dir.path().join(port.to_string());
+        std::fs::create_dir(&here).unwrap();
+        let config = config_on(&here, &format!("redis://127.0.0.1:{port}"));
+        let (ok, err) = check_config_connect(&config);
+        assert!(ok, "a warning does not fail the check: {err}");
+        let line = std::fs::read_to_string(&config)
+            .unwrap()
+            .lines()
+            .position(|l| l.starts_with("state = "))
+            .unwrap()
+            + 1;
+        let expected = format!(
+            "warning: {}:{line}: state: redis://127.0.0.1:{port} keeps no append-only file",
+            config.display()
+        );
+        assert_eq!(err.contains(&expected), warned, "{expected}\nin:\n{err}");
+        assert_eq!(err.contains("append-only"), warned, "{err}");
+
+        let server = ServerProcess::start(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .await;
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            seen = server.log_lines("append-only");
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if warned {
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert!(
+                seen[0].contains("WARN") && seen[0].contains("appendonly yes"),
+                "{seen:?}"
+            );
+        } else {
+            assert!(seen.is_empty(), "{seen:?}");
+        }
+    }
+    for redis in [&mut volatile_redis, &mut durable_redis] {
+        std::process::Command::new("kill")
+            .args(["-TERM", &redis.id().to_string()])
+            .status()
+            .unwrap();
+        let _ = redis.wait();
+    }
+}

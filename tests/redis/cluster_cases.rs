@@ -194,3 +194,42 @@ pub async fn a_dead_replica_does_not_keep_scripts_from_running() {
     }
     drop(cluster);
 }
+
+/// On a cluster, `check-config --connect` names every node — masters and replicas, since a
+/// replica becomes a master on failover — that keeps no append-only file, and only those.
+pub async fn check_config_names_every_cluster_node_without_an_append_only_file() {
+    let cluster = Cluster::start(3, 1);
+    let durable = cluster.ports[0];
+    Cluster::cli(durable, &["config", "set", "appendonly", "yes"]);
+    // The nodes checked are those CLUSTER SLOTS lists: a replica is once its master has heard
+    // its replication offset (some seconds after the cluster is created).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cluster.ports.iter().all(|p| {
+        Cluster::cli(durable, &["cluster", "slots"])
+            .lines()
+            .any(|l| l.trim() == p.to_string())
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas listed in CLUSTER SLOTS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::cases::config_on(dir.path(), &cluster.url());
+    let (ok, err) = crate::cases::check_config_connect(&config);
+    assert!(ok, "a warning does not fail the check: {err}");
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning:") && l.contains("append-only"))
+        .unwrap_or_else(|| panic!("a warning in:\n{err}"));
+    assert_eq!(cluster.ports.len(), 6);
+    for port in &cluster.ports {
+        assert_eq!(
+            warning.contains(&format!("127.0.0.1:{port}")),
+            *port != durable,
+            "{port}: {warning}"
+        );
+    }
+    drop(cluster);
+}

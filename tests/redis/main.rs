@@ -158,6 +158,20 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cases::a_write_is_announced_even_when_its_writer_dies_as_it_returns()),
     ));
     all.push((
+        "durability::a_redis_without_an_append_only_file_is_warned_about",
+        Needs::RedisServer,
+        || Box::pin(cases::a_redis_without_an_append_only_file_is_warned_about()),
+    ));
+    all.push((
+        "durability::check_config_names_every_cluster_node_without_an_append_only_file",
+        Needs::RedisClusterServers,
+        || {
+            Box::pin(
+                cluster_cases::check_config_names_every_cluster_node_without_an_append_only_file(),
+            )
+        },
+    ));
+    all.push((
         "secrets::the_redis_password_comes_from_a_file_and_is_required",
         Needs::RedisServer,
         || Box::pin(cases::the_redis_password_comes_from_a_file_and_is_required()),
