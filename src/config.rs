@@ -61,6 +61,10 @@ pub struct Config {
     /// request is closed after this long too.
     #[serde(with = "secs")]
     pub http_header_timeout: Duration,
+    /// Reverse proxies and load balancers (addresses or CIDR networks) whose `X-Forwarded-For`
+    /// names the client: then the sign-in lockout, the logs and the sessions' `peer` see the
+    /// client's address instead of the proxy's. Empty (the default): the header is ignored.
+    pub trusted_proxies: crate::http::TrustedProxies,
     /// Origins (`scheme://host[:port]`) whose pages may open the cookie-authenticated status
     /// WebSocket. Empty: only pages served from the host the request names (`Host`).
     pub allowed_origins: Vec<String>,
@@ -175,6 +179,7 @@ impl Default for Config {
             max_connections_per_address: 1024,
             http_header_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
+            trusted_proxies: Default::default(),
             metrics_listen: None,
             outbound_queue: 256,
             max_auth_failures: 5,

@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Admission, Refusal};
-use crate::http::{DeadlineBody, Holding};
+use crate::http::{DeadlineBody, Holding, TrustedProxies};
 use crate::state::AppState;
 use crate::telemetry::RateLimitedLog;
 
@@ -129,6 +129,7 @@ pub(crate) fn spawn_metrics(listener: TcpListener, state: &AppState) {
         router: metrics_app(state.clone()),
         admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS),
         tls: None,
+        trusted: Arc::new(state.config.trusted_proxies.clone()),
         name: "metrics",
     };
     state
@@ -145,6 +146,7 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: 
         router: app(state.clone()),
         admission: state.admission.clone(),
         tls,
+        trusted: Arc::new(state.config.trusted_proxies.clone()),
         name: "main",
     };
     accept_loop(listener, site, state.clone()).await;
@@ -158,6 +160,8 @@ struct Site {
     router: Router,
     admission: Arc<Admission>,
     tls: Option<TlsAcceptor>,
+    /// Whose `X-Forwarded-For` names the client (`trusted_proxies`).
+    trusted: Arc<TrustedProxies>,
     /// For logs: "main" or "metrics".
     name: &'static str,
 }
@@ -312,6 +316,7 @@ where
     let service = PeerService {
         router: site.router.clone(),
         peer,
+        trusted: site.trusted.clone(),
         body_timeout: timeout,
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -335,12 +340,13 @@ where
     }
 }
 
-/// The router, with the client's address (`ConnectInfo`) and the body deadline added to each
-/// request.
+/// The router, with the client's address (`ConnectInfo`: the TCP peer, or the address a
+/// trusted proxy forwarded the request for) and the body deadline added to each request.
 #[derive(Clone)]
 struct PeerService {
     router: Router,
     peer: SocketAddr,
+    trusted: Arc<TrustedProxies>,
     body_timeout: Duration,
 }
 
@@ -352,7 +358,8 @@ impl hyper::service::Service<Request<Incoming>> for PeerService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let timeout = self.body_timeout;
         let mut req = req.map(|body| Body::new(DeadlineBody::new(body, timeout)));
-        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let client = self.trusted.client(self.peer, req.headers());
+        req.extensions_mut().insert(ConnectInfo(client));
         tower_service::Service::call(&mut self.router.clone(), req)
     }
 }

@@ -419,3 +419,128 @@ async fn a_flood_of_refused_sign_ins_is_logged_at_a_bounded_rate_with_a_count() 
     );
     assert!(log.len() < 20_000, "{} bytes of log", log.len());
 }
+
+/// A WebSocket whose upgrade request says `X-Forwarded-For: forwarded`, from `source`.
+async fn connect_forwarded(app: &TestApp, source: [u8; 4], forwarded: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = app.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", forwarded.parse().unwrap());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    Client::from(ws)
+}
+
+/// The `peer` admin_sessions shows for `username`'s sessions.
+async fn peers_of(app: &TestApp, username: &str) -> Vec<String> {
+    let (mut admin, _) = app.login("astravdi").await;
+    let list = admin.rpc("admin_sessions", json!({})).await["args"].clone();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["username"] == username)
+        .map(|s| s["peer"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Behind a trusted load balancer every connection comes from its address: the lockout counts
+/// each client by the address the balancer forwarded, so one client's wrong passwords lock
+/// out that client, not everyone behind the balancer.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_lockout_counts_the_forwarded_client() {
+    let app = TestApp::spawn_with(|c| {
+        c.lockout_address_attempts = 5;
+        c.trusted_proxies = "127.0.15.0/24".parse().unwrap();
+    })
+    .await;
+    // Through the balancer (127.0.15.1): a sprayer at 203.0.113.7 (who also writes an address
+    // of its own into the header), then a real user at 198.51.100.1.
+    for i in 0..5 {
+        let mut s = connect_forwarded(&app, [127, 0, 15, 1], "1.1.1.1, 203.0.113.7").await;
+        let reply = try_auth(&mut s, &format!("nobody-{i}"), "x").await;
+        assert_eq!(error_code(&reply), 401, "{reply}");
+    }
+    let mut sprayer = connect_forwarded(&app, [127, 0, 15, 1], "203.0.113.7").await;
+    assert_eq!(
+        error_code(&try_auth(&mut sprayer, "user-2", PASSWORD).await),
+        429,
+        "the sprayer's address is locked"
+    );
+    let mut user = connect_forwarded(&app, [127, 0, 15, 1], "198.51.100.1").await;
+    assert_eq!(
+        try_auth(&mut user, "user-2", PASSWORD).await["name"],
+        "response",
+        "another client behind the same balancer is not"
+    );
+    assert_eq!(peers_of(&app, "user-2").await, vec!["198.51.100.1"]);
+}
+
+/// The header of a connection from anywhere but a trusted proxy is the client's own say: it
+/// is ignored, whether no proxy is trusted (the default) or the connection comes from another
+/// address than the trusted one.
+#[tokio::test]
+async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    for trusted in [None, Some("127.0.16.2")] {
+        let app = TestApp::spawn_with(|c| {
+            c.lockout_address_attempts = 3;
+            if let Some(t) = trusted {
+                c.trusted_proxies = t.parse().unwrap();
+            }
+        })
+        .await;
+        // Each attempt claims to come from elsewhere; all count against 127.0.16.1.
+        for i in 0..3 {
+            let mut s = connect_forwarded(&app, [127, 0, 16, 1], &format!("203.0.113.{i}")).await;
+            assert_eq!(error_code(&try_auth(&mut s, "nobody", "x").await), 401);
+        }
+        let mut c = connect_forwarded(&app, [127, 0, 16, 1], "198.51.100.1").await;
+        assert_eq!(
+            error_code(&try_auth(&mut c, "user-2", PASSWORD).await),
+            429,
+            "trusted: {trusted:?}"
+        );
+        let mut c = app.connect_from([127, 0, 16, 3]).await;
+        assert_eq!(
+            try_auth(&mut c, "user-2", PASSWORD).await["name"],
+            "response"
+        );
+        assert_eq!(peers_of(&app, "user-2").await, vec!["127.0.16.3"]);
+    }
+}
+
+/// The v2 REST login behind a trusted proxy counts the forwarded client too.
+#[tokio::test]
+async fn the_rest_login_behind_a_trusted_proxy_counts_the_forwarded_client() {
+    let app = TestApp::spawn_with(|c| {
+        c.lockout_address_attempts = 3;
+        c.trusted_proxies = "127.0.0.1".parse().unwrap();
+    })
+    .await;
+    let login = |forwarded: &'static str, password: &'static str| {
+        let url = app.url("/api/v2/users/login/");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("x-forwarded-for", forwarded)
+                .json(&json!({"username": "user-2", "password": password, "ldap": false}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(login("203.0.113.7", "wrong").await, 401);
+    }
+    assert_eq!(login("203.0.113.7", PASSWORD).await, 429);
+    assert_eq!(login("198.51.100.1", PASSWORD).await, 200);
+}
