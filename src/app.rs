@@ -102,6 +102,7 @@ impl Application {
         ServerHandle {
             local_addr: self.local_addr,
             shutdown: self.state.shutdown.clone(),
+            stop_now: self.state.stop_now.clone(),
             tracker: self.state.tracker.clone(),
         }
     }
@@ -137,6 +138,7 @@ impl Application {
 pub struct ServerHandle {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
+    stop_now: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -150,6 +152,13 @@ impl ServerHandle {
     /// requests in flight finish. Returns at once; await [`ServerHandle::stopped`] for the
     /// end. Stopping twice is stopping once.
     pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Stops without waiting out `drain_timeout`: tasks still running are cancelled now (as
+    /// with `drain_timeout = 0`). What a second SIGTERM or Ctrl-C does.
+    pub fn stop_now(&self) {
+        self.stop_now.cancel();
         self.shutdown.cancel();
     }
 
@@ -167,6 +176,7 @@ struct StopOnDrop(AppState);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.shutdown.cancel();
+        self.0.stop_now.cancel();
         // `stopped` waits for the tracker to be closed as well as empty.
         self.0.tracker.close();
     }

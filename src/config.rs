@@ -129,6 +129,11 @@ pub struct Config {
     /// Every connect task ends within this long (CANCELLED if it overruns).
     #[serde(with = "secs")]
     pub task_deadline: Duration,
+    /// At shutdown (SIGTERM), how long tasks still running may go on to their end — never
+    /// past `task_deadline` — before they are cancelled; sockets close at once either way.
+    /// Zero: cancelled at once. A second signal stops at once.
+    #[serde(with = "secs")]
+    pub drain_timeout: Duration,
     /// How long a FAILED step 1 makes the pool refuse the user (403 / 800, the mock's
     /// answer) before a new request starts a new task. Zero: never refuse. Operators clear it
     /// at once with `admin_reset` or `admin_release`.
@@ -192,6 +197,7 @@ impl Default for Config {
             max_concurrent_hashes: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             task_deadline: Duration::from_secs(90),
+            drain_timeout: Duration::ZERO,
             failed_step_retry: Duration::from_secs(60),
             max_sessions_per_user: 32,
             task_retention: Duration::from_secs(7 * 24 * 3600),

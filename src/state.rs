@@ -37,6 +37,9 @@ pub struct Inner {
     pub admission: Arc<crate::admission::Admission>,
     /// Cancelled when the server shuts down; connections and background jobs watch it.
     pub shutdown: CancellationToken,
+    /// Cancelled to stop at once: running tasks are cancelled without waiting out
+    /// `drain_timeout` (a second stop signal).
+    pub stop_now: CancellationToken,
     /// Every connection task and background job, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Events from the store's bus, consumed once `start` runs.
@@ -163,6 +166,7 @@ impl AppState {
             metrics: metrics.clone(),
         };
         let shutdown = CancellationToken::new();
+        let stop_now = CancellationToken::new();
         let tracker = TaskTracker::new();
         let events = Arc::new(EventHub::default());
         events.attach(&store);
@@ -176,6 +180,7 @@ impl AppState {
                 metrics: metrics.clone(),
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
+                stop_now: stop_now.clone(),
             },
             Timings {
                 deadline: config.task_deadline,
@@ -186,6 +191,7 @@ impl AppState {
                 release_deadline: config.release_deadline,
                 task_retention: config.task_retention,
                 sweep_interval: config.sweep_interval,
+                drain: config.drain_timeout,
             },
         )?;
         Ok(AppState(Arc::new(Inner {
@@ -199,6 +205,7 @@ impl AppState {
             events,
             metrics: metrics.clone(),
             shutdown,
+            stop_now,
             tracker,
             bus: Mutex::new(Some(bus)),
             next_conn_id: AtomicU64::new(1),

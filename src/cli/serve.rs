@@ -134,20 +134,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     app.run_until_stopped().await
 }
 
-/// Begins the graceful shutdown on the first SIGTERM or Ctrl-C.
+/// Begins the graceful shutdown on the first SIGTERM or Ctrl-C (running tasks may finish
+/// within `drain_timeout`), and stops at once on the second.
 async fn stop_on_signal(server: ServerHandle) {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("cannot install the SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("cannot install the SIGTERM handler");
+    for first in [true, false] {
+        #[cfg(unix)]
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        if first {
+            tracing::info!("shutting down (a second signal stops at once)");
+            server.stop();
+        } else {
+            tracing::info!("stopping at once: running tasks are cancelled");
+            server.stop_now();
+        }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-    server.stop();
 }

@@ -102,6 +102,8 @@ pub struct PoolsDeps<'a> {
     /// Runners, releases and sweeps are spawned here, so shutdown waits for them.
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Cancels running tasks at once, drain or not (a second stop signal).
+    pub stop_now: CancellationToken,
 }
 
 pub struct Inner {
@@ -125,6 +127,7 @@ pub struct Inner {
     releases: Arc<tokio::sync::Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    stop_now: CancellationToken,
 }
 
 impl std::ops::Deref for Pools {
@@ -171,6 +174,7 @@ impl Pools {
             metrics,
             tracker,
             shutdown,
+            stop_now,
         } = deps;
         let mut map = HashMap::new();
         let mut order = Vec::new();
@@ -228,6 +232,7 @@ impl Pools {
             releases: Arc::new(tokio::sync::Semaphore::new(release::CONCURRENT_RELEASES)),
             tracker,
             shutdown,
+            stop_now,
         })))
     }
 }

@@ -104,6 +104,10 @@ impl Pools {
         tokio::pin!(deadline);
         let mut renew = tokio::time::interval(self.timings.task_lease / 3);
         renew.tick().await;
+        // Set once shutdown begins: the end of `drain_timeout`.
+        let drained = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(drained);
+        let mut draining = false;
         let result = loop {
             tokio::select! {
                 biased;
@@ -119,7 +123,16 @@ impl Pools {
                         tracing::warn!(task_id = %task.id, error = %e, "cannot renew the task lease");
                     }
                 }
-                _ = self.shutdown.cancelled() => return Ended::Shutdown,
+                _ = self.shutdown.cancelled(), if !draining => {
+                    if self.timings.drain.is_zero() {
+                        return Ended::Shutdown;
+                    }
+                    draining = true;
+                    drained.as_mut().reset(Instant::now() + self.timings.drain);
+                    tracing::info!(task_id = %task.id, drain_timeout = self.timings.drain.as_secs_f64(), "shutting down: the task goes on for at most drain_timeout");
+                }
+                _ = &mut drained, if draining => return Ended::Shutdown,
+                _ = self.stop_now.cancelled() => return Ended::Shutdown,
             }
         };
         let mut changed = false;

@@ -98,3 +98,126 @@ async fn a_second_instance_on_the_same_sqlite_file_is_refused() {
         "{err}"
     );
 }
+
+/// Sends `signal` (`TERM`, `INT`) to the server process.
+fn signal(server: &ServerProcess, signal: &str) {
+    let pid = server
+        .child
+        .id()
+        .expect("the server is running")
+        .to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits for the server process to exit, at most `within`; its exit status.
+async fn exited(
+    server: &mut ServerProcess,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    tokio::time::timeout(within, server.child.wait())
+        .await
+        .expect("the server exits in time")
+        .unwrap()
+}
+
+/// With `drain_timeout`, SIGTERM closes the sockets at once (1001) and stops accepting, but
+/// the process lets its running task finish before it exits, so the task is COMPLETED, not
+/// cancelled; a second SIGTERM during the drain stops at once (the task cancelled, with the
+/// usual "ask again" reason).
+#[tokio::test]
+async fn sigterm_lets_running_tasks_finish_within_drain_timeout_and_a_second_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for (running, second_signal, expected) in [(1.0, false, "COMPLETED"), (30.0, true, "CANCELLED")]
+    {
+        let config = config_file(dir.path(), running, "drain_timeout = 30");
+        let data = dir.path().join(format!("data-{expected}"));
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ];
+        let mut server = ServerProcess::start(&args).await;
+        let mut c = server.connect().await;
+        let token = c.auth("astravdi", PASSWORD).await;
+        let id = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"]
+            .clone();
+        let started = std::time::Instant::now();
+        signal(&server, "TERM");
+        // The socket is closed at once, long before the task could end.
+        let closed = tokio::time::timeout(std::time::Duration::from_millis(800), async {
+            loop {
+                match futures_util::StreamExt::next(&mut c.ws).await {
+                    Some(Ok(tungstenite::Message::Close(frame))) => break frame,
+                    Some(Ok(_)) => continue,
+                    other => panic!("a close frame, not {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the socket is closed at once");
+        assert_eq!(u16::from(closed.unwrap().code), 1001);
+        if second_signal {
+            signal(&server, "TERM");
+        }
+        let status = exited(&mut server, std::time::Duration::from_secs(10)).await;
+        assert!(status.success(), "{status:?}");
+        if !second_signal {
+            assert!(
+                started.elapsed() >= std::time::Duration::from_millis(500),
+                "it waited for the task: {:?}",
+                started.elapsed()
+            );
+        }
+
+        let server = ServerProcess::start(&args).await;
+        let mut c = server.connect().await;
+        c.rpc("auth_token", json!({"token": token})).await;
+        let task = c.rpc("task", json!({"task_id": id})).await;
+        assert_eq!(task["args"]["status"], expected, "{task}");
+        if expected == "CANCELLED" {
+            assert!(
+                task["args"]["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("ask again")),
+                "{task}"
+            );
+        }
+    }
+}
+
+/// A task that outlasts `drain_timeout` is cancelled when it runs out (not at task_deadline).
+#[tokio::test]
+async fn a_task_that_outlasts_the_drain_timeout_is_cancelled_when_it_runs_out() {
+    let app = TestApp::spawn_with(|c| {
+        c.drain_timeout = std::time::Duration::from_millis(300);
+        let slow: toml::Value =
+            toml::from_str("kind = \"simulated\"\npending = 0.05\nrunning = [20, 20]").unwrap();
+        c.provisioners
+            .insert("simulated".into(), slow.try_into().unwrap());
+    })
+    .await;
+    let (mut a, token) = app.login("astravdi").await;
+    let id =
+        a.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    let started = std::time::Instant::now();
+    let app = app.restart().await;
+    let stopped_in = started.elapsed();
+    assert!(
+        stopped_in >= std::time::Duration::from_millis(250)
+            && stopped_in < std::time::Duration::from_secs(5),
+        "stopped once the drain ran out: {stopped_in:?}"
+    );
+    let mut b = app.connect().await;
+    b.rpc("auth_token", json!({"token": token})).await;
+    let task = b.rpc("task", json!({"task_id": id})).await;
+    assert_eq!(task["args"]["status"], "CANCELLED", "{task}");
+}

@@ -889,3 +889,38 @@ pub async fn a_redis_without_an_append_only_file_is_warned_about() {
         let _ = redis.wait();
     }
 }
+
+/// A rolling restart: instance A is stopped (SIGTERM) with a task of its running and
+/// `drain_timeout` set. Its sockets close at once (their clients come back through B), and A
+/// drives the task to its end before it exits: the client, now on B, is pushed COMPLETED.
+pub async fn a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout() {
+    let (_dir, mut a, b) =
+        two_instances("drain", 1.5, "task_lease = 1\ndrain_timeout = 30", |c| c).await;
+    let mut on_a = a.connect().await;
+    let token = on_a.auth("astravdi", PASSWORD).await;
+    let mut on_b = b.connect().await;
+    assert_eq!(
+        on_b.rpc("auth_token", json!({"token": token})).await["name"],
+        "response"
+    );
+    let id = on_a
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    assert_eq!(on_b.next_event().await["status"], "RUNNING");
+    let pid = a.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (seen, task) = on_b.follow(&id).await;
+    assert_eq!(seen.last().unwrap(), "COMPLETED", "{task}");
+    let status = tokio::time::timeout(Duration::from_secs(10), a.child.wait())
+        .await
+        .expect("A exits once its task has ended")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

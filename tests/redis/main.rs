@@ -158,6 +158,15 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cases::a_write_is_announced_even_when_its_writer_dies_as_it_returns()),
     ));
     all.push((
+        "instances::a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout",
+        Needs::Redis,
+        || {
+            Box::pin(
+                cases::a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout(),
+            )
+        },
+    ));
+    all.push((
         "durability::a_redis_without_an_append_only_file_is_warned_about",
         Needs::RedisServer,
         || Box::pin(cases::a_redis_without_an_append_only_file_is_warned_about()),
