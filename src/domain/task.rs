@@ -112,9 +112,10 @@ impl TaskError {
         Self::provisioner("The provisioner crashed.")
     }
 
-    /// The step got a machine but the store could not record the assignment (it was given back).
+    /// The step got a machine but the state store could not record the assignment (it was
+    /// given back): an interruption, not the provisioner's failure.
     pub fn machine_not_recorded() -> Self {
-        Self::provisioner("The machine could not be recorded; ask again.")
+        Self::interrupted("The state store could not record the machine; ask again.")
     }
 
     /// A previous run of the server left the task unfinished.
@@ -328,13 +329,13 @@ mod tests {
         for e in [
             TaskError::provisioner("no capacity"),
             TaskError::provisioner_crashed(),
-            TaskError::machine_not_recorded(),
         ] {
             assert_eq!(e.err_code, 811, "{e:?}");
         }
         for e in [
             TaskError::server_restarted(),
             TaskError::server_shut_down(),
+            TaskError::machine_not_recorded(),
             TaskError::instance_gone(),
         ] {
             assert_eq!(e.err_code, 812, "{e:?}");

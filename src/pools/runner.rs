@@ -36,6 +36,9 @@ enum Ended {
     Deadline,
     /// The server is shutting down.
     Shutdown,
+    /// Another instance ended the task first (it took this one's unrenewed lease for its
+    /// death): its end stands, and this runner stops.
+    Lost,
 }
 
 /// How a task ends: its status and, unless COMPLETED, why.
@@ -71,6 +74,12 @@ impl Pools {
         let (progress, mut updates) = Progress::channel();
         let mut work = start_step(pool.provisioner.clone(), task.kind, req.clone(), progress);
         let (status, error) = match self.follow(&mut task, &mut work, &mut updates).await {
+            Ended::Lost => {
+                tracing::warn!(task_id = %task.id, "another instance ended this task while it ran here (the lease could not be renewed); its end stands and the step is abandoned");
+                self.abandon(&pool, work, &req, "its task was ended by another instance")
+                    .await;
+                return;
+            }
             Ended::Shutdown => {
                 self.abandon(&pool, work, &req, "server shutting down")
                     .await;
@@ -82,7 +91,41 @@ impl Pools {
             }
         };
         task.finish(status, error);
-        self.save(&task, true).await;
+        if !self.save(&task, true).await {
+            tracing::warn!(task_id = %task.id, status = task.status.as_str(), "another instance ended this task first (the lease could not be renewed); its end stands");
+            self.give_back(&task, &pool, &req).await;
+        }
+    }
+
+    /// A step 1 whose end was refused (the task had been ended elsewhere) may have assigned
+    /// a machine: the assignment is removed and the machine released, as nobody was told of
+    /// it.
+    async fn give_back(&self, task: &Task, pool: &Pool, req: &StepRequest) {
+        let Some(machine) = &task.machine else {
+            return;
+        };
+        if task.kind != TaskKind::PoolExpand {
+            return;
+        }
+        match self.store.assignment_get(task.user_id, task.pool_id).await {
+            Ok(Some(held)) if held.machine.id == machine.id => {
+                if let Err(e) = self
+                    .store
+                    .assignment_remove(task.user_id, task.pool_id)
+                    .await
+                {
+                    tracing::error!(task_id = %task.id, error = %e, "cannot remove the assignment of a task ended elsewhere; the lease sweep will");
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(task_id = %task.id, error = %e, "cannot read the assignment of a task ended elsewhere; the lease sweep will release it");
+                return;
+            }
+        }
+        let release = release_request(req, machine, "its task was ended by another instance");
+        self.release_machine(&pool.provisioner, release);
     }
 
     /// Follows the step until it returns, the task's deadline passes (counted from its
@@ -112,8 +155,8 @@ impl Pools {
             tokio::select! {
                 biased;
                 Some(update) = updates.recv() => {
-                    if apply_update(task, update, &mut diagnosis) {
-                        self.save(task, true).await;
+                    if apply_update(task, update, &mut diagnosis) && !self.save(task, true).await {
+                        return Ended::Lost;
                     }
                 }
                 result = &mut *work => break Some(result),
@@ -139,8 +182,8 @@ impl Pools {
         while let Ok(update) = updates.try_recv() {
             changed |= apply_update(task, update, &mut diagnosis);
         }
-        if changed {
-            self.save(task, true).await;
+        if changed && !self.save(task, true).await {
+            return Ended::Lost;
         }
         match result {
             Some(result) => Ended::Step(result, diagnosis),
@@ -222,7 +265,16 @@ impl Pools {
             machine: machine.clone(),
             lease_until_ms: now_ms() + self.timings.assignment_ttl.as_millis() as u64,
         };
-        match self.store.assignment_create(&assignment).await {
+        // Retried for about six seconds, a failover's worth: a store outage must not throw
+        // away a machine the provisioner just made.
+        let mut created = self.store.assignment_create(&assignment).await;
+        for wait_ms in [100, 200, 400, 800, 1600, 3200] {
+            let Err(e) = &created else { break };
+            tracing::warn!(task_id = %task.id, error = %e, "cannot record the assignment; retrying");
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            created = self.store.assignment_create(&assignment).await;
+        }
+        match created {
             Ok(true) => {
                 task.machine = Some(machine);
                 (TaskStatus::Completed, None)
@@ -237,7 +289,12 @@ impl Pools {
                 tracing::error!(task_id = %task.id, error = %e, "cannot record the assignment");
                 let release = release_request(req, &machine, "assignment not recorded");
                 self.release_machine(&pool.provisioner, release);
-                (TaskStatus::Failed, Some(TaskError::machine_not_recorded()))
+                // Not the provisioner's failure: ended so that the next request starts over
+                // at once (a FAILED step 1 would hold the pool back for failed_step_retry).
+                (
+                    TaskStatus::Cancelled,
+                    Some(TaskError::machine_not_recorded()),
+                )
             }
         }
     }
@@ -252,8 +309,19 @@ impl Pools {
     }
 
     /// Writes a task and tells every instance. Retried briefly: a store outage must not leave
-    /// a finished task looking active.
-    async fn save(&self, task: &Task, notify: bool) {
+    /// a finished task looking active. False when the store refused it because the task had
+    /// already ended with another status (see `Store::task_update`): nothing is told then.
+    async fn save(&self, task: &Task, notify: bool) -> bool {
+        for attempt in 0u64..5 {
+            match self.store.task_update(task).await {
+                Ok(true) => break,
+                Ok(false) => return false,
+                Err(e) => {
+                    tracing::warn!(task_id = %task.id, error = %e, "cannot save task; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
+            }
+        }
         if let Some(finished) = task.finished
             && task.status.is_done()
         {
@@ -266,27 +334,20 @@ impl Pools {
                 })
                 .observe(secs);
         }
-        for attempt in 0u64..5 {
-            match self.store.task_update(task).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(task_id = %task.id, error = %e, "cannot save task; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
-                }
-            }
-        }
         self.store.publish(BusEvent::Task {
             task: Box::new(task.clone()),
             notify,
         });
+        true
     }
 
     /// Ends a task whose runner is gone; `error` says how it went.
     pub(super) async fn end_orphan(&self, mut task: Task, error: TaskError) {
         let message = error.message.clone();
         task.finish(TaskStatus::Cancelled, Some(error));
-        tracing::warn!(task_id = %task.id, message, "ended an orphaned task");
-        self.save(&task, true).await;
+        if self.save(&task, true).await {
+            tracing::warn!(task_id = %task.id, message, "ended an orphaned task");
+        }
     }
 
     /// Logs a failed provisioner step once, at WARN (a crash at ERROR), with the pool, task,

@@ -477,7 +477,7 @@ impl Store for CachedStore {
         created
     }
 
-    async fn task_update(&self, task: &Task) -> StoreResult<()> {
+    async fn task_update(&self, task: &Task) -> StoreResult<bool> {
         let updated = self.inner.task_update(task).await;
         self.changed(task.user_id, Some(task.id));
         updated

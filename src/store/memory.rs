@@ -315,11 +315,14 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    async fn task_update(&self, task: &Task) -> StoreResult<()> {
+    async fn task_update(&self, task: &Task) -> StoreResult<bool> {
         if let Some(stored) = self.lock().tasks.get_mut(&task.id) {
+            if stored.status.is_done() && stored.status != task.status {
+                return Ok(false);
+            }
             *stored = task.clone();
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>> {

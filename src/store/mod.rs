@@ -376,9 +376,13 @@ pub trait Store: Send + Sync + 'static {
     /// still `expected` (`None`: the key has none). One atomic compare-and-set: of concurrent
     /// creators expecting the same latest, exactly one gets true.
     async fn task_create(&self, expected: Option<Uuid>, task: &Task) -> StoreResult<bool>;
-    /// Overwrites a stored task (status, progress, result). A task that is not stored (never
-    /// created, or swept) is not recreated.
-    async fn task_update(&self, task: &Task) -> StoreResult<()>;
+    /// Overwrites a stored task (status, progress, result), unless the stored one has ended
+    /// with another status: an end is final, so a runner cut off from its lease (which another
+    /// instance took as its death and ended the task) can never turn that CANCELLED back into
+    /// RUNNING or COMPLETED, nor an orphan sweep overwrite a runner's end. False when that
+    /// refused the write (nothing written, nothing announced). A task that is not stored
+    /// (never created, or swept) is not recreated (true: nothing contradicts it).
+    async fn task_update(&self, task: &Task) -> StoreResult<bool>;
     /// The user's tasks, newest `created` first, at most `limit`.
     async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>>;
     /// Every PENDING or RUNNING task, in no order.

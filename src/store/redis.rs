@@ -729,10 +729,14 @@ impl RedisStore {
                   return 1",
             ),
             // KEYS: the task, the active set, the ended index. ARGV: id, body, 'active' or
-            // 'done', created (ms), the bus channel, the announcement, the publish command.
-            // Only a stored task is overwritten.
+            // 'done', created (ms), the bus channel, the announcement, the publish command,
+            // the status. Only a stored task is overwritten (0 when there is none), and not
+            // one that has ended with another status (2: an end is final).
             task_update: Script::new(
-                r"if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+                r"local cur = redis.call('GET', KEYS[1])
+                  if not cur then return 0 end
+                  local was = cjson.decode(cur)['status']
+                  if was ~= 'PENDING' and was ~= 'RUNNING' and was ~= ARGV[8] then return 2 end
                   redis.call('SET', KEYS[1], ARGV[2])
                   if ARGV[3] == 'active' then redis.call('SADD', KEYS[2], ARGV[1])
                   else redis.call('SREM', KEYS[2], ARGV[1])
@@ -1501,10 +1505,11 @@ impl Store for RedisStore {
         Ok(n == 1)
     }
 
-    async fn task_update(&self, task: &Task) -> StoreResult<()> {
+    async fn task_update(&self, task: &Task) -> StoreResult<bool> {
         let id = task.id.to_string();
         let bucket = user_bucket(task.user_id);
-        self.task_update
+        let written = self
+            .task_update
             .key(self.keys.task(bucket, &id))
             .key(self.keys.active_tasks(bucket))
             .key(self.keys.done_tasks(bucket))
@@ -1519,9 +1524,10 @@ impl Store for RedisStore {
             .arg(self.keys.channel(task.user_id))
             .arg(self.announcement(task.user_id, Some(task.id)))
             .arg(self.keys.publish_command())
+            .arg(task.status.as_str())
             .invoke_async::<i64>(&mut self.con())
             .await?;
-        Ok(())
+        Ok(written != 2)
     }
 
     async fn tasks_of_user(&self, user: Uuid, limit: usize) -> StoreResult<Vec<Task>> {

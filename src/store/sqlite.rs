@@ -608,12 +608,29 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn task_update(&self, task: &Task) -> StoreResult<()> {
+    async fn task_update(&self, task: &Task) -> StoreResult<bool> {
         let body = task_to_json(task);
         self.with(|c| {
-            c.prepare_cached("UPDATE tasks SET status = ?2, body = ?3 WHERE id = ?1")?
-                .execute(params![task.id.to_string(), status_active(task), body])?;
-            Ok(())
+            let written = c
+                .prepare_cached(
+                    "UPDATE tasks SET status = ?2, body = ?3 WHERE id = ?1
+                     AND (status = 'active' OR json_extract(body, '$.status') = ?4)",
+                )?
+                .execute(params![
+                    task.id.to_string(),
+                    status_active(task),
+                    body,
+                    task.status.as_str()
+                ])?;
+            if written == 1 {
+                return Ok(true);
+            }
+            // Not written: refused, or not stored at all (which is not a refusal).
+            let stored: Option<i64> = c
+                .prepare_cached("SELECT 1 FROM tasks WHERE id = ?1")?
+                .query_row(params![task.id.to_string()], |r| r.get(0))
+                .optional()?;
+            Ok(stored.is_none())
         })
     }
 

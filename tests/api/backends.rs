@@ -1101,6 +1101,55 @@ pub async fn a_task_update_overwrites_a_stored_task_and_the_lists_follow_it(stat
     assert_eq!(s.tasks_of_user(user, 100).await.unwrap().len(), 3);
 }
 
+/// A task's end is final: once stored ended, an update with another status (a runner cut off
+/// from its lease writing RUNNING or COMPLETED over an orphan sweep's CANCELLED, or the
+/// reverse) is refused and changes nothing; one with the same status (an operator clearing a
+/// failure) is written. An update of a task that is not stored is not a refusal.
+pub async fn an_ended_tasks_status_is_final(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let user = Uuid::new_v4();
+    let mut t = Task::new(TaskKind::PoolExpand, user, Uuid::new_v4());
+    assert!(s.task_create(None, &t).await.unwrap());
+    t.start();
+    assert!(s.task_update(&t).await.unwrap());
+    let mut cancelled = t.clone();
+    cancelled.finish(
+        TaskStatus::Cancelled,
+        Some(poolgate::domain::TaskError::instance_gone()),
+    );
+    assert!(s.task_update(&cancelled).await.unwrap());
+
+    let mut running = t.clone();
+    running.progress = Some(50);
+    let mut completed = t.clone();
+    completed.finish(TaskStatus::Completed, None);
+    for late in [&running, &completed] {
+        assert!(
+            !s.task_update(late).await.unwrap(),
+            "{:?} over CANCELLED is refused",
+            late.status
+        );
+        let stored = s.task_get(user, t.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, TaskStatus::Cancelled);
+        assert!(
+            s.tasks_active().await.unwrap().is_empty(),
+            "nothing made it active again"
+        );
+    }
+    let mut cleared = cancelled.clone();
+    cleared.cleared = true;
+    assert!(
+        s.task_update(&cleared).await.unwrap(),
+        "same status: written"
+    );
+    assert!(s.task_get(user, t.id).await.unwrap().unwrap().cleared);
+
+    let ghost = Task::new(TaskKind::PoolExpand, user, Uuid::new_v4());
+    assert!(s.task_update(&ghost).await.unwrap());
+    assert_eq!(s.task_get(user, ghost.id).await.unwrap(), None);
+}
+
 pub async fn ended_tasks_created_before_the_cutoff_go_except_each_keys_latest(state: &str) {
     let f = fresh(state).await;
     let s = &f.store;
@@ -1624,6 +1673,7 @@ macro_rules! backend_cases {
                 jwt_revocations_last_until_the_token_expires_and_a_users_only_move_forward,
                 a_keys_latest_task_moves_only_by_compare_and_set,
                 a_task_update_overwrites_a_stored_task_and_the_lists_follow_it,
+                an_ended_tasks_status_is_final,
                 ended_tasks_created_before_the_cutoff_go_except_each_keys_latest,
                 a_user_holds_at_most_one_assignment_per_pool,
                 a_machine_is_claimed_once_per_inventory,

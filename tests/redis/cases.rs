@@ -555,7 +555,7 @@ pub async fn a_write_is_announced_even_when_its_writer_dies_as_it_returns() {
     done.finish(TaskStatus::Completed, None);
     let d = done.clone();
     write_then_die(Box::new(move |a| {
-        Box::pin(async move { a.task_update(&d).await.unwrap() })
+        Box::pin(async move { assert!(a.task_update(&d).await.unwrap()) })
     }))
     .await
     .unwrap();

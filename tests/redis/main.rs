@@ -32,6 +32,7 @@ mod cases;
 mod cluster;
 mod cluster_cases;
 mod cluster_review;
+mod failover;
 mod redis_server;
 mod routing_review;
 
@@ -165,6 +166,16 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
                 cases::a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout(),
             )
         },
+    ));
+    all.push((
+        "failover::a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended",
+        Needs::Redis,
+        || Box::pin(failover::a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended()),
+    ));
+    all.push((
+        "failover::a_store_outage_as_the_machine_is_assigned_is_ridden_out",
+        Needs::RedisServer,
+        || Box::pin(failover::a_store_outage_as_the_machine_is_assigned_is_ridden_out()),
     ));
     all.push((
         "durability::a_redis_without_an_append_only_file_is_warned_about",

@@ -32,14 +32,14 @@ fn cli(url: &str, args: &[&str]) -> String {
 /// An ACL user of its own on the shared test Redis, so one instance can be cut off (its
 /// connection killed and refused) while the others carry on: a network partition of one
 /// instance, a Redis proxy failing over, `CLIENT KILL` by an operator.
-struct CutOff {
+pub struct CutOff {
     admin_url: String,
     user: String,
     pub url: String,
 }
 
 impl CutOff {
-    fn new() -> CutOff {
+    pub fn new() -> CutOff {
         let admin_url = redis_url();
         let user = format!("pg-review-{}", Uuid::new_v4().simple());
         let password = "review-pw";
@@ -68,12 +68,12 @@ impl CutOff {
     }
 
     /// Kills the instance's connections and refuses new ones.
-    fn cut(&self) {
+    pub fn cut(&self) {
         cli(&self.admin_url, &["ACL", "SETUSER", &self.user, "off"]);
         cli(&self.admin_url, &["CLIENT", "KILL", "USER", &self.user]);
     }
 
-    fn restore(&self) {
+    pub fn restore(&self) {
         cli(&self.admin_url, &["ACL", "SETUSER", &self.user, "on"]);
     }
 }
@@ -107,7 +107,7 @@ async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool
 }
 
 /// Every frame a client receives within `window`.
-async fn drain(client: &mut Client, window: Duration) -> Vec<serde_json::Value> {
+pub async fn drain(client: &mut Client, window: Duration) -> Vec<serde_json::Value> {
     let mut frames = Vec::new();
     let deadline = Instant::now() + window;
     loop {
