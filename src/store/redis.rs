@@ -472,11 +472,19 @@ pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<Option<St
     let attempt = async {
         let mut con = client.get_multiplexed_async_connection().await?;
         ::redis::cmd("PING").query_async::<String>(&mut con).await?;
+        if let Ok(info) = ::redis::cmd("INFO")
+            .arg("cluster")
+            .query_async::<String>(&mut con)
+            .await
+            && is_cluster_node(&info)
+        {
+            return Ok(Err(cluster_node_message(&super::url::redacted(url))));
+        }
         let info = ::redis::cmd("INFO")
             .arg("persistence")
             .query_async::<String>(&mut con)
             .await;
-        Ok::<_, ::redis::RedisError>(match info {
+        Ok::<_, ::redis::RedisError>(Ok(match info {
             Ok(text) if aof_enabled(&text) == Some(false) => {
                 aof_warning(&[super::url::redacted(url).into_owned()])
             }
@@ -484,10 +492,11 @@ pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<Option<St
             Err(e) => Some(format!(
                 "cannot tell whether Redis keeps an append-only file (INFO persistence): {e}"
             )),
-        })
+        }))
     };
     match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-        Ok(Ok(warning)) => Ok(warning),
+        Ok(Ok(Ok(warning))) => Ok(warning),
+        Ok(Ok(Err(refused))) => Err(anyhow::anyhow!("{refused}")),
         Ok(Err(e)) => Err(anyhow::anyhow!(
             "cannot reach {}: {e}",
             super::url::redacted(url)
@@ -530,7 +539,17 @@ impl RedisStore {
             .get_connection_manager_with_config(config)
             .await
             .with_context(|| format!("cannot connect to {}", super::url::redacted(url)))?;
-        Self::start(Con::One(con), push_rx, prefix, sink).await
+        let label = super::url::redacted(url).into_owned();
+        let mut probe = con.clone();
+        if let Ok(info) = ::redis::cmd("INFO")
+            .arg("cluster")
+            .query_async::<String>(&mut probe)
+            .await
+            && is_cluster_node(&info)
+        {
+            anyhow::bail!("{}", cluster_node_message(&label));
+        }
+        Self::start(Con::One(con), push_rx, prefix, sink, label).await
     }
 
     /// A Redis Cluster (or Valkey cluster) through its seed nodes (`redis://` URLs), with the
@@ -554,14 +573,16 @@ impl RedisStore {
             .get_async_connection()
             .await
             .with_context(|| format!("cannot connect to the cluster at {}", seeds(nodes)))?;
-        Self::start(Con::Cluster(con), push_rx, prefix, sink).await
+        Self::start(Con::Cluster(con), push_rx, prefix, sink, String::new()).await
     }
 
+    /// `label` names one Redis in the durability warning (a cluster's nodes name themselves).
     async fn start(
         mut con: Con,
         mut push_rx: mpsc::UnboundedReceiver<::redis::PushInfo>,
         prefix: &str,
         sink: mpsc::UnboundedSender<BusEvent>,
+        label: String,
     ) -> anyhow::Result<Self> {
         let keys = Keys {
             prefix: prefix.to_owned(),
@@ -573,7 +594,7 @@ impl RedisStore {
             .context("cannot subscribe to the event bus")?;
         let check = con.clone();
         tokio::spawn(async move {
-            match nodes_without_aof(&check, "Redis").await {
+            match nodes_without_aof(&check, &label).await {
                 Ok(without) => {
                     if let Some(warning) = aof_warning(&without) {
                         tracing::warn!("{warning}");
@@ -1088,6 +1109,20 @@ async fn nodes(con: &mut ClusterConnection, replicas: bool) -> StoreResult<Vec<(
     Ok(found.into_iter().collect())
 }
 
+/// Whether `INFO cluster` says the node is in cluster mode.
+fn is_cluster_node(info: &str) -> bool {
+    info.lines().any(|l| l.trim() == "cluster_enabled:1")
+}
+
+/// Why a `redis://` state pointing at a cluster node is refused (it would answer MOVED to most
+/// keys).
+fn cluster_node_message(label: &str) -> String {
+    format!(
+        "{label} is a node of a Redis Cluster: use state = \"redis-cluster://host:port,...\" \
+         (its nodes as seeds)"
+    )
+}
+
 /// Whether a node's `INFO persistence` says it keeps an append-only file.
 fn aof_enabled(info: &str) -> Option<bool> {
     info.lines()
@@ -1135,9 +1170,9 @@ async fn nodes_without_aof(con: &Con, one: &str) -> StoreResult<Vec<String>> {
 pub fn aof_warning(without: &[String]) -> Option<String> {
     (!without.is_empty()).then(|| {
         format!(
-            "{} keep{} no append-only file (appendonly no): a Redis restart loses every write \
-             since its last snapshot (sessions, sign-outs, tasks, machine assignments); set \
-             appendonly yes (README.rst: State and restarts)",
+            "{} keep{} no append-only file (appendonly no): a Redis that crashes or is killed \
+             loses every write since its last snapshot (sessions, sign-outs, tasks, machine \
+             assignments); set appendonly yes (README.rst: State and restarts)",
             without.join(", "),
             if without.len() == 1 { "s" } else { "" }
         )

@@ -874,7 +874,9 @@ pub async fn a_redis_without_an_append_only_file_is_warned_about() {
         if warned {
             assert_eq!(seen.len(), 1, "{seen:?}");
             assert!(
-                seen[0].contains("WARN") && seen[0].contains("appendonly yes"),
+                seen[0].contains("WARN")
+                    && seen[0].contains(&format!("redis://127.0.0.1:{port} keeps no append-only"))
+                    && seen[0].contains("appendonly yes"),
                 "{seen:?}"
             );
         } else {

@@ -233,3 +233,39 @@ pub async fn check_config_names_every_cluster_node_without_an_append_only_file()
     }
     drop(cluster);
 }
+
+/// `state = "redis://…"` naming one node of a cluster would answer MOVED to most keys: both
+/// `check-config --connect` and `serve` refuse it, saying what to write instead.
+pub async fn a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write() {
+    let seeds = cluster_url();
+    let node = seeds
+        .trim_start_matches("redis-cluster://")
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let url = format!("redis://{node}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::cases::config_on(dir.path(), &url);
+    let (ok, err) = crate::cases::check_config_connect(&config);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!("state: {url} is a node of a Redis Cluster"))
+            && err.contains("redis-cluster://host:port"),
+        "{err}"
+    );
+    let mut served = demo_config();
+    served.state = url.parse().unwrap();
+    served.data_dir = dir.path().join("served");
+    let refused = poolgate::AppState::new(served)
+        .await
+        .err()
+        .expect("serve refuses it");
+    assert!(
+        format!("{refused:#}").contains("is a node of a Redis Cluster"),
+        "{refused:#}"
+    );
+}

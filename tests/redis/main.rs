@@ -178,6 +178,15 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(failover::a_store_outage_as_the_machine_is_assigned_is_ridden_out()),
     ));
     all.push((
+        "cluster::a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write",
+        Needs::RedisCluster,
+        || {
+            Box::pin(
+                cluster_cases::a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write(),
+            )
+        },
+    ));
+    all.push((
         "durability::a_redis_without_an_append_only_file_is_warned_about",
         Needs::RedisServer,
         || Box::pin(cases::a_redis_without_an_append_only_file_is_warned_about()),
