@@ -11,7 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -88,37 +88,56 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /healthz`: 200 when serving and the state store answers, 503 otherwise. A configured
-/// directory that does not answer within a second makes it "degraded" — still 200: local
-/// users sign in, and the instance should stay in its balancer.
+/// `GET /healthz`: 200 when serving and the state store answers, 503 otherwise. Part of the
+/// store unreachable (a Redis Cluster master down, until a replica takes over) or a
+/// configured directory that does not answer within a second makes it "degraded" — still 200:
+/// the users it does not touch are served, and every instance would say the same, so taking
+/// them all out of the balancer would serve nobody. Each degradation is logged (at most once
+/// per 10 s).
 async fn healthz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    match state.store.ping().await {
-        Ok(_) => match &state.auth.directory {
-            Some(directory) => {
-                let answered =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), directory.ping()).await;
-                match answered {
-                    Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
-                    Ok(Err(e)) => {
-                        state.metrics.directory_errors.inc();
-                        tracing::warn!(error = %e, "health check: directory unreachable");
-                        (StatusCode::OK, "degraded: directory unreachable\n").into_response()
-                    }
-                    Err(_) => {
-                        state.metrics.directory_errors.inc();
-                        (StatusCode::OK, "degraded: directory unreachable\n").into_response()
-                    }
-                }
+    let mut degraded = Vec::new();
+    match state.store.health().await {
+        Ok(None) => {}
+        Ok(Some(part)) => {
+            static PART: LazyLock<RateLimitedLog> =
+                LazyLock::new(|| RateLimitedLog::new(Duration::from_secs(10)));
+            if PART.hit().is_some() {
+                tracing::warn!(%part, "health check: part of the state store is unreachable");
             }
-            None => (StatusCode::OK, "ok\n").into_response(),
-        },
+            degraded.push(format!("state store: {part}"));
+        }
         Err(e) => {
             tracing::warn!(error = %e, "health check: state store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response()
+            return (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response();
         }
+    }
+    if let Some(directory) = &state.auth.directory {
+        let answered =
+            tokio::time::timeout(std::time::Duration::from_secs(1), directory.ping()).await;
+        match answered {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                state.metrics.directory_errors.inc();
+                tracing::warn!(error = %e, "health check: directory unreachable");
+                degraded.push("directory unreachable".into());
+            }
+            Err(_) => {
+                state.metrics.directory_errors.inc();
+                degraded.push("directory unreachable".into());
+            }
+        }
+    }
+    if degraded.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::OK,
+            format!("degraded: {}\n", degraded.join("; ")),
+        )
+            .into_response()
     }
 }
 

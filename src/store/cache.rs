@@ -343,6 +343,10 @@ impl Store for CachedStore {
         self.inner.ping().await
     }
 
+    async fn health(&self) -> StoreResult<Option<String>> {
+        self.inner.health().await
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,

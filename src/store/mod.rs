@@ -255,6 +255,13 @@ pub trait Store: Send + Sync + 'static {
     /// connection; Redis: PING; memory: nothing to ask). For `/healthz`.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// For `/healthz`: `Ok(None)` when the whole store answers, `Ok(Some(what))` when part of
+    /// it does not (a Redis Cluster master down: its users get 503 while the others are
+    /// served), an error when none of it answers.
+    async fn health(&self) -> StoreResult<Option<String>> {
+        self.ping().await.map(|()| None)
+    }
+
     // ---- Sessions ----
     //
     // A session record expires `ttl` after its `last_active_ms`, where `ttl` is the one given

@@ -1192,6 +1192,55 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    /// On a cluster, each master that `CLUSTER SLOTS` names is asked on its own (a PING to
+    /// "the cluster" is answered by whichever node is up).
+    async fn health(&self) -> StoreResult<Option<String>> {
+        let Con::Cluster(con) = &self.con else {
+            return self.ping().await.map(|()| None);
+        };
+        let mut con = con.clone();
+        let masters = masters(&mut con).await?;
+        let mut down = Vec::new();
+        for (host, port) in &masters {
+            let ping = con.route_command(
+                ::redis::cmd("PING").to_owned(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                }),
+            );
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(1), ping).await,
+                Ok(Ok(_))
+            ) {
+                down.push(format!("{host}:{port}"));
+            }
+        }
+        if down.len() == masters.len() {
+            return Err(StoreError(anyhow::anyhow!(
+                "no master of the cluster answers"
+            )));
+        }
+        // A cluster that requires full coverage refuses every key once a slot has no master.
+        let state: String = ::redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut con)
+            .await?;
+        if state.lines().any(|l| l.trim() == "cluster_state:fail") {
+            return Err(StoreError(anyhow::anyhow!(
+                "the cluster is down (cluster_state:fail)"
+            )));
+        }
+        Ok((!down.is_empty()).then(|| {
+            format!(
+                "{} of {} cluster masters unreachable ({})",
+                down.len(),
+                masters.len(),
+                down.join(", ")
+            )
+        }))
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,

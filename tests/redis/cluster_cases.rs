@@ -269,3 +269,53 @@ pub async fn a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write() {
         "{refused:#}"
     );
 }
+
+/// `/healthz` asks each master: with one master of three down (and the cluster serving the
+/// others' slots), it answers 200 "degraded" naming it; with every master down, 503.
+pub async fn healthz_says_which_masters_are_unreachable() {
+    let cluster = Cluster::start(3, 0);
+    for port in &cluster.ports {
+        Cluster::cli(
+            *port,
+            &["config", "set", "cluster-require-full-coverage", "no"],
+        );
+    }
+    let app = TestApp::spawn_with(|c| {
+        c.state = cluster.url().parse().unwrap();
+    })
+    .await;
+    let health = || async {
+        let resp = reqwest::get(app.url("/healthz")).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    assert_eq!(health().await, (200, "ok\n".into()));
+    let dead = cluster.ports[0];
+    cluster.kill_node(dead);
+    let mut seen = (0, String::new());
+    for _ in 0..100 {
+        seen = health().await;
+        if seen.1.starts_with("degraded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.0, 200, "{seen:?}");
+    assert!(
+        seen.1.contains(&format!(
+            "state store: 1 of 3 cluster masters unreachable (127.0.0.1:{dead})"
+        )),
+        "{seen:?}"
+    );
+    for port in &cluster.ports[1..] {
+        cluster.kill_node(*port);
+    }
+    let mut seen = (0, String::new());
+    for _ in 0..100 {
+        seen = health().await;
+        if seen.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, (503, "state store unreachable\n".into()));
+}

@@ -187,6 +187,11 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         },
     ));
     all.push((
+        "cluster::healthz_says_which_masters_are_unreachable",
+        Needs::RedisClusterServers,
+        || Box::pin(cluster_cases::healthz_says_which_masters_are_unreachable()),
+    ));
+    all.push((
         "durability::a_redis_without_an_append_only_file_is_warned_about",
         Needs::RedisServer,
         || Box::pin(cases::a_redis_without_an_append_only_file_is_warned_about()),
