@@ -247,7 +247,9 @@ pub async fn connect(config: &Config) -> Reached {
         StateUrl::RedisCluster { nodes, .. } => {
             let password = config.redis_password().ok().flatten();
             match crate::store::redis::ping_cluster(nodes, password.as_deref()).await {
-                Ok(warning) => warnings.extend(warning.map(|w| Problem::new(&["state"], w))),
+                Ok(found) => {
+                    warnings.extend(found.into_iter().map(|w| Problem::new(&["state"], w)))
+                }
                 Err(e) => problems.push(Problem::new(&["state"], format!("{e:#}"))),
             }
         }

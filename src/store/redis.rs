@@ -413,26 +413,54 @@ fn cluster_client(
 
 /// Connects once to a cluster with the configured password and sends PING to every node
 /// (`check-config --connect`).
-pub async fn ping_cluster(
-    nodes: &[String],
-    password: Option<&str>,
-) -> anyhow::Result<Option<String>> {
+pub async fn ping_cluster(nodes: &[String], password: Option<&str>) -> anyhow::Result<Vec<String>> {
     let attempt = async {
         let mut con = cluster_client(nodes, password)?
             .build()?
             .get_async_connection()
             .await?;
         ::redis::cmd("PING").query_async::<String>(&mut con).await?;
-        anyhow::Ok(durability(&Con::Cluster(con), "").await)
+        let mut warnings: Vec<String> = durability(&Con::Cluster(con), "")
+            .await
+            .into_iter()
+            .collect();
+        // The cluster answered through some seed; one that does not is worth knowing before
+        // the others are the ones down.
+        let mut silent = Vec::new();
+        for node in nodes {
+            use ::redis::IntoConnectionInfo;
+            let Ok(info) = node.as_str().into_connection_info() else {
+                continue;
+            };
+            let ::redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+                continue;
+            };
+            let reached = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await;
+            if !matches!(reached, Ok(Ok(_))) {
+                silent.push(format!("{host}:{port}"));
+            }
+        }
+        if !silent.is_empty() {
+            warnings.push(format!(
+                "seed node{} {} did not answer (the cluster was reached through the others)",
+                if silent.len() == 1 { "" } else { "s" },
+                silent.join(", ")
+            ));
+        }
+        anyhow::Ok(warnings)
     };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(Ok(warning)) => Ok(warning),
+    match tokio::time::timeout(Duration::from_secs(8), attempt).await {
+        Ok(Ok(warnings)) => Ok(warnings),
         Ok(Err(e)) => Err(anyhow::anyhow!(
             "cannot reach the cluster at {}: {e:#}",
             seeds(nodes)
         )),
         Err(_) => Err(anyhow::anyhow!(
-            "cannot reach the cluster at {}: no answer within 5 s",
+            "cannot reach the cluster at {}: no answer within 8 s",
             seeds(nodes)
         )),
     }

@@ -196,29 +196,41 @@ pub async fn a_dead_replica_does_not_keep_scripts_from_running() {
 }
 
 /// On a cluster, `check-config --connect` names every node — masters and replicas, since a
-/// replica becomes a master on failover — that keeps no append-only file, and only those.
+/// replica becomes a master on failover — that keeps no append-only file, and only those; and
+/// a seed node that does not answer.
 pub async fn check_config_names_every_cluster_node_without_an_append_only_file() {
     let cluster = Cluster::start(3, 1);
     let durable = cluster.ports[0];
     Cluster::cli(durable, &["config", "set", "appendonly", "yes"]);
-    // The nodes checked are those CLUSTER SLOTS lists: a replica is once its master has heard
-    // its replication offset (some seconds after the cluster is created).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !cluster.ports.iter().all(|p| {
-        Cluster::cli(durable, &["cluster", "slots"])
-            .lines()
-            .any(|l| l.trim() == p.to_string())
+    // The nodes checked are those CLUSTER SLOTS lists, as whichever node the client asks sees
+    // them: a replica is listed once that node has heard its replication offset (some seconds
+    // after the cluster is created), so wait until every node lists all six.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cluster.ports.iter().all(|asked| {
+        let slots = Cluster::cli(*asked, &["cluster", "slots"]);
+        cluster
+            .ports
+            .iter()
+            .all(|p| slots.lines().any(|l| l.trim() == p.to_string()))
     }) {
         assert!(
             std::time::Instant::now() < deadline,
             "replicas listed in CLUSTER SLOTS"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::cases::config_on(dir.path(), &cluster.url());
+    // One seed more, where nothing listens: said too, and not a failure either.
+    let silent = free_port();
+    let config =
+        crate::cases::config_on(dir.path(), &format!("{},127.0.0.1:{silent}", cluster.url()));
     let (ok, err) = crate::cases::check_config_connect(&config);
     assert!(ok, "a warning does not fail the check: {err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("warning:")
+            && l.contains(&format!("seed node 127.0.0.1:{silent} did not answer"))),
+        "{err}"
+    );
     let warning = err
         .lines()
         .find(|l| l.starts_with("warning:") && l.contains("append-only"))
