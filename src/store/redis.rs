@@ -680,6 +680,18 @@ impl RedisStore {
                         {
                             moved.insert(user_bucket(user));
                             router.lost(user);
+                            // The client learns the new owner from a MOVED, but refreshes its
+                            // slot map in the background: the subscription may still follow
+                            // the old map to the demoted master, which takes it and loses it
+                            // when the client drops that connection. So once the topology has
+                            // settled, subscribe once more (a no-op for a user no longer
+                            // watched; the catch-up covers what the gap missed).
+                            let (router, moved) = (router.clone(), moved.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                moved.insert(user_bucket(user));
+                                router.lost(user);
+                            });
                         }
                         continue;
                     }
