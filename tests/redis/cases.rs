@@ -153,6 +153,27 @@ pub async fn act_as_one(a: ServerProcess, b: ServerProcess) {
     drop(b);
 }
 
+/// Signs astravdi in on A, resumes the session on B, starts step 1 on A and waits until B
+/// hears it RUNNING: the socket on A, the one on B, and the task's id.
+pub async fn task_on_a_heard_on_b(
+    a: &ServerProcess,
+    b: &ServerProcess,
+) -> (Client, Client, serde_json::Value) {
+    let mut on_a = a.connect().await;
+    let token = on_a.auth("astravdi", PASSWORD).await;
+    let mut on_b = b.connect().await;
+    assert_eq!(
+        on_b.rpc("auth_token", json!({"token": token})).await["name"],
+        "response"
+    );
+    let id = on_a
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    assert_eq!(on_b.next_event().await["status"], "RUNNING");
+    (on_a, on_b, id)
+}
+
 /// `a` is killed (`kill -9`) while task `id` runs on it: the socket on the other instance is
 /// pushed the task's end, CANCELLED because its instance went away, within `within`, and a new
 /// request there starts a new task.
@@ -286,18 +307,7 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
     let stop = tokio_util::sync::CancellationToken::new();
     let load = tasks_load(clients, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Stop redis (SIGTERM to the wrapper stops redis), wait until the port is closed.
-    std::process::Command::new("kill")
-        .args(["-TERM", &redis.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = redis.wait();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stop_redis(&mut redis, port).await;
     // The health check asks the store itself (a PING), so a load balancer sees the outage.
     let health = reqwest::get(app.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 503, "/healthz while Redis is down");
@@ -348,10 +358,7 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
         again.rpc("auth_token", json!({"token": token})).await["name"],
         "response"
     );
-    std::process::Command::new("kill")
-        .args(["-TERM", &redis.id().to_string()])
-        .status()
-        .unwrap();
+    stop_redis(&mut redis, port).await;
 }
 
 pub async fn the_redis_password_comes_from_a_file_and_is_required() {
@@ -385,11 +392,7 @@ pub async fn the_redis_password_comes_from_a_file_and_is_required() {
     let err = poolgate::AppState::new(blank).await.err().expect("refused");
     assert!(err.to_string().contains("empty"), "{err}");
     drop(app);
-    std::process::Command::new("kill")
-        .args(["-TERM", &redis.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = redis.wait();
+    stop_redis(&mut redis, port).await;
 }
 
 /// On A a socket sits idle past `token_ttl` while B keeps its token alive, so A's sweep would
@@ -793,11 +796,7 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
     );
     assert_eq!(arrived, Ok(true), "publishing resumed after the pause");
     assert!(revoked, "the revocation was published");
-    std::process::Command::new("kill")
-        .args(["-TERM", &redis.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = redis.wait();
+    stop_redis(&mut redis, port).await;
 }
 
 /// `config_file` pointed at `state`, its data directory under `dir`.
@@ -883,13 +882,8 @@ pub async fn a_redis_without_an_append_only_file_is_warned_about() {
             assert!(seen.is_empty(), "{seen:?}");
         }
     }
-    for redis in [&mut volatile_redis, &mut durable_redis] {
-        std::process::Command::new("kill")
-            .args(["-TERM", &redis.id().to_string()])
-            .status()
-            .unwrap();
-        let _ = redis.wait();
-    }
+    stop_redis(&mut volatile_redis, volatile).await;
+    stop_redis(&mut durable_redis, durable).await;
 }
 
 /// A rolling restart: instance A is stopped (SIGTERM) with a task of its running and
@@ -898,18 +892,7 @@ pub async fn a_redis_without_an_append_only_file_is_warned_about() {
 pub async fn a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout() {
     let (_dir, mut a, b) =
         two_instances("drain", 1.5, "task_lease = 1\ndrain_timeout = 30", |c| c).await;
-    let mut on_a = a.connect().await;
-    let token = on_a.auth("astravdi", PASSWORD).await;
-    let mut on_b = b.connect().await;
-    assert_eq!(
-        on_b.rpc("auth_token", json!({"token": token})).await["name"],
-        "response"
-    );
-    let id = on_a
-        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
-        .await["args"]["task"]["id"]
-        .clone();
-    assert_eq!(on_b.next_event().await["status"], "RUNNING");
+    let (_on_a, mut on_b, id) = task_on_a_heard_on_b(&a, &b).await;
     let pid = a.child.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cases::{act_as_one, taken_over_when_killed, tasks_load, two_instances_on};
+use crate::cases::{
+    act_as_one, taken_over_when_killed, task_on_a_heard_on_b, tasks_load, two_instances_on,
+};
 use crate::cluster::{Cluster, cluster_url};
 use crate::helpers::*;
 use crate::redis_server::LoginRetrying;
@@ -18,18 +20,7 @@ pub async fn two_instances_on_a_cluster_act_as_one() {
 pub async fn an_instance_killed_mid_task_is_taken_over_on_a_cluster() {
     // Slow steps: the task is still running when its instance dies.
     let (_dir, a, b) = two_instances_on(&cluster_url(), "kill", 0.2, "task_lease = 1", |c| c).await;
-    let mut on_a = a.connect().await;
-    let token = on_a.auth("astravdi", PASSWORD).await;
-    let mut on_b = b.connect().await;
-    assert_eq!(
-        on_b.rpc("auth_token", json!({"token": token})).await["name"],
-        "response"
-    );
-    let id = on_a
-        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
-        .await["args"]["task"]["id"]
-        .clone();
-    assert_eq!(on_b.next_event().await["status"], "RUNNING");
+    let (_on_a, mut on_b, id) = task_on_a_heard_on_b(&a, &b).await;
     // B ends it within two task_lease periods (plus the sweep's half period and a margin).
     taken_over_when_killed(a, &mut on_b, &id, Duration::from_secs(4)).await;
 }

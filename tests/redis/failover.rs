@@ -12,7 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::*;
-use crate::redis_server::{redis_url, spawn_redis_with};
+use crate::redis_server::{redis_url, spawn_redis_with, stop_redis};
 use crate::routing_review::drain;
 
 /// Instance A is cut off from Redis mid-task, long enough for its lease to lapse: instance B
@@ -212,20 +212,4 @@ pub async fn a_store_outage_as_the_machine_is_assigned_is_ridden_out() {
     let again = d.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
     assert_eq!(again["args"]["task"]["id"], id, "{again}");
     stop_redis(&mut redis, port).await;
-}
-
-/// SIGTERM to the wrapper (which stops redis-server), then waits until the port is closed.
-async fn stop_redis(redis: &mut std::process::Child, port: u16) {
-    std::process::Command::new("kill")
-        .args(["-TERM", &redis.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = redis.wait();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("redis on {port} did not stop");
 }

@@ -60,6 +60,23 @@ pub fn spawn_redis_with(port: u16, options: &str) -> std::process::Child {
     );
 }
 
+/// Stops a `redis-server` started by [`spawn_redis_with`] (SIGTERM to its wrapper, which
+/// stops redis) and waits until its port is closed.
+pub async fn stop_redis(redis: &mut std::process::Child, port: u16) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &redis.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = redis.wait();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis on {port} did not stop");
+}
+
 /// Signing in while the state store may be unavailable (503).
 pub trait LoginRetrying {
     async fn login_retrying(&self, username: &str) -> (Client, String);
