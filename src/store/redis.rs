@@ -44,14 +44,46 @@ use super::*;
 /// command by its first key's slot).
 #[derive(Clone)]
 enum Con {
-    One(ConnectionManager),
+    One(One),
     Cluster(ClusterConnection),
+}
+
+/// One Redis: the client's connection manager, which reconnects by itself after a lost
+/// connection — except when a reconnection is refused by authentication (WRONGPASS, NOAUTH:
+/// an ACL user switched off and on again, a password changed and changed back): it then
+/// answers that error for good. [`One::renew`] replaces it with a new one.
+#[derive(Clone)]
+struct One(Arc<arc_swap::ArcSwap<ConnectionManager>>);
+
+impl One {
+    fn new(manager: ConnectionManager) -> One {
+        One(Arc::new(arc_swap::ArcSwap::from_pointee(manager)))
+    }
+
+    /// The current manager (a cheap handle).
+    fn get(&self) -> ConnectionManager {
+        (**self.0.load()).clone()
+    }
+
+    fn renew(&self, manager: ConnectionManager) {
+        self.0.store(Arc::new(manager));
+    }
+}
+
+/// Whether an error means the connection manager could not authenticate, which it never
+/// retries by itself.
+fn refused_authentication(e: &::redis::RedisError) -> bool {
+    e.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS") | Some("NOAUTH"))
 }
 
 impl ConnectionLike for Con {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Con::One(c) => c.req_packed_command(cmd),
+            Con::One(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_command(cmd).await })
+            }
             Con::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -63,14 +95,17 @@ impl ConnectionLike for Con {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Con::One(c) => c.req_packed_commands(cmd, offset, count),
+            Con::One(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_commands(cmd, offset, count).await })
+            }
             Con::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Con::One(c) => c.get_db(),
+            Con::One(c) => c.get().get_db(),
             Con::Cluster(c) => c.get_db(),
         }
     }
@@ -285,7 +320,7 @@ impl Subscriptions {
         match &self.con {
             Con::One(con) => {
                 let channels: Vec<String> = users.iter().map(|u| self.keys.channel(*u)).collect();
-                let mut con = con.clone();
+                let mut con = con.get();
                 if subscribe {
                     con.subscribe(&channels).await
                 } else {
@@ -371,10 +406,66 @@ fn user_of_channel(prefix: &str, channel: &str) -> Option<Uuid> {
     rest.rsplit(':').next()?.parse().ok()
 }
 
+/// Every two seconds while the store lives: a PING refused by authentication three times in a
+/// row means the connection manager has given up (see [`One`]); a new one replaces it, and —
+/// as after a lost connection — every subscription is made again on it (the router's watches,
+/// then the global channel, whose confirmation ends the bus gap).
+async fn renew_when_refused(
+    router: std::sync::Weak<routing::Router>,
+    one: One,
+    client: ::redis::Client,
+    config: ConnectionManagerConfig,
+    push_tx: mpsc::UnboundedSender<::redis::PushInfo>,
+    channel: String,
+) {
+    let mut refused = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if router.strong_count() == 0 {
+            return;
+        }
+        match ::redis::cmd("PING")
+            .query_async::<String>(&mut one.get())
+            .await
+        {
+            Err(e) if refused_authentication(&e) => refused += 1,
+            _ => refused = 0,
+        }
+        if refused < 3 {
+            continue;
+        }
+        match client
+            .get_connection_manager_with_config(config.clone())
+            .await
+        {
+            Ok(manager) => {
+                tracing::warn!(
+                    "the Redis connection was refused by authentication and is made anew"
+                );
+                one.renew(manager);
+                refused = 0;
+                // As a lost connection: the watches are subscribed again on the new one...
+                let _ = push_tx.send(::redis::PushInfo {
+                    kind: PushKind::Disconnection,
+                    data: Vec::new(),
+                });
+                // ...and the global channel, whose confirmation ends the gap.
+                let mut con = Con::One(one.clone());
+                if let Err(e) = subscribe_global(&mut con, &channel).await {
+                    tracing::warn!(error = %e, "cannot subscribe the new Redis connection to the bus");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the Redis connection is refused by authentication")
+            }
+        }
+    }
+}
+
 /// Subscribes the connection to the global channel.
 async fn subscribe_global(con: &mut Con, channel: &str) -> ::redis::RedisResult<()> {
     match con {
-        Con::One(con) => con.subscribe(channel).await,
+        Con::One(con) => con.get().subscribe(channel).await,
         Con::Cluster(con) => con.subscribe(channel).await,
     }
 }
@@ -557,14 +648,14 @@ impl RedisStore {
         let client = ::redis::Client::open(info).context("invalid redis URL")?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
-            .set_push_sender(push_tx)
+            .set_push_sender(push_tx.clone())
             .set_automatic_resubscription()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let con = client
-            .get_connection_manager_with_config(config)
+            .get_connection_manager_with_config(config.clone())
             .await
             .with_context(|| format!("cannot connect to {}", super::url::redacted(url)))?;
         let label = super::url::redacted(url).into_owned();
@@ -577,7 +668,17 @@ impl RedisStore {
         {
             anyhow::bail!("{}", cluster_node_message(&label));
         }
-        Self::start(Con::One(con), push_rx, prefix, sink, label).await
+        let one = One::new(con);
+        let store = Self::start(Con::One(one.clone()), push_rx, prefix, sink, label).await?;
+        tokio::spawn(renew_when_refused(
+            std::sync::Arc::downgrade(&store.router),
+            one,
+            client,
+            config,
+            push_tx,
+            global_channel(prefix),
+        ));
+        Ok(store)
     }
 
     /// A Redis Cluster (or Valkey cluster) through its seed nodes (`redis://` URLs), with the
@@ -1009,7 +1110,7 @@ impl RedisStore {
         let mut keys = Vec::new();
         match &self.con {
             Con::One(con) => {
-                let mut con = con.clone();
+                let mut con = con.get();
                 let mut iter = con.scan_match::<_, String>(pattern).await?;
                 while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
                     keys.push(key?);
@@ -1178,7 +1279,7 @@ async fn nodes_without_aof(con: &Con, one: &str) -> StoreResult<Vec<String>> {
     let mut without = Vec::new();
     match con {
         Con::One(c) => {
-            let text: String = info.query_async(&mut c.clone()).await?;
+            let text: String = info.query_async(&mut c.get()).await?;
             if aof_enabled(&text) == Some(false) {
                 without.push(one.to_owned());
             }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::redis_server::{redis_url, spawn_redis_with, stop_redis};
-use crate::routing_review::drain;
+use crate::routing_review::{CutOff, drain};
 
 /// Instance A is cut off from Redis mid-task, long enough for its lease to lapse: instance B
 /// takes A for dead and ends the task CANCELLED, and the client is told so. A comes back and
@@ -212,4 +212,47 @@ pub async fn a_store_outage_as_the_machine_is_assigned_is_ridden_out() {
     let again = d.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
     assert_eq!(again["args"]["task"]["id"], id, "{again}");
     stop_redis(&mut redis, port).await;
+}
+
+/// Redis refuses the instance's reconnection for a while (its ACL user switched off, then on
+/// again): the Redis client never retries a reconnection refused by authentication, so before
+/// this the instance answered 503 until it was restarted. The store makes its connection anew:
+/// requests succeed within seconds of the restore, and a socket signed in before the outage
+/// gets its events again (its subscription was made again on the new connection).
+pub async fn a_connection_refused_by_authentication_is_made_anew() {
+    let cut = CutOff::new();
+    let app = TestApp::spawn_with(|c| {
+        c.state = cut.url.parse().unwrap();
+        c.state_prefix = format!("failover-auth-{}", Uuid::new_v4().simple());
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let (mut listener, token) = app.login("astravdi").await;
+    cut.cut();
+    // Long enough for the client's own reconnection attempts to be refused and given up.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cut.restore();
+    let restored = std::time::Instant::now();
+    loop {
+        let mut c = app.connect().await;
+        let reply = c.rpc("auth_token", json!({"token": token})).await;
+        if reply["name"] == "response" && c.rpc("tasks", json!({})).await["name"] == "response" {
+            break;
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(20),
+            "still refused 20 s after the restore: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut actor, _) = app.login("astravdi").await;
+    let id = actor
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await["args"]["task"]["id"]
+        .clone();
+    let frames = drain(&mut listener, Duration::from_secs(5)).await;
+    assert!(
+        frames.iter().any(|f| f["args"]["id"] == id),
+        "the socket from before the outage gets the new task's events: {frames:?}"
+    );
 }

@@ -173,6 +173,11 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(failover::a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended()),
     ));
     all.push((
+        "failover::a_connection_refused_by_authentication_is_made_anew",
+        Needs::Redis,
+        || Box::pin(failover::a_connection_refused_by_authentication_is_made_anew()),
+    ));
+    all.push((
         "failover::a_store_outage_as_the_machine_is_assigned_is_ridden_out",
         Needs::RedisServer,
         || Box::pin(failover::a_store_outage_as_the_machine_is_assigned_is_ridden_out()),
