@@ -76,8 +76,8 @@ pub async fn a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended()
 
 /// A TCP relay between one instance and Redis that the test can cut (every connection
 /// dropped, new ones refused) and restore: a network partition of that instance, which its
-/// Redis client rides out by reconnecting (an ACL that refuses it would not do: a reconnect
-/// refused by authentication is never retried by the client).
+/// Redis client rides out by reconnecting (a refused authentication is another path, taken by
+/// `a_connection_refused_by_authentication_is_made_anew`).
 struct Partition {
     addr: std::net::SocketAddr,
     open: Arc<std::sync::atomic::AtomicBool>,
