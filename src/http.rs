@@ -297,12 +297,24 @@ impl std::str::FromStr for TrustedProxies {
     }
 }
 
+/// A network or address of `trusted_proxies`. An IPv4-mapped one (`::ffff:10.0.0.0/104`, what
+/// a listener on `[::]` shows) is taken as the IPv4 network it is, as peers are.
 fn network(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
-    s.parse::<ipnet::IpNet>()
+    let net = s
+        .parse::<ipnet::IpNet>()
         .map(|n| n.trunc())
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| format!("{s:?} is neither an address nor a network (10.0.0.0/8)"))
+        .map_err(|_| format!("{s:?} is neither an address nor a network (10.0.0.0/8)"))?;
+    if let ipnet::IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        return Ok(ipnet::IpNet::V4(
+            ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("a prefix of at most 32"),
+        ));
+    }
+    Ok(net)
 }
 
 impl<'de> serde::Deserialize<'de> for TrustedProxies {
@@ -336,16 +348,21 @@ impl TrustedProxies {
         if self.0.is_empty() || !self.trusts(peer.ip()) {
             return peer;
         }
-        let mut entries: Vec<&str> = Vec::new();
+        // Bytes, not text: a header the client began may hold anything, and only the entries
+        // read (from the right) need to be addresses.
+        let mut entries: Vec<&[u8]> = Vec::new();
         for value in headers.get_all("x-forwarded-for") {
-            let Ok(text) = value.to_str() else {
-                return peer;
-            };
-            entries.extend(text.split(',').map(str::trim).filter(|e| !e.is_empty()));
+            entries.extend(
+                value
+                    .as_bytes()
+                    .split(|b| *b == b',')
+                    .map(|e| e.trim_ascii())
+                    .filter(|e| !e.is_empty()),
+            );
         }
         let mut client = peer;
         for entry in entries.iter().rev() {
-            let Some(addr) = forwarded_address(entry) else {
+            let Some(addr) = std::str::from_utf8(entry).ok().and_then(forwarded_address) else {
                 return peer;
             };
             client = addr;
@@ -471,6 +488,42 @@ mod forwarded_tests {
         assert_eq!(
             client(&trusted, "10.0.0.5:1", &["junk, 10.1.1.1"]),
             "10.0.0.5:1"
+        );
+        // Bytes that are not text, left of the client's hop: never read either.
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(
+            proxies(&trusted)
+                .client("10.0.0.5:1".parse().unwrap(), &h)
+                .to_string(),
+            "203.0.113.7:0"
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_proxy_network_is_its_ipv4_network() {
+        assert_eq!(
+            network("::ffff:127.0.0.1").unwrap().to_string(),
+            "127.0.0.1/32"
+        );
+        assert_eq!(
+            network("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            client(&["::ffff:10.0.0.0/104"], "10.1.2.3:1", &["203.0.113.7"]),
+            "203.0.113.7:0"
+        );
+        assert_eq!(
+            client(
+                &["::ffff:10.0.0.5"],
+                "[::ffff:10.0.0.5]:1",
+                &["203.0.113.7"]
+            ),
+            "203.0.113.7:0"
         );
     }
 

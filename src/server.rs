@@ -99,7 +99,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let mut degraded = Vec::new();
-    match state.store.health().await {
+    match store_health(&state).await {
         Ok(None) => {}
         Ok(Some(part)) => {
             static PART: LazyLock<RateLimitedLog> =
@@ -139,6 +139,25 @@ async fn healthz(State(state): State<AppState>) -> Response {
         )
             .into_response()
     }
+}
+
+/// The state store's health for `/healthz`: one check at a time, its verdict reused for a
+/// quarter of a second, however many probes come in (anyone may ask: on a cluster each check
+/// is a round trip to every master), and within three seconds whatever the store does.
+async fn store_health(state: &AppState) -> Result<Option<String>, String> {
+    let mut last = state.store_health.lock().await;
+    if let Some((at, verdict)) = last.as_ref()
+        && at.elapsed() < Duration::from_millis(250)
+    {
+        return verdict.clone();
+    }
+    let verdict = match tokio::time::timeout(Duration::from_secs(3), state.store.health()).await {
+        Ok(Ok(part)) => Ok(part),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 3 s".to_owned()),
+    };
+    *last = Some((std::time::Instant::now(), verdict.clone()));
+    verdict
 }
 
 /// Serves `/metrics` and `/healthz` (plain HTTP) on `metrics_listen` until shutdown. Start it

@@ -49,7 +49,13 @@ pub struct Inner {
     pub task_replies: crate::envelope::TaskReplies,
     /// `rpc/connect_info` replies of finished step 2s, keyed by machine.
     pub connect_replies: crate::envelope::Replies<crate::pools::ConnectOutcome>,
+    /// `/healthz`'s last verdict on the store and when it was reached: reused for 250 ms.
+    pub store_health: tokio::sync::Mutex<Option<(std::time::Instant, StoreHealth)>>,
 }
+
+/// The state store's health as `/healthz` says it: `Ok(None)` all of it answers,
+/// `Ok(Some(what))` part of it does not, `Err(why)` none of it does.
+pub type StoreHealth = Result<Option<String>, String>;
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -167,6 +173,33 @@ impl AppState {
         };
         let shutdown = CancellationToken::new();
         let stop_now = CancellationToken::new();
+        // The drain is over `drain_timeout` after shutdown (at once without one), or at once
+        // on a second stop signal.
+        let drained = CancellationToken::new();
+        {
+            let (shutdown, stop_now, drained) =
+                (shutdown.clone(), stop_now.clone(), drained.clone());
+            let drain = config.drain_timeout;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = stop_now.cancelled() => {}
+                    _ = drained.cancelled() => return,
+                }
+                if !drain.is_zero() {
+                    tracing::info!(
+                        drain_timeout = drain.as_secs_f64(),
+                        "shutting down: running tasks go on for at most drain_timeout"
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(drain) => {}
+                    _ = stop_now.cancelled() => {}
+                    _ = drained.cancelled() => {}
+                }
+                drained.cancel();
+            });
+        }
         let tracker = TaskTracker::new();
         let events = Arc::new(EventHub::default());
         events.attach(&store);
@@ -180,7 +213,7 @@ impl AppState {
                 metrics: metrics.clone(),
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
-                stop_now: stop_now.clone(),
+                drained: drained.clone(),
             },
             Timings {
                 deadline: config.task_deadline,
@@ -191,7 +224,6 @@ impl AppState {
                 release_deadline: config.release_deadline,
                 task_retention: config.task_retention,
                 sweep_interval: config.sweep_interval,
-                drain: config.drain_timeout,
             },
         )?;
         Ok(AppState(Arc::new(Inner {
@@ -211,6 +243,7 @@ impl AppState {
             next_conn_id: AtomicU64::new(1),
             task_replies: Default::default(),
             connect_replies: Default::default(),
+            store_health: Default::default(),
             config,
         })))
     }

@@ -135,12 +135,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Begins the graceful shutdown on the first SIGTERM or Ctrl-C (running tasks may finish
-/// within `drain_timeout`), and stops at once on the second.
+/// within `drain_timeout`), stops at once on the second, and exits on the third (whatever is
+/// still running).
 async fn stop_on_signal(server: ServerHandle) {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("cannot install the SIGTERM handler");
-    for first in [true, false] {
+    for nth in 1.. {
         #[cfg(unix)]
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -148,12 +149,21 @@ async fn stop_on_signal(server: ServerHandle) {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        if first {
-            tracing::info!("shutting down (a second signal stops at once)");
-            server.stop();
-        } else {
-            tracing::info!("stopping at once: running tasks are cancelled");
-            server.stop_now();
+        match nth {
+            1 => {
+                tracing::info!("shutting down (a second signal stops at once)");
+                server.stop();
+            }
+            2 => {
+                tracing::info!(
+                    "stopping at once: running tasks are cancelled (a third signal exits)"
+                );
+                server.stop_now();
+            }
+            _ => {
+                tracing::warn!("exiting on a third signal");
+                std::process::exit(130);
+            }
         }
     }
 }

@@ -107,6 +107,4 @@ pub struct Timings {
     pub task_retention: Duration,
     /// How often they are.
     pub sweep_interval: Duration,
-    /// At shutdown, how long tasks still running may go on before they are cancelled.
-    pub drain: Duration,
 }

@@ -102,8 +102,9 @@ pub struct PoolsDeps<'a> {
     /// Runners, releases and sweeps are spawned here, so shutdown waits for them.
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
-    /// Cancels running tasks at once, drain or not (a second stop signal).
-    pub stop_now: CancellationToken,
+    /// Cancelled when the drain is over (`drain_timeout` after shutdown, at once without one,
+    /// or on a second stop signal): running tasks and releases are cut off then.
+    pub drained: CancellationToken,
 }
 
 pub struct Inner {
@@ -127,7 +128,7 @@ pub struct Inner {
     releases: Arc<tokio::sync::Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    stop_now: CancellationToken,
+    drained: CancellationToken,
 }
 
 impl std::ops::Deref for Pools {
@@ -174,7 +175,7 @@ impl Pools {
             metrics,
             tracker,
             shutdown,
-            stop_now,
+            drained,
         } = deps;
         let mut map = HashMap::new();
         let mut order = Vec::new();
@@ -232,7 +233,7 @@ impl Pools {
             releases: Arc::new(tokio::sync::Semaphore::new(release::CONCURRENT_RELEASES)),
             tracker,
             shutdown,
-            stop_now,
+            drained,
         })))
     }
 }

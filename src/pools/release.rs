@@ -66,7 +66,7 @@ impl Pools {
     /// Gives a machine back to its provisioner off the caller's task: on the tracker, at most
     /// [`CONCURRENT_RELEASES`] at once, each ended at `release_deadline` (the step's future is
     /// dropped, which kills a command provisioner's program and its process group), and all
-    /// of them ended at shutdown. An abandoned release is logged with the machine: provisioners
+    /// of them ended when the shutdown's drain is over. An abandoned release is logged with the machine: provisioners
     /// that keep a record of what they hold (`reconcile`) get it back at the next start-up.
     ///
     /// `req` says whose machine it is (pool, user, the task that obtained it) and why it is
@@ -75,7 +75,7 @@ impl Pools {
     pub(super) fn release_machine(&self, provisioner: &Arc<dyn Provisioner>, req: StepRequest) {
         let provisioner = provisioner.clone();
         let permits = self.releases.clone();
-        let shutdown = self.shutdown.clone();
+        let drained = self.drained.clone();
         let deadline = self.timings.release_deadline;
         let this = self.clone();
         self.tracker.spawn(async move {
@@ -89,9 +89,11 @@ impl Pools {
                 tokio::time::timeout(deadline, provisioner.release(&req, progress)).await
             };
             tokio::select! {
-                // Shutdown first: a release handed over during shutdown does not even start.
+                // The end of the drain first: a release handed over after it (at once at a
+                // shutdown without `drain_timeout`) does not even start; during the drain,
+                // releases run as usual.
                 biased;
-                _ = shutdown.cancelled() => tracing::warn!(
+                _ = drained.cancelled() => tracing::warn!(
                     machine = %machine.id, verbose_name = %machine.verbose_name, reason,
                     "shutdown interrupted the provisioner's release; the machine may still be held \
                      by the provisioner"

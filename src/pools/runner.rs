@@ -98,8 +98,8 @@ impl Pools {
     }
 
     /// A step 1 whose end was refused (the task had been ended elsewhere) may have assigned
-    /// a machine: the assignment is removed and the machine released, as nobody was told of
-    /// it.
+    /// a machine: if the assignment still holds it, it is removed and the machine released,
+    /// as nobody was told of it.
     async fn give_back(&self, task: &Task, pool: &Pool, req: &StepRequest) {
         let Some(machine) = &task.machine else {
             return;
@@ -118,7 +118,10 @@ impl Pools {
                     return;
                 }
             }
-            Ok(_) => {}
+            // Not (or no longer) this machine's assignment: whoever removed it (an admin's
+            // release, the lease sweep) released the machine too, and it may be someone
+            // else's by now.
+            Ok(_) => return,
             Err(e) => {
                 tracing::error!(task_id = %task.id, error = %e, "cannot read the assignment of a task ended elsewhere; the lease sweep will release it");
                 return;
@@ -147,10 +150,6 @@ impl Pools {
         tokio::pin!(deadline);
         let mut renew = tokio::time::interval(self.timings.task_lease / 3);
         renew.tick().await;
-        // Set once shutdown begins: the end of `drain_timeout`.
-        let drained = tokio::time::sleep(Duration::MAX);
-        tokio::pin!(drained);
-        let mut draining = false;
         let result = loop {
             tokio::select! {
                 biased;
@@ -166,16 +165,9 @@ impl Pools {
                         tracing::warn!(task_id = %task.id, error = %e, "cannot renew the task lease");
                     }
                 }
-                _ = self.shutdown.cancelled(), if !draining => {
-                    if self.timings.drain.is_zero() {
-                        return Ended::Shutdown;
-                    }
-                    draining = true;
-                    drained.as_mut().reset(Instant::now() + self.timings.drain);
-                    tracing::info!(task_id = %task.id, drain_timeout = self.timings.drain.as_secs_f64(), "shutting down: the task goes on for at most drain_timeout");
-                }
-                _ = &mut drained, if draining => return Ended::Shutdown,
-                _ = self.stop_now.cancelled() => return Ended::Shutdown,
+                // At shutdown a task goes on until the drain is over (at once without
+                // `drain_timeout`).
+                _ = self.drained.cancelled() => return Ended::Shutdown,
             }
         };
         let mut changed = false;

@@ -381,6 +381,18 @@ impl routing::Subscriber for Subscriptions {
 /// hold Redis up for long.
 const TOUCH_CHUNK: usize = 256;
 
+/// `text` as a `SCAN MATCH` pattern that matches it alone (`*`, `?`, `[`, `]`, `\` escaped).
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn key(prefix: &str, parts: &[&str]) -> String {
     let mut key = String::from(prefix);
     for p in parts {
@@ -1106,7 +1118,8 @@ impl RedisStore {
     /// Every key of the namespace matching a pattern (SCAN: for sweeps, counts and the admin
     /// view only). On a cluster, every master is scanned.
     async fn keys_matching(&self, parts: &[&str]) -> StoreResult<Vec<String>> {
-        let pattern = self.k(parts);
+        // The prefix is the operator's: glob characters in it are literal.
+        let pattern = key(&glob_literal(&self.keys.prefix), parts);
         let mut keys = Vec::new();
         match &self.con {
             Con::One(con) => {
@@ -1341,22 +1354,28 @@ impl Store for RedisStore {
         };
         let mut con = con.clone();
         let masters = masters(&mut con).await?;
-        let mut down = Vec::new();
-        for (host, port) in &masters {
-            let ping = con.route_command(
-                ::redis::cmd("PING").to_owned(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                }),
-            );
-            if !matches!(
-                tokio::time::timeout(Duration::from_secs(1), ping).await,
-                Ok(Ok(_))
-            ) {
-                down.push(format!("{host}:{port}"));
+        // All at once, each within a second.
+        let answers = futures_util::future::join_all(masters.iter().map(|(host, port)| {
+            let mut con = con.clone();
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            });
+            async move {
+                let ping = con.route_command(::redis::cmd("PING").to_owned(), route);
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(1), ping).await,
+                    Ok(Ok(_))
+                )
             }
-        }
+        }))
+        .await;
+        let down: Vec<String> = masters
+            .iter()
+            .zip(answers)
+            .filter(|(_, answered)| !answered)
+            .map(|((host, port), _)| format!("{host}:{port}"))
+            .collect();
         if down.len() == masters.len() {
             return Err(StoreError(anyhow::anyhow!(
                 "no master of the cluster answers"

@@ -909,3 +909,27 @@ pub async fn a_stopped_instance_finishes_its_running_tasks_within_the_drain_time
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// A `state_prefix` with glob characters (`pg*`) lists only its own keys when the store scans
+/// (the admin views, counts, directory users): before, its pattern also matched `pgx:…`, the
+/// keys of another deployment sharing the Redis.
+pub async fn a_state_prefix_with_glob_characters_scans_only_its_own_keys() {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (glob, _a) = crate::routing_review::other_instance(&redis_url(), &format!("g{tag}*")).await;
+    let (other, _b) =
+        crate::routing_review::other_instance(&redis_url(), &format!("g{tag}x")).await;
+    let user = |name: &str| poolgate::store::DirectoryUser {
+        id: uuid::Uuid::new_v4(),
+        dn: format!("uid={name},dc=example,dc=org"),
+        username: name.into(),
+        full_name: name.into(),
+        email: String::new(),
+        groups: vec![],
+        admin: false,
+        updated_ms: 1,
+    };
+    let mine = user("mine");
+    glob.directory_user_put(&mine).await.unwrap();
+    other.directory_user_put(&user("theirs")).await.unwrap();
+    assert_eq!(glob.directory_users().await.unwrap(), vec![mine]);
+}

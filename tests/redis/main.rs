@@ -197,6 +197,11 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cluster_cases::healthz_says_which_masters_are_unreachable()),
     ));
     all.push((
+        "instances::a_state_prefix_with_glob_characters_scans_only_its_own_keys",
+        Needs::Redis,
+        || Box::pin(cases::a_state_prefix_with_glob_characters_scans_only_its_own_keys()),
+    ));
+    all.push((
         "durability::a_redis_without_an_append_only_file_is_warned_about",
         Needs::RedisServer,
         || Box::pin(cases::a_redis_without_an_append_only_file_is_warned_about()),
