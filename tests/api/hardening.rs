@@ -143,12 +143,7 @@ async fn a_flood_of_sign_ins_while_the_directory_is_down_is_one_log_line() {
         .text()
         .await
         .unwrap();
-    let errors: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("poolgate_directory_errors_total "))
-        .unwrap_or_else(|| panic!("the directory error counter: {metrics}"))
-        .parse()
-        .unwrap();
+    let errors = metric(&metrics, "poolgate_directory_errors_total");
     assert!(errors >= 20.0, "every failed sign-in counted: {errors}");
     // The metrics reply came after every sign-in's reply; give the log pipe a moment.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -233,6 +233,16 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// The value of an unlabelled metric in the text `/metrics` answers (a panic with the text if
+/// it is not there).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 /// The `code` of an error reply, or a panic with the reply if it was not an error.
 pub fn error_code(reply: &Value) -> u64 {
     assert_eq!(reply["name"], "error", "expected an error, got {reply}");

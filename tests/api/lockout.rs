@@ -516,41 +516,13 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     }
 }
 
-/// The v2 REST login behind a trusted proxy counts the forwarded client too.
+/// The v2 REST login behind a trusted proxy counts the forwarded client too. Bytes a client
+/// writes into X-Forwarded-For that are not text (left of the hop its proxy appends) change
+/// nothing: the client is still the address the proxy saw, and stays locked (before, they
+/// made the whole header unreadable and the attempt counted under the proxy's address — a
+/// fresh budget for the locked-out client; found by a hostile review).
 #[tokio::test]
 async fn the_rest_login_behind_a_trusted_proxy_counts_the_forwarded_client() {
-    let app = TestApp::spawn_with(|c| {
-        c.lockout_address_attempts = 3;
-        c.trusted_proxies = "127.0.0.1".parse().unwrap();
-    })
-    .await;
-    let login = |forwarded: &'static str, password: &'static str| {
-        let url = app.url("/api/v2/users/login/");
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .header("x-forwarded-for", forwarded)
-                .json(&json!({"username": "user-2", "password": password, "ldap": false}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    for _ in 0..3 {
-        assert_eq!(login("203.0.113.7", "wrong").await, 401);
-    }
-    assert_eq!(login("203.0.113.7", PASSWORD).await, 429);
-    assert_eq!(login("198.51.100.1", PASSWORD).await, 200);
-}
-
-/// Bytes a client writes into X-Forwarded-For that are not text (left of the hop its proxy
-/// appends) change nothing: the client is still the address the proxy saw, and stays locked
-/// (before, they made the whole header unreadable and the attempt counted under the proxy's
-/// address — a fresh budget for the locked-out client; found by a hostile review).
-#[tokio::test]
-async fn bytes_a_client_writes_into_x_forwarded_for_do_not_move_its_attempts() {
     let app = TestApp::spawn_with(|c| {
         c.lockout_address_attempts = 3;
         c.trusted_proxies = "127.0.0.1".parse().unwrap();
@@ -578,4 +550,5 @@ async fn bytes_a_client_writes_into_x_forwarded_for_do_not_move_its_attempts() {
     }
     assert_eq!(login(b"203.0.113.7", PASSWORD).await, 429);
     assert_eq!(login(b"\xff, 203.0.113.7", "wrong").await, 429);
+    assert_eq!(login(b"198.51.100.1", PASSWORD).await, 200);
 }

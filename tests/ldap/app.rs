@@ -199,12 +199,7 @@ pub async fn a_directory_down_answers_503_local_users_still_sign_in_and_it_recov
         .text()
         .await
         .unwrap();
-    let errors: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("poolgate_directory_errors_total "))
-        .unwrap_or_else(|| panic!("the directory error counter: {metrics}"))
-        .parse()
-        .unwrap();
+    let errors = metric(&metrics, "poolgate_directory_errors_total");
     assert!(errors >= 1.0, "{errors}");
 
     slapd.resume();
