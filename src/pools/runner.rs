@@ -265,6 +265,14 @@ impl Pools {
             tracing::warn!(task_id = %task.id, error = %e, "cannot record the assignment; retrying");
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             created = self.store.assignment_create(&assignment).await;
+            // A write whose reply was lost may have been made: then the assignment found
+            // is this very one, not someone else's.
+            if let Ok(false) = created
+                && let Ok(Some(held)) = self.store.assignment_get(task.user_id, task.pool_id).await
+                && held.machine.id == machine.id
+            {
+                created = Ok(true);
+            }
         }
         match created {
             Ok(true) => {
