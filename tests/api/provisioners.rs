@@ -981,3 +981,85 @@ fn the_stderr_line_in_a_log_entry_is_the_last_one_and_bounded() {
     );
     assert!(cut.ends_with('…'));
 }
+
+/// A step 1 that waits for the test before it returns its machine, and counts its releases.
+struct GatedCounting {
+    gate: Arc<tokio::sync::Notify>,
+    released: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl Provisioner for GatedCounting {
+    async fn expand(&self, _: &StepRequest, progress: Progress) -> Result<Machine, StepError> {
+        progress.running();
+        self.gate.notified().await;
+        Ok(machine_named("vm-gated"))
+    }
+    async fn connect(&self, _: &StepRequest, _: Progress) -> Result<ConnectionData, StepError> {
+        Err(StepError::Failed("not here".into()))
+    }
+    async fn release(&self, _: &StepRequest, _: Progress) -> Result<(), StepError> {
+        self.released
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn machine_named(name: &str) -> Machine {
+    Machine {
+        id: Uuid::new_v4(),
+        verbose_name: name.into(),
+        host: "10.0.0.1".into(),
+        port: 3389,
+        protocol_id: 1,
+        permissions: vec![],
+    }
+}
+
+/// A machine given back to its provisioner while the server drains (here: step 1 ends with a
+/// machine the user cannot be given, as the pool already holds one for them) is released like
+/// any other, within the drain — before, every release handed over after SIGTERM was dropped,
+/// and the machine stayed with the provisioner until some later start-up.
+#[tokio::test]
+async fn a_release_handed_over_during_the_drain_runs() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let released = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut config = demo_config();
+    config.seed_tasks.clear();
+    config.drain_timeout = Duration::from_secs(5);
+    config.pools[0].provisioner = "gated".into();
+    let extra: HashMap<String, Arc<dyn Provisioner>> = HashMap::from([(
+        "gated".to_owned(),
+        Arc::new(GatedCounting {
+            gate: gate.clone(),
+            released: released.clone(),
+        }) as Arc<dyn Provisioner>,
+    )]);
+    let app = TestApp::spawn_with_provisioners(config, extra).await;
+    let (mut c, _) = app.login("astravdi").await;
+    c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    let user = app.state.auth.users.by_name("astravdi").unwrap().id;
+    // Meanwhile the pool has come to hold a machine for the user.
+    assert!(
+        app.state
+            .store
+            .assignment_create(&poolgate::store::Assignment {
+                user_id: user,
+                pool_id: pool_win_1(),
+                machine: Arc::new(machine_named("vm-held")),
+                lease_until_ms: poolgate::store::now_ms() + 600_000,
+            })
+            .await
+            .unwrap()
+    );
+    app.server.stop();
+    gate.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), app.server.stopped())
+        .await
+        .expect("stops once the task has ended");
+    assert_eq!(
+        released.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the machine step 1 could not assign was released during the drain"
+    );
+}
