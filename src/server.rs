@@ -92,72 +92,82 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// store unreachable (a Redis Cluster master down, until a replica takes over) or a
 /// configured directory that does not answer within a second makes it "degraded" — still 200:
 /// the users it does not touch are served, and every instance would say the same, so taking
-/// them all out of the balancer would serve nobody. Each degradation is logged (at most once
-/// per 10 s).
+/// them all out of the balancer would serve nobody.
+///
+/// Anyone may ask, as often as they like: the checks run one at a time (on a cluster a check
+/// is a round trip to every master), a probe that waited for a check takes that check's
+/// verdict rather than running another (never an older one), and what they find is logged at
+/// most once per 10 s.
 async fn healthz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    let asked = std::time::Instant::now();
+    let mut last = state.health.lock().await;
+    let verdict = match last.as_ref() {
+        Some((began, verdict)) if *began >= asked => verdict.clone(),
+        _ => {
+            let began = std::time::Instant::now();
+            let verdict = check_health(&state).await;
+            *last = Some((began, verdict.clone()));
+            verdict
+        }
+    };
+    drop(last);
+    let (ok, body) = verdict;
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}
+
+/// What `/healthz` answers now: serving or not, and the body.
+async fn check_health(state: &AppState) -> crate::state::Health {
+    static STORE: LazyLock<RateLimitedLog> =
+        LazyLock::new(|| RateLimitedLog::new(Duration::from_secs(10)));
+    static DIRECTORY: LazyLock<RateLimitedLog> =
+        LazyLock::new(|| RateLimitedLog::new(Duration::from_secs(10)));
     let mut degraded = Vec::new();
-    match store_health(&state).await {
-        Ok(None) => {}
-        Ok(Some(part)) => {
-            static PART: LazyLock<RateLimitedLog> =
-                LazyLock::new(|| RateLimitedLog::new(Duration::from_secs(10)));
-            if PART.hit().is_some() {
+    match tokio::time::timeout(Duration::from_secs(3), state.store.health()).await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(part))) => {
+            if STORE.hit().is_some() {
                 tracing::warn!(%part, "health check: part of the state store is unreachable");
             }
             degraded.push(format!("state store: {part}"));
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "health check: state store unreachable");
-            return (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response();
+        unreachable => {
+            if STORE.hit().is_some() {
+                let error = match unreachable {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 3 s".to_owned(),
+                };
+                tracing::warn!(error, "health check: state store unreachable");
+            }
+            return (false, "state store unreachable\n".to_owned());
         }
     }
     if let Some(directory) = &state.auth.directory {
-        let answered =
-            tokio::time::timeout(std::time::Duration::from_secs(1), directory.ping()).await;
-        match answered {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                state.metrics.directory_errors.inc();
-                tracing::warn!(error = %e, "health check: directory unreachable");
-                degraded.push("directory unreachable".into());
+        let answered = tokio::time::timeout(Duration::from_secs(1), directory.ping()).await;
+        if !matches!(answered, Ok(Ok(()))) {
+            state.metrics.directory_errors.inc();
+            if DIRECTORY.hit().is_some() {
+                let error = match answered {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 1 s".to_owned(),
+                };
+                tracing::warn!(error, "health check: directory unreachable");
             }
-            Err(_) => {
-                state.metrics.directory_errors.inc();
-                degraded.push("directory unreachable".into());
-            }
+            degraded.push("directory unreachable".to_owned());
         }
     }
     if degraded.is_empty() {
-        (StatusCode::OK, "ok\n").into_response()
+        (true, "ok\n".to_owned())
     } else {
-        (
-            StatusCode::OK,
-            format!("degraded: {}\n", degraded.join("; ")),
-        )
-            .into_response()
+        (true, format!("degraded: {}\n", degraded.join("; ")))
     }
-}
-
-/// The state store's health for `/healthz`: one check at a time, its verdict reused for a
-/// quarter of a second, however many probes come in (anyone may ask: on a cluster each check
-/// is a round trip to every master), and within three seconds whatever the store does.
-async fn store_health(state: &AppState) -> Result<Option<String>, String> {
-    let mut last = state.store_health.lock().await;
-    if let Some((at, verdict)) = last.as_ref()
-        && at.elapsed() < Duration::from_millis(250)
-    {
-        return verdict.clone();
-    }
-    let verdict = match tokio::time::timeout(Duration::from_secs(3), state.store.health()).await {
-        Ok(Ok(part)) => Ok(part),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within 3 s".to_owned()),
-    };
-    *last = Some((std::time::Instant::now(), verdict.clone()));
-    verdict
 }
 
 /// Serves `/metrics` and `/healthz` (plain HTTP) on `metrics_listen` until shutdown. Start it

@@ -49,13 +49,13 @@ pub struct Inner {
     pub task_replies: crate::envelope::TaskReplies,
     /// `rpc/connect_info` replies of finished step 2s, keyed by machine.
     pub connect_replies: crate::envelope::Replies<crate::pools::ConnectOutcome>,
-    /// `/healthz`'s last verdict on the store and when it was reached: reused for 250 ms.
-    pub store_health: tokio::sync::Mutex<Option<(std::time::Instant, StoreHealth)>>,
+    /// `/healthz`'s last verdict and when its check began: probes that waited for that check
+    /// take its verdict.
+    pub health: tokio::sync::Mutex<Option<(std::time::Instant, Health)>>,
 }
 
-/// The state store's health as `/healthz` says it: `Ok(None)` all of it answers,
-/// `Ok(Some(what))` part of it does not, `Err(why)` none of it does.
-pub type StoreHealth = Result<Option<String>, String>;
+/// What `/healthz` answers: serving (200) or not (503), and the body.
+pub type Health = (bool, String);
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -243,7 +243,7 @@ impl AppState {
             next_conn_id: AtomicU64::new(1),
             task_replies: Default::default(),
             connect_replies: Default::default(),
-            store_health: Default::default(),
+            health: Default::default(),
             config,
         })))
     }

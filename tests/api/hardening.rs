@@ -150,3 +150,45 @@ async fn a_flood_of_sign_ins_while_the_directory_is_down_is_one_log_line() {
     let lines = server.log_lines("a directory sign-in was answered 503");
     assert_eq!(lines.len(), 1, "{lines:#?}");
 }
+
+/// A flood of `/healthz` probes (anyone may send them) is not a flood of checks: probes that
+/// arrive while a check runs share its verdict. Counted by the directory check, which counts
+/// each unanswered ping in `poolgate_directory_errors_total`.
+#[tokio::test]
+async fn a_flood_of_health_probes_shares_the_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("ldap-password");
+    std::fs::write(&password_file, "service-secret").unwrap();
+    let down = free_port();
+    let directory: poolgate::auth::directory::DirectoryConfig = toml::from_str(&format!(
+        "url = \"ldap://127.0.0.1:{down}\"\nbind_dn = \"cn=poolgate,dc=example,dc=org\"\n\
+         bind_password_file = {password_file:?}\nuser_base = \"ou=people,dc=example,dc=org\"\n\
+         timeout = 1\n"
+    ))
+    .unwrap();
+    let app = TestApp::spawn_with(|c| c.directory = Some(directory)).await;
+    let probes = (0..40).map(|_| {
+        let url = app.url("/healthz");
+        tokio::spawn(async move {
+            let resp = reqwest::get(url).await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    });
+    for probe in futures_util::future::join_all(probes).await {
+        assert_eq!(
+            probe.unwrap(),
+            (200, "degraded: directory unreachable\n".to_owned())
+        );
+    }
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let checks = metric(&metrics, "poolgate_directory_errors_total");
+    assert!(
+        (1.0..=10.0).contains(&checks),
+        "40 probes at once ran {checks} checks"
+    );
+}
