@@ -328,16 +328,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_are_counted_per_address_not_as_on
 async fn a_flood_of_refused_connections_is_logged_once_with_a_count() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), 1.0, "max_connections_per_address = 1");
-    let server = ServerProcess::start(&[
-        "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-    ])
-    .await;
+    let server = ServerProcess::serve(&config, &dir.path().join("data")).await;
     let addr: SocketAddr = server.addr.parse().unwrap();
     let _held = TcpStream::connect(addr).await.unwrap();
     for _ in 0..100 {

@@ -150,16 +150,7 @@ async fn serve_binds_metrics_listen_and_logs_where() {
         1.0,
         &format!("metrics_listen = \"127.0.0.1:{port}\""),
     );
-    let server = ServerProcess::start(&[
-        "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-    ])
-    .await;
+    let server = ServerProcess::serve(&config, &dir.path().join("data")).await;
     let resp = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap();

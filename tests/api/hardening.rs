@@ -117,16 +117,7 @@ async fn a_flood_of_sign_ins_while_the_directory_is_down_is_one_log_line() {
          user_base = \"ou=people,dc=example,dc=org\"\ntimeout = 1\n"
     ));
     std::fs::write(&config, text).unwrap();
-    let server = ServerProcess::start(&[
-        "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-    ])
-    .await;
+    let server = ServerProcess::serve(&config, &dir.path().join("data")).await;
     let mut c = server.connect().await;
     for i in 0..20 {
         let reply = c

@@ -283,6 +283,20 @@ pub fn with_file_limit(
 }
 
 impl ServerProcess {
+    /// `poolgate serve --config CONFIG --listen 127.0.0.1:0 --data-dir DATA`.
+    pub async fn serve(config: &std::path::Path, data: &std::path::Path) -> ServerProcess {
+        Self::start(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .await
+    }
+
     /// Starts the binary with `args` and waits for it to announce its address.
     pub async fn start(args: &[&str]) -> ServerProcess {
         Self::start_command(server_command(args)).await

@@ -700,16 +700,7 @@ async fn sigterm_stops_the_server_promptly_while_a_provisioner_release_hangs() {
     let files = ["pid.release", "pid.release-bg"].map(|f| dir.path().join(f));
     let _cleanup = KillOnDrop(files.to_vec());
     let data = dir.path().join("data");
-    let mut server = ServerProcess::start(&[
-        "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .await;
+    let mut server = ServerProcess::serve(&config, &data).await;
     let mut admin = server.connect().await;
     admin.auth("astravdi", PASSWORD).await;
     let id = admin

@@ -287,10 +287,7 @@ pub async fn a_pushed_status_is_never_contradicted_by_a_request_on_the_same_inst
 pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
     let port = free_port();
     let redis_dir = tempfile::tempdir().unwrap();
-    let persist = format!(
-        "--appendonly yes --appendfsync always --save '' --dir {}",
-        redis_dir.path().display()
-    );
+    let persist = persistent(redis_dir.path());
     let mut redis = spawn_redis_with(port, &persist);
     let app = TestApp::spawn_with(|c| {
         c.state = format!("redis://127.0.0.1:{port}").parse().unwrap();

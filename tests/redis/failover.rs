@@ -12,7 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::*;
-use crate::redis_server::{redis_url, spawn_redis_with, stop_redis};
+use crate::redis_server::{persistent, redis_url, spawn_redis_with, stop_redis};
 use crate::routing_review::{CutOff, drain};
 
 /// Instance A is cut off from Redis mid-task, long enough for its lease to lapse: instance B
@@ -163,10 +163,7 @@ impl Provisioner for Gated {
 pub async fn a_store_outage_as_the_machine_is_assigned_is_ridden_out() {
     let port = free_port();
     let redis_dir = tempfile::tempdir().unwrap();
-    let persist = format!(
-        "--appendonly yes --appendfsync always --save '' --dir {}",
-        redis_dir.path().display()
-    );
+    let persist = persistent(redis_dir.path());
     let mut redis = spawn_redis_with(port, &persist);
     let gate = Arc::new(tokio::sync::Notify::new());
     let mut config = demo_config();

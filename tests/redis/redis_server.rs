@@ -60,6 +60,15 @@ pub fn spawn_redis_with(port: u16, options: &str) -> std::process::Child {
     );
 }
 
+/// Options for a `redis-server` that keeps every write in an append-only file in `dir`, fsynced
+/// before it answers: one stopped and started again on them loses nothing.
+pub fn persistent(dir: &std::path::Path) -> String {
+    format!(
+        "--appendonly yes --appendfsync always --save '' --dir {}",
+        dir.display()
+    )
+}
+
 /// Stops a `redis-server` started by [`spawn_redis_with`] (SIGTERM to its wrapper, which
 /// stops redis) and waits until its port is closed.
 pub async fn stop_redis(redis: &mut std::process::Child, port: u16) {
