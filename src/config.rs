@@ -88,6 +88,10 @@ pub struct Config {
     /// turn before it is refused with the time to retry.
     #[serde(with = "secs")]
     pub lockout_backoff_max: Duration,
+    /// How long a successful sign-in keeps its address known for the user: a known address
+    /// is never queued behind strangers' guesses by the username's back-off.
+    #[serde(with = "secs")]
+    pub lockout_known_for: Duration,
     /// Password hashes computed at once; more logins wait their turn (default: cores − 1).
     pub max_concurrent_hashes: usize,
     /// Where state lives: `sqlite:<path>` (empty path: `<data_dir>/poolgate.sqlite3`, the
@@ -192,6 +196,7 @@ impl Default for Config {
             lockout_address_attempts: 100,
             lockout_window: Duration::from_secs(15 * 60),
             lockout_backoff_max: Duration::from_secs(60),
+            lockout_known_for: Duration::from_secs(30 * 24 * 3600),
             // One core fewer than the machine has: a login storm never takes every core
             // from the sockets (measured in bench/: workload 5).
             max_concurrent_hashes: std::thread::available_parallelism()
@@ -309,6 +314,7 @@ impl Config {
             ("session_flush", self.session_flush),
             ("lockout_window", self.lockout_window),
             ("lockout_backoff_max", self.lockout_backoff_max),
+            ("lockout_known_for", self.lockout_known_for),
             ("jwt_ttl", self.jwt_ttl),
             ("http_header_timeout", self.http_header_timeout),
         ];

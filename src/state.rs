@@ -165,6 +165,7 @@ impl AppState {
                 config.lockout_address_attempts,
                 config.lockout_window,
                 config.lockout_backoff_max,
+                config.lockout_known_for,
             ),
             jwt,
             directory,

@@ -8,22 +8,35 @@
 //!   succeed — the guesser is stopped, the same user elsewhere is not.
 //! * **username alone**: no lock (anyone could lock anyone out with it), but an exponential
 //!   back-off once it has `pair_attempts` failures: further verifications for that username
-//!   are spaced 1 s, 2 s, 4 s … apart (at most `backoff_max`), one at a time across every
-//!   address and instance. An attempt whose turn is further away than `backoff_max` is refused
-//!   with the time to retry. Distributed guessing stays slow; the real user waits seconds.
+//!   *from strangers* are spaced 1 s, 2 s, 4 s … apart (at most `backoff_max`), one at a time
+//!   across every address and instance. The back-off slows only the attempts it was raised
+//!   for: a *known source* — an address this user signed in from (by password, code or saved
+//!   token) within `known_for` — is never queued behind strangers' guesses. An attempt from
+//!   elsewhere whose turn is further away than `backoff_max` is refused and told to retry in
+//!   at most `backoff_max`. (No promise of a later turn is made to it: the queue is what holds
+//!   a botnet to one guess per spacing, and a promise that skips the queue would be given to
+//!   the guessers at every address too. README.rst says what that means for a real user.)
 //! * **address** (IPv6 per /64): a hard lock after `address_attempts` (default 100), against
 //!   spraying many usernames from one place while staying far above a NAT'd office's typos.
+//!   The mock's password-less first step (a 428 for a second-factor user) counts here too.
 //!
-//! A success resets its pair's and its address's counters and takes back its own reservation
-//! of the username's; a reservation that turned out not to be a guess (a disabled account's
-//! right password) is taken back. A second-factor challenge counts whether its password was
-//! right or not — otherwise the lockout would tell someone without the code which password
-//! was right — and its completion (by `otp_verify`, or by the password again with the code,
-//! as the v2 login's second call does) takes the challenge's count back too. Refused
-//! attempts run no verification and count nothing. Tokens are not passwords: an unknown token
-//! counts against its address only, and a token this server once issued (a stale saved one)
-//! counts nothing. NIST SP 800-63B §5.2.2 and the OWASP Authentication Cheat Sheet are the
-//! references; README.rst says which numbers and why.
+//! A success clears only what it proves: its own pair's counter, its own reservation of the
+//! address's and the username's (and that of a password-less first step that led to it) —
+//! never the address's count of others' failures, so one employee's own sign-ins cannot
+//! launder their spraying of everybody else. It makes its address known for the user. A
+//! reservation that turned out not to be a guess (a disabled account's right password) is
+//! taken back. A second-factor challenge counts whether its password was right or not —
+//! otherwise the lockout would tell someone without the code which password was right — and
+//! its completion (by `otp_verify`, or by the password again with the code, as the v2 login's
+//! second call does) takes the challenge's count back too. Refused attempts run no
+//! verification and count nothing. Tokens are not passwords: a valid saved token is never
+//! refused for its address's failures, an unknown token counts against its address only, and
+//! a token this server once issued (a stale saved one) counts nothing. NIST SP 800-63B
+//! §5.2.2 and the OWASP Authentication Cheat Sheet are the references; README.rst says which
+//! numbers and why, and what an attacker can and cannot do.
+//!
+//! Known sources and password-less first steps are kept as counters of the same store
+//! primitive (`failures_*`): a counter that exists is a mark that lasts its window.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -45,6 +58,8 @@ pub struct Lockout {
     address_attempts: u32,
     window: Duration,
     backoff_max: Duration,
+    /// How long a successful sign-in keeps its address known for the user.
+    known_for: Duration,
     refusals: RateLimitedLog,
 }
 
@@ -65,15 +80,47 @@ fn addr_key(addr: IpAddr) -> String {
     format!("addr:{}", address_key(addr))
 }
 
+/// A key of one (address, username) pair under `kind`. The username is the last part: it may
+/// contain anything, the address cannot.
+fn pair_kind_key(kind: &str, username: &str, addr: IpAddr) -> String {
+    format!("{kind}:{}/{}", address_key(addr), counted_name(username))
+}
+
 fn pair_key(username: &str, addr: IpAddr) -> String {
-    // The username is the last part: it may contain anything, the address cannot.
-    format!("pair:{}/{}", address_key(addr), counted_name(username))
+    pair_kind_key("pair", username, addr)
+}
+
+/// The mark of an address this user signed in from.
+fn known_key(username: &str, addr: IpAddr) -> String {
+    pair_kind_key("known", username, addr)
+}
+
+/// The mark of a browser (the portal's device cookie) this user signed in from.
+fn known_device_key(username: &str, device: &DeviceId) -> String {
+    format!(
+        "known-device:{}/{}",
+        hex::encode(device),
+        counted_name(username)
+    )
+}
+
+/// A browser, as the portal's device cookie names it (a digest of the cookie: the cookie
+/// itself is never stored).
+pub type DeviceId = [u8; 16];
+
+/// A password-less first step from this pair, counted against the address until a sign-in
+/// of the pair completes.
+fn first_step_key(username: &str, addr: IpAddr) -> String {
+    pair_kind_key("first", username, addr)
 }
 
 /// A verification reserved by [`Lockout::begin`]; say how it ended.
 #[must_use = "an attempt must end with failed(), succeeded() or not_a_guess()"]
 pub struct Attempt<'a> {
     lockout: &'a Lockout,
+    username: String,
+    peer: IpAddr,
+    device: Option<DeviceId>,
     pair: String,
     addr: String,
     user: String,
@@ -83,24 +130,45 @@ impl Attempt<'_> {
     /// A wrong password or code: the reservation stands as a failure.
     pub fn failed(self) {}
 
-    /// Right credentials: the pair and the address start afresh; the username's counter keeps
-    /// the failures of others (resetting it would hand a distributed guesser a fresh start).
+    /// Right credentials: the pair starts afresh, and this attempt's own reservations of the
+    /// address and the username are taken back (the address's count of other failures stays:
+    /// a success proves nothing about the other names tried from there; the username's stays,
+    /// or a distributed guesser would get a fresh start). The address becomes known for the
+    /// user; a password-less first step of this pair is given back to the address.
     pub async fn succeeded(self) -> Result<(), Error> {
-        let store = &self.lockout.store;
+        let lockout = self.lockout;
+        let store = &lockout.store;
         store.failures_reset(&self.pair).await?;
-        store.failures_reset(&self.addr).await?;
+        store.failures_undo(&self.addr).await?;
         store.failures_undo(&self.user).await?;
-        Ok(())
+        let first = first_step_key(&self.username, self.peer);
+        if store.failures_get(&first).await? > 0 {
+            store.failures_reset(&first).await?;
+            store.failures_undo(&self.addr).await?;
+        }
+        lockout
+            .remember(&self.username, self.peer, self.device.as_ref())
+            .await
     }
 
     /// A second-factor challenge completed (or a sign-in with the code, which follows one):
-    /// besides this attempt's own reservation, the username's counter gives back the one its
-    /// first step left (a challenge counts whether
-    /// its password was right or not, so that the lockout never tells them apart; a real
-    /// user who completes it must not pay for it).
+    /// besides this attempt's own reservation, the address's and the username's counters give
+    /// back the ones its first step left (a challenge counts whether its password was right or
+    /// not, so that the lockout never tells them apart; a real user who completes it must not
+    /// pay for it).
     pub async fn challenge_completed(self) -> Result<(), Error> {
         let store = &self.lockout.store;
         store.failures_undo(&self.user).await?;
+        // A first step without a password was counted against the address by
+        // [`Lockout::first_step`], and `succeeded` gives that back; one with a password was
+        // reserved by `begin`, given back here.
+        if store
+            .failures_get(&first_step_key(&self.username, self.peer))
+            .await?
+            == 0
+        {
+            store.failures_undo(&self.addr).await?;
+        }
         self.succeeded().await
     }
 
@@ -121,6 +189,7 @@ impl Lockout {
         address_attempts: u32,
         window: Duration,
         backoff_max: Duration,
+        known_for: Duration,
     ) -> Self {
         Lockout {
             store,
@@ -128,6 +197,7 @@ impl Lockout {
             address_attempts,
             window,
             backoff_max,
+            known_for,
             refusals: RateLimitedLog::new(REFUSAL_LOG_EVERY),
         }
     }
@@ -153,6 +223,14 @@ impl Lockout {
         ))
     }
 
+    fn backed_off(&self, addr: IpAddr, wait: Duration) -> Error {
+        self.log_refusal("username back-off", addr);
+        Error::RateLimited(format!(
+            "Too many failed sign-in attempts for this user; try again in {} seconds.",
+            wait.as_secs().max(1)
+        ))
+    }
+
     /// Spacing of the username back-off once it has `failures` failures.
     fn spacing(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(self.pair_attempts + 1).min(20);
@@ -162,9 +240,17 @@ impl Lockout {
     /// Reserves one verification of `username`'s password or code from `addr`, waiting for
     /// the username's back-off turn if it has one; 429 when a limit is reached (nothing is
     /// then counted and nothing should be verified).
-    pub async fn begin(&self, username: &str, addr: IpAddr) -> Result<Attempt<'_>, Error> {
+    pub async fn begin(
+        &self,
+        username: &str,
+        addr: IpAddr,
+        device: Option<&DeviceId>,
+    ) -> Result<Attempt<'_>, Error> {
         let attempt = Attempt {
             lockout: self,
+            username: username.to_owned(),
+            peer: addr,
+            device: device.copied(),
             pair: pair_key(username, addr),
             addr: addr_key(addr),
             user: user_key(username),
@@ -184,39 +270,117 @@ impl Lockout {
         }
         let failures = store.failures_add(&attempt.user, self.window).await?;
         if failures > self.pair_attempts {
-            let now = now_ms();
-            let turn = store
-                .backoff_slot(
-                    &attempt.user,
-                    now,
-                    self.spacing(failures),
-                    self.backoff_max,
-                    self.window,
-                )
-                .await?;
-            match turn {
-                Ok(slot) => {
-                    tokio::time::sleep(Duration::from_millis(slot.saturating_sub(now))).await;
-                }
-                Err(slot) => {
+            match self.turn(username, addr, device, failures).await {
+                Ok(()) => {}
+                Err(refused) => {
                     attempt.not_a_guess().await?;
-                    self.log_refusal("username back-off", addr);
-                    return Err(Error::RateLimited(format!(
-                        "Too many failed sign-in attempts for this user; try again in {} seconds.",
-                        Duration::from_millis(slot.saturating_sub(now))
-                            .as_secs()
-                            .max(1)
-                    )));
+                    return Err(refused);
                 }
             }
         }
         Ok(attempt)
     }
 
-    /// Refuses an address that has used up its attempts (before a token lookup).
+    /// Waits for this attempt's turn under the username's back-off, or refuses it with the
+    /// time to retry (never more than `backoff_max`). A known source has no back-off.
+    async fn turn(
+        &self,
+        username: &str,
+        addr: IpAddr,
+        device: Option<&DeviceId>,
+        failures: u32,
+    ) -> Result<(), Error> {
+        let store = &self.store;
+        if self.is_known(username, addr, device).await? {
+            return Ok(());
+        }
+        let now = now_ms();
+        let turn = store
+            .backoff_slot(
+                &user_key(username),
+                now,
+                self.spacing(failures),
+                self.backoff_max,
+                self.window,
+            )
+            .await?;
+        match turn {
+            Ok(slot) => {
+                tokio::time::sleep(Duration::from_millis(slot.saturating_sub(now))).await;
+                Ok(())
+            }
+            Err(slot) => {
+                // Never told to wait longer than the longest spacing (the queue's tail may be
+                // a spacing beyond the longest wait).
+                let wait = Duration::from_millis(slot.saturating_sub(now)).min(self.backoff_max);
+                Err(self.backed_off(addr, wait))
+            }
+        }
+    }
+
+    /// Whether `username` signed in from `addr`, or from the browser `device`, within
+    /// `known_for`.
+    pub async fn is_known(
+        &self,
+        username: &str,
+        addr: IpAddr,
+        device: Option<&DeviceId>,
+    ) -> Result<bool, Error> {
+        if let Some(device) = device
+            && self
+                .store
+                .failures_get(&known_device_key(username, device))
+                .await?
+                > 0
+        {
+            return Ok(true);
+        }
+        Ok(self.store.failures_get(&known_key(username, addr)).await? > 0)
+    }
+
+    /// Marks `addr` (and the browser `device`) as known for `username` for `known_for` from
+    /// now: a successful sign-in, or a saved token's re-authentication, from there.
+    pub async fn remember(
+        &self,
+        username: &str,
+        addr: IpAddr,
+        device: Option<&DeviceId>,
+    ) -> Result<(), Error> {
+        let keys = [
+            Some(known_key(username, addr)),
+            device.map(|d| known_device_key(username, d)),
+        ];
+        for key in keys.iter().flatten() {
+            self.store.failures_reset(key).await?;
+            self.store.failures_add(key, self.known_for).await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses an address that has used up its attempts (before a lookup of something that
+    /// is not yet known to be real: a challenge, an unknown token).
     pub async fn check_address(&self, addr: IpAddr) -> Result<(), Error> {
         if self.store.failures_get(&addr_key(addr)).await? >= self.address_attempts {
             return Err(self.locked("address", addr));
+        }
+        Ok(())
+    }
+
+    /// The mock's password-less first step of `username` (a 428 for a second-factor user):
+    /// refused from a locked address, else counted against it until a sign-in of this pair
+    /// completes (so that a flood of them is held to the address's limit, while a real
+    /// two-call sign-in costs nothing).
+    pub async fn first_step(&self, username: &str, addr: IpAddr) -> Result<(), Error> {
+        self.check_address(addr).await?;
+        let store = &self.store;
+        let key = first_step_key(username, addr);
+        if store.failures_get(&key).await? == 0 {
+            store.failures_add(&key, self.window).await?;
+            store.failures_add(&addr_key(addr), self.window).await?;
+        } else {
+            // Repeated first steps of one pair count each against the address; the one a
+            // completed sign-in gives back is the first.
+            store.failures_add(&addr_key(addr), self.window).await?;
         }
         Ok(())
     }

@@ -36,6 +36,9 @@ pub struct Credentials<'a> {
     pub otp_code: Option<&'a str>,
     /// Where the attempt comes from (for the per-address limit).
     pub peer: IpAddr,
+    /// The browser it comes from, if the portal's device cookie came with it (a known one
+    /// skips the username's back-off; see [`lockout`]).
+    pub device: Option<lockout::DeviceId>,
     /// The client asked for the directory (`"ldap": true`): with a directory configured, the
     /// local users are not looked at. See [`Authenticator::login`].
     pub directory: bool,
@@ -87,10 +90,15 @@ impl Authenticator {
     pub async fn login(&self, creds: Credentials<'_>) -> Result<Arc<User>, Error> {
         check_username(creds.username)?;
         let Some(password) = creds.password else {
-            // The mock's first MFA step (no password yet): nothing is verified or counted.
+            // The mock's first MFA step (no password yet): nothing is verified, but it counts
+            // against the address until a sign-in of this pair completes.
+            self.lockout.first_step(creds.username, creds.peer).await?;
             return self.record(self.login_without_password(&creds).await);
         };
-        let attempt = self.lockout.begin(creds.username, creds.peer).await?;
+        let attempt = self
+            .lockout
+            .begin(creds.username, creds.peer, creds.device.as_ref())
+            .await?;
         let local = match &self.directory {
             Some(_) if creds.directory => None,
             _ => self.users.by_name(creds.username).cloned(),
@@ -407,6 +415,7 @@ impl Authenticator {
         mfa_token: &str,
         otp_code: &str,
         peer: IpAddr,
+        device: Option<lockout::DeviceId>,
     ) -> Result<Arc<User>, Error> {
         self.lockout.check_address(peer).await?;
         let Some(challenge) = self.mfa.get(mfa_token, &self.users).await? else {
@@ -416,7 +425,10 @@ impl Authenticator {
             }
             return Err(Error::InvalidMfaToken);
         };
-        let attempt = self.lockout.begin(&challenge.user.username, peer).await?;
+        let attempt = self
+            .lockout
+            .begin(&challenge.user.username, peer, device.as_ref())
+            .await?;
         let (verdict, result) = self
             .otp_verify_unlimited(mfa_token, otp_code, challenge)
             .await;
@@ -496,13 +508,28 @@ impl Authenticator {
     /// Re-authentication with a saved token, under the per-address limit. A token this
     /// server issued that has since expired or been revoked is not a guess and counts
     /// nothing (a client sends its saved token first as a matter of course).
-    pub async fn resume(&self, token: &str, peer: IpAddr) -> Result<Arc<tokens::Session>, Error> {
-        self.lockout.check_address(peer).await?;
+    ///
+    /// A valid token is never refused for its address's failures (others' guesses from a
+    /// shared address must not sign anyone out); the address check comes only for a token
+    /// that is not live. A valid token makes its address known for the user (see
+    /// [`lockout`]).
+    pub async fn resume(
+        &self,
+        token: &str,
+        peer: IpAddr,
+        device: Option<lockout::DeviceId>,
+    ) -> Result<Arc<tokens::Session>, Error> {
         match self.tokens.lookup(token, &self.users).await? {
             Some(session) if session.user.disabled => Err(Error::Disabled),
-            Some(session) => Ok(session),
+            Some(session) => {
+                self.lockout
+                    .remember(&session.user.username, peer, device.as_ref())
+                    .await?;
+                Ok(session)
+            }
             None => {
                 if !self.tokens.issued_here(token) {
+                    self.lockout.check_address(peer).await?;
                     self.lockout.unknown_token(peer).await?;
                 }
                 Err(Error::InvalidToken)

@@ -65,6 +65,7 @@ pub async fn login(
             password: body.password.as_deref(),
             otp_code: body.otp_code.as_deref(),
             peer: peer.ip(),
+            device: crate::portal::device(&headers),
             directory: body.ldap,
         })
         .await?;

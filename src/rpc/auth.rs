@@ -34,6 +34,7 @@ impl Auth {
                 password: Some(&self.password),
                 otp_code: self.otp_code.as_deref(),
                 peer: ctx.conn.peer.ip(),
+                device: ctx.conn.device.as_deref().copied(),
                 directory: self.ldap,
             })
             .await;

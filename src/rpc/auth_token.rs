@@ -19,7 +19,16 @@ impl AuthToken {
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         guard_auth_attempt(ctx)?;
-        let result = match ctx.state.auth.resume(&self.token, ctx.conn.peer.ip()).await {
+        let result = match ctx
+            .state
+            .auth
+            .resume(
+                &self.token,
+                ctx.conn.peer.ip(),
+                ctx.conn.device.as_deref().copied(),
+            )
+            .await
+        {
             Ok(session) => {
                 ctx.conn.set_session(ctx.state, session).await;
                 Ok(token_reply(&self.token, ctx.state))

@@ -19,6 +19,9 @@ use crate::state::AppState;
 pub struct Conn {
     pub id: u64,
     pub peer: SocketAddr,
+    /// The browser, if the upgrade carried the portal's device cookie (boxed: most sockets
+    /// have none, and every byte here is held by every idle socket).
+    pub device: Option<Box<crate::auth::lockout::DeviceId>>,
     /// The signed-in session, if any. Checked (not looked up) on every message.
     pub session: Option<Arc<Session>>,
     /// Which events are pushed to this socket (all on by default once signed in).
@@ -40,10 +43,17 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, peer: SocketAddr, outbound: Arc<Outbox>, kick: CancellationToken) -> Self {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        device: Option<crate::auth::lockout::DeviceId>,
+        outbound: Arc<Outbox>,
+        kick: CancellationToken,
+    ) -> Self {
         Conn {
             id,
             peer,
+            device: device.map(Box::new),
             session: None,
             events_enabled: Arc::new(true.into()),
             auth_failures: 0,

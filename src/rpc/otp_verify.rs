@@ -23,7 +23,12 @@ impl OtpVerify {
         let outcome = ctx
             .state
             .auth
-            .otp_verify(&self.mfa_token, &self.otp_code, ctx.conn.peer.ip())
+            .otp_verify(
+                &self.mfa_token,
+                &self.otp_code,
+                ctx.conn.peer.ip(),
+                ctx.conn.device.as_deref().copied(),
+            )
             .await;
         let result = match outcome {
             Ok(user) => sign_in(ctx, user).await,

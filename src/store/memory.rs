@@ -17,6 +17,8 @@ struct Inner {
     /// Each session with the wall-clock ms at which it expires.
     sessions: HashMap<TokenHash, (SessionRecord, u64)>,
     mfa: HashMap<TokenHash, MfaRecord>,
+    /// The one pending challenge of each (user, password_ok).
+    mfa_latest: HashMap<(Uuid, bool), TokenHash>,
     totp: HashMap<Uuid, u64>,
     directory_users: HashMap<Uuid, DirectoryUser>,
     directory_totp: HashMap<Uuid, String>,
@@ -164,6 +166,10 @@ impl Store for MemoryStore {
         let now = now_ms();
         inner.sessions.retain(|_, (_, until)| *until > now);
         inner.mfa.retain(|_, m| m.expires_ms > now);
+        let Inner {
+            mfa, mfa_latest, ..
+        } = &mut *inner;
+        mfa_latest.retain(|_, hash| mfa.contains_key(hash));
         inner.failures.retain(|_, (_, until)| *until > now);
         inner.backoff.retain(|_, (_, until)| *until > now);
         let now_s = (now / 1000) as i64;
@@ -174,7 +180,15 @@ impl Store for MemoryStore {
     }
 
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
-        self.lock().mfa.insert(*hash, rec.clone());
+        let mut inner = self.lock();
+        if let Some(old) = inner
+            .mfa_latest
+            .insert((rec.user_id, rec.password_ok), *hash)
+            .filter(|old| old != hash)
+        {
+            inner.mfa.remove(&old);
+        }
+        inner.mfa.insert(*hash, rec.clone());
         Ok(())
     }
 

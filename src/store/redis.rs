@@ -185,6 +185,13 @@ impl Keys {
         self.tagged("mfa", hash_bucket(hash), &[&hex::encode(hash)])
     }
 
+    /// The digest of a user's one pending challenge of a kind (`password_ok`), in the user's
+    /// bucket.
+    fn mfa_latest(&self, user: Uuid, password_ok: bool) -> String {
+        let kind = if password_ok { "ok" } else { "guess" };
+        self.tagged("mfa_latest", user_bucket(user), &[&user.to_string(), kind])
+    }
+
     /// A challenge's wrong-code count (a counter beside the record, so `mfa_fail` is one INCR).
     fn mfa_attempts(&self, hash: &TokenHash) -> String {
         self.tagged("mfa_attempts", hash_bucket(hash), &[&hex::encode(hash)])
@@ -1551,6 +1558,29 @@ impl Store for RedisStore {
             .ignore()
             .query_async::<()>(&mut con)
             .await?;
+        // The user's earlier challenge of this kind goes: each writer's SET … GET sees the one
+        // before it, so of concurrent writers only the last one's challenge stays.
+        let earlier: Option<String> = ::redis::cmd("SET")
+            .arg(self.keys.mfa_latest(rec.user_id, rec.password_ok))
+            .arg(hex::encode(hash))
+            .arg("PXAT")
+            .arg(rec.expires_ms)
+            .arg("GET")
+            .query_async(&mut con)
+            .await?;
+        let earlier = earlier.and_then(|h| hex::decode(h).ok());
+        if let Some(earlier) = earlier.and_then(|h| TokenHash::try_from(h.as_slice()).ok())
+            && earlier != *hash
+        {
+            ::redis::pipe()
+                .atomic()
+                .del(self.keys.mfa(&earlier))
+                .ignore()
+                .del(self.keys.mfa_attempts(&earlier))
+                .ignore()
+                .query_async::<()>(&mut con)
+                .await?;
+        }
         Ok(())
     }
 

@@ -32,6 +32,7 @@ CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id);
 CREATE TABLE IF NOT EXISTS mfa (
     hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, password_ok INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL, attempts INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS mfa_user ON mfa(user_id, password_ok);
 CREATE TABLE IF NOT EXISTS totp (user_id TEXT PRIMARY KEY, step INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS directory_users (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS directory_totp (id TEXT PRIMARY KEY, secret TEXT NOT NULL);
@@ -350,15 +351,20 @@ impl Store for SqliteStore {
 
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
         self.with(|c| {
-            c.prepare_cached("INSERT OR REPLACE INTO mfa VALUES (?1, ?2, ?3, ?4, ?5)")?
+            // One statement each, under the connection's one writer: the user's earlier
+            // challenge of this kind goes with the new one's arrival.
+            let tx = c.transaction()?;
+            tx.prepare_cached("DELETE FROM mfa WHERE user_id = ?1 AND password_ok = ?2")?
+                .execute(params![rec.user_id.to_string(), rec.password_ok])?;
+            tx.prepare_cached("INSERT OR REPLACE INTO mfa VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![
                     &hash[..],
                     rec.user_id.to_string(),
                     rec.password_ok,
                     rec.expires_ms as i64,
                     rec.attempts
-                ])
-                .map(drop)
+                ])?;
+            tx.commit()
         })
     }
 

@@ -38,9 +38,16 @@ pub(super) async fn upgrade(
         )
             .into_response();
     };
+    let device = crate::portal::device(&headers);
     super::accept(ws, state, move |_, link: Link| {
         tracing::debug!(conn_id = link.conn_id, %peer, "connected");
-        RpcSocket(Conn::new(link.conn_id, peer, link.outbox, link.kick))
+        RpcSocket(Conn::new(
+            link.conn_id,
+            peer,
+            device,
+            link.outbox,
+            link.kick,
+        ))
     })
 }
 

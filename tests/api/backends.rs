@@ -711,9 +711,12 @@ pub async fn sweeping_deletes_every_expired_record_and_nothing_live(state: &str)
     // And one of each that lives on.
     let kept = session(Uuid::new_v4(), now);
     s.session_put(&kept, LONG, 10).await.unwrap();
-    s.mfa_put(&pending, &challenge(now + 600_000))
-        .await
-        .unwrap();
+    // Another user's (a user's new challenge takes the place of their last one).
+    let pending_challenge = MfaRecord {
+        user_id: Uuid::new_v4(),
+        ..challenge(now + 600_000)
+    };
+    s.mfa_put(&pending, &pending_challenge).await.unwrap();
     s.jwt_revoke("current", now_s + 600).await.unwrap();
     s.failures_add("long", LONG).await.unwrap();
     let slot = s.backoff_slot("long", now, short, short, LONG).await;
@@ -812,6 +815,52 @@ pub async fn an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires(state
     sleep_until_ms(soon.expires_ms + 50).await;
     assert_eq!(s.mfa_get(&brief).await.unwrap(), None, "gone at expires_ms");
     assert!(!s.mfa_take(&brief).await.unwrap());
+}
+
+/// A user has at most one pending challenge of each kind (right password, or not): a new one
+/// takes the place of the one before, so a flood of first steps holds one record, and a
+/// stranger's wrong password never displaces the challenge of the user's right one.
+pub async fn a_users_new_challenge_replaces_its_earlier_one_of_the_same_kind(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let user = Uuid::new_v4();
+    let challenge = |password_ok| MfaRecord {
+        user_id: user,
+        password_ok,
+        expires_ms: now_ms() + 600_000,
+        attempts: 0,
+    };
+    let right = digest();
+    s.mfa_put(&right, &challenge(true)).await.unwrap();
+    let guesses: Vec<TokenHash> = (0..20).map(|_| digest()).collect();
+    for g in &guesses {
+        s.mfa_put(g, &challenge(false)).await.unwrap();
+    }
+    assert!(
+        s.mfa_get(&right).await.unwrap().is_some(),
+        "the right password's challenge stays"
+    );
+    let live = futures_util::future::join_all(guesses.iter().map(|g| s.mfa_get(g))).await;
+    let live: Vec<bool> = live.into_iter().map(|r| r.unwrap().is_some()).collect();
+    assert_eq!(live.iter().filter(|&&l| l).count(), 1, "{live:?}");
+    assert!(live[19], "the newest stays");
+    let again = digest();
+    s.mfa_put(&again, &challenge(true)).await.unwrap();
+    assert_eq!(s.mfa_get(&right).await.unwrap(), None, "replaced");
+    assert!(s.mfa_get(&again).await.unwrap().is_some());
+    // Another user's challenges are their own.
+    let other = digest();
+    s.mfa_put(
+        &other,
+        &MfaRecord {
+            user_id: Uuid::new_v4(),
+            ..challenge(true)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.mfa_get(&again).await.unwrap().is_some());
+    assert!(s.mfa_get(&other).await.unwrap().is_some());
 }
 
 pub async fn a_directory_users_record_is_kept_replaced_whole_and_listed(state: &str) {
@@ -1666,6 +1715,7 @@ macro_rules! backend_cases {
                 deleting_a_users_sessions_returns_the_live_ones_and_spares_other_users,
                 sweeping_deletes_every_expired_record_and_nothing_live,
                 an_mfa_challenge_counts_wrong_codes_is_taken_once_and_expires,
+                a_users_new_challenge_replaces_its_earlier_one_of_the_same_kind,
                 a_totp_step_is_accepted_once_and_only_forward,
                 a_directory_users_record_is_kept_replaced_whole_and_listed,
                 a_directory_users_totp_enrolment_is_kept_replaced_and_ended,

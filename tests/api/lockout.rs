@@ -87,7 +87,7 @@ async fn the_right_password_from_an_address_that_has_not_failed_still_signs_in()
 }
 
 #[tokio::test]
-async fn stale_saved_tokens_are_not_guesses_and_a_success_resets_the_address() {
+async fn stale_saved_tokens_are_not_guesses() {
     let app = TestApp::spawn_with(|c| c.lockout_address_attempts = 5).await;
     let mut stale = Vec::new();
     for _ in 0..6 {
@@ -104,23 +104,48 @@ async fn stale_saved_tokens_are_not_guesses_and_a_success_resets_the_address() {
         try_auth(&mut c, "astravdi", PASSWORD).await["name"],
         "response"
     );
-    // A wrong password, then a success: the address starts afresh.
-    let mut d = app.connect().await;
-    for _ in 0..4 {
-        try_auth(&mut d, "user-2", "wrong").await;
+}
+
+#[tokio::test]
+async fn a_success_clears_only_its_own_pair_not_the_addresss_spraying_count() {
+    let app = TestApp::spawn_with(|c| c.lockout_address_attempts = 10).await;
+    let from = [127, 0, 17, 1];
+    // Nine wrong guesses over as many usernames, then the sprayer's own right sign-in...
+    for i in 0..9 {
+        let mut s = app.connect_from(from).await;
+        assert_eq!(
+            error_code(&try_auth(&mut s, &format!("someone-{i}"), "x").await),
+            401
+        );
     }
+    let mut own = app.connect_from(from).await;
     assert_eq!(
-        try_auth(&mut d, "user-2", PASSWORD).await["name"],
+        try_auth(&mut own, "user-2", PASSWORD).await["name"],
         "response"
     );
-    let mut e = app.connect().await;
+    // ...leaves the nine standing: one more guess, and the address is locked (a success used
+    // to reset the address, so any employee could spray without end).
+    let mut s = app.connect_from(from).await;
+    assert_eq!(error_code(&try_auth(&mut s, "someone-9", "x").await), 401);
+    let mut s = app.connect_from(from).await;
+    assert_eq!(error_code(&try_auth(&mut s, "someone-10", "x").await), 429);
+    // The pair it proved starts afresh: its own wrong password is a plain 401 there, and the
+    // user's own sign-ins never add to the address's count.
+    let mut d = app.connect_from([127, 0, 17, 2]).await;
     for _ in 0..4 {
-        assert_eq!(error_code(&try_auth(&mut e, "user-2", "wrong").await), 401);
+        assert_eq!(error_code(&try_auth(&mut d, "user-2", "wrong").await), 401);
+    }
+    for _ in 0..12 {
+        let mut d = app.connect_from([127, 0, 17, 2]).await;
+        assert_eq!(
+            try_auth(&mut d, "user-2", PASSWORD).await["name"],
+            "response"
+        );
     }
 }
 
 #[tokio::test]
-async fn made_up_tokens_count_against_the_address() {
+async fn made_up_tokens_count_against_the_address_but_a_valid_token_is_never_refused_for_it() {
     let app = TestApp::spawn_with(|c| c.lockout_address_attempts = 5).await;
     let (_, token) = app.login("astravdi").await;
     let guess = format!("pgt_{}", "A".repeat(54));
@@ -131,10 +156,18 @@ async fn made_up_tokens_count_against_the_address() {
             401
         );
     }
+    // The address is locked for guesses...
     let mut c = app.connect_from([127, 0, 13, 1]).await;
     assert_eq!(
-        error_code(&c.rpc("auth_token", json!({"token": token})).await),
+        error_code(&c.rpc("auth_token", json!({"token": guess})).await),
         429
+    );
+    assert_eq!(error_code(&try_auth(&mut c, "user-2", PASSWORD).await), 429);
+    // ...but a valid saved token, obtained elsewhere, is not a guess: it signs in.
+    let mut c = app.connect_from([127, 0, 13, 1]).await;
+    assert_eq!(
+        c.rpc("auth_token", json!({"token": token})).await["name"],
+        "response"
     );
     let mut other = app.connect_from([127, 0, 13, 2]).await;
     assert_eq!(
@@ -422,11 +455,19 @@ async fn a_flood_of_refused_sign_ins_is_logged_at_a_bounded_rate_with_a_count() 
 
 /// A WebSocket whose upgrade request says `X-Forwarded-For: forwarded`, from `source`.
 async fn connect_forwarded(app: &TestApp, source: [u8; 4], forwarded: &str) -> Client {
+    connect_with_header(app, source, "x-forwarded-for", forwarded).await
+}
+
+/// A WebSocket whose upgrade request carries `name: value`, from `source`.
+async fn connect_with_header(
+    app: &TestApp,
+    source: [u8; 4],
+    name: &'static str,
+    value: &str,
+) -> Client {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = app.ws_url().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("x-forwarded-for", forwarded.parse().unwrap());
+    request.headers_mut().insert(name, value.parse().unwrap());
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket
         .bind(std::net::SocketAddr::from((source, 0)))
@@ -551,4 +592,193 @@ async fn the_rest_login_behind_a_trusted_proxy_counts_the_forwarded_client() {
     assert_eq!(login(b"203.0.113.7", PASSWORD).await, 429);
     assert_eq!(login(b"\xff, 203.0.113.7", "wrong").await, 429);
     assert_eq!(login(b"198.51.100.1", PASSWORD).await, 200);
+}
+
+/// Strangers guessing `user`'s password from `addresses` addresses of 127.0.`net`.x at once,
+/// each five times (its pair's limit) on a socket of its own, each guess sent as soon as the
+/// last was answered: the username's back-off queue stays full for as long as they last.
+async fn strangers_guessing(
+    app: &TestApp,
+    user: &'static str,
+    net: u8,
+    addresses: u8,
+) -> tokio::task::JoinSet<()> {
+    let mut strangers = tokio::task::JoinSet::new();
+    for i in 1..=addresses {
+        let mut c = app.connect_from([127, 0, net, i]).await;
+        strangers.spawn(async move {
+            for _ in 0..5 {
+                let reply = try_auth(&mut c, user, "wrong").await;
+                if error_code(&reply) == 429 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+    }
+    strangers
+}
+
+/// Waits until the username's back-off is in force: a fresh address's wrong guess is
+/// either queued for a while or refused with the time to retry.
+async fn until_backed_off(app: &TestApp, user: &str, net: u8) {
+    for i in 1..=50u8 {
+        let mut probe = app.connect_from([127, 0, net, i]).await;
+        let started = std::time::Instant::now();
+        let reply = try_auth(&mut probe, user, "wrong").await;
+        if error_code(&reply) == 429 || started.elapsed() > Duration::from_millis(400) {
+            return;
+        }
+    }
+    panic!("the username's back-off never started");
+}
+
+#[tokio::test]
+async fn a_user_signs_in_at_once_from_a_known_address_while_strangers_hold_the_usernames_back_off()
+{
+    let app = TestApp::spawn_with(|c| c.lockout_backoff_max = Duration::from_secs(2)).await;
+    // The admin signed in from this address before (a week ago, say).
+    let mut before = app.connect_from([127, 0, 40, 1]).await;
+    assert_eq!(
+        try_auth(&mut before, "astravdi", PASSWORD).await["name"],
+        "response"
+    );
+    let strangers = strangers_guessing(&app, "astravdi", 41, 16).await;
+    until_backed_off(&app, "astravdi", 42).await;
+    for i in 0..3 {
+        let mut admin = app.connect_from([127, 0, 40, 1]).await;
+        let started = std::time::Instant::now();
+        let reply = try_auth(&mut admin, "astravdi", PASSWORD).await;
+        assert_eq!(reply["name"], "response", "try {i}: {reply}");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "try {i} was queued behind the strangers: {:?}",
+            started.elapsed()
+        );
+    }
+    // A new address is still held to the back-off: queued, or told to retry in at most
+    // lockout_backoff_max (the queue's tail used to be told, up to twice that).
+    let mut new = app.connect_from([127, 0, 43, 1]).await;
+    let started = std::time::Instant::now();
+    let reply = try_auth(&mut new, "astravdi", PASSWORD).await;
+    if reply["name"] == "error" {
+        assert_eq!(error_code(&reply), 429, "{reply}");
+        let message = reply["args"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("try again in 1 seconds")
+                || message.contains("try again in 2 seconds"),
+            "{message}"
+        );
+    } else {
+        assert!(
+            started.elapsed() <= Duration::from_millis(2_500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    strangers.join_all().await;
+}
+
+#[tokio::test]
+async fn a_browser_that_signed_in_before_is_not_queued_behind_strangers_from_a_new_address() {
+    let app = TestApp::spawn_with(|c| c.lockout_backoff_max = Duration::from_secs(2)).await;
+    // The portal's page hands the browser its device cookie.
+    let page = reqwest::Client::new()
+        .get(app.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    // Signed in from this browser at home...
+    let mut home = connect_with_header(&app, [127, 0, 44, 1], "cookie", &cookie).await;
+    assert_eq!(
+        try_auth(&mut home, "user-2", PASSWORD).await["name"],
+        "response"
+    );
+    let strangers = strangers_guessing(&app, "user-2", 45, 16).await;
+    until_backed_off(&app, "user-2", 46).await;
+    // ...then from a hotel's address: the browser is known, the address is not.
+    let mut hotel = connect_with_header(&app, [127, 0, 47, 1], "cookie", &cookie).await;
+    let started = std::time::Instant::now();
+    let reply = try_auth(&mut hotel, "user-2", PASSWORD).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    // Another browser (a made-up cookie) from there is a stranger.
+    let other = format!("pg_device={}", "ab".repeat(32));
+    let mut stranger = connect_with_header(&app, [127, 0, 47, 2], "cookie", &other).await;
+    let started = std::time::Instant::now();
+    let reply = try_auth(&mut stranger, "user-2", PASSWORD).await;
+    assert!(
+        reply["name"] == "error" || started.elapsed() > Duration::from_millis(400),
+        "a stranger's browser skipped the back-off: {reply}"
+    );
+    strangers.join_all().await;
+}
+
+#[tokio::test]
+async fn password_less_first_steps_count_against_the_address_and_keep_one_challenge() {
+    let app = TestApp::spawn_with(|c| c.lockout_address_attempts = 10).await;
+    let http = reqwest::Client::new();
+    let login = |body: Value| {
+        let (http, url) = (http.clone(), app.url("/api/v2/users/login/"));
+        async move {
+            let response = http.post(url).json(&body).send().await.unwrap();
+            response.status().as_u16()
+        }
+    };
+    // The mock's two calls of a real sign-in, more times than the address's limit: each
+    // first step is given back when its sign-in completes.
+    for i in 0..12 {
+        let first = json!({"username": "user-4", "password": null, "ldap": false});
+        assert_eq!(login(first).await, 428, "sign-in {i}");
+        let second = json!({"username": "user-4", "password": PASSWORD, "ldap": false, "otp_code": date_code()});
+        assert_eq!(login(second).await, 200, "sign-in {i}");
+    }
+    // A flood of first steps that never complete is held to the address's limit.
+    let mut codes = Vec::new();
+    for _ in 0..14 {
+        let first = json!({"username": "user-4", "password": null, "ldap": false});
+        codes.push(login(first).await);
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 428).count(), 10, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 429).count(), 4, "{codes:?}");
+}
+
+#[tokio::test]
+async fn a_users_new_challenge_replaces_the_last_and_a_strangers_never_displaces_it() {
+    let app = TestApp::spawn().await;
+    let challenge = |reply: &Value| {
+        assert_eq!(error_code(reply), 428, "{reply}");
+        reply["args"]["mfa_token"].as_str().unwrap().to_owned()
+    };
+    let mut user = app.connect_from([127, 0, 48, 1]).await;
+    let first = challenge(&try_auth(&mut user, "user-4", PASSWORD).await);
+    let second = challenge(&try_auth(&mut user, "user-4", PASSWORD).await);
+    // A stranger's wrong password gets a challenge too (the same answer)...
+    let mut stranger = app.connect_from([127, 0, 48, 2]).await;
+    challenge(&try_auth(&mut stranger, "user-4", "wrong").await);
+    // ...but the user's newest stays, and the one before it is gone.
+    let reply = user
+        .rpc(
+            "otp_verify",
+            json!({"mfa_token": first, "otp_code": date_code()}),
+        )
+        .await;
+    assert_eq!(error_code(&reply), 401, "replaced: {reply}");
+    let reply = user
+        .rpc(
+            "otp_verify",
+            json!({"mfa_token": second, "otp_code": date_code()}),
+        )
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
 }
