@@ -56,7 +56,8 @@ pub struct Config {
     /// Simultaneous connections from one client address (IPv6: one /64); the next one is
     /// answered 429. Sized for a NAT'd office (see README, Security).
     pub max_connections_per_address: usize,
-    /// A connection has this long for its TLS handshake, then for each request's headers
+    /// A connection has this long for its PROXY header (`proxy_protocol`), then for its TLS
+    /// handshake, then for each request's headers
     /// (slowloris), then for the request's body; a keep-alive connection waiting for its next
     /// request is closed after this long too.
     #[serde(with = "secs")]
@@ -64,6 +65,8 @@ pub struct Config {
     /// Reverse proxies and load balancers (addresses or CIDR networks) whose `X-Forwarded-For`
     /// names the client: then the sign-in lockout, the logs and the sessions' `peer` see the
     /// client's address instead of the proxy's. Empty (the default): the header is ignored.
+    /// The proxies only: a client inside a listed network is believed about its own address
+    /// (`check-config` warns of entries wider than a /24 or a /64).
     pub trusted_proxies: crate::http::TrustedProxies,
     /// The main listener (`listen`) is behind an L4 load balancer that opens every connection
     /// with a PROXY protocol v2 header naming the client (HAProxy `send-proxy-v2`): only peers

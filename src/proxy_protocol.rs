@@ -239,6 +239,31 @@ mod tests {
         assert_eq!(said.unwrap(), Some("0.0.0.0:0".parse().unwrap()));
     }
 
+    proptest::proptest! {
+        /// Whatever a connection opens with, the reader neither panics nor reads past the
+        /// header it accepts: what follows is left for TLS or HTTP, byte for byte.
+        #[test]
+        fn any_bytes_are_refused_or_read_to_the_headers_end_and_no_further(
+            family in proptest::sample::select(vec![0x00u8, 0x11, 0x21, 0x31, 0x12, 0x41]),
+            command in 0u8..3,
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            cut in proptest::option::of(0usize..400),
+        ) {
+            let mut bytes = header(command, family, &payload);
+            let whole = bytes.len();
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            bytes.extend(&tail);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (said, rest) = runtime.block_on(parse(&bytes));
+            if said.is_ok() && cut.is_none_or(|c| c >= whole) {
+                proptest::prop_assert_eq!(&rest[..], &bytes[whole..]);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_header_dripped_a_byte_at_a_time_is_read_whole() {
         let whole = header(1, 0x11, &ipv4([203, 0, 113, 7], 9));
