@@ -334,3 +334,30 @@ async fn trusted_proxies_wider_than_a_24_or_a_64_are_warned_of_and_still_pass() 
         "{err}"
     );
 }
+
+/// A flood of connections without a header is counted, and logged as one line with the
+/// count, not one line each.
+#[tokio::test]
+async fn a_flood_of_connections_without_a_header_is_one_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        1.0,
+        "trusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true",
+    );
+    let server = ServerProcess::serve(&config, &dir.path().join("data")).await;
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    for _ in 0..50 {
+        let tcp = connect_sending(addr, [127, 0, 0, 1], GET_HEALTHZ).await;
+        assert_eq!(answer(tcp, Duration::from_secs(2)).await, "");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = server.log_lines("without a PROXY header");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("last_peer=127.0.0.1") && lines[0].contains("no PROXY header"),
+        "{}",
+        lines[0]
+    );
+    server.kill().await;
+}
