@@ -3,6 +3,11 @@
 //! `accept` before a single byte is read, so neither a flood of silent sockets nor one busy
 //! address can take the slots everybody else needs.
 //!
+//! Behind an L4 balancer speaking the PROXY protocol the client's address is only known once
+//! its header is read: such a connection takes its place in the total at accept
+//! ([`Admission::admit_unattributed`]) and is counted against its client's address when the
+//! header has named it ([`Slot::attribute`]).
+//!
 //! IPv6 clients are counted per /64: one host is given a whole /64 and can pick any address in
 //! it, so counting single addresses would not limit anyone. IPv4-mapped IPv6 addresses (a
 //! dual-stack listener on `[::]`) count as the IPv4 address they are.
@@ -104,7 +109,24 @@ impl Admission {
         counts.total += 1;
         Ok(Slot {
             admission: self.clone(),
-            key,
+            key: Some(key),
+        })
+    }
+
+    /// Takes a slot in the total only, for a connection whose client is not known yet (a
+    /// balancer's, before its PROXY header); [`Slot::attribute`] counts it against its client
+    /// once known.
+    pub fn admit_unattributed(self: &Arc<Self>) -> Result<Slot, Refusal> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.total >= self.max_total {
+            return Err(Refusal::Full {
+                limit: self.max_total,
+            });
+        }
+        counts.total += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            key: None,
         })
     }
 
@@ -117,7 +139,31 @@ impl Admission {
 /// One admitted connection; dropping it frees the slot.
 pub struct Slot {
     admission: Arc<Admission>,
-    key: IpAddr,
+    /// The address (or IPv6 /64) it is counted against; none while its client is unknown.
+    key: Option<IpAddr>,
+}
+
+impl Slot {
+    /// Counts an unattributed slot against `ip`'s share, or refuses when that share is
+    /// taken (the slot is then still held in the total until dropped). A slot that is already
+    /// attributed stays with its address.
+    pub fn attribute(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.key.is_some() {
+            return Ok(());
+        }
+        let key = address_key(ip);
+        let admission = &self.admission;
+        let mut counts = admission.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let held = counts.per_address.entry(key).or_insert(0);
+        if *held >= admission.max_per_address {
+            return Err(Refusal::PerAddress {
+                limit: admission.max_per_address,
+            });
+        }
+        *held += 1;
+        self.key = Some(key);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Slot {
@@ -134,10 +180,12 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         counts.total -= 1;
-        if let Some(held) = counts.per_address.get_mut(&self.key) {
+        if let Some(key) = self.key
+            && let Some(held) = counts.per_address.get_mut(&key)
+        {
             *held -= 1;
             if *held == 0 {
-                counts.per_address.remove(&self.key);
+                counts.per_address.remove(&key);
             }
         }
     }
@@ -179,6 +227,31 @@ mod tests {
         assert_eq!(admission.open(), 2);
         let _d = admission.admit(one).unwrap();
         assert_eq!(admission.open(), 3);
+    }
+
+    #[test]
+    fn an_unattributed_slot_counts_in_the_total_then_against_the_address_it_is_given() {
+        let admission = Admission::new(3, 1);
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut a = admission.admit_unattributed().unwrap();
+        let mut b = admission.admit_unattributed().unwrap();
+        assert_eq!(admission.open(), 2);
+        a.attribute(one).unwrap();
+        assert_eq!(
+            b.attribute(one).unwrap_err(),
+            Refusal::PerAddress { limit: 1 },
+            "the client's share is taken"
+        );
+        assert!(admission.admit(one).is_err());
+        let _c = admission.admit_unattributed().unwrap();
+        assert_eq!(
+            admission.admit_unattributed().unwrap_err(),
+            Refusal::Full { limit: 3 }
+        );
+        drop(b);
+        drop(a);
+        assert_eq!(admission.open(), 1);
+        let _d = admission.admit(one).unwrap();
     }
 
     #[test]

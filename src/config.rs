@@ -56,7 +56,8 @@ pub struct Config {
     /// Simultaneous connections from one client address (IPv6: one /64); the next one is
     /// answered 429. Sized for a NAT'd office (see README, Security).
     pub max_connections_per_address: usize,
-    /// A connection has this long for its TLS handshake, then for each request's headers
+    /// A connection has this long for its PROXY header (`proxy_protocol`), then for its TLS
+    /// handshake, then for each request's headers
     /// (slowloris), then for the request's body; a keep-alive connection waiting for its next
     /// request is closed after this long too.
     #[serde(with = "secs")]
@@ -64,7 +65,15 @@ pub struct Config {
     /// Reverse proxies and load balancers (addresses or CIDR networks) whose `X-Forwarded-For`
     /// names the client: then the sign-in lockout, the logs and the sessions' `peer` see the
     /// client's address instead of the proxy's. Empty (the default): the header is ignored.
+    /// The proxies only: a client inside a listed network is believed about its own address
+    /// (`check-config` warns of entries wider than a /24 or a /64).
     pub trusted_proxies: crate::http::TrustedProxies,
+    /// The main listener (`listen`) is behind an L4 load balancer that opens every connection
+    /// with a PROXY protocol v2 header naming the client (HAProxy `send-proxy-v2`): only peers
+    /// in `trusted_proxies` are accepted, each must send the header within
+    /// `http_header_timeout`, and the client it names is the connection's address. Not for
+    /// `metrics_listen`, which scrapers reach directly.
+    pub proxy_protocol: bool,
     /// Origins (`scheme://host[:port]`) whose pages may open the cookie-authenticated status
     /// WebSocket. Empty: only pages served from the host the request names (`Host`).
     pub allowed_origins: Vec<String>,
@@ -189,6 +198,7 @@ impl Default for Config {
             http_header_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             trusted_proxies: Default::default(),
+            proxy_protocol: false,
             metrics_listen: None,
             outbound_queue: 256,
             max_auth_failures: 5,
@@ -367,6 +377,14 @@ impl Config {
                      e.g. \"https://desktops.example.com\""
                 )
             })?;
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            bail!(
+                "proxy_protocol = true needs trusted_proxies: only the load balancers listed \
+                 there may send a PROXY header (anyone else could name any address), so with \
+                 none every connection would be refused; list the balancers' addresses, e.g. \
+                 trusted_proxies = [\"10.0.0.2\"]"
+            );
         }
         if let Some(metrics) = self.metrics_listen
             && metrics == self.listen

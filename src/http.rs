@@ -333,9 +333,19 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
-    fn trusts(&self, ip: std::net::IpAddr) -> bool {
+    /// Whether `ip` (IPv4-mapped as its IPv4 address) is in one of the networks.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The entries wider than a /24 (IPv4) or a /64 (IPv6): networks that clients are likely
+    /// to share with the proxies, and every client in one is believed about its address.
+    pub fn broad(&self) -> impl Iterator<Item = &ipnet::IpNet> {
+        self.0.iter().filter(|n| match n {
+            ipnet::IpNet::V4(n) => n.prefix_len() < 24,
+            ipnet::IpNet::V6(n) => n.prefix_len() < 64,
+        })
     }
 
     /// The client a request comes from. When the connection's peer is a trusted proxy, it is
@@ -524,6 +534,31 @@ mod forwarded_tests {
                 &["203.0.113.7"]
             ),
             "203.0.113.7:0"
+        );
+    }
+
+    #[test]
+    fn networks_wider_than_a_24_or_a_64_are_broad() {
+        let list = proxies(&[
+            "10.0.0.0/8",
+            "10.1.2.0/24",
+            "10.1.2.3",
+            "192.168.0.0/23",
+            "fd00::/8",
+            "2001:db8:1:2::/64",
+            "2001:db8::/63",
+            "::ffff:10.0.0.0/104",
+        ]);
+        let broad: Vec<String> = list.broad().map(|n| n.to_string()).collect();
+        assert_eq!(
+            broad,
+            [
+                "10.0.0.0/8",
+                "192.168.0.0/23",
+                "fd00::/8",
+                "2001:db8::/63",
+                "10.0.0.0/8"
+            ]
         );
     }
 

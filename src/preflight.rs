@@ -62,6 +62,38 @@ pub fn files(config: &Config) -> Vec<Problem> {
     problems
 }
 
+/// What the config alone shows that would serve but that an operator should know: printed by
+/// `check-config` (`warning: FILE:LINE: key: …`, still passing) and logged by `serve` at start.
+/// Today: a `trusted_proxies` entry wider than a /24 (IPv4) or /64 (IPv6) — a network the
+/// clients are likely in too, and any client in it is believed about its own address.
+pub fn warnings(config: &Config) -> Vec<Problem> {
+    let told = if config.proxy_protocol {
+        "X-Forwarded-For or a PROXY header"
+    } else {
+        "X-Forwarded-For"
+    };
+    config
+        .trusted_proxies
+        .broad()
+        .map(|net| {
+            let (size, example) = match net {
+                ipnet::IpNet::V4(_) => ("/24", "\"10.0.0.2\""),
+                ipnet::IpNet::V6(_) => ("/64", "\"fd00::2\""),
+            };
+            Problem::new(
+                &["trusted_proxies"],
+                format!(
+                    "{net} is wider than a {size}: any client inside it may write {told} naming \
+                     any address and be believed, so it can guess passwords without the sign-in \
+                     lockout counting them, or get another address locked out; list the proxies' \
+                     own addresses instead (e.g. {example}), or a network of theirs no wider \
+                     than a {size} that no client is in"
+                ),
+            )
+        })
+        .collect()
+}
+
 /// Each pool's Guacamole gateway loads: its key is readable and well formed (never quoted).
 fn gateways(config: &Config, problems: &mut Vec<Problem>) {
     for (i, pool) in config.pools.iter().enumerate() {

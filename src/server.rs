@@ -8,6 +8,11 @@
 //! connection first takes a slot from [`Admission`] (all connections, and per client
 //! address); the slot travels inside the stream, so it is held through the TLS handshake,
 //! keep-alive and an upgrade to a WebSocket, and freed when the socket is closed.
+//!
+//! With `proxy_protocol` the main listener is behind an L4 balancer: only peers in
+//! `trusted_proxies` are accepted, in the total cap alone; each must open with a PROXY v2
+//! header within `http_header_timeout`, and the client it names is then counted against its
+//! own address and is the connection's address from there on (before the TLS handshake).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -178,6 +183,7 @@ pub(crate) fn spawn_metrics(listener: TcpListener, state: &AppState) {
         admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS),
         tls: None,
         trusted: Arc::new(state.config.trusted_proxies.clone()),
+        proxy_protocol: false,
         name: "metrics",
     };
     state
@@ -195,6 +201,7 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: 
         admission: state.admission.clone(),
         tls,
         trusted: Arc::new(state.config.trusted_proxies.clone()),
+        proxy_protocol: state.config.proxy_protocol,
         name: "main",
     };
     accept_loop(listener, site, state.clone()).await;
@@ -210,6 +217,8 @@ struct Site {
     tls: Option<TlsAcceptor>,
     /// Whose `X-Forwarded-For` names the client (`trusted_proxies`).
     trusted: Arc<TrustedProxies>,
+    /// Every connection comes from a balancer in `trusted` and opens with a PROXY v2 header.
+    proxy_protocol: bool,
     /// For logs: "main" or "metrics".
     name: &'static str,
 }
@@ -219,6 +228,8 @@ struct Refusals {
     full: RateLimitedLog,
     per_address: RateLimitedLog,
     accept_failed: RateLimitedLog,
+    /// `proxy_protocol`: a peer not in `trusted_proxies`, or no valid header in time.
+    proxy_header: RateLimitedLog,
 }
 
 impl Refusals {
@@ -227,6 +238,24 @@ impl Refusals {
             full: RateLimitedLog::new(REFUSAL_LOG_EVERY),
             per_address: RateLimitedLog::new(REFUSAL_LOG_EVERY),
             accept_failed: RateLimitedLog::new(REFUSAL_LOG_EVERY),
+            proxy_header: RateLimitedLog::new(REFUSAL_LOG_EVERY),
+        }
+    }
+
+    /// A `proxy_protocol` connection closed: from a peer not trusted, or without a valid
+    /// PROXY header in time (`why`).
+    fn log_proxy(&self, site: &str, why: &dyn std::fmt::Display, peer: SocketAddr) {
+        if let Some(refused) = self.proxy_header.hit() {
+            tracing::warn!(
+                listener = site,
+                reason = "proxy_protocol",
+                last_peer = %peer.ip(),
+                last_reason = %why,
+                refused,
+                "connections closed without a PROXY header from a trusted proxy (at most one \
+                 line per {} s, with the count since the last)",
+                REFUSAL_LOG_EVERY.as_secs()
+            );
         }
     }
 
@@ -261,12 +290,20 @@ impl Refusals {
         if let Some(failed) = self.accept_failed.flush() {
             tracing::warn!(listener = site, failed, "accept failed");
         }
+        if let Some(refused) = self.proxy_header.flush() {
+            tracing::warn!(
+                listener = site,
+                reason = "proxy_protocol",
+                refused,
+                "connections closed without a PROXY header from a trusted proxy"
+            );
+        }
     }
 }
 
 /// Accepts until shutdown: admits (or refuses) each connection and serves it on its own task.
 async fn accept_loop(listener: TcpListener, site: Site, state: AppState) {
-    let refusals = Refusals::new();
+    let refusals = Arc::new(Refusals::new());
     let refusers = Arc::new(Semaphore::new(REFUSERS));
     let mut flush = tokio::time::interval(REFUSAL_LOG_EVERY);
     let site = Arc::new(site);
@@ -289,6 +326,10 @@ async fn accept_loop(listener: TcpListener, site: Site, state: AppState) {
                 }
             },
         };
+        if site.proxy_protocol {
+            admit_proxied(tcp, peer, &site, &state, &refusals, &refusers);
+            continue;
+        }
         match site.admission.admit(peer.ip()) {
             Ok(slot) => {
                 let stream = Holding::new(tcp, slot);
@@ -303,6 +344,84 @@ async fn accept_loop(listener: TcpListener, site: Site, state: AppState) {
             }
         }
     }
+}
+
+/// A connection on a `proxy_protocol` listener: closed at once unless its peer is a trusted
+/// proxy; then it takes a slot in the total (its client is not known yet) and waits for its
+/// PROXY header on a task of its own ([`proxied`]).
+fn admit_proxied(
+    tcp: TcpStream,
+    balancer: SocketAddr,
+    site: &Arc<Site>,
+    state: &AppState,
+    refusals: &Arc<Refusals>,
+    refusers: &Arc<Semaphore>,
+) {
+    if !site.trusted.trusts(balancer.ip()) {
+        state.metrics.refused("proxy_protocol");
+        refusals.log_proxy(site.name, &"the peer is not in trusted_proxies", balancer);
+        return;
+    }
+    match site.admission.admit_unattributed() {
+        Ok(slot) => {
+            let proxied = proxied(
+                tcp,
+                slot,
+                balancer,
+                site.clone(),
+                state.clone(),
+                refusals.clone(),
+                refusers.clone(),
+            );
+            state.tracker.spawn(proxied);
+        }
+        Err(refusal) => {
+            state.metrics.refused(refusal.label());
+            refusals.log(site.name, refusal, balancer);
+            refuse(tcp, refusal, site.tls.is_some(), refusers);
+        }
+    }
+}
+
+/// Reads a trusted balancer's PROXY header within `http_header_timeout` (closing the
+/// connection without one), counts the connection against the client it names (the balancer
+/// itself for a `LOCAL` health check), and serves it as that client's.
+async fn proxied(
+    mut tcp: TcpStream,
+    mut slot: crate::admission::Slot,
+    balancer: SocketAddr,
+    site: Arc<Site>,
+    state: AppState,
+    refusals: Arc<Refusals>,
+    refusers: Arc<Semaphore>,
+) {
+    let timeout = state.config.http_header_timeout;
+    let said = tokio::select! {
+        _ = state.shutdown.cancelled() => return,
+        said = tokio::time::timeout(timeout, crate::proxy_protocol::read(&mut tcp)) => said,
+    };
+    let client = match said {
+        Ok(Ok(client)) => client.unwrap_or(balancer),
+        Ok(Err(bad)) => {
+            state.metrics.refused("proxy_protocol");
+            refusals.log_proxy(site.name, &bad, balancer);
+            return;
+        }
+        Err(_) => {
+            state.metrics.refused("proxy_protocol");
+            let why = format!("no PROXY header within {} s", timeout.as_secs_f64());
+            refusals.log_proxy(site.name, &why, balancer);
+            return;
+        }
+    };
+    if let Err(refusal) = slot.attribute(client.ip()) {
+        state.metrics.refused(refusal.label());
+        refusals.log(site.name, refusal, client);
+        drop(slot);
+        refuse(tcp, refusal, site.tls.is_some(), &refusers);
+        return;
+    }
+    connection(Holding::new(tcp, slot), client, site, state).await;
 }
 
 /// Answers a refused connection. Over plain HTTP: the status line and a body saying why,

@@ -41,15 +41,17 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let runtime = super::runtime()?;
     let mut problems = preflight::files(&config);
+    let mut warnings = preflight::warnings(&config);
     if connect {
         let reached = runtime.block_on(preflight::connect(&config));
         problems.extend(reached.problems);
-        if !reached.warnings.is_empty() {
-            let text = std::fs::read_to_string(path)?;
-            let shown = preflight::render(&reached.warnings, Some((path, &text)), &[]);
-            for line in shown.lines() {
-                eprintln!("warning: {line}");
-            }
+        warnings.extend(reached.warnings);
+    }
+    if !warnings.is_empty() {
+        let text = std::fs::read_to_string(path)?;
+        let shown = preflight::render(&warnings, Some((path, &text)), &[]);
+        for line in shown.lines() {
+            eprintln!("warning: {line}");
         }
     }
     if !problems.is_empty() {

@@ -122,6 +122,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no --config given: serving the embedded demo dataset (password Bazalt1!)");
     }
     args.preflight(&config)?;
+    for warning in crate::preflight::warnings(&config) {
+        tracing::warn!(key = warning.key_path(), "{}", warning.message);
+    }
     let app = Application::build(config).await?;
     let addr = app.local_addr();
     if !app.tls() && !addr.ip().is_loopback() {

@@ -18,6 +18,7 @@ mod metrics;
 mod pools;
 mod processes;
 mod provisioners;
+mod proxy_protocol;
 mod rest;
 mod rest_order;
 mod service;

@@ -44,7 +44,7 @@ async fn tls_app(cert: &Cert) -> TestApp {
     .await
 }
 
-fn connector(
+pub fn connector(
     trusted: Option<&CertificateDer<'static>>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> TlsConnector {
