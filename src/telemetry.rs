@@ -89,6 +89,26 @@ impl RateLimitedLog {
     }
 }
 
+/// How often a refusal a client can repeat at will may be written by [`warn_refusal!`].
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A WARN line for a refusal any client can provoke at will (a foreign Origin, a token used
+/// on someone else's socket, …): each call site has its own [`RateLimitedLog`], so the line
+/// is written at most once per [`REFUSAL_LOG_EVERY`], with `refused` saying how many times it
+/// happened since the last one. Give it the fields and the message as to `tracing::warn!`.
+#[macro_export]
+macro_rules! warn_refusal {
+    ($($arg:tt)+) => {{
+        static LOG: ::std::sync::LazyLock<$crate::telemetry::RateLimitedLog> =
+            ::std::sync::LazyLock::new(|| {
+                $crate::telemetry::RateLimitedLog::new($crate::telemetry::REFUSAL_LOG_EVERY)
+            });
+        if let Some(refused) = LOG.hit() {
+            ::tracing::warn!(refused, $($arg)+);
+        }
+    }};
+}
+
 /// Whether text logs get ANSI colours: on a terminal, unless `NO_COLOR` is set to anything
 /// but the empty string.
 pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {

@@ -14,8 +14,6 @@
 //! answers nothing for `idle_timeout` is closed, and so is one whose token expires or is revoked.
 
 use std::net::SocketAddr;
-use std::sync::LazyLock;
-use std::time::Duration;
 
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
@@ -28,7 +26,6 @@ use crate::auth::jwt::Claims;
 use crate::error::ERR_CODE_DEFAULT;
 use crate::http::Origin;
 use crate::state::AppState;
-use crate::telemetry::RateLimitedLog;
 
 /// The JWT from `Cookie: JWT <token>` or `Cookie: …; JWT=<token>`.
 fn cookie_token(headers: &HeaderMap) -> Option<&str> {
@@ -45,9 +42,6 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
                 .map(str::trim)
         })
 }
-
-/// At most one log line per this long about refused origins, with the count.
-const ORIGIN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Whether the request's `Origin` may open this socket; the refusal says why.
 fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static str> {
@@ -102,14 +96,10 @@ pub async fn admit(
         ));
     };
     if let Err(why) = check_origin(headers, &state.config.allowed_origins) {
-        static REFUSED: LazyLock<RateLimitedLog> =
-            LazyLock::new(|| RateLimitedLog::new(ORIGIN_LOG_EVERY));
-        if let Some(refused) = REFUSED.hit() {
-            let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
-                String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
-            });
-            tracing::warn!(%peer, %origin, refused, "status socket refused: foreign Origin (at most one line per 10 s, with the count)");
-        }
+        let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
+            String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
+        });
+        crate::warn_refusal!(%peer, %origin, "status socket refused: foreign Origin (at most one line per 10 s, with the count)");
         return Err(RestError::new(
             StatusCode::FORBIDDEN,
             why,
@@ -128,7 +118,7 @@ pub async fn admit(
         .ok()
         .and_then(|Path(id)| id.parse::<uuid::Uuid>().ok());
     if client_id != Some(auth.user.id) {
-        tracing::warn!(user = %auth.user.username, %peer, "status socket refused: client_id is not the token's");
+        crate::warn_refusal!(user = %auth.user.username, %peer, "status socket refused: client_id is not the token's (at most one line per 10 s, with the count)");
         return Err(RestError::permission_denied());
     }
     Ok((ws, auth))

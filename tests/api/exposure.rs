@@ -9,7 +9,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::*;
 
-const ASTRAVDI_ID: &str = "7e1459c2-3e19-4c3d-98f5-8344d44ae6f4";
 
 /// Opens the status socket with the given `Origin` (none: no header); the refusal's status and
 /// body on failure.

@@ -183,3 +183,94 @@ async fn a_flood_of_health_probes_shares_the_checks() {
         "40 probes at once ran {checks} checks"
     );
 }
+
+/// Every refusal a client can repeat at will is logged at a bounded rate with its count: a
+/// flood down each path — a status socket opened with a valid token for another client_id,
+/// one from a foreign Origin, sign-ins refused by the lockout on both transports — is a line
+/// or two per path, not a line per request (the first path was 20 000 lines in 1.1 s).
+#[tokio::test]
+async fn every_refusal_path_logs_at_a_bounded_rate_with_a_count() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const FLOOD: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let server =
+        ServerProcess::start(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data]).await;
+    let http = reqwest::Client::new();
+    let login_url = format!("http://{}/api/v2/users/login/", server.addr);
+    let body: serde_json::Value = http
+        .post(&login_url)
+        .json(&json!({"username": "astravdi", "password": PASSWORD, "ldap": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwt = body["data"]["access_token"].as_str().unwrap().to_owned();
+    let status_socket = |client_id: &str, origin: Option<&str>| {
+        let mut req = format!("ws://{}/api/v2/pools/ws/{client_id}/", server.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("cookie", format!("JWT={jwt}").parse().unwrap());
+        if let Some(origin) = origin {
+            req.headers_mut().insert("origin", origin.parse().unwrap());
+        }
+        async move {
+            match tokio_tungstenite::connect_async(req).await {
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                other => panic!("not refused: {:?}", other.map(|_| ())),
+            }
+        }
+    };
+    let someone_else = uuid::Uuid::new_v4().to_string();
+    for _ in 0..FLOOD {
+        assert_eq!(status_socket(&someone_else, None).await, 403);
+        assert_eq!(
+            status_socket(ASTRAVDI_ID, Some("https://evil.example")).await,
+            403
+        );
+    }
+    // Five wrong passwords lock this (user, address) pair; every later sign-in of it is
+    // refused, on the WebSocket and on the REST login.
+    let mut c = server.connect().await;
+    for _ in 0..5 {
+        c.rpc("auth", json!({"username": "user-2", "password": "wrong"}))
+            .await;
+    }
+    for _ in 0..FLOOD {
+        let mut c = server.connect().await;
+        let reply = c
+            .rpc("auth", json!({"username": "user-2", "password": "wrong"}))
+            .await;
+        assert_eq!(error_code(&reply), 429, "{reply}");
+        let status = http
+            .post(&login_url)
+            .json(&json!({"username": "user-2", "password": "wrong", "ldap": false}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 429);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for needle in [
+        "client_id is not the token's",
+        "foreign Origin",
+        "sign-in refused",
+    ] {
+        let lines = server.log_lines(needle);
+        assert!(
+            (1..=2).contains(&lines.len()),
+            "{needle}: {} lines\n{lines:#?}",
+            lines.len()
+        );
+    }
+    let warnings = server.log_lines("WARN");
+    assert!(
+        warnings.len() <= 8,
+        "{} WARN lines:\n{warnings:#?}",
+        warnings.len()
+    );
+}

@@ -14,6 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const PASSWORD: &str = "Bazalt1!";
+
+/// The demo admin's user id (the mock's).
+pub const ASTRAVDI_ID: &str = "7e1459c2-3e19-4c3d-98f5-8344d44ae6f4";
 /// Longest any single reply may take in a test before it counts as a failure.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -13,7 +13,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::*;
 
-const ASTRAVDI_ID: &str = "7e1459c2-3e19-4c3d-98f5-8344d44ae6f4";
 const USER2_ID: &str = "e8d8dd14-cb09-4099-b96e-a83c6b09496c";
 const USER2_FAILED_TASK: &str = "22aaa425-6387-4767-9611-3c26ad1a6161";
 const USER1_PENDING_TASK: &str = "fabb9a84-ae96-4d07-b5a0-329ea70fa476";
