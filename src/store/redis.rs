@@ -44,29 +44,35 @@ use super::*;
 /// command by its first key's slot).
 #[derive(Clone)]
 enum Con {
-    One(One),
-    Cluster(ClusterConnection),
+    One(Renewable<ConnectionManager>),
+    Cluster(Renewable<ClusterConnection>),
 }
 
-/// One Redis: the client's connection manager, which reconnects by itself after a lost
-/// connection — except when a reconnection is refused by authentication (WRONGPASS, NOAUTH:
-/// an ACL user switched off and on again, a password changed and changed back): it then
-/// answers that error for good. [`One::renew`] replaces it with a new one.
+/// A connection that [`watchdog`] can replace under every handle: each call takes the current
+/// one (a cheap clone), so a replacement needs no caller to know. Calls in flight finish on the
+/// connection they took, which lives until the last of them does.
+///
+/// One Redis: the client's connection manager reconnects by itself after a lost connection —
+/// except when a reconnection is refused by authentication (WRONGPASS, NOAUTH: an ACL user
+/// switched off and on again, a password changed and changed back): it then answers that
+/// error for good. A cluster: the client repairs its connections to the nodes by itself, but
+/// was seen wedged for minutes after a master restarted empty while another was frozen
+/// (SIGSTOP), every command timing out unsent.
 #[derive(Clone)]
-struct One(Arc<arc_swap::ArcSwap<ConnectionManager>>);
+struct Renewable<T>(Arc<arc_swap::ArcSwap<T>>);
 
-impl One {
-    fn new(manager: ConnectionManager) -> One {
-        One(Arc::new(arc_swap::ArcSwap::from_pointee(manager)))
+impl<T: Clone> Renewable<T> {
+    fn new(con: T) -> Self {
+        Renewable(Arc::new(arc_swap::ArcSwap::from_pointee(con)))
     }
 
-    /// The current manager (a cheap handle).
-    fn get(&self) -> ConnectionManager {
+    /// The current connection (a cheap handle).
+    fn get(&self) -> T {
         (**self.0.load()).clone()
     }
 
-    fn renew(&self, manager: ConnectionManager) {
-        self.0.store(Arc::new(manager));
+    fn renew(&self, con: T) {
+        self.0.store(Arc::new(con));
     }
 }
 
@@ -77,6 +83,26 @@ fn refused_authentication(e: &::redis::RedisError) -> bool {
         || matches!(e.code(), Some("WRONGPASS") | Some("NOAUTH"))
 }
 
+/// Whether the cluster client looks wedged: a PING to every master that times out (rather
+/// than being refused, as by a master that is down: the client reconnects to that one by
+/// itself, and a new client would fare no better).
+async fn cluster_timed_out(mut con: ClusterConnection) -> bool {
+    use ::redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy};
+    let ping = con.route_command(
+        ::redis::cmd("PING"),
+        RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::AllSucceeded),
+        )),
+    );
+    // Well within the probe period (and the client's own 2 s), so rounds keep their pace.
+    match tokio::time::timeout(Duration::from_secs(1), ping).await {
+        Err(_) => true,
+        Ok(Err(e)) => e.is_timeout(),
+        Ok(Ok(_)) => false,
+    }
+}
+
 impl ConnectionLike for Con {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -84,7 +110,10 @@ impl ConnectionLike for Con {
                 let mut c = c.get();
                 Box::pin(async move { c.req_packed_command(cmd).await })
             }
-            Con::Cluster(c) => c.req_packed_command(cmd),
+            Con::Cluster(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -99,14 +128,17 @@ impl ConnectionLike for Con {
                 let mut c = c.get();
                 Box::pin(async move { c.req_packed_commands(cmd, offset, count).await })
             }
-            Con::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Con::Cluster(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_commands(cmd, offset, count).await })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Con::One(c) => c.get().get_db(),
-            Con::Cluster(c) => c.get_db(),
+            Con::Cluster(c) => c.get().get_db(),
         }
     }
 }
@@ -346,7 +378,7 @@ impl Subscriptions {
                         .push(self.keys.channel(*user));
                 }
                 let changes = by_bucket.into_iter().map(|(bucket, channels)| {
-                    let mut con = con.clone();
+                    let mut con = con.get();
                     async move {
                         if subscribe {
                             if self.moved.remove(&bucket).is_some() {
@@ -425,59 +457,87 @@ fn user_of_channel(prefix: &str, channel: &str) -> Option<Uuid> {
     rest.rsplit(':').next()?.parse().ok()
 }
 
-/// Every two seconds while the store lives: a PING refused by authentication three times in a
-/// row means the connection manager has given up (see [`One`]); a new one replaces it, and —
-/// as after a lost connection — every subscription is made again on it (the router's watches,
-/// then the global channel, whose confirmation ends the bus gap).
-async fn renew_when_refused(
+/// Probe rounds in a row that must fail before the connection is made anew; each renewal
+/// that did not help doubles it (up to [`RENEW_AFTER_MAX`]) until a probe succeeds again.
+const RENEW_AFTER: u32 = 3;
+const RENEW_AFTER_MAX: u32 = 30;
+
+/// Every two seconds while the store lives, `probe` looks at the current connection (true:
+/// it failed the way that wants a new one — see [`Renewable`]). After [`RENEW_AFTER`] failed
+/// probes in a row, `connect` makes a new connection, which replaces the old; then — as after
+/// a lost connection — every subscription is made again on it: the router's watches (each
+/// user's socket catches up once confirmed), then the global channel, whose confirmation ends
+/// the bus gap. One line is logged per renewal; failed attempts at most once a minute.
+async fn watchdog<T, P, C>(
     router: std::sync::Weak<routing::Router>,
-    one: One,
-    client: ::redis::Client,
-    config: ConnectionManagerConfig,
+    con: Renewable<T>,
+    probe: impl Fn(T) -> P,
+    connect: impl Fn() -> C,
     push_tx: mpsc::UnboundedSender<::redis::PushInfo>,
     channel: String,
-) {
-    let mut refused = 0;
+    why: &'static str,
+) where
+    T: Clone,
+    P: Future<Output = bool>,
+    C: Future<Output = ::redis::RedisResult<T>>,
+    Renewable<T>: Into<Con>,
+{
+    let (mut failed, mut renew_after) = (0, RENEW_AFTER);
+    let failures = crate::telemetry::RateLimitedLog::new(Duration::from_secs(60));
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        every.tick().await;
         if router.strong_count() == 0 {
             return;
         }
-        match ::redis::cmd("PING")
-            .query_async::<String>(&mut one.get())
-            .await
-        {
-            Err(e) if refused_authentication(&e) => refused += 1,
-            _ => refused = 0,
+        if probe(con.get()).await {
+            failed += 1;
+        } else {
+            (failed, renew_after) = (0, RENEW_AFTER);
         }
-        if refused < 3 {
+        if failed < renew_after {
             continue;
         }
-        match client
-            .get_connection_manager_with_config(config.clone())
-            .await
-        {
-            Ok(manager) => {
-                tracing::warn!(
-                    "the Redis connection was refused by authentication and is made anew"
-                );
-                one.renew(manager);
-                refused = 0;
+        match connect().await {
+            Ok(new) => {
+                tracing::warn!("{why}: the Redis connection is made anew");
+                con.renew(new);
+                (failed, renew_after) = (0, (renew_after * 2).min(RENEW_AFTER_MAX));
+                if let Some(router) = router.upgrade() {
+                    router
+                        .renewed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 // As a lost connection: the watches are subscribed again on the new one...
                 let _ = push_tx.send(::redis::PushInfo {
                     kind: PushKind::Disconnection,
                     data: Vec::new(),
                 });
                 // ...and the global channel, whose confirmation ends the gap.
-                let mut con = Con::One(one.clone());
-                if let Err(e) = subscribe_global(&mut con, &channel).await {
+                if let Err(e) = subscribe_global(&mut con.clone().into(), &channel).await {
                     tracing::warn!(error = %e, "cannot subscribe the new Redis connection to the bus");
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "the Redis connection is refused by authentication")
+                if let Some(n) = failures.hit() {
+                    tracing::warn!(error = %e, attempts = n, "{why}, and a new Redis connection cannot be made yet");
+                }
             }
         }
+    }
+}
+
+impl From<Renewable<ConnectionManager>> for Con {
+    fn from(con: Renewable<ConnectionManager>) -> Con {
+        Con::One(con)
+    }
+}
+
+impl From<Renewable<ClusterConnection>> for Con {
+    fn from(con: Renewable<ClusterConnection>) -> Con {
+        Con::Cluster(con)
     }
 }
 
@@ -485,7 +545,7 @@ async fn renew_when_refused(
 async fn subscribe_global(con: &mut Con, channel: &str) -> ::redis::RedisResult<()> {
     match con {
         Con::One(con) => con.get().subscribe(channel).await,
-        Con::Cluster(con) => con.subscribe(channel).await,
+        Con::Cluster(con) => con.get().subscribe(channel).await,
     }
 }
 
@@ -530,7 +590,7 @@ pub async fn ping_cluster(nodes: &[String], password: Option<&str>) -> anyhow::R
             .get_async_connection()
             .await?;
         ::redis::cmd("PING").query_async::<String>(&mut con).await?;
-        let mut warnings: Vec<String> = durability(&Con::Cluster(con), "")
+        let mut warnings: Vec<String> = durability(&Con::Cluster(Renewable::new(con)), "")
             .await
             .into_iter()
             .collect();
@@ -687,15 +747,22 @@ impl RedisStore {
         {
             anyhow::bail!("{}", cluster_node_message(&label));
         }
-        let one = One::new(con);
+        let one = Renewable::new(con);
         let store = Self::start(Con::One(one.clone()), push_rx, prefix, sink, label).await?;
-        tokio::spawn(renew_when_refused(
+        tokio::spawn(watchdog(
             std::sync::Arc::downgrade(&store.router),
             one,
-            client,
-            config,
+            |mut con| async move {
+                let ping = ::redis::cmd("PING").query_async::<String>(&mut con).await;
+                ping.is_err_and(|e| refused_authentication(&e))
+            },
+            move || {
+                let (client, config) = (client.clone(), config.clone());
+                async move { client.get_connection_manager_with_config(config).await }
+            },
             push_tx,
             global_channel(prefix),
+            "Redis refused the connection by authentication",
         ));
         Ok(store)
     }
@@ -714,14 +781,36 @@ impl RedisStore {
             "state_prefix must not contain '{{' or '}}' on a Redis Cluster"
         );
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let con = cluster_client(nodes, password)?
-            .push_sender(push_tx)
+        let client = cluster_client(nodes, password)?
+            .push_sender(push_tx.clone())
             .build()
-            .context("invalid redis-cluster URL")?
+            .context("invalid redis-cluster URL")?;
+        let con = client
             .get_async_connection()
             .await
             .with_context(|| format!("cannot connect to the cluster at {}", seeds(nodes)))?;
-        Self::start(Con::Cluster(con), push_rx, prefix, sink, String::new()).await
+        let cluster = Renewable::new(con);
+        let store = Self::start(
+            Con::Cluster(cluster.clone()),
+            push_rx,
+            prefix,
+            sink,
+            String::new(),
+        )
+        .await?;
+        tokio::spawn(watchdog(
+            std::sync::Arc::downgrade(&store.router),
+            cluster,
+            cluster_timed_out,
+            move || {
+                let client = client.clone();
+                async move { client.get_async_connection().await }
+            },
+            push_tx,
+            global_channel(prefix),
+            "the Redis Cluster client stopped answering",
+        ));
+        Ok(store)
     }
 
     /// `label` names one Redis in the durability warning (a cluster's nodes name themselves).
@@ -1137,7 +1226,7 @@ impl RedisStore {
                 }
             }
             Con::Cluster(con) => {
-                let mut con = con.clone();
+                let mut con = con.get();
                 for (host, port) in masters(&mut con).await? {
                     let mut cursor = 0u64;
                     loop {
@@ -1305,7 +1394,7 @@ async fn nodes_without_aof(con: &Con, one: &str) -> StoreResult<Vec<String>> {
             }
         }
         Con::Cluster(c) => {
-            let mut c = c.clone();
+            let mut c = c.get();
             for (host, port) in nodes(&mut c, true).await? {
                 let reply = c
                     .route_command(
@@ -1359,7 +1448,7 @@ impl Store for RedisStore {
         let Con::Cluster(con) = &self.con else {
             return self.ping().await.map(|()| None);
         };
-        let mut con = con.clone();
+        let mut con = con.get();
         let masters = masters(&mut con).await?;
         // All at once, each within a second.
         let answers = futures_util::future::join_all(masters.iter().map(|(host, port)| {

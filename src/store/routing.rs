@@ -77,6 +77,9 @@ pub struct Router {
     /// Bus messages received, and events not published because the outbox was full.
     pub received: AtomicU64,
     pub shed: AtomicU64,
+    /// Times the store's connection was made anew by its watchdog (a wedged cluster client, a
+    /// reconnection refused by authentication), every subscription with it.
+    pub renewed: AtomicU64,
 }
 
 /// Holds a watch of one user; the last one dropped ends it.
@@ -114,6 +117,7 @@ impl Router {
             disconnects: AtomicU64::new(0),
             received: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            renewed: AtomicU64::new(0),
         });
         tokio::spawn(run(Arc::downgrade(&router), subscriber, rx));
         router

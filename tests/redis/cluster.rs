@@ -11,10 +11,14 @@ use crate::helpers::free_port;
 /// A cluster this process started: `masters` masters, each with `replicas` replicas.
 pub struct Cluster {
     pub ports: Vec<u16>,
+    /// Each node's cluster bus port (beside `ports`), for a restart on the same ports.
+    buses: Vec<u16>,
     /// The shell that runs the nodes; they stop (and their directory goes) when it or the
     /// test process ends.
     wrapper: Child,
-    _dir: tempfile::TempDir,
+    /// The shells of nodes started again ([`Cluster::restart_node`]).
+    restarted: std::sync::Mutex<Vec<Child>>,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -35,37 +39,16 @@ impl Cluster {
     fn try_start(masters: usize, replicas: usize) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..masters * (1 + replicas)).map(|_| free_port()).collect();
-        // Failover within about two seconds of a master's death.
-        let nodes: String = ports
-            .iter()
-            .map(|port| {
-                // The cluster bus on a port of its own: by default it is port + 10000, which
-                // may be taken, or past 65535.
-                format!(
-                    "mkdir -p {d}/{port} && (cd {d}/{port} && exec redis-server --port {port} \
-                     --cluster-port {bus} --bind 127.0.0.1 --cluster-enabled yes \
-                     --cluster-config-file nodes.conf --cluster-node-timeout 1000 --save '' \
-                     --appendonly no --daemonize no) & pids=\"$pids $!\"; ",
-                    d = dir.path().display(),
-                    bus = free_port()
-                )
-            })
-            .collect();
-        // The shell watches its parent (this test process) and stops the nodes when it is gone.
-        let script = format!(
-            "pids=''; {nodes} trap 'kill $pids 2>/dev/null; exit 0' TERM; \
-             while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; kill $pids 2>/dev/null",
-            parent = std::process::id()
-        );
-        let wrapper = Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("cannot run sh to start redis-server");
+        // The cluster bus on a port of its own: by default it is port + 10000, which may be
+        // taken, or past 65535.
+        let buses: Vec<u16> = ports.iter().map(|_| free_port()).collect();
+        let wrapper = supervise(dir.path(), &ports, &buses);
         let cluster = Cluster {
             ports,
+            buses,
             wrapper,
-            _dir: dir,
+            restarted: std::sync::Mutex::new(Vec::new()),
+            dir,
         };
         for port in &cluster.ports {
             // PING, not a bare connect: something else may hold the port.
@@ -147,18 +130,49 @@ impl Cluster {
 
     /// Kills a node with SIGKILL (no goodbye to the cluster).
     pub fn kill_node(&self, port: u16) {
-        let info = Self::cli(port, &["info", "server"]);
-        let pid = info
+        Self::signal(&Self::pid(port), "-KILL");
+        self.wait_for(&format!("node {port} to be gone"), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
+    }
+
+    /// Starts a node killed by [`Cluster::kill_node`] again, on its ports and with its cluster
+    /// config file (so it rejoins as the node it was) but empty: these nodes keep no data
+    /// files. Waits until it answers.
+    pub fn restart_node(&self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).expect("a node");
+        let shell = supervise(self.dir.path(), &[port], &[self.buses[i]]);
+        self.restarted.lock().unwrap().push(shell);
+        self.wait_for(&format!("node {port} to answer again"), || {
+            Self::cli(port, &["ping"]).trim() == "PONG"
+        });
+    }
+
+    /// Stops a node with SIGSTOP: it holds its connections open and answers nothing (a host
+    /// that froze, a long pause); [`Cluster::continue_node`] with what this returns resumes it.
+    pub fn stop_node(&self, port: u16) -> String {
+        let pid = Self::pid(port);
+        Self::signal(&pid, "-STOP");
+        pid
+    }
+
+    pub fn continue_node(&self, pid: &str) {
+        Self::signal(pid, "-CONT");
+    }
+
+    /// A node's process id, as it says.
+    fn pid(port: u16) -> String {
+        Self::cli(port, &["info", "server"])
             .lines()
             .find_map(|l| l.strip_prefix("process_id:"))
             .expect("the node answers with its process id")
             .trim()
-            .to_owned();
-        let killed = Command::new("kill").args(["-9", &pid]).status().unwrap();
-        assert!(killed.success());
-        self.wait_for(&format!("node {port} to be gone"), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        });
+            .to_owned()
+    }
+
+    fn signal(pid: &str, signal: &str) {
+        let sent = Command::new("kill").args([signal, pid]).status().unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
     }
 
     /// Waits until the surviving nodes agree that the cluster is ok again (a replica took over).
@@ -190,11 +204,45 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.wrapper.id().to_string()])
-            .status();
-        let _ = self.wrapper.wait();
+        let restarted = self.restarted.get_mut().unwrap();
+        for shell in restarted.iter_mut().chain([&mut self.wrapper]) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &shell.id().to_string()])
+                .status();
+            let _ = shell.wait();
+        }
     }
+}
+
+/// A shell running the nodes on `ports` (cluster bus on `buses`), each in its directory
+/// under `dir` where it keeps its cluster config file. It watches its parent (this test
+/// process) and stops the nodes when it is gone or told to (SIGTERM) — a stopped one too.
+fn supervise(dir: &std::path::Path, ports: &[u16], buses: &[u16]) -> Child {
+    // Failover within about two seconds of a master's death.
+    let nodes: String = ports
+        .iter()
+        .zip(buses)
+        .map(|(port, bus)| {
+            format!(
+                "mkdir -p {d}/{port} && (cd {d}/{port} && exec redis-server --port {port} \
+                 --cluster-port {bus} --bind 127.0.0.1 --cluster-enabled yes \
+                 --cluster-config-file nodes.conf --cluster-node-timeout 1000 --save '' \
+                 --appendonly no --daemonize no) & pids=\"$pids $!\"; ",
+                d = dir.display(),
+            )
+        })
+        .collect();
+    let script = format!(
+        "pids=''; {nodes} trap 'kill $pids 2>/dev/null; kill -CONT $pids 2>/dev/null; exit 0' TERM; \
+         while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; \
+         kill $pids 2>/dev/null; kill -CONT $pids 2>/dev/null",
+        parent = std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("cannot run sh to start redis-server")
 }
 
 /// The cluster the backend suite runs on: `POOLGATE_TEST_REDIS_CLUSTER` if set, else three

@@ -1,6 +1,7 @@
 //! The cases on a Redis Cluster beyond the backend suite: two `poolgate serve` processes on one
 //! cluster, a master killed mid-task (a replica takes over), an instance killed mid-task.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -321,4 +322,123 @@ pub async fn healthz_says_which_masters_are_unreachable() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(seen, (503, "state store unreachable\n".into()));
+}
+
+/// A master is killed (`kill -9`) and started again empty (it keeps its cluster config file,
+/// so it rejoins as the node it was, without its keys) while the master holding the signed-in
+/// user's keys is stopped (SIGSTOP) for a few seconds — its replica takes over — and then
+/// continued, with clients working throughout. A cluster client was once seen wedged for over
+/// two minutes after this (commands never sent). The instance answers `pools` and
+/// `pool_request` within seconds of the SIGCONT, and the socket signed in before the faults
+/// gets a new task's events.
+pub async fn a_master_restarted_empty_while_another_is_stopped_leaves_no_wedge() {
+    let cluster = Cluster::start(3, 1);
+    let app = TestApp::spawn_with(|c| {
+        c.state = cluster.url().parse().unwrap();
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let astravdi = app.state.auth.users.by_name("astravdi").unwrap().id;
+    let (mut listener, _) = app.login("astravdi").await;
+    let (mut actor, _) = app.login("astravdi").await;
+    let home = cluster
+        .master_holding(&format!("*user_sessions*{astravdi}"))
+        .expect("a master holds astravdi's session set");
+    // Another master: the user's session outlives its emptying.
+    let emptied = *cluster.masters().iter().find(|p| **p != home).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(app.login("astravdi").await.0);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tasks_load(clients, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    cluster.kill_node(emptied);
+    let frozen = cluster.stop_node(home);
+    cluster.restart_node(emptied);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.continue_node(&frozen);
+    let continued = std::time::Instant::now();
+    serves_and_pushes(&mut actor, &mut listener, continued).await;
+    stop.cancel();
+    for h in load {
+        h.await.unwrap();
+    }
+    drop(cluster);
+}
+
+/// A master of three is stopped (SIGSTOP) long enough that every PING the cluster client
+/// sends to the masters times out, round after round — what a wedged client looks like: the
+/// store's watchdog makes the cluster connection anew (once) and subscribes everything again
+/// on it. After the SIGCONT the instance serves, and a socket signed in before gets events.
+pub async fn a_cluster_connection_that_keeps_timing_out_is_made_anew() {
+    let cluster = Cluster::start(3, 0);
+    let app = TestApp::spawn_with(|c| {
+        c.state = cluster.url().parse().unwrap();
+        fast_sim(c, OK, OK);
+    })
+    .await;
+    let router = app.state.store.router().expect("a routing store");
+    let (mut listener, _) = app.login("astravdi").await;
+    let (mut actor, _) = app.login("astravdi").await;
+    let frozen = cluster.stop_node(cluster.ports[0]);
+    let stopped = std::time::Instant::now();
+    while router.renewed.load(Ordering::Relaxed) == 0 {
+        if stopped.elapsed() > Duration::from_secs(15) {
+            cluster.continue_node(&frozen);
+            panic!("the cluster connection was not made anew within 15 s of timeouts");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("made anew {:?} after the SIGSTOP", stopped.elapsed());
+    cluster.continue_node(&frozen);
+    let continued = std::time::Instant::now();
+    serves_and_pushes(&mut actor, &mut listener, continued).await;
+    assert_eq!(
+        router.renewed.load(Ordering::Relaxed),
+        1,
+        "made anew once, not again once it answers"
+    );
+    drop(cluster);
+}
+
+/// Within 20 s of `since`, `actor` gets answers to `pools` and `pool_request`, and `listener`
+/// (the same user) gets the requested task's events. A task asked for while the bus was
+/// still being subscribed again may end unheard (a socket catches up only on the tasks it
+/// holds and the active ones), so each attempt asks for a new one.
+async fn serves_and_pushes(actor: &mut Client, listener: &mut Client, since: std::time::Instant) {
+    let within = Duration::from_secs(20);
+    let pools = [POOL_WIN_1, POOL_WIN_2, POOL_ASTRA_2];
+    let mut last = serde_json::Value::Null;
+    for attempt in 0.. {
+        assert!(
+            since.elapsed() < within,
+            "not serving {within:?} after the faults ended: {last}"
+        );
+        let listed = actor.rpc("pools", json!({})).await;
+        if listed["name"] != "response" {
+            last = listed;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        last = actor
+            .rpc(
+                "pool_request",
+                json!({"pool_id": pools[attempt % pools.len()]}),
+            )
+            .await;
+        let id = last["args"]["task"]["id"].clone();
+        if !id.is_string() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if crate::cluster_review::event_for(listener, &id, Duration::from_secs(3))
+            .await
+            .is_some()
+        {
+            eprintln!("served and pushed {:?} after the faults", since.elapsed());
+            return;
+        }
+    }
 }

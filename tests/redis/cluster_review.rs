@@ -57,7 +57,7 @@ fn planned_failover(master: u16) -> u16 {
 }
 
 /// The next task event for `id` within `within`, skipping others (None if none came).
-async fn event_for(
+pub(crate) async fn event_for(
     client: &mut Client,
     id: &serde_json::Value,
     within: Duration,

@@ -94,6 +94,20 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         || Box::pin(cluster_cases::a_master_killed_mid_task_costs_only_the_requests_in_flight()),
     ));
     all.push((
+        "cluster::a_master_restarted_empty_while_another_is_stopped_leaves_no_wedge",
+        Needs::RedisClusterServers,
+        || {
+            Box::pin(
+                cluster_cases::a_master_restarted_empty_while_another_is_stopped_leaves_no_wedge(),
+            )
+        },
+    ));
+    all.push((
+        "cluster::a_cluster_connection_that_keeps_timing_out_is_made_anew",
+        Needs::RedisClusterServers,
+        || Box::pin(cluster_cases::a_cluster_connection_that_keeps_timing_out_is_made_anew()),
+    ));
+    all.push((
         "cluster::a_dead_replica_does_not_keep_scripts_from_running",
         Needs::RedisClusterServers,
         || Box::pin(cluster_cases::a_dead_replica_does_not_keep_scripts_from_running()),
