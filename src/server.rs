@@ -43,6 +43,10 @@ const REFUSERS: usize = 64;
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Connections the metrics listener accepts at once: scrapers and health checks only.
 const METRICS_CONNECTIONS: usize = 64;
+/// Of those, what one client address may hold: a scraper or a load balancer's health checks
+/// need a few, and one address holding them all (silent sockets, until `http_header_timeout`
+/// closes them) would leave the health check of everybody else a 503.
+const METRICS_CONNECTIONS_PER_ADDRESS: usize = 8;
 
 /// Every route poolgate serves on its main port. `/metrics` moves to its own listener when
 /// `metrics_listen` is set.
@@ -171,11 +175,13 @@ async fn check_health(state: &AppState) -> crate::state::Health {
 }
 
 /// Serves `/metrics` and `/healthz` (plain HTTP) on `metrics_listen` until shutdown. Start it
-/// before [`run`]: its connections are tracked, so `run` waits for them too.
+/// before [`run`]: its connections are tracked, so `run` waits for them too. Its connections
+/// have a budget of their own ([`METRICS_CONNECTIONS`], per address
+/// [`METRICS_CONNECTIONS_PER_ADDRESS`]) and the same header read timeout as the main port.
 pub(crate) fn spawn_metrics(listener: TcpListener, state: &AppState) {
     let site = Site {
         router: metrics_app(state.clone()),
-        admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS),
+        admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS_PER_ADDRESS),
         tls: None,
         trusted: Arc::new(state.config.trusted_proxies.clone()),
         name: "metrics",

@@ -141,6 +141,70 @@ async fn metrics_can_be_served_on_their_own_listener_and_then_not_on_the_main_po
     );
 }
 
+/// A plain `GET path` on a fresh connection from `source`; the status line.
+async fn get_from(source: [u8; 4], to: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(REPLY_TIMEOUT, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn silent_sockets_from_one_address_cannot_starve_the_metrics_health_check() {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::spawn_with(|c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.http_header_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let metrics: SocketAddr = app.metrics_addr.expect("a metrics listener");
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        silent.push(socket.connect(metrics).await.unwrap());
+    }
+    // Another address is served at once, while the 64 are held.
+    let status = get_from([127, 0, 0, 2], metrics, "/healthz").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "another address's health check");
+    // The silent address itself got its share and no more: the rest were told why.
+    let status = get_from([127, 0, 0, 1], metrics, "/healthz").await;
+    assert_eq!(status, "HTTP/1.1 429 Too Many Requests");
+    // The header read timeout closes the silent sockets that were admitted.
+    let started = std::time::Instant::now();
+    for stream in &mut silent {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(REPLY_TIMEOUT, stream.read(&mut buf))
+                .await
+                .expect("closed within the header timeout");
+            if !matches!(read, Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        get_from([127, 0, 0, 1], metrics, "/healthz").await,
+        "HTTP/1.1 200 OK",
+        "the address is served again once its silent sockets are closed"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn serve_binds_metrics_listen_and_logs_where() {
     let dir = tempfile::tempdir().unwrap();
