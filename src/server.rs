@@ -196,8 +196,14 @@ pub(crate) fn spawn_metrics(listener: TcpListener, state: &AppState) {
 /// runner to finish. Call [`AppState::start`] first (recovery, seed tasks, the event bus).
 pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
     state.tracker.spawn(sweep(state.clone()));
+    let router = app(state.clone());
+    let router = if tls.is_some() {
+        router.layer(axum::middleware::map_response(strict_transport_security))
+    } else {
+        router
+    };
     let site = Site {
-        router: app(state.clone()),
+        router,
         admission: state.admission.clone(),
         tls,
         trusted: Arc::new(state.config.trusted_proxies.clone()),
@@ -207,6 +213,18 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: 
     // Upgraded sockets and connections still finishing a request are on the tracker.
     state.tracker.close();
     state.tracker.wait().await;
+}
+
+/// Adds `Strict-Transport-Security` (a year) to a response of the TLS listener — every route,
+/// the portal, `/docs`, the 426 of `/`, errors and the fallback's 404 alike: a browser that
+/// saw it once never again tries `http://` (where a network attacker could answer instead).
+/// Subdomains are not named: they may be other services, which the operator decides for.
+async fn strict_transport_security(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        header::HeaderValue::from_static("max-age=31536000"),
+    );
+    response
 }
 
 /// One listener's routes, caps and transport.

@@ -286,3 +286,49 @@ async fn state_files_are_private_whatever_the_umask() {
         assert_eq!(mode(&data.join(name)), 0o600, "{name} (of {names:?})");
     }
 }
+
+#[tokio::test]
+async fn the_docs_page_runs_only_its_own_scripts_and_cannot_be_framed() {
+    let app = TestApp::spawn().await;
+    let resp = reqwest::get(app.url("/docs")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let csp = header("content-security-policy");
+    assert_eq!(header("x-frame-options"), "DENY");
+    let script_src = csp
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("script-src"))
+        .unwrap_or_else(|| panic!("no script-src: {csp}"));
+    assert_eq!(script_src, "script-src 'self'", "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = resp.text().await.unwrap();
+    // Every script is a file of this server's (no inline script), and every asset is served
+    // from here, under the same policy: nothing from a CDN.
+    let mut assets = Vec::new();
+    for part in page.split('<').skip(1) {
+        let tag = part.split('>').next().unwrap();
+        if tag.starts_with("script") {
+            let src = tag.split("src=\"").nth(1).expect("a script with a src");
+            assets.push(src.split('"').next().unwrap().to_owned());
+        }
+        if tag.starts_with("link") {
+            let href = tag.split("href=\"").nth(1).unwrap();
+            assets.push(href.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert_eq!(assets.len(), 3, "{page}");
+    for asset in assets {
+        assert!(asset.starts_with("/docs/"), "{asset}");
+        let resp = reqwest::get(app.url(&asset)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{asset}");
+        assert_eq!(resp.headers()["content-security-policy"], csp.as_str());
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    }
+}
