@@ -26,7 +26,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use super::{AuthUser, RestError, authenticate_jwt};
 use crate::auth::jwt::Claims;
 use crate::error::ERR_CODE_DEFAULT;
-use crate::http::Origin;
 use crate::state::AppState;
 use crate::telemetry::RateLimitedLog;
 
@@ -49,39 +48,6 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
 /// At most one log line per this long about refused origins, with the count.
 const ORIGIN_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Whether the request's `Origin` may open this socket; the refusal says why.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static str> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin
-        .to_str()
-        .ok()
-        .and_then(|o| Origin::parse(o).ok())
-        .ok_or("Origin not allowed: it is not a web origin (opaque or malformed).")?;
-    let ok = if allowed.is_empty() {
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| origin.is_host(host))
-    } else {
-        allowed
-            .iter()
-            .filter_map(|a| Origin::parse(a).ok())
-            .any(|a| a == origin)
-    };
-    if ok {
-        Ok(())
-    } else if allowed.is_empty() {
-        Err(
-            "Origin not allowed: pages of another site may not open this socket \
-             (allowed_origins lists the sites that may).",
-        )
-    } else {
-        Err("Origin not allowed: it is not in allowed_origins.")
-    }
-}
-
 /// The status socket's checks, in the mock's order: a request that is no WebSocket handshake
 /// is refused first (the mock has no HTTP route here at all), then a foreign `Origin` (403),
 /// then the token (403), then `client_id` (403). `Ok`: the upgrade to complete and whose
@@ -101,7 +67,7 @@ pub async fn admit(
             "default",
         ));
     };
-    if let Err(why) = check_origin(headers, &state.config.allowed_origins) {
+    if let Err(why) = crate::http::check_origin(headers, &state.config.allowed_origins) {
         static REFUSED: LazyLock<RateLimitedLog> =
             LazyLock::new(|| RateLimitedLog::new(ORIGIN_LOG_EVERY));
         if let Some(refused) = REFUSED.hit() {

@@ -1,14 +1,17 @@
 //! The RPC socket at `/`: the socket loop's handler for `rpc` — each text frame is one
 //! request and gets one reply (`rpc::handle_text`), sign-in has a grace period, and nothing is
-//! pinged (clients ping, or send requests, within `idle_timeout`).
+//! pinged (clients ping, or send requests, within `idle_timeout`). A browser's upgrade must
+//! come from an allowed `Origin` (`http::check_origin`, the status socket's rule).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
@@ -17,6 +20,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::rpc::{self, Conn};
 use crate::state::AppState;
+use crate::telemetry::RateLimitedLog;
 
 /// `GET /`: upgrades to the RPC socket; a browser's plain request gets the web portal
 /// (`portal`), any other plain HTTP 426 and a pointer to the protocol.
@@ -38,10 +42,28 @@ pub(super) async fn upgrade(
         )
             .into_response();
     };
+    if let Err(why) = crate::http::check_origin(&headers, &state.config.allowed_origins) {
+        return foreign_origin(&headers, peer, why);
+    }
     super::accept(ws, state, move |_, link: Link| {
         tracing::debug!(conn_id = link.conn_id, %peer, "connected");
         RpcSocket(Conn::new(link.conn_id, peer, link.outbox, link.kick))
     })
+}
+
+/// The answer to an upgrade from another site's page (`http::check_origin`): 403 and why,
+/// logged at most once per 10 s with the count. Without it, any page a user visits could
+/// open the socket from the user's browser and network and try sign-ins there.
+fn foreign_origin(headers: &HeaderMap, peer: SocketAddr, why: &str) -> Response {
+    static REFUSED: LazyLock<RateLimitedLog> =
+        LazyLock::new(|| RateLimitedLog::new(Duration::from_secs(10)));
+    if let Some(refused) = REFUSED.hit() {
+        let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
+            String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
+        });
+        tracing::warn!(%peer, %origin, refused, "RPC socket refused: foreign Origin (at most one line per 10 s, with the count)");
+    }
+    (StatusCode::FORBIDDEN, format!("poolgate: {why}\n")).into_response()
 }
 
 /// One RPC connection: its [`Conn`] is all it keeps between frames.
