@@ -19,8 +19,6 @@ use std::time::Duration;
 
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::{AuthUser, RestError, authenticate_jwt};
@@ -52,13 +50,14 @@ const ORIGIN_LOG_EVERY: Duration = Duration::from_secs(10);
 /// is refused first (the mock has no HTTP route here at all), then a foreign `Origin` (403),
 /// then the token (403), then `client_id` (403). `Ok`: the upgrade to complete and whose
 /// socket it is; `Err`: the mock-shaped refusal. The connection caps were applied when the connection was accepted.
-pub async fn admit(
+/// `ws` is the transport's handshake (generic: the shim does not name `ws`).
+pub async fn admit<U, NotUpgrade>(
     state: &AppState,
     peer: SocketAddr,
     client_id: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<(WebSocketUpgrade, AuthUser), RestError> {
+    ws: Result<U, NotUpgrade>,
+) -> Result<(U, AuthUser), RestError> {
     let Ok(ws) = ws else {
         return Err(RestError::new(
             StatusCode::UPGRADE_REQUIRED,

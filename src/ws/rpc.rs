@@ -8,14 +8,13 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
 use super::connection::{Handler, Link, Policy};
+use super::upgrade::{NotUpgrade, Upgrade};
 use crate::config::Config;
 use crate::error::Error;
 use crate::rpc::{self, Conn};
@@ -28,7 +27,7 @@ pub(super) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotUpgrade>,
 ) -> Response {
     let Ok(ws) = ws else {
         if crate::portal::wants_page(&headers) {
@@ -79,6 +78,7 @@ impl Handler for RpcSocket {
             ping: None,
             max_frame: config.max_frame_bytes,
             max_message: config.max_message_bytes,
+            max_message_before_auth: config.max_message_bytes_pre_auth,
         }
     }
 
