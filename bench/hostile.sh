@@ -13,6 +13,7 @@ cargo build $flag --quiet --bin poolgate --example hostile
 dir=$(mktemp -d)
 trap 'kill -9 $pid 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pool=6f1b7f0e-0a57-4b9e-9a11-5e5ca1ab1e00
 cat > "$dir/provision.sh" <<SH
 #!/bin/sh
@@ -25,6 +26,7 @@ esac
 SH
 chmod +x "$dir/provision.sh"
 {
+  echo "metrics_listen = \"127.0.0.1:$mport\""
   sed -e 's/^task_deadline = .*/task_deadline = 4/' examples/demo.toml
   cat <<TOML
 
@@ -48,7 +50,8 @@ NO_COLOR=1 target/$profile/poolgate serve --config "$dir/poolgate.toml" --data-d
   --listen "127.0.0.1:$port" 2>"$dir/log" &
 pid=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-target/$profile/examples/hostile "ws://127.0.0.1:$port/" "127.0.0.1:$port" "$dir" "$dir/log" "$pool"
+HOSTILE_SERVER_PID=$pid HOSTILE_METRICS_ADDR="127.0.0.1:$mport" \
+  target/$profile/examples/hostile "ws://127.0.0.1:$port/" "127.0.0.1:$port" "$dir" "$dir/log" "$pool"
 # A release is still hanging: how long does SIGTERM take?
 start=$(date +%s.%N)
 kill -TERM $pid

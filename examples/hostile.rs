@@ -118,6 +118,235 @@ async fn lifetime(addr: SocketAddr, prefix: &[u8], drip: bool, cap: Duration) ->
     }
 }
 
+/// The server's resident memory in MiB (`/proc/PID/status`), if its pid is known.
+fn rss_mib(pid: Option<u32>) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map_or_else(|| "?".into(), |v| format!("{v:.0}"))
+}
+
+/// Security round 3, transport: pre-sign-in message size (with the server's RSS before,
+/// during and after, when `HOSTILE_SERVER_PID` is set), a cross-site WebSocket and sign-in,
+/// the headers of `/docs`, and silent sockets on the metrics listener (`HOSTILE_METRICS_ADDR`).
+async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
+    let pid = std::env::var("HOSTILE_SERVER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+
+    // 1. 150 unauthenticated sockets, each sending one text message of 4 MiB − 1 byte.
+    let before = rss_mib(pid);
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(before.unwrap_or(0.0)));
+    let sampling = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                if let Some(now) = rss_mib(pid) {
+                    let mut p = peak.lock().unwrap();
+                    *p = p.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let started = Instant::now();
+    let outcomes = futures_util::future::join_all((0..150u8).map(|i| async move {
+        let mut ws = t.connect_from([127, 0, 80, 1 + i % 100]).await?;
+        let len: u64 = (4 << 20) - 1;
+        // A masked text frame with a zero mask key: the payload goes out as written, from one
+        // shared buffer, so the client's own memory stays small.
+        let mut header = vec![0x81, 0x80 | 127];
+        header.extend_from_slice(&len.to_be_bytes());
+        header.extend_from_slice(&[0; 4]);
+        let chunk = vec![b'a'; 64 * 1024];
+        let raw = match ws.get_mut() {
+            MaybeTlsStream::Plain(s) => s,
+            _ => anyhow::bail!("plain sockets only"),
+        };
+        let mut sent = 0u64;
+        if raw.write_all(&header).await.is_ok() {
+            while sent < len {
+                let n = chunk.len().min((len - sent) as usize);
+                if raw.write_all(&chunk[..n]).await.is_err() {
+                    break;
+                }
+                sent += n as u64;
+            }
+        }
+        let mut close = None;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+        {
+            if let Message::Close(frame) = msg {
+                close = frame.map(|f| u16::from(f.code));
+                break;
+            }
+        }
+        anyhow::Ok((sent, close))
+    }))
+    .await;
+    let during = *peak.lock().unwrap();
+    let took = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sampling.abort();
+    let after = rss_mib(pid);
+    let closes: Vec<u64> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok((_, Some(code))) => u64::from(*code),
+            _ => 0,
+        })
+        .collect();
+    let sent = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().map(|(s, _)| *s))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "| 150 unauthenticated sockets each sending one 4 MiB − 1 byte text message | closes: {} \
+         (0: none seen) in {took:.1} s (the client wrote up to {} KiB, into the kernel's socket \
+         buffers); \
+         server RSS {} → peak {} → {} MiB 2 s after |",
+        tally(&closes),
+        sent / 1024,
+        mib(before),
+        if pid.is_some() {
+            format!("{during:.0}")
+        } else {
+            "?".into()
+        },
+        mib(after),
+    );
+
+    // 2. A page of another site opens the RPC socket and tries 100 sign-ins; and posts a
+    // sign-in without a JSON Content-Type.
+    let mut refused = Vec::new();
+    for _ in 0..100 {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = t.url.as_str().into_client_request()?;
+        req.headers_mut()
+            .insert("origin", "https://evil.example".parse()?);
+        refused.push(match tokio_tungstenite::connect_async(req).await {
+            Ok((mut ws, _)) => code(
+                &call(
+                    &mut ws,
+                    "auth",
+                    json!({"username": "user-2", "password": "wrong"}),
+                )
+                .await?,
+            ),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                u64::from(resp.status().as_u16())
+            }
+            Err(e) => anyhow::bail!(e),
+        });
+    }
+    let mut tcp = tokio::net::TcpStream::connect(t.addr).await?;
+    let body = r#"{"username":"user-2","password":"wrong","ldap":false}"#;
+    tcp.write_all(
+        format!(
+            "POST /api/v2/users/login/ HTTP/1.1\r\nHost: {}\r\nOrigin: https://evil.example\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            t.addr,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await?;
+    println!(
+        "| a page of another site: 100 WebSocket sign-ins (Origin: https://evil.example), and a \
+         sign-in posted without Content-Type | WebSocket: {}; the post: {} |",
+        tally(&refused),
+        answer.lines().next().unwrap_or("no answer")
+    );
+
+    // 3. /docs: its policy and framing.
+    let mut tcp = tokio::net::TcpStream::connect(t.addr).await?;
+    tcp.write_all(
+        format!(
+            "GET /docs HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            t.addr
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await?;
+    let head = answer.split("\r\n\r\n").next().unwrap_or("").to_owned();
+    let find = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "none".into())
+    };
+    println!(
+        "| /docs: inline script, framing | CSP `{}`; X-Frame-Options {}; HSTS (this server is plain \
+         HTTP, so none is sent): {} |",
+        find("content-security-policy"),
+        find("x-frame-options"),
+        find("strict-transport-security"),
+    );
+
+    // 4. 64 silent sockets to the metrics listener from one address.
+    let Some(metrics) = std::env::var("HOSTILE_METRICS_ADDR")
+        .ok()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+    else {
+        println!("| 64 silent sockets to metrics_listen | not run: HOSTILE_METRICS_ADDR not set |");
+        return Ok(());
+    };
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        silent.push(socket.connect(metrics).await?);
+    }
+    let health = |from: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((from, 0)))?;
+        let mut s = socket.connect(metrics).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer)).await??;
+        anyhow::Ok(answer.lines().next().unwrap_or("").to_owned())
+    };
+    let other = health([127, 0, 0, 2]).await?;
+    let same = health([127, 0, 0, 1]).await?;
+    let started = Instant::now();
+    let mut closed = 0;
+    for s in &mut silent {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                Ok(_) => closed += 1,
+                Err(_) => {}
+            }
+            break;
+        }
+    }
+    println!(
+        "| 64 silent sockets to metrics_listen from 127.0.0.1 | /healthz from 127.0.0.2: {other}; \
+         from 127.0.0.1: {same}; {closed} of 64 closed by the server within {:.0} s |",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -330,6 +559,8 @@ async fn main() -> anyhow::Result<()> {
         "| 50 refused sign-ins with 60 KiB usernames | {}; the log grew {grew} bytes |",
         tally(&codes)
     );
+
+    transport_round_3(&t).await?;
 
     println!("| a silent TCP connection | {} |", silent.await?);
     println!("| a slowly dripping HTTP request | {} |", dripping.await?);

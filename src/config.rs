@@ -49,6 +49,10 @@ pub struct Config {
     /// Largest message the transport reads at all; beyond it the socket is closed (1009),
     /// because the bytes would have to be buffered to be skipped.
     pub max_message_bytes: usize,
+    /// Largest message a WebSocket reads before it has signed in (what a sign-in needs);
+    /// a longer one is refused at its header, before it is buffered, and closes the socket
+    /// (1009). `max_message_bytes` applies once signed in (and when it is the smaller).
+    pub max_message_bytes_pre_auth: usize,
     /// Simultaneous connections of every kind (plain HTTP, TLS handshakes, keep-alive,
     /// WebSockets), taken at accept; the next one is answered 503. Unset: what the open-file
     /// limit allows (see `limits`); more than it allows stops start-up.
@@ -193,6 +197,7 @@ impl Default for Config {
             mfa_token_ttl: Duration::from_secs(120),
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
+            max_message_bytes_pre_auth: 64 * 1024,
             max_connections: None,
             max_connections_per_address: 1024,
             http_header_timeout: Duration::from_secs(10),
@@ -348,6 +353,9 @@ impl Config {
         }
         if self.max_frame_bytes == 0 || self.max_frame_bytes > self.max_message_bytes {
             bail!("max_frame_bytes must be between 1 and max_message_bytes");
+        }
+        if self.max_message_bytes_pre_auth < 1024 {
+            bail!("max_message_bytes_pre_auth must be at least 1024: a sign-in must fit");
         }
         if self.max_connections == Some(0)
             || self.outbound_queue == 0

@@ -1,6 +1,6 @@
 //! HTTP plumbing below the router, shared by the server (which installs it) and the handlers
 //! (which recognise what it reports): the request-body deadline, the stream that carries its
-//! admission slot, `Origin` parsing for the cookie-authenticated WebSocket, and the client a
+//! admission slot, `Origin` parsing and the check every WebSocket upgrade makes, and the client a
 //! trusted proxy forwarded a request for (`X-Forwarded-For`).
 
 use std::future::Future;
@@ -231,6 +231,47 @@ impl Origin {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// Whether the request's `Origin` may open a WebSocket (the RPC socket at `/`, the status
+/// socket): a browser opens a WebSocket for any site's page, with the visitor's cookies and
+/// from the visitor's network, so a page of another site must not (cross-site WebSocket
+/// hijacking). Allowed: no `Origin` (clients that are no browser), one of `allowed_origins`,
+/// or, when that list is empty, the origin naming the host the request was sent to (`Host`).
+/// The refusal says why.
+pub fn check_origin(
+    headers: &axum::http::HeaderMap,
+    allowed: &[String],
+) -> Result<(), &'static str> {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .ok()
+        .and_then(|o| Origin::parse(o).ok())
+        .ok_or("Origin not allowed: it is not a web origin (opaque or malformed).")?;
+    let ok = if allowed.is_empty() {
+        headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| origin.is_host(host))
+    } else {
+        allowed
+            .iter()
+            .filter_map(|a| Origin::parse(a).ok())
+            .any(|a| a == origin)
+    };
+    if ok {
+        Ok(())
+    } else if allowed.is_empty() {
+        Err(
+            "Origin not allowed: pages of another site may not open this socket \
+             (allowed_origins lists the sites that may).",
+        )
+    } else {
+        Err("Origin not allowed: it is not in allowed_origins.")
     }
 }
 

@@ -48,6 +48,10 @@ const REFUSERS: usize = 64;
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Connections the metrics listener accepts at once: scrapers and health checks only.
 const METRICS_CONNECTIONS: usize = 64;
+/// Of those, what one client address may hold: a scraper or a load balancer's health checks
+/// need a few, and one address holding them all (silent sockets, until `http_header_timeout`
+/// closes them) would leave the health check of everybody else a 503.
+const METRICS_CONNECTIONS_PER_ADDRESS: usize = 8;
 
 /// Every route poolgate serves on its main port. `/metrics` moves to its own listener when
 /// `metrics_listen` is set.
@@ -176,11 +180,13 @@ async fn check_health(state: &AppState) -> crate::state::Health {
 }
 
 /// Serves `/metrics` and `/healthz` (plain HTTP) on `metrics_listen` until shutdown. Start it
-/// before [`run`]: its connections are tracked, so `run` waits for them too.
+/// before [`run`]: its connections are tracked, so `run` waits for them too. Its connections
+/// have a budget of their own ([`METRICS_CONNECTIONS`], per address
+/// [`METRICS_CONNECTIONS_PER_ADDRESS`]) and the same header read timeout as the main port.
 pub(crate) fn spawn_metrics(listener: TcpListener, state: &AppState) {
     let site = Site {
         router: metrics_app(state.clone()),
-        admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS),
+        admission: Admission::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS_PER_ADDRESS),
         tls: None,
         trusted: Arc::new(state.config.trusted_proxies.clone()),
         proxy_protocol: false,
@@ -196,8 +202,14 @@ pub(crate) fn spawn_metrics(listener: TcpListener, state: &AppState) {
 /// runner to finish. Call [`AppState::start`] first (recovery, seed tasks, the event bus).
 pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
     state.tracker.spawn(sweep(state.clone()));
+    let router = app(state.clone());
+    let router = if tls.is_some() {
+        router.layer(axum::middleware::map_response(strict_transport_security))
+    } else {
+        router
+    };
     let site = Site {
-        router: app(state.clone()),
+        router,
         admission: state.admission.clone(),
         tls,
         trusted: Arc::new(state.config.trusted_proxies.clone()),
@@ -208,6 +220,18 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: 
     // Upgraded sockets and connections still finishing a request are on the tracker.
     state.tracker.close();
     state.tracker.wait().await;
+}
+
+/// Adds `Strict-Transport-Security` (a year) to a response of the TLS listener — every route,
+/// the portal, `/docs`, the 426 of `/`, errors and the fallback's 404 alike: a browser that
+/// saw it once never again tries `http://` (where a network attacker could answer instead).
+/// Subdomains are not named: they may be other services, which the operator decides for.
+async fn strict_transport_security(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        header::HeaderValue::from_static("max-age=31536000"),
+    );
+    response
 }
 
 /// One listener's routes, caps and transport.

@@ -17,14 +17,11 @@ use std::net::SocketAddr;
 
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::{AuthUser, RestError, authenticate_jwt};
 use crate::auth::jwt::Claims;
 use crate::error::ERR_CODE_DEFAULT;
-use crate::http::Origin;
 use crate::state::AppState;
 
 /// The JWT from `Cookie: JWT <token>` or `Cookie: …; JWT=<token>`.
@@ -43,50 +40,18 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
-/// Whether the request's `Origin` may open this socket; the refusal says why.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static str> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin
-        .to_str()
-        .ok()
-        .and_then(|o| Origin::parse(o).ok())
-        .ok_or("Origin not allowed: it is not a web origin (opaque or malformed).")?;
-    let ok = if allowed.is_empty() {
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| origin.is_host(host))
-    } else {
-        allowed
-            .iter()
-            .filter_map(|a| Origin::parse(a).ok())
-            .any(|a| a == origin)
-    };
-    if ok {
-        Ok(())
-    } else if allowed.is_empty() {
-        Err(
-            "Origin not allowed: pages of another site may not open this socket \
-             (allowed_origins lists the sites that may).",
-        )
-    } else {
-        Err("Origin not allowed: it is not in allowed_origins.")
-    }
-}
-
 /// The status socket's checks, in the mock's order: a request that is no WebSocket handshake
 /// is refused first (the mock has no HTTP route here at all), then a foreign `Origin` (403),
 /// then the token (403), then `client_id` (403). `Ok`: the upgrade to complete and whose
 /// socket it is; `Err`: the mock-shaped refusal. The connection caps were applied when the connection was accepted.
-pub async fn admit(
+/// `ws` is the transport's handshake (generic: the shim does not name `ws`).
+pub async fn admit<U, NotUpgrade>(
     state: &AppState,
     peer: SocketAddr,
     client_id: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<(WebSocketUpgrade, AuthUser), RestError> {
+    ws: Result<U, NotUpgrade>,
+) -> Result<(U, AuthUser), RestError> {
     let Ok(ws) = ws else {
         return Err(RestError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -95,7 +60,7 @@ pub async fn admit(
             "default",
         ));
     };
-    if let Err(why) = check_origin(headers, &state.config.allowed_origins) {
+    if let Err(why) = crate::http::check_origin(headers, &state.config.allowed_origins) {
         let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
             String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
         });

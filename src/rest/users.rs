@@ -53,7 +53,7 @@ pub async fn login(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
-    let body = validate::read_body(&headers, body)?;
+    let body = validate::read_json_body(&headers, body)?;
     let mut problems = Problems::default();
     let body = LoginBody::validate(&body, &mut problems);
     let body = problems.finish(body)?;

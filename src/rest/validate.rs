@@ -87,6 +87,23 @@ pub fn read_body(
     }
 }
 
+/// Stage 1 for the sign-in: [`read_body`], except that a body sent without any
+/// `Content-Type` is not taken for JSON (it answers the 422 of any non-JSON body). FastAPI
+/// would decode it; but a page of another site can send such a body without the browser
+/// asking first (a `fetch` of a typeless `Blob`), and would then drive sign-ins — with the
+/// visitor's address against the lockout — while a JSON `Content-Type` needs a CORS
+/// preflight, which poolgate never grants.
+pub fn read_json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Body, RestError> {
+    let body = read_body(headers, body)?;
+    if headers.get(header::CONTENT_TYPE).is_none() && matches!(body, Body::Json(_)) {
+        return Ok(Body::NotJson);
+    }
+    Ok(body)
+}
+
 /// FastAPI decodes the body as JSON when there is no `Content-Type`, or when it is
 /// `application/json` or `application/<anything>+json` (parameters such as `charset` aside).
 fn is_json(headers: &HeaderMap) -> bool {

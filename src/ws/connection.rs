@@ -18,17 +18,20 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use futures_util::future::Either;
+use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tungstenite::error::CapacityError;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::events::{Frame, Outbox};
 use crate::state::AppState;
+
+use super::upgrade::{Socket as WebSocket, TooBig};
 
 /// Close codes (4000–4999 are the application's own).
 pub mod close_code {
@@ -96,6 +99,20 @@ pub struct Policy {
     pub max_frame: usize,
     /// The transport's ceiling for a message: longer ones close the socket with 1009.
     pub max_message: usize,
+    /// The ceiling while the socket is not signed in (see [`Handler::signed_in`]): a longer
+    /// message is refused at its header, before it is buffered, and closes the socket (1009).
+    pub max_message_before_auth: usize,
+}
+
+impl Policy {
+    /// The message ceiling of a socket that is signed in, or not.
+    fn message_limit(&self, signed_in: bool) -> usize {
+        if signed_in {
+            self.max_message
+        } else {
+            self.max_message_before_auth.min(self.max_message)
+        }
+    }
 }
 
 /// What the loop gives a handler when its socket opens.
@@ -153,6 +170,11 @@ pub async fn serve<H: Handler>(
         },
     );
 
+    socket
+        .get_ref()
+        .limit()
+        .set(policy.message_limit(handler.signed_in()));
+
     let mut clock = Clock::new(policy, Instant::now());
     // One timer serves every deadline (idle, grace, ping). It is re-armed only when it fires
     // or a deadline moves earlier (a sign-out), so a message costs no timer or waiter
@@ -180,7 +202,7 @@ pub async fn serve<H: Handler>(
                 queued.set(outbox.ready());
                 Box::pin(write(&mut socket, None, &outbox, &kick)).await
             }
-            frame = socket.recv() => {
+            frame = socket.next() => {
                 clock.last_seen = Instant::now();
                 let reply = match frame {
                     None => break End::Gone,
@@ -202,7 +224,7 @@ pub async fn serve<H: Handler>(
                     Some(Ok(Message::Binary(_))) => handler.refusal(&Error::bad_request(
                         "Binary frames are not supported; send JSON in text frames.",
                     )),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) => break End::Gone,
                     Some(Err(err)) => {
                         let (end, reply) = transport_error(err, &handler);
@@ -216,7 +238,10 @@ pub async fn serve<H: Handler>(
                 // Boxed, like the request: the write's state lives only while it runs.
                 let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, &kick)).await;
                 handler.replied(&state);
-                if clock.signed_in(handler.signed_in()) {
+                let signed_in = handler.signed_in();
+                // Read before the next frame is: a sign-in raises the limit, a sign-out lowers it.
+                socket.get_ref().limit().set(clock.policy.message_limit(signed_in));
+                if clock.signed_in(signed_in) {
                     timer.as_mut().reset(clock.next());
                 }
                 outcome
@@ -231,7 +256,7 @@ pub async fn serve<H: Handler>(
     if let End::Close(code, reason) = end {
         tracing::debug!(conn_id, code, reason, "closing");
         let close = Message::Close(Some(CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from(reason),
         }));
         Box::pin(close_handshake(&mut socket, close, &state)).await;
@@ -354,7 +379,7 @@ async fn close_handshake(socket: &mut WebSocket, close: Message, state: &AppStat
     }
     let answered = async {
         loop {
-            match socket.recv().await {
+            match socket.next().await {
                 Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => {}
                 // Unreadable input (it failed before): wait out the linger instead.
@@ -369,7 +394,7 @@ fn message(frame: Frame) -> Message {
     match frame {
         Frame::Text(text) => Message::Text(text),
         Frame::Close(code, reason) => Message::Close(Some(CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from(reason),
         })),
         Frame::Ping => Message::Ping(Default::default()),
@@ -382,7 +407,7 @@ async fn write_batch(
     socket: &mut WebSocket,
     first: Option<Frame>,
     outbox: &Outbox,
-) -> Result<bool, axum::Error> {
+) -> Result<bool, tungstenite::Error> {
     let mut next = first.or_else(|| outbox.pop());
     let mut written = 0;
     while let Some(frame) = next.take() {
@@ -432,15 +457,21 @@ async fn write(
 
 /// A read error ends the stream (tungstenite fuses it): how to close, and what the handler
 /// answers first to say why.
-fn transport_error(err: axum::Error, handler: &impl Handler) -> (End, Option<String>) {
-    let err = match err.into_inner().downcast::<tungstenite::Error>() {
-        Ok(err) => *err,
-        Err(other) => {
-            tracing::debug!(error = %other, "socket read failed");
-            return (End::Gone, None);
-        }
-    };
+fn transport_error(err: tungstenite::Error, handler: &impl Handler) -> (End, Option<String>) {
     let (code, reason, error) = match err {
+        tungstenite::Error::Io(e) if TooBig::find(&e).is_some() => {
+            let limit = TooBig::find(&e).map_or(0, |t| t.limit);
+            tracing::debug!(error = %e, "message over the limit refused at its header");
+            let end = End::Close(
+                close_code::TOO_BIG,
+                if handler.signed_in() {
+                    format!("message exceeds the limit of {limit} bytes")
+                } else {
+                    format!("message exceeds the limit of {limit} bytes before sign-in")
+                },
+            );
+            return (end, handler.refusal(&Error::FrameTooLarge { limit }));
+        }
         tungstenite::Error::Utf8(_) => (
             close_code::INVALID_PAYLOAD,
             "text frame is not valid UTF-8",

@@ -8,6 +8,7 @@
 pub mod connection;
 mod rpc;
 mod status;
+pub mod upgrade;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
@@ -24,8 +25,18 @@ pub const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Write buffer per socket (frames are flushed when the outbound queue drains).
 pub const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
-/// The transport settings of every poolgate WebSocket: small buffers and the message ceiling.
-/// The Autobahn conformance run (`bench/autobahn.sh`) checks an echo built with exactly this.
+/// The tungstenite settings of every poolgate WebSocket: small buffers and the signed-in
+/// message ceiling (the ceiling before sign-in is the [`upgrade::Guarded`] reader's).
+pub fn config(max_message_bytes: usize) -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// [`config`] for an axum upgrade (the echo examples). The Autobahn conformance run
+/// (`bench/autobahn.sh`) checks an echo built with it, without the [`upgrade::Guarded`] reader.
 pub fn transport(ws: WebSocketUpgrade, max_message_bytes: usize) -> WebSocketUpgrade {
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
@@ -50,13 +61,20 @@ pub fn status_route() -> MethodRouter<AppState> {
 /// loop on the server's tracker (so shutdown waits for it). The connection's admission slot
 /// (taken at accept) travels inside the upgraded stream.
 fn accept<H: Handler + 'static>(
-    ws: WebSocketUpgrade,
+    ws: upgrade::Upgrade,
     state: AppState,
     open: impl FnOnce(&AppState, Link) -> H + Send + 'static,
 ) -> Response {
-    let max_message = H::policy(&state.config).max_message;
-    transport(ws, max_message).on_upgrade(move |socket| {
-        let tracker = state.tracker.clone();
-        tracker.track_future(connection::serve(socket, state, open))
-    })
+    let policy = H::policy(&state.config);
+    // The loop sets the limit it needs before its first read; until then, the smallest.
+    let limit = upgrade::MessageLimit::new(policy.max_message_before_auth);
+    let tracker = state.tracker.clone();
+    ws.accept(
+        config(policy.max_message),
+        limit,
+        move |socket| {
+            tracker.spawn(socket);
+        },
+        move |socket| connection::serve(socket, state, open),
+    )
 }

@@ -1,18 +1,18 @@
 //! The RPC socket at `/`: the socket loop's handler for `rpc` — each text frame is one
 //! request and gets one reply (`rpc::handle_text`), sign-in has a grace period, and nothing is
-//! pinged (clients ping, or send requests, within `idle_timeout`).
+//! pinged (clients ping, or send requests, within `idle_timeout`). A browser's upgrade must
+//! come from an allowed `Origin` (`http::check_origin`, the status socket's rule).
 
 use std::future::Future;
 use std::net::SocketAddr;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
 use super::connection::{Handler, Link, Policy};
+use super::upgrade::{NotUpgrade, Upgrade};
 use crate::config::Config;
 use crate::error::Error;
 use crate::rpc::{self, Conn};
@@ -24,7 +24,7 @@ pub(super) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotUpgrade>,
 ) -> Response {
     let Ok(ws) = ws else {
         if crate::portal::wants_page(&headers) {
@@ -38,6 +38,9 @@ pub(super) async fn upgrade(
         )
             .into_response();
     };
+    if let Err(why) = crate::http::check_origin(&headers, &state.config.allowed_origins) {
+        return foreign_origin(&headers, peer, why);
+    }
     let device = crate::portal::device(&headers);
     super::accept(ws, state, move |_, link: Link| {
         tracing::debug!(conn_id = link.conn_id, %peer, "connected");
@@ -49,6 +52,17 @@ pub(super) async fn upgrade(
             link.kick,
         ))
     })
+}
+
+/// The answer to an upgrade from another site's page (`http::check_origin`): 403 and why,
+/// logged at most once per 10 s with the count. Without it, any page a user visits could
+/// open the socket from the user's browser and network and try sign-ins there.
+fn foreign_origin(headers: &HeaderMap, peer: SocketAddr, why: &str) -> Response {
+    let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
+        String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
+    });
+    crate::warn_refusal!(%peer, %origin, "RPC socket refused: foreign Origin (at most one line per 10 s, with the count)");
+    (StatusCode::FORBIDDEN, format!("poolgate: {why}\n")).into_response()
 }
 
 /// One RPC connection: its [`Conn`] is all it keeps between frames.
@@ -64,6 +78,7 @@ impl Handler for RpcSocket {
             ping: None,
             max_frame: config.max_frame_bytes,
             max_message: config.max_message_bytes,
+            max_message_before_auth: config.max_message_bytes_pre_auth,
         }
     }
 

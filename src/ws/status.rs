@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::connection::{Handler, Link, Policy};
+use super::upgrade::{NotUpgrade, Upgrade};
 use crate::config::Config;
 use crate::error::Error;
 use crate::events::{EventFormat, Subscriber};
@@ -34,7 +33,7 @@ pub(super) async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     client_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotUpgrade>,
 ) -> Response {
     let (ws, auth) = match status_ws::admit(&state, peer, client_id, &headers, ws).await {
         Ok(admitted) => admitted,
@@ -88,9 +87,15 @@ impl Handler for StatusSocket {
             idle,
             grace: None,
             ping: Some(PING_EVERY.min(idle / 2)),
-            // Clients only answer pings here: the frame limit is the message limit.
-            max_frame: config.max_frame_bytes,
-            max_message: config.max_frame_bytes,
+            // Clients only answer pings here (what they send is ignored): the small limit of
+            // a socket before sign-in is enough, and the frame limit is the message limit.
+            max_frame: config
+                .max_frame_bytes
+                .min(config.max_message_bytes_pre_auth),
+            max_message: config
+                .max_frame_bytes
+                .min(config.max_message_bytes_pre_auth),
+            max_message_before_auth: config.max_message_bytes_pre_auth,
         }
     }
 

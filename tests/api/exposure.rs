@@ -9,7 +9,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::*;
 
-
 /// Opens the status socket with the given `Origin` (none: no header); the refusal's status and
 /// body on failure.
 async fn status_socket_from(
@@ -54,13 +53,6 @@ async fn the_status_socket_refuses_a_foreign_origin() {
     let own = format!("http://{}", app.addr);
     status_socket_from(&app, &jwt, Some(&own)).await.unwrap();
     status_socket_from(&app, &jwt, None).await.unwrap();
-    // The RPC socket authenticates by its first frame, not a cookie: no Origin check there.
-    let mut req = app.ws_url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("origin", "https://evil.example".parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut c = Client::from(ws);
-    assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
 }
 
 #[tokio::test]
@@ -138,6 +130,70 @@ async fn metrics_can_be_served_on_their_own_listener_and_then_not_on_the_main_po
             .await
             .is_err()
     );
+}
+
+/// A plain `GET path` on a fresh connection from `source`; the status line.
+async fn get_from(source: [u8; 4], to: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(REPLY_TIMEOUT, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn silent_sockets_from_one_address_cannot_starve_the_metrics_health_check() {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::spawn_with(|c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.http_header_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let metrics: SocketAddr = app.metrics_addr.expect("a metrics listener");
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        silent.push(socket.connect(metrics).await.unwrap());
+    }
+    // Another address is served at once, while the 64 are held.
+    let status = get_from([127, 0, 0, 2], metrics, "/healthz").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "another address's health check");
+    // The silent address itself got its share and no more: the rest were told why.
+    let status = get_from([127, 0, 0, 1], metrics, "/healthz").await;
+    assert_eq!(status, "HTTP/1.1 429 Too Many Requests");
+    // The header read timeout closes the silent sockets that were admitted.
+    let started = std::time::Instant::now();
+    for stream in &mut silent {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(REPLY_TIMEOUT, stream.read(&mut buf))
+                .await
+                .expect("closed within the header timeout");
+            if !matches!(read, Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        get_from([127, 0, 0, 1], metrics, "/healthz").await,
+        "HTTP/1.1 200 OK",
+        "the address is served again once its silent sockets are closed"
+    );
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -219,5 +275,51 @@ async fn state_files_are_private_whatever_the_umask() {
     }
     for name in &names {
         assert_eq!(mode(&data.join(name)), 0o600, "{name} (of {names:?})");
+    }
+}
+
+#[tokio::test]
+async fn the_docs_page_runs_only_its_own_scripts_and_cannot_be_framed() {
+    let app = TestApp::spawn().await;
+    let resp = reqwest::get(app.url("/docs")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let csp = header("content-security-policy");
+    assert_eq!(header("x-frame-options"), "DENY");
+    let script_src = csp
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("script-src"))
+        .unwrap_or_else(|| panic!("no script-src: {csp}"));
+    assert_eq!(script_src, "script-src 'self'", "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = resp.text().await.unwrap();
+    // Every script is a file of this server's (no inline script), and every asset is served
+    // from here, under the same policy: nothing from a CDN.
+    let mut assets = Vec::new();
+    for part in page.split('<').skip(1) {
+        let tag = part.split('>').next().unwrap();
+        if tag.starts_with("script") {
+            let src = tag.split("src=\"").nth(1).expect("a script with a src");
+            assets.push(src.split('"').next().unwrap().to_owned());
+        }
+        if tag.starts_with("link") {
+            let href = tag.split("href=\"").nth(1).unwrap();
+            assets.push(href.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert_eq!(assets.len(), 3, "{page}");
+    for asset in assets {
+        assert!(asset.starts_with("/docs/"), "{asset}");
+        let resp = reqwest::get(app.url(&asset)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{asset}");
+        assert_eq!(resp.headers()["content-security-policy"], csp.as_str());
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     }
 }

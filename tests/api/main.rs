@@ -15,6 +15,7 @@ mod helpers;
 mod limits;
 mod lockout;
 mod metrics;
+mod origin;
 mod pools;
 mod processes;
 mod provisioners;

@@ -177,3 +177,47 @@ async fn serve_takes_tls_cert_and_key_flags() {
     let mut c = Client::from_any(ws);
     assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
 }
+
+/// One request over a fresh TLS connection: the whole response as text.
+async fn https_get(app: &TestApp, cert: &Cert, path: &str, accept: &str) -> String {
+    let mut tls = tls_connect(app.addr, Some(&cert.der), rustls::DEFAULT_VERSIONS)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp).await;
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+#[tokio::test]
+async fn every_response_over_tls_carries_strict_transport_security() {
+    let cert = make_cert();
+    let app = tls_app(&cert).await;
+    for (path, accept, status) in [
+        ("/api/v2/health/", "*/*", "200"),
+        ("/api/v2/pools/", "*/*", "403"),
+        ("/", "*/*", "426"),
+        ("/", "text/html", "200"),
+        ("/portal/app.js", "*/*", "200"),
+        ("/docs", "text/html", "200"),
+        ("/no/such/page", "*/*", "404"),
+    ] {
+        let resp = https_get(&app, &cert, path, accept).await;
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {resp:.200}"
+        );
+        let head = resp.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains("\r\nstrict-transport-security: max-age=31536000\r\n"),
+            "{path}: {head}"
+        );
+    }
+    // Over plain HTTP the header would mean nothing (browsers ignore it) and is not sent.
+    let plain = TestApp::spawn().await;
+    let resp = reqwest::get(plain.url("/api/v2/health/")).await.unwrap();
+    assert!(resp.headers().get("strict-transport-security").is_none());
+}

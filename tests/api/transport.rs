@@ -43,7 +43,11 @@ async fn unknown_method_and_namespace_are_404_with_the_id() {
 
 #[tokio::test]
 async fn malformed_requests_get_400_and_the_socket_stays_usable() {
-    let app = TestApp::spawn_with(|c| c.max_frame_bytes = 256 * 1024).await;
+    let app = TestApp::spawn_with(|c| {
+        c.max_frame_bytes = 256 * 1024;
+        c.max_message_bytes_pre_auth = 256 * 1024;
+    })
+    .await;
     let mut c = app.connect().await;
     let cases: &[(&str, Value)] = &[
         ("{not json", Value::Null),
@@ -124,7 +128,8 @@ async fn binary_frames_get_400_and_the_socket_stays_usable() {
 #[tokio::test]
 async fn oversized_frames_get_413_and_the_socket_stays_usable() {
     let app = TestApp::spawn_with(|c| c.max_frame_bytes = 1024).await;
-    let mut c = app.connect().await;
+    // Signed in: before, a message over 64 KiB would close the socket.
+    let (mut c, _) = app.login("astravdi").await;
     let big = json!({"namespace":"rpc","name":"identify","id":1,"args":"x".repeat(2000)});
     c.send_text(big.to_string()).await;
     let reply = c.recv().await;
@@ -287,4 +292,79 @@ async fn shutdown_closes_sockets_with_1001_and_run_returns() {
     assert!(reason.contains("shutting down"));
     stopping.await.unwrap();
     assert!(state.shutdown.is_cancelled());
+}
+
+/// Writes, on the client's own TCP stream, the header of a masked text frame announcing `len`
+/// bytes and the first `some` bytes of its payload (zero mask: the bytes go out as written).
+async fn announce_text(c: &mut Client, len: u64, some: usize) {
+    use tokio::io::AsyncWriteExt;
+    let mut bytes = vec![0x81, 0x80 | 127];
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend(std::iter::repeat_n(b'a', some));
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = c.ws.get_mut() else {
+        unreachable!("plain test sockets")
+    };
+    tcp.write_all(&bytes).await.unwrap();
+}
+
+#[tokio::test]
+async fn before_sign_in_a_message_over_the_sign_in_limit_is_refused_at_its_header() {
+    let app = TestApp::spawn().await;
+    let mut c = app.connect().await;
+    // 4 MiB − 1 byte announced, 1 KiB of it sent: refused at once, nothing waits for the rest.
+    announce_text(&mut c, (4 << 20) - 1, 1024).await;
+    let reply = c.recv().await;
+    assert_eq!(error_code(&reply), 413, "{reply}");
+    assert!(
+        reply["args"]["message"].as_str().unwrap().contains("65536"),
+        "{reply}"
+    );
+    let (code, reason) = c.expect_close(Duration::from_secs(3)).await;
+    assert_eq!(code, 1009);
+    assert!(reason.contains("before sign-in"), "{reason}");
+    // What a sign-in needs still fits (64 KiB by default), and the server is fine.
+    let mut other = app.connect().await;
+    other.send_text(" ".repeat(60 * 1024)).await;
+    assert_eq!(error_code(&other.recv().await), 400);
+    other.auth("astravdi", PASSWORD).await;
+}
+
+#[tokio::test]
+async fn after_sign_in_max_message_bytes_applies_and_after_sign_out_the_small_limit_again() {
+    let app = TestApp::spawn_with(|c| c.max_message_bytes_pre_auth = 8 * 1024).await;
+    let (mut c, _) = app.login("astravdi").await;
+    // 1 MiB: read (over max_frame_bytes, so answered 413), and the socket stays open.
+    c.send_text("y".repeat(1 << 20)).await;
+    assert_eq!(error_code(&c.recv().await), 413);
+    assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
+    // Signed out: the limit before sign-in again.
+    assert_eq!(c.rpc("auth_clear", json!({})).await["name"], "response");
+    c.send_text("y".repeat(10 * 1024)).await;
+    assert_eq!(error_code(&c.recv().await), 413);
+    let (code, reason) = c.expect_close(REPLY_TIMEOUT).await;
+    assert_eq!((code, reason.contains("8192")), (1009, true), "{reason}");
+}
+
+#[tokio::test]
+async fn a_flood_of_unauthenticated_4_mib_announcements_holds_no_buffers() {
+    let app = TestApp::spawn().await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let mut c = app.connect().await;
+        announce_text(&mut c, (4 << 20) - 1, 64 * 1024).await;
+        clients.push(c);
+    }
+    for c in &mut clients {
+        assert_eq!(error_code(&c.recv().await), 413);
+        assert_eq!(c.expect_close(Duration::from_secs(3)).await.0, 1009);
+    }
+    // Every one of them is gone from the server.
+    tokio::time::timeout(REPLY_TIMEOUT, async {
+        while app.state.metrics.connections_open.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the refused sockets are closed");
 }
