@@ -136,7 +136,7 @@ impl Gateway {
             ),
             (None, Some(var)) => (
                 // Never `std::env::var`'s error: it quotes a value that is not UTF-8.
-                match std::env::var_os(var) {
+                match crate::process::var_os(var) {
                     None => bail!("guacamole.secret_key_env names {var}, which is not set"),
                     Some(v) => v.into_string().map_err(|_| {
                         anyhow::anyhow!(

@@ -17,6 +17,7 @@ mod lockout;
 mod metrics;
 mod pools;
 mod processes;
+mod provisioner_secrets;
 mod provisioners;
 mod rest;
 mod rest_order;
