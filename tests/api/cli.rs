@@ -196,6 +196,12 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
     std::fs::write(at("prov.sh"), "#!/bin/sh\necho '{\"result\":{}}'\n").unwrap();
     std::fs::write(at("token"), "\n").unwrap();
     std::fs::write(at("guacamole.key"), "a passphrase, not a key").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(at("guacamole.key"), private).unwrap();
+    }
     std::fs::write(at("cert.pem"), "not a certificate").unwrap();
     std::fs::write(at("key.pem"), "not a key").unwrap();
     let (ok, err) = check_config(&config, false);
@@ -234,7 +240,7 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
         std::fs::set_permissions(at("prov.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::write(at("token"), "secret-token\n").unwrap();
-    std::fs::write(at("guacamole.key"), "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
+    std::fs::write(at("guacamole.key"), "9a8d6a7ecdb0804b2afbb9c1d0814442\n").unwrap();
     let (ok, err) = check_config(&config, true);
     assert!(ok, "{err}");
     assert!(!dir.path().join("data").exists(), "checking writes nothing");
