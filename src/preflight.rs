@@ -156,6 +156,11 @@ fn command(name: &str, c: &crate::provision::CommandConfig, problems: &mut Vec<P
             }
         }
     }
+    if let Some(user) = &c.run_as
+        && let Err(message) = crate::provision::resolve_run_as(user)
+    {
+        problems.push(Problem::new(&key(name, "run_as"), message));
+    }
     for (var, path) in &c.env_files {
         let at = ["provisioners", name, "env_files", var.as_str()];
         match std::fs::read_to_string(path) {

@@ -3,6 +3,7 @@
 //! from `/proc/$PPID/mem`.
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 
 use serde_json::json;
 
@@ -92,5 +93,56 @@ async fn a_provisioner_of_the_same_unprivileged_user_cannot_open_its_parents_env
     assert!(seen.contains("mem: denied"), "{seen}");
     for (name, value) in SECRETS {
         assert!(!seen.contains(value), "{name} is readable:\n{seen}");
+    }
+}
+
+/// `script_config_file` with `run_as = "nobody"` on its provisioner.
+fn run_as_nobody(config: &std::path::Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = text.replacen(
+        "kind = \"command\"\n",
+        "kind = \"command\"\nrun_as = \"nobody\"\n",
+        1,
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+#[tokio::test]
+async fn a_provisioner_run_as_another_user_runs_as_that_user_and_cannot_open_its_parents_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = prying_script(dir.path()).replace(
+        "} > \"$out\" 2>&1",
+        "  echo \"uid: $(id -u)\"\n} > \"$out\" 2>&1",
+    );
+    let config = script_config_file(dir.path(), &script, "");
+    run_as_nobody(&config);
+    // SAFETY: geteuid only reads.
+    if unsafe { libc::geteuid() } == 0 {
+        let seen = pry(dir.path(), &config, None).await;
+        assert!(seen.contains("uid: 65534"), "{seen}");
+        assert!(seen.contains("environ: denied"), "{seen}");
+        assert!(seen.contains("mem: denied"), "{seen}");
+    }
+    // Not root (as nobody, when the test runs as root): check-config and serve refuse it.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for args in [
+        vec!["check-config", config.to_str().unwrap()],
+        vec!["serve", "--config", config.to_str().unwrap()],
+    ] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_poolgate"));
+        command.args(&args);
+        // SAFETY: geteuid only reads.
+        if unsafe { libc::geteuid() } == 0 {
+            command.uid(65534).gid(65534);
+        }
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("provisioners.cmd.run_as")
+                && err.contains("needs poolgate to run as root"),
+            "{args:?}: {err}"
+        );
     }
 }
