@@ -2,7 +2,7 @@
 # Replays the security issue's attacks against a release server on loopback and prints what
 # each got (examples/hostile.rs), then how long SIGTERM takes with a release step hanging.
 # The server runs the demo dataset plus a pool on a command provisioner that prints its
-# environment, leaves a background child in step 2 and hangs on release.
+# environment and its parent's (/proc/$PPID/environ), leaves a background child in step 2 and hangs on release.
 #
 # Usage: bench/hostile.sh            (PROFILE=debug bench/hostile.sh for a quick debug build)
 set -euo pipefail
@@ -19,7 +19,9 @@ cat > "$dir/provision.sh" <<SH
 #!/bin/sh
 req=\$(cat)
 case "\$req" in
-  *'"step":"expand"'*) env > "$dir/env.txt"; echo '{"result":{"host":"127.0.0.1","port":1}}' ;;
+  *'"step":"expand"'*) env > "$dir/env.txt"; tr '\\0' '\\n' < /proc/\$PPID/environ > "$dir/parent-environ.txt" 2>&1
+    (exec 3< /proc/\$PPID/mem) 2>/dev/null && echo open > "$dir/parent-mem.txt" || echo denied > "$dir/parent-mem.txt"
+    echo '{"result":{"host":"127.0.0.1","port":1}}' ;;
   *'"step":"connect"'*) sleep 300 & echo \$! > "$dir/bg.pid"; sleep 1000 ;;
   *) sleep 1000 ;;
 esac

@@ -347,6 +347,35 @@ async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same script read its parent's `/proc/$PPID/environ` and tried to open its `mem`: which
+/// of the broker's secrets (this program is started with the same environment) it found.
+fn parent_environ_row(out: &std::path::Path) {
+    let seen = std::fs::read_to_string(out.join("parent-environ.txt")).unwrap_or_default();
+    let mem = std::fs::read_to_string(out.join("parent-mem.txt")).unwrap_or_default();
+    let found: Vec<String> = std::env::vars()
+        .filter(|(k, v)| k.starts_with("POOLGATE_") && !v.is_empty())
+        .filter(|(k, v)| seen.contains(k.as_str()) || seen.contains(v.as_str()))
+        .map(|(k, _)| k)
+        .collect();
+    let readable = if seen.contains("Permission denied") {
+        "unreadable".to_owned()
+    } else {
+        format!(
+            "{} variables",
+            seen.lines().filter(|l| l.contains('=')).count()
+        )
+    };
+    println!(
+        "| the script reads /proc/$PPID/environ and opens /proc/$PPID/mem | environ {readable}; broker secrets seen: {}; mem {} |",
+        if found.is_empty() {
+            "none".to_owned()
+        } else {
+            found.join(", ")
+        },
+        mem.trim()
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -498,6 +527,7 @@ async fn main() -> anyhow::Result<()> {
             secrets.join(", ")
         }
     );
+    parent_environ_row(&out);
     let _ = call(&mut admin, "connect_info", json!({"pool_id": pool})).await?;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let bg = std::fs::read_to_string(out.join("bg.pid")).unwrap_or_default();

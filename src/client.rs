@@ -102,17 +102,59 @@ fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<String> {
     Ok(rpassword::prompt_password(format!("{prompt}: "))?)
 }
 
+/// Writes the token to a new 0600 file beside `path` and renames it over `path`: a file that
+/// was there (say 0644, from an older version or a `touch`) is replaced, never written into,
+/// so the token is never readable by others, not even for a moment.
 fn save_token(path: &Path, token: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .context("the token file needs a file name")?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    use std::io::Write;
-    opts.open(path)?.write_all(token.as_bytes())?;
-    Ok(())
+    let written = (|| {
+        let mut file = opts.open(&tmp)?;
+        // The mode given at creation is narrowed by the umask only; set it exactly.
+        #[cfg(unix)]
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        file.write_all(token.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("cannot save the token to {}", path.display()))
+}
+
+/// Opens the WebSocket to `server`, first warning on stderr when a password or token would
+/// cross the network in clear text (`ws://` to a host that is not this machine).
+async fn open(server: &str) -> anyhow::Result<Ws> {
+    if server
+        .get(..5)
+        .is_some_and(|s| s.eq_ignore_ascii_case("ws://"))
+        && !crate::domain::is_loopback_url(server)
+    {
+        eprintln!(
+            "warning: {server} is not encrypted (ws://) and not on this machine: the password \
+             and token are sent in clear text; use wss://"
+        );
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(server)
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    Ok(ws)
 }
 
 /// Who signs in, and where the token is kept.
@@ -243,9 +285,7 @@ async fn step(s: &mut Session, method: &str, args: Value, label: &str) -> anyhow
 }
 
 pub async fn run(o: Options) -> anyhow::Result<()> {
-    let (ws, _) = tokio_tungstenite::connect_async(&o.server)
-        .await
-        .with_context(|| format!("cannot connect to {}", o.server))?;
+    let ws = open(&o.server).await?;
     let mut s = Session { ws, next_id: 0 };
     sign_in(
         &mut s,
@@ -330,9 +370,7 @@ pub async fn admin(
     method: &str,
     args: Value,
 ) -> anyhow::Result<Value> {
-    let (ws, _) = tokio_tungstenite::connect_async(server)
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
+    let ws = open(server).await?;
     let mut s = Session { ws, next_id: 0 };
     sign_in(&mut s, login).await?;
     let reply = s.call(method, args, |_| {}).await?;

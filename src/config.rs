@@ -292,7 +292,7 @@ impl Config {
 
     /// The Redis password from `POOLGATE_REDIS_PASSWORD` or `state_password_file`, if any.
     pub fn redis_password(&self) -> anyhow::Result<Option<String>> {
-        let (password, source) = if let Ok(p) = std::env::var("POOLGATE_REDIS_PASSWORD") {
+        let (password, source) = if let Ok(p) = crate::process::var("POOLGATE_REDIS_PASSWORD") {
             (p, "POOLGATE_REDIS_PASSWORD".to_owned())
         } else if let Some(path) = &self.state_password_file {
             let p = std::fs::read_to_string(path)

@@ -33,6 +33,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: the first thing the process does: no other thread exists yet (every runtime is
+    // built later, by the subcommand), so taking variables out of the environment is sound.
+    unsafe { poolgate::process::harden() };
     match Cli::parse().command {
         None => cli::serve::run(Default::default()),
         Some(Command::Serve(args)) => cli::serve::run(args),

@@ -138,7 +138,7 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>) {
     use crate::auth::jwt::{JwtKeys, Missing, SECRET_ENV};
     // Which source serving would use; a generated secret is checked only once it exists
     // (generating it is serving's job).
-    let source: Option<&str> = if std::env::var_os(SECRET_ENV).is_some() {
+    let source: Option<&str> = if crate::process::var_os(SECRET_ENV).is_some() {
         Some(SECRET_ENV)
     } else if config.jwt_secret_file.is_some() {
         Some("jwt_secret_file")
@@ -159,7 +159,7 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>) {
         problems.push(Problem::new(&[key], format!("{e:#}")));
     }
     if let Err(e) = config.redis_password() {
-        let key = if std::env::var_os("POOLGATE_REDIS_PASSWORD").is_some() {
+        let key = if crate::process::var_os("POOLGATE_REDIS_PASSWORD").is_some() {
             "POOLGATE_REDIS_PASSWORD"
         } else {
             "state_password_file"
@@ -187,6 +187,11 @@ fn command(name: &str, c: &crate::provision::CommandConfig, problems: &mut Vec<P
                 problems.push(Problem::new(&key(name, "command"), message));
             }
         }
+    }
+    if let Some(user) = &c.run_as
+        && let Err(message) = crate::provision::resolve_run_as(user)
+    {
+        problems.push(Problem::new(&key(name, "run_as"), message));
     }
     for (var, path) in &c.env_files {
         let at = ["provisioners", name, "env_files", var.as_str()];

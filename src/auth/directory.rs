@@ -162,7 +162,7 @@ impl DirectoryConfig {
 
     /// The service account's password: `POOLGATE_LDAP_PASSWORD`, else `bind_password_file`.
     pub fn bind_password(&self) -> anyhow::Result<String> {
-        let password = if let Ok(p) = std::env::var(PASSWORD_ENV) {
+        let password = if let Ok(p) = crate::process::var(PASSWORD_ENV) {
             p
         } else if let Some(path) = &self.bind_password_file {
             std::fs::read_to_string(path)

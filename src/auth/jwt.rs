@@ -218,7 +218,7 @@ fn check_secret(secret: &[u8], source: &str) -> anyhow::Result<()> {
 }
 
 fn resolve_secret(sources: SecretSources<'_>, missing: Missing) -> anyhow::Result<Vec<u8>> {
-    if let Ok(s) = std::env::var(SECRET_ENV) {
+    if let Ok(s) = crate::process::var(SECRET_ENV) {
         check_secret(s.as_bytes(), SECRET_ENV)?;
         return Ok(s.into_bytes());
     }

@@ -114,10 +114,26 @@ impl ServeArgs {
 }
 
 /// Serves until SIGTERM or Ctrl-C, then drains (see [`Application::run_until_stopped`]).
-#[tokio::main]
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let config = args.config()?;
+    // The variables the settings name for secrets (a Guacamole key) leave the environment
+    // like the fixed ones did in `main`.
+    let named: Vec<&str> = config
+        .pools
+        .iter()
+        .filter_map(|p| p.guacamole.as_ref()?.secret_key_env.as_deref())
+        .collect();
+    // SAFETY: still the only thread: the runtime is built below, and neither the log set-up
+    // nor loading the settings starts a thread.
+    unsafe { crate::process::take(&named) };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args, config))
+}
+
+async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     if args.config.is_none() {
         tracing::warn!("no --config given: serving the embedded demo dataset (password Bazalt1!)");
     }

@@ -61,6 +61,18 @@ pub struct GuacamoleConfig {
     /// How long a link is accepted after it was made.
     #[serde(default = "link_ttl", with = "secs")]
     pub link_ttl: Duration,
+    /// Put before a directory user's name to make their Guacamole username (`ldap:alice`),
+    /// so that no directory user is taken for the local user of the same name.
+    #[serde(default = "directory_user_prefix")]
+    pub directory_user_prefix: String,
+    /// Put before a local user's name (none by default: Guacamole histories of existing
+    /// installs stay theirs).
+    #[serde(default)]
+    pub local_user_prefix: String,
+}
+
+fn directory_user_prefix() -> String {
+    "ldap:".into()
 }
 
 fn link_ttl() -> Duration {

@@ -71,6 +71,63 @@ impl GuacamoleKey {
     }
 }
 
+/// Keys published in documentation: guacamole-auth-json's README worked example (the same
+/// key appears in Guacamole's manual), lower case.
+const KNOWN_KEYS: &[&str] = &["4c0b569e4c96df157eee1b65dd0e4d41"];
+
+/// Fewest distinct bytes a 16-byte random key is expected to have (a random key has 9 or
+/// fewer about once in a hundred million).
+const MIN_DISTINCT_BYTES: usize = 10;
+
+impl GuacamoleKey {
+    /// Why this key must not be used, if it must not: published in documentation, or plainly
+    /// not random (all bytes equal, a short repeating pattern, a constant step like
+    /// `00 01 02 …`, too few distinct bytes). Never quotes the key.
+    pub fn weakness(&self) -> Option<&'static str> {
+        let k = &self.0;
+        if KNOWN_KEYS.contains(&hex::encode(k).as_str()) {
+            return Some("is a key published in documentation (guacamole-auth-json's example)");
+        }
+        if (1..=8).any(|period| k.iter().skip(period).zip(k).all(|(a, b)| a == b)) {
+            return Some("is a short pattern repeated, not random");
+        }
+        let step = k[1].wrapping_sub(k[0]);
+        if k.windows(2).all(|w| w[1].wrapping_sub(w[0]) == step) {
+            return Some("counts up or down in equal steps, not random");
+        }
+        let distinct: std::collections::BTreeSet<u8> = k.iter().copied().collect();
+        if distinct.len() < MIN_DISTINCT_BYTES {
+            return Some("has too few distinct bytes to be random");
+        }
+        None
+    }
+}
+
+/// Refuses a key file that others than its owner may read, as ssh does with a private key.
+#[cfg(unix)]
+fn check_private(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read guacamole.secret_key_file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "permissions {:04o} for guacamole.secret_key_file {} are too open: the key lets \
+             anyone who reads it into every desktop; chmod 600 {}",
+            mode & 0o7777,
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &std::path::Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
 /// A pool's Guacamole gateway, ready to make links.
 #[derive(Debug)]
 pub struct Gateway {
@@ -79,6 +136,8 @@ pub struct Gateway {
     protocol: String,
     parameters: BTreeMap<String, String>,
     link_ttl: Duration,
+    directory_user_prefix: String,
+    local_user_prefix: String,
 }
 
 /// What `connect_info` and the portal hand out: open `url` to be signed into the desktop
@@ -129,14 +188,17 @@ impl Gateway {
         }
         let (text, source) = match (&config.secret_key_file, &config.secret_key_env) {
             (Some(path), None) => (
-                std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read guacamole.secret_key_file {}", path.display())
-                })?,
+                {
+                    check_private(path)?;
+                    std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read guacamole.secret_key_file {}", path.display())
+                    })?
+                },
                 format!("guacamole.secret_key_file {}", path.display()),
             ),
             (None, Some(var)) => (
                 // Never `std::env::var`'s error: it quotes a value that is not UTF-8.
-                match std::env::var_os(var) {
+                match crate::process::var_os(var) {
                     None => bail!("guacamole.secret_key_env names {var}, which is not set"),
                     Some(v) => v.into_string().map_err(|_| {
                         anyhow::anyhow!(
@@ -153,6 +215,16 @@ impl Gateway {
             ),
         };
         let key = GuacamoleKey::from_hex(&text).map_err(|e| anyhow::anyhow!("{source} {e}"))?;
+        if let Some(why) = key.weakness() {
+            bail!("the key in {source} {why}: make one with `openssl rand -hex 16`");
+        }
+        let (directory, local) = (&config.directory_user_prefix, &config.local_user_prefix);
+        if directory.is_empty() || local.starts_with(directory.as_str()) {
+            bail!(
+                "guacamole.directory_user_prefix must be set and local_user_prefix may not \
+                 start with it, or a directory user could get a local user's Guacamole name"
+            );
+        }
         let protocol = match &config.protocol {
             Some(p) => p.clone(),
             None => {
@@ -194,7 +266,35 @@ impl Gateway {
             protocol,
             parameters: config.parameters.clone(),
             link_ttl: config.link_ttl,
+            directory_user_prefix: config.directory_user_prefix.clone(),
+            local_user_prefix: config.local_user_prefix.clone(),
         })
+    }
+
+    /// The Guacamole username of poolgate's user `name`: prefixed by where the user comes
+    /// from, so a directory user and a local user of the same name are two Guacamole users.
+    pub fn username(&self, name: &str, from_directory: bool) -> String {
+        let prefix = if from_directory {
+            &self.directory_user_prefix
+        } else {
+            &self.local_user_prefix
+        };
+        format!("{prefix}{name}")
+    }
+
+    /// Refuses a local user whose Guacamole name would start with the directory users'
+    /// prefix (a local `ldap:alice` would be the directory's `alice`).
+    pub fn check_local_user(&self, name: &str) -> anyhow::Result<()> {
+        let guacamole = self.username(name, false);
+        if guacamole.starts_with(&self.directory_user_prefix) {
+            bail!(
+                "the local user {name:?} would be {guacamole:?} in Guacamole, a name kept for \
+                 directory users (directory_user_prefix {:?}): rename the user or set \
+                 guacamole.local_user_prefix",
+                self.directory_user_prefix
+            );
+        }
+        Ok(())
     }
 
     /// A link signing `username` into `conn` (named `name` in Guacamole), made at `now_ms`.
@@ -261,7 +361,7 @@ mod tests {
     fn every_link_expires_link_ttl_after_it_is_made_and_no_two_are_the_same() {
         let var = "POOLGATE_TEST_GUACAMOLE_KEY_UNIT_BURST";
         // SAFETY: the only test that sets or reads this variable.
-        unsafe { std::env::set_var(var, "4c0b569e4c96df157eee1b65dd0e4d41") };
+        unsafe { std::env::set_var(var, "9a8d6a7ecdb0804b2afbb9c1d0814442") };
         let gw = load("RDP", &format!("secret_key_env = \"{var}\", link_ttl = 10")).unwrap();
         let now = 1_700_000_000_000u64;
         let mut seen = std::collections::HashSet::new();
@@ -278,12 +378,12 @@ mod tests {
     fn a_key_in_the_environment_that_is_not_text_is_never_quoted() {
         use std::os::unix::ffi::OsStrExt;
         let var = "POOLGATE_TEST_GUACAMOLE_KEY_UNIT_NON_UTF8";
-        let value = std::ffi::OsStr::from_bytes(b"4c0b569e4c96df157eee1b65dd0e4d41\xff");
+        let value = std::ffi::OsStr::from_bytes(b"9a8d6a7ecdb0804b2afbb9c1d0814442\xff");
         // SAFETY: the only test that sets or reads this variable.
         unsafe { std::env::set_var(var, value) };
         let err = load("RDP", &format!("secret_key_env = \"{var}\"")).unwrap_err();
         let text = format!("{err:#}");
-        assert!(!text.contains("4c0b569e"), "the key is quoted: {text}");
+        assert!(!text.contains("9a8d6a7e"), "the key is quoted: {text}");
         assert!(text.contains("not UTF-8"), "{text}");
     }
 
@@ -374,7 +474,7 @@ l3hnIfOfg+v1oULmZmJSeiAYWxeGvPptp+n7rNFqHGM=";
     fn a_gateway_needs_one_key_source_a_known_protocol_and_leaves_the_address_alone() {
         let var = "POOLGATE_TEST_GUACAMOLE_KEY_UNIT";
         // SAFETY: the only test that sets or reads this variable.
-        unsafe { std::env::set_var(var, "4c0b569e4c96df157eee1b65dd0e4d41") };
+        unsafe { std::env::set_var(var, "9a8d6a7ecdb0804b2afbb9c1d0814442") };
         let key = format!("secret_key_env = \"{var}\"");
         assert_eq!(load("RDP", &key).unwrap().protocol, "rdp");
         assert_eq!(load("VNC", &key).unwrap().protocol, "vnc");

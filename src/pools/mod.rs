@@ -194,6 +194,19 @@ impl Pools {
                 };
                 assigned.insert(user.id);
             }
+            let guacamole = p
+                .guacamole
+                .as_ref()
+                .map(|g| guacamole::Gateway::load(g, p))
+                .transpose()
+                .with_context(|| format!("pool {:?}", p.name))?;
+            if let Some(gateway) = &guacamole {
+                for username in &p.users {
+                    gateway
+                        .check_local_user(username)
+                        .with_context(|| format!("pool {:?}", p.name))?;
+                }
+            }
             let pool = Pool {
                 view: PoolView {
                     id: p.id,
@@ -207,12 +220,7 @@ impl Pools {
                 users: assigned,
                 groups: p.groups.clone(),
                 provisioner: provisioner.clone(),
-                guacamole: p
-                    .guacamole
-                    .as_ref()
-                    .map(|g| guacamole::Gateway::load(g, p))
-                    .transpose()
-                    .with_context(|| format!("pool {:?}", p.name))?,
+                guacamole,
             };
             if map.insert(p.id, Arc::new(pool)).is_some() {
                 bail!("pool id {} is used twice", p.id);

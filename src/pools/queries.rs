@@ -97,7 +97,7 @@ impl Pools {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         Ok(Some(gateway.link(
-            &user.username,
+            &gateway.username(&user.username, user.dn.is_some()),
             &pool.view.name,
             conn,
             now_ms,

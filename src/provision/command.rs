@@ -13,6 +13,7 @@
 //! Isolation: the program starts from an empty environment plus an allow-list (`PATH`, `LANG`,
 //! `LC_ALL`, `TZ` from poolgate's own, then the provisioner's `env` and `env_files`), so it
 //! never sees the broker's secrets (`POOLGATE_JWT_SECRET` would let it forge any user's JWT).
+//! With `run_as` (poolgate running as root) it runs as that user instead of poolgate's.
 //! It runs in a process group of its own, and the whole group is killed when the step ends —
 //! at the deadline, on cancellation or shutdown (the step's future is dropped), or when the
 //! program exits leaving children behind — so nothing it started outlives the step.
@@ -48,6 +49,11 @@ pub struct CommandConfig {
     /// config file or on a command line.
     #[serde(default)]
     pub env_files: BTreeMap<String, PathBuf>,
+    /// Run the program as this user (its uid and primary group, no supplementary groups)
+    /// instead of poolgate's, so it can read neither poolgate's files nor its memory. Only
+    /// possible when poolgate runs as root.
+    #[serde(default)]
+    pub run_as: Option<String>,
 }
 
 pub struct Command {
@@ -55,6 +61,40 @@ pub struct Command {
     /// The program's whole environment: the allow-list, `env`, and `env_files` read once at
     /// start. Never logged.
     env: Vec<(String, String)>,
+    /// `run_as` resolved: (uid, gid).
+    run_as: Option<(u32, u32)>,
+}
+
+/// `run_as` resolved to a uid and the user's primary gid, or why it cannot be used: an
+/// unknown user, or poolgate not running as root (only root can start a program as another
+/// user).
+pub fn resolve_run_as(user: &str) -> Result<(u32, u32), String> {
+    // SAFETY: geteuid only reads.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(format!(
+            "run_as = {user:?} needs poolgate to run as root (it runs as uid {euid}): only \
+             root can start a program as another user; remove run_as, or start the program \
+             through sudo -u {user}"
+        ));
+    }
+    let name = std::ffi::CString::new(user).map_err(|_| format!("{user:?} is not a user name"))?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: getpwnam_r writes only into `pwd` and `buf` (of the length given); `found` is
+    // NULL or points at `pwd`.
+    let found = unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        (rc == 0 && !found.is_null()).then(|| ((*found).pw_uid, (*found).pw_gid))
+    };
+    found.ok_or_else(|| format!("run_as names {user:?}, which is not a user of this system"))
 }
 
 /// What the program gets from poolgate's own environment; nothing else of it passes. Search
@@ -171,9 +211,14 @@ impl Command {
             }
             env.insert(name.clone(), value);
         }
+        let run_as = match &config.run_as {
+            None => None,
+            Some(user) => Some(resolve_run_as(user).map_err(|e| anyhow::anyhow!(e))?),
+        };
         Ok(Command {
             config,
             env: env.into_iter().collect(),
+            run_as,
         })
     }
 
@@ -198,6 +243,11 @@ impl Command {
             .kill_on_drop(true);
         if let Some(dir) = &self.config.workdir {
             cmd.current_dir(dir);
+        }
+        if let Some((uid, gid)) = self.run_as {
+            // The group first, then the user; the standard library also drops root's
+            // supplementary groups when it changes the user.
+            cmd.gid(gid).uid(uid);
         }
         let child = cmd.spawn().map_err(|e| {
             diagnose(progress, "not_started", None, None);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-pub use command::CommandConfig;
+pub use command::{CommandConfig, resolve_run_as};
 pub use simulated::SimulatedConfig;
 pub use static_inventory::{StaticConfig, StaticMachine};
 

@@ -196,6 +196,12 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
     std::fs::write(at("prov.sh"), "#!/bin/sh\necho '{\"result\":{}}'\n").unwrap();
     std::fs::write(at("token"), "\n").unwrap();
     std::fs::write(at("guacamole.key"), "a passphrase, not a key").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(at("guacamole.key"), private).unwrap();
+    }
     std::fs::write(at("cert.pem"), "not a certificate").unwrap();
     std::fs::write(at("key.pem"), "not a key").unwrap();
     let (ok, err) = check_config(&config, false);
@@ -234,7 +240,7 @@ async fn check_config_runs_every_check_serve_runs_and_names_each_key_with_its_li
         std::fs::set_permissions(at("prov.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::write(at("token"), "secret-token\n").unwrap();
-    std::fs::write(at("guacamole.key"), "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
+    std::fs::write(at("guacamole.key"), "9a8d6a7ecdb0804b2afbb9c1d0814442\n").unwrap();
     let (ok, err) = check_config(&config, true);
     assert!(ok, "{err}");
     assert!(!dir.path().join("data").exists(), "checking writes nothing");
@@ -717,4 +723,87 @@ fn user_edits_as_root_keep_the_users_files_owner_and_group() {
     let after = std::fs::metadata(&users).unwrap();
     assert_eq!((after.uid(), after.gid()), (4242, 4343));
     assert_eq!(after.permissions().mode() & 0o777, 0o640);
+}
+
+#[tokio::test]
+async fn a_saved_token_file_left_readable_by_others_is_0600_after_the_next_sign_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token-astravdi");
+    std::fs::write(&file, "a-stale-token").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = admin_cmd(&app, "astravdi", dir.path(), &["sessions"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        after.permissions().mode() & 0o777,
+        0o600,
+        "the token is private"
+    );
+    let token = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(
+        token, "a-stale-token",
+        "the new token replaced the stale one"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "token-astravdi")
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary file left: {leftovers:?}"
+    );
+}
+
+/// `poolgate SUBCOMMAND --server SERVER … REST` with a password on stdin; its stderr.
+fn client_stderr(subcommand: &[&str], server: &str, dir: &std::path::Path) -> String {
+    let mut child = Command::new(BIN)
+        .arg(subcommand[0])
+        .args(["--server", server, "--user", "astravdi", "--password-stdin"])
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .args(&subcommand[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes());
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_password_or_token_sent_over_ws_to_another_host_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 refuses: the warning comes before anything is sent. 0.0.0.0 is not loopback.
+    for subcommand in [
+        &["connect", "--pool", "pool-win-1"][..],
+        &["admin", "sessions"],
+    ] {
+        let err = client_stderr(subcommand, "ws://0.0.0.0:1/", dir.path());
+        assert!(
+            err.contains("not encrypted (ws://)") && err.contains("use wss://"),
+            "{subcommand:?}: {err}"
+        );
+        for quiet in [
+            "ws://127.0.0.1:1/",
+            "ws://localhost:1/",
+            "ws://[::1]:1/",
+            "wss://0.0.0.0:1/",
+        ] {
+            let err = client_stderr(subcommand, quiet, dir.path());
+            assert!(!err.contains("not encrypted"), "{quiet}: {err}");
+        }
+    }
 }

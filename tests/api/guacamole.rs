@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const KEY_HEX: &str = "9a8d6a7ecdb0804b2afbb9c1d0814442";
 const GATEWAY: &str = "https://gw.example.org/guacamole/";
 
 fn key() -> [u8; 16] {
@@ -68,9 +68,30 @@ fn data_of(url: &str) -> String {
         .into_owned()
 }
 
+/// Writes a key file as an operator should: `text`, mode 0600.
+fn write_key(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{text}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A pool's `guacamole` table on `GATEWAY` with the key in `key_file`.
+fn gateway_config(key_file: std::path::PathBuf) -> GuacamoleConfig {
+    GuacamoleConfig {
+        url: GATEWAY.into(),
+        secret_key_file: Some(key_file),
+        secret_key_env: None,
+        protocol: None,
+        parameters: BTreeMap::new(),
+        link_ttl: Duration::from_secs(60),
+        directory_user_prefix: "ldap:".into(),
+        local_user_prefix: String::new(),
+    }
+}
+
 async fn app_with_gateway(dir: &std::path::Path) -> TestApp {
     let key_file = dir.join("guacamole.key");
-    std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
+    write_key(&key_file, KEY_HEX);
     TestApp::spawn_with(|c| {
         fast_sim(c, OK, OK);
         c.pools[0].guacamole = Some(GuacamoleConfig {
@@ -80,6 +101,8 @@ async fn app_with_gateway(dir: &std::path::Path) -> TestApp {
             protocol: None,
             parameters: BTreeMap::from([("ignore-cert".into(), "true".into())]),
             link_ttl: Duration::from_secs(60),
+            directory_user_prefix: "ldap:".into(),
+            local_user_prefix: String::new(),
         });
     })
     .await
@@ -195,16 +218,9 @@ async fn what_guacamole_would_refuse_is_refused() {
 async fn a_gateway_whose_key_is_not_right_stops_start_up_without_quoting_it() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("guacamole.key");
-    std::fs::write(&key_file, "not-a-key-but-a-secret-passphrase").unwrap();
+    write_key(&key_file, "not-a-key-but-a-secret-passphrase");
     let mut config = demo_config();
-    config.pools[0].guacamole = Some(GuacamoleConfig {
-        url: GATEWAY.into(),
-        secret_key_file: Some(key_file),
-        secret_key_env: None,
-        protocol: None,
-        parameters: BTreeMap::new(),
-        link_ttl: Duration::from_secs(60),
-    });
+    config.pools[0].guacamole = Some(gateway_config(key_file));
     let err = poolgate::state::AppState::new(config)
         .await
         .err()
@@ -213,4 +229,162 @@ async fn a_gateway_whose_key_is_not_right_stops_start_up_without_quoting_it() {
     assert!(text.contains("32 hexadecimal digits"), "{text}");
     assert!(text.contains("pool-win-1"), "{text}");
     assert!(!text.contains("secret-passphrase"), "{text}");
+}
+
+/// The demo config as a file, pool-win-1 behind a gateway whose key is in `guacamole.key`.
+fn config_with_gateway(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = config_file(dir, 1.0, "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let pool = format!("id = \"{POOL_WIN_1}\"\n");
+    assert!(text.contains(&pool));
+    let table = format!(
+        "{pool}guacamole = {{ url = \"{GATEWAY}\", secret_key_file = {:?} }}\n",
+        dir.join("guacamole.key").to_str().unwrap()
+    );
+    std::fs::write(&path, text.replacen(&pool, &table, 1)).unwrap();
+    path
+}
+
+/// `poolgate check-config FILE`: whether it passed, and what it printed.
+async fn check_config(config: &std::path::Path) -> (bool, String) {
+    let check = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr).into_owned();
+    (check.status.success(), said)
+}
+
+/// [`check_config`], then `poolgate serve --config FILE` (expected to stop at once): whether
+/// each passed, and what each printed.
+async fn check_and_serve(config: &std::path::Path, data: &std::path::Path) -> [(bool, String); 2] {
+    let serve = server_command(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .output();
+    let serve = tokio::time::timeout(Duration::from_secs(10), serve)
+        .await
+        .expect("serve stops at once on a refused key")
+        .unwrap();
+    [
+        check_config(config).await,
+        (
+            serve.status.success(),
+            String::from_utf8_lossy(&serve.stderr).into_owned(),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_weak_or_published_key_or_one_others_can_read_is_refused_by_check_config_and_serve() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_gateway(dir.path());
+    let key_file = dir.path().join("guacamole.key");
+    let line = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("guacamole = "))
+        .unwrap()
+        + 1;
+    for (key, mode, says) in [
+        (
+            "00000000000000000000000000000000",
+            0o600,
+            "a short pattern repeated",
+        ),
+        (
+            "4c0b569e4c96df157eee1b65dd0e4d41",
+            0o600,
+            "published in documentation",
+        ),
+        (
+            "4C0B569E4C96DF157EEE1B65DD0E4D41",
+            0o600,
+            "published in documentation",
+        ),
+        (
+            "deadbeefdeadbeefdeadbeefdeadbeef",
+            0o600,
+            "a short pattern repeated",
+        ),
+        ("000102030405060708090a0b0c0d0e0f", 0o600, "equal steps"),
+        ("0f1e2d3c4b5a69788796a5b4c3d2e1f0", 0o600, "equal steps"),
+        (
+            "a1b2a1b2c3c3a1b2c3b2a1a1b2c3a1b2",
+            0o600,
+            "too few distinct bytes",
+        ),
+        (KEY_HEX, 0o644, "permissions 0644"),
+        (KEY_HEX, 0o640, "permissions 0640"),
+    ] {
+        write_key(&key_file, key);
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        for (passed, said) in check_and_serve(&config, &dir.path().join("data")).await {
+            assert!(!passed, "{key} {mode:o}: {said}");
+            assert!(said.contains(says), "{key} {mode:o}: {said}");
+            assert!(
+                said.contains(&format!(":{line}: pools.0.guacamole")),
+                "names the key's line: {said}"
+            );
+            assert!(
+                !said.to_lowercase().contains(&key.to_lowercase()),
+                "never quoted: {said}"
+            );
+        }
+        if mode != 0o600 {
+            let (_, said) = check_config(&config).await;
+            assert!(said.contains("chmod 600"), "{said}");
+        }
+    }
+    // A random key in a 0600 file passes both.
+    write_key(&key_file, KEY_HEX);
+    let (checked, said) = check_config(&config).await;
+    assert!(checked, "{said}");
+}
+
+#[tokio::test]
+async fn a_local_user_gets_their_own_name_and_one_named_like_a_directory_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_gateway(dir.path()).await;
+    let (mut c, _) = app.login("astravdi").await;
+    let reply = connected(&mut c, POOL_WIN_1).await;
+    let user = guacamole_accepts(
+        &key(),
+        &data_of(reply["guacamole"]["url"].as_str().unwrap()),
+        now_ms(),
+    )
+    .unwrap();
+    assert_eq!(
+        user["username"], "astravdi",
+        "local users keep their Guacamole histories"
+    );
+    app.stop().await;
+
+    // A local user named "ldap:alice" would be the directory's alice in Guacamole.
+    let key_file = dir.path().join("guacamole.key");
+    let mut config = demo_config();
+    let mut alice = config.users[1].clone();
+    alice.username = "ldap:alice".into();
+    alice.id = uuid::Uuid::new_v4();
+    config.users.push(alice);
+    config.pools[0].users.push("ldap:alice".into());
+    config.pools[0].guacamole = Some(gateway_config(key_file));
+    let err = poolgate::state::AppState::new(config)
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("\"ldap:alice\"") && text.contains("local_user_prefix"),
+        "{text}"
+    );
 }

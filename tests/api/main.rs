@@ -18,6 +18,7 @@ mod metrics;
 mod origin;
 mod pools;
 mod processes;
+mod provisioner_secrets;
 mod provisioners;
 mod proxy_protocol;
 mod rest;

@@ -152,7 +152,12 @@ async fn portal_app(token_ttl: Option<Duration>) -> TestApp {
         // The key in a file of the app's own data directory, removed with it.
         std::fs::create_dir_all(&c.data_dir).unwrap();
         let key_file = c.data_dir.join("guacamole.key");
-        std::fs::write(&key_file, "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
+        std::fs::write(&key_file, "9a8d6a7ecdb0804b2afbb9c1d0814442\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(&key_file, private).unwrap();
+        }
         c.pools[0].guacamole = Some(poolgate::pools::GuacamoleConfig {
             url: GATEWAY.into(),
             secret_key_file: Some(key_file),
@@ -160,6 +165,8 @@ async fn portal_app(token_ttl: Option<Duration>) -> TestApp {
             protocol: None,
             parameters: Default::default(),
             link_ttl: Duration::from_secs(10),
+            directory_user_prefix: "ldap:".into(),
+            local_user_prefix: String::new(),
         });
         if let Some(ttl) = token_ttl {
             c.token_ttl = ttl;

@@ -362,3 +362,79 @@ pub async fn check_config_reads_the_service_password_and_connect_binds_it() {
     let (ok, err) = check(true);
     assert!(ok, "{err}");
 }
+
+/// The Guacamole username in a link's payload, opened as guacamole-auth-json opens it
+/// (base64, AES-128-CBC with a zero IV, a 32-byte HMAC-SHA256 signature, then the JSON).
+fn guacamole_username(key: &[u8; 16], url: &str) -> String {
+    use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
+    use base64::Engine;
+    use hmac::Mac;
+    let encoded = url.split_once("#/?data=").expect("a link with data").1;
+    let data = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .unwrap();
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(data.as_bytes())
+        .unwrap();
+    let plain = cbc::Decryptor::<aes::Aes128>::new(key.into(), &[0u8; 16].into())
+        .decrypt_padded_vec_mut::<Pkcs7>(&sealed)
+        .unwrap();
+    let (signature, json) = plain.split_at(32);
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
+    mac.update(json);
+    mac.verify_slice(signature).expect("signed with the key");
+    let user: Value = serde_json::from_slice(json).unwrap();
+    user["username"].as_str().unwrap().to_owned()
+}
+
+/// A directory user whose uid is a local user's name (`astravdi`) is another Guacamole user:
+/// `ldap:astravdi` (the default `directory_user_prefix`), the local one stays `astravdi`.
+pub async fn a_directory_user_and_the_local_user_of_the_same_name_are_two_guacamole_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let slapd = Slapd::start();
+    slapd.modify(&format!(
+        "dn: uid=astravdi,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: astravdi\n\
+         cn: Directory Astra\nsn: Astra\nuserPassword: dir-astra-pw\n"
+    ));
+    slapd.modify(&format!(
+        "dn: {USERS_GROUP}\nchangetype: modify\nadd: member\nmember: uid=astravdi,{PEOPLE}\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let key_hex = "9a8d6a7ecdb0804b2afbb9c1d0814442";
+    let mut key = [0u8; 16];
+    hex::decode_to_slice(key_hex, &mut key).unwrap();
+    let key_file = dir.path().join("guacamole.key");
+    std::fs::write(&key_file, key_hex).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let app = app_with_directory(&slapd, dir.path(), |c| {
+        c.pools[1].guacamole = Some(poolgate::pools::GuacamoleConfig {
+            url: "https://gw.example.org/guacamole/".into(),
+            secret_key_file: Some(key_file),
+            secret_key_env: None,
+            protocol: None,
+            parameters: Default::default(),
+            link_ttl: std::time::Duration::from_secs(60),
+            directory_user_prefix: "ldap:".into(),
+            local_user_prefix: String::new(),
+        });
+    })
+    .await;
+    let mut names = Vec::new();
+    for (password, ldap) in [(PASSWORD, None), ("dir-astra-pw", Some(true))] {
+        let mut c = app.connect().await;
+        let reply = ws_auth(&mut c, "astravdi", password, ldap).await;
+        assert_eq!(reply["name"], "response", "{reply}");
+        for step in ["pool_request", "connect_info"] {
+            let id =
+                c.rpc(step, json!({"pool_id": GROUP_POOL})).await["args"]["task"]["id"].clone();
+            c.follow(&id).await;
+        }
+        let ready = c.rpc("connect_info", json!({"pool_id": GROUP_POOL})).await;
+        let url = ready["args"]["guacamole"]["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a link: {ready}"));
+        names.push(guacamole_username(&key, url));
+    }
+    app.stop().await;
+    assert_eq!(names, ["astravdi", "ldap:astravdi"]);
+}

@@ -87,6 +87,14 @@ fn cases() -> Vec<(&'static str, Case)> {
             "app::check_config_reads_the_service_password_and_connect_binds_it",
             || Box::pin(app::check_config_reads_the_service_password_and_connect_binds_it()),
         ),
+        (
+            "app::a_directory_user_and_the_local_user_of_the_same_name_are_two_guacamole_users",
+            || {
+                Box::pin(
+                    app::a_directory_user_and_the_local_user_of_the_same_name_are_two_guacamole_users(),
+                )
+            },
+        ),
         ("review::odd_passwords_names_and_dns_are_handled", || {
             Box::pin(review::odd_passwords_names_and_dns_are_handled())
         }),
