@@ -306,11 +306,13 @@ impl Authenticator {
         let reason = ending.reason();
         let before_ms = now_ms();
         match self.revoke_user(user.id).await {
+            // The line session_max_age's end logs too (tokens.rs): `session ended`, user,
+            // reason; here every token (`sessions`) and every JWT of the user.
             Ok(sessions) => tracing::info!(
                 user = %user.username,
                 reason,
                 sessions,
-                "session ended: every session and REST token of the user"
+                "session ended"
             ),
             // Ended here and, by the event below, on every instance; the stored records
             // stay until the next check ends them again.
