@@ -131,6 +131,16 @@ pub struct Config {
     /// token is at most this stale (a token may expire this much early after a crash).
     #[serde(with = "secs")]
     pub session_flush: Duration,
+    /// How often a directory user's sessions are checked against the directory again (the
+    /// account still there, not disabled, still in a group that grants a pool): when one is
+    /// used after this long, and by a sweep of connected sockets. One lookup per user per
+    /// period across every instance.
+    #[serde(with = "secs")]
+    pub directory_recheck: Duration,
+    /// Every session (a token and the sockets signed in with it, a REST JWT) ends this long
+    /// after its sign-in, however active it is.
+    #[serde(with = "secs")]
+    pub session_max_age: Duration,
     /// Sessions (tokens) one user may hold; signing in past it revokes the least recently
     /// active ones, so a user — or a script with a user's password — cannot grow the store
     /// without bound.
@@ -220,6 +230,8 @@ impl Default for Config {
             drain_timeout: Duration::ZERO,
             failed_step_retry: Duration::from_secs(60),
             max_sessions_per_user: 32,
+            directory_recheck: Duration::from_secs(300),
+            session_max_age: Duration::from_secs(12 * 3600),
             task_retention: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(30),
             release_deadline: Duration::from_secs(60),
@@ -331,6 +343,8 @@ impl Config {
             ("lockout_backoff_max", self.lockout_backoff_max),
             ("lockout_known_for", self.lockout_known_for),
             ("jwt_ttl", self.jwt_ttl),
+            ("directory_recheck", self.directory_recheck),
+            ("session_max_age", self.session_max_age),
             ("http_header_timeout", self.http_header_timeout),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {

@@ -29,6 +29,10 @@ pub enum Frame {
     Ping,
 }
 
+/// The close code of a socket whose credentials ended while it was open (the socket loop's
+/// 4003, "token expired or revoked").
+pub const CREDENTIALS_ENDED: u16 = 4003;
+
 /// The events pushed on the RPC socket. Every one of them can be turned off and on again per
 /// socket with `events/unsubscribe` and `events/subscribe`; all are on after a sign-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -486,6 +490,30 @@ impl EventHub {
         }) {
             sub.push(text.clone());
         }
+    }
+
+    /// Closes the user's sockets whose credentials no longer hold (their session ended), with
+    /// [`CREDENTIALS_ENDED`] and the reason: `session ended: <reason>`. A socket whose queue
+    /// is full is kicked instead.
+    pub fn close_ended(&self, user: Uuid, reason: &str) {
+        let Some(entry) = self.users.get(&user) else {
+            return;
+        };
+        for sub in entry.subs.iter().filter(|s| !(s.alive)()) {
+            let close = Frame::Close(CREDENTIALS_ENDED, format!("session ended: {reason}"));
+            if sub.tx.push(close).is_err() {
+                sub.kick.cancel();
+            }
+        }
+    }
+
+    /// The users with a signed-in socket here (for the session sweep).
+    pub fn user_ids(&self) -> Vec<Uuid> {
+        self.users
+            .iter()
+            .filter(|e| !e.subs.is_empty())
+            .map(|e| *e.key())
+            .collect()
     }
 
     /// The user's PENDING and RUNNING tasks as this instance knows them, oldest first.

@@ -77,6 +77,12 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     /// Sign-ins the directory could not answer (down, slow, refusing the service account).
     pub directory_errors: Counter,
+    /// Sessions ended by the server for a reason the user did not choose: the directory no
+    /// longer admits them, or `session_max_age` (logged once each).
+    sessions_ended: Family<ReasonLabels, Counter>,
+    /// Lookups made to re-check directory users' sessions (one per user per
+    /// `directory_recheck` across the instances).
+    pub directory_rechecks: Counter,
     /// The shared store's bus, sampled: messages received, events shed, users watched.
     bus_received: Counter,
     bus_shed: Counter,
@@ -99,6 +105,8 @@ impl Default for Metrics {
             accepted_open: Gauge::default(),
             refused: Family::default(),
             directory_errors: Counter::default(),
+            sessions_ended: Family::default(),
+            directory_rechecks: Counter::default(),
             bus_received: Counter::default(),
             bus_shed: Counter::default(),
             bus_watched_users: Gauge::default(),
@@ -156,6 +164,16 @@ impl Default for Metrics {
             m.directory_errors.clone(),
         );
         registry.register(
+            "sessions_ended",
+            "Sessions ended by the server: the directory no longer admits the user, or session_max_age",
+            m.sessions_ended.clone(),
+        );
+        registry.register(
+            "directory_rechecks",
+            "Directory lookups made to re-check directory users' sessions",
+            m.directory_rechecks.clone(),
+        );
+        registry.register(
             "bus_messages_received",
             "Messages this instance received on the shared store's event bus",
             m.bus_received.clone(),
@@ -189,6 +207,13 @@ impl Metrics {
     /// A connection refused at accept; `reason` names the cap.
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A session (or all of a user's) ended by the server; `reason` as in the log line.
+    pub fn session_ended(&self, reason: &'static str) {
+        self.sessions_ended
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn login(&self, outcome: &'static str) {

@@ -132,8 +132,9 @@ impl AppState {
             }
             Purpose::Check => (&StateUrl::Memory, Missing::Throwaway),
         };
-        let (jwt, tags) =
-            JwtKeys::with_tag_key(config.jwt_secret_sources(), config.jwt_ttl, missing)?;
+        // A JWT is a session too: it lives no longer than session_max_age.
+        let jwt_ttl = config.jwt_ttl.min(config.session_max_age);
+        let (jwt, tags) = JwtKeys::with_tag_key(config.jwt_secret_sources(), jwt_ttl, missing)?;
         let (sink, bus) = mpsc::unbounded_channel();
         let store = crate::store::open(
             state,
@@ -155,6 +156,8 @@ impl AppState {
                 config.token_ttl,
                 config.session_flush,
                 config.max_sessions_per_user,
+                config.session_max_age,
+                metrics.clone(),
             ),
             mfa: MfaStore::new(store.clone(), tags, config.mfa_token_ttl),
             otp: OtpGuard::new(store.clone()),
@@ -171,6 +174,11 @@ impl AppState {
             directory,
             store: store.clone(),
             metrics: metrics.clone(),
+            recheck: crate::auth::recheck::Recheck::new(
+                config.directory_recheck,
+                config.session_max_age,
+                granting_groups(&config),
+            ),
         };
         let shutdown = CancellationToken::new();
         let stop_now = CancellationToken::new();
@@ -280,6 +288,7 @@ impl AppState {
             });
         }
         self.auth.jwt.load_revocations(&*self.store).await?;
+        self.tracker.spawn(session_sweep(self.clone()));
         self.pools
             .start(&self.config.seed_tasks, &self.auth.users)
             .await?;
@@ -314,8 +323,67 @@ async fn dispatch_bus(state: AppState, mut bus: mpsc::UnboundedReceiver<BusEvent
             BusEvent::JwtUserRevoked { user_id, before } => {
                 state.auth.jwt.revoke_user_local(user_id, before)
             }
+            BusEvent::SessionsEnded {
+                user_id,
+                reason,
+                before_ms,
+            } => {
+                if let Some(before) = before_ms {
+                    state.auth.tokens.revoke_user_local(user_id, before);
+                    state
+                        .auth
+                        .jwt
+                        .revoke_user_local(user_id, (before / 1000) as i64);
+                }
+                state.events.close_ended(user_id, &reason);
+            }
             // The store's read cache consumes these before they get here.
             BusEvent::Invalidate { .. } | BusEvent::BusGap { .. } => {}
+        }
+    }
+}
+
+/// The groups (DNs) that grant a directory user something: every pool's `groups`, and the
+/// directory's `admin_groups`.
+fn granting_groups(config: &Config) -> Vec<String> {
+    let pools = config.pools.iter().flat_map(|p| p.groups.iter().cloned());
+    let admins = config
+        .directory
+        .iter()
+        .flat_map(|d| d.admin_groups.iter().cloned());
+    pools.chain(admins).collect()
+}
+
+/// Ends what must end although nobody uses it: the sessions held by sockets here that
+/// `session_max_age` ended, and the sessions of the directory users with a socket here whose
+/// re-check is due (`auth::recheck`). Runs every quarter of the shorter of the two (between
+/// 250 ms and 30 s), so a silent socket is closed within about that much of its end.
+async fn session_sweep(state: AppState) {
+    let period = (state
+        .config
+        .directory_recheck
+        .min(state.config.session_max_age)
+        / 4)
+    .clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(30),
+    );
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sweep = async {
+            if let Err(e) = state.auth.tokens.end_aged_held().await {
+                tracing::warn!(error = %e, "cannot end the sessions past session_max_age; trying again");
+            }
+            state.auth.recheck_connected(state.events.user_ids()).await;
+        };
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = sweep => {}
         }
     }
 }

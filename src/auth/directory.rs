@@ -12,7 +12,9 @@
 //! account with `userAccountControl` bit 0x2 when the bind succeeded (or when AD answers the
 //! bind with its "data 533", which it only gives for a right password); an OpenLDAP account
 //! locked by ppolicy cannot be told apart — slapd refuses a locked account's bind whatever the
-//! password — so it answers like a wrong password.
+//! password — so it answers like a wrong password. Sessions already open are re-checked
+//! with the service account alone ([`Directory::lookup`], [`DirectoryEntry::disabled`]),
+//! which reads both marks.
 //!
 //! Every operation runs under `timeout`; a directory that does not answer, refuses the
 //! service account or fails otherwise is [`DirectoryError::Unavailable`] (the caller's 503).
@@ -117,7 +119,18 @@ pub struct DirectoryEntry {
     pub groups: Vec<String>,
     /// Whether a group of `admin_groups` is among them.
     pub admin: bool,
+    /// Whether the directory says the account is disabled, as far as the service account
+    /// can read it: AD's `userAccountControl` bit 0x2, or OpenLDAP ppolicy's administrative
+    /// lock (`pwdAccountLockedTime` of `000001010000Z`). A lock that ppolicy set after failed
+    /// binds (a time stamp) is not: it lapses by itself, and anyone who can fail binds could
+    /// set it. For the re-check of sessions ([`crate::auth::recheck`]); a sign-in learns it
+    /// from the bind.
+    pub disabled: bool,
 }
+
+/// OpenLDAP ppolicy's `pwdAccountLockedTime` for an account locked until an administrator
+/// unlocks it.
+const PERMANENT_LOCK: &str = "000001010000Z";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -417,6 +430,11 @@ impl Directory {
         username: String,
     ) -> Result<DirectoryEntry, DirectoryError> {
         let groups = self.groups(&entry).await?;
+        let uac = first(&entry.attrs, "userAccountControl")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let disabled =
+            uac & 0x2 != 0 || first(&entry.attrs, "pwdAccountLockedTime") == Some(PERMANENT_LOCK);
         let admin = groups
             .iter()
             .any(|g| self.config.admin_groups.iter().any(|a| same_dn(a, g)));
@@ -431,6 +449,7 @@ impl Directory {
             dn: entry.dn,
             groups,
             admin,
+            disabled,
         })
     }
 
@@ -482,6 +501,7 @@ impl Directory {
             "cn",
             "displayName",
             "userAccountControl",
+            "pwdAccountLockedTime",
             self.config.group_attribute.as_str(),
         ]);
         attrs

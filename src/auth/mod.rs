@@ -11,6 +11,7 @@ pub mod jwt;
 pub mod lockout;
 pub mod otp;
 pub mod password;
+pub mod recheck;
 pub mod tokens;
 pub mod users;
 
@@ -57,6 +58,8 @@ pub struct Authenticator {
     pub directory: Option<directory::Directory>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Directory users' sessions checked again, and `session_max_age` ([`recheck`]).
+    pub recheck: recheck::Recheck,
 }
 
 /// At most one "directory unavailable" line per period for failed directory sign-ins.
@@ -318,6 +321,8 @@ impl Authenticator {
         self.store
             .directory_name_put(&folded_name(&record.username), record.id)
             .await?;
+        // The directory just described them: their sessions need no re-check for a period.
+        self.recheck.saw(record.id);
         Ok(record)
     }
 
@@ -474,13 +479,19 @@ impl Authenticator {
         if user.disabled || (user.dn.is_none() && user.username != claims.username) {
             return None;
         }
+        // session_max_age, and a directory user's account re-checked when due.
+        if !self.jwt_session_holds(&user, &claims).await {
+            return None;
+        }
         Some((user, claims))
     }
 
     /// Whether claims verified earlier still hold: not expired, not revoked since. (A socket
     /// authenticated by a JWT checks this while it stays open.)
     pub fn jwt_still_valid(&self, claims: &Claims) -> bool {
-        claims.exp > chrono::Utc::now().timestamp() && !self.jwt.is_claims_revoked(claims)
+        claims.exp > chrono::Utc::now().timestamp()
+            && !self.jwt.is_claims_revoked(claims)
+            && self.jwt_within_max_age(claims)
     }
 
     /// Signs one JWT out, here and (by the bus) on every instance.

@@ -20,7 +20,9 @@
 //! and another keeps it alive — and the store keeps a record `2 × session_flush` past its
 //! TTL, so a live session whose activity is not yet flushed is never missing from it. A user
 //! holds at most `max_sessions_per_user` sessions: signing in past that revokes the least
-//! recently active ones.
+//! recently active ones. However active, a session ends `session_max_age` after its sign-in
+//! (`created_ms`, which re-authentication with the token keeps): it is then refused, and the
+//! sockets holding it are closed with the reason ([`TokenStore::end_aged`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,8 +111,12 @@ pub fn hash_token(token: &str) -> TokenHash {
 pub struct Session {
     pub user: Arc<User>,
     pub hash: TokenHash,
-    /// Wall-clock milliseconds of issue.
+    /// Wall-clock milliseconds of issue: the sign-in, kept through `auth_token`.
     pub created_ms: u64,
+    /// When `session_max_age` ends it, however active it is.
+    ends_ms: u64,
+    /// When a directory user's account was last confirmed for this session (`auth::recheck`).
+    checked_ms: AtomicU64,
     last_active_ms: AtomicU64,
     /// Set by `touch`, cleared by the flush that persists it.
     dirty: AtomicBool,
@@ -118,23 +124,42 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(user: Arc<User>, rec: &SessionRecord) -> Self {
+    fn new(user: Arc<User>, rec: &SessionRecord, max_age: Duration) -> Self {
         Session {
             user,
             hash: rec.hash,
             created_ms: rec.created_ms,
+            ends_ms: rec.created_ms.saturating_add(max_age.as_millis() as u64),
+            checked_ms: AtomicU64::new(rec.created_ms),
             last_active_ms: AtomicU64::new(rec.last_active_ms),
             dirty: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
         }
     }
 
-    /// True while the session is neither revoked nor idle for longer than `ttl` (as far as
-    /// this instance knows).
+    /// True while the session is neither revoked, nor idle for longer than `ttl` (as far as
+    /// this instance knows), nor past `session_max_age`.
     pub fn is_live(&self, ttl: Duration) -> bool {
+        let now = now_ms();
         !self.revoked.load(Ordering::Acquire)
-            && now_ms().saturating_sub(self.last_active_ms.load(Ordering::Relaxed))
+            && now < self.ends_ms
+            && now.saturating_sub(self.last_active_ms.load(Ordering::Relaxed))
                 < ttl.as_millis() as u64
+    }
+
+    /// Whether `session_max_age` has ended it.
+    pub fn is_aged(&self) -> bool {
+        now_ms() >= self.ends_ms
+    }
+
+    /// When a directory user's account was last confirmed for it (its sign-in at first).
+    pub fn checked_ms(&self) -> u64 {
+        self.checked_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records a confirmation of a directory user's account made at `at_ms`.
+    pub fn set_checked(&self, at_ms: u64) {
+        self.checked_ms.fetch_max(at_ms, Ordering::Relaxed);
     }
 
     pub fn is_revoked(&self) -> bool {
@@ -168,7 +193,13 @@ pub struct TokenStore {
     grace: Duration,
     /// Sessions one user may hold; signing in past it revokes the least recently active.
     max_per_user: usize,
+    /// `session_max_age`: a session ends this long after its sign-in.
+    max_age: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// The reason logged, counted and told to the sockets when `session_max_age` ends a session.
+pub const MAX_AGE_REASON: &str = "session_max_age";
 
 impl TokenStore {
     pub fn new(
@@ -177,6 +208,8 @@ impl TokenStore {
         ttl: Duration,
         session_flush: Duration,
         max_per_user: usize,
+        max_age: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         TokenStore {
             store,
@@ -185,6 +218,8 @@ impl TokenStore {
             ttl,
             grace: session_flush * 2,
             max_per_user,
+            max_age,
+            metrics,
         }
     }
 
@@ -238,7 +273,7 @@ impl TokenStore {
                 user_id: user.id,
             });
         }
-        let session = Arc::new(Session::new(user, &rec));
+        let session = Arc::new(Session::new(user, &rec, self.max_age));
         self.cache.insert(hash, session.clone());
         Ok((token, session))
     }
@@ -273,7 +308,7 @@ impl TokenStore {
                 let Some(user) = users.resolve(&rec.user_id).await? else {
                     return Ok(None);
                 };
-                let session = Arc::new(Session::new(user, &rec));
+                let session = Arc::new(Session::new(user, &rec, self.max_age));
                 self.cache.entry(hash).or_insert(session).clone()
             }
         };
@@ -316,6 +351,10 @@ impl TokenStore {
         if session.is_revoked() {
             return Ok(false);
         }
+        if session.is_aged() {
+            self.end_aged(session).await?;
+            return Ok(false);
+        }
         if let Some(rec) = self.store.session_get(&session.hash).await? {
             session
                 .last_active_ms
@@ -347,6 +386,62 @@ impl TokenStore {
             user_id: user,
         });
         Ok(())
+    }
+
+    /// Ends a session that `session_max_age` ended, everywhere: revoked as any other, then
+    /// every instance closes the sockets holding it (`BusEvent::SessionsEnded`). Logged and
+    /// counted once: by the instance that finds its record still stored (or, on a store of
+    /// one process, by the one caller that flips it).
+    pub async fn end_aged(&self, session: &Session) -> StoreResult<()> {
+        if session.revoked.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let first = self.store.session_get(&session.hash).await?.is_some();
+        self.revoke(session.user.id, &session.hash).await?;
+        if first {
+            tracing::info!(
+                user = %session.user.username,
+                reason = MAX_AGE_REASON,
+                signed_in_secs_ago = now_ms().saturating_sub(session.created_ms) / 1000,
+                "session ended"
+            );
+            self.metrics.session_ended(MAX_AGE_REASON);
+            self.store.publish(BusEvent::SessionsEnded {
+                user_id: session.user.id,
+                reason: MAX_AGE_REASON.into(),
+                before_ms: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the sessions held here that `session_max_age` ended (run by the session sweep, so
+    /// that a socket that says nothing is closed on time too). Returns how many.
+    pub async fn end_aged_held(&self) -> StoreResult<usize> {
+        let aged: Vec<Arc<Session>> = self
+            .cache
+            .iter()
+            .filter(|s| s.is_aged() && !s.is_revoked())
+            .map(|s| s.clone())
+            .collect();
+        for session in &aged {
+            self.end_aged(session).await?;
+        }
+        Ok(aged.len())
+    }
+
+    /// Flips this instance's copies of a user's sessions signed in at or before `before_ms`
+    /// (a `BusEvent::SessionsEnded` from another instance).
+    pub fn revoke_user_local(&self, user_id: uuid::Uuid, before_ms: u64) {
+        let hashes: Vec<TokenHash> = self
+            .cache
+            .iter()
+            .filter(|s| s.user.id == user_id && s.created_ms <= before_ms)
+            .map(|s| *s.key())
+            .collect();
+        for h in &hashes {
+            self.revoke_local(h);
+        }
     }
 
     /// Flips this instance's copy (on a bus message from another instance).

@@ -29,6 +29,10 @@ impl AuthToken {
             )
             .await
         {
+            // A directory user's account, re-checked when due: ended, it is a revoked token.
+            Ok(session) if !ctx.state.auth.session_confirmed(&session).await => {
+                Err(Error::InvalidToken)
+            }
             Ok(session) => {
                 ctx.conn.set_session(ctx.state, session).await;
                 Ok(token_reply(&self.token, ctx.state))

@@ -185,10 +185,15 @@ pub async fn dispatch(
         )));
     };
     let ttl = ctx.state.auth.tokens.ttl();
-    if let Some(session) = ctx.conn.session.clone()
-        && !session.is_live(ttl)
-        && !ctx.state.auth.tokens.still_live(&session).await?
-    {
+    let auth = &ctx.state.auth;
+    // Expired, revoked, past session_max_age, or — a directory user's, when its re-check is
+    // due — no longer admitted by the directory.
+    let ended = match ctx.conn.session.clone() {
+        Some(session) if !session.is_live(ttl) => !auth.tokens.still_live(&session).await?,
+        Some(session) if auth.recheck_due(&session) => !auth.session_confirmed(&session).await,
+        _ => false,
+    };
+    if ended {
         ctx.conn.clear_session(ctx.state);
         if !method.is_public() {
             return Err(Error::InvalidToken);

@@ -432,6 +432,17 @@ impl Store for CachedStore {
         self.inner.directory_name_get(name).await
     }
 
+    async fn directory_recheck_claim(
+        &self,
+        user: Uuid,
+        now_ms: u64,
+        period: Duration,
+    ) -> StoreResult<Result<(), u64>> {
+        self.inner
+            .directory_recheck_claim(user, now_ms, period)
+            .await
+    }
+
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         self.inner.jwt_revoke(jti, exp).await
     }

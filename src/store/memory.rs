@@ -33,6 +33,8 @@ struct Inner {
     /// Back-off keys: (next free slot, kept until), both in ms.
     backoff: HashMap<String, (u64, u64)>,
     jwt_users: HashMap<Uuid, i64>,
+    /// Directory re-check claims: (made at, gone at), both in ms.
+    directory_rechecks: HashMap<Uuid, (u64, u64)>,
 }
 
 pub struct MemoryStore {
@@ -176,7 +178,11 @@ impl Store for MemoryStore {
         inner
             .jwt
             .retain(|_, exp| *exp + JWT_REVOCATION_MARGIN_S > now_s);
-        Ok(before - held(&inner))
+        let claims = inner.directory_rechecks.len();
+        inner
+            .directory_rechecks
+            .retain(|_, (_, until)| *until > now);
+        Ok(before - held(&inner) + claims - inner.directory_rechecks.len())
     }
 
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
@@ -266,6 +272,23 @@ impl Store for MemoryStore {
 
     async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>> {
         Ok(self.lock().directory_names.get(name).copied())
+    }
+
+    async fn directory_recheck_claim(
+        &self,
+        user: Uuid,
+        now_ms: u64,
+        period: Duration,
+    ) -> StoreResult<Result<(), u64>> {
+        let mut inner = self.lock();
+        if let Some((at, until)) = inner.directory_rechecks.get(&user)
+            && *until > now_ms
+        {
+            return Ok(Err(*at));
+        }
+        let until = now_ms + period.as_millis() as u64;
+        inner.directory_rechecks.insert(user, (now_ms, until));
+        Ok(Ok(()))
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {

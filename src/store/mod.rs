@@ -144,6 +144,17 @@ pub enum BusEvent {
     JwtRevoked { jti: String, exp: i64 },
     /// Every JWT of a user issued at or before `before` was revoked.
     JwtUserRevoked { user_id: Uuid, before: i64 },
+    /// Sessions of a user were ended by the server (`reason`: the directory no longer admits
+    /// them, or `session_max_age`), published after their revocations: every instance closes
+    /// the user's sockets whose credentials no longer hold, telling them `reason`. With
+    /// `before_ms`, every session of the user signed in at or before it, and every JWT issued
+    /// by then, is ended here first (so the event alone suffices, whatever else was lost).
+    SessionsEnded {
+        user_id: Uuid,
+        reason: String,
+        #[serde(default)]
+        before_ms: Option<u64>,
+    },
     /// A user's tasks or assignments (and the task `task_id`) were written by the instance
     /// `origin`: every other instance drops what its read cache holds of them
     /// ([`cache`]). Consumed by the cache, never passed on to the application.
@@ -166,6 +177,7 @@ impl BusEvent {
             BusEvent::Task { task, .. } => Some(task.user_id),
             BusEvent::Released { user_id, .. }
             | BusEvent::SessionRevoked { user_id, .. }
+            | BusEvent::SessionsEnded { user_id, .. }
             | BusEvent::Invalidate { user_id, .. } => Some(*user_id),
             BusEvent::JwtRevoked { .. }
             | BusEvent::JwtUserRevoked { .. }
@@ -309,7 +321,8 @@ pub trait Store: Send + Sync + 'static {
     async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>>;
 
     /// Deletes every record past its expiry: sessions, MFA challenges (and their attempt
-    /// counts), lockout failure counters, back-off slots and JWT revocations. Reads already
+    /// counts), lockout failure counters, back-off slots, JWT revocations and directory
+    /// re-check claims. Reads already
     /// treat them as gone; this bounds what is *held* ([`Store::counts`]). Returns how many
     /// records it deleted, all kinds together. Redis expires each of them by itself (and a
     /// user's session index with that user's last session), so it deletes nothing there.
@@ -356,6 +369,18 @@ pub trait Store: Send + Sync + 'static {
     async fn directory_name_put(&self, name: &str, id: Uuid) -> StoreResult<()>;
     /// The directory user a (folded) name last signed in as.
     async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>>;
+    /// Claims the re-check of a directory user's sessions due at `now_ms`, atomically: when no
+    /// claim of `user` was made within `period` before `now_ms`, one is recorded at `now_ms`
+    /// and the answer is `Ok(())` (the caller asks the directory); otherwise nothing changes
+    /// and the answer is `Err(at)`, the time of the claim that still covers it. Of concurrent
+    /// callers, exactly one gets `Ok`. A claim is gone `period` after it was made
+    /// ([`Store::sweep_expired`] reclaims it).
+    async fn directory_recheck_claim(
+        &self,
+        user: Uuid,
+        now_ms: u64,
+        period: Duration,
+    ) -> StoreResult<Result<(), u64>>;
 
     // ---- JWT revocations ----
 

@@ -1777,6 +1777,31 @@ impl Store for RedisStore {
         Ok(id.and_then(|id| Uuid::parse_str(&id).ok()))
     }
 
+    async fn directory_recheck_claim(
+        &self,
+        user: Uuid,
+        now_ms: u64,
+        period: Duration,
+    ) -> StoreResult<Result<(), u64>> {
+        // A key alone (no tag): SET NX with the claim's expiry is the atomic claim.
+        let key = self.k(&["directory_recheck", &user.to_string()]);
+        let taken: Option<String> = ::redis::cmd("SET")
+            .arg(&key)
+            .arg(now_ms)
+            .arg("NX")
+            .arg("PX")
+            .arg(period.as_millis().max(1) as u64)
+            .query_async(&mut self.con())
+            .await?;
+        if taken.is_some() {
+            return Ok(Ok(()));
+        }
+        // Whose claim covers it is for the caller's bookkeeping only: one that lapsed in
+        // between reads as made now.
+        let at: Option<u64> = self.con().get(&key).await?;
+        Ok(Err(at.unwrap_or(now_ms)))
+    }
+
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         // One command, so the key never exists without its expiry.
         ::redis::cmd("SET")
@@ -2124,6 +2149,7 @@ impl Store for RedisStore {
     fn publish(&self, event: BusEvent) {
         let lane = match event {
             BusEvent::SessionRevoked { .. }
+            | BusEvent::SessionsEnded { .. }
             | BusEvent::JwtRevoked { .. }
             | BusEvent::JwtUserRevoked { .. } => &self.revocations,
             _ => &self.outbox,

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS totp (user_id TEXT PRIMARY KEY, step INTEGER NOT NULL
 CREATE TABLE IF NOT EXISTS directory_users (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS directory_totp (id TEXT PRIMARY KEY, secret TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS directory_names (name TEXT PRIMARY KEY, id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS directory_rechecks (
+    user_id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, until_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS jwt_revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, user_id TEXT NOT NULL, status TEXT NOT NULL,
@@ -344,6 +346,10 @@ impl Store for SqliteStore {
                 "DELETE FROM jwt_revoked WHERE exp + ?1 <= ?2",
                 params![JWT_REVOCATION_MARGIN_S, now / 1000],
             )?;
+            n += tx.execute(
+                "DELETE FROM directory_rechecks WHERE until_ms <= ?1",
+                params![now],
+            )?;
             tx.commit()?;
             Ok(n)
         })
@@ -509,6 +515,38 @@ impl Store for SqliteStore {
             .optional()
         })?;
         Ok(id.and_then(|id| Uuid::parse_str(&id).ok()))
+    }
+
+    async fn directory_recheck_claim(
+        &self,
+        user: Uuid,
+        now_ms: u64,
+        period: Duration,
+    ) -> StoreResult<Result<(), u64>> {
+        let user = user.to_string();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let held: Option<i64> = tx
+                .query_row(
+                    "SELECT at_ms FROM directory_rechecks WHERE user_id = ?1 AND until_ms > ?2",
+                    params![user, now_ms as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(at) = held {
+                return Ok(Err(at as u64));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO directory_rechecks VALUES (?1, ?2, ?3)",
+                params![
+                    user,
+                    now_ms as i64,
+                    (now_ms + period.as_millis() as u64) as i64
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Ok(()))
+        })
     }
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {

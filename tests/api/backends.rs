@@ -1644,6 +1644,184 @@ pub async fn the_store_answers_a_ping_and_delivers_its_own_events_in_order(state
     }
 }
 
+/// The directory re-check of a user is claimed by one caller per period, whoever else asks
+/// at once; the others learn when the claim was made; the claim lapses after the period and is
+/// swept; another user's claim is apart. (A session's sign-in time, which `session_max_age`
+/// counts from, is its record's `created_ms`, which a touch never moves.)
+pub async fn a_directory_recheck_is_claimed_once_per_period(state: &str) {
+    let f = fresh(state).await;
+    let s = f.store.clone();
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let period = Duration::from_millis(1500);
+    let at = now_ms();
+    let won = winners(8, || {
+        let s = s.clone();
+        async move {
+            s.directory_recheck_claim(alice, at, period)
+                .await
+                .unwrap()
+                .is_ok()
+        }
+    })
+    .await;
+    assert_eq!(won, 1, "one claim per period");
+    assert_eq!(
+        s.directory_recheck_claim(alice, at + 10, period)
+            .await
+            .unwrap(),
+        Err(at),
+        "the claim that covers it"
+    );
+    assert_eq!(
+        s.directory_recheck_claim(bob, at + 10, period)
+            .await
+            .unwrap(),
+        Ok(()),
+        "another user's is apart"
+    );
+    sleep_until_ms(at + 1600).await;
+    assert_eq!(
+        s.directory_recheck_claim(alice, now_ms(), period)
+            .await
+            .unwrap(),
+        Ok(()),
+        "claimed again once the period is over"
+    );
+    sleep_until_ms(now_ms() + 1600).await;
+    assert!(s.sweep_expired().await.unwrap() >= usize::from(!s.is_shared()) * 2);
+
+    let rec = session(alice, at);
+    s.session_put(&rec, LONG, 4).await.unwrap();
+    s.session_touch(&[(rec.hash, at + 500)], LONG)
+        .await
+        .unwrap();
+    let stored = s.session_get(&rec.hash).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.created_ms, stored.last_active_ms),
+        (at, at + 500),
+        "the sign-in time stays"
+    );
+}
+
+/// However active a session is, it ends `session_max_age` after its sign-in: the token is
+/// refused on a new socket, the sockets holding it are told and closed (4003) or, the one
+/// whose request found it ended, answered 401; the REST JWT's own lifetime is capped at the
+/// same age and it is refused after it; the end is counted.
+pub async fn a_session_ends_at_session_max_age_however_active_it_is(state: &str) {
+    use base64::Engine;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut c = config(state);
+    c.session_max_age = Duration::from_secs(2);
+    let app = TestApp::spawn_config(c).await;
+    let signed_in = std::time::Instant::now();
+    let (mut active, token) = app.login("astravdi").await;
+    let mut silent = app.connect().await;
+    let resumed = silent.rpc("auth_token", json!({"token": token})).await;
+    assert_eq!(resumed["name"], "response", "{resumed}");
+    let jwt = app.jwt("astravdi").await;
+    // Its age counts from its own issue (a whole second, rounded down): over by then.
+    let jwt_over = std::time::Instant::now() + Duration::from_secs(2);
+    let payload = jwt.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        2,
+        "a JWT lives no longer than session_max_age: {claims}"
+    );
+
+    // A request every 200 ms: each slides the inactivity window, none the sign-in's age.
+    let ended = loop {
+        let id = format!("a{}", signed_in.elapsed().as_millis());
+        let req = json!({"namespace": "rpc", "name": "pools", "id": id, "args": {}});
+        active
+            .ws
+            .send(Message::Text(req.to_string().into()))
+            .await
+            .unwrap();
+        let answer = loop {
+            match tokio::time::timeout(REPLY_TIMEOUT, active.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let reply: Value = serde_json::from_str(&t).unwrap();
+                    if reply["id"] == json!(id) {
+                        break Ok(reply);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    break Err((u16::from(frame.code), frame.reason.to_string()));
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("a reply or a close, got {other:?}"),
+            }
+        };
+        match answer {
+            Ok(reply) if reply["name"] == "response" => {
+                assert!(
+                    signed_in.elapsed() < Duration::from_millis(2300),
+                    "still served {:?} after the sign-in",
+                    signed_in.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(reply) => {
+                assert_eq!(error_code(&reply), 401, "{reply}");
+                break signed_in.elapsed();
+            }
+            Err((code, reason)) => {
+                assert_eq!(
+                    (code, reason.as_str()),
+                    (4003, "session ended: session_max_age")
+                );
+                break signed_in.elapsed();
+            }
+        }
+    };
+    assert!(
+        ended >= Duration::from_millis(1900),
+        "ended after {ended:?}, before session_max_age"
+    );
+    // The socket that said nothing is told and closed.
+    let (code, reason) = silent.expect_close(Duration::from_secs(3)).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4003, "session ended: session_max_age")
+    );
+    // The saved token is refused on a new socket; the JWT over REST.
+    let mut later = app.connect().await;
+    assert_eq!(
+        error_code(&later.rpc("auth_token", json!({"token": token})).await),
+        401
+    );
+    tokio::time::sleep_until(jwt_over.into()).await;
+    let pools = reqwest::Client::new()
+        .get(app.url("/api/v2/pools/"))
+        .header("Authorization", format!("JWT {jwt}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pools.status(), 403, "the JWT, once session_max_age is over");
+    // A new sign-in works, for a new session_max_age.
+    let (mut again, _) = app.login("astravdi").await;
+    assert_eq!(again.rpc("pools", json!({})).await["name"], "response");
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("poolgate_sessions_ended_total{reason=\"session_max_age\"} 1"),
+        "counted once:\n{metrics}"
+    );
+    app.stop().await;
+}
+
 /// A state file from before session rows carried their expiry still works: its sessions count
 /// as live until the first write that knows the TTL stamps them, after which they expire (and
 /// are swept) like any other.
@@ -1732,6 +1910,8 @@ macro_rules! backend_cases {
                 back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window,
                 the_store_answers_a_ping_and_delivers_its_own_events_in_order,
                 every_read_follows_the_writes_that_change_it,
+                a_directory_recheck_is_claimed_once_per_period,
+                a_session_ends_at_session_max_age_however_active_it_is,
             ],
             durable: [
                 state_survives_a_restart,

@@ -512,9 +512,11 @@ fn forge(header: Value, claims: Value, key: &[u8]) -> String {
 #[tokio::test]
 async fn forged_alg_none_expired_and_wrongly_presented_tokens_are_403() {
     let h = Http::new().await;
+    // Issued now: a token issued longer than session_max_age ago is refused whatever its exp.
+    let iat = chrono::Utc::now().timestamp();
     let claims = |exp: i64| {
         json!({"sub": ASTRAVDI_ID, "username": "astravdi", "roles": ["admin", "user"], "client_id": ASTRAVDI_ID,
-               "domain": null, "exp": exp, "iat": 0, "jti": "x"})
+               "domain": null, "exp": exp, "iat": iat, "jti": "x"})
     };
     let future = chrono::Utc::now().timestamp() + 3600;
     let secret = std::fs::read(h.app.state.config.data_dir.join("jwt-secret")).unwrap();

@@ -22,6 +22,7 @@ mod helpers;
 mod app;
 mod cases;
 mod identity_review;
+mod recheck;
 mod review;
 mod slapd;
 mod totp;
@@ -205,6 +206,35 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("identity_review::identity_probes_that_held", || {
             Box::pin(identity_review::identity_probes_that_held())
         }),
+        (
+            "recheck::a_deleted_directory_user_loses_every_session_within_directory_recheck",
+            || {
+                Box::pin(
+                    recheck::a_deleted_directory_user_loses_every_session_within_directory_recheck(
+                    ),
+                )
+            },
+        ),
+        (
+            "recheck::a_disabled_directory_user_loses_every_session_within_directory_recheck",
+            || {
+                Box::pin(
+                    recheck::a_disabled_directory_user_loses_every_session_within_directory_recheck(
+                    ),
+                )
+            },
+        ),
+        (
+            "recheck::a_user_removed_from_every_pool_group_loses_every_session",
+            || Box::pin(recheck::a_user_removed_from_every_pool_group_loses_every_session()),
+        ),
+        ("recheck::a_directory_outage_keeps_sessions", || {
+            Box::pin(recheck::a_directory_outage_keeps_sessions())
+        }),
+        (
+            "recheck::the_directory_is_asked_once_per_user_per_period",
+            || Box::pin(recheck::the_directory_is_asked_once_per_user_per_period()),
+        ),
     ]
 }
 
