@@ -376,6 +376,189 @@ fn parent_environ_row(out: &std::path::Path) {
     );
 }
 
+/// Whole seconds and tenths.
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// Bytes the server's state takes on disk (the SQLite file and its write-ahead log).
+fn state_bytes(out: &std::path::Path) -> u64 {
+    ["poolgate.sqlite3", "poolgate.sqlite3-wal"]
+        .iter()
+        .map(|f| std::fs::metadata(out.join("data").join(f)).map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// Security round 3, identity: who can keep whom out. The issue's attacks, each with its
+/// own addresses (127.0.90–99.x) so that earlier rows' counters do not mix in.
+async fn identity_round_3(t: &Target, out: &std::path::Path, log: &str) -> anyhow::Result<()> {
+    let password = "Bazalt1!";
+    let http = reqwest::Client::new();
+    let login_url = format!("http://{}/api/v2/users/login/", t.addr);
+
+    // 1. Strangers guess the admin's password from 16 addresses (5 each: their pairs' limit)
+    //    while the admin signs in from an address they used before, and then from a new one.
+    assert_eq!(
+        code(&auth(t, [127, 0, 90, 1], "astravdi", password).await?),
+        200
+    );
+    let mut strangers = tokio::task::JoinSet::new();
+    for i in 1..=16u8 {
+        let mut ws = t.connect_from([127, 0, 91, i]).await?;
+        strangers.spawn(async move {
+            for _ in 0..5 {
+                let args = json!({"username": "astravdi", "password": "wrong"});
+                if call(&mut ws, "auth", args).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut codes, mut slowest) = (Vec::new(), Duration::ZERO);
+    for _ in 0..25 {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(30),
+            auth(t, [127, 0, 90, 1], "astravdi", password),
+        )
+        .await;
+        slowest = slowest.max(started.elapsed());
+        codes.push(match reply {
+            Ok(Ok(r)) => code(&r),
+            _ => 0,
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let new = auth(t, [127, 0, 92, 1], "astravdi", password).await?;
+    let new = format!(
+        "{} after {}{}",
+        code(&new),
+        secs(started.elapsed()),
+        new["args"]["message"]
+            .as_str()
+            .map_or(String::new(), |m| format!(" ({m})"))
+    );
+    strangers.abort_all();
+    println!(
+        "| 16 addresses guess astravdi's password (5 each) while the admin signs in 25 times with \
+         the right one from an address they used before, then once from a new address | known \
+         address: {} (0 = no answer in 30 s), slowest {}; new address: {new} |",
+        tally(&codes),
+        secs(slowest)
+    );
+
+    // 2. A valid saved token, obtained elsewhere, from an address locked by made-up tokens.
+    let mut elsewhere = t.connect_from([127, 0, 93, 1]).await?;
+    let reply = call(
+        &mut elsewhere,
+        "auth",
+        json!({"username": "user-2", "password": password}),
+    )
+    .await?;
+    let token = reply["args"][0].as_str().unwrap_or_default().to_owned();
+    let guess = format!("pgt_{}", "A".repeat(54));
+    let mut locked = 0;
+    for _ in 0..110 {
+        let mut ws = t.connect_from([127, 0, 94, 1]).await?;
+        if code(&call(&mut ws, "auth_token", json!({"token": guess})).await?) == 429 {
+            locked += 1;
+        }
+    }
+    let mut ws = t.connect_from([127, 0, 94, 1]).await?;
+    let valid = code(&call(&mut ws, "auth_token", json!({"token": token})).await?);
+    println!(
+        "| a valid saved token sent from an address locked by others' guesses (110 made-up \
+         tokens: {locked} × 429) | {valid} |"
+    );
+
+    // 3. One address sprays 95 usernames, then signs in to its own account; three times.
+    let mut codes = Vec::new();
+    for round in 0..3 {
+        for i in 0..95 {
+            let user = format!("colleague-{round}-{i}");
+            codes.push(code(&auth(t, [127, 0, 95, 1], &user, "Summer2026!").await?));
+        }
+        auth(t, [127, 0, 95, 1], "user-2", password).await?;
+    }
+    println!(
+        "| one address: 95 wrong guesses over as many usernames, then its own right sign-in, \
+         three times | the 285 guesses: {} |",
+        tally(&codes)
+    );
+
+    // 4. 8 000 password-less first steps for the OTP user from one address.
+    let before = state_bytes(out);
+    let local = std::net::IpAddr::from([127, 0, 96, 1]);
+    let from_96 = reqwest::Client::builder().local_address(local).build()?;
+    let mut codes = Vec::new();
+    for _ in 0..8_000 {
+        let status = from_96
+            .post(&login_url)
+            .json(&json!({"username": "user-4", "password": null, "ldap": false}))
+            .send()
+            .await?
+            .status();
+        codes.push(u64::from(status.as_u16()));
+    }
+    println!(
+        "| 8 000 password-less first steps (`\"password\": null`) for the OTP user from one \
+         address | {}; the state on disk grew {} KiB |",
+        tally(&codes),
+        state_bytes(out).saturating_sub(before) / 1024
+    );
+
+    // 5. 20 000 status-socket requests with a valid JWT and a wrong client_id.
+    let body: Value = http
+        .post(&login_url)
+        .json(&json!({"username": "astravdi", "password": password, "ldap": false}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let jwt = body["data"]["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let before = std::fs::metadata(log).map_or(0, |m| m.len());
+    let lines_before = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let started = Instant::now();
+    let someone_else = "00000000-0000-4000-8000-000000000000";
+    let mut codes = Vec::new();
+    for _ in 0..20_000 {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req =
+            format!("ws://{}/api/v2/pools/ws/{someone_else}/", t.addr).into_client_request()?;
+        req.headers_mut()
+            .insert("cookie", format!("JWT={jwt}").parse()?);
+        codes.push(match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                u64::from(resp.status().as_u16())
+            }
+            Ok(_) => 101,
+            Err(_) => 0,
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        - lines_before;
+    println!(
+        "| 20 000 status-socket requests with a valid JWT and a wrong client_id | {} in {}; \
+         the log grew {lines} lines, {} bytes |",
+        tally(&codes),
+        secs(started.elapsed()),
+        std::fs::metadata(log).map_or(0, |m| m.len()) - before
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -591,6 +774,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     transport_round_3(&t).await?;
+    identity_round_3(&t, &out, &log).await?;
 
     println!("| a silent TCP connection | {} |", silent.await?);
     println!("| a slowly dripping HTTP request | {} |", dripping.await?);

@@ -5,8 +5,8 @@
 //! and no two modules import each other in a cycle; `tests/layers.rs` reads every `crate::`
 //! path and checks this drawing (README.rst draws the same). Bottom to top:
 //!
-//! 1. `domain`, `files`, `telemetry`, `limits`, `http`, `tls`, `proxy_protocol`, `process` —
-//!    plain types and plumbing
+//! 1. `domain`, `files`, `telemetry`, `limits`, `http`, `tls`, `proxy_protocol`, `process` — plain
+//!    types and plumbing
 //! 2. `store`, `error`, `envelope` — durable state, errors with wire codes, the envelope
 //! 3. `auth`, `provision`, `events`, `metrics`, `admission` — the domain's services
 //! 4. `pools` — the step rules and the task runner
