@@ -635,7 +635,7 @@ async fn until_backed_off(app: &TestApp, user: &str, net: u8) {
 #[tokio::test]
 async fn a_user_signs_in_at_once_from_a_known_address_while_strangers_hold_the_usernames_back_off()
 {
-    let app = TestApp::spawn_with(|c| c.lockout_backoff_max = Duration::from_secs(2)).await;
+    let app = TestApp::spawn_with(|c| c.lockout_backoff_max = Duration::from_secs(5)).await;
     // The admin signed in from this address before (a week ago, say).
     let mut before = app.connect_from([127, 0, 40, 1]).await;
     assert_eq!(
@@ -644,13 +644,15 @@ async fn a_user_signs_in_at_once_from_a_known_address_while_strangers_hold_the_u
     );
     let strangers = strangers_guessing(&app, "astravdi", 41, 16).await;
     until_backed_off(&app, "astravdi", 42).await;
+    // Queued behind the strangers, a try would be refused (429) or wait for a turn of up to
+    // 5 s; 2.5 s leaves room for a loaded machine's slow password check.
     for i in 0..3 {
         let mut admin = app.connect_from([127, 0, 40, 1]).await;
         let started = std::time::Instant::now();
         let reply = try_auth(&mut admin, "astravdi", PASSWORD).await;
         assert_eq!(reply["name"], "response", "try {i}: {reply}");
         assert!(
-            started.elapsed() < Duration::from_millis(900),
+            started.elapsed() < Duration::from_millis(2_500),
             "try {i} was queued behind the strangers: {:?}",
             started.elapsed()
         );
@@ -664,13 +666,12 @@ async fn a_user_signs_in_at_once_from_a_known_address_while_strangers_hold_the_u
         assert_eq!(error_code(&reply), 429, "{reply}");
         let message = reply["args"]["message"].as_str().unwrap();
         assert!(
-            message.contains("try again in 1 seconds")
-                || message.contains("try again in 2 seconds"),
+            (1..=5).any(|s| message.contains(&format!("try again in {s} seconds"))),
             "{message}"
         );
     } else {
         assert!(
-            started.elapsed() <= Duration::from_millis(2_500),
+            started.elapsed() <= Duration::from_millis(5_500),
             "{:?}",
             started.elapsed()
         );
@@ -680,7 +681,7 @@ async fn a_user_signs_in_at_once_from_a_known_address_while_strangers_hold_the_u
 
 #[tokio::test]
 async fn a_browser_that_signed_in_before_is_not_queued_behind_strangers_from_a_new_address() {
-    let app = TestApp::spawn_with(|c| c.lockout_backoff_max = Duration::from_secs(2)).await;
+    let app = TestApp::spawn_with(|c| c.lockout_backoff_max = Duration::from_secs(5)).await;
     // The portal's page hands the browser its device cookie.
     let page = reqwest::Client::new()
         .get(app.url("/"))
@@ -708,7 +709,7 @@ async fn a_browser_that_signed_in_before_is_not_queued_behind_strangers_from_a_n
     let reply = try_auth(&mut hotel, "user-2", PASSWORD).await;
     assert_eq!(reply["name"], "response", "{reply}");
     assert!(
-        started.elapsed() < Duration::from_millis(900),
+        started.elapsed() < Duration::from_millis(2_500),
         "{:?}",
         started.elapsed()
     );
