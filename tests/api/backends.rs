@@ -384,7 +384,8 @@ pub async fn ended_tasks_are_deleted_after_the_retention_but_each_keys_latest_st
 /// Lockout failure counters whose window has passed are deleted from the store.
 pub async fn expired_failure_counters_are_swept(state: &str) {
     let mut c = config(state);
-    c.lockout_window = Duration::from_millis(500);
+    // Long enough that the counter outlives a loaded machine's slow password check.
+    c.lockout_window = Duration::from_secs(3);
     c.sweep_interval = Duration::from_millis(100);
     let app = TestApp::spawn_config(c).await;
     let mut a = app.connect().await;
@@ -395,7 +396,7 @@ pub async fn expired_failure_counters_are_swept(state: &str) {
     assert!(app.state.store.counts().await.unwrap().failure_counters > 0);
     let store = app.state.store.clone();
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(Duration::from_secs(15), || {
             let store = store.clone();
             async move { store.counts().await.unwrap().failure_counters == 0 }
         })
