@@ -7,6 +7,7 @@
 //! WebSocket upgrades on `/` are unaffected, and other plain requests still get the 426 that
 //! points at the protocol. Nothing is fetched from elsewhere, at build or at run time.
 
+use crate::auth::tokens::TagKey;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,21 +25,29 @@ pub fn wants_page(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("text/html"))
 }
 
-/// The portal's page. A browser without the device cookie is given one: a random name for
-/// this browser that its WebSocket upgrades carry (`SameSite=Strict`: never from another
-/// site's page), so that a sign-in from a browser that signed in as this user before is not
-/// queued behind strangers' guesses (src/auth/lockout.rs). It proves nothing by itself and
-/// opens nothing: only a right password, code or token signs in.
-pub fn index(headers: &HeaderMap) -> Response {
+/// The portal's page. A browser without a valid device cookie is given one: a random name for
+/// this browser, tagged by this server, that its WebSocket upgrades carry (`SameSite=Strict`:
+/// never from another site's page; `__Host-` and `Secure` under TLS, so that no sibling
+/// subdomain can plant one), so that a sign-in from a browser that signed in as this user
+/// before is not queued behind strangers' guesses nor locked by its neighbours' (see
+/// src/auth/lockout.rs). It proves nothing by itself and opens nothing: only a right
+/// password, code or token signs in.
+pub fn index(headers: &HeaderMap, devices: &TagKey, tls: bool) -> Response {
     let mut page = secured(INDEX, "text/html; charset=utf-8", headers);
-    if device(headers).is_none() {
-        let mut bytes = [0u8; 32];
-        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
-            .expect("the OS random number generator is unavailable");
-        let cookie = format!(
-            "{DEVICE_COOKIE}={}; Path=/; Max-Age={DEVICE_COOKIE_MAX_AGE}; HttpOnly; SameSite=Strict",
-            hex::encode(bytes)
-        );
+    if device(headers, devices).is_none() {
+        let cookie = if tls {
+            format!(
+                "__Host-{DEVICE_COOKIE}={}; Path=/; Max-Age={DEVICE_COOKIE_MAX_AGE}; Secure; \
+                 HttpOnly; SameSite=Strict",
+                devices.new_device_cookie()
+            )
+        } else {
+            format!(
+                "{DEVICE_COOKIE}={}; Path=/; Max-Age={DEVICE_COOKIE_MAX_AGE}; HttpOnly; \
+                 SameSite=Strict",
+                devices.new_device_cookie()
+            )
+        };
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             page.headers_mut().append(header::SET_COOKIE, value);
         }
@@ -46,7 +55,8 @@ pub fn index(headers: &HeaderMap) -> Response {
     page
 }
 
-/// The portal's device cookie: 32 random bytes, hex.
+/// The portal's device cookie (`__Host-pg_device` under TLS): random and tagged by the
+/// server's key (src/auth/tokens.rs).
 const DEVICE_COOKIE: &str = "pg_device";
 
 /// A year, renewed by nothing: a browser that keeps it is known for the user for the
@@ -54,20 +64,19 @@ const DEVICE_COOKIE: &str = "pg_device";
 const DEVICE_COOKIE_MAX_AGE: u64 = 365 * 24 * 3600;
 
 /// The browser a request comes from, as named by the portal's device cookie (its digest;
-/// `None` without one, or with one that is not 64 hex digits).
-pub fn device(headers: &HeaderMap) -> Option<crate::auth::lockout::DeviceId> {
+/// `None` without one, or with one this server did not hand out).
+pub fn device(headers: &HeaderMap, devices: &TagKey) -> Option<crate::auth::lockout::DeviceId> {
     use sha2::Digest;
+    let host_cookie = format!("__Host-{DEVICE_COOKIE}");
     let value = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == DEVICE_COOKIE)
-        .map(|(_, value)| value)?;
-    if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+        .filter(|(name, _)| *name == DEVICE_COOKIE || *name == host_cookie)
+        .map(|(_, value)| value)
+        .find(|value| devices.device_cookie_ok(value))?;
     let digest = sha2::Sha256::digest(value.as_bytes());
     let mut id = [0u8; 16];
     id.copy_from_slice(&digest[..16]);

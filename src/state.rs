@@ -159,6 +159,7 @@ impl AppState {
                 config.session_max_age,
                 metrics.clone(),
             ),
+            devices: tags.clone(),
             mfa: MfaStore::new(store.clone(), tags, config.mfa_token_ttl),
             otp: OtpGuard::new(store.clone()),
             passwords: PasswordChecker::new(config.max_concurrent_hashes),

@@ -5,13 +5,17 @@
 //! is counted. Three counters, over `window` (fixed, from the first attempt):
 //!
 //! * **(username, address)**: a hard lock after `pair_attempts` verifications that did not
-//!   succeed — the guesser is stopped, the same user elsewhere is not.
+//!   succeed — the guesser is stopped, the same user elsewhere is not. A known browser is
+//!   counted as (username, browser) instead, and not against its address: a neighbour behind
+//!   the same NAT can lock the (user, address) pair, not the user's own browser.
 //! * **username alone**: no lock (anyone could lock anyone out with it), but an exponential
 //!   back-off once it has `pair_attempts` failures: further verifications for that username
 //!   *from strangers* are spaced 1 s, 2 s, 4 s … apart (at most `backoff_max`), one at a time
 //!   across every address and instance. The back-off slows only the attempts it was raised
 //!   for: a *known source* — an address this user signed in from (by password, code or saved
-//!   token) within `known_for` — is never queued behind strangers' guesses. An attempt from
+//!   token) within `known_for`, or a browser whose portal device cookie (issued and tagged by
+//!   this server) signed in as this user by password or code — is never queued behind
+//!   strangers' guesses. An attempt from
 //!   elsewhere whose turn is further away than `backoff_max` is refused and told to retry in
 //!   at most `backoff_max`. (No promise of a later turn is made to it: the queue is what holds
 //!   a botnet to one guess per spacing, and a promise that skips the queue would be given to
@@ -110,6 +114,15 @@ pub type DeviceId = [u8; 16];
 
 /// A password-less first step from this pair, counted against the address until a sign-in
 /// of the pair completes.
+/// The pair of a browser known for the user: counted instead of (username, address).
+fn device_pair_key(username: &str, device: &DeviceId) -> String {
+    format!(
+        "pair-device:{}/{}",
+        hex::encode(device),
+        counted_name(username)
+    )
+}
+
 fn first_step_key(username: &str, addr: IpAddr) -> String {
     pair_kind_key("first", username, addr)
 }
@@ -122,11 +135,27 @@ pub struct Attempt<'a> {
     peer: IpAddr,
     device: Option<DeviceId>,
     pair: String,
-    addr: String,
+    /// The address's counter; `None` for a browser known for the user (its failures are
+    /// counted per (user, browser) instead: a neighbour at the same address cannot lock it).
+    addr: Option<String>,
     user: String,
+    known: bool,
 }
 
 impl Attempt<'_> {
+    /// Whether this attempt comes from a source the user signed in from (an address within
+    /// `known_for`, or a browser): its verification is not queued behind strangers'.
+    pub fn known(&self) -> bool {
+        self.known
+    }
+
+    async fn undo_addr(&self) -> Result<(), Error> {
+        if let Some(addr) = &self.addr {
+            self.lockout.store.failures_undo(addr).await?;
+        }
+        Ok(())
+    }
+
     /// A wrong password or code: the reservation stands as a failure.
     pub fn failed(self) {}
 
@@ -139,12 +168,13 @@ impl Attempt<'_> {
         let lockout = self.lockout;
         let store = &lockout.store;
         store.failures_reset(&self.pair).await?;
-        store.failures_undo(&self.addr).await?;
+        self.undo_addr().await?;
         store.failures_undo(&self.user).await?;
         let first = first_step_key(&self.username, self.peer);
         if store.failures_get(&first).await? > 0 {
             store.failures_reset(&first).await?;
-            store.failures_undo(&self.addr).await?;
+            // The first step was counted against the address whoever took it.
+            store.failures_undo(&addr_key(self.peer)).await?;
         }
         lockout
             .remember(&self.username, self.peer, self.device.as_ref())
@@ -167,7 +197,7 @@ impl Attempt<'_> {
             .await?
             == 0
         {
-            store.failures_undo(&self.addr).await?;
+            self.undo_addr().await?;
         }
         self.succeeded().await
     }
@@ -176,7 +206,7 @@ impl Attempt<'_> {
     pub async fn not_a_guess(self) -> Result<(), Error> {
         let store = &self.lockout.store;
         store.failures_undo(&self.pair).await?;
-        store.failures_undo(&self.addr).await?;
+        self.undo_addr().await?;
         store.failures_undo(&self.user).await?;
         Ok(())
     }
@@ -246,21 +276,35 @@ impl Lockout {
         addr: IpAddr,
         device: Option<&DeviceId>,
     ) -> Result<Attempt<'_>, Error> {
+        let store = &self.store;
+        let known_device = match device {
+            Some(d) => store.failures_get(&known_device_key(username, d)).await? > 0,
+            None => false,
+        };
+        let known = known_device || store.failures_get(&known_key(username, addr)).await? > 0;
         let attempt = Attempt {
             lockout: self,
             username: username.to_owned(),
             peer: addr,
             device: device.copied(),
-            pair: pair_key(username, addr),
-            addr: addr_key(addr),
+            // A browser the user signed in from has its own pair and is not held to its
+            // address's count: whoever shares the address cannot lock it out.
+            pair: match device {
+                Some(d) if known_device => device_pair_key(username, d),
+                _ => pair_key(username, addr),
+            },
+            addr: (!known_device).then(|| addr_key(addr)),
             user: user_key(username),
+            known,
         };
-        let store = &self.store;
         let pair = store.failures_add(&attempt.pair, self.window).await?;
-        let at_addr = store.failures_add(&attempt.addr, self.window).await?;
+        let at_addr = match &attempt.addr {
+            Some(key) => store.failures_add(key, self.window).await?,
+            None => 0,
+        };
         if pair > self.pair_attempts || at_addr > self.address_attempts {
             store.failures_undo(&attempt.pair).await?;
-            store.failures_undo(&attempt.addr).await?;
+            attempt.undo_addr().await?;
             let why = if pair > self.pair_attempts {
                 "username and address"
             } else {
@@ -269,31 +313,21 @@ impl Lockout {
             return Err(self.locked(why, addr));
         }
         let failures = store.failures_add(&attempt.user, self.window).await?;
-        if failures > self.pair_attempts {
-            match self.turn(username, addr, device, failures).await {
-                Ok(()) => {}
-                Err(refused) => {
-                    attempt.not_a_guess().await?;
-                    return Err(refused);
-                }
-            }
+        if failures > self.pair_attempts
+            && !known
+            && let Err(refused) = self.turn(username, addr, failures).await
+        {
+            attempt.not_a_guess().await?;
+            return Err(refused);
         }
         Ok(attempt)
     }
 
     /// Waits for this attempt's turn under the username's back-off, or refuses it with the
-    /// time to retry (never more than `backoff_max`). A known source has no back-off.
-    async fn turn(
-        &self,
-        username: &str,
-        addr: IpAddr,
-        device: Option<&DeviceId>,
-        failures: u32,
-    ) -> Result<(), Error> {
+    /// time to retry (never more than `backoff_max`). Only strangers wait: a known source
+    /// has no back-off.
+    async fn turn(&self, username: &str, addr: IpAddr, failures: u32) -> Result<(), Error> {
         let store = &self.store;
-        if self.is_known(username, addr, device).await? {
-            return Ok(());
-        }
         let now = now_ms();
         let turn = store
             .backoff_slot(
@@ -318,28 +352,10 @@ impl Lockout {
         }
     }
 
-    /// Whether `username` signed in from `addr`, or from the browser `device`, within
-    /// `known_for`.
-    pub async fn is_known(
-        &self,
-        username: &str,
-        addr: IpAddr,
-        device: Option<&DeviceId>,
-    ) -> Result<bool, Error> {
-        if let Some(device) = device
-            && self
-                .store
-                .failures_get(&known_device_key(username, device))
-                .await?
-                > 0
-        {
-            return Ok(true);
-        }
-        Ok(self.store.failures_get(&known_key(username, addr)).await? > 0)
-    }
-
     /// Marks `addr` (and the browser `device`) as known for `username` for `known_for` from
-    /// now: a successful sign-in, or a saved token's re-authentication, from there.
+    /// now: a successful sign-in from there (a saved token's re-authentication marks only
+    /// its address: fresh device cookies cost nothing to get, so a mark per token use would
+    /// let a signed-in user grow the store at will).
     pub async fn remember(
         &self,
         username: &str,

@@ -25,7 +25,7 @@ use crate::telemetry::RateLimitedLog;
 use jwt::{Claims, JwtKeys};
 use lockout::Lockout;
 use otp::OtpGuard;
-use password::PasswordChecker;
+use password::{Lane, PasswordChecker};
 use tokens::{MfaStore, TokenStore};
 use users::{User, UserDirectory};
 
@@ -52,6 +52,8 @@ pub struct Authenticator {
     pub otp: OtpGuard,
     pub passwords: PasswordChecker,
     pub lockout: Lockout,
+    /// Tags and checks the portal's device cookies.
+    pub devices: tokens::TagKey,
     /// Signs and checks the v2 REST shim's JWTs.
     pub jwt: JwtKeys,
     /// The LDAP / Active Directory people may sign in against, if one is configured.
@@ -102,17 +104,21 @@ impl Authenticator {
             .lockout
             .begin(creds.username, creds.peer, creds.device.as_ref())
             .await?;
+        let lane = match attempt.known() {
+            true => Lane::Known,
+            false => Lane::Stranger(creds.peer),
+        };
         let local = match &self.directory {
             Some(_) if creds.directory => None,
             _ => self.users.by_name(creds.username).cloned(),
         };
         let (verdict, result) = match (local, &self.directory) {
             (None, Some(directory)) => {
-                self.login_with_directory(directory, creds.username, password, creds.otp_code)
+                self.login_with_directory(directory, creds.username, password, creds.otp_code, lane)
                     .await
             }
             (local, _) => {
-                self.login_with_password(local, password, creds.otp_code)
+                self.login_with_password(local, password, creds.otp_code, lane)
                     .await
             }
         };
@@ -182,14 +188,19 @@ impl Authenticator {
         user: Option<Arc<User>>,
         password: &str,
         otp_code: Option<&str>,
+        lane: Lane,
     ) -> (Verdict, Result<Arc<User>, Error>) {
         let Some(user) = user else {
-            return match self.passwords.verify_dummy(password).await {
+            return match self.passwords.verify_dummy(password, lane).await {
                 Ok(_) => (Verdict::Guess, Err(Error::InvalidCredentials)),
                 Err(e) => (Verdict::NotAGuess, Err(e)),
             };
         };
-        let password_ok = match self.passwords.verify(&user.password_hash, password).await {
+        let password_ok = match self
+            .passwords
+            .verify(&user.password_hash, password, lane)
+            .await
+        {
             Ok(ok) => ok,
             Err(e) => return (Verdict::NotAGuess, Err(e)),
         };
@@ -245,11 +256,12 @@ impl Authenticator {
         username: &str,
         password: &str,
         otp_code: Option<&str>,
+        lane: Lane,
     ) -> (Verdict, Result<Arc<User>, Error>) {
         // The same argon2id work as a local sign-in, alongside the directory's: reply times
         // must not tell a local username from a directory one (or from no one).
         let (dummy, answer) = tokio::join!(
-            self.passwords.verify_dummy(password),
+            self.passwords.verify_dummy(password, lane),
             directory.authenticate(username, password)
         );
         if let Err(e) = dummy {
@@ -523,18 +535,13 @@ impl Authenticator {
     /// A valid token is never refused for its address's failures (others' guesses from a
     /// shared address must not sign anyone out); the address check comes only for a token
     /// that is not live. A valid token makes its address known for the user (see
-    /// [`lockout`]).
-    pub async fn resume(
-        &self,
-        token: &str,
-        peer: IpAddr,
-        device: Option<lockout::DeviceId>,
-    ) -> Result<Arc<tokens::Session>, Error> {
+    /// [`lockout`]; not its browser: that takes a password or code).
+    pub async fn resume(&self, token: &str, peer: IpAddr) -> Result<Arc<tokens::Session>, Error> {
         match self.tokens.lookup(token, &self.users).await? {
             Some(session) if session.user.disabled => Err(Error::Disabled),
             Some(session) => {
                 self.lockout
-                    .remember(&session.user.username, peer, device.as_ref())
+                    .remember(&session.user.username, peer, None)
                     .await?;
                 Ok(session)
             }

@@ -1,8 +1,18 @@
 //! Password hashing with argon2id. Hashing is CPU-bound for tens of milliseconds, so it runs on
 //! the blocking pool behind a semaphore: a login storm queues instead of stalling the sockets.
+//!
+//! Two lanes, each `max_concurrent_hashes` wide: sign-ins from a source the user signed in from
+//! (see src/auth/lockout.rs) never queue behind strangers' verifications, however many
+//! addresses send those. Strangers queue fairly: each address (IPv6 /64) may have at most
+//! [`IN_FLIGHT_PER_ADDRESS`] verifications waiting or running, and the whole lane at most
+//! [`STRANGERS_QUEUED_PER_PERMIT`] per permit; beyond either, the attempt is refused at once
+//! (429) and nothing is verified.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -68,9 +78,30 @@ fn verify_blocking(phc: &str, password: &str) -> bool {
     }
 }
 
+/// Verifications one address may have waiting or running at once (strangers' lane).
+pub const IN_FLIGHT_PER_ADDRESS: usize = 4;
+
+/// Strangers' verifications waiting or running at once, per permit of the lane.
+pub const STRANGERS_QUEUED_PER_PERMIT: usize = 32;
+
+/// Whose verification this is: the lane it waits in.
+#[derive(Debug, Clone, Copy)]
+pub enum Lane {
+    /// A source the user signed in from (a known address or browser).
+    Known,
+    /// Anyone else, from this address.
+    Stranger(IpAddr),
+}
+
 #[derive(Clone)]
 pub struct PasswordChecker {
+    /// The known sources' lane.
+    known: Arc<Semaphore>,
+    /// The strangers' lane, and its waiting or running verifications: in all and per address.
     permits: Arc<Semaphore>,
+    strangers: Arc<AtomicUsize>,
+    strangers_max: usize,
+    per_address: Arc<DashMap<IpAddr, usize>>,
     /// A hash of a random password, checked for unknown users so that "no such user" costs
     /// the same time as "wrong password".
     dummy: Arc<OnceCell<String>>,
@@ -81,15 +112,28 @@ pub struct PasswordChecker {
 impl PasswordChecker {
     pub fn new(max_concurrent: usize) -> Self {
         PasswordChecker {
+            known: Arc::new(Semaphore::new(max_concurrent)),
             permits: Arc::new(Semaphore::new(max_concurrent)),
+            strangers: Arc::new(AtomicUsize::new(0)),
+            strangers_max: max_concurrent.max(1) * STRANGERS_QUEUED_PER_PERMIT,
+            per_address: Arc::new(DashMap::new()),
             dummy: Arc::new(OnceCell::new()),
             verifications: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Verifies `password` against `phc` off the async workers.
-    pub async fn verify(&self, phc: &str, password: &str) -> Result<bool, Error> {
-        let _permit = self.permits.acquire().await.map_err(Error::internal)?;
+    /// Verifies `password` against `phc` off the async workers, in `lane`; a stranger over
+    /// its address's or the lane's share is refused (429) without verifying.
+    pub async fn verify(&self, phc: &str, password: &str, lane: Lane) -> Result<bool, Error> {
+        let _place = match lane {
+            Lane::Known => None,
+            Lane::Stranger(addr) => Some(self.queue(addr)?),
+        };
+        let lane = match lane {
+            Lane::Known => &self.known,
+            Lane::Stranger(_) => &self.permits,
+        };
+        let _permit = lane.acquire().await.map_err(Error::internal)?;
         self.verifications.fetch_add(1, Ordering::Relaxed);
         let (phc, password) = (phc.to_owned(), password.to_owned());
         tokio::task::spawn_blocking(move || verify_blocking(&phc, &password))
@@ -97,12 +141,40 @@ impl PasswordChecker {
             .map_err(Error::internal)
     }
 
+    /// A place in the strangers' lane for `addr`, if its address and the lane have room.
+    fn queue(&self, addr: IpAddr) -> Result<Place, Error> {
+        let key = crate::domain::address::address_key(addr);
+        let place = Place {
+            checker: self.clone(),
+            key,
+        };
+        let mine = {
+            let mut n = self.per_address.entry(key).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let all = self.strangers.fetch_add(1, Ordering::SeqCst) + 1;
+        if mine > IN_FLIGHT_PER_ADDRESS {
+            return Err(Error::RateLimited(
+                "Too many sign-ins at once from your address; wait for the answers and try \
+                 again."
+                    .into(),
+            ));
+        }
+        if all > self.strangers_max {
+            return Err(Error::RateLimited(
+                "The server is busy checking sign-ins; try again in a few seconds.".into(),
+            ));
+        }
+        Ok(place)
+    }
+
     pub fn verifications(&self) -> u64 {
         self.verifications.load(Ordering::Relaxed)
     }
 
     /// Spends the time of a real verification and always fails.
-    pub async fn verify_dummy(&self, password: &str) -> Result<bool, Error> {
+    pub async fn verify_dummy(&self, password: &str, lane: Lane) -> Result<bool, Error> {
         let dummy = self
             .dummy
             .get_or_try_init(|| async {
@@ -113,7 +185,25 @@ impl PasswordChecker {
                     .map_err(Error::Internal)
             })
             .await?;
-        self.verify(dummy, password).await.map(|_| false)
+        self.verify(dummy, password, lane).await.map(|_| false)
+    }
+}
+
+/// A stranger's place in the lane, given back when its verification ends (or is refused).
+struct Place {
+    checker: PasswordChecker,
+    key: IpAddr,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.checker.strangers.fetch_sub(1, Ordering::SeqCst);
+        if let dashmap::Entry::Occupied(mut n) = self.checker.per_address.entry(self.key) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
     }
 }
 

@@ -48,6 +48,9 @@ pub use crate::domain::TokenHash;
 const RANDOM_BYTES: usize = 32;
 const TAG_BYTES: usize = 8;
 
+/// The portal's device cookie values (see [`TagKey::new_device_cookie`]).
+const DEVICE_COOKIE_PREFIX: &str = "pgd_";
+
 /// The key that tags tokens as issued by this deployment.
 #[derive(Clone)]
 pub struct TagKey([u8; 32]);
@@ -76,6 +79,17 @@ impl TagKey {
         let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
         let hash = hash_token(&token);
         (token, hash)
+    }
+
+    /// A new value for the portal's device cookie: random and tagged, so that a browser
+    /// can be known only by a cookie this deployment handed out.
+    pub fn new_device_cookie(&self) -> String {
+        self.new_token(DEVICE_COOKIE_PREFIX).0
+    }
+
+    /// Whether a device cookie's value was handed out by this deployment.
+    pub fn device_cookie_ok(&self, value: &str) -> bool {
+        self.issued_here(DEVICE_COOKIE_PREFIX, value)
     }
 
     /// Whether `token` (with `prefix`) was issued by a server holding this key — live or

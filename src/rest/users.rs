@@ -65,7 +65,7 @@ pub async fn login(
             password: body.password.as_deref(),
             otp_code: body.otp_code.as_deref(),
             peer: peer.ip(),
-            device: crate::portal::device(&headers),
+            device: crate::portal::device(&headers, &state.auth.devices),
             directory: body.ldap,
         })
         .await?;

@@ -19,16 +19,7 @@ impl AuthToken {
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         guard_auth_attempt(ctx)?;
-        let result = match ctx
-            .state
-            .auth
-            .resume(
-                &self.token,
-                ctx.conn.peer.ip(),
-                ctx.conn.device.as_deref().copied(),
-            )
-            .await
-        {
+        let result = match ctx.state.auth.resume(&self.token, ctx.conn.peer.ip()).await {
             // A directory user's account, re-checked when due: ended, it is a revoked token.
             Ok(session) if !ctx.state.auth.session_confirmed(&session).await => {
                 Err(Error::InvalidToken)

@@ -28,7 +28,8 @@ pub(super) async fn upgrade(
 ) -> Response {
     let Ok(ws) = ws else {
         if crate::portal::wants_page(&headers) {
-            return crate::portal::index(&headers);
+            let tls = state.config.tls_cert.is_some();
+            return crate::portal::index(&headers, &state.auth.devices, tls);
         }
         return (
             StatusCode::UPGRADE_REQUIRED,
@@ -41,7 +42,7 @@ pub(super) async fn upgrade(
     if let Err(why) = crate::http::check_origin(&headers, &state.config.allowed_origins) {
         return foreign_origin(&headers, peer, why);
     }
-    let device = crate::portal::device(&headers);
+    let device = crate::portal::device(&headers, &state.auth.devices);
     super::accept(ws, state, move |_, link: Link| {
         tracing::debug!(conn_id = link.conn_id, %peer, "connected");
         RpcSocket(Conn::new(
