@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cases::{
+use crate::cluster_server::{Cluster, cluster_url};
+use crate::helpers::*;
+use crate::instances::{
     act_as_one, taken_over_when_killed, task_on_a_heard_on_b, tasks_load, two_instances_on,
 };
-use crate::cluster::{Cluster, cluster_url};
-use crate::helpers::*;
 use crate::redis_server::LoginRetrying;
 
 pub async fn two_instances_on_a_cluster_act_as_one() {
@@ -187,57 +187,6 @@ pub async fn a_dead_replica_does_not_keep_scripts_from_running() {
     drop(cluster);
 }
 
-/// On a cluster, `check-config --connect` names every node — masters and replicas, since a
-/// replica becomes a master on failover — that keeps no append-only file, and only those; and
-/// a seed node that does not answer.
-pub async fn check_config_names_every_cluster_node_without_an_append_only_file() {
-    let cluster = Cluster::start(3, 1);
-    let durable = cluster.ports[0];
-    Cluster::cli(durable, &["config", "set", "appendonly", "yes"]);
-    // The nodes checked are those CLUSTER SLOTS lists, as whichever node the client asks sees
-    // them: a replica is listed once that node has heard its replication offset (some seconds
-    // after the cluster is created), so wait until every node lists all six.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !cluster.ports.iter().all(|asked| {
-        let slots = Cluster::cli(*asked, &["cluster", "slots"]);
-        cluster
-            .ports
-            .iter()
-            .all(|p| slots.lines().any(|l| l.trim() == p.to_string()))
-    }) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "replicas listed in CLUSTER SLOTS"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    // One seed more, where nothing listens: said too, and not a failure either.
-    let silent = free_port();
-    let config =
-        crate::cases::config_on(dir.path(), &format!("{},127.0.0.1:{silent}", cluster.url()));
-    let (ok, err) = crate::cases::check_config_connect(&config);
-    assert!(ok, "a warning does not fail the check: {err}");
-    assert!(
-        err.lines().any(|l| l.starts_with("warning:")
-            && l.contains(&format!("seed node 127.0.0.1:{silent} did not answer"))),
-        "{err}"
-    );
-    let warning = err
-        .lines()
-        .find(|l| l.starts_with("warning:") && l.contains("append-only"))
-        .unwrap_or_else(|| panic!("a warning in:\n{err}"));
-    assert_eq!(cluster.ports.len(), 6);
-    for port in &cluster.ports {
-        assert_eq!(
-            warning.contains(&format!("127.0.0.1:{port}")),
-            *port != durable,
-            "{port}: {warning}"
-        );
-    }
-    drop(cluster);
-}
-
 /// `state = "redis://…"` naming one node of a cluster would answer MOVED to most keys: both
 /// `check-config --connect` and `serve` refuse it, saying what to write instead.
 pub async fn a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write() {
@@ -253,8 +202,8 @@ pub async fn a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write() {
         .to_owned();
     let url = format!("redis://{node}");
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::cases::config_on(dir.path(), &url);
-    let (ok, err) = crate::cases::check_config_connect(&config);
+    let config = crate::durability::config_on(dir.path(), &url);
+    let (ok, err) = crate::durability::check_config_connect(&config);
     assert!(!ok, "{err}");
     assert!(
         err.contains(&format!("state: {url} is a node of a Redis Cluster"))
@@ -433,7 +382,7 @@ async fn serves_and_pushes(actor: &mut Client, listener: &mut Client, since: std
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        if crate::cluster_review::event_for(listener, &id, Duration::from_secs(3))
+        if crate::cluster_failover::event_for(listener, &id, Duration::from_secs(3))
             .await
             .is_some()
         {
@@ -441,4 +390,51 @@ async fn serves_and_pushes(actor: &mut Client, listener: &mut Client, since: std
             return;
         }
     }
+}
+
+/// The cases of this file, for `cases()` in main.rs.
+pub(crate) fn cases() -> Vec<(&'static str, crate::Needs, crate::harness::Case)> {
+    use crate::Needs::*;
+    vec![
+        (
+            "cluster::two_instances_on_a_cluster_act_as_one",
+            RedisCluster,
+            || Box::pin(two_instances_on_a_cluster_act_as_one()),
+        ),
+        (
+            "cluster::a_master_killed_mid_task_costs_only_the_requests_in_flight",
+            RedisClusterServers,
+            || Box::pin(a_master_killed_mid_task_costs_only_the_requests_in_flight()),
+        ),
+        (
+            "cluster::a_master_restarted_empty_while_another_is_stopped_leaves_no_wedge",
+            RedisClusterServers,
+            || Box::pin(a_master_restarted_empty_while_another_is_stopped_leaves_no_wedge()),
+        ),
+        (
+            "cluster::a_cluster_connection_that_keeps_timing_out_is_made_anew",
+            RedisClusterServers,
+            || Box::pin(a_cluster_connection_that_keeps_timing_out_is_made_anew()),
+        ),
+        (
+            "cluster::a_dead_replica_does_not_keep_scripts_from_running",
+            RedisClusterServers,
+            || Box::pin(a_dead_replica_does_not_keep_scripts_from_running()),
+        ),
+        (
+            "cluster::an_instance_killed_mid_task_is_taken_over_on_a_cluster",
+            RedisCluster,
+            || Box::pin(an_instance_killed_mid_task_is_taken_over_on_a_cluster()),
+        ),
+        (
+            "cluster::a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write",
+            RedisCluster,
+            || Box::pin(a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write()),
+        ),
+        (
+            "cluster::healthz_says_which_masters_are_unreachable",
+            RedisClusterServers,
+            || Box::pin(healthz_says_which_masters_are_unreachable()),
+        ),
+    ]
 }

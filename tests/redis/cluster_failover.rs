@@ -1,17 +1,17 @@
-//! Cases from a hostile review of the Redis Cluster backend (b0f3934). Each case says whether
-//! it FAILED on b0f3934 (a defect, fixed since) or HOLDS (tried, and the backend held).
+//! What a Redis Cluster's failures cost: a planned failover (`CLUSTER FAILOVER`, for
+//! maintenance or a node upgrade) keeps a user's events coming and the read cache right, and
+//! a dead master costs only the requests for its slots.
 
 use std::time::{Duration, Instant};
 
 use poolgate::domain::{Task, TaskKind};
-use poolgate::store::{self, StateUrl};
+
 use serde_json::json;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::cluster::{Cluster, cluster_url};
+use crate::cluster_server::Cluster;
 use crate::helpers::*;
-use crate::routing_review::other_instance;
+use crate::routing::other_instance;
 
 /// The port of a replica of the master on `master`.
 fn replica_of(master: u16) -> u16 {
@@ -72,14 +72,14 @@ pub(crate) async fn event_for(
     }
 }
 
-/// FAILED on b0f3934, fixed. A planned failover of the master holding a user's slot (`CLUSTER
-/// FAILOVER` on its replica: maintenance, a node upgrade) does not drop any connection, so no
+/// A planned failover of the master holding a user's slot (`CLUSTER FAILOVER` on its replica:
+/// maintenance, a node upgrade) keeps the user's events coming. It drops no connection, so no
 /// `Disconnection` push reaches the store; but the demoted master *unsubscribes* every client
-/// from the sharded channels of the slots it lost (Redis 7 sends `sunsubscribe` pushes). The
-/// push loop in `RedisStore::start` ignores `SUnsubscribe` (`_ => continue`), the redis crate's
-/// subscription tracker drops the channel on that push (so it is not re-subscribed on the new
-/// master either), and the router still holds the watch as confirmed. From then on the user's
-/// sockets on this instance get no event until they all disconnect.
+/// from the sharded channels of the slots it lost (Redis 7 sends `sunsubscribe` pushes), and
+/// the redis crate's subscription tracker drops the channel on that push (so it is not
+/// re-subscribed on the new master either). A push loop that ignored `SUnsubscribe` left the
+/// watch confirmed, and the user's sockets on this instance got no event until they all
+/// disconnected.
 pub async fn a_planned_failover_keeps_a_users_events_coming() {
     let cluster = Cluster::start(3, 1);
     let app = TestApp::spawn_with(|c| {
@@ -132,17 +132,16 @@ pub async fn a_planned_failover_keeps_a_users_events_coming() {
     drop(cluster);
 }
 
-/// FAILED on b0f3934, fixed. The same planned failover, seen by the read cache: another instance
-/// writes a task of a user whose recent tasks this instance has cached; the write's
-/// announcement (SPUBLISH from the script, on the new master) is never heard here, and since
-/// the router still holds the watch as confirmed, the cache keeps serving the list without the
-/// new task (until `MAX_AGE`, 60 s): "a write on one instance is never read stale on another
-/// once announced" no longer holds.
+/// The same planned failover, seen by the read cache: another instance writes a task of a user
+/// whose recent tasks this instance has cached. Were the write's announcement (SPUBLISH from
+/// the script, on the new master) not heard here while the watch stayed confirmed, the cache
+/// would serve the list without the new task (until `MAX_AGE`, 60 s), and "a write on one
+/// instance is never read stale on another once announced" would not hold.
 pub async fn a_planned_failover_does_not_leave_the_read_cache_serving_stale_lists() {
     read_after_another_instance_wrote(true).await
 }
 
-/// HOLDS on b0f3934: the control for the case above — the same steps without the failover.
+/// The control for the case above — the same steps without the failover.
 pub async fn without_a_failover_the_read_cache_follows_another_instances_write() {
     read_after_another_instance_wrote(false).await
 }
@@ -150,7 +149,7 @@ pub async fn without_a_failover_the_read_cache_follows_another_instances_write()
 async fn read_after_another_instance_wrote(failover: bool) {
     let cluster = Cluster::start(3, 1);
     let url = cluster.url();
-    let prefix = format!("review-stale-{}", Uuid::new_v4().simple());
+    let prefix = format!("stale-{}", Uuid::new_v4().simple());
     let app = TestApp::spawn_with(|c| {
         c.state = url.parse().unwrap();
         c.state_prefix = prefix.clone();
@@ -196,137 +195,7 @@ async fn read_after_another_instance_wrote(failover: bool) {
     drop(cluster);
 }
 
-/// The cases of this file, for `cases()` in main.rs.
-pub(crate) fn cases() -> Vec<(&'static str, crate::Needs, crate::harness::Case)> {
-    use crate::Needs::*;
-    vec![
-        (
-            "cluster_review::single_redis_key_names_are_unchanged",
-            // redis-cli lists the keys.
-            RedisServer,
-            || Box::pin(single_redis_key_names_are_unchanged()),
-        ),
-        (
-            "cluster_review::admin_listing_and_revoking_work_on_a_cluster",
-            RedisCluster,
-            || Box::pin(admin_listing_and_revoking_work_on_a_cluster()),
-        ),
-        (
-            "cluster_review::a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_served",
-            RedisClusterServers,
-            || Box::pin(a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_served()),
-        ),
-        (
-            "cluster_review::a_state_prefix_with_a_brace_is_refused_and_a_plain_one_spreads",
-            RedisClusterServers,
-            || Box::pin(a_state_prefix_with_a_brace_is_refused_and_a_plain_one_spreads()),
-        ),
-        (
-            "cluster_review::a_cluster_url_that_does_not_parse_never_shows_its_password",
-            RedisCluster,
-            || Box::pin(a_cluster_url_that_does_not_parse_never_shows_its_password()),
-        ),
-        (
-            "cluster_review::a_planned_failover_keeps_a_users_events_coming",
-            RedisClusterServers,
-            || Box::pin(a_planned_failover_keeps_a_users_events_coming()),
-        ),
-        (
-            "cluster_review::a_planned_failover_does_not_leave_the_read_cache_serving_stale_lists",
-            RedisClusterServers,
-            || Box::pin(a_planned_failover_does_not_leave_the_read_cache_serving_stale_lists()),
-        ),
-        (
-            "cluster_review::without_a_failover_the_read_cache_follows_another_instances_write",
-            RedisClusterServers,
-            || Box::pin(without_a_failover_the_read_cache_follows_another_instances_write()),
-        ),
-    ]
-}
-
-/// FAILED on b0f3934, fixed. A cluster URL whose password has a `/` or `?` in it unencoded (base64
-/// secrets do) does not parse — and the error names the seed node with the password in clear:
-/// `invalid seed node redis://app:Zm9v/YmFy@a:1`. `url::redacted` cuts the authority at the
-/// first `/` or `?`, so it finds no `@` and masks nothing; `cluster_nodes` (src/store/url.rs)
-/// splits on the last `@` and so builds exactly such a node URL. The same mistake with
-/// `redis://` says "invalid redis URL" without the URL. (The error goes to the log and to the
-/// terminal of `check-config`.)
-pub async fn a_cluster_url_that_does_not_parse_never_shows_its_password() {
-    for (url, secret) in [
-        (
-            "redis-cluster://app:Zm9v/YmFy@10.0.0.5:7000,10.0.0.6:7000",
-            "Zm9v/YmFy",
-        ),
-        ("redis-cluster://app:pa?ss@10.0.0.5:7000", "pa?ss"),
-        ("redis://app:Zm9v/YmFy@10.0.0.5:7000", "Zm9v/YmFy"),
-    ] {
-        match url.parse::<StateUrl>() {
-            Ok(parsed) => {
-                for shown in [parsed.to_string(), format!("{parsed:?}")] {
-                    assert!(!shown.contains(secret), "{url}: shown as {shown}");
-                }
-            }
-            Err(e) => {
-                let shown = format!("{e:#}");
-                assert!(
-                    !shown.contains(secret),
-                    "the error for {url} shows the password: {shown}"
-                );
-            }
-        }
-    }
-}
-
-/// FAILED on b0f3934, fixed: `state_prefix` is put in front of every key, and Redis hashes
-/// the *first* `{…}` of a key: with `"{poolgate}"` every key would sit in one slot (the
-/// cluster spreading nothing, silently), with an unbalanced `"pool{gate"` every script failed
-/// with CROSSSLOT. A brace in the prefix is now refused on a cluster (by the config's
-/// validation and by the store itself), and a plain prefix spreads users over the masters.
-pub async fn a_state_prefix_with_a_brace_is_refused_and_a_plain_one_spreads() {
-    let cluster = Cluster::start(3, 0);
-    let url = cluster.url();
-    for prefix in ["pool{gate", "{poolgate}", "pool}gate"] {
-        let mut config = demo_config();
-        config.state = url.parse().unwrap();
-        config.state_prefix = prefix.to_owned();
-        let err = config.validate().expect_err(prefix).to_string();
-        assert!(err.contains("state_prefix"), "{err}");
-        let dir = tempfile::tempdir().unwrap();
-        let (sink, _bus) = mpsc::unbounded_channel();
-        let opened = store::open(&url.parse().unwrap(), None, prefix, dir.path(), sink).await;
-        assert!(opened.is_err(), "the store refuses state_prefix {prefix:?}");
-    }
-    // On one Redis a brace harms nothing: still taken (existing deployments keep working).
-    let mut config = demo_config();
-    config.state = "redis://127.0.0.1:6379".parse().unwrap();
-    config.state_prefix = "{poolgate}".into();
-    config.validate().unwrap();
-
-    // A plain prefix: 64 users' tasks land on more than one master.
-    let prefix = format!("pg-{}", Uuid::new_v4().simple());
-    let (s, _dir) = other_instance(&url, &prefix).await;
-    for _ in 0..64 {
-        let task = Task::new(TaskKind::PoolExpand, Uuid::new_v4(), Uuid::new_v4());
-        assert!(s.task_create(None, &task).await.unwrap());
-    }
-    let holding: Vec<u16> = cluster
-        .masters()
-        .into_iter()
-        .filter(|p| {
-            !Cluster::cli(*p, &["--scan", "--pattern", &format!("{prefix}:task:*")])
-                .trim()
-                .is_empty()
-        })
-        .collect();
-    assert_eq!(
-        holding.len(),
-        3,
-        "64 users' tasks spread over the three masters"
-    );
-    drop(cluster);
-}
-
-/// HOLDS on b0f3934 (measured): a master killed, requests for its slots answer 503 within the
+/// A master killed: requests for its slots answer 503 within the
 /// client's timeouts rather than hanging, and a user on another master is served meanwhile.
 pub async fn a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_served() {
     let cluster = Cluster::start(3, 1);
@@ -410,64 +279,29 @@ pub async fn a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_se
     drop(cluster);
 }
 
-/// HOLDS on b0f3934: the admin RPCs that scan every master or touch a user's bucket —
-/// `admin_sessions`, `admin_tasks`, `admin_revoke` — answer on a cluster (no CROSSSLOT), and a
-/// revoked token is refused.
-pub async fn admin_listing_and_revoking_work_on_a_cluster() {
-    let app = TestApp::spawn_with(|c| {
-        c.state = cluster_url().parse().unwrap();
-        fast_sim(c, OK, OK);
-    })
-    .await;
-    let (mut admin, _) = app.login("astravdi").await;
-    let (_u1, token) = app.login("user-2").await;
-    let (_u2, _) = app.login("user-2").await;
-    let sessions = admin.rpc("admin_sessions", json!({})).await;
-    assert_eq!(sessions["name"], "response", "{sessions}");
-    let of_user2 = sessions["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["username"] == "user-2")
-        .count();
-    assert_eq!(of_user2, 2, "{sessions}");
-    let tasks = admin.rpc("admin_tasks", json!({})).await;
-    assert_eq!(tasks["name"], "response", "{tasks}");
-    let revoked = admin
-        .rpc("admin_revoke", json!({"username": "user-2"}))
-        .await;
-    assert_eq!(revoked["args"]["revoked_sessions"], 2, "{revoked}");
-    let mut again = app.connect().await;
-    let reply = again.rpc("auth_token", json!({"token": token})).await;
-    assert_eq!(error_code(&reply), 401, "{reply}");
-}
-
-/// HOLDS on b0f3934: on one Redis the key names are those of 425e1fa (before the cluster
-/// layout), so an existing deployment finds its records after the upgrade.
-pub async fn single_redis_key_names_are_unchanged() {
-    let url = crate::redis_server::redis_url();
-    let prefix = format!("review-layout-{}", Uuid::new_v4().simple());
-    let (s, _dir) = other_instance(&url, &prefix).await;
-    let (user, pool) = (Uuid::new_v4(), Uuid::new_v4());
-    let mut task = Task::new(TaskKind::PoolExpand, user, pool);
-    assert!(s.task_create(None, &task).await.unwrap());
-    task.start();
-    s.task_update(&task).await.unwrap();
-    let out = std::process::Command::new("redis-cli")
-        .args(["-u", &url, "--scan", "--pattern", &format!("{prefix}:*")])
-        .output()
-        .unwrap();
-    let mut keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim_start_matches(&format!("{prefix}:")).to_owned())
-        .collect();
-    keys.sort();
-    let mut expected = vec![
-        "active_tasks".to_owned(),
-        format!("latest:{user}:{pool}:{}", task.kind.as_str()),
-        format!("task:{}", task.id),
-        format!("user_tasks:{user}"),
-    ];
-    expected.sort();
-    assert_eq!(keys, expected);
+/// The cases of this file, for `cases()` in main.rs.
+pub(crate) fn cases() -> Vec<(&'static str, crate::Needs, crate::harness::Case)> {
+    use crate::Needs::*;
+    vec![
+        (
+            "cluster_failover::a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_served",
+            RedisClusterServers,
+            || Box::pin(a_request_to_a_dead_master_answers_503_in_seconds_and_others_are_served()),
+        ),
+        (
+            "cluster_failover::a_planned_failover_keeps_a_users_events_coming",
+            RedisClusterServers,
+            || Box::pin(a_planned_failover_keeps_a_users_events_coming()),
+        ),
+        (
+            "cluster_failover::a_planned_failover_does_not_leave_the_read_cache_serving_stale_lists",
+            RedisClusterServers,
+            || Box::pin(a_planned_failover_does_not_leave_the_read_cache_serving_stale_lists()),
+        ),
+        (
+            "cluster_failover::without_a_failover_the_read_cache_follows_another_instances_write",
+            RedisClusterServers,
+            || Box::pin(without_a_failover_the_read_cache_follows_another_instances_write()),
+        ),
+    ]
 }
