@@ -15,18 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-
-#[allow(dead_code)]
-#[path = "../common/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-
-#[allow(dead_code)]
-#[macro_use]
-#[path = "../api/backends.rs"]
-mod backends;
+use poolgate_test_common::{backend_cases, backends, harness, helpers};
 
 mod bus;
 mod cache;
@@ -58,7 +47,7 @@ enum Needs {
 use harness::{Case, on_path, run, selected};
 
 /// Every Redis case: the backend suite's cases (both lists of `backend_cases!` in
-/// tests/api/backends.rs), then the Redis-only ones, each file's `cases()` (a case is
+/// tests/common/backends.rs), then the Redis-only ones, each file's `cases()` (a case is
 /// registered as `FILE::NAME`).
 fn cases() -> Vec<(&'static str, Needs, Case)> {
     macro_rules! redis_suite {
