@@ -75,34 +75,8 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
         id,
         error,
     };
-    // Checked first: serde would also read a struct from a JSON array.
-    if !text.trim_start().starts_with('{') {
-        let error = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            Ok(_) => Error::bad_request("A request must be a JSON object."),
-            Err(e) => Error::bad_request(format!("Malformed JSON: {e}.")),
-        };
-        return Err(bad(None, RawValue::NULL, error));
-    }
-    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| {
-        let what = if e.is_data() {
-            "Invalid request"
-        } else {
-            "Malformed JSON"
-        };
-        bad(
-            None,
-            RawValue::NULL,
-            Error::bad_request(format!("{what}: {e}.")),
-        )
-    })?;
-    // A string that ordinary JSON parsers can read back (not a lone surrogate, `"\ud800"`,
-    // which serde_json skips over unchecked), or a number they can (not 1e400): it is echoed
-    // as it came.
-    let id = wire.id.filter(|id| match id.get().as_bytes()[0] {
-        b'"' => !id.get().contains('\\') || serde_json::from_str::<String>(id.get()).is_ok(),
-        b'-' | b'0'..=b'9' => serde_json::from_str::<serde_json::Number>(id.get()).is_ok(),
-        _ => false,
-    });
+    let wire = read_wire(text)?;
+    let id = wire.id.filter(|id| echoable(id));
     let namespace = wire.namespace.and_then(string);
     let Some(id) = id else {
         return Err(bad(
@@ -142,6 +116,42 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
         id,
         args,
     })
+}
+
+/// The frame read as a JSON object, its envelope fields not checked yet.
+fn read_wire(text: &str) -> Result<Wire<'_>, BadRequest<'_>> {
+    let bad = |error| BadRequest {
+        namespace: None,
+        id: RawValue::NULL,
+        error,
+    };
+    // Checked first: serde would also read a struct from a JSON array.
+    if !text.trim_start().starts_with('{') {
+        let error = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Error::bad_request("A request must be a JSON object."),
+            Err(e) => Error::bad_request(format!("Malformed JSON: {e}.")),
+        };
+        return Err(bad(error));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let what = if e.is_data() {
+            "Invalid request"
+        } else {
+            "Malformed JSON"
+        };
+        bad(Error::bad_request(format!("{what}: {e}.")))
+    })
+}
+
+/// An `id` echoed as it came: a string that ordinary JSON parsers can read back (not a lone
+/// surrogate, `"\ud800"`, which serde_json skips over unchecked), or a number they can (not
+/// 1e400).
+fn echoable(id: &RawValue) -> bool {
+    match id.get().as_bytes()[0] {
+        b'"' => !id.get().contains('\\') || serde_json::from_str::<String>(id.get()).is_ok(),
+        b'-' | b'0'..=b'9' => serde_json::from_str::<serde_json::Number>(id.get()).is_ok(),
+        _ => false,
+    }
 }
 
 #[derive(Serialize)]

@@ -2,8 +2,8 @@
 //! sysadm-style JSON envelopes (see `protocol/`), and beside it the dispatcher's v2 REST API.
 //!
 //! The modules form layers. A module uses its own layer and those below, never one above,
-//! and no two modules import each other in a cycle; `tests/layers.rs` reads every `crate::`
-//! path and checks this drawing (README.rst draws the same). Bottom to top:
+//! and no two modules (nor two files) import each other in a cycle; `tests/layers/` reads
+//! every `crate::` path and checks this drawing (README.rst draws the same). Bottom to top:
 //!
 //! 1. `domain`, `files`, `telemetry`, `limits`, `http`, `tls`, `proxy_protocol`, `process` — plain
 //!    types and plumbing

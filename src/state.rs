@@ -13,7 +13,7 @@ use crate::auth::jwt::{JwtKeys, Missing};
 use crate::auth::lockout::Lockout;
 use crate::auth::otp::OtpGuard;
 use crate::auth::password::PasswordChecker;
-use crate::auth::tokens::{MfaStore, TokenStore};
+use crate::auth::tokens::{MfaStore, TagKey, TokenStore};
 use crate::auth::users::UserDirectory;
 use crate::config::Config;
 use crate::events::EventHub;
@@ -106,16 +106,7 @@ impl AppState {
         // The one place a config is validated: every way of running one comes through here,
         // after its flags (or a test's edits) are applied.
         config.validate()?;
-        let files = crate::limits::FileLimit::raise()
-            .map_err(|e| anyhow::anyhow!("cannot read or raise the open-file limit: {e}"))?;
-        let max_connections = files.max_connections(config.max_connections)?;
-        tracing::info!(
-            open_files = files.soft,
-            raised_from = files.was,
-            kept_for_files = files.reserve(),
-            max_connections,
-            "connection limit from the open-file limit"
-        );
+        let max_connections = connection_limit(&config)?;
         config.max_connections = Some(max_connections);
         let mut users = UserDirectory::new(&config.users, config.demo)?;
         let directory = config
@@ -148,68 +139,10 @@ impl AppState {
         let mut provisioners = Pools::build_provisioners(&config.provisioners, &store)?;
         provisioners.extend(extra);
         let metrics = Arc::new(Metrics::default());
-        let auth = Authenticator {
-            users,
-            tokens: TokenStore::new(
-                store.clone(),
-                tags.clone(),
-                config.token_ttl,
-                config.session_flush,
-                config.max_sessions_per_user,
-                config.session_max_age,
-                metrics.clone(),
-            ),
-            devices: tags.clone(),
-            mfa: MfaStore::new(store.clone(), tags, config.mfa_token_ttl),
-            otp: OtpGuard::new(store.clone()),
-            passwords: PasswordChecker::new(config.max_concurrent_hashes),
-            lockout: Lockout::new(
-                store.clone(),
-                config.lockout_attempts,
-                config.lockout_address_attempts,
-                config.lockout_window,
-                config.lockout_backoff_max,
-                config.lockout_known_for,
-            ),
-            jwt,
-            directory,
-            store: store.clone(),
-            metrics: metrics.clone(),
-            recheck: crate::auth::recheck::Recheck::new(
-                config.directory_recheck,
-                config.session_max_age,
-                granting_groups(&config),
-            ),
-        };
+        let auth = authenticator(&config, users, directory, jwt, tags, &store, &metrics);
         let shutdown = CancellationToken::new();
         let stop_now = CancellationToken::new();
-        // The drain is over `drain_timeout` after shutdown (at once without one), or at once
-        // on a second stop signal.
-        let drained = CancellationToken::new();
-        {
-            let (shutdown, stop_now, drained) =
-                (shutdown.clone(), stop_now.clone(), drained.clone());
-            let drain = config.drain_timeout;
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = stop_now.cancelled() => {}
-                    _ = drained.cancelled() => return,
-                }
-                if !drain.is_zero() {
-                    tracing::info!(
-                        drain_timeout = drain.as_secs_f64(),
-                        "shutting down: running tasks go on for at most drain_timeout"
-                    );
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(drain) => {}
-                    _ = stop_now.cancelled() => {}
-                    _ = drained.cancelled() => {}
-                }
-                drained.cancel();
-            });
-        }
+        let drained = drain_timer(config.drain_timeout, &shutdown, &stop_now);
         let tracker = TaskTracker::new();
         let events = Arc::new(EventHub::default());
         events.attach(&store);
@@ -225,16 +158,7 @@ impl AppState {
                 shutdown: shutdown.clone(),
                 drained: drained.clone(),
             },
-            Timings {
-                deadline: config.task_deadline,
-                assignment_ttl: config.assignment_ttl,
-                lease_sweep: config.lease_sweep,
-                task_lease: config.task_lease,
-                failed_step_retry: config.failed_step_retry,
-                release_deadline: config.release_deadline,
-                task_retention: config.task_retention,
-                sweep_interval: config.sweep_interval,
-            },
+            timings(&config),
         )?;
         Ok(AppState(Arc::new(Inner {
             store,
@@ -298,6 +222,114 @@ impl AppState {
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+/// How many connections may be open at once: `max_connections`, or what the open-file limit
+/// (raised as far as allowed) leaves after the files the server needs itself.
+fn connection_limit(config: &Config) -> anyhow::Result<usize> {
+    let files = crate::limits::FileLimit::raise()
+        .map_err(|e| anyhow::anyhow!("cannot read or raise the open-file limit: {e}"))?;
+    let max_connections = files.max_connections(config.max_connections)?;
+    tracing::info!(
+        open_files = files.soft,
+        raised_from = files.was,
+        kept_for_files = files.reserve(),
+        max_connections,
+        "connection limit from the open-file limit"
+    );
+    Ok(max_connections)
+}
+
+/// The sign-in side of the state: users, sessions and MFA tokens, one-time codes, password
+/// hashing, lockout, JWTs, the directory and its re-checks, each sized by `config`.
+fn authenticator(
+    config: &Config,
+    users: UserDirectory,
+    directory: Option<crate::auth::directory::Directory>,
+    jwt: JwtKeys,
+    tags: TagKey,
+    store: &Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
+) -> Authenticator {
+    Authenticator {
+        users,
+        tokens: TokenStore::new(
+            store.clone(),
+            tags.clone(),
+            config.token_ttl,
+            config.session_flush,
+            config.max_sessions_per_user,
+            config.session_max_age,
+            metrics.clone(),
+        ),
+        devices: tags.clone(),
+        mfa: MfaStore::new(store.clone(), tags, config.mfa_token_ttl),
+        otp: OtpGuard::new(store.clone()),
+        passwords: PasswordChecker::new(config.max_concurrent_hashes),
+        lockout: Lockout::new(
+            store.clone(),
+            config.lockout_attempts,
+            config.lockout_address_attempts,
+            config.lockout_window,
+            config.lockout_backoff_max,
+            config.lockout_known_for,
+        ),
+        jwt,
+        directory,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        recheck: crate::auth::recheck::Recheck::new(
+            config.directory_recheck,
+            config.session_max_age,
+            granting_groups(config),
+        ),
+    }
+}
+
+/// The token that says running tasks have had their time: cancelled `drain` after
+/// `shutdown` (at once when `drain` is zero), or at once on `stop_now` (a second stop signal).
+fn drain_timer(
+    drain: std::time::Duration,
+    shutdown: &CancellationToken,
+    stop_now: &CancellationToken,
+) -> CancellationToken {
+    let drained = CancellationToken::new();
+    {
+        let (shutdown, stop_now, drained) = (shutdown.clone(), stop_now.clone(), drained.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = stop_now.cancelled() => {}
+                _ = drained.cancelled() => return,
+            }
+            if !drain.is_zero() {
+                tracing::info!(
+                    drain_timeout = drain.as_secs_f64(),
+                    "shutting down: running tasks go on for at most drain_timeout"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(drain) => {}
+                _ = stop_now.cancelled() => {}
+                _ = drained.cancelled() => {}
+            }
+            drained.cancel();
+        });
+    }
+    drained
+}
+
+/// The task runner's timings from the settings.
+fn timings(config: &Config) -> Timings {
+    Timings {
+        deadline: config.task_deadline,
+        assignment_ttl: config.assignment_ttl,
+        lease_sweep: config.lease_sweep,
+        task_lease: config.task_lease,
+        failed_step_retry: config.failed_step_retry,
+        release_deadline: config.release_deadline,
+        task_retention: config.task_retention,
+        sweep_interval: config.sweep_interval,
     }
 }
 

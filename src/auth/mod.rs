@@ -230,11 +230,13 @@ impl Authenticator {
                 ),
                 Err(e) => (Verdict::NotAGuess, Err(e.into())),
             },
-            (Some(MfaKind::Otp), Some(code)) => match self.otp.verify(&user, code).await {
-                Ok(true) => finish(user, password_ok),
-                Ok(false) => (Verdict::Guess, Err(Error::InvalidOtp)),
-                Err(e) => (Verdict::NotAGuess, Err(e.into())),
-            },
+            (Some(MfaKind::Otp), Some(code)) => {
+                match self.otp.verify(user.id, user.otp.as_ref(), code).await {
+                    Ok(true) => finish(user, password_ok),
+                    Ok(false) => (Verdict::Guess, Err(Error::InvalidOtp)),
+                    Err(e) => (Verdict::NotAGuess, Err(e.into())),
+                }
+            }
             // A method this server cannot complete: the mock's 428, after the same work.
             (Some(kind), _) => (
                 Verdict::Guess,
@@ -462,7 +464,11 @@ impl Authenticator {
         otp_code: &str,
         challenge: tokens::MfaChallenge,
     ) -> (Verdict, Result<Arc<User>, Error>) {
-        match self.otp.verify(&challenge.user, otp_code).await {
+        match self
+            .otp
+            .verify(challenge.user.id, challenge.user.otp.as_ref(), otp_code)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 if let Err(e) = self.mfa.fail(mfa_token).await {

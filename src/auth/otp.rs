@@ -7,13 +7,20 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use totp_rs::{Secret, Totp};
 
-use super::users::{TotpOrDate, User};
+use uuid::Uuid;
+
 use crate::store::{Store, StoreResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OtpMethod {
     Totp,
+    Date,
+}
+
+/// How one user's one-time codes are checked (`User::otp`).
+pub(crate) enum TotpOrDate {
+    Totp(TotpSecret),
     Date,
 }
 
@@ -69,9 +76,15 @@ impl OtpGuard {
         OtpGuard { store }
     }
 
-    /// Checks `code` for `user` now. False for a wrong, malformed or replayed code.
-    pub async fn verify(&self, user: &User, code: &str) -> StoreResult<bool> {
-        match &user.otp {
+    /// Checks `code` now for the user `user_id`, whose codes are checked as `otp` says
+    /// (`User::otp`). False for a wrong, malformed or replayed code.
+    pub(crate) async fn verify(
+        &self,
+        user_id: Uuid,
+        otp: Option<&TotpOrDate>,
+        code: &str,
+    ) -> StoreResult<bool> {
+        match otp {
             None => Ok(false),
             Some(TotpOrDate::Date) => {
                 let expected = chrono::Local::now().format("%y%m%d").to_string();
@@ -86,7 +99,7 @@ impl OtpGuard {
                 };
                 // Check and update are one atomic store operation: two logins racing with
                 // the same code cannot both pass.
-                self.store.totp_advance(user.id, step).await
+                self.store.totp_advance(user_id, step).await
             }
         }
     }

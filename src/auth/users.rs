@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::otp::{OtpMethod, TotpSecret};
+use super::otp::{OtpMethod, TotpOrDate, TotpSecret};
 use crate::store::{DirectoryUser, Store, StoreResult};
 
 /// One `[[users]]` table as written in the config or users file.
@@ -70,12 +70,6 @@ impl std::fmt::Debug for User {
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
-}
-
-/// How this user's one-time codes are checked.
-pub(crate) enum TotpOrDate {
-    Totp(TotpSecret),
-    Date,
 }
 
 /// The users of the settings file, and — with a state store attached — the directory users

@@ -222,15 +222,9 @@ impl Command {
         })
     }
 
-    /// Runs one step; returns the final `result` object.
-    async fn run(
-        &self,
-        step: &str,
-        req: &StepRequest,
-        progress: Option<&Progress>,
-    ) -> Result<Value, StepError> {
-        let mut input = serde_json::to_value(req).unwrap_or_default();
-        input["step"] = Value::from(step);
+    /// Starts the program in a process group of its own, with only the configured
+    /// environment, as `run_as` if set.
+    fn spawn(&self, progress: Option<&Progress>) -> Result<Running, StepError> {
         let mut cmd = tokio::process::Command::new(&self.config.command[0]);
         cmd.args(&self.config.command[1..])
             .stdin(Stdio::piped())
@@ -257,7 +251,19 @@ impl Command {
             ))
         })?;
         let group = child.id().and_then(|pid| i32::try_from(pid).ok());
-        let mut running = Running { child, group };
+        Ok(Running { child, group })
+    }
+
+    /// Runs one step; returns the final `result` object.
+    async fn run(
+        &self,
+        step: &str,
+        req: &StepRequest,
+        progress: Option<&Progress>,
+    ) -> Result<Value, StepError> {
+        let mut input = serde_json::to_value(req).unwrap_or_default();
+        input["step"] = Value::from(step);
+        let mut running = self.spawn(progress)?;
         let child = &mut running.child;
         let mut stdin = child.stdin.take().expect("piped");
         let mut line = input.to_string();
@@ -292,25 +298,8 @@ impl Command {
                     continue;
                 }
             };
-            let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(&line) else {
-                tracing::debug!(line, "provisioner printed a non-JSON line");
-                continue;
-            };
-            if let Some(p) = progress {
-                if obj.get("status").and_then(Value::as_str) == Some("RUNNING") {
-                    p.running();
-                }
-                if let Some(pct) = obj.get("progress").and_then(Value::as_u64) {
-                    p.running();
-                    p.percent(pct.min(100) as u8);
-                }
-            }
-            if let Some(result) = obj.get("result") {
-                outcome = Some(Ok(result.clone()));
-            } else if let Some(err) = obj.get("error") {
-                outcome = Some(Err(StepError::Failed(text(err))));
-            } else if let Some(why) = obj.get("cancelled") {
-                outcome = Some(Err(StepError::Cancelled(text(why))));
+            if let Some(said) = read_line(&line, progress) {
+                outcome = Some(said);
             }
         }
         let status = match exited {
@@ -320,27 +309,7 @@ impl Command {
         .map_err(|e| StepError::Failed(format!("Provisioner did not exit cleanly: {e}.")))?;
         running.kill_group();
         let stderr = stderr_task.await.unwrap_or_default();
-        let (result, why) = match (status.success(), outcome) {
-            (true, Some(Ok(v))) => (Ok(v), ""),
-            (true, None) if step == "release" => (Ok(Value::Null), ""),
-            (true, None) => (
-                Err(StepError::Failed(
-                    "Provisioner exited without printing a result.".into(),
-                )),
-                "no_result",
-            ),
-            (_, Some(Err(e @ StepError::Cancelled(_)))) => (Err(e), "cancelled"),
-            (_, Some(Err(e))) => (Err(e), "failed"),
-            (false, _) => {
-                let mut msg = format!("Provisioner failed ({status})");
-                if let Some(last) = stderr.lines().last() {
-                    msg.push_str(": ");
-                    msg.push_str(last);
-                }
-                msg.push('.');
-                (Err(StepError::Failed(msg)), "exit_status")
-            }
-        };
+        let (result, why) = verdict(step, status, outcome, &stderr);
         if result.is_err() {
             let code = status
                 .code()
@@ -348,6 +317,63 @@ impl Command {
             diagnose(progress, why, Some(code), super::last_line(&stderr));
         }
         result
+    }
+}
+
+/// One line of the program's output: a progress report (passed to `progress`), or the step's
+/// outcome (`result`, `error` or `cancelled`), which this returns. Other lines are ignored.
+fn read_line(line: &str, progress: Option<&Progress>) -> Option<Result<Value, StepError>> {
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
+        tracing::debug!(line, "provisioner printed a non-JSON line");
+        return None;
+    };
+    if let Some(p) = progress {
+        if obj.get("status").and_then(Value::as_str) == Some("RUNNING") {
+            p.running();
+        }
+        if let Some(pct) = obj.get("progress").and_then(Value::as_u64) {
+            p.running();
+            p.percent(pct.min(100) as u8);
+        }
+    }
+    if let Some(result) = obj.get("result") {
+        Some(Ok(result.clone()))
+    } else if let Some(err) = obj.get("error") {
+        Some(Err(StepError::Failed(text(err))))
+    } else {
+        obj.get("cancelled")
+            .map(|why| Err(StepError::Cancelled(text(why))))
+    }
+}
+
+/// The step's result from how the program exited and what it printed, with the reason a
+/// failure is logged under (`""` for a success).
+fn verdict(
+    step: &str,
+    status: std::process::ExitStatus,
+    outcome: Option<Result<Value, StepError>>,
+    stderr: &str,
+) -> (Result<Value, StepError>, &'static str) {
+    match (status.success(), outcome) {
+        (true, Some(Ok(v))) => (Ok(v), ""),
+        (true, None) if step == "release" => (Ok(Value::Null), ""),
+        (true, None) => (
+            Err(StepError::Failed(
+                "Provisioner exited without printing a result.".into(),
+            )),
+            "no_result",
+        ),
+        (_, Some(Err(e @ StepError::Cancelled(_)))) => (Err(e), "cancelled"),
+        (_, Some(Err(e))) => (Err(e), "failed"),
+        (false, _) => {
+            let mut msg = format!("Provisioner failed ({status})");
+            if let Some(last) = stderr.lines().last() {
+                msg.push_str(": ");
+                msg.push_str(last);
+            }
+            msg.push('.');
+            (Err(StepError::Failed(msg)), "exit_status")
+        }
     }
 }
 

@@ -226,13 +226,7 @@ pub async fn serve<H: Handler>(
                     )),
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) => break End::Gone,
-                    Some(Err(err)) => {
-                        let (end, reply) = transport_error(err, &handler);
-                        if let Some(reply) = reply {
-                            Box::pin(send_last(&mut socket, reply)).await;
-                        }
-                        break end;
-                    }
+                    Some(Err(err)) => break Box::pin(last_words(&mut socket, transport_error(err, &handler))).await,
                 };
                 let Some(reply) = reply else { continue };
                 // Boxed, like the request: the write's state lives only while it runs.
@@ -253,16 +247,31 @@ pub async fn serve<H: Handler>(
     };
 
     handler.close(&state);
+    Box::pin(finish(&mut socket, end, &state, conn_id, H::KIND)).await;
+}
+
+/// The socket's loop ended and its handler was told: the close handshake runs when we close,
+/// and the socket is counted out.
+async fn finish(socket: &mut WebSocket, end: End, state: &AppState, conn_id: u64, kind: &str) {
     if let End::Close(code, reason) = end {
         tracing::debug!(conn_id, code, reason, "closing");
         let close = Message::Close(Some(CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from(reason),
         }));
-        Box::pin(close_handshake(&mut socket, close, &state)).await;
+        Box::pin(close_handshake(socket, close, state)).await;
     }
     state.metrics.connections_open.dec();
-    tracing::debug!(conn_id, socket = H::KIND, "disconnected");
+    tracing::debug!(conn_id, socket = kind, "disconnected");
+}
+
+/// After a frame that could not be read (too big, not UTF-8, a protocol error, a reset): the
+/// error's last reply is sent if it has one, and the loop ends as the error says.
+async fn last_words(socket: &mut WebSocket, (end, reply): (End, Option<String>)) -> End {
+    if let Some(reply) = reply {
+        Box::pin(send_last(socket, reply)).await;
+    }
+    end
 }
 
 /// Sends a last text frame before closing, for at most [`CLOSE_FLUSH`].

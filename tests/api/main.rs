@@ -11,7 +11,6 @@ mod examples;
 mod exposure;
 mod guacamole;
 mod hardening;
-mod helpers;
 mod limits;
 mod lockout;
 mod metrics;
@@ -27,3 +26,5 @@ mod service;
 mod timeouts;
 mod tls;
 mod transport;
+
+use poolgate_test_common::helpers;

@@ -1,5 +1,5 @@
 //! Real `poolgate serve` processes: kill -9 and restart on the embedded store. (Two instances
-//! sharing one Redis, and Redis restarting under load, are in tests/redis/cases.rs.)
+//! sharing one Redis, and Redis restarting under load, are in tests/redis/instances.rs.)
 
 use serde_json::json;
 

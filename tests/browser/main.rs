@@ -16,14 +16,8 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use libtest_mimic::{Arguments, Failed, Trial};
+use poolgate_test_common::{harness, helpers};
 use serde_json::{Value, json};
-
-#[allow(dead_code)]
-#[path = "../common/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
 
 use harness::on_path;
 

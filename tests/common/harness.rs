@@ -1,5 +1,5 @@
-//! What the test targets with their own `main` (libtest-mimic: redis, ldap, browser) share:
-//! finding an outside program, libtest's selection rules, running an async case.
+//! What the test targets with their own `main` (libtest-mimic: redis, ldap, browser, haproxy)
+//! share: finding an outside program, libtest's selection rules, running an async case.
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -14,17 +14,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Trial};
+use poolgate_test_common::{harness, helpers};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::MaybeTlsStream;
-
-#[allow(dead_code)]
-#[path = "../common/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
 
 use harness::{Case, run, selected};
 use helpers::*;

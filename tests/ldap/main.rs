@@ -11,13 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use libtest_mimic::{Arguments, Trial};
-
-#[allow(dead_code)]
-#[path = "../common/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
+use poolgate_test_common::{harness, helpers};
 
 mod app;
 mod cases;

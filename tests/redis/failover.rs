@@ -1,6 +1,6 @@
-//! What a Redis outage or failover under a running task must not do (found by an operator's
-//! review of a cluster failover): turn a task another instance has ended back into a running
-//! or completed one, or shut a user out of a pool because the machine could not be recorded.
+//! What a Redis outage or failover under a running task must not do: turn a task another
+//! instance has ended back into a running or completed one, or shut a user out of a pool
+//! because the machine could not be recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::redis_server::{persistent, redis_url, spawn_redis_with, stop_redis};
-use crate::routing_review::{CutOff, drain};
+use crate::routing::{CutOff, drain};
 
 /// Instance A is cut off from Redis mid-task, long enough for its lease to lapse: instance B
 /// takes A for dead and ends the task CANCELLED, and the client is told so. A comes back and
@@ -252,4 +252,26 @@ pub async fn a_connection_refused_by_authentication_is_made_anew() {
         frames.iter().any(|f| f["args"]["id"] == id),
         "the socket from before the outage gets the new task's events: {frames:?}"
     );
+}
+
+/// The cases of this file, for `cases()` in main.rs.
+pub(crate) fn cases() -> Vec<(&'static str, crate::Needs, crate::harness::Case)> {
+    use crate::Needs::*;
+    vec![
+        (
+            "failover::a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended",
+            Redis,
+            || Box::pin(a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended()),
+        ),
+        (
+            "failover::a_connection_refused_by_authentication_is_made_anew",
+            Redis,
+            || Box::pin(a_connection_refused_by_authentication_is_made_anew()),
+        ),
+        (
+            "failover::a_store_outage_as_the_machine_is_assigned_is_ridden_out",
+            RedisServer,
+            || Box::pin(a_store_outage_as_the_machine_is_assigned_is_ridden_out()),
+        ),
+    ]
 }

@@ -15,26 +15,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use poolgate_test_common::{backend_cases, backends, harness, helpers};
 
-#[allow(dead_code)]
-#[path = "../common/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-
-#[allow(dead_code)]
-#[macro_use]
-#[path = "../api/backends.rs"]
-mod backends;
-
-mod cases;
+mod bus;
+mod cache;
 mod cluster;
-mod cluster_cases;
-mod cluster_review;
+mod cluster_failover;
+mod cluster_keys;
+mod cluster_server;
+mod durability;
 mod failover;
+mod instances;
 mod redis_server;
-mod routing_review;
+mod routing;
+mod secrets;
 
 /// What a case needs to run.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -53,7 +47,8 @@ enum Needs {
 use harness::{Case, on_path, run, selected};
 
 /// Every Redis case: the backend suite's cases (both lists of `backend_cases!` in
-/// tests/api/backends.rs), then the Redis-only ones.
+/// tests/common/backends.rs), then the Redis-only ones, each file's `cases()` (a case is
+/// registered as `FILE::NAME`).
 fn cases() -> Vec<(&'static str, Needs, Case)> {
     macro_rules! redis_suite {
         (any: [$($any:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
@@ -73,184 +68,31 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
             vec![$((
                 concat!("backends::redis_cluster::", stringify!($any)),
                 Needs::RedisCluster,
-                (|| Box::pin(async { backends::$any(&cluster::cluster_url()).await })) as Case,
+                (|| Box::pin(async { backends::$any(&cluster_server::cluster_url()).await })) as Case,
             ),)* $((
                 concat!("backends::redis_cluster::", stringify!($durable)),
                 Needs::RedisCluster,
-                (|| Box::pin(async { backends::$durable(&cluster::cluster_url()).await })) as Case,
+                (|| Box::pin(async { backends::$durable(&cluster_server::cluster_url()).await })) as Case,
             ),)*]
         };
     }
     let mut all = backend_cases!(redis_suite);
     all.extend(backend_cases!(cluster_suite));
-    all.push((
-        "cluster::two_instances_on_a_cluster_act_as_one",
-        Needs::RedisCluster,
-        || Box::pin(cluster_cases::two_instances_on_a_cluster_act_as_one()),
-    ));
-    all.push((
-        "cluster::a_master_killed_mid_task_costs_only_the_requests_in_flight",
-        Needs::RedisClusterServers,
-        || Box::pin(cluster_cases::a_master_killed_mid_task_costs_only_the_requests_in_flight()),
-    ));
-    all.push((
-        "cluster::a_master_restarted_empty_while_another_is_stopped_leaves_no_wedge",
-        Needs::RedisClusterServers,
-        || {
-            Box::pin(
-                cluster_cases::a_master_restarted_empty_while_another_is_stopped_leaves_no_wedge(),
-            )
-        },
-    ));
-    all.push((
-        "cluster::a_cluster_connection_that_keeps_timing_out_is_made_anew",
-        Needs::RedisClusterServers,
-        || Box::pin(cluster_cases::a_cluster_connection_that_keeps_timing_out_is_made_anew()),
-    ));
-    all.push((
-        "cluster::a_dead_replica_does_not_keep_scripts_from_running",
-        Needs::RedisClusterServers,
-        || Box::pin(cluster_cases::a_dead_replica_does_not_keep_scripts_from_running()),
-    ));
-    all.push((
-        "cluster::an_instance_killed_mid_task_is_taken_over_on_a_cluster",
-        Needs::RedisCluster,
-        || Box::pin(cluster_cases::an_instance_killed_mid_task_is_taken_over_on_a_cluster()),
-    ));
-    all.push((
-        "instances::two_instances_on_one_redis_act_as_one",
-        Needs::Redis,
-        || Box::pin(cases::two_instances_on_one_redis_act_as_one()),
-    ));
-    all.push((
-        "instances::an_instance_hears_only_the_users_with_a_socket_on_it",
-        Needs::Redis,
-        || Box::pin(cases::an_instance_hears_only_the_users_with_a_socket_on_it()),
-    ));
-    all.push((
-        "bus::a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers",
-        Needs::RedisServer,
-        || Box::pin(cases::a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers()),
-    ));
-    all.push((
-        "instances::a_write_on_one_instance_is_never_read_stale_on_another_once_announced",
-        Needs::Redis,
-        || {
-            Box::pin(async {
-                backends::a_write_on_one_instance_is_never_read_stale_on_another_once_announced(
-                    &redis_server::redis_url(),
-                )
-                .await
-            })
-        },
-    ));
-    all.push((
-        "instances::a_pushed_status_is_never_contradicted_by_a_request_on_the_same_instance",
-        Needs::Redis,
-        || {
-            Box::pin(
-                cases::a_pushed_status_is_never_contradicted_by_a_request_on_the_same_instance(),
-            )
-        },
-    ));
-    all.push((
-        "instances::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance",
-        Needs::Redis,
-        || {
-            Box::pin(
-                cases::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance(),
-            )
-        },
-    ));
-    all.push((
-        "instances::redis_restarting_under_load_costs_only_the_requests_in_flight",
-        Needs::RedisServer,
-        || Box::pin(cases::redis_restarting_under_load_costs_only_the_requests_in_flight()),
-    ));
-    all.push((
-        "cache::a_write_is_announced_even_when_its_writer_dies_as_it_returns",
-        Needs::Redis,
-        || Box::pin(cases::a_write_is_announced_even_when_its_writer_dies_as_it_returns()),
-    ));
-    all.push((
-        "instances::a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout",
-        Needs::Redis,
-        || {
-            Box::pin(
-                cases::a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout(),
-            )
-        },
-    ));
-    all.push((
-        "failover::a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended",
-        Needs::Redis,
-        || Box::pin(failover::a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended()),
-    ));
-    all.push((
-        "failover::a_connection_refused_by_authentication_is_made_anew",
-        Needs::Redis,
-        || Box::pin(failover::a_connection_refused_by_authentication_is_made_anew()),
-    ));
-    all.push((
-        "failover::a_store_outage_as_the_machine_is_assigned_is_ridden_out",
-        Needs::RedisServer,
-        || Box::pin(failover::a_store_outage_as_the_machine_is_assigned_is_ridden_out()),
-    ));
-    all.push((
-        "cluster::a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write",
-        Needs::RedisCluster,
-        || {
-            Box::pin(
-                cluster_cases::a_redis_url_naming_a_cluster_node_is_refused_with_what_to_write(),
-            )
-        },
-    ));
-    all.push((
-        "cluster::healthz_says_which_masters_are_unreachable",
-        Needs::RedisClusterServers,
-        || Box::pin(cluster_cases::healthz_says_which_masters_are_unreachable()),
-    ));
-    all.push((
-        "instances::a_state_prefix_with_glob_characters_scans_only_its_own_keys",
-        Needs::Redis,
-        || Box::pin(cases::a_state_prefix_with_glob_characters_scans_only_its_own_keys()),
-    ));
-    all.push((
-        "durability::a_redis_without_an_append_only_file_is_warned_about",
-        Needs::RedisServer,
-        || Box::pin(cases::a_redis_without_an_append_only_file_is_warned_about()),
-    ));
-    all.push((
-        "durability::check_config_names_every_cluster_node_without_an_append_only_file",
-        Needs::RedisClusterServers,
-        || {
-            Box::pin(
-                cluster_cases::check_config_names_every_cluster_node_without_an_append_only_file(),
-            )
-        },
-    ));
-    all.push((
-        "secrets::the_redis_password_comes_from_a_file_and_is_required",
-        Needs::RedisServer,
-        || Box::pin(cases::the_redis_password_comes_from_a_file_and_is_required()),
-    ));
-    all.push((
-        "routing_review::a_session_signed_out_on_one_instance_is_refused_at_once_on_another",
-        Needs::Redis,
-        || {
-            Box::pin(
-                routing_review::a_session_signed_out_on_one_instance_is_refused_at_once_on_another(
-                ),
-            )
-        },
-    ));
-    all.push((
-        "routing_review::a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_afterwards",
-        // redis-cli (which comes with redis-server) cuts the instance off with an ACL.
-        Needs::RedisServer,
-        || Box::pin(routing_review::a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_afterwards()),
-    ));
-    all.extend(cluster_review::cases());
+    // The Redis-only cases: each file registers its own, under its own name.
+    for cases in [
+        cluster::cases,
+        instances::cases,
+        bus::cases,
+        cache::cases,
+        failover::cases,
+        cluster_keys::cases,
+        durability::cases,
+        secrets::cases,
+        routing::cases,
+        cluster_failover::cases,
+    ] {
+        all.extend(cases());
+    }
     all
 }
 
@@ -272,7 +114,7 @@ impl Found {
             cluster_url: std::env::var("POOLGATE_TEST_REDIS_CLUSTER")
                 .ok()
                 .filter(|u| !u.is_empty()),
-            cluster_tools: cluster::can_start().is_some(),
+            cluster_tools: cluster_server::can_start().is_some(),
         }
     }
 

@@ -260,9 +260,21 @@ pub struct ServerProcess {
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+/// The `poolgate` binary cargo built beside the running test target (`target/debug/deps/NAME`
+/// runs it from `target/debug/poolgate`). Cargo builds a package's binaries before its
+/// integration tests; `CARGO_BIN_EXE_poolgate` is only known to the test targets themselves.
+pub fn poolgate_exe() -> std::path::PathBuf {
+    let test = std::env::current_exe().expect("the test binary's path");
+    let dir = test
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug/deps");
+    dir.join(format!("poolgate{}", std::env::consts::EXE_SUFFIX))
+}
+
 /// The binary under test, with quiet, colourless info logs.
 pub fn server_command(args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"));
+    let mut command = tokio::process::Command::new(poolgate_exe());
     command
         .args(args)
         .stderr(std::process::Stdio::piped())
@@ -384,8 +396,11 @@ impl ServerProcess {
 /// The demo config as a file, with fast, always-completing simulated timings and `extra`
 /// top-level keys (placed before the first table).
 pub fn config_file(dir: &std::path::Path, running_secs: f64, extra: &str) -> std::path::PathBuf {
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml"))
-        .unwrap();
+    let demo = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/demo.toml"
+    ))
+    .unwrap();
     let sim = "pending = 1\nrunning = [1, 4]\nexpand = { completed = 0.8, cancelled = 0.2 }\nconnect = { completed = 0.8, cancelled = 0.1, failed = 0.1 }";
     assert!(
         demo.contains(sim),

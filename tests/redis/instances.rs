@@ -1,5 +1,6 @@
-//! The cases that need a real Redis beyond the backend suite: two `poolgate serve` processes on
-//! one Redis, Redis restarting under load, and the Redis password.
+//! Instances sharing one Redis act as one: two `poolgate serve` processes on one Redis, what
+//! each hears of the other, Redis restarting under load, a stop draining its tasks. The
+//! helpers that start two instances serve the cluster cases too.
 
 use std::time::Duration;
 
@@ -358,40 +359,6 @@ pub async fn redis_restarting_under_load_costs_only_the_requests_in_flight() {
     stop_redis(&mut redis, port).await;
 }
 
-pub async fn the_redis_password_comes_from_a_file_and_is_required() {
-    let port = free_port();
-    let mut redis = spawn_redis_with(
-        port,
-        "--save '' --appendonly no --requirepass correct-horse-battery",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("redis.pass");
-    std::fs::write(&file, "correct-horse-battery\n").unwrap();
-    let app = TestApp::spawn_with(|c| {
-        c.state = format!("redis://127.0.0.1:{port}").parse().unwrap();
-        c.state_password_file = Some(file.clone());
-    })
-    .await;
-    let (_c, _) = app.login("astravdi").await;
-
-    let mut without = demo_config();
-    without.state = format!("redis://127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        poolgate::AppState::new(without).await.is_err(),
-        "no password, no service"
-    );
-
-    let empty = dir.path().join("empty.pass");
-    std::fs::write(&empty, "\n").unwrap();
-    let mut blank = demo_config();
-    blank.state = format!("redis://127.0.0.1:{port}").parse().unwrap();
-    blank.state_password_file = Some(empty);
-    let err = poolgate::AppState::new(blank).await.err().expect("refused");
-    assert!(err.to_string().contains("empty"), "{err}");
-    drop(app);
-    stop_redis(&mut redis, port).await;
-}
-
 /// On A a socket sits idle past `token_ttl` while B keeps its token alive, so A's sweep would
 /// drop the session from A's memory; the socket then revives it from the store. A sign-out on
 /// B (`auth_clear`), and an admin's `admin_revoke` on B, must still reach that socket on A,
@@ -453,163 +420,6 @@ pub async fn revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_anot
         }
     }
     drop((a, b));
-}
-
-/// A write announces itself to the other instances' read caches even when its writer dies the
-/// moment the write returns (found by a hostile review: the announcement used to leave after
-/// the write, from the writer's outbox, and another instance then served the replaced task and
-/// a machine the user no longer held for up to `cache::MAX_AGE`, 60 s). The announcement is
-/// now published by the write's own script or transaction.
-pub async fn a_write_is_announced_even_when_its_writer_dies_as_it_returns() {
-    use poolgate::domain::{Machine, Task, TaskKind, TaskStatus};
-    use poolgate::store::{self, Assignment, Store, now_ms};
-    use std::sync::Arc;
-    use tokio::sync::mpsc;
-    use uuid::Uuid;
-
-    let url = redis_url();
-    let prefix = format!("announce-{}", Uuid::new_v4().simple());
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_owned();
-    let open = {
-        let (url, prefix, data) = (url.clone(), prefix.clone(), data.clone());
-        move |sink| {
-            let (url, prefix, data) = (url.clone(), prefix.clone(), data.clone());
-            async move {
-                store::open(&url.parse().unwrap(), None, &prefix, &data, sink)
-                    .await
-                    .unwrap()
-            }
-        }
-    };
-    // Runs `write` on an instance of its own (its own runtime), which then dies at once: the
-    // write has returned, the announcement it queued never leaves.
-    type Write =
-        Box<dyn FnOnce(Arc<dyn Store>) -> futures_util::future::BoxFuture<'static, ()> + Send>;
-    let write_then_die = |write: Write| {
-        let open = open.clone();
-        tokio::task::spawn_blocking(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let (sink, _bus) = mpsc::unbounded_channel();
-            let a = rt.block_on(open(sink));
-            rt.block_on(write(a.clone()));
-            drop(a);
-            drop(rt); // killed: its outbox task never runs again
-        })
-    };
-
-    let (user, pool) = (Uuid::new_v4(), Uuid::new_v4());
-    let machine = Arc::new(Machine {
-        id: Uuid::new_v4(),
-        verbose_name: "vm".into(),
-        host: "10.0.0.1".into(),
-        port: 3389,
-        protocol_id: 1,
-        permissions: vec![],
-    });
-    let mut task = Task::new(TaskKind::PoolExpand, user, pool);
-    task.start();
-
-    // Set up through an instance that stays alive long enough to announce.
-    let (sink_setup, _bus_setup) = mpsc::unbounded_channel();
-    let setup = open(sink_setup).await;
-    assert!(setup.task_create(None, &task).await.unwrap());
-    assert!(
-        setup
-            .assignment_create(&Assignment {
-                user_id: user,
-                pool_id: pool,
-                machine: machine.clone(),
-                lease_until_ms: now_ms() + 600_000,
-            })
-            .await
-            .unwrap()
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    // Instance B: reads, and so caches, the RUNNING task and the assignment.
-    let (sink_b, _bus_b) = mpsc::unbounded_channel();
-    let b = open(sink_b).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        b.task_get(task.user_id, task.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        TaskStatus::Running
-    );
-    assert!(b.assignment_get(user, pool).await.unwrap().is_some());
-    assert!(
-        b.task_latest((user, pool, TaskKind::PoolExpand))
-            .await
-            .unwrap()
-            .is_some()
-    );
-
-    // Instance A1 completes the task and dies; A2 takes the machine away and dies.
-    let mut done = task.clone();
-    done.finish(TaskStatus::Completed, None);
-    let d = done.clone();
-    write_then_die(Box::new(move |a| {
-        Box::pin(async move { assert!(a.task_update(&d).await.unwrap()) })
-    }))
-    .await
-    .unwrap();
-    write_then_die(Box::new(move |a| {
-        Box::pin(async move {
-            a.assignment_remove(user, pool)
-                .await
-                .unwrap()
-                .expect("it was held");
-        })
-    }))
-    .await
-    .unwrap();
-
-    // What Redis holds now, read by an instance with an empty cache.
-    let (sink_c, _bus_c) = mpsc::unbounded_channel();
-    let c = open(sink_c).await;
-    let truth_status = c
-        .task_get(task.user_id, task.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .status;
-    let truth_held = c.assignment_get(user, pool).await.unwrap().is_some();
-    assert_eq!((truth_status, truth_held), (TaskStatus::Completed, false));
-
-    // B — connected all along, no gap in its bus — sees the writes well within its cache's
-    // 60 s age limit (asked until then; the announcements arrive in milliseconds).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = b
-            .task_get(task.user_id, task.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status;
-        let latest = b
-            .task_latest((user, pool, TaskKind::PoolExpand))
-            .await
-            .unwrap()
-            .unwrap()
-            .status;
-        let held = b.assignment_get(user, pool).await.unwrap();
-        let now = (status, latest, held.as_ref().map(|a| a.machine.id));
-        if now == (TaskStatus::Completed, TaskStatus::Completed, None) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "instance B still serves {now:?} 10 s after the writes (Redis: COMPLETED, no \
-             assignment)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `poolgate_bus_messages_received_total` and `poolgate_bus_watched_users` of an instance.
@@ -712,177 +522,6 @@ pub async fn an_instance_hears_only_the_users_with_a_socket_on_it() {
     drop((a, b));
 }
 
-/// The publish path is bounded: while Redis does not answer, events past the outbox's capacity
-/// are shed and counted (`poolgate_bus_events_shed_total`) instead of queued without limit,
-/// and publishing goes on once Redis is back.
-pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers() {
-    use poolgate::store::{self, BusEvent};
-    let port = free_port();
-    let mut redis = spawn_redis(port);
-    let url = format!("redis://127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let (sink, mut bus) = tokio::sync::mpsc::unbounded_channel();
-    let store = store::open(&url.parse().unwrap(), None, "shed", dir.path(), sink)
-        .await
-        .unwrap();
-    let router = store.router().expect("Redis routes by user");
-    let user = uuid::Uuid::new_v4();
-    let _watch = router.watch(user).await;
-    let released = |reason: &str| BusEvent::Released {
-        user_id: user,
-        pool_id: uuid::Uuid::nil(),
-        machine_id: uuid::Uuid::nil(),
-        reason: reason.into(),
-    };
-
-    // Redis stops answering (every client paused) while far more than the outbox holds is
-    // published.
-    let paused = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "client", "pause", "2000", "ALL"])
-        .output()
-        .unwrap();
-    assert!(paused.status.success(), "{paused:?}");
-    let published = store::redis::OUTBOX_CAPACITY + 10_000;
-    for _ in 0..published {
-        store.publish(released("load"));
-    }
-    let shed = router.shed.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        (9_000..=10_000).contains(&shed),
-        "about what the outbox could not hold is shed: {shed} of {published}"
-    );
-    // A sign-out after the flood is not shed: revocations wait apart and go first.
-    store.publish(BusEvent::SessionRevoked {
-        hash: [7; 32],
-        user_id: user,
-    });
-    assert_eq!(
-        router.shed.load(std::sync::atomic::Ordering::Relaxed),
-        shed,
-        "a revocation is never shed for task events"
-    );
-
-    // Once Redis answers again, every event the outbox took is published, in order, and
-    // publishing goes on: a later event arrives after them.
-    let kept = published - shed as usize;
-    let mut loads = 0;
-    let mut revoked = false;
-    let arrived = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(event) = bus.recv().await {
-            match &event {
-                BusEvent::SessionRevoked { hash, .. } if *hash == [7; 32] => {
-                    revoked = true;
-                }
-                BusEvent::Released { reason, .. } if reason == "marker" => return true,
-                BusEvent::Released { .. } => {
-                    loads += 1;
-                    if loads >= kept {
-                        store.publish(released("marker"));
-                    }
-                }
-                _ => {}
-            }
-        }
-        false
-    })
-    .await;
-    // (A publish retried after its reply timed out may arrive twice: at least once each.)
-    assert!(
-        loads >= kept,
-        "every event the outbox took was published: {loads} of {kept}"
-    );
-    assert_eq!(arrived, Ok(true), "publishing resumed after the pause");
-    assert!(revoked, "the revocation was published");
-    stop_redis(&mut redis, port).await;
-}
-
-/// `config_file` pointed at `state`, its data directory under `dir`.
-pub fn config_on(dir: &std::path::Path, state: &str) -> std::path::PathBuf {
-    let path = config_file(dir, 1.0, &format!("state = {state:?}"));
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "data_dir = \"poolgate-data\"",
-        &format!("data_dir = {:?}", dir.join("data")),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// `poolgate check-config --connect`: whether it passed, and what it said on stderr.
-pub fn check_config_connect(config: &std::path::Path) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
-        .args(["check-config", "--connect"])
-        .arg(config)
-        .env_remove("POOLGATE_JWT_SECRET")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A Redis that keeps no append-only file loses what it acknowledged since its last snapshot
-/// when it restarts: `check-config --connect` warns of it (naming the `state` line, and still
-/// passing) and `serve` logs it once at start; a Redis with `appendonly yes` gets neither.
-pub async fn a_redis_without_an_append_only_file_is_warned_about() {
-    let dir = tempfile::tempdir().unwrap();
-    let (volatile, durable) = (free_port(), free_port());
-    let mut volatile_redis = spawn_redis_with(volatile, "--save '' --appendonly no");
-    let mut durable_redis = spawn_redis_with(
-        durable,
-        &format!("--save '' --appendonly yes --dir {}", dir.path().display()),
-    );
-    for (port, warned) in [(volatile, true), (durable, false)] {
-        let here = dir.path().join(port.to_string());
-        std::fs::create_dir(&here).unwrap();
-        let config = config_on(&here, &format!("redis://127.0.0.1:{port}"));
-        let (ok, err) = check_config_connect(&config);
-        assert!(ok, "a warning does not fail the check: {err}");
-        let line = std::fs::read_to_string(&config)
-            .unwrap()
-            .lines()
-            .position(|l| l.starts_with("state = "))
-            .unwrap()
-            + 1;
-        let expected = format!(
-            "warning: {}:{line}: state: redis://127.0.0.1:{port} keeps no append-only file",
-            config.display()
-        );
-        assert_eq!(err.contains(&expected), warned, "{expected}\nin:\n{err}");
-        assert_eq!(err.contains("append-only"), warned, "{err}");
-
-        let server = ServerProcess::start(&[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .await;
-        let mut seen = Vec::new();
-        for _ in 0..50 {
-            seen = server.log_lines("append-only");
-            if !seen.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if warned {
-            assert_eq!(seen.len(), 1, "{seen:?}");
-            assert!(
-                seen[0].contains("WARN")
-                    && seen[0].contains(&format!("redis://127.0.0.1:{port} keeps no append-only"))
-                    && seen[0].contains("appendonly yes"),
-                "{seen:?}"
-            );
-        } else {
-            assert!(seen.is_empty(), "{seen:?}");
-        }
-    }
-    stop_redis(&mut volatile_redis, volatile).await;
-    stop_redis(&mut durable_redis, durable).await;
-}
-
 /// A rolling restart: instance A is stopped (SIGTERM) with a task of its running and
 /// `drain_timeout` set. Its sockets close at once (their clients come back through B), and A
 /// drives the task to its end before it exits: the client, now on B, is pushed COMPLETED.
@@ -912,9 +551,8 @@ pub async fn a_stopped_instance_finishes_its_running_tasks_within_the_drain_time
 /// keys of another deployment sharing the Redis.
 pub async fn a_state_prefix_with_glob_characters_scans_only_its_own_keys() {
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    let (glob, _a) = crate::routing_review::other_instance(&redis_url(), &format!("g{tag}*")).await;
-    let (other, _b) =
-        crate::routing_review::other_instance(&redis_url(), &format!("g{tag}x")).await;
+    let (glob, _a) = crate::routing::other_instance(&redis_url(), &format!("g{tag}*")).await;
+    let (other, _b) = crate::routing::other_instance(&redis_url(), &format!("g{tag}x")).await;
     let user = |name: &str| poolgate::store::DirectoryUser {
         id: uuid::Uuid::new_v4(),
         dn: format!("uid={name},dc=example,dc=org"),
@@ -929,4 +567,63 @@ pub async fn a_state_prefix_with_glob_characters_scans_only_its_own_keys() {
     glob.directory_user_put(&mine).await.unwrap();
     other.directory_user_put(&user("theirs")).await.unwrap();
     assert_eq!(glob.directory_users().await.unwrap(), vec![mine]);
+}
+
+/// The cases of this file, for `cases()` in main.rs.
+pub(crate) fn cases() -> Vec<(&'static str, crate::Needs, crate::harness::Case)> {
+    use crate::Needs::*;
+    vec![
+        (
+            "instances::two_instances_on_one_redis_act_as_one",
+            Redis,
+            || Box::pin(two_instances_on_one_redis_act_as_one()),
+        ),
+        (
+            "instances::an_instance_hears_only_the_users_with_a_socket_on_it",
+            Redis,
+            || Box::pin(an_instance_hears_only_the_users_with_a_socket_on_it()),
+        ),
+        (
+            "instances::a_pushed_status_is_never_contradicted_by_a_request_on_the_same_instance",
+            Redis,
+            || Box::pin(a_pushed_status_is_never_contradicted_by_a_request_on_the_same_instance()),
+        ),
+        (
+            "instances::revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance",
+            Redis,
+            || {
+                Box::pin(
+                    revocation_reaches_a_socket_whose_session_the_sweep_dropped_on_another_instance(
+                    ),
+                )
+            },
+        ),
+        (
+            "instances::redis_restarting_under_load_costs_only_the_requests_in_flight",
+            RedisServer,
+            || Box::pin(redis_restarting_under_load_costs_only_the_requests_in_flight()),
+        ),
+        (
+            "instances::a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout",
+            Redis,
+            || Box::pin(a_stopped_instance_finishes_its_running_tasks_within_the_drain_timeout()),
+        ),
+        (
+            "instances::a_state_prefix_with_glob_characters_scans_only_its_own_keys",
+            Redis,
+            || Box::pin(a_state_prefix_with_glob_characters_scans_only_its_own_keys()),
+        ),
+        (
+            "instances::a_write_on_one_instance_is_never_read_stale_on_another_once_announced",
+            Redis,
+            || {
+                Box::pin(async {
+                    crate::backends::a_write_on_one_instance_is_never_read_stale_on_another_once_announced(
+                        &redis_url(),
+                    )
+                    .await
+                })
+            },
+        ),
+    ]
 }

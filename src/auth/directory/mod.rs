@@ -21,20 +21,19 @@
 //! Service-bound connections are kept for reuse (a few) and dropped when they fail, so a
 //! directory that restarts is reconnected to by the next sign-in.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+mod config;
+mod entry;
 
-use anyhow::{Context, bail};
+use std::sync::Arc;
+
 use ldap3::{
     Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions, ldap_escape,
 };
-use serde::Deserialize;
 
-use crate::domain::secs;
-
-/// Environment variable that may hold the service account's password.
-pub const PASSWORD_ENV: &str = "POOLGATE_LDAP_PASSWORD";
+use config::tls_config;
+pub use config::{DirectoryConfig, PASSWORD_ENV};
+use entry::{account_name, first};
+pub use entry::{entry_key, same_dn};
 
 /// Service-bound connections kept for reuse.
 const IDLE_CONNECTIONS: usize = 4;
@@ -52,57 +51,6 @@ const INVALID_DN_SYNTAX: u32 = 34;
 /// The attributes read from a user's entry; the first four may hold a name the user filter
 /// matches (see [`Directory::lookup`]).
 const NAME_ATTRIBUTES: [&str; 4] = ["uid", "sAMAccountName", "userPrincipalName", "mail"];
-
-/// The `[directory]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectoryConfig {
-    /// `ldaps://host[:port]`, or `ldap://host[:port]` (with `start_tls`, or on loopback).
-    pub url: String,
-    #[serde(default)]
-    pub start_tls: bool,
-    /// PEM file of the certificate authorities to trust; the system's roots otherwise.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// The service account that searches users.
-    pub bind_dn: String,
-    /// A file holding its password (or set `POOLGATE_LDAP_PASSWORD`).
-    #[serde(default)]
-    pub bind_password_file: Option<PathBuf>,
-    /// Where users are searched (the whole subtree).
-    pub user_base: String,
-    /// `{username}` is replaced by the escaped username.
-    #[serde(default = "user_filter")]
-    pub user_filter: String,
-    /// The entry's attribute listing its groups' DNs (`memberOf`)...
-    #[serde(default = "group_attribute")]
-    pub group_attribute: String,
-    /// ...or, when set, the groups are searched here with `group_filter` (`{dn}` is replaced
-    /// by the escaped DN of the user).
-    #[serde(default)]
-    pub group_base: Option<String>,
-    #[serde(default = "group_filter")]
-    pub group_filter: String,
-    /// Members of any of these groups are administrators.
-    #[serde(default)]
-    pub admin_groups: Vec<String>,
-    /// Seconds every directory operation may take.
-    #[serde(default = "timeout", with = "secs")]
-    pub timeout: Duration,
-}
-
-fn user_filter() -> String {
-    "(&(objectClass=person)(uid={username}))".into()
-}
-fn group_attribute() -> String {
-    "memberOf".into()
-}
-fn group_filter() -> String {
-    "(member={dn})".into()
-}
-fn timeout() -> Duration {
-    Duration::from_secs(5)
-}
 
 /// A person found in the directory whose password was right.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,56 +112,6 @@ impl std::fmt::Debug for Directory {
         f.debug_struct("Directory")
             .field("url", &self.config.url)
             .finish_non_exhaustive()
-    }
-}
-
-impl DirectoryConfig {
-    /// Whether traffic to the directory is encrypted (`ldaps://`, or StartTLS).
-    pub fn encrypted(&self) -> bool {
-        self.url.starts_with("ldaps://") || self.start_tls
-    }
-
-    /// The service account's password: `POOLGATE_LDAP_PASSWORD`, else `bind_password_file`.
-    pub fn bind_password(&self) -> anyhow::Result<String> {
-        let password = if let Ok(p) = crate::process::var(PASSWORD_ENV) {
-            p
-        } else if let Some(path) = &self.bind_password_file {
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read bind_password_file {}", path.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned()
-        } else {
-            bail!(
-                "the service account's password is needed: set bind_password_file or \
-                 {PASSWORD_ENV} (it is never written in the settings file)"
-            );
-        };
-        if password.is_empty() {
-            bail!(
-                "the service account's password is empty (an empty password is an unauthenticated bind)"
-            );
-        }
-        Ok(password)
-    }
-
-    /// What serde cannot check.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.url.starts_with("ldap://") || self.url.starts_with("ldaps://")) {
-            bail!("directory.url must start with ldap:// or ldaps://");
-        }
-        if self.start_tls && self.url.starts_with("ldaps://") {
-            bail!("directory.start_tls is for ldap:// URLs (ldaps:// is TLS already)");
-        }
-        if !self.user_filter.contains("{username}") {
-            bail!("directory.user_filter must contain {{username}}");
-        }
-        if self.group_base.is_some() && !self.group_filter.contains("{dn}") {
-            bail!("directory.group_filter must contain {{dn}}");
-        }
-        if self.timeout.is_zero() {
-            bail!("directory.timeout must be more than 0");
-        }
-        Ok(())
     }
 }
 
@@ -577,166 +475,4 @@ impl Directory {
 
 fn unavailable(e: ldap3::LdapError) -> DirectoryError {
     DirectoryError::Unavailable(e.to_string())
-}
-
-/// The entry's account name, for display and for the admin methods: the `uid` or
-/// `sAMAccountName` value that is the name signed in with (whatever its case), never merely
-/// the first of several values (an entry whose `uid` is [alice, carol] signed in as carol is
-/// carol). A name the directory matched by rules of its own (Unicode case folding, full-width
-/// forms: "ａｌｉｃｅ" finds uid=alice) is shown as the entry's first value, never as typed; the
-/// name typed is kept only when the entry has neither attribute. (Identity is the entry's
-/// [`entry_key`], whatever the name.)
-fn account_name(attrs: &std::collections::HashMap<String, Vec<String>>, typed: &str) -> String {
-    let typed = typed.trim();
-    let values: Vec<&String> = ["uid", "sAMAccountName"]
-        .iter()
-        .flat_map(|a| attrs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(a)))
-        .flat_map(|(_, v)| v)
-        .collect();
-    values
-        .iter()
-        .find(|v| v.to_lowercase() == typed.to_lowercase())
-        .or_else(|| values.first())
-        .map(|v| (*v).clone())
-        .unwrap_or_else(|| typed.to_owned())
-}
-
-/// What identifies an entry for good: its `entryUUID` (OpenLDAP, RFC 4530) or `objectGUID`
-/// (Active Directory), which neither a rename nor a move changes. Every name that signs in to
-/// the entry is the same user, with one TOTP enrolment and one record of used codes.
-///
-/// An entry whose service account can read neither is refused (the caller's 503, logged),
-/// never identified by its DN instead: a DN changes with a move, and an identity that changes
-/// — or that changes when an ACL starts showing `entryUUID` — would leave the person's TOTP
-/// enrolment behind and let them in with the password alone.
-pub fn entry_key(entry: &SearchEntry) -> Result<String, DirectoryError> {
-    let uuid = first(&entry.attrs, "entryUUID")
-        .and_then(|v| uuid::Uuid::parse_str(v).ok())
-        .or_else(|| {
-            // 16 raw bytes: ldap3 files a value that happens to be UTF-8 with the text ones.
-            let text = entry
-                .attrs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
-                .and_then(|(_, v)| v.first())
-                .map(|v| v.as_bytes());
-            let binary = entry
-                .bin_attrs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
-                .and_then(|(_, v)| v.first())
-                .map(Vec::as_slice);
-            text.or(binary)
-                .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                .map(uuid::Uuid::from_bytes_le)
-        });
-    match uuid {
-        Some(uuid) => Ok(format!("uuid:{uuid}")),
-        None => Err(DirectoryError::Unavailable(format!(
-            "the entry {} has no entryUUID or objectGUID the service account can read; \
-             poolgate identifies directory users by it (let bind_dn read it)",
-            entry.dn
-        ))),
-    }
-}
-
-/// An attribute's first value (attribute names are case-insensitive).
-fn first<'a>(
-    attrs: &'a std::collections::HashMap<String, Vec<String>>,
-    name: &str,
-) -> Option<&'a str> {
-    attrs
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| v.first())
-        .map(String::as_str)
-}
-
-/// Whether two DNs name the same entry, as far as case and spaces around the separating
-/// commas go. An escaped comma (`\,`) is part of a value, and so are the spaces beside it.
-pub fn same_dn(a: &str, b: &str) -> bool {
-    normalized_dn(a) == normalized_dn(b)
-}
-
-/// A DN as [`same_dn`] compares it: each RDN without case or the spaces around it.
-fn normalized_dn(dn: &str) -> String {
-    fn rdns(dn: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut rdn = String::new();
-        let mut chars = dn.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => {
-                    rdn.push(c);
-                    if let Some(next) = chars.next() {
-                        rdn.push(next);
-                    }
-                }
-                ',' => out.push(std::mem::take(&mut rdn)),
-                _ => rdn.push(c),
-            }
-        }
-        out.push(rdn);
-        out.iter()
-            .map(|r| r.trim_start().to_lowercase())
-            .map(|r| match r.strip_suffix(' ') {
-                // A trailing space is the value's only when escaped.
-                Some(_) if !r.ends_with("\\ ") => r.trim_end().to_owned(),
-                _ => r,
-            })
-            .collect()
-    }
-    rdns(dn).join(",")
-}
-
-fn tls_config(ca_file: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
-        .with_context(|| format!("cannot read directory.ca_file {}", ca_file.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("directory.ca_file {} is not PEM", ca_file.display()))?;
-    if certs.is_empty() {
-        bail!(
-            "directory.ca_file {} holds no certificate",
-            ca_file.display()
-        );
-    }
-    for cert in certs {
-        roots
-            .add(cert)
-            .with_context(|| format!("directory.ca_file {}", ca_file.display()))?;
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS versions")?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_compare_without_case_or_spaces() {
-        assert!(same_dn(
-            "cn=VDI-Admins, ou=groups,dc=example,dc=org",
-            "CN=vdi-admins,OU=Groups,DC=example,DC=org"
-        ));
-        assert!(!same_dn("cn=a,dc=x", "cn=b,dc=x"));
-        // Found by a hostile review: escaped commas are part of a value.
-        assert!(!same_dn(
-            r"cn=VDI\, Admins,ou=groups,dc=example,dc=org",
-            r"cn=VDI\,Admins,ou=groups,dc=example,dc=org"
-        ));
-        assert!(same_dn(
-            r"cn=VDI\, Admins, ou=groups,dc=example,dc=org",
-            r"CN=vdi\, admins,OU=groups,DC=example,DC=org"
-        ));
-        assert!(!same_dn("cn=a,dc=x", "cn=a,dc=x,dc=evil"));
-    }
 }

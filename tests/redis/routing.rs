@@ -1,9 +1,10 @@
-//! Cases from a hostile review of per-user bus routing (f03e7ac and follow-ups). Each failed
-//! on 64e2980: a token signed out on another instance was still accepted where its user had
-//! no socket (until the next session flush); a task that ended while the bus was cut off was
-//! caught up as still running afterwards. Both hold since (a session of a user not heard here
-//! is checked against the store; a watch confirmed again after a lost connection catches its
-//! user's sockets up from the store).
+//! Per-user bus routing: an instance hears only the users with a socket on it, and what it
+//! does not hear it must not get wrong. A token signed out on another instance is refused at
+//! once where its user has no socket (a session of a user not heard here is checked against
+//! the store), and a task that ended while the bus was cut off is not caught up as still
+//! running (a watch confirmed again after a lost connection catches its user's sockets up from
+//! the store). Also the tools the other cases use to cut an instance off ([`CutOff`]) and to
+//! run a second instance's store ([`other_instance`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,8 +42,8 @@ pub struct CutOff {
 impl CutOff {
     pub fn new() -> CutOff {
         let admin_url = redis_url();
-        let user = format!("pg-review-{}", Uuid::new_v4().simple());
-        let password = "review-pw";
+        let user = format!("pg-cutoff-{}", Uuid::new_v4().simple());
+        let password = "cutoff-pw";
         cli(
             &admin_url,
             &[
@@ -131,7 +132,7 @@ pub async fn drain(client: &mut Client, window: Duration) -> Vec<serde_json::Val
 /// the ordinary case of a user who moved from one instance to another (a reconnect through the
 /// load balancer), or a stolen token replayed on another instance after the victim signs out.
 pub async fn a_session_signed_out_on_one_instance_is_refused_at_once_on_another() {
-    let prefix = format!("review-rev-{}", Uuid::new_v4().simple());
+    let prefix = format!("revoked-{}", Uuid::new_v4().simple());
     let edit = |c: &mut poolgate::Config| {
         c.state = redis_url().parse().unwrap();
         c.state_prefix = prefix.clone();
@@ -177,7 +178,7 @@ pub async fn a_session_signed_out_on_one_instance_is_refused_at_once_on_another(
 /// the gap is never told it ended, and every later socket of the user on A is "caught up" with
 /// RUNNING for a task Redis has held COMPLETED all along.
 pub async fn a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_afterwards() {
-    let prefix = format!("review-gap-{}", Uuid::new_v4().simple());
+    let prefix = format!("bus-gap-{}", Uuid::new_v4().simple());
     let cut = CutOff::new();
     let a = TestApp::spawn_with(|c| {
         c.state = cut.url.parse().unwrap();
@@ -271,4 +272,22 @@ pub async fn a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_after
         told.iter().any(|s| s == "COMPLETED"),
         "the socket from before the gap was never told the task ended: {told:?}"
     );
+}
+
+/// The cases of this file, for `cases()` in main.rs.
+pub(crate) fn cases() -> Vec<(&'static str, crate::Needs, crate::harness::Case)> {
+    use crate::Needs::*;
+    vec![
+        (
+            "routing::a_session_signed_out_on_one_instance_is_refused_at_once_on_another",
+            Redis,
+            || Box::pin(a_session_signed_out_on_one_instance_is_refused_at_once_on_another()),
+        ),
+        (
+            "routing::a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_afterwards",
+            // redis-cli (which comes with redis-server) cuts the instance off with an ACL.
+            RedisServer,
+            || Box::pin(a_task_that_ended_during_a_bus_gap_is_not_replayed_as_running_afterwards()),
+        ),
+    ]
 }
