@@ -136,15 +136,10 @@ fn mib(v: Option<f64>) -> String {
     v.map_or_else(|| "?".into(), |v| format!("{v:.0}"))
 }
 
-/// Security round 3, transport: pre-sign-in message size (with the server's RSS before,
-/// during and after, when `HOSTILE_SERVER_PID` is set), a cross-site WebSocket and sign-in,
-/// the headers of `/docs`, and silent sockets on the metrics listener (`HOSTILE_METRICS_ADDR`).
-async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
-    let pid = std::env::var("HOSTILE_SERVER_PID")
-        .ok()
-        .and_then(|p| p.parse().ok());
-
-    // 1. 150 unauthenticated sockets, each sending one text message of 4 MiB − 1 byte.
+/// 150 unauthenticated sockets (from 127.0.`net`.x), each announcing a 4 MiB − 1 byte frame
+/// whose header starts with `first` and writing as much of it as the server reads; prints the
+/// closes seen and the server's RSS before, at its peak and 2 s after.
+async fn flood_announced(t: &Target, pid: Option<u32>, what: &str, first: u8, net: u8) {
     let before = rss_mib(pid);
     let peak = std::sync::Arc::new(std::sync::Mutex::new(before.unwrap_or(0.0)));
     let sampling = tokio::spawn({
@@ -161,11 +156,11 @@ async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
     });
     let started = Instant::now();
     let outcomes = futures_util::future::join_all((0..150u8).map(|i| async move {
-        let mut ws = t.connect_from([127, 0, 80, 1 + i % 100]).await?;
+        let mut ws = t.connect_from([127, 0, net, 1 + i % 100]).await?;
         let len: u64 = (4 << 20) - 1;
-        // A masked text frame with a zero mask key: the payload goes out as written, from one
+        // A masked frame with a zero mask key: the payload goes out as written, from one
         // shared buffer, so the client's own memory stays small.
-        let mut header = vec![0x81, 0x80 | 127];
+        let mut header = vec![first, 0x80 | 127];
         header.extend_from_slice(&len.to_be_bytes());
         header.extend_from_slice(&[0; 4]);
         let chunk = vec![b'a'; 64 * 1024];
@@ -212,7 +207,7 @@ async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
         .max()
         .unwrap_or(0);
     println!(
-        "| 150 unauthenticated sockets each sending one 4 MiB − 1 byte text message | closes: {} \
+        "| 150 unauthenticated sockets each sending {what} | closes: {} \
          (0: none seen) in {took:.1} s (the client wrote up to {} KiB, into the kernel's socket \
          buffers); \
          server RSS {} → peak {} → {} MiB 2 s after |",
@@ -226,6 +221,24 @@ async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
         },
         mib(after),
     );
+}
+
+/// Security round 3, transport: pre-sign-in message size (with the server's RSS before,
+/// during and after, when `HOSTILE_SERVER_PID` is set), a cross-site WebSocket and sign-in,
+/// the headers of `/docs`, and silent sockets on the metrics listener (`HOSTILE_METRICS_ADDR`).
+async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
+    let pid = std::env::var("HOSTILE_SERVER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+
+    // 1. 150 unauthenticated sockets, each sending one text message of 4 MiB − 1 byte; then
+    // the same with one ping (control) frame of 4 MiB − 1 byte.
+    for (what, first, net) in [
+        ("one 4 MiB − 1 byte text message", 0x81u8, 80u8),
+        ("one 4 MiB − 1 byte ping frame", 0x89, 81),
+    ] {
+        flood_announced(t, pid, what, first, net).await;
+    }
 
     // 2. A page of another site opens the RPC socket and tries 100 sign-ins; and posts a
     // sign-in without a JSON Content-Type.
@@ -267,6 +280,53 @@ async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
     println!(
         "| a page of another site: 100 WebSocket sign-ins (Origin: https://evil.example), and a \
          sign-in posted without Content-Type | WebSocket: {}; the post: {} |",
+        tally(&refused),
+        answer.lines().next().unwrap_or("no answer")
+    );
+
+    // 2b. DNS rebinding: a page of evil.example whose name now points at the server, so its
+    // Host and Origin agree; 100 WebSocket sign-ins and one JSON sign-in post.
+    let port = t.addr.port();
+    let mut refused = Vec::new();
+    for _ in 0..100 {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = t.url.as_str().into_client_request()?;
+        req.headers_mut()
+            .insert("host", format!("evil.example:{port}").parse()?);
+        req.headers_mut()
+            .insert("origin", format!("http://evil.example:{port}").parse()?);
+        refused.push(match tokio_tungstenite::connect_async(req).await {
+            Ok((mut ws, _)) => code(
+                &call(
+                    &mut ws,
+                    "auth",
+                    json!({"username": "user-2", "password": "wrong"}),
+                )
+                .await?,
+            ),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                u64::from(resp.status().as_u16())
+            }
+            Err(e) => anyhow::bail!(e),
+        });
+    }
+    let mut tcp = tokio::net::TcpStream::connect(t.addr).await?;
+    let body = r#"{"username":"user-2","password":"wrong","ldap":false}"#;
+    tcp.write_all(
+        format!(
+            "POST /api/v2/users/login/ HTTP/1.1\r\nHost: evil.example:{port}\r\n\
+             Origin: http://evil.example:{port}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await?;
+    println!(
+        "| DNS rebinding: a page of evil.example rebound to the server (Host and Origin agree): 100 \
+         WebSocket sign-ins, and a JSON sign-in post | WebSocket: {}; the post: {} |",
         tally(&refused),
         answer.lines().next().unwrap_or("no answer")
     );

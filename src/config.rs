@@ -81,6 +81,11 @@ pub struct Config {
     /// Origins (`scheme://host[:port]`) whose pages may open the cookie-authenticated status
     /// WebSocket. Empty: only pages served from the host the request names (`Host`).
     pub allowed_origins: Vec<String>,
+    /// Host names browsers reach this server by (`desktops.example.com`), besides IP
+    /// addresses, `localhost`, this machine's own name and the hosts of `allowed_origins`: a
+    /// browser's request (one with an `Origin`) naming any other `Host` is refused, so a page
+    /// whose name was rebound to this server's address (DNS rebinding) gets nothing.
+    pub server_names: Vec<String>,
     /// A separate listener for `/metrics` (and `/healthz`); when set, `/metrics` is no longer
     /// served on `listen`.
     pub metrics_listen: Option<SocketAddr>,
@@ -212,6 +217,7 @@ impl Default for Config {
             max_connections_per_address: 1024,
             http_header_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
+            server_names: Vec::new(),
             trusted_proxies: Default::default(),
             proxy_protocol: false,
             metrics_listen: None,
@@ -291,6 +297,43 @@ impl Config {
             config.users.extend(extra.users);
         }
         Ok(config)
+    }
+
+    /// The host names this server answers browsers on (see `http::check_origin`): the
+    /// `server_names`, this machine's names, and the hosts of `allowed_origins` (IP addresses
+    /// and `localhost` are always answered). Every source of such a name joins here, and only
+    /// here (a `public_url`'s host would be one more).
+    pub fn browser_names(&self) -> crate::http::ServerNames {
+        let origins = self
+            .allowed_origins
+            .iter()
+            .filter_map(|o| crate::http::Origin::parse(o).ok())
+            .map(|o| o.host);
+        crate::http::ServerNames::new(
+            self.server_names
+                .iter()
+                .cloned()
+                .chain(crate::http::machine_names().iter().cloned())
+                .chain(origins),
+        )
+    }
+
+    /// Checks a browser's request (one with an `Origin`) against this config's names and
+    /// origins: `http::check_origin` with `browser_names`, `allowed_origins` and whether the
+    /// main listener speaks TLS.
+    pub fn check_browser(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(), crate::http::BrowserRefusal> {
+        if !headers.contains_key(axum::http::header::ORIGIN) {
+            return Ok(());
+        }
+        crate::http::check_origin(
+            headers,
+            &self.allowed_origins,
+            &self.browser_names(),
+            self.tls_cert.is_some(),
+        )
     }
 
     /// Where the JWT signing secret may come from (`auth::jwt` picks, in its documented order).
@@ -399,6 +442,19 @@ impl Config {
                      e.g. \"https://desktops.example.com\""
                 )
             })?;
+        }
+        for name in &self.server_names {
+            let ok = !name.is_empty()
+                && name.len() <= 253
+                && name.trim_end_matches('.').split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !ok {
+                bail!(
+                    "server_names: {name:?} is not a host name; write the name alone, without \
+                     scheme or port, e.g. \"desktops.example.com\""
+                );
+            }
         }
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             bail!(

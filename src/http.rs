@@ -234,29 +234,141 @@ impl Origin {
     }
 }
 
-/// Whether the request's `Origin` may open a WebSocket (the RPC socket at `/`, the status
-/// socket): a browser opens a WebSocket for any site's page, with the visitor's cookies and
-/// from the visitor's network, so a page of another site must not (cross-site WebSocket
-/// hijacking). Allowed: no `Origin` (clients that are no browser), one of `allowed_origins`,
-/// or, when that list is empty, the origin naming the host the request was sent to (`Host`).
-/// The refusal says why.
+/// The host names a browser may use to reach this server (the `Host` of a request that carries
+/// an `Origin`), besides IP literals and `localhost`, which are always answered: lower case,
+/// without port or trailing dot. Built by `Config::browser_names`, the one place that says
+/// where they come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerNames(Vec<String>);
+
+impl ServerNames {
+    pub fn new(names: impl IntoIterator<Item = String>) -> ServerNames {
+        let mut names: Vec<String> = names.into_iter().map(|n| normalise_name(&n)).collect();
+        names.retain(|n| !n.is_empty());
+        names.sort();
+        names.dedup();
+        ServerNames(names)
+    }
+
+    /// The names, sorted.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether a browser may address this server as `host` (a `Host` header's host part, as
+    /// `split_authority` gives it): an IP literal (v4, or v6 in brackets), `localhost`, or one
+    /// of the names. A DNS-rebinding page can make a browser send any name it controls, but
+    /// neither an IP literal nor `localhost` (browsers resolve it to loopback themselves).
+    pub fn answers(&self, host: &str) -> bool {
+        let host = normalise_name(host);
+        if host.parse::<std::net::Ipv4Addr>().is_ok() || host == "localhost" {
+            return true;
+        }
+        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            return v6.parse::<std::net::Ipv6Addr>().is_ok();
+        }
+        self.0.contains(&host)
+    }
+}
+
+fn normalise_name(name: &str) -> String {
+    let name = name.trim().to_ascii_lowercase();
+    name.strip_suffix('.').map(str::to_owned).unwrap_or(name)
+}
+
+/// This machine's names as a browser on its network may write them: the host name, its first
+/// label when it has dots, and that label under `.local` (mDNS). Read once.
+pub fn machine_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let full = normalise_name(&gethostname::gethostname().to_string_lossy());
+        if full.is_empty() || full == "localhost" {
+            return Vec::new();
+        }
+        let short = full.split('.').next().unwrap_or(&full).to_owned();
+        let mut names = vec![full.clone(), format!("{short}.local")];
+        if short != full {
+            names.push(short);
+        }
+        names
+    })
+}
+
+/// A header's value for a log line: at most its first 200 bytes, lossily decoded ("" when
+/// absent).
+pub fn header_text(headers: &axum::http::HeaderMap, name: axum::http::HeaderName) -> String {
+    headers.get(name).map_or_else(String::new, |v| {
+        String::from_utf8_lossy(&v.as_bytes()[..v.len().min(200)]).into_owned()
+    })
+}
+
+/// Why a browser's request was refused by [`check_origin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserRefusal {
+    /// The `Origin` is not one allowed to use this server (cross-site).
+    Origin(&'static str),
+    /// The `Host` is no name this server answers browsers on (DNS rebinding).
+    Host,
+}
+
+impl BrowserRefusal {
+    /// What the client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            BrowserRefusal::Origin(why) => why,
+            BrowserRefusal::Host => {
+                "Host not allowed: browsers may reach poolgate only by an IP address, localhost, \
+                 this machine's name, a name listed in server_names or the host of an \
+                 allowed_origins entry (add the name this page used to server_names)."
+            }
+        }
+    }
+}
+
+/// Whether a browser's request may use the socket or sign-in it was sent to (the RPC socket at
+/// `/`, the status socket, the REST sign-in). Requests without `Origin` come from clients that
+/// are no browser (thin clients, wscat, the CLI, curl) and are let through. A browser's request
+/// must pass two checks:
+///
+/// * its `Host` must be a name this server answers browsers on (`names`, see
+///   [`ServerNames::answers`]): a page of `evil.example` whose name was rebound to this server's
+///   address sends `Host: evil.example` and `Origin: http://evil.example`, which agree, so the
+///   Origin check alone lets it in;
+/// * its `Origin` must be one of `allowed` (`allowed_origins`), or, when that list is empty,
+///   name the host the request was sent to (cross-site WebSocket hijacking: a browser opens a
+///   WebSocket for any site's page, with the visitor's cookies and from the visitor's network).
+///   On a plain listener (`tls` false) an `https://` Origin for that host and port is allowed
+///   too: a TLS-terminating proxy in front forwards the browser's `https://` page's requests
+///   over plain HTTP, and the page is still this server's own. With `tls` the Origin must be
+///   `https://`: an `http://` page of the same name could have been rewritten by anyone on the
+///   network path.
 pub fn check_origin(
     headers: &axum::http::HeaderMap,
     allowed: &[String],
-) -> Result<(), &'static str> {
+    names: &ServerNames,
+    tls: bool,
+) -> Result<(), BrowserRefusal> {
     let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
         return Ok(());
     };
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let host_ok = host
+        .and_then(|h| split_authority(h.trim()).ok())
+        .is_some_and(|(name, _)| names.answers(&name));
+    if !host_ok {
+        return Err(BrowserRefusal::Host);
+    }
     let origin = origin
         .to_str()
         .ok()
         .and_then(|o| Origin::parse(o).ok())
-        .ok_or("Origin not allowed: it is not a web origin (opaque or malformed).")?;
+        .ok_or(BrowserRefusal::Origin(
+            "Origin not allowed: it is not a web origin (opaque or malformed).",
+        ))?;
     let ok = if allowed.is_empty() {
-        headers
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| origin.is_host(host))
+        (!tls || origin.scheme == "https") && host.is_some_and(|host| origin.is_host(host))
     } else {
         allowed
             .iter()
@@ -266,12 +378,14 @@ pub fn check_origin(
     if ok {
         Ok(())
     } else if allowed.is_empty() {
-        Err(
+        Err(BrowserRefusal::Origin(
             "Origin not allowed: pages of another site may not open this socket \
              (allowed_origins lists the sites that may).",
-        )
+        ))
     } else {
-        Err("Origin not allowed: it is not in allowed_origins.")
+        Err(BrowserRefusal::Origin(
+            "Origin not allowed: it is not in allowed_origins.",
+        ))
     }
 }
 
@@ -303,6 +417,70 @@ mod tests {
         ] {
             assert!(Origin::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn browser(origin: &str, host: &str) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("origin", origin.parse().unwrap());
+        h.insert("host", host.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_browser_may_name_only_an_ip_localhost_or_a_listed_name_as_host() {
+        let names = ServerNames::new(["Desktops.Example.com.".to_owned()]);
+        assert_eq!(names.names(), ["desktops.example.com"]);
+        for host in [
+            "127.0.0.1:8080",
+            "10.1.2.3",
+            "[::1]:8080",
+            "[fe80::1]",
+            "localhost:8080",
+            "LOCALHOST.",
+            "desktops.example.com",
+            "DESKTOPS.example.com.:443",
+        ] {
+            let (name, _) = split_authority(host).unwrap();
+            assert!(names.answers(&name), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "[nope]",
+            "localhost.evil",
+        ] {
+            let (name, _) = split_authority(host).unwrap();
+            assert!(!names.answers(&name), "{host}");
+        }
+        // A rebound page: its Origin and Host agree, and it is still refused.
+        let rebound = browser("http://evil.example:8080", "evil.example:8080");
+        assert_eq!(
+            check_origin(&rebound, &[], &names, false),
+            Err(BrowserRefusal::Host)
+        );
+        let own = browser(
+            "http://desktops.example.com:8080",
+            "desktops.example.com:8080",
+        );
+        assert_eq!(check_origin(&own, &[], &names, false), Ok(()));
+        // No Origin: no browser, no check.
+        let mut curl = axum::http::HeaderMap::new();
+        curl.insert("host", "evil.example".parse().unwrap());
+        assert_eq!(check_origin(&curl, &[], &names, false), Ok(()));
+    }
+
+    #[test]
+    fn an_https_page_may_use_a_plain_listener_but_an_http_page_not_a_tls_one() {
+        let names = ServerNames::default();
+        let behind_proxy = browser("https://10.0.0.5", "10.0.0.5");
+        assert_eq!(check_origin(&behind_proxy, &[], &names, false), Ok(()));
+        assert_eq!(check_origin(&behind_proxy, &[], &names, true), Ok(()));
+        let plain_page = browser("http://10.0.0.5", "10.0.0.5");
+        assert_eq!(check_origin(&plain_page, &[], &names, false), Ok(()));
+        assert!(matches!(
+            check_origin(&plain_page, &[], &names, true),
+            Err(BrowserRefusal::Origin(_))
+        ));
     }
 
     #[test]

@@ -64,9 +64,22 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
             path.display()
         );
     }
+    let names = config.browser_names();
     runtime.block_on(AppState::check(config))?;
+    println!("{}", browser_names_line(&names));
     println!("ok");
     Ok(())
+}
+
+/// The names browsers may reach this server by (`Config::browser_names`), as `check-config`
+/// prints them: a browser's request naming another `Host` is refused (DNS rebinding).
+fn browser_names_line(names: &crate::http::ServerNames) -> String {
+    let mut shown = vec!["IP addresses".to_owned(), "localhost".to_owned()];
+    shown.extend(names.names().iter().cloned());
+    format!(
+        "browsers may reach this server as: {} (add others to server_names)",
+        shown.join(", ")
+    )
 }
 
 /// The line of the last quoted name in the error that appears in the file: semantic errors

@@ -56,6 +56,26 @@ pub fn router(status_socket: MethodRouter<AppState>) -> Router<AppState> {
         .route("/docs/{asset}", get(openapi::asset))
 }
 
+/// Logs a browser's request refused by `http::check_origin` (`what`: the status socket or the
+/// sign-in), at most one line per 10 s for each kind of refusal, with the count.
+fn log_foreign_browser(
+    headers: &HeaderMap,
+    peer: std::net::SocketAddr,
+    why: crate::http::BrowserRefusal,
+    what: &'static str,
+) {
+    let origin = crate::http::header_text(headers, header::ORIGIN);
+    match why {
+        crate::http::BrowserRefusal::Origin(_) => {
+            crate::warn_refusal!(%peer, %origin, refused_at = what, "{what} refused: foreign Origin (at most one line per 10 s, with the count)");
+        }
+        crate::http::BrowserRefusal::Host => {
+            let host = crate::http::header_text(headers, header::HOST);
+            crate::warn_refusal!(%peer, %origin, %host, refused_at = what, "{what} refused: a browser named a Host this server does not answer on; add it to server_names if it is ours (at most one line per 10 s, with the count)");
+        }
+    }
+}
+
 /// An error in the mock's shape: `{"detail":[{"msg","err_code","type"}]}` with
 /// `WWW-Authenticate: JWT`.
 #[derive(Debug)]

@@ -7,7 +7,8 @@
 //! before the upgrade without a valid token or when `client_id` is not the token's (the mock
 //! never checks). A browser sends cookies with a WebSocket opened by any site's page, so the
 //! `Origin` is checked first (cross-site WebSocket hijacking): it must be one of
-//! `allowed_origins`, or, when that list is empty, name the host the request was sent to.
+//! `allowed_origins`, or, when that list is empty, name the host the request was sent to; and
+//! that host must be one this server answers browsers on (DNS rebinding, `http::check_origin`).
 //! Requests without `Origin` come from non-browser clients, which hold the cookie themselves,
 //! and are let through. Each task change of the user is sent as `{"status","id","kind",...}`; the
 //! user's active tasks are sent once on connect. The server pings every 30 s; a socket that
@@ -60,14 +61,11 @@ pub async fn admit<U, NotUpgrade>(
             "default",
         ));
     };
-    if let Err(why) = crate::http::check_origin(headers, &state.config.allowed_origins) {
-        let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
-            String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
-        });
-        crate::warn_refusal!(%peer, %origin, "status socket refused: foreign Origin (at most one line per 10 s, with the count)");
+    if let Err(why) = state.config.check_browser(headers) {
+        super::log_foreign_browser(headers, peer, why, "status socket");
         return Err(RestError::new(
             StatusCode::FORBIDDEN,
-            why,
+            why.message(),
             ERR_CODE_DEFAULT,
             "default",
         ));

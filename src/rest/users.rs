@@ -17,7 +17,7 @@ use serde_json::json;
 use super::validate::{self, Body, Fields, Problems};
 use super::{AuthUser, RestError, data};
 use crate::auth::Credentials;
-use crate::error::Error;
+use crate::error::{ERR_CODE_DEFAULT, Error};
 use crate::state::AppState;
 
 /// The mock's `LoginInputModel`.
@@ -53,6 +53,18 @@ pub async fn login(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
+    // A browser's sign-in must come from a page of this server, reached by a name it answers
+    // on: a page whose name was rebound to this address could otherwise post JSON here as its
+    // own origin (and lock the visitor's office address out with wrong guesses).
+    if let Err(why) = state.config.check_browser(&headers) {
+        super::log_foreign_browser(&headers, peer, why, "REST sign-in");
+        return Err(RestError::new(
+            StatusCode::FORBIDDEN,
+            why.message(),
+            ERR_CODE_DEFAULT,
+            "default",
+        ));
+    }
     let body = validate::read_json_body(&headers, body)?;
     let mut problems = Problems::default();
     let body = LoginBody::validate(&body, &mut problems);

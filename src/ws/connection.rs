@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::events::{Frame, Outbox};
 use crate::state::AppState;
 
-use super::upgrade::{Socket as WebSocket, TooBig};
+use super::upgrade::{BadControl, Socket as WebSocket, TooBig};
 
 /// Close codes (4000–4999 are the application's own).
 pub mod close_code {
@@ -480,6 +480,16 @@ fn transport_error(err: tungstenite::Error, handler: &impl Handler) -> (End, Opt
                 },
             );
             return (end, handler.refusal(&Error::FrameTooLarge { limit }));
+        }
+        tungstenite::Error::Io(e) if BadControl::find(&e).is_some() => {
+            tracing::debug!(error = %e, "invalid control frame refused at its header");
+            let end = End::Close(
+                close_code::PROTOCOL_ERROR,
+                "websocket protocol error: a control frame must be at most 125 bytes and \
+                 unfragmented"
+                    .into(),
+            );
+            return (end, None);
         }
         tungstenite::Error::Utf8(_) => (
             close_code::INVALID_PAYLOAD,

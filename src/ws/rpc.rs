@@ -1,7 +1,8 @@
 //! The RPC socket at `/`: the socket loop's handler for `rpc` — each text frame is one
 //! request and gets one reply (`rpc::handle_text`), sign-in has a grace period, and nothing is
 //! pinged (clients ping, or send requests, within `idle_timeout`). A browser's upgrade must
-//! come from an allowed `Origin` (`http::check_origin`, the status socket's rule).
+//! come from an allowed `Origin` and name a `Host` this server answers browsers on
+//! (`http::check_origin`, the status socket's and the REST sign-in's rule).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use super::connection::{Handler, Link, Policy};
 use super::upgrade::{NotUpgrade, Upgrade};
 use crate::config::Config;
 use crate::error::Error;
+use crate::http::BrowserRefusal;
 use crate::rpc::{self, Conn};
 use crate::state::AppState;
 
@@ -39,8 +41,8 @@ pub(super) async fn upgrade(
         )
             .into_response();
     };
-    if let Err(why) = crate::http::check_origin(&headers, &state.config.allowed_origins) {
-        return foreign_origin(&headers, peer, why);
+    if let Err(why) = state.config.check_browser(&headers) {
+        return foreign_browser(&headers, peer, why);
     }
     let device = crate::portal::device(&headers, &state.auth.devices);
     super::accept(ws, state, move |_, link: Link| {
@@ -55,15 +57,26 @@ pub(super) async fn upgrade(
     })
 }
 
-/// The answer to an upgrade from another site's page (`http::check_origin`): 403 and why,
-/// logged at most once per 10 s with the count. Without it, any page a user visits could
-/// open the socket from the user's browser and network and try sign-ins there.
-fn foreign_origin(headers: &HeaderMap, peer: SocketAddr, why: &str) -> Response {
-    let origin = headers.get(header::ORIGIN).map_or_else(String::new, |o| {
-        String::from_utf8_lossy(&o.as_bytes()[..o.len().min(200)]).into_owned()
-    });
-    crate::warn_refusal!(%peer, %origin, "RPC socket refused: foreign Origin (at most one line per 10 s, with the count)");
-    (StatusCode::FORBIDDEN, format!("poolgate: {why}\n")).into_response()
+/// The answer to an upgrade from another site's page, or from a page that reached this server
+/// under a name it does not answer browsers on (`http::check_origin`): 403 and why, logged at
+/// most once per 10 s with the count. Without it, any page a user visits could open the socket
+/// from the user's browser and network and try sign-ins there.
+fn foreign_browser(headers: &HeaderMap, peer: SocketAddr, why: BrowserRefusal) -> Response {
+    let origin = crate::http::header_text(headers, header::ORIGIN);
+    match why {
+        BrowserRefusal::Origin(_) => {
+            crate::warn_refusal!(%peer, %origin, "RPC socket refused: foreign Origin (at most one line per 10 s, with the count)");
+        }
+        BrowserRefusal::Host => {
+            let host = crate::http::header_text(headers, header::HOST);
+            crate::warn_refusal!(%peer, %origin, %host, "RPC socket refused: a browser named a Host this server does not answer on; add it to server_names if it is ours (at most one line per 10 s, with the count)");
+        }
+    }
+    (
+        StatusCode::FORBIDDEN,
+        format!("poolgate: {}\n", why.message()),
+    )
+        .into_response()
 }
 
 /// One RPC connection: its [`Conn`] is all it keeps between frames.

@@ -8,7 +8,10 @@
 //! it. So the handshake is ours (axum's hides the stream it builds), and the upgraded stream
 //! is wrapped in a [`Guarded`] reader that reads the frame headers as their bytes arrive —
 //! before tungstenite sees them — and fails the read when a data message would pass the
-//! current limit ([`TooBig`]; the socket loop closes with 1009). The socket loop raises the
+//! current limit ([`TooBig`]; the socket loop closes with 1009), or when a control frame (ping,
+//! pong, close) is longer than 125 bytes or fragmented, which RFC 6455 §5.5 forbids
+//! ([`BadControl`]; closed with 1002) — tungstenite would otherwise reserve and read up to
+//! `max_message_bytes` for one announced ping, signed in or not. The socket loop raises the
 //! limit after a sign-in and lowers it again at a sign-out.
 
 use std::future::Future;
@@ -173,6 +176,50 @@ impl TooBig {
     }
 }
 
+/// A control frame (ping, pong, close) announced longer than 125 bytes or without FIN: RFC 6455
+/// §5.5 forbids both, so the read that met its header fails with this, before and after sign-in,
+/// and nothing of its payload is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid control frame (opcode {opcode:#x}, {len} bytes{}): at most 125 bytes, unfragmented",
+    if *fin { "" } else { ", not final" }
+)]
+pub struct BadControl {
+    pub opcode: u8,
+    pub len: u64,
+    pub fin: bool,
+}
+
+impl BadControl {
+    /// The frame, if `err` is this refusal.
+    pub fn find(err: &io::Error) -> Option<&BadControl> {
+        err.get_ref().and_then(|e| e.downcast_ref::<BadControl>())
+    }
+}
+
+/// Longest payload of a control frame (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// Why [`FrameScan::scan`] stopped at a frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A data message over the limit of the moment.
+    TooBig { size: u64, limit: usize },
+    /// A control frame RFC 6455 forbids.
+    BadControl(BadControl),
+}
+
+impl Refusal {
+    fn error(self) -> io::Error {
+        match self {
+            Refusal::TooBig { size, limit } => {
+                io::Error::new(io::ErrorKind::InvalidData, TooBig { size, limit })
+            }
+            Refusal::BadControl(bad) => io::Error::new(io::ErrorKind::InvalidData, bad),
+        }
+    }
+}
+
 /// Where the reader is in the client's frames.
 #[derive(Debug, Default)]
 struct FrameScan {
@@ -205,9 +252,10 @@ impl FrameScan {
         }
     }
 
-    /// Follows `bytes`; `Err((at, size))` when a data frame's header takes its message over
-    /// `limit`: `at` is where that header begins in `bytes` (0 if it began before them).
-    fn scan(&mut self, bytes: &[u8], limit: usize) -> Result<(), (usize, u64)> {
+    /// Follows `bytes`; `Err((at, why))` when a data frame's header takes its message over
+    /// `limit`, or a control frame's header is one RFC 6455 forbids: `at` is where that header
+    /// begins in `bytes` (0 if it began before them).
+    fn scan(&mut self, bytes: &[u8], limit: usize) -> Result<(), (usize, Refusal)> {
         let mut i = 0;
         let mut header_start = 0;
         while i < bytes.len() {
@@ -236,7 +284,17 @@ impl FrameScan {
                     len
                 };
                 if self.message > limit as u64 {
-                    return Err((header_start, self.message));
+                    let size = self.message;
+                    return Err((header_start, Refusal::TooBig { size, limit }));
+                }
+            } else {
+                // A control frame: checked at its header, so a ping announcing megabytes is
+                // refused before anything reserves or reads them (tungstenite's own check
+                // comes only once the whole frame is in).
+                let fin = self.header[0] & 0x80 != 0;
+                if len > MAX_CONTROL_PAYLOAD || !fin {
+                    let bad = BadControl { opcode, len, fin };
+                    return Err((header_start, Refusal::BadControl(bad)));
                 }
             }
             self.have = 0;
@@ -251,8 +309,9 @@ pub struct Guarded<S> {
     inner: S,
     limit: Arc<MessageLimit>,
     scan: FrameScan,
-    /// Set once a message over the limit was met: every read fails from then on.
-    refused: Option<(u64, usize)>,
+    /// Set once a message over the limit or a forbidden control frame was met: every read
+    /// fails from then on.
+    refused: Option<Refusal>,
 }
 
 impl<S> Guarded<S> {
@@ -271,10 +330,6 @@ impl<S> Guarded<S> {
     }
 }
 
-fn too_big((size, limit): (u64, usize)) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, TooBig { size, limit })
-}
-
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -283,16 +338,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(refused) = this.refused {
-            return Poll::Ready(Err(too_big(refused)));
+            return Poll::Ready(Err(refused.error()));
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let limit = this.limit.get();
-        if let Err((at, size)) = this.scan.scan(&buf.filled()[before..], limit) {
-            this.refused = Some((size, limit));
+        if let Err((at, why)) = this.scan.scan(&buf.filled()[before..], limit) {
+            this.refused = Some(why);
             if at == 0 {
                 buf.set_filled(before);
-                return Poll::Ready(Err(too_big((size, limit))));
+                return Poll::Ready(Err(why.error()));
             }
             // The frames before it are read as usual; the next read fails.
             buf.set_filled(before + at);
@@ -365,8 +420,8 @@ mod tests {
             let first = scan.scan(&bytes[..split], 65_536);
             let second = scan.scan(&bytes[split..], 65_536);
             let found = match (first, second) {
-                (Err((at, size)), _) => (at, size),
-                (Ok(()), Err((at, size))) => (split + at, size),
+                (Err((at, why)), _) => (at, why),
+                (Ok(()), Err((at, why))) => (split + at, why),
                 (Ok(()), Ok(())) => panic!("not refused (split {split})"),
             };
             // The header began before the split: the second chunk is refused from its start.
@@ -375,7 +430,11 @@ mod tests {
             } else {
                 big_at
             };
-            assert_eq!(found, (expected, 70_000), "split {split}");
+            let why = Refusal::TooBig {
+                size: 70_000,
+                limit: 65_536,
+            };
+            assert_eq!(found, (expected, why), "split {split}");
         }
     }
 
@@ -385,9 +444,42 @@ mod tests {
         bytes.extend(vec![0; 40_000]);
         bytes.extend(header(true, 0, 40_000));
         let mut scan = FrameScan::default();
-        assert_eq!(scan.scan(&bytes, 65_536), Err((40_004 + 4, 80_000)));
+        let why = Refusal::TooBig {
+            size: 80_000,
+            limit: 65_536,
+        };
+        assert_eq!(scan.scan(&bytes, 65_536), Err((40_004 + 4, why)));
         let mut scan = FrameScan::default();
         assert_eq!(scan.scan(&bytes, 4 << 20), Ok(()));
         assert_eq!(scan.payload_left, 40_000);
+    }
+
+    #[test]
+    fn a_control_frame_over_125_bytes_or_fragmented_is_refused_at_its_header_at_any_limit() {
+        for opcode in [8, 9, 10] {
+            for (fin, len, refused) in [
+                (true, 0, false),
+                (true, 125, false),
+                (true, 126, true),
+                (true, (4 << 20) - 1, true),
+                (false, 0, true),
+            ] {
+                let mut bytes = header(true, 1, 3);
+                bytes.extend_from_slice(b"abc");
+                let at = bytes.len();
+                bytes.extend(header(fin, opcode, len));
+                for limit in [65_536, 4 << 20] {
+                    let mut scan = FrameScan::default();
+                    let got = scan.scan(&bytes, limit);
+                    let bad = BadControl { opcode, len, fin };
+                    let want = if refused {
+                        Err((at, Refusal::BadControl(bad)))
+                    } else {
+                        Ok(())
+                    };
+                    assert_eq!(got, want, "opcode {opcode} fin {fin} len {len}");
+                }
+            }
+        }
     }
 }

@@ -47,6 +47,13 @@ fn check_config_accepts_the_demo_and_rejects_a_broken_file() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // It says which names browsers may use (DNS rebinding: any other Host is refused).
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("browsers may reach this server as: IP addresses, localhost"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("server_names"), "{stdout}");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     // Writes `text` as the config, runs check-config on it, expects a failure, returns stderr.

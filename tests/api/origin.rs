@@ -1,6 +1,8 @@
 //! What a page of another site can make a visitor's browser do: open the RPC socket (refused
 //! unless its `Origin` is allowed) or post a sign-in without a JSON `Content-Type` (refused
-//! like any non-JSON body).
+//! like any non-JSON body); and what a page whose name was rebound to this server's address
+//! (DNS rebinding: its `Origin` and `Host` agree) can do: nothing, unless the name is one the
+//! server answers browsers on.
 
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -10,9 +12,25 @@ use crate::helpers::*;
 /// Opens the RPC socket with the given `Origin` (none: no header); the refusal's status and
 /// body on failure.
 async fn rpc_socket_from(app: &TestApp, origin: Option<&str>) -> Result<Client, (u16, String)> {
-    let mut req = app.ws_url().into_client_request().unwrap();
-    if let Some(origin) = origin {
-        req.headers_mut().insert("origin", origin.parse().unwrap());
+    socket_as(app, "/", None, origin, None).await
+}
+
+/// Opens the socket at `path` as a browser that reached the server under the name `host`
+/// (none: its address), with the given `Origin` and `Cookie`.
+async fn socket_as(
+    app: &TestApp,
+    path: &str,
+    host: Option<&str>,
+    origin: Option<&str>,
+    cookie: Option<&str>,
+) -> Result<Client, (u16, String)> {
+    let mut req = format!("ws://{}{path}", app.addr)
+        .into_client_request()
+        .unwrap();
+    for (name, value) in [("host", host), ("origin", origin), ("cookie", cookie)] {
+        if let Some(value) = value {
+            req.headers_mut().insert(name, value.parse().unwrap());
+        }
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(Client::from(ws)),
@@ -98,4 +116,127 @@ async fn a_sign_in_without_a_json_content_type_is_refused_before_it_counts() {
     let (status, body) = login_with(&app, Some("application/json"), PASSWORD).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["data"]["access_token"].is_string());
+}
+
+/// Posts the right password for astravdi as JSON, with the given `Host` and `Origin`.
+async fn login_as(app: &TestApp, host: &str, origin: Option<&str>) -> (u16, Value) {
+    let body = json!({"username": "astravdi", "password": PASSWORD, "ldap": false});
+    let mut req = reqwest::Client::new()
+        .post(app.url("/api/v2/users/login/"))
+        .header("host", host)
+        .json(&body);
+    if let Some(origin) = origin {
+        req = req.header("origin", origin);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_page_rebound_to_this_server_gets_nothing_from_the_sockets_or_the_sign_in() {
+    let app = TestApp::spawn().await;
+    let port = app.addr.port();
+    let host = format!("evil.example:{port}");
+    let origin = format!("http://evil.example:{port}");
+    let status_path = "/api/v2/pools/ws/7e1459c2-3e19-4c3d-98f5-8344d44ae6f4/";
+    let cookie = format!("JWT {}", app.jwt("astravdi").await);
+    for (path, cookie) in [("/", None), (status_path, Some(cookie.as_str()))] {
+        let refused = socket_as(&app, path, Some(&host), Some(&origin), cookie).await;
+        let (status, body) = refused.err().expect("a rebound page opened {path}");
+        assert_eq!(status, 403, "{path}");
+        assert!(body.contains("Host not allowed"), "{path}: {body}");
+        assert!(body.contains("server_names"), "{path}: {body}");
+    }
+    let (status, body) = login_as(&app, &host, Some(&origin)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("server_names"),
+        "{body}"
+    );
+    // Clients that are no browser send no Origin, whatever name they used: served as before.
+    let (status, body) = login_as(&app, &host, None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut client = socket_as(&app, "/", Some(&host), None, None).await.unwrap();
+    assert_eq!(client.rpc("identify", json!({})).await["name"], "response");
+}
+
+#[tokio::test]
+async fn browsers_are_answered_on_ip_addresses_localhost_and_the_configured_server_names() {
+    let app = TestApp::spawn_with(|c| {
+        c.server_names = vec!["desktops.example.com".into()];
+    })
+    .await;
+    let port = app.addr.port();
+    for name in [
+        "127.0.0.1",
+        "localhost",
+        "desktops.example.com",
+        "DESKTOPS.example.com",
+    ] {
+        let host = format!("{name}:{port}");
+        let origin = format!("http://{name}:{port}");
+        let mut client = socket_as(&app, "/", Some(&host), Some(&origin), None)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(client.rpc("identify", json!({})).await["name"], "response");
+        // The page of a TLS-terminating proxy in front of this plain listener is its own too.
+        let proxied = format!("https://{name}:{port}");
+        assert!(
+            socket_as(&app, "/", Some(&host), Some(&proxied), None)
+                .await
+                .is_ok(),
+            "{name} behind a TLS proxy"
+        );
+        let (status, body) = login_as(&app, &host, Some(&origin)).await;
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    // Any other name is still refused, and so is a listed name with another site's Origin.
+    let refused = socket_as(
+        &app,
+        "/",
+        Some(&format!("other.example.com:{port}")),
+        Some(&format!("http://other.example.com:{port}")),
+        None,
+    )
+    .await;
+    assert_eq!(refused.err().map(|e| e.0), Some(403));
+    let refused = socket_as(
+        &app,
+        "/",
+        Some(&format!("desktops.example.com:{port}")),
+        Some("https://evil.example"),
+        None,
+    )
+    .await;
+    assert_eq!(refused.err().map(|e| e.0), Some(403));
+}
+
+#[tokio::test]
+async fn the_hosts_of_allowed_origins_are_answered_too() {
+    let app = TestApp::spawn_with(|c| {
+        c.allowed_origins = vec!["https://desktops.example.com".into()];
+    })
+    .await;
+    let mut client = socket_as(
+        &app,
+        "/",
+        Some("desktops.example.com"),
+        Some("https://desktops.example.com"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.rpc("identify", json!({})).await["name"], "response");
+    let refused = socket_as(
+        &app,
+        "/",
+        Some("evil.example"),
+        Some("https://desktops.example.com"),
+        None,
+    )
+    .await;
+    assert_eq!(refused.err().map(|e| e.0), Some(403));
 }

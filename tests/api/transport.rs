@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -297,8 +298,13 @@ async fn shutdown_closes_sockets_with_1001_and_run_returns() {
 /// Writes, on the client's own TCP stream, the header of a masked text frame announcing `len`
 /// bytes and the first `some` bytes of its payload (zero mask: the bytes go out as written).
 async fn announce_text(c: &mut Client, len: u64, some: usize) {
+    announce(c, 0x81, len, some).await;
+}
+
+/// [`announce_text`] for any frame: `first` is the header's first byte (FIN and opcode).
+async fn announce(c: &mut Client, first: u8, len: u64, some: usize) {
     use tokio::io::AsyncWriteExt;
-    let mut bytes = vec![0x81, 0x80 | 127];
+    let mut bytes = vec![first, 0x80 | 127];
     bytes.extend_from_slice(&len.to_be_bytes());
     bytes.extend_from_slice(&[0; 4]);
     bytes.extend(std::iter::repeat_n(b'a', some));
@@ -367,4 +373,84 @@ async fn a_flood_of_unauthenticated_4_mib_announcements_holds_no_buffers() {
     })
     .await
     .expect("the refused sockets are closed");
+}
+
+/// astravdi's status socket (`/api/v2/pools/ws/{client_id}/`), opened with its REST token.
+async fn status_socket(app: &TestApp) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let jwt = app.jwt("astravdi").await;
+    let mut req = format!(
+        "ws://{}/api/v2/pools/ws/7e1459c2-3e19-4c3d-98f5-8344d44ae6f4/",
+        app.addr
+    )
+    .into_client_request()
+    .unwrap();
+    req.headers_mut()
+        .insert("cookie", format!("JWT {jwt}").parse().unwrap());
+    let (status, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    Client::from(status)
+}
+
+/// The control frames, by the first byte of their header (FIN set).
+const CONTROL_FRAMES: [(&str, u8); 3] = [("close", 0x88), ("ping", 0x89), ("pong", 0x8a)];
+
+#[tokio::test]
+async fn a_control_frame_over_125_bytes_is_refused_at_its_header_on_every_socket_signed_in_or_not()
+{
+    let app = TestApp::spawn().await;
+    for (kind, first) in CONTROL_FRAMES {
+        let sockets = [
+            ("rpc before sign-in", app.connect().await),
+            ("rpc signed in", app.login("astravdi").await.0),
+            ("status", status_socket(&app).await),
+        ];
+        for (socket, mut c) in sockets {
+            // 4 MiB − 1 byte announced (the signed-in message limit), 1 KiB of it sent:
+            // closed at once, nothing waits for (or reserves) the rest.
+            announce(&mut c, first, (4 << 20) - 1, 1024).await;
+            let (code, reason) = c.expect_close(Duration::from_secs(2)).await;
+            assert_eq!(code, 1002, "{kind} on {socket}: {reason}");
+            assert!(
+                reason.contains("control frame"),
+                "{kind} on {socket}: {reason}"
+            );
+        }
+    }
+    // A fragmented control frame (no FIN) is refused the same way, however short.
+    let mut c = app.connect().await;
+    announce(&mut c, 0x09, 4, 4).await;
+    let (code, reason) = c.expect_close(Duration::from_secs(2)).await;
+    assert_eq!(code, 1002, "{reason}");
+    // The server is fine.
+    let mut other = app.connect().await;
+    assert_eq!(other.rpc("identify", json!({})).await["name"], "response");
+}
+
+#[tokio::test]
+async fn a_ping_of_up_to_125_bytes_still_gets_its_pong_on_every_socket() {
+    let app = TestApp::spawn().await;
+    let sockets = [
+        ("rpc before sign-in", app.connect().await),
+        ("rpc signed in", app.login("astravdi").await.0),
+        ("status", status_socket(&app).await),
+    ];
+    for (socket, mut c) in sockets {
+        let payload = vec![b'p'; 125];
+        c.send(Message::Ping(payload.clone().into())).await;
+        let pong = tokio::time::timeout(REPLY_TIMEOUT, async {
+            loop {
+                match c.ws.next().await {
+                    Some(Ok(Message::Pong(p))) => return p,
+                    Some(Ok(Message::Text(_) | Message::Ping(_))) => continue,
+                    other => panic!("{socket}: expected a pong, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("a pong in time");
+        assert_eq!(&pong[..], &payload[..], "{socket}");
+        if socket != "status" {
+            assert_eq!(c.rpc("identify", json!({})).await["name"], "response");
+        }
+    }
 }
