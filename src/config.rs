@@ -369,30 +369,7 @@ impl Config {
     /// constructor (`AppState`), which every way of running a config goes through: `serve`,
     /// `check-config`, the tests.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let durations = [
-            ("token_ttl", self.token_ttl),
-            ("idle_timeout", self.idle_timeout),
-            ("auth_grace", self.auth_grace),
-            ("mfa_token_ttl", self.mfa_token_ttl),
-            ("task_deadline", self.task_deadline),
-            ("release_deadline", self.release_deadline),
-            ("task_retention", self.task_retention),
-            ("sweep_interval", self.sweep_interval),
-            ("assignment_ttl", self.assignment_ttl),
-            ("lease_sweep", self.lease_sweep),
-            ("task_lease", self.task_lease),
-            ("session_flush", self.session_flush),
-            ("lockout_window", self.lockout_window),
-            ("lockout_backoff_max", self.lockout_backoff_max),
-            ("lockout_known_for", self.lockout_known_for),
-            ("jwt_ttl", self.jwt_ttl),
-            ("directory_recheck", self.directory_recheck),
-            ("session_max_age", self.session_max_age),
-            ("http_header_timeout", self.http_header_timeout),
-        ];
-        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
-            bail!("{name} must be greater than zero");
-        }
+        self.validate_durations()?;
         if matches!(self.state, StateUrl::RedisCluster { .. })
             && self.state_prefix.contains(['{', '}'])
         {
@@ -435,6 +412,58 @@ impl Config {
         if let Some(directory) = &self.directory {
             directory.validate()?;
         }
+        self.validate_browser_names()?;
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            bail!(
+                "proxy_protocol = true needs trusted_proxies: only the load balancers listed \
+                 there may send a PROXY header (anyone else could name any address), so with \
+                 none every connection would be refused; list the balancers' addresses, e.g. \
+                 trusted_proxies = [\"10.0.0.2\"]"
+            );
+        }
+        if let Some(metrics) = self.metrics_listen
+            && metrics == self.listen
+            && metrics.port() != 0
+        {
+            bail!("metrics_listen must differ from listen");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together: give both or neither");
+        }
+        Ok(())
+    }
+
+    /// Every duration setting is above zero.
+    fn validate_durations(&self) -> anyhow::Result<()> {
+        let durations = [
+            ("token_ttl", self.token_ttl),
+            ("idle_timeout", self.idle_timeout),
+            ("auth_grace", self.auth_grace),
+            ("mfa_token_ttl", self.mfa_token_ttl),
+            ("task_deadline", self.task_deadline),
+            ("release_deadline", self.release_deadline),
+            ("task_retention", self.task_retention),
+            ("sweep_interval", self.sweep_interval),
+            ("assignment_ttl", self.assignment_ttl),
+            ("lease_sweep", self.lease_sweep),
+            ("task_lease", self.task_lease),
+            ("session_flush", self.session_flush),
+            ("lockout_window", self.lockout_window),
+            ("lockout_backoff_max", self.lockout_backoff_max),
+            ("lockout_known_for", self.lockout_known_for),
+            ("jwt_ttl", self.jwt_ttl),
+            ("directory_recheck", self.directory_recheck),
+            ("session_max_age", self.session_max_age),
+            ("http_header_timeout", self.http_header_timeout),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            bail!("{name} must be greater than zero");
+        }
+        Ok(())
+    }
+
+    /// `allowed_origins` are origins and `server_names` host names.
+    fn validate_browser_names(&self) -> anyhow::Result<()> {
         for origin in &self.allowed_origins {
             crate::http::Origin::parse(origin).with_context(|| {
                 format!(
@@ -455,23 +484,6 @@ impl Config {
                      scheme or port, e.g. \"desktops.example.com\""
                 );
             }
-        }
-        if self.proxy_protocol && self.trusted_proxies.is_empty() {
-            bail!(
-                "proxy_protocol = true needs trusted_proxies: only the load balancers listed \
-                 there may send a PROXY header (anyone else could name any address), so with \
-                 none every connection would be refused; list the balancers' addresses, e.g. \
-                 trusted_proxies = [\"10.0.0.2\"]"
-            );
-        }
-        if let Some(metrics) = self.metrics_listen
-            && metrics == self.listen
-            && metrics.port() != 0
-        {
-            bail!("metrics_listen must differ from listen");
-        }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            bail!("tls_cert and tls_key go together: give both or neither");
         }
         Ok(())
     }
