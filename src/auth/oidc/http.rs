@@ -82,3 +82,28 @@ pub fn discovery_error(
         _ => OidcError::BadDiscovery(format!("{what}: unusable")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_file_must_be_readable_pem_with_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = OidcSettings::new("https://idp.example.com", "pg");
+        client(&settings).unwrap();
+        let file = dir.path().join("ca.pem");
+        settings.ca_file = Some(file.clone());
+        let e = format!("{:#}", client(&settings).unwrap_err());
+        assert!(e.contains("cannot read oidc.ca_file"), "{e}");
+        std::fs::write(&file, "no certificate here\n").unwrap();
+        let e = format!("{:#}", client(&settings).unwrap_err());
+        assert!(
+            e.contains("holds no certificate") || e.contains("is not PEM"),
+            "{e}"
+        );
+        let ca = rcgen::generate_simple_self_signed(vec!["idp.example.com".into()]).unwrap();
+        std::fs::write(&file, ca.cert.pem()).unwrap();
+        client(&settings).unwrap();
+    }
+}

@@ -40,7 +40,8 @@ pub struct OidcSettings {
     /// Members of any of these groups are administrators.
     #[serde(default)]
     pub admin_groups: Vec<String>,
-    /// PEM file of certificate authorities to trust for the provider, besides the system's.
+    /// PEM file of certificate authorities to trust for the provider, besides the web roots
+    /// built in (Mozilla's, as webpki-roots ships them).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// A provider's MFA (`amr` holding one of `mfa_amr_values`) stands in for poolgate's own
