@@ -190,6 +190,12 @@ pub struct Config {
     pub users: Vec<UserRecord>,
     /// An LDAP / Active Directory to sign people in against (`[directory]`).
     pub directory: Option<crate::auth::directory::DirectoryConfig>,
+    /// How browsers reach this server (`https://host[:port]`, no path): the links poolgate
+    /// hands out, such as the single sign-on redirect URI `{public_url}/oidc/callback`, are
+    /// built from it.
+    pub public_url: Option<String>,
+    /// An OpenID Connect provider to sign people in at (`[oidc]`).
+    pub oidc: Option<crate::auth::oidc::OidcSettings>,
     /// Desktop pools and who may use them.
     pub pools: Vec<PoolConfig>,
     /// Named provisioners pools refer to; `simulated` exists even when not defined.
@@ -255,6 +261,8 @@ impl Default for Config {
             users_file: None,
             users: Vec::new(),
             directory: None,
+            public_url: None,
+            oidc: None,
             pools: Vec::new(),
             provisioners: HashMap::new(),
             seed_tasks: Vec::new(),
@@ -412,6 +420,12 @@ impl Config {
         if let Some(directory) = &self.directory {
             directory.validate()?;
         }
+        if let Some(url) = &self.public_url {
+            crate::auth::oidc::validate_public_url(url)?;
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate(self.public_url.as_deref())?;
+        }
         self.validate_browser_names()?;
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             bail!(
@@ -545,5 +559,34 @@ mod tests {
     fn the_demo_config_and_the_defaults_are_valid() {
         Config::demo().validate().unwrap();
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn public_url_and_oidc_are_read_and_checked_together() {
+        let oidc = "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"pg\"\n";
+        let config = Config::parse(
+            &format!("public_url = \"https://broker.example.com\"\n{oidc}"),
+            None,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.oidc.unwrap().scopes, ["openid", "profile", "email"]);
+        let e = Config::parse(oidc, None).unwrap().validate().unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("oidc needs public_url"),
+            "{e:#}"
+        );
+        // public_url alone is checked too.
+        let e = Config::parse("public_url = \"https://b.example.com/pg\"", None)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("must not have a path"), "{e:#}");
+        let e = Config::parse(
+            &format!("public_url = \"https://b.example.com\"\n{oidc}issuer_url = 1"),
+            None,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("issuer_url"), "{e:#}");
     }
 }

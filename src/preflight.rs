@@ -59,7 +59,29 @@ pub fn files(config: &Config) -> Vec<Problem> {
     {
         problems.push(Problem::new(&["directory"], format!("{e:#}")));
     }
+    oidc_files(config, &mut problems);
     problems
+}
+
+/// The OIDC client secret (file or environment) and the provider's CA file can be read.
+fn oidc_files(config: &Config, problems: &mut Vec<Problem>) {
+    use crate::auth::oidc::CLIENT_SECRET_ENV;
+    let Some(oidc) = &config.oidc else {
+        return;
+    };
+    if let Err(e) = oidc.client_secret() {
+        let key: &[&str] = if crate::process::var_os(CLIENT_SECRET_ENV).is_some() {
+            &[CLIENT_SECRET_ENV]
+        } else {
+            &["oidc", "client_secret_file"]
+        };
+        problems.push(Problem::new(key, format!("{e:#}")));
+    }
+    if oidc.ca_file.is_some()
+        && let Err(e) = crate::auth::oidc::http_client(oidc)
+    {
+        problems.push(Problem::new(&["oidc", "ca_file"], format!("{e:#}")));
+    }
 }
 
 /// What the config alone shows that would serve but that an operator should know: printed by
@@ -254,6 +276,8 @@ fn executable(program: &str, workdir: Option<&Path>) -> Result<PathBuf, String> 
 pub struct Reached {
     pub problems: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// What was found, for the operator (the OIDC provider's endpoints).
+    pub found: Vec<String>,
 }
 
 /// The checks that reach out (`check-config --connect`): the state store answers (and keeps
@@ -302,7 +326,49 @@ pub async fn connect(config: &Config) -> Reached {
             format!("cannot reach: {e}"),
         ));
     }
-    Reached { problems, warnings }
+    let mut found = Vec::new();
+    if let Some(oidc) = &config.oidc
+        && let Some(public_url) = &config.public_url
+    {
+        match crate::auth::oidc::OidcClient::discover(oidc, public_url).await {
+            Ok(client) => found.extend(describe_provider(client.discovered(), public_url)),
+            Err(e) => problems.push(Problem::new(&["oidc", "issuer"], e.to_string())),
+        }
+    }
+    Reached {
+        problems,
+        warnings,
+        found,
+    }
+}
+
+/// What discovery found, a line each.
+fn describe_provider(d: &crate::auth::oidc::Discovered, public_url: &str) -> Vec<String> {
+    vec![
+        format!("oidc: issuer {}", d.issuer),
+        format!("oidc: authorization endpoint {}", d.authorization_endpoint),
+        format!("oidc: token endpoint {}", d.token_endpoint),
+        format!("oidc: keys {} ({} published)", d.jwks_uri, d.keys),
+        format!(
+            "oidc: ID token algorithms accepted: {}",
+            d.algorithms.join(", ")
+        ),
+        format!(
+            "oidc: sign-out at the provider: {}",
+            d.end_session_endpoint
+                .as_deref()
+                .unwrap_or("not offered (no end_session_endpoint)")
+        ),
+        format!(
+            "oidc: client {}; register the redirect URI {}",
+            if d.public_client {
+                "public (PKCE, no secret)"
+            } else {
+                "confidential (with a secret)"
+            },
+            crate::auth::oidc::OidcSettings::redirect_uri(public_url)
+        ),
+    ]
 }
 
 /// Whether serving could create files in `dir` (creating it first, as serving does): probed

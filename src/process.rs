@@ -23,9 +23,10 @@ use std::ffi::OsString;
 use std::sync::Mutex;
 
 /// The secrets poolgate reads from its environment by a fixed name.
-pub const SECRET_VARS: [&str; 3] = [
+pub const SECRET_VARS: [&str; 4] = [
     "POOLGATE_JWT_SECRET",
     "POOLGATE_LDAP_PASSWORD",
+    "POOLGATE_OIDC_CLIENT_SECRET",
     "POOLGATE_REDIS_PASSWORD",
 ];
 

@@ -9,6 +9,7 @@
 pub mod directory;
 pub mod jwt;
 pub mod lockout;
+pub mod oidc;
 pub mod otp;
 pub mod password;
 pub mod recheck;

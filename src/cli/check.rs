@@ -15,8 +15,9 @@ pub struct CheckArgs {
     /// The config file to check.
     config: PathBuf,
     /// Also reach what serving needs: Redis answers (PING, with the configured password),
-    /// the data directory can be written (probed with a short-lived file). Warns (and still
-    /// passes) when a Redis node keeps no append-only file.
+    /// the data directory can be written (probed with a short-lived file), the OIDC provider's
+    /// discovery document and keys can be fetched (what it offers is printed). Warns (and
+    /// still passes) when a Redis node keeps no append-only file.
     #[arg(long)]
     connect: bool,
 }
@@ -46,6 +47,9 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
         let reached = runtime.block_on(preflight::connect(&config));
         problems.extend(reached.problems);
         warnings.extend(reached.warnings);
+        for line in &reached.found {
+            println!("{line}");
+        }
     }
     if !warnings.is_empty() {
         let text = std::fs::read_to_string(path)?;

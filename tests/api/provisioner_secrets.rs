@@ -11,12 +11,16 @@ use crate::helpers::*;
 use crate::provisioners::script_config_file;
 
 /// Secrets given to the server in its environment, each with a value found nowhere else.
-const SECRETS: [(&str, &str); 3] = [
+const SECRETS: [(&str, &str); 4] = [
     (
         "POOLGATE_JWT_SECRET",
         "jwt-secret-in-the-environ-0123456789abcdef",
     ),
     ("POOLGATE_LDAP_PASSWORD", "ldap-password-in-the-environ"),
+    (
+        "POOLGATE_OIDC_CLIENT_SECRET",
+        "oidc-client-secret-in-the-environ",
+    ),
     ("POOLGATE_REDIS_PASSWORD", "redis-password-in-the-environ"),
 ];
 
