@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::domain::Task;
 use crate::store::Store;
-use crate::store::routing::{Router, WatchGuard};
+use crate::store::redis_store::watches::{WatchGuard, Watches};
 
 /// A frame on a socket's outbound queue; the socket's task writes it as a WebSocket message.
 /// Text is reference-counted: an event rendered once is shared by every socket it goes to.
@@ -275,7 +275,7 @@ impl UserEntry {
 /// On a store that routes events per user: whose channels this instance hears, and where a
 /// new watch reads the user's active tasks.
 struct Routing {
-    router: Arc<Router>,
+    router: Arc<Watches>,
     store: Arc<dyn Store>,
 }
 
@@ -317,7 +317,7 @@ impl Drop for Seeding {
 /// Every task change — from this instance or, through the store's bus, from others — passes
 /// through `publish`, so the hub's view of active tasks is as fresh as what sockets were told.
 ///
-/// On a store that routes events per user ([`crate::store::routing`]) the hub knows only the
+/// On a store that routes events per user ([`crate::store::redis_store::watches`]) the hub knows only the
 /// users with a socket here: a user's first socket starts the watch of their channel and reads
 /// their active tasks once it is confirmed ([`EventHub::prepare`]); from then on every change
 /// reaches the hub; the last socket leaving ends the watch and forgets the user.

@@ -111,7 +111,7 @@ struct Cache {
     live: AtomicBool,
     /// Which users this instance hears, on a store that routes events per user: only their
     /// records are cached. `None`: every announcement reaches this instance.
-    router: Option<Arc<routing::Router>>,
+    router: Option<Arc<redis_store::watches::Watches>>,
 }
 
 fn stripe(id: Uuid) -> usize {
@@ -617,7 +617,7 @@ impl Store for CachedStore {
         self.inner.publish(event)
     }
 
-    fn router(&self) -> Option<Arc<routing::Router>> {
+    fn router(&self) -> Option<Arc<redis_store::watches::Watches>> {
         self.inner.router()
     }
 
@@ -655,7 +655,7 @@ mod tests {
     /// A router whose subscriptions always succeed at once.
     struct Accept;
 
-    impl routing::Subscriber for Accept {
+    impl redis_store::watches::Subscriber for Accept {
         async fn apply(&self, _subscribe: bool, _users: &[Uuid]) -> bool {
             true
         }
@@ -663,7 +663,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_routing_only_what_was_read_under_the_users_confirmed_watch_is_served() {
-        let router = routing::Router::new(Accept);
+        let router = redis_store::watches::Watches::new(Accept);
         let c = Cache {
             router: Some(router.clone()),
             ..cache()

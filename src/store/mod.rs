@@ -18,8 +18,7 @@
 
 pub mod cache;
 pub mod memory;
-pub mod redis;
-pub mod routing;
+pub mod redis_store;
 pub mod sqlite;
 mod url;
 
@@ -509,9 +508,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// For a shared backend that routes each user's events on a channel of their own: which
-    /// users this instance hears ([`routing`]). `None`: every event reaches this instance
+    /// users this instance hears ([`redis_store::watches`]). `None`: every event reaches this instance
     /// (a store of one process, whose bus is in-process).
-    fn router(&self) -> Option<Arc<routing::Router>> {
+    fn router(&self) -> Option<Arc<redis_store::watches::Watches>> {
         None
     }
 }
@@ -556,7 +555,7 @@ pub async fn open(
         }
         StateUrl::Redis { url } => Arc::new(
             cache::CachedStore::shared(sink, |bus| async move {
-                let store = redis::RedisStore::connect(url, password, prefix, bus).await?;
+                let store = redis_store::RedisStore::connect(url, password, prefix, bus).await?;
                 Ok(Arc::new(store) as Arc<dyn Store>)
             })
             .await?,
@@ -564,7 +563,7 @@ pub async fn open(
         StateUrl::RedisCluster { nodes, .. } => Arc::new(
             cache::CachedStore::shared(sink, |bus| async move {
                 let store =
-                    redis::RedisStore::connect_cluster(nodes, password, prefix, bus).await?;
+                    redis_store::RedisStore::connect_cluster(nodes, password, prefix, bus).await?;
                 Ok(Arc::new(store) as Arc<dyn Store>)
             })
             .await?,

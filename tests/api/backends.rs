@@ -473,7 +473,7 @@ fn digest() -> TokenHash {
 fn session(user: Uuid, last_active_ms: u64) -> SessionRecord {
     let hash = loop {
         let hash = digest();
-        if store::redis::in_users_bucket(user, &hash) {
+        if store::redis_store::in_users_bucket(user, &hash) {
             break hash;
         }
     };

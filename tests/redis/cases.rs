@@ -742,7 +742,7 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
         .output()
         .unwrap();
     assert!(paused.status.success(), "{paused:?}");
-    let published = store::redis::OUTBOX_CAPACITY + 10_000;
+    let published = store::redis_store::OUTBOX_CAPACITY + 10_000;
     for _ in 0..published {
         store.publish(released("load"));
     }

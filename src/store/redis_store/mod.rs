@@ -10,6 +10,10 @@
 //! its sessions lives). Every record with an expiry is a key with a TTL, so `sweep_expired`
 //! has nothing to do.
 //!
+//! The module is `redis_store`, not `redis`, so that it does not shadow the `redis` crate:
+//! here `redis::…` is the crate, as anywhere else, with no `::redis::` needed to tell them
+//! apart.
+//!
 //! **Key layout.** On one Redis the keys are as they always were. On a cluster every
 //! multi-key operation must keep its keys in one hash slot, so the keys that scripts touch
 //! together carry a *bucket* hash tag, `{bN}` with N in 0..[`BUCKETS`]: a user's bucket (a hash
@@ -27,18 +31,20 @@
 
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use ::redis::cluster::ClusterClientBuilder;
-use ::redis::cluster_async::ClusterConnection;
-use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use ::redis::{AsyncCommands, Cmd, Pipeline, PushKind, RedisFuture, Script, Value};
 use anyhow::Context;
 use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{AsyncCommands, Cmd, Pipeline, PushKind, RedisFuture, Script, Value};
 use sha2::Digest;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::*;
+
+pub mod watches;
 
 /// The connection every call goes through: to one Redis, or to a cluster (which routes each
 /// command by its first key's slot).
@@ -78,8 +84,8 @@ impl<T: Clone> Renewable<T> {
 
 /// Whether an error means the connection manager could not authenticate, which it never
 /// retries by itself.
-fn refused_authentication(e: &::redis::RedisError) -> bool {
-    e.kind() == ::redis::ErrorKind::AuthenticationFailed
+fn refused_authentication(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("WRONGPASS") | Some("NOAUTH"))
 }
 
@@ -87,9 +93,9 @@ fn refused_authentication(e: &::redis::RedisError) -> bool {
 /// than being refused, as by a master that is down: the client reconnects to that one by
 /// itself, and a new client would fare no better).
 async fn cluster_timed_out(mut con: ClusterConnection) -> bool {
-    use ::redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy};
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy};
     let ping = con.route_command(
-        ::redis::cmd("PING"),
+        redis::cmd("PING"),
         RoutingInfo::MultiNode((
             MultipleNodeRoutingInfo::AllMasters,
             Some(ResponsePolicy::AllSucceeded),
@@ -296,8 +302,8 @@ pub struct RedisStore {
     /// Revocations (sessions, JWTs) wait apart and go first: a flood of task events never
     /// sheds a sign-out. Bounded too.
     revocations: mpsc::Sender<BusEvent>,
-    /// Which users' channels this instance hears ([`routing`]).
-    router: Arc<routing::Router>,
+    /// Which users' channels this instance hears ([`watches`]).
+    router: Arc<watches::Watches>,
     /// The `origin` of those announcements (see [`Store::announced_writes_origin`]).
     origin: u64,
     task_create: Script,
@@ -355,7 +361,7 @@ struct Subscriptions {
 }
 
 impl Subscriptions {
-    async fn change(&self, subscribe: bool, users: &[Uuid]) -> ::redis::RedisResult<()> {
+    async fn change(&self, subscribe: bool, users: &[Uuid]) -> redis::RedisResult<()> {
         match &self.con {
             Con::One(con) => {
                 let channels: Vec<String> = users.iter().map(|u| self.keys.channel(*u)).collect();
@@ -404,7 +410,7 @@ impl Subscriptions {
     }
 }
 
-impl routing::Subscriber for Subscriptions {
+impl watches::Subscriber for Subscriptions {
     async fn apply(&self, subscribe: bool, users: &[Uuid]) -> bool {
         match self.change(subscribe, users).await {
             Ok(()) => true,
@@ -441,16 +447,6 @@ fn key(prefix: &str, parts: &[&str]) -> String {
     key
 }
 
-fn resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
-    }
-}
-
 /// The user whose (cluster) channel this is: `<prefix>:bus:{bN}:<user id>`.
 fn user_of_channel(prefix: &str, channel: &str) -> Option<Uuid> {
     let rest = channel.strip_prefix(prefix)?.strip_prefix(":bus:")?;
@@ -469,17 +465,17 @@ const RENEW_AFTER_MAX: u32 = 30;
 /// user's socket catches up once confirmed), then the global channel, whose confirmation ends
 /// the bus gap. One line is logged per renewal; failed attempts at most once a minute.
 async fn watchdog<T, P, C>(
-    router: std::sync::Weak<routing::Router>,
+    router: std::sync::Weak<watches::Watches>,
     con: Renewable<T>,
     probe: impl Fn(T) -> P,
     connect: impl Fn() -> C,
-    push_tx: mpsc::UnboundedSender<::redis::PushInfo>,
+    push_tx: mpsc::UnboundedSender<redis::PushInfo>,
     channel: String,
     why: &'static str,
 ) where
     T: Clone,
     P: Future<Output = bool>,
-    C: Future<Output = ::redis::RedisResult<T>>,
+    C: Future<Output = redis::RedisResult<T>>,
     Renewable<T>: Into<Con>,
 {
     let (mut failed, mut renew_after) = (0, RENEW_AFTER);
@@ -511,7 +507,7 @@ async fn watchdog<T, P, C>(
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 // As a lost connection: the watches are subscribed again on the new one...
-                let _ = push_tx.send(::redis::PushInfo {
+                let _ = push_tx.send(redis::PushInfo {
                     kind: PushKind::Disconnection,
                     data: Vec::new(),
                 });
@@ -542,7 +538,7 @@ impl From<Renewable<ClusterConnection>> for Con {
 }
 
 /// Subscribes the connection to the global channel.
-async fn subscribe_global(con: &mut Con, channel: &str) -> ::redis::RedisResult<()> {
+async fn subscribe_global(con: &mut Con, channel: &str) -> redis::RedisResult<()> {
     match con {
         Con::One(con) => con.get().subscribe(channel).await,
         Con::Cluster(con) => con.get().subscribe(channel).await,
@@ -563,14 +559,14 @@ fn cluster_client(
     nodes: &[String],
     password: Option<&str>,
 ) -> anyhow::Result<ClusterClientBuilder> {
-    use ::redis::IntoConnectionInfo;
+    use redis::IntoConnectionInfo;
     let infos = nodes
         .iter()
         .map(|n| n.as_str().into_connection_info())
         .collect::<Result<Vec<_>, _>>()
         .context("invalid redis-cluster URL")?;
     let mut builder = ClusterClientBuilder::new(infos)
-        .use_protocol(::redis::ProtocolVersion::RESP3)
+        .use_protocol(redis::ProtocolVersion::RESP3)
         .connection_timeout(Duration::from_secs(2))
         .response_timeout(Duration::from_secs(2))
         .retries(3)
@@ -589,7 +585,7 @@ pub async fn ping_cluster(nodes: &[String], password: Option<&str>) -> anyhow::R
             .build()?
             .get_async_connection()
             .await?;
-        ::redis::cmd("PING").query_async::<String>(&mut con).await?;
+        redis::cmd("PING").query_async::<String>(&mut con).await?;
         let mut warnings: Vec<String> = durability(&Con::Cluster(Renewable::new(con)), "")
             .await
             .into_iter()
@@ -598,11 +594,11 @@ pub async fn ping_cluster(nodes: &[String], password: Option<&str>) -> anyhow::R
         // the others are the ones down.
         let mut silent = Vec::new();
         for node in nodes {
-            use ::redis::IntoConnectionInfo;
+            use redis::IntoConnectionInfo;
             let Ok(info) = node.as_str().into_connection_info() else {
                 continue;
             };
-            let ::redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+            let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
                 continue;
             };
             let reached = tokio::time::timeout(
@@ -636,16 +632,6 @@ pub async fn ping_cluster(nodes: &[String], password: Option<&str>) -> anyhow::R
     }
 }
 
-/// Parses a `redis://` URL the way [`RedisStore::connect`] does, without connecting.
-pub fn check_url(url: &str) -> anyhow::Result<()> {
-    use ::redis::IntoConnectionInfo;
-    resp3(url)
-        .as_str()
-        .into_connection_info()
-        .context("invalid redis URL")?;
-    Ok(())
-}
-
 /// What `check-config --connect` says of Redis' durability: the warning of [`aof_warning`], or
 /// that it cannot be told.
 async fn durability(con: &Con, one: &str) -> Option<String> {
@@ -660,17 +646,17 @@ async fn durability(con: &Con, one: &str) -> Option<String> {
 /// Connects once with the configured password and sends PING (`check-config --connect`);
 /// answers a warning when a Redis restart would lose accepted writes ([`aof_warning`]).
 pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<Option<String>> {
-    use ::redis::IntoConnectionInfo;
+    use redis::IntoConnectionInfo;
     let mut info = url.into_connection_info().context("invalid redis URL")?;
     if let Some(password) = password {
         let settings = info.redis_settings().clone().set_password(password);
         info = info.set_redis_settings(settings);
     }
-    let client = ::redis::Client::open(info).context("invalid redis URL")?;
+    let client = redis::Client::open(info).context("invalid redis URL")?;
     let attempt = async {
         let mut con = client.get_multiplexed_async_connection().await?;
-        ::redis::cmd("PING").query_async::<String>(&mut con).await?;
-        if let Ok(info) = ::redis::cmd("INFO")
+        redis::cmd("PING").query_async::<String>(&mut con).await?;
+        if let Ok(info) = redis::cmd("INFO")
             .arg("cluster")
             .query_async::<String>(&mut con)
             .await
@@ -678,11 +664,11 @@ pub async fn ping(url: &str, password: Option<&str>) -> anyhow::Result<Option<St
         {
             return Ok(Err(cluster_node_message(&super::url::redacted(url))));
         }
-        let info = ::redis::cmd("INFO")
+        let info = redis::cmd("INFO")
             .arg("persistence")
             .query_async::<String>(&mut con)
             .await;
-        Ok::<_, ::redis::RedisError>(Ok(match info {
+        Ok::<_, redis::RedisError>(Ok(match info {
             Ok(text) if aof_enabled(&text) == Some(false) => {
                 aof_warning(&[super::url::redacted(url).into_owned()])
             }
@@ -715,8 +701,8 @@ impl RedisStore {
         prefix: &str,
         sink: mpsc::UnboundedSender<BusEvent>,
     ) -> anyhow::Result<Self> {
-        use ::redis::IntoConnectionInfo;
-        let mut info = resp3(url)
+        use redis::IntoConnectionInfo;
+        let mut info = super::url::resp3(url)
             .as_str()
             .into_connection_info()
             .context("invalid redis URL")?;
@@ -724,7 +710,7 @@ impl RedisStore {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = ::redis::Client::open(info).context("invalid redis URL")?;
+        let client = redis::Client::open(info).context("invalid redis URL")?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx.clone())
@@ -739,7 +725,7 @@ impl RedisStore {
             .with_context(|| format!("cannot connect to {}", super::url::redacted(url)))?;
         let label = super::url::redacted(url).into_owned();
         let mut probe = con.clone();
-        if let Ok(info) = ::redis::cmd("INFO")
+        if let Ok(info) = redis::cmd("INFO")
             .arg("cluster")
             .query_async::<String>(&mut probe)
             .await
@@ -753,7 +739,7 @@ impl RedisStore {
             std::sync::Arc::downgrade(&store.router),
             one,
             |mut con| async move {
-                let ping = ::redis::cmd("PING").query_async::<String>(&mut con).await;
+                let ping = redis::cmd("PING").query_async::<String>(&mut con).await;
                 ping.is_err_and(|e| refused_authentication(&e))
             },
             move || {
@@ -816,7 +802,7 @@ impl RedisStore {
     /// `label` names one Redis in the durability warning (a cluster's nodes name themselves).
     async fn start(
         mut con: Con,
-        mut push_rx: mpsc::UnboundedReceiver<::redis::PushInfo>,
+        mut push_rx: mpsc::UnboundedReceiver<redis::PushInfo>,
         prefix: &str,
         sink: mpsc::UnboundedSender<BusEvent>,
         label: String,
@@ -844,7 +830,7 @@ impl RedisStore {
             }
         });
         let moved = Arc::new(dashmap::DashSet::new());
-        let router = routing::Router::new(Subscriptions {
+        let router = watches::Watches::new(Subscriptions {
             con: con.clone(),
             keys: keys.clone(),
             moved: moved.clone(),
@@ -884,7 +870,7 @@ impl RedisStore {
                         if let Some(user) = push
                             .data
                             .first()
-                            .and_then(|c| ::redis::from_redis_value_ref::<String>(c).ok())
+                            .and_then(|c| redis::from_redis_value_ref::<String>(c).ok())
                             .and_then(|c| user_of_channel(&push_prefix, &c))
                         {
                             moved.insert(user_bucket(user));
@@ -906,7 +892,7 @@ impl RedisStore {
                     }
                     PushKind::Subscribe
                         if push.data.first().is_some_and(|c| {
-                            ::redis::from_redis_value_ref::<String>(c)
+                            redis::from_redis_value_ref::<String>(c)
                                 .is_ok_and(|c| c == push_channel)
                         }) =>
                     {
@@ -926,7 +912,7 @@ impl RedisStore {
                 let Some(payload) = push.data.into_iter().nth(1) else {
                     continue;
                 };
-                let Ok(text) = ::redis::from_redis_value::<String>(payload) else {
+                let Ok(text) = redis::from_redis_value::<String>(payload) else {
                     continue;
                 };
                 match serde_json::from_str::<BusEvent>(&text) {
@@ -954,11 +940,11 @@ impl RedisStore {
                 };
                 let text = serde_json::to_string(&event).expect("events serialize");
                 let publish = match event.user() {
-                    Some(user) => ::redis::cmd(out_keys.publish_command())
+                    Some(user) => redis::cmd(out_keys.publish_command())
                         .arg(out_keys.channel(user))
                         .arg(&text)
                         .to_owned(),
-                    None => ::redis::cmd("PUBLISH")
+                    None => redis::cmd("PUBLISH")
                         .arg(global_channel(&out_keys.prefix))
                         .arg(&text)
                         .to_owned(),
@@ -1232,7 +1218,7 @@ impl RedisStore {
                     loop {
                         let page = con
                             .route_command(
-                                ::redis::cmd("SCAN")
+                                redis::cmd("SCAN")
                                     .arg(cursor)
                                     .arg("MATCH")
                                     .arg(&pattern)
@@ -1245,7 +1231,7 @@ impl RedisStore {
                                 }),
                             )
                             .await?;
-                        let (next, found): (u64, Vec<String>) = ::redis::from_redis_value(page)?;
+                        let (next, found): (u64, Vec<String>) = redis::from_redis_value(page)?;
                         keys.extend(found);
                         cursor = next;
                         if cursor == 0 {
@@ -1286,7 +1272,7 @@ impl RedisStore {
         }
         let keys = self.keys_matching(&["task", "*"]).await?;
         for chunk in keys.chunks(TOUCH_CHUNK) {
-            let mut pipe = ::redis::pipe();
+            let mut pipe = redis::pipe();
             for task in self.tasks_at(chunk.to_vec()).await? {
                 if task.status.is_done() {
                     pipe.zadd(
@@ -1333,11 +1319,11 @@ async fn masters(con: &mut ClusterConnection) -> StoreResult<Vec<(String, u16)>>
 async fn nodes(con: &mut ClusterConnection, replicas: bool) -> StoreResult<Vec<(String, u16)>> {
     let slots = con
         .route_command(
-            ::redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+            redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
             RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
         )
         .await?;
-    let ranges: Vec<Vec<Value>> = ::redis::from_redis_value(slots)?;
+    let ranges: Vec<Vec<Value>> = redis::from_redis_value(slots)?;
     let mut found = std::collections::BTreeSet::new();
     for range in ranges {
         // [start, end, [host, port, id, …], replicas…]
@@ -1346,12 +1332,12 @@ async fn nodes(con: &mut ClusterConnection, replicas: bool) -> StoreResult<Vec<(
             .skip(2)
             .take(if replicas { usize::MAX } else { 1 })
         {
-            let node: Vec<Value> = ::redis::from_redis_value(node)?;
+            let node: Vec<Value> = redis::from_redis_value(node)?;
             let mut node = node.into_iter();
             if let (Some(host), Some(port)) = (node.next(), node.next()) {
                 found.insert((
-                    ::redis::from_redis_value::<String>(host)?,
-                    ::redis::from_redis_value::<u16>(port)?,
+                    redis::from_redis_value::<String>(host)?,
+                    redis::from_redis_value::<u16>(port)?,
                 ));
             }
         }
@@ -1384,7 +1370,7 @@ fn aof_enabled(info: &str) -> Option<bool> {
 /// restart of one loses every write it acknowledged since its last snapshot. An error when
 /// a node's `INFO` cannot be read (down, or an ACL that denies it): then nobody can tell.
 async fn nodes_without_aof(con: &Con, one: &str) -> StoreResult<Vec<String>> {
-    let info = ::redis::cmd("INFO").arg("persistence").to_owned();
+    let info = redis::cmd("INFO").arg("persistence").to_owned();
     let mut without = Vec::new();
     match con {
         Con::One(c) => {
@@ -1405,7 +1391,7 @@ async fn nodes_without_aof(con: &Con, one: &str) -> StoreResult<Vec<String>> {
                         }),
                     )
                     .await?;
-                let text: String = ::redis::from_redis_value(reply)?;
+                let text: String = redis::from_redis_value(reply)?;
                 if aof_enabled(&text) == Some(false) {
                     without.push(format!("{host}:{port}"));
                 }
@@ -1436,7 +1422,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        ::redis::cmd("PING")
+        redis::cmd("PING")
             .query_async::<String>(&mut self.con())
             .await?;
         Ok(())
@@ -1458,7 +1444,7 @@ impl Store for RedisStore {
                 port: *port,
             });
             async move {
-                let ping = con.route_command(::redis::cmd("PING").to_owned(), route);
+                let ping = con.route_command(redis::cmd("PING").to_owned(), route);
                 matches!(
                     tokio::time::timeout(Duration::from_secs(1), ping).await,
                     Ok(Ok(_))
@@ -1478,7 +1464,7 @@ impl Store for RedisStore {
             )));
         }
         // A cluster that requires full coverage refuses every key once a slot has no master.
-        let state: String = ::redis::cmd("CLUSTER")
+        let state: String = redis::cmd("CLUSTER")
             .arg("INFO")
             .query_async(&mut con)
             .await?;
@@ -1637,7 +1623,7 @@ impl Store for RedisStore {
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
         let key = self.keys.mfa(hash);
         let mut con = self.con();
-        ::redis::pipe()
+        redis::pipe()
             .atomic()
             .set(&key, serde_json::to_string(rec)?)
             .ignore()
@@ -1649,7 +1635,7 @@ impl Store for RedisStore {
             .await?;
         // The user's earlier challenge of this kind goes: each writer's SET … GET sees the one
         // before it, so of concurrent writers only the last one's challenge stays.
-        let earlier: Option<String> = ::redis::cmd("SET")
+        let earlier: Option<String> = redis::cmd("SET")
             .arg(self.keys.mfa_latest(rec.user_id, rec.password_ok))
             .arg(hex::encode(hash))
             .arg("PXAT")
@@ -1661,7 +1647,7 @@ impl Store for RedisStore {
         if let Some(earlier) = earlier.and_then(|h| TokenHash::try_from(h.as_slice()).ok())
             && earlier != *hash
         {
-            ::redis::pipe()
+            redis::pipe()
                 .atomic()
                 .del(self.keys.mfa(&earlier))
                 .ignore()
@@ -1674,7 +1660,7 @@ impl Store for RedisStore {
     }
 
     async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
-        let (body, failed): (Option<String>, Option<u32>) = ::redis::pipe()
+        let (body, failed): (Option<String>, Option<u32>) = redis::pipe()
             .atomic()
             .get(self.keys.mfa(hash))
             .get(self.keys.mfa_attempts(hash))
@@ -1689,7 +1675,7 @@ impl Store for RedisStore {
     }
 
     async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
-        let (taken, _): (i64, i64) = ::redis::pipe()
+        let (taken, _): (i64, i64) = redis::pipe()
             .atomic()
             .del(self.keys.mfa(hash))
             .del(self.keys.mfa_attempts(hash))
@@ -1785,7 +1771,7 @@ impl Store for RedisStore {
     ) -> StoreResult<Result<(), u64>> {
         // A key alone (no tag): SET NX with the claim's expiry is the atomic claim.
         let key = self.k(&["directory_recheck", &user.to_string()]);
-        let taken: Option<String> = ::redis::cmd("SET")
+        let taken: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(now_ms)
             .arg("NX")
@@ -1804,7 +1790,7 @@ impl Store for RedisStore {
 
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         // One command, so the key never exists without its expiry.
-        ::redis::cmd("SET")
+        redis::cmd("SET")
             .arg(self.k(&["jwt_revoked", jti]))
             .arg(exp)
             .arg("EXAT")
@@ -1946,7 +1932,7 @@ impl Store for RedisStore {
                     .await?;
                 let mut deleted = Vec::new();
                 for chunk in ids.chunks(TOUCH_CHUNK) {
-                    let mut pipe = ::redis::pipe();
+                    let mut pipe = redis::pipe();
                     // EVALSHA in a pipeline needs the script loaded first.
                     pipe.load_script(&self.task_sweep).ignore();
                     for id in chunk {
@@ -2170,7 +2156,7 @@ impl Store for RedisStore {
         }
     }
 
-    fn router(&self) -> Option<Arc<routing::Router>> {
+    fn router(&self) -> Option<Arc<watches::Watches>> {
         Some(self.router.clone())
     }
 

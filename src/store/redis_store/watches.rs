@@ -4,17 +4,17 @@
 //! Each user's events (task changes, machine releases, session revocations and the read
 //! cache's invalidations) are published on a channel of that user's own; an instance
 //! subscribes to it while it *watches* the user — from the first of the user's sockets
-//! signing in here to the last one leaving ([`Router::watch`], a counted [`WatchGuard`]).
+//! signing in here to the last one leaving ([`Watches::watch`], a counted [`WatchGuard`]).
 //! What concerns every instance whoever it is about (JWT revocations: a REST request may come
 //! to any instance) stays on the one global channel. So an instance's bus traffic grows with
 //! the users connected to it, not with the deployment.
 //!
 //! **When a watch is good.** A watch is *confirmed* once a `SUBSCRIBE` for the user's channel
 //! has completed while the watch existed: from then on Redis delivers the user's events here.
-//! [`Router::watch`] returns once it is (or after [`CONFIRM_WAIT`], logged, if Redis does not
+//! [`Watches::watch`] returns once it is (or after [`CONFIRM_WAIT`], logged, if Redis does not
 //! answer: the subscription is then retried in the background). Each confirmation gets a new
 //! *epoch*: the read cache keeps a user's records only under the epoch they were read in
-//! ([`Router::epoch`]), so nothing read while this instance might have missed the user's
+//! ([`Watches::epoch`]), so nothing read while this instance might have missed the user's
 //! announcements — before a confirmation, across a lost connection, after the last socket
 //! left — is ever served. When the connection drops every watch is unconfirmed, and each is
 //! subscribed again (and confirmed anew) once Redis is back.
@@ -30,7 +30,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-/// How long [`Router::watch`] waits for its subscription before going on unconfirmed.
+/// How long [`Watches::watch`] waits for its subscription before going on unconfirmed.
 pub const CONFIRM_WAIT: Duration = Duration::from_secs(3);
 
 /// Pause between attempts of a subscription change that failed (Redis away).
@@ -63,15 +63,15 @@ struct Watch {
 }
 
 /// Which users this instance watches; see the module docs.
-pub struct Router {
+pub struct Watches {
     users: DashMap<Uuid, Watch>,
     next: AtomicU64,
     changes: mpsc::UnboundedSender<Change>,
     /// Lost connections so far: a subscription made across one confirms nothing (the
-    /// re-subscription queued by [`Router::disconnected`] does).
+    /// re-subscription queued by [`Watches::disconnected`] does).
     disconnects: AtomicU64,
     /// The users whose watch was confirmed again after a lost connection: what was published
-    /// for them meanwhile was not heard ([`Router::take_resumed`]).
+    /// for them meanwhile was not heard ([`Watches::take_resumed`]).
     resumed: mpsc::UnboundedSender<Uuid>,
     resumed_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Uuid>>>,
     /// Bus messages received, and events not published because the outbox was full.
@@ -84,7 +84,7 @@ pub struct Router {
 
 /// Holds a watch of one user; the last one dropped ends it.
 pub struct WatchGuard {
-    router: Arc<Router>,
+    router: Arc<Watches>,
     user: Uuid,
 }
 
@@ -102,13 +102,13 @@ impl Drop for WatchGuard {
     }
 }
 
-impl Router {
-    /// A router whose subscription changes `subscriber` carries out, in order, on a task of
+impl Watches {
+    /// A table whose subscription changes `subscriber` carries out, in order, on a task of
     /// its own.
     pub fn new(subscriber: impl Subscriber) -> Arc<Self> {
         let (changes, rx) = mpsc::unbounded_channel();
         let (resumed, resumed_rx) = mpsc::unbounded_channel();
-        let router = Arc::new(Router {
+        let router = Arc::new(Watches {
             resumed,
             resumed_rx: std::sync::Mutex::new(Some(resumed_rx)),
             users: DashMap::new(),
@@ -209,7 +209,7 @@ impl Router {
     /// slot of a sharded channel moved to another master: a failover or a reshard). A watch
     /// of the user is unconfirmed and subscribed again under a new generation — so that a
     /// subscription made before the drop confirms nothing — and, once confirmed, reported
-    /// resumed ([`Router::take_resumed`]) like one after a lost connection.
+    /// resumed ([`Watches::take_resumed`]) like one after a lost connection.
     pub fn lost(&self, user: Uuid) {
         if let Some(mut w) = self.users.get_mut(&user) {
             w.generation = self.next.fetch_add(1, Ordering::Relaxed);
@@ -236,7 +236,7 @@ impl Router {
 
 /// Carries out the changes in order; consecutive ones of a kind go in one command.
 async fn run(
-    router: std::sync::Weak<Router>,
+    router: std::sync::Weak<Watches>,
     subscriber: impl Subscriber,
     mut rx: mpsc::UnboundedReceiver<Change>,
 ) {
@@ -291,7 +291,7 @@ async fn run(
     }
 }
 
-impl Router {
+impl Watches {
     /// Whether a subscription is still wanted (its watch lasts).
     fn wanted(&self, change: &Change) -> bool {
         match *change {
@@ -335,7 +335,7 @@ mod tests {
     #[tokio::test]
     async fn a_watch_subscribes_once_confirms_and_the_last_guard_unsubscribes() {
         let log = Log::default();
-        let router = Router::new(log.clone());
+        let router = Watches::new(log.clone());
         let user = Uuid::new_v4();
         let a = router.watch(user).await;
         let first = router.epoch(user).expect("confirmed once watch returns");
@@ -358,7 +358,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_connection_unconfirms_until_subscribed_again() {
         let log = Log::default();
-        let router = Router::new(log.clone());
+        let router = Watches::new(log.clone());
         let user = Uuid::new_v4();
         let _w = router.watch(user).await;
         let before = router.epoch(user).unwrap();
@@ -383,7 +383,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_subscription_dropped_by_the_server_is_made_again_and_reported_resumed() {
         let log = Log::default();
-        let router = Router::new(log.clone());
+        let router = Watches::new(log.clone());
         let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
         let _w = router.watch(user).await;
         let _o = router.watch(other).await;
@@ -409,7 +409,7 @@ mod tests {
     async fn a_watch_that_cannot_be_confirmed_returns_after_the_wait_and_is_confirmed_later() {
         let log = Log::default();
         log.down.store(true, Ordering::Relaxed);
-        let router = Router::new(log.clone());
+        let router = Watches::new(log.clone());
         let user = Uuid::new_v4();
         let _w = router.watch(user).await;
         assert_eq!(router.epoch(user), None);
@@ -422,7 +422,7 @@ mod tests {
     async fn a_subscription_for_a_watch_gone_meanwhile_is_not_retried() {
         let log = Log::default();
         log.down.store(true, Ordering::Relaxed);
-        let router = Router::new(log.clone());
+        let router = Watches::new(log.clone());
         let user = Uuid::new_v4();
         drop(router.watch(user).await);
         log.down.store(false, Ordering::Relaxed);
