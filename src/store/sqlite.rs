@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
 "#;
 
+/// This backend's errors as the store's (the message kept).
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.into())
+    }
+}
+
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let hash: Vec<u8> = r.get(0)?;
     Ok(SessionRecord {
@@ -188,15 +195,72 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    fn is_shared(&self) -> bool {
-        false
-    }
-
+impl Upkeep for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
 
+    async fn sweep_expired(&self) -> StoreResult<usize> {
+        let now = now_ms() as i64;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut n = 0;
+            for table in ["sessions", "mfa"] {
+                n += tx.execute(
+                    &format!("DELETE FROM {table} WHERE expires_ms <= ?1"),
+                    params![now],
+                )?;
+            }
+            for table in ["failures", "backoff"] {
+                n += tx.execute(
+                    &format!("DELETE FROM {table} WHERE until_ms <= ?1"),
+                    params![now],
+                )?;
+            }
+            n += tx.execute(
+                "DELETE FROM jwt_revoked WHERE exp + ?1 <= ?2",
+                params![JWT_REVOCATION_MARGIN_S, now / 1000],
+            )?;
+            n += tx.execute(
+                "DELETE FROM directory_rechecks WHERE until_ms <= ?1",
+                params![now],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        self.with(|c| {
+            let count = |table: &str| {
+                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n as usize)
+            };
+            let sessions = count("sessions")?;
+            Ok(StoreCounts {
+                sessions,
+                session_index: sessions,
+                tasks: count("tasks")?,
+                failure_counters: count("failures")? + count("backoff")?,
+            })
+        })
+    }
+}
+
+impl Bus for SqliteStore {
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn publish(&self, event: BusEvent) {
+        let _ = self.sink.send(event);
+    }
+}
+
+#[async_trait]
+impl Sessions for SqliteStore {
     async fn session_put(
         &self,
         rec: &SessionRecord,
@@ -253,17 +317,6 @@ impl Store for SqliteStore {
             )?
             .query_row(params![&hash[..], now_ms() as i64], session_row)
             .optional()
-        })
-    }
-
-    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT hash, user_id, created_ms, last_active_ms, peer FROM sessions
-                 WHERE expires_ms IS NULL OR expires_ms > ?1",
-            )?;
-            let rows = stmt.query_map(params![now_ms() as i64], session_row)?;
-            rows.collect()
         })
     }
 
@@ -325,36 +378,20 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn sweep_expired(&self) -> StoreResult<usize> {
-        let now = now_ms() as i64;
+    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
         self.with(|c| {
-            let tx = c.transaction()?;
-            let mut n = 0;
-            for table in ["sessions", "mfa"] {
-                n += tx.execute(
-                    &format!("DELETE FROM {table} WHERE expires_ms <= ?1"),
-                    params![now],
-                )?;
-            }
-            for table in ["failures", "backoff"] {
-                n += tx.execute(
-                    &format!("DELETE FROM {table} WHERE until_ms <= ?1"),
-                    params![now],
-                )?;
-            }
-            n += tx.execute(
-                "DELETE FROM jwt_revoked WHERE exp + ?1 <= ?2",
-                params![JWT_REVOCATION_MARGIN_S, now / 1000],
+            let mut stmt = c.prepare(
+                "SELECT hash, user_id, created_ms, last_active_ms, peer FROM sessions
+                 WHERE expires_ms IS NULL OR expires_ms > ?1",
             )?;
-            n += tx.execute(
-                "DELETE FROM directory_rechecks WHERE until_ms <= ?1",
-                params![now],
-            )?;
-            tx.commit()?;
-            Ok(n)
+            let rows = stmt.query_map(params![now_ms() as i64], session_row)?;
+            rows.collect()
         })
     }
+}
 
+#[async_trait]
+impl Mfa for SqliteStore {
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
         self.with(|c| {
             // One statement each, under the connection's one writer: the user's earlier
@@ -429,7 +466,10 @@ impl Store for SqliteStore {
             Ok(changed == 1)
         })
     }
+}
 
+#[async_trait]
+impl Directory for SqliteStore {
     async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()> {
         let body = serde_json::to_string(user)?;
         self.with(|c| {
@@ -548,7 +588,10 @@ impl Store for SqliteStore {
             Ok(Ok(()))
         })
     }
+}
 
+#[async_trait]
+impl JwtRevocations for SqliteStore {
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         self.with(|c| {
             c.execute(
@@ -591,7 +634,10 @@ impl Store for SqliteStore {
                 .collect())
         })
     }
+}
 
+#[async_trait]
+impl Tasks for SqliteStore {
     async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>> {
         let body: Option<String> = self.with(|c| {
             c.prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
@@ -702,6 +748,18 @@ impl Store for SqliteStore {
         })
     }
 
+    /// One process owns the file, so it owns every task.
+    async fn lease_acquire(&self, _task: Uuid, _owner: &str, _ttl: Duration) -> StoreResult<bool> {
+        Ok(true)
+    }
+
+    async fn lease_release(&self, _task: Uuid, _owner: &str) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Assignments for SqliteStore {
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         let body: Option<String> = self.with(|c| {
             c.prepare_cached("SELECT body FROM assignments WHERE user_id = ?1 AND pool_id = ?2")?
@@ -744,7 +802,10 @@ impl Store for SqliteStore {
             .map(|b| serde_json::from_str(b))
             .collect::<Result<_, _>>()?)
     }
+}
 
+#[async_trait]
+impl Inventory for SqliteStore {
     async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool> {
         self.with(|c| {
             Ok(c.execute(
@@ -771,16 +832,10 @@ impl Store for SqliteStore {
             Ok(rows.filter_map(|r| r.ok()?.parse().ok()).collect())
         })
     }
+}
 
-    /// One process owns the file, so it owns every task.
-    async fn lease_acquire(&self, _task: Uuid, _owner: &str, _ttl: Duration) -> StoreResult<bool> {
-        Ok(true)
-    }
-
-    async fn lease_release(&self, _task: Uuid, _owner: &str) -> StoreResult<()> {
-        Ok(())
-    }
-
+#[async_trait]
+impl Lockout for SqliteStore {
     async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32> {
         let now = now_ms() as i64;
         let until = now + window.as_millis() as i64;
@@ -858,27 +913,5 @@ impl Store for SqliteStore {
             )?;
             Ok(Ok(slot))
         })
-    }
-
-    async fn counts(&self) -> StoreResult<StoreCounts> {
-        self.with(|c| {
-            let count = |table: &str| {
-                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map(|n| n as usize)
-            };
-            let sessions = count("sessions")?;
-            Ok(StoreCounts {
-                sessions,
-                session_index: sessions,
-                tasks: count("tasks")?,
-                failure_counters: count("failures")? + count("backoff")?,
-            })
-        })
-    }
-
-    fn publish(&self, event: BusEvent) {
-        let _ = self.sink.send(event);
     }
 }

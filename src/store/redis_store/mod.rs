@@ -46,6 +46,19 @@ use super::*;
 
 pub mod watches;
 
+/// This backend's errors as the store's (the message kept).
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError(e.into())
+    }
+}
+
+impl From<redis::ParsingError> for StoreError {
+    fn from(e: redis::ParsingError) -> Self {
+        StoreError(e.into())
+    }
+}
+
 /// The connection every call goes through: to one Redis, or to a cluster (which routes each
 /// command by its first key's slot).
 #[derive(Clone)]
@@ -1416,11 +1429,7 @@ pub fn aof_warning(without: &[String]) -> Option<String> {
 }
 
 #[async_trait]
-impl Store for RedisStore {
-    fn is_shared(&self) -> bool {
-        true
-    }
-
+impl Upkeep for RedisStore {
     async fn ping(&self) -> StoreResult<()> {
         redis::cmd("PING")
             .query_async::<String>(&mut self.con())
@@ -1483,6 +1492,72 @@ impl Store for RedisStore {
         }))
     }
 
+    /// Every record with an expiry is a key with a TTL: nothing is left to delete.
+    async fn sweep_expired(&self) -> StoreResult<usize> {
+        Ok(0)
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        let sets = self.keys_matching(&["user_sessions", "*"]).await?;
+        let mut session_index = 0;
+        let mut con = self.con();
+        for set in &sets {
+            session_index += con.scard::<_, usize>(set).await?;
+        }
+        Ok(StoreCounts {
+            sessions: self.keys_matching(&["session", "*"]).await?.len(),
+            session_index,
+            tasks: self.keys_matching(&["task", "*"]).await?.len(),
+            failure_counters: self.keys_matching(&["failures", "*"]).await?.len()
+                + self.keys_matching(&["backoff", "*"]).await?.len(),
+        })
+    }
+}
+
+impl Bus for RedisStore {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn publish(&self, event: BusEvent) {
+        let lane = match event {
+            BusEvent::SessionRevoked { .. }
+            | BusEvent::SessionsEnded { .. }
+            | BusEvent::JwtRevoked { .. }
+            | BusEvent::JwtUserRevoked { .. } => &self.revocations,
+            _ => &self.outbox,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(event) {
+            let shed = self
+                .router
+                .shed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            // 1, 2, 4, 8…: the log says it happens without flooding while it does.
+            if shed.is_power_of_two() {
+                tracing::warn!(
+                    shed,
+                    "Redis is not keeping up with the events to publish: events shed (clients can ask for a task's state)"
+                );
+            }
+        }
+    }
+
+    fn announced_writes_origin(&self) -> Option<u64> {
+        Some(self.origin)
+    }
+
+    fn router(&self) -> Option<Arc<watches::Watches>> {
+        Some(self.router.clone())
+    }
+}
+
+#[async_trait]
+impl Sessions for RedisStore {
+    fn token_fits(&self, user: Uuid, hash: &TokenHash) -> bool {
+        !self.keys.cluster || in_users_bucket(user, hash)
+    }
+
     async fn session_put(
         &self,
         rec: &SessionRecord,
@@ -1534,25 +1609,6 @@ impl Store for RedisStore {
                 _ => None,
             },
         )
-    }
-
-    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
-        let keys = self.keys_matching(&["session", "*"]).await?;
-        let mut out = Vec::new();
-        for key in keys {
-            let Some(hash) = key
-                .rsplit(':')
-                .next()
-                .and_then(|h| hex::decode(h).ok())
-                .and_then(|h| TokenHash::try_from(h).ok())
-            else {
-                continue;
-            };
-            if let Some(rec) = self.session_get(&hash).await? {
-                out.push(rec);
-            }
-        }
-        Ok(out)
     }
 
     async fn session_touch(
@@ -1615,11 +1671,28 @@ impl Store for RedisStore {
             .collect())
     }
 
-    /// Every record with an expiry is a key with a TTL: nothing is left to delete.
-    async fn sweep_expired(&self) -> StoreResult<usize> {
-        Ok(0)
+    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
+        let keys = self.keys_matching(&["session", "*"]).await?;
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(hash) = key
+                .rsplit(':')
+                .next()
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|h| TokenHash::try_from(h).ok())
+            else {
+                continue;
+            };
+            if let Some(rec) = self.session_get(&hash).await? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
     }
+}
 
+#[async_trait]
+impl Mfa for RedisStore {
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
         let key = self.keys.mfa(hash);
         let mut con = self.con();
@@ -1703,7 +1776,10 @@ impl Store for RedisStore {
             .await?;
         Ok(n == 1)
     }
+}
 
+#[async_trait]
+impl Directory for RedisStore {
     async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()> {
         self.con()
             .set::<_, _, ()>(
@@ -1787,7 +1863,10 @@ impl Store for RedisStore {
         let at: Option<u64> = self.con().get(&key).await?;
         Ok(Err(at.unwrap_or(now_ms)))
     }
+}
 
+#[async_trait]
+impl JwtRevocations for RedisStore {
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         // One command, so the key never exists without its expiry.
         redis::cmd("SET")
@@ -1832,7 +1911,10 @@ impl Store for RedisStore {
             .filter_map(|(u, b)| Some((u.parse().ok()?, b)))
             .collect())
     }
+}
 
+#[async_trait]
+impl Tasks for RedisStore {
     async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>> {
         let body: Option<String> = self
             .con()
@@ -1954,6 +2036,29 @@ impl Store for RedisStore {
         Ok(deleted.len())
     }
 
+    async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        let n: i64 = self
+            .lease_acquire
+            .key(self.k(&["lease", &task.to_string()]))
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()> {
+        self.lease_release
+            .key(self.k(&["lease", &task.to_string()]))
+            .arg(owner)
+            .invoke_async::<i64>(&mut self.con())
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Assignments for RedisStore {
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         let body: Option<String> = self
             .con()
@@ -2020,7 +2125,10 @@ impl Store for RedisStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl Inventory for RedisStore {
     async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool> {
         let n: i64 = self
             .con()
@@ -2043,27 +2151,10 @@ impl Store for RedisStore {
             .await?;
         Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
     }
+}
 
-    async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool> {
-        let n: i64 = self
-            .lease_acquire
-            .key(self.k(&["lease", &task.to_string()]))
-            .arg(owner)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.con())
-            .await?;
-        Ok(n == 1)
-    }
-
-    async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()> {
-        self.lease_release
-            .key(self.k(&["lease", &task.to_string()]))
-            .arg(owner)
-            .invoke_async::<i64>(&mut self.con())
-            .await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Lockout for RedisStore {
     async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32> {
         let n: u32 = self
             .failures_add
@@ -2110,57 +2201,5 @@ impl Store for RedisStore {
             .invoke_async(&mut self.con())
             .await?;
         Ok(if taken == 1 { Ok(slot) } else { Err(slot) })
-    }
-
-    async fn counts(&self) -> StoreResult<StoreCounts> {
-        let sets = self.keys_matching(&["user_sessions", "*"]).await?;
-        let mut session_index = 0;
-        let mut con = self.con();
-        for set in &sets {
-            session_index += con.scard::<_, usize>(set).await?;
-        }
-        Ok(StoreCounts {
-            sessions: self.keys_matching(&["session", "*"]).await?.len(),
-            session_index,
-            tasks: self.keys_matching(&["task", "*"]).await?.len(),
-            failure_counters: self.keys_matching(&["failures", "*"]).await?.len()
-                + self.keys_matching(&["backoff", "*"]).await?.len(),
-        })
-    }
-
-    fn announced_writes_origin(&self) -> Option<u64> {
-        Some(self.origin)
-    }
-
-    fn publish(&self, event: BusEvent) {
-        let lane = match event {
-            BusEvent::SessionRevoked { .. }
-            | BusEvent::SessionsEnded { .. }
-            | BusEvent::JwtRevoked { .. }
-            | BusEvent::JwtUserRevoked { .. } => &self.revocations,
-            _ => &self.outbox,
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(event) {
-            let shed = self
-                .router
-                .shed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1;
-            // 1, 2, 4, 8…: the log says it happens without flooding while it does.
-            if shed.is_power_of_two() {
-                tracing::warn!(
-                    shed,
-                    "Redis is not keeping up with the events to publish: events shed (clients can ask for a task's state)"
-                );
-            }
-        }
-    }
-
-    fn router(&self) -> Option<Arc<watches::Watches>> {
-        Some(self.router.clone())
-    }
-
-    fn token_fits(&self, user: Uuid, hash: &TokenHash) -> bool {
-        !self.keys.cluster || in_users_bucket(user, hash)
     }
 }
