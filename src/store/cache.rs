@@ -112,7 +112,7 @@ struct Cache {
     live: AtomicBool,
     /// Which users this instance hears, on a store that routes events per user: only their
     /// records are cached. `None`: every announcement reaches this instance.
-    router: Option<Arc<redis_store::watches::Watches>>,
+    router: Option<Arc<dyn routing::Routing>>,
 }
 
 fn stripe(id: Uuid) -> usize {
@@ -358,7 +358,7 @@ impl Bus for CachedStore {
         self.inner.publish(event)
     }
 
-    fn router(&self) -> Option<Arc<redis_store::watches::Watches>> {
+    fn router(&self) -> Option<Arc<dyn routing::Routing>> {
         self.inner.router()
     }
 }
@@ -517,7 +517,7 @@ mod tests {
     async fn with_routing_only_what_was_read_under_the_users_confirmed_watch_is_served() {
         let router = redis_store::watches::Watches::new(Accept);
         let c = Cache {
-            router: Some(router.clone()),
+            router: Some(router.clone() as Arc<dyn routing::Routing>),
             ..cache()
         };
         let user = Uuid::new_v4();

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 #[allow(unused_imports)] // for the docs
 use super::now_ms;
-use super::redis_store::watches::Watches;
+use super::routing::Routing;
 use super::{
     Assignment, BusEvent, DirectoryUser, MfaRecord, SessionRecord, StoreCounts, StoreResult,
     TaskKey,
@@ -87,9 +87,9 @@ pub trait Bus: Send + Sync + 'static {
     }
 
     /// For a shared backend that routes each user's events on a channel of their own: which
-    /// users this instance hears ([`super::redis_store::watches`]). `None`: every event reaches
-    /// this instance (a store of one process, whose bus is in-process).
-    fn router(&self) -> Option<Arc<Watches>> {
+    /// users this instance hears ([`super::routing`]). `None`: every event reaches this instance
+    /// (a store of one process, whose bus is in-process).
+    fn router(&self) -> Option<Arc<dyn Routing>> {
         None
     }
 }

@@ -23,6 +23,7 @@ pub mod contract;
 mod forward;
 pub mod memory;
 pub mod redis_store;
+pub mod routing;
 pub mod sqlite;
 mod url;
 

@@ -3,6 +3,7 @@
 //! subscriptions that carry out the per-user watches ([`super::watches`]).
 
 use super::*;
+use crate::store::routing::Routing;
 
 /// Events waiting to be published, at most; past it they are shed.
 pub const OUTBOX_CAPACITY: usize = 16_384;
@@ -125,8 +126,8 @@ impl Bus for RedisStore {
         Some(self.origin)
     }
 
-    fn router(&self) -> Option<Arc<watches::Watches>> {
-        Some(self.router.clone())
+    fn router(&self) -> Option<Arc<dyn Routing>> {
+        Some(self.router.clone() as Arc<dyn Routing>)
     }
 }
 

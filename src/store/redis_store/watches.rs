@@ -4,14 +4,14 @@
 //! Each user's events (task changes, machine releases, session revocations and the read
 //! cache's invalidations) are published on a channel of that user's own; an instance
 //! subscribes to it while it *watches* the user — from the first of the user's sockets
-//! signing in here to the last one leaving ([`Watches::watch`], a counted [`WatchGuard`]).
+//! signing in here to the last one leaving ([`Watches::watch`], a counted [`WatchGuard`]; the layers above see it as [`Routing`]).
 //! What concerns every instance whoever it is about (JWT revocations: a REST request may come
 //! to any instance) stays on the one global channel. So an instance's bus traffic grows with
 //! the users connected to it, not with the deployment.
 //!
 //! **When a watch is good.** A watch is *confirmed* once a `SUBSCRIBE` for the user's channel
 //! has completed while the watch existed: from then on Redis delivers the user's events here.
-//! [`Watches::watch`] returns once it is (or after [`CONFIRM_WAIT`], logged, if Redis does not
+//! [`Watches::watch`] returns once it is (or after [`CONFIRM_WAIT`](crate::store::routing::CONFIRM_WAIT), logged, if Redis does not
 //! answer: the subscription is then retried in the background). Each confirmation gets a new
 //! *epoch*: the read cache keeps a user's records only under the epoch they were read in
 //! ([`Watches::epoch`]), so nothing read while this instance might have missed the user's
@@ -30,8 +30,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-/// How long [`Watches::watch`] waits for its subscription before going on unconfirmed.
-pub const CONFIRM_WAIT: Duration = Duration::from_secs(3);
+use crate::store::routing::{BusCounts, Routing, WatchGuard};
 
 /// Pause between attempts of a subscription change that failed (Redis away).
 const RETRY: Duration = Duration::from_millis(250);
@@ -82,26 +81,6 @@ pub struct Watches {
     pub renewed: AtomicU64,
 }
 
-/// Holds a watch of one user; the last one dropped ends it.
-pub struct WatchGuard {
-    router: Arc<Watches>,
-    user: Uuid,
-}
-
-impl std::fmt::Debug for WatchGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchGuard")
-            .field("user", &self.user)
-            .finish()
-    }
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        self.router.release(self.user);
-    }
-}
-
 impl Watches {
     /// A table whose subscription changes `subscriber` carries out, in order, on a task of
     /// its own.
@@ -124,43 +103,10 @@ impl Watches {
     }
 
     /// Starts (or joins) the watch of `user`; returns once it is confirmed, or after
-    /// [`CONFIRM_WAIT`].
+    /// [`CONFIRM_WAIT`](crate::store::routing::CONFIRM_WAIT) (see [`Routing::watch`]).
     pub async fn watch(self: &Arc<Self>, user: Uuid) -> WatchGuard {
-        let mut confirmed = {
-            let mut entry = self.users.entry(user).or_insert_with(|| Watch {
-                count: 0,
-                generation: self.next.fetch_add(1, Ordering::Relaxed),
-                epoch: None,
-                confirmed_before: false,
-                confirmed: watch::channel(false).0,
-            });
-            entry.count += 1;
-            if entry.count == 1 {
-                let _ = self.changes.send(Change::Subscribe(user, entry.generation));
-            }
-            entry.confirmed.subscribe()
-        };
-        let guard = WatchGuard {
-            router: self.clone(),
-            user,
-        };
-        if tokio::time::timeout(CONFIRM_WAIT, confirmed.wait_for(|c| *c))
-            .await
-            .is_err()
-        {
-            tracing::warn!(%user, "the bus did not confirm a user's subscription in time; their events may be late until it does");
-        }
-        guard
-    }
-
-    fn release(&self, user: Uuid) {
-        if let dashmap::Entry::Occupied(mut e) = self.users.entry(user) {
-            e.get_mut().count -= 1;
-            if e.get().count == 0 {
-                e.remove();
-                let _ = self.changes.send(Change::Unsubscribe(user));
-            }
-        }
+        let routing: Arc<dyn Routing> = self.clone();
+        routing.watch(user).await
     }
 
     /// The epoch of `user`'s watch while it is confirmed; `None` otherwise.
@@ -230,6 +176,54 @@ impl Watches {
         }
         for change in again {
             let _ = self.changes.send(change);
+        }
+    }
+}
+
+impl Routing for Watches {
+    fn join(&self, user: Uuid) -> watch::Receiver<bool> {
+        let mut entry = self.users.entry(user).or_insert_with(|| Watch {
+            count: 0,
+            generation: self.next.fetch_add(1, Ordering::Relaxed),
+            epoch: None,
+            confirmed_before: false,
+            confirmed: watch::channel(false).0,
+        });
+        entry.count += 1;
+        if entry.count == 1 {
+            let _ = self.changes.send(Change::Subscribe(user, entry.generation));
+        }
+        entry.confirmed.subscribe()
+    }
+
+    fn leave(&self, user: Uuid) {
+        if let dashmap::Entry::Occupied(mut e) = self.users.entry(user) {
+            e.get_mut().count -= 1;
+            if e.get().count == 0 {
+                e.remove();
+                let _ = self.changes.send(Change::Unsubscribe(user));
+            }
+        }
+    }
+
+    fn epoch(&self, user: Uuid) -> Option<u64> {
+        Watches::epoch(self, user)
+    }
+
+    fn mark(&self) -> u64 {
+        Watches::mark(self)
+    }
+
+    fn take_resumed(&self) -> Option<mpsc::UnboundedReceiver<Uuid>> {
+        Watches::take_resumed(self)
+    }
+
+    fn counts(&self) -> BusCounts {
+        BusCounts {
+            received: self.received.load(Ordering::Relaxed),
+            shed: self.shed.load(Ordering::Relaxed),
+            renewed: self.renewed.load(Ordering::Relaxed),
+            watched: self.watched(),
         }
     }
 }
