@@ -4,26 +4,55 @@
 //! Delivery never waits: each socket has a bounded outbound queue, and a socket whose queue is
 //! full is told to close (with a reason) rather than silently skipped or allowed to block the
 //! others.
+//!
+//! The hub knows neither transport nor backend: it queues [`Text`] (UTF-8 bytes) that the
+//! socket layer turns into its WebSocket library's type, and on a store that routes events per
+//! user it asks the store's [`Routing`] trait which users this instance hears.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use crate::domain::Task;
 use crate::store::Store;
-use crate::store::routing::{Router, WatchGuard};
+use crate::store::routing::{Routing, WatchGuard};
+
+/// An event's text on its way to the sockets: UTF-8 by construction (made from a `String` or
+/// a `&'static str` only), and reference-counted, so an event rendered once is shared by every
+/// socket it goes to. The hub knows no WebSocket library: the socket layer turns it into its
+/// library's text type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(Bytes);
+
+impl Text {
+    /// The UTF-8 bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Text(Bytes::from(text))
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(text: &'static str) -> Self {
+        Text(Bytes::from_static(text.as_bytes()))
+    }
+}
 
 /// A frame on a socket's outbound queue; the socket's task writes it as a WebSocket message.
-/// Text is reference-counted: an event rendered once is shared by every socket it goes to.
 #[derive(Debug)]
 pub enum Frame {
-    Text(Utf8Bytes),
+    Text(Text),
     Close(u16, String),
     /// A keep-alive probe (status sockets).
     Ping,
@@ -102,7 +131,7 @@ pub enum EventFormat {
 }
 
 impl EventFormat {
-    pub fn render(self, task: &Task) -> Utf8Bytes {
+    pub fn render(self, task: &Task) -> Text {
         match self {
             EventFormat::Rpc => crate::envelope::event(EventName::Task.as_str(), task).into(),
             EventFormat::V2Status => {
@@ -201,7 +230,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Queues a frame without waiting; a full queue kicks the socket.
-    pub fn push(&self, text: Utf8Bytes) {
+    pub fn push(&self, text: Text) {
         if self.tx.push(Frame::Text(text)).is_err() {
             tracing::warn!(
                 conn_id = self.conn_id,
@@ -242,7 +271,7 @@ impl UserEntry {
             }
         }
         if notify {
-            let mut rendered: [Option<Utf8Bytes>; 2] = [None, None];
+            let mut rendered: [Option<Text>; 2] = [None, None];
             for sub in self
                 .subs
                 .iter()
@@ -274,8 +303,8 @@ impl UserEntry {
 
 /// On a store that routes events per user: whose channels this instance hears, and where a
 /// new watch reads the user's active tasks.
-struct Routing {
-    router: Arc<Router>,
+struct Routed {
+    router: Arc<dyn Routing>,
     store: Arc<dyn Store>,
 }
 
@@ -324,14 +353,14 @@ impl Drop for Seeding {
 #[derive(Default)]
 pub struct EventHub {
     users: Arc<DashMap<Uuid, UserEntry>>,
-    routing: OnceLock<Routing>,
+    routing: OnceLock<Routed>,
 }
 
 impl EventHub {
     /// Routes by user when `store` does (once, before any socket signs in).
     pub fn attach(&self, store: &Arc<dyn Store>) {
         if let Some(router) = store.router() {
-            let _ = self.routing.set(Routing {
+            let _ = self.routing.set(Routed {
                 router,
                 store: store.clone(),
             });
@@ -423,7 +452,7 @@ impl EventHub {
 
     /// The user's recent tasks from the store; none (logged) if it cannot answer: the sockets
     /// then get the changes from now on.
-    async fn recent_tasks(&self, routing: &Routing, user: Uuid) -> Vec<Task> {
+    async fn recent_tasks(&self, routing: &Routed, user: Uuid) -> Vec<Task> {
         routing
             .store
             .tasks_of_user(user, crate::store::RECENT_TASKS)
@@ -480,7 +509,7 @@ impl EventHub {
         let Some(entry) = self.users.get(&user) else {
             return;
         };
-        let text: Utf8Bytes = crate::envelope::event(
+        let text: Text = crate::envelope::event(
             EventName::Machine.as_str(),
             &serde_json::json!({"pool_id": pool_id, "machine_id": machine_id, "status": "RELEASED", "reason": reason}),
         )
@@ -563,7 +592,7 @@ mod tests {
             .expect("a push wakes the reader");
         let texts: Vec<String> = std::iter::from_fn(|| outbox.pop())
             .map(|f| match f {
-                Frame::Text(t) => t.to_string(),
+                Frame::Text(t) => String::from_utf8(t.into_bytes().to_vec()).unwrap(),
                 other => panic!("{other:?}"),
             })
             .collect();

@@ -300,14 +300,14 @@ pub async fn connect(config: &Config) -> Reached {
         }
         StateUrl::Redis { url } => {
             let password = config.redis_password().ok().flatten();
-            match crate::store::redis::ping(url, password.as_deref()).await {
+            match crate::store::redis_store::ping(url, password.as_deref()).await {
                 Ok(warning) => warnings.extend(warning.map(|w| Problem::new(&["state"], w))),
                 Err(e) => problems.push(Problem::new(&["state"], format!("{e:#}"))),
             }
         }
         StateUrl::RedisCluster { nodes, .. } => {
             let password = config.redis_password().ok().flatten();
-            match crate::store::redis::ping_cluster(nodes, password.as_deref()).await {
+            match crate::store::redis_store::ping_cluster(nodes, password.as_deref()).await {
                 Ok(found) => {
                     warnings.extend(found.into_iter().map(|w| Problem::new(&["state"], w)))
                 }

@@ -642,7 +642,7 @@ mod token_draw_cost {
             loop {
                 draws += 1;
                 let (_, hash) = tags.new_token(super::SESSION_PREFIX);
-                if crate::store::redis::in_users_bucket(user, &hash) {
+                if crate::store::redis_store::in_users_bucket(user, &hash) {
                     break;
                 }
             }

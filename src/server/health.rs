@@ -18,11 +18,8 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         sessions_in_memory: state.auth.tokens.cached(),
         accepted_open: state.admission.open(),
         bus: state.store.router().map_or((0, 0, 0), |r| {
-            (
-                r.received.load(std::sync::atomic::Ordering::Relaxed),
-                r.shed.load(std::sync::atomic::Ordering::Relaxed),
-                r.watched(),
-            )
+            let counts = r.counts();
+            (counts.received, counts.shed, counts.watched)
         }),
     };
     match state.metrics.encode(sampled) {

@@ -42,6 +42,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::forward::{Forward, Wraps};
 use super::*;
 
 /// Generation counters; an invalidation makes the reads in flight of 1/STRIPES of the users
@@ -111,7 +112,7 @@ struct Cache {
     live: AtomicBool,
     /// Which users this instance hears, on a store that routes events per user: only their
     /// records are cached. `None`: every announcement reaches this instance.
-    router: Option<Arc<routing::Router>>,
+    router: Option<Arc<dyn routing::Routing>>,
 }
 
 fn stripe(id: Uuid) -> usize {
@@ -333,132 +334,37 @@ impl CachedStore {
     }
 }
 
-#[async_trait]
-impl Store for CachedStore {
+impl Wraps for CachedStore {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
+    }
+}
+
+// Nothing of these is cached: passed straight through.
+impl Forward<dyn Upkeep> for CachedStore {}
+impl Forward<dyn Sessions> for CachedStore {}
+impl Forward<dyn Mfa> for CachedStore {}
+impl Forward<dyn Directory> for CachedStore {}
+impl Forward<dyn JwtRevocations> for CachedStore {}
+impl Forward<dyn Inventory> for CachedStore {}
+impl Forward<dyn Lockout> for CachedStore {}
+
+impl Bus for CachedStore {
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }
 
-    async fn ping(&self) -> StoreResult<()> {
-        self.inner.ping().await
+    fn publish(&self, event: BusEvent) {
+        self.inner.publish(event)
     }
 
-    async fn health(&self) -> StoreResult<Option<String>> {
-        self.inner.health().await
+    fn router(&self) -> Option<Arc<dyn routing::Routing>> {
+        self.inner.router()
     }
+}
 
-    async fn session_put(
-        &self,
-        rec: &SessionRecord,
-        ttl: Duration,
-        max_per_user: usize,
-    ) -> StoreResult<Vec<TokenHash>> {
-        self.inner.session_put(rec, ttl, max_per_user).await
-    }
-
-    async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
-        self.inner.session_get(hash).await
-    }
-
-    async fn session_touch(
-        &self,
-        touches: &[(TokenHash, u64)],
-        ttl: Duration,
-    ) -> StoreResult<Vec<TokenHash>> {
-        self.inner.session_touch(touches, ttl).await
-    }
-
-    async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()> {
-        self.inner.session_delete(hash).await
-    }
-
-    async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>> {
-        self.inner.session_delete_user(user).await
-    }
-
-    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>> {
-        self.inner.sessions_all().await
-    }
-
-    async fn sweep_expired(&self) -> StoreResult<usize> {
-        self.inner.sweep_expired().await
-    }
-
-    async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
-        self.inner.mfa_put(hash, rec).await
-    }
-
-    async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>> {
-        self.inner.mfa_get(hash).await
-    }
-
-    async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool> {
-        self.inner.mfa_take(hash).await
-    }
-
-    async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32> {
-        self.inner.mfa_fail(hash).await
-    }
-
-    async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool> {
-        self.inner.totp_advance(user, step).await
-    }
-
-    async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()> {
-        self.inner.directory_user_put(user).await
-    }
-
-    async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>> {
-        self.inner.directory_user_get(id).await
-    }
-
-    async fn directory_users(&self) -> StoreResult<Vec<DirectoryUser>> {
-        self.inner.directory_users().await
-    }
-
-    async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()> {
-        self.inner.directory_totp_put(id, secret).await
-    }
-
-    async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>> {
-        self.inner.directory_totp_get(id).await
-    }
-
-    async fn directory_name_put(&self, name: &str, id: Uuid) -> StoreResult<()> {
-        self.inner.directory_name_put(name, id).await
-    }
-
-    async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>> {
-        self.inner.directory_name_get(name).await
-    }
-
-    async fn directory_recheck_claim(
-        &self,
-        user: Uuid,
-        now_ms: u64,
-        period: Duration,
-    ) -> StoreResult<Result<(), u64>> {
-        self.inner
-            .directory_recheck_claim(user, now_ms, period)
-            .await
-    }
-
-    async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
-        self.inner.jwt_revoke(jti, exp).await
-    }
-
-    async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
-        self.inner.jwt_revocations().await
-    }
-
-    async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()> {
-        self.inner.jwt_revoke_user(user, before).await
-    }
-
-    async fn jwt_user_revocations(&self) -> StoreResult<Vec<(Uuid, i64)>> {
-        self.inner.jwt_user_revocations().await
-    }
-
+#[async_trait]
+impl Tasks for CachedStore {
     async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>> {
         if let Some(task) = self.cache.task_hit(id) {
             return Ok((task.user_id == user).then_some(task));
@@ -532,6 +438,17 @@ impl Store for CachedStore {
         swept
     }
 
+    async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        self.inner.lease_acquire(task, owner, ttl).await
+    }
+
+    async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()> {
+        self.inner.lease_release(task, owner).await
+    }
+}
+
+#[async_trait]
+impl Assignments for CachedStore {
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         if let Some(hit) = self.cache.user_hit(user, |u| u.assignments.get(&pool)) {
             return Ok(hit);
@@ -558,71 +475,6 @@ impl Store for CachedStore {
 
     async fn assignments(&self) -> StoreResult<Vec<Assignment>> {
         self.inner.assignments().await
-    }
-
-    async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool> {
-        self.inner.machine_claim(inventory, machine).await
-    }
-
-    async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()> {
-        self.inner.machine_release(inventory, machine).await
-    }
-
-    async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>> {
-        self.inner.machines_claimed(inventory).await
-    }
-
-    async fn lease_acquire(&self, task: Uuid, owner: &str, ttl: Duration) -> StoreResult<bool> {
-        self.inner.lease_acquire(task, owner, ttl).await
-    }
-
-    async fn lease_release(&self, task: Uuid, owner: &str) -> StoreResult<()> {
-        self.inner.lease_release(task, owner).await
-    }
-
-    async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32> {
-        self.inner.failures_add(key, window).await
-    }
-
-    async fn failures_get(&self, key: &str) -> StoreResult<u32> {
-        self.inner.failures_get(key).await
-    }
-
-    async fn failures_reset(&self, key: &str) -> StoreResult<()> {
-        self.inner.failures_reset(key).await
-    }
-
-    async fn failures_undo(&self, key: &str) -> StoreResult<()> {
-        self.inner.failures_undo(key).await
-    }
-
-    async fn backoff_slot(
-        &self,
-        key: &str,
-        now_ms: u64,
-        spacing: Duration,
-        max_wait: Duration,
-        window: Duration,
-    ) -> StoreResult<Result<u64, u64>> {
-        self.inner
-            .backoff_slot(key, now_ms, spacing, max_wait, window)
-            .await
-    }
-
-    async fn counts(&self) -> StoreResult<StoreCounts> {
-        self.inner.counts().await
-    }
-
-    fn publish(&self, event: BusEvent) {
-        self.inner.publish(event)
-    }
-
-    fn router(&self) -> Option<Arc<routing::Router>> {
-        self.inner.router()
-    }
-
-    fn token_fits(&self, user: Uuid, hash: &TokenHash) -> bool {
-        self.inner.token_fits(user, hash)
     }
 }
 
@@ -655,7 +507,7 @@ mod tests {
     /// A router whose subscriptions always succeed at once.
     struct Accept;
 
-    impl routing::Subscriber for Accept {
+    impl redis_store::watches::Subscriber for Accept {
         async fn apply(&self, _subscribe: bool, _users: &[Uuid]) -> bool {
             true
         }
@@ -663,9 +515,9 @@ mod tests {
 
     #[tokio::test]
     async fn with_routing_only_what_was_read_under_the_users_confirmed_watch_is_served() {
-        let router = routing::Router::new(Accept);
+        let router = redis_store::watches::Watches::new(Accept);
         let c = Cache {
-            router: Some(router.clone()),
+            router: Some(router.clone() as Arc<dyn routing::Routing>),
             ..cache()
         };
         let user = Uuid::new_v4();

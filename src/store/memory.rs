@@ -56,15 +56,60 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
-    fn is_shared(&self) -> bool {
-        false
-    }
-
+impl Upkeep for MemoryStore {
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
 
+    async fn sweep_expired(&self) -> StoreResult<usize> {
+        let mut inner = self.lock();
+        let held = |i: &Inner| {
+            i.sessions.len() + i.mfa.len() + i.failures.len() + i.backoff.len() + i.jwt.len()
+        };
+        let before = held(&inner);
+        let now = now_ms();
+        inner.sessions.retain(|_, (_, until)| *until > now);
+        inner.mfa.retain(|_, m| m.expires_ms > now);
+        let Inner {
+            mfa, mfa_latest, ..
+        } = &mut *inner;
+        mfa_latest.retain(|_, hash| mfa.contains_key(hash));
+        inner.failures.retain(|_, (_, until)| *until > now);
+        inner.backoff.retain(|_, (_, until)| *until > now);
+        let now_s = (now / 1000) as i64;
+        inner
+            .jwt
+            .retain(|_, exp| *exp + JWT_REVOCATION_MARGIN_S > now_s);
+        let claims = inner.directory_rechecks.len();
+        inner
+            .directory_rechecks
+            .retain(|_, (_, until)| *until > now);
+        Ok(before - held(&inner) + claims - inner.directory_rechecks.len())
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        let inner = self.lock();
+        Ok(StoreCounts {
+            sessions: inner.sessions.len(),
+            session_index: inner.sessions.len(),
+            tasks: inner.tasks.len(),
+            failure_counters: inner.failures.len() + inner.backoff.len(),
+        })
+    }
+}
+
+impl Bus for MemoryStore {
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn publish(&self, event: BusEvent) {
+        let _ = self.sink.send(event);
+    }
+}
+
+#[async_trait]
+impl Sessions for MemoryStore {
     async fn session_put(
         &self,
         rec: &SessionRecord,
@@ -158,33 +203,10 @@ impl Store for MemoryStore {
             .map(|(s, _)| s.clone())
             .collect())
     }
+}
 
-    async fn sweep_expired(&self) -> StoreResult<usize> {
-        let mut inner = self.lock();
-        let held = |i: &Inner| {
-            i.sessions.len() + i.mfa.len() + i.failures.len() + i.backoff.len() + i.jwt.len()
-        };
-        let before = held(&inner);
-        let now = now_ms();
-        inner.sessions.retain(|_, (_, until)| *until > now);
-        inner.mfa.retain(|_, m| m.expires_ms > now);
-        let Inner {
-            mfa, mfa_latest, ..
-        } = &mut *inner;
-        mfa_latest.retain(|_, hash| mfa.contains_key(hash));
-        inner.failures.retain(|_, (_, until)| *until > now);
-        inner.backoff.retain(|_, (_, until)| *until > now);
-        let now_s = (now / 1000) as i64;
-        inner
-            .jwt
-            .retain(|_, exp| *exp + JWT_REVOCATION_MARGIN_S > now_s);
-        let claims = inner.directory_rechecks.len();
-        inner
-            .directory_rechecks
-            .retain(|_, (_, until)| *until > now);
-        Ok(before - held(&inner) + claims - inner.directory_rechecks.len())
-    }
-
+#[async_trait]
+impl Mfa for MemoryStore {
     async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()> {
         let mut inner = self.lock();
         if let Some(old) = inner
@@ -238,7 +260,10 @@ impl Store for MemoryStore {
         inner.totp.insert(user, step);
         Ok(true)
     }
+}
 
+#[async_trait]
+impl Directory for MemoryStore {
     async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()> {
         self.lock().directory_users.insert(user.id, user.clone());
         Ok(())
@@ -290,7 +315,10 @@ impl Store for MemoryStore {
         inner.directory_rechecks.insert(user, (now_ms, until));
         Ok(Ok(()))
     }
+}
 
+#[async_trait]
+impl JwtRevocations for MemoryStore {
     async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()> {
         self.lock().jwt.insert(jti.to_owned(), exp);
         Ok(())
@@ -322,7 +350,10 @@ impl Store for MemoryStore {
             .map(|(k, v)| (*k, *v))
             .collect())
     }
+}
 
+#[async_trait]
+impl Tasks for MemoryStore {
     async fn task_get(&self, user: Uuid, id: Uuid) -> StoreResult<Option<Task>> {
         Ok(self
             .lock()
@@ -398,6 +429,18 @@ impl Store for MemoryStore {
         Ok(before - inner.tasks.len())
     }
 
+    /// Not shared: this process owns every task.
+    async fn lease_acquire(&self, _task: Uuid, _owner: &str, _ttl: Duration) -> StoreResult<bool> {
+        Ok(true)
+    }
+
+    async fn lease_release(&self, _task: Uuid, _owner: &str) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Assignments for MemoryStore {
     async fn assignment_get(&self, user: Uuid, pool: Uuid) -> StoreResult<Option<Assignment>> {
         Ok(self.lock().assignments.get(&(user, pool)).cloned())
     }
@@ -419,7 +462,10 @@ impl Store for MemoryStore {
     async fn assignments(&self) -> StoreResult<Vec<Assignment>> {
         Ok(self.lock().assignments.values().cloned().collect())
     }
+}
 
+#[async_trait]
+impl Inventory for MemoryStore {
     async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool> {
         Ok(self
             .lock()
@@ -444,16 +490,10 @@ impl Store for MemoryStore {
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default())
     }
+}
 
-    /// Not shared: this process owns every task.
-    async fn lease_acquire(&self, _task: Uuid, _owner: &str, _ttl: Duration) -> StoreResult<bool> {
-        Ok(true)
-    }
-
-    async fn lease_release(&self, _task: Uuid, _owner: &str) -> StoreResult<()> {
-        Ok(())
-    }
-
+#[async_trait]
+impl Lockout for MemoryStore {
     async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32> {
         let mut inner = self.lock();
         let now = now_ms();
@@ -514,19 +554,5 @@ impl Store for MemoryStore {
         );
         inner.backoff.insert(key.to_owned(), entry);
         Ok(Ok(slot))
-    }
-
-    async fn counts(&self) -> StoreResult<StoreCounts> {
-        let inner = self.lock();
-        Ok(StoreCounts {
-            sessions: inner.sessions.len(),
-            session_index: inner.sessions.len(),
-            tasks: inner.tasks.len(),
-            failure_counters: inner.failures.len() + inner.backoff.len(),
-        })
-    }
-
-    fn publish(&self, event: BusEvent) {
-        let _ = self.sink.send(event);
     }
 }

@@ -1,7 +1,8 @@
 //! The `state` setting, parsed once — when the config is read — into the backend it names, so
 //! that opening the store, `check-config` and `--connect` never look at the text again. It
 //! lives with the store (not the config) so that [`super::open`] can take it without knowing
-//! the config.
+//! the config. It reads URLs with the `redis` crate's parser, not through the Redis store
+//! (which uses [`redacted`] from here): the two never import each other.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ impl FromStr for StateUrl {
             ));
         }
         if state.starts_with("redis://") || state.starts_with("rediss://") {
-            super::redis::check_url(state)?;
+            check_url(state)?;
             return Ok(StateUrl::Redis {
                 url: state.to_owned(),
             });
@@ -131,11 +132,31 @@ fn cluster_nodes(rest: &str) -> anyhow::Result<Vec<String>> {
                 anyhow::bail!("a redis-cluster URL has an empty seed node");
             }
             let node = format!("redis://{userinfo}{host}");
-            super::redis::check_url(&node)
-                .with_context(|| format!("invalid seed node {}", redacted(&node)))?;
+            check_url(&node).with_context(|| format!("invalid seed node {}", redacted(&node)))?;
             Ok(node)
         })
         .collect()
+}
+
+/// Parses a `redis://` URL the way the Redis store connects with it, without connecting.
+fn check_url(url: &str) -> anyhow::Result<()> {
+    use redis::IntoConnectionInfo;
+    resp3(url)
+        .as_str()
+        .into_connection_info()
+        .context("invalid redis URL")?;
+    Ok(())
+}
+
+/// `url` asking for RESP3 (pushes carry the event bus), unless it names a protocol itself.
+pub(super) fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
 }
 
 /// `url` with the password of its user-info (`redis://user:secret@host`) replaced by `***`,

@@ -399,9 +399,15 @@ async fn close_handshake(socket: &mut WebSocket, close: Message, state: &AppStat
     let _ = tokio::time::timeout(CLOSE_LINGER, answered).await;
 }
 
+/// An event's text as tungstenite's: it was UTF-8 when made ([`crate::events::Text`]), so the
+/// check cannot fail.
+fn utf8(text: crate::events::Text) -> Utf8Bytes {
+    Utf8Bytes::try_from(text.into_bytes()).expect("event text is made from a str")
+}
+
 fn message(frame: Frame) -> Message {
     match frame {
-        Frame::Text(text) => Message::Text(text),
+        Frame::Text(text) => Message::Text(utf8(text)),
         Frame::Close(code, reason) => Message::Close(Some(CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from(reason),

@@ -475,7 +475,7 @@ fn digest() -> TokenHash {
 fn session(user: Uuid, last_active_ms: u64) -> SessionRecord {
     let hash = loop {
         let hash = digest();
-        if store::redis::in_users_bucket(user, &hash) {
+        if store::redis_store::in_users_bucket(user, &hash) {
             break hash;
         }
     };
@@ -1857,6 +1857,8 @@ async fn sqlite_sessions_from_before_expiries_are_stamped_by_the_first_write() {
         }
     }
     let (sink, _bus) = mpsc::unbounded_channel();
+    // The concrete store: its concerns' methods are the traits'.
+    use poolgate::store::{Sessions, Upkeep};
     let s = store::sqlite::SqliteStore::open(&path, sink).unwrap();
     assert_eq!(s.session_get(&old.hash).await.unwrap(), Some(old.clone()));
     assert_eq!(s.sessions_all().await.unwrap().len(), 2);

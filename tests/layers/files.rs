@@ -16,12 +16,6 @@ use std::path::{Path, PathBuf};
 
 use crate::source::{code_only, root, rust_files};
 
-/// In an import cycle today, and being reworked on another branch (the state store): the lead
-/// empties this list when that branch is merged. Only files under `src/store/` and
-/// `src/events.rs` belong here; a cycle is allowed when every file of it is listed, and a
-/// listed file in no cycle fails the test.
-const ALLOWED: &[&str] = &["src/store/redis.rs", "src/store/url.rs"];
-
 /// One name a `use` brings in: the absolute module path (`["auth", "users", "User"]`) and the
 /// name it goes by here (`User`, or its `as` alias).
 #[derive(Debug, Clone, PartialEq)]
@@ -413,21 +407,10 @@ fn relative(file: &Path) -> String {
 
 #[test]
 fn no_two_files_of_src_import_each_other_in_a_cycle() {
-    for allowed in ALLOWED {
-        assert!(
-            allowed.starts_with("src/store/") || *allowed == "src/events.rs",
-            "{allowed}: only the state store and the event hub may be allowed in a cycle"
-        );
-    }
     let graph = file_graph();
     let mut report = Vec::new();
-    let mut allowed_seen = BTreeSet::new();
     for component in cycles(&graph) {
         let names: Vec<String> = component.iter().map(|f| relative(f)).collect();
-        if names.iter().all(|n| ALLOWED.contains(&n.as_str())) {
-            allowed_seen.extend(names);
-            continue;
-        }
         let mut lines = vec![format!("cycle: {}", names.join(", "))];
         for from in &component {
             for (to, line) in &graph[from] {
@@ -442,14 +425,6 @@ fn no_two_files_of_src_import_each_other_in_a_cycle() {
         report.is_empty(),
         "files importing each other (move what both need into one of them, or below both):\n{}",
         report.join("\n")
-    );
-    let stale: Vec<&&str> = ALLOWED
-        .iter()
-        .filter(|a| !allowed_seen.contains(**a))
-        .collect();
-    assert!(
-        stale.is_empty(),
-        "allowed in a cycle but in none; remove from ALLOWED: {stale:?}"
     );
 }
 

@@ -15,17 +15,6 @@ const MAX_FILE_LINES: usize = 700;
 /// Longest a function of `src/` may be, in lines (from its `fn` line to its closing brace).
 const MAX_FN_LINES: usize = 100;
 
-/// Over the limits today, and being split on another branch (the state store and the event
-/// hub): the lead empties this list when that branch is merged. Only files under `src/store/`
-/// and `src/events.rs` belong here; an entry that is no longer over its limit fails the test,
-/// so the list cannot outlive its reason.
-const ALLOWED: &[&str] = &[
-    "src/store/cache.rs",
-    "src/store/redis.rs",
-    "src/store/redis.rs::start",
-    "src/store/sqlite.rs",
-];
-
 /// One function: where it starts and how many lines it spans.
 #[derive(Debug, PartialEq)]
 struct Function {
@@ -130,10 +119,6 @@ fn measure() -> Measured {
 }
 
 /// `src/store/redis.rs::start (line 817)` → `src/store/redis.rs::start`.
-fn without_line(entry: &str) -> &str {
-    entry.split(" (line ").next().unwrap()
-}
-
 #[test]
 fn no_file_of_src_is_over_700_lines_and_no_function_over_100() {
     let measured = measure();
@@ -146,12 +131,6 @@ fn no_file_of_src_is_over_700_lines_and_no_function_over_100() {
         println!("  {lines:5}  {name}");
     }
 
-    for allowed in ALLOWED {
-        assert!(
-            allowed.starts_with("src/store/") || allowed.starts_with("src/events.rs"),
-            "{allowed}: only the state store and the event hub may be allowed over the limits"
-        );
-    }
     let over_files = measured
         .files
         .iter()
@@ -166,22 +145,13 @@ fn no_file_of_src_is_over_700_lines_and_no_function_over_100() {
         .collect();
     let too_long: Vec<String> = over
         .iter()
-        .filter(|(_, name)| !ALLOWED.contains(&without_line(name)))
         .map(|(lines, name)| format!("{name}: {lines} lines"))
-        .collect();
-    let stale: Vec<&&str> = ALLOWED
-        .iter()
-        .filter(|allowed| !over.iter().any(|(_, name)| without_line(name) == **allowed))
         .collect();
     assert!(
         too_long.is_empty(),
         "over {MAX_FILE_LINES} lines a file or {MAX_FN_LINES} a function; split by what the \
          parts do:\n{}",
         too_long.join("\n")
-    );
-    assert!(
-        stale.is_empty(),
-        "allowed over the limits but no longer over them; remove from ALLOWED: {stale:?}"
     );
 }
 

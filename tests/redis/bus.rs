@@ -36,11 +36,11 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
         .output()
         .unwrap();
     assert!(paused.status.success(), "{paused:?}");
-    let published = store::redis::OUTBOX_CAPACITY + 10_000;
+    let published = store::redis_store::OUTBOX_CAPACITY + 10_000;
     for _ in 0..published {
         store.publish(released("load"));
     }
-    let shed = router.shed.load(std::sync::atomic::Ordering::Relaxed);
+    let shed = router.counts().shed;
     assert!(
         (9_000..=10_000).contains(&shed),
         "about what the outbox could not hold is shed: {shed} of {published}"
@@ -51,7 +51,7 @@ pub async fn a_redis_that_cannot_keep_up_sheds_events_with_a_count_and_recovers(
         user_id: user,
     });
     assert_eq!(
-        router.shed.load(std::sync::atomic::Ordering::Relaxed),
+        router.counts().shed,
         shed,
         "a revocation is never shed for task events"
     );

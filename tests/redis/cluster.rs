@@ -1,7 +1,6 @@
 //! The cases on a Redis Cluster beyond the backend suite: two `poolgate serve` processes on one
 //! cluster, a master killed mid-task (a replica takes over), an instance killed mid-task.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -333,7 +332,7 @@ pub async fn a_cluster_connection_that_keeps_timing_out_is_made_anew() {
     let (mut actor, _) = app.login("astravdi").await;
     let frozen = cluster.stop_node(cluster.ports[0]);
     let stopped = std::time::Instant::now();
-    while router.renewed.load(Ordering::Relaxed) == 0 {
+    while router.counts().renewed == 0 {
         if stopped.elapsed() > Duration::from_secs(15) {
             cluster.continue_node(&frozen);
             panic!("the cluster connection was not made anew within 15 s of timeouts");
@@ -345,7 +344,7 @@ pub async fn a_cluster_connection_that_keeps_timing_out_is_made_anew() {
     let continued = std::time::Instant::now();
     serves_and_pushes(&mut actor, &mut listener, continued).await;
     assert_eq!(
-        router.renewed.load(Ordering::Relaxed),
+        router.counts().renewed,
         1,
         "made anew once, not again once it answers"
     );

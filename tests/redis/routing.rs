@@ -146,7 +146,7 @@ pub async fn a_session_signed_out_on_one_instance_is_refused_at_once_on_another(
     let (on_a, token) = a.login("user-2").await;
     drop(on_a);
     wait_until("A stops watching user-2", Duration::from_secs(5), || {
-        router_a.watched() == 0
+        router_a.counts().watched == 0
     })
     .await;
     assert_eq!(a.state.auth.tokens.cached(), 1, "A still holds the session");

@@ -1,0 +1,121 @@
+//! How a store in front of another (the read cache, [`super::cache`]) passes a concern it does
+//! not handle straight through: it says once what it wraps ([`Wraps`]) and then one line per
+//! concern, `impl Forward<dyn Sessions> for CachedStore {}`; the impls here do the rest. So
+//! the wrapper's file holds only what it does itself, and a method added to a concern it
+//! passes through is written here once, beside its signature.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{
+    Directory, DirectoryUser, Inventory, JwtRevocations, Lockout, Mfa, MfaRecord, SessionRecord,
+    Sessions, Store, StoreCounts, StoreResult, Upkeep,
+};
+use crate::domain::TokenHash;
+
+/// A store in front of `inner`.
+pub trait Wraps: Send + Sync + 'static {
+    fn inner(&self) -> &dyn Store;
+}
+
+/// Marks a concern `C` (`dyn Sessions`, …) that a wrapper passes through to what it wraps.
+pub trait Forward<C: ?Sized>: Wraps {}
+
+/// One pass-through impl per concern: each `async fn` (and plain `fn`) listed calls the same
+/// method on the wrapped store.
+macro_rules! forward {
+    ($concern:ident {
+        $(async fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;)*
+        $(fn $plain:ident(&self $(, $parg:ident: $pty:ty)* $(,)?) -> $pret:ty;)*
+    }) => {
+        #[async_trait]
+        impl<T: Forward<dyn $concern>> $concern for T {
+            $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                self.inner().$name($($arg),*).await
+            })*
+            $(fn $plain(&self $(, $parg: $pty)*) -> $pret {
+                self.inner().$plain($($parg),*)
+            })*
+        }
+    };
+}
+
+forward!(Upkeep {
+    async fn ping(&self) -> StoreResult<()>;
+    async fn health(&self) -> StoreResult<Option<String>>;
+    async fn sweep_expired(&self) -> StoreResult<usize>;
+    async fn counts(&self) -> StoreResult<StoreCounts>;
+});
+
+forward!(Sessions {
+    async fn session_put(
+        &self,
+        rec: &SessionRecord,
+        ttl: Duration,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<TokenHash>>;
+    async fn session_get(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>>;
+    async fn session_touch(
+        &self,
+        touches: &[(TokenHash, u64)],
+        ttl: Duration,
+    ) -> StoreResult<Vec<TokenHash>>;
+    async fn session_delete(&self, hash: &TokenHash) -> StoreResult<()>;
+    async fn session_delete_user(&self, user: Uuid) -> StoreResult<Vec<TokenHash>>;
+    async fn sessions_all(&self) -> StoreResult<Vec<SessionRecord>>;
+    fn token_fits(&self, user: Uuid, hash: &TokenHash) -> bool;
+});
+
+forward!(Mfa {
+    async fn mfa_put(&self, hash: &TokenHash, rec: &MfaRecord) -> StoreResult<()>;
+    async fn mfa_get(&self, hash: &TokenHash) -> StoreResult<Option<MfaRecord>>;
+    async fn mfa_take(&self, hash: &TokenHash) -> StoreResult<bool>;
+    async fn mfa_fail(&self, hash: &TokenHash) -> StoreResult<u32>;
+    async fn totp_advance(&self, user: Uuid, step: u64) -> StoreResult<bool>;
+});
+
+forward!(Directory {
+    async fn directory_user_put(&self, user: &DirectoryUser) -> StoreResult<()>;
+    async fn directory_user_get(&self, id: Uuid) -> StoreResult<Option<DirectoryUser>>;
+    async fn directory_users(&self) -> StoreResult<Vec<DirectoryUser>>;
+    async fn directory_totp_put(&self, id: Uuid, secret: Option<&str>) -> StoreResult<()>;
+    async fn directory_totp_get(&self, id: Uuid) -> StoreResult<Option<String>>;
+    async fn directory_name_put(&self, name: &str, id: Uuid) -> StoreResult<()>;
+    async fn directory_name_get(&self, name: &str) -> StoreResult<Option<Uuid>>;
+    async fn directory_recheck_claim(
+        &self,
+        user: Uuid,
+        now_ms: u64,
+        period: Duration,
+    ) -> StoreResult<Result<(), u64>>;
+});
+
+forward!(JwtRevocations {
+    async fn jwt_revoke(&self, jti: &str, exp: i64) -> StoreResult<()>;
+    async fn jwt_revocations(&self) -> StoreResult<Vec<(String, i64)>>;
+    async fn jwt_revoke_user(&self, user: Uuid, before: i64) -> StoreResult<()>;
+    async fn jwt_user_revocations(&self) -> StoreResult<Vec<(Uuid, i64)>>;
+});
+
+forward!(Inventory {
+    async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool>;
+    async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()>;
+    async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>>;
+});
+
+forward!(Lockout {
+    async fn failures_add(&self, key: &str, window: Duration) -> StoreResult<u32>;
+    async fn failures_get(&self, key: &str) -> StoreResult<u32>;
+    async fn failures_reset(&self, key: &str) -> StoreResult<()>;
+    async fn failures_undo(&self, key: &str) -> StoreResult<()>;
+    async fn backoff_slot(
+        &self,
+        key: &str,
+        now_ms: u64,
+        spacing: Duration,
+        max_wait: Duration,
+        window: Duration,
+    ) -> StoreResult<Result<u64, u64>>;
+});
