@@ -616,6 +616,96 @@ async fn identity_round_3(t: &Target, out: &std::path::Path, log: &str) -> anyho
         secs(started.elapsed()),
         std::fs::metadata(log).map_or(0, |m| m.len()) - before
     );
+    check_flood(t, password).await?;
+    neighbour(t, password).await
+}
+
+/// 6. 30 addresses send 60 wrong sign-ins each, all at once, for names nobody has (each costs a
+///    password check), while the admin signs in from an address they used before.
+async fn check_flood(t: &Target, password: &str) -> anyhow::Result<()> {
+    // The address the admin signed in from in the first identity row.
+    let known = [127, 0, 90, 1];
+    let started = Instant::now();
+    let alone = code(&auth(t, known, "astravdi", password).await?);
+    let quiet = started.elapsed();
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 1..=30u8 {
+        for j in 0..60u32 {
+            let t = Target {
+                url: t.url.clone(),
+                addr: t.addr,
+            };
+            flood.spawn(async move {
+                let user = format!("nobody-{i}-{j}");
+                auth(&t, [127, 0, 98, i], &user, "wrong")
+                    .await
+                    .map_or(0, |r| code(&r))
+            });
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let admin = code(&auth(t, known, "astravdi", password).await?);
+    let during = started.elapsed();
+    let codes: Vec<u64> = flood.join_all().await;
+    println!(
+        "| 30 addresses × 60 wrong sign-ins at once for names nobody has, while the admin signs \
+         in from an address they used before | admin: {admin} in {} (before the flood: {alone} \
+         in {}); the flood: {} |",
+        secs(during),
+        secs(quiet),
+        tally(&codes)
+    );
+    Ok(())
+}
+
+/// 7. A neighbour behind the user's address guesses their password and sprays others'; the
+///    user's browser (device cookie) there signs in.
+async fn neighbour(t: &Target, password: &str) -> anyhow::Result<()> {
+    let page = reqwest::Client::new()
+        .get(format!("http://{}/", t.addr))
+        .header("accept", "text/html")
+        .send()
+        .await?;
+    let cookie = page
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_owned();
+    let office = [127, 0, 99, 1];
+    let browser = || async {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = t.url.as_str().into_client_request()?;
+        req.headers_mut().insert("cookie", cookie.parse()?);
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((office, 0)))?;
+        let stream = socket.connect(t.addr).await?;
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await?;
+        let args = json!({"username": "user-2", "password": password});
+        anyhow::Ok(code(&call(&mut ws, "auth", args).await?))
+    };
+    let first = browser().await?;
+    let mut guesses = Vec::new();
+    for _ in 0..5 {
+        guesses.push(code(&auth(t, office, "user-2", "wrong").await?));
+    }
+    for i in 0..100 {
+        guesses.push(code(
+            &auth(t, office, &format!("other-{i}"), "wrong").await?,
+        ));
+    }
+    let stranger = code(&auth(t, office, "user-2", password).await?);
+    let again = browser().await?;
+    println!(
+        "| a neighbour behind user-2's address guesses their password 5 times and sprays 100 \
+         names; user-2 signs in there from the portal browser they used before (first: {first}) \
+         | the neighbour: {}; the right password without the browser: {stranger}; with it: \
+         {again} |",
+        tally(&guesses)
+    );
     Ok(())
 }
 
