@@ -103,6 +103,10 @@ async fn check_health(state: &AppState) -> crate::state::Health {
             degraded.push("directory unreachable".to_owned());
         }
     }
+    // The sign-in provider's last fault, until a sign-in reaches it again.
+    if let Some(fault) = state.auth.sso.as_ref().and_then(|sso| sso.fault()) {
+        degraded.push(format!("sign-in provider unavailable ({fault})"));
+    }
     if degraded.is_empty() {
         (true, "ok\n".to_owned())
     } else {
