@@ -17,6 +17,7 @@ use poolgate_test_common::harness;
 
 mod agent;
 mod cases;
+mod flows;
 mod provider;
 
 use harness::{Case, run, selected};
@@ -77,6 +78,28 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "oidc::check_config_connect_reports_what_the_provider_offers",
             || Box::pin(cases::check_config_connect_reports_what_the_provider_offers()),
+        ),
+        (
+            "sso::a_thin_client_is_signed_in_by_the_browser_hand_off",
+            || Box::pin(flows::a_thin_client_is_signed_in_by_the_browser_hand_off()),
+        ),
+        ("sso::a_rest_client_polls_for_its_jwt", || {
+            Box::pin(flows::a_rest_client_polls_for_its_jwt())
+        }),
+        (
+            "sso::totp_is_still_asked_after_the_providers_sign_in",
+            || Box::pin(flows::totp_is_still_asked_after_the_providers_sign_in()),
+        ),
+        (
+            "sso::replayed_state_reused_and_guessed_codes_are_refused_and_counted",
+            || Box::pin(flows::replayed_state_reused_and_guessed_codes_are_refused_and_counted()),
+        ),
+        ("sso::access_denied_at_the_provider_signs_nobody_in", || {
+            Box::pin(flows::access_denied_at_the_provider_signs_nobody_in())
+        }),
+        (
+            "sso::a_provider_down_is_a_503_within_seconds_and_healthz_degraded",
+            || Box::pin(flows::a_provider_down_is_a_503_within_seconds_and_healthz_degraded()),
         ),
     ]
 }

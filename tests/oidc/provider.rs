@@ -51,6 +51,9 @@ pub struct Options {
     pub token_issuer_path: Option<&'static str>,
     /// The `aud` of every ID token.
     pub id_token_audience: Option<&'static str>,
+    /// Where poolgate is served, when a case runs it (the redirect URI registered is under
+    /// it); [`PUBLIC_URL`] otherwise.
+    pub public_url: Option<String>,
 }
 
 /// A running provider.
@@ -184,13 +187,14 @@ impl Provider {
 
 /// The provider's config: clients, accounts, bends.
 fn config(port: u16, issuer: &str, options: &Options) -> Value {
-    let redirect = OidcSettings::redirect_uri(PUBLIC_URL);
+    let public_url = options.public_url.as_deref().unwrap_or(PUBLIC_URL);
+    let redirect = OidcSettings::redirect_uri(public_url);
     let confidential = |id: &str, alg: &str| {
         json!({
             "client_id": id,
             "client_secret": CLIENT_SECRET,
             "redirect_uris": [redirect],
-            "post_logout_redirect_uris": [format!("{PUBLIC_URL}/")],
+            "post_logout_redirect_uris": [format!("{public_url}/")],
             "grant_types": ["authorization_code"],
             "response_types": ["code"],
             "id_token_signed_response_alg": alg,
