@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use openidconnect::url::{Url, form_urlencoded};
 
-use crate::provider::PUBLIC_URL;
+use poolgate_test_common::oidc_provider::PUBLIC_URL;
 
 /// One browser: its own cookies (by name, whichever server set them: the provider and
 /// poolgate use different names), and where poolgate is (`home`).

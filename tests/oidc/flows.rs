@@ -10,7 +10,7 @@ use poolgate_test_common::helpers::{PASSWORD, TestApp, demo_config};
 use serde_json::{Value, json};
 
 use crate::agent::Agent;
-use crate::provider::{Client, Options, Provider, SOLO, USER, free_port};
+use poolgate_test_common::oidc_provider::{Client, Options, Provider, SOLO, USER, free_port};
 
 const TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 
@@ -169,7 +169,10 @@ pub async fn a_thin_client_is_signed_in_by_the_browser_hand_off() {
     assert_eq!(reply["args"]["code"], 428, "{reply}");
     let complete = reply["args"]["verification_uri_complete"].as_str().unwrap();
     let (status, _, page) = site
-        .sign_in(&path_of(complete, &site.public_url), crate::provider::ADMIN)
+        .sign_in(
+            &path_of(complete, &site.public_url),
+            poolgate_test_common::oidc_provider::ADMIN,
+        )
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(pushed(&mut thin).await["code"], 200);

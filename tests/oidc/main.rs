@@ -2,7 +2,7 @@
 //! implementation, from the npm registry) run by `node` on loopback, under a harness that can
 //! tell "skipped" from "passed" (libtest-mimic, `harness = false`, like the LDAP cases).
 //!
-//! Each case starts its own provider (provider.rs) and drives the sign-in over HTTP
+//! Each case starts its own provider (tests/common/oidc_provider.rs) and drives the sign-in over HTTP
 //! (agent.rs). Without `node` or without the provider installed
 //! (`npm ci --prefix tests/oidc/provider`), the run prints one line saying so and every case
 //! counts as *ignored*, never as passed; `POOLGATE_TEST_REQUIRE_OIDC=1` (set by `.ci/run`,
@@ -18,7 +18,6 @@ use poolgate_test_common::harness;
 mod agent;
 mod cases;
 mod flows;
-mod provider;
 
 use harness::{Case, run, selected};
 
@@ -106,7 +105,7 @@ fn cases() -> Vec<(&'static str, Case)> {
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let missing = provider::missing();
+    let missing = poolgate_test_common::oidc_provider::missing();
     let required = std::env::var("POOLGATE_TEST_REQUIRE_OIDC").is_ok_and(|v| v == "1");
     let cases = cases();
     if let Some(why) = &missing

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Where the provider's script and its `node_modules` are.
 pub fn provider_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/provider")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../oidc/provider")
 }
 
 /// Where poolgate says it is served (the redirect URI's origin); nothing listens there: the
@@ -239,7 +239,7 @@ fn config(port: u16, issuer: &str, options: &Options) -> Value {
 
 /// `node`, if installed.
 pub fn node() -> Option<PathBuf> {
-    poolgate_test_common::harness::on_path("node")
+    crate::harness::on_path("node")
 }
 
 /// Why the cases cannot run here, with how to make them run; `None` if they can.
@@ -259,10 +259,4 @@ pub fn missing() -> Option<String> {
     None
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::helpers::free_port;
