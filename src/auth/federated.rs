@@ -140,6 +140,13 @@ impl Authenticator {
         Ok((url, state))
     }
 
+    /// Whether a user code as typed (the hand-off page's) is a live hand-off not yet done;
+    /// anything else counts against the address like a made-up token (401).
+    pub async fn sso_check_code(&self, typed: &str, peer: IpAddr) -> Result<(), Error> {
+        self.sso()?;
+        self.live_handoff(typed, peer).await.map(|_| ())
+    }
+
     /// The store key of a live hand-off not yet done, from a user code as typed; anything else
     /// counts against the address like a made-up token.
     async fn live_handoff(&self, typed: &str, peer: IpAddr) -> Result<String, Error> {

@@ -63,6 +63,9 @@ pub async fn apply(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
 /// Starts a hand-off bound to this socket and the task that waits for it; the 428 that tells
 /// the client where the person signs in (or why not).
 pub async fn handoff(ctx: &mut Ctx<'_>) -> Error {
+    // Each hand-off uses one of the socket's sign-in attempts (`max_auth_failures`): a socket
+    // cannot fill the store with them.
+    ctx.conn.auth_failures += 1;
     let waiter = format!("socket {}", ctx.conn.id);
     let (key, fields) = match ctx.state.auth.sso_handoff(&waiter).await {
         Ok(started) => started,

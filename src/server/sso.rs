@@ -8,7 +8,9 @@
 //!   and useless a minute later cannot sign anyone in from there. For a hand-off, the page
 //!   "You are signed in on your device".
 //! - `GET /oidc/device[?user_code=…]`: type the code a thin client shows, or confirm the one
-//!   its link holds, then on to the provider.
+//!   its link holds, then on to the provider. `/oidc/login?handoff=` only goes on from this
+//!   confirmation (a SameSite=Strict cookie it sets names the code): a link straight to the
+//!   provider for someone else's code leads to the confirmation first (RFC 8628 §5.4).
 //! - `GET /oidc/qr?user_code=…` and `/oidc/qr.svg?user_code=…`: the link of a code as a QR
 //!   code, for a phone.
 //! - `GET /oidc/logout`: on to the provider's `end_session_endpoint` (RP-initiated logout),
@@ -55,8 +57,21 @@ struct LoginQuery {
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(query): Query<LoginQuery>,
 ) -> Response {
+    // A hand-off is signed in only from its confirmation page (which says "continue only if
+    // your device shows this code"), never straight from a link someone sent: that page's
+    // cookie names the code.
+    if let Some(typed) = &query.handoff {
+        let code = user_code::normalise(typed).unwrap_or_default();
+        if cookie(&headers, CONFIRM_COOKIE).as_deref() != Some(code.as_str()) || code.is_empty() {
+            return redirect(&format!(
+                "{DEVICE_PATH}?user_code={}",
+                user_code::display(&code)
+            ));
+        }
+    }
     match state
         .auth
         .sso_login_url(query.handoff.as_deref(), peer.ip())
@@ -87,15 +102,18 @@ async fn login(
 /// The cookie that binds a sign-in's `state` to the browser that started it.
 const STATE_COOKIE: &str = "pg_sso_state";
 
-/// The `state` cookie a request carries (the last one, if several).
-fn state_cookie(headers: &HeaderMap) -> Option<String> {
+/// The cookie the hand-off's confirmation page sets: the code the person confirmed.
+const CONFIRM_COOKIE: &str = "pg_sso_confirm";
+
+/// A cookie a request carries (the last one, if several).
+fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .filter(|(name, _)| *name == STATE_COOKIE)
+        .filter(|(name, _)| *name == wanted)
         .map(|(_, value)| value.to_owned())
         .next_back()
 }
@@ -107,7 +125,7 @@ async fn callback(
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let cookie = state_cookie(&headers);
+    let cookie = cookie(&headers, STATE_COOKIE);
     match state
         .auth
         .sso_callback(&query, cookie.as_deref(), peer.ip())
@@ -132,7 +150,11 @@ struct CodeQuery {
     user_code: Option<String>,
 }
 
-async fn device(State(state): State<AppState>, Query(query): Query<CodeQuery>) -> Response {
+async fn device(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<CodeQuery>,
+) -> Response {
     let Ok(sso) = state.auth.sso() else {
         return failure(&Error::NotFound(String::new()));
     };
@@ -155,8 +177,12 @@ async fn device(State(state): State<AppState>, Query(query): Query<CodeQuery>) -
             ),
         );
     };
+    // A code that is not a live hand-off counts against the address as a made-up token.
+    if let Err(e) = state.auth.sso_check_code(&code, peer.ip()).await {
+        return failure(&e);
+    }
     let shown = user_code::display(&code);
-    page(
+    let mut response = page(
         StatusCode::OK,
         "Sign in a device",
         &format!(
@@ -167,7 +193,21 @@ async fn device(State(state): State<AppState>, Query(query): Query<CodeQuery>) -
              <p><a id=\"confirm\" class=\"button\" href=\"/oidc/login?handoff={code}\">Sign in with {}</a></p>",
             escape(&sso.settings.display_name)
         ),
-    )
+    );
+    // Strict: set by this page, sent only from this site's own link to /oidc/login.
+    let confirmed = format!(
+        "{CONFIRM_COOKIE}={code}; Path=/oidc/login; Max-Age={}; HttpOnly; SameSite=Strict{}",
+        sso.settings.handoff.expires_in.as_secs(),
+        if state.config.tls_cert.is_some() {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    if let Ok(value) = HeaderValue::from_str(&confirmed) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
 }
 
 /// The link of a code as a QR code, with the code beside it.

@@ -145,6 +145,18 @@ pub async fn a_thin_client_is_signed_in_by_the_browser_hand_off() {
     let early = client.rpc("pools", json!({})).await;
     assert_eq!(early["args"]["code"], 401, "{early}");
 
+    // A link straight to the provider for this code (what a phisher would send) leads to the
+    // confirmation page first.
+    let raw = code.replace('-', "");
+    let (status, location, _) = Agent::at(&site.public_url)
+        .get(&format!("{}/oidc/login?handoff={raw}", site.public_url))
+        .await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/oidc/device?user_code={code}").as_str())
+    );
+
     let (status, _, page) = site
         .sign_in(&path_of(complete, &site.public_url), USER)
         .await;
@@ -306,7 +318,10 @@ pub async fn replayed_state_reused_and_guessed_codes_are_refused_and_counted() {
     assert_eq!(again["args"]["code"], 401, "{again}");
     // A guessed user code.
     let (status, _, page) = agent
-        .get(&format!("{}/oidc/login?handoff=BCDF-GHJK", site.public_url))
+        .get(&format!(
+            "{}/oidc/device?user_code=BCDF-GHJK",
+            site.public_url
+        ))
         .await;
     assert_eq!(status, 401, "{page}");
     // A callback with another browser's state cookie (login CSRF): refused, counted.
@@ -321,7 +336,10 @@ pub async fn replayed_state_reused_and_guessed_codes_are_refused_and_counted() {
     assert_eq!(status, 401);
     // Four refusals from this address: the next attempt is refused before anything.
     let (status, _, page) = agent
-        .get(&format!("{}/oidc/login?handoff=BCDF-GHJL", site.public_url))
+        .get(&format!(
+            "{}/oidc/device?user_code=BCDF-GHJL",
+            site.public_url
+        ))
         .await;
     assert_eq!(status, 429, "{page}");
     let metrics = reqwest::get(site.app.url("/metrics"))
