@@ -394,3 +394,63 @@ pub async fn a_provider_down_is_a_503_within_seconds_and_healthz_degraded() {
     let reply = client.rpc("auth_sso", json!({})).await;
     assert_eq!(reply["args"]["code"], 428, "{reply}");
 }
+
+pub async fn poolgate_connect_sso_prints_the_link_and_is_signed_in() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let site = site(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
+        .args(["connect", "--sso", "--server", &site.app.ws_url()])
+        .args([
+            "--user",
+            "user-5",
+            "--pool",
+            "nonexistent-pool",
+            "--password-stdin",
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let prefix = format!("{}/oidc/device?user_code=", site.public_url);
+    let mut printed = String::new();
+    let link = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with(&prefix) {
+                return line;
+            }
+        }
+        panic!("connect ended without a link: {printed}")
+    })
+    .await
+    .expect("the link within 20 s");
+    assert!(
+        printed.contains('█') || printed.contains('▀'),
+        "a terminal QR code: {printed}"
+    );
+    let (status, _, page) = site.sign_in(&path_of(&link, &site.public_url), USER).await;
+    assert_eq!(status, 200, "{page}");
+    // Signed in: the token saved, then it looks for the pool (which user-5 does not have).
+    let rest = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut rest = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            rest.push_str(&line);
+        }
+        rest
+    })
+    .await
+    .expect("connect ends");
+    assert!(rest.contains("has no pool"), "{rest}");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(token.starts_with("pgt_"), "{token}");
+}

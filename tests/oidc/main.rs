@@ -97,6 +97,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             Box::pin(flows::access_denied_at_the_provider_signs_nobody_in())
         }),
         (
+            "sso::poolgate_connect_sso_prints_the_link_and_is_signed_in",
+            || Box::pin(flows::poolgate_connect_sso_prints_the_link_and_is_signed_in()),
+        ),
+        (
             "sso::a_provider_down_is_a_503_within_seconds_and_healthz_degraded",
             || Box::pin(flows::a_provider_down_is_a_503_within_seconds_and_healthz_degraded()),
         ),
