@@ -369,6 +369,35 @@ pub async fn access_denied_at_the_provider_signs_nobody_in() {
         .await;
     assert_eq!((status, location), (400, None), "{page}");
     assert!(page.contains("access_denied"), "{page}");
+
+    // RP-initiated logout: on to the provider's end_session_endpoint, back to the portal.
+    let (status, location, _) = agent.get(&format!("{}/oidc/logout", site.public_url)).await;
+    let location = location.unwrap_or_default();
+    assert_eq!(status, 303);
+    assert!(
+        location.starts_with(&format!("{}/session/end?", site.provider.issuer)),
+        "{location}"
+    );
+    for part in [
+        "client_id=poolgate".to_owned(),
+        format!(
+            "post_logout_redirect_uri={}",
+            urlencode(&format!("{}/", site.public_url))
+        ),
+    ] {
+        assert!(location.contains(&part), "{part} not in {location}");
+    }
+    let config: Value = reqwest::get(site.app.url("/oidc/config"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["display_name"], "single sign-on");
+}
+
+fn urlencode(text: &str) -> String {
+    openidconnect::url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 pub async fn a_provider_down_is_a_503_within_seconds_and_healthz_degraded() {
