@@ -103,9 +103,14 @@ async fn check_health(state: &AppState) -> crate::state::Health {
             degraded.push("directory unreachable".to_owned());
         }
     }
-    // The sign-in provider's last fault, until a sign-in reaches it again.
-    if let Some(fault) = state.auth.sso.as_ref().and_then(|sso| sso.fault()) {
-        degraded.push(format!("sign-in provider unavailable ({fault})"));
+    // The sign-in provider's last fault: asked again (within a second) whether it answers now.
+    if let Some(sso) = &state.auth.sso
+        && sso.fault().is_some()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sso.client()).await;
+        if let Some(fault) = sso.fault() {
+            degraded.push(format!("sign-in provider unavailable ({fault})"));
+        }
     }
     if degraded.is_empty() {
         (true, "ok\n".to_owned())
