@@ -54,6 +54,8 @@ pub struct Options {
     /// Where poolgate is served, when a case runs it (the redirect URI registered is under
     /// it); [`PUBLIC_URL`] otherwise.
     pub public_url: Option<String>,
+    /// The port to listen on (a provider started again where one was); a free one otherwise.
+    pub port: Option<u16>,
 }
 
 /// A running provider.
@@ -72,7 +74,7 @@ impl Provider {
     }
 
     pub async fn start_with(options: Options) -> Provider {
-        let port = free_port();
+        let port = options.port.unwrap_or_else(free_port);
         let issuer = format!("http://127.0.0.1:{port}");
         let dir = tempfile::tempdir().unwrap();
         let config = config(port, &issuer, &options);

@@ -422,6 +422,28 @@ pub async fn a_provider_down_is_a_503_within_seconds_and_healthz_degraded() {
     let mut client = site.app.connect().await;
     let reply = client.rpc("auth_sso", json!({})).await;
     assert_eq!(reply["args"]["code"], 428, "{reply}");
+
+    // The provider back (where it was): /healthz says ok again without anyone signing in.
+    let _back = Provider::start_with(Options {
+        public_url: Some(site.public_url.clone()),
+        port: Some(site.provider.port),
+        ..Options::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = reqwest::get(site.app.url("/healthz"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body == "ok\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {body:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 pub async fn poolgate_connect_sso_prints_the_link_and_is_signed_in() {
