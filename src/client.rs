@@ -24,6 +24,8 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// Read the password from stdin instead of prompting.
     pub password_stdin: bool,
+    /// Single sign-on: `auth_sso` instead of a password.
+    pub sso: bool,
     /// Launch the system's viewer on the file.
     pub open: bool,
 }
@@ -163,6 +165,8 @@ pub struct Login {
     pub token_file: PathBuf,
     /// Read the password (and one-time code) from stdin instead of prompting.
     pub password_stdin: bool,
+    /// Single sign-on: `auth_sso` (the browser hand-off) instead of a password.
+    pub sso: bool,
 }
 
 async fn sign_in(s: &mut Session, o: &Login) -> anyhow::Result<()> {
@@ -175,14 +179,23 @@ async fn sign_in(s: &mut Session, o: &Login) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let password = read_secret("Password", o.password_stdin)?;
-    let mut reply = s
-        .call(
+    let mut reply = if o.sso {
+        s.call("auth_sso", json!({}), |_| {}).await?
+    } else {
+        let password = read_secret("Password", o.password_stdin)?;
+        s.call(
             "auth",
             json!({"username": o.user, "password": password}),
             |_| {},
         )
-        .await?;
+        .await?
+    };
+    // Single sign-on: the person signs in on another device; the token comes on this socket.
+    if let Some((428, _)) = error_of(&reply)
+        && reply["args"]["verification_uri_complete"].is_string()
+    {
+        reply = handoff(s, &reply["args"])?.await?;
+    }
     if let Some((428, _)) = error_of(&reply) {
         match reply["args"]["err_code"].as_u64() {
             Some(100) => {
@@ -210,6 +223,48 @@ async fn sign_in(s: &mut Session, o: &Login) -> anyhow::Result<()> {
     let token = reply["args"][0].as_str().context("no token in the reply")?;
     save_token(&o.token_file, token)?;
     Ok(())
+}
+
+/// Shows where to sign in (the link, the code and the link as a terminal QR code) and waits
+/// for the pushed `auth_sso` event. Answers in the form of an `auth` reply: the token, or the
+/// error (a 428 with an `mfa_token` when a one-time code is still due).
+fn handoff<'a>(
+    s: &'a mut Session,
+    args: &Value,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<Value>> + 'a> {
+    let link = args["verification_uri_complete"]
+        .as_str()
+        .unwrap_or_default();
+    let qr = qrcode::QrCode::new(link.as_bytes())?
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .quiet_zone(true)
+        .build();
+    eprintln!(
+        "Sign in on another device: open {} and enter the code {}, or scan:\n\n{qr}\n{link}\n",
+        args["verification_uri"].as_str().unwrap_or_default(),
+        args["user_code"].as_str().unwrap_or_default(),
+    );
+    let wait = Duration::from_secs(args["expires_in"].as_u64().unwrap_or(600) + 10);
+    Ok(async move {
+        let event = tokio::time::timeout(wait, async {
+            // Not `Session::next`: the person may take longer than one step's timeout.
+            while let Some(msg) = s.ws.next().await {
+                if let Message::Text(text) = msg? {
+                    let frame: Value = serde_json::from_str(&text)?;
+                    if frame["namespace"] == "events" && frame["name"] == "auth_sso" {
+                        return anyhow::Ok(frame["args"].clone());
+                    }
+                }
+            }
+            bail!("the server closed the connection")
+        })
+        .await
+        .context("nobody signed in before the code expired")??;
+        Ok(match event["code"].as_u64() {
+            Some(200) => json!({"name": "response", "args": [event["token"], event["ttl"]]}),
+            _ => json!({"name": "error", "args": event}),
+        })
+    })
 }
 
 fn spinner() -> ProgressBar {
@@ -293,6 +348,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             user: o.user.clone(),
             token_file: o.token_file.clone(),
             password_stdin: o.password_stdin,
+            sso: o.sso,
         },
     )
     .await?;

@@ -30,6 +30,20 @@ impl MfaKind {
     }
 }
 
+/// Where a thin client's person signs in (the browser hand-off, RFC 8628 style): what a
+/// 428 for a single sign-on user carries besides the mock's fields.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SsoHandoff {
+    pub verification_uri: String,
+    pub verification_uri_complete: String,
+    /// As shown to the person: `BCDF-GHJK`.
+    pub user_code: String,
+    /// Seconds.
+    pub expires_in: u64,
+    /// Seconds between polls.
+    pub interval: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Malformed request: bad JSON, missing or wrong-typed fields.
@@ -81,6 +95,16 @@ pub enum Error {
         kind: MfaKind,
         mfa_token: Option<String>,
     },
+    /// A single sign-on user: the person signs in at the provider through the hand-off (the
+    /// mock's 428, `err_code` 101, with where to sign in).
+    #[error("MFA required.")]
+    SsoRequired(Box<SsoHandoff>),
+    /// A hand-off's user code or the portal's one-time code that is unknown, used or expired.
+    #[error("Invalid or expired sign-in code; start the sign-in again.")]
+    InvalidSsoCode,
+    /// The OpenID provider cannot be reached or answers nonsense; may be retried.
+    #[error("The sign-in provider is unavailable; try again shortly.")]
+    SsoUnavailable,
     /// Too many attempts.
     #[error("{0}")]
     RateLimited(String),
@@ -118,7 +142,8 @@ impl Error {
             | Error::InvalidCredentials
             | Error::InvalidToken
             | Error::InvalidMfaToken
-            | Error::InvalidOtp => 401,
+            | Error::InvalidOtp
+            | Error::InvalidSsoCode => 401,
             Error::Disabled
             | Error::InsufficientPermissions
             | Error::AdminRequired
@@ -127,10 +152,10 @@ impl Error {
             Error::NoEligibleMachine => 409,
             Error::FrameTooLarge { .. } => 413,
             Error::Unprocessable(_) => 422,
-            Error::MfaRequired { .. } => 428,
+            Error::MfaRequired { .. } | Error::SsoRequired(_) => 428,
             Error::RateLimited(_) => 429,
             Error::Internal(_) => 500,
-            Error::Unavailable(_) | Error::DirectoryUnavailable => 503,
+            Error::Unavailable(_) | Error::DirectoryUnavailable | Error::SsoUnavailable => 503,
         }
     }
 
@@ -143,6 +168,7 @@ impl Error {
             Error::NoEligibleMachine => Some(801),
             Error::InvalidOtp => Some(103),
             Error::MfaRequired { kind, .. } => Some(kind.err_code()),
+            Error::SsoRequired(_) => Some(MfaKind::Adfs.err_code()),
             _ => None,
         }
     }
@@ -154,6 +180,15 @@ impl Error {
         args.insert("message".into(), json!(self.to_string()));
         if let Some(err_code) = self.err_code() {
             args.insert("err_code".into(), json!(err_code));
+        }
+        if let Error::SsoRequired(handoff) = self {
+            args.insert(
+                "detail".into(),
+                json!("Sign in at verification_uri with user_code (or open verification_uri_complete); the token then arrives on this socket."),
+            );
+            if let Value::Object(fields) = json!(handoff) {
+                args.extend(fields);
+            }
         }
         if let Error::MfaRequired { kind, mfa_token } = self {
             match (kind, mfa_token) {

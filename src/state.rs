@@ -283,6 +283,11 @@ fn authenticator(
             config.session_max_age,
             granting_groups(config),
         ),
+        sso: config
+            .oidc
+            .clone()
+            .zip(config.public_url.clone())
+            .map(|(settings, public_url)| crate::auth::sso::Sso::new(settings, public_url)),
     }
 }
 

@@ -103,6 +103,7 @@ const state = {
   lastActive: 0,     // when the server last accepted an authenticated message
   username: "",
   mfaToken: null,    // between `auth` answering 428 and `otp_verify`
+  sso: null,         // the server's single sign-on (`/oidc/config`), if any
   tasks: new Map(),  // task id -> latest task seen (replies and events)
   waiters: new Map(),// task id -> [resolve] waiting for an end
   cards: new Map(),  // pool id -> the pool's card
@@ -478,6 +479,45 @@ async function submitSignIn(event) {
 async function signOut() {
   try { if (state.token) await rpc.call("auth_clear", {}); } catch { /* signed out anyway */ }
   signedOut("You signed out.");
+  // Single sign-on: the provider's session too, if the person wants (RP-initiated logout).
+  if (state.sso) $("sso-signout").hidden = false;
+}
+
+/** Single sign-on: the button, when the server has a provider (`GET /oidc/config`). */
+async function loadSso() {
+  try {
+    const answer = await fetch("/oidc/config", { headers: { accept: "application/json" } });
+    if (!answer.ok) return;
+    state.sso = await answer.json();
+    $("sso-button").textContent = `Sign in with ${state.sso.display_name}`;
+    $("sso-signout-link").textContent = `Also sign out at ${state.sso.display_name}`;
+    $("sso").hidden = false;
+  } catch { /* no single sign-on */ }
+}
+
+/**
+ * Back from the provider: `/?sso=CODE`, a one-time code (used once, gone after a minute)
+ * that this page exchanges over its socket for a normal token; no token is ever in a URL.
+ */
+async function finishSso(code) {
+  history.replaceState(null, "", "/");
+  try {
+    const [token, ttl, username] = await rpc.call("auth_sso_code", { code });
+    state.username = username || "";
+    await signedIn([token, ttl], $("keep").checked);
+  } catch (e) {
+    if (e instanceof RpcError && e.code === 428 && e.args.mfa_token) {
+      showSignIn("");
+      state.mfaToken = e.args.mfa_token;
+      $("password-step").hidden = true;
+      $("otp-step").hidden = false;
+      $("signin-button").textContent = "Verify";
+      $("otp").focus();
+      return;
+    }
+    showSignIn("");
+    signInError(signInMessage(e));
+  }
 }
 
 /** Signs this page in again with the token kept in sessionStorage. */
@@ -502,8 +542,12 @@ async function start() {
     showSignIn("Cannot reach the server. Reload the page to try again.");
     return;
   }
+  await loadSso();
+  const sso = new URLSearchParams(location.search).get("sso");
   const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (saved) {
+  if (sso) {
+    await finishSso(sso);
+  } else if (saved) {
     $("keep").checked = true;
     await resume(saved);
   } else {

@@ -7,12 +7,14 @@
 //! mock's 428 after that same work, whether the password was right or not.
 
 pub mod directory;
+pub mod federated;
 pub mod jwt;
 pub mod lockout;
 pub mod oidc;
 pub mod otp;
 pub mod password;
 pub mod recheck;
+pub mod sso;
 pub mod tokens;
 pub mod users;
 
@@ -63,6 +65,8 @@ pub struct Authenticator {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Directory users' sessions checked again, and `session_max_age` ([`recheck`]).
     pub recheck: recheck::Recheck,
+    /// Single sign-on at an OpenID provider, when `[oidc]` is configured ([`federated`]).
+    pub sso: Option<sso::Sso>,
 }
 
 /// At most one "directory unavailable" line per period for failed directory sign-ins.
@@ -150,8 +154,8 @@ impl Authenticator {
     fn record(&self, result: Result<Arc<User>, Error>) -> Result<Arc<User>, Error> {
         self.metrics.login(match &result {
             Ok(_) => "ok",
-            Err(Error::InvalidCredentials | Error::InvalidOtp) => "denied",
-            Err(Error::MfaRequired { .. }) => "mfa_required",
+            Err(Error::InvalidCredentials | Error::InvalidOtp | Error::InvalidSsoCode) => "denied",
+            Err(Error::MfaRequired { .. } | Error::SsoRequired(_)) => "mfa_required",
             Err(Error::Disabled) => "disabled",
             Err(_) => "error",
         });

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::otp::{OtpMethod, TotpOrDate, TotpSecret};
-use crate::store::{DirectoryUser, Store, StoreResult};
+use crate::store::{DirectoryUser, FederatedUser, Store, StoreResult};
 
 /// One `[[users]]` table as written in the config or users file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -92,7 +92,44 @@ pub fn directory_user_id(entry_key: &str) -> Uuid {
     Uuid::new_v5(&DIRECTORY_NAMESPACE, entry_key.as_bytes())
 }
 
+/// Federated people's ids: a name-based UUID of (issuer, subject), so that a person is one
+/// user on every instance, whatever their username at the provider becomes.
+const FEDERATED_NAMESPACE: Uuid = Uuid::from_u128(0x9d2e_41c7_73a0_4b1e_a5c6_0f3b_8e27_d914);
+
+/// The id of the person the provider `issuer` knows as `subject`.
+pub fn federated_user_id(issuer: &str, subject: &str) -> Uuid {
+    Uuid::new_v5(
+        &FEDERATED_NAMESPACE,
+        format!("{issuer}\n{subject}").as_bytes(),
+    )
+}
+
 impl User {
+    /// A person the OpenID provider signed in, as its last ID token described them: no
+    /// password (the provider checks it), groups from the groups claim, roles from
+    /// `oidc.admin_groups`, no one-time code of poolgate's own.
+    pub fn from_federated(record: &FederatedUser) -> Self {
+        User {
+            id: record.id,
+            username: record.username.clone(),
+            full_name: String::new(),
+            email: String::new(),
+            roles: if record.admin {
+                vec!["admin".into(), "user".into()]
+            } else {
+                vec!["user".into()]
+            },
+            groups: record.groups.clone(),
+            dn: None,
+            disabled: false,
+            otp_enabled: false,
+            adfs_enabled: true,
+            hardware_token_enabled: false,
+            otp: None,
+            password_hash: String::new(),
+        }
+    }
+
     /// A directory user as their record describes them: no password hash (the directory
     /// checks passwords), roles from the admin groups, and a one-time code to give if they are
     /// enrolled in TOTP (`totp_secret`, base32). A secret that does not parse still asks for a
@@ -210,7 +247,7 @@ impl UserDirectory {
         self.store = Some(store);
     }
 
-    /// Any user by id: a local one, or a directory user who signed in before (read from the
+    /// Any user by id: a local one, or a directory or federated user who signed in before (read from the
     /// state store, so a session, challenge or task of theirs resolves on every instance).
     pub async fn resolve(&self, id: &Uuid) -> StoreResult<Option<Arc<User>>> {
         if let Some(user) = self.by_id.get(id) {
@@ -220,7 +257,8 @@ impl UserDirectory {
             return Ok(None);
         };
         let Some(record) = store.directory_user_get(*id).await? else {
-            return Ok(None);
+            let federated = store.federated_user_get(*id).await?;
+            return Ok(federated.map(|r| Arc::new(User::from_federated(&r))));
         };
         let secret = store.directory_totp_get(*id).await?;
         Ok(Some(Arc::new(User::from_directory(

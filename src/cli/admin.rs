@@ -78,6 +78,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         user: args.user,
         token_file,
         password_stdin: args.password_stdin,
+        sso: false,
     };
     let (method, call) = args.action.request();
     let result =

@@ -23,6 +23,10 @@ pub struct ConnectArgs {
     /// Read the password (and one-time code) from stdin, one per line.
     #[arg(long)]
     password_stdin: bool,
+    /// Sign in at the organisation's provider (single sign-on) on another device, a phone:
+    /// prints the link and its QR code, and waits (no password asked).
+    #[arg(long)]
+    sso: bool,
     /// Open the launcher with the system's viewer.
     #[arg(long)]
     open: bool,
@@ -40,6 +44,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<()> {
         token_file,
         out_dir: args.out,
         password_stdin: args.password_stdin,
+        sso: args.sso,
         open: args.open,
     }))
 }

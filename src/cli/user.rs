@@ -154,6 +154,7 @@ fn enrol_directory_user(name: &str, o: &DirectoryTotp) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| super::default_token_file(server, admin)),
         password_stdin: o.password_stdin,
+        sso: false,
     };
     let key = if name.contains('=') { "dn" } else { "username" };
     let args = serde_json::json!({ key: name, "disable": o.disable });

@@ -7,6 +7,7 @@ mod mfa;
 mod openapi;
 mod pools;
 pub mod settings;
+mod sso;
 pub mod status_ws;
 mod tasks;
 mod users;
@@ -35,6 +36,7 @@ const MAX_BODY: usize = 64 * 1024;
 pub fn router(status_socket: MethodRouter<AppState>) -> Router<AppState> {
     let api = Router::new()
         .route("/users/login/", post(users::login))
+        .route("/users/login/sso/{user_code}/", get(sso::poll))
         .route("/users/logout/", post(users::logout))
         .route("/users/settings/", get(users::settings))
         .route("/users/adfs/", any(mfa::adfs))
@@ -136,6 +138,18 @@ impl From<Error> for RestError {
             Error::InvalidOtp => {
                 Self::new(StatusCode::UNAUTHORIZED, &err.to_string(), code, "auth")
             }
+            Error::SsoRequired(fields) => RestError {
+                status: StatusCode::PRECONDITION_REQUIRED,
+                detail: vec![{
+                    let mut item = json!({"msg": "MFA required.", "err_code": code, "type": "auth", "next_step": mfa::next_step(crate::error::MfaKind::Adfs)});
+                    if let (Some(item), Value::Object(fields)) =
+                        (item.as_object_mut(), json!(fields))
+                    {
+                        item.extend(fields);
+                    }
+                    item
+                }],
+            },
             Error::MfaRequired { kind, .. } => {
                 let next_step = mfa::next_step(*kind);
                 RestError {

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::validate::{self, Body, Fields, Problems};
 use super::{AuthUser, RestError, data};
 use crate::auth::Credentials;
-use crate::error::{ERR_CODE_DEFAULT, Error};
+use crate::error::{ERR_CODE_DEFAULT, Error, MfaKind};
 use crate::state::AppState;
 
 /// The mock's `LoginInputModel`.
@@ -70,7 +70,7 @@ pub async fn login(
     let body = LoginBody::validate(&body, &mut problems);
     let body = problems.finish(body)?;
 
-    let user = state
+    let user = match state
         .auth
         .login(Credentials {
             username: &body.username,
@@ -80,7 +80,16 @@ pub async fn login(
             device: crate::portal::device(&headers, &state.auth.devices),
             directory: body.ldap,
         })
-        .await?;
+        .await
+    {
+        Ok(user) => user,
+        // A user who signs in through the provider: the hand-off, when it is configured.
+        Err(Error::MfaRequired {
+            kind: MfaKind::Adfs,
+            ..
+        }) if state.auth.sso.is_some() => return Err(super::sso::handoff(&state).await),
+        Err(e) => return Err(e.into()),
+    };
     let token = state.auth.jwt.issue(&user).map_err(Error::Internal)?;
     tracing::info!(user = %user.username, "signed in over REST");
     Ok(data(

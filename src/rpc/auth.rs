@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::{Ctx, guard_auth_attempt, parse_args, record_auth_outcome, sign_in};
 use crate::auth::Credentials;
-use crate::error::Error;
+use crate::error::{Error, MfaKind};
 
 #[derive(Deserialize)]
 pub struct Auth {
@@ -40,6 +40,11 @@ impl Auth {
             .await;
         let result = match outcome {
             Ok(user) => sign_in(ctx, user).await,
+            // A user who signs in through the provider: the hand-off, when it is configured.
+            Err(Error::MfaRequired {
+                kind: MfaKind::Adfs,
+                ..
+            }) if ctx.state.auth.sso.is_some() => Err(super::auth_sso::handoff(ctx).await),
             Err(e) => Err(e),
         };
         record_auth_outcome(ctx, &result);

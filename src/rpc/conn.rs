@@ -28,6 +28,8 @@ pub struct Conn {
     pub events_enabled: Arc<Subscriptions>,
     /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
     pub auth_failures: u32,
+    /// A single sign-on hand-off this socket waits for (`auth_sso`).
+    pub sso: Option<Arc<super::auth_sso::SsoWait>>,
     /// The socket's outbound queue (events; the loop writes replies directly).
     pub outbound: Arc<Outbox>,
     /// Cancelled to close the socket as too slow (its event subscription does, when the queue
@@ -57,6 +59,7 @@ impl Conn {
             session: None,
             events_enabled: Arc::new(true.into()),
             auth_failures: 0,
+            sso: None,
             outbound,
             kick,
             pending_subscribe: false,
@@ -79,7 +82,24 @@ impl Conn {
 
     /// Signs the connection out locally (the token itself is untouched). Events queued for
     /// the old sign-in and not yet written are dropped: none reaches whoever signs in next.
+    /// Binds the session a finished hand-off brought, if one did (at the socket's next request).
+    pub async fn adopt_sso(&mut self, state: &AppState) {
+        let Some(session) = self.sso.as_ref().and_then(|w| w.take_session()) else {
+            return;
+        };
+        self.sso = None;
+        self.set_session(state, session).await;
+    }
+
+    /// Whether the socket is signed in, or waits for a hand-off that may still sign it in.
+    pub fn signed_in_or_waiting(&self) -> bool {
+        self.session.is_some() || self.sso.as_ref().is_some_and(|w| w.waiting())
+    }
+
     pub fn clear_session(&mut self, state: &AppState) {
+        if let Some(wait) = self.sso.take() {
+            wait.stop();
+        }
         if let Some(old) = self.session.take() {
             state.events.unsubscribe(old.user.id, self.id);
             self.outbound.drop_events();

@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod auth_clear;
+mod auth_sso;
 mod auth_token;
 mod conn;
 mod connect_info;
@@ -151,6 +152,8 @@ methods! {
     AuthToken     = "rpc" / "auth_token",         public,    auth_token::AuthToken     => |c, ctx| c.apply(ctx).await,
     AuthClear     = "rpc" / "auth_clear",         public,    ()                        => |_, ctx| auth_clear::AuthClear.apply(ctx).await,
     OtpVerify     = "rpc" / "otp_verify",         public,    otp_verify::OtpVerify     => |c, ctx| c.apply(ctx).await,
+    AuthSso       = "rpc" / "auth_sso",           public,    ()                        => |_, ctx| auth_sso::apply(ctx).await,
+    AuthSsoCode   = "rpc" / "auth_sso_code",      public,    auth_sso::AuthSsoCode     => |c, ctx| c.apply(ctx).await,
     Identify      = "rpc" / "identify",           public,    ()                        => |_, ctx| identify::apply(ctx),
     Subscribe     = "events" / "subscribe",       signed_in, events::Subscription      => |c, ctx| c.apply(ctx, true),
     Unsubscribe   = "events" / "unsubscribe",     signed_in, events::Subscription      => |c, ctx| c.apply(ctx, false),
@@ -184,6 +187,8 @@ pub async fn dispatch(
             "Unknown method {namespace}/{name}."
         )));
     };
+    // A hand-off done since the last request signs the socket in first.
+    ctx.conn.adopt_sso(ctx.state).await;
     let ttl = ctx.state.auth.tokens.ttl();
     let auth = &ctx.state.auth;
     // Expired, revoked, past session_max_age, or — a directory user's, when its re-check is
@@ -238,7 +243,8 @@ fn record_auth_outcome(ctx: &mut Ctx<'_>, result: &Result<Value, Error>) {
         Error::InvalidCredentials
         | Error::InvalidOtp
         | Error::InvalidToken
-        | Error::InvalidMfaToken,
+        | Error::InvalidMfaToken
+        | Error::InvalidSsoCode,
     ) = result
     {
         ctx.conn.auth_failures += 1;

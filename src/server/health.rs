@@ -103,6 +103,15 @@ async fn check_health(state: &AppState) -> crate::state::Health {
             degraded.push("directory unreachable".to_owned());
         }
     }
+    // The sign-in provider's last fault: asked again (within a second) whether it answers now.
+    if let Some(sso) = &state.auth.sso
+        && sso.fault().is_some()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sso.client()).await;
+        if let Some(fault) = sso.fault() {
+            degraded.push(format!("sign-in provider unavailable ({fault})"));
+        }
+    }
     if degraded.is_empty() {
         (true, "ok\n".to_owned())
     } else {

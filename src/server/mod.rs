@@ -26,6 +26,7 @@ mod refusals;
 mod routes;
 mod service;
 mod site;
+mod sso;
 mod sweep;
 
 use std::sync::Arc;

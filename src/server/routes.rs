@@ -16,6 +16,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", crate::ws::rpc_route(&state))
         .merge(crate::rest::router(crate::ws::status_route()))
         .route("/portal/{asset}", get(crate::portal::asset))
+        .merge(super::sso::routes())
         .route("/healthz", get(healthz));
     let router = if state.config.metrics_listen.is_none() {
         router.route("/metrics", get(metrics))

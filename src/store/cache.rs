@@ -348,6 +348,7 @@ impl Forward<dyn Directory> for CachedStore {}
 impl Forward<dyn JwtRevocations> for CachedStore {}
 impl Forward<dyn Inventory> for CachedStore {}
 impl Forward<dyn Lockout> for CachedStore {}
+impl Forward<dyn Federation> for CachedStore {}
 
 impl Bus for CachedStore {
     fn is_shared(&self) -> bool {

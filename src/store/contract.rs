@@ -30,8 +30,8 @@ use uuid::Uuid;
 use super::now_ms;
 use super::routing::Routing;
 use super::{
-    Assignment, BusEvent, DirectoryUser, MfaRecord, SessionRecord, StoreCounts, StoreResult,
-    TaskKey,
+    Assignment, BusEvent, DirectoryUser, FederatedUser, Handoff, MfaRecord, SessionRecord,
+    SsoOutcome, StoreCounts, StoreResult, TaskKey,
 };
 use crate::domain::{Task, TokenHash};
 
@@ -306,4 +306,33 @@ pub trait Lockout: Send + Sync + 'static {
         max_wait: Duration,
         window: Duration,
     ) -> StoreResult<Result<u64, u64>>;
+}
+
+/// Single sign-on: sign-ins under way at the OpenID provider, thin clients' hand-offs, the
+/// portal's one-time codes and the people the provider signed in. Keys are chosen by the
+/// caller (digests of codes, never the codes themselves). Every record but a
+/// [`FederatedUser`] expires: gone for every read once its `expires_ms` has passed.
+#[async_trait]
+pub trait Federation: Send + Sync + 'static {
+    /// Keeps a single-use value (a sign-in under way by its `state`, a portal code) until
+    /// `expires_ms`, replacing one under the same key.
+    async fn sso_put(&self, key: &str, value: &str, expires_ms: u64) -> StoreResult<()>;
+    /// Removes and returns a live single-use value: of concurrent takes, exactly one gets it.
+    async fn sso_take(&self, key: &str) -> StoreResult<Option<String>>;
+
+    /// Stores a new hand-off (not done), replacing one under the same key.
+    async fn handoff_put(&self, key: &str, handoff: &Handoff) -> StoreResult<()>;
+    /// The live hand-off, with its outcome once done.
+    async fn handoff_get(&self, key: &str) -> StoreResult<Option<Handoff>>;
+    /// Records who signed in for a live hand-off not yet done; true only for the one call that
+    /// did (atomic: of concurrent completions, exactly one wins; a done one is never changed).
+    async fn handoff_complete(&self, key: &str, outcome: &SsoOutcome) -> StoreResult<bool>;
+    /// Removes a live, done hand-off and returns its outcome; of concurrent takes exactly one
+    /// gets it. One not done yet is left as it is (`None`).
+    async fn handoff_take(&self, key: &str) -> StoreResult<Option<SsoOutcome>>;
+
+    /// Stores (or replaces) a federated person's record. Never expires.
+    async fn federated_user_put(&self, user: &FederatedUser) -> StoreResult<()>;
+    /// The record of a federated person, if one ever signed in with this id.
+    async fn federated_user_get(&self, id: Uuid) -> StoreResult<Option<FederatedUser>>;
 }

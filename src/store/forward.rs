@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    Directory, DirectoryUser, Inventory, JwtRevocations, Lockout, Mfa, MfaRecord, SessionRecord,
-    Sessions, Store, StoreCounts, StoreResult, Upkeep,
+    Directory, DirectoryUser, FederatedUser, Federation, Handoff, Inventory, JwtRevocations,
+    Lockout, Mfa, MfaRecord, SessionRecord, Sessions, SsoOutcome, Store, StoreCounts, StoreResult,
+    Upkeep,
 };
 use crate::domain::TokenHash;
 
@@ -118,4 +119,15 @@ forward!(Lockout {
         max_wait: Duration,
         window: Duration,
     ) -> StoreResult<Result<u64, u64>>;
+});
+
+forward!(Federation {
+    async fn sso_put(&self, key: &str, value: &str, expires_ms: u64) -> StoreResult<()>;
+    async fn sso_take(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn handoff_put(&self, key: &str, handoff: &Handoff) -> StoreResult<()>;
+    async fn handoff_get(&self, key: &str) -> StoreResult<Option<Handoff>>;
+    async fn handoff_complete(&self, key: &str, outcome: &SsoOutcome) -> StoreResult<bool>;
+    async fn handoff_take(&self, key: &str) -> StoreResult<Option<SsoOutcome>>;
+    async fn federated_user_put(&self, user: &FederatedUser) -> StoreResult<()>;
+    async fn federated_user_get(&self, id: Uuid) -> StoreResult<Option<FederatedUser>>;
 });

@@ -35,6 +35,10 @@ struct Inner {
     jwt_users: HashMap<Uuid, i64>,
     /// Directory re-check claims: (made at, gone at), both in ms.
     directory_rechecks: HashMap<Uuid, (u64, u64)>,
+    /// Single-use sign-on values: (value, expires at).
+    sso: HashMap<String, (String, u64)>,
+    handoffs: HashMap<String, Handoff>,
+    federated: HashMap<Uuid, FederatedUser>,
 }
 
 pub struct MemoryStore {
@@ -80,11 +84,14 @@ impl Upkeep for MemoryStore {
         inner
             .jwt
             .retain(|_, exp| *exp + JWT_REVOCATION_MARGIN_S > now_s);
-        let claims = inner.directory_rechecks.len();
+        let claims = inner.directory_rechecks.len() + inner.sso.len() + inner.handoffs.len();
         inner
             .directory_rechecks
             .retain(|_, (_, until)| *until > now);
-        Ok(before - held(&inner) + claims - inner.directory_rechecks.len())
+        inner.sso.retain(|_, (_, until)| *until > now);
+        inner.handoffs.retain(|_, h| h.expires_ms > now);
+        let left = inner.directory_rechecks.len() + inner.sso.len() + inner.handoffs.len();
+        Ok(before - held(&inner) + claims - left)
     }
 
     async fn counts(&self) -> StoreResult<StoreCounts> {
@@ -554,5 +561,74 @@ impl Lockout for MemoryStore {
         );
         inner.backoff.insert(key.to_owned(), entry);
         Ok(Ok(slot))
+    }
+}
+
+#[async_trait]
+impl Federation for MemoryStore {
+    async fn sso_put(&self, key: &str, value: &str, expires_ms: u64) -> StoreResult<()> {
+        self.lock()
+            .sso
+            .insert(key.to_owned(), (value.to_owned(), expires_ms));
+        Ok(())
+    }
+
+    async fn sso_take(&self, key: &str) -> StoreResult<Option<String>> {
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .sso
+            .remove(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(value, _)| value))
+    }
+
+    async fn handoff_put(&self, key: &str, handoff: &Handoff) -> StoreResult<()> {
+        let mut handoff = handoff.clone();
+        handoff.done = None;
+        self.lock().handoffs.insert(key.to_owned(), handoff);
+        Ok(())
+    }
+
+    async fn handoff_get(&self, key: &str) -> StoreResult<Option<Handoff>> {
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .handoffs
+            .get(key)
+            .filter(|h| h.expires_ms > now)
+            .cloned())
+    }
+
+    async fn handoff_complete(&self, key: &str, outcome: &SsoOutcome) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut inner = self.lock();
+        match inner.handoffs.get_mut(key) {
+            Some(h) if h.expires_ms > now && h.done.is_none() => {
+                h.done = Some(outcome.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn handoff_take(&self, key: &str) -> StoreResult<Option<SsoOutcome>> {
+        let now = now_ms();
+        let mut inner = self.lock();
+        match inner.handoffs.get(key) {
+            Some(h) if h.expires_ms > now && h.done.is_some() => {
+                Ok(inner.handoffs.remove(key).and_then(|h| h.done))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn federated_user_put(&self, user: &FederatedUser) -> StoreResult<()> {
+        self.lock().federated.insert(user.id, user.clone());
+        Ok(())
+    }
+
+    async fn federated_user_get(&self, id: Uuid) -> StoreResult<Option<FederatedUser>> {
+        Ok(self.lock().federated.get(&id).cloned())
     }
 }

@@ -28,7 +28,8 @@ pub mod sqlite;
 mod url;
 
 pub use contract::{
-    Assignments, Bus, Directory, Inventory, JwtRevocations, Lockout, Mfa, Sessions, Tasks, Upkeep,
+    Assignments, Bus, Directory, Federation, Inventory, JwtRevocations, Lockout, Mfa, Sessions,
+    Tasks, Upkeep,
 };
 pub use url::StateUrl;
 
@@ -85,6 +86,41 @@ pub struct DirectoryUser {
     pub admin: bool,
     /// When this record was written (the sign-in that saw it), ms.
     pub updated_ms: u64,
+}
+
+/// A person signed in at the OpenID provider, as its last ID token described them: kept so
+/// that every instance can resolve their sessions, challenges and tasks (like a
+/// [`DirectoryUser`]). `id` is theirs whatever their username becomes: a name-based UUID of
+/// (`issuer`, `subject`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederatedUser {
+    pub id: Uuid,
+    pub issuer: String,
+    pub subject: String,
+    pub username: String,
+    pub groups: Vec<String>,
+    pub admin: bool,
+    /// When this record was written (the sign-in that saw it), ms.
+    pub updated_ms: u64,
+}
+
+/// A thin client's browser hand-off, kept under (a digest of) its user code until the person
+/// signs in at the provider and the waiting client takes the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// Who waits for it (a socket of an instance, or a REST poller): opaque to the store.
+    pub waiter: String,
+    pub expires_ms: u64,
+    /// Set once, when the person signed in: who, for the waiting client to sign in.
+    pub done: Option<SsoOutcome>,
+}
+
+/// Who signed in at the provider, for the client that takes it: the user, and whether
+/// poolgate's own one-time code is still due (no token is ever stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SsoOutcome {
+    pub user_id: Uuid,
+    pub otp_due: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +283,7 @@ pub trait Store:
     + Assignments
     + Inventory
     + Lockout
+    + Federation
 {
 }
 
@@ -261,6 +298,7 @@ impl<T> Store for T where
         + Assignments
         + Inventory
         + Lockout
+        + Federation
 {
 }
 

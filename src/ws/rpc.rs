@@ -113,7 +113,7 @@ impl Handler for RpcSocket {
     }
 
     fn signed_in(&self) -> bool {
-        self.0.session.is_some()
+        self.0.signed_in_or_waiting()
     }
 
     fn close(&mut self, state: &AppState) {

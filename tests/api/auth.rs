@@ -161,6 +161,45 @@ async fn adfs_and_hardware_token_users_get_428_that_says_it_cannot_be_done_here(
     }
 }
 
+/// Without `[oidc]` the mock's behaviour stays exactly: no hand-off fields, and single
+/// sign-on's method and pages answer 404.
+#[tokio::test]
+async fn without_oidc_there_is_no_hand_off_and_the_sso_routes_are_404() {
+    let app = TestApp::spawn().await;
+    let mut c = app.connect().await;
+    let reply = c
+        .rpc("auth", json!({"username": "user-5", "password": PASSWORD}))
+        .await;
+    assert_eq!(error_code(&reply), 428);
+    assert!(reply["args"].get("verification_uri").is_none(), "{reply}");
+    assert!(reply["args"].get("user_code").is_none(), "{reply}");
+    let sso = c.rpc("auth_sso", json!({})).await;
+    assert_eq!(error_code(&sso), 404, "{sso}");
+    let code = c.rpc("auth_sso_code", json!({"code": "x"})).await;
+    assert_eq!(error_code(&code), 404, "{code}");
+    for path in [
+        "/oidc/config",
+        "/oidc/login",
+        "/oidc/device",
+        "/oidc/callback?state=x",
+    ] {
+        let status = reqwest::get(app.url(path)).await.unwrap().status();
+        assert_eq!(status, 404, "{path}");
+    }
+    let login = reqwest::Client::new()
+        .post(app.url("/api/v2/users/login/"))
+        .json(&json!({"username": "user-5", "password": PASSWORD, "ldap": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 428);
+    let body: serde_json::Value = login.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"detail": [{"msg": "MFA required.", "err_code": 101, "type": "auth", "next_step": "/api/v2/users/adfs/"}]})
+    );
+}
+
 #[tokio::test]
 async fn auth_token_signs_in_a_new_connection() {
     let app = TestApp::spawn().await;

@@ -1876,6 +1876,112 @@ async fn sqlite_sessions_from_before_expiries_are_stamped_by_the_first_write() {
     assert_eq!(s.counts().await.unwrap().sessions, 2);
 }
 
+/// Single sign-on's single-use values (a sign-in under way by its `state`, a portal code):
+/// taken by exactly one of concurrent takers, replaced by a put under the same key, gone
+/// once expired (for a take, and for the sweep).
+pub async fn single_sign_on_values_are_taken_once_and_expire(state: &str) {
+    let f = fresh(state).await;
+    let s = f.store.clone();
+    let later = now_ms() + 60_000;
+    s.sso_put("state:a", "first", later).await.unwrap();
+    s.sso_put("state:a", "second", later).await.unwrap();
+    let won = winners(8, || {
+        let s = s.clone();
+        async move { s.sso_take("state:a").await.unwrap().is_some() }
+    })
+    .await;
+    assert_eq!(won, 1, "one take wins");
+    s.sso_put("state:b", "kept", later).await.unwrap();
+    assert_eq!(s.sso_take("state:b").await.unwrap().as_deref(), Some("kept"));
+    assert_eq!(s.sso_take("state:b").await.unwrap(), None, "used once");
+    let soon = now_ms() + 300;
+    s.sso_put("portal:c", "short", soon).await.unwrap();
+    sleep_until_ms(soon + 50).await;
+    assert_eq!(s.sso_take("portal:c").await.unwrap(), None, "expired");
+    s.sso_put("portal:d", "short", now_ms() + 200).await.unwrap();
+    sleep_until_ms(now_ms() + 250).await;
+    assert!(s.sweep_expired().await.unwrap() >= usize::from(!s.is_shared()));
+    assert_eq!(s.sso_take("portal:d").await.unwrap(), None);
+}
+
+/// A thin client's hand-off: pending until completed once (of concurrent completions one
+/// wins, a done one never changes), taken once only when done, gone once expired.
+pub async fn a_hand_off_is_completed_once_taken_once_and_expires(state: &str) {
+    use store::{Handoff, SsoOutcome};
+    let f = fresh(state).await;
+    let s = f.store.clone();
+    let handoff = Handoff {
+        waiter: "socket 7".into(),
+        expires_ms: now_ms() + 60_000,
+        done: None,
+    };
+    s.handoff_put("handoff:a", &handoff).await.unwrap();
+    assert_eq!(s.handoff_get("handoff:a").await.unwrap(), Some(handoff.clone()));
+    assert_eq!(s.handoff_take("handoff:a").await.unwrap(), None, "not done yet");
+    assert!(s.handoff_get("handoff:a").await.unwrap().is_some(), "left as it was");
+    let won = winners(8, || {
+        let s = s.clone();
+        async move {
+            let outcome = SsoOutcome {
+                user_id: Uuid::new_v4(),
+                otp_due: false,
+            };
+            s.handoff_complete("handoff:a", &outcome).await.unwrap()
+        }
+    })
+    .await;
+    assert_eq!(won, 1, "completed once");
+    let done = s.handoff_get("handoff:a").await.unwrap().unwrap();
+    let outcome = done.done.clone().expect("done");
+    assert_eq!(done.waiter, "socket 7");
+    let won = winners(8, || {
+        let s = s.clone();
+        async move { s.handoff_take("handoff:a").await.unwrap().is_some() }
+    })
+    .await;
+    assert_eq!(won, 1, "taken once");
+    assert_eq!(s.handoff_get("handoff:a").await.unwrap(), None);
+    let late = SsoOutcome {
+        user_id: outcome.user_id,
+        otp_due: true,
+    };
+    assert!(!s.handoff_complete("handoff:a", &late).await.unwrap(), "gone");
+    assert!(!s.handoff_complete("handoff:none", &late).await.unwrap());
+    let short = Handoff {
+        expires_ms: now_ms() + 300,
+        ..handoff
+    };
+    s.handoff_put("handoff:b", &short).await.unwrap();
+    sleep_until_ms(short.expires_ms + 50).await;
+    assert_eq!(s.handoff_get("handoff:b").await.unwrap(), None, "expired");
+    assert!(!s.handoff_complete("handoff:b", &late).await.unwrap());
+    assert_eq!(s.handoff_take("handoff:b").await.unwrap(), None);
+}
+
+/// A federated person's record: kept, replaced whole by the next sign-in, never expiring.
+pub async fn a_federated_users_record_is_kept_and_replaced(state: &str) {
+    let f = fresh(state).await;
+    let s = f.store.clone();
+    let mut user = store::FederatedUser {
+        id: Uuid::new_v4(),
+        issuer: "https://idp.example.com".into(),
+        subject: "sub-1".into(),
+        username: "ann".into(),
+        groups: vec!["vdi-users".into()],
+        admin: false,
+        updated_ms: now_ms(),
+    };
+    assert_eq!(s.federated_user_get(user.id).await.unwrap(), None);
+    s.federated_user_put(&user).await.unwrap();
+    assert_eq!(s.federated_user_get(user.id).await.unwrap(), Some(user.clone()));
+    user.username = "ann.b".into();
+    user.groups = vec![];
+    user.admin = true;
+    s.federated_user_put(&user).await.unwrap();
+    s.sweep_expired().await.unwrap();
+    assert_eq!(s.federated_user_get(user.id).await.unwrap(), Some(user));
+}
+
 /// Every case of the backend suite, written once: each backend runs the `any` cases, and the
 /// durable ones (SQLite here, Redis in tests/redis/main.rs) the `durable` cases too. Calls
 /// `$suite!` with the two lists.
@@ -1917,6 +2023,9 @@ macro_rules! backend_cases {
                 every_read_follows_the_writes_that_change_it,
                 a_directory_recheck_is_claimed_once_per_period,
                 a_session_ends_at_session_max_age_however_active_it_is,
+                single_sign_on_values_are_taken_once_and_expire,
+                a_hand_off_is_completed_once_taken_once_and_expires,
+                a_federated_users_record_is_kept_and_replaced,
             ],
             durable: [
                 state_survives_a_restart,

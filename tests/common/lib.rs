@@ -5,3 +5,4 @@
 pub mod backends;
 pub mod harness;
 pub mod helpers;
+pub mod oidc_provider;

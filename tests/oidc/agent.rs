@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 
 use openidconnect::url::{Url, form_urlencoded};
 
-use crate::provider::PUBLIC_URL;
+use poolgate_test_common::oidc_provider::PUBLIC_URL;
 
-/// One browser: its own cookies.
+/// One browser: its own cookies (by name, whichever server set them: the provider and
+/// poolgate use different names), and where poolgate is (`home`).
 pub struct Agent {
     http: reqwest::Client,
     cookies: BTreeMap<String, String>,
+    home: String,
 }
 
 /// Where a sign-in at the provider ended.
@@ -24,13 +26,37 @@ pub enum Landed {
 
 impl Agent {
     pub fn new() -> Agent {
+        Self::at(PUBLIC_URL)
+    }
+
+    /// A browser for a poolgate served at `home` (its `public_url`).
+    pub fn at(home: &str) -> Agent {
         Agent {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
             cookies: BTreeMap::new(),
+            home: home.trim_end_matches('/').to_owned(),
         }
+    }
+
+    /// One GET (no redirect followed), keeping cookies: status, `Location`, body.
+    pub async fn get(&mut self, url: &str) -> (u16, Option<String>, String) {
+        let response = self
+            .http
+            .get(url)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        self.keep_cookies(&response);
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        (status, location, response.text().await.unwrap_or_default())
     }
 
     /// Opens `authorize_url`, signs in as `username` with `password` and returns the
@@ -97,7 +123,7 @@ impl Agent {
     /// GETs `url` and the redirects after it; returns the last URL and where it landed.
     async fn follow(&mut self, mut url: String) -> (Url, Landed) {
         for _ in 0..10 {
-            if url.starts_with(PUBLIC_URL) {
+            if url.starts_with(&self.home) {
                 let query = Url::parse(&url)
                     .unwrap()
                     .query()
@@ -122,6 +148,24 @@ impl Agent {
 
     /// Keeps the response's cookies; a redirect's target (absolute), or the page.
     async fn landed(&mut self, url: &str, response: reqwest::Response) -> Step {
+        self.keep_cookies(&response);
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response.headers()["location"].to_str().unwrap();
+            let next = Url::parse(url).unwrap().join(location).unwrap();
+            if next.as_str().starts_with(&self.home) {
+                let query = next.query().unwrap_or_default().to_owned();
+                return Step::Done(Landed::Callback(query));
+            }
+            return Step::Redirect(next.to_string());
+        }
+        Step::Done(Landed::Page(
+            status.as_u16(),
+            response.text().await.unwrap_or_default(),
+        ))
+    }
+
+    fn keep_cookies(&mut self, response: &reqwest::Response) {
         for value in response.headers().get_all("set-cookie") {
             let pair = value
                 .to_str()
@@ -134,20 +178,6 @@ impl Agent {
                     .insert(name.trim().to_owned(), value.trim().to_owned());
             }
         }
-        let status = response.status();
-        if status.is_redirection() {
-            let location = response.headers()["location"].to_str().unwrap();
-            let next = Url::parse(url).unwrap().join(location).unwrap();
-            if location.starts_with(PUBLIC_URL) {
-                let query = next.query().unwrap_or_default().to_owned();
-                return Step::Done(Landed::Callback(query));
-            }
-            return Step::Redirect(next.to_string());
-        }
-        Step::Done(Landed::Page(
-            status.as_u16(),
-            response.text().await.unwrap_or_default(),
-        ))
     }
 
     fn cookie_header(&self) -> String {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use poolgate::auth::oidc::{Callback, OidcClient, OidcError, OidcSettings, VerifiedIdentity};
 
 use crate::agent::Agent;
-use crate::provider::{
+use poolgate_test_common::oidc_provider::{
     ADMIN, CLIENT_SECRET, Client, MFA_USER, Options, PUBLIC_URL, Provider, SOLO, USER,
 };
 

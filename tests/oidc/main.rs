@@ -2,7 +2,7 @@
 //! implementation, from the npm registry) run by `node` on loopback, under a harness that can
 //! tell "skipped" from "passed" (libtest-mimic, `harness = false`, like the LDAP cases).
 //!
-//! Each case starts its own provider (provider.rs) and drives the sign-in over HTTP
+//! Each case starts its own provider (tests/common/oidc_provider.rs) and drives the sign-in over HTTP
 //! (agent.rs). Without `node` or without the provider installed
 //! (`npm ci --prefix tests/oidc/provider`), the run prints one line saying so and every case
 //! counts as *ignored*, never as passed; `POOLGATE_TEST_REQUIRE_OIDC=1` (set by `.ci/run`,
@@ -17,7 +17,7 @@ use poolgate_test_common::harness;
 
 mod agent;
 mod cases;
-mod provider;
+mod flows;
 
 use harness::{Case, run, selected};
 
@@ -78,12 +78,38 @@ fn cases() -> Vec<(&'static str, Case)> {
             "oidc::check_config_connect_reports_what_the_provider_offers",
             || Box::pin(cases::check_config_connect_reports_what_the_provider_offers()),
         ),
+        (
+            "sso::a_thin_client_is_signed_in_by_the_browser_hand_off",
+            || Box::pin(flows::a_thin_client_is_signed_in_by_the_browser_hand_off()),
+        ),
+        ("sso::a_rest_client_polls_for_its_jwt", || {
+            Box::pin(flows::a_rest_client_polls_for_its_jwt())
+        }),
+        (
+            "sso::totp_is_still_asked_after_the_providers_sign_in",
+            || Box::pin(flows::totp_is_still_asked_after_the_providers_sign_in()),
+        ),
+        (
+            "sso::replayed_state_reused_and_guessed_codes_are_refused_and_counted",
+            || Box::pin(flows::replayed_state_reused_and_guessed_codes_are_refused_and_counted()),
+        ),
+        ("sso::access_denied_at_the_provider_signs_nobody_in", || {
+            Box::pin(flows::access_denied_at_the_provider_signs_nobody_in())
+        }),
+        (
+            "sso::poolgate_connect_sso_prints_the_link_and_is_signed_in",
+            || Box::pin(flows::poolgate_connect_sso_prints_the_link_and_is_signed_in()),
+        ),
+        (
+            "sso::a_provider_down_is_a_503_within_seconds_and_healthz_degraded",
+            || Box::pin(flows::a_provider_down_is_a_503_within_seconds_and_healthz_degraded()),
+        ),
     ]
 }
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let missing = provider::missing();
+    let missing = poolgate_test_common::oidc_provider::missing();
     let required = std::env::var("POOLGATE_TEST_REQUIRE_OIDC").is_ok_and(|v| v == "1");
     let cases = cases();
     if let Some(why) = &missing

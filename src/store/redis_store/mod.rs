@@ -40,6 +40,7 @@ mod assignments;
 mod bus;
 mod connection;
 mod directory;
+mod federation;
 mod health;
 mod inventory;
 mod keys;

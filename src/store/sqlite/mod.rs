@@ -28,6 +28,7 @@ use super::*;
 
 mod assignments;
 mod directory;
+mod federation;
 mod inventory;
 mod lockout;
 mod mfa;
@@ -68,6 +69,10 @@ CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY, count INTEGER NOT NULL, until_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS backoff (
     key TEXT PRIMARY KEY, next_ms INTEGER NOT NULL, until_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sso (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS handoffs (
+    key TEXT PRIMARY KEY, waiter TEXT NOT NULL, expires_ms INTEGER NOT NULL, done TEXT);
+CREATE TABLE IF NOT EXISTS federated_users (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
 "#;
@@ -168,7 +173,7 @@ impl Upkeep for SqliteStore {
         self.with(|c| {
             let tx = c.transaction()?;
             let mut n = 0;
-            for table in ["sessions", "mfa"] {
+            for table in ["sessions", "mfa", "sso", "handoffs"] {
                 n += tx.execute(
                     &format!("DELETE FROM {table} WHERE expires_ms <= ?1"),
                     params![now],

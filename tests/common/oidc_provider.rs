@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Where the provider's script and its `node_modules` are.
 pub fn provider_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/provider")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../oidc/provider")
 }
 
 /// Where poolgate says it is served (the redirect URI's origin); nothing listens there: the
@@ -51,6 +51,11 @@ pub struct Options {
     pub token_issuer_path: Option<&'static str>,
     /// The `aud` of every ID token.
     pub id_token_audience: Option<&'static str>,
+    /// Where poolgate is served, when a case runs it (the redirect URI registered is under
+    /// it); [`PUBLIC_URL`] otherwise.
+    pub public_url: Option<String>,
+    /// The port to listen on (a provider started again where one was); a free one otherwise.
+    pub port: Option<u16>,
 }
 
 /// A running provider.
@@ -69,7 +74,7 @@ impl Provider {
     }
 
     pub async fn start_with(options: Options) -> Provider {
-        let port = free_port();
+        let port = options.port.unwrap_or_else(free_port);
         let issuer = format!("http://127.0.0.1:{port}");
         let dir = tempfile::tempdir().unwrap();
         let config = config(port, &issuer, &options);
@@ -184,13 +189,14 @@ impl Provider {
 
 /// The provider's config: clients, accounts, bends.
 fn config(port: u16, issuer: &str, options: &Options) -> Value {
-    let redirect = OidcSettings::redirect_uri(PUBLIC_URL);
+    let public_url = options.public_url.as_deref().unwrap_or(PUBLIC_URL);
+    let redirect = OidcSettings::redirect_uri(public_url);
     let confidential = |id: &str, alg: &str| {
         json!({
             "client_id": id,
             "client_secret": CLIENT_SECRET,
             "redirect_uris": [redirect],
-            "post_logout_redirect_uris": [format!("{PUBLIC_URL}/")],
+            "post_logout_redirect_uris": [format!("{public_url}/")],
             "grant_types": ["authorization_code"],
             "response_types": ["code"],
             "id_token_signed_response_alg": alg,
@@ -235,7 +241,7 @@ fn config(port: u16, issuer: &str, options: &Options) -> Value {
 
 /// `node`, if installed.
 pub fn node() -> Option<PathBuf> {
-    poolgate_test_common::harness::on_path("node")
+    crate::harness::on_path("node")
 }
 
 /// Why the cases cannot run here, with how to make them run; `None` if they can.
@@ -255,10 +261,4 @@ pub fn missing() -> Option<String> {
     None
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::helpers::free_port;

@@ -1,0 +1,366 @@
+//! Single sign-on's sign-in rules, on the one sign-in path ([`Authenticator`]): the same
+//! lockout (a wrong, reused or expired code or `state` counts against the address like a
+//! made-up token), the same metrics (`poolgate_logins_total`), the same sessions and MFA on
+//! top (a user with a one-time code gets the `otp_verify` step after the provider's sign-in,
+//! unless `trust_provider_mfa` and the provider's `amr` says it did MFA).
+//!
+//! Who is who: the provider's (issuer, subject) is the person ([`users::federated_user_id`]);
+//! their record (username, groups, admin) is refreshed at each sign-in. A local user of the
+//! same name is never taken over — unless the settings file marks them `adfs_enabled` (they
+//! sign in through the provider), in which case the provider's sign-in is theirs.
+
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use super::oidc::{Callback, OidcError, PENDING_TTL, VerifiedIdentity, user_code};
+use super::sso::{self, PORTAL_CODE_TTL, Pending, Sso};
+use super::users::{self, User};
+use super::{Authenticator, mfa_kind};
+use crate::error::{Error, MfaKind, SsoHandoff};
+use crate::store::{FederatedUser, Handoff, SsoOutcome, now_ms};
+use crate::telemetry::RateLimitedLog;
+
+/// At most one line per period for refused single sign-ons (each is counted in the metrics).
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a browser's return from the provider leads.
+#[derive(Debug)]
+pub enum CallbackDone {
+    /// The portal: the page exchanges this one-time code over its socket for a token.
+    Portal { code: String },
+    /// A thin client's hand-off is done: its socket (or REST poll) gets the token.
+    Handoff { username: String },
+}
+
+/// Where a REST client's poll of its hand-off stands (RFC 8628 §3.5).
+pub enum Poll {
+    /// The person has not signed in yet (`authorization_pending`).
+    Pending,
+    /// Polled sooner than `interval` after the last poll (`slow_down`).
+    SlowDown,
+    /// Gone: expired, or taken already (`expired_token`).
+    Expired,
+    /// Signed in: the user to issue the JWT for.
+    Done(Arc<User>),
+}
+
+impl Authenticator {
+    /// A new hand-off for a REST client: what it is told, and the secret it polls with
+    /// (RFC 8628's `device_code`: the user code alone, which a person types and may show
+    /// around, must not be enough to collect the sign-in).
+    pub async fn sso_handoff_rest(&self) -> Result<(SsoHandoff, String), Error> {
+        let device_code = sso::new_portal_code();
+        let (_, fields) = self.sso_handoff(&rest_waiter(&device_code)).await?;
+        Ok((fields, device_code))
+    }
+
+    /// A REST client's poll of the hand-off with this user code, by its `device_code`. A code
+    /// that is not one, or another client's, counts against the address like a made-up token.
+    pub async fn sso_poll(
+        &self,
+        typed: &str,
+        device_code: &str,
+        peer: IpAddr,
+    ) -> Result<Poll, Error> {
+        let sso = self.sso()?;
+        self.lockout.check_address(peer).await?;
+        let key = user_code::normalise(typed).map(|c| sso::key("handoff", &c));
+        let handoff = match &key {
+            Some(key) => self.store.handoff_get(key).await?,
+            None => None,
+        };
+        let (Some(key), Some(handoff)) = (key, handoff) else {
+            self.lockout.unknown_token(peer).await?;
+            log_refused(peer, "a poll of an unknown or expired hand-off code");
+            return Ok(Poll::Expired);
+        };
+        if handoff.waiter != rest_waiter(device_code) {
+            return self
+                .refused(peer, "a poll of another client's hand-off")
+                .await;
+        }
+        if sso.poll_too_soon(&key, now_ms()) {
+            return Ok(Poll::SlowDown);
+        }
+        if handoff.done.is_none() {
+            return Ok(Poll::Pending);
+        }
+        Ok(match self.sso_redeem(&key).await? {
+            Some(user) => Poll::Done(user),
+            None => Poll::Expired,
+        })
+    }
+
+    /// The provider's settings and state; 404 when `[oidc]` is not configured.
+    pub fn sso(&self) -> Result<&Sso, Error> {
+        self.sso
+            .as_ref()
+            .ok_or_else(|| Error::NotFound("Single sign-on is not configured.".into()))
+    }
+
+    /// A new hand-off for a thin client (`waiter` says which): where the person signs in.
+    /// Returns its store key (what the waiter waits on) and what the client is told.
+    pub async fn sso_handoff(&self, waiter: &str) -> Result<(String, SsoHandoff), Error> {
+        let sso = self.sso()?;
+        let code = user_code::generate();
+        let key = sso::key("handoff", &code);
+        let handoff = Handoff {
+            waiter: waiter.to_owned(),
+            expires_ms: now_ms() + sso.settings.handoff.expires_in.as_millis() as u64,
+            done: None,
+        };
+        self.store.handoff_put(&key, &handoff).await?;
+        Ok((key, sso.handoff_fields(&code)))
+    }
+
+    /// `GET /oidc/login`: the provider's URL to send the browser to, and the sign-in's `state`
+    /// (which the browser keeps in a cookie: the callback must come back to the browser that
+    /// left, against login CSRF); the sign-in is kept by its `state`. With `handoff` (a user
+    /// code as typed), the sign-in completes that hand-off: an unknown, used or expired code is
+    /// refused and counted against the address.
+    pub async fn sso_login_url(
+        &self,
+        handoff: Option<&str>,
+        peer: IpAddr,
+    ) -> Result<(String, String), Error> {
+        let sso = self.sso()?;
+        let handoff = match handoff {
+            Some(typed) => Some(self.live_handoff(typed, peer).await?),
+            None => None,
+        };
+        let client = sso.client().await.map_err(|e| provider_fault(sso, &e))?;
+        let (url, login) = client.begin();
+        let state = login.state.clone();
+        let key = sso::key("state", &state);
+        let pending =
+            serde_json::to_string(&Pending { login, handoff }).map_err(Error::internal)?;
+        let expires = now_ms() + PENDING_TTL.as_millis() as u64;
+        self.store.sso_put(&key, &pending, expires).await?;
+        Ok((url, state))
+    }
+
+    /// Whether a user code as typed (the hand-off page's) is a live hand-off not yet done;
+    /// anything else counts against the address like a made-up token (401).
+    pub async fn sso_check_code(&self, typed: &str, peer: IpAddr) -> Result<(), Error> {
+        self.sso()?;
+        self.live_handoff(typed, peer).await.map(|_| ())
+    }
+
+    /// The store key of a live hand-off not yet done, from a user code as typed; anything else
+    /// counts against the address like a made-up token.
+    async fn live_handoff(&self, typed: &str, peer: IpAddr) -> Result<String, Error> {
+        self.lockout.check_address(peer).await?;
+        if let Some(code) = user_code::normalise(typed) {
+            let key = sso::key("handoff", &code);
+            if let Some(handoff) = self.store.handoff_get(&key).await?
+                && handoff.done.is_none()
+            {
+                return Ok(key);
+            }
+        }
+        self.refused(peer, "an unknown, used or expired hand-off code")
+            .await
+    }
+
+    /// Counts a refused code or `state` against the address, logs it (rate-limited) and
+    /// answers 401.
+    async fn refused<T>(&self, peer: IpAddr, what: &str) -> Result<T, Error> {
+        self.lockout.unknown_token(peer).await?;
+        self.metrics.login("denied");
+        log_refused(peer, what);
+        Err(Error::InvalidSsoCode)
+    }
+
+    /// `GET /oidc/callback`: the provider sent the browser back. Checks the sign-in it belongs
+    /// to (its `state`, used once), has the provider's answer verified, finds who signed in and
+    /// completes the hand-off or gives the portal its one-time code. `browser_state` is the
+    /// `state` the browser's cookie holds: a callback for another browser's sign-in is refused
+    /// (and that sign-in burnt).
+    pub async fn sso_callback(
+        &self,
+        query: &str,
+        browser_state: Option<&str>,
+        peer: IpAddr,
+    ) -> Result<CallbackDone, Error> {
+        let sso = self.sso()?;
+        let callback = Callback::from_query(query);
+        self.lockout.check_address(peer).await?;
+        let pending = match callback.state.as_deref().filter(|s| !s.is_empty()) {
+            Some(state) => self.store.sso_take(&sso::key("state", state)).await?,
+            None => None,
+        };
+        let same_browser = match (callback.state.as_deref(), browser_state) {
+            (Some(state), Some(cookie)) => {
+                use subtle::ConstantTimeEq;
+                bool::from(state.as_bytes().ct_eq(cookie.as_bytes()))
+            }
+            _ => false,
+        };
+        let pending = pending.filter(|_| same_browser);
+        let Some(pending) = pending else {
+            return self
+                .refused(
+                    peer,
+                    "a callback whose state is unknown, used, expired or another browser's",
+                )
+                .await;
+        };
+        let pending: Pending = serde_json::from_str(&pending).map_err(Error::internal)?;
+        let client = sso.client().await.map_err(|e| provider_fault(sso, &e))?;
+        let identity = match client.finish(&pending.login, &callback).await {
+            Ok(identity) => identity,
+            Err(e) if e.is_provider_fault() => return Err(provider_fault(sso, &e)),
+            Err(e) => {
+                self.metrics.login("denied");
+                log_refused(peer, &e.to_string());
+                return Err(Error::Unprocessable(capitalised(&e)));
+            }
+        };
+        sso.healthy();
+        let (user, otp_due) = self.federated_user(&identity).await?;
+        let outcome = SsoOutcome {
+            user_id: user.id,
+            otp_due,
+        };
+        match pending.handoff {
+            Some(key) => {
+                if !self.store.handoff_complete(&key, &outcome).await? {
+                    return Err(Error::InvalidSsoCode);
+                }
+                sso.wake(&key);
+                tracing::info!(user = %user.username, %peer, "signed in at the provider for a thin client");
+                Ok(CallbackDone::Handoff {
+                    username: user.username.clone(),
+                })
+            }
+            None => {
+                let code = sso::new_portal_code();
+                let body = serde_json::to_string(&outcome).map_err(Error::internal)?;
+                let expires = now_ms() + PORTAL_CODE_TTL.as_millis() as u64;
+                self.store
+                    .sso_put(&sso::key("portal", &code), &body, expires)
+                    .await?;
+                Ok(CallbackDone::Portal { code })
+            }
+        }
+    }
+
+    /// Who the provider signed in: a local user marked `adfs_enabled` of that name, else the
+    /// federated person (issuer, subject), their record refreshed. A local user of that name
+    /// who does not sign in through the provider is not taken over. Also whether poolgate's
+    /// own one-time code is still due.
+    async fn federated_user(&self, id: &VerifiedIdentity) -> Result<(Arc<User>, bool), Error> {
+        let user = match self.users.by_name(&id.username) {
+            Some(local) if local.adfs_enabled => local.clone(),
+            Some(_) => {
+                self.metrics.login("denied");
+                tracing::warn!(user = %id.username, issuer = %id.issuer, "single sign-on refused: a local user of this name exists and is not marked adfs_enabled, so the provider's person does not take it over");
+                return Err(Error::Unprocessable(format!(
+                    "The provider signed you in as {:?}, but a local account of that name \
+                     exists here that does not sign in through the provider; ask an \
+                     administrator.",
+                    id.username
+                )));
+            }
+            None => {
+                let record = FederatedUser {
+                    id: users::federated_user_id(&id.issuer, &id.subject),
+                    issuer: id.issuer.clone(),
+                    subject: id.subject.clone(),
+                    username: id.username.clone(),
+                    groups: id.groups.clone(),
+                    admin: id.admin,
+                    updated_ms: now_ms(),
+                };
+                self.store.federated_user_put(&record).await?;
+                Arc::new(User::from_federated(&record))
+            }
+        };
+        if user.disabled {
+            self.metrics.login("disabled");
+            return Err(Error::Disabled);
+        }
+        let otp_due = mfa_kind(&user) == Some(MfaKind::Otp) && !id.provider_mfa;
+        Ok((user, otp_due))
+    }
+
+    /// `auth_sso_code`: the portal's one-time code, exchanged once for the user to sign in (or
+    /// the one-time code challenge still due). Unknown, used or expired: 401, counted.
+    pub async fn sso_exchange(&self, code: &str, peer: IpAddr) -> Result<Arc<User>, Error> {
+        self.sso()?;
+        self.lockout.check_address(peer).await?;
+        let taken = match code.len() {
+            1..=64 => self.store.sso_take(&sso::key("portal", code)).await?,
+            _ => None,
+        };
+        let Some(outcome) = taken else {
+            return self
+                .refused(peer, "an unknown, used or expired portal code")
+                .await;
+        };
+        let outcome: SsoOutcome = serde_json::from_str(&outcome).map_err(Error::internal)?;
+        let result = self.outcome_user(outcome).await;
+        self.record(result)
+    }
+
+    /// A thin client's hand-off, taken if done (once): the user to sign in, or the one-time
+    /// code challenge still due. `None` while the person has not signed in.
+    pub async fn sso_redeem(&self, key: &str) -> Result<Option<Arc<User>>, Error> {
+        let Some(outcome) = self.store.handoff_take(key).await? else {
+            return Ok(None);
+        };
+        let result = self.outcome_user(outcome).await;
+        self.record(result).map(Some)
+    }
+
+    async fn outcome_user(&self, outcome: SsoOutcome) -> Result<Arc<User>, Error> {
+        let user = self
+            .users
+            .resolve(&outcome.user_id)
+            .await?
+            .ok_or(Error::InvalidSsoCode)?;
+        if user.disabled {
+            return Err(Error::Disabled);
+        }
+        if outcome.otp_due {
+            return Err(Error::MfaRequired {
+                kind: MfaKind::Otp,
+                mfa_token: Some(self.mfa.issue(&user, true).await?),
+            });
+        }
+        Ok(user)
+    }
+}
+
+/// Who waits for a REST client's hand-off: the digest of its `device_code`.
+fn rest_waiter(device_code: &str) -> String {
+    format!("rest {}", sso::key("device", device_code))
+}
+
+/// A provider fault: remembered for `/healthz`, logged (rate-limited), 503.
+fn provider_fault(sso: &Sso, error: &OidcError) -> Error {
+    sso.faulted(error);
+    static LOG: LazyLock<RateLimitedLog> = LazyLock::new(|| RateLimitedLog::new(REFUSED_LOG_EVERY));
+    if let Some(failed) = LOG.hit() {
+        tracing::warn!(error = %error, also_failed_since_last_line = failed - 1, "sign-in provider unavailable: a single sign-on was answered 503");
+    }
+    Error::SsoUnavailable
+}
+
+fn log_refused(peer: IpAddr, what: &str) {
+    static LOG: LazyLock<RateLimitedLog> = LazyLock::new(|| RateLimitedLog::new(REFUSED_LOG_EVERY));
+    if let Some(refused) = LOG.hit() {
+        tracing::warn!(%peer, why = what, also_refused_since_last_line = refused - 1, "single sign-on refused");
+    }
+}
+
+/// An error's message as a sentence.
+fn capitalised(error: &OidcError) -> String {
+    let text = error.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
+        None => text,
+    }
+}

@@ -1,0 +1,80 @@
+//! Single sign-on for REST clients (RFC 8628 style): a single sign-on user's
+//! `/users/login/` answers the mock's 428/101 with where the person signs in and a
+//! `device_code`; `GET /users/login/sso/{user_code}/?device_code=…` then polls, answering
+//! 400 `authorization_pending`, `slow_down` (sooner than `interval`), `expired_token`, and at
+//! last the login's own 200 with the JWT.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{RestError, data};
+use crate::auth::federated::Poll;
+use crate::error::{Error, MfaKind};
+use crate::state::AppState;
+
+/// The 428 of a single sign-on user's REST login: the mock's body, and the hand-off's fields
+/// beside `next_step` (which stays the mock's).
+pub async fn handoff(state: &AppState) -> RestError {
+    let (fields, device_code) = match state.auth.sso_handoff_rest().await {
+        Ok(started) => started,
+        Err(e) => return e.into(),
+    };
+    let poll = format!("/api/v2/users/login/sso/{}/", fields.user_code);
+    let mut item = json!({
+        "msg": "MFA required.",
+        "err_code": MfaKind::Adfs.err_code(),
+        "type": "auth",
+        "next_step": super::mfa::next_step(MfaKind::Adfs),
+        "device_code": device_code,
+        "poll": poll,
+    });
+    if let (Some(item), serde_json::Value::Object(fields)) = (item.as_object_mut(), json!(fields)) {
+        item.extend(fields);
+    }
+    RestError {
+        status: StatusCode::PRECONDITION_REQUIRED,
+        detail: vec![item],
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PollQuery {
+    #[serde(default)]
+    device_code: String,
+}
+
+/// `GET /users/login/sso/{user_code}/?device_code=…`.
+pub async fn poll(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_code): Path<String>,
+    Query(query): Query<PollQuery>,
+) -> Result<Response, RestError> {
+    let answer = state
+        .auth
+        .sso_poll(&user_code, &query.device_code, peer.ip())
+        .await?;
+    let error = match answer {
+        Poll::Done(user) => {
+            let token = state.auth.jwt.issue(&user).map_err(Error::Internal)?;
+            tracing::info!(user = %user.username, "signed in over REST (single sign-on hand-off)");
+            return Ok(data(
+                StatusCode::OK,
+                json!({"access_token": token, "refresh_token": "", "token_type": "JWT"}),
+            ));
+        }
+        Poll::Pending => "authorization_pending",
+        Poll::SlowDown => "slow_down",
+        Poll::Expired => "expired_token",
+    };
+    Ok((
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": error, "detail": [{"msg": error, "type": "auth"}]})),
+    )
+        .into_response())
+}
