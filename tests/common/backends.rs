@@ -1892,13 +1892,18 @@ pub async fn single_sign_on_values_are_taken_once_and_expire(state: &str) {
     .await;
     assert_eq!(won, 1, "one take wins");
     s.sso_put("state:b", "kept", later).await.unwrap();
-    assert_eq!(s.sso_take("state:b").await.unwrap().as_deref(), Some("kept"));
+    assert_eq!(
+        s.sso_take("state:b").await.unwrap().as_deref(),
+        Some("kept")
+    );
     assert_eq!(s.sso_take("state:b").await.unwrap(), None, "used once");
     let soon = now_ms() + 300;
     s.sso_put("portal:c", "short", soon).await.unwrap();
     sleep_until_ms(soon + 50).await;
     assert_eq!(s.sso_take("portal:c").await.unwrap(), None, "expired");
-    s.sso_put("portal:d", "short", now_ms() + 200).await.unwrap();
+    s.sso_put("portal:d", "short", now_ms() + 200)
+        .await
+        .unwrap();
     sleep_until_ms(now_ms() + 250).await;
     assert!(s.sweep_expired().await.unwrap() >= usize::from(!s.is_shared()));
     assert_eq!(s.sso_take("portal:d").await.unwrap(), None);
@@ -1916,9 +1921,19 @@ pub async fn a_hand_off_is_completed_once_taken_once_and_expires(state: &str) {
         done: None,
     };
     s.handoff_put("handoff:a", &handoff).await.unwrap();
-    assert_eq!(s.handoff_get("handoff:a").await.unwrap(), Some(handoff.clone()));
-    assert_eq!(s.handoff_take("handoff:a").await.unwrap(), None, "not done yet");
-    assert!(s.handoff_get("handoff:a").await.unwrap().is_some(), "left as it was");
+    assert_eq!(
+        s.handoff_get("handoff:a").await.unwrap(),
+        Some(handoff.clone())
+    );
+    assert_eq!(
+        s.handoff_take("handoff:a").await.unwrap(),
+        None,
+        "not done yet"
+    );
+    assert!(
+        s.handoff_get("handoff:a").await.unwrap().is_some(),
+        "left as it was"
+    );
     let won = winners(8, || {
         let s = s.clone();
         async move {
@@ -1945,7 +1960,10 @@ pub async fn a_hand_off_is_completed_once_taken_once_and_expires(state: &str) {
         user_id: outcome.user_id,
         otp_due: true,
     };
-    assert!(!s.handoff_complete("handoff:a", &late).await.unwrap(), "gone");
+    assert!(
+        !s.handoff_complete("handoff:a", &late).await.unwrap(),
+        "gone"
+    );
     assert!(!s.handoff_complete("handoff:none", &late).await.unwrap());
     let short = Handoff {
         expires_ms: now_ms() + 300,
@@ -1973,7 +1991,10 @@ pub async fn a_federated_users_record_is_kept_and_replaced(state: &str) {
     };
     assert_eq!(s.federated_user_get(user.id).await.unwrap(), None);
     s.federated_user_put(&user).await.unwrap();
-    assert_eq!(s.federated_user_get(user.id).await.unwrap(), Some(user.clone()));
+    assert_eq!(
+        s.federated_user_get(user.id).await.unwrap(),
+        Some(user.clone())
+    );
     user.username = "ann.b".into();
     user.groups = vec![];
     user.admin = true;
