@@ -242,41 +242,13 @@ async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
 
     // 2. A page of another site opens the RPC socket and tries 100 sign-ins; and posts a
     // sign-in without a JSON Content-Type.
-    let mut refused = Vec::new();
-    for _ in 0..100 {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = t.url.as_str().into_client_request()?;
-        req.headers_mut()
-            .insert("origin", "https://evil.example".parse()?);
-        refused.push(match tokio_tungstenite::connect_async(req).await {
-            Ok((mut ws, _)) => code(
-                &call(
-                    &mut ws,
-                    "auth",
-                    json!({"username": "user-2", "password": "wrong"}),
-                )
-                .await?,
-            ),
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                u64::from(resp.status().as_u16())
-            }
-            Err(e) => anyhow::bail!(e),
-        });
-    }
-    let mut tcp = tokio::net::TcpStream::connect(t.addr).await?;
-    let body = r#"{"username":"user-2","password":"wrong","ldap":false}"#;
-    tcp.write_all(
-        format!(
-            "POST /api/v2/users/login/ HTTP/1.1\r\nHost: {}\r\nOrigin: https://evil.example\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            t.addr,
-            body.len()
-        )
-        .as_bytes(),
+    let foreign = [("origin", "https://evil.example".to_owned())];
+    let refused = browser_sign_ins(t, &foreign).await?;
+    let answer = raw_login_post(
+        t,
+        &format!("Host: {}\r\nOrigin: https://evil.example\r\n", t.addr),
     )
     .await?;
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).await?;
     println!(
         "| a page of another site: 100 WebSocket sign-ins (Origin: https://evil.example), and a \
          sign-in posted without Content-Type | WebSocket: {}; the post: {} |",
@@ -287,43 +259,19 @@ async fn transport_round_3(t: &Target) -> anyhow::Result<()> {
     // 2b. DNS rebinding: a page of evil.example whose name now points at the server, so its
     // Host and Origin agree; 100 WebSocket sign-ins and one JSON sign-in post.
     let port = t.addr.port();
-    let mut refused = Vec::new();
-    for _ in 0..100 {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = t.url.as_str().into_client_request()?;
-        req.headers_mut()
-            .insert("host", format!("evil.example:{port}").parse()?);
-        req.headers_mut()
-            .insert("origin", format!("http://evil.example:{port}").parse()?);
-        refused.push(match tokio_tungstenite::connect_async(req).await {
-            Ok((mut ws, _)) => code(
-                &call(
-                    &mut ws,
-                    "auth",
-                    json!({"username": "user-2", "password": "wrong"}),
-                )
-                .await?,
-            ),
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                u64::from(resp.status().as_u16())
-            }
-            Err(e) => anyhow::bail!(e),
-        });
-    }
-    let mut tcp = tokio::net::TcpStream::connect(t.addr).await?;
-    let body = r#"{"username":"user-2","password":"wrong","ldap":false}"#;
-    tcp.write_all(
-        format!(
-            "POST /api/v2/users/login/ HTTP/1.1\r\nHost: evil.example:{port}\r\n\
-             Origin: http://evil.example:{port}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+    let rebound = [
+        ("host", format!("evil.example:{port}")),
+        ("origin", format!("http://evil.example:{port}")),
+    ];
+    let refused = browser_sign_ins(t, &rebound).await?;
+    let answer = raw_login_post(
+        t,
+        &format!(
+            "Host: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n\
+             Content-Type: application/json\r\n"
+        ),
     )
     .await?;
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).await?;
     println!(
         "| DNS rebinding: a page of evil.example rebound to the server (Host and Origin agree): 100 \
          WebSocket sign-ins, and a JSON sign-in post | WebSocket: {}; the post: {} |",
@@ -437,6 +385,52 @@ fn parent_environ_row(out: &std::path::Path) {
 }
 
 /// Whole seconds and tenths.
+/// 100 wrong sign-ins on the RPC socket as a browser sending `headers` would make them: what
+/// each got (the reply's code, or the upgrade's HTTP status when refused).
+async fn browser_sign_ins(
+    t: &Target,
+    headers: &[(&'static str, String)],
+) -> anyhow::Result<Vec<u64>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let mut req = t.url.as_str().into_client_request()?;
+        for (name, value) in headers {
+            req.headers_mut().insert(*name, value.parse()?);
+        }
+        got.push(match tokio_tungstenite::connect_async(req).await {
+            Ok((mut ws, _)) => {
+                let args = json!({"username": "user-2", "password": "wrong"});
+                code(&call(&mut ws, "auth", args).await?)
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                u64::from(resp.status().as_u16())
+            }
+            Err(e) => anyhow::bail!(e),
+        });
+    }
+    Ok(got)
+}
+
+/// A wrong sign-in posted to the REST login with the header lines `head` (each ending in
+/// CRLF), over a raw connection: the whole answer.
+async fn raw_login_post(t: &Target, head: &str) -> anyhow::Result<String> {
+    let mut tcp = tokio::net::TcpStream::connect(t.addr).await?;
+    let body = r#"{"username":"user-2","password":"wrong","ldap":false}"#;
+    tcp.write_all(
+        format!(
+            "POST /api/v2/users/login/ HTTP/1.1\r\n{head}Content-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await?;
+    Ok(answer)
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
