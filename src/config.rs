@@ -307,15 +307,26 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether browsers reach this server over https (`tls_cert`, or an https `public_url`
+    /// behind a proxy): its cookies are then `__Host-` and `Secure`.
+    pub fn https_for_browsers(&self) -> bool {
+        self.tls_cert.is_some()
+            || self
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://"))
+    }
+
     /// The host names this server answers browsers on (see `http::check_origin`): the
-    /// `server_names`, this machine's names, and the hosts of `allowed_origins` (IP addresses
-    /// and `localhost` are always answered). Every source of such a name joins here, and only
-    /// here (a `public_url`'s host would be one more).
+    /// `server_names`, this machine's names, the host of `public_url` and the hosts of
+    /// `allowed_origins` (IP addresses and `localhost` are always answered). Every source of
+    /// such a name joins here, and only here.
     pub fn browser_names(&self) -> crate::http::ServerNames {
         let origins = self
             .allowed_origins
             .iter()
-            .filter_map(|o| crate::http::Origin::parse(o).ok())
+            .chain(self.public_url.as_ref())
+            .filter_map(|o| crate::http::Origin::parse(o.trim_end_matches('/')).ok())
             .map(|o| o.host);
         crate::http::ServerNames::new(
             self.server_names

@@ -496,13 +496,14 @@ async function loadSso() {
 }
 
 /**
- * Back from the provider: `/?sso=CODE`, a one-time code (used once, gone after a minute)
- * that this page exchanges over its socket for a normal token; no token is ever in a URL.
+ * Back from the provider: `/?sso=1`. The one-time code (used once, gone after a minute) is in
+ * an HttpOnly cookie that this page's socket carried; the socket exchanges it for a normal
+ * token. No code or token is ever in a URL, and a link cannot sign another browser in.
  */
-async function finishSso(code) {
+async function finishSso() {
   history.replaceState(null, "", "/");
   try {
-    const [token, ttl, username] = await rpc.call("auth_sso_code", { code });
+    const [token, ttl, username] = await rpc.call("auth_sso_code", {});
     state.username = username || "";
     await signedIn([token, ttl], $("keep").checked);
   } catch (e) {
@@ -546,7 +547,7 @@ async function start() {
   const sso = new URLSearchParams(location.search).get("sso");
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (sso) {
-    await finishSso(sso);
+    await finishSso();
   } else if (saved) {
     $("keep").checked = true;
     await resume(saved);

@@ -29,8 +29,9 @@ const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 pub enum CallbackDone {
     /// The portal: the page exchanges this one-time code over its socket for a token.
     Portal { code: String },
-    /// A thin client's hand-off is done: its socket (or REST poll) gets the token.
-    Handoff { username: String },
+    /// A thin client's hand-off is done: its socket (or REST poll) gets the token. The
+    /// device's address, for the person to see.
+    Handoff { username: String, device: String },
 }
 
 /// Where a REST client's poll of its hand-off stands (RFC 8628 §3.5).
@@ -49,9 +50,10 @@ impl Authenticator {
     /// A new hand-off for a REST client: what it is told, and the secret it polls with
     /// (RFC 8628's `device_code`: the user code alone, which a person types and may show
     /// around, must not be enough to collect the sign-in).
-    pub async fn sso_handoff_rest(&self) -> Result<(SsoHandoff, String), Error> {
+    pub async fn sso_handoff_rest(&self, peer: IpAddr) -> Result<(SsoHandoff, String), Error> {
         let device_code = sso::new_portal_code();
-        let (_, fields) = self.sso_handoff(&rest_waiter(&device_code)).await?;
+        let waiter = Waiter::new(&rest_waiter(&device_code), peer);
+        let (_, fields) = self.sso_handoff(&waiter).await?;
         Ok((fields, device_code))
     }
 
@@ -75,7 +77,7 @@ impl Authenticator {
             log_refused(peer, "a poll of an unknown or expired hand-off code");
             return Ok(Poll::Expired);
         };
-        if handoff.waiter != rest_waiter(device_code) {
+        if Waiter::parse(&handoff.waiter).who != rest_waiter(device_code) {
             return self
                 .refused(peer, "a poll of another client's hand-off")
                 .await;
@@ -86,7 +88,7 @@ impl Authenticator {
         if handoff.done.is_none() {
             return Ok(Poll::Pending);
         }
-        Ok(match self.sso_redeem(&key).await? {
+        Ok(match self.sso_redeem(&key, peer).await? {
             Some(user) => Poll::Done(user),
             None => Poll::Expired,
         })
@@ -99,14 +101,19 @@ impl Authenticator {
             .ok_or_else(|| Error::NotFound("Single sign-on is not configured.".into()))
     }
 
-    /// A new hand-off for a thin client (`waiter` says which): where the person signs in.
-    /// Returns its store key (what the waiter waits on) and what the client is told.
-    pub async fn sso_handoff(&self, waiter: &str) -> Result<(String, SsoHandoff), Error> {
+    /// A new hand-off for a thin client (`waiter` says which, and from where): where the
+    /// person signs in. Returns its store key (what the waiter waits on) and what the client
+    /// is told. Each live hand-off counts against the client's address like a made-up token
+    /// until it is redeemed ([`Authenticator::sso_redeem`] gives it back): an address cannot
+    /// keep more of them than its `lockout_address_attempts`, nor fill the store.
+    pub async fn sso_handoff(&self, waiter: &Waiter) -> Result<(String, SsoHandoff), Error> {
         let sso = self.sso()?;
+        self.lockout.check_address(waiter.from).await?;
+        self.lockout.unknown_token(waiter.from).await?;
         let code = user_code::generate();
         let key = sso::key("handoff", &code);
         let handoff = Handoff {
-            waiter: waiter.to_owned(),
+            waiter: waiter.to_string(),
             expires_ms: now_ms() + sso.settings.handoff.expires_in.as_millis() as u64,
             done: None,
         };
@@ -118,7 +125,10 @@ impl Authenticator {
     /// (which the browser keeps in a cookie: the callback must come back to the browser that
     /// left, against login CSRF); the sign-in is kept by its `state`. With `handoff` (a user
     /// code as typed), the sign-in completes that hand-off: an unknown, used or expired code is
-    /// refused and counted against the address.
+    /// refused and counted against the address. Every sign-in begun counts against the
+    /// address until its callback succeeds (a flood of them is held to the address's limit);
+    /// a hand-off's asks the provider for a fresh sign-in (`prompt=login`): a person must
+    /// type their password for a device, not pass it on with one click.
     pub async fn sso_login_url(
         &self,
         handoff: Option<&str>,
@@ -127,10 +137,14 @@ impl Authenticator {
         let sso = self.sso()?;
         let handoff = match handoff {
             Some(typed) => Some(self.live_handoff(typed, peer).await?),
-            None => None,
+            None => {
+                self.lockout.check_address(peer).await?;
+                None
+            }
         };
         let client = sso.client().await.map_err(|e| provider_fault(sso, &e))?;
-        let (url, login) = client.begin();
+        self.lockout.unknown_token(peer).await?;
+        let (url, login) = client.begin(handoff.is_some());
         let state = login.state.clone();
         let key = sso::key("state", &state);
         let pending =
@@ -140,11 +154,22 @@ impl Authenticator {
         Ok((url, state))
     }
 
-    /// Whether a user code as typed (the hand-off page's) is a live hand-off not yet done;
-    /// anything else counts against the address like a made-up token (401).
-    pub async fn sso_check_code(&self, typed: &str, peer: IpAddr) -> Result<(), Error> {
-        self.sso()?;
-        self.live_handoff(typed, peer).await.map(|_| ())
+    /// The live hand-off, not yet done, of a user code as typed (the confirmation page's):
+    /// where its device asked from and when. Anything else counts against the address like a
+    /// made-up token (401).
+    pub async fn sso_check_code(&self, typed: &str, peer: IpAddr) -> Result<HandoffSeen, Error> {
+        let sso = self.sso()?;
+        let key = self.live_handoff(typed, peer).await?;
+        let handoff = self
+            .store
+            .handoff_get(&key)
+            .await?
+            .ok_or(Error::InvalidSsoCode)?;
+        let ttl = sso.settings.handoff.expires_in.as_millis() as u64;
+        Ok(HandoffSeen {
+            from: Waiter::parse(&handoff.waiter).from,
+            asked_ms: handoff.expires_ms.saturating_sub(ttl),
+        })
     }
 
     /// The store key of a live hand-off not yet done, from a user code as typed; anything else
@@ -218,6 +243,8 @@ impl Authenticator {
             }
         };
         sso.healthy();
+        // The sign-in begun by /oidc/login came back: its count is given back.
+        self.lockout.give_back(peer).await?;
         let (user, otp_due) = self.federated_user(&identity).await?;
         let outcome = SsoOutcome {
             user_id: user.id,
@@ -225,13 +252,18 @@ impl Authenticator {
         };
         match pending.handoff {
             Some(key) => {
+                let device = match self.store.handoff_get(&key).await? {
+                    Some(handoff) => Waiter::parse(&handoff.waiter).from.to_string(),
+                    None => return Err(Error::InvalidSsoCode),
+                };
                 if !self.store.handoff_complete(&key, &outcome).await? {
                     return Err(Error::InvalidSsoCode);
                 }
                 sso.wake(&key);
-                tracing::info!(user = %user.username, %peer, "signed in at the provider for a thin client");
+                tracing::info!(user = %user.username, browser = %peer, device = %device, "signed in at the provider for a thin client");
                 Ok(CallbackDone::Handoff {
                     username: user.username.clone(),
+                    device,
                 })
             }
             None => {
@@ -246,16 +278,29 @@ impl Authenticator {
         }
     }
 
-    /// Who the provider signed in: a local user marked `adfs_enabled` of that name, else the
-    /// federated person (issuer, subject), their record refreshed. A local user of that name
-    /// who does not sign in through the provider is not taken over. Also whether poolgate's
-    /// own one-time code is still due.
+    /// Who the provider signed in: a local user marked `adfs_enabled` of that name (the same
+    /// name in any case), pinned at their first single sign-on to the provider's (issuer,
+    /// subject) — another person the provider later calls by that name does not become them;
+    /// else the federated person (issuer, subject), their record refreshed. A local user of
+    /// that name (in any case) who does not sign in through the provider is not taken over.
+    /// Also whether poolgate's own one-time code is still due.
     async fn federated_user(&self, id: &VerifiedIdentity) -> Result<(Arc<User>, bool), Error> {
-        let user = match self.users.by_name(&id.username) {
-            Some(local) if local.adfs_enabled => local.clone(),
-            Some(_) => {
+        if let Err(why) = check_provider_username(&id.username) {
+            self.metrics.login("denied");
+            tracing::warn!(issuer = %id.issuer, subject = ?id.subject, username = ?id.username, "single sign-on refused: {why}");
+            return Err(Error::Unprocessable(format!(
+                "The provider signed you in under a name this server cannot use ({why}); ask \
+                 an administrator."
+            )));
+        }
+        let user = match self.users.by_name_any_case(&id.username) {
+            Some(local) if local.adfs_enabled => {
+                self.pin_local(local, id).await?;
+                local.clone()
+            }
+            Some(local) => {
                 self.metrics.login("denied");
-                tracing::warn!(user = %id.username, issuer = %id.issuer, "single sign-on refused: a local user of this name exists and is not marked adfs_enabled, so the provider's person does not take it over");
+                tracing::warn!(user = ?id.username, local = %local.username, issuer = %id.issuer, "single sign-on refused: a local user of this name exists and is not marked adfs_enabled, so the provider's person does not take it over");
                 return Err(Error::Unprocessable(format!(
                     "The provider signed you in as {:?}, but a local account of that name \
                      exists here that does not sign in through the provider; ask an \
@@ -285,6 +330,75 @@ impl Authenticator {
         Ok((user, otp_due))
     }
 
+    /// A local `adfs_enabled` user is the provider's person who first signed in as them
+    /// (kept in the store as a pin record under [`users::local_pin_id`]); anyone else the
+    /// provider calls by that name is refused. To give the account to another person, an
+    /// administrator removes the pin (`admin_unpin_sso`, `poolgate admin unpin-sso USER`).
+    async fn pin_local(&self, local: &User, id: &VerifiedIdentity) -> Result<(), Error> {
+        let pin_id = users::local_pin_id(&local.username);
+        // A pin an administrator removed is kept with no issuer.
+        let pin = self
+            .store
+            .federated_user_get(pin_id)
+            .await?
+            .filter(|pin| !pin.issuer.is_empty());
+        match pin {
+            Some(pin) if pin.issuer == id.issuer && pin.subject == id.subject => Ok(()),
+            Some(pin) => {
+                self.metrics.login("denied");
+                tracing::warn!(user = %local.username, issuer = %id.issuer, subject = ?id.subject, pinned_subject = ?pin.subject, "single sign-on refused: the local user is pinned to another person at the provider");
+                Err(Error::Unprocessable(format!(
+                    "The provider signed you in as {:?}, but that account here belongs to \
+                     another person of the provider; ask an administrator.",
+                    id.username
+                )))
+            }
+            None => {
+                let pin = FederatedUser {
+                    id: pin_id,
+                    issuer: id.issuer.clone(),
+                    subject: id.subject.clone(),
+                    username: local.username.clone(),
+                    groups: Vec::new(),
+                    admin: false,
+                    updated_ms: now_ms(),
+                };
+                self.store.federated_user_put(&pin).await?;
+                tracing::info!(user = %local.username, issuer = %id.issuer, subject = ?id.subject, "local user pinned to the provider's person at their first single sign-on");
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes the pin of the local `adfs_enabled` user `username` (kept as a record without
+    /// issuer, which the store cannot delete); whether there was one. 404 for anyone else.
+    pub async fn sso_unpin(&self, username: &str) -> Result<bool, Error> {
+        let Some(local) = self.users.by_name(username).filter(|u| u.adfs_enabled) else {
+            return Err(Error::NotFound(format!(
+                "No local user {username:?} who signs in through the provider."
+            )));
+        };
+        let pin_id = users::local_pin_id(&local.username);
+        let pinned = self
+            .store
+            .federated_user_get(pin_id)
+            .await?
+            .is_some_and(|pin| !pin.issuer.is_empty());
+        if pinned {
+            let cleared = FederatedUser {
+                id: pin_id,
+                issuer: String::new(),
+                subject: String::new(),
+                username: local.username.clone(),
+                groups: Vec::new(),
+                admin: false,
+                updated_ms: now_ms(),
+            };
+            self.store.federated_user_put(&cleared).await?;
+        }
+        Ok(pinned)
+    }
+
     /// `auth_sso_code`: the portal's one-time code, exchanged once for the user to sign in (or
     /// the one-time code challenge still due). Unknown, used or expired: 401, counted.
     pub async fn sso_exchange(&self, code: &str, peer: IpAddr) -> Result<Arc<User>, Error> {
@@ -305,11 +419,13 @@ impl Authenticator {
     }
 
     /// A thin client's hand-off, taken if done (once): the user to sign in, or the one-time
-    /// code challenge still due. `None` while the person has not signed in.
-    pub async fn sso_redeem(&self, key: &str) -> Result<Option<Arc<User>>, Error> {
+    /// code challenge still due. `None` while the person has not signed in. The hand-off's
+    /// count against the client's address (`peer`) is given back.
+    pub async fn sso_redeem(&self, key: &str, peer: IpAddr) -> Result<Option<Arc<User>>, Error> {
         let Some(outcome) = self.store.handoff_take(key).await? else {
             return Ok(None);
         };
+        self.lockout.give_back(peer).await?;
         let result = self.outcome_user(outcome).await;
         self.record(result).map(Some)
     }
@@ -333,6 +449,52 @@ impl Authenticator {
     }
 }
 
+/// Who waits for a hand-off (a socket of an instance, a REST client by the digest of its
+/// `device_code`) and the address it asked from, as the store keeps them (one text:
+/// `"{who} from {address}"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    pub who: String,
+    pub from: IpAddr,
+}
+
+impl Waiter {
+    pub fn new(who: &str, from: IpAddr) -> Self {
+        Waiter {
+            who: who.to_owned(),
+            from,
+        }
+    }
+
+    /// The waiter of a stored hand-off (one stored without an address reads as from `::`).
+    pub fn parse(text: &str) -> Self {
+        match text.rsplit_once(" from ") {
+            Some((who, from)) => Waiter {
+                who: who.to_owned(),
+                from: from
+                    .parse()
+                    .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            },
+            None => Waiter {
+                who: text.to_owned(),
+                from: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} from {}", self.who, self.from)
+    }
+}
+
+/// What the hand-off's confirmation page tells the person about the device that asked.
+pub struct HandoffSeen {
+    pub from: IpAddr,
+    pub asked_ms: u64,
+}
+
 /// Who waits for a REST client's hand-off: the digest of its `device_code`.
 fn rest_waiter(device_code: &str) -> String {
     format!("rest {}", sso::key("device", device_code))
@@ -353,6 +515,26 @@ fn log_refused(peer: IpAddr, what: &str) {
     if let Some(refused) = LOG.hit() {
         tracing::warn!(%peer, why = what, also_refused_since_last_line = refused - 1, "single sign-on refused");
     }
+}
+
+/// Whether a provider's username can be a poolgate username: printable (no control
+/// characters: it goes into logs and pages), without spaces around it, and without `:` (the
+/// Guacamole hand-off names directory users `ldap:NAME`; a provider's `ldap:alice` must not
+/// pass for one).
+fn check_provider_username(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("it holds control characters");
+    }
+    if name.trim() != name {
+        return Err("it begins or ends with a space");
+    }
+    if name.contains(':') {
+        return Err("it holds a colon");
+    }
+    Ok(())
 }
 
 /// An error's message as a sentence.

@@ -408,6 +408,13 @@ impl Lockout {
             .await?;
         Ok(())
     }
+
+    /// Takes back one count of the address: something counted while under way (a single
+    /// sign-on begun, a hand-off waiting) came to a good end.
+    pub async fn give_back(&self, addr: IpAddr) -> Result<(), Error> {
+        self.store.failures_undo(&addr_key(addr)).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -242,6 +242,16 @@ impl Authenticator {
                     Err(e) => (Verdict::NotAGuess, Err(e.into())),
                 }
             }
+            // A single sign-on user with `[oidc]` set: the 428 leads to the provider, where
+            // the password typed here plays no part; it is no guess (the hand-off that follows
+            // counts against the address until it is used, see `sso_handoff`).
+            (Some(MfaKind::Adfs), _) if self.sso.is_some() => (
+                Verdict::NotAGuess,
+                Err(Error::MfaRequired {
+                    kind: MfaKind::Adfs,
+                    mfa_token: None,
+                }),
+            ),
             // A method this server cannot complete: the mock's 428, after the same work.
             (Some(kind), _) => (
                 Verdict::Guess,

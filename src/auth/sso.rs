@@ -21,12 +21,17 @@ use crate::error::SsoHandoff;
 /// Where the person types (or opens) a thin client's user code.
 pub const DEVICE_PATH: &str = "/oidc/device";
 
+/// The cookie that carries the portal's one-time code from the provider's callback to the
+/// page's socket (whose upgrade carries it).
+pub const PORTAL_CODE_COOKIE: &str = "pg_sso_code";
+
 /// How long the portal's one-time code may wait to be exchanged for a token.
 pub const PORTAL_CODE_TTL: Duration = Duration::from_secs(60);
 
 /// How often a waiting socket asks the store whether its hand-off was done (a sign-in that
-/// finished on this instance wakes it at once).
-pub const HANDOFF_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// finished on this instance wakes it at once; one on another instance is seen at the next
+/// check).
+pub const HANDOFF_CHECK_EVERY: Duration = Duration::from_secs(3);
 
 /// After a provider fault, how long before discovery is tried again.
 const REDISCOVER_AFTER: Duration = Duration::from_secs(5);

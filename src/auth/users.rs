@@ -104,6 +104,16 @@ pub fn federated_user_id(issuer: &str, subject: &str) -> Uuid {
     )
 }
 
+/// The id under which the store keeps which provider person (issuer, subject) a local
+/// `adfs_enabled` user is (their pin, set at their first single sign-on). Never a session's
+/// user id.
+pub fn local_pin_id(username: &str) -> Uuid {
+    Uuid::new_v5(
+        &FEDERATED_NAMESPACE,
+        format!("local pin\n{username}").as_bytes(),
+    )
+}
+
 impl User {
     /// A person the OpenID provider signed in, as its last ID token described them: no
     /// password (the provider checks it), groups from the groups claim, roles from
@@ -236,6 +246,17 @@ impl UserDirectory {
 
     pub fn by_name(&self, username: &str) -> Option<&Arc<User>> {
         self.by_name.get(username)
+    }
+
+    /// The local user of this name in any case (`Ann` for `ann`): the exact name first.
+    pub fn by_name_any_case(&self, username: &str) -> Option<&Arc<User>> {
+        self.by_name(username).or_else(|| {
+            let folded = username.to_lowercase();
+            self.by_name
+                .iter()
+                .find(|(name, _)| name.to_lowercase() == folded)
+                .map(|(_, user)| user)
+        })
     }
 
     pub fn by_id(&self, id: &Uuid) -> Option<&Arc<User>> {

@@ -45,6 +45,9 @@ enum AdminAction {
         #[arg(long)]
         username: Option<String>,
     },
+    /// Let the next person the sign-in provider signs in under this local user's name be them
+    /// (a local `adfs_enabled` user is pinned to the first one).
+    UnpinSso { username: String },
 }
 
 impl AdminAction {
@@ -64,6 +67,9 @@ impl AdminAction {
                     args["username"] = json!(username);
                 }
                 ("admin_reset", args)
+            }
+            AdminAction::UnpinSso { username } => {
+                ("admin_unpin_sso", json!({"username": username}))
             }
         }
     }

@@ -15,9 +15,11 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+mod cookie;
 mod forwarded;
 mod origin;
 
+pub use cookie::*;
 pub use forwarded::*;
 pub use origin::*;
 

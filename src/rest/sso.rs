@@ -19,8 +19,8 @@ use crate::state::AppState;
 
 /// The 428 of a single sign-on user's REST login: the mock's body, and the hand-off's fields
 /// beside `next_step` (which stays the mock's).
-pub async fn handoff(state: &AppState) -> RestError {
-    let (fields, device_code) = match state.auth.sso_handoff_rest().await {
+pub async fn handoff(state: &AppState, peer: std::net::IpAddr) -> RestError {
+    let (fields, device_code) = match state.auth.sso_handoff_rest(peer).await {
         Ok(started) => started,
         Err(e) => return e.into(),
     };

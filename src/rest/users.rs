@@ -87,7 +87,7 @@ pub async fn login(
         Err(Error::MfaRequired {
             kind: MfaKind::Adfs,
             ..
-        }) if state.auth.sso.is_some() => return Err(super::sso::handoff(&state).await),
+        }) if state.auth.sso.is_some() => return Err(super::sso::handoff(&state, peer.ip()).await),
         Err(e) => return Err(e.into()),
     };
     let token = state.auth.jwt.issue(&user).map_err(Error::Internal)?;

@@ -117,6 +117,27 @@ impl Revoke {
     }
 }
 
+#[derive(Deserialize)]
+pub struct UnpinSso {
+    username: String,
+}
+
+impl UnpinSso {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
+        parse_args(args)
+    }
+
+    /// `admin_unpin_sso {username}`: a local `adfs_enabled` user is no longer pinned to the
+    /// provider's person who first signed in as them; the next person the provider signs in
+    /// under that name is pinned instead (e.g. the account changed hands at the provider).
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        require_admin(ctx)?;
+        let unpinned = ctx.state.auth.sso_unpin(&self.username).await?;
+        tracing::warn!(admin = %user(ctx)?.username, user = %self.username, unpinned, "a local user's single sign-on pin removed by an admin");
+        Ok(json!({"username": self.username, "unpinned": unpinned}))
+    }
+}
+
 /// Tasks as admins see them: with whose each is.
 async fn task_views(ctx: &Ctx<'_>, tasks: &[Task]) -> Result<Vec<Value>, Error> {
     let ids: Vec<Uuid> = tasks.iter().map(|t| t.user_id).collect();

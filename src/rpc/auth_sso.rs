@@ -4,11 +4,12 @@
 //!   when `[oidc]` is set: 428 (`err_code` 101, as the mock) with where the person signs in
 //!   (`verification_uri`, `verification_uri_complete`, `user_code`, `expires_in`,
 //!   `interval`). The socket then waits: once the person has signed in, it gets the pushed
-//!   event `auth_sso` — `{"code": 200, "token", "ttl"}`, and the socket is signed in as if
+//!   event `auth_sso` — `{"code": 200, "token", "ttl", "username"}`, and the socket is signed in as if
 //!   `auth` had succeeded; or `{"code": 428, "err_code": 100, "mfa_token"}` when the user's
 //!   one-time code is still due (`otp_verify` next); or the error (401: the code expired).
-//! - `rpc/auth_sso_code {code}`: the portal's one-time code (from the provider's callback),
-//!   exchanged once for a normal token, as `auth` answers.
+//! - `rpc/auth_sso_code {}`: the portal's one-time code (which the provider's callback left in
+//!   an HttpOnly cookie of the browser, carried by the socket's upgrade), exchanged once for
+//!   a normal token, as `auth` answers, with the username appended.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, guard_auth_attempt, parse_args, record_auth_outcome, sign_in};
+use crate::auth::federated::Waiter;
 use crate::auth::sso::HANDOFF_CHECK_EVERY;
 use crate::auth::tokens::Session;
 use crate::envelope;
@@ -66,7 +68,7 @@ pub async fn handoff(ctx: &mut Ctx<'_>) -> Error {
     // Each hand-off uses one of the socket's sign-in attempts (`max_auth_failures`): a socket
     // cannot fill the store with them.
     ctx.conn.auth_failures += 1;
-    let waiter = format!("socket {}", ctx.conn.id);
+    let waiter = Waiter::new(&format!("socket {}", ctx.conn.id), ctx.conn.peer.ip());
     let (key, fields) = match ctx.state.auth.sso_handoff(&waiter).await {
         Ok(started) => started,
         Err(e) => return e,
@@ -85,7 +87,7 @@ pub async fn handoff(ctx: &mut Ctx<'_>) -> Error {
         key,
         wait,
         outbox: ctx.conn.outbound.clone(),
-        peer: ctx.conn.peer.ip().to_string(),
+        peer: ctx.conn.peer.ip(),
         conn_id: ctx.conn.id,
     };
     ctx.state.tracker.spawn(task.run());
@@ -98,7 +100,7 @@ struct Waiting {
     key: String,
     wait: Arc<SsoWait>,
     outbox: Arc<Outbox>,
-    peer: String,
+    peer: std::net::IpAddr,
     conn_id: u64,
 }
 
@@ -115,7 +117,7 @@ impl Waiting {
                 _ = notify.notified() => {}
                 _ = tokio::time::sleep(HANDOFF_CHECK_EVERY) => {}
             }
-            match self.state.auth.sso_redeem(&self.key).await {
+            match self.state.auth.sso_redeem(&self.key, self.peer).await {
                 Ok(None) => continue,
                 Ok(Some(user)) => break Some(Ok(user)),
                 // The store could not answer: asked again at the next check.
@@ -129,12 +131,19 @@ impl Waiting {
         sso.unwait(&self.key);
         let Some(outcome) = outcome else { return };
         let args = match outcome {
-            Ok(user) => match self.state.auth.tokens.issue(user, &self.peer).await {
+            Ok(user) => match self
+                .state
+                .auth
+                .tokens
+                .issue(user, &self.peer.to_string())
+                .await
+            {
                 Ok((token, session)) => {
                     tracing::info!(conn_id = self.conn_id, user = %session.user.username, peer = %self.peer, "signed in (single sign-on hand-off)");
-                    *self.wait.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
                     let ttl = self.state.auth.tokens.ttl().as_secs_f64().ceil() as u64;
-                    json!({"code": 200, "token": token, "ttl": ttl})
+                    let args = json!({"code": 200, "token": token, "ttl": ttl, "username": session.user.username});
+                    *self.wait.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
+                    args
                 }
                 Err(e) => Error::from(e).to_args(),
             },
@@ -156,7 +165,8 @@ impl Waiting {
 
 #[derive(Deserialize)]
 pub struct AuthSsoCode {
-    code: String,
+    /// The code, if the page gives it: it must then be the one its browser's cookie holds.
+    code: Option<String>,
 }
 
 impl AuthSsoCode {
@@ -164,14 +174,22 @@ impl AuthSsoCode {
         parse_args(args)
     }
 
-    /// `rpc/auth_sso_code {code}`: the portal's one-time code for a token.
+    /// `rpc/auth_sso_code {}`: the portal's one-time code, which the provider's callback gave
+    /// this browser in an HttpOnly cookie that the socket's upgrade carried, for a token. A
+    /// socket without that cookie (another browser, a link sent by someone) has nothing to
+    /// exchange.
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
         guard_auth_attempt(ctx)?;
-        let outcome = ctx
-            .state
-            .auth
-            .sso_exchange(&self.code, ctx.conn.peer.ip())
-            .await;
+        let browser = ctx.conn.portal_code.take().unwrap_or_default();
+        let same = match &self.code {
+            Some(given) => {
+                use subtle::ConstantTimeEq;
+                bool::from(given.as_bytes().ct_eq(browser.as_bytes()))
+            }
+            None => true,
+        };
+        let code = if same { &*browser } else { "" };
+        let outcome = ctx.state.auth.sso_exchange(code, ctx.conn.peer.ip()).await;
         let result = match outcome {
             // As `auth`'s reply, and who signed in (the page did not type a name).
             Ok(user) => {

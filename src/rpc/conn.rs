@@ -30,6 +30,9 @@ pub struct Conn {
     pub auth_failures: u32,
     /// A single sign-on hand-off this socket waits for (`auth_sso`).
     pub sso: Option<Arc<super::auth_sso::SsoWait>>,
+    /// The portal's one-time single sign-on code, if the upgrade carried its cookie (for
+    /// `auth_sso_code`, once).
+    pub portal_code: Option<Box<str>>,
     /// The socket's outbound queue (events; the loop writes replies directly).
     pub outbound: Arc<Outbox>,
     /// Cancelled to close the socket as too slow (its event subscription does, when the queue
@@ -57,6 +60,7 @@ impl Conn {
             peer,
             device: device.map(Box::new),
             session: None,
+            portal_code: None,
             events_enabled: Arc::new(true.into()),
             auth_failures: 0,
             sso: None,

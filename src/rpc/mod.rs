@@ -169,6 +169,7 @@ methods! {
     AdminRelease  = "rpc" / "admin_release",      signed_in, admin::Release            => |c, ctx| c.apply(ctx).await,
     AdminReset    = "rpc" / "admin_reset",        signed_in, admin::Reset              => |c, ctx| c.apply(ctx).await,
     AdminTotp     = "rpc" / "admin_totp",         signed_in, admin::Totp               => |c, ctx| c.apply(ctx).await,
+    AdminUnpinSso = "rpc" / "admin_unpin_sso",    signed_in, admin::UnpinSso           => |c, ctx| c.apply(ctx).await,
 }
 
 /// Runs one request: lookup (404), authentication (401), argument parsing (400), then the

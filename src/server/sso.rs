@@ -1,16 +1,19 @@
 //! The browser's side of single sign-on (`[oidc]`): where the portal's button leads, where the
 //! provider sends the browser back, and the hand-off pages a person opens for a thin client.
 //!
-//! - `GET /oidc/login[?handoff=USER_CODE]`: to the provider (303).
-//! - `GET /oidc/callback`: back from it. For the portal, a 303 to `/?sso=CODE`: a one-time
-//!   code (256 random bits, exchanged once over the page's socket with `auth_sso_code`, gone
-//!   after 60 s), never a token — a URL can end up in a history or a log, a code used once
-//!   and useless a minute later cannot sign anyone in from there. For a hand-off, the page
-//!   "You are signed in on your device".
-//! - `GET /oidc/device[?user_code=…]`: type the code a thin client shows, or confirm the one
-//!   its link holds, then on to the provider. `/oidc/login?handoff=` only goes on from this
-//!   confirmation (a SameSite=Strict cookie it sets names the code): a link straight to the
-//!   provider for someone else's code leads to the confirmation first (RFC 8628 §5.4).
+//! - `GET /oidc/login`: the portal's sign-in, to the provider (303).
+//! - `GET /oidc/callback`: back from it. For the portal, a 303 to `/?sso=1` with a one-time
+//!   code in an HttpOnly cookie (256 random bits, exchanged once by the page's socket with
+//!   `auth_sso_code`, whose upgrade carries the cookie; gone after 60 s): never a token, and
+//!   not in a URL — the code only works from the browser that came back from the provider,
+//!   so a link with someone else's sign-in cannot sign another browser in (login CSRF). For
+//!   a hand-off, the page "You are signed in on your device".
+//! - `GET /oidc/device[?user_code=…]`: type the code a thin client shows, or see the one its
+//!   link holds with where and when the device asked; `POST /oidc/device` (the page's
+//!   "Continue" button: a form with a token of this browser's, from this site only) goes on to
+//!   the provider, which is asked for a fresh sign-in (`prompt=login`). A link can never
+//!   sign a device in by itself (RFC 8628 §5.4): `GET /oidc/login?handoff=` leads to the
+//!   confirmation page.
 //! - `GET /oidc/qr?user_code=…` and `/oidc/qr.svg?user_code=…`: the link of a code as a QR
 //!   code, for a phone.
 //! - `GET /oidc/logout`: on to the provider's `end_session_endpoint` (RP-initiated logout),
@@ -19,7 +22,9 @@
 //!
 //! Every page is plain HTML without script, under a Content-Security-Policy that allows
 //! nothing but this server's style sheet and images. A provider fault is a 503 page (and
-//! `/healthz` says degraded), within `oidc.timeout`.
+//! `/healthz` says degraded), within `oidc.timeout`. Cookies are `__Host-` and `Secure` when
+//! browsers reach this server over https (`public_url`, or `tls_cert`), so that no sibling
+//! subdomain can set them.
 
 use std::net::SocketAddr;
 
@@ -42,7 +47,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/oidc/login", get(login))
         .route("/oidc/callback", get(callback))
-        .route(DEVICE_PATH, get(device))
+        .route(DEVICE_PATH, get(device).post(confirm))
         .route("/oidc/qr", get(qr_page))
         .route("/oidc/qr.svg", get(qr_svg))
         .route("/oidc/logout", get(logout))
@@ -54,45 +59,34 @@ struct LoginQuery {
     handoff: Option<String>,
 }
 
+/// The portal's sign-in. A hand-off is signed in only from its confirmation page (which says
+/// "continue only if your device shows this code", and where the device asked from), never
+/// straight from a link someone sent.
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Query(query): Query<LoginQuery>,
 ) -> Response {
-    // A hand-off is signed in only from its confirmation page (which says "continue only if
-    // your device shows this code"), never straight from a link someone sent: that page's
-    // cookie names the code.
     if let Some(typed) = &query.handoff {
         let code = user_code::normalise(typed).unwrap_or_default();
-        if cookie(&headers, CONFIRM_COOKIE).as_deref() != Some(code.as_str()) || code.is_empty() {
-            return redirect(&format!(
-                "{DEVICE_PATH}?user_code={}",
-                user_code::display(&code)
-            ));
-        }
+        return redirect(&format!(
+            "{DEVICE_PATH}?user_code={}",
+            user_code::display(&code)
+        ));
     }
-    match state
-        .auth
-        .sso_login_url(query.handoff.as_deref(), peer.ip())
-        .await
-    {
+    to_provider(&state, None, peer).await
+}
+
+/// On to the provider for a new sign-in (a hand-off's, or the portal's), with the cookie
+/// that binds its `state` to this browser.
+async fn to_provider(state: &AppState, handoff: Option<&str>, peer: SocketAddr) -> Response {
+    match state.auth.sso_login_url(handoff, peer.ip()).await {
         Ok((url, sign_in)) => {
             let mut response = redirect(&url);
             // The callback must come back to this browser (against login CSRF). Lax: the
             // provider's redirect back is a top-level navigation from another site.
-            let cookie = format!(
-                "{STATE_COOKIE}={sign_in}; Path=/oidc/callback; Max-Age={}; HttpOnly; SameSite=Lax{}",
-                crate::auth::oidc::PENDING_TTL.as_secs(),
-                if state.config.tls_cert.is_some() {
-                    "; Secure"
-                } else {
-                    ""
-                }
-            );
-            if let Ok(value) = HeaderValue::from_str(&cookie) {
-                response.headers_mut().append(header::SET_COOKIE, value);
-            }
+            let max_age = crate::auth::oidc::PENDING_TTL.as_secs();
+            set_cookie(&mut response, state, STATE_COOKIE, &sign_in, max_age, "Lax");
             response
         }
         Err(e) => failure(&e),
@@ -102,20 +96,33 @@ async fn login(
 /// The cookie that binds a sign-in's `state` to the browser that started it.
 const STATE_COOKIE: &str = "pg_sso_state";
 
-/// The cookie the hand-off's confirmation page sets: the code the person confirmed.
+/// The cookie of the hand-off's confirmation form: a random token the form repeats.
 const CONFIRM_COOKIE: &str = "pg_sso_confirm";
 
-/// A cookie a request carries (the last one, if several).
-fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .filter(|(name, _)| *name == wanted)
-        .map(|(_, value)| value.to_owned())
-        .next_back()
+/// Sets (a `max_age` of 0: removes) one of single sign-on's cookies: HttpOnly, Path=/,
+/// `__Host-` and `Secure` over https.
+fn set_cookie(
+    response: &mut Response,
+    state: &AppState,
+    name: &str,
+    value: &str,
+    max_age: u64,
+    same_site: &str,
+) {
+    let https = state.config.https_for_browsers();
+    let cookie = format!(
+        "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite={same_site}{}",
+        crate::http::cookie_name(https, name),
+        if https { "; Secure" } else { "" }
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// One of single sign-on's cookies as a request carries it.
+fn cookie(state: &AppState, headers: &HeaderMap, name: &str) -> Option<String> {
+    crate::http::cookie(headers, state.config.https_for_browsers(), name).map(str::to_owned)
 }
 
 async fn callback(
@@ -125,24 +132,41 @@ async fn callback(
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let cookie = cookie(&headers, STATE_COOKIE);
-    match state
+    let browser_state = cookie(&state, &headers, STATE_COOKIE);
+    let mut response = match state
         .auth
-        .sso_callback(&query, cookie.as_deref(), peer.ip())
+        .sso_callback(&query, browser_state.as_deref(), peer.ip())
         .await
     {
-        Ok(CallbackDone::Portal { code }) => redirect(&format!("/?sso={code}")),
-        Ok(CallbackDone::Handoff { username }) => page(
+        Ok(CallbackDone::Portal { code }) => {
+            let mut response = redirect("/?sso=1");
+            let max_age = crate::auth::sso::PORTAL_CODE_TTL.as_secs();
+            // Strict: sent by this site's own page (its socket), never from another site.
+            set_cookie(
+                &mut response,
+                &state,
+                crate::auth::sso::PORTAL_CODE_COOKIE,
+                &code,
+                max_age,
+                "Strict",
+            );
+            response
+        }
+        Ok(CallbackDone::Handoff { username, device }) => page(
             StatusCode::OK,
             "Signed in",
             &format!(
                 "<h1 id=\"done\">You are signed in on your device</h1>\
-                 <p>as {}. You may close this page.</p>",
-                escape(&username)
+                 <p>as {} (the device at {}). You may close this page.</p>",
+                escape(&username),
+                escape(&device)
             ),
         ),
         Err(e) => failure(&e),
-    }
+    };
+    // The sign-in's `state` is used (or refused): its cookie goes.
+    set_cookie(&mut response, &state, STATE_COOKIE, "", 0, "Lax");
+    response
 }
 
 #[derive(Deserialize)]
@@ -153,6 +177,7 @@ struct CodeQuery {
 async fn device(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(query): Query<CodeQuery>,
 ) -> Response {
     let Ok(sso) = state.auth.sso() else {
@@ -178,10 +203,19 @@ async fn device(
         );
     };
     // A code that is not a live hand-off counts against the address as a made-up token.
-    if let Err(e) = state.auth.sso_check_code(&code, peer.ip()).await {
-        return failure(&e);
-    }
+    let seen = match state.auth.sso_check_code(&code, peer.ip()).await {
+        Ok(seen) => seen,
+        Err(e) => return failure(&e),
+    };
     let shown = user_code::display(&code);
+    // The form's token: this browser's cookie, repeated by the form (another site can
+    // neither read nor set it).
+    let token = cookie(&state, &headers, CONFIRM_COOKIE)
+        .filter(|t| t.len() == 43)
+        .unwrap_or_else(crate::auth::sso::new_portal_code);
+    let asked = chrono::DateTime::from_timestamp_millis(seen.asked_ms as i64)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
     let mut response = page(
         StatusCode::OK,
         "Sign in a device",
@@ -189,25 +223,76 @@ async fn device(
             "<h1>Sign in a device</h1>\
              <p>A device asks to be signed in as you with the code</p>\
              <p class=\"code\" id=\"code\">{shown}</p>\
-             <p>Continue only if your device shows this code.</p>\
-             <p><a id=\"confirm\" class=\"button\" href=\"/oidc/login?handoff={code}\">Sign in with {}</a></p>",
+             <p id=\"asked\">It asked from the address <b>{}</b> at {asked}.</p>\
+             <p>Continue only if you started this on your own device and it shows this code. \
+             If someone sent you this link, close this page.</p>\
+             <form method=\"post\" action=\"{DEVICE_PATH}\">\
+             <input type=\"hidden\" name=\"user_code\" value=\"{code}\">\
+             <input type=\"hidden\" name=\"token\" value=\"{token}\">\
+             <button id=\"confirm\" type=\"submit\">Sign in with {}</button></form>",
+            escape(&seen.from.to_string()),
             escape(&sso.settings.display_name)
         ),
     );
-    // Strict: set by this page, sent only from this site's own link to /oidc/login.
-    let confirmed = format!(
-        "{CONFIRM_COOKIE}={code}; Path=/oidc/login; Max-Age={}; HttpOnly; SameSite=Strict{}",
-        sso.settings.handoff.expires_in.as_secs(),
-        if state.config.tls_cert.is_some() {
-            "; Secure"
-        } else {
-            ""
-        }
+    let max_age = sso.settings.handoff.expires_in.as_secs();
+    set_cookie(
+        &mut response,
+        &state,
+        CONFIRM_COOKIE,
+        &token,
+        max_age,
+        "Strict",
     );
-    if let Ok(value) = HeaderValue::from_str(&confirmed) {
-        response.headers_mut().append(header::SET_COOKIE, value);
+    // The form's answer is a redirect to the provider: allowed as a form's target.
+    if let Ok(client) = sso.client().await
+        && let Some(origin) = origin_of(&client.discovered().authorization_endpoint)
+        && let Ok(csp) = HeaderValue::from_str(&page_policy(&origin))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp);
     }
     response
+}
+
+#[derive(Deserialize)]
+struct Confirmation {
+    user_code: String,
+    token: String,
+}
+
+/// `POST /oidc/device`: the person confirmed the code; on to the provider. Only from this
+/// server's own confirmation page: the form's token must be this browser's cookie, and a
+/// browser's request from another site is refused.
+async fn confirm(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<Confirmation>,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site" || v == "same-site");
+    let ours = cookie(&state, &headers, CONFIRM_COOKIE).is_some_and(|c| {
+        !form.token.is_empty() && bool::from(c.as_bytes().ct_eq(form.token.as_bytes()))
+    });
+    if cross_site || !ours || state.config.check_browser(&headers).is_err() {
+        tracing::warn!(%peer, "a hand-off confirmation not from this server's own page was refused");
+        let code = user_code::normalise(&form.user_code).unwrap_or_default();
+        return redirect(&format!(
+            "{DEVICE_PATH}?user_code={}",
+            user_code::display(&code)
+        ));
+    }
+    to_provider(&state, Some(&form.user_code), peer).await
+}
+
+/// The origin (`scheme://host[:port]`) of a URL.
+fn origin_of(url: &str) -> Option<String> {
+    let url = openidconnect::url::Url::parse(url).ok()?;
+    Some(url.origin().ascii_serialization()).filter(|o| o != "null")
 }
 
 /// The link of a code as a QR code, with the code beside it.
@@ -325,6 +410,18 @@ fn failure(error: &Error) -> Response {
     )
 }
 
+/// The pages' Content-Security-Policy: nothing but this server's style sheet and images.
+const PAGE_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+                           form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// [`PAGE_POLICY`] with a form that leads on to the provider's `origin`.
+fn page_policy(origin: &str) -> String {
+    PAGE_POLICY.replace(
+        "form-action 'self'",
+        &format!("form-action 'self' {origin}"),
+    )
+}
+
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -336,11 +433,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         status,
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                 base-uri 'none'; frame-ancestors 'none'",
-            ),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
             (header::X_FRAME_OPTIONS, "DENY"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),

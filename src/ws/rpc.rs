@@ -30,7 +30,7 @@ pub(super) async fn upgrade(
 ) -> Response {
     let Ok(ws) = ws else {
         if crate::portal::wants_page(&headers) {
-            let tls = state.config.tls_cert.is_some();
+            let tls = state.config.https_for_browsers();
             return crate::portal::index(&headers, &state.auth.devices, tls);
         }
         return (
@@ -45,15 +45,18 @@ pub(super) async fn upgrade(
         return foreign_browser(&headers, peer, why);
     }
     let device = crate::portal::device(&headers, &state.auth.devices);
+    let portal_code = crate::http::cookie(
+        &headers,
+        state.config.https_for_browsers(),
+        crate::auth::sso::PORTAL_CODE_COOKIE,
+    )
+    .filter(|code| code.len() <= 64)
+    .map(Box::from);
     super::accept(ws, state, move |_, link: Link| {
         tracing::debug!(conn_id = link.conn_id, %peer, "connected");
-        RpcSocket(Conn::new(
-            link.conn_id,
-            peer,
-            device,
-            link.outbox,
-            link.kick,
-        ))
+        let mut conn = Conn::new(link.conn_id, peer, device, link.outbox, link.kick);
+        conn.portal_code = portal_code;
+        RpcSocket(conn)
     })
 }
 

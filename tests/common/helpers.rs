@@ -135,6 +135,20 @@ impl TestApp {
         Client { ws, next_id: 1 }
     }
 
+    /// A connected client whose upgrade carries `cookie` (a `Cookie` header's value), as a
+    /// browser's page would.
+    pub async fn connect_with_cookie(&self, cookie: &str) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = self.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connect");
+        Client { ws, next_id: 1 }
+    }
+
     /// A connected client signed in as `username`.
     pub async fn login(&self, username: &str) -> (Client, String) {
         let mut client = self.connect().await;

@@ -32,6 +32,14 @@ pub const USER: (&str, &str) = ("user-5", "user-5-password");
 pub const ADMIN: (&str, &str) = ("admin-1", "admin-1-password");
 pub const SOLO: (&str, &str) = ("solo", "solo-password");
 pub const MFA_USER: (&str, &str) = ("mfa-user", "mfa-user-password");
+/// Another person the provider calls `USER-5`: not the local user-5, who is pinned to the
+/// provider's `user-5` at their first single sign-on.
+pub const IMPOSTOR: (&str, &str) = ("USER-5", "impostor-password");
+/// A person whose username would pass for a directory user's Guacamole name.
+pub const COLON: (&str, &str) = ("ldap:user-1", "colon-password");
+/// A person the provider calls `User-1`, as the local user-1 (who does not sign in through
+/// the provider) in another case.
+pub const CASE: (&str, &str) = ("User-1", "case-password");
 
 /// Which of the provider's clients poolgate is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,6 +233,9 @@ fn config(port: u16, issuer: &str, options: &Options) -> Value {
             account("sub-admin-1", ADMIN, json!(["vdi-admins", "vdi-users"]), json!(["pwd"])),
             account("sub-solo", SOLO, json!("vdi-users"), json!(["pwd"])),
             account("sub-mfa", MFA_USER, json!(["vdi-users"]), json!(["pwd", "mfa"])),
+            account("sub-impostor", IMPOSTOR, json!(["vdi-users"]), json!(["pwd"])),
+            account("sub-colon", COLON, json!(["vdi-users"]), json!(["pwd"])),
+            account("sub-case", CASE, json!(["vdi-users"]), json!(["pwd"])),
         ],
     });
     if let Some(algs) = &options.advertise_algs {

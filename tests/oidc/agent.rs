@@ -165,6 +165,40 @@ impl Agent {
         ))
     }
 
+    /// One form POST from this server's own page (`Origin` its home; no redirect followed),
+    /// keeping cookies: status, `Location`, body.
+    pub async fn post_form(
+        &mut self,
+        url: &str,
+        fields: &[(&str, &str)],
+    ) -> (u16, Option<String>, String) {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", &self.home)
+            .header("cookie", self.cookie_header())
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        self.keep_cookies(&response);
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        (status, location, response.text().await.unwrap_or_default())
+    }
+
+    /// The value of a cookie this browser keeps.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
+    }
+
     fn keep_cookies(&mut self, response: &reqwest::Response) {
         for value in response.headers().get_all("set-cookie") {
             let pair = value
@@ -173,14 +207,23 @@ impl Agent {
                 .split(';')
                 .next()
                 .unwrap_or_default();
+            let removed = value
+                .to_str()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("max-age=0");
             if let Some((name, value)) = pair.split_once('=') {
-                self.cookies
-                    .insert(name.trim().to_owned(), value.trim().to_owned());
+                if removed {
+                    self.cookies.remove(name.trim());
+                } else {
+                    self.cookies
+                        .insert(name.trim().to_owned(), value.trim().to_owned());
+                }
             }
         }
     }
 
-    fn cookie_header(&self) -> String {
+    pub fn cookie_header(&self) -> String {
         self.cookies
             .iter()
             .map(|(k, v)| format!("{k}={v}"))

@@ -18,7 +18,7 @@ async fn discover(settings: &OidcSettings) -> OidcClient {
 
 /// One whole sign-in as `who`: begin, the provider's login, finish.
 async fn sign_in(client: &OidcClient, who: (&str, &str)) -> Result<VerifiedIdentity, OidcError> {
-    let (url, pending) = client.begin();
+    let (url, pending) = client.begin(false);
     let query = Agent::new().sign_in(&url, who.0, who.1).await;
     client.finish(&pending, &Callback::from_query(&query)).await
 }
@@ -47,7 +47,7 @@ pub async fn discovery_finds_the_endpoints_and_the_algorithms_each_client_may_ac
 pub async fn the_code_flow_gives_the_username_groups_and_admin_from_the_id_token() {
     let provider = Provider::start().await;
     let client = discover(&provider.settings(Client::Confidential)).await;
-    let (url, pending) = client.begin();
+    let (url, pending) = client.begin(false);
     assert!(
         url.starts_with(&format!("{}/auth?", provider.issuer)),
         "{url}"
@@ -117,7 +117,7 @@ pub async fn a_public_client_signs_in_with_pkce_and_groups_may_be_one_string() {
     assert_eq!(mfa.amr, ["pwd", "mfa"]);
     assert!(mfa.provider_mfa, "trust_provider_mfa and amr mfa");
     // The PKCE verifier is what proves the code is this client's: another one is refused.
-    let (url, mut pending) = client.begin();
+    let (url, mut pending) = client.begin(false);
     let query = Agent::new().sign_in(&url, USER.0, USER.1).await;
     pending.pkce_verifier = "x".repeat(64);
     let e = client
@@ -132,9 +132,9 @@ pub async fn a_wrong_state_or_nonce_and_a_replayed_code_are_refused() {
     let client = discover(&provider.settings(Client::Confidential)).await;
 
     // Another sign-in's answer (its state) is not this sign-in's.
-    let (url, pending) = client.begin();
+    let (url, pending) = client.begin(false);
     let query = Agent::new().sign_in(&url, USER.0, USER.1).await;
-    let (_, other) = client.begin();
+    let (_, other) = client.begin(false);
     let e = client
         .finish(&other, &Callback::from_query(&query))
         .await
@@ -185,7 +185,7 @@ pub async fn a_wrong_state_or_nonce_and_a_replayed_code_are_refused() {
     );
 
     // A fresh sign-in's code works once and only once.
-    let (url, pending) = client.begin();
+    let (url, pending) = client.begin(false);
     let query = Agent::new().sign_in(&url, USER.0, USER.1).await;
     let callback = Callback::from_query(&query);
     client.finish(&pending, &callback).await.unwrap();
@@ -248,7 +248,7 @@ pub async fn tokens_of_another_issuer_or_audience_are_refused() {
     })
     .await;
     let client = discover(&provider.settings(Client::Confidential)).await;
-    let (url, pending) = client.begin();
+    let (url, pending) = client.begin(false);
     let query = Agent::new().sign_in(&url, USER.0, USER.1).await;
     let mut callback = Callback::from_query(&query);
     // RFC 9207: the callback's iss names the other issuer (a mix-up) before any exchange.
@@ -320,7 +320,7 @@ pub async fn hs256_is_accepted_only_when_advertised() {
 pub async fn access_denied_at_the_provider_is_said_as_such() {
     let provider = Provider::start().await;
     let client = discover(&provider.settings(Client::Confidential)).await;
-    let (url, pending) = client.begin();
+    let (url, pending) = client.begin(false);
     let query = Agent::new().cancel(&url).await;
     let e = client
         .finish(&pending, &Callback::from_query(&query))
@@ -340,7 +340,7 @@ pub async fn a_provider_down_or_silent_fails_within_the_timeout() {
     let mut provider = Provider::start().await;
     let settings = provider.settings(Client::Confidential);
     let client = discover(&settings).await;
-    let (url, pending) = client.begin();
+    let (url, pending) = client.begin(false);
     let query = Agent::new().sign_in(&url, USER.0, USER.1).await;
     provider.stop().await;
     let started = Instant::now();

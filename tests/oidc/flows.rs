@@ -15,13 +15,13 @@ use poolgate_test_common::oidc_provider::{Client, Options, Provider, SOLO, USER,
 const TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 
 /// A provider and a poolgate that signs people in at it (`public_url` its real address).
-struct Site {
-    provider: Provider,
-    app: TestApp,
-    public_url: String,
+pub struct Site {
+    pub provider: Provider,
+    pub app: TestApp,
+    pub public_url: String,
 }
 
-async fn site(edit: impl FnOnce(&mut poolgate::Config)) -> Site {
+pub async fn site(edit: impl FnOnce(&mut poolgate::Config)) -> Site {
     let port = free_port();
     let public_url = format!("http://127.0.0.1:{port}");
     let provider = Provider::start_with(Options {
@@ -57,12 +57,46 @@ impl Site {
     /// A person's browser: opens `start` on poolgate (a device link, or `/oidc/login`), signs
     /// in at the provider as `who` and comes back to the callback. Returns the callback's
     /// answer: status, `Location`, body.
-    async fn sign_in(&self, start: &str, who: (&str, &str)) -> (u16, Option<String>, String) {
+    pub async fn sign_in(&self, start: &str, who: (&str, &str)) -> (u16, Option<String>, String) {
+        self.signed_in(start, who).await.1
+    }
+
+    /// As [`Site::sign_in`], and the browser (its cookies) afterwards.
+    pub async fn signed_in(
+        &self,
+        start: &str,
+        who: (&str, &str),
+    ) -> (Agent, (u16, Option<String>, String)) {
         let mut agent = Agent::at(&self.public_url);
         let query = self.at_provider(&mut agent, start, Some(who)).await;
-        agent
+        let answer = agent
             .get(&format!("{}/oidc/callback?{query}", self.public_url))
-            .await
+            .await;
+        (agent, answer)
+    }
+
+    /// The portal's sign-in as `who` in a browser; then the page's socket, whose upgrade
+    /// carries the browser's cookies (the one-time code among them).
+    pub async fn portal_socket(
+        &self,
+        who: (&str, &str),
+    ) -> (Agent, poolgate_test_common::helpers::Client) {
+        let (agent, (status, location, body)) = self.signed_in("/oidc/login", who).await;
+        assert_eq!(
+            (status, location.as_deref()),
+            (303, Some("/?sso=1")),
+            "{body}"
+        );
+        assert!(
+            agent.cookie("pg_sso_code").is_some(),
+            "the code is in a cookie"
+        );
+        assert!(
+            agent.cookie("pg_sso_state").is_none(),
+            "the state cookie is cleared"
+        );
+        let socket = self.app.connect_with_cookie(&agent.cookie_header()).await;
+        (agent, socket)
     }
 
     /// Opens `start` (following poolgate's device page and `/oidc/login`) and signs in as
@@ -73,18 +107,29 @@ impl Site {
         start: &str,
         who: Option<(&str, &str)>,
     ) -> String {
-        let mut url = format!("{}{start}", self.public_url);
-        if start.starts_with("/oidc/device") {
+        let url = format!("{}{start}", self.public_url);
+        let (status, location, body) = if start.starts_with("/oidc/device") {
             let (status, _, page) = agent.get(&url).await;
             assert_eq!(status, 200, "{page}");
-            let href = page
-                .split("href=\"")
-                .find(|p| p.starts_with("/oidc/login?handoff="))
-                .and_then(|p| p.split('"').next())
-                .unwrap_or_else(|| panic!("no confirm link on the device page: {page}"));
-            url = format!("{}{href}", self.public_url);
-        }
-        let (status, location, body) = agent.get(&url).await;
+            let fields = hidden_fields(&page);
+            let fields: Vec<(&str, &str)> = fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let answer = agent.post_form(&url, &fields).await;
+            // A hand-off asks the provider for a fresh sign-in.
+            assert!(
+                answer
+                    .1
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("prompt=login"),
+                "{answer:?}"
+            );
+            answer
+        } else {
+            agent.get(&url).await
+        };
         assert_eq!(status, 303, "{url}: {body}");
         let authorize = location.unwrap();
         assert!(authorize.starts_with(&self.provider.issuer), "{authorize}");
@@ -95,13 +140,31 @@ impl Site {
     }
 }
 
+/// The hidden fields of a page's form: (name, value).
+fn hidden_fields(page: &str) -> Vec<(String, String)> {
+    page.split("<input type=\"hidden\" ")
+        .skip(1)
+        .map(|input| {
+            let attr = |name: &str| {
+                input
+                    .split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|v| v.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (attr("name"), attr("value"))
+        })
+        .collect()
+}
+
 /// The path and query of a URL on poolgate.
-fn path_of(url: &str, public_url: &str) -> String {
+pub fn path_of(url: &str, public_url: &str) -> String {
     url.strip_prefix(public_url).unwrap().to_owned()
 }
 
 /// The next pushed `auth_sso` event (skipping other events).
-async fn pushed(client: &mut poolgate_test_common::helpers::Client) -> Value {
+pub async fn pushed(client: &mut poolgate_test_common::helpers::Client) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < deadline, "no auth_sso event");
@@ -157,6 +220,28 @@ pub async fn a_thin_client_is_signed_in_by_the_browser_hand_off() {
         Some(format!("/oidc/device?user_code={code}").as_str())
     );
 
+    // A form posted from elsewhere (another site's page, a script without this browser's
+    // confirmation cookie) goes back to the confirmation page, never to the provider.
+    let mut forger = Agent::at(&site.public_url);
+    let (status, location, _) = forger
+        .post_form(
+            &format!("{}/oidc/device", site.public_url),
+            &[
+                ("user_code", raw.as_str()),
+                ("token", "x".repeat(43).as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (303, Some(format!("/oidc/device?user_code={code}").as_str()))
+    );
+    // The confirmation page says where and when the device asked.
+    let (_, _, page) = Agent::at(&site.public_url)
+        .get(&format!("{}/oidc/device?user_code={code}", site.public_url))
+        .await;
+    assert!(page.contains("from the address <b>127.0.0.1</b>"), "{page}");
+
     let (status, _, page) = site
         .sign_in(&path_of(complete, &site.public_url), USER)
         .await;
@@ -165,6 +250,7 @@ pub async fn a_thin_client_is_signed_in_by_the_browser_hand_off() {
 
     let event = pushed(&mut client).await;
     assert_eq!(event["code"], 200, "{event}");
+    assert_eq!(event["username"], "user-5", "{event}");
     let token = event["token"].as_str().unwrap();
     assert!(token.starts_with("pgt_"), "{event}");
     // Signed in at once, as if `auth` had succeeded; the token is a normal one.
@@ -262,14 +348,8 @@ pub async fn a_rest_client_polls_for_its_jwt() {
 
 pub async fn totp_is_still_asked_after_the_providers_sign_in() {
     let site = site(|_| {}).await;
-    let (status, location, body) = site.sign_in("/oidc/login", SOLO).await;
-    assert_eq!(status, 303, "{body}");
-    let location = location.unwrap();
-    let code = location
-        .strip_prefix("/?sso=")
-        .unwrap_or_else(|| panic!("{location}"));
-    let mut client = site.app.connect().await;
-    let reply = client.rpc("auth_sso_code", json!({"code": code})).await;
+    let (_, mut client) = site.portal_socket(SOLO).await;
+    let reply = client.rpc("auth_sso_code", json!({})).await;
     let args = &reply["args"];
     assert_eq!(
         (args["code"].as_u64(), args["err_code"].as_u64()),
@@ -290,31 +370,32 @@ pub async fn totp_is_still_asked_after_the_providers_sign_in() {
     assert_eq!(pools["name"], "response", "{pools}");
 
     // Without TOTP (user-5): the portal's code is a token at once, with who signed in.
-    let (_, location, _) = site.sign_in("/oidc/login", USER).await;
-    let code = location.unwrap().strip_prefix("/?sso=").unwrap().to_owned();
-    let reply = client.rpc("auth_sso_code", json!({"code": code})).await;
+    let (_, mut client) = site.portal_socket(USER).await;
+    let reply = client.rpc("auth_sso_code", json!({})).await;
     assert_eq!(reply["args"][2], "user-5", "{reply}");
 }
 
 pub async fn replayed_state_reused_and_guessed_codes_are_refused_and_counted() {
-    let site = site(|c| c.lockout_address_attempts = 4).await;
+    // Four refusals and one sign-in begun but never back from the provider (the attacker's,
+    // counted until its callback comes) use up this address's five attempts.
+    let site = site(|c| c.lockout_address_attempts = 5).await;
     // A replayed callback (its state used once already).
     let mut agent = Agent::at(&site.public_url);
     let query = site
         .at_provider(&mut agent, "/oidc/login", Some(USER))
         .await;
     let callback = format!("{}/oidc/callback?{query}", site.public_url);
-    let (status, location, _) = agent.get(&callback).await;
+    let (status, _, _) = agent.get(&callback).await;
     assert_eq!(status, 303);
+    let browser = agent.cookie_header();
     let (status, _, page) = agent.get(&callback).await;
     assert_eq!(status, 401, "{page}");
-    // The portal code, used twice.
-    let code = location.unwrap().strip_prefix("/?sso=").unwrap().to_owned();
-    let mut client = site.app.connect().await;
-    let first = client.rpc("auth_sso_code", json!({"code": code})).await;
+    // The portal code, used twice from its browser.
+    let mut client = site.app.connect_with_cookie(&browser).await;
+    let first = client.rpc("auth_sso_code", json!({})).await;
     assert_eq!(first["name"], "response", "{first}");
-    let mut client = site.app.connect().await;
-    let again = client.rpc("auth_sso_code", json!({"code": code})).await;
+    let mut client = site.app.connect_with_cookie(&browser).await;
+    let again = client.rpc("auth_sso_code", json!({})).await;
     assert_eq!(again["args"]["code"], 401, "{again}");
     // A guessed user code.
     let (status, _, page) = agent
@@ -334,7 +415,7 @@ pub async fn replayed_state_reused_and_guessed_codes_are_refused_and_counted() {
         .get(&format!("{}/oidc/callback?{query}", site.public_url))
         .await;
     assert_eq!(status, 401);
-    // Four refusals from this address: the next attempt is refused before anything.
+    // Five counts from this address: the next attempt is refused before anything.
     let (status, _, page) = agent
         .get(&format!(
             "{}/oidc/device?user_code=BCDF-GHJL",

@@ -18,6 +18,7 @@ use poolgate_test_common::harness;
 mod agent;
 mod cases;
 mod flows;
+mod guards;
 
 use harness::{Case, run, selected};
 
@@ -77,6 +78,29 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "oidc::check_config_connect_reports_what_the_provider_offers",
             || Box::pin(cases::check_config_connect_reports_what_the_provider_offers()),
+        ),
+        (
+            "sso::the_portals_code_signs_in_only_the_browser_that_came_back",
+            || Box::pin(guards::the_portals_code_signs_in_only_the_browser_that_came_back()),
+        ),
+        (
+            "sso::a_local_account_is_pinned_and_names_passing_for_another_are_refused",
+            || {
+                Box::pin(
+                    guards::a_local_account_is_pinned_and_names_passing_for_another_are_refused(),
+                )
+            },
+        ),
+        ("sso::signing_out_gives_up_a_waiting_hand_off", || {
+            Box::pin(guards::signing_out_gives_up_a_waiting_hand_off())
+        }),
+        (
+            "sso::hand_offs_count_against_the_address_until_used_and_never_lock_their_user",
+            || {
+                Box::pin(
+                    guards::hand_offs_count_against_the_address_until_used_and_never_lock_their_user(),
+                )
+            },
         ),
         (
             "sso::a_thin_client_is_signed_in_by_the_browser_hand_off",

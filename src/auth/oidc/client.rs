@@ -201,7 +201,11 @@ impl OidcClient {
 
     /// Starts a sign-in: the URL to send the browser to, and what to keep until it comes
     /// back (PKCE S256; `state` and `nonce` random).
-    pub fn begin(&self) -> (String, PendingLogin) {
+    ///
+    /// With `fresh`, the provider is asked to have the person sign in again even if it has a
+    /// session for them (`prompt=login`): a thin client's hand-off is never completed by a
+    /// click on a link alone.
+    pub fn begin(&self, fresh: bool) -> (String, PendingLogin) {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = self
             .client
@@ -213,6 +217,9 @@ impl OidcClient {
             .set_pkce_challenge(challenge);
         for scope in self.settings.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
+        }
+        if fresh {
+            request = request.add_prompt(openidconnect::core::CoreAuthPrompt::Login);
         }
         let (url, state, nonce) = request.url();
         let pending = PendingLogin {
