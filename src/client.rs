@@ -28,6 +28,8 @@ pub struct Options {
     pub sso: bool,
     /// Launch the system's viewer on the file.
     pub open: bool,
+    /// Extra trusted CA certificates (PEM) for a `wss://` server with a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 type Ws =
@@ -142,7 +144,7 @@ fn save_token(path: &Path, token: &str) -> anyhow::Result<()> {
 
 /// Opens the WebSocket to `server`, first warning on stderr when a password or token would
 /// cross the network in clear text (`ws://` to a host that is not this machine).
-async fn open(server: &str) -> anyhow::Result<Ws> {
+async fn open(server: &str, ca_file: Option<&Path>) -> anyhow::Result<Ws> {
     if server
         .get(..5)
         .is_some_and(|s| s.eq_ignore_ascii_case("ws://"))
@@ -153,9 +155,14 @@ async fn open(server: &str) -> anyhow::Result<Ws> {
              and token are sent in clear text; use wss://"
         );
     }
-    let (ws, _) = tokio_tungstenite::connect_async(server)
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
+    // The system's CAs and --ca-file's, with the process's one crypto provider (never the
+    // one a build happens to link).
+    let tls = crate::tls::client_config(ca_file)?;
+    let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls));
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(server, None, false, Some(connector))
+            .await
+            .with_context(|| format!("cannot connect to {server}"))?;
     Ok(ws)
 }
 
@@ -167,6 +174,8 @@ pub struct Login {
     pub password_stdin: bool,
     /// Single sign-on: `auth_sso` (the browser hand-off) instead of a password.
     pub sso: bool,
+    /// Extra trusted CA certificates (PEM) for a `wss://` server with a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 async fn sign_in(s: &mut Session, o: &Login) -> anyhow::Result<()> {
@@ -306,6 +315,9 @@ async fn step(s: &mut Session, method: &str, args: Value, label: &str) -> anyhow
         let task = reply["args"]["task"].clone();
         let id = task["id"].clone();
         let mut status = task["status"].as_str().unwrap_or("").to_owned();
+        // Why the task ended, if it says: printed above the spinner on a terminal, and part of
+        // the error (the spinner prints nothing without a terminal).
+        let mut why = String::new();
         bar.set_message(format!("{label}: {}", describe(&task)));
         while status == "PENDING" || status == "RUNNING" {
             let frame = s.next().await?;
@@ -317,6 +329,7 @@ async fn step(s: &mut Session, method: &str, args: Value, label: &str) -> anyhow
                     && let Some(msg) = frame["args"]["error"]["message"].as_str()
                 {
                     bar.println(format!("{label}: {status}: {msg}"));
+                    why = format!(": {msg}");
                 }
             }
         }
@@ -328,7 +341,7 @@ async fn step(s: &mut Session, method: &str, args: Value, label: &str) -> anyhow
             "COMPLETED" => continue, // ask again for the connection data
             "FAILED" if method == "pool_request" => {
                 bar.finish_and_clear();
-                bail!("{label} failed");
+                bail!("{label} failed{why}");
             }
             _ => bar.println(format!(
                 "{label}: attempt {attempt} ended {status}; trying again"
@@ -340,7 +353,7 @@ async fn step(s: &mut Session, method: &str, args: Value, label: &str) -> anyhow
 }
 
 pub async fn run(o: Options) -> anyhow::Result<()> {
-    let ws = open(&o.server).await?;
+    let ws = open(&o.server, o.ca_file.as_deref()).await?;
     let mut s = Session { ws, next_id: 0 };
     sign_in(
         &mut s,
@@ -349,6 +362,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             token_file: o.token_file.clone(),
             password_stdin: o.password_stdin,
             sso: o.sso,
+            ca_file: o.ca_file.clone(),
         },
     )
     .await?;
@@ -426,7 +440,7 @@ pub async fn admin(
     method: &str,
     args: Value,
 ) -> anyhow::Result<Value> {
-    let ws = open(server).await?;
+    let ws = open(server, login.ca_file.as_deref()).await?;
     let mut s = Session { ws, next_id: 0 };
     sign_in(&mut s, login).await?;
     let reply = s.call(method, args, |_| {}).await?;

@@ -1,6 +1,8 @@
 //! The `poolgate` command: parses the command line and calls the subcommand's function in
 //! `poolgate::cli` (serving itself is `poolgate::app::Application`, shared with the tests).
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use poolgate::cli;
 
@@ -11,6 +13,9 @@ use poolgate::cli;
     about = "A remote-desktop connection broker"
 )]
 struct Cli {
+    /// On an error, print where it came from too (a backtrace, with RUST_BACKTRACE=1).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,11 +37,24 @@ enum Command {
     User(cli::user::UserArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     // SAFETY: the first thing the process does: no other thread exists yet (every runtime is
     // built later, by the subcommand), so taking variables out of the environment is sound.
     unsafe { poolgate::process::harden() };
-    match Cli::parse().command {
+    poolgate::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    let verbose = cli.verbose || std::env::var_os("RUST_LOG").is_some();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", poolgate::cli::error_report(&error, verbose));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Option<Command>) -> anyhow::Result<()> {
+    match command {
         None => cli::serve::run(Default::default()),
         Some(Command::Serve(args)) => cli::serve::run(args),
         Some(Command::HashPassword) => cli::hash_password::run(),

@@ -56,6 +56,14 @@ impl UsersFile {
             .with_context(|| format!("no user {username:?}"))
     }
 
+    /// Whether the file has a user of this name.
+    pub fn contains(&mut self, username: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .users()?
+            .iter()
+            .any(|t| t.get("username").and_then(|u| u.as_str()) == Some(username)))
+    }
+
     pub fn add(
         &mut self,
         username: &str,

@@ -21,6 +21,42 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::error::Error;
 
+/// The fewest characters a new password may have (NIST SP 800-63B §5.1.1.2).
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Whether a new password for `username` may be set (`poolgate user add` / `passwd`), after
+/// NIST SP 800-63B: at least [`MIN_PASSWORD_CHARS`] characters, and not one an attacker tries
+/// early — a common or breached password, a word with digits, a keyboard walk, the username —
+/// as zxcvbn (Dropbox's estimator, with its lists of common passwords, names and words)
+/// judges it: refused when it would fall within about a million guesses (score 0 or 1). No
+/// composition rules. The reason, with zxcvbn's suggestion, when refused.
+pub fn check_new_password(password: &str, username: &str) -> Result<(), String> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return Err(format!(
+            "the password has {chars} characters; use at least {MIN_PASSWORD_CHARS} (a few \
+             unrelated words make a good one)"
+        ));
+    }
+    let estimate = zxcvbn::zxcvbn(password, &[username]);
+    if estimate.score() < zxcvbn::Score::Two {
+        let mut why = "the password is among the first a guesser tries (a common or \
+                       breached password, a word with a few changes, a pattern or the \
+                       username)"
+            .to_owned();
+        if let Some(feedback) = estimate.feedback() {
+            if let Some(warning) = feedback.warning() {
+                why.push_str(&format!(": {warning}"));
+            }
+            if let Some(tip) = feedback.suggestions().first() {
+                why.push_str(&format!("; {tip}"));
+            }
+        }
+        return Err(why);
+    }
+    Ok(())
+}
+
 /// Hashes a password into a PHC string with argon2id's default (OWASP) parameters.
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
     let salt = SaltString::generate(&mut OsRng);
@@ -210,6 +246,33 @@ impl Drop for Place {
 #[cfg(test)]
 mod strength_tests {
     use super::*;
+
+    #[test]
+    fn new_passwords_follow_nist_length_and_blocklist_rules() {
+        for weak in [
+            "short1!",
+            "password1",
+            "P@ssw0rd123",
+            "qwertyuiop",
+            "alice2024",
+            "aliceALICE",
+        ] {
+            assert!(check_new_password(weak, "alice").is_err(), "{weak}");
+        }
+        // No composition rules: long lowercase passphrases are fine.
+        for strong in [
+            "correct horse battery staple",
+            "tangerine-volcano-87",
+            "mellow ferret lamp",
+        ] {
+            assert!(check_new_password(strong, "alice").is_ok(), "{strong}");
+        }
+        let why = check_new_password("abc", "alice").unwrap_err();
+        assert!(
+            why.contains("3 characters") && why.contains("at least 8"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn hashes_below_owasps_minimum_are_refused_and_ours_pass() {

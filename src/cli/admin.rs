@@ -19,6 +19,9 @@ pub struct AdminArgs {
     /// Read the password (and one-time code) from stdin, one per line.
     #[arg(long)]
     password_stdin: bool,
+    /// Trust this CA certificate file (PEM) too, for a wss:// server with a private CA.
+    #[arg(long, env = "POOLGATE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     action: AdminAction,
 }
@@ -85,6 +88,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         token_file,
         password_stdin: args.password_stdin,
         sso: false,
+        ca_file: args.ca_file,
     };
     let (method, call) = args.action.request();
     let result =

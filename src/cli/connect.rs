@@ -30,6 +30,9 @@ pub struct ConnectArgs {
     /// Open the launcher with the system's viewer.
     #[arg(long)]
     open: bool,
+    /// Trust this CA certificate file (PEM) too, for a wss:// server with a private CA.
+    #[arg(long, env = "POOLGATE_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 /// Signs in, runs both steps with live progress and writes the launcher file.
@@ -46,5 +49,6 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<()> {
         password_stdin: args.password_stdin,
         sso: args.sso,
         open: args.open,
+        ca_file: args.ca_file,
     }))
 }

@@ -15,6 +15,26 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
+/// How a command's failure is printed: `error: WHAT`, then each cause on its own line — what
+/// a person needs. `verbose` (`-v`, or `RUST_LOG` set) adds the debug form, with the backtrace
+/// when `RUST_BACKTRACE` asks for one; never by default, whatever the environment holds.
+pub fn error_report(error: &anyhow::Error, verbose: bool) -> String {
+    if verbose {
+        return format!("error: {error:?}");
+    }
+    let mut text = format!("error: {error}");
+    let mut last = error.to_string();
+    for cause in error.chain().skip(1) {
+        // Wrappers often repeat their source's text ("IO error: X", then "X").
+        let cause = cause.to_string();
+        if !last.contains(&cause) {
+            text.push_str(&format!("\n  because: {cause}"));
+        }
+        last = cause;
+    }
+    text
+}
+
 /// A single-threaded runtime for the commands that make a few requests and exit.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

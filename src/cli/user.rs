@@ -31,9 +31,17 @@ enum UserAction {
         full_name: Option<String>,
         #[arg(long)]
         email: Option<String>,
+        /// Accept a password shorter than 8 characters or easy to guess (for tests only).
+        #[arg(long)]
+        allow_weak: bool,
     },
     /// Set a user's password (read from stdin or prompted for).
-    Passwd { username: String },
+    Passwd {
+        username: String,
+        /// Accept a password shorter than 8 characters or easy to guess (for tests only).
+        #[arg(long)]
+        allow_weak: bool,
+    },
     /// Disable a user (or enable again with --enable).
     Disable {
         username: String,
@@ -74,6 +82,9 @@ struct DirectoryTotp {
     /// Read the admin's password (and one-time code) from stdin, one per line.
     #[arg(long, requires = "directory")]
     password_stdin: bool,
+    /// Trust this CA certificate file (PEM) too, for a wss:// server with a private CA.
+    #[arg(long, env = "POOLGATE_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 /// Applies one action to the file and saves it (listing only reads).
@@ -93,8 +104,12 @@ pub fn run(args: UserArgs) -> anyhow::Result<()> {
             roles,
             full_name,
             email,
+            allow_weak,
         } => {
-            let hash = hash_password(&super::read_password()?)?;
+            if users.contains(&username)? {
+                anyhow::bail!("{username:?} is already a user of {}", args.file.display());
+            }
+            let hash = hash_password(&new_password(&username, allow_weak)?)?;
             let id = users.add(
                 &username,
                 &hash,
@@ -105,8 +120,17 @@ pub fn run(args: UserArgs) -> anyhow::Result<()> {
             users.save()?;
             println!("added {username} ({id})");
         }
-        UserAction::Passwd { username } => {
-            let hash = hash_password(&super::read_password()?)?;
+        UserAction::Passwd {
+            username,
+            allow_weak,
+        } => {
+            if !users.contains(&username)? {
+                anyhow::bail!(
+                    "{username:?} is not a user of {} (`poolgate user list` shows who is)",
+                    args.file.display()
+                );
+            }
+            let hash = hash_password(&new_password(&username, allow_weak)?)?;
             users.set_password(&username, &hash)?;
             users.save()?;
             println!("password changed for {username}");
@@ -116,7 +140,16 @@ pub fn run(args: UserArgs) -> anyhow::Result<()> {
             users.save()?;
             println!("{username} {}", if enable { "enabled" } else { "disabled" });
         }
-        UserAction::List => list(&mut users)?,
+        UserAction::List => {
+            if !args.file.exists() {
+                anyhow::bail!(
+                    "there is no users file {} (give --file or POOLGATE_USERS_FILE; `poolgate \
+                     user add` makes one)",
+                    args.file.display()
+                );
+            }
+            list(&mut users, &args.file)?
+        }
         UserAction::Totp { username, .. } => {
             let secret = TotpSecret::generate_base32();
             let url = TotpSecret::from_base32(&secret, &username)?.otpauth_url()?;
@@ -155,6 +188,7 @@ fn enrol_directory_user(name: &str, o: &DirectoryTotp) -> anyhow::Result<()> {
             .unwrap_or_else(|| super::default_token_file(server, admin)),
         password_stdin: o.password_stdin,
         sso: false,
+        ca_file: o.ca_file.clone(),
     };
     let key = if name.contains('=') { "dn" } else { "username" };
     let args = serde_json::json!({ key: name, "disable": o.disable });
@@ -171,12 +205,31 @@ fn enrol_directory_user(name: &str, o: &DirectoryTotp) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn list(users: &mut UsersFile) -> anyhow::Result<()> {
+/// A new password, read as `read_password` does, refused when too short or easy to guess
+/// (unless `allow_weak`).
+fn new_password(username: &str, allow_weak: bool) -> anyhow::Result<String> {
+    let password = super::read_password()?;
+    if !allow_weak && let Err(why) = crate::auth::password::check_new_password(&password, username)
+    {
+        anyhow::bail!("{why}");
+    }
+    Ok(password)
+}
+
+fn list(users: &mut UsersFile, file: &std::path::Path) -> anyhow::Result<()> {
+    let listed = users.list()?;
+    if listed.is_empty() {
+        println!(
+            "{} holds no users (`poolgate user add NAME` adds one)",
+            file.display()
+        );
+        return Ok(());
+    }
     println!(
         "{:<20} {:<36} {:<8} {:<15} roles",
         "username", "id", "status", "mfa"
     );
-    for u in users.list()? {
+    for u in listed {
         let status = if u.disabled { "disabled" } else { "active" };
         println!(
             "{:<20} {:<36} {:<8} {:<15} {}",

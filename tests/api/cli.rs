@@ -331,7 +331,16 @@ fn user_cmd(file: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::
 async fn user_subcommands_edit_the_users_file_and_the_server_accepts_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users.toml");
+    let out = user_cmd(&users, &["list"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("there is no users file"),
+        "{err}"
+    );
     std::fs::write(&users, "# Staff accounts: keep this comment.\n").unwrap();
+    let out = user_cmd(&users, &["list"], None);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("holds no users"), "{said}");
 
     let out = user_cmd(
         &users,
@@ -345,7 +354,7 @@ async fn user_subcommands_edit_the_users_file_and_the_server_accepts_the_result(
             "--email",
             "a@example.com",
         ],
-        Some("first-pass\n"),
+        Some("first-pass-ochre-42\n"),
     );
     assert!(
         out.status.success(),
@@ -354,9 +363,25 @@ async fn user_subcommands_edit_the_users_file_and_the_server_accepts_the_result(
     );
     let out = user_cmd(&users, &["add", "alice"], Some("x\n"));
     assert!(!out.status.success(), "no duplicate users");
-    let out = user_cmd(&users, &["passwd", "alice"], Some("second-pass\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already a user"),
+        "said before a password is asked: {err}"
+    );
+    // A password for a user the file does not have: said so, not "empty password".
+    let out = user_cmd(&users, &["passwd", "nobody"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nobody\" is not a user of"), "{err}");
+    // NIST SP 800-63B: at least 8 characters, nothing a guesser tries first.
+    for weak in ["bob12", "password1", "bobbobbob"] {
+        let out = user_cmd(&users, &["add", "bob"], Some(&format!("{weak}\n")));
+        assert!(!out.status.success(), "{weak} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: the password"), "{weak}: {err}");
+    }
+    let out = user_cmd(&users, &["passwd", "alice"], Some("second-pass-umber-17\n"));
     assert!(out.status.success());
-    let out = user_cmd(&users, &["add", "bob"], Some("bob-pass\n"));
+    let out = user_cmd(&users, &["add", "bob"], Some("bob-pass-teal-93\n"));
     assert!(out.status.success());
     let out = user_cmd(&users, &["disable", "bob"], None);
     assert!(out.status.success());
@@ -413,12 +438,15 @@ async fn user_subcommands_edit_the_users_file_and_the_server_accepts_the_result(
     let reply = c
         .rpc(
             "auth",
-            json!({"username": "alice", "password": "second-pass", "otp_code": code}),
+            json!({"username": "alice", "password": "second-pass-umber-17", "otp_code": code}),
         )
         .await;
     assert_eq!(reply["name"], "response", "{reply}");
     let reply = c
-        .rpc("auth", json!({"username": "bob", "password": "bob-pass"}))
+        .rpc(
+            "auth",
+            json!({"username": "bob", "password": "bob-pass-teal-93"}),
+        )
         .await;
     assert_eq!(error_code(&reply), 403, "bob is disabled");
 }
@@ -694,7 +722,7 @@ fn user_edits_keep_the_users_files_mode_and_replace_it_atomically() {
     std::fs::write(&users, "").unwrap();
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o640)).unwrap();
     let before = std::fs::metadata(&users).unwrap();
-    let out = user_cmd(&users, &["add", "carol"], Some("carol-pass\n"));
+    let out = user_cmd(&users, &["add", "carol"], Some("carol-pass-sienna-58\n"));
     assert!(
         out.status.success(),
         "{}",
@@ -721,7 +749,7 @@ fn user_edits_as_root_keep_the_users_files_owner_and_group() {
         std::os::unix::fs::chown(&users, Some(4242), Some(4343)).is_ok(),
         "this test needs root (it gives the file to another owner)"
     );
-    let out = user_cmd(&users, &["add", "carol"], Some("carol-pass\n"));
+    let out = user_cmd(&users, &["add", "carol"], Some("carol-pass-sienna-58\n"));
     assert!(
         out.status.success(),
         "{}",

@@ -221,3 +221,67 @@ async fn every_response_over_tls_carries_strict_transport_security() {
     let resp = reqwest::get(plain.url("/api/v2/health/")).await.unwrap();
     assert!(resp.headers().get("strict-transport-security").is_none());
 }
+
+/// `poolgate admin` against `wss://localhost:PORT/` with the server's self-signed certificate:
+/// status, stdout, stderr.
+async fn admin_over_wss(
+    app: &TestApp,
+    ca_file: Option<&std::path::Path>,
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_poolgate"));
+    command
+        .args(["admin", "--server"])
+        .arg(format!("wss://localhost:{}/", app.addr.port()))
+        .args(["--user", "astravdi", "--password-stdin", "--token-file"])
+        .arg(dir.path().join("token"))
+        // Whatever the environment asks for, a failure is one short message.
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("POOLGATE_CA_FILE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(file) = ca_file {
+        command.arg("--ca-file").arg(file);
+    }
+    let mut child = command.arg("sessions").spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    let out = tokio::time::timeout(REPLY_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("admin finishes")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The client commands over `wss://` in the binary built with the tests (whose
+/// dev-dependencies link a second rustls crypto provider): no panic; a private CA is trusted
+/// with `--ca-file`; without it, one clear error, no backtrace.
+#[tokio::test]
+async fn the_client_commands_trust_a_private_ca_given_with_ca_file() {
+    let cert = make_cert();
+    let app = tls_app(&cert).await;
+    let (ok, stdout, stderr) = admin_over_wss(&app, Some(&cert.cert)).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("astravdi"), "the sessions: {stdout}");
+
+    let (ok, _, stderr) = admin_over_wss(&app, None).await;
+    assert!(!ok);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot connect to wss://localhost:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    assert!(stderr.lines().count() <= 4, "{stderr}");
+}
