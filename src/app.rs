@@ -123,10 +123,11 @@ impl Application {
             tracing::info!(%at, "metrics listening (http://{at}/metrics); not served on the main port");
             crate::server::spawn_metrics(listener, &state);
         }
+        let portal = portal_url(&state.config, addr, tls.is_some());
         if tls.is_some() {
-            tracing::info!(%addr, "poolgate listening with TLS (WebSocket RPC at wss://{addr}/)");
+            tracing::info!(%addr, "poolgate listening with TLS (WebSocket RPC at wss://{addr}/; portal: {portal})");
         } else {
-            tracing::info!(%addr, "poolgate listening (WebSocket RPC at ws://{addr}/)");
+            tracing::info!(%addr, "poolgate listening (WebSocket RPC at ws://{addr}/; portal: {portal})");
         }
         crate::server::run(listener, tls, state).await;
         Ok(())
@@ -179,5 +180,20 @@ impl Drop for StopOnDrop {
         self.0.stop_now.cancel();
         // `stopped` waits for the tracker to be closed as well as empty.
         self.0.tracker.close();
+    }
+}
+
+/// Where a person opens the web portal: `public_url` when set, else this address (`localhost`
+/// for an address on every interface or on loopback: browsers allow security keys there).
+fn portal_url(config: &Config, addr: std::net::SocketAddr, tls: bool) -> String {
+    if let Some(url) = &config.public_url {
+        return format!("{}/", url.trim_end_matches('/'));
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let ip = addr.ip();
+    if ip.is_unspecified() || ip.is_loopback() {
+        format!("{scheme}://localhost:{}/", addr.port())
+    } else {
+        format!("{scheme}://{addr}/")
     }
 }
