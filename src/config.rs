@@ -314,7 +314,8 @@ impl Config {
             || self
                 .public_url
                 .as_deref()
-                .is_some_and(|url| url.starts_with("https://"))
+                .and_then(|url| url.get(..8))
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
     }
 
     /// The host names this server answers browsers on (see `http::check_origin`): the

@@ -113,7 +113,31 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
                 ),
             )
         })
+        .chain(cleartext_sso(config))
         .collect()
+}
+
+/// Single sign-on over plain http beyond this machine: its cookies (the portal's one-time
+/// code, the sign-in's `state`) can then be set by any page served on the same host name, so
+/// another site there could sign a person's portal in as someone else.
+fn cleartext_sso(config: &Config) -> Option<Problem> {
+    let url = config.public_url.as_deref()?;
+    config.oidc.as_ref()?;
+    let http = url
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+    if !http || crate::domain::is_loopback_url(url) {
+        return None;
+    }
+    Some(Problem::new(
+        &["public_url"],
+        format!(
+            "{url} is plain http: with [oidc], single sign-on's cookies can be set by any other \
+             page on that host name (another port, a sibling site), and sign-ins cross the \
+             network in clear text; serve browsers over https (tls_cert, or a proxy) with a \
+             host name that serves nothing else"
+        ),
+    ))
 }
 
 /// Each pool's Guacamole gateway loads: its key is readable and well formed (never quoted).

@@ -66,18 +66,19 @@ impl Authenticator {
         peer: IpAddr,
     ) -> Result<Poll, Error> {
         let sso = self.sso()?;
-        self.lockout.check_address(peer).await?;
+        self.lockout.sso_check(peer).await?;
         let key = user_code::normalise(typed).map(|c| sso::key("handoff", &c));
         let handoff = match &key {
             Some(key) => self.store.handoff_get(key).await?,
             None => None,
         };
         let (Some(key), Some(handoff)) = (key, handoff) else {
-            self.lockout.unknown_token(peer).await?;
+            self.lockout.sso_count(peer).await?;
             log_refused(peer, "a poll of an unknown or expired hand-off code");
             return Ok(Poll::Expired);
         };
-        if Waiter::parse(&handoff.waiter).who != rest_waiter(device_code) {
+        let waiter = Waiter::parse(&handoff.waiter);
+        if waiter.who != rest_waiter(device_code) {
             return self
                 .refused(peer, "a poll of another client's hand-off")
                 .await;
@@ -88,7 +89,7 @@ impl Authenticator {
         if handoff.done.is_none() {
             return Ok(Poll::Pending);
         }
-        Ok(match self.sso_redeem(&key, peer).await? {
+        Ok(match self.sso_redeem(&key, waiter.from).await? {
             Some(user) => Poll::Done(user),
             None => Poll::Expired,
         })
@@ -108,8 +109,8 @@ impl Authenticator {
     /// keep more of them than its `lockout_address_attempts`, nor fill the store.
     pub async fn sso_handoff(&self, waiter: &Waiter) -> Result<(String, SsoHandoff), Error> {
         let sso = self.sso()?;
-        self.lockout.check_address(waiter.from).await?;
-        self.lockout.unknown_token(waiter.from).await?;
+        self.lockout.sso_check(waiter.from).await?;
+        self.lockout.sso_count(waiter.from).await?;
         let code = user_code::generate();
         let key = sso::key("handoff", &code);
         let handoff = Handoff {
@@ -138,17 +139,21 @@ impl Authenticator {
         let handoff = match handoff {
             Some(typed) => Some(self.live_handoff(typed, peer).await?),
             None => {
-                self.lockout.check_address(peer).await?;
+                self.lockout.sso_check(peer).await?;
                 None
             }
         };
         let client = sso.client().await.map_err(|e| provider_fault(sso, &e))?;
-        self.lockout.unknown_token(peer).await?;
+        self.lockout.sso_count(peer).await?;
         let (url, login) = client.begin(handoff.is_some());
         let state = login.state.clone();
         let key = sso::key("state", &state);
-        let pending =
-            serde_json::to_string(&Pending { login, handoff }).map_err(Error::internal)?;
+        let pending = serde_json::to_string(&Pending {
+            login,
+            handoff,
+            from: Some(peer),
+        })
+        .map_err(Error::internal)?;
         let expires = now_ms() + PENDING_TTL.as_millis() as u64;
         self.store.sso_put(&key, &pending, expires).await?;
         Ok((url, state))
@@ -172,10 +177,26 @@ impl Authenticator {
         })
     }
 
+    /// A hand-off its client gave up (signed out, closed, asked for another): gone from the
+    /// store, so that its link signs nobody in, and its count given back to `from`.
+    pub async fn sso_cancel(&self, key: &str, from: IpAddr) -> Result<(), Error> {
+        // Marked done by nobody (unless a person just did), then taken: no one else can
+        // take or complete it after this.
+        let nobody = SsoOutcome {
+            user_id: uuid::Uuid::nil(),
+            otp_due: false,
+        };
+        self.store.handoff_complete(key, &nobody).await?;
+        if self.store.handoff_take(key).await?.is_some() {
+            self.lockout.sso_give_back(from).await?;
+        }
+        Ok(())
+    }
+
     /// The store key of a live hand-off not yet done, from a user code as typed; anything else
     /// counts against the address like a made-up token.
     async fn live_handoff(&self, typed: &str, peer: IpAddr) -> Result<String, Error> {
-        self.lockout.check_address(peer).await?;
+        self.lockout.sso_check(peer).await?;
         if let Some(code) = user_code::normalise(typed) {
             let key = sso::key("handoff", &code);
             if let Some(handoff) = self.store.handoff_get(&key).await?
@@ -191,7 +212,7 @@ impl Authenticator {
     /// Counts a refused code or `state` against the address, logs it (rate-limited) and
     /// answers 401.
     async fn refused<T>(&self, peer: IpAddr, what: &str) -> Result<T, Error> {
-        self.lockout.unknown_token(peer).await?;
+        self.lockout.sso_count(peer).await?;
         self.metrics.login("denied");
         log_refused(peer, what);
         Err(Error::InvalidSsoCode)
@@ -210,7 +231,7 @@ impl Authenticator {
     ) -> Result<CallbackDone, Error> {
         let sso = self.sso()?;
         let callback = Callback::from_query(query);
-        self.lockout.check_address(peer).await?;
+        self.lockout.sso_check(peer).await?;
         let pending = match callback.state.as_deref().filter(|s| !s.is_empty()) {
             Some(state) => self.store.sso_take(&sso::key("state", state)).await?,
             None => None,
@@ -243,8 +264,11 @@ impl Authenticator {
             }
         };
         sso.healthy();
-        // The sign-in begun by /oidc/login came back: its count is given back.
-        self.lockout.give_back(peer).await?;
+        // The sign-in begun by /oidc/login came back: its count is given back to the address
+        // that began it.
+        self.lockout
+            .sso_give_back(pending.from.unwrap_or(peer))
+            .await?;
         let (user, otp_due) = self.federated_user(&identity).await?;
         let outcome = SsoOutcome {
             user_id: user.id,
@@ -335,7 +359,7 @@ impl Authenticator {
     /// provider calls by that name is refused. To give the account to another person, an
     /// administrator removes the pin (`admin_unpin_sso`, `poolgate admin unpin-sso USER`).
     async fn pin_local(&self, local: &User, id: &VerifiedIdentity) -> Result<(), Error> {
-        let pin_id = users::local_pin_id(&local.username);
+        let pin_id = users::local_pin_id(&local.id);
         // A pin an administrator removed is kept with no issuer.
         let pin = self
             .store
@@ -378,7 +402,7 @@ impl Authenticator {
                 "No local user {username:?} who signs in through the provider."
             )));
         };
-        let pin_id = users::local_pin_id(&local.username);
+        let pin_id = users::local_pin_id(&local.id);
         let pinned = self
             .store
             .federated_user_get(pin_id)
@@ -403,7 +427,11 @@ impl Authenticator {
     /// the one-time code challenge still due). Unknown, used or expired: 401, counted.
     pub async fn sso_exchange(&self, code: &str, peer: IpAddr) -> Result<Arc<User>, Error> {
         self.sso()?;
-        self.lockout.check_address(peer).await?;
+        self.lockout.sso_check(peer).await?;
+        if code.is_empty() {
+            // No code at all (a page opened at /?sso=1 without one): nothing was guessed.
+            return Err(Error::InvalidSsoCode);
+        }
         let taken = match code.len() {
             1..=64 => self.store.sso_take(&sso::key("portal", code)).await?,
             _ => None,
@@ -425,7 +453,7 @@ impl Authenticator {
         let Some(outcome) = self.store.handoff_take(key).await? else {
             return Ok(None);
         };
-        self.lockout.give_back(peer).await?;
+        self.lockout.sso_give_back(peer).await?;
         let result = self.outcome_user(outcome).await;
         self.record(result).map(Some)
     }
@@ -533,6 +561,13 @@ fn check_provider_username(name: &str) -> Result<(), &'static str> {
     }
     if name.contains(':') {
         return Err("it holds a colon");
+    }
+    {
+        use unicode_normalization::UnicodeNormalization;
+        // Fullwidth letters, ligatures and the like would pass for another name.
+        if name.nfkc().ne(name.chars()) {
+            return Err("it is not in Unicode normal form NFKC");
+        }
     }
     Ok(())
 }

@@ -84,6 +84,10 @@ fn addr_key(addr: IpAddr) -> String {
     format!("addr:{}", address_key(addr))
 }
 
+fn sso_key(addr: IpAddr) -> String {
+    format!("sso:{}", address_key(addr))
+}
+
 /// A key of one (address, username) pair under `kind`. The username is the last part: it may
 /// contain anything, the address cannot.
 fn pair_kind_key(kind: &str, username: &str, addr: IpAddr) -> String {
@@ -409,10 +413,33 @@ impl Lockout {
         Ok(())
     }
 
-    /// Takes back one count of the address: something counted while under way (a single
-    /// sign-on begun, a hand-off waiting) came to a good end.
-    pub async fn give_back(&self, addr: IpAddr) -> Result<(), Error> {
-        self.store.failures_undo(&addr_key(addr)).await?;
+    /// Single sign-on's own count of an address, apart from the passwords': sign-ins begun
+    /// at `/oidc/login`, hand-offs waiting, and codes or `state`s that were refused. Any page
+    /// a person visits can make their browser open those URLs, so they must never lock the
+    /// address's password sign-ins; at `address_attempts` in `window` only the address's new
+    /// single sign-ons are refused.
+    pub async fn sso_check(&self, addr: IpAddr) -> Result<(), Error> {
+        if self.store.failures_get(&sso_key(addr)).await? >= self.address_attempts {
+            self.log_refusal("single sign-on count", addr);
+            return Err(Error::RateLimited(format!(
+                "Too many single sign-ons begun or codes tried from this address; try again \
+                 in up to {} minutes.",
+                self.window.as_secs().div_ceil(60)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts one against the address's single sign-on count ([`Lockout::sso_check`]).
+    pub async fn sso_count(&self, addr: IpAddr) -> Result<(), Error> {
+        self.store.failures_add(&sso_key(addr), self.window).await?;
+        Ok(())
+    }
+
+    /// Takes back one count of the address's single sign-on count: a sign-in begun or a
+    /// hand-off came to an end (used, or given up).
+    pub async fn sso_give_back(&self, addr: IpAddr) -> Result<(), Error> {
+        self.store.failures_undo(&sso_key(addr)).await?;
         Ok(())
     }
 }

@@ -42,6 +42,9 @@ pub struct Pending {
     pub login: PendingLogin,
     /// The hand-off (its key) this sign-in completes; none for the portal.
     pub handoff: Option<String>,
+    /// The address that began it (its single sign-on count is given back to it).
+    #[serde(default)]
+    pub from: Option<std::net::IpAddr>,
 }
 
 /// The provider people sign in at, and what single sign-on keeps in this process.

@@ -104,13 +104,20 @@ pub fn federated_user_id(issuer: &str, subject: &str) -> Uuid {
     )
 }
 
+/// A name as compared for look-alikes: Unicode NFKC (fullwidth letters, the Kelvin sign… as
+/// the letters they stand for), then lower case.
+pub fn fold(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfkc().collect::<String>().to_lowercase()
+}
+
 /// The id under which the store keeps which provider person (issuer, subject) a local
 /// `adfs_enabled` user is (their pin, set at their first single sign-on). Never a session's
 /// user id.
-pub fn local_pin_id(username: &str) -> Uuid {
+pub fn local_pin_id(user: &Uuid) -> Uuid {
     Uuid::new_v5(
         &FEDERATED_NAMESPACE,
-        format!("local pin\n{username}").as_bytes(),
+        format!("local pin\n{user}").as_bytes(),
     )
 }
 
@@ -248,13 +255,14 @@ impl UserDirectory {
         self.by_name.get(username)
     }
 
-    /// The local user of this name in any case (`Ann` for `ann`): the exact name first.
+    /// The local user of this name in any case or compatibility form (`Ann` and `ＡＮＮ` for
+    /// `ann`: Unicode NFKC, then lower case): the exact name first.
     pub fn by_name_any_case(&self, username: &str) -> Option<&Arc<User>> {
         self.by_name(username).or_else(|| {
-            let folded = username.to_lowercase();
+            let folded = fold(username);
             self.by_name
                 .iter()
-                .find(|(name, _)| name.to_lowercase() == folded)
+                .find(|(name, _)| fold(name) == folded)
                 .map(|(_, user)| user)
         })
     }

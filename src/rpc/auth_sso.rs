@@ -129,7 +129,14 @@ impl Waiting {
             }
         };
         sso.unwait(&self.key);
-        let Some(outcome) = outcome else { return };
+        let Some(outcome) = outcome else {
+            // Given up (signed out, socket closed, another hand-off asked for): its link must
+            // sign nobody in.
+            if let Err(e) = self.state.auth.sso_cancel(&self.key, self.peer).await {
+                tracing::warn!(conn_id = self.conn_id, error = %e, "a given-up hand-off could not be removed; it expires by itself");
+            }
+            return;
+        };
         let args = match outcome {
             Ok(user) => match self
                 .state

@@ -65,8 +65,12 @@ struct LoginQuery {
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(query): Query<LoginQuery>,
 ) -> Response {
+    if let Some(refused) = not_a_page_load(&headers) {
+        return refused;
+    }
     if let Some(typed) = &query.handoff {
         let code = user_code::normalise(typed).unwrap_or_default();
         return redirect(&format!(
@@ -91,6 +95,26 @@ async fn to_provider(state: &AppState, handoff: Option<&str>, peer: SocketAddr) 
         }
         Err(e) => failure(&e),
     }
+}
+
+/// A request for one of these pages that a browser did not make to show it (an image, a
+/// script, a frame another site's page asked for: `Sec-Fetch-Dest` says so) is refused before
+/// anything is counted: a page could otherwise spend the single sign-on count of every
+/// visitor's address with a hundred `<img>` tags. Clients that send no such header (not a
+/// browser, or an old one) are served.
+fn not_a_page_load(headers: &HeaderMap) -> Option<Response> {
+    let dest = headers.get("sec-fetch-dest")?.to_str().ok()?;
+    if dest == "document" {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::BAD_REQUEST,
+            "poolgate: open this address in the browser itself (not as an image, script or \
+             frame).\n",
+        )
+            .into_response(),
+    )
 }
 
 /// The cookie that binds a sign-in's `state` to the browser that started it.
@@ -131,6 +155,9 @@ async fn callback(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if let Some(refused) = not_a_page_load(&headers) {
+        return refused;
+    }
     let query = query.unwrap_or_default();
     let browser_state = cookie(&state, &headers, STATE_COOKIE);
     let mut response = match state
@@ -202,7 +229,10 @@ async fn device(
             ),
         );
     };
-    // A code that is not a live hand-off counts against the address as a made-up token.
+    if let Some(refused) = not_a_page_load(&headers) {
+        return refused;
+    }
+    // A code that is not a live hand-off counts against the address's single sign-ons.
     let seen = match state.auth.sso_check_code(&code, peer.ip()).await {
         Ok(seen) => seen,
         Err(e) => return failure(&e),
@@ -243,15 +273,20 @@ async fn device(
         max_age,
         "Strict",
     );
-    // The form's answer is a redirect to the provider: allowed as a form's target.
-    if let Ok(client) = sso.client().await
-        && let Some(origin) = origin_of(&client.discovered().authorization_endpoint)
-        && let Ok(csp) = HeaderValue::from_str(&page_policy(&origin))
-    {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_SECURITY_POLICY, csp);
-    }
+    let headers = response.headers_mut();
+    // The form's POST must carry this page's Origin (under `no-referrer` browsers send
+    // `Origin: null`, which `confirm` refuses).
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    // The form's answer is a redirect to the provider, whose sign-in may pass through other
+    // origins (a federated provider): browsers check `form-action` along the whole chain,
+    // so this page sets none (it has no other form, and runs no script).
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DEVICE_POLICY),
+    );
     response
 }
 
@@ -279,7 +314,7 @@ async fn confirm(
         !form.token.is_empty() && bool::from(c.as_bytes().ct_eq(form.token.as_bytes()))
     });
     if cross_site || !ours || state.config.check_browser(&headers).is_err() {
-        tracing::warn!(%peer, "a hand-off confirmation not from this server's own page was refused");
+        crate::warn_refusal!(%peer, "a hand-off confirmation not from this server's own page was refused (at most one line per 10 s, with the count)");
         let code = user_code::normalise(&form.user_code).unwrap_or_default();
         return redirect(&format!(
             "{DEVICE_PATH}?user_code={}",
@@ -287,12 +322,6 @@ async fn confirm(
         ));
     }
     to_provider(&state, Some(&form.user_code), peer).await
-}
-
-/// The origin (`scheme://host[:port]`) of a URL.
-fn origin_of(url: &str) -> Option<String> {
-    let url = openidconnect::url::Url::parse(url).ok()?;
-    Some(url.origin().ascii_serialization()).filter(|o| o != "null")
 }
 
 /// The link of a code as a QR code, with the code beside it.
@@ -414,13 +443,10 @@ fn failure(error: &Error) -> Response {
 const PAGE_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
                            form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
-/// [`PAGE_POLICY`] with a form that leads on to the provider's `origin`.
-fn page_policy(origin: &str) -> String {
-    PAGE_POLICY.replace(
-        "form-action 'self'",
-        &format!("form-action 'self' {origin}"),
-    )
-}
+/// The hand-off confirmation page's policy: [`PAGE_POLICY`] without `form-action` (its form
+/// leads on to the provider, through whichever origins the provider's sign-in takes).
+const DEVICE_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+                             base-uri 'none'; frame-ancestors 'none'";
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(

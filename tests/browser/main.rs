@@ -136,6 +136,49 @@ async fn single_sign_on_at_the_provider_signs_the_portal_in(b: Browser) {
     )
     .await;
     b.shot("05-qr-page").await;
+
+    // A thin client's hand-off, completed in this browser: the device page, its confirmation
+    // form, the provider's form again (a device is never signed in by a session alone), and
+    // the socket gets its token.
+    let mut thin = app.connect().await;
+    let reply = thin.rpc("auth_sso", json!({})).await;
+    let link = reply["args"]["verification_uri_complete"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"))
+        .to_owned();
+    b.client.goto(&link).await.unwrap();
+    b.until(
+        "document.getElementById('confirm')",
+        "the confirmation form",
+    )
+    .await;
+    b.shot("06-confirm").await;
+    b.click("#confirm").await;
+    b.until(
+        "document.getElementById('sign-in')",
+        "the provider's form again",
+    )
+    .await;
+    b.type_into("username", USER.0).await;
+    b.type_into("password", USER.1).await;
+    b.click("#sign-in").await;
+    b.until(
+        "document.getElementById('done')",
+        "the hand-off's last page",
+    )
+    .await;
+    b.shot("07-device-signed-in").await;
+    let pushed = tokio::time::timeout(STEP, async {
+        loop {
+            let frame = thin.recv().await;
+            if frame["name"] == "auth_sso" {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("the socket's token");
+    assert_eq!(pushed["args"]["code"], 200, "{pushed}");
     app.stop().await;
 }
 

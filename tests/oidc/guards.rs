@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use poolgate_test_common::helpers::PASSWORD;
 use poolgate_test_common::oidc_provider::{CASE, COLON, IMPOSTOR, USER};
 use serde_json::json;
 
@@ -71,12 +72,25 @@ pub async fn signing_out_gives_up_a_waiting_hand_off() {
         .to_owned();
     let out = client.rpc("auth_clear", json!({})).await;
     assert_eq!(out["name"], "response", "{out}");
-    // The person signs in at the provider anyway: the socket that signed out gets nothing.
-    let (status, _, page) = site
-        .sign_in(&path_of(&complete, &site.public_url), USER)
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let pushed = tokio::time::timeout(Duration::from_secs(2), client.recv()).await;
+    // The hand-off is gone: its link signs nobody in (the confirmation page refuses it).
+    let device = format!(
+        "{}{}",
+        site.public_url,
+        path_of(&complete, &site.public_url)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, page) = Agent::at(&site.public_url).get(&device).await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still offered: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pushed = tokio::time::timeout(Duration::from_millis(500), client.recv()).await;
     assert!(pushed.is_err(), "a frame after signing out: {pushed:?}");
     let pools = client.rpc("pools", json!({})).await;
     assert_eq!(pools["args"]["code"], 401, "{pools}");
@@ -133,4 +147,86 @@ pub async fn hand_offs_count_against_the_address_until_used_and_never_lock_their
         .get(&format!("{}/oidc/login", site.public_url))
         .await;
     assert_eq!(status, 429);
+    // Single sign-on's count is its own: the address's password sign-ins are untouched.
+    let mut other = site.app.connect().await;
+    let reply = other
+        .rpc(
+            "auth",
+            json!({"username": "astravdi", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    // Closing the sockets gives their hand-offs up, and their counts back.
+    drop(sockets);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut client = site.app.connect().await;
+        let reply = client.rpc("auth_sso", json!({})).await;
+        if reply["args"]["code"] == 428 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn another_sites_images_cannot_spend_an_addresss_sign_ins() {
+    let site = site(|c| c.lockout_address_attempts = 5).await;
+    let http = reqwest::Client::new();
+    // What 100 <img> tags on another site's page make a visitor's browser send.
+    for path in [
+        "/oidc/device?user_code=BCDF-GHJK",
+        "/oidc/login",
+        "/oidc/callback?state=x",
+    ] {
+        for _ in 0..20 {
+            let answer = http
+                .get(site.app.url(path))
+                .header("sec-fetch-dest", "image")
+                .header("sec-fetch-site", "cross-site")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 400, "{path}");
+        }
+    }
+    // A page at /?sso=1 without a code cookie asks for nothing: not counted either.
+    for _ in 0..10 {
+        let mut page = site.app.connect().await;
+        let reply = page.rpc("auth_sso_code", json!({})).await;
+        assert_eq!(reply["args"]["code"], 401, "{reply}");
+    }
+    // Nothing was counted: the portal's sign-in still begins.
+    let (status, location, _) = Agent::at(&site.public_url)
+        .get(&format!("{}/oidc/login", site.public_url))
+        .await;
+    assert_eq!(status, 303, "{location:?}");
+    // Made-up codes typed in a browser are counted (5), against single sign-on only.
+    for _ in 0..5 {
+        let (status, _, _) = Agent::at(&site.public_url)
+            .get(&format!(
+                "{}/oidc/device?user_code=BCDF-GHJK",
+                site.public_url
+            ))
+            .await;
+        assert!(status == 401 || status == 429, "{status}");
+    }
+    let (status, _, _) = Agent::at(&site.public_url)
+        .get(&format!(
+            "{}/oidc/device?user_code=BCDF-GHJK",
+            site.public_url
+        ))
+        .await;
+    assert_eq!(status, 429);
+    let login = http
+        .post(site.app.url("/api/v2/users/login/"))
+        .json(&json!({"username": "astravdi", "password": PASSWORD, "ldap": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        login.status(),
+        200,
+        "the address's password sign-ins are untouched"
+    );
 }

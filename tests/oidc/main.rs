@@ -91,6 +91,10 @@ fn cases() -> Vec<(&'static str, Case)> {
                 )
             },
         ),
+        (
+            "sso::another_sites_images_cannot_spend_an_addresss_sign_ins",
+            || Box::pin(guards::another_sites_images_cannot_spend_an_addresss_sign_ins()),
+        ),
         ("sso::signing_out_gives_up_a_waiting_hand_off", || {
             Box::pin(guards::signing_out_gives_up_a_waiting_hand_off())
         }),

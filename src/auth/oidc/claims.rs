@@ -32,6 +32,8 @@ pub struct VerifiedIdentity {
     pub provider_mfa: bool,
     /// The raw ID token, for RP-initiated logout's `id_token_hint`. Never shown by `Debug`.
     pub id_token_hint: Option<String>,
+    /// When the person last signed in at the provider (`auth_time`, seconds), if it says.
+    pub auth_time: Option<i64>,
 }
 
 impl std::fmt::Debug for VerifiedIdentity {
@@ -104,6 +106,7 @@ fn identity_from_claims(
         amr,
         provider_mfa,
         id_token_hint: raw,
+        auth_time: claims.get("auth_time").and_then(Value::as_i64),
     })
 }
 

@@ -54,6 +54,10 @@ pub struct PendingLogin {
     pub nonce: String,
     pub pkce_verifier: String,
     pub created: DateTime<Utc>,
+    /// Whether the person must have signed in at the provider for this very sign-in (a
+    /// device's hand-off: `prompt=login`, `max_age=0`, `auth_time` checked).
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 impl std::fmt::Debug for PendingLogin {
@@ -219,7 +223,11 @@ impl OidcClient {
             request = request.add_scope(Scope::new(scope.clone()));
         }
         if fresh {
-            request = request.add_prompt(openidconnect::core::CoreAuthPrompt::Login);
+            // Both: not every provider honours `prompt=login`; `max_age=0` makes it say when
+            // the person signed in (`auth_time`), which `finish` checks.
+            request = request
+                .add_prompt(openidconnect::core::CoreAuthPrompt::Login)
+                .add_extra_param("max_age", "0");
         }
         let (url, state, nonce) = request.url();
         let pending = PendingLogin {
@@ -227,6 +235,7 @@ impl OidcClient {
             nonce: nonce.secret().clone(),
             pkce_verifier: verifier.secret().clone(),
             created: Utc::now(),
+            fresh,
         };
         (url.to_string(), pending)
     }
@@ -253,7 +262,14 @@ impl OidcClient {
         })?;
         let nonce = Nonce::new(pending.nonce.clone());
         self.verify(id_token, &nonce).await?;
-        claims::identity(&self.settings, &self.issuer, id_token)
+        let identity = claims::identity(&self.settings, &self.issuer, id_token)?;
+        // A device's sign-in: the person signed in at the provider after it began (a minute of
+        // clock skew allowed).
+        let began = pending.created.timestamp() - 60;
+        if pending.fresh && identity.auth_time.is_none_or(|at| at < began) {
+            return Err(OidcError::NotFresh);
+        }
+        Ok(identity)
     }
 
     /// The callback's own checks, before anything is sent: the provider's error, `state`,

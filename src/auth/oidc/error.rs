@@ -35,6 +35,13 @@ pub enum OidcError {
     /// The sign-in waited too long at the provider.
     #[error("the sign-in took too long; start again")]
     LoginExpired,
+    /// A sign-in for a device (`max_age=0`) came back without the person having signed in at
+    /// the provider for it (no `auth_time`, or one before the sign-in began).
+    #[error(
+        "the sign-in provider did not ask you to sign in again for this device; start again \
+         (an administrator may need to let the provider honour prompt=login / max_age)"
+    )]
+    NotFresh,
     /// The ID token is signed with an algorithm the provider did not advertise (or `none`).
     #[error("the ID token is signed with an algorithm that is not allowed: {0}")]
     DisallowedAlg(String),
