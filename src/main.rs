@@ -35,6 +35,8 @@ enum Command {
     Admin(cli::admin::AdminArgs),
     /// Manage users in a users file (or a config file with inline [[users]]).
     User(cli::user::UserArgs),
+    /// Copy the SQLite state to a file while the server runs (SQLite's online backup).
+    Backup(cli::backup::BackupArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,5 +64,6 @@ fn run(command: Option<Command>) -> anyhow::Result<()> {
         Some(Command::Connect(args)) => cli::connect::run(args),
         Some(Command::Admin(args)) => cli::admin::run(args),
         Some(Command::User(args)) => cli::user::run(args),
+        Some(Command::Backup(args)) => cli::backup::run(args),
     }
 }

@@ -1,9 +1,10 @@
 //! The `poolgate` command's subcommands, one file per command group, each a function that
 //! `main.rs` calls with the arguments clap parsed: `serve`, `check-config`, `hash-password`,
-//! `user`, `connect` and `admin`. What they share (reading a password, where a client keeps
+//! `user`, `connect`, `admin` and `backup`. What they share (reading a password, where a client keeps
 //! its token, a runtime for one-shot commands) is here.
 
 pub mod admin;
+pub mod backup;
 pub mod check;
 pub mod connect;
 pub mod hash_password;

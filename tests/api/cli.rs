@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -841,4 +842,81 @@ fn a_password_or_token_sent_over_ws_to_another_host_is_warned_about() {
             assert!(!err.contains("not encrypted"), "{quiet}: {err}");
         }
     }
+}
+
+/// `poolgate backup FILE` copies the SQLite state while the server runs (SQLite's online
+/// backup): the copy holds the session just opened, is 0600, and an existing file is refused;
+/// a Redis or memory state is told to use its own persistence.
+#[tokio::test]
+async fn backup_copies_the_sqlite_state_while_the_server_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let app = TestApp::spawn_with(|c| {
+        c.data_dir = data.clone();
+        c.state = poolgate::store::StateUrl::Sqlite(None);
+    })
+    .await;
+    let (_client, _token) = app.login("astravdi").await;
+    let copy = dir.path().join("copy.sqlite3");
+    let backup = |extra: &[&str]| {
+        Command::new(BIN)
+            .arg("backup")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .arg(&copy)
+            .output()
+            .unwrap()
+    };
+    // Sessions reach the file within `session_flush`; the copy is taken while serving.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = std::fs::remove_file(&copy);
+        let out = backup(&[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let copied = rusqlite::Connection::open(&copy).unwrap();
+        let sessions: i64 = copied
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        let check: String = copied
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        if sessions >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session in the copy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let out = backup(&[]);
+    assert!(!out.status.success(), "an existing file is not overwritten");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must not exist yet"), "{err}");
+
+    let redis = dir.path().join("redis.toml");
+    std::fs::write(&redis, "state = \"redis://127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["backup", "--config"])
+        .arg(&redis)
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("its own persistence"),
+        "{err}"
+    );
 }

@@ -220,3 +220,41 @@ fn systemd_analyze_verify_accepts_the_unit() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Debian package's unit (debian/poolgate.service) is examples/poolgate.service but for
+/// the binary's path (/usr/bin, where the package puts it), and the package's maintainer
+/// script makes the user, group and directories the unit needs, with the modes the README's
+/// steps give them.
+#[test]
+fn the_packages_unit_and_postinst_match_the_documented_install() {
+    let packaged = include_str!("../../debian/poolgate.service");
+    let body = |unit: &str| -> Vec<String> {
+        unit.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.replace("/usr/local/bin/poolgate", "/usr/bin/poolgate"))
+            .collect()
+    };
+    assert_eq!(
+        body(packaged),
+        body(UNIT),
+        "the two units differ beyond the path"
+    );
+    assert!(packaged.contains("ExecStart=/usr/bin/poolgate serve"));
+    let postinst = include_str!("../../debian/postinst");
+    for needed in [
+        "adduser --system --group --home /var/lib/poolgate",
+        "chmod 0750 /etc/poolgate",
+        "chmod 0640 /etc/poolgate/poolgate.toml",
+        "install -d -m 0700 -o poolgate -g poolgate /var/lib/poolgate",
+    ] {
+        assert!(postinst.contains(needed), "postinst lacks {needed:?}");
+    }
+    let cargo = include_str!("../../Cargo.toml");
+    for asset in [
+        "[\"debian/poolgate.service\", \"lib/systemd/system/poolgate.service\"",
+        "[\"examples/production.toml\", \"etc/poolgate/poolgate.toml\"",
+        "conf-files = [\"/etc/poolgate/poolgate.toml\"]",
+    ] {
+        assert!(cargo.contains(asset), "Cargo.toml's package lacks {asset}");
+    }
+}
