@@ -74,9 +74,10 @@ pub enum Error {
     #[error("Admin role required.")]
     AdminRequired,
     /// Step 1 refused: the pool cannot give this user a machine now, e.g. while a failed step
-    /// 1 holds it back (the mock's 403, `err_code` 800).
+    /// 1 holds it back (the mock's 403, `err_code` 800). `retry_after`: seconds until the pool
+    /// may be asked again (`failed_step_retry` after the failure), when that is known.
     #[error("Pool cannot be expanded.")]
-    PoolCannotExpand,
+    PoolCannotExpand { retry_after: Option<u64> },
     /// Step 2 asked for without a machine from step 1 (the mock's 409, `err_code` 801).
     #[error("No eligible machine found for user connection.")]
     NoEligibleMachine,
@@ -147,7 +148,7 @@ impl Error {
             Error::Disabled
             | Error::InsufficientPermissions
             | Error::AdminRequired
-            | Error::PoolCannotExpand => 403,
+            | Error::PoolCannotExpand { .. } => 403,
             Error::NotFound(_) => 404,
             Error::NoEligibleMachine => 409,
             Error::FrameTooLarge { .. } => 413,
@@ -164,7 +165,7 @@ impl Error {
         match self {
             Error::InvalidCredentials => Some(ERR_CODE_DEFAULT),
             Error::InsufficientPermissions | Error::AdminRequired => Some(900),
-            Error::PoolCannotExpand => Some(800),
+            Error::PoolCannotExpand { .. } => Some(800),
             Error::NoEligibleMachine => Some(801),
             Error::InvalidOtp => Some(103),
             Error::MfaRequired { kind, .. } => Some(kind.err_code()),
@@ -180,6 +181,18 @@ impl Error {
         args.insert("message".into(), json!(self.to_string()));
         if let Some(err_code) = self.err_code() {
             args.insert("err_code".into(), json!(err_code));
+        }
+        if let Error::PoolCannotExpand {
+            retry_after: Some(secs),
+        } = self
+        {
+            args.insert("retry_after".into(), json!(secs));
+            args.insert(
+                "detail".into(),
+                json!(format!(
+                    "The last request for a machine here failed; the pool can be asked again in {secs} s."
+                )),
+            );
         }
         if let Error::SsoRequired(handoff) = self {
             args.insert(

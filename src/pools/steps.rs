@@ -42,7 +42,9 @@ impl Pools {
                 {
                     Ok(Some(last))
                 }
-                TaskStatus::Failed if self.failure_holds(&last) => Err(Error::PoolCannotExpand),
+                TaskStatus::Failed if self.failure_holds(&last) => Err(Error::PoolCannotExpand {
+                    retry_after: self.retry_after(&last),
+                }),
                 // CANCELLED, COMPLETED whose machine has since been released, or a FAILED one
                 // whose window passed or that an operator cleared.
                 TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => Ok(None),
@@ -148,6 +150,14 @@ impl Pools {
         };
         let age = (chrono::Utc::now() - finished).to_std().unwrap_or_default();
         !task.cleared && age < self.timings.failed_step_retry
+    }
+
+    /// Seconds until a failed step 1 no longer holds the pool back (rounded up).
+    fn retry_after(&self, task: &Task) -> Option<u64> {
+        let finished = task.finished?;
+        let age = (chrono::Utc::now() - finished).to_std().unwrap_or_default();
+        let left = self.timings.failed_step_retry.saturating_sub(age);
+        Some(left.as_secs_f64().ceil().max(1.0) as u64)
     }
 
     /// Clears the user's FAILED step 1 in the pool, if one still holds the pool back: the
