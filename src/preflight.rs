@@ -7,37 +7,37 @@
 //! PING with the configured password, and the data directory (and a SQLite file's directory)
 //! can be written.
 //!
-//! Every problem names its key; [`render`] adds the line of that key in the config file.
+//! Every problem names its key; `Sources::render` adds the line and column of that key in the
+//! config file.
 //! Nothing here writes, except the short-lived probe file of the writability check under
 //! `connect`.
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::provision::ProvisionerConfig;
 use crate::store::StateUrl;
 
-/// One thing wrong with a config: which key, and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The key's path in the file, e.g. `["provisioners", "proxmox", "command"]`; an
-    /// environment variable's name when the value comes from there.
-    pub key: Vec<String>,
-    pub message: String,
-}
+pub use crate::domain::Problem;
 
-impl Problem {
-    fn new(key: &[&str], message: impl Into<String>) -> Self {
-        Problem {
-            key: key.iter().map(|k| (*k).to_owned()).collect(),
-            message: message.into(),
-        }
-    }
-
-    /// The key as written in a file (`provisioners.proxmox.command`).
-    pub fn key_path(&self) -> String {
-        self.key.join(".")
-    }
+/// Everything `check-config` and `serve` find in a config before anything is started, in one
+/// list: what reading the file found (`read`, keys of the files already), the rules and
+/// references of [`Config::problems`] and the files of [`files`] (keys of the config as read,
+/// named in the files through `sources`). One problem per key: the first found.
+pub fn problems(config: &Config, read: &[Problem], sources: &Sources) -> Vec<Problem> {
+    let mut all: Vec<Problem> = read.to_vec();
+    let found = config.problems().into_iter().chain(files(config));
+    // A provisioner whose table was refused is not also "undefined" for its pools.
+    let refused: Vec<String> = read
+        .iter()
+        .filter(|p| p.key.first().is_some_and(|k| k == "provisioners"))
+        .filter_map(|p| Some(format!("undefined provisioner {:?}", p.key.get(1)?)))
+        .collect();
+    let found = found.filter(|p| !refused.iter().any(|r| p.message.contains(r.as_str())));
+    all.extend(found.map(|p| sources.in_files(p)));
+    let mut seen = std::collections::HashSet::new();
+    all.retain(|p| p.key.is_empty() || seen.insert(p.key.clone()));
+    all
 }
 
 /// The checks that need nothing but the file system: run by `serve` before it binds and by
@@ -55,6 +55,7 @@ pub fn files(config: &Config) -> Vec<Problem> {
     }
     gateways(config, &mut problems);
     if let Some(d) = &config.directory
+        && d.problems().is_empty()
         && let Err(e) = crate::auth::directory::Directory::new(d.clone())
     {
         problems.push(Problem::new(&["directory"], format!("{e:#}")));
@@ -404,94 +405,9 @@ fn writable(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// The line (1-based) of a key in TOML text; when only a prefix of the path is there (the
-/// key is absent and a default applies), the line of the deepest part that is.
-/// A part that is a number picks a table of an array of tables (`pools.0.guacamole`).
-pub fn key_line(text: &str, key: &[String]) -> Option<usize> {
-    let doc = toml_edit::Document::parse(text).ok()?;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    let mut found = None;
-    let mut parts = key.iter();
-    while let Some(part) = parts.next() {
-        let Some((k, item)) = table.get_key_value(part) else {
-            break;
-        };
-        found = k.span().map(|s| s.start);
-        if let Some(array) = item.as_array_of_tables() {
-            match parts.next().and_then(|i| array.get(i.parse().ok()?)) {
-                Some(t) => {
-                    found = t.span().map(|s| s.start).or(found);
-                    table = t;
-                    continue;
-                }
-                None => break,
-            }
-        }
-        match item.as_table_like() {
-            Some(t) => table = t,
-            None => break,
-        }
-    }
-    found.map(|offset| text[..offset].matches('\n').count() + 1)
-}
-
-/// One line per problem: `FILE:LINE: key: message` (without a line when the key is not in
-/// the file: a default, a flag, or the environment).
-pub fn render(problems: &[Problem], file: Option<(&Path, &str)>, from_flags: &[&str]) -> String {
-    let mut out = String::new();
-    for p in problems {
-        let key = p.key_path();
-        let line = match file {
-            Some((_, text)) if !from_flags.contains(&key.as_str()) => key_line(text, &p.key),
-            _ => None,
-        };
-        match (file, line) {
-            (Some((path, _)), Some(line)) => out.push_str(&format!(
-                "{}:{line}: {key}: {}\n",
-                path.display(),
-                p.message
-            )),
-            (Some((path, _)), None) => {
-                out.push_str(&format!("{}: {key}: {}\n", path.display(), p.message))
-            }
-            (None, _) => out.push_str(&format!("{key}: {}\n", p.message)),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn path(p: &str) -> Vec<String> {
-        p.split('.').map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn key_lines_point_into_arrays_of_tables_by_index() {
-        let text =
-            "[[pools]]\nname = \"a\"\n\n[[pools]]\nname = \"b\"\nguacamole = { url = \"u\" }\n";
-        assert_eq!(key_line(text, &path("pools.1.guacamole")), Some(6));
-        assert_eq!(key_line(text, &path("pools.1.guacamole.url")), Some(6));
-        assert_eq!(key_line(text, &path("pools.0.guacamole")), Some(1));
-        assert_eq!(key_line(text, &path("pools.7.guacamole")), Some(1));
-    }
-
-    #[test]
-    fn key_lines_point_at_the_key_in_tables_and_inline_tables() {
-        let text = "listen = \"x\"\n\n[provisioners.p]\nkind = \"command\"\ncommand = [\"a\"]\nenv_files = { T = \"/t\" }\n";
-        assert_eq!(key_line(text, &path("listen")), Some(1));
-        assert_eq!(key_line(text, &path("provisioners.p")), Some(3));
-        assert_eq!(key_line(text, &path("provisioners.p.command")), Some(5));
-        assert_eq!(key_line(text, &path("provisioners.p.env_files.T")), Some(6));
-        assert_eq!(
-            key_line(text, &path("provisioners.p.workdir")),
-            Some(3),
-            "the table"
-        );
-        assert_eq!(key_line(text, &path("tls_cert")), None);
-    }
 
     #[test]
     fn programs_are_resolved_like_the_provisioner_starts_them() {
