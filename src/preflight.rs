@@ -86,16 +86,17 @@ fn oidc_files(config: &Config, problems: &mut Vec<Problem>) {
 }
 
 /// What the config alone shows that would serve but that an operator should know: printed by
-/// `check-config` (`warning: FILE:LINE: key: …`, still passing) and logged by `serve` at start.
-/// Today: a `trusted_proxies` entry wider than a /24 (IPv4) or /64 (IPv6) — a network the
-/// clients are likely in too, and any client in it is believed about its own address.
+/// `check-config` (`warning: FILE:LINE:COL: key: …`, still passing) and logged by `serve` at
+/// start, once each. A `trusted_proxies` entry wider than a /24 (IPv4) or /64 (IPv6) — a
+/// network the clients are likely in too, and any client in it is believed about its own
+/// address; a directory reached in clear text; a demo server on a non-loopback address.
 pub fn warnings(config: &Config) -> Vec<Problem> {
     let told = if config.proxy_protocol {
         "X-Forwarded-For or a PROXY header"
     } else {
         "X-Forwarded-For"
     };
-    config
+    let mut warnings: Vec<Problem> = config
         .trusted_proxies
         .broad()
         .map(|net| {
@@ -114,7 +115,37 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
                 ),
             )
         })
-        .collect()
+        .collect();
+    if let Some(d) = &config.directory
+        && !d.encrypted()
+        && !crate::domain::is_loopback_url(&d.url)
+    {
+        warnings.push(Problem::new(
+            &["directory", "url"],
+            format!(
+                "{} is reached WITHOUT TLS: the service account's and every user's password \
+                 cross the network in clear text; use ldaps:// or start_tls = true",
+                d.url
+            ),
+        ));
+    }
+    if config.demo && !config.listen.ip().is_loopback() {
+        warnings.push(Problem::new(
+            &["listen"],
+            demo_exposed(&config.listen.to_string()),
+        ));
+    }
+    warnings
+}
+
+/// The warning for a demo server others can reach: its passwords are public.
+pub fn demo_exposed(addr: &str) -> String {
+    format!(
+        "a DEMO server (demo = true) listens on {addr}, which other machines can reach: its \
+         demo users' passwords are published (README, examples/demo.toml), so anyone who \
+         reaches it signs in, as an administrator too; listen on 127.0.0.1 (--listen \
+         127.0.0.1:8080), or serve a config of your own with demo = false"
+    )
 }
 
 /// Each pool's Guacamole gateway loads: its key is readable and well formed (never quoted).
@@ -282,65 +313,105 @@ pub struct Reached {
 }
 
 /// The checks that reach out (`check-config --connect`): the state store answers (and keeps
-/// what it acknowledges across its own restarts: a warning if not) and the directories
-/// serving writes to can be written.
+/// what it acknowledges across its own restarts: a warning if not), the directories serving
+/// writes to can be written, the directory binds and searches, the OIDC provider answers.
 pub async fn connect(config: &Config) -> Reached {
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
-    if let Err(message) = writable(&config.data_dir) {
-        problems.push(Problem::new(&["data_dir"], message));
+    let mut reached = Reached::default();
+    writes(config, &mut reached.problems);
+    state(config, &mut reached).await;
+    if let Err(problem) = directory(config).await {
+        reached.problems.push(problem);
     }
-    match &config.state {
-        // The default file is in the data directory, checked above.
-        StateUrl::Memory | StateUrl::Sqlite(None) => {}
-        StateUrl::Sqlite(Some(path)) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            if let Err(message) = writable(dir.unwrap_or(Path::new("."))) {
-                problems.push(Problem::new(&["state"], message));
-            }
-        }
-        StateUrl::Redis { url } => {
-            let password = config.redis_password().ok().flatten();
-            match crate::store::redis_store::ping(url, password.as_deref()).await {
-                Ok(warning) => warnings.extend(warning.map(|w| Problem::new(&["state"], w))),
-                Err(e) => problems.push(Problem::new(&["state"], format!("{e:#}"))),
-            }
-        }
-        StateUrl::RedisCluster { nodes, .. } => {
-            let password = config.redis_password().ok().flatten();
-            match crate::store::redis_store::ping_cluster(nodes, password.as_deref()).await {
-                Ok(found) => {
-                    warnings.extend(found.into_iter().map(|w| Problem::new(&["state"], w)))
-                }
-                Err(e) => problems.push(Problem::new(&["state"], format!("{e:#}"))),
-            }
-        }
-    }
-    // The directory answers the service account (a bad password or file is reported by
-    // `files`, which runs first).
-    if let Some(d) = &config.directory
-        && let Ok(directory) = crate::auth::directory::Directory::new(d.clone())
-        && let Err(e) = directory.ping().await
-    {
-        problems.push(Problem::new(
-            &["directory", "url"],
-            format!("cannot reach: {e}"),
-        ));
-    }
-    let mut found = Vec::new();
     if let Some(oidc) = &config.oidc
         && let Some(public_url) = &config.public_url
     {
         match crate::auth::oidc::OidcClient::discover(oidc, public_url).await {
-            Ok(client) => found.extend(describe_provider(client.discovered(), public_url)),
-            Err(e) => problems.push(Problem::new(&["oidc", "issuer"], e.to_string())),
+            Ok(client) => reached
+                .found
+                .extend(describe_provider(client.discovered(), public_url)),
+            Err(e) => reached
+                .problems
+                .push(Problem::new(&["oidc", "issuer"], e.to_string())),
         }
     }
-    Reached {
-        problems,
-        warnings,
-        found,
+    reached
+}
+
+/// What `serve` checks before it binds, beside [`problems`]: the directories it writes to can
+/// be written and the state store answers (problems), the directory binds and finds its
+/// `user_base` (a refusal is a problem; a directory that cannot be reached only a warning,
+/// since it may come back: its users cannot sign in until it does).
+pub async fn serving(config: &Config) -> Reached {
+    let mut reached = Reached::default();
+    writes(config, &mut reached.problems);
+    state(config, &mut reached).await;
+    reached.warnings.clear(); // Redis' own warnings are the store's to log when it opens
+    if let Err(problem) = directory(config).await {
+        if problem.message.starts_with("connect") {
+            reached.warnings.push(problem);
+        } else {
+            reached.problems.push(problem);
+        }
     }
+    reached
+}
+
+/// The data directory, and a SQLite file's directory, can be written.
+fn writes(config: &Config, problems: &mut Vec<Problem>) {
+    if let Err(message) = crate::files::writable(&config.data_dir) {
+        problems.push(Problem::new(&["data_dir"], message));
+    }
+    if let StateUrl::Sqlite(Some(path)) = &config.state {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Err(message) = crate::files::writable(dir.unwrap_or(Path::new("."))) {
+            problems.push(Problem::new(&["state"], message));
+        }
+    }
+}
+
+/// A Redis state store answers PING with the configured password.
+async fn state(config: &Config, reached: &mut Reached) {
+    let password = config.redis_password().ok().flatten();
+    let answer = match &config.state {
+        // The default file is in the data directory, checked by `writes`.
+        StateUrl::Memory | StateUrl::Sqlite(_) => return,
+        StateUrl::Redis { url } => crate::store::redis_store::ping(url, password.as_deref())
+            .await
+            .map(|w| w.into_iter().collect::<Vec<_>>()),
+        StateUrl::RedisCluster { nodes, .. } => {
+            crate::store::redis_store::ping_cluster(nodes, password.as_deref()).await
+        }
+    };
+    match answer {
+        Ok(found) => reached
+            .warnings
+            .extend(found.into_iter().map(|w| Problem::new(&["state"], w))),
+        Err(e) => {
+            let mut message = format!("{e:#}");
+            if message.starts_with("cannot reach") {
+                message.push_str(
+                    "; poolgate keeps its sessions and tasks there, so Redis must be reachable \
+                     when it starts: start Redis (or open the way to it), or correct state",
+                );
+            }
+            reached.problems.push(Problem::new(&["state"], message));
+        }
+    }
+}
+
+/// The directory answers the service account and finds `user_base`, or the step that failed
+/// (a bad password file is reported by `files`).
+async fn directory(config: &Config) -> Result<(), Problem> {
+    let Some(d) = &config.directory else {
+        return Ok(());
+    };
+    let Ok(directory) = crate::auth::directory::Directory::new(d.clone()) else {
+        return Ok(());
+    };
+    directory
+        .diagnose()
+        .await
+        .map_err(|f| Problem::new(&["directory", f.step.key()], f.message))
 }
 
 /// What discovery found, a line each.
@@ -370,39 +441,6 @@ fn describe_provider(d: &crate::auth::oidc::Discovered, public_url: &str) -> Vec
             crate::auth::oidc::OidcSettings::redirect_uri(public_url)
         ),
     ]
-}
-
-/// Whether serving could create files in `dir` (creating it first, as serving does): probed
-/// with a file created and removed at once, since permissions alone do not tell (ACLs,
-/// read-only mounts, another user).
-fn writable(dir: &Path) -> Result<(), String> {
-    let existing = dir
-        .ancestors()
-        .find(|a| a.as_os_str().is_empty() || a.exists())
-        .map(|a| {
-            if a.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                a
-            }
-        })
-        .unwrap_or(Path::new("."));
-    if !existing.is_dir() {
-        return Err(format!("{} is not a directory", existing.display()));
-    }
-    let probe = existing.join(format!(".poolgate-check-{}", std::process::id()));
-    match std::fs::File::create(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) if existing == dir => Err(format!("cannot write in {}: {e}", dir.display())),
-        Err(e) => Err(format!(
-            "cannot create {}: cannot write in {}: {e}",
-            dir.display(),
-            existing.display()
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -108,15 +108,30 @@ impl ServeArgs {
         .collect()
     }
 
-    /// What `check-config` checks, before anything is bound or written: every problem at
+    /// What `check-config` checks, and what serving reaches first (the directories it writes,
+    /// the state store, the directory), before anything is bound or written: every problem at
     /// once, with the line and column of its key in the file (not for values given as flags).
-    fn preflight(
+    /// Then the warnings, logged once each.
+    async fn preflight(
         &self,
         config: &Config,
         read: &[Problem],
         sources: &Sources,
     ) -> anyhow::Result<()> {
-        let problems = crate::preflight::problems(config, read, sources);
+        let mut problems = crate::preflight::problems(config, read, sources);
+        let mut warnings = crate::preflight::warnings(config);
+        if problems.is_empty() {
+            let reached = crate::preflight::serving(config).await;
+            problems.extend(reached.problems);
+            warnings.extend(reached.warnings);
+        }
+        let flags = self.flags();
+        let in_files = |list: Vec<Problem>| -> Vec<Problem> {
+            list.into_iter().map(|p| sources.in_files(p)).collect()
+        };
+        for line in sources.render(&in_files(warnings), &flags).lines() {
+            tracing::warn!("{line}");
+        }
         if problems.is_empty() {
             return Ok(());
         }
@@ -124,8 +139,22 @@ impl ServeArgs {
         bail!(
             "the configuration cannot be served ({n} problem{}):\n{}",
             if n == 1 { "" } else { "s" },
-            sources.render(&problems, &self.flags()).trim_end()
+            sources.render(&in_files(problems), &flags).trim_end()
         );
+    }
+
+    /// An error of start-up that names a key (`listen: cannot listen on …`), at that key's
+    /// place in the file.
+    fn located(&self, error: anyhow::Error, sources: &Sources) -> anyhow::Error {
+        let message = format!("{error:#}");
+        for key in ["listen", "metrics_listen"] {
+            if let Some(rest) = message.strip_prefix(&format!("{key}: ")) {
+                let problem = Problem::new(&[key], rest);
+                let shown = sources.render(&[problem], &self.flags());
+                return anyhow::anyhow!("{}", shown.trim_end());
+            }
+        }
+        error
     }
 }
 
@@ -158,12 +187,20 @@ async fn serve(
     if args.config.is_none() {
         tracing::warn!("no --config given: serving the embedded demo dataset (password Bazalt1!)");
     }
-    args.preflight(&config, &read, &sources)?;
-    for warning in crate::preflight::warnings(&config) {
-        tracing::warn!(key = warning.key_path(), "{}", warning.message);
-    }
-    let app = Application::build(config).await?;
+    args.preflight(&config, &read, &sources).await?;
+    let demo = config.demo;
+    let app = Application::build(config)
+        .await
+        .map_err(|e| args.located(e, &sources))?;
     let addr = app.local_addr();
+    if demo && !addr.ip().is_loopback() {
+        eprintln!(
+            "\n  WARNING: this is a DEMO server (demo = true) listening on {addr}.\n  Its demo \
+             users' passwords are published: anyone who reaches {addr} signs in, as an \
+             administrator too.\n  Listen on 127.0.0.1 (--listen 127.0.0.1:8080), or serve a \
+             config of your own with demo = false.\n"
+        );
+    }
     if !app.tls() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text; use --tls-cert and --tls-key");
         eprintln!(
