@@ -23,7 +23,7 @@ pub use crate::domain::Problem;
 /// Everything `check-config` and `serve` find in a config before anything is started, in one
 /// list: what reading the file found (`read`, keys of the files already), the rules and
 /// references of [`Config::problems`] and the files of [`files`] (keys of the config as read,
-/// named in the files through `sources`). One problem per key: the first found.
+/// named in the files through `sources`).
 pub fn problems(config: &Config, read: &[Problem], sources: &Sources) -> Vec<Problem> {
     let mut all: Vec<Problem> = read.to_vec();
     let found = config.problems().into_iter().chain(files(config));
@@ -35,9 +35,19 @@ pub fn problems(config: &Config, read: &[Problem], sources: &Sources) -> Vec<Pro
         .collect();
     let found = found.filter(|p| !refused.iter().any(|r| p.message.contains(r.as_str())));
     all.extend(found.map(|p| sources.in_files(p)));
-    let mut seen = std::collections::HashSet::new();
-    all.retain(|p| p.key.is_empty() || seen.insert(p.key.clone()));
-    all
+    // Two checks may find one problem (a provisioner's `env_files` are read by the provisioner
+    // and by `files`): a problem whose message holds, or is held by, an earlier one's at the
+    // same key is said once.
+    let mut kept: Vec<Problem> = Vec::new();
+    for p in all {
+        let said = kept.iter().any(|k| {
+            k.key == p.key && (k.message.contains(&p.message) || p.message.contains(&k.message))
+        });
+        if !said {
+            kept.push(p);
+        }
+    }
+    kept
 }
 
 /// The checks that need nothing but the file system: run by `serve` before it binds and by
@@ -117,6 +127,7 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
         })
         .collect();
     if let Some(d) = &config.directory
+        && d.url.starts_with("ldap://")
         && !d.encrypted()
         && !crate::domain::is_loopback_url(&d.url)
     {

@@ -118,14 +118,20 @@ impl ServeArgs {
         read: &[Problem],
         sources: &Sources,
     ) -> anyhow::Result<()> {
-        let mut problems = crate::preflight::problems(config, read, sources);
+        let flags = self.flags();
+        // A value the file gets wrong and a flag replaces is not a problem.
+        let read: Vec<Problem> = read
+            .iter()
+            .filter(|p| !flags.contains(&p.key_path().as_str()))
+            .cloned()
+            .collect();
+        let mut problems = crate::preflight::problems(config, &read, sources);
         let mut warnings = crate::preflight::warnings(config);
         if problems.is_empty() {
             let reached = crate::preflight::serving(config).await;
             problems.extend(reached.problems);
             warnings.extend(reached.warnings);
         }
-        let flags = self.flags();
         let in_files = |list: Vec<Problem>| -> Vec<Problem> {
             list.into_iter().map(|p| sources.in_files(p)).collect()
         };

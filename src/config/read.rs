@@ -153,7 +153,15 @@ fn tolerant<T: DeserializeOwned>(text: &str, problems: &mut Vec<Problem>) -> Rea
             path.push(Part::Key(name));
         }
         let shown = shown_path(&path, &origins);
-        problems.push(Problem::at(shown.clone(), explain(&message, &shown)));
+        // A key taken out for its value is not also "missing" (its table goes then).
+        let follows = quoted_after(&message, "missing field `").is_some_and(|name| {
+            let mut key = shown.clone();
+            key.push(name);
+            problems.iter().any(|p| p.key == key)
+        });
+        if !follows {
+            problems.push(Problem::at(shown.clone(), explain(&message, &shown)));
+        }
         if !remove(&mut table, &path, &mut origins) {
             break;
         }
@@ -244,7 +252,7 @@ fn explain(message: &str, key: &[String]) -> String {
         return match closest(&name, &known) {
             Some(near) => format!("unknown key; did you mean `{near}`?"),
             None if key.len() == 1 => {
-                "unknown key; remove it or correct its name (docs/configuration.md lists the keys)"
+                "unknown key; remove it or correct its name (the configuration table lists every key)"
                     .to_owned()
             }
             None => format!("unknown key; the keys here are {}", list(&known)),
@@ -271,6 +279,10 @@ fn explain(message: &str, key: &[String]) -> String {
         "write it in double quotes".to_owned()
     } else if first.contains("expected a sequence") {
         format!("write a list, e.g. {here} = [\"…\"]")
+    } else if first.contains("socket address") {
+        format!("write an address and port, e.g. {here} = \"127.0.0.1:8080\"")
+    } else if first.contains("UUID") {
+        "write a UUID, e.g. one uuidgen makes".to_owned()
     } else {
         "correct the value".to_owned()
     };
@@ -359,6 +371,21 @@ mod tests {
         assert_eq!(said[2], "unknown key; did you mean `users`?");
         assert_eq!(said[4], "unknown key; did you mean `command`?");
         assert!(said[5].contains("token_ttl = 300"), "{}", said[5]);
+    }
+
+    #[test]
+    fn a_key_taken_out_for_its_value_is_not_also_missing() {
+        let text = "[[pools]]\nid = \"not-a-uuid\"\nname = \"a\"\npool_type = \"X\"\n\
+                    os_type = \"Y\"\nconnection_types = []\n\
+                    [provisioners.lab]\nkind = \"comand\"\n";
+        let found = keys(text);
+        let keys: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["pools.0.id", "provisioners.lab.kind"], "{found:?}");
+        assert!(found[0].1.contains("uuidgen"), "{}", found[0].1);
+        assert_eq!(
+            found[1].1,
+            "unknown value \"comand\"; did you mean \"command\"?"
+        );
     }
 
     #[test]
