@@ -399,7 +399,15 @@ async fn state(config: &Config, reached: &mut Reached) {
             .extend(found.into_iter().map(|w| Problem::new(&["state"], w))),
         Err(e) => {
             let mut message = format!("{e:#}");
-            if message.starts_with("cannot reach") {
+            if ["WRONGPASS", "NOAUTH", "AuthenticationFailed"]
+                .iter()
+                .any(|m| message.contains(m))
+            {
+                message.push_str(
+                    "; Redis wants a password, or refused the one given: set the one it expects in \
+                     state_password_file or POOLGATE_REDIS_PASSWORD",
+                );
+            } else if message.starts_with("cannot reach") {
                 message.push_str(
                     "; poolgate keeps its sessions and tasks there, so Redis must be reachable \
                      when it starts: start Redis (or open the way to it), or correct state",
