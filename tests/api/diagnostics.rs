@@ -365,3 +365,59 @@ async fn a_data_dir_this_user_cannot_write_is_named_with_its_owner_and_the_fix()
         }
     }
 }
+
+#[tokio::test]
+async fn a_file_that_cannot_be_read_or_parsed_says_where_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let m = missing.to_str().unwrap();
+    let (ok, err) = run(&["check-config", m]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "cannot read config file {m}: No such file or directory (os error 2); check the \
+             path and that this user may read it"
+        )),
+        "{err}"
+    );
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "demo = true\nlisten = [\n").unwrap();
+    let b = broken.to_str().unwrap();
+    for args in [vec!["check-config", b], vec!["serve", "--config", b]] {
+        let (ok, err) = run(&args).await;
+        assert!(!ok, "{args:?}");
+        let at = format!("{b}:2:11: unclosed array, expected `]`");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&at) && l.ends_with("; fix the TOML syntax here")),
+            "{args:?}: expected {at}…; fix the TOML syntax here\nin:\n{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_config_warns_of_a_demo_config_that_listens_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("demo.toml");
+    let text = poolgate::config::DEMO_CONFIG
+        .replace(
+            "data_dir = \"poolgate-data\"",
+            &format!("data_dir = {:?}", dir.path().join("data")),
+        )
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"");
+    let line = text.lines().position(|l| l.starts_with("listen")).unwrap() + 1;
+    std::fs::write(&file, text).unwrap();
+    let p = file.to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", p])
+        .env_remove("POOLGATE_JWT_SECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning does not fail: {err}");
+    let said = format!(
+        "warning: {p}:{line}:1: listen: a DEMO server (demo = true) listens on 0.0.0.0:8080, which \
+         other machines can reach: its demo users' passwords are published"
+    );
+    assert!(err.contains(&said), "expected {said}\nin:\n{err}");
+}
