@@ -165,6 +165,17 @@ async fn a_port_in_use_is_named_with_how_to_find_its_process_and_how_to_choose_a
         "{err}"
     );
     drop(taken);
+    // An address of no interface here (TEST-NET-1).
+    let (ok, err) = run(&["serve", "--config", p, "--listen", "192.0.2.1:8080"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "listen: cannot listen on 192.0.2.1:8080: Cannot assign requested address (os error \
+             99); 192.0.2.1 is not an address of this machine; use one of its addresses (`ip \
+             -brief address`), 0.0.0.0 for all, or 127.0.0.1, with --listen or listen"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -344,6 +355,32 @@ async fn a_data_dir_this_user_cannot_write_is_named_with_its_owner_and_the_fix()
             ),
         ),
     ];
+    // A port below 1024, where the system reserves them for root.
+    let unprivileged: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    if unprivileged > 80 {
+        let data = dir.path().join("data-80");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::chown(&data, Some(nobody), Some(nobody)).unwrap();
+        let (ok, err) = as_nobody(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:80",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(!ok);
+        assert!(
+            err.contains(
+                "listen: cannot listen on 127.0.0.1:80: Permission denied (os error 13); ports \
+                 below 1024 need root or the CAP_NET_BIND_SERVICE capability"
+            ),
+            "{err}"
+        );
+    }
     for (i, (data, said)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("p{i}.toml"));
         std::fs::write(
