@@ -132,6 +132,36 @@ impl Application {
     }
 }
 
+/// Why `key` (`listen`, `metrics_listen`) cannot be bound to `at`, and what to do: another
+/// process on the port (and how to find it), a privileged port, an address not of this machine.
+fn listen_error(e: &std::io::Error, at: SocketAddr, key: &str) -> anyhow::Error {
+    let port = at.port();
+    let flag = if key == "listen" {
+        "--listen or listen"
+    } else {
+        "metrics_listen"
+    };
+    let what = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "the port is in use by another process (another poolgate?); find it with \
+             `ss -ltnp 'sport = :{port}'` (as root to see its name), stop it, or choose another \
+             address with {flag}"
+        ),
+        std::io::ErrorKind::PermissionDenied if port < 1024 => format!(
+            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability \
+             (AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit); or choose a port \
+             from 1024 up with {flag}"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "{} is not an address of this machine; use one of its addresses (`ip -brief \
+             address`), 0.0.0.0 for all, or 127.0.0.1, with {flag}",
+            at.ip()
+        ),
+        _ => format!("choose another address with {flag}"),
+    };
+    anyhow::anyhow!("{key}: cannot listen on {at}: {e}; {what}")
+}
+
 /// Stops a running (or built) application from outside it.
 #[derive(Clone)]
 pub struct ServerHandle {
@@ -179,34 +209,4 @@ impl Drop for StopOnDrop {
         // `stopped` waits for the tracker to be closed as well as empty.
         self.0.tracker.close();
     }
-}
-
-/// Why `key` (`listen`, `metrics_listen`) cannot be bound to `at`, and what to do: another
-/// process on the port (and how to find it), a privileged port, an address not of this machine.
-fn listen_error(e: &std::io::Error, at: SocketAddr, key: &str) -> anyhow::Error {
-    let port = at.port();
-    let flag = if key == "listen" {
-        "--listen or listen"
-    } else {
-        "metrics_listen"
-    };
-    let what = match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!(
-            "the port is in use by another process (another poolgate?); find it with \
-             `ss -ltnp 'sport = :{port}'` (as root to see its name), stop it, or choose another \
-             address with {flag}"
-        ),
-        std::io::ErrorKind::PermissionDenied if port < 1024 => format!(
-            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability \
-             (AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit); or choose a port \
-             from 1024 up with {flag}"
-        ),
-        std::io::ErrorKind::AddrNotAvailable => format!(
-            "{} is not an address of this machine; use one of its addresses (`ip -brief \
-             address`), 0.0.0.0 for all, or 127.0.0.1, with {flag}",
-            at.ip()
-        ),
-        _ => format!("choose another address with {flag}"),
-    };
-    anyhow::anyhow!("{key}: cannot listen on {at}: {e}; {what}")
 }
