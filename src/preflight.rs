@@ -95,37 +95,22 @@ fn oidc_files(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The warning for a demo server others can reach: its passwords are public.
+pub fn demo_exposed(addr: &str) -> String {
+    format!(
+        "a DEMO server (demo = true) listens on {addr}, which other machines can reach: its \
+         demo users' passwords are published (README, examples/demo.toml), so anyone who \
+         reaches it signs in, as an administrator too; listen on 127.0.0.1 (--listen \
+         127.0.0.1:8080), or serve a config of your own with demo = false"
+    )
+}
+
 /// What the config alone shows that would serve but that an operator should know: printed by
 /// `check-config` (`warning: FILE:LINE:COL: key: …`, still passing) and logged by `serve` at
-/// start, once each. A `trusted_proxies` entry wider than a /24 (IPv4) or /64 (IPv6) — a
-/// network the clients are likely in too, and any client in it is believed about its own
-/// address; a directory reached in clear text; a demo server on a non-loopback address.
+/// start, once each: those of [`proxy_warnings`], a directory reached in clear text, a demo
+/// server on a non-loopback address.
 pub fn warnings(config: &Config) -> Vec<Problem> {
-    let told = if config.proxy_protocol {
-        "X-Forwarded-For or a PROXY header"
-    } else {
-        "X-Forwarded-For"
-    };
-    let mut warnings: Vec<Problem> = config
-        .trusted_proxies
-        .broad()
-        .map(|net| {
-            let (size, example) = match net {
-                ipnet::IpNet::V4(_) => ("/24", "\"10.0.0.2\""),
-                ipnet::IpNet::V6(_) => ("/64", "\"fd00::2\""),
-            };
-            Problem::new(
-                &["trusted_proxies"],
-                format!(
-                    "{net} is wider than a {size}: any client inside it may write {told} naming \
-                     any address and be believed, so it can guess passwords without the sign-in \
-                     lockout counting them, or get another address locked out; list the proxies' \
-                     own addresses instead (e.g. {example}), or a network of theirs no wider \
-                     than a {size} that no client is in"
-                ),
-            )
-        })
-        .collect();
+    let mut warnings = proxy_warnings(config);
     if let Some(d) = &config.directory
         && d.url.starts_with("ldap://")
         && !d.encrypted()
@@ -149,14 +134,34 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
     warnings
 }
 
-/// The warning for a demo server others can reach: its passwords are public.
-pub fn demo_exposed(addr: &str) -> String {
-    format!(
-        "a DEMO server (demo = true) listens on {addr}, which other machines can reach: its \
-         demo users' passwords are published (README, examples/demo.toml), so anyone who \
-         reaches it signs in, as an administrator too; listen on 127.0.0.1 (--listen \
-         127.0.0.1:8080), or serve a config of your own with demo = false"
-    )
+/// A `trusted_proxies` entry wider than a /24 (IPv4) or /64 (IPv6) — a network the clients are
+/// likely in too, and any client in it is believed about its own address.
+fn proxy_warnings(config: &Config) -> Vec<Problem> {
+    let told = if config.proxy_protocol {
+        "X-Forwarded-For or a PROXY header"
+    } else {
+        "X-Forwarded-For"
+    };
+    config
+        .trusted_proxies
+        .broad()
+        .map(|net| {
+            let (size, example) = match net {
+                ipnet::IpNet::V4(_) => ("/24", "\"10.0.0.2\""),
+                ipnet::IpNet::V6(_) => ("/64", "\"fd00::2\""),
+            };
+            Problem::new(
+                &["trusted_proxies"],
+                format!(
+                    "{net} is wider than a {size}: any client inside it may write {told} naming \
+                     any address and be believed, so it can guess passwords without the sign-in \
+                     lockout counting them, or get another address locked out; list the proxies' \
+                     own addresses instead (e.g. {example}), or a network of theirs no wider \
+                     than a {size} that no client is in"
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Each pool's Guacamole gateway loads: its key is readable and well formed (never quoted).
