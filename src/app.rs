@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +49,7 @@ impl Application {
         let config = &state.config;
         let listener = TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+            .map_err(|e| listen_error(&e, config.listen, "listen"))?;
         let local_addr = listener.local_addr()?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
@@ -60,7 +59,7 @@ impl Application {
             Some(at) => {
                 let listener = TcpListener::bind(at)
                     .await
-                    .with_context(|| format!("cannot listen on metrics_listen {at}"))?;
+                    .map_err(|e| listen_error(&e, at, "metrics_listen"))?;
                 let at = listener.local_addr()?;
                 Some((listener, at))
             }
@@ -132,6 +131,36 @@ impl Application {
         crate::server::run(listener, tls, state).await;
         Ok(())
     }
+}
+
+/// Why `key` (`listen`, `metrics_listen`) cannot be bound to `at`, and what to do: another
+/// process on the port (and how to find it), a privileged port, an address not of this machine.
+fn listen_error(e: &std::io::Error, at: SocketAddr, key: &str) -> anyhow::Error {
+    let port = at.port();
+    let flag = if key == "listen" {
+        "--listen or listen"
+    } else {
+        "metrics_listen"
+    };
+    let what = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "the port is in use by another process (another poolgate?); find it with \
+             `ss -ltnp 'sport = :{port}'` (as root to see its name), stop it, or choose another \
+             address with {flag}"
+        ),
+        std::io::ErrorKind::PermissionDenied if port < 1024 => format!(
+            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability \
+             (AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit); or choose a port \
+             from 1024 up with {flag}"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "{} is not an address of this machine; use one of its addresses (`ip -brief \
+             address`), 0.0.0.0 for all, or 127.0.0.1, with {flag}",
+            at.ip()
+        ),
+        _ => format!("choose another address with {flag}"),
+    };
+    anyhow::anyhow!("{key}: cannot listen on {at}: {e}; {what}")
 }
 
 /// Stops a running (or built) application from outside it.

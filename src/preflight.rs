@@ -7,37 +7,47 @@
 //! PING with the configured password, and the data directory (and a SQLite file's directory)
 //! can be written.
 //!
-//! Every problem names its key; [`render`] adds the line of that key in the config file.
+//! Every problem names its key; `Sources::render` adds the line and column of that key in the
+//! config file.
 //! Nothing here writes, except the short-lived probe file of the writability check under
 //! `connect`.
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::provision::ProvisionerConfig;
 use crate::store::StateUrl;
 
-/// One thing wrong with a config: which key, and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The key's path in the file, e.g. `["provisioners", "proxmox", "command"]`; an
-    /// environment variable's name when the value comes from there.
-    pub key: Vec<String>,
-    pub message: String,
-}
+pub use crate::domain::Problem;
 
-impl Problem {
-    fn new(key: &[&str], message: impl Into<String>) -> Self {
-        Problem {
-            key: key.iter().map(|k| (*k).to_owned()).collect(),
-            message: message.into(),
+/// Everything `check-config` and `serve` find in a config before anything is started, in one
+/// list: what reading the file found (`read`, keys of the files already), the rules and
+/// references of [`Config::problems`] and the files of [`files`] (keys of the config as read,
+/// named in the files through `sources`).
+pub fn problems(config: &Config, read: &[Problem], sources: &Sources) -> Vec<Problem> {
+    let mut all: Vec<Problem> = read.to_vec();
+    let found = config.problems().into_iter().chain(files(config));
+    // A provisioner whose table was refused is not also "undefined" for its pools.
+    let refused: Vec<String> = read
+        .iter()
+        .filter(|p| p.key.first().is_some_and(|k| k == "provisioners"))
+        .filter_map(|p| Some(format!("undefined provisioner {:?}", p.key.get(1)?)))
+        .collect();
+    let found = found.filter(|p| !refused.iter().any(|r| p.message.contains(r.as_str())));
+    all.extend(found.map(|p| sources.in_files(p)));
+    // Two checks may find one problem (a provisioner's `env_files` are read by the provisioner
+    // and by `files`): a problem whose message holds, or is held by, an earlier one's at the
+    // same key is said once.
+    let mut kept: Vec<Problem> = Vec::new();
+    for p in all {
+        let said = kept.iter().any(|k| {
+            k.key == p.key && (k.message.contains(&p.message) || p.message.contains(&k.message))
+        });
+        if !said {
+            kept.push(p);
         }
     }
-
-    /// The key as written in a file (`provisioners.proxmox.command`).
-    pub fn key_path(&self) -> String {
-        self.key.join(".")
-    }
+    kept
 }
 
 /// The checks that need nothing but the file system: run by `serve` before it binds and by
@@ -55,6 +65,7 @@ pub fn files(config: &Config) -> Vec<Problem> {
     }
     gateways(config, &mut problems);
     if let Some(d) = &config.directory
+        && d.problems().is_empty()
         && let Err(e) = crate::auth::directory::Directory::new(d.clone())
     {
         problems.push(Problem::new(&["directory"], format!("{e:#}")));
@@ -84,11 +95,48 @@ fn oidc_files(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The warning for a demo server others can reach: its passwords are public.
+pub fn demo_exposed(addr: &str) -> String {
+    format!(
+        "a DEMO server (demo = true) listens on {addr}, which other machines can reach: its \
+         demo users' passwords are published (README, examples/demo.toml), so anyone who \
+         reaches it signs in, as an administrator too; listen on 127.0.0.1 (--listen \
+         127.0.0.1:8080), or serve a config of your own with demo = false"
+    )
+}
+
 /// What the config alone shows that would serve but that an operator should know: printed by
-/// `check-config` (`warning: FILE:LINE: key: …`, still passing) and logged by `serve` at start.
-/// Today: a `trusted_proxies` entry wider than a /24 (IPv4) or /64 (IPv6) — a network the
-/// clients are likely in too, and any client in it is believed about its own address.
+/// `check-config` (`warning: FILE:LINE:COL: key: …`, still passing) and logged by `serve` at
+/// start, once each: those of [`proxy_warnings`], a directory reached in clear text, a demo
+/// server on a non-loopback address.
 pub fn warnings(config: &Config) -> Vec<Problem> {
+    let mut warnings = proxy_warnings(config);
+    if let Some(d) = &config.directory
+        && d.url.starts_with("ldap://")
+        && !d.encrypted()
+        && !crate::domain::is_loopback_url(&d.url)
+    {
+        warnings.push(Problem::new(
+            &["directory", "url"],
+            format!(
+                "{} is reached WITHOUT TLS: the service account's and every user's password \
+                 cross the network in clear text; use ldaps:// or start_tls = true",
+                d.url
+            ),
+        ));
+    }
+    if config.demo && !config.listen.ip().is_loopback() {
+        warnings.push(Problem::new(
+            &["listen"],
+            demo_exposed(&config.listen.to_string()),
+        ));
+    }
+    warnings
+}
+
+/// A `trusted_proxies` entry wider than a /24 (IPv4) or /64 (IPv6) — a network the clients are
+/// likely in too, and any client in it is believed about its own address.
+fn proxy_warnings(config: &Config) -> Vec<Problem> {
     let told = if config.proxy_protocol {
         "X-Forwarded-For or a PROXY header"
     } else {
@@ -305,65 +353,113 @@ pub struct Reached {
 }
 
 /// The checks that reach out (`check-config --connect`): the state store answers (and keeps
-/// what it acknowledges across its own restarts: a warning if not) and the directories
-/// serving writes to can be written.
+/// what it acknowledges across its own restarts: a warning if not), the directories serving
+/// writes to can be written, the directory binds and searches, the OIDC provider answers.
 pub async fn connect(config: &Config) -> Reached {
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
-    if let Err(message) = writable(&config.data_dir) {
-        problems.push(Problem::new(&["data_dir"], message));
+    let mut reached = Reached::default();
+    writes(config, &mut reached.problems);
+    state(config, &mut reached).await;
+    if let Err(problem) = directory(config).await {
+        reached.problems.push(problem);
     }
-    match &config.state {
-        // The default file is in the data directory, checked above.
-        StateUrl::Memory | StateUrl::Sqlite(None) => {}
-        StateUrl::Sqlite(Some(path)) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            if let Err(message) = writable(dir.unwrap_or(Path::new("."))) {
-                problems.push(Problem::new(&["state"], message));
-            }
-        }
-        StateUrl::Redis { url } => {
-            let password = config.redis_password().ok().flatten();
-            match crate::store::redis_store::ping(url, password.as_deref()).await {
-                Ok(warning) => warnings.extend(warning.map(|w| Problem::new(&["state"], w))),
-                Err(e) => problems.push(Problem::new(&["state"], format!("{e:#}"))),
-            }
-        }
-        StateUrl::RedisCluster { nodes, .. } => {
-            let password = config.redis_password().ok().flatten();
-            match crate::store::redis_store::ping_cluster(nodes, password.as_deref()).await {
-                Ok(found) => {
-                    warnings.extend(found.into_iter().map(|w| Problem::new(&["state"], w)))
-                }
-                Err(e) => problems.push(Problem::new(&["state"], format!("{e:#}"))),
-            }
-        }
-    }
-    // The directory answers the service account (a bad password or file is reported by
-    // `files`, which runs first).
-    if let Some(d) = &config.directory
-        && let Ok(directory) = crate::auth::directory::Directory::new(d.clone())
-        && let Err(e) = directory.ping().await
-    {
-        problems.push(Problem::new(
-            &["directory", "url"],
-            format!("cannot reach: {e}"),
-        ));
-    }
-    let mut found = Vec::new();
     if let Some(oidc) = &config.oidc
         && let Some(public_url) = &config.public_url
     {
         match crate::auth::oidc::OidcClient::discover(oidc, public_url).await {
-            Ok(client) => found.extend(describe_provider(client.discovered(), public_url)),
-            Err(e) => problems.push(Problem::new(&["oidc", "issuer"], e.to_string())),
+            Ok(client) => reached
+                .found
+                .extend(describe_provider(client.discovered(), public_url)),
+            Err(e) => reached
+                .problems
+                .push(Problem::new(&["oidc", "issuer"], e.to_string())),
         }
     }
-    Reached {
-        problems,
-        warnings,
-        found,
+    reached
+}
+
+/// What `serve` checks before it binds, beside [`problems`]: the directories it writes to can
+/// be written and the state store answers (problems), the directory binds and finds its
+/// `user_base` (a refusal is a problem; a directory that cannot be reached only a warning,
+/// since it may come back: its users cannot sign in until it does).
+pub async fn serving(config: &Config) -> Reached {
+    let mut reached = Reached::default();
+    writes(config, &mut reached.problems);
+    state(config, &mut reached).await;
+    reached.warnings.clear(); // Redis' own warnings are the store's to log when it opens
+    if let Err(problem) = directory(config).await {
+        if problem.message.starts_with("connect") {
+            reached.warnings.push(problem);
+        } else {
+            reached.problems.push(problem);
+        }
     }
+    reached
+}
+
+/// The data directory, and a SQLite file's directory, can be written.
+fn writes(config: &Config, problems: &mut Vec<Problem>) {
+    if let Err(message) = crate::files::writable(&config.data_dir) {
+        problems.push(Problem::new(&["data_dir"], message));
+    }
+    if let StateUrl::Sqlite(Some(path)) = &config.state {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Err(message) = crate::files::writable(dir.unwrap_or(Path::new("."))) {
+            problems.push(Problem::new(&["state"], message));
+        }
+    }
+}
+
+/// A Redis state store answers PING with the configured password.
+async fn state(config: &Config, reached: &mut Reached) {
+    let password = config.redis_password().ok().flatten();
+    let answer = match &config.state {
+        // The default file is in the data directory, checked by `writes`.
+        StateUrl::Memory | StateUrl::Sqlite(_) => return,
+        StateUrl::Redis { url } => crate::store::redis_store::ping(url, password.as_deref())
+            .await
+            .map(|w| w.into_iter().collect::<Vec<_>>()),
+        StateUrl::RedisCluster { nodes, .. } => {
+            crate::store::redis_store::ping_cluster(nodes, password.as_deref()).await
+        }
+    };
+    match answer {
+        Ok(found) => reached
+            .warnings
+            .extend(found.into_iter().map(|w| Problem::new(&["state"], w))),
+        Err(e) => {
+            let mut message = format!("{e:#}");
+            if ["WRONGPASS", "NOAUTH", "AuthenticationFailed"]
+                .iter()
+                .any(|m| message.contains(m))
+            {
+                message.push_str(
+                    "; Redis wants a password, or refused the one given: set the one it expects in \
+                     state_password_file or POOLGATE_REDIS_PASSWORD",
+                );
+            } else if message.starts_with("cannot reach") {
+                message.push_str(
+                    "; poolgate keeps its sessions and tasks there, so Redis must be reachable \
+                     when it starts: start Redis (or open the way to it), or correct state",
+                );
+            }
+            reached.problems.push(Problem::new(&["state"], message));
+        }
+    }
+}
+
+/// The directory answers the service account and finds `user_base`, or the step that failed
+/// (a bad password file is reported by `files`).
+async fn directory(config: &Config) -> Result<(), Problem> {
+    let Some(d) = &config.directory else {
+        return Ok(());
+    };
+    let Ok(directory) = crate::auth::directory::Directory::new(d.clone()) else {
+        return Ok(());
+    };
+    directory
+        .diagnose()
+        .await
+        .map_err(|f| Problem::new(&["directory", f.step.key()], f.message))
 }
 
 /// What discovery found, a line each.
@@ -395,127 +491,9 @@ fn describe_provider(d: &crate::auth::oidc::Discovered, public_url: &str) -> Vec
     ]
 }
 
-/// Whether serving could create files in `dir` (creating it first, as serving does): probed
-/// with a file created and removed at once, since permissions alone do not tell (ACLs,
-/// read-only mounts, another user).
-fn writable(dir: &Path) -> Result<(), String> {
-    let existing = dir
-        .ancestors()
-        .find(|a| a.as_os_str().is_empty() || a.exists())
-        .map(|a| {
-            if a.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                a
-            }
-        })
-        .unwrap_or(Path::new("."));
-    if !existing.is_dir() {
-        return Err(format!("{} is not a directory", existing.display()));
-    }
-    let probe = existing.join(format!(".poolgate-check-{}", std::process::id()));
-    match std::fs::File::create(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) if existing == dir => Err(format!("cannot write in {}: {e}", dir.display())),
-        Err(e) => Err(format!(
-            "cannot create {}: cannot write in {}: {e}",
-            dir.display(),
-            existing.display()
-        )),
-    }
-}
-
-/// The line (1-based) of a key in TOML text; when only a prefix of the path is there (the
-/// key is absent and a default applies), the line of the deepest part that is.
-/// A part that is a number picks a table of an array of tables (`pools.0.guacamole`).
-pub fn key_line(text: &str, key: &[String]) -> Option<usize> {
-    let doc = toml_edit::Document::parse(text).ok()?;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    let mut found = None;
-    let mut parts = key.iter();
-    while let Some(part) = parts.next() {
-        let Some((k, item)) = table.get_key_value(part) else {
-            break;
-        };
-        found = k.span().map(|s| s.start);
-        if let Some(array) = item.as_array_of_tables() {
-            match parts.next().and_then(|i| array.get(i.parse().ok()?)) {
-                Some(t) => {
-                    found = t.span().map(|s| s.start).or(found);
-                    table = t;
-                    continue;
-                }
-                None => break,
-            }
-        }
-        match item.as_table_like() {
-            Some(t) => table = t,
-            None => break,
-        }
-    }
-    found.map(|offset| text[..offset].matches('\n').count() + 1)
-}
-
-/// One line per problem: `FILE:LINE: key: message` (without a line when the key is not in
-/// the file: a default, a flag, or the environment).
-pub fn render(problems: &[Problem], file: Option<(&Path, &str)>, from_flags: &[&str]) -> String {
-    let mut out = String::new();
-    for p in problems {
-        let key = p.key_path();
-        let line = match file {
-            Some((_, text)) if !from_flags.contains(&key.as_str()) => key_line(text, &p.key),
-            _ => None,
-        };
-        match (file, line) {
-            (Some((path, _)), Some(line)) => out.push_str(&format!(
-                "{}:{line}: {key}: {}\n",
-                path.display(),
-                p.message
-            )),
-            (Some((path, _)), None) => {
-                out.push_str(&format!("{}: {key}: {}\n", path.display(), p.message))
-            }
-            (None, _) => out.push_str(&format!("{key}: {}\n", p.message)),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn path(p: &str) -> Vec<String> {
-        p.split('.').map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn key_lines_point_into_arrays_of_tables_by_index() {
-        let text =
-            "[[pools]]\nname = \"a\"\n\n[[pools]]\nname = \"b\"\nguacamole = { url = \"u\" }\n";
-        assert_eq!(key_line(text, &path("pools.1.guacamole")), Some(6));
-        assert_eq!(key_line(text, &path("pools.1.guacamole.url")), Some(6));
-        assert_eq!(key_line(text, &path("pools.0.guacamole")), Some(1));
-        assert_eq!(key_line(text, &path("pools.7.guacamole")), Some(1));
-    }
-
-    #[test]
-    fn key_lines_point_at_the_key_in_tables_and_inline_tables() {
-        let text = "listen = \"x\"\n\n[provisioners.p]\nkind = \"command\"\ncommand = [\"a\"]\nenv_files = { T = \"/t\" }\n";
-        assert_eq!(key_line(text, &path("listen")), Some(1));
-        assert_eq!(key_line(text, &path("provisioners.p")), Some(3));
-        assert_eq!(key_line(text, &path("provisioners.p.command")), Some(5));
-        assert_eq!(key_line(text, &path("provisioners.p.env_files.T")), Some(6));
-        assert_eq!(
-            key_line(text, &path("provisioners.p.workdir")),
-            Some(3),
-            "the table"
-        );
-        assert_eq!(key_line(text, &path("tls_cert")), None);
-    }
 
     #[test]
     fn programs_are_resolved_like_the_provisioner_starts_them() {

@@ -261,11 +261,18 @@ fn load(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 
 fn load_or_generate(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(SECRET_FILE);
-    crate::files::tighten(&path).with_context(|| format!("cannot make {} 0600", path.display()))?;
+    // First the directory: one this user cannot write is named with its owner, not as the
+    // file's mode that could not be set.
+    crate::files::data_dir(dir)?;
+    crate::files::tighten(&path).with_context(|| {
+        format!(
+            "cannot make {} private (0600); make this user its owner",
+            path.display()
+        )
+    })?;
     if let Some(kept) = load(dir)? {
         return Ok(kept);
     }
-    crate::files::data_dir(dir)?;
     let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
     let tmp = dir.join(format!("{SECRET_FILE}.tmp"));
     {

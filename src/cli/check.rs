@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::config::Config;
-use crate::preflight;
+use crate::preflight::{self, Problem};
 use crate::state::AppState;
 
 #[derive(Args)]
@@ -22,45 +22,42 @@ pub struct CheckArgs {
     connect: bool,
 }
 
-/// Checks the file; on a failure that names a value, first prints the line it is on.
+/// Checks the file: every problem at once, a line each, or `ok`.
 pub fn run(args: CheckArgs) -> anyhow::Result<()> {
-    let path = &args.config;
-    let result = check(path, args.connect);
-    if let Err(e) = &result
-        && let Some(line) = locate(path, e)
-    {
-        eprintln!("{}:{line}: the value named below", path.display());
-    }
-    result
+    check(&args.config, args.connect)
 }
 
-/// Loads the config and runs the checks the way `serve` would: the files it names (and with
-/// `connect`, what it reaches), then the state built as serving builds it but writing nothing
-/// (`AppState::check`: validation, users, secrets, provisioners, pools). Lists every problem
-/// of the first kind with its key and line.
+/// Reads the config and runs the checks the way `serve` would: every rule, reference and file
+/// (and with `connect`, what it reaches), then, when all of them pass, the state built as
+/// serving builds it but writing nothing (`AppState::check`). Lists every problem found, each
+/// with its key, line and column, in the order of the file.
 fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    let loaded = Config::read(path)?;
     let runtime = super::runtime()?;
-    let mut problems = preflight::files(&config);
-    let mut warnings = preflight::warnings(&config);
+    let _entered = runtime.enter();
+    let (config, sources) = (loaded.config, loaded.sources);
+    let mut problems = preflight::problems(&config, &loaded.problems, &sources);
+    let mut warnings: Vec<Problem> = preflight::warnings(&config);
     if connect {
         let reached = runtime.block_on(preflight::connect(&config));
-        problems.extend(reached.problems);
+        problems.extend(reached.problems.into_iter().map(|p| sources.in_files(p)));
         warnings.extend(reached.warnings);
         for line in &reached.found {
             println!("{line}");
         }
     }
-    if !warnings.is_empty() {
-        let text = std::fs::read_to_string(path)?;
-        let shown = preflight::render(&warnings, Some((path, &text)), &[]);
-        for line in shown.lines() {
-            eprintln!("warning: {line}");
-        }
+    let warnings: Vec<Problem> = warnings.into_iter().map(|p| sources.in_files(p)).collect();
+    for line in sources.render(&warnings, &[]).lines() {
+        eprintln!("warning: {line}");
+    }
+    let names = config.browser_names();
+    if problems.is_empty()
+        && let Err(e) = runtime.block_on(AppState::check(config))
+    {
+        problems.push(Problem::new(&[], format!("{e:#}")));
     }
     if !problems.is_empty() {
-        let text = std::fs::read_to_string(path)?;
-        eprint!("{}", preflight::render(&problems, Some((path, &text)), &[]));
+        eprint!("{}", sources.render(&problems, &[]));
         let n = problems.len();
         bail!(
             "{n} problem{} in {}",
@@ -68,8 +65,6 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let names = config.browser_names();
-    runtime.block_on(AppState::check(config))?;
     println!("{}", browser_names_line(&names));
     println!("ok");
     Ok(())
@@ -84,36 +79,4 @@ fn browser_names_line(names: &crate::http::ServerNames) -> String {
         "browsers may reach this server as: {} (add others to server_names)",
         shown.join(", ")
     )
-}
-
-/// The line of the last quoted name in the error that appears in the file: semantic errors
-/// (an unknown user in a pool, a duplicate id) name the offending value.
-fn locate(path: &Path, err: &anyhow::Error) -> Option<usize> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let message = format!("{err:#}");
-    if message.contains(" at line ") {
-        return None; // TOML syntax errors say where themselves
-    }
-    // Rules on one key start with its name ("token_ttl must be …", "users_file: cannot …").
-    let innermost = err
-        .chain()
-        .last()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let first = innermost
-        .split([' ', ':', ','])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    if let Some(line) = preflight::key_line(&text, &[first]) {
-        return Some(line);
-    }
-    // The offending value is named last ("pool \"p\" lists an unknown user \"ghost\"").
-    let names: Vec<&str> = message.split('"').skip(1).step_by(2).collect();
-    names.iter().rev().find_map(|name| {
-        let quoted = format!("\"{name}\"");
-        text.lines()
-            .position(|l| l.contains(&quoted))
-            .map(|i| i + 1)
-    })
 }

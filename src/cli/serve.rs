@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::app::{Application, ServerHandle};
-use crate::config::Config;
+use crate::config::{Config, Sources};
+use crate::preflight::Problem;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Args, Default)]
@@ -52,12 +53,16 @@ fn secs(s: f64) -> anyhow::Result<Duration> {
 }
 
 impl ServeArgs {
-    /// The file (or the demo dataset), then the flags: flags win. Validated when the state is
-    /// built from it.
-    fn config(&self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::load(path)?,
-            None => Config::demo(),
+    /// The file (or the demo dataset), then the flags: flags win; with what reading the
+    /// file found wrong and the files it was read from. Validated when the state is built
+    /// from it.
+    fn config(&self) -> anyhow::Result<(Config, Vec<Problem>, Sources)> {
+        let (mut config, read, sources) = match &self.config {
+            Some(path) => {
+                let loaded = Config::read(path)?;
+                (loaded.config, loaded.problems, loaded.sources)
+            }
+            None => (Config::demo(), Vec::new(), Sources::none()),
         };
         if let Some(listen) = self.listen {
             config.listen = listen;
@@ -83,40 +88,86 @@ impl ServeArgs {
         if let Some(s) = self.auth_grace {
             config.auth_grace = secs(s)?;
         }
-        Ok(config)
+        Ok((config, read, sources))
     }
 
-    /// What `check-config` checks, before anything is bound or written: every problem, with
-    /// the line of its key in the file (not for values given as flags).
-    fn preflight(&self, config: &Config) -> anyhow::Result<()> {
-        let problems = crate::preflight::files(config);
+    /// The keys a flag set (their problems are not pointed at in the file).
+    fn flags(&self) -> Vec<&'static str> {
+        [
+            ("listen", self.listen.is_some()),
+            ("data_dir", self.data_dir.is_some()),
+            ("token_ttl", self.token_ttl.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            ("auth_grace", self.auth_grace.is_some()),
+            ("max_connections", self.max_connections.is_some()),
+            ("tls_cert", self.tls_cert.is_some()),
+            ("tls_key", self.tls_key.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
+    /// What `check-config` checks, and what serving reaches first (the directories it writes,
+    /// the state store, the directory), before anything is bound or written: every problem at
+    /// once, with the line and column of its key in the file (not for values given as flags).
+    /// Then the warnings, logged once each.
+    async fn preflight(
+        &self,
+        config: &Config,
+        read: &[Problem],
+        sources: &Sources,
+    ) -> anyhow::Result<()> {
+        let flags = self.flags();
+        // A value the file gets wrong and a flag replaces is not a problem.
+        let read: Vec<Problem> = read
+            .iter()
+            .filter(|p| !flags.contains(&p.key_path().as_str()))
+            .cloned()
+            .collect();
+        let mut problems = crate::preflight::problems(config, &read, sources);
+        let mut warnings = crate::preflight::warnings(config);
+        if problems.is_empty() {
+            let reached = crate::preflight::serving(config).await;
+            problems.extend(reached.problems);
+            warnings.extend(reached.warnings);
+        }
+        let in_files = |list: Vec<Problem>| -> Vec<Problem> {
+            list.into_iter().map(|p| sources.in_files(p)).collect()
+        };
+        for line in sources.render(&in_files(warnings), &flags).lines() {
+            tracing::warn!("{line}");
+        }
         if problems.is_empty() {
             return Ok(());
         }
-        let text = self
-            .config
-            .as_ref()
-            .and_then(|p| Some((p, std::fs::read_to_string(p).ok()?)));
-        let mut flags = Vec::new();
-        if self.tls_cert.is_some() {
-            flags.push("tls_cert");
-        }
-        if self.tls_key.is_some() {
-            flags.push("tls_key");
-        }
-        let report = crate::preflight::render(
-            &problems,
-            text.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
-            &flags,
+        let n = problems.len();
+        bail!(
+            "the configuration cannot be served ({n} problem{}):\n{}",
+            if n == 1 { "" } else { "s" },
+            sources.render(&in_files(problems), &flags).trim_end()
         );
-        bail!("the configuration cannot be served:\n{}", report.trim_end());
+    }
+
+    /// An error of start-up that names a key (`listen: cannot listen on …`), at that key's
+    /// place in the file.
+    fn located(&self, error: anyhow::Error, sources: &Sources) -> anyhow::Error {
+        let message = format!("{error:#}");
+        for key in ["listen", "metrics_listen"] {
+            if let Some(rest) = message.strip_prefix(&format!("{key}: ")) {
+                let problem = Problem::new(&[key], rest);
+                let shown = sources.render(&[problem], &self.flags());
+                return anyhow::anyhow!("{}", shown.trim_end());
+            }
+        }
+        error
     }
 }
 
 /// Serves until SIGTERM or Ctrl-C, then drains (see [`Application::run_until_stopped`]).
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let config = args.config()?;
+    let (config, read, sources) = args.config()?;
     // The variables the settings name for secrets (a Guacamole key) leave the environment
     // like the fixed ones did in `main`.
     let named: Vec<&str> = config
@@ -130,19 +181,32 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(args, config))
+        .block_on(serve(args, config, read, sources))
 }
 
-async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
+async fn serve(
+    args: ServeArgs,
+    config: Config,
+    read: Vec<Problem>,
+    sources: Sources,
+) -> anyhow::Result<()> {
     if args.config.is_none() {
         tracing::warn!("no --config given: serving the embedded demo dataset (password Bazalt1!)");
     }
-    args.preflight(&config)?;
-    for warning in crate::preflight::warnings(&config) {
-        tracing::warn!(key = warning.key_path(), "{}", warning.message);
-    }
-    let app = Application::build(config).await?;
+    args.preflight(&config, &read, &sources).await?;
+    let demo = config.demo;
+    let app = Application::build(config)
+        .await
+        .map_err(|e| args.located(e, &sources))?;
     let addr = app.local_addr();
+    if demo && !addr.ip().is_loopback() {
+        eprintln!(
+            "\n  WARNING: this is a DEMO server (demo = true) listening on {addr}.\n  Its demo \
+             users' passwords are published: anyone who reaches {addr} signs in, as an \
+             administrator too.\n  Listen on 127.0.0.1 (--listen 127.0.0.1:8080), or serve a \
+             config of your own with demo = false.\n"
+        );
+    }
     if !app.tls() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address WITHOUT TLS: passwords and tokens cross the network in clear text; use --tls-cert and --tls-key");
         eprintln!(

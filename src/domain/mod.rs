@@ -6,11 +6,13 @@
 pub mod address;
 pub mod client_settings;
 pub mod machine;
+pub mod problem;
 pub mod secs;
 pub mod task;
 
 pub use address::{address_key, is_loopback_url};
 pub use machine::{ConnectionData, Machine};
+pub use problem::Problem;
 pub use task::{Task, TaskError, TaskKind, TaskStatus};
 
 /// A session or MFA token's SHA-256 digest: what is stored and compared, never the token.

@@ -64,7 +64,7 @@ async fn a_config_is_validated_before_anything_is_bound() {
     let data = config.data_dir.clone();
     let err = Application::build(config).await.err().expect("refused");
     assert!(
-        format!("{err:#}").contains("metrics_listen must differ from listen"),
+        format!("{err:#}").contains("metrics_listen: must differ from listen"),
         "{err:#}"
     );
     assert!(!data.exists(), "nothing written either");

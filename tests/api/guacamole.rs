@@ -332,7 +332,7 @@ async fn a_weak_or_published_key_or_one_others_can_read_is_refused_by_check_conf
             assert!(!passed, "{key} {mode:o}: {said}");
             assert!(said.contains(says), "{key} {mode:o}: {said}");
             assert!(
-                said.contains(&format!(":{line}: pools.0.guacamole")),
+                said.contains(&format!(":{line}:1: pools.0.guacamole")),
                 "names the key's line: {said}"
             );
             assert!(

@@ -6,6 +6,7 @@ mod auth;
 mod backends;
 mod cli;
 mod connections;
+mod diagnostics;
 mod docs;
 mod examples;
 mod exposure;

@@ -299,7 +299,7 @@ async fn trusted_proxies_wider_than_a_24_or_a_64_are_warned_of_and_still_pass() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "a warning does not fail: {err}");
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
-    let at = format!("warning: {}:{line}: trusted_proxies: ", config.display());
+    let at = format!("warning: {}:{line}:1: trusted_proxies: ", config.display());
     assert_eq!(warnings.len(), 2, "{err}");
     assert!(
         warnings[0].starts_with(&format!("{at}10.0.0.0/8 is wider than a /24: ")),

@@ -303,34 +303,40 @@ pub async fn a_pool_wide_reset_clears_the_failed_steps_of_its_group_members() {
     app.stop().await;
 }
 
+/// `check-config` reads the service password; `--connect` (and `serve` at start) goes through
+/// connect, bind and search and names the step that fails, at the key it depends on: a wrong
+/// password at `bind_dn`, a wrong `user_base` at `user_base`, a directory not there at `url`.
 pub async fn check_config_reads_the_service_password_and_connect_binds_it() {
     let slapd = Slapd::start();
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("ldap-password");
     let config = dir.path().join("poolgate.toml");
-    let write = |password_file: &std::path::Path| {
+    let file = config.to_str().unwrap().to_owned();
+    let demo = poolgate::config::DEMO_CONFIG.replace(
+        "data_dir = \"poolgate-data\"",
+        &format!("data_dir = {:?}", dir.path().join("data")),
+    );
+    // The line of `key = ` in the [directory] table written below.
+    let line = |key: &str| {
+        let at = demo.lines().count() + 3;
+        at + ["url", "bind_dn", "bind_password_file", "user_base"]
+            .iter()
+            .position(|k| *k == key)
+            .unwrap()
+    };
+    let write = |url: &str, base: &str| {
         let text = format!(
-            "{}\n[directory]\nurl = {:?}\nbind_dn = {SERVICE_DN:?}\nbind_password_file = {:?}\n\
-             user_base = {PEOPLE:?}\n",
-            poolgate::config::DEMO_CONFIG.replace(
-                "data_dir = \"poolgate-data\"",
-                &format!("data_dir = {:?}", dir.path().join("data"))
-            ),
-            slapd.url(),
-            password_file,
+            "{demo}\n[directory]\nurl = {url:?}\nbind_dn = {SERVICE_DN:?}\n\
+             bind_password_file = {password_file:?}\nuser_base = {base:?}\ntimeout = 2\n",
         );
         std::fs::write(&config, text).unwrap();
     };
-    let check = |connect: bool| {
-        let mut args = vec!["check-config"];
-        if connect {
-            args.push("--connect");
-        }
-        args.push(config.to_str().unwrap());
+    let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
-            .args(&args)
+            .args(args)
             .env_remove("POOLGATE_LDAP_PASSWORD")
             .env_remove("POOLGATE_JWT_SECRET")
+            .env_remove("RUST_BACKTRACE")
             .output()
             .unwrap();
         (
@@ -338,9 +344,17 @@ pub async fn check_config_reads_the_service_password_and_connect_binds_it() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let check = |connect: bool| {
+        let mut args = vec!["check-config"];
+        if connect {
+            args.push("--connect");
+        }
+        args.push(&file);
+        run(&args)
+    };
 
     // No password file yet.
-    write(&password_file);
+    write(&slapd.url(), PEOPLE);
     let (ok, err) = check(false);
     assert!(
         !ok && err.contains("directory: cannot read bind_password_file"),
@@ -351,14 +365,59 @@ pub async fn check_config_reads_the_service_password_and_connect_binds_it() {
     std::fs::write(&password_file, "not-the-password\n").unwrap();
     let (ok, err) = check(false);
     assert!(ok, "{err}");
+    let bind = format!(
+        "{file}:{}:1: directory.bind_dn: bind: the directory refused the service account \
+         {SERVICE_DN:?} (invalid credentials, result code 49",
+        line("bind_dn")
+    );
     let (ok, err) = check(true);
+    assert!(!ok && err.contains(&bind), "expected {bind}\nin:\n{err}");
     assert!(
-        !ok && err.contains("directory.url: cannot reach") && err.contains("refused"),
+        err.contains(
+            "the password (bind_password_file or POOLGATE_LDAP_PASSWORD) or bind_dn is wrong"
+        ),
         "{err}"
     );
     assert!(!err.contains("not-the-password"), "never quoted: {err}");
+    // serve refuses to start for the same reason, said the same way.
+    let (ok, err) = run(&["serve", "--config", &file, "--listen", "127.0.0.1:0"]);
+    assert!(
+        !ok && err.contains(&bind),
+        "serve: expected {bind}\nin:\n{err}"
+    );
 
+    // The right password, a user_base that is not there: the search fails.
     std::fs::write(&password_file, format!("{SERVICE_PASSWORD}\n")).unwrap();
+    let missing = format!("ou=nobody,{PEOPLE}");
+    write(&slapd.url(), &missing);
+    let search = format!(
+        "{file}:{}:1: directory.user_base: search: the service account cannot read user_base \
+         {missing:?} (no such object, result code 32",
+        line("user_base")
+    );
+    let (ok, err) = check(true);
+    assert!(
+        !ok && err.contains(&search),
+        "expected {search}\nin:\n{err}"
+    );
+    assert!(err.contains("correct user_base"), "{err}");
+
+    // Nothing listening at the URL: the connection fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ldap://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    write(&url, PEOPLE);
+    let connect = format!(
+        "{file}:{}:1: directory.url: connect: cannot reach {url}: ",
+        line("url")
+    );
+    let (ok, err) = check(true);
+    assert!(
+        !ok && err.contains(&connect),
+        "expected {connect}\nin:\n{err}"
+    );
+
+    write(&slapd.url(), PEOPLE);
     let (ok, err) = check(true);
     assert!(ok, "{err}");
 }

@@ -56,7 +56,7 @@ pub async fn a_redis_without_an_append_only_file_is_warned_about() {
             .unwrap()
             + 1;
         let expected = format!(
-            "warning: {}:{line}: state: redis://127.0.0.1:{port} keeps no append-only file",
+            "warning: {}:{line}:1: state: redis://127.0.0.1:{port} keeps no append-only file",
             config.display()
         );
         assert_eq!(err.contains(&expected), warned, "{expected}\nin:\n{err}");

@@ -34,6 +34,42 @@ pub async fn the_redis_password_comes_from_a_file_and_is_required() {
     blank.state_password_file = Some(empty);
     let err = poolgate::AppState::new(blank).await.err().expect("refused");
     assert!(err.to_string().contains("empty"), "{err}");
+
+    // check-config --connect (and serve at start) say what to do, at the `state` line: with
+    // no password, and with a wrong one.
+    let wrong = dir.path().join("wrong.pass");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let config = dir.path().join("p.toml");
+    let what = "Redis wants a password, or refused the one given: set the one it expects in \
+                state_password_file or POOLGATE_REDIS_PASSWORD";
+    for password in [String::new(), format!("state_password_file = {wrong:?}\n")] {
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nstate = \"redis://127.0.0.1:{port}\"\n{password}",
+                dir.path().join("data")
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolgate"))
+            .args(["check-config", "--connect"])
+            .arg(&config)
+            .env_remove("POOLGATE_REDIS_PASSWORD")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        let at = format!(
+            "{}:2:1: state: cannot reach redis://127.0.0.1:{port}: ",
+            config.display()
+        );
+        assert!(
+            err.lines().any(|l| l.starts_with(&at) && l.ends_with(what)),
+            "expected {at}…{what}\nin:\n{err}"
+        );
+        assert!(!err.contains("not-the-password"), "never quoted: {err}");
+    }
     drop(app);
     stop_redis(&mut redis, port).await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::domain::secs;
+use crate::domain::{Problem, secs};
 
 /// Environment variable that may hold the service account's password.
 pub const PASSWORD_ENV: &str = "POOLGATE_LDAP_PASSWORD";
@@ -93,24 +93,48 @@ impl DirectoryConfig {
         Ok(password)
     }
 
-    /// What serde cannot check.
+    /// What serde cannot check: the first problem of [`DirectoryConfig::problems`].
     pub fn validate(&self) -> anyhow::Result<()> {
+        match self.problems().into_iter().next() {
+            Some(p) => bail!("{}: {}", p.key_path(), p.message),
+            None => Ok(()),
+        }
+    }
+
+    /// Every rule serde cannot check, each problem at its key (`directory.url`).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut fail = |key: &str, message: &str| {
+            problems.push(Problem::new(&["directory", key], message));
+        };
         if !(self.url.starts_with("ldap://") || self.url.starts_with("ldaps://")) {
-            bail!("directory.url must start with ldap:// or ldaps://");
+            fail(
+                "url",
+                "must start with ldap:// or ldaps://; e.g. url = \"ldaps://ldap.example.com\"",
+            );
         }
         if self.start_tls && self.url.starts_with("ldaps://") {
-            bail!("directory.start_tls is for ldap:// URLs (ldaps:// is TLS already)");
+            fail(
+                "start_tls",
+                "is for ldap:// URLs (ldaps:// is TLS already); remove start_tls",
+            );
         }
         if !self.user_filter.contains("{username}") {
-            bail!("directory.user_filter must contain {{username}}");
+            fail(
+                "user_filter",
+                "must contain {username}; e.g. user_filter = \"(&(objectClass=person)(uid={username}))\"",
+            );
         }
         if self.group_base.is_some() && !self.group_filter.contains("{dn}") {
-            bail!("directory.group_filter must contain {{dn}}");
+            fail(
+                "group_filter",
+                "must contain {dn}; e.g. group_filter = \"(member={dn})\"",
+            );
         }
         if self.timeout.is_zero() {
-            bail!("directory.timeout must be more than 0");
+            fail("timeout", "must be more than 0; e.g. timeout = 5 (seconds)");
         }
-        Ok(())
+        problems
     }
 }
 

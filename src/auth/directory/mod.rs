@@ -47,6 +47,8 @@ const SIZE_LIMIT_EXCEEDED: u32 = 4;
 /// LDAP's noSuchObject and invalidDNSyntax result codes.
 const NO_SUCH_OBJECT: u32 = 32;
 const INVALID_DN_SYNTAX: u32 = 34;
+/// LDAP result code of a bind refused for its name or password.
+const INVALID_CREDENTIALS: u32 = 49;
 
 /// The attributes read from a user's entry; the first four may hold a name the user filter
 /// matches (see [`Directory::lookup`]).
@@ -118,14 +120,9 @@ impl std::fmt::Debug for Directory {
 impl Directory {
     /// Checks the settings, reads the password and the CA file; connects to nothing yet.
     pub fn new(config: DirectoryConfig) -> anyhow::Result<Self> {
+        // A directory reached in clear text is warned of by the config's warnings
+        // (`check-config` and `serve`, once each), not here: this runs more than once.
         config.validate()?;
-        if !config.encrypted() && !crate::domain::is_loopback_url(&config.url) {
-            tracing::warn!(
-                url = %config.url,
-                "THE DIRECTORY IS REACHED WITHOUT TLS: passwords cross the network in clear text; \
-                 use ldaps:// or start_tls = true"
-            );
-        }
         let password = config.bind_password()?;
         let mut settings = LdapConnSettings::new()
             .set_conn_timeout(config.timeout)
@@ -273,6 +270,89 @@ impl Directory {
         tokio::time::timeout(timeout, check)
             .await
             .unwrap_or_else(|_| Err(DirectoryError::Unavailable("no answer".into())))
+    }
+
+    /// Goes through what serving needs of the directory step by step — connect, bind as the
+    /// service account, search `user_base` — and says which step failed, the key to look at
+    /// and what to do (`check-config --connect`, and `serve` at start).
+    pub async fn diagnose(&self) -> Result<(), StepFailure> {
+        let timeout = self.config.timeout;
+        let url = &self.config.url;
+        let silent = |step: Step| StepFailure {
+            step,
+            message: format!(
+                "{step}: no answer within {} s; check that the directory at {url} runs and that \
+                 this machine reaches it (firewall, address), or raise directory.timeout",
+                timeout.as_secs_f64()
+            ),
+        };
+        let mut ldap = tokio::time::timeout(timeout, self.connect())
+            .await
+            .map_err(|_| silent(Step::Connect))?
+            .map_err(|e| StepFailure {
+                step: Step::Connect,
+                message: format!(
+                    "connect: cannot reach {url}: {e}; check the host and port of directory.url, \
+                     that the directory runs and that this machine reaches it"
+                ),
+            })?;
+        let bind_dn = &self.config.bind_dn;
+        let bound = tokio::time::timeout(timeout, ldap.simple_bind(bind_dn, &self.password))
+            .await
+            .map_err(|_| silent(Step::Bind))?;
+        match bound {
+            Ok(r) if r.rc == 0 => {}
+            Ok(r) => {
+                let why = if r.rc == INVALID_CREDENTIALS {
+                    "the password (bind_password_file or POOLGATE_LDAP_PASSWORD) or bind_dn is \
+                     wrong; correct the one that is"
+                } else {
+                    "check bind_dn and the service account's rights"
+                };
+                return Err(StepFailure {
+                    step: Step::Bind,
+                    message: format!(
+                        "bind: the directory refused the service account {bind_dn:?} ({}); {why}",
+                        result_text(&r)
+                    ),
+                });
+            }
+            Err(e) => {
+                return Err(StepFailure {
+                    step: Step::Bind,
+                    message: format!("bind: as {bind_dn:?}: {e}; check directory.url and bind_dn"),
+                });
+            }
+        }
+        let base = &self.config.user_base;
+        let found = tokio::time::timeout(
+            timeout,
+            ldap.search(base, Scope::Base, "(objectClass=*)", ["1.1"]),
+        )
+        .await
+        .map_err(|_| silent(Step::Search))?;
+        let _ = ldap.unbind().await;
+        match found {
+            Ok(ldap3::SearchResult(_, r)) if r.rc == 0 => Ok(()),
+            Ok(ldap3::SearchResult(_, r)) => {
+                let why = if r.rc == NO_SUCH_OBJECT || r.rc == INVALID_DN_SYNTAX {
+                    "there is no such entry; correct user_base (the DN under which people are)"
+                } else {
+                    "check user_base and that the service account may read it"
+                };
+                Err(StepFailure {
+                    step: Step::Search,
+                    message: format!(
+                        "search: the service account cannot read user_base {base:?} ({}); {why}",
+                        result_text(&r)
+                    ),
+                })
+            }
+            Err(e) => Err(StepFailure {
+                step: Step::Search,
+                message: format!("search: user_base {base:?}: {e}; check user_base"),
+            }),
+        }
     }
 
     async fn authenticate_unbounded(
@@ -475,4 +555,57 @@ impl Directory {
 
 fn unavailable(e: ldap3::LdapError) -> DirectoryError {
     DirectoryError::Unavailable(e.to_string())
+}
+
+/// A step of [`Directory::diagnose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Connect,
+    Bind,
+    Search,
+}
+
+impl Step {
+    /// The key of `[directory]` the step depends on most.
+    pub fn key(self) -> &'static str {
+        match self {
+            Step::Connect => "url",
+            Step::Bind => "bind_dn",
+            Step::Search => "user_base",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "connect",
+            Step::Bind => "bind",
+            Step::Search => "search",
+        })
+    }
+}
+
+/// Which step of [`Directory::diagnose`] failed, and what to do (the message starts with the
+/// step's name).
+#[derive(Debug)]
+pub struct StepFailure {
+    pub step: Step,
+    pub message: String,
+}
+
+/// An LDAP result as operators read it: `invalidCredentials (49)`, with the server's text.
+fn result_text(r: &ldap3::LdapResult) -> String {
+    let name = match r.rc {
+        INVALID_CREDENTIALS => "invalid credentials",
+        NO_SUCH_OBJECT => "no such object",
+        INVALID_DN_SYNTAX => "invalid DN syntax",
+        50 => "insufficient access rights",
+        _ => "refused",
+    };
+    if r.text.is_empty() {
+        format!("{name}, result code {}", r.rc)
+    } else {
+        format!("{name}, result code {}: {}", r.rc, r.text)
+    }
 }

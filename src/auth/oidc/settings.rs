@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use openidconnect::url::Url;
 use serde::Deserialize;
 
-use crate::domain::secs;
+use crate::domain::{Problem, secs};
 
 /// Environment variable that may hold the client secret.
 pub const CLIENT_SECRET_ENV: &str = "POOLGATE_OIDC_CLIENT_SECRET";
@@ -116,26 +116,52 @@ impl OidcSettings {
         }
     }
 
-    /// What serde cannot check; `public_url` is the top-level key the redirect URI is built
-    /// from.
+    /// What serde cannot check: the first problem of [`OidcSettings::problems`].
     pub fn validate(&self, public_url: Option<&str>) -> anyhow::Result<()> {
-        let Some(public_url) = public_url else {
-            bail!(
-                "oidc needs public_url (how browsers reach this server, e.g. \
-                 public_url = \"https://broker.example.com\"): the provider sends people back to \
-                 {{public_url}}{CALLBACK_PATH}"
+        if let Some(url) = public_url {
+            validate_public_url(url)?;
+        }
+        match self.problems(public_url).into_iter().next() {
+            Some(p) => bail!("{}", p.message),
+            None => Ok(()),
+        }
+    }
+
+    /// Every rule serde cannot check, each problem at its key; `public_url` is the top-level
+    /// key the redirect URI is built from (checked on its own by the config).
+    pub fn problems(&self, public_url: Option<&str>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut fail = |key: &[&str], message: String| problems.push(Problem::new(key, message));
+        if public_url.is_none() {
+            fail(
+                &["oidc"],
+                format!(
+                    "oidc needs public_url (how browsers reach this server, e.g. \
+                     public_url = \"https://broker.example.com\"): the provider sends people \
+                     back to {{public_url}}{CALLBACK_PATH}"
+                ),
             );
-        };
-        validate_public_url(public_url)?;
-        validate_issuer(&self.issuer)?;
+        }
+        if let Err(e) = validate_issuer(&self.issuer) {
+            fail(&["oidc", "issuer"], format!("{e:#}"));
+        }
         if self.client_id.trim().is_empty() {
-            bail!("oidc.client_id must not be empty");
+            fail(
+                &["oidc", "client_id"],
+                "oidc.client_id must not be empty; write the client id the provider gave".into(),
+            );
         }
         if !self.scopes.iter().any(|s| s == "openid") {
-            bail!("oidc.scopes must include \"openid\" (without it there is no ID token)");
+            fail(
+                &["oidc", "scopes"],
+                "oidc.scopes must include \"openid\" (without it there is no ID token)".into(),
+            );
         }
         if let Some(bad) = self.scopes.iter().find(|s| !is_scope_token(s)) {
-            bail!("oidc.scopes: {bad:?} is not a scope (no spaces, quotes or backslashes)");
+            fail(
+                &["oidc", "scopes"],
+                format!("oidc.scopes: {bad:?} is not a scope (no spaces, quotes or backslashes)"),
+            );
         }
         for (name, value) in [
             ("username_claim", &self.username_claim),
@@ -143,14 +169,17 @@ impl OidcSettings {
             ("display_name", &self.display_name),
         ] {
             if value.trim().is_empty() {
-                bail!("oidc.{name} must not be empty");
+                fail(&["oidc", name], format!("oidc.{name} must not be empty"));
             }
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
-            bail!("oidc.timeout must be more than 0 and at most 60 s");
+            fail(
+                &["oidc", "timeout"],
+                "oidc.timeout must be more than 0 and at most 60 s".into(),
+            );
         }
-        self.handoff.validate()?;
-        Ok(())
+        problems.extend(self.handoff.problems());
+        problems
     }
 
     /// The client secret: `POOLGATE_OIDC_CLIENT_SECRET`, else `client_secret_file` (which only
@@ -183,14 +212,21 @@ impl OidcSettings {
 }
 
 impl HandoffSettings {
-    fn validate(&self) -> anyhow::Result<()> {
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if self.interval < Duration::from_secs(1) || self.interval > Duration::from_secs(60) {
-            bail!("oidc.handoff.interval must be between 1 and 60 s");
+            problems.push(Problem::new(
+                &["oidc", "handoff", "interval"],
+                "oidc.handoff.interval must be between 1 and 60 s",
+            ));
         }
         if self.expires_in <= self.interval || self.expires_in > Duration::from_secs(3600) {
-            bail!("oidc.handoff.expires_in must be longer than interval and at most 3600 s");
+            problems.push(Problem::new(
+                &["oidc", "handoff", "expires_in"],
+                "oidc.handoff.expires_in must be longer than interval and at most 3600 s",
+            ));
         }
-        Ok(())
+        problems
     }
 }
 

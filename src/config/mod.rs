@@ -16,8 +16,15 @@ use crate::pools::{PoolConfig, SeedTask};
 use crate::provision::ProvisionerConfig;
 use crate::store::StateUrl;
 
+mod problems;
+mod read;
+mod rules;
+
+pub use problems::{Source, Sources, key_line};
+pub use read::Loaded;
+
 /// The demo dataset of the reference mock; used when no `--config` is given.
-pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../examples/demo.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -283,12 +290,18 @@ impl Config {
         Self::parse(DEMO_CONFIG, None).expect("the embedded demo config is valid")
     }
 
-    /// Reads a config file, and the users file it names.
+    /// Reads a config file, and the users file it names; the error lists every problem
+    /// reading found (see [`Config::read`]).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::parse(&text, path.parent())
-            .with_context(|| format!("invalid config file {}", path.display()))
+        let loaded = Self::read(path)?;
+        if !loaded.problems.is_empty() {
+            bail!(
+                "invalid config file {}:\n{}",
+                path.display(),
+                loaded.sources.render(&loaded.problems, &[]).trim_end()
+            );
+        }
+        Ok(loaded.config)
     }
 
     /// Parses config text; `base` resolves a relative `users_file`. What serde cannot check
@@ -384,135 +397,6 @@ impl Config {
         }
         Ok(Some(password))
     }
-
-    /// Checks what serde cannot: ranges and cross-field rules. Called once, by the state's
-    /// constructor (`AppState`), which every way of running a config goes through: `serve`,
-    /// `check-config`, the tests.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.validate_durations()?;
-        if matches!(self.state, StateUrl::RedisCluster { .. })
-            && self.state_prefix.contains(['{', '}'])
-        {
-            bail!(
-                "state_prefix must not contain '{{' or '}}' on a Redis Cluster: poolgate tags each \
-                 key with its user's bucket ({{bN}}) to spread users over the masters, and Redis \
-                 hashes a key by its first {{…}}, so a brace in the prefix would put every key in \
-                 one slot or split a script's keys over several"
-            );
-        }
-        if self.session_flush > Duration::from_secs(10) {
-            bail!(
-                "session_flush must be at most 10 s: it bounds how stale stored token activity may be"
-            );
-        }
-        if self.max_frame_bytes == 0 || self.max_frame_bytes > self.max_message_bytes {
-            bail!("max_frame_bytes must be between 1 and max_message_bytes");
-        }
-        if self.max_message_bytes_pre_auth < 1024 {
-            bail!("max_message_bytes_pre_auth must be at least 1024: a sign-in must fit");
-        }
-        if self.max_connections == Some(0)
-            || self.outbound_queue == 0
-            || self.max_concurrent_hashes == 0
-            || self.lockout_attempts == 0
-            || self.lockout_address_attempts == 0
-            || self.max_sessions_per_user == 0
-        {
-            bail!(
-                "max_connections, outbound_queue, max_concurrent_hashes, lockout_attempts, \
-                 lockout_address_attempts and max_sessions_per_user must be at least 1"
-            );
-        }
-        if self.max_connections_per_address == 0 {
-            bail!(
-                "max_connections_per_address must be at least 1 (to lift it, set it to \
-                 max_connections)"
-            );
-        }
-        if let Some(directory) = &self.directory {
-            directory.validate()?;
-        }
-        if let Some(url) = &self.public_url {
-            crate::auth::oidc::validate_public_url(url)?;
-        }
-        if let Some(oidc) = &self.oidc {
-            oidc.validate(self.public_url.as_deref())?;
-        }
-        self.validate_browser_names()?;
-        if self.proxy_protocol && self.trusted_proxies.is_empty() {
-            bail!(
-                "proxy_protocol = true needs trusted_proxies: only the load balancers listed \
-                 there may send a PROXY header (anyone else could name any address), so with \
-                 none every connection would be refused; list the balancers' addresses, e.g. \
-                 trusted_proxies = [\"10.0.0.2\"]"
-            );
-        }
-        if let Some(metrics) = self.metrics_listen
-            && metrics == self.listen
-            && metrics.port() != 0
-        {
-            bail!("metrics_listen must differ from listen");
-        }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            bail!("tls_cert and tls_key go together: give both or neither");
-        }
-        Ok(())
-    }
-
-    /// Every duration setting is above zero.
-    fn validate_durations(&self) -> anyhow::Result<()> {
-        let durations = [
-            ("token_ttl", self.token_ttl),
-            ("idle_timeout", self.idle_timeout),
-            ("auth_grace", self.auth_grace),
-            ("mfa_token_ttl", self.mfa_token_ttl),
-            ("task_deadline", self.task_deadline),
-            ("release_deadline", self.release_deadline),
-            ("task_retention", self.task_retention),
-            ("sweep_interval", self.sweep_interval),
-            ("assignment_ttl", self.assignment_ttl),
-            ("lease_sweep", self.lease_sweep),
-            ("task_lease", self.task_lease),
-            ("session_flush", self.session_flush),
-            ("lockout_window", self.lockout_window),
-            ("lockout_backoff_max", self.lockout_backoff_max),
-            ("lockout_known_for", self.lockout_known_for),
-            ("jwt_ttl", self.jwt_ttl),
-            ("directory_recheck", self.directory_recheck),
-            ("session_max_age", self.session_max_age),
-            ("http_header_timeout", self.http_header_timeout),
-        ];
-        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
-            bail!("{name} must be greater than zero");
-        }
-        Ok(())
-    }
-
-    /// `allowed_origins` are origins and `server_names` host names.
-    fn validate_browser_names(&self) -> anyhow::Result<()> {
-        for origin in &self.allowed_origins {
-            crate::http::Origin::parse(origin).with_context(|| {
-                format!(
-                    "allowed_origins: {origin:?} is not an origin; write scheme://host[:port], \
-                     e.g. \"https://desktops.example.com\""
-                )
-            })?;
-        }
-        for name in &self.server_names {
-            let ok = !name.is_empty()
-                && name.len() <= 253
-                && name.trim_end_matches('.').split('.').all(|l| {
-                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                });
-            if !ok {
-                bail!(
-                    "server_names: {name:?} is not a host name; write the name alone, without \
-                     scheme or port, e.g. \"desktops.example.com\""
-                );
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The top-level keys a config file may set: the fields serde reads into [`Config`], asked of
@@ -585,7 +469,7 @@ mod tests {
         assert_eq!(config.oidc.unwrap().scopes, ["openid", "profile", "email"]);
         let e = Config::parse(oidc, None).unwrap().validate().unwrap_err();
         assert!(
-            format!("{e:#}").starts_with("oidc needs public_url"),
+            format!("{e:#}").starts_with("oidc: oidc needs public_url"),
             "{e:#}"
         );
         // public_url alone is checked too.
