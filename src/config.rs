@@ -196,6 +196,14 @@ pub struct Config {
     pub public_url: Option<String>,
     /// An OpenID Connect provider to sign people in at (`[oidc]`).
     pub oidc: Option<crate::auth::oidc::OidcSettings>,
+    /// Further origins whose pages may run security-key ceremonies, besides `public_url`
+    /// (which is the WebAuthn relying party: its host is the RP ID).
+    pub webauthn_origins: Vec<String>,
+    /// The relying party's name, shown by some authenticators.
+    pub rp_name: String,
+    /// How long a security key's challenge may be answered.
+    #[serde(with = "secs")]
+    pub webauthn_challenge_ttl: Duration,
     /// Desktop pools and who may use them.
     pub pools: Vec<PoolConfig>,
     /// Named provisioners pools refer to; `simulated` exists even when not defined.
@@ -263,6 +271,9 @@ impl Default for Config {
             directory: None,
             public_url: None,
             oidc: None,
+            webauthn_origins: Vec::new(),
+            rp_name: "poolgate".into(),
+            webauthn_challenge_ttl: Duration::from_secs(60),
             pools: Vec::new(),
             provisioners: HashMap::new(),
             seed_tasks: Vec::new(),
@@ -426,6 +437,7 @@ impl Config {
         if let Some(oidc) = &self.oidc {
             oidc.validate(self.public_url.as_deref())?;
         }
+        self.webauthn_settings()?;
         self.validate_browser_names()?;
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             bail!(
@@ -445,6 +457,18 @@ impl Config {
             bail!("tls_cert and tls_key go together: give both or neither");
         }
         Ok(())
+    }
+
+    /// The WebAuthn relying party the settings describe (checked: see [`RpSettings::new`]).
+    ///
+    /// [`RpSettings::new`]: crate::auth::webauthn::RpSettings::new
+    pub fn webauthn_settings(&self) -> anyhow::Result<crate::auth::webauthn::RpSettings> {
+        crate::auth::webauthn::RpSettings::new(
+            self.public_url.as_deref(),
+            &self.webauthn_origins,
+            &self.rp_name,
+            self.webauthn_challenge_ttl,
+        )
     }
 
     /// Every duration setting is above zero.
@@ -469,6 +493,7 @@ impl Config {
             ("directory_recheck", self.directory_recheck),
             ("session_max_age", self.session_max_age),
             ("http_header_timeout", self.http_header_timeout),
+            ("webauthn_challenge_ttl", self.webauthn_challenge_ttl),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             bail!("{name} must be greater than zero");

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::*;
+pub use crate::webauthn::*;
 
 /// The demo config on a given backend, with fast simulated timings.
 fn config(state: &str) -> Config {
@@ -2145,6 +2146,16 @@ macro_rules! backend_cases {
                 a_federated_users_record_is_kept_and_replaced,
                 security_keys_are_registered_once_listed_updated_and_removed,
                 webauthn_values_are_kept_taken_once_and_expire,
+                a_key_enrolled_by_link_signs_in_after_the_password,
+                a_replayed_assertion_is_refused,
+                an_expired_challenge_is_refused,
+                a_wrong_origin_or_relying_party_is_refused,
+                a_cloned_key_is_refused,
+                another_users_credential_is_refused,
+                a_passkey_signs_in_without_a_username,
+                keys_are_added_listed_and_removed,
+                the_rest_login_takes_a_key,
+                refused_key_answers_count_toward_the_lockout,
             ],
             durable: [
                 state_survives_a_restart,
