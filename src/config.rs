@@ -587,6 +587,21 @@ mod tests {
     }
 
     #[test]
+    fn an_ip_address_as_webauthn_relying_party_is_refused_with_what_to_do() {
+        let e = Config::parse("public_url = \"https://10.1.2.3\"", None)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("DNS name"), "{e:#}");
+        let config = Config::parse(
+            "public_url = \"https://vdi.example.com\"\nwebauthn_origins = [\"https://evil.example.net\"]",
+            None,
+        )
+        .unwrap();
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
     fn public_url_and_oidc_are_read_and_checked_together() {
         let oidc = "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"pg\"\n";
         let config = Config::parse(
