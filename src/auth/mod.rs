@@ -419,6 +419,24 @@ impl Authenticator {
         Ok(self.users.resolve(&id).await?.filter(|u| u.dn.is_some()))
     }
 
+    /// A directory person by sign-in name, found by the service account and remembered (so an
+    /// admin can act for them before their first sign-in, as `directory_totp` does); `None`
+    /// without a directory or when it has no such person.
+    pub async fn directory_person(&self, name: &str) -> Result<Option<Arc<User>>, Error> {
+        if self.directory.is_none() {
+            return Ok(None);
+        }
+        let Some(entry) = self.directory_lookup(name, false).await? else {
+            return Ok(None);
+        };
+        let record = self.remember(&entry).await?;
+        let secret = self.store.directory_totp_get(record.id).await?;
+        Ok(Some(Arc::new(User::from_directory(
+            &record,
+            secret.as_deref(),
+        ))))
+    }
+
     /// A person of the directory found by the service account (422 without a directory,
     /// 503 when it cannot be asked).
     async fn directory_lookup(
@@ -443,14 +461,17 @@ impl Authenticator {
         }
     }
 
-    /// The directory user whose entry has this key, if they are enrolled in TOTP.
+    /// The directory user whose entry has this key, if they have a second factor: enrolled in
+    /// TOTP, or a security key registered (their wrong password then gets its challenge too).
     async fn enrolled_directory_user(&self, key: &str) -> Result<Option<Arc<User>>, Error> {
         let id = users::directory_user_id(key);
-        Ok(self
-            .users
-            .resolve(&id)
-            .await?
-            .filter(|u| u.dn.is_some() && u.otp_enabled))
+        let Some(user) = self.users.resolve(&id).await?.filter(|u| u.dn.is_some()) else {
+            return Ok(None);
+        };
+        if user.otp_enabled || !self.keys.of(user.id).await?.is_empty() {
+            return Ok(Some(user));
+        }
+        Ok(None)
     }
 
     /// Completes an OTP challenge issued by [`Authenticator::login`].

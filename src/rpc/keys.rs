@@ -232,7 +232,16 @@ impl AdminEnroll {
                 )));
             }
         };
-        let target = named_user(ctx, &self.username, None).await?;
+        let target = match named_user(ctx, &self.username, None).await {
+            // A directory person who has not signed in yet.
+            Err(Error::NotFound(why)) => ctx
+                .state
+                .auth
+                .directory_person(&self.username)
+                .await?
+                .ok_or(Error::NotFound(why))?,
+            found => found?,
+        };
         let (url, expires) = ctx.state.auth.enrol_link(&target, ttl).await?;
         let admin = &user(ctx)?.username;
         tracing::warn!(admin = %admin, user = %target.username, "an admin issued a security-key enrolment link");

@@ -383,7 +383,10 @@ pub async fn a_cloned_key_is_refused(state: &str) {
 
 /// Another user's credential: refused at sign-in, and its id refused at registration (409).
 pub async fn another_users_credential_is_refused(state: &str) {
-    let app = app_on(state, |_| {}).await;
+    // Challenges short-lived, to see that a refused registration gives the link back with its
+    // own expiry (24 h), not the challenge's.
+    let ttl = Duration::from_secs(2);
+    let app = app_on(state, |c| c.webauthn_challenge_ttl = ttl).await;
     let mut key = Key::new(&origin_of(&app));
     enrol(&app, &mut key, KEY_USER, false).await;
     let mut theirs = Key::new(&origin_of(&app));
@@ -433,7 +436,8 @@ pub async fn another_users_credential_is_refused(state: &str) {
             .contains("another account"),
         "{reply}"
     );
-    // The link is still usable after the failed registration.
+    // The link is still usable after the failed registration, past the challenge's lifetime.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
     let again = c
         .rpc("key_register_begin", json!({"enroll_code": code}))
         .await;

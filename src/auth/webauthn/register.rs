@@ -45,6 +45,8 @@ struct Registration {
 #[derive(Serialize, Deserialize)]
 struct Enrolment {
     user: uuid::Uuid,
+    /// When the link expires (kept to give it back unchanged after a refused registration).
+    expires_ms: u64,
 }
 
 /// 256 random bits, base64url.
@@ -67,7 +69,11 @@ impl Authenticator {
         let base = self.keys.base_url()?.to_owned();
         let code = random_code();
         let expires = now_ms() + ttl.as_millis() as u64;
-        let body = serde_json::to_string(&Enrolment { user: user.id }).map_err(Error::internal)?;
+        let enrolment = Enrolment {
+            user: user.id,
+            expires_ms: expires,
+        };
+        let body = serde_json::to_string(&enrolment).map_err(Error::internal)?;
         self.store
             .webauthn_put(&digest_key("enrol", &code), &body, expires)
             .await?;
@@ -211,10 +217,11 @@ impl Authenticator {
             return Ok(());
         }
         if let (Some(enrol), Some(body)) = (enrol, link) {
-            // Usable again until it expires (its expiry is not known here: the challenge's).
-            self.store
-                .webauthn_put(enrol, &body, self.keys.expires_ms())
-                .await?;
+            // Usable again until it expires.
+            let expires = serde_json::from_str::<Enrolment>(&body)
+                .map_err(Error::internal)?
+                .expires_ms;
+            self.store.webauthn_put(enrol, &body, expires).await?;
         }
         let owner = self.store.key_owner(&key.id).await?;
         Err(Error::Conflict(if owner == Some(key.user_id) {
