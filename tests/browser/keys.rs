@@ -381,7 +381,7 @@ pub async fn add_a_second_key_and_remove_the_first(b: Browser) {
 }
 
 /// A key enrolled as a passkey signs in alone: "Sign in with a passkey", no username, signed in
-/// as the key's user. The page runs here as in a browser without
+/// as the key's user; once an admin has removed it, the same passkey is refused. The page runs here as in a browser without
 /// `parse…OptionsFromJSON` and `toJSON()` (removed before its script), so its hand-made
 /// conversions are what is checked.
 pub async fn a_passkey_signs_in_without_a_username(b: Browser) {
@@ -429,6 +429,27 @@ pub async fn a_passkey_signs_in_without_a_username(b: Browser) {
             .await,
         "yes"
     );
+
+    // An admin removes the key: the passkey, still in the authenticator, is refused.
+    let id = keys_of(&app, KEY_USER).await[0]["id"].clone();
+    let (mut admin, _) = app.login("astravdi").await;
+    let reply = admin
+        .rpc("admin_remove_key", json!({"username": KEY_USER, "id": id}))
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    b.click("#signout").await;
+    b.until(&visible("passkey"), "the passkey button").await;
+    b.click("#passkey-button").await;
+    b.until(&visible("signin-error"), "the removed passkey refused")
+        .await;
+    b.expect_text(
+        "signin-error",
+        "This passkey was not accepted. Sign in with your username and password.",
+    )
+    .await;
+    assert!(b.text("document.getElementById('pools-view').hidden").await == "true");
+    assert_eq!(b.key_credentials(&key).await.len(), 1, "still in the key");
+    b.shot("03-removed-passkey-refused").await;
     app.stop().await;
 }
 
