@@ -783,12 +783,7 @@ async function submitSignIn(event) {
       await signedIn(await rpc.call("auth", { username, password }), keep);
     } catch (e) {
       if (e instanceof RpcError && e.code === 428 && e.args.mfa_token && e.args.publicKey) {
-        state.mfaToken = e.args.mfa_token;
-        state.keyOptions = e.args.publicKey;
-        $("password-step").hidden = true;
-        $("passkey").hidden = true;
-        $("key-step").hidden = false;
-        button.textContent = "Use the security key";
+        keyStep(e.args);
         await useKey(keep);
         return;
       }
@@ -816,6 +811,16 @@ async function submitSignIn(event) {
   } finally {
     button.disabled = false;
   }
+}
+
+/** Shows the security key step for a 428/102 with `publicKey`. */
+function keyStep(args) {
+  state.mfaToken = args.mfa_token;
+  state.keyOptions = args.publicKey;
+  $("password-step").hidden = true;
+  $("passkey").hidden = true;
+  $("key-step").hidden = false;
+  $("signin-button").textContent = "Use the security key";
 }
 
 /** The security key step after the password: the browser asks for the key; its answer goes to
@@ -892,6 +897,13 @@ async function finishSso(code) {
     state.username = username || "";
     await signedIn([token, ttl], $("keep").checked);
   } catch (e) {
+    if (e instanceof RpcError && e.code === 428 && e.args.mfa_token && e.args.publicKey) {
+      // The key is asked for when the person presses the button.
+      showSignIn("");
+      keyStep(e.args);
+      $("signin-button").focus();
+      return;
+    }
     if (e instanceof RpcError && e.code === 428 && e.args.mfa_token) {
       showSignIn("");
       state.mfaToken = e.args.mfa_token;
