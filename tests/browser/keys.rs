@@ -358,6 +358,17 @@ pub async fn add_a_second_key_and_remove_the_first(b: Browser) {
         .await;
     assert_eq!(b.key_credentials(&second).await.len(), 1);
     b.shot("02-two-keys").await;
+    // On a phone: nothing wider than the screen.
+    b.client.set_window_size(360, 740).await.unwrap();
+    let overflow = b
+        .text("document.documentElement.scrollWidth > document.documentElement.clientWidth")
+        .await;
+    assert_eq!(
+        overflow, "false",
+        "the keys page scrolls sideways at 360 px"
+    );
+    b.shot("02-two-keys-360px").await;
+    b.client.set_window_size(1280, 900).await.unwrap();
 
     b.click("#keys .key .remove").await;
     b.until(
