@@ -55,6 +55,11 @@ impl Application {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
+        // The WebAuthn relying party's origin is http(s)://localhost:PORT without public_url.
+        state
+            .auth
+            .keys
+            .listening(local_addr.port(), tls.is_some())?;
         let metrics = match config.metrics_listen {
             Some(at) => {
                 let listener = TcpListener::bind(at)

@@ -15,7 +15,7 @@ pub enum MfaKind {
     Otp,
     /// ADFS single sign-on; cannot be completed over this API.
     Adfs,
-    /// A hardware token; cannot be completed over this API.
+    /// A security key (WebAuthn): `webauthn_verify` completes it.
     HardwareToken,
 }
 
@@ -42,6 +42,17 @@ pub struct SsoHandoff {
     pub expires_in: u64,
     /// Seconds between polls.
     pub interval: u64,
+}
+
+/// A security key's sign-in challenge (the second factor after a password, or a passkey
+/// sign-in): what a 428/102 carries besides the mock's fields.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KeyChallenge {
+    /// Names the ceremony for `webauthn_verify` (single-use, expiring).
+    pub mfa_token: String,
+    /// The `PublicKeyCredentialRequestOptions` for `navigator.credentials.get` (base64url).
+    #[serde(rename = "publicKey")]
+    pub public_key: Value,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +111,23 @@ pub enum Error {
     /// mock's 428, `err_code` 101, with where to sign in).
     #[error("MFA required.")]
     SsoRequired(Box<SsoHandoff>),
+    /// A user who signs in with a security key after their password: answer the challenge with
+    /// `webauthn_verify` (the mock's 428, `err_code` 102, with the request options).
+    #[error("MFA required.")]
+    KeyRequired(Box<KeyChallenge>),
+    /// A security key's answer that does not hold: a wrong signature, origin or relying party,
+    /// a key not registered to the user, a sign counter that went back (a cloned key).
+    #[error("The security key's answer was refused.")]
+    KeyRefused,
+    /// A security key challenge that is unknown, used or expired.
+    #[error("The security key challenge expired or was already used; sign in again.")]
+    ChallengeExpired,
+    /// An enrolment link's code that is unknown, used or expired.
+    #[error("Invalid, used or expired enrolment link; ask an administrator for a new one.")]
+    InvalidEnrolCode,
+    /// The request conflicts with what is stored (the mock's 409).
+    #[error("{0}")]
+    Conflict(String),
     /// A hand-off's user code or the portal's one-time code that is unknown, used or expired.
     #[error("Invalid or expired sign-in code; start the sign-in again.")]
     InvalidSsoCode,
@@ -144,16 +172,19 @@ impl Error {
             | Error::InvalidToken
             | Error::InvalidMfaToken
             | Error::InvalidOtp
-            | Error::InvalidSsoCode => 401,
+            | Error::InvalidSsoCode
+            | Error::KeyRefused
+            | Error::ChallengeExpired
+            | Error::InvalidEnrolCode => 401,
             Error::Disabled
             | Error::InsufficientPermissions
             | Error::AdminRequired
             | Error::PoolCannotExpand { .. } => 403,
             Error::NotFound(_) => 404,
-            Error::NoEligibleMachine => 409,
+            Error::NoEligibleMachine | Error::Conflict(_) => 409,
             Error::FrameTooLarge { .. } => 413,
             Error::Unprocessable(_) => 422,
-            Error::MfaRequired { .. } | Error::SsoRequired(_) => 428,
+            Error::MfaRequired { .. } | Error::SsoRequired(_) | Error::KeyRequired(_) => 428,
             Error::RateLimited(_) => 429,
             Error::Internal(_) => 500,
             Error::Unavailable(_) | Error::DirectoryUnavailable | Error::SsoUnavailable => 503,
@@ -170,6 +201,7 @@ impl Error {
             Error::InvalidOtp => Some(103),
             Error::MfaRequired { kind, .. } => Some(kind.err_code()),
             Error::SsoRequired(_) => Some(MfaKind::Adfs.err_code()),
+            Error::KeyRequired(_) => Some(MfaKind::HardwareToken.err_code()),
             _ => None,
         }
     }
@@ -203,6 +235,15 @@ impl Error {
                 args.extend(fields);
             }
         }
+        if let Error::KeyRequired(challenge) = self {
+            args.insert(
+                "detail".into(),
+                json!("Answer publicKey with a security key (navigator.credentials.get) and send the credential with rpc/webauthn_verify and this mfa_token."),
+            );
+            if let Value::Object(fields) = json!(challenge) {
+                args.extend(fields);
+            }
+        }
         if let Error::MfaRequired { kind, mfa_token } = self {
             match (kind, mfa_token) {
                 (MfaKind::Otp, Some(token)) => {
@@ -217,7 +258,7 @@ impl Error {
                 (MfaKind::HardwareToken, _) => {
                     args.insert(
                         "detail".into(),
-                        json!("This user signs in with a hardware token, which cannot be completed over this API."),
+                        json!("This user signs in with a security key and has none registered yet: an administrator must send them an enrolment link (admin_enroll_key, or poolgate admin enroll-key USER)."),
                     );
                 }
                 (MfaKind::Otp, None) => {}

@@ -162,7 +162,18 @@ fn proxy_warnings(config: &Config) -> Vec<Problem> {
             )
         })
         .chain(cleartext_sso(config))
+        .chain(keys_off(config))
         .collect()
+}
+
+/// A `public_url` naming an IP address: browsers refuse it as a WebAuthn relying party, so
+/// security keys and passkeys are off (everything else serves).
+fn keys_off(config: &Config) -> Option<Problem> {
+    let why = config.webauthn_settings().ok()?.off?;
+    Some(Problem::new(
+        &["public_url"],
+        format!("security keys and passkeys are off on this server: {why}"),
+    ))
 }
 
 /// Single sign-on over plain http beyond this machine: its cookies (the portal's one-time

@@ -140,6 +140,12 @@ impl AppState {
         provisioners.extend(extra);
         let metrics = Arc::new(Metrics::default());
         let auth = authenticator(&config, users, directory, jwt, tags, &store, &metrics);
+        if purpose == Purpose::Check {
+            // The relying party as serving builds it once bound (check-config's port is the
+            // configured one).
+            let tls = config.tls_cert.is_some();
+            auth.keys.listening(config.listen.port(), tls)?;
+        }
         let shutdown = CancellationToken::new();
         let stop_now = CancellationToken::new();
         let drained = drain_timer(config.drain_timeout, &shutdown, &stop_now);
@@ -251,7 +257,15 @@ fn authenticator(
     store: &Arc<dyn Store>,
     metrics: &Arc<Metrics>,
 ) -> Authenticator {
+    let keys = crate::auth::webauthn::Keys::new(
+        config
+            .webauthn_settings()
+            .expect("checked by Config::validate"),
+        store.clone(),
+        tags.clone(),
+    );
     Authenticator {
+        keys,
         users,
         tokens: TokenStore::new(
             store.clone(),

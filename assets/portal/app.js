@@ -2,7 +2,8 @@
 // protocol/pools.md), and the reference for client authors. One socket carries the sign-in,
 // the two steps to a desktop, and the pushed task events that drive the progress bars (the
 // page never polls). No token is ever put in a URL; "Keep me signed in" keeps it in this
-// tab's sessionStorage only.
+// tab's sessionStorage only. Security keys and passkeys (protocol/webauthn.md): the page runs
+// the browser's WebAuthn calls on the options the server sends and sends back their JSON.
 
 const TOKEN_KEY = "poolgate.token";
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
@@ -85,10 +86,20 @@ function signInMessage(e) {
   switch (e.code) {
     case 401:
       if (e.errCode === 103) return "That one-time code is not right. Check your app and try again.";
+      if (e.message.startsWith("The security key challenge")) {
+        return "The security key was not used in time. Sign in again.";
+      }
+      if (e.message.startsWith("The security key's answer")) {
+        return "The password or the security key was not accepted. Sign in again.";
+      }
       if (e.errCode === 999) return "Wrong username or password.";
       return "Your sign-in expired. Enter your password again.";
     case 403: return e.message === "User is disabled." ? "This account is disabled. Ask your administrator." : e.message;
-    case 428: return e.args.detail || "This account needs a second factor this page cannot offer.";
+    case 428:
+      if (e.errCode === 102 && !e.args.publicKey) {
+        return "No security key is registered for you yet: ask an administrator for an enrolment link.";
+      }
+      return e.args.detail || "This account needs a second factor this page cannot offer.";
     case 429: return `Too many attempts. ${e.message.replace(/^Too many failed sign-in attempts[^;]*; /, "").replace(/^t/, "T")}`;
     case 503: return "The server is busy for a moment; try again in a few seconds.";
     default: return e.message;
@@ -102,7 +113,9 @@ const state = {
   ttl: 0,            // seconds of inactivity the token survives
   lastActive: 0,     // when the server last accepted an authenticated message
   username: "",
-  mfaToken: null,    // between `auth` answering 428 and `otp_verify`
+  mfaToken: null,    // between `auth` answering 428 and `otp_verify` / `webauthn_verify`
+  keyOptions: null,  // the security key's request options (428/102), while that step is shown
+  enroll: null,      // the enrolment link's code and registration under way
   sso: null,         // the server's single sign-on (`/oidc/config`), if any
   tasks: new Map(),  // task id -> latest task seen (replies and events)
   waiters: new Map(),// task id -> [resolve] waiting for an end
@@ -137,15 +150,21 @@ function notice(text) {
 
 function showSignIn(message) {
   $("pools-view").hidden = true;
+  $("keys-view").hidden = true;
+  $("enroll-view").hidden = true;
   $("account").hidden = true;
   $("signin-view").hidden = false;
   $("otp-step").hidden = true;
+  $("key-step").hidden = true;
   $("password-step").hidden = false;
+  $("passkey").hidden = !keysUsable();
+  showKeyNote("key-note");
   $("signin-button").textContent = "Sign in";
   $("signin-button").disabled = false;
   $("password").value = "";
   $("otp").value = "";
   state.mfaToken = null;
+  state.keyOptions = null;
   notice(message);
   ($("username").value ? $("password") : $("username")).focus();
 }
@@ -161,6 +180,8 @@ async function signedIn([token, ttl], keep) {
   state.lastActive = Date.now();
   if (keep) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
   $("signin-view").hidden = true;
+  $("enroll-view").hidden = true;
+  $("keys-view").hidden = true;
   signInError("");
   notice("");
   $("who").textContent = state.username ? `Signed in as ${state.username}` : "Signed in";
@@ -427,6 +448,312 @@ function showGuacamole(card, pool, link) {
   };
 }
 
+// ---- security keys (WebAuthn) ----------------------------------------------------------
+
+/** base64url (no padding), as the server sends binary fields, to bytes. */
+function fromBase64url(text) {
+  const b64 = text.replace(/-/g, "+").replace(/_/g, "/");
+  const binary = atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4));
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** Bytes to base64url without padding. */
+function toBase64url(buffer) {
+  let binary = "";
+  for (const byte of new Uint8Array(buffer)) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+const withIds = (list) => (list || []).map((c) => ({ ...c, id: fromBase64url(c.id) }));
+
+/** The server's `publicKey` (JSON) as `navigator.credentials.get` takes it. */
+function requestOptions(json) {
+  if (typeof PublicKeyCredential.parseRequestOptionsFromJSON === "function") {
+    try { return PublicKeyCredential.parseRequestOptionsFromJSON(json); } catch { /* by hand */ }
+  }
+  return { ...json, challenge: fromBase64url(json.challenge), allowCredentials: withIds(json.allowCredentials) };
+}
+
+/** The server's `publicKey` (JSON) as `navigator.credentials.create` takes it. */
+function creationOptions(json) {
+  if (typeof PublicKeyCredential.parseCreationOptionsFromJSON === "function") {
+    try { return PublicKeyCredential.parseCreationOptionsFromJSON(json); } catch { /* by hand */ }
+  }
+  return { ...json, challenge: fromBase64url(json.challenge),
+    user: { ...json.user, id: fromBase64url(json.user.id) },
+    excludeCredentials: withIds(json.excludeCredentials) };
+}
+
+/** A `PublicKeyCredential` as JSON with base64url fields: its `toJSON()`, or the same by hand. */
+function credentialJson(credential) {
+  if (typeof credential.toJSON === "function") {
+    try { return credential.toJSON(); } catch { /* by hand */ }
+  }
+  const r = credential.response;
+  const response = { clientDataJSON: toBase64url(r.clientDataJSON) };
+  if (r.attestationObject) {
+    response.attestationObject = toBase64url(r.attestationObject);
+    if (typeof r.getTransports === "function") response.transports = r.getTransports();
+  } else {
+    response.authenticatorData = toBase64url(r.authenticatorData);
+    response.signature = toBase64url(r.signature);
+    response.userHandle = r.userHandle ? toBase64url(r.userHandle) : null;
+  }
+  return { id: credential.id, rawId: toBase64url(credential.rawId), type: credential.type, response,
+    clientExtensionResults: credential.getClientExtensionResults() };
+}
+
+/** Whether this page can use security keys: a browser with WebAuthn, in a secure context,
+ * on a name (browsers refuse an IP address as the relying party). */
+function keysUsable() {
+  return Boolean(window.PublicKeyCredential && window.isSecureContext && navigator.credentials)
+    && !onIpAddress();
+}
+
+function onIpAddress() {
+  const host = location.hostname;
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(host) || host.includes(":") || host.startsWith("[");
+}
+
+/** The same page at localhost, where keys work when the server has no public_url. */
+function localhostUrl(path = "/") {
+  return `${location.protocol}//localhost${location.port ? `:${location.port}` : ""}${path}`;
+}
+
+/** On an IP address: the note saying where keys work (`id` and `id-link`). */
+function showKeyNote(id, path = "/") {
+  const ip = onIpAddress();
+  $(id).hidden = !ip;
+  if (ip) {
+    $(`${id}-link`).href = localhostUrl(path);
+    $(`${id}-link`).textContent = localhostUrl("/");
+  }
+}
+
+async function getCredential(publicKey) {
+  if (!keysUsable()) throw new Error(keysUnusableMessage());
+  return credentialJson(await navigator.credentials.get({ publicKey: requestOptions(publicKey) }));
+}
+
+async function createCredential(publicKey) {
+  if (!keysUsable()) throw new Error(keysUnusableMessage());
+  return credentialJson(await navigator.credentials.create({ publicKey: creationOptions(publicKey) }));
+}
+
+function keysUnusableMessage() {
+  if (onIpAddress()) return `Security keys work on ${localhostUrl("/")} — open that address.`;
+  return "This browser cannot use security keys on this page (it needs https, or localhost).";
+}
+
+/** What a person should read when the browser's WebAuthn call fails. */
+function keyErrorMessage(e) {
+  switch (e && e.name) {
+    case "NotAllowedError": return "The security key was not used. Try again.";
+    case "InvalidStateError": return "This key is already registered for you: use another one.";
+    case "NotSupportedError": return "This key cannot do what is needed here (a PIN or fingerprint, or a passkey). Try another key.";
+    case "SecurityError": return keysUnusableMessage();
+    case "AbortError": return "The security key request was cancelled. Try again.";
+    default: return e.message || "The security key could not be used. Try again.";
+  }
+}
+
+// ---- enrolment by an administrator's link ----------------------------------------------
+
+function enrollError(text) {
+  $("enroll-error").textContent = text || "";
+  $("enroll-error").hidden = !text;
+}
+
+/** `/?enroll=CODE`: the code leaves the address bar at once; the page names the user the link
+ * is for (a registration begun now, begun again if it grows old before the button). */
+async function startEnroll(code) {
+  history.replaceState(null, "", "/");
+  state.enroll = { code, begun: null, passkey: false, at: 0 };
+  $("signin-view").hidden = true;
+  $("pools-view").hidden = true;
+  $("enroll-view").hidden = false;
+  try {
+    await beginEnroll();
+  } catch (e) {
+    $("enroll-title").textContent = "Register a security key";
+    enrollError(e instanceof RpcError && e.code === 401
+      ? "This enrolment link is not valid: it was used, it expired, or it is mistyped. Ask an administrator for a new one."
+      : signInMessage(e));
+    $("enroll-done").hidden = false;
+    $("enroll-done-text").hidden = true;
+    return;
+  }
+  $("enroll-title").textContent = `Register a security key for ${state.enroll.begun.username}`;
+  showKeyNote("enroll-note", `/?enroll=${encodeURIComponent(code)}`);
+  $("enroll-form").hidden = onIpAddress();
+  if (!onIpAddress()) $("enroll-name").focus();
+}
+
+async function beginEnroll() {
+  const passkey = $("enroll-passkey").checked;
+  state.enroll.begun = await rpc.call("key_register_begin", { enroll_code: state.enroll.code, passkey });
+  state.enroll.passkey = passkey;
+  state.enroll.at = Date.now();
+}
+
+/** Whether a begun registration can still be answered (its challenge's timeout, with margin). */
+function fresh(begun, at) {
+  const timeout = (begun && begun.publicKey.timeout) || 60000;
+  return begun && Date.now() - at < timeout - 10000;
+}
+
+async function submitEnroll(event) {
+  event.preventDefault();
+  enrollError("");
+  const name = $("enroll-name").value.trim();
+  if (!name) { enrollError("Give the key a name, such as “YubiKey on my keyring”."); $("enroll-name").focus(); return; }
+  const button = $("enroll-button");
+  button.disabled = true;
+  try {
+    if (!fresh(state.enroll.begun, state.enroll.at) || state.enroll.passkey !== $("enroll-passkey").checked) {
+      await beginEnroll();
+    }
+    const { registration, publicKey, username } = state.enroll.begun;
+    let credential;
+    try {
+      credential = await createCredential(publicKey);
+    } catch (e) {
+      enrollError(keyErrorMessage(e));
+      return;
+    }
+    state.enroll.begun = null;
+    const key = await rpc.call("key_register_finish", { registration, name, credential });
+    state.enroll = null;
+    $("enroll-form").hidden = true;
+    $("enroll-done-text").textContent =
+      `Your key “${key.name}” is registered for ${username}. Sign in with your password and the key.`;
+    $("enroll-done-text").hidden = false;
+    $("enroll-done").hidden = false;
+    $("enroll-signin").focus();
+  } catch (e) {
+    enrollError(e instanceof RpcError && e.code === 401 && e.message.startsWith("Invalid")
+      ? "This enrolment link is not valid any more. Ask an administrator for a new one."
+      : e instanceof RpcError && e.code === 401 ? "That took too long. Press the button again." : e.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- the signed-in user's security keys ------------------------------------------------
+
+function keysError(text) {
+  $("keys-error").textContent = text || "";
+  $("keys-error").hidden = !text;
+}
+
+function keysStatus(text) {
+  $("keys-status").textContent = text || "";
+  $("keys-status").hidden = !text;
+}
+
+function showPools() {
+  $("keys-view").hidden = true;
+  $("pools-view").hidden = false;
+}
+
+async function showKeys() {
+  keysError("");
+  keysStatus("");
+  $("pools-view").hidden = true;
+  $("keys-view").hidden = false;
+  showKeyNote("addkey-note");
+  $("addkey-form").hidden = onIpAddress();
+  try {
+    await loadKeys();
+  } catch (e) {
+    if (state.token) keysError(e.message);
+  }
+}
+
+const when = (rfc3339) => new Date(rfc3339).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+async function loadKeys() {
+  const keys = await authed("keys", {});
+  const list = $("keys");
+  list.replaceChildren();
+  for (const key of keys) {
+    const item = $("key-template").content.firstElementChild.cloneNode(true);
+    item.dataset.keyId = key.id;
+    item.querySelector(".name").textContent = key.name;
+    item.querySelector(".created").textContent = when(key.created);
+    item.querySelector(".last-used").textContent = key.last_used ? when(key.last_used) : "never";
+    item.querySelector(".passkey").textContent = key.passkey ? "yes" : "no";
+    const remove = item.querySelector(".remove");
+    remove.setAttribute("aria-label", `Remove ${key.name}`);
+    remove.addEventListener("click", () => removeKey(key, remove));
+    list.append(item);
+  }
+  $("keys-empty").hidden = keys.length > 0;
+}
+
+async function removeKey(key, button) {
+  keysError("");
+  keysStatus("");
+  button.disabled = true;
+  try {
+    await authed("key_remove", { id: key.id });
+    await loadKeys();
+    keysStatus(`“${key.name}” is removed.`);
+  } catch (e) {
+    if (state.token) keysError(e.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** A call that proves a factor again or answers a ceremony: its 401 is about the password or
+ * the challenge, not the session, so it does not sign the page out. */
+async function reproving(name, args) {
+  const result = await rpc.call(name, args);
+  state.lastActive = Date.now();
+  return result;
+}
+
+async function submitAddKey(event) {
+  event.preventDefault();
+  keysError("");
+  keysStatus("");
+  const name = $("addkey-name").value.trim();
+  if (!name) { keysError("Give the key a name, such as “YubiKey on my keyring”."); $("addkey-name").focus(); return; }
+  const password = $("addkey-password").value;
+  const args = { passkey: $("addkey-passkey").checked };
+  if (password) args.password = password;
+  const button = $("addkey-button");
+  button.disabled = true;
+  try {
+    const { registration, publicKey } = await reproving("key_register_begin", args);
+    $("addkey-password").value = "";
+    let credential;
+    try {
+      credential = await createCredential(publicKey);
+    } catch (e) {
+      keysError(keyErrorMessage(e));
+      return;
+    }
+    const key = await reproving("key_register_finish", { registration, name, credential });
+    $("addkey-name").value = "";
+    $("addkey-passkey").checked = false;
+    await loadKeys();
+    keysStatus(`“${key.name}” is added.`);
+  } catch (e) {
+    if (!(e instanceof RpcError)) keysError(e.message);
+    else if (e.code === 401 && e.errCode === 999) keysError("That password is not right.");
+    else if (e.code === 401 && e.message.startsWith("The security key challenge")) keysError("That took too long. Press the button again.");
+    else if (e.code === 429) keysError(signInMessage(e));
+    else keysError(e.message);
+    if (e instanceof RpcError && e.code === 401 && e.errCode === 999) $("addkey-password").focus();
+  } finally {
+    button.disabled = false;
+  }
+}
+
 // ---- sign-in ---------------------------------------------------------------------------
 
 async function submitSignIn(event) {
@@ -436,6 +763,10 @@ async function submitSignIn(event) {
   const button = $("signin-button");
   button.disabled = true;
   try {
+    if (state.keyOptions) {
+      await useKey(keep);
+      return;
+    }
     if (state.mfaToken) {
       const code = $("otp").value.trim();
       if (!code) { signInError("Enter the one-time code."); return; }
@@ -451,6 +782,11 @@ async function submitSignIn(event) {
     try {
       await signedIn(await rpc.call("auth", { username, password }), keep);
     } catch (e) {
+      if (e instanceof RpcError && e.code === 428 && e.args.mfa_token && e.args.publicKey) {
+        keyStep(e.args);
+        await useKey(keep);
+        return;
+      }
       if (e instanceof RpcError && e.code === 428 && e.args.mfa_token) {
         state.mfaToken = e.args.mfa_token;
         $("password-step").hidden = true;
@@ -470,7 +806,62 @@ async function submitSignIn(event) {
       return;
     }
     signInError(signInMessage(e));
+    if (state.keyOptions) return;
     if (state.mfaToken) $("otp").select(); else $("password").select();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Shows the security key step for a 428/102 with `publicKey`. */
+function keyStep(args) {
+  state.mfaToken = args.mfa_token;
+  state.keyOptions = args.publicKey;
+  $("password-step").hidden = true;
+  $("passkey").hidden = true;
+  $("key-step").hidden = false;
+  $("signin-button").textContent = "Use the security key";
+}
+
+/** The security key step after the password: the browser asks for the key; its answer goes to
+ * `webauthn_verify`. Refused or cancelled in the browser: the step stays, to try again (the
+ * challenge holds until it expires). */
+async function useKey(keep) {
+  let credential;
+  try {
+    credential = await getCredential(state.keyOptions);
+  } catch (e) {
+    signInError(keyErrorMessage(e));
+    $("signin-button").focus();
+    return;
+  }
+  const reply = await rpc.call("webauthn_verify", { mfa_token: state.mfaToken, credential });
+  state.mfaToken = null;
+  state.keyOptions = null;
+  await signedIn(reply, keep);
+}
+
+/** "Sign in with a passkey": no username; the key says who it is for. */
+async function passkeySignIn() {
+  signInError("");
+  const button = $("passkey-button");
+  button.disabled = true;
+  try {
+    const { mfa_token: mfaToken, publicKey } = await rpc.call("webauthn_begin", {});
+    let credential;
+    try {
+      credential = await getCredential(publicKey);
+    } catch (e) {
+      signInError(keyErrorMessage(e));
+      return;
+    }
+    const [token, ttl, username] = await rpc.call("webauthn_verify", { mfa_token: mfaToken, credential });
+    state.username = username || "";
+    await signedIn([token, ttl], $("keep").checked);
+  } catch (e) {
+    signInError(e instanceof RpcError && e.code === 401 && e.message.startsWith("The security key's answer")
+      ? "This passkey was not accepted. Sign in with your username and password."
+      : signInMessage(e));
   } finally {
     button.disabled = false;
   }
@@ -507,6 +898,13 @@ async function finishSso() {
     state.username = username || "";
     await signedIn([token, ttl], $("keep").checked);
   } catch (e) {
+    if (e instanceof RpcError && e.code === 428 && e.args.mfa_token && e.args.publicKey) {
+      // The key is asked for when the person presses the button.
+      showSignIn("");
+      keyStep(e.args);
+      $("signin-button").focus();
+      return;
+    }
     if (e instanceof RpcError && e.code === 428 && e.args.mfa_token) {
       showSignIn("");
       state.mfaToken = e.args.mfa_token;
@@ -535,6 +933,11 @@ async function resume(token, reason) {
 async function start() {
   $("signin-form").addEventListener("submit", submitSignIn);
   $("signout").addEventListener("click", signOut);
+  $("passkey-button").addEventListener("click", passkeySignIn);
+  $("enroll-form").addEventListener("submit", submitEnroll);
+  $("keys-button").addEventListener("click", showKeys);
+  $("keys-back").addEventListener("click", showPools);
+  $("addkey-form").addEventListener("submit", submitAddKey);
   try {
     const server = await rpc.call("identify");
     $("server-info").textContent = `poolgate ${server.version} on ${server.hostname}`;
@@ -545,8 +948,11 @@ async function start() {
   }
   await loadSso();
   const sso = new URLSearchParams(location.search).get("sso");
+  const enroll = new URLSearchParams(location.search).get("enroll");
   const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (sso) {
+  if (enroll) {
+    await startEnroll(enroll);
+  } else if (sso) {
     await finishSso();
   } else if (saved) {
     $("keep").checked = true;

@@ -17,6 +17,7 @@ pub mod recheck;
 pub mod sso;
 pub mod tokens;
 pub mod users;
+pub mod webauthn;
 
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
@@ -67,6 +68,8 @@ pub struct Authenticator {
     pub recheck: recheck::Recheck,
     /// Single sign-on at an OpenID provider, when `[oidc]` is configured ([`federated`]).
     pub sso: Option<sso::Sso>,
+    /// Security keys and passkeys ([`webauthn`]).
+    pub keys: webauthn::Keys,
 }
 
 /// At most one "directory unavailable" line per period for failed directory sign-ins.
@@ -154,8 +157,15 @@ impl Authenticator {
     fn record(&self, result: Result<Arc<User>, Error>) -> Result<Arc<User>, Error> {
         self.metrics.login(match &result {
             Ok(_) => "ok",
-            Err(Error::InvalidCredentials | Error::InvalidOtp | Error::InvalidSsoCode) => "denied",
-            Err(Error::MfaRequired { .. } | Error::SsoRequired(_)) => "mfa_required",
+            Err(
+                Error::InvalidCredentials
+                | Error::InvalidOtp
+                | Error::InvalidSsoCode
+                | Error::KeyRefused,
+            ) => "denied",
+            Err(Error::MfaRequired { .. } | Error::SsoRequired(_) | Error::KeyRequired(_)) => {
+                "mfa_required"
+            }
             Err(Error::Disabled) => "disabled",
             Err(_) => "error",
         });
@@ -222,7 +232,17 @@ impl Authenticator {
     ) -> (Verdict, Result<Arc<User>, Error>) {
         // A challenge counts against the lockout whether the password was right or not (the
         // code completing the sign-in clears the count): otherwise the lockout would tell
-        // someone without the code which password was right.
+        // someone without the code which password was right. A security key comes first.
+        match self.key_factor(&user).await {
+            Ok(Some(keys)) => {
+                return match self.key_challenge(&user, password_ok, &keys).await {
+                    Ok(challenge) => (Verdict::Guess, Err(challenge)),
+                    Err(e) => (Verdict::NotAGuess, Err(e)),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return (Verdict::NotAGuess, Err(e)),
+        }
         match (mfa_kind(&user), otp_code) {
             (None, _) => finish(user, password_ok),
             (Some(MfaKind::Otp), None) => match self.mfa.issue(&user, password_ok).await {
@@ -409,6 +429,24 @@ impl Authenticator {
         Ok(self.users.resolve(&id).await?.filter(|u| u.dn.is_some()))
     }
 
+    /// A directory person by sign-in name, found by the service account and remembered (so an
+    /// admin can act for them before their first sign-in, as `directory_totp` does); `None`
+    /// without a directory or when it has no such person.
+    pub async fn directory_person(&self, name: &str) -> Result<Option<Arc<User>>, Error> {
+        if self.directory.is_none() {
+            return Ok(None);
+        }
+        let Some(entry) = self.directory_lookup(name, false).await? else {
+            return Ok(None);
+        };
+        let record = self.remember(&entry).await?;
+        let secret = self.store.directory_totp_get(record.id).await?;
+        Ok(Some(Arc::new(User::from_directory(
+            &record,
+            secret.as_deref(),
+        ))))
+    }
+
     /// A person of the directory found by the service account (422 without a directory,
     /// 503 when it cannot be asked).
     async fn directory_lookup(
@@ -433,14 +471,17 @@ impl Authenticator {
         }
     }
 
-    /// The directory user whose entry has this key, if they are enrolled in TOTP.
+    /// The directory user whose entry has this key, if they have a second factor: enrolled in
+    /// TOTP, or a security key registered (their wrong password then gets its challenge too).
     async fn enrolled_directory_user(&self, key: &str) -> Result<Option<Arc<User>>, Error> {
         let id = users::directory_user_id(key);
-        Ok(self
-            .users
-            .resolve(&id)
-            .await?
-            .filter(|u| u.dn.is_some() && u.otp_enabled))
+        let Some(user) = self.users.resolve(&id).await?.filter(|u| u.dn.is_some()) else {
+            return Ok(None);
+        };
+        if user.otp_enabled || !self.keys.of(user.id).await?.is_empty() {
+            return Ok(Some(user));
+        }
+        Ok(None)
     }
 
     /// Completes an OTP challenge issued by [`Authenticator::login`].

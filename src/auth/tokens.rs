@@ -69,7 +69,7 @@ impl TagKey {
     }
 
     /// A new token with `prefix`, and its digest.
-    fn new_token(&self, prefix: &str) -> (String, TokenHash) {
+    pub(crate) fn new_token(&self, prefix: &str) -> (String, TokenHash) {
         let mut bytes = [0u8; RANDOM_BYTES + TAG_BYTES];
         rand::rngs::OsRng
             .try_fill_bytes(&mut bytes[..RANDOM_BYTES])

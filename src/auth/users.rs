@@ -63,6 +63,13 @@ pub struct User {
     pub(crate) password_hash: String,
 }
 
+impl User {
+    /// Whether the user signs in with a password this server checks (a local user).
+    pub fn has_password(&self) -> bool {
+        self.dn.is_none() && !self.password_hash.is_empty()
+    }
+}
+
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("User")

@@ -40,6 +40,22 @@ enum AdminAction {
         /// Pool name or id.
         pool: String,
     },
+    /// A one-time link with which a user registers a security key (printed with a terminal QR
+    /// code).
+    EnrollKey {
+        username: String,
+        /// Seconds the link stays usable (default 24 h).
+        #[arg(long)]
+        ttl: Option<f64>,
+    },
+    /// A user's security keys.
+    Keys { username: String },
+    /// Remove one of a user's security keys (even the last one).
+    RemoveKey {
+        username: String,
+        /// The key's id, as `keys` lists it.
+        id: String,
+    },
     /// Clear failed step-1 tasks in a pool so the next request starts a new task at once.
     Reset {
         /// Pool name or id.
@@ -64,6 +80,17 @@ impl AdminAction {
                 "admin_release",
                 json!({"username": username, "pool_id": pool}),
             ),
+            AdminAction::EnrollKey { username, ttl } => {
+                let mut args = json!({"username": username});
+                if let Some(ttl) = ttl {
+                    args["ttl"] = json!(ttl);
+                }
+                ("admin_enroll_key", args)
+            }
+            AdminAction::Keys { username } => ("admin_keys", json!({"username": username})),
+            AdminAction::RemoveKey { username, id } => {
+                ("admin_remove_key", json!({"username": username, "id": id}))
+            }
             AdminAction::Reset { pool, username } => {
                 let mut args = json!({"pool_id": pool});
                 if let Some(username) = username {
@@ -93,6 +120,20 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     let (method, call) = args.action.request();
     let result =
         super::runtime()?.block_on(crate::client::admin(&args.server, &login, method, call))?;
+    if method == "admin_enroll_key"
+        && let Some(url) = result["url"].as_str()
+    {
+        // The person opens the link on the device with their key: a QR code for a phone.
+        let qr = qrcode::QrCode::new(url.as_bytes())?
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build();
+        println!(
+            "Enrolment link (single use, until {}):\n\n{qr}\n{url}",
+            result["expires"].as_str().unwrap_or("?")
+        );
+        return Ok(());
+    }
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
 }

@@ -203,6 +203,14 @@ pub struct Config {
     pub public_url: Option<String>,
     /// An OpenID Connect provider to sign people in at (`[oidc]`).
     pub oidc: Option<crate::auth::oidc::OidcSettings>,
+    /// Further origins whose pages may run security-key ceremonies, besides `public_url`
+    /// (which is the WebAuthn relying party: its host is the RP ID).
+    pub webauthn_origins: Vec<String>,
+    /// The relying party's name, shown by some authenticators.
+    pub rp_name: String,
+    /// How long a security key's challenge may be answered.
+    #[serde(with = "secs")]
+    pub webauthn_challenge_ttl: Duration,
     /// Desktop pools and who may use them.
     pub pools: Vec<PoolConfig>,
     /// Named provisioners pools refer to; `simulated` exists even when not defined.
@@ -270,6 +278,9 @@ impl Default for Config {
             directory: None,
             public_url: None,
             oidc: None,
+            webauthn_origins: Vec::new(),
+            rp_name: "poolgate".into(),
+            webauthn_challenge_ttl: Duration::from_secs(60),
             pools: Vec::new(),
             provisioners: HashMap::new(),
             seed_tasks: Vec::new(),
@@ -285,6 +296,18 @@ struct UsersFile {
 }
 
 impl Config {
+    /// The WebAuthn relying party the settings describe (checked: see [`RpSettings::new`]).
+    ///
+    /// [`RpSettings::new`]: crate::auth::webauthn::RpSettings::new
+    pub fn webauthn_settings(&self) -> anyhow::Result<crate::auth::webauthn::RpSettings> {
+        crate::auth::webauthn::RpSettings::new(
+            self.public_url.as_deref(),
+            &self.webauthn_origins,
+            &self.rp_name,
+            self.webauthn_challenge_ttl,
+        )
+    }
+
     /// The embedded demo configuration.
     pub fn demo() -> Self {
         Self::parse(DEMO_CONFIG, None).expect("the embedded demo config is valid")
@@ -455,6 +478,26 @@ mod tests {
     fn the_demo_config_and_the_defaults_are_valid() {
         Config::demo().validate().unwrap();
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn an_ip_address_as_public_url_serves_with_keys_off_and_a_warning() {
+        let config = Config::parse("public_url = \"https://10.1.2.3\"", None).unwrap();
+        config.validate().unwrap();
+        let warnings = crate::preflight::warnings(&config);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.message.contains("security keys and passkeys are off")
+                    && w.message.contains("DNS name")),
+            "{warnings:?}"
+        );
+        let config = Config::parse(
+            "public_url = \"https://vdi.example.com\"\nwebauthn_origins = [\"https://evil.example.net\"]",
+            None,
+        )
+        .unwrap();
+        assert!(config.validate().is_err());
     }
 
     #[test]

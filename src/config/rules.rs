@@ -102,7 +102,7 @@ impl Config {
     }
 
     /// Every duration setting, by name.
-    fn durations(&self) -> [(&'static str, Duration); 19] {
+    fn durations(&self) -> [(&'static str, Duration); 20] {
         [
             ("token_ttl", self.token_ttl),
             ("idle_timeout", self.idle_timeout),
@@ -123,6 +123,7 @@ impl Config {
             ("directory_recheck", self.directory_recheck),
             ("session_max_age", self.session_max_age),
             ("http_header_timeout", self.http_header_timeout),
+            ("webauthn_challenge_ttl", self.webauthn_challenge_ttl),
         ]
     }
 
@@ -150,6 +151,17 @@ impl Config {
         }
         if let Some(oidc) = &self.oidc {
             problems.extend(oidc.problems(self.public_url.as_deref()));
+        }
+        if let Err(e) = self.webauthn_settings() {
+            let text = format!("{e:#}");
+            let key = ["webauthn_origins", "rp_name", "public_url"]
+                .into_iter()
+                .find(|k| text.starts_with(k))
+                .unwrap_or("webauthn_origins");
+            let message = text
+                .strip_prefix(key)
+                .map_or(text.as_str(), |t| t.trim_start_matches([':', ' ']));
+            problems.push(Problem::new(&[key], message.to_owned()));
         }
         problems
     }

@@ -37,6 +37,7 @@ pub fn router(status_socket: MethodRouter<AppState>) -> Router<AppState> {
     let api = Router::new()
         .route("/users/login/", post(users::login))
         .route("/users/login/sso/{user_code}/", get(sso::poll))
+        .route("/users/login/webauthn/", post(users::login_webauthn))
         .route("/users/logout/", post(users::logout))
         .route("/users/settings/", get(users::settings))
         .route("/users/adfs/", any(mfa::adfs))
@@ -149,6 +150,18 @@ impl From<Error> for RestError {
                     }
                     item
                 }],
+            },
+            // The mock's 428/102, its next step the key's challenge.
+            Error::KeyRequired(challenge) => RestError {
+                status: StatusCode::PRECONDITION_REQUIRED,
+                detail: vec![json!({
+                    "msg": "MFA required.", "err_code": code, "type": "auth",
+                    "next_step": {
+                        "path": "/api/v2/users/login/webauthn/",
+                        "mfa_token": challenge.mfa_token,
+                        "publicKey": challenge.public_key,
+                    },
+                })],
             },
             Error::MfaRequired { kind, .. } => {
                 let next_step = mfa::next_step(*kind);

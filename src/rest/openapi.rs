@@ -148,7 +148,7 @@ fn paths() -> Value {
             "responses": {"200": data_response("Signed in", "Token"),
                           "401": error_response("Invalid credentials (999) or wrong one-time code (103)"),
                           "422": invalid,
-                          "428": error_response("MFA required: 100 one-time code (send otp_code), 101 ADFS, 102 hardware token; with single sign-on configured, 101 also carries verification_uri, verification_uri_complete, user_code, expires_in, interval, device_code and poll")}}},
+                          "428": error_response("MFA required: 100 one-time code (send otp_code), 101 ADFS, 102 security key (with a key registered, next_step is {path, mfa_token, publicKey}); with single sign-on configured, 101 also carries verification_uri, verification_uri_complete, user_code, expires_in, interval, device_code and poll")}}},
         "/users/login/sso/{user_code}/": {"get": {
             "summary": "Poll a single sign-on hand-off (RFC 8628) with the device_code of the login's 428", "tags": ["users"],
             "parameters": [{"name": "user_code", "in": "path", "required": true, "schema": {"type": "string"}},
@@ -157,6 +157,10 @@ fn paths() -> Value {
                           "400": {"description": "error: authorization_pending, slow_down or expired_token"},
                           "401": error_response("Another client's hand-off"),
                           "428": error_response("A one-time code is still due (100)")}}},
+        "/users/login/webauthn/": {"post": {
+            "summary": "Answer a login's 428/102 with the security key's credential (PublicKeyCredential JSON, base64url) and the next_step's mfa_token", "tags": ["users"],
+            "responses": {"200": data_response("Signed in", "Token"),
+                          "401": error_response("The key's answer was refused, or the challenge expired or was used")}}},
         "/users/adfs/": {"post": {"summary": "ADFS sign-in (a 428's next_step for err_code 101): not available on this server", "tags": ["users"],
             "responses": {"501": error_response("ADFS sign-in is not available on this server (101)")}}},
         "/users/hardware_token/": {"post": {"summary": "Hardware-token sign-in (a 428's next_step for err_code 102): not available on this server", "tags": ["users"],

@@ -98,6 +98,47 @@ pub async fn login(
     ))
 }
 
+/// `POST /users/login/webauthn/ {mfa_token, credential}`: the security key's answer to the
+/// login's 428/102 (its `next_step`), on the same sign-in path as `rpc/webauthn_verify`; the
+/// login's 200 body.
+pub async fn login_webauthn(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, RestError> {
+    if let Err(why) = state.config.check_browser(&headers) {
+        super::log_foreign_browser(&headers, peer, why, "REST sign-in");
+        return Err(RestError::new(
+            StatusCode::FORBIDDEN,
+            why.message(),
+            ERR_CODE_DEFAULT,
+            "default",
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct KeyAnswer {
+        mfa_token: String,
+        credential: webauthn_rs::prelude::PublicKeyCredential,
+    }
+    let validate::Body::Json(body) = validate::read_json_body(&headers, body)? else {
+        return Err(Error::bad_request("A JSON body {mfa_token, credential} is required.").into());
+    };
+    let answer: KeyAnswer = serde_json::from_value(body)
+        .map_err(|e| Error::bad_request(format!("Invalid body: {e}.")))?;
+    let device = crate::portal::device(&headers, &state.auth.devices);
+    let (user, _) = state
+        .auth
+        .key_verify(&answer.mfa_token, &answer.credential, peer.ip(), device)
+        .await?;
+    let token = state.auth.jwt.issue(&user).map_err(Error::Internal)?;
+    tracing::info!(user = %user.username, "signed in over REST (security key)");
+    Ok(data(
+        StatusCode::OK,
+        json!({"access_token": token, "refresh_token": "", "token_type": "JWT"}),
+    ))
+}
+
 /// Revokes the presented token server-side (the mock forgets to).
 pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<Response, RestError> {
     state

@@ -17,7 +17,7 @@ use crate::auth::users::User;
 use crate::domain::Task;
 use crate::error::Error;
 
-fn require_admin(ctx: &Ctx<'_>) -> Result<(), Error> {
+pub(super) fn require_admin(ctx: &Ctx<'_>) -> Result<(), Error> {
     if user(ctx)?.roles.iter().any(|r| r == "admin") {
         Ok(())
     } else {
@@ -33,7 +33,7 @@ fn rfc3339(ms: u64) -> String {
 
 /// A user by name: one of the settings file or a directory user who has signed in;
 /// `directory` says which when both have the name (otherwise that is refused, not guessed).
-async fn named_user(
+pub(super) async fn named_user(
     ctx: &Ctx<'_>,
     username: &str,
     directory: Option<bool>,

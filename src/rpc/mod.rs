@@ -13,6 +13,7 @@ mod conn;
 mod connect_info;
 mod events;
 mod identify;
+mod keys;
 mod launcher;
 mod otp_verify;
 mod pool_request;
@@ -170,6 +171,15 @@ methods! {
     AdminReset    = "rpc" / "admin_reset",        signed_in, admin::Reset              => |c, ctx| c.apply(ctx).await,
     AdminTotp     = "rpc" / "admin_totp",         signed_in, admin::Totp               => |c, ctx| c.apply(ctx).await,
     AdminUnpinSso = "rpc" / "admin_unpin_sso",    signed_in, admin::UnpinSso           => |c, ctx| c.apply(ctx).await,
+    WebauthnBegin = "rpc" / "webauthn_begin",     public,    ()                        => |_, ctx| keys::begin(ctx).await,
+    WebauthnVerify = "rpc" / "webauthn_verify",   public,    keys::Verify              => |c, ctx| c.apply(ctx).await,
+    KeyRegBegin   = "rpc" / "key_register_begin", public,    keys::RegisterBegin       => |c, ctx| c.apply(ctx).await,
+    KeyRegFinish  = "rpc" / "key_register_finish", public,   keys::RegisterFinish      => |c, ctx| c.apply(ctx).await,
+    Keys          = "rpc" / "keys",               signed_in, ()                        => |_, ctx| keys::list(ctx).await,
+    KeyRemove     = "rpc" / "key_remove",         signed_in, keys::Remove              => |c, ctx| c.apply(ctx).await,
+    AdminEnrollKey = "rpc" / "admin_enroll_key",  signed_in, keys::AdminEnroll         => |c, ctx| c.apply(ctx).await,
+    AdminKeys     = "rpc" / "admin_keys",         signed_in, keys::AdminKeys           => |c, ctx| c.apply(ctx).await,
+    AdminRemoveKey = "rpc" / "admin_remove_key",  signed_in, keys::AdminRemove         => |c, ctx| c.apply(ctx).await,
 }
 
 /// Runs one request: lookup (404), authentication (401), argument parsing (400), then the
@@ -245,7 +255,9 @@ fn record_auth_outcome(ctx: &mut Ctx<'_>, result: &Result<Value, Error>) {
         | Error::InvalidOtp
         | Error::InvalidToken
         | Error::InvalidMfaToken
-        | Error::InvalidSsoCode,
+        | Error::InvalidSsoCode
+        | Error::KeyRefused
+        | Error::InvalidEnrolCode,
     ) = result
     {
         ctx.conn.auth_failures += 1;

@@ -349,6 +349,7 @@ impl Forward<dyn JwtRevocations> for CachedStore {}
 impl Forward<dyn Inventory> for CachedStore {}
 impl Forward<dyn Lockout> for CachedStore {}
 impl Forward<dyn Federation> for CachedStore {}
+impl Forward<dyn SecurityKeys> for CachedStore {}
 
 impl Bus for CachedStore {
     fn is_shared(&self) -> bool {

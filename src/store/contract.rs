@@ -30,8 +30,8 @@ use uuid::Uuid;
 use super::now_ms;
 use super::routing::Routing;
 use super::{
-    Assignment, BusEvent, DirectoryUser, FederatedUser, Handoff, MfaRecord, SessionRecord,
-    SsoOutcome, StoreCounts, StoreResult, TaskKey,
+    Assignment, BusEvent, DirectoryUser, FederatedUser, Handoff, MfaRecord, SecurityKey,
+    SessionRecord, SsoOutcome, StoreCounts, StoreResult, TaskKey,
 };
 use crate::domain::{Task, TokenHash};
 
@@ -335,4 +335,33 @@ pub trait Federation: Send + Sync + 'static {
     async fn federated_user_put(&self, user: &FederatedUser) -> StoreResult<()>;
     /// The record of a federated person, if one ever signed in with this id.
     async fn federated_user_get(&self, id: Uuid) -> StoreResult<Option<FederatedUser>>;
+}
+
+/// Security keys and passkeys (WebAuthn): each user's registered credentials, shared by every
+/// instance, and the short-lived values of the ceremonies — a sign-in's or a registration's
+/// state, an enrolment link — under keys the caller chooses (digests of tokens and codes, never
+/// the tokens themselves). Keys never expire; the values are gone once their `expires_ms` has
+/// passed.
+#[async_trait]
+pub trait SecurityKeys: Send + Sync + 'static {
+    /// Keeps a value until `expires_ms`, replacing one under the same key.
+    async fn webauthn_put(&self, key: &str, value: &str, expires_ms: u64) -> StoreResult<()>;
+    /// The live value, left in place.
+    async fn webauthn_get(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Removes and returns a live value: of concurrent takes, exactly one gets it.
+    async fn webauthn_take(&self, key: &str) -> StoreResult<Option<String>>;
+
+    /// Registers a key to `key.user_id` unless its credential `id` is registered already, to
+    /// anyone (false then, nothing changed). Atomic: of concurrent registrations of one id,
+    /// exactly one wins.
+    async fn key_add(&self, key: &SecurityKey) -> StoreResult<bool>;
+    /// The user's keys, in the order they were registered.
+    async fn keys_of(&self, user: Uuid) -> StoreResult<Vec<SecurityKey>>;
+    /// Whom a credential id is registered to.
+    async fn key_owner(&self, id: &str) -> StoreResult<Option<Uuid>>;
+    /// Replaces a registered key's `credential` and `last_used_ms` (after a sign-in with it);
+    /// false, nothing written, when its user no longer has it.
+    async fn key_update(&self, key: &SecurityKey) -> StoreResult<bool>;
+    /// Removes one of a user's keys, freeing its credential id; true if the user had it.
+    async fn key_remove(&self, user: Uuid, id: &str) -> StoreResult<bool>;
 }

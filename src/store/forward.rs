@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::{
     Directory, DirectoryUser, FederatedUser, Federation, Handoff, Inventory, JwtRevocations,
-    Lockout, Mfa, MfaRecord, SessionRecord, Sessions, SsoOutcome, Store, StoreCounts, StoreResult,
-    Upkeep,
+    Lockout, Mfa, MfaRecord, SecurityKey, SecurityKeys, SessionRecord, Sessions, SsoOutcome, Store,
+    StoreCounts, StoreResult, Upkeep,
 };
 use crate::domain::TokenHash;
 
@@ -130,4 +130,15 @@ forward!(Federation {
     async fn handoff_take(&self, key: &str) -> StoreResult<Option<SsoOutcome>>;
     async fn federated_user_put(&self, user: &FederatedUser) -> StoreResult<()>;
     async fn federated_user_get(&self, id: Uuid) -> StoreResult<Option<FederatedUser>>;
+});
+
+forward!(SecurityKeys {
+    async fn webauthn_put(&self, key: &str, value: &str, expires_ms: u64) -> StoreResult<()>;
+    async fn webauthn_get(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn webauthn_take(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn key_add(&self, key: &SecurityKey) -> StoreResult<bool>;
+    async fn keys_of(&self, user: Uuid) -> StoreResult<Vec<SecurityKey>>;
+    async fn key_owner(&self, id: &str) -> StoreResult<Option<Uuid>>;
+    async fn key_update(&self, key: &SecurityKey) -> StoreResult<bool>;
+    async fn key_remove(&self, user: Uuid, id: &str) -> StoreResult<bool>;
 });

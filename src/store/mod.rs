@@ -28,8 +28,8 @@ pub mod sqlite;
 mod url;
 
 pub use contract::{
-    Assignments, Bus, Directory, Federation, Inventory, JwtRevocations, Lockout, Mfa, Sessions,
-    Tasks, Upkeep,
+    Assignments, Bus, Directory, Federation, Inventory, JwtRevocations, Lockout, Mfa, SecurityKeys,
+    Sessions, Tasks, Upkeep,
 };
 pub use url::StateUrl;
 
@@ -121,6 +121,23 @@ pub struct Handoff {
 pub struct SsoOutcome {
     pub user_id: Uuid,
     pub otp_due: bool,
+}
+
+/// A security key or passkey registered to a user (WebAuthn).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityKey {
+    pub user_id: Uuid,
+    /// The credential id, base64url without padding: unique across users.
+    pub id: String,
+    /// What its owner called it ("YubiKey on my keyring").
+    pub name: String,
+    /// Registered as a discoverable credential: it signs in alone, without a username.
+    pub passkey: bool,
+    /// The relying party's record of it (webauthn-rs's `Passkey`, as JSON: public key, sign
+    /// counter, backup flags).
+    pub credential: String,
+    pub created_ms: u64,
+    pub last_used_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,6 +301,7 @@ pub trait Store:
     + Inventory
     + Lockout
     + Federation
+    + SecurityKeys
 {
 }
 
@@ -299,6 +317,7 @@ impl<T> Store for T where
         + Inventory
         + Lockout
         + Federation
+        + SecurityKeys
 {
 }
 

@@ -141,22 +141,31 @@ async fn disabled_user_is_refused_after_mfa_and_password() {
     assert_eq!(reply["args"]["message"], "User is disabled.");
 }
 
+/// Without `[oidc]`, an ADFS user's 428 says it cannot be done here; a security-key user with
+/// no key registered yet is told an administrator must send an enrolment link (with a key,
+/// the 428 carries the challenge: tests/common/webauthn.rs).
 #[tokio::test]
-async fn adfs_and_hardware_token_users_get_428_that_says_it_cannot_be_done_here() {
+async fn adfs_and_hardware_token_users_get_428_that_says_what_to_do() {
     let app = TestApp::spawn().await;
     let mut c = app.connect().await;
-    for (user, err_code) in [("user-5", 101), ("user-3", 102)] {
+    for (user, err_code, says) in [
+        ("user-5", 101, "cannot be completed over this API"),
+        (
+            "user-3",
+            102,
+            "an administrator must send them an enrolment link",
+        ),
+    ] {
         let reply = c
             .rpc("auth", json!({"username": user, "password": PASSWORD}))
             .await;
         assert_eq!(error_code(&reply), 428);
         assert_eq!(reply["args"]["err_code"], err_code);
         assert!(reply["args"].get("mfa_token").is_none());
+        assert!(reply["args"].get("publicKey").is_none());
         assert!(
-            reply["args"]["detail"]
-                .as_str()
-                .unwrap()
-                .contains("cannot be completed over this API")
+            reply["args"]["detail"].as_str().unwrap().contains(says),
+            "{reply}"
         );
     }
 }

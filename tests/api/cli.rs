@@ -923,3 +923,41 @@ async fn backup_copies_the_sqlite_state_while_the_server_serves() {
         "{err}"
     );
 }
+
+/// `poolgate admin enroll-key` prints the enrolment link and it as a terminal QR code; `keys`
+/// lists a user's keys; `remove-key` of a key the user does not have fails with the server's
+/// message.
+#[tokio::test]
+async fn poolgate_admin_enroll_key_prints_the_link_and_a_qr_code() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = admin_cmd(&app, "astravdi", dir.path(), &["enroll-key", "user-3"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = format!("http://localhost:{}/?enroll=", app.addr.port());
+    assert!(stdout.contains(&link), "{stdout}");
+    assert!(
+        stdout.contains('█') || stdout.contains('▀'),
+        "a QR code: {stdout}"
+    );
+    let out = admin_cmd(&app, "astravdi", dir.path(), &["keys", "user-3"]).await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = admin_cmd(
+        &app,
+        "astravdi",
+        dir.path(),
+        &["remove-key", "user-3", "nope"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No security key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -53,8 +53,26 @@ fn cases() -> Vec<(&'static str, Case)> {
         (SSO_CASE, |b| {
             Box::pin(single_sign_on_at_the_provider_signs_the_portal_in(b))
         }),
+        (
+            "portal::keys_an_admins_link_enrols_a_key_and_user_3_signs_in_with_password_and_key",
+            |b| Box::pin(keys::enrol_by_link_then_password_and_key(b)),
+        ),
+        (
+            "portal::keys_a_second_key_is_added_and_the_first_removed_on_the_security_keys_page",
+            |b| Box::pin(keys::add_a_second_key_and_remove_the_first(b)),
+        ),
+        (
+            "portal::keys_a_passkey_signs_in_without_a_username_by_hand_made_json",
+            |b| Box::pin(keys::a_passkey_signs_in_without_a_username(b)),
+        ),
+        (
+            "portal::keys_on_127_0_0_1_the_page_says_to_open_localhost",
+            |b| Box::pin(keys::on_an_ip_address_the_page_says_to_open_localhost(b)),
+        ),
     ]
 }
+
+mod keys;
 
 /// The case that needs the test OpenID provider (node) besides the browser.
 const SSO_CASE: &str = "portal::sso_the_button_leads_to_the_provider_and_back_signed_in";
@@ -64,7 +82,9 @@ const SSO_CASE: &str = "portal::sso_the_button_leads_to_the_provider_and_back_si
 async fn single_sign_on_at_the_provider_signs_the_portal_in(b: Browser) {
     use poolgate_test_common::oidc_provider::{Client as Rp, Options, Provider, USER};
     let port = free_port();
-    let public_url = format!("http://127.0.0.1:{port}");
+    // A name, not 127.0.0.1: the relying party of security keys is public_url's host, and an
+    // IP address is refused as one.
+    let public_url = format!("http://localhost:{port}");
     let provider = Provider::start_with(Options {
         public_url: Some(public_url.clone()),
         ..Options::default()

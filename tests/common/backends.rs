@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::*;
+pub use crate::webauthn::*;
 
 /// The demo config on a given backend, with fast simulated timings.
 fn config(state: &str) -> Config {
@@ -2003,6 +2004,102 @@ pub async fn a_federated_users_record_is_kept_and_replaced(state: &str) {
     assert_eq!(s.federated_user_get(user.id).await.unwrap(), Some(user));
 }
 
+/// Security keys: a credential id is registered once, to one user (of concurrent registrations
+/// one wins); a user's keys are listed in registration order; an update changes only the
+/// credential and last use, and not a removed key; a removal frees the id.
+pub async fn security_keys_are_registered_once_listed_updated_and_removed(state: &str) {
+    use store::SecurityKey;
+    let f = fresh(state).await;
+    let s = f.store.clone();
+    let (ann, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let key = |user: Uuid, id: &str, created_ms: u64| SecurityKey {
+        user_id: user,
+        id: id.into(),
+        name: format!("key {id}"),
+        passkey: id.ends_with('p'),
+        credential: "{\"counter\":0}".into(),
+        created_ms,
+        last_used_ms: None,
+    };
+    let won = winners(8, || {
+        let s = s.clone();
+        async move { s.key_add(&key(Uuid::new_v4(), "shared", 1)).await.unwrap() }
+    })
+    .await;
+    assert_eq!(won, 1, "one registration of an id wins");
+    assert!(s.key_add(&key(ann, "a1", 10)).await.unwrap());
+    assert!(s.key_add(&key(ann, "a2p", 20)).await.unwrap());
+    assert!(
+        !s.key_add(&key(bob, "a1", 30)).await.unwrap(),
+        "someone else's id"
+    );
+    assert!(
+        !s.key_add(&key(ann, "a1", 30)).await.unwrap(),
+        "the same id again"
+    );
+    let listed: Vec<String> = s
+        .keys_of(ann)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(listed, ["a1", "a2p"]);
+    assert!(s.keys_of(bob).await.unwrap().is_empty());
+    assert_eq!(s.key_owner("a1").await.unwrap(), Some(ann));
+    assert_eq!(s.key_owner("none").await.unwrap(), None);
+    let mut used = key(ann, "a1", 10);
+    used.credential = "{\"counter\":7}".into();
+    used.last_used_ms = Some(now_ms());
+    used.name = "not renamed by an update".into();
+    assert!(s.key_update(&used).await.unwrap());
+    let stored = s.keys_of(ann).await.unwrap().remove(0);
+    assert_eq!(stored.credential, used.credential);
+    assert_eq!(stored.last_used_ms, used.last_used_ms);
+    assert_eq!(stored.name, "key a1");
+    assert!(!s.key_remove(bob, "a1").await.unwrap(), "not bob's");
+    assert!(s.key_remove(ann, "a1").await.unwrap());
+    assert!(!s.key_remove(ann, "a1").await.unwrap());
+    assert!(
+        !s.key_update(&used).await.unwrap(),
+        "a removed key is not written back"
+    );
+    assert_eq!(s.keys_of(ann).await.unwrap().len(), 1);
+    assert_eq!(s.key_owner("a1").await.unwrap(), None);
+    assert!(s.key_add(&key(bob, "a1", 40)).await.unwrap(), "a freed id");
+    s.sweep_expired().await.unwrap();
+    assert_eq!(s.keys_of(bob).await.unwrap().len(), 1, "keys never expire");
+}
+
+/// The ceremonies' values: read without being used, taken by exactly one of concurrent takers,
+/// gone once expired.
+pub async fn webauthn_values_are_kept_taken_once_and_expire(state: &str) {
+    let f = fresh(state).await;
+    let s = f.store.clone();
+    let later = now_ms() + 60_000;
+    s.webauthn_put("enrol:a", "ann", later).await.unwrap();
+    assert_eq!(
+        s.webauthn_get("enrol:a").await.unwrap().as_deref(),
+        Some("ann")
+    );
+    assert_eq!(
+        s.webauthn_get("enrol:a").await.unwrap().as_deref(),
+        Some("ann")
+    );
+    let won = winners(8, || {
+        let s = s.clone();
+        async move { s.webauthn_take("enrol:a").await.unwrap().is_some() }
+    })
+    .await;
+    assert_eq!(won, 1, "one take wins");
+    assert_eq!(s.webauthn_get("enrol:a").await.unwrap(), None);
+    let soon = now_ms() + 300;
+    s.webauthn_put("signin:b", "state", soon).await.unwrap();
+    sleep_until_ms(soon + 50).await;
+    assert_eq!(s.webauthn_get("signin:b").await.unwrap(), None, "expired");
+    assert_eq!(s.webauthn_take("signin:b").await.unwrap(), None);
+}
+
 /// Every case of the backend suite, written once: each backend runs the `any` cases, and the
 /// durable ones (SQLite here, Redis in tests/redis/main.rs) the `durable` cases too. Calls
 /// `$suite!` with the two lists.
@@ -2047,6 +2144,18 @@ macro_rules! backend_cases {
                 single_sign_on_values_are_taken_once_and_expire,
                 a_hand_off_is_completed_once_taken_once_and_expires,
                 a_federated_users_record_is_kept_and_replaced,
+                security_keys_are_registered_once_listed_updated_and_removed,
+                webauthn_values_are_kept_taken_once_and_expire,
+                a_key_enrolled_by_link_signs_in_after_the_password,
+                a_replayed_assertion_is_refused,
+                an_expired_challenge_is_refused,
+                a_wrong_origin_or_relying_party_is_refused,
+                a_cloned_key_is_refused,
+                another_users_credential_is_refused,
+                a_passkey_signs_in_without_a_username,
+                keys_are_added_listed_and_removed,
+                the_rest_login_takes_a_key,
+                refused_key_answers_count_toward_the_lockout,
             ],
             durable: [
                 state_survives_a_restart,

@@ -6,3 +6,4 @@ pub mod backends;
 pub mod harness;
 pub mod helpers;
 pub mod oidc_provider;
+pub mod webauthn;

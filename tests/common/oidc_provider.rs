@@ -23,8 +23,9 @@ pub fn provider_dir() -> PathBuf {
 }
 
 /// Where poolgate says it is served (the redirect URI's origin); nothing listens there: the
-/// cases read the provider's redirect to it.
-pub const PUBLIC_URL: &str = "http://127.0.0.1:9";
+/// cases read the provider's redirect to it. A name, not an IP address: public_url's host is
+/// also the security keys' relying party, and an IP address is refused as one.
+pub const PUBLIC_URL: &str = "http://localhost:9";
 
 pub const CLIENT_SECRET: &str = "test-client-secret-0123456789abcdef0123456789";
 

@@ -16,6 +16,7 @@ use poolgate_test_common::{harness, helpers};
 mod app;
 mod cases;
 mod identity_review;
+mod keys;
 mod recheck;
 mod review;
 mod slapd;
@@ -106,6 +107,10 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "review::the_uid_value_signed_in_with_is_the_identity",
             || Box::pin(review::the_uid_value_signed_in_with_is_the_identity()),
+        ),
+        (
+            "keys::a_directory_user_signs_in_with_a_key_after_the_directory_password",
+            || Box::pin(keys::a_directory_user_signs_in_with_a_key_after_the_directory_password()),
         ),
         (
             "totp::an_enrolled_directory_user_gives_a_code_on_both_transports",

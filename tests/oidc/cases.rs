@@ -57,7 +57,7 @@ pub async fn the_code_flow_gives_the_username_groups_and_admin_from_the_id_token
         "client_id=poolgate",
         "code_challenge_method=S256",
         "scope=openid+profile+email",
-        "redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Foidc%2Fcallback",
+        "redirect_uri=http%3A%2F%2Flocalhost%3A9%2Foidc%2Fcallback",
     ] {
         assert!(url.contains(part), "{part} not in {url}");
     }

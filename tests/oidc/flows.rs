@@ -23,7 +23,8 @@ pub struct Site {
 
 pub async fn site(edit: impl FnOnce(&mut poolgate::Config)) -> Site {
     let port = free_port();
-    let public_url = format!("http://127.0.0.1:{port}");
+    // A name, not 127.0.0.1: public_url's host is also the security keys' relying party.
+    let public_url = format!("http://localhost:{port}");
     let provider = Provider::start_with(Options {
         public_url: Some(public_url.clone()),
         ..Options::default()

@@ -48,6 +48,7 @@ mod lockout;
 mod mfa;
 mod revocations;
 mod scripts;
+mod security_keys;
 mod sessions;
 mod tasks;
 pub mod watches;

@@ -33,6 +33,7 @@ mod inventory;
 mod lockout;
 mod mfa;
 mod revocations;
+mod security_keys;
 mod sessions;
 mod tasks;
 
@@ -73,6 +74,10 @@ CREATE TABLE IF NOT EXISTS sso (key TEXT PRIMARY KEY, value TEXT NOT NULL, expir
 CREATE TABLE IF NOT EXISTS handoffs (
     key TEXT PRIMARY KEY, waiter TEXT NOT NULL, expires_ms INTEGER NOT NULL, done TEXT);
 CREATE TABLE IF NOT EXISTS federated_users (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS webauthn (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS security_keys (
+    id TEXT PRIMARY KEY, user_id TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS security_keys_user ON security_keys(user_id, seq);
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
 "#;
@@ -173,7 +178,7 @@ impl Upkeep for SqliteStore {
         self.with(|c| {
             let tx = c.transaction()?;
             let mut n = 0;
-            for table in ["sessions", "mfa", "sso", "handoffs"] {
+            for table in ["sessions", "mfa", "sso", "handoffs", "webauthn"] {
                 n += tx.execute(
                     &format!("DELETE FROM {table} WHERE expires_ms <= ?1"),
                     params![now],

@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use super::*;
 
+mod keys;
+
 #[derive(Default)]
 struct Inner {
     /// Each session with the wall-clock ms at which it expires.
@@ -39,6 +41,12 @@ struct Inner {
     sso: HashMap<String, (String, u64)>,
     handoffs: HashMap<String, Handoff>,
     federated: HashMap<Uuid, FederatedUser>,
+    /// WebAuthn ceremonies' values: (value, expires at).
+    webauthn: HashMap<String, (String, u64)>,
+    /// Each user's security keys, in registration order.
+    keys: HashMap<Uuid, Vec<SecurityKey>>,
+    /// Who each credential id is registered to.
+    key_owners: HashMap<String, Uuid>,
 }
 
 pub struct MemoryStore {
@@ -84,13 +92,20 @@ impl Upkeep for MemoryStore {
         inner
             .jwt
             .retain(|_, exp| *exp + JWT_REVOCATION_MARGIN_S > now_s);
-        let claims = inner.directory_rechecks.len() + inner.sso.len() + inner.handoffs.len();
+        let claims = inner.directory_rechecks.len()
+            + inner.sso.len()
+            + inner.handoffs.len()
+            + inner.webauthn.len();
         inner
             .directory_rechecks
             .retain(|_, (_, until)| *until > now);
         inner.sso.retain(|_, (_, until)| *until > now);
         inner.handoffs.retain(|_, h| h.expires_ms > now);
-        let left = inner.directory_rechecks.len() + inner.sso.len() + inner.handoffs.len();
+        inner.webauthn.retain(|_, (_, until)| *until > now);
+        let left = inner.directory_rechecks.len()
+            + inner.sso.len()
+            + inner.handoffs.len()
+            + inner.webauthn.len();
         Ok(before - held(&inner) + claims - left)
     }
 
