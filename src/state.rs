@@ -219,6 +219,7 @@ impl AppState {
             });
         }
         self.auth.jwt.load_revocations(&*self.store).await?;
+        self.check_jwt_key().await?;
         self.tracker.spawn(session_sweep(self.clone()));
         self.pools
             .start(&self.config.seed_tasks, &self.auth.users)
@@ -226,10 +227,57 @@ impl AppState {
         Ok(())
     }
 
+    /// Instances sharing a store must sign REST JWTs with one key, or a JWT from one is
+    /// "Permission denied." on the next: each marks the key's fingerprint in the store (for
+    /// [`JWT_KEY_MARK_TTL`], renewed every third of it while it serves), and one whose key
+    /// differs from a live mark refuses to start, naming `jwt_secret_file`.
+    async fn check_jwt_key(&self) -> anyhow::Result<()> {
+        let ours = self.auth.jwt.fingerprint().to_owned();
+        if let Some(theirs) = self
+            .store
+            .mark(JWT_KEY_MARK, &ours, JWT_KEY_MARK_TTL)
+            .await?
+        {
+            anyhow::bail!(
+                "jwt_secret_file: this instance signs REST JWTs with a key (fingerprint {ours}) \
+                 other instances sharing the state store do not have (theirs: {theirs}), so a \
+                 JWT from one would be refused by the other; give every instance the same \
+                 jwt_secret_file (or POOLGATE_JWT_SECRET) — a generated data_dir/jwt-secret \
+                 is that instance's own. To change the key, stop every instance with the old \
+                 one; its mark expires {} s after the last one stopped",
+                JWT_KEY_MARK_TTL.as_secs()
+            );
+        }
+        let state = self.clone();
+        self.tracker.spawn(async move {
+            let mut every = tokio::time::interval(JWT_KEY_MARK_TTL / 3);
+            loop {
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                match state.store.mark(JWT_KEY_MARK, &ours, JWT_KEY_MARK_TTL).await {
+                    Ok(None) => {}
+                    Ok(Some(theirs)) => {
+                        crate::warn_refusal!(ours = %ours, theirs = %theirs, "another instance sharing the state store signs REST JWTs with another key: JWTs of one are refused by the other; give every instance the same jwt_secret_file");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot renew the JWT key's mark"),
+                }
+            }
+        });
+        Ok(())
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 }
+/// The store key under which instances mark their JWT key's fingerprint.
+const JWT_KEY_MARK: &str = "jwt-key";
+
+/// How long a JWT key's mark outlives the last instance that renewed it.
+pub const JWT_KEY_MARK_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// How many connections may be open at once: `max_connections`, or what the open-file limit
 /// (raised as far as allowed) leaves after the files the server needs itself.
 fn connection_limit(config: &Config) -> anyhow::Result<usize> {

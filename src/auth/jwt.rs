@@ -66,6 +66,9 @@ pub struct Claims {
 }
 
 pub struct JwtKeys {
+    /// A short digest of the secret (never the secret): instances sharing a store compare it
+    /// (see [`JwtKeys::fingerprint`]).
+    fingerprint: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -81,7 +84,11 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        use sha2::{Digest, Sha256};
+        let digest =
+            Sha256::digest([b"poolgate jwt key fingerprint\n".as_slice(), secret].concat());
         JwtKeys {
+            fingerprint: hex::encode(&digest[..8]),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
@@ -105,6 +112,12 @@ impl JwtKeys {
             Self::new(&secret, ttl),
             super::tokens::TagKey::derive(&secret),
         ))
+    }
+
+    /// 16 hex digits of a digest of the signing secret, under a label of its own: what shows
+    /// that two instances sign with the same key, and reveals nothing of it.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn issue(&self, user: &User) -> anyhow::Result<String> {

@@ -61,6 +61,15 @@ pub trait Upkeep: Send + Sync + 'static {
     /// not yet swept included (the retention promises are checked against it). May scan: not
     /// for hot paths.
     async fn counts(&self) -> StoreResult<StoreCounts>;
+
+    /// What the instances sharing this store must agree on (e.g. the fingerprint of the key
+    /// REST JWTs are signed with): if a live mark under `key` holds another value, that value
+    /// (the mark is left alone); else `value` is marked for `ttl` (renewed if it was there)
+    /// and `None`. A store only one instance uses has nobody to disagree with: `None`.
+    async fn mark(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<Option<String>> {
+        let _ = (key, value, ttl);
+        Ok(None)
+    }
 }
 
 /// The event bus the store carries: what one instance publishes, every instance (itself

@@ -48,6 +48,7 @@ forward!(Upkeep {
     async fn health(&self) -> StoreResult<Option<String>>;
     async fn sweep_expired(&self) -> StoreResult<usize>;
     async fn counts(&self) -> StoreResult<StoreCounts>;
+    async fn mark(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<Option<String>>;
 });
 
 forward!(Sessions {

@@ -74,12 +74,44 @@ pub async fn the_redis_password_comes_from_a_file_and_is_required() {
     stop_redis(&mut redis, port).await;
 }
 
+/// Instances sharing a store sign REST JWTs with one key: one started with another key (a
+/// data directory's own generated secret, say) refuses to start and names jwt_secret_file;
+/// one with the same key starts.
+pub async fn instances_sharing_a_store_must_sign_jwts_with_one_key() {
+    let prefix = format!("jwtkey-{}", uuid::Uuid::new_v4().simple());
+    let config = |secret: &str| {
+        let mut c = demo_config();
+        c.state = redis_url().parse().unwrap();
+        c.state_prefix = prefix.clone();
+        c.jwt_secret = Some(poolgate::config::SecretString(secret.repeat(40)));
+        c
+    };
+    let _first = TestApp::spawn_config(config("a")).await;
+    let other = poolgate::AppState::new(config("b")).await.unwrap();
+    let refused = format!("{:#}", other.start().await.unwrap_err());
+    assert!(
+        refused.starts_with("jwt_secret_file: ") && refused.contains("fingerprint"),
+        "{refused}"
+    );
+    other.shutdown.cancel();
+    let same = poolgate::AppState::new(config("a")).await.unwrap();
+    same.start().await.unwrap();
+    same.shutdown.cancel();
+}
+
 /// The cases of this file, for `cases()` in main.rs.
 pub(crate) fn cases() -> Vec<(&'static str, crate::Needs, crate::harness::Case)> {
     use crate::Needs::*;
-    vec![(
-        "secrets::the_redis_password_comes_from_a_file_and_is_required",
-        RedisServer,
-        || Box::pin(the_redis_password_comes_from_a_file_and_is_required()),
-    )]
+    vec![
+        (
+            "secrets::the_redis_password_comes_from_a_file_and_is_required",
+            RedisServer,
+            || Box::pin(the_redis_password_comes_from_a_file_and_is_required()),
+        ),
+        (
+            "secrets::instances_sharing_a_store_must_sign_jwts_with_one_key",
+            Redis,
+            || Box::pin(instances_sharing_a_store_must_sign_jwts_with_one_key()),
+        ),
+    ]
 }

@@ -182,7 +182,7 @@ pub fn aof_warning(without: &[String]) -> Option<String> {
         format!(
             "{} keep{} no append-only file (appendonly no): a Redis that crashes or is killed \
              loses every write since its last snapshot (sessions, sign-outs, tasks, machine \
-             assignments); set appendonly yes (README.rst: State and restarts)",
+             assignments); set appendonly yes (docs/operating.md: State and restarts)",
             without.join(", "),
             if without.len() == 1 { "s" } else { "" }
         )
@@ -191,6 +191,40 @@ pub fn aof_warning(without: &[String]) -> Option<String> {
 
 #[async_trait]
 impl Upkeep for RedisStore {
+    async fn mark(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<Option<String>> {
+        let key = self.k(&["mark", key]);
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut con = self.con();
+        for _ in 0..3 {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut con)
+                .await?;
+            if set.is_some() {
+                return Ok(None);
+            }
+            let current: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut con).await?;
+            match current {
+                Some(current) if current == value => {
+                    redis::cmd("PEXPIRE")
+                        .arg(&key)
+                        .arg(ttl_ms)
+                        .query_async::<()>(&mut con)
+                        .await?;
+                    return Ok(None);
+                }
+                Some(other) => return Ok(Some(other)),
+                // Expired between the two: set it again.
+                None => continue,
+            }
+        }
+        Ok(None)
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         redis::cmd("PING")
             .query_async::<String>(&mut self.con())
