@@ -1,4 +1,4 @@
-//! Sign-in timings by kind of attempt: the check behind README's "no enumeration" claim.
+//! Sign-in timings by kind of attempt: the check behind docs/security.md's "no enumeration" claim.
 //!
 //! Sends password sign-ins (`rpc/auth`), each on its own socket, round-robin over the kinds
 //! below, and prints per kind the median and p90 of the reply time and the ratio of the

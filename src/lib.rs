@@ -3,7 +3,7 @@
 //!
 //! The modules form layers. A module uses its own layer and those below, never one above,
 //! and no two modules (nor two files) import each other in a cycle; `tests/layers/` reads
-//! every `crate::` path and checks this drawing (README.rst draws the same). Bottom to top:
+//! every `crate::` path and checks this drawing (docs/architecture.md draws the same). Bottom to top:
 //!
 //! 1. `domain`, `files`, `telemetry`, `limits`, `http`, `tls`, `proxy_protocol`, `process` — plain
 //!    types and plumbing

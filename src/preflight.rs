@@ -99,7 +99,7 @@ fn oidc_files(config: &Config, problems: &mut Vec<Problem>) {
 pub fn demo_exposed(addr: &str) -> String {
     format!(
         "a DEMO server (demo = true) listens on {addr}, which other machines can reach: its \
-         demo users' passwords are published (README, examples/demo.toml), so anyone who \
+         demo users' passwords are published (README.rst, docs/demo.md, examples/demo.toml), so anyone who \
          reaches it signs in, as an administrator too; listen on 127.0.0.1 (--listen \
          127.0.0.1:8080), or serve a config of your own with demo = false"
     )

@@ -19,7 +19,7 @@
 //!   elsewhere whose turn is further away than `backoff_max` is refused and told to retry in
 //!   at most `backoff_max`. (No promise of a later turn is made to it: the queue is what holds
 //!   a botnet to one guess per spacing, and a promise that skips the queue would be given to
-//!   the guessers at every address too. README.rst says what that means for a real user.)
+//!   the guessers at every address too. docs/security.md says what that means for a real user.)
 //! * **address** (IPv6 per /64): a hard lock after `address_attempts` (default 100), against
 //!   spraying many usernames from one place while staying far above a NAT'd office's typos.
 //!   The mock's password-less first step (a 428 for a second-factor user) counts here too.
@@ -36,7 +36,7 @@
 //! verification and count nothing. Tokens are not passwords: a valid saved token is never
 //! refused for its address's failures, an unknown token counts against its address only, and
 //! a token this server once issued (a stale saved one) counts nothing. NIST SP 800-63B
-//! §5.2.2 and the OWASP Authentication Cheat Sheet are the references; README.rst says which
+//! §5.2.2 and the OWASP Authentication Cheat Sheet are the references; docs/security.md says which
 //! numbers and why, and what an attacker can and cannot do.
 //!
 //! Known sources and password-less first steps are kept as counters of the same store

@@ -65,7 +65,7 @@ pub struct Config {
     /// limit allows (see `limits`); more than it allows stops start-up.
     pub max_connections: Option<usize>,
     /// Simultaneous connections from one client address (IPv6: one /64); the next one is
-    /// answered 429. Sized for a NAT'd office (see README, Security).
+    /// answered 429. Sized for a NAT'd office (see docs/security.md, Brute force).
     pub max_connections_per_address: usize,
     /// A connection has this long for its PROXY header (`proxy_protocol`), then for its TLS
     /// handshake, then for each request's headers

@@ -2,44 +2,44 @@
 
 use std::collections::BTreeSet;
 
-const README: &str = include_str!("../../README.rst");
+const CONFIGURATION: &str = include_str!("../../docs/configuration.md");
 
-/// The rows of README.rst's configuration table: (keys, default cell).
+/// The rows of docs/configuration.md's key table: (keys, default cell).
 fn config_table() -> Vec<(Vec<String>, String)> {
-    // The header row: "key", "default", "meaning", however wide the columns are.
-    let header = README
+    let cells = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split(" | ")
+            .map(|c| c.trim().trim_matches('`').to_owned())
+            .collect()
+    };
+    let mut lines = CONFIGURATION
         .lines()
-        .find(|l| l.split_whitespace().eq(["key", "default", "meaning"]))
-        .expect("README.rst has the configuration table");
-    let start = header.as_ptr() as usize - README.as_ptr() as usize;
-    let body = &README[start..];
-    let border = body.lines().nth(1).unwrap();
-    assert!(border.starts_with("====="), "{border}");
-    // Column starts from the border: "=====  =====  =====".
-    let key_width = border.find(' ').unwrap();
-    let default_start = key_width + border[key_width..].find('=').unwrap();
-    let default_width = border[default_start..].find(' ').unwrap();
+        .skip_while(|l| !l.starts_with('|') || cells(l) != ["key", "default", "meaning"]);
+    assert!(
+        lines.next().is_some(),
+        "docs/configuration.md has the key table (| key | default | meaning |)"
+    );
+    let border = lines.next().expect("the table's border row");
+    assert!(
+        border.starts_with("|--") || border.starts_with("| --"),
+        "{border}"
+    );
     let mut rows = Vec::new();
-    for line in body.lines().skip(2) {
-        if line.starts_with("=====") {
-            return rows;
-        }
-        let key = line[..key_width.min(line.len())].trim();
-        if key.is_empty() {
-            continue; // a continuation line of the meaning
-        }
-        let default = line
-            .get(default_start..(default_start + default_width).min(line.len()))
-            .unwrap_or("")
-            .trim()
-            .to_owned();
-        rows.push((key.split(", ").map(str::to_owned).collect(), default));
+    for line in lines.take_while(|l| l.starts_with('|')) {
+        let row = cells(line);
+        assert_eq!(row.len(), 3, "a row of three cells: {line}");
+        rows.push((
+            row[0].split(", ").map(str::to_owned).collect(),
+            row[1].clone(),
+        ));
     }
-    panic!("the configuration table is not closed");
+    assert!(!rows.is_empty(), "the key table has rows");
+    rows
 }
 
 #[test]
-fn the_readme_config_table_lists_every_key_the_config_reads_with_its_default() {
+fn the_documented_config_table_lists_every_key_the_config_reads_with_its_default() {
     let rows = config_table();
     let documented: BTreeSet<String> = rows.iter().flat_map(|(k, _)| k.clone()).collect();
     let code: BTreeSet<String> = poolgate::config::keys()
@@ -51,7 +51,7 @@ fn the_readme_config_table_lists_every_key_the_config_reads_with_its_default() {
     let unknown: Vec<_> = documented.difference(&code).collect();
     assert!(
         missing.is_empty() && unknown.is_empty(),
-        "README.rst's table lacks {missing:?} and names keys the config does not read: {unknown:?}"
+        "docs/configuration.md's table lacks {missing:?} and names keys the config does not read: {unknown:?}"
     );
 
     // Every default that is a value (not prose like "cores − 1" or "—") is the real one: the
@@ -70,17 +70,32 @@ fn the_readme_config_table_lists_every_key_the_config_reads_with_its_default() {
                     assert_eq!(
                         format!("{config:?}"),
                         default,
-                        "README.rst says {key} defaults to {cell}"
+                        "docs/configuration.md says {key} defaults to {cell}"
                     );
                     checked += 1;
                 }
                 // A number must be a valid value of its key.
                 Err(e) if cell.starts_with(|c: char| c.is_ascii_digit()) => {
-                    panic!("README.rst's default of {key} ({cell}) is not a valid value: {e}")
+                    panic!(
+                        "docs/configuration.md's default of {key} ({cell}) is not a valid value: {e}"
+                    )
                 }
                 Err(_) => {} // a word standing for a table ("mock's", "simulated")
             }
         }
     }
     assert!(checked > 20, "defaults checked: {checked}");
+}
+
+/// The token length protocol/README.md states is what the server hands out.
+#[tokio::test]
+async fn the_protocol_states_the_token_length_the_server_hands_out() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let (_client, token) = app.login("astravdi").await;
+    let body = token.strip_prefix("pgt_").expect("a pgt_ token");
+    let said = format!("`pgt_` followed by {} base64url characters", body.len());
+    assert!(
+        include_str!("../../protocol/README.md").contains(&said),
+        "protocol/README.md should say {said:?}"
+    );
 }

@@ -1,4 +1,4 @@
-//! examples/poolgate.service against README.rst's install steps: a host set up by those steps
+//! examples/poolgate.service against docs/operating.md's install steps: a host set up by those steps
 //! has every user, group, file and directory the unit needs, and the service can write where
 //! it must (and only there). `systemd-analyze verify` checks the unit's syntax when present
 //! (`.ci/run` installs Debian's systemd package for it).
@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::process::Command;
 
 const UNIT: &str = include_str!("../../examples/poolgate.service");
-const README: &str = include_str!("../../README.rst");
+const OPERATING: &str = include_str!("../../docs/operating.md");
 const PRODUCTION: &str = include_str!("../../examples/production.toml");
 
-/// What the README's "Installing as a service" steps create.
+/// What docs/operating.md's "Installing as a service" steps create.
 #[derive(Default, Debug)]
 struct Host {
     users: HashSet<String>,
@@ -19,15 +19,13 @@ struct Host {
     paths: HashMap<String, (u32, String, String)>,
 }
 
-/// The shell commands of the README section, continuation lines joined.
+/// The shell commands of docs/operating.md's section, continuation lines joined.
 fn install_steps() -> Vec<Vec<String>> {
-    let start = README
-        .find("Installing as a service\n---")
-        .expect("README.rst has an \"Installing as a service\" section");
-    let section = &README[start..];
-    let end = section[30..]
-        .find("\n---")
-        .map_or(section.len(), |i| i + 30);
+    let start = OPERATING
+        .find("\n## Installing as a service\n")
+        .expect("docs/operating.md has an \"Installing as a service\" section");
+    let section = &OPERATING[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
     let mut commands = Vec::new();
     let mut current = String::new();
     for line in section[..end].lines() {
@@ -113,11 +111,11 @@ fn the_systemd_unit_starts_on_a_host_set_up_by_the_readme_install_steps() {
     let (user, group) = (one(&unit, "User"), one(&unit, "Group"));
     assert!(
         host.users.contains(user),
-        "README creates user {user}: {host:?}"
+        "docs/operating.md creates user {user}: {host:?}"
     );
     assert!(
         host.groups.contains(group),
-        "README creates group {group}: {host:?}"
+        "docs/operating.md creates group {group}: {host:?}"
     );
 
     // The program and the config it is started with are installed, and readable by the service.
@@ -223,7 +221,7 @@ fn systemd_analyze_verify_accepts_the_unit() {
 
 /// The Debian package's unit (debian/poolgate.service) is examples/poolgate.service but for
 /// the binary's path (/usr/bin, where the package puts it), and the package's maintainer
-/// script makes the user, group and directories the unit needs, with the modes the README's
+/// script makes the user, group and directories the unit needs, with the modes docs/operating.md's
 /// steps give them.
 #[test]
 fn the_packages_unit_and_postinst_match_the_documented_install() {

@@ -1,7 +1,7 @@
 //! The layers drawn in `src/lib.rs` are true: every `crate::…` path in a module names a module
 //! of its own layer or one below, no two top-level modules import each other in a cycle, and
-//! every module declared in `lib.rs` is drawn exactly once. README.rst's Layout section draws
-//! the same layers.
+//! every module declared in `lib.rs` is drawn exactly once. docs/architecture.md draws the
+//! same layers.
 //!
 //! The drawing is read from `lib.rs`'s module doc, lines of the form
 //! `//! N. `a`, `b` — what they are`, so the picture and the check cannot drift apart.
@@ -275,7 +275,7 @@ fn every_module_is_drawn_once_and_readme_draws_the_same_layers() {
         .collect();
     assert!(absent.is_empty(), "drawn but no such module: {absent:?}");
 
-    let readme = std::fs::read_to_string(root().join("README.rst")).unwrap();
+    let readme = std::fs::read_to_string(root().join("docs/architecture.md")).unwrap();
     let mut readme_layers = BTreeMap::new();
     for line in readme.lines() {
         if let Some((n, modules)) = layer_line(line) {
@@ -286,7 +286,7 @@ fn every_module_is_drawn_once_and_readme_draws_the_same_layers() {
     }
     assert_eq!(
         readme_layers, layers,
-        "README.rst's Layout section draws other layers than lib.rs"
+        "docs/architecture.md's Layout section draws other layers than lib.rs"
     );
 }
 
