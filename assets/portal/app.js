@@ -8,6 +8,25 @@
 const TOKEN_KEY = "poolgate.token";
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
 const STEP_LABEL = { pool_request: "Getting a machine", connect_info: "Starting the desktop" };
+// Human names for the server's enum values; the page shows the raw value as a tooltip, and an
+// unknown value as it is.
+const STATUS_LABEL = {
+  ACTIVE: "Available", CREATING: "Being prepared", PARTIAL: "Partly available",
+  SERVICE: "Under maintenance", FAILED: "Out of order", DELETING: "Being removed",
+};
+const CONNECTION_LABEL = {
+  RDP: "Remote Desktop (RDP)", NATIVE_RDP: "Remote Desktop (RDP) file", GLINT: "GLINT (VDI client)",
+  SPICE: "SPICE (virt-viewer)", SPICE_DIRECT: "SPICE, direct (virt-viewer)", X2GO: "X2Go", VNC: "VNC",
+  LOUDPLAY: "Loudplay",
+};
+const PERMISSION_LABEL = {
+  USB_REDIR: "USB devices", FOLDERS_REDIR: "Shared folders", SHARED_CLIPBOARD: "Shared clipboard",
+  PRINTER_REDIR: "Printers", SOUND_REDIR: "Sound", SMARTCARD_REDIR: "Smart cards",
+};
+// "Keep me signed in": seconds between tries to sign the page in again after the connection
+// was lost (a server restart), doubling up to the last.
+const RECONNECT_DELAYS = [1, 2, 4, 8, 16, 30];
+const NBSP = "\u00a0";
 const CLOSE_REASONS = {
   1001: "The server is restarting.",
   4000: "The server closed the connection after a long time without activity.",
@@ -99,8 +118,14 @@ function signInMessage(e) {
       if (e.errCode === 102 && !e.args.publicKey) {
         return "No security key is registered for you yet: ask an administrator for an enrolment link.";
       }
+      if (e.errCode === 101) {
+        return state.sso
+          ? `This account signs in through single sign-on: use “Sign in with ${state.sso.display_name}”.`
+          : "This account signs in through single sign-on, which this server does not offer. Ask your administrator.";
+      }
       return e.args.detail || "This account needs a second factor this page cannot offer.";
-    case 429: return `Too many attempts. ${e.message.replace(/^Too many failed sign-in attempts[^;]*; /, "").replace(/^t/, "T")}`;
+    // The server's own sentence: it says when to try again.
+    case 429: return e.message;
     case 503: return "The server is busy for a moment; try again in a few seconds.";
     default: return e.message;
   }
@@ -117,12 +142,15 @@ const state = {
   keyOptions: null,  // the security key's request options (428/102), while that step is shown
   enroll: null,      // the enrolment link's code and registration under way
   sso: null,         // the server's single sign-on (`/oidc/config`), if any
+  demo: false,       // a demo server (`identify`): its one-time code is its date
   tasks: new Map(),  // task id -> latest task seen (replies and events)
   waiters: new Map(),// task id -> [resolve] waiting for an end
   cards: new Map(),  // pool id -> the pool's card
   linkTimers: new Map(), // card -> the timer that retires its Guacamole link when it expires
   flows: new Map(),  // pool id -> the step in progress
+  holds: new Map(),  // pool id -> the countdown until a failed step 1 may be retried
   expiryTimer: null,
+  reconnect: null,   // the pending try to sign in again after the connection was lost
 };
 
 const rpc = new Rpc(onEvent, onClose);
@@ -141,7 +169,58 @@ async function authed(name, args) {
   }
 }
 
+/** A sign-in call. A socket that has used up its sign-in attempts (`max_auth_failures`) is
+ * refused with "…on this connection; open a new one later": the page opens a new one and asks
+ * once more there, so that what the person reads is the server's real answer (a wrong
+ * password, or the lockout and when it ends), never the socket's allowance. */
+async function signInCall(name, args) {
+  try {
+    return await rpc.call(name, args);
+  } catch (e) {
+    if (!(e instanceof RpcError && e.code === 429 && /on this connection/.test(e.message))) throw e;
+    rpc.close();
+    return rpc.call(name, args);
+  }
+}
+
+/** A server enum value as a person reads it, the raw value as its tooltip. */
+function labelled(value, table) {
+  const span = document.createElement("span");
+  span.className = "label";
+  span.textContent = table[value] || value;
+  span.title = value;
+  return span;
+}
+
+/** `values` labelled into `el`, separated by commas. */
+function showLabels(el, values, table) {
+  el.replaceChildren();
+  values.forEach((value, i) => {
+    if (i > 0) el.append(", ");
+    el.append(labelled(value, table));
+  });
+}
+
 // ---- views -----------------------------------------------------------------------------
+
+/** The one-time-code step, after a password that was right. A demo server's code is its
+ * date (the mock's "date" code): the page asks the server for today's (`identify` sends it as
+ * `demo_code`, as the server's clock has it) and says how to make it. */
+function otpStep(mfaToken) {
+  state.mfaToken = mfaToken;
+  $("password-step").hidden = true;
+  $("otp-step").hidden = false;
+  $("signin-button").textContent = "Verify";
+  $("otp-demo").hidden = true;
+  $("otp").focus();
+  if (!state.demo) return;
+  rpc.call("identify").then((server) => {
+    if (!server.demo_code || !state.mfaToken) return;
+    $("otp-demo").textContent =
+      `This demo server's code is today's date as YYMMDD (the server's date): ${server.demo_code}.`;
+    $("otp-demo").hidden = false;
+  }).catch(() => { /* the hint is a courtesy */ });
+}
 
 function notice(text) {
   $("notice").textContent = text || "";
@@ -194,8 +273,12 @@ async function signedIn([token, ttl], keep) {
 
 function signedOut(reason) {
   clearInterval(state.expiryTimer);
+  clearTimeout(state.reconnect);
+  state.reconnect = null;
   state.token = null;
   state.flows.clear();
+  for (const timer of state.holds.values()) clearInterval(timer);
+  state.holds.clear();
   for (const timer of state.linkTimers.values()) clearTimeout(timer);
   state.linkTimers.clear();
   sessionStorage.removeItem(TOKEN_KEY);
@@ -235,9 +318,11 @@ function poolCard(pool) {
   card.dataset.poolId = pool.id;
   card.querySelector(".name").textContent = pool.name;
   card.querySelector(".fav").hidden = !pool.is_favorite;
-  card.querySelector(".status").textContent = pool.status;
+  const status = card.querySelector(".status");
+  status.textContent = STATUS_LABEL[pool.status] || pool.status;
+  status.title = pool.status;
   card.querySelector(".os").textContent = pool.os_type;
-  card.querySelector(".types").textContent = pool.connection_types.join(", ");
+  showLabels(card.querySelector(".types"), pool.connection_types, CONNECTION_LABEL);
   const button = card.querySelector(".connect");
   button.setAttribute("aria-label", `Connect to ${pool.name}`);
   button.addEventListener("click", () => connect(pool, card));
@@ -249,7 +334,9 @@ function setProgress(card, percent, text) {
   const box = card.querySelector(".progress");
   box.hidden = false;
   box.querySelector("progress").value = percent;
-  box.querySelector(".progress-text").textContent = text;
+  const line = box.querySelector(".progress-text");
+  line.textContent = text;
+  line.hidden = !text;
 }
 
 function cardError(card, text) {
@@ -269,8 +356,10 @@ function showTask(task) {
   const elapsed = Math.max(0, Math.round((Date.now() - Date.parse(task.created)) / 1000));
   const status = { PENDING: "waiting", RUNNING: "in progress", COMPLETED: "done",
     FAILED: "failed", CANCELLED: "cancelled" }[task.status] || task.status;
-  setProgress(card, step + percent / 2,
-    `${label}: ${status}${task.status === "RUNNING" ? ` (${percent} %)` : ""} — ${elapsed} s`);
+  // Each figure with its unit on one line (a no-break space), however narrow the card.
+  const figure = task.status === "RUNNING" ? ` (${percent}${NBSP}%)` : "";
+  const why = TERMINAL.has(task.status) && task.error && task.error.message ? `: ${task.error.message}` : "";
+  setProgress(card, step + percent / 2, `${label}: ${status}${figure}${why} — ${elapsed}${NBSP}s`);
 }
 
 function remember(task) {
@@ -314,11 +403,42 @@ function onClose(e) {
   state.token = null;
   state.flows.clear();
   if (saved && e.code !== 4000) {
-    notice(`${reason} Reconnecting…`);
-    setTimeout(() => resume(saved, reason), 2000);
+    // The token outlives the socket: it dies `ttl` seconds after the last accepted message.
+    reconnect(saved, reason, state.lastActive + state.ttl * 1000, 0);
   } else {
     signedOut(`${reason} Sign in again.`);
   }
+}
+
+/** "Keep me signed in" after the connection was lost: tries the kept token again and again,
+ * 1, 2, 4 … 30 s apart, while it can still be alive (`deadline`, in ms), showing that it is
+ * reconnecting. Only the server's refusal of the token (401) drops it; a server that is down
+ * or restarting is simply tried again. */
+function reconnect(token, reason, deadline, attempt) {
+  const wait = RECONNECT_DELAYS[Math.min(attempt, RECONNECT_DELAYS.length - 1)] * 1000;
+  if (Date.now() + wait >= deadline) {
+    signedOut(`${reason} The server did not come back before your session ended. Sign in again.`);
+    return;
+  }
+  notice(`${reason} Reconnecting…`);
+  clearTimeout(state.reconnect);
+  state.reconnect = setTimeout(async () => {
+    state.reconnect = null;
+    try {
+      const reply = await rpc.call("auth_token", { token });
+      await signedIn(reply, true);
+      notice("");
+    } catch (e) {
+      if (e instanceof RpcError && e.code >= 400 && e.code < 500 && e.code !== 429) {
+        signedOut(e.code === 401
+          ? "Your saved session has ended (expired or signed out elsewhere). Sign in again."
+          : `${signInMessage(e)} Sign in again.`);
+        return;
+      }
+      // Not reachable yet, or busy: the next try, a little later.
+      reconnect(token, reason, deadline, attempt + 1);
+    }
+  }, wait);
 }
 
 // ---- the two steps ---------------------------------------------------------------------
@@ -343,7 +463,34 @@ async function step(pool, card, method) {
   }
 }
 
+/** A failed step 1 holds the pool back for `failed_step_retry`: the server's 403/800 says
+ * how long (`retry_after`). The button waits, counting down, and comes back when it may be
+ * pressed again. */
+function holdBack(pool, card, seconds) {
+  const button = card.querySelector(".connect");
+  clearInterval(state.holds.get(pool.id));
+  const until = Date.now() + seconds * 1000;
+  const last = [...state.tasks.values()].reverse()
+    .find((t) => t.pool_id === pool.id && t.kind === "POOL_EXPAND" && t.status === "FAILED");
+  const why = last && last.error && last.error.message ? `${last.error.message} ` : "";
+  const tick = () => {
+    const left = Math.ceil((until - Date.now()) / 1000);
+    if (left <= 0 || !card.isConnected || !state.token) {
+      clearInterval(state.holds.get(pool.id));
+      state.holds.delete(pool.id);
+      button.disabled = false;
+      cardError(card, "");
+      return;
+    }
+    button.disabled = true;
+    cardError(card, `${why}The last attempt failed; try again in ${left}${NBSP}s.`);
+  };
+  tick();
+  state.holds.set(pool.id, setInterval(tick, 1000));
+}
+
 async function connect(pool, card) {
+  if (state.holds.has(pool.id)) return;
   const running = state.flows.get(pool.id);
   if (running) {
     // The server answers a repeated request with the task already running.
@@ -366,13 +513,18 @@ async function connect(pool, card) {
     setProgress(card, 50, `${STEP_LABEL.connect_info}…`);
     const ready = await step(pool, card, "connect_info");
     const file = await authed("launcher", { pool_id: pool.id });
-    setProgress(card, 100, "Ready.");
+    // The bar full; the card's result says "Your desktop is ready." (once).
+    setProgress(card, 100, "");
     showResult(card, ready.connection, file);
     showGuacamole(card, pool, ready.guacamole);
   } catch (e) {
     if (state.token) {
-      cardError(card, e instanceof RpcError ? e.message : `${e.message} Try again.`);
       card.querySelector(".progress").hidden = true;
+      if (e instanceof RpcError && e.code === 403 && e.errCode === 800 && e.args.retry_after) {
+        holdBack(pool, card, e.args.retry_after);
+      } else {
+        cardError(card, e instanceof RpcError ? e.message : `${e.message} Try again.`);
+      }
     }
   } finally {
     state.flows.delete(pool.id);
@@ -384,11 +536,14 @@ function showResult(card, conn, file) {
   const dl = card.querySelector(".conn");
   dl.replaceChildren();
   for (const [label, value] of [["Machine", conn.verbose_name], ["Address", `${conn.host}:${conn.port}`],
-    ["Allowed", (conn.permissions || []).join(", ") || "—"]]) {
+    ["Allowed", conn.permissions || []]]) {
     const dt = document.createElement("dt");
     dt.textContent = label;
     const dd = document.createElement("dd");
-    dd.textContent = value;
+    if (!Array.isArray(value)) dd.textContent = value;
+    else if (value.length === 0) dd.textContent = "—";
+    else showLabels(dd, value, PERMISSION_LABEL);
+    dd.classList.add(label.toLowerCase());
     dl.append(dt, dd);
   }
   const link = card.querySelector(".download");
@@ -770,7 +925,7 @@ async function submitSignIn(event) {
     if (state.mfaToken) {
       const code = $("otp").value.trim();
       if (!code) { signInError("Enter the one-time code."); return; }
-      const reply = await rpc.call("otp_verify", { mfa_token: state.mfaToken, otp_code: code });
+      const reply = await signInCall("otp_verify", { mfa_token: state.mfaToken, otp_code: code });
       state.mfaToken = null;
       await signedIn(reply, keep);
       return;
@@ -780,7 +935,7 @@ async function submitSignIn(event) {
     if (!username || !password) { signInError("Enter your username and password."); return; }
     state.username = username;
     try {
-      await signedIn(await rpc.call("auth", { username, password }), keep);
+      await signedIn(await signInCall("auth", { username, password }), keep);
     } catch (e) {
       if (e instanceof RpcError && e.code === 428 && e.args.mfa_token && e.args.publicKey) {
         keyStep(e.args);
@@ -788,11 +943,7 @@ async function submitSignIn(event) {
         return;
       }
       if (e instanceof RpcError && e.code === 428 && e.args.mfa_token) {
-        state.mfaToken = e.args.mfa_token;
-        $("password-step").hidden = true;
-        $("otp-step").hidden = false;
-        button.textContent = "Verify";
-        $("otp").focus();
+        otpStep(e.args.mfa_token);
         return;
       }
       throw e;
@@ -907,11 +1058,7 @@ async function finishSso() {
     }
     if (e instanceof RpcError && e.code === 428 && e.args.mfa_token) {
       showSignIn("");
-      state.mfaToken = e.args.mfa_token;
-      $("password-step").hidden = true;
-      $("otp-step").hidden = false;
-      $("signin-button").textContent = "Verify";
-      $("otp").focus();
+      otpStep(e.args.mfa_token);
       return;
     }
     showSignIn("");
@@ -942,6 +1089,7 @@ async function start() {
     const server = await rpc.call("identify");
     $("server-info").textContent = `poolgate ${server.version} on ${server.hostname}`;
     $("demo-hint").hidden = !server.demo;
+    state.demo = Boolean(server.demo);
   } catch (e) {
     showSignIn("Cannot reach the server. Reload the page to try again.");
     return;

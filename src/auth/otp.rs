@@ -24,6 +24,13 @@ pub(crate) enum TotpOrDate {
     Date,
 }
 
+/// The mock's demo `date` code as it is now: the server's local date as YYMMDD (`261207` on
+/// 7 December 2026). Accepted only on a demo server, which also tells clients the code
+/// (`identify`'s `demo_code`).
+pub fn date_code() -> String {
+    chrono::Local::now().format("%y%m%d").to_string()
+}
+
 /// A parsed TOTP generator for one user.
 pub struct TotpSecret(Totp);
 
@@ -87,7 +94,7 @@ impl OtpGuard {
         match otp {
             None => Ok(false),
             Some(TotpOrDate::Date) => {
-                let expected = chrono::Local::now().format("%y%m%d").to_string();
+                let expected = date_code();
                 Ok(bool::from(
                     expected.as_bytes().ct_eq(code.trim().as_bytes()),
                 ))

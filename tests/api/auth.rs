@@ -325,3 +325,54 @@ async fn the_date_code_is_refused_outside_a_demo_server() {
         .expect("refused");
     assert!(err.to_string().contains("demo"), "{err}");
 }
+
+/// A demo server says so in `identify`, with today's demo code (its date as YYMMDD), which the
+/// portal shows at the one-time-code step; a server that is no demo sends neither field.
+#[tokio::test]
+async fn identify_tells_a_client_of_a_demo_server_and_its_one_time_code() {
+    let app = TestApp::spawn().await;
+    let mut c = app.connect().await;
+    let before = date_code();
+    let reply = c.rpc("identify", json!({})).await;
+    let after = date_code();
+    assert_eq!(reply["args"]["demo"], true, "{reply}");
+    let code = reply["args"]["demo_code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no demo_code: {reply}"))
+        .to_owned();
+    assert!(code == before || code == after, "{code} is not today");
+    // The code it names is the one user-4 (a date-code user) signs in with.
+    let reply = c
+        .rpc(
+            "auth",
+            json!({"username": "user-4", "password": PASSWORD, "otp_code": code}),
+        )
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    drop(c);
+    app.stop().await;
+
+    let app = TestApp::spawn_with(|c| {
+        c.demo = false;
+        // The date code is refused outside a demo: its users go, from the pools too.
+        let date = Some(poolgate::auth::otp::OtpMethod::Date);
+        let gone: Vec<String> = c
+            .users
+            .iter()
+            .filter(|u| u.otp_method == date)
+            .map(|u| u.username.clone())
+            .collect();
+        c.users.retain(|u| u.otp_method != date);
+        for pool in &mut c.pools {
+            pool.users.retain(|u| !gone.contains(u));
+        }
+        c.seed_tasks.clear();
+    })
+    .await;
+    let reply = app.connect().await.rpc("identify", json!({})).await;
+    assert_eq!(reply["args"]["type"], "server", "{reply}");
+    for field in ["demo", "demo_code"] {
+        assert!(reply["args"].get(field).is_none(), "{field}: {reply}");
+    }
+    app.stop().await;
+}

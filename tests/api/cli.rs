@@ -541,11 +541,8 @@ async fn connect_gets_a_desktop_and_writes_a_launcher_then_reuses_its_token() {
 
 #[tokio::test]
 async fn connect_handles_a_one_time_code_and_reports_refusals() {
-    let app = TestApp::spawn_with(|c| {
-        fast_sim(c, OK, OK);
-        c.pools[0].users.push("user-4".into());
-    })
-    .await;
+    // user-4 (the one-time-code user) has pool-win-1 in the demo.
+    let app = TestApp::spawn_with(|c| fast_sim(c, OK, OK)).await;
     let dir = tempfile::tempdir().unwrap();
     let out = connect_cmd(
         &app,

@@ -99,3 +99,54 @@ async fn the_protocol_states_the_token_length_the_server_hands_out() {
         "protocol/README.md should say {said:?}"
     );
 }
+
+/// Every demo user has a purpose: a comment above its `[[users]]` table in examples/demo.toml
+/// and a row ("user — what it shows — how") in docs/demo.md; and the users whose purpose ends
+/// at a desktop have a pool to get one from.
+#[test]
+fn every_demo_user_has_a_purpose_in_the_demo_file_and_docs_demo_md() {
+    const DEMO_TOML: &str = include_str!("../../examples/demo.toml");
+    const DEMO_MD: &str = include_str!("../../docs/demo.md");
+    let demo = poolgate::Config::demo();
+    assert!(demo.demo, "the demo says demo = true");
+    let toml_lines: Vec<&str> = DEMO_TOML.lines().collect();
+    for user in &demo.users {
+        let name = &user.username;
+        let row = format!("| `{name}` | ");
+        let line = DEMO_MD
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("docs/demo.md has no row for {name}"));
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+        assert_eq!(cells.len(), 3, "user — what it shows — how: {line}");
+        assert!(
+            cells[1..].iter().all(|c| c.trim().len() > 20),
+            "an empty cell: {line}"
+        );
+        // The comment right above the user's table.
+        let at = toml_lines
+            .iter()
+            .position(|l| *l == format!("username = \"{name}\""))
+            .unwrap_or_else(|| panic!("examples/demo.toml has no {name}"));
+        assert_eq!(toml_lines[at - 1], "[[users]]");
+        assert!(
+            toml_lines[at - 2].starts_with("# "),
+            "examples/demo.toml: no comment above {name}'s [[users]]"
+        );
+    }
+    let pools_of = |name: &str| -> Vec<String> {
+        demo.pools
+            .iter()
+            .filter(|p| p.users.iter().any(|u| u == name))
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    assert_eq!(pools_of("user-4"), ["pool-win-1"], "the one-time-code user");
+    assert_eq!(
+        pools_of("user-5"),
+        ["pool-win-2"],
+        "the single sign-on user"
+    );
+    // The table's header.
+    assert!(DEMO_MD.contains("| user | what it shows | how |"));
+}

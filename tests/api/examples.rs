@@ -48,7 +48,6 @@ async fn the_v2_client_example_never_produces_a_failed_sign_in_on_a_normal_run()
     let app = TestApp::spawn_with(|c| {
         fast_sim(c, OK, OK);
         c.lockout_attempts = 2;
-        c.pools[0].users.push("user-4".into());
     })
     .await;
     let server = app.url("");

@@ -175,6 +175,40 @@ async fn a_failed_step_1_makes_the_pool_refuse_with_800() {
     assert_eq!(error_code(&reply), 403);
     assert_eq!(reply["args"]["err_code"], 800);
     assert_eq!(reply["args"]["message"], "Pool cannot be expanded.");
+    // And when it may be asked again: the rest of failed_step_retry (60 s by default), in
+    // whole seconds, also said in words.
+    let secs = reply["args"]["retry_after"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no retry_after: {reply}"));
+    assert!((55..=60).contains(&secs), "{reply}");
+    assert_eq!(
+        reply["args"]["detail"],
+        format!(
+            "The last request for a machine here failed; the pool can be asked again in {secs} s."
+        )
+    );
+}
+
+/// `retry_after` counts down the window, and never says 0 while the pool still refuses.
+#[tokio::test]
+async fn the_800_says_how_long_the_failure_still_holds_the_pool_back() {
+    let app = TestApp::spawn_with(|c| {
+        fast_sim(c, OK, OK);
+        c.failed_step_retry = Duration::from_secs(4);
+    })
+    .await;
+    let (mut c, _) = app.login("user-2").await;
+    let id =
+        c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await["args"]["task"]["id"].clone();
+    assert_eq!(c.follow(&id).await.0.last().unwrap(), "FAILED");
+    let first = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    let first = first["args"]["retry_after"].as_u64().expect("retry_after");
+    assert!((3..=4).contains(&first), "{first}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let reply = c.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    assert_eq!(reply["args"]["err_code"], 800, "{reply}");
+    let later = reply["args"]["retry_after"].as_u64().expect("retry_after");
+    assert!((1..=2).contains(&later), "{first} then {later}");
 }
 
 #[tokio::test]

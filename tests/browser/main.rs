@@ -50,6 +50,26 @@ fn cases() -> Vec<(&'static str, Case)> {
             "portal::keep_me_signed_in_survives_a_reload_and_works_at_360_px",
             |b| Box::pin(keep_me_signed_in_survives_a_reload(b)),
         ),
+        (
+            "portal::a_failed_step_says_when_the_pool_may_be_asked_again_and_counts_down",
+            |b| Box::pin(a_failed_step_counts_down_to_the_next_try(b)),
+        ),
+        (
+            "portal::a_single_sign_on_user_is_told_this_server_does_not_offer_it",
+            |b| {
+                Box::pin(a_single_sign_on_user_is_told_this_server_does_not_offer_it(
+                    b,
+                ))
+            },
+        ),
+        (
+            "portal::keep_me_signed_in_reconnects_with_back_off_after_a_server_restart",
+            |b| Box::pin(keep_me_signed_in_reconnects_after_a_restart(b)),
+        ),
+        (
+            "portal::keep_me_signed_in_gives_up_once_the_kept_token_would_have_expired",
+            |b| Box::pin(keep_me_signed_in_gives_up_when_the_token_would_have_expired(b)),
+        ),
         (SSO_CASE, |b| {
             Box::pin(single_sign_on_at_the_provider_signs_the_portal_in(b))
         }),
@@ -286,12 +306,11 @@ fn visible(id: &str) -> String {
 /// is checked, not followed).
 const GATEWAY: &str = "https://gw.example.org/guacamole/";
 
-/// The demo dataset with a simulation that always completes, quickly but visibly, and
-/// user-4 (the one-time-code user) given pool-win-1, which has a Guacamole gateway.
+/// The demo dataset with a simulation that always completes, quickly but visibly; pool-win-1
+/// (the one pool of user-4, the one-time-code user) has a Guacamole gateway.
 async fn portal_app(token_ttl: Option<Duration>) -> TestApp {
     TestApp::spawn_with(|c| {
         fast_sim(c, OK, OK);
-        c.pools[0].users.push("user-4".into());
         // The key in a file of the app's own data directory, removed with it.
         std::fs::create_dir_all(&c.data_dir).unwrap();
         let key_file = c.data_dir.join("guacamole.key");
@@ -325,6 +344,18 @@ async fn sign_in_with_a_code_connect_download_sign_out(b: Browser) {
     b.sign_in("user-4", PASSWORD, false).await;
     b.until(&visible("otp-step"), "the one-time code step")
         .await;
+    // A demo server says how to make its code, and today's, as the server's clock has it.
+    b.until(&visible("otp-demo"), "the demo code's hint").await;
+    let hint = b
+        .text("document.getElementById('otp-demo').textContent")
+        .await;
+    assert_eq!(
+        hint,
+        format!(
+            "This demo server's code is today's date as YYMMDD (the server's date): {}.",
+            date_code()
+        )
+    );
     b.shot("02-one-time-code").await;
     b.type_into("otp", &date_code()).await;
     b.click("#signin-button").await;
@@ -339,12 +370,44 @@ async fn sign_in_with_a_code_connect_download_sign_out(b: Browser) {
         "user-4's one pool",
     )
     .await;
+    // People read labels; the server's value is the tooltip.
+    let card = "document.querySelector('#pools .pool')";
+    for (css, label, raw) in [
+        (".status", "Available", "ACTIVE"),
+        (".types [title=RDP]", "Remote Desktop (RDP)", "RDP"),
+        (
+            ".types [title=NATIVE_RDP]",
+            "Remote Desktop (RDP) file",
+            "NATIVE_RDP",
+        ),
+    ] {
+        let el = format!("{card}.querySelector('{css}')");
+        assert_eq!(b.text(&format!("{el}.textContent")).await, label, "{css}");
+        assert_eq!(b.text(&format!("{el}.title")).await, raw, "{css}");
+    }
     b.shot("03-pools").await;
 
+    // Every text the progress line shows, kept as it changes.
+    b.client
+        .execute(
+            "window.progressTexts = [];
+             const line = document.querySelector('#pools .pool .progress-text');
+             new MutationObserver(() => window.progressTexts.push(line.textContent))
+               .observe(line, { childList: true, characterData: true, subtree: true });",
+            vec![],
+        )
+        .await
+        .unwrap();
     b.click("#pools .pool .connect").await;
     b.until(
         "!document.querySelector('#pools .pool .progress').hidden",
         "the progress bar",
+    )
+    .await;
+    // A figure never breaks from its unit: "— 0 s" with a no-break space.
+    b.until(
+        r"/ — \d+\u00a0s$/.test(document.querySelector('#pools .pool .progress-text').textContent)",
+        "the step's elapsed time, on one line",
     )
     .await;
     b.shot("04-progress").await;
@@ -357,6 +420,30 @@ async fn sign_in_with_a_code_connect_download_sign_out(b: Browser) {
         .text("document.querySelector('#pools .pool progress').value")
         .await;
     assert_eq!(percent, "100", "the bar reached the end");
+    // "(0 %)" while a step runs, never broken across lines: a no-break space.
+    let texts = b.text("JSON.stringify(window.progressTexts)").await;
+    let texts: Vec<String> = serde_json::from_str(&texts).unwrap();
+    let percents: Vec<&String> = texts.iter().filter(|t| t.contains('%')).collect();
+    assert!(!percents.is_empty(), "no running step seen: {texts:?}");
+    for t in percents {
+        assert!(
+            t.contains("\u{a0}%)") && !t.contains(" %"),
+            "the percent may wrap: {t:?}"
+        );
+    }
+    // Said once, and in words: no raw permission names.
+    let text = b.text(&format!("{card}.innerText")).await;
+    assert_eq!(text.to_lowercase().matches("ready").count(), 1, "{text}");
+    for raw in ["ACTIVE", "NATIVE_RDP", "USB_REDIR", "SHARED_CLIPBOARD"] {
+        assert!(!text.contains(raw), "{raw} shown: {text}");
+    }
+    assert_eq!(
+        b.text(&format!(
+            "{card}.querySelector('.allowed [title=USB_REDIR]').textContent"
+        ))
+        .await,
+        "USB devices"
+    );
     b.shot("05-ready").await;
 
     // The pool has a Guacamole gateway: a link into the desktop through it, opened in a new
@@ -415,24 +502,30 @@ async fn sign_in_with_a_code_connect_download_sign_out(b: Browser) {
     app.stop().await;
 }
 
+/// The page's one socket has 2 sign-in attempts and the lockout comes after 3 failures: the
+/// third attempt is asked again on a new socket (still a wrong password), and the fourth meets
+/// the lockout, whose own sentence says when to try again.
 async fn a_wrong_password_is_said_plainly(b: Browser) {
-    // The lockout after two failures, so that the third attempt meets it.
-    let app = TestApp::spawn_with(|c| c.lockout_attempts = 2).await;
+    let app = TestApp::spawn_with(|c| {
+        c.max_auth_failures = 2;
+        c.lockout_attempts = 3;
+    })
+    .await;
     b.client.goto(&app.url("/")).await.unwrap();
-    for attempt in 1..=3 {
+    for attempt in 1..=4 {
         b.sign_in("astravdi", "not the password", false).await;
         b.until(&visible("signin-error"), "the error").await;
         let error = b
             .text("document.getElementById('signin-error').textContent")
             .await;
-        if attempt < 3 {
+        if attempt < 4 {
             assert_eq!(error, "Wrong username or password.", "attempt {attempt}");
             if attempt == 1 {
                 b.shot("01-wrong-password").await;
             }
         } else {
             assert_eq!(
-                error, "Too many attempts. Try again in up to 15 minutes.",
+                error, "Too many failed sign-in attempts; try again in up to 15 minutes.",
                 "a 429 says when to retry"
             );
             b.shot("02-too-many-attempts").await;
@@ -500,6 +593,10 @@ async fn a_failed_step_is_shown_on_its_pool(b: Browser) {
         .text("document.querySelector('#pools .pool .error').textContent")
         .await;
     assert!(error.ends_with("Try again."), "{error}");
+    assert!(
+        error.contains("(simulated failure)"),
+        "the task's reason: {error}"
+    );
     assert_eq!(
         b.text("document.querySelector('#pools .pool .connect').textContent")
             .await,
@@ -507,6 +604,184 @@ async fn a_failed_step_is_shown_on_its_pool(b: Browser) {
     );
     b.shot("01-step-failed").await;
     app.stop().await;
+}
+
+/// The next click after a failed step 1 meets the server's wait (`failed_step_retry`, 3 s
+/// here): the card says how long, counting down with the button held, then gives the button
+/// back, and the pool is asked again.
+async fn a_failed_step_counts_down_to_the_next_try(b: Browser) {
+    let app = TestApp::spawn_with(|c| {
+        fast_sim(c, helpers::FAIL, OK);
+        c.failed_step_retry = Duration::from_secs(3);
+    })
+    .await;
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.sign_in("astravdi", PASSWORD, false).await;
+    b.until(
+        "document.querySelectorAll('#pools .pool').length == 4",
+        "astravdi's pools",
+    )
+    .await;
+    let error = "document.querySelector('#pools .pool .error')";
+    let button = "document.querySelector('#pools .pool .connect')";
+    b.click("#pools .pool .connect").await;
+    b.until(&format!("!{error}.hidden"), "the step's error")
+        .await;
+    b.click("#pools .pool .connect").await;
+    b.until(
+        &format!("{error}.textContent.includes('The last attempt failed')"),
+        "the wait",
+    )
+    .await;
+    let text = b.text(&format!("{error}.textContent")).await;
+    let seconds: u64 = text
+        .rsplit("try again in ")
+        .next()
+        .and_then(|s| s.strip_suffix("\u{a0}s."))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no wait in seconds: {text:?}"));
+    assert!((1..=3).contains(&seconds), "{text}");
+    assert!(
+        text.starts_with("The pool cannot provide a machine (simulated failure). "),
+        "the reason first: {text}"
+    );
+    assert_eq!(b.text(&format!("{button}.disabled")).await, "true");
+    b.shot("01-counting-down").await;
+    b.until(
+        &format!("!{button}.disabled && {error}.hidden"),
+        "the button back after the wait",
+    )
+    .await;
+    // The pool may be asked again: a new task runs (and fails again, with its reason).
+    b.click("#pools .pool .connect").await;
+    b.until(
+        &format!("!{error}.hidden && {error}.textContent.includes('simulated failure')"),
+        "the second try's failure",
+    )
+    .await;
+    assert!(
+        !b.text(&format!("{error}.textContent"))
+            .await
+            .contains("The last attempt failed"),
+        "a new task, not the wait"
+    );
+    app.stop().await;
+}
+
+/// user-5, the demo's single sign-on user, on a server without single sign-on: said plainly,
+/// in words, not as the protocol's "ADFS" message.
+async fn a_single_sign_on_user_is_told_this_server_does_not_offer_it(b: Browser) {
+    let app = TestApp::spawn().await;
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.sign_in("user-5", PASSWORD, false).await;
+    b.until(&visible("signin-error"), "user-5's refusal").await;
+    assert_eq!(
+        b.text("document.getElementById('signin-error').textContent")
+            .await,
+        "This account signs in through single sign-on, which this server does not offer. \
+         Ask your administrator."
+    );
+    app.stop().await;
+}
+
+/// "Keep me signed in" through a server restart that takes several seconds: the page keeps
+/// trying (1, 2, 4 … s apart), says it is reconnecting, and is signed in again with the kept
+/// token once the server is back on the same port and data.
+async fn keep_me_signed_in_reconnects_after_a_restart(b: Browser) {
+    let port = free_port();
+    let app = TestApp::spawn_with(|c| {
+        c.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    })
+    .await;
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.sign_in("astravdi", PASSWORD, true).await;
+    b.until(
+        "document.querySelectorAll('#pools .pool').length == 4",
+        "astravdi's pools",
+    )
+    .await;
+    let config = app.stop_keeping_data().await;
+    b.until(
+        "document.getElementById('notice').textContent.endsWith('Reconnecting…')",
+        "the page saying it reconnects",
+    )
+    .await;
+    // Tries at about 1 and 3 s fail: for 5 s the page keeps the token and keeps waiting
+    // (a page that gave up after one failed try, 2 s into it, is caught here).
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(
+            b.text(&visible("signin-view")).await,
+            "false",
+            "not signed out"
+        );
+        assert!(
+            b.text("document.getElementById('notice').textContent")
+                .await
+                .ends_with("Reconnecting…")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        b.text("sessionStorage.getItem('poolgate.token')")
+            .await
+            .starts_with("pgt_"),
+        "the token kept"
+    );
+    b.shot("01-reconnecting").await;
+    let app = TestApp::spawn_config(config).await;
+    b.until(
+        "document.getElementById('notice').hidden && document.getElementById('signin-view').hidden",
+        "the page signed in again",
+    )
+    .await;
+    assert_eq!(
+        b.text("document.getElementById('who').textContent").await,
+        "Signed in as astravdi"
+    );
+    b.until(
+        "document.querySelectorAll('#pools .pool').length == 4",
+        "astravdi's pools again",
+    )
+    .await;
+    app.stop().await;
+}
+
+/// A server that does not come back: the page stops trying once the kept token would have
+/// expired (`token_ttl`, 6 s here, after the last accepted message) and says so.
+async fn keep_me_signed_in_gives_up_when_the_token_would_have_expired(b: Browser) {
+    let app = TestApp::spawn_with(|c| c.token_ttl = Duration::from_secs(6)).await;
+    b.client.goto(&app.url("/")).await.unwrap();
+    b.sign_in("astravdi", PASSWORD, true).await;
+    b.until(
+        "document.querySelectorAll('#pools .pool').length == 4",
+        "astravdi's pools",
+    )
+    .await;
+    let stopped = Instant::now();
+    app.stop().await;
+    b.until(
+        "document.getElementById('notice').textContent.endsWith('Reconnecting…')",
+        "the page saying it reconnects",
+    )
+    .await;
+    b.until(&visible("signin-view"), "the page giving up").await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(7),
+        "not after the token's end: {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        b.text("document.getElementById('notice').textContent")
+            .await,
+        "The server is restarting. The server did not come back before your session ended. \
+         Sign in again."
+    );
+    assert_eq!(
+        b.text("sessionStorage.getItem('poolgate.token')").await,
+        "null",
+        "the dead token dropped"
+    );
 }
 
 async fn keep_me_signed_in_survives_a_reload(b: Browser) {

@@ -100,11 +100,18 @@ impl TestApp {
     }
 
     /// Stops the app (keeping its data) and starts a new one on the same config and state.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        let config = self.stop_keeping_data().await;
+        Self::spawn_config(config).await
+    }
+
+    /// Stops the app, keeping its data directory, and returns its config: the test starts it
+    /// again when it likes (`spawn_config`), on the same port if the config names one.
+    pub async fn stop_keeping_data(mut self) -> Config {
         self.cleanup = false;
         let config = self.state.config.clone();
         self.stop().await;
-        Self::spawn_config(config).await
+        config
     }
 
     pub fn url(&self, path: &str) -> String {
