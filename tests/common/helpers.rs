@@ -100,9 +100,15 @@ impl TestApp {
     }
 
     /// Stops the app (keeping its data) and starts a new one on the same config and state.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// The same, with `edit` applied to the config first (an administrator's change).
+    pub async fn restart_with(mut self, edit: impl FnOnce(&mut Config)) -> TestApp {
         self.cleanup = false;
-        let config = self.state.config.clone();
+        let mut config = self.state.config.clone();
+        edit(&mut config);
         self.stop().await;
         Self::spawn_config(config).await
     }

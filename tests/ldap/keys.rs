@@ -134,3 +134,52 @@ pub async fn a_directory_users_passkey_signs_in_only_while_the_directory_admits_
     assert_eq!(error_code(&reply), 403, "deleted: {reply}");
     app.stop().await;
 }
+
+/// A directory user adds a key by proving their directory password again, as a local user
+/// proves theirs: a session alone proves nothing — here alice's token resumed on a thief's
+/// socket moments after her sign-in, sending `{}` — and a wrong password is refused (401).
+pub async fn a_directory_user_adds_a_key_only_with_the_directory_password_again() {
+    let slapd = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_directory(&slapd, dir.path(), |_| {}).await;
+    let mut alice = app.connect().await;
+    let signed_in = ws_auth(&mut alice, "alice", "alice-pw", Some(true)).await;
+    assert_eq!(signed_in["name"], "response", "{signed_in}");
+    let token = signed_in["args"][0].as_str().unwrap();
+
+    let mut thief = app.connect_from([127, 0, 0, 66]).await;
+    let resumed = thief.rpc("auth_token", json!({"token": token})).await;
+    assert_eq!(resumed["name"], "response", "{resumed}");
+    let begun = thief
+        .rpc("key_register_begin", json!({"passkey": true}))
+        .await;
+    assert_eq!(error_code(&begun), 400, "no password: {begun}");
+    let begun = thief
+        .rpc(
+            "key_register_begin",
+            json!({"passkey": true, "password": "guess"}),
+        )
+        .await;
+    assert_eq!(error_code(&begun), 401, "a wrong password: {begun}");
+
+    let begun = alice
+        .rpc(
+            "key_register_begin",
+            json!({"passkey": true, "password": "alice-pw"}),
+        )
+        .await;
+    assert_eq!(begun["name"], "response", "{begun}");
+    assert_eq!(begun["args"]["username"], "alice");
+    let mut key = Key::new(&origin_of(&app));
+    let credential = key.register(&begun["args"]["publicKey"]);
+    let done = alice
+        .rpc(
+            "key_register_finish",
+            json!({"registration": begun["args"]["registration"], "name": "alice's passkey", "credential": credential}),
+        )
+        .await;
+    assert_eq!(done["name"], "response", "{done}");
+    let reply = passkey_sign_in(&app, &mut key).await;
+    assert_eq!(reply["args"][2], "alice", "{reply}");
+    app.stop().await;
+}

@@ -117,6 +117,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             },
         ),
         (
+            "keys::a_directory_user_adds_a_key_only_with_the_directory_password_again",
+            || Box::pin(keys::a_directory_user_adds_a_key_only_with_the_directory_password_again()),
+        ),
+        (
             "keys::a_directory_user_signs_in_with_a_key_after_the_directory_password",
             || Box::pin(keys::a_directory_user_signs_in_with_a_key_after_the_directory_password()),
         ),

@@ -21,7 +21,9 @@ use sha2::{Digest, Sha256};
 use webauthn_rs::prelude::{PasskeyRegistration, RegisterPublicKeyCredential};
 
 use super::super::Authenticator;
+use super::super::directory::DirectoryError;
 use super::super::users::User;
+use super::super::users::directory_user_id;
 use super::{passkey, public_key, rfc3339};
 use crate::error::Error;
 use crate::store::{SecurityKey, now_ms};
@@ -67,6 +69,7 @@ impl Authenticator {
     /// when it expires (ms).
     pub async fn enrol_link(&self, user: &User, ttl: Duration) -> Result<(String, u64), Error> {
         let base = self.keys.base_url()?.to_owned();
+        no_keys_for_single_sign_on(user)?;
         let code = random_code();
         let expires = now_ms() + ttl.as_millis() as u64;
         let enrolment = Enrolment {
@@ -113,6 +116,7 @@ impl Authenticator {
         as_passkey: bool,
         enrol: Option<String>,
     ) -> Result<Value, Error> {
+        no_keys_for_single_sign_on(user)?;
         let exclude: Vec<_> = self
             .keys
             .of(user.id)
@@ -231,8 +235,9 @@ impl Authenticator {
         }))
     }
 
-    /// A signed-in local user's password, proved again before they add a key: reserved with
-    /// the lockout and counted as a sign-in's password is.
+    /// A signed-in user's password, proved again before they add a key: a local user's against
+    /// its hash, a directory user's by the directory (a bind, as at sign-in). Reserved with the
+    /// lockout and counted as a sign-in's password is.
     pub async fn reprove_password(
         &self,
         user: &User,
@@ -244,11 +249,30 @@ impl Authenticator {
             true => super::super::password::Lane::Known,
             false => super::super::password::Lane::Stranger(peer),
         };
-        match self
-            .passwords
-            .verify(&user.password_hash, password, lane)
-            .await
-        {
+        let checked = match (&user.dn, &self.directory) {
+            (None, _) => {
+                self.passwords
+                    .verify(&user.password_hash, password, lane)
+                    .await
+            }
+            (Some(_), Some(directory)) => {
+                match directory.authenticate(&user.username, password).await {
+                    // The name may have moved to another entry since: only their own entry proves.
+                    Ok(entry) => Ok(directory_user_id(&entry.key) == user.id),
+                    Err(DirectoryError::InvalidCredentials | DirectoryError::WrongPassword(_)) => {
+                        Ok(false)
+                    }
+                    Err(DirectoryError::Disabled(_)) => Err(Error::Disabled),
+                    Err(DirectoryError::Unavailable(why)) => {
+                        self.metrics.directory_errors.inc();
+                        tracing::warn!(error = %why, "directory unavailable: a password proved again to add a security key was answered 503");
+                        Err(Error::DirectoryUnavailable)
+                    }
+                }
+            }
+            (Some(_), None) => Err(Error::DirectoryUnavailable),
+        };
+        match checked {
             Ok(true) => attempt.succeeded().await,
             Ok(false) => {
                 attempt.failed();
@@ -280,6 +304,20 @@ impl Authenticator {
         }
         Ok(())
     }
+}
+
+/// A single sign-on user signs in at the provider, whose account and factors govern theirs: a
+/// key would be a way in that the provider never sees (and that outlives their account there),
+/// so none is registered for them (422).
+pub fn no_keys_for_single_sign_on(user: &User) -> Result<(), Error> {
+    if user.adfs_enabled {
+        return Err(Error::Unprocessable(format!(
+            "{} signs in at the single sign-on provider: security keys and passkeys are not \
+             used for them.",
+            user.username
+        )));
+    }
+    Ok(())
 }
 
 /// A key's name as its owner gave it: 1 to 64 characters, no control characters.

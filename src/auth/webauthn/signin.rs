@@ -129,6 +129,15 @@ impl Authenticator {
             (Verdict::Success, Ok(user)) if discoverable && user.dn.is_some() => {
                 self.directory_still_admits(user).await
             }
+            // A single sign-on user signs in at the provider (a passkey registered before they
+            // were one does not sign them in around it).
+            (Verdict::Success, Ok(user)) if user.adfs_enabled => {
+                log_refused(
+                    Some(&user),
+                    "a single sign-on user's passkey: they sign in at the provider",
+                );
+                (Verdict::NotAGuess, Err(Error::KeyRefused))
+            }
             other => other,
         };
         match verdict {
