@@ -26,7 +26,7 @@ use super::super::users::User;
 use super::super::users::directory_user_id;
 use super::{passkey, public_key, rfc3339};
 use crate::error::Error;
-use crate::store::{SecurityKey, now_ms};
+use crate::store::{KeyRemoval, SecurityKey, now_ms};
 
 /// Longest key name, in characters.
 const MAX_NAME_CHARS: usize = 64;
@@ -287,22 +287,29 @@ impl Authenticator {
 
     /// Removes one of a user's keys. `by_admin`: an administrator may remove the last one;
     /// the user may not (409).
+    /// The user's own removals are counted and removed in one step of the store, so that
+    /// removals at once (from several sockets or instances) cannot take the last key between
+    /// them.
     pub async fn key_remove(&self, user: &User, id: &str, by_admin: bool) -> Result<(), Error> {
-        let keys = self.keys.of(user.id).await?;
-        if !keys.iter().any(|k| k.id == id) {
-            return Err(Error::NotFound(format!("No security key {id:?}.")));
-        }
-        if keys.len() == 1 && !by_admin {
-            return Err(Error::Conflict(
+        let outcome = match by_admin {
+            true => match self.store.key_remove(user.id, id).await? {
+                true => KeyRemoval::Removed,
+                false => KeyRemoval::NotFound,
+            },
+            false => self.store.key_remove_unless_last(user.id, id).await?,
+        };
+        match outcome {
+            KeyRemoval::Removed => {
+                tracing::info!(user = %user.username, key_id = %id, by_admin, "security key removed");
+                Ok(())
+            }
+            KeyRemoval::NotFound => Err(Error::NotFound(format!("No security key {id:?}."))),
+            KeyRemoval::Last => Err(Error::Conflict(
                 "This is the account's last security key: an administrator must remove it \
                  (admin_remove_key), so that the account keeps its second factor."
                     .into(),
-            ));
+            )),
         }
-        if self.store.key_remove(user.id, id).await? {
-            tracing::info!(user = %user.username, key_id = %id, by_admin, "security key removed");
-        }
-        Ok(())
     }
 }
 
