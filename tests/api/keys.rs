@@ -55,3 +55,61 @@ async fn a_single_sign_on_user_gets_no_keys_and_an_earlier_passkey_does_not_sign
         "{reply}"
     );
 }
+
+/// `webauthn_begin` keeps a ceremony in the store until it is answered or expires: an address
+/// has at most `lockout_address_attempts` unanswered ones (429 past that, whatever socket they
+/// come from), an answer gives its count back, and neither another address nor the address's
+/// password sign-ins are held back by it.
+#[tokio::test]
+async fn unanswered_passkey_sign_ins_are_held_to_the_address_limit() {
+    let app = app_on("memory", |c| c.lockout_address_attempts = 4).await;
+    let mut key = Key::new(&origin_of(&app));
+    enrol(&app, &mut key, KEY_USER, true).await;
+    let flooder = [127, 0, 0, 77];
+    let mut kept = Vec::new();
+    let mut refused = None;
+    // Two begins a socket (a socket's own cap is max_auth_failures), new sockets after.
+    'flood: for _ in 0..5 {
+        let mut c = app.connect_from(flooder).await;
+        for _ in 0..2 {
+            let reply = c.rpc("webauthn_begin", json!({})).await;
+            if reply["name"] != "response" {
+                refused = Some(reply);
+                break 'flood;
+            }
+            kept.push(reply["args"].clone());
+        }
+    }
+    let refused = refused.expect("a flood of begins is refused");
+    assert_eq!(kept.len(), 4, "{refused}");
+    assert_eq!(error_code(&refused), 429, "{refused}");
+    assert!(
+        refused["args"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("passkey sign-ins begun"),
+        "{refused}"
+    );
+    // Elsewhere, passkeys still sign in; here, passwords still do.
+    let mut other = app.connect_from([127, 0, 0, 78]).await;
+    let reply = passkey_sign_in(&mut other, &mut key).await;
+    assert_eq!(reply["args"][2], KEY_USER, "{reply}");
+    let mut here = app.connect_from(flooder).await;
+    let token = here.auth("user-2", PASSWORD).await;
+    assert!(token.starts_with("pgt_"));
+    // One answered: its count is given back, and one more may begin.
+    let mut c = app.connect_from(flooder).await;
+    let credential = key.sign(&kept[0]["publicKey"]);
+    let reply = c
+        .rpc(
+            "webauthn_verify",
+            json!({"mfa_token": kept[0]["mfa_token"], "credential": credential}),
+        )
+        .await;
+    assert_eq!(reply["args"][2], KEY_USER, "{reply}");
+    let mut c = app.connect_from(flooder).await;
+    let again = c.rpc("webauthn_begin", json!({})).await;
+    assert_eq!(again["name"], "response", "{again}");
+    let again = c.rpc("webauthn_begin", json!({})).await;
+    assert_eq!(error_code(&again), 429, "{again}");
+}

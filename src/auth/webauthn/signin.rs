@@ -61,6 +61,7 @@ impl Authenticator {
             user: Some(user.id),
             password_ok,
             state: serde_json::to_value(state).map_err(Error::internal)?,
+            from: None,
         };
         let mfa_token = self.keys.keep_signin(&signin).await?;
         Ok(Error::KeyRequired(Box::new(KeyChallenge {
@@ -72,6 +73,8 @@ impl Authenticator {
     /// `webauthn_begin`: a passkey sign-in without a username (discoverable credentials): the
     /// token naming the ceremony and the request options (no allowed credentials; user
     /// verification required).
+    /// Each keeps its ceremony in the store until answered or expired, so an address has only
+    /// so many unanswered ones at a time ([`super::super::lockout::Lockout::passkey_begin`]).
     pub async fn passkey_begin(&self, peer: IpAddr) -> Result<(String, Value), Error> {
         self.lockout.check_address(peer).await?;
         let (options, state) = self
@@ -83,7 +86,9 @@ impl Authenticator {
             user: None,
             password_ok: true,
             state: serde_json::to_value(state).map_err(Error::internal)?,
+            from: Some(peer),
         };
+        self.lockout.passkey_begin(peer).await?;
         let token = self.keys.keep_signin(&signin).await?;
         Ok((token, public_key(&options)?))
     }
@@ -105,6 +110,9 @@ impl Authenticator {
             }
             return Err(Error::ChallengeExpired);
         };
+        if let Some(from) = signin.from {
+            self.lockout.passkey_answered(from).await?;
+        }
         let owner = match signin.user {
             Some(id) => self.users.resolve(&id).await?,
             None => self.passkey_owner(credential).await?,
