@@ -110,6 +110,24 @@ impl RegisterBegin {
                     ctx.conn.auth_failures += 1;
                 }
                 let (user, key) = found?;
+                if self.passkey && (user.has_password() || user.dn.is_some()) {
+                    // A passkey signs in on its own: the link alone (which may have leaked
+                    // from a mailbox or a chat) must not make one. A second-factor key needs
+                    // the password anyway at each sign-in.
+                    let Some(password) = &self.password else {
+                        return Err(Error::bad_request(
+                            "A passkey signs in on its own: give your password too \
+                             (\"password\") to register one with an enrolment link.",
+                        ));
+                    };
+                    let checked = auth
+                        .reprove_password(&user, password, ctx.conn.peer.ip())
+                        .await;
+                    if let Err(Error::InvalidCredentials) = checked {
+                        ctx.conn.auth_failures += 1;
+                    }
+                    checked?;
+                }
                 (user, Some(key))
             }
             None => (self.reprove(ctx).await?, None),

@@ -113,3 +113,64 @@ async fn unanswered_passkey_sign_ins_are_held_to_the_address_limit() {
     let again = c.rpc("webauthn_begin", json!({})).await;
     assert_eq!(error_code(&again), 429, "{again}");
 }
+
+/// An enrolment link may leak (a mailbox, a chat): alone, it does not make a passkey — one
+/// signs in without a password, so registering one by link takes the user's password too
+/// (none: 400; a wrong one: 401, counted as a wrong password) — while a second-factor key,
+/// useless without the password, still needs only the link.
+#[tokio::test]
+async fn an_enrolment_link_alone_does_not_make_a_passkey() {
+    let app = app_on("memory", |_| {}).await;
+    let code = enrol_code(&app, KEY_USER).await;
+    let mut thief = app.connect_from([127, 0, 0, 9]).await;
+    let begun = thief
+        .rpc(
+            "key_register_begin",
+            json!({"enroll_code": code, "passkey": true}),
+        )
+        .await;
+    assert_eq!(error_code(&begun), 400, "{begun}");
+    assert!(
+        begun["args"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("password"),
+        "{begun}"
+    );
+    let begun = thief
+        .rpc(
+            "key_register_begin",
+            json!({"enroll_code": code, "passkey": true, "password": "guess"}),
+        )
+        .await;
+    assert_eq!(error_code(&begun), 401, "{begun}");
+    assert_eq!(begun["args"]["err_code"], 999, "a wrong password: {begun}");
+
+    // The person, with the link and their password, registers a passkey; it signs in alone.
+    let mut person = app.connect().await;
+    let begun = person
+        .rpc(
+            "key_register_begin",
+            json!({"enroll_code": code, "passkey": true, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(begun["name"], "response", "{begun}");
+    let mut key = Key::new(&origin_of(&app));
+    let credential = key.register(&begun["args"]["publicKey"]);
+    let done = person
+        .rpc(
+            "key_register_finish",
+            json!({"registration": begun["args"]["registration"], "name": "mine", "credential": credential}),
+        )
+        .await;
+    assert_eq!(done["name"], "response", "{done}");
+    let reply = passkey_sign_in(&mut person, &mut key).await;
+    assert_eq!(reply["args"][2], KEY_USER, "{reply}");
+
+    // A second-factor key by link alone.
+    let code = enrol_code(&app, KEY_USER).await;
+    let begun = thief
+        .rpc("key_register_begin", json!({"enroll_code": code}))
+        .await;
+    assert_eq!(begun["name"], "response", "{begun}");
+}

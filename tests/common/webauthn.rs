@@ -139,17 +139,16 @@ pub async fn enrol_code(app: &TestApp, username: &str) -> String {
     url.rsplit_once("enroll=").unwrap().1.to_owned()
 }
 
-/// Registers `key` through an enrolment link, on a socket that has not signed in. The
-/// registration's reply (`{id, name, created}`).
+/// Registers `key` through an enrolment link, on a socket that has not signed in (a passkey
+/// with the user's password too). The registration's reply (`{id, name, created}`).
 pub async fn enrol(app: &TestApp, key: &mut Key, username: &str, passkey: bool) -> Value {
     let code = enrol_code(app, username).await;
     let mut c = app.connect().await;
-    let begun = c
-        .rpc(
-            "key_register_begin",
-            json!({"enroll_code": code, "passkey": passkey}),
-        )
-        .await;
+    let mut args = json!({"enroll_code": code, "passkey": passkey});
+    if passkey {
+        args["password"] = json!(PASSWORD);
+    }
+    let begun = c.rpc("key_register_begin", args).await;
     assert_eq!(begun["name"], "response", "{begun}");
     assert_eq!(begun["args"]["username"], username);
     let credential = key.register(&begun["args"]["publicKey"]);

@@ -72,10 +72,11 @@ async fn enrol(app: &TestApp, username: &str, passkey: bool) -> Key {
     let code = url.rsplit_once("enroll=").unwrap().1;
     let mut key = Key::new(&origin_of(app));
     let mut c = app.connect().await;
+    // A passkey by link takes the directory password too.
     let begun = c
         .rpc(
             "key_register_begin",
-            json!({"enroll_code": code, "passkey": passkey}),
+            json!({"enroll_code": code, "passkey": passkey, "password": "alice-pw"}),
         )
         .await;
     assert_eq!(begun["name"], "response", "{begun}");
