@@ -174,3 +174,24 @@ async fn an_enrolment_link_alone_does_not_make_a_passkey() {
         .await;
     assert_eq!(begun["name"], "response", "{begun}");
 }
+
+/// A user has one live enrolment link: a new one replaces the earlier (an administrator who
+/// fears a link leaked sends a new one), and leaves other users' links alone.
+#[tokio::test]
+async fn a_new_enrolment_link_replaces_the_users_earlier_one() {
+    let app = app_on("memory", |_| {}).await;
+    let earlier = enrol_code(&app, KEY_USER).await;
+    let someone_elses = enrol_code(&app, "user-2").await;
+    let later = enrol_code(&app, KEY_USER).await;
+    let mut c = app.connect().await;
+    let reply = c
+        .rpc("key_register_begin", json!({"enroll_code": earlier}))
+        .await;
+    assert_eq!(error_code(&reply), 401, "the earlier link: {reply}");
+    for code in [later, someone_elses] {
+        let reply = c
+            .rpc("key_register_begin", json!({"enroll_code": code}))
+            .await;
+        assert_eq!(reply["name"], "response", "{reply}");
+    }
+}

@@ -66,7 +66,8 @@ fn digest_key(kind: &str, secret: &str) -> String {
 
 impl Authenticator {
     /// `admin_enroll_key`: a one-time link with which `user` registers a key; its URL and
-    /// when it expires (ms).
+    /// when it expires (ms). It replaces the user's earlier link, if one is still usable: a
+    /// user has one live link, and an administrator who fears one leaked sends a new one.
     pub async fn enrol_link(&self, user: &User, ttl: Duration) -> Result<(String, u64), Error> {
         let base = self.keys.base_url()?.to_owned();
         no_keys_for_single_sign_on(user)?;
@@ -77,9 +78,15 @@ impl Authenticator {
             expires_ms: expires,
         };
         let body = serde_json::to_string(&enrolment).map_err(Error::internal)?;
-        self.store
-            .webauthn_put(&digest_key("enrol", &code), &body, expires)
-            .await?;
+        let key = digest_key("enrol", &code);
+        let current = format!("enrol_of:{}", user.id);
+        if let Some(earlier) = self.store.webauthn_take(&current).await?
+            && self.store.webauthn_take(&earlier).await?.is_some()
+        {
+            tracing::info!(user = %user.username, "an earlier enrolment link, still unused, was replaced");
+        }
+        self.store.webauthn_put(&key, &body, expires).await?;
+        self.store.webauthn_put(&current, &key, expires).await?;
         tracing::info!(user = %user.username, expires = %rfc3339(expires), "enrolment link for a security key issued");
         Ok((format!("{base}/?enroll={code}"), expires))
     }
