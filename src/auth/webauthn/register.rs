@@ -334,16 +334,67 @@ pub fn no_keys_for_single_sign_on(user: &User) -> Result<(), Error> {
     Ok(())
 }
 
-/// A key's name as its owner gave it: 1 to 64 characters, no control characters.
+/// A key's name as its owner gave it: 1 to 64 characters, no control characters, and none of
+/// the invisible ones that change how a name reads where admins and the owner see it (a
+/// right-to-left override turning "gpj.exe" round, a zero-width space making two names look
+/// the same).
 fn checked_name(name: &str) -> Result<String, Error> {
     let name = name.trim();
     if name.is_empty()
         || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
+        || name.chars().any(|c| c.is_control() || invisible(c))
     {
         return Err(Error::bad_request(format!(
-            "A key's name is 1 to {MAX_NAME_CHARS} characters, none of them control characters."
+            "A key's name is 1 to {MAX_NAME_CHARS} characters, none of them control or \
+             invisible formatting characters."
         )));
     }
     Ok(name.to_owned())
+}
+
+/// Unicode's format characters that matter in a short name: the soft hyphen, the bidirectional
+/// marks, overrides and isolates, the zero-width characters and joiners, the word joiner and
+/// invisible operators, the byte order mark and the interlinear annotation marks.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_refuse_control_and_invisible_characters() {
+        assert_eq!(
+            checked_name("  YubiKey on my keyring ").unwrap(),
+            "YubiKey on my keyring"
+        );
+        assert_eq!(checked_name("clé – 鍵 🔑").unwrap(), "clé – 鍵 🔑");
+        // Shown as text by the portal, never as markup.
+        assert!(checked_name("<img src=x onerror=alert(1)>").is_ok());
+        for bad in [
+            "",
+            "   ",
+            "x\ny",
+            "a\u{202e}gpj.exe",
+            "\u{200b}",
+            "Yubi\u{200d}Key",
+            "\u{2066}key\u{2069}",
+            "\u{feff}key",
+            &"k".repeat(65),
+        ] {
+            assert!(checked_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(checked_name(&"k".repeat(64)).is_ok());
+    }
 }
