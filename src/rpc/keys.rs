@@ -28,6 +28,9 @@ use crate::auth::webauthn::register::no_keys_for_single_sign_on;
 use crate::auth::webauthn::{key_view, rfc3339};
 use crate::error::Error;
 
+/// Wrong passwords a session may give to add a key (within `lockout_window`) before it is
+/// ended: a holder who cannot give it may have stolen the token.
+pub const WRONG_REPROOFS: u32 = 3;
 /// An enrolment link's default and longest lifetimes.
 const ENROL_TTL: Duration = Duration::from_secs(24 * 3600);
 const ENROL_TTL_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -164,10 +167,23 @@ impl RegisterBegin {
             .auth
             .reprove_password(&user, password, ctx.conn.peer.ip())
             .await;
-        if let Err(Error::InvalidCredentials) = checked {
-            ctx.conn.auth_failures += 1;
+        let wrong = format!("reprove:{}", hex::encode(session.hash));
+        match checked {
+            Ok(()) => ctx.state.store.failures_reset(&wrong).await?,
+            Err(Error::InvalidCredentials) => {
+                ctx.conn.auth_failures += 1;
+                // Its sockets may be anywhere, each address "known" by the token: the session
+                // itself counts, and one that cannot give its password is ended.
+                let window = ctx.state.config.lockout_window;
+                if ctx.state.store.failures_add(&wrong, window).await? >= WRONG_REPROOFS {
+                    ctx.conn.clear_session(ctx.state);
+                    ctx.state.auth.tokens.revoke(user.id, &session.hash).await?;
+                    tracing::warn!(user = %user.username, wrong = WRONG_REPROOFS, "a session whose holder gave a wrong password again and again to add a security key was ended (taken for a stolen token)");
+                }
+                return Err(Error::InvalidCredentials);
+            }
+            Err(e) => return Err(e),
         }
-        checked?;
         Ok(user)
     }
 }

@@ -195,3 +195,41 @@ async fn a_new_enrolment_link_replaces_the_users_earlier_one() {
         assert_eq!(reply["name"], "response", "{reply}");
     }
 }
+
+/// A stolen session token must not become a password oracle: re-proving the password to add a
+/// key is counted per session, wherever its sockets are (each address is "known" by the token,
+/// so the username's back-off spares them), and the session is ended at the third wrong one
+/// — everywhere. Two typos and the right password leave it alone.
+#[tokio::test]
+async fn a_session_that_cannot_give_its_password_to_add_a_key_is_ended() {
+    let app = app_on("memory", |_| {}).await;
+    let (mut owner, token) = app.login("user-2").await;
+    for _ in 0..2 {
+        let wrong = owner
+            .rpc("key_register_begin", json!({"password": "typo"}))
+            .await;
+        assert_eq!(error_code(&wrong), 401, "{wrong}");
+    }
+    let right = owner
+        .rpc("key_register_begin", json!({"password": PASSWORD}))
+        .await;
+    assert_eq!(right["name"], "response", "{right}");
+
+    for i in 0..3 {
+        let mut thief = app.connect_from([127, 0, 0, 30 + i]).await;
+        let resumed = thief.rpc("auth_token", json!({"token": token})).await;
+        assert_eq!(resumed["name"], "response", "guess {i}: {resumed}");
+        let wrong = thief
+            .rpc("key_register_begin", json!({"password": "guess"}))
+            .await;
+        assert_eq!(error_code(&wrong), 401, "{wrong}");
+    }
+    let mut thief = app.connect_from([127, 0, 0, 40]).await;
+    let resumed = thief.rpc("auth_token", json!({"token": token})).await;
+    assert_eq!(error_code(&resumed), 401, "ended: {resumed}");
+    let pools = owner.rpc("pools", json!({})).await;
+    assert_eq!(error_code(&pools), 401, "the owner's socket too: {pools}");
+    // The person signs in again.
+    let (mut again, _) = app.login("user-2").await;
+    assert_eq!(again.rpc("pools", json!({})).await["name"], "response");
+}
