@@ -748,7 +748,10 @@ async function startEnroll(code) {
 
 async function beginEnroll() {
   const passkey = $("enroll-passkey").checked;
-  state.enroll.begun = await rpc.call("key_register_begin", { enroll_code: state.enroll.code, passkey });
+  const args = { enroll_code: state.enroll.code, passkey };
+  // A passkey by link takes the password too: the link alone may have leaked.
+  if (passkey) args.password = $("enroll-password").value;
+  state.enroll.begun = await rpc.call("key_register_begin", args);
   state.enroll.passkey = passkey;
   state.enroll.at = Date.now();
 }
@@ -780,6 +783,7 @@ async function submitEnroll(event) {
     }
     state.enroll.begun = null;
     const key = await rpc.call("key_register_finish", { registration, name, credential });
+    $("enroll-password").value = "";
     state.enroll = null;
     $("enroll-form").hidden = true;
     $("enroll-done-text").textContent =
@@ -788,6 +792,11 @@ async function submitEnroll(event) {
     $("enroll-done").hidden = false;
     $("enroll-signin").focus();
   } catch (e) {
+    if (e instanceof RpcError && (e.code === 400 || (e.code === 401 && e.errCode === 999))) {
+      enrollError(e.code === 400 ? "Give your password to register a passkey." : "That password is not right.");
+      $("enroll-password").focus();
+      return;
+    }
     enrollError(e instanceof RpcError && e.code === 401 && e.message.startsWith("Invalid")
       ? "This enrolment link is not valid any more. Ask an administrator for a new one."
       : e instanceof RpcError && e.code === 401 ? "That took too long. Press the button again." : e.message);
@@ -1082,6 +1091,9 @@ async function start() {
   $("signout").addEventListener("click", signOut);
   $("passkey-button").addEventListener("click", passkeySignIn);
   $("enroll-form").addEventListener("submit", submitEnroll);
+  $("enroll-passkey").addEventListener("change", () => {
+    $("enroll-password-row").hidden = !$("enroll-passkey").checked;
+  });
   $("keys-button").addEventListener("click", showKeys);
   $("keys-back").addEventListener("click", showPools);
   $("addkey-form").addEventListener("submit", submitAddKey);

@@ -84,6 +84,10 @@ fn addr_key(addr: IpAddr) -> String {
     format!("addr:{}", address_key(addr))
 }
 
+fn passkey_key(addr: IpAddr) -> String {
+    format!("passkey:{}", address_key(addr))
+}
+
 fn sso_key(addr: IpAddr) -> String {
     format!("sso:{}", address_key(addr))
 }
@@ -433,6 +437,32 @@ impl Lockout {
     /// Counts one against the address's single sign-on count ([`Lockout::sso_check`]).
     pub async fn sso_count(&self, addr: IpAddr) -> Result<(), Error> {
         self.store.failures_add(&sso_key(addr), self.window).await?;
+        Ok(())
+    }
+
+    /// Reserves one of the address's passkey sign-ins without a username (`webauthn_begin`):
+    /// each keeps a ceremony in the state store until it is answered or expires, so an address
+    /// holds at most `address_attempts` unanswered ones in `window` (429 past that, its
+    /// password sign-ins untouched); an answer gives its count back
+    /// ([`Lockout::passkey_answered`]). Reserved atomically: parallel begins cannot slip past.
+    pub async fn passkey_begin(&self, addr: IpAddr) -> Result<(), Error> {
+        let key = passkey_key(addr);
+        if self.store.failures_add(&key, self.window).await? > self.address_attempts {
+            self.store.failures_undo(&key).await?;
+            self.log_refusal("passkey sign-ins begun", addr);
+            return Err(Error::RateLimited(format!(
+                "Too many passkey sign-ins begun from this address and not answered; try again \
+                 in up to {} minutes.",
+                self.window.as_secs().div_ceil(60)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Gives back the count of a passkey sign-in begun at `addr` once its ceremony was answered
+    /// (and so taken from the store), whatever the answer.
+    pub async fn passkey_answered(&self, addr: IpAddr) -> Result<(), Error> {
+        self.store.failures_undo(&passkey_key(addr)).await?;
         Ok(())
     }
 

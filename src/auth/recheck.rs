@@ -84,7 +84,7 @@ impl Ending {
 }
 
 /// What the directory says of a user's entry now.
-enum Standing {
+pub(super) enum Standing {
     Present(DirectoryEntry),
     Disabled,
     Gone,
@@ -339,7 +339,10 @@ impl Authenticator {
 /// moved or renamed since — from their account name, through the user filter either way
 /// (an entry the filter no longer admits is gone); the same entry only (its key is the
 /// user's identity).
-async fn standing(directory: &Directory, user: &User) -> Result<Standing, DirectoryError> {
+pub(super) async fn standing(
+    directory: &Directory,
+    user: &User,
+) -> Result<Standing, DirectoryError> {
     let names = user
         .dn
         .iter()

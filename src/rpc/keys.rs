@@ -4,9 +4,9 @@
 //!   `[token, ttl]` as `auth`; to `webauthn_begin`'s options → `[token, ttl, username]`.
 //! - `webauthn_begin {}` → `{"mfa_token", "publicKey"}`: a passkey sign-in without a username
 //!   (uses one of the socket's sign-in attempts, as a hand-off does).
-//! - `key_register_begin {enroll_code}` (no sign-in), or signed in `{password}` (a local user
-//!   proves their password again) / `{}` (a user without a local password: a sign-in within
-//!   the last [`FRESH_SIGN_IN`]); `"passkey": true` asks for a discoverable credential →
+//! - `key_register_begin {enroll_code}` (no sign-in), or signed in `{password}` (the user
+//!   proves their password again: a local one here, a directory one to the directory; single
+//!   sign-on users have no keys); `"passkey": true` asks for a discoverable credential →
 //!   `{"registration", "publicKey", "username"}`. `key_register_finish {registration, name,
 //!   credential}` → `{"id", "name", "created"}`.
 //! - `keys {}`, `key_remove {id}`: the signed-in user's own keys (never the last one).
@@ -24,12 +24,13 @@ use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 use super::admin::{named_user, require_admin};
 use super::{Ctx, guard_auth_attempt, parse_args, record_auth_outcome, sign_in, user};
 use crate::auth::users::User;
+use crate::auth::webauthn::register::no_keys_for_single_sign_on;
 use crate::auth::webauthn::{key_view, rfc3339};
 use crate::error::Error;
-use crate::store::now_ms;
 
-/// How recent a sign-in must be for a user without a local password to add a key.
-pub const FRESH_SIGN_IN: Duration = Duration::from_secs(300);
+/// Wrong passwords a session may give to add a key (within `lockout_window`) before it is
+/// ended: a holder who cannot give it may have stolen the token.
+pub const WRONG_REPROOFS: u32 = 3;
 /// An enrolment link's default and longest lifetimes.
 const ENROL_TTL: Duration = Duration::from_secs(24 * 3600);
 const ENROL_TTL_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -112,6 +113,24 @@ impl RegisterBegin {
                     ctx.conn.auth_failures += 1;
                 }
                 let (user, key) = found?;
+                if self.passkey && (user.has_password() || user.dn.is_some()) {
+                    // A passkey signs in on its own: the link alone (which may have leaked
+                    // from a mailbox or a chat) must not make one. A second-factor key needs
+                    // the password anyway at each sign-in.
+                    let Some(password) = &self.password else {
+                        return Err(Error::bad_request(
+                            "A passkey signs in on its own: give your password too \
+                             (\"password\") to register one with an enrolment link.",
+                        ));
+                    };
+                    let checked = auth
+                        .reprove_password(&user, password, ctx.conn.peer.ip())
+                        .await;
+                    if let Err(Error::InvalidCredentials) = checked {
+                        ctx.conn.auth_failures += 1;
+                    }
+                    checked?;
+                }
                 (user, Some(key))
             }
             None => (self.reprove(ctx).await?, None),
@@ -122,35 +141,48 @@ impl RegisterBegin {
             .await
     }
 
-    /// A signed-in user proves a current factor again: a local user their password (wrong:
-    /// counted as a wrong password is); anyone else a sign-in within [`FRESH_SIGN_IN`].
+    /// A signed-in user proves a current factor again: their password (a local user's checked
+    /// here, a directory user's by the directory; wrong: counted as a wrong password is). A
+    /// session alone, however fresh, proves nothing: it may be a stolen token.
     async fn reprove(&self, ctx: &mut Ctx<'_>) -> Result<Arc<User>, Error> {
         let Some(session) = ctx.conn.session.clone() else {
             return Err(Error::Unauthenticated);
         };
         let user = session.user.clone();
-        if user.has_password() {
-            let Some(password) = &self.password else {
-                return Err(Error::bad_request(
-                    "Give your password again (\"password\") to add a security key.",
-                ));
-            };
-            let checked = ctx
-                .state
-                .auth
-                .reprove_password(&user, password, ctx.conn.peer.ip())
-                .await;
-            if let Err(Error::InvalidCredentials) = checked {
-                ctx.conn.auth_failures += 1;
-            }
-            checked?;
-            return Ok(user);
+        no_keys_for_single_sign_on(&user)?;
+        if !user.has_password() && user.dn.is_none() {
+            return Err(Error::Unprocessable(
+                "This account has no password to prove again: an administrator can send an \
+                 enrolment link (admin_enroll_key)."
+                    .into(),
+            ));
         }
-        if now_ms().saturating_sub(session.created_ms) > FRESH_SIGN_IN.as_millis() as u64 {
-            return Err(Error::Unprocessable(format!(
-                "Sign in again (within the last {} minutes) to add a security key.",
-                FRESH_SIGN_IN.as_secs() / 60
-            )));
+        let Some(password) = &self.password else {
+            return Err(Error::bad_request(
+                "Give your password again (\"password\") to add a security key.",
+            ));
+        };
+        let checked = ctx
+            .state
+            .auth
+            .reprove_password(&user, password, ctx.conn.peer.ip())
+            .await;
+        let wrong = format!("reprove:{}", hex::encode(session.hash));
+        match checked {
+            Ok(()) => ctx.state.store.failures_reset(&wrong).await?,
+            Err(Error::InvalidCredentials) => {
+                ctx.conn.auth_failures += 1;
+                // Its sockets may be anywhere, each address "known" by the token: the session
+                // itself counts, and one that cannot give its password is ended.
+                let window = ctx.state.config.lockout_window;
+                if ctx.state.store.failures_add(&wrong, window).await? >= WRONG_REPROOFS {
+                    ctx.conn.clear_session(ctx.state);
+                    ctx.state.auth.tokens.revoke(user.id, &session.hash).await?;
+                    tracing::warn!(user = %user.username, wrong = WRONG_REPROOFS, "a session whose holder gave a wrong password again and again to add a security key was ended (taken for a stolen token)");
+                }
+                return Err(Error::InvalidCredentials);
+            }
+            Err(e) => return Err(e),
         }
         Ok(user)
     }

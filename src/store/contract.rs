@@ -30,8 +30,8 @@ use uuid::Uuid;
 use super::now_ms;
 use super::routing::Routing;
 use super::{
-    Assignment, BusEvent, DirectoryUser, FederatedUser, Handoff, MfaRecord, SecurityKey,
-    SessionRecord, SsoOutcome, StoreCounts, StoreResult, TaskKey,
+    Assignment, BusEvent, DirectoryUser, FederatedUser, Handoff, KeyRemoval, MfaRecord,
+    SecurityKey, SessionRecord, SsoOutcome, StoreCounts, StoreResult, TaskKey,
 };
 use crate::domain::{Task, TokenHash};
 
@@ -373,4 +373,7 @@ pub trait SecurityKeys: Send + Sync + 'static {
     async fn key_update(&self, key: &SecurityKey) -> StoreResult<bool>;
     /// Removes one of a user's keys, freeing its credential id; true if the user had it.
     async fn key_remove(&self, user: Uuid, id: &str) -> StoreResult<bool>;
+    /// Removes one of a user's keys unless it is their only one. Atomic: of concurrent removals
+    /// of a user's keys, however many, at least one key is left.
+    async fn key_remove_unless_last(&self, user: Uuid, id: &str) -> StoreResult<KeyRemoval>;
 }

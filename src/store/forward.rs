@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::{
     Directory, DirectoryUser, FederatedUser, Federation, Handoff, Inventory, JwtRevocations,
-    Lockout, Mfa, MfaRecord, SecurityKey, SecurityKeys, SessionRecord, Sessions, SsoOutcome, Store,
-    StoreCounts, StoreResult, Upkeep,
+    KeyRemoval, Lockout, Mfa, MfaRecord, SecurityKey, SecurityKeys, SessionRecord, Sessions,
+    SsoOutcome, Store, StoreCounts, StoreResult, Upkeep,
 };
 use crate::domain::TokenHash;
 
@@ -142,4 +142,5 @@ forward!(SecurityKeys {
     async fn key_owner(&self, id: &str) -> StoreResult<Option<Uuid>>;
     async fn key_update(&self, key: &SecurityKey) -> StoreResult<bool>;
     async fn key_remove(&self, user: Uuid, id: &str) -> StoreResult<bool>;
+    async fn key_remove_unless_last(&self, user: Uuid, id: &str) -> StoreResult<KeyRemoval>;
 });

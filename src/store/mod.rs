@@ -140,6 +140,16 @@ pub struct SecurityKey {
     pub last_used_ms: Option<u64>,
 }
 
+/// What [`contract::SecurityKeys::key_remove_unless_last`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRemoval {
+    Removed,
+    /// The user has no key of that id.
+    NotFound,
+    /// It is the user's only key: kept.
+    Last,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MfaRecord {
     pub user_id: Uuid,

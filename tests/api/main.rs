@@ -12,6 +12,7 @@ mod examples;
 mod exposure;
 mod guacamole;
 mod hardening;
+mod keys;
 mod limits;
 mod lockout;
 mod metrics;

@@ -179,7 +179,11 @@ async fn enrol(b: &Browser, app: &TestApp, name: &str, passkey: bool, shots: boo
     );
     b.type_into("enroll-name", name).await;
     if passkey {
+        // A passkey by link takes the password too.
         b.click("#enroll-passkey").await;
+        b.until(&visible("enroll-password-row"), "the password field")
+            .await;
+        b.type_into("enroll-password", PASSWORD).await;
     }
     if shots {
         b.shot("02-enrolment").await;

@@ -2006,7 +2006,8 @@ pub async fn a_federated_users_record_is_kept_and_replaced(state: &str) {
 
 /// Security keys: a credential id is registered once, to one user (of concurrent registrations
 /// one wins); a user's keys are listed in registration order; an update changes only the
-/// credential and last use, and not a removed key; a removal frees the id.
+/// credential and last use, and not a removed key; a removal frees the id; a user's own
+/// removal keeps their last key.
 pub async fn security_keys_are_registered_once_listed_updated_and_removed(state: &str) {
     use store::SecurityKey;
     let f = fresh(state).await;
@@ -2069,6 +2070,26 @@ pub async fn security_keys_are_registered_once_listed_updated_and_removed(state:
     assert!(s.key_add(&key(bob, "a1", 40)).await.unwrap(), "a freed id");
     s.sweep_expired().await.unwrap();
     assert_eq!(s.keys_of(bob).await.unwrap().len(), 1, "keys never expire");
+    use store::KeyRemoval;
+    assert_eq!(
+        s.key_remove_unless_last(bob, "a1").await.unwrap(),
+        KeyRemoval::Last
+    );
+    assert_eq!(
+        s.key_remove_unless_last(bob, "a2p").await.unwrap(),
+        KeyRemoval::NotFound,
+        "ann's"
+    );
+    assert!(s.key_add(&key(bob, "b2", 50)).await.unwrap());
+    assert_eq!(
+        s.key_remove_unless_last(bob, "a1").await.unwrap(),
+        KeyRemoval::Removed
+    );
+    assert_eq!(s.key_owner("a1").await.unwrap(), None, "its id freed");
+    assert_eq!(
+        s.key_remove_unless_last(bob, "b2").await.unwrap(),
+        KeyRemoval::Last
+    );
 }
 
 /// The ceremonies' values: read without being used, taken by exactly one of concurrent takers,
@@ -2156,6 +2177,7 @@ macro_rules! backend_cases {
                 keys_are_added_listed_and_removed,
                 the_rest_login_takes_a_key,
                 refused_key_answers_count_toward_the_lockout,
+                concurrent_removals_never_take_the_last_key,
             ],
             durable: [
                 state_survives_a_restart,

@@ -101,7 +101,13 @@ impl TestApp {
 
     /// Stops the app (keeping its data) and starts a new one on the same config and state.
     pub async fn restart(self) -> TestApp {
-        let config = self.stop_keeping_data().await;
+        self.restart_with(|_| {}).await
+    }
+
+    /// The same, with `edit` applied to the config first (an administrator's change).
+    pub async fn restart_with(self, edit: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.stop_keeping_data().await;
+        edit(&mut config);
         Self::spawn_config(config).await
     }
 

@@ -139,17 +139,16 @@ pub async fn enrol_code(app: &TestApp, username: &str) -> String {
     url.rsplit_once("enroll=").unwrap().1.to_owned()
 }
 
-/// Registers `key` through an enrolment link, on a socket that has not signed in. The
-/// registration's reply (`{id, name, created}`).
+/// Registers `key` through an enrolment link, on a socket that has not signed in (a passkey
+/// with the user's password too). The registration's reply (`{id, name, created}`).
 pub async fn enrol(app: &TestApp, key: &mut Key, username: &str, passkey: bool) -> Value {
     let code = enrol_code(app, username).await;
     let mut c = app.connect().await;
-    let begun = c
-        .rpc(
-            "key_register_begin",
-            json!({"enroll_code": code, "passkey": passkey}),
-        )
-        .await;
+    let mut args = json!({"enroll_code": code, "passkey": passkey});
+    if passkey {
+        args["password"] = json!(PASSWORD);
+    }
+    let begun = c.rpc("key_register_begin", args).await;
     assert_eq!(begun["name"], "response", "{begun}");
     assert_eq!(begun["args"]["username"], username);
     let credential = key.register(&begun["args"]["publicKey"]);
@@ -628,4 +627,58 @@ pub async fn refused_key_answers_count_toward_the_lockout(state: &str) {
     codes.push(error_code(&reply));
     assert_eq!(codes.last(), Some(&429), "locked out: {codes:?}");
     assert_eq!(&codes[..2], [428, 401], "{codes:?}");
+}
+
+/// The last key stays, however the removals come: a user's own removals of all their keys at
+/// once (the session on several sockets, as a thief holding it would send them) leave exactly
+/// one key, refused with 409, round after round; the admin's removal of it then works.
+pub async fn concurrent_removals_never_take_the_last_key(state: &str) {
+    let app = app_on(state, |_| {}).await;
+    let user2 = app.state.auth.users.by_name("user-2").unwrap().id;
+    // Signed in before the keys are added (the keys' records are enough for removals).
+    let (_, token) = app.login("user-2").await;
+    for round in 0..5 {
+        let ids: Vec<String> = (0..6).map(|i| format!("r{round}k{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let key = SecurityKey {
+                user_id: user2,
+                id: id.clone(),
+                name: format!("key {i}"),
+                passkey: false,
+                credential: "{}".into(),
+                created_ms: now_ms(),
+                last_used_ms: None,
+            };
+            assert!(app.state.store.key_add(&key).await.unwrap());
+        }
+        let mut sockets = Vec::new();
+        for _ in &ids {
+            let mut c = app.connect().await;
+            let r = c.rpc("auth_token", json!({"token": token})).await;
+            assert_eq!(r["name"], "response", "{r}");
+            sockets.push(c);
+        }
+        let removals = sockets.into_iter().zip(ids).map(|(mut c, id)| {
+            tokio::spawn(async move { c.rpc("key_remove", json!({"id": id})).await })
+        });
+        let mut refused = 0;
+        for removal in removals.collect::<Vec<_>>() {
+            let reply = removal.await.unwrap();
+            if reply["name"] != "response" {
+                assert_eq!(error_code(&reply), 409, "{reply}");
+                refused += 1;
+            }
+        }
+        let left = app.state.store.keys_of(user2).await.unwrap();
+        assert_eq!(left.len(), 1, "round {round}: {left:?}");
+        assert_eq!(refused, 1, "round {round}");
+        let (mut admin, _) = app.login("astravdi").await;
+        let removed = admin
+            .rpc(
+                "admin_remove_key",
+                json!({"username": "user-2", "id": left[0].id}),
+            )
+            .await;
+        assert_eq!(removed["args"], "success", "{removed}");
+    }
 }

@@ -109,6 +109,18 @@ fn cases() -> Vec<(&'static str, Case)> {
             || Box::pin(review::the_uid_value_signed_in_with_is_the_identity()),
         ),
         (
+            "keys::a_directory_users_passkey_signs_in_only_while_the_directory_admits_them",
+            || {
+                Box::pin(
+                    keys::a_directory_users_passkey_signs_in_only_while_the_directory_admits_them(),
+                )
+            },
+        ),
+        (
+            "keys::a_directory_user_adds_a_key_only_with_the_directory_password_again",
+            || Box::pin(keys::a_directory_user_adds_a_key_only_with_the_directory_password_again()),
+        ),
+        (
             "keys::a_directory_user_signs_in_with_a_key_after_the_directory_password",
             || Box::pin(keys::a_directory_user_signs_in_with_a_key_after_the_directory_password()),
         ),

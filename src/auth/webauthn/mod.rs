@@ -52,6 +52,10 @@ struct SignIn {
     password_ok: bool,
     /// webauthn-rs's `PasskeyAuthentication` (or `DiscoverableAuthentication`).
     state: Value,
+    /// Where a passkey sign-in without a username was begun: its count there is given back
+    /// when it is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<std::net::IpAddr>,
 }
 
 impl Keys {

@@ -21,10 +21,12 @@ use sha2::{Digest, Sha256};
 use webauthn_rs::prelude::{PasskeyRegistration, RegisterPublicKeyCredential};
 
 use super::super::Authenticator;
+use super::super::directory::DirectoryError;
 use super::super::users::User;
+use super::super::users::directory_user_id;
 use super::{passkey, public_key, rfc3339};
 use crate::error::Error;
-use crate::store::{SecurityKey, now_ms};
+use crate::store::{KeyRemoval, SecurityKey, now_ms};
 
 /// Longest key name, in characters.
 const MAX_NAME_CHARS: usize = 64;
@@ -64,9 +66,11 @@ fn digest_key(kind: &str, secret: &str) -> String {
 
 impl Authenticator {
     /// `admin_enroll_key`: a one-time link with which `user` registers a key; its URL and
-    /// when it expires (ms).
+    /// when it expires (ms). It replaces the user's earlier link, if one is still usable: a
+    /// user has one live link, and an administrator who fears one leaked sends a new one.
     pub async fn enrol_link(&self, user: &User, ttl: Duration) -> Result<(String, u64), Error> {
         let base = self.keys.base_url()?.to_owned();
+        no_keys_for_single_sign_on(user)?;
         let code = random_code();
         let expires = now_ms() + ttl.as_millis() as u64;
         let enrolment = Enrolment {
@@ -74,9 +78,15 @@ impl Authenticator {
             expires_ms: expires,
         };
         let body = serde_json::to_string(&enrolment).map_err(Error::internal)?;
-        self.store
-            .webauthn_put(&digest_key("enrol", &code), &body, expires)
-            .await?;
+        let key = digest_key("enrol", &code);
+        let current = format!("enrol_of:{}", user.id);
+        if let Some(earlier) = self.store.webauthn_take(&current).await?
+            && self.store.webauthn_take(&earlier).await?.is_some()
+        {
+            tracing::info!(user = %user.username, "an earlier enrolment link, still unused, was replaced");
+        }
+        self.store.webauthn_put(&key, &body, expires).await?;
+        self.store.webauthn_put(&current, &key, expires).await?;
         tracing::info!(user = %user.username, expires = %rfc3339(expires), "enrolment link for a security key issued");
         Ok((format!("{base}/?enroll={code}"), expires))
     }
@@ -113,6 +123,7 @@ impl Authenticator {
         as_passkey: bool,
         enrol: Option<String>,
     ) -> Result<Value, Error> {
+        no_keys_for_single_sign_on(user)?;
         let exclude: Vec<_> = self
             .keys
             .of(user.id)
@@ -231,8 +242,9 @@ impl Authenticator {
         }))
     }
 
-    /// A signed-in local user's password, proved again before they add a key: reserved with
-    /// the lockout and counted as a sign-in's password is.
+    /// A signed-in user's password, proved again before they add a key: a local user's against
+    /// its hash, a directory user's by the directory (a bind, as at sign-in). Reserved with the
+    /// lockout and counted as a sign-in's password is.
     pub async fn reprove_password(
         &self,
         user: &User,
@@ -244,11 +256,30 @@ impl Authenticator {
             true => super::super::password::Lane::Known,
             false => super::super::password::Lane::Stranger(peer),
         };
-        match self
-            .passwords
-            .verify(&user.password_hash, password, lane)
-            .await
-        {
+        let checked = match (&user.dn, &self.directory) {
+            (None, _) => {
+                self.passwords
+                    .verify(&user.password_hash, password, lane)
+                    .await
+            }
+            (Some(_), Some(directory)) => {
+                match directory.authenticate(&user.username, password).await {
+                    // The name may have moved to another entry since: only their own entry proves.
+                    Ok(entry) => Ok(directory_user_id(&entry.key) == user.id),
+                    Err(DirectoryError::InvalidCredentials | DirectoryError::WrongPassword(_)) => {
+                        Ok(false)
+                    }
+                    Err(DirectoryError::Disabled(_)) => Err(Error::Disabled),
+                    Err(DirectoryError::Unavailable(why)) => {
+                        self.metrics.directory_errors.inc();
+                        tracing::warn!(error = %why, "directory unavailable: a password proved again to add a security key was answered 503");
+                        Err(Error::DirectoryUnavailable)
+                    }
+                }
+            }
+            (Some(_), None) => Err(Error::DirectoryUnavailable),
+        };
+        match checked {
             Ok(true) => attempt.succeeded().await,
             Ok(false) => {
                 attempt.failed();
@@ -263,35 +294,107 @@ impl Authenticator {
 
     /// Removes one of a user's keys. `by_admin`: an administrator may remove the last one;
     /// the user may not (409).
+    /// The user's own removals are counted and removed in one step of the store, so that
+    /// removals at once (from several sockets or instances) cannot take the last key between
+    /// them.
     pub async fn key_remove(&self, user: &User, id: &str, by_admin: bool) -> Result<(), Error> {
-        let keys = self.keys.of(user.id).await?;
-        if !keys.iter().any(|k| k.id == id) {
-            return Err(Error::NotFound(format!("No security key {id:?}.")));
-        }
-        if keys.len() == 1 && !by_admin {
-            return Err(Error::Conflict(
+        let outcome = match by_admin {
+            true => match self.store.key_remove(user.id, id).await? {
+                true => KeyRemoval::Removed,
+                false => KeyRemoval::NotFound,
+            },
+            false => self.store.key_remove_unless_last(user.id, id).await?,
+        };
+        match outcome {
+            KeyRemoval::Removed => {
+                tracing::info!(user = %user.username, key_id = %id, by_admin, "security key removed");
+                Ok(())
+            }
+            KeyRemoval::NotFound => Err(Error::NotFound(format!("No security key {id:?}."))),
+            KeyRemoval::Last => Err(Error::Conflict(
                 "This is the account's last security key: an administrator must remove it \
                  (admin_remove_key), so that the account keeps its second factor."
                     .into(),
-            ));
+            )),
         }
-        if self.store.key_remove(user.id, id).await? {
-            tracing::info!(user = %user.username, key_id = %id, by_admin, "security key removed");
-        }
-        Ok(())
     }
 }
 
-/// A key's name as its owner gave it: 1 to 64 characters, no control characters.
+/// A single sign-on user signs in at the provider, whose account and factors govern theirs: a
+/// key would be a way in that the provider never sees (and that outlives their account there),
+/// so none is registered for them (422).
+pub fn no_keys_for_single_sign_on(user: &User) -> Result<(), Error> {
+    if user.adfs_enabled {
+        return Err(Error::Unprocessable(format!(
+            "{} signs in at the single sign-on provider: security keys and passkeys are not \
+             used for them.",
+            user.username
+        )));
+    }
+    Ok(())
+}
+
+/// A key's name as its owner gave it: 1 to 64 characters, no control characters, and none of
+/// the invisible ones that change how a name reads where admins and the owner see it (a
+/// right-to-left override turning "gpj.exe" round, a zero-width space making two names look
+/// the same).
 fn checked_name(name: &str) -> Result<String, Error> {
     let name = name.trim();
     if name.is_empty()
         || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
+        || name.chars().any(|c| c.is_control() || invisible(c))
     {
         return Err(Error::bad_request(format!(
-            "A key's name is 1 to {MAX_NAME_CHARS} characters, none of them control characters."
+            "A key's name is 1 to {MAX_NAME_CHARS} characters, none of them control or \
+             invisible formatting characters."
         )));
     }
     Ok(name.to_owned())
+}
+
+/// Unicode's format characters that matter in a short name: the soft hyphen, the bidirectional
+/// marks, overrides and isolates, the zero-width characters and joiners, the word joiner and
+/// invisible operators, the byte order mark and the interlinear annotation marks.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_refuse_control_and_invisible_characters() {
+        assert_eq!(
+            checked_name("  YubiKey on my keyring ").unwrap(),
+            "YubiKey on my keyring"
+        );
+        assert_eq!(checked_name("clé – 鍵 🔑").unwrap(), "clé – 鍵 🔑");
+        // Shown as text by the portal, never as markup.
+        assert!(checked_name("<img src=x onerror=alert(1)>").is_ok());
+        for bad in [
+            "",
+            "   ",
+            "x\ny",
+            "a\u{202e}gpj.exe",
+            "\u{200b}",
+            "Yubi\u{200d}Key",
+            "\u{2066}key\u{2069}",
+            "\u{feff}key",
+            &"k".repeat(65),
+        ] {
+            assert!(checked_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(checked_name(&"k".repeat(64)).is_ok());
+    }
 }

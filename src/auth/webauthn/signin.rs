@@ -17,6 +17,7 @@ use webauthn_rs::prelude::{
 };
 
 use super::super::lockout::DeviceId;
+use super::super::recheck::{Standing, standing};
 use super::super::users::User;
 use super::super::{Authenticator, Verdict, finish};
 use super::{SignIn, passkey, public_key};
@@ -60,6 +61,7 @@ impl Authenticator {
             user: Some(user.id),
             password_ok,
             state: serde_json::to_value(state).map_err(Error::internal)?,
+            from: None,
         };
         let mfa_token = self.keys.keep_signin(&signin).await?;
         Ok(Error::KeyRequired(Box::new(KeyChallenge {
@@ -71,6 +73,8 @@ impl Authenticator {
     /// `webauthn_begin`: a passkey sign-in without a username (discoverable credentials): the
     /// token naming the ceremony and the request options (no allowed credentials; user
     /// verification required).
+    /// Each keeps its ceremony in the store until answered or expired, so an address has only
+    /// so many unanswered ones at a time ([`super::super::lockout::Lockout::passkey_begin`]).
     pub async fn passkey_begin(&self, peer: IpAddr) -> Result<(String, Value), Error> {
         self.lockout.check_address(peer).await?;
         let (options, state) = self
@@ -82,7 +86,9 @@ impl Authenticator {
             user: None,
             password_ok: true,
             state: serde_json::to_value(state).map_err(Error::internal)?,
+            from: Some(peer),
         };
+        self.lockout.passkey_begin(peer).await?;
         let token = self.keys.keep_signin(&signin).await?;
         Ok((token, public_key(&options)?))
     }
@@ -104,6 +110,9 @@ impl Authenticator {
             }
             return Err(Error::ChallengeExpired);
         };
+        if let Some(from) = signin.from {
+            self.lockout.passkey_answered(from).await?;
+        }
         let owner = match signin.user {
             Some(id) => self.users.resolve(&id).await?,
             None => self.passkey_owner(credential).await?,
@@ -119,9 +128,26 @@ impl Authenticator {
             .begin(&user.username, peer, device.as_ref())
             .await?;
         let discoverable = signin.user.is_none();
-        let (verdict, result) = self
+        let (verdict, result) = match self
             .check_assertion(user, &signin, credential, discoverable)
-            .await;
+            .await
+        {
+            // A passkey signs a directory user in without their directory password: the
+            // directory is asked whether the account still stands, as a bind would have.
+            (Verdict::Success, Ok(user)) if discoverable && user.dn.is_some() => {
+                self.directory_still_admits(user).await
+            }
+            // A single sign-on user signs in at the provider (a passkey registered before they
+            // were one does not sign them in around it).
+            (Verdict::Success, Ok(user)) if user.adfs_enabled => {
+                log_refused(
+                    Some(&user),
+                    "a single sign-on user's passkey: they sign in at the provider",
+                );
+                (Verdict::NotAGuess, Err(Error::KeyRefused))
+            }
+            other => other,
+        };
         match verdict {
             // After a password: its challenge's count is taken back, as `otp_verify` does.
             Verdict::Success if !discoverable => attempt.challenge_completed().await?,
@@ -209,6 +235,48 @@ impl Authenticator {
             return (Verdict::NotAGuess, Err(e.into()));
         }
         finish(user, signin.password_ok)
+    }
+}
+
+impl Authenticator {
+    /// A directory user's passkey sign-in: the directory must still have the account, enabled
+    /// (what a password sign-in's bind proves). Their record is refreshed from it (name, groups,
+    /// admin), as a password sign-in refreshes it. A directory that cannot be asked refuses
+    /// the sign-in (503), as it refuses a password: nobody signs in while it is down, so the
+    /// re-checks' fail-open (`auth::recheck`) stays bounded by `session_max_age`.
+    async fn directory_still_admits(&self, user: Arc<User>) -> (Verdict, Result<Arc<User>, Error>) {
+        let Some(directory) = &self.directory else {
+            tracing::info!(user = %user.username, "a directory user's passkey refused: no directory is configured");
+            return (Verdict::NotAGuess, Err(Error::Disabled));
+        };
+        let entry = match standing(directory, &user).await {
+            Ok(Standing::Present(entry)) => entry,
+            Ok(Standing::Disabled) => {
+                tracing::info!(user = %user.username, "a directory user's passkey refused: the account is disabled in the directory");
+                return (Verdict::NotAGuess, Err(Error::Disabled));
+            }
+            Ok(Standing::Gone) => {
+                tracing::info!(user = %user.username, "a directory user's passkey refused: the account is gone from the directory");
+                return (Verdict::NotAGuess, Err(Error::Disabled));
+            }
+            Err(e) => {
+                self.metrics.directory_errors.inc();
+                tracing::warn!(user = %user.username, error = %e, "directory unavailable: a passkey sign-in was answered 503");
+                return (Verdict::NotAGuess, Err(Error::DirectoryUnavailable));
+            }
+        };
+        let record = match self.remember(&entry).await {
+            Ok(record) => record,
+            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
+        };
+        let secret = match self.store.directory_totp_get(record.id).await {
+            Ok(secret) => secret,
+            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
+        };
+        finish(
+            Arc::new(User::from_directory(&record, secret.as_deref())),
+            true,
+        )
     }
 }
 

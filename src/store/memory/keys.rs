@@ -78,4 +78,20 @@ impl SecurityKeys for MemoryStore {
         }
         Ok(removed)
     }
+
+    async fn key_remove_unless_last(&self, user: Uuid, id: &str) -> StoreResult<KeyRemoval> {
+        let mut inner = self.lock();
+        let Some(keys) = inner.keys.get_mut(&user) else {
+            return Ok(KeyRemoval::NotFound);
+        };
+        if !keys.iter().any(|k| k.id == id) {
+            return Ok(KeyRemoval::NotFound);
+        }
+        if keys.len() == 1 {
+            return Ok(KeyRemoval::Last);
+        }
+        keys.retain(|k| k.id != id);
+        inner.key_owners.remove(id);
+        Ok(KeyRemoval::Removed)
+    }
 }

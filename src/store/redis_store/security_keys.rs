@@ -109,4 +109,26 @@ impl SecurityKeys for RedisStore {
         con.del::<_, ()>(self.k(&["key_owner", id])).await?;
         Ok(true)
     }
+
+    async fn key_remove_unless_last(&self, user: Uuid, id: &str) -> StoreResult<KeyRemoval> {
+        let mut con = self.con();
+        // The count and the removal in one script on the user's hash (one key: a cluster too).
+        let outcome: u32 = redis::Script::new(
+            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end \
+             if redis.call('HLEN', KEYS[1]) <= 1 then return 2 end \
+             redis.call('HDEL', KEYS[1], ARGV[1]) return 1",
+        )
+        .key(self.k(&["user_keys", &user.to_string()]))
+        .arg(id)
+        .invoke_async(&mut con)
+        .await?;
+        match outcome {
+            0 => Ok(KeyRemoval::NotFound),
+            2 => Ok(KeyRemoval::Last),
+            _ => {
+                con.del::<_, ()>(self.k(&["key_owner", id])).await?;
+                Ok(KeyRemoval::Removed)
+            }
+        }
+    }
 }

@@ -95,4 +95,28 @@ impl SecurityKeys for SqliteStore {
             Ok(removed == 1)
         })
     }
+
+    async fn key_remove_unless_last(&self, user: Uuid, id: &str) -> StoreResult<KeyRemoval> {
+        self.with(|c| {
+            // One statement: its count and its delete see the same rows.
+            let removed = c.execute(
+                "DELETE FROM security_keys WHERE id = ?1 AND user_id = ?2
+                   AND (SELECT COUNT(*) FROM security_keys WHERE user_id = ?2) > 1",
+                params![id, user.to_string()],
+            )?;
+            if removed == 1 {
+                return Ok(KeyRemoval::Removed);
+            }
+            let there: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM security_keys WHERE id = ?1 AND user_id = ?2)",
+                params![id, user.to_string()],
+                |r| r.get(0),
+            )?;
+            Ok(if there {
+                KeyRemoval::Last
+            } else {
+                KeyRemoval::NotFound
+            })
+        })
+    }
 }
