@@ -507,6 +507,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_ip_address_as_public_url_serves_with_keys_off_and_a_warning() {
+        let config = Config::parse("public_url = \"https://10.1.2.3\"", None).unwrap();
+        config.validate().unwrap();
+        let warnings = warnings(&config);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.message.contains("security keys and passkeys are off")
+                    && w.message.contains("DNS name")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn programs_are_resolved_like_the_provisioner_starts_them() {
         assert!(executable("sh", None).is_ok(), "found on PATH");
         assert!(

@@ -481,17 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ip_address_as_public_url_serves_with_keys_off_and_a_warning() {
-        let config = Config::parse("public_url = \"https://10.1.2.3\"", None).unwrap();
-        config.validate().unwrap();
-        let warnings = crate::preflight::warnings(&config);
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.message.contains("security keys and passkeys are off")
-                    && w.message.contains("DNS name")),
-            "{warnings:?}"
-        );
+    fn a_webauthn_origin_outside_public_urls_host_is_refused() {
         let config = Config::parse(
             "public_url = \"https://vdi.example.com\"\nwebauthn_origins = [\"https://evil.example.net\"]",
             None,
