@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use dashmap::DashMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::users::User;
@@ -77,12 +78,25 @@ pub struct JwtKeys {
     revoked: DashMap<String, i64>,
     /// Per user: tokens issued at or before this unix second are revoked (admin revoke).
     user_before: DashMap<Uuid, i64>,
+    /// Tokens whose signature was checked, by their signature (see [`JwtKeys::verify`]).
+    verified: DashMap<Box<str>, Verified>,
 }
+
+/// A token whose signature was checked, and its claims.
+struct Verified {
+    token: Box<str>,
+    claims: Claims,
+}
+
+/// Verified tokens kept before the cache is emptied (a JWT is ~300 bytes: ~60 MiB at most).
+const VERIFIED_MAX: usize = 100_000;
+/// Seconds past `exp` a token is still accepted (clock skew between instances).
+const LEEWAY: u64 = 5;
 
 impl JwtKeys {
     pub fn new(secret: &[u8], ttl: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY;
         validation.set_required_spec_claims(&["exp", "sub"]);
         use sha2::{Digest, Sha256};
         let digest =
@@ -95,6 +109,7 @@ impl JwtKeys {
             ttl,
             revoked: DashMap::new(),
             user_before: DashMap::new(),
+            verified: DashMap::new(),
         }
     }
 
@@ -140,8 +155,37 @@ impl JwtKeys {
     }
 
     /// Claims of a valid, unexpired, unrevoked token.
+    ///
+    /// A token whose signature was checked once is kept, by its signature, with its claims: a
+    /// client sends the same JWT with every request, and the check and the claims' parsing are
+    /// most of what a REST request costs. A kept token is only one the key signed, and is taken
+    /// only when the whole token is the same (compared in constant time); its expiry and
+    /// revocation are checked on every request, as for a token checked afresh.
     pub fn verify(&self, token: &str) -> Option<Claims> {
+        self.verify_at(token, chrono::Utc::now().timestamp())
+    }
+
+    /// [`JwtKeys::verify`] with a kept token's expiry judged at `now` (a token checked afresh
+    /// is judged by the clock).
+    fn verify_at(&self, token: &str, now: i64) -> Option<Claims> {
+        let signature = token.rsplit_once('.')?.1;
+        if let Some(kept) = self.verified.get(signature)
+            && bool::from(kept.token.as_bytes().ct_eq(token.as_bytes()))
+        {
+            let live = kept.claims.exp >= now - LEEWAY as i64;
+            return (live && !self.is_claims_revoked(&kept.claims)).then(|| kept.claims.clone());
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
+        if self.verified.len() >= VERIFIED_MAX {
+            self.verified.clear();
+        }
+        self.verified.insert(
+            signature.into(),
+            Verified {
+                token: token.into(),
+                claims: data.claims.clone(),
+            },
+        );
         (!self.is_claims_revoked(&data.claims)).then_some(data.claims)
     }
 
@@ -198,10 +242,13 @@ impl JwtKeys {
                 .is_some_and(|b| claims.iat <= *b)
     }
 
-    /// Forgets revocations of tokens that have expired anyway.
+    /// Forgets revocations of tokens that have expired anyway, and the expired tokens kept
+    /// as verified.
     pub fn sweep(&self) {
         let now = chrono::Utc::now().timestamp();
         self.revoked.retain(|_, exp| *exp + 60 > now);
+        self.verified
+            .retain(|_, kept| kept.claims.exp >= now - LEEWAY as i64);
     }
 }
 
@@ -303,6 +350,69 @@ fn load_or_generate(dir: &Path) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keys_and_token(exp_in: i64) -> (JwtKeys, String, Claims) {
+        let keys = JwtKeys::new(&[b'k'; 40], Duration::from_secs(600));
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: Uuid::new_v4(),
+            username: "alice".into(),
+            roles: vec!["user".into()],
+            client_id: "c".into(),
+            domain: None,
+            exp: now + exp_in,
+            iat: now,
+            jti: "j1".into(),
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        (keys, token, claims)
+    }
+
+    #[test]
+    fn a_kept_token_is_still_refused_once_expired_or_revoked() {
+        let (keys, token, claims) = keys_and_token(600);
+        let now = chrono::Utc::now().timestamp();
+        assert!(keys.verify(&token).is_some(), "checked afresh, then kept");
+        assert!(keys.verify_at(&token, now + 10).is_some(), "kept and live");
+        assert!(
+            keys.verify_at(&token, claims.exp + LEEWAY as i64 + 1)
+                .is_none(),
+            "kept but expired"
+        );
+        keys.revoke_local(&claims.jti, claims.exp);
+        assert!(keys.verify(&token).is_none(), "kept but revoked");
+    }
+
+    #[test]
+    fn a_kept_signature_under_other_claims_is_refused() {
+        let (keys, token, _) = keys_and_token(600);
+        assert!(keys.verify(&token).is_some());
+        // The kept token's signature under a payload of the attacker's choosing.
+        let (_, other, _) = keys_and_token(6000);
+        let (head, signature) = token.rsplit_once('.').unwrap();
+        let (_, forged_payload) = other.rsplit_once('.').unwrap().0.split_once('.').unwrap();
+        let forged = format!(
+            "{}.{forged_payload}.{signature}",
+            head.split_once('.').unwrap().0
+        );
+        assert_ne!(forged, token);
+        assert!(keys.verify(&forged).is_none());
+        assert!(keys.verify(&token).is_some(), "the real one still is");
+    }
+
+    #[test]
+    fn expired_kept_tokens_are_swept() {
+        let (keys, token, _) = keys_and_token(-(LEEWAY as i64) + 2);
+        assert!(keys.verify(&token).is_some());
+        assert_eq!(keys.verified.len(), 1);
+        keys.verified.alter_all(|_, mut kept| {
+            kept.claims.exp -= 100;
+            kept
+        });
+        keys.sweep();
+        assert_eq!(keys.verified.len(), 0);
+    }
 
     #[test]
     fn known_short_and_empty_secrets_are_refused() {

@@ -21,13 +21,21 @@ const LIST_REPLIES_MAX: usize = 100_000;
 impl Pools {
     /// The user's pools, in config order; `favorites_only` keeps the favourites.
     pub fn list(&self, user: &User, favorites_only: bool) -> Vec<PoolView> {
+        self.listed(user, favorites_only).cloned().collect()
+    }
+
+    /// How many pools [`Pools::list`] gives.
+    pub fn list_len(&self, user: &User, favorites_only: bool) -> usize {
+        self.listed(user, favorites_only).count()
+    }
+
+    fn listed(&self, user: &User, favorites_only: bool) -> impl Iterator<Item = &PoolView> {
         self.order
             .iter()
             .map(|id| &self.pools[id])
-            .filter(|p| p.admits(user))
-            .filter(|p| !favorites_only || p.view.is_favorite)
-            .map(|p| p.view.clone())
-            .collect()
+            .filter(move |p| p.admits(user))
+            .filter(move |p| !favorites_only || p.view.is_favorite)
+            .map(|p| &p.view)
     }
 
     /// [`Pools::list`] rendered as JSON, once per user, flag and group set: what a user sees

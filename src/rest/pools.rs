@@ -41,23 +41,48 @@ pub async fn list(
     let favorites_only = validate::query_bool(&query, "is_favorite", false, &mut problems);
     let ((page, size), favorites_only) = problems.finish(page.zip(size).zip(favorites_only))?;
 
-    let pools = state.pools.list(&auth.user, favorites_only);
-    let total = pools.len();
+    let pools = state.pools.list_reply(&auth.user, favorites_only)?;
+    let total = state.pools.list_len(&auth.user, favorites_only);
     let (page_no, size) = (page as usize, size as usize);
-    let items: Vec<_> = pools
-        .into_iter()
-        .skip(page_no.saturating_sub(1).saturating_mul(size))
-        .take(size)
-        .collect();
+    // The first page holding every pool (what clients ask for) is the listing rendered once
+    // per user; another page is cut from the listing.
+    let items = if page_no == 1 && total <= size {
+        pools
+    } else {
+        let items: Vec<_> = state
+            .pools
+            .list(&auth.user, favorites_only)
+            .into_iter()
+            .skip(page_no.saturating_sub(1).saturating_mul(size))
+            .take(size)
+            .collect();
+        serde_json::value::to_raw_value(&items).map_err(crate::error::Error::internal)?
+    };
+    // The fields in the order serde_json's map gave them before (sorted), so the bytes are
+    // the mock's shape as they were.
+    #[derive(serde::Serialize)]
+    struct Page<'a> {
+        data: &'a serde_json::value::RawValue,
+        page: i64,
+        pages: usize,
+        size: usize,
+        total: usize,
+    }
+    let body = serde_json::to_vec(&Page {
+        data: &items,
+        page,
+        pages: total.div_ceil(size),
+        size,
+        total,
+    })
+    .map_err(crate::error::Error::internal)?;
     Ok((
         StatusCode::OK,
-        axum::Json(json!({
-            "data": items,
-            "total": total,
-            "page": page,
-            "size": size,
-            "pages": total.div_ceil(size),
-        })),
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
     )
         .into_response())
 }
