@@ -84,12 +84,16 @@ impl Session {
     }
 }
 
+/// An error reply's code and what it says: its message, and its `detail` when it has one
+/// (e.g. when a refused pool may be asked again).
 fn error_of(reply: &Value) -> Option<(u64, String)> {
     (reply["name"] == "error").then(|| {
-        (
-            reply["args"]["code"].as_u64().unwrap_or(0),
-            reply["args"]["message"].as_str().unwrap_or("").to_owned(),
-        )
+        let args = &reply["args"];
+        let mut said = args["message"].as_str().unwrap_or("").to_owned();
+        if let Some(detail) = args["detail"].as_str().filter(|d| !said.contains(d)) {
+            said = format!("{said} {detail}");
+        }
+        (args["code"].as_u64().unwrap_or(0), said)
     })
 }
 
@@ -218,6 +222,16 @@ async fn sign_in(s: &mut Session, o: &Login) -> anyhow::Result<()> {
                     )
                     .await?;
             }
+            Some(102) => bail!(
+                "{} signs in with a security key, which `poolgate connect` cannot use yet; sign \
+                 in at the web portal (this server's address in a browser) instead",
+                o.user
+            ),
+            Some(101) => bail!(
+                "{} signs in through single sign-on, which this server does not offer; ask \
+                 your administrator",
+                o.user
+            ),
             _ => bail!(
                 "{}",
                 reply["args"]["detail"]
@@ -286,14 +300,21 @@ fn spinner() -> ProgressBar {
     bar
 }
 
+/// A task's state in words: "in progress (40 %)", "done", "failed" (the label says which step).
 fn describe(task: &Value) -> String {
-    let mut s = format!(
-        "{} {}",
-        task["kind"].as_str().unwrap_or("task"),
-        task["status"].as_str().unwrap_or("?")
-    );
-    if let Some(p) = task["progress"].as_u64() {
-        s.push_str(&format!(" {p}%"));
+    let status = task["status"].as_str().unwrap_or("?");
+    let mut s = match status {
+        "PENDING" | "CREATED" => "waiting".to_owned(),
+        "RUNNING" | "IN_PROGRESS" => "in progress".to_owned(),
+        "COMPLETED" => "done".to_owned(),
+        "FAILED" => "failed".to_owned(),
+        "CANCELLED" => "cancelled".to_owned(),
+        other => other.to_lowercase(),
+    };
+    if let Some(p) = task["progress"].as_u64()
+        && status != "COMPLETED"
+    {
+        s.push_str(&format!(" ({p} %)"));
     }
     s
 }
@@ -396,7 +417,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     )
     .await?;
 
+    // The connection data for scripts on stdout; a line for the person on stderr.
     println!("{}", serde_json::to_string_pretty(&conn)?);
+    eprintln!(
+        "Desktop ready: {}:{}{}",
+        conn["host"].as_str().unwrap_or("?"),
+        conn["port"],
+        conn["verbose_name"]
+            .as_str()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
     // The server renders the file (`rpc/launcher`), as it does for the web portal.
     let reply = s
         .call("launcher", json!({"pool_id": pool_id}), |_| {})

@@ -223,7 +223,11 @@ fn tls(config: &Config, problems: &mut Vec<Problem>) {
         if let Err(e) = std::fs::File::open(path) {
             problems.push(Problem::new(
                 &[name],
-                format!("cannot read {}: {e}", path.display()),
+                format!(
+                    "cannot read {}: {e}; check the path, and that the user running poolgate \
+                     may read it",
+                    path.display()
+                ),
             ));
             readable = false;
         }
@@ -347,7 +351,10 @@ fn executable(program: &str, workdir: Option<&Path>) -> Result<PathBuf, String> 
         return Ok(path.clone());
     }
     Err(if program.contains('/') {
-        format!("{} does not exist", candidates[0].display())
+        format!(
+            "{} does not exist; install the program there or correct the path",
+            candidates[0].display()
+        )
     } else {
         format!("{program:?} is not found on PATH")
     })

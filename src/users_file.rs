@@ -167,7 +167,10 @@ impl UsersFile {
             .collect())
     }
 
-    /// Writes the file atomically, keeping its permissions (new files: 0600, they hold hashes).
+    /// Writes the file atomically, keeping its permissions. A new file is 0600 (it holds
+    /// hashes), except in a directory closed to others whose group is not the writer's own —
+    /// `/etc/poolgate`, root:poolgate 0750 — where it is 0640 in the directory's group, so
+    /// that the service can read what an administrator made.
     pub fn save(&self) -> anyhow::Result<()> {
         let dir = self
             .path
@@ -188,12 +191,28 @@ impl UsersFile {
         #[cfg(unix)]
         {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let mode = std::fs::metadata(&self.path).map_or(0o600, |m| m.permissions().mode());
+            let mode = std::fs::metadata(&self.path).map_or_else(
+                |_| {
+                    if shared_dir_group(dir).is_some() {
+                        0o640
+                    } else {
+                        0o600
+                    }
+                },
+                |m| m.permissions().mode(),
+            );
             opts.mode(mode & 0o777);
         }
         let mut f = opts
             .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
+        #[cfg(unix)]
+        if std::fs::metadata(&self.path).is_err()
+            && let Some(gid) = shared_dir_group(dir)
+        {
+            std::os::unix::fs::fchown(&f, None, Some(gid))
+                .with_context(|| format!("cannot give {} to group {gid}", tmp.display()))?;
+        }
         #[cfg(unix)]
         if let Ok(meta) = std::fs::metadata(&self.path) {
             // Keep the owner and group too: root editing /etc/poolgate/users.toml (root:poolgate,
@@ -209,4 +228,16 @@ impl UsersFile {
             .with_context(|| format!("cannot replace {}", self.path.display()))?;
         Ok(())
     }
+}
+
+/// The group of `dir` when a new users file there should be readable by it: the directory is
+/// closed to others and its group is not this process's own.
+#[cfg(unix)]
+fn shared_dir_group(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).ok()?;
+    let closed = meta.permissions().mode() & 0o007 == 0;
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let own = unsafe { libc::getegid() };
+    (closed && meta.gid() != own).then_some(meta.gid())
 }

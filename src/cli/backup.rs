@@ -69,9 +69,16 @@ fn copy(source: &Path, target: &Path) -> anyhow::Result<i32> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(target)
-        .with_context(|| format!("cannot make {} (it must not exist yet)", target.display()))?;
+    options.open(target).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AlreadyExists => "it exists; the copy goes to a new file",
+            std::io::ErrorKind::PermissionDenied => {
+                "this user may not write there; choose a directory it can write, or run as root"
+            }
+            _ => "check the path",
+        };
+        anyhow::anyhow!("cannot make {}: {e}; {why}", target.display())
+    })?;
     let mut to =
         Connection::open(target).with_context(|| format!("cannot open {}", target.display()))?;
     let backup = rusqlite::backup::Backup::new(&from, &mut to)?;

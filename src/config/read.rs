@@ -84,11 +84,15 @@ type ReadUsers = (String, Vec<UserRecord>, Vec<Problem>, Origins);
 
 fn read_users(file: &PathBuf) -> Result<ReadUsers, String> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        format!(
-            "cannot read {}: {e}; create it (poolgate user --file {} add NAME) or fix the path",
-            file.display(),
-            file.display()
-        )
+        let file = file.display();
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            format!(
+                "cannot read {file}: {e}; let the user that runs poolgate read it (for the \
+                 service: chgrp poolgate {file}; chmod 0640 {file})"
+            )
+        } else {
+            format!("cannot read {file}: {e}; create it (poolgate user --file {file} add NAME) or fix the path")
+        }
     })?;
     let mut problems = Vec::new();
     let read = tolerant::<UsersFile>(&text, &mut problems);
@@ -107,12 +111,20 @@ fn tolerant<T: DeserializeOwned>(text: &str, problems: &mut Vec<Problem>) -> Rea
         Ok(t) => t,
         Err(e) => {
             // A syntax error: nothing after it can be trusted.
+            let message = e.message().trim_end().trim_end_matches('.');
+            // toml names no key in "duplicate key": its span is the key.
+            let key = e
+                .span()
+                .and_then(|s| text.get(s))
+                .map(|k| k.trim().trim_matches('"'))
+                .filter(|k| message.starts_with("duplicate key") && !k.is_empty());
+            let message = match key {
+                Some(key) => format!("`{key}` is set twice; keep one"),
+                None => format!("{message}; fix the TOML syntax here"),
+            };
             problems.push(Problem::at(
                 vec![format!("\0offset:{}", e.span().map_or(0, |s| s.start))],
-                format!(
-                    "{}; fix the TOML syntax here",
-                    e.message().trim_end().trim_end_matches('.')
-                ),
+                message,
             ));
             return Read {
                 value: None,
@@ -269,6 +281,13 @@ fn explain(message: &str, key: &[String]) -> String {
         return format!("`{name}` is missing; add `{name} = …` to this table");
     }
     let first = message.lines().next().unwrap_or(message);
+    // serde's words for Rust types, in a person's.
+    let said = first
+        .replace("expected f64", "expected a number")
+        .replace("expected u64", "expected a whole number")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected usize", "expected a whole number")
+        .replace("expected i64", "expected a whole number");
     let what = if first.contains("expected f64") {
         format!("write a number (durations are seconds, e.g. {here} = 300)")
     } else if first.contains("expected u") || first.contains("expected i") {
@@ -286,7 +305,7 @@ fn explain(message: &str, key: &[String]) -> String {
     } else {
         "correct the value".to_owned()
     };
-    format!("{}; {what}", first.trim_end_matches('.'))
+    format!("{}; {what}", said.trim_end_matches('.'))
 }
 
 /// The names serde lists after "expected" (`one of `a`, `b``, `` `a` or `b` ``).

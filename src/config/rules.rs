@@ -254,7 +254,7 @@ impl Config {
                     .into_iter()
                     .find(|k| message.contains(k))
                     .unwrap_or("username");
-                let hint = if key == "password_hash" {
+                let hint = if key == "password_hash" && !message.contains("hash-password") {
                     "; make a hash with poolgate hash-password (or set it with poolgate user passwd)"
                 } else {
                     ""

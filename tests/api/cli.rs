@@ -569,6 +569,17 @@ async fn connect_handles_a_one_time_code_and_reports_refusals() {
     assert!(!out.status.success(), "user-2's step 1 fails in the demo");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("failed") || err.contains("refused"), "{err}");
+    // Asked again at once: refused, and told when the pool may be asked again.
+    let out = connect_cmd(
+        &app,
+        "user-2",
+        "pool-win-1",
+        dir2.path(),
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the pool can be asked again in"), "{err}");
     let out = connect_cmd(
         &app,
         "astravdi",
@@ -578,6 +589,33 @@ async fn connect_handles_a_one_time_code_and_reports_refusals() {
     )
     .await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pool"));
+
+    // A security-key user and a single sign-on user (no [oidc] here) are told what to do, not
+    // the protocol's next step.
+    for (user, said) in [
+        (
+            "user-3",
+            "user-3 signs in with a security key, which `poolgate connect` cannot use",
+        ),
+        (
+            "user-5",
+            "user-5 signs in through single sign-on, which this server does not offer",
+        ),
+    ] {
+        let fresh = tempfile::tempdir().unwrap();
+        let out = connect_cmd(
+            &app,
+            user,
+            "pool-win-1",
+            fresh.path(),
+            &format!("{PASSWORD}\n"),
+        )
+        .await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{err}");
+        assert!(!err.contains("rpc/"), "{err}");
+    }
 }
 
 async fn admin_cmd(
@@ -761,6 +799,40 @@ fn user_edits_as_root_keep_the_users_files_owner_and_group() {
     assert_eq!(after.permissions().mode() & 0o777, 0o640);
 }
 
+#[cfg(unix)]
+#[test]
+#[ignore = "needs root; .ci/run runs it"]
+fn a_users_file_made_by_root_in_a_service_directory_is_readable_by_the_service_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // /etc/poolgate is root:poolgate 0750: a users file root makes there with `user add` must
+    // be readable by the service (0640, group poolgate), not root's alone.
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc-poolgate");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o750)).unwrap();
+    assert!(
+        std::os::unix::fs::chown(&etc, None, Some(4343)).is_ok(),
+        "this test needs root (it gives the directory to another group)"
+    );
+    let users = etc.join("users.toml");
+    let out = user_cmd(&users, &["add", "carol"], Some("carol-pass-sienna-58\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made = std::fs::metadata(&users).unwrap();
+    assert_eq!(made.gid(), 4343);
+    assert_eq!(made.permissions().mode() & 0o777, 0o640);
+
+    // In a directory of the user's own (a home, a temporary directory) it stays 0600.
+    let own = dir.path().join("users.toml");
+    let out = user_cmd(&own, &["add", "carol"], Some("carol-pass-sienna-58\n"));
+    assert!(out.status.success());
+    let made = std::fs::metadata(&own).unwrap();
+    assert_eq!(made.permissions().mode() & 0o777, 0o600);
+}
+
 #[tokio::test]
 async fn a_saved_token_file_left_readable_by_others_is_0600_after_the_next_sign_in() {
     use std::os::unix::fs::PermissionsExt;
@@ -904,7 +976,10 @@ async fn backup_copies_the_sqlite_state_while_the_server_serves() {
     let out = backup(&[]);
     assert!(!out.status.success(), "an existing file is not overwritten");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("must not exist yet"), "{err}");
+    assert!(
+        err.contains("it exists; the copy goes to a new file"),
+        "{err}"
+    );
 
     let redis = dir.path().join("redis.toml");
     std::fs::write(&redis, "state = \"redis://127.0.0.1:1\"\n").unwrap();

@@ -71,7 +71,7 @@ async fn every_problem_of_a_config_is_listed_at_once_in_file_order() {
             "{p}:2:1: token_ttl: must be greater than zero; write seconds, e.g. token_ttl = 300"
         ),
         format!(
-            "{p}:3:1: idle_timeout: invalid type: string \"soon\", expected f64; write a number"
+            "{p}:3:1: idle_timeout: invalid type: string \"soon\", expected a number; write a number"
         ),
         format!("{p}:12:1: pools.0.users: pool \"a\" lists an unknown user \"ghost\"; define it"),
         format!("{p}:12:1: pools.0.users: pool \"a\" lists an unknown user \"ghost2\"; define it"),
@@ -430,6 +430,20 @@ async fn a_file_that_cannot_be_read_or_parsed_says_where_and_what_to_do() {
             "{args:?}: expected {at}…; fix the TOML syntax here\nin:\n{err}"
         );
     }
+    // A key set twice is named (toml's message names none).
+    let twice = dir.path().join("twice.toml");
+    std::fs::write(
+        &twice,
+        "auth_grace = 10\nlisten = \"127.0.0.1:0\"\nauth_grace = 20\n",
+    )
+    .unwrap();
+    let t = twice.to_str().unwrap();
+    let (ok, err) = run(&["check-config", t]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{t}:3:1: `auth_grace` is set twice; keep one")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
