@@ -23,9 +23,12 @@ use crate::routing::{CutOff, drain};
 pub async fn a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended() {
     let prefix = format!("failover-end-{}", Uuid::new_v4().simple());
     let cut = Partition::start(&redis_url()).await;
+    // Instances sharing a store sign JWTs with one key (else the second refuses to start).
+    let key = poolgate::config::SecretString("failover-test-jwt-key-".repeat(2));
     let a = TestApp::spawn_with(|c| {
         c.state = cut.url().parse().unwrap();
         c.state_prefix = prefix.clone();
+        c.jwt_secret = Some(key.clone());
         c.task_lease = Duration::from_secs(1);
         let slow: toml::Value =
             toml::from_str("kind = \"simulated\"\npending = 0.05\nrunning = [4, 4]").unwrap();
@@ -36,6 +39,7 @@ pub async fn a_task_ended_elsewhere_while_its_instance_was_cut_off_stays_ended()
     let b = TestApp::spawn_with(|c| {
         c.state = redis_url().parse().unwrap();
         c.state_prefix = prefix.clone();
+        c.jwt_secret = Some(key.clone());
         c.task_lease = Duration::from_secs(1);
     })
     .await;

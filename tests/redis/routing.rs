@@ -136,6 +136,10 @@ pub async fn a_session_signed_out_on_one_instance_is_refused_at_once_on_another(
     let edit = |c: &mut poolgate::Config| {
         c.state = redis_url().parse().unwrap();
         c.state_prefix = prefix.clone();
+        // Instances sharing a store sign JWTs with one key (else the second refuses to start).
+        c.jwt_secret = Some(poolgate::config::SecretString(
+            "routing-test-jwt-key-".repeat(2),
+        ));
         c.session_flush = Duration::from_secs(10);
     };
     let a = TestApp::spawn_with(edit).await;
