@@ -44,7 +44,7 @@ import re, sys
 out, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 total = int(re.search(r"(\d+) requests in", out).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-p99 = re.search(r"99%\s+(\S+)", out).group(1)
+p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)
 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 if bad:
     sys.exit(f"{bad.group(1)} non-2xx answers")

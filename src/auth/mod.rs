@@ -544,7 +544,7 @@ impl Authenticator {
 
     /// A JWT's user and claims, if the token is valid, unexpired and unrevoked and its user
     /// may still sign in (not disabled, not renamed since it was issued).
-    pub async fn verify_jwt(&self, token: &str) -> Option<(Arc<User>, Claims)> {
+    pub async fn verify_jwt(&self, token: &str) -> Option<(Arc<User>, Arc<Claims>)> {
         let claims = self.jwt.verify(token)?;
         // A store that cannot answer refuses the token (the request may be retried).
         let user = self.users.resolve(&claims.sub).await.ok()??;

@@ -123,7 +123,8 @@ pub struct Inner {
     running: DashSet<Uuid>,
     /// `rpc/pools` replies by (user, favourites only, the user's groups): pools do not change
     /// while the process runs, so each is rendered once ([`Pools::list_reply`]).
-    list_replies: dashmap::DashMap<(Uuid, bool, u64), Box<serde_json::value::RawValue>>,
+    /// With each, how many pools it lists.
+    list_replies: dashmap::DashMap<(Uuid, bool, u64), (Box<serde_json::value::RawValue>, usize)>,
     /// Permits for provisioner releases (see [`release::CONCURRENT_RELEASES`]).
     releases: Arc<tokio::sync::Semaphore>,
     tracker: TaskTracker,

@@ -24,11 +24,6 @@ impl Pools {
         self.listed(user, favorites_only).cloned().collect()
     }
 
-    /// How many pools [`Pools::list`] gives.
-    pub fn list_len(&self, user: &User, favorites_only: bool) -> usize {
-        self.listed(user, favorites_only).count()
-    }
-
     fn listed(&self, user: &User, favorites_only: bool) -> impl Iterator<Item = &PoolView> {
         self.order
             .iter()
@@ -42,6 +37,17 @@ impl Pools {
     /// depends on nothing else, since pools are fixed for the life of the process (a
     /// directory user whose groups changed at a sign-in gets a listing of their own).
     pub fn list_reply(&self, user: &User, favorites_only: bool) -> Result<Box<RawValue>, Error> {
+        self.with_listing(user, favorites_only, |json, _| json.to_owned())
+    }
+
+    /// Calls `f` with the user's rendered listing (see [`Pools::list_reply`]) and how many
+    /// pools it holds, without copying it.
+    pub fn with_listing<R>(
+        &self,
+        user: &User,
+        favorites_only: bool,
+        f: impl FnOnce(&RawValue, usize) -> R,
+    ) -> Result<R, Error> {
         let groups = if user.groups.is_empty() {
             0
         } else {
@@ -50,15 +56,16 @@ impl Pools {
         };
         let key = (user.id, favorites_only, groups);
         if let Some(hit) = self.list_replies.get(&key) {
-            return Ok(hit.clone());
+            return Ok(f(&hit.0, hit.1));
         }
-        let reply = serde_json::value::to_raw_value(&self.list(user, favorites_only))
-            .map_err(Error::internal)?;
+        let list = self.list(user, favorites_only);
+        let reply = serde_json::value::to_raw_value(&list).map_err(Error::internal)?;
+        let out = f(&reply, list.len());
         if self.list_replies.len() >= LIST_REPLIES_MAX {
             self.list_replies.clear();
         }
-        self.list_replies.insert(key, reply.clone());
-        Ok(reply)
+        self.list_replies.insert(key, (reply, list.len()));
+        Ok(out)
     }
 
     /// The launcher file for the user's desktop in the pool: step 2 must have completed for

@@ -223,7 +223,7 @@ async fn method_not_allowed() -> RestError {
 /// The caller, authenticated by `Authorization: JWT <token>`.
 pub struct AuthUser {
     pub user: Arc<User>,
-    pub claims: Claims,
+    pub claims: Arc<Claims>,
 }
 
 impl FromRequestParts<AppState> for AuthUser {

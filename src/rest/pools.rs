@@ -13,6 +13,7 @@ use serde_json::json;
 use super::validate::{self, Body, Fields, Problems};
 use super::{AuthUser, RestError, data};
 use crate::domain::TaskStatus;
+use crate::error::Error;
 use crate::pools::{ConnectOutcome, ConnectParams, Discarded};
 use crate::state::AppState;
 
@@ -41,23 +42,7 @@ pub async fn list(
     let favorites_only = validate::query_bool(&query, "is_favorite", false, &mut problems);
     let ((page, size), favorites_only) = problems.finish(page.zip(size).zip(favorites_only))?;
 
-    let pools = state.pools.list_reply(&auth.user, favorites_only)?;
-    let total = state.pools.list_len(&auth.user, favorites_only);
     let (page_no, size) = (page as usize, size as usize);
-    // The first page holding every pool (what clients ask for) is the listing rendered once
-    // per user; another page is cut from the listing.
-    let items = if page_no == 1 && total <= size {
-        pools
-    } else {
-        let items: Vec<_> = state
-            .pools
-            .list(&auth.user, favorites_only)
-            .into_iter()
-            .skip(page_no.saturating_sub(1).saturating_mul(size))
-            .take(size)
-            .collect();
-        serde_json::value::to_raw_value(&items).map_err(crate::error::Error::internal)?
-    };
     // The fields in the order serde_json's map gave them before (sorted), so the bytes are
     // the mock's shape as they were.
     #[derive(serde::Serialize)]
@@ -68,14 +53,40 @@ pub async fn list(
         size: usize,
         total: usize,
     }
-    let body = serde_json::to_vec(&Page {
-        data: &items,
-        page,
-        pages: total.div_ceil(size),
-        size,
-        total,
-    })
-    .map_err(crate::error::Error::internal)?;
+    let page_of = |data: &serde_json::value::RawValue, total: usize| {
+        serde_json::to_vec(&Page {
+            data,
+            page,
+            pages: total.div_ceil(size),
+            size,
+            total,
+        })
+    };
+    // The first page holding every pool (what clients ask for) is the listing rendered once
+    // per user, written as it is; another page is cut from the listing.
+    let (total, first) = state
+        .pools
+        .with_listing(&auth.user, favorites_only, |json, total| {
+            (
+                total,
+                (page_no == 1 && total <= size).then(|| page_of(json, total)),
+            )
+        })?;
+    let body = match first {
+        Some(body) => body,
+        None => {
+            let items: Vec<_> = state
+                .pools
+                .list(&auth.user, favorites_only)
+                .into_iter()
+                .skip(page_no.saturating_sub(1).saturating_mul(size))
+                .take(size)
+                .collect();
+            let items = serde_json::value::to_raw_value(&items).map_err(Error::internal)?;
+            page_of(&items, total)
+        }
+    }
+    .map_err(Error::internal)?;
     Ok((
         StatusCode::OK,
         [(
