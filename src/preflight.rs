@@ -131,6 +131,20 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
             demo_exposed(&config.listen.to_string()),
         ));
     }
+    // (A users_file whose users were refused is reported as its own problems.)
+    if config.users.is_empty()
+        && config.users_file.is_none()
+        && config.directory.is_none()
+        && config.oidc.is_none()
+    {
+        warnings.push(Problem::new(
+            &["users"],
+            "nobody can sign in: no [[users]], no users_file, no [directory] and no [oidc]; \
+             add one, e.g. poolgate user --file users.toml add alice --role admin and \
+             users_file = \"users.toml\""
+                .to_owned(),
+        ));
+    }
     warnings
 }
 
@@ -512,6 +526,24 @@ fn describe_provider(d: &crate::auth::oidc::Discovered, public_url: &str) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_nobody_can_sign_in_with_is_warned_of() {
+        let nobody = |config: &Config| {
+            warnings(config)
+                .iter()
+                .any(|w| w.message.starts_with("nobody can sign in"))
+        };
+        assert!(nobody(&Config::parse("", None).unwrap()));
+        assert!(!nobody(&Config::demo()), "the demo has users");
+        let directory = Config::parse(
+            "[directory]\nurl = \"ldaps://dc.example.com\"\nbind_dn = \"cn=pg\"\n\
+             user_base = \"dc=example,dc=com\"\nuser_filter = \"(uid={username})\"\n",
+            None,
+        )
+        .unwrap();
+        assert!(!nobody(&directory), "a directory signs people in");
+    }
 
     #[test]
     fn an_ip_address_as_public_url_serves_with_keys_off_and_a_warning() {
