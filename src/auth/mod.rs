@@ -327,27 +327,34 @@ impl Authenticator {
                 };
             }
             Err(directory::DirectoryError::Unavailable(why)) => {
-                self.metrics.directory_errors.inc();
-                // Every sign-in of a directory user fails while it is down: one line per
-                // period with the count, not one per attempt (the metric counts each).
-                static DOWN: LazyLock<RateLimitedLog> =
-                    LazyLock::new(|| RateLimitedLog::new(DIRECTORY_DOWN_LOG_EVERY));
-                if let Some(failed) = DOWN.hit() {
-                    tracing::warn!(error = %why, also_answered_503_since_last_line = failed - 1, "directory unavailable: a directory sign-in was answered 503");
-                }
+                self.directory_down(&why);
                 return (Verdict::NotAGuess, Err(Error::DirectoryUnavailable));
             }
         };
-        let record = match self.remember(&entry).await {
-            Ok(record) => record,
-            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
-        };
-        let secret = match self.store.directory_totp_get(record.id).await {
-            Ok(secret) => secret,
-            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
-        };
-        let user = Arc::new(User::from_directory(&record, secret.as_deref()));
-        self.second_factor(user, true, otp_code).await
+        match self.directory_user(&entry).await {
+            Ok(user) => self.second_factor(user, true, otp_code).await,
+            Err(e) => (Verdict::NotAGuess, Err(e)),
+        }
+    }
+
+    /// A directory that could not be asked, by a password or a passkey sign-in: counted, and
+    /// logged once per period with the count, not once per attempt (every sign-in of a
+    /// directory user fails while it is down).
+    fn directory_down(&self, why: &dyn std::fmt::Display) {
+        self.metrics.directory_errors.inc();
+        static DOWN: LazyLock<RateLimitedLog> =
+            LazyLock::new(|| RateLimitedLog::new(DIRECTORY_DOWN_LOG_EVERY));
+        if let Some(failed) = DOWN.hit() {
+            tracing::warn!(error = %why, also_answered_503_since_last_line = failed - 1, "directory unavailable: a directory sign-in was answered 503");
+        }
+    }
+
+    /// The person an entry the directory just gave stands for: their record kept (see
+    /// [`Authenticator::remember`]) and their one-time-code enrolment.
+    async fn directory_user(&self, entry: &directory::DirectoryEntry) -> Result<Arc<User>, Error> {
+        let record = self.remember(entry).await?;
+        let secret = self.store.directory_totp_get(record.id).await?;
+        Ok(Arc::new(User::from_directory(&record, secret.as_deref())))
     }
 
     /// Keeps what the directory says of a person: their record, for every instance to resolve

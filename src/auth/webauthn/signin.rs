@@ -260,23 +260,14 @@ impl Authenticator {
                 return (Verdict::NotAGuess, Err(Error::Disabled));
             }
             Err(e) => {
-                self.metrics.directory_errors.inc();
-                tracing::warn!(user = %user.username, error = %e, "directory unavailable: a passkey sign-in was answered 503");
+                self.directory_down(&e);
                 return (Verdict::NotAGuess, Err(Error::DirectoryUnavailable));
             }
         };
-        let record = match self.remember(&entry).await {
-            Ok(record) => record,
-            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
-        };
-        let secret = match self.store.directory_totp_get(record.id).await {
-            Ok(secret) => secret,
-            Err(e) => return (Verdict::NotAGuess, Err(e.into())),
-        };
-        finish(
-            Arc::new(User::from_directory(&record, secret.as_deref())),
-            true,
-        )
+        match self.directory_user(&entry).await {
+            Ok(user) => finish(user, true),
+            Err(e) => (Verdict::NotAGuess, Err(e)),
+        }
     }
 }
 
