@@ -95,11 +95,18 @@ macro_rules! methods {
                 })
             }
 
+            /// Each method runs in a future of its own, boxed: inline, every request's future
+            /// would be as large as the largest method's (8 KiB, moved into the socket loop's
+            /// box on every message), where one small allocation of the method's own size is
+            /// all a request needs.
             async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
                 match self {
                     $(Command::$variant($command) => {
-                        let $ctx = ctx;
-                        IntoReply::into_reply($apply)
+                        Box::pin(async move {
+                            let $ctx = ctx;
+                            IntoReply::into_reply($apply)
+                        })
+                        .await
                     })*
                 }
             }
@@ -198,15 +205,21 @@ pub async fn dispatch(
             "Unknown method {namespace}/{name}."
         )));
     };
-    // A hand-off done since the last request signs the socket in first.
-    ctx.conn.adopt_sso(ctx.state).await;
+    // A hand-off done since the last request signs the socket in first. (This and the two
+    // checks below are rare and their futures large — a store or a directory round trip —
+    // so each is boxed, keeping every request's own future small.)
+    Box::pin(ctx.conn.adopt_sso(ctx.state)).await;
     let ttl = ctx.state.auth.tokens.ttl();
     let auth = &ctx.state.auth;
     // Expired, revoked, past session_max_age, or — a directory user's, when its re-check is
     // due — no longer admitted by the directory.
     let ended = match ctx.conn.session.clone() {
-        Some(session) if !session.is_live(ttl) => !auth.tokens.still_live(&session).await?,
-        Some(session) if auth.recheck_due(&session) => !auth.session_confirmed(&session).await,
+        Some(session) if !session.is_live(ttl) => {
+            !Box::pin(auth.tokens.still_live(&session)).await?
+        }
+        Some(session) if auth.recheck_due(&session) => {
+            !Box::pin(auth.session_confirmed(&session)).await
+        }
         _ => false,
     };
     if ended {
@@ -304,5 +317,30 @@ mod tests {
             assert_eq!(METHOD_NAMES[index], method.name());
         }
         assert_eq!(Method::lookup("events", "auth"), None);
+    }
+}
+
+#[cfg(test)]
+mod future_sizes {
+    /// A request's future is moved into a box for every message a socket sends: the rare,
+    /// large parts (a directory re-check, a store round trip, each method's own work) are
+    /// boxed inside it, so it stays small. (It was 8 288 bytes before they were.)
+    #[tokio::test]
+    async fn a_requests_future_stays_small() {
+        let mut config = crate::config::Config::demo();
+        config.state = "memory".parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        let state = crate::state::AppState::new(config).await.unwrap();
+        let mut conn = super::conn::Conn::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            crate::events::Outbox::new(16),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let request = super::conn::handle_text(&state, &mut conn, "{}");
+        let size = std::mem::size_of_val(&request);
+        assert!(size <= 2048, "a request's future is {size} bytes");
     }
 }
