@@ -296,6 +296,18 @@ impl Browser {
         }
         self.click("#signin-button").await;
     }
+
+    /// Opens the portal, signs astravdi in (`keep`: "Keep me signed in") and waits for the
+    /// four pools.
+    async fn admin_with_pools(&self, app: &TestApp, keep: bool) {
+        self.client.goto(&app.url("/")).await.unwrap();
+        self.sign_in("astravdi", PASSWORD, keep).await;
+        self.until(
+            "document.querySelectorAll('#pools .pool').length == 4",
+            "astravdi's pools",
+        )
+        .await;
+    }
 }
 
 fn visible(id: &str) -> String {
@@ -543,13 +555,7 @@ async fn a_wrong_password_is_said_plainly(b: Browser) {
 /// (a hostile review found the link's renewal did).
 async fn an_expired_token_signs_the_page_out(b: Browser) {
     let app = portal_app(Some(Duration::from_secs(12))).await;
-    b.client.goto(&app.url("/")).await.unwrap();
-    b.sign_in("astravdi", PASSWORD, false).await;
-    b.until(
-        "document.querySelectorAll('#pools .pool').length == 4",
-        "astravdi's pools",
-    )
-    .await;
+    b.admin_with_pools(&app, false).await;
     b.click("#pools .pool .connect").await;
     b.until(
         "!document.querySelector('#pools .pool .guacamole').hidden",
@@ -576,13 +582,7 @@ async fn an_expired_token_signs_the_page_out(b: Browser) {
 
 async fn a_failed_step_is_shown_on_its_pool(b: Browser) {
     let app = TestApp::spawn_with(|c| fast_sim(c, helpers::FAIL, OK)).await;
-    b.client.goto(&app.url("/")).await.unwrap();
-    b.sign_in("astravdi", PASSWORD, false).await;
-    b.until(
-        "document.querySelectorAll('#pools .pool').length == 4",
-        "astravdi's pools",
-    )
-    .await;
+    b.admin_with_pools(&app, false).await;
     b.click("#pools .pool .connect").await;
     b.until(
         "!document.querySelector('#pools .pool .error').hidden",
@@ -615,13 +615,7 @@ async fn a_failed_step_counts_down_to_the_next_try(b: Browser) {
         c.failed_step_retry = Duration::from_secs(3);
     })
     .await;
-    b.client.goto(&app.url("/")).await.unwrap();
-    b.sign_in("astravdi", PASSWORD, false).await;
-    b.until(
-        "document.querySelectorAll('#pools .pool').length == 4",
-        "astravdi's pools",
-    )
-    .await;
+    b.admin_with_pools(&app, false).await;
     let error = "document.querySelector('#pools .pool .error')";
     let button = "document.querySelector('#pools .pool .connect')";
     b.click("#pools .pool .connect").await;
@@ -693,13 +687,7 @@ async fn keep_me_signed_in_reconnects_after_a_restart(b: Browser) {
         c.listen = format!("127.0.0.1:{port}").parse().unwrap();
     })
     .await;
-    b.client.goto(&app.url("/")).await.unwrap();
-    b.sign_in("astravdi", PASSWORD, true).await;
-    b.until(
-        "document.querySelectorAll('#pools .pool').length == 4",
-        "astravdi's pools",
-    )
-    .await;
+    b.admin_with_pools(&app, true).await;
     let config = app.stop_keeping_data().await;
     b.until(
         "document.getElementById('notice').textContent.endsWith('Reconnecting…')",
@@ -751,13 +739,7 @@ async fn keep_me_signed_in_reconnects_after_a_restart(b: Browser) {
 /// expired (`token_ttl`, 6 s here, after the last accepted message) and says so.
 async fn keep_me_signed_in_gives_up_when_the_token_would_have_expired(b: Browser) {
     let app = TestApp::spawn_with(|c| c.token_ttl = Duration::from_secs(6)).await;
-    b.client.goto(&app.url("/")).await.unwrap();
-    b.sign_in("astravdi", PASSWORD, true).await;
-    b.until(
-        "document.querySelectorAll('#pools .pool').length == 4",
-        "astravdi's pools",
-    )
-    .await;
+    b.admin_with_pools(&app, true).await;
     let stopped = Instant::now();
     app.stop().await;
     b.until(
