@@ -103,6 +103,10 @@ struct Args {
     /// delay measured is from one instance to the sockets on another.
     #[arg(long)]
     driver_url: Option<String>,
+    /// idle/broadcast: spread the sockets round-robin over this many 127.0.0.x source
+    /// addresses (default: 250 sockets per address).
+    #[arg(long)]
+    addresses: Option<usize>,
 }
 
 type Ws =
@@ -235,16 +239,18 @@ async fn main() -> anyhow::Result<()> {
 async fn open_signed_in(args: &Args, token: &str) -> anyhow::Result<Vec<Ws>> {
     let mut sockets = Vec::with_capacity(args.connections);
     let started = Instant::now();
-    for i in 0..args.connections {
+    for n in 0..args.connections {
+        // With `--addresses`, socket n comes from the (n mod addresses)-th address.
+        let i = args.addresses.map_or(n, |a| n % a.max(1) * 250);
         sockets.push(if args.mode == Mode::Broadcast {
             connect_from(&args.url, Some(source(i))).await?
         } else {
             signed_in(args, token, Some(source(i))).await?
         });
-        if i % 1000 == 999 {
+        if n % 1000 == 999 {
             eprint!(
                 "\r{} sockets open ({:.1} s)   ",
-                i + 1,
+                n + 1,
                 started.elapsed().as_secs_f64()
             );
         }

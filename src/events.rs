@@ -26,7 +26,8 @@ use crate::store::routing::{Routing, WatchGuard};
 /// An event's text on its way to the sockets: UTF-8 by construction (made from a `String` or
 /// a `&'static str` only), and reference-counted, so an event rendered once is shared by every
 /// socket it goes to. The hub knows no WebSocket library: the socket layer turns it into its
-/// library's text type.
+/// library's text type — without checking the UTF-8 again, so every constructor must take a
+/// `str` (or `String`), never bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Text(Bytes);
 

@@ -147,13 +147,17 @@ enum End {
 }
 
 /// Runs one upgraded socket until it ends. `open` builds the handler once the socket has its
-/// id, queue and kick token. (Arguments stay in the socket's future for its whole life: keep
-/// them few and small.)
-pub async fn serve<H: Handler>(
-    mut socket: WebSocket,
+/// id, queue and kick token.
+///
+/// The returned future is what every idle socket costs, so it is built to be small: not an
+/// `async fn` (whose arguments rustc stores twice, once as arguments and once as locals), and
+/// the set-up runs before it is made, so it holds only what the loop uses (not `open`, nor a
+/// second copy of the policy).
+pub fn serve<H: Handler>(
+    socket: WebSocket,
     state: AppState,
     open: impl FnOnce(&AppState, Link) -> H,
-) {
+) -> impl Future<Output = ()> {
     let policy = H::policy(&state.config);
     let conn_id = state.next_conn_id();
     state.metrics.connections_open.inc();
@@ -161,7 +165,7 @@ pub async fn serve<H: Handler>(
     // Events from elsewhere arrive here; the socket's own task writes them (no writer task).
     let outbox = Outbox::new(state.config.outbound_queue);
     let kick = state.shutdown.child_token();
-    let mut handler = open(
+    let handler = open(
         &state,
         Link {
             conn_id,
@@ -169,85 +173,100 @@ pub async fn serve<H: Handler>(
             kick: kick.clone(),
         },
     );
-
     socket
         .get_ref()
         .limit()
         .set(policy.message_limit(handler.signed_in()));
+    let clock = Clock::new(policy, Instant::now());
+    run(socket, state, handler, outbox, kick, clock, conn_id)
+}
 
-    let mut clock = Clock::new(policy, Instant::now());
-    // One timer serves every deadline (idle, grace, ping). It is re-armed only when it fires
-    // or a deadline moves earlier (a sign-out), so a message costs no timer or waiter
-    // registration: the idle deadline moves with `last_seen` and is checked when it fires.
-    let timer = sleep_until(clock.next());
-    let stop = kick.cancelled();
-    let queued = outbox.ready();
-    tokio::pin!(timer, stop, queued);
+/// The socket's loop, from its first read to the close handshake (see [`serve`]).
+// Not an `async fn`, for the reason given at `serve`.
+#[allow(clippy::manual_async_fn)]
+fn run<H: Handler>(
+    mut socket: WebSocket,
+    state: AppState,
+    mut handler: H,
+    outbox: Arc<Outbox>,
+    kick: CancellationToken,
+    mut clock: Clock,
+    conn_id: u64,
+) -> impl Future<Output = ()> {
+    async move {
+        // One timer serves every deadline (idle, grace, ping). It is re-armed only when it fires
+        // or a deadline moves earlier (a sign-out), so a message costs no timer or waiter
+        // registration: the idle deadline moves with `last_seen` and is checked when it fires.
+        let timer = sleep_until(clock.next());
+        let stop = kick.cancelled();
+        let queued = outbox.ready();
+        tokio::pin!(timer, stop, queued);
 
-    let end = loop {
-        let outcome = tokio::select! {
-            biased;
-            _ = &mut stop => break stopped(&state),
-            _ = &mut timer => {
-                let due = clock.fired(Instant::now(), || handler.alive());
-                timer.as_mut().reset(clock.next());
-                match due {
-                    Err(end) => break end,
-                    // An empty text frame would confuse clients; a ping is answered by any stack.
-                    Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox, &kick)).await,
-                    Ok(false) => continue,
-                }
-            }
-            _ = &mut queued => {
-                queued.set(outbox.ready());
-                Box::pin(write(&mut socket, None, &outbox, &kick)).await
-            }
-            frame = socket.next() => {
-                clock.last_seen = Instant::now();
-                let reply = match frame {
-                    None => break End::Gone,
-                    Some(Ok(Message::Text(text))) if text.len() > clock.policy.max_frame => {
-                        handler.refusal(&Error::FrameTooLarge { limit: clock.policy.max_frame })
-                    }
-                    // Boxed: the request's future (the largest method's state) lives only while a
-                    // request runs, instead of inside every idle connection's future.
-                    // A request that is still running at shutdown (a provisioner that hangs,
-                    // a store that does not answer) is dropped: the socket closes with 1001 now
-                    // rather than when, or if, the request ends.
-                    Some(Ok(Message::Text(text))) => {
-                        let request = Box::pin(handler.text(&state, &text));
-                        match futures_util::future::select(request, stop.as_mut()).await {
-                            Either::Left((reply, _)) => reply,
-                            Either::Right(_) => break stopped(&state),
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => handler.refusal(&Error::bad_request(
-                        "Binary frames are not supported; send JSON in text frames.",
-                    )),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_))) => break End::Gone,
-                    Some(Err(err)) => break Box::pin(last_words(&mut socket, transport_error(err, &handler))).await,
-                };
-                let Some(reply) = reply else { continue };
-                // Boxed, like the request: the write's state lives only while it runs.
-                let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, &kick)).await;
-                handler.replied(&state);
-                let signed_in = handler.signed_in();
-                // Read before the next frame is: a sign-in raises the limit, a sign-out lowers it.
-                socket.get_ref().limit().set(clock.policy.message_limit(signed_in));
-                if clock.signed_in(signed_in) {
+        let end = loop {
+            let outcome = tokio::select! {
+                biased;
+                _ = &mut stop => break stopped(&state),
+                _ = &mut timer => {
+                    let due = clock.fired(Instant::now(), || handler.alive());
                     timer.as_mut().reset(clock.next());
+                    match due {
+                        Err(end) => break end,
+                        // An empty text frame would confuse clients; a ping is answered by any stack.
+                        Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox, &kick)).await,
+                        Ok(false) => continue,
+                    }
                 }
-                outcome
+                _ = &mut queued => {
+                    queued.set(outbox.ready());
+                    Box::pin(write(&mut socket, None, &outbox, &kick)).await
+                }
+                frame = socket.next() => {
+                    clock.last_seen = Instant::now();
+                    let reply = match frame {
+                        None => break End::Gone,
+                        Some(Ok(Message::Text(text))) if text.len() > clock.policy.max_frame => {
+                            handler.refusal(&Error::FrameTooLarge { limit: clock.policy.max_frame })
+                        }
+                        // Boxed: the request's future (the largest method's state) lives only while a
+                        // request runs, instead of inside every idle connection's future.
+                        // A request that is still running at shutdown (a provisioner that hangs,
+                        // a store that does not answer) is dropped: the socket closes with 1001 now
+                        // rather than when, or if, the request ends.
+                        Some(Ok(Message::Text(text))) => {
+                            let request = Box::pin(handler.text(&state, &text));
+                            match futures_util::future::select(request, stop.as_mut()).await {
+                                Either::Left((reply, _)) => reply,
+                                Either::Right(_) => break stopped(&state),
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => handler.refusal(&Error::bad_request(
+                            "Binary frames are not supported; send JSON in text frames.",
+                        )),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                        Some(Ok(Message::Close(_))) => break End::Gone,
+                        Some(Err(err)) => break Box::pin(last_words(&mut socket, transport_error(err, &handler))).await,
+                    };
+                    let Some(reply) = reply else { continue };
+                    // Boxed, like the request: the write's state lives only while it runs.
+                    let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, &kick)).await;
+                    handler.replied(&state);
+                    let signed_in = handler.signed_in();
+                    // Read before the next frame is: a sign-in raises the limit, a sign-out lowers it.
+                    socket.get_ref().limit().set(clock.policy.message_limit(signed_in));
+                    if clock.signed_in(signed_in) {
+                        timer.as_mut().reset(clock.next());
+                    }
+                    outcome
+                }
+            };
+            if let Err(end) = outcome {
+                break end;
             }
         };
-        if let Err(end) = outcome {
-            break end;
-        }
-    };
 
-    handler.close(&state);
-    Box::pin(finish(&mut socket, end, &state, conn_id, H::KIND)).await;
+        handler.close(&state);
+        Box::pin(finish(&mut socket, end, &state, conn_id, H::KIND)).await;
+    }
 }
 
 /// The socket's loop ended and its handler was told: the close handshake runs when we close,
@@ -399,10 +418,15 @@ async fn close_handshake(socket: &mut WebSocket, close: Message, state: &AppStat
     let _ = tokio::time::timeout(CLOSE_LINGER, answered).await;
 }
 
-/// An event's text as tungstenite's: it was UTF-8 when made ([`crate::events::Text`]), so the
-/// check cannot fail.
+/// An event's or a reply's text as tungstenite's, without checking it again: a
+/// [`crate::events::Text`] is made only from a `String` or a `&'static str` (its field is
+/// private), so it is UTF-8. The check this skips read every byte of every reply again (a
+/// `pools` listing: ~400 of the ~12 000 instructions of a request; docs/benchmarks.md).
 fn utf8(text: crate::events::Text) -> Utf8Bytes {
-    Utf8Bytes::try_from(text.into_bytes()).expect("event text is made from a str")
+    let bytes = text.into_bytes();
+    debug_assert!(std::str::from_utf8(&bytes).is_ok());
+    // SAFETY: `Text` is UTF-8 by construction (above); `from_bytes_unchecked` needs only that.
+    unsafe { Utf8Bytes::from_bytes_unchecked(bytes) }
 }
 
 fn message(frame: Frame) -> Message {

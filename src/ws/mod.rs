@@ -17,11 +17,13 @@ use axum::routing::{MethodRouter, get};
 use crate::state::AppState;
 use connection::{Handler, Link};
 
-/// Read buffer per socket (2 KiB). tungstenite's default (128 KiB) costs that much RSS per
-/// idle socket and halves small-message throughput (tungstenite-rs#480); our messages are
-/// small. With it an idle signed-in socket costs about 5.0–5.7 KiB of server RSS in all
-/// (bench/RESULTS.md, bench/compare.sh); a 4 KiB buffer cost 2 KiB more.
-pub const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// Read buffer per socket (512 bytes): what an idle socket holds between messages, so it is
+/// as small as our requests are (a `pools` or `task` request is under 100 bytes; a longer
+/// message is read in 512-byte steps into a buffer grown to its announced length).
+/// tungstenite's default (128 KiB) costs that much RSS per idle socket and halves
+/// small-message throughput (tungstenite-rs#480); 2 KiB cost 1.5 KiB more per idle socket
+/// than this (docs/benchmarks.md, "Idle sockets").
+pub const READ_BUFFER_BYTES: usize = 512;
 /// Write buffer per socket (frames are flushed when the outbound queue drains).
 pub const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
@@ -69,12 +71,7 @@ fn accept<H: Handler + 'static>(
     // The loop sets the limit it needs before its first read; until then, the smallest.
     let limit = upgrade::MessageLimit::new(policy.max_message_before_auth);
     let tracker = state.tracker.clone();
-    ws.accept(
-        config(policy.max_message),
-        limit,
-        move |socket| {
-            tracker.spawn(socket);
-        },
-        move |socket| connection::serve(socket, state, open),
-    )
+    ws.accept(config(policy.max_message), limit, &tracker, move |socket| {
+        connection::serve(socket, state, open)
+    })
 }

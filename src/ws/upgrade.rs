@@ -30,6 +30,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 /// An upgraded poolgate socket.
@@ -110,27 +111,31 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 }
 
 impl Upgrade {
-    /// The 101 answer; once it is written, `open` gets the socket (on a task of its own that
-    /// `spawn` starts), read through a [`Guarded`] stream with `limit`.
+    /// The 101 answer; once it is written, the socket (read through a [`Guarded`] stream with
+    /// `limit`) is given to `open`, whose future runs as a task of its own on `tracker`. That
+    /// task holds only `open`'s future: the handshake's state (the pending upgrade, the
+    /// settings, `open` itself) ends with the short task that waits for the upgrade, instead of
+    /// staying in every idle socket's memory.
     pub fn accept<F>(
         self,
         config: WebSocketConfig,
         limit: Arc<MessageLimit>,
-        spawn: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>),
+        tracker: &TaskTracker,
         open: impl FnOnce(Socket) -> F + Send + 'static,
     ) -> Response
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        spawn(Box::pin(async move {
+        let serving = tracker.clone();
+        tracker.spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
             let stream = Guarded::new(TokioIo::new(upgraded), limit);
             let socket = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
-            open(socket).await;
-        }));
+            serving.spawn(open(socket));
+        });
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
