@@ -2178,6 +2178,7 @@ macro_rules! backend_cases {
                 the_rest_login_takes_a_key,
                 refused_key_answers_count_toward_the_lockout,
                 concurrent_removals_never_take_the_last_key,
+                audit_events_are_ranged_filtered_paged_and_swept,
             ],
             durable: [
                 state_survives_a_restart,
@@ -2186,4 +2187,126 @@ macro_rules! backend_cases {
             ],
         }
     };
+}
+
+// ---- The audit log: the store's part, then the app's over real sockets ----
+
+/// The audit clock's start in these cases: 2026-01-01T00:00:00Z.
+const AUDIT_T0: u64 = 1_767_225_600_000;
+
+fn audit_event(ts_ms: u64, user: &str, event: &str) -> poolgate::domain::AuditEvent {
+    poolgate::domain::AuditEvent {
+        id: poolgate::domain::audit::new_id(ts_ms, rand_tail()),
+        ts: String::new(),
+        event: event.into(),
+        user: Some(user.into()),
+        actor: None,
+        ip: Some("192.0.2.7".into()),
+        instance: "test/00000000".into(),
+        transport: "ws".into(),
+        method: Some("rpc/auth".into()),
+        outcome: "ok".into(),
+        code: None,
+        pool: None,
+        detail: None,
+    }
+}
+
+fn rand_tail() -> u64 {
+    u64::from_be_bytes(Uuid::new_v4().as_bytes()[..8].try_into().unwrap())
+}
+
+fn audit_query(since_ms: u64, until_ms: u64) -> poolgate::domain::AuditQuery {
+    poolgate::domain::AuditQuery {
+        since_ms,
+        until_ms,
+        user: None,
+        event: None,
+        limit: 1000,
+        after: None,
+        newest_first: true,
+    }
+}
+
+/// Audit events are kept by id (time order), ranged, filtered by user and event, paged by
+/// cursor either way, and swept before a cutoff.
+pub async fn audit_events_are_ranged_filtered_paged_and_swept(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let ts = |i: u64| AUDIT_T0 + i * 1000;
+    let names = ["alice", "bob", "carol"];
+    let mut all = Vec::new();
+    for i in 0..30u64 {
+        let kind = if i % 2 == 0 { "sign_in" } else { "connect" };
+        let e = audit_event(ts(i), names[i as usize % 3], kind);
+        s.audit_append(&e).await.unwrap();
+        all.push(e);
+    }
+    // Two events in one millisecond are both kept.
+    let twin = audit_event(ts(29), "alice", "connect");
+    s.audit_append(&twin).await.unwrap();
+    all.push(twin);
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let newest = s.audit_query(&audit_query(0, u64::MAX / 2)).await.unwrap();
+    let mut expected: Vec<_> = all.iter().rev().cloned().collect();
+    assert_eq!(newest, expected, "everything, newest first");
+
+    let mut q = audit_query(ts(5), ts(10));
+    q.newest_first = false;
+    let range = s.audit_query(&q).await.unwrap();
+    assert_eq!(
+        range,
+        all[5..10].to_vec(),
+        "since inclusive, until exclusive"
+    );
+
+    let mut q = audit_query(0, ts(100));
+    q.user = Some("alice".into());
+    q.event = Some("sign_in".into());
+    let ids: Vec<u64> = s
+        .audit_query(&q)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.ts_ms() - AUDIT_T0) / 1000)
+        .collect();
+    assert_eq!(ids, [24, 18, 12, 6, 0]);
+
+    // Pages of 3 of bob's events, either way, by cursor: every one once, in order.
+    for newest_first in [true, false] {
+        let mut q = audit_query(0, ts(100));
+        q.user = Some("bob".into());
+        q.limit = 3;
+        q.newest_first = newest_first;
+        let mut seen = Vec::new();
+        loop {
+            let page = s.audit_query(&q).await.unwrap();
+            assert!(page.len() <= 3);
+            seen.extend(page.iter().cloned());
+            if page.len() < 3 {
+                break;
+            }
+            q.after = Some(page.last().unwrap().id.clone());
+        }
+        expected = all
+            .iter()
+            .filter(|e| e.user.as_deref() == Some("bob"))
+            .cloned()
+            .collect();
+        if newest_first {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "newest_first {newest_first}");
+    }
+
+    assert_eq!(s.audit_sweep(ts(10)).await.unwrap(), 10);
+    let left = s.audit_query(&audit_query(0, ts(100))).await.unwrap();
+    assert_eq!(left.len(), 21);
+    assert_eq!(
+        left.last().unwrap().ts_ms(),
+        ts(10),
+        "one at the cutoff stays"
+    );
+    assert_eq!(s.audit_sweep(ts(10)).await.unwrap(), 0);
 }
