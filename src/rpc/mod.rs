@@ -18,6 +18,7 @@ mod launcher;
 mod otp_verify;
 mod pool_request;
 mod pools;
+mod record;
 mod task;
 mod tasks;
 
@@ -178,6 +179,7 @@ methods! {
     AdminReset    = "rpc" / "admin_reset",        signed_in, admin::Reset              => |c, ctx| c.apply(ctx).await,
     AdminTotp     = "rpc" / "admin_totp",         signed_in, admin::Totp               => |c, ctx| c.apply(ctx).await,
     AdminUnpinSso = "rpc" / "admin_unpin_sso",    signed_in, admin::UnpinSso           => |c, ctx| c.apply(ctx).await,
+    AdminAudit    = "rpc" / "admin_audit",        signed_in, admin::AuditQuery         => |c, ctx| c.apply(ctx).await,
     WebauthnBegin = "rpc" / "webauthn_begin",     public,    ()                        => |_, ctx| keys::begin(ctx).await,
     WebauthnVerify = "rpc" / "webauthn_verify",   public,    keys::Verify              => |c, ctx| c.apply(ctx).await,
     KeyRegBegin   = "rpc" / "key_register_begin", public,    keys::RegisterBegin       => |c, ctx| c.apply(ctx).await,
@@ -208,7 +210,9 @@ pub async fn dispatch(
     // A hand-off done since the last request signs the socket in first. (This and the two
     // checks below are rare and their futures large — a store or a directory round trip —
     // so each is boxed, keeping every request's own future small.)
-    Box::pin(ctx.conn.adopt_sso(ctx.state)).await;
+    if Box::pin(ctx.conn.adopt_sso(ctx.state)).await {
+        record::adopted(ctx);
+    }
     let ttl = ctx.state.auth.tokens.ttl();
     let auth = &ctx.state.auth;
     // Expired, revoked, past session_max_age, or — a directory user's, when its re-check is
@@ -231,7 +235,12 @@ pub async fn dispatch(
     if !method.is_public() && ctx.conn.session.is_none() {
         return Err(Error::Unauthenticated);
     }
-    let result = Command::parse(method, args)?.apply(ctx).await;
+    let before = record::before(ctx, method);
+    let result = match Command::parse(method, args) {
+        Ok(command) => command.apply(ctx).await,
+        Err(e) => Err(e),
+    };
+    record::after(ctx, method, args, before, &result);
     if result.is_ok()
         && let Some(session) = &ctx.conn.session
     {
