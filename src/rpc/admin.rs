@@ -45,7 +45,7 @@ pub(super) fn require_viewer(ctx: &Ctx<'_>) -> Result<(), Error> {
 
 /// An auditor: the role (a local user's `auditor = true`), or a group of `auditor_groups` —
 /// a directory user's compared as DNs, as `admin_groups` are; a provider's exactly.
-fn is_auditor(ctx: &Ctx<'_>, user: &User) -> bool {
+pub(super) fn is_auditor(ctx: &Ctx<'_>, user: &User) -> bool {
     user.is_auditor(&ctx.state.config.auditor_groups)
 }
 
@@ -178,6 +178,7 @@ async fn task_views(ctx: &Ctx<'_>, tasks: &[Task]) -> Result<Vec<Value>, Error> 
             let mut v = serde_json::to_value(task).unwrap_or_default();
             v["user_id"] = json!(task.user_id);
             v["username"] = json!(names.get(&task.user_id));
+            v["pool"] = json!(ctx.state.pools.pool_name(task.pool_id));
             v
         })
         .collect())
@@ -430,4 +431,16 @@ impl AuditQuery {
             "until": rfc3339_ms(until_ms),
         }))
     }
+}
+
+/// `rpc/me` → `{"username", "roles"}`: who the socket is signed in as, with the roles in force
+/// — `auditor` included when a group of `auditor_groups` makes them one — so that a client
+/// shows only what the user may use (the portal's Activity page).
+pub fn me(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+    let user = user(ctx)?;
+    let mut roles = user.roles.clone();
+    if !roles.iter().any(|r| r == crate::auth::users::AUDITOR) && is_auditor(ctx, user) {
+        roles.push(crate::auth::users::AUDITOR.to_owned());
+    }
+    Ok(json!({"username": user.username, "roles": roles}))
 }

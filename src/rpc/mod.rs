@@ -172,6 +172,7 @@ methods! {
     Launcher      = "rpc" / "launcher",           signed_in, launcher::LauncherRequest => |c, ctx| c.apply(ctx).await,
     Task          = "rpc" / "task",               signed_in, task::TaskLookup          => |c, ctx| c.apply(ctx).await,
     Tasks         = "rpc" / "tasks",              signed_in, ()                        => |_, ctx| tasks::Tasks.apply(ctx).await,
+    Me            = "rpc" / "me",                 signed_in, ()                        => |_, ctx| admin::me(ctx),
     AdminSessions = "rpc" / "admin_sessions",     signed_in, ()                        => |_, ctx| admin::sessions(ctx).await,
     AdminRevoke   = "rpc" / "admin_revoke",       signed_in, admin::Revoke             => |c, ctx| c.apply(ctx).await,
     AdminTasks    = "rpc" / "admin_tasks",        signed_in, ()                        => |_, ctx| admin::tasks(ctx).await,
