@@ -90,14 +90,12 @@ impl Conn {
     /// Signs the connection out locally (the token itself is untouched). Events queued for
     /// the old sign-in and not yet written are dropped: none reaches whoever signs in next.
     /// Binds the session a finished hand-off brought, if one did (at the socket's next request).
-    /// Whether it did.
-    pub async fn adopt_sso(&mut self, state: &AppState) -> bool {
+    pub async fn adopt_sso(&mut self, state: &AppState) {
         let Some(session) = self.sso.as_ref().and_then(|w| w.take_session()) else {
-            return false;
+            return;
         };
         self.sso = None;
         self.set_session(state, session).await;
-        true
     }
 
     /// Whether the socket is signed in, or waits for a hand-off that may still sign it in.

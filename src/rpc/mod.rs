@@ -211,9 +211,7 @@ pub async fn dispatch(
     // A hand-off done since the last request signs the socket in first. (This and the two
     // checks below are rare and their futures large — a store or a directory round trip —
     // so each is boxed, keeping every request's own future small.)
-    if Box::pin(ctx.conn.adopt_sso(ctx.state)).await {
-        record::adopted(ctx);
-    }
+    Box::pin(ctx.conn.adopt_sso(ctx.state)).await;
     let ttl = ctx.state.auth.tokens.ttl();
     let auth = &ctx.state.auth;
     // Expired, revoked, past session_max_age, or — a directory user's, when its re-check is

@@ -1,7 +1,8 @@
 //! What the audit log records of the RPC socket's methods, once, after each call
 //! ([`after`]): every sign-in method's outcome, sign-outs, and the admin methods (those that
 //! change something always; the read-only ones when refused). Connections handed out are
-//! recorded by `connect_info` itself, releases by the pools.
+//! recorded by `connect_info` itself, a thin client's single sign-on hand-off by the task that
+//! waits for it (`auth_sso`), releases by the pools.
 //!
 //! Nothing of a request's secrets reaches an event: a refusal's message is the error's own
 //! (never an echo of the arguments: a malformed request is "Invalid arguments."), and of an
@@ -203,18 +204,6 @@ pub(super) fn after(
                 Err(error) => e.failed(error.code(), message(error)),
             });
         }
-    }
-}
-
-/// A sign-in a single sign-on hand-off brought (`auth_sso`), bound at the socket's next
-/// request.
-pub(super) fn adopted(ctx: &Ctx<'_>) {
-    if let Some(session) = &ctx.conn.session {
-        ctx.state.audit.record(
-            entry(ctx, "sign_in", Method::AuthSso)
-                .user(session.user.username.clone())
-                .detail("sso"),
-        );
     }
 }
 
