@@ -384,6 +384,32 @@ pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    /// The writer cannot run while the test records (one thread, no await): the queue fills,
+    /// and every event past it is counted and left out of the store — without `record` ever
+    /// waiting.
+    #[tokio::test]
+    async fn recording_never_waits_and_a_full_queue_costs_only_the_stores_copy() {
+        let (sink, _bus) = mpsc::unbounded_channel();
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new(sink));
+        let log = AuditLog::new(store.clone(), "test/0".into(), Duration::from_secs(60));
+        for i in 0..QUEUE + 10 {
+            log.record(Entry::new("sign_in", Transport::Ws).user(format!("u{i}")));
+        }
+        assert_eq!(log.dropped(), 10);
+        let all = AuditQuery {
+            since_ms: 0,
+            until_ms: u64::MAX / 2,
+            user: None,
+            event: None,
+            limit: 2 * QUEUE,
+            after: None,
+            newest_first: false,
+        };
+        let kept = log.query(&all).await.unwrap();
+        assert_eq!(kept.len(), QUEUE);
+        assert_eq!(kept[0].user.as_deref(), Some("u0"), "in the order recorded");
+    }
+
     #[test]
     fn times_are_rfc3339_or_spans_back_from_now() {
         let now = 10 * 86_400_000;
