@@ -480,3 +480,37 @@ pub async fn admin(
     }
     Ok(reply["args"].clone())
 }
+
+/// Signs in and calls a paged admin method (`admin_audit`) until its last page, handing each
+/// item of each page's `events` to `each`; after the first page the calls carry the range the
+/// server resolved (`since`, `until`) and the page's `cursor`. Stops early when `each` says
+/// so (false).
+pub async fn admin_pages(
+    server: &str,
+    login: &Login,
+    method: &str,
+    mut args: Value,
+    mut each: impl FnMut(&Value) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let ws = open(server, login.ca_file.as_deref()).await?;
+    let mut s = Session { ws, next_id: 0 };
+    sign_in(&mut s, login).await?;
+    loop {
+        let reply = s.call(method, args.clone(), |_| {}).await?;
+        if let Some((code, message)) = error_of(&reply) {
+            bail!("{method} refused ({code}): {message}");
+        }
+        let page = &reply["args"];
+        for item in page["events"].as_array().into_iter().flatten() {
+            if !each(item)? {
+                return Ok(());
+            }
+        }
+        let Some(cursor) = page["cursor"].as_str() else {
+            return Ok(());
+        };
+        args["cursor"] = cursor.into();
+        args["since"] = page["since"].clone();
+        args["until"] = page["until"].clone();
+    }
+}

@@ -84,6 +84,10 @@ pub enum Error {
     /// An admin method called without the `admin` role (403, `err_code` 900).
     #[error("Admin role required.")]
     AdminRequired,
+    /// A method that changes something, called by an auditor (403, `err_code` 900): auditors
+    /// look, they change nothing.
+    #[error("Admin role required: an auditor may look but change nothing.")]
+    AuditorReadOnly,
     /// Step 1 refused: the pool cannot give this user a machine now, e.g. while a failed step
     /// 1 holds it back (the mock's 403, `err_code` 800). `retry_after`: seconds until the pool
     /// may be asked again (`failed_step_retry` after the failure), when that is known.
@@ -179,6 +183,7 @@ impl Error {
             Error::Disabled
             | Error::InsufficientPermissions
             | Error::AdminRequired
+            | Error::AuditorReadOnly
             | Error::PoolCannotExpand { .. } => 403,
             Error::NotFound(_) => 404,
             Error::NoEligibleMachine | Error::Conflict(_) => 409,
@@ -195,7 +200,9 @@ impl Error {
     pub fn err_code(&self) -> Option<u32> {
         match self {
             Error::InvalidCredentials => Some(ERR_CODE_DEFAULT),
-            Error::InsufficientPermissions | Error::AdminRequired => Some(900),
+            Error::InsufficientPermissions | Error::AdminRequired | Error::AuditorReadOnly => {
+                Some(900)
+            }
             Error::PoolCannotExpand { .. } => Some(800),
             Error::NoEligibleMachine => Some(801),
             Error::InvalidOtp => Some(103),

@@ -8,7 +8,7 @@
 //! 1. `domain`, `files`, `telemetry`, `limits`, `http`, `tls`, `proxy_protocol`, `process` — plain
 //!    types and plumbing
 //! 2. `store`, `error`, `envelope` — durable state, errors with wire codes, the envelope
-//! 3. `auth`, `provision`, `events`, `metrics`, `admission` — the domain's services
+//! 3. `auth`, `provision`, `events`, `metrics`, `admission`, `audit` — the domain's services
 //! 4. `pools` — the step rules and the task runner
 //! 5. `config`, `state` — settings composed from each layer's own, and the wired state
 //! 6. `rpc`, `rest`, `portal` — the handlers of both transports, calling the same domain
@@ -22,6 +22,7 @@
 //! the sockets.
 pub mod admission;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;

@@ -87,6 +87,8 @@ pub struct Metrics {
     bus_received: Counter,
     bus_shed: Counter,
     bus_watched_users: Gauge,
+    /// Audit events that reached the log but not the state store (sampled).
+    audit_not_stored: Counter,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,7 @@ impl Default for Metrics {
             bus_received: Counter::default(),
             bus_shed: Counter::default(),
             bus_watched_users: Gauge::default(),
+            audit_not_stored: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -173,23 +176,33 @@ impl Default for Metrics {
             "Directory lookups made to re-check directory users' sessions",
             m.directory_rechecks.clone(),
         );
-        registry.register(
-            "bus_messages_received",
-            "Messages this instance received on the shared store's event bus",
-            m.bus_received.clone(),
-        );
-        registry.register(
-            "bus_events_shed",
-            "Events not published because the shared store could not keep up",
-            m.bus_shed.clone(),
-        );
-        registry.register(
-            "bus_watched_users",
-            "Users whose event channel this instance hears (those with a socket here)",
-            m.bus_watched_users.clone(),
-        );
+        register_store(&mut registry, &m);
         Metrics { registry, ..m }
     }
+}
+
+/// The store's own metrics: its bus (sampled) and the audit events it did not take.
+fn register_store(registry: &mut Registry, m: &Metrics) {
+    registry.register(
+        "bus_messages_received",
+        "Messages this instance received on the shared store's event bus",
+        m.bus_received.clone(),
+    );
+    registry.register(
+        "bus_events_shed",
+        "Events not published because the shared store could not keep up",
+        m.bus_shed.clone(),
+    );
+    registry.register(
+        "bus_watched_users",
+        "Users whose event channel this instance hears (those with a socket here)",
+        m.bus_watched_users.clone(),
+    );
+    registry.register(
+        "audit_events_not_stored",
+        "Audit events that reached the log but not the state store (a full queue or a store error)",
+        m.audit_not_stored.clone(),
+    );
 }
 
 /// Gauges sampled from the rest of the application when metrics are scraped.
@@ -201,6 +214,8 @@ pub struct Sampled {
     /// The shared store's bus: messages received, events shed, users watched (zero without
     /// a shared store).
     pub bus: (u64, u64, usize),
+    /// Audit events that reached the log but not the store, since start.
+    pub audit_not_stored: u64,
 }
 
 impl Metrics {
@@ -266,6 +281,10 @@ impl Metrics {
             .inner()
             .store(shed, std::sync::atomic::Ordering::Relaxed);
         self.bus_watched_users.set(watched as i64);
+        self.audit_not_stored.inner().store(
+            sampled.audit_not_stored,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)

@@ -30,6 +30,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
     pub pools: Pools,
+    /// The audit log ([`crate::audit`]).
+    pub audit: Arc<crate::audit::AuditLog>,
     pub events: Arc<EventHub>,
     pub metrics: Arc<Metrics>,
     /// One slot per accepted connection (`max_connections`, `max_connections_per_address`),
@@ -152,6 +154,7 @@ impl AppState {
         let tracker = TaskTracker::new();
         let events = Arc::new(EventHub::default());
         events.attach(&store);
+        let (instance, audit) = audit_log(&config, &store);
         let pools = Pools::new(
             &config.pools,
             PoolsDeps {
@@ -163,6 +166,8 @@ impl AppState {
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
                 drained: drained.clone(),
+                audit: audit.clone(),
+                instance,
             },
             timings(&config),
         )?;
@@ -174,6 +179,7 @@ impl AppState {
             ),
             auth,
             pools,
+            audit,
             events,
             metrics: metrics.clone(),
             shutdown,
@@ -198,6 +204,7 @@ impl AppState {
             .take()
             .ok_or_else(|| anyhow::anyhow!("AppState::start called twice"))?;
         self.tracker.spawn(dispatch_bus(self.clone(), bus));
+        tracing::info!(instance = %self.audit.instance(), "audit events of this instance name it so");
         if let Some(mut resumed) = self.store.router().and_then(|r| r.take_resumed()) {
             // A user heard again after a lost connection: their sockets catch up on what was
             // published meanwhile.
@@ -351,6 +358,19 @@ fn authenticator(
             .zip(config.public_url.clone())
             .map(|(settings, public_url)| crate::auth::sso::Sso::new(settings, public_url)),
     }
+}
+
+/// This process's instance id — it names the instance in task leases and, after the host
+/// name, in audit events — and its audit log.
+fn audit_log(config: &Config, store: &Arc<dyn Store>) -> (String, Arc<crate::audit::AuditLog>) {
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let host = gethostname::gethostname();
+    let audit = crate::audit::AuditLog::new(
+        store.clone(),
+        format!("{}/{}", host.to_string_lossy(), &instance[..8]),
+        config.audit_retention,
+    );
+    (instance, Arc::new(audit))
 }
 
 /// The token that says running tasks have had their time: cancelled `drain` after

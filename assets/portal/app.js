@@ -151,6 +151,9 @@ const state = {
   holds: new Map(),  // pool id -> the countdown until a failed step 1 may be retried
   expiryTimer: null,
   reconnect: null,   // the pending try to sign in again after the connection was lost
+  activityTimer: null, // reads the Activity page again while it is shown
+  activity: null,    // what the Activity page last read: {sessions, tasks, events}
+  touched: 0,        // when the person last clicked, typed or touched the page
 };
 
 const rpc = new Rpc(onEvent, onClose);
@@ -229,6 +232,7 @@ function notice(text) {
 
 function showSignIn(message) {
   $("pools-view").hidden = true;
+  $("activity-view").hidden = true;
   $("keys-view").hidden = true;
   $("enroll-view").hidden = true;
   $("account").hidden = true;
@@ -269,10 +273,14 @@ async function signedIn([token, ttl], keep) {
   state.expiryTimer = setInterval(checkExpiry, 1000);
   checkExpiry();
   await loadPools();
+  await offerActivity();
 }
 
 function signedOut(reason) {
   clearInterval(state.expiryTimer);
+  stopActivity();
+  $("activity-button").hidden = true;
+  delete $("activity-button").dataset.offered;
   clearTimeout(state.reconnect);
   state.reconnect = null;
   state.token = null;
@@ -818,13 +826,17 @@ function keysStatus(text) {
 }
 
 function showPools() {
+  stopActivity();
   $("keys-view").hidden = true;
+  $("activity-view").hidden = true;
   $("pools-view").hidden = false;
 }
 
 async function showKeys() {
   keysError("");
   keysStatus("");
+  stopActivity();
+  $("activity-view").hidden = true;
   $("pools-view").hidden = true;
   $("keys-view").hidden = false;
   showKeyNote("addkey-note");
@@ -870,6 +882,126 @@ async function removeKey(key, button) {
   } finally {
     button.disabled = false;
   }
+}
+
+// ---- activity (admins and auditors) --------------------------------------------------
+
+const TASK_KIND_LABEL = { POOL_EXPAND: "Getting a machine", GLINT_START: "Starting the desktop" };
+const TASK_STATUS_LABEL = { PENDING: "Waiting", RUNNING: "Running", COMPLETED: "Done", FAILED: "Failed", CANCELLED: "Cancelled" };
+const ACTIVITY_EVERY_MS = 5000;
+const whenExact = (rfc3339) => new Date(rfc3339).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+/** The Activity button, for the roles that may see it (`rpc/me`). */
+async function offerActivity() {
+  try {
+    const me = await authed("me", {});
+    const may = me.roles.some((r) => r === "admin" || r === "auditor");
+    $("activity-button").hidden = !may;
+    $("activity-button").dataset.offered = may ? "yes" : "no";
+  } catch { $("activity-button").hidden = true; }
+}
+
+function activityError(text) {
+  $("activity-error").textContent = text || "";
+  $("activity-error").hidden = !text;
+}
+
+function stopActivity() {
+  clearInterval(state.activityTimer);
+  state.activityTimer = null;
+}
+
+/** How long the Activity page reads again by itself after the person last touched the page:
+ * a minute, or half the token's inactivity lifetime if that is shorter. Each read is a
+ * request that keeps the session alive, so an unattended page must stop making them. */
+const activityIdleMs = () => Math.min(60000, (state.ttl * 1000) / 2);
+
+async function showActivity() {
+  $("pools-view").hidden = true;
+  $("keys-view").hidden = true;
+  $("activity-view").hidden = false;
+  activityError("");
+  $("activity-user").focus();
+  await readActivityAgain();
+}
+
+/** Reads now, and then every few seconds while someone is there. */
+async function readActivityAgain() {
+  state.touched = Date.now();
+  $("activity-status").hidden = true;
+  stopActivity();
+  state.activityTimer = setInterval(() => {
+    if (Date.now() - state.touched > activityIdleMs()) {
+      stopActivity();
+      $("activity-status").textContent =
+        "Reading again has paused: nobody touched the page for a while. Press “Read again”.";
+      $("activity-status").hidden = false;
+      return;
+    }
+    loadActivity();
+  }, ACTIVITY_EVERY_MS);
+  await loadActivity();
+}
+
+/** Reads the sessions, the tasks and the latest events, then shows what the filters keep. */
+async function loadActivity() {
+  try {
+    const [sessions, tasks, audit] = await Promise.all([
+      authed("admin_sessions", {}),
+      authed("admin_tasks", {}),
+      authed("admin_audit", { since: "24h", limit: 200 }),
+    ]);
+    state.activity = { sessions, tasks, events: audit.events };
+    activityError("");
+    // Not a live region: a screen reader is not told of every read.
+    $("activity-read").textContent = `Read at ${new Date().toLocaleTimeString()}.`;
+    showActivityRows();
+  } catch (e) {
+    if (state.token) activityError(e.message);
+  }
+}
+
+/** Whether `value` contains what a filter field holds (case aside; an empty filter keeps all). */
+function keeps(field, value) {
+  const wanted = $(field).value.trim().toLowerCase();
+  return !wanted || String(value || "").toLowerCase().includes(wanted);
+}
+
+/** One table row of `cells` (text, or [text, class name]). */
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const cell of cells) {
+    const td = document.createElement("td");
+    const [text, name] = Array.isArray(cell) ? cell : [cell, ""];
+    td.textContent = text === undefined || text === null || text === "" ? "—" : String(text);
+    if (name) td.className = name;
+    tr.append(td);
+  }
+  return tr;
+}
+
+function fill(table, empty, rows) {
+  $(table).tBodies[0].replaceChildren(...rows);
+  $(empty).hidden = rows.length > 0;
+}
+
+function showActivityRows() {
+  const seen = state.activity;
+  if (!seen) return;
+  const pooled = $("activity-pool").value.trim() !== "";
+  fill("activity-sessions", "sessions-empty", pooled ? [] : seen.sessions
+    .filter((s) => keeps("activity-user", s.username))
+    .map((s) => row([s.username || s.user_id, s.peer, when(s.since), when(s.last_active)])));
+  fill("activity-tasks", "tasks-empty", seen.tasks
+    .filter((t) => keeps("activity-user", t.username) && keeps("activity-pool", t.pool))
+    .map((t) => row([t.username || t.user_id, t.pool, TASK_KIND_LABEL[t.kind] || t.kind,
+      TASK_STATUS_LABEL[t.status] || t.status, t.progress === undefined ? "" : `${t.progress}${NBSP}%`,
+      when(t.created)])));
+  fill("activity-audit", "audit-empty", seen.events
+    .filter((e) => (keeps("activity-user", e.user) || (e.actor && keeps("activity-user", e.actor)))
+      && keeps("activity-pool", e.pool))
+    .map((e) => row([whenExact(e.ts), e.event.replaceAll("_", " "), [e.outcome, e.outcome],
+      e.user, e.actor, e.ip, e.pool, e.code ? `${e.code}: ${e.detail || ""}` : e.detail])));
 }
 
 /** A call that proves a factor again or answers a ceremony: its 401 is about the password or
@@ -1096,6 +1228,14 @@ async function start() {
   });
   $("keys-button").addEventListener("click", showKeys);
   $("keys-back").addEventListener("click", showPools);
+  $("activity-button").addEventListener("click", showActivity);
+  $("activity-back").addEventListener("click", showPools);
+  $("activity-filter").addEventListener("submit", (e) => e.preventDefault());
+  $("activity-filter").addEventListener("input", showActivityRows);
+  $("activity-refresh").addEventListener("click", readActivityAgain);
+  for (const kind of ["pointerdown", "keydown", "input"]) {
+    document.addEventListener(kind, () => { state.touched = Date.now(); }, { capture: true, passive: true });
+  }
   $("addkey-form").addEventListener("submit", submitAddKey);
   try {
     const server = await rpc.call("identify");

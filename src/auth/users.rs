@@ -25,6 +25,10 @@ pub struct UserRecord {
     pub roles: Vec<String>,
     #[serde(default)]
     pub disabled: bool,
+    /// An auditor: sees the admin views and the audit log, changes nothing (the same as
+    /// `"auditor"` among `roles`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auditor: bool,
     #[serde(default)]
     pub otp_enabled: bool,
     #[serde(default)]
@@ -40,6 +44,9 @@ pub struct UserRecord {
     /// argon2id PHC string, as printed by `poolgate hash-password`.
     pub password_hash: String,
 }
+
+/// The role of an auditor: the admin views and the audit log, nothing that changes anything.
+pub const AUDITOR: &str = "auditor";
 
 fn default_roles() -> Vec<String> {
     vec!["user".to_owned()]
@@ -67,6 +74,19 @@ impl User {
     /// Whether the user signs in with a password this server checks (a local user).
     pub fn has_password(&self) -> bool {
         self.dn.is_none() && !self.password_hash.is_empty()
+    }
+
+    /// An auditor: the role (a local user's `auditor = true`), or one of the user's groups in
+    /// `auditor_groups` — a directory user's compared as DNs, as `admin_groups` are; a single
+    /// sign-on user's groups claim exactly.
+    pub fn is_auditor(&self, auditor_groups: &[String]) -> bool {
+        self.roles.iter().any(|r| r == AUDITOR)
+            || self.groups.iter().any(|g| {
+                auditor_groups.iter().any(|a| match self.dn {
+                    Some(_) => super::directory::same_dn(a, g),
+                    None => a == g,
+                })
+            })
     }
 }
 
@@ -234,7 +254,13 @@ impl UserDirectory {
                 username: r.username.clone(),
                 full_name: r.full_name.clone(),
                 email: r.email.clone(),
-                roles: r.roles.clone(),
+                roles: {
+                    let mut roles = r.roles.clone();
+                    if r.auditor && !roles.iter().any(|role| role == AUDITOR) {
+                        roles.push(AUDITOR.to_owned());
+                    }
+                    roles
+                },
                 groups: Vec::new(),
                 dn: None,
                 disabled: r.disabled,
@@ -314,5 +340,62 @@ impl UserDirectory {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(groups: &[&str], admin: bool) -> DirectoryUser {
+        DirectoryUser {
+            id: Uuid::new_v4(),
+            dn: "uid=alice,ou=people,dc=example,dc=org".into(),
+            username: "alice".into(),
+            full_name: String::new(),
+            email: String::new(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            admin,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn auditors_by_role_by_directory_group_as_dns_and_by_provider_group_exactly() {
+        let groups = vec![
+            "CN=VDI Auditors,OU=Groups,DC=example,DC=org".to_owned(),
+            "vdi-auditors".to_owned(),
+        ];
+        let directory = User::from_directory(
+            &record(&["cn=vdi auditors, ou=groups, dc=example, dc=org"], false),
+            None,
+        );
+        assert!(directory.is_auditor(&groups), "a DN, compared as DNs are");
+        let other = User::from_directory(&record(&["cn=vdi users,dc=example,dc=org"], false), None);
+        assert!(!other.is_auditor(&groups));
+        let federated = |group: &str| {
+            User::from_federated(&FederatedUser {
+                id: Uuid::new_v4(),
+                issuer: "https://idp.example.org".into(),
+                subject: "s".into(),
+                username: "bob".into(),
+                groups: vec![group.to_owned()],
+                admin: false,
+                updated_ms: 0,
+            })
+        };
+        assert!(federated("vdi-auditors").is_auditor(&groups));
+        assert!(
+            !federated("VDI-Auditors").is_auditor(&groups),
+            "a claim, exactly"
+        );
+        assert!(
+            !federated("vdi-auditors").is_auditor(&[]),
+            "no groups configured"
+        );
+        let mut local = User::from_directory(&record(&[], false), None);
+        local.dn = None;
+        local.roles = vec!["user".into(), AUDITOR.into()];
+        assert!(local.is_auditor(&[]), "the role");
     }
 }

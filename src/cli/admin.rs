@@ -67,6 +67,82 @@ enum AdminAction {
     /// Let the next person the sign-in provider signs in under this local user's name be them
     /// (a local `adfs_enabled` user is pinned to the first one).
     UnpinSso { username: String },
+    /// The audit log: one line per event, newest first (an admin or an auditor).
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// From when: a span back from now (30m, 1h, 7d) or an RFC 3339 time.
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// Until when (exclusive): a span back from now or an RFC 3339 time; default now.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only events about this user.
+    #[arg(long = "user")]
+    about: Option<String>,
+    /// Only events of this kind (sign_in, sign_in_refused, sign_out, connect, release, revoke,
+    /// admin).
+    #[arg(long)]
+    event: Option<String>,
+    /// At most this many events.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Oldest first (default: newest first).
+    #[arg(long)]
+    oldest_first: bool,
+    /// Print each event as its JSON line (JSON Lines, for a SIEM) instead of columns.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AuditArgs {
+    fn request(&self) -> serde_json::Value {
+        let mut args = json!({
+            "since": self.since,
+            "limit": self.limit.unwrap_or(1000).clamp(1, 1000),
+            "order": if self.oldest_first { "oldest" } else { "newest" },
+        });
+        for (key, value) in [
+            ("until", &self.until),
+            ("user", &self.about),
+            ("event", &self.event),
+        ] {
+            if let Some(value) = value {
+                args[key] = json!(value);
+            }
+        }
+        args
+    }
+}
+
+/// An event in columns: time, event, outcome, user, actor, address, transport, pool, detail.
+fn columns(event: &serde_json::Value) -> String {
+    let field = |name: &str| match &event[name] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut line = [
+        "ts",
+        "event",
+        "outcome",
+        "user",
+        "actor",
+        "ip",
+        "transport",
+        "pool",
+    ]
+    .map(field)
+    .join(" ");
+    if let Some(code) = event["code"].as_u64() {
+        line.push_str(&format!(" {code}"));
+    }
+    if let Some(detail) = event["detail"].as_str() {
+        line.push_str(&format!(" {detail:?}"));
+    }
+    line
 }
 
 impl AdminAction {
@@ -101,6 +177,7 @@ impl AdminAction {
             AdminAction::UnpinSso { username } => {
                 ("admin_unpin_sso", json!({"username": username}))
             }
+            AdminAction::Audit(audit) => ("admin_audit", audit.request()),
         }
     }
 }
@@ -117,6 +194,28 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         sso: false,
         ca_file: args.ca_file,
     };
+    if let AdminAction::Audit(audit) = &args.action {
+        let (json, mut left) = (audit.json, audit.limit.unwrap_or(usize::MAX));
+        let request = audit.request();
+        return super::runtime()?.block_on(crate::client::admin_pages(
+            &args.server,
+            &login,
+            "admin_audit",
+            request,
+            |event| {
+                if left == 0 {
+                    return Ok(false);
+                }
+                left -= 1;
+                if json {
+                    println!("{}", serde_json::to_string(event)?);
+                } else {
+                    println!("{}", columns(event));
+                }
+                Ok(left > 0)
+            },
+        ));
+    }
     let (method, call) = args.action.request();
     let result =
         super::runtime()?.block_on(crate::client::admin(&args.server, &login, method, call))?;

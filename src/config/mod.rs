@@ -161,6 +161,15 @@ pub struct Config {
     /// deleted; the latest task of each (user, pool, kind) is kept regardless.
     #[serde(with = "secs")]
     pub task_retention: Duration,
+    /// How long audit events are kept in the state store (the log target keeps its own
+    /// copy as long as the logs are kept).
+    #[serde(with = "secs")]
+    pub audit_retention: Duration,
+    /// Groups whose members are auditors: they see `admin_sessions`, `admin_tasks`, the
+    /// audit log and the portal's Activity page, and change nothing. Matched against a
+    /// directory user's groups (DNs, compared as `admin_groups` are) and a single sign-on
+    /// user's groups claim (exact).
+    pub auditor_groups: Vec<String>,
     /// How often expired records are deleted from the state store: idle sessions, MFA
     /// challenges, lockout counters, JWT revocations, and tasks past `task_retention`.
     #[serde(with = "secs")]
@@ -260,6 +269,8 @@ impl Default for Config {
             directory_recheck: Duration::from_secs(300),
             session_max_age: Duration::from_secs(12 * 3600),
             task_retention: Duration::from_secs(7 * 24 * 3600),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            auditor_groups: Vec::new(),
             sweep_interval: Duration::from_secs(30),
             release_deadline: Duration::from_secs(60),
             state: StateUrl::default(),

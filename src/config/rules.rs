@@ -102,7 +102,7 @@ impl Config {
     }
 
     /// Every duration setting, by name.
-    fn durations(&self) -> [(&'static str, Duration); 20] {
+    fn durations(&self) -> [(&'static str, Duration); 21] {
         [
             ("token_ttl", self.token_ttl),
             ("idle_timeout", self.idle_timeout),
@@ -111,6 +111,7 @@ impl Config {
             ("task_deadline", self.task_deadline),
             ("release_deadline", self.release_deadline),
             ("task_retention", self.task_retention),
+            ("audit_retention", self.audit_retention),
             ("sweep_interval", self.sweep_interval),
             ("assignment_ttl", self.assignment_ttl),
             ("lease_sweep", self.lease_sweep),

@@ -4,6 +4,7 @@
 //! never needs an upper one to name what it stores or sends (see `lib.rs` for the layers).
 
 pub mod address;
+pub mod audit;
 pub mod client_settings;
 pub mod machine;
 pub mod problem;
@@ -11,6 +12,7 @@ pub mod secs;
 pub mod task;
 
 pub use address::{address_key, is_loopback_url};
+pub use audit::{AuditEvent, AuditQuery};
 pub use machine::{ConnectionData, Machine};
 pub use problem::Problem;
 pub use task::{Task, TaskError, TaskKind, TaskStatus};

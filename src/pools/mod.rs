@@ -112,6 +112,10 @@ pub struct PoolsDeps<'a> {
     /// Cancelled when the drain is over (`drain_timeout` after shutdown, at once without one,
     /// or on a second stop signal): running tasks and releases are cut off then.
     pub drained: CancellationToken,
+    /// Where releases are recorded; its instance id also names this instance in task leases.
+    pub audit: Arc<crate::audit::AuditLog>,
+    /// This instance's name in task leases.
+    pub instance: String,
 }
 
 pub struct Inner {
@@ -128,6 +132,7 @@ pub struct Inner {
     instance: String,
     /// Tasks this instance is driving.
     running: DashSet<Uuid>,
+    audit: Arc<crate::audit::AuditLog>,
     /// `rpc/pools` replies by (user, favourites only, the user's groups): pools do not change
     /// while the process runs, so each is rendered once ([`Pools::list_reply`]).
     /// With each, how many pools it lists.
@@ -186,6 +191,8 @@ impl Pools {
             tracker,
             shutdown,
             drained,
+            audit,
+            instance,
         } = deps;
         let mut map = HashMap::new();
         let mut order = Vec::new();
@@ -245,7 +252,8 @@ impl Pools {
             events,
             metrics,
             timings,
-            instance: Uuid::new_v4().simple().to_string(),
+            instance,
+            audit,
             running: DashSet::new(),
             list_replies: dashmap::DashMap::with_hasher(Default::default()),
             releases: Arc::new(tokio::sync::Semaphore::new(release::CONCURRENT_RELEASES)),

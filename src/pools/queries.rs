@@ -140,6 +140,13 @@ impl Pools {
         Ok(Some(ids))
     }
 
+    /// A pool's name (for the audit log), or its id when it is no pool of this config.
+    pub fn pool_name(&self, id: Uuid) -> String {
+        self.pools
+            .get(&id)
+            .map_or_else(|| id.to_string(), |p| p.view.name.clone())
+    }
+
     /// A pool's id from its id or its name (admin methods take either).
     pub fn pool_id_by_name_or_id(&self, pool: &str) -> Option<Uuid> {
         match pool.parse::<Uuid>() {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{Pools, step_request};
+use crate::audit::{Entry, Transport};
 use crate::domain::{Machine, TaskKind};
 use crate::error::Error;
 use crate::provision::{Diagnosis, Progress, Provisioner, StepError, StepRequest, Update};
@@ -32,6 +33,24 @@ impl Pools {
             return Ok(None);
         };
         tracing::info!(user = %user_id, pool = %pool_id, machine = %a.machine.verbose_name, reason, "machine released");
+        let username = match self.usernames.get(&user_id) {
+            Some(name) => name.clone(),
+            // A directory user: their record in the store.
+            None => match self.store.directory_user_get(user_id).await {
+                Ok(Some(record)) => record.username,
+                _ => String::new(),
+            },
+        };
+        self.audit.record(
+            Entry::new("release", Transport::Server)
+                .user(if username.is_empty() {
+                    user_id.to_string()
+                } else {
+                    username.clone()
+                })
+                .pool(self.pool_name(pool_id))
+                .detail(format!("{reason}; machine {}", a.machine.verbose_name)),
+        );
         self.store.publish(BusEvent::Released {
             user_id,
             pool_id,
@@ -46,14 +65,6 @@ impl Pools {
                     Some(t.id)
                 }
                 _ => None,
-            };
-            let username = match self.usernames.get(&user_id) {
-                Some(name) => name.clone(),
-                // A directory user: their record in the store.
-                None => match self.store.directory_user_get(user_id).await {
-                    Ok(Some(record)) => record.username,
-                    _ => String::new(),
-                },
             };
             let mut req = step_request(user_id, &username, &pool.view, Some((*a.machine).clone()));
             req.task_id = task_id;

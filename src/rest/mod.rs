@@ -6,6 +6,7 @@ mod core;
 mod mfa;
 mod openapi;
 mod pools;
+mod record;
 pub mod settings;
 mod sso;
 pub mod status_ws;

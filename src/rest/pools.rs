@@ -4,6 +4,7 @@
 //! path/query/body fields, and only then state.
 
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -120,6 +121,7 @@ pub async fn step1(
 /// Step 2: 202 with the task while not ready, 200 with the connection data when ready.
 pub async fn step2(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -138,7 +140,16 @@ pub async fn step2(
             .await?
         {
             ConnectOutcome::Task(task) => data(StatusCode::ACCEPTED, task),
-            ConnectOutcome::Connection(c) => data(StatusCode::OK, c),
+            ConnectOutcome::Connection(c) => {
+                state.audit.record(
+                    crate::audit::Entry::new("connect", crate::audit::Transport::Rest)
+                        .user(auth.user.username.clone())
+                        .ip(peer.ip())
+                        .method("POST /api/v2/pools/{id}/connect/")
+                        .pool(state.pools.pool_name(pool_id)),
+                );
+                data(StatusCode::OK, c)
+            }
         },
     )
 }

@@ -61,6 +61,13 @@ pub async fn poll(
         .await?;
     let error = match answer {
         Poll::Done(user) => {
+            super::record::sign_in(
+                &state,
+                peer,
+                "GET /api/v2/users/login/sso/",
+                "sso",
+                Ok(&user),
+            );
             let token = state.auth.jwt.issue(&user).map_err(Error::Internal)?;
             tracing::info!(user = %user.username, "signed in over REST (single sign-on hand-off)");
             return Ok(data(

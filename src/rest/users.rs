@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::validate::{self, Body, Fields, Problems};
 use super::{AuthUser, RestError, data};
+use crate::audit::{Entry, Transport};
 use crate::auth::Credentials;
 use crate::error::{ERR_CODE_DEFAULT, Error, MfaKind};
 use crate::state::AppState;
@@ -70,7 +71,7 @@ pub async fn login(
     let body = LoginBody::validate(&body, &mut problems);
     let body = problems.finish(body)?;
 
-    let user = match state
+    let outcome = state
         .auth
         .login(Credentials {
             username: &body.username,
@@ -80,8 +81,16 @@ pub async fn login(
             device: crate::portal::device(&headers, &state.auth.devices),
             directory: body.ldap,
         })
-        .await
-    {
+        .await;
+    let how = if body.ldap { "directory" } else { "password" };
+    super::record::sign_in(
+        &state,
+        peer,
+        "POST /api/v2/users/login/",
+        how,
+        outcome.as_deref().map_err(|e| (e, body.username.as_str())),
+    );
+    let user = match outcome {
         Ok(user) => user,
         // A user who signs in through the provider: the hand-off, when it is configured.
         Err(Error::MfaRequired {
@@ -127,10 +136,18 @@ pub async fn login_webauthn(
     let answer: KeyAnswer = serde_json::from_value(body)
         .map_err(|e| Error::bad_request(format!("Invalid body: {e}.")))?;
     let device = crate::portal::device(&headers, &state.auth.devices);
-    let (user, _) = state
+    let outcome = state
         .auth
         .key_verify(&answer.mfa_token, &answer.credential, peer.ip(), device)
-        .await?;
+        .await;
+    super::record::sign_in(
+        &state,
+        peer,
+        "POST /api/v2/users/login/webauthn/",
+        "security_key",
+        outcome.as_ref().map(|(u, _)| &**u).map_err(|e| (e, "")),
+    );
+    let (user, _) = outcome?;
     let token = state.auth.jwt.issue(&user).map_err(Error::Internal)?;
     tracing::info!(user = %user.username, "signed in over REST (security key)");
     Ok(data(
@@ -140,13 +157,23 @@ pub async fn login_webauthn(
 }
 
 /// Revokes the presented token server-side (the mock forgets to).
-pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<Response, RestError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    auth: AuthUser,
+) -> Result<Response, RestError> {
     state
         .auth
         .revoke_jwt(&auth.claims)
         .await
         .map_err(Error::from)?;
     tracing::info!(user = %auth.user.username, "signed out over REST");
+    state.audit.record(
+        Entry::new("sign_out", Transport::Rest)
+            .user(auth.user.username.clone())
+            .ip(peer.ip())
+            .method("POST /api/v2/users/logout/"),
+    );
     Ok(StatusCode::RESET_CONTENT.into_response())
 }
 

@@ -1,4 +1,8 @@
-//! Admin methods (role `admin` only; 403 otherwise):
+//! Admin methods. The views — `admin_sessions`, `admin_tasks`, `admin_keys`, `admin_audit` —
+//! answer an admin or an auditor; every method that changes something answers an admin only
+//! (403 otherwise, an auditor told that auditors only look).
+//!
+//! The methods:
 //! `admin_sessions` (who is signed in, from where, since when), `admin_revoke {"username"}`
 //! (all of a user's tokens and JWTs), `admin_tasks` (every active task), and
 //! `admin_release {"username","pool_id"}` (give a user's machine back and clear a failed step
@@ -17,18 +21,44 @@ use crate::auth::users::User;
 use crate::domain::Task;
 use crate::error::Error;
 
+/// For the methods that change something: an admin.
 pub(super) fn require_admin(ctx: &Ctx<'_>) -> Result<(), Error> {
-    if user(ctx)?.roles.iter().any(|r| r == "admin") {
+    let user = user(ctx)?;
+    if user.roles.iter().any(|r| r == "admin") {
+        Ok(())
+    } else if is_auditor(ctx, user) {
+        Err(Error::AuditorReadOnly)
+    } else {
+        Err(Error::AdminRequired)
+    }
+}
+
+/// For the views: an admin or an auditor.
+pub(super) fn require_viewer(ctx: &Ctx<'_>) -> Result<(), Error> {
+    let user = user(ctx)?;
+    if user.roles.iter().any(|r| r == "admin") || is_auditor(ctx, user) {
         Ok(())
     } else {
         Err(Error::AdminRequired)
     }
 }
 
+/// An auditor: the role (a local user's `auditor = true`), or a group of `auditor_groups` —
+/// a directory user's compared as DNs, as `admin_groups` are; a provider's exactly.
+pub(super) fn is_auditor(ctx: &Ctx<'_>, user: &User) -> bool {
+    user.is_auditor(&ctx.state.config.auditor_groups)
+}
+
 fn rfc3339(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// A user by name: one of the settings file or a directory user who has signed in;
@@ -73,7 +103,7 @@ async fn usernames(
 }
 
 pub async fn sessions(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-    require_admin(ctx)?;
+    require_viewer(ctx)?;
     let sessions = ctx.state.auth.live_sessions().await?;
     let ids: Vec<Uuid> = sessions.iter().map(|s| s.user_id).collect();
     let names = usernames(ctx, ids).await?;
@@ -148,6 +178,7 @@ async fn task_views(ctx: &Ctx<'_>, tasks: &[Task]) -> Result<Vec<Value>, Error> 
             let mut v = serde_json::to_value(task).unwrap_or_default();
             v["user_id"] = json!(task.user_id);
             v["username"] = json!(names.get(&task.user_id));
+            v["pool"] = json!(ctx.state.pools.pool_name(task.pool_id));
             v
         })
         .collect())
@@ -162,7 +193,7 @@ fn named_pool(ctx: &Ctx<'_>, pool: &str) -> Result<Uuid, Error> {
 }
 
 pub async fn tasks(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-    require_admin(ctx)?;
+    require_viewer(ctx)?;
     let tasks = ctx.state.pools.all_active_tasks().await?;
     Ok(Value::Array(task_views(ctx, &tasks).await?))
 }
@@ -307,4 +338,109 @@ impl Reset {
         tracing::warn!(admin = %admin, pool = %pool_id, user = self.username.as_deref().unwrap_or("*"), cleared = cleared.len(), "failed step 1 reset by an admin");
         Ok(json!({ "cleared": cleared }))
     }
+}
+
+/// Most events one `admin_audit` answers with.
+const AUDIT_MAX_LIMIT: usize = 1000;
+
+/// `admin_audit {"since"?, "until"?, "user"?, "event"?, "limit"?, "cursor"?, "order"?}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// RFC 3339 or a span back from now (`1h`); default `24h`.
+    #[serde(default)]
+    since: Option<String>,
+    /// RFC 3339 or a span back from now; default: now (exclusive).
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
+    /// Default 100, at most 1000.
+    #[serde(default)]
+    limit: Option<usize>,
+    /// The `cursor` of the previous page's reply.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// `newest` (default) or `oldest` first.
+    #[serde(default)]
+    order: Option<String>,
+}
+
+impl AuditQuery {
+    pub fn parse(args: &RawValue) -> Result<Self, Error> {
+        parse_args(args)
+    }
+
+    /// The audit events asked for, and the cursor of the next page (`null` when this page is
+    /// the last).
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+        require_viewer(ctx)?;
+        let audit = &ctx.state.audit;
+        let now = audit.clock.now_ms();
+        let time = |text: Option<&str>, default: u64| match text {
+            Some(text) => crate::audit::parse_time(text, now).map_err(Error::bad_request),
+            None => Ok(default),
+        };
+        let since_ms = time(self.since.as_deref(), now.saturating_sub(24 * 3600 * 1000))?;
+        // Now itself included.
+        let until_ms = time(self.until.as_deref(), now + 1)?;
+        let newest_first = match self.order.as_deref() {
+            None | Some("newest") => true,
+            Some("oldest") => false,
+            Some(other) => {
+                return Err(Error::bad_request(format!(
+                    "order is \"newest\" or \"oldest\", not {other:?}."
+                )));
+            }
+        };
+        if let Some(cursor) = &self.cursor
+            && (cursor.len() != crate::domain::audit::ID_LEN || !cursor.is_ascii())
+        {
+            return Err(Error::bad_request("Invalid cursor."));
+        }
+        let limit = match self.limit {
+            None => 100,
+            Some(n @ 1..=AUDIT_MAX_LIMIT) => n,
+            Some(n) => {
+                return Err(Error::bad_request(format!(
+                    "limit is 1 to {AUDIT_MAX_LIMIT}, not {n}."
+                )));
+            }
+        };
+        let query = crate::domain::AuditQuery {
+            since_ms,
+            until_ms,
+            user: self.user,
+            event: self.event,
+            limit,
+            after: self.cursor,
+            newest_first,
+        };
+        let events = audit.query(&query).await?;
+        let cursor = match events.last() {
+            Some(last) if events.len() == limit => Some(last.id.clone()),
+            _ => None,
+        };
+        // The range as resolved, for the next pages: `1h` means the same then.
+        Ok(json!({
+            "events": events,
+            "cursor": cursor,
+            "since": rfc3339_ms(since_ms),
+            "until": rfc3339_ms(until_ms),
+        }))
+    }
+}
+
+/// `rpc/me` → `{"username", "roles"}`: who the socket is signed in as, with the roles in force
+/// — `auditor` included when a group of `auditor_groups` makes them one — so that a client
+/// shows only what the user may use (the portal's Activity page).
+pub fn me(ctx: &mut Ctx<'_>) -> Result<Value, Error> {
+    let user = user(ctx)?;
+    let mut roles = user.roles.clone();
+    if !roles.iter().any(|r| r == crate::auth::users::AUDITOR) && is_auditor(ctx, user) {
+        roles.push(crate::auth::users::AUDITOR.to_owned());
+    }
+    Ok(json!({"username": user.username, "roles": roles}))
 }

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, guard_auth_attempt, parse_args, record_auth_outcome, sign_in};
+use crate::audit::{Entry, Transport};
 use crate::auth::federated::Waiter;
 use crate::auth::sso::HANDOFF_CHECK_EVERY;
 use crate::auth::tokens::Session;
@@ -94,6 +95,13 @@ pub async fn handoff(ctx: &mut Ctx<'_>) -> Error {
     Error::SsoRequired(Box::new(fields))
 }
 
+/// A hand-off that signed nobody in, for the audit log.
+fn refused(entry: Entry, error: &Error) -> Entry {
+    let mut entry = entry.failed(error.code(), format!("sso: {error}"));
+    entry.event = "sign_in_refused";
+    entry
+}
+
 /// The task that waits for one socket's hand-off.
 struct Waiting {
     state: AppState,
@@ -137,6 +145,9 @@ impl Waiting {
             }
             return;
         };
+        let audit = Entry::new("sign_in", Transport::Ws)
+            .ip(self.peer)
+            .method("rpc/auth_sso");
         let args = match outcome {
             Ok(user) => match self
                 .state
@@ -147,14 +158,24 @@ impl Waiting {
             {
                 Ok((token, session)) => {
                     tracing::info!(conn_id = self.conn_id, user = %session.user.username, peer = %self.peer, "signed in (single sign-on hand-off)");
+                    self.state
+                        .audit
+                        .record(audit.user(session.user.username.clone()).detail("sso"));
                     let ttl = self.state.auth.tokens.ttl().as_secs_f64().ceil() as u64;
                     let args = json!({"code": 200, "token": token, "ttl": ttl, "username": session.user.username});
                     *self.wait.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
                     args
                 }
-                Err(e) => Error::from(e).to_args(),
+                Err(e) => {
+                    let e = Error::from(e);
+                    self.state.audit.record(refused(audit, &e));
+                    e.to_args()
+                }
             },
-            Err(e) => e.to_args(),
+            Err(e) => {
+                self.state.audit.record(refused(audit, &e));
+                e.to_args()
+            }
         };
         let frame = envelope::event("auth_sso", &args);
         if self

@@ -28,6 +28,8 @@ pub struct Conn {
     pub events_enabled: Arc<Subscriptions>,
     /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
     pub auth_failures: u32,
+    /// The upgrade came from a browser (it carried an `Origin`): the portal, for the audit.
+    pub browser: bool,
     /// A single sign-on hand-off this socket waits for (`auth_sso`).
     pub sso: Option<Arc<super::auth_sso::SsoWait>>,
     /// The portal's one-time single sign-on code, if the upgrade carried its cookie (for
@@ -63,6 +65,7 @@ impl Conn {
             portal_code: None,
             events_enabled: Arc::new(true.into()),
             auth_failures: 0,
+            browser: false,
             sso: None,
             outbound,
             kick,

@@ -36,6 +36,9 @@ impl ConnectInfo {
         let user = user(ctx)?;
         let pools = &ctx.state.pools;
         let outcome = pools.connect_info(user, self.pool_id, &self.params).await?;
+        if let ConnectOutcome::Connection(_) = &outcome {
+            super::record::connected(ctx, pools.pool_name(self.pool_id));
+        }
         match &outcome {
             // A Guacamole link is single-use and expires: made afresh, never cached.
             ConnectOutcome::Connection(c) => match pools.guacamole_link(user, self.pool_id, c)? {

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
-use super::admin::{named_user, require_admin};
+use super::admin::{named_user, require_admin, require_viewer};
 use super::{Ctx, guard_auth_attempt, parse_args, record_auth_outcome, sign_in, user};
 use crate::auth::users::User;
 use crate::auth::webauthn::register::no_keys_for_single_sign_on;
@@ -292,7 +292,7 @@ impl AdminKeys {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Value, Error> {
-        require_admin(ctx)?;
+        require_viewer(ctx)?;
         let target = named_user(ctx, &self.username, None).await?;
         keys_of(ctx, &target).await
     }

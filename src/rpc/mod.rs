@@ -18,6 +18,7 @@ mod launcher;
 mod otp_verify;
 mod pool_request;
 mod pools;
+mod record;
 mod task;
 mod tasks;
 
@@ -171,6 +172,7 @@ methods! {
     Launcher      = "rpc" / "launcher",           signed_in, launcher::LauncherRequest => |c, ctx| c.apply(ctx).await,
     Task          = "rpc" / "task",               signed_in, task::TaskLookup          => |c, ctx| c.apply(ctx).await,
     Tasks         = "rpc" / "tasks",              signed_in, ()                        => |_, ctx| tasks::Tasks.apply(ctx).await,
+    Me            = "rpc" / "me",                 signed_in, ()                        => |_, ctx| admin::me(ctx),
     AdminSessions = "rpc" / "admin_sessions",     signed_in, ()                        => |_, ctx| admin::sessions(ctx).await,
     AdminRevoke   = "rpc" / "admin_revoke",       signed_in, admin::Revoke             => |c, ctx| c.apply(ctx).await,
     AdminTasks    = "rpc" / "admin_tasks",        signed_in, ()                        => |_, ctx| admin::tasks(ctx).await,
@@ -178,6 +180,7 @@ methods! {
     AdminReset    = "rpc" / "admin_reset",        signed_in, admin::Reset              => |c, ctx| c.apply(ctx).await,
     AdminTotp     = "rpc" / "admin_totp",         signed_in, admin::Totp               => |c, ctx| c.apply(ctx).await,
     AdminUnpinSso = "rpc" / "admin_unpin_sso",    signed_in, admin::UnpinSso           => |c, ctx| c.apply(ctx).await,
+    AdminAudit    = "rpc" / "admin_audit",        signed_in, admin::AuditQuery         => |c, ctx| c.apply(ctx).await,
     WebauthnBegin = "rpc" / "webauthn_begin",     public,    ()                        => |_, ctx| keys::begin(ctx).await,
     WebauthnVerify = "rpc" / "webauthn_verify",   public,    keys::Verify              => |c, ctx| c.apply(ctx).await,
     KeyRegBegin   = "rpc" / "key_register_begin", public,    keys::RegisterBegin       => |c, ctx| c.apply(ctx).await,
@@ -231,7 +234,12 @@ pub async fn dispatch(
     if !method.is_public() && ctx.conn.session.is_none() {
         return Err(Error::Unauthenticated);
     }
-    let result = Command::parse(method, args)?.apply(ctx).await;
+    let before = record::before(ctx, method);
+    let result = match Command::parse(method, args) {
+        Ok(command) => command.apply(ctx).await,
+        Err(e) => Err(e),
+    };
+    record::after(ctx, method, args, before, &result);
     if result.is_ok()
         && let Some(session) = &ctx.conn.session
     {

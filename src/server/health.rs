@@ -21,6 +21,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             let counts = r.counts();
             (counts.received, counts.shed, counts.watched)
         }),
+        audit_not_stored: state.audit.dropped(),
     };
     match state.metrics.encode(sampled) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),

@@ -350,6 +350,7 @@ impl Forward<dyn Inventory> for CachedStore {}
 impl Forward<dyn Lockout> for CachedStore {}
 impl Forward<dyn Federation> for CachedStore {}
 impl Forward<dyn SecurityKeys> for CachedStore {}
+impl Forward<dyn Audit> for CachedStore {}
 
 impl Bus for CachedStore {
     fn is_shared(&self) -> bool {

@@ -33,7 +33,7 @@ use super::{
     Assignment, BusEvent, DirectoryUser, FederatedUser, Handoff, KeyRemoval, MfaRecord,
     SecurityKey, SessionRecord, SsoOutcome, StoreCounts, StoreResult, TaskKey,
 };
-use crate::domain::{Task, TokenHash};
+use crate::domain::{AuditEvent, AuditQuery, Task, TokenHash};
 
 /// What the store says of itself: whether it answers, and what it holds.
 #[async_trait]
@@ -376,4 +376,19 @@ pub trait SecurityKeys: Send + Sync + 'static {
     /// Removes one of a user's keys unless it is their only one. Atomic: of concurrent removals
     /// of a user's keys, however many, at least one key is left.
     async fn key_remove_unless_last(&self, user: Uuid, id: &str) -> StoreResult<KeyRemoval>;
+}
+
+/// The audit log: events kept by id (which orders them by time, see
+/// [`crate::domain::audit`]) until [`Audit::audit_sweep`] deletes those past the retention.
+/// Events never expire by themselves, on any backend.
+#[async_trait]
+pub trait Audit: Send + Sync + 'static {
+    /// Keeps an event (an id already kept is replaced).
+    async fn audit_append(&self, event: &AuditEvent) -> StoreResult<()>;
+    /// The events the query asks for ([`AuditEvent::matches`]) whose ids fall in
+    /// [`AuditQuery::id_bounds`], in id order — descending when `newest_first` — at most
+    /// `limit` of them.
+    async fn audit_query(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>>;
+    /// Deletes the events before `cutoff_ms` (one at `cutoff_ms` stays); returns how many.
+    async fn audit_sweep(&self, cutoff_ms: u64) -> StoreResult<usize>;
 }

@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    Directory, DirectoryUser, FederatedUser, Federation, Handoff, Inventory, JwtRevocations,
+    Audit, Directory, DirectoryUser, FederatedUser, Federation, Handoff, Inventory, JwtRevocations,
     KeyRemoval, Lockout, Mfa, MfaRecord, SecurityKey, SecurityKeys, SessionRecord, Sessions,
     SsoOutcome, Store, StoreCounts, StoreResult, Upkeep,
 };
-use crate::domain::TokenHash;
+use crate::domain::{AuditEvent, AuditQuery, TokenHash};
 
 /// A store in front of `inner`.
 pub trait Wraps: Send + Sync + 'static {
@@ -143,4 +143,10 @@ forward!(SecurityKeys {
     async fn key_update(&self, key: &SecurityKey) -> StoreResult<bool>;
     async fn key_remove(&self, user: Uuid, id: &str) -> StoreResult<bool>;
     async fn key_remove_unless_last(&self, user: Uuid, id: &str) -> StoreResult<KeyRemoval>;
+});
+
+forward!(Audit {
+    async fn audit_append(&self, event: &AuditEvent) -> StoreResult<()>;
+    async fn audit_query(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>>;
+    async fn audit_sweep(&self, cutoff_ms: u64) -> StoreResult<usize>;
 });

@@ -28,8 +28,8 @@ pub mod sqlite;
 mod url;
 
 pub use contract::{
-    Assignments, Bus, Directory, Federation, Inventory, JwtRevocations, Lockout, Mfa, SecurityKeys,
-    Sessions, Tasks, Upkeep,
+    Assignments, Audit, Bus, Directory, Federation, Inventory, JwtRevocations, Lockout, Mfa,
+    SecurityKeys, Sessions, Tasks, Upkeep,
 };
 pub use url::StateUrl;
 
@@ -312,6 +312,7 @@ pub trait Store:
     + Lockout
     + Federation
     + SecurityKeys
+    + Audit
 {
 }
 
@@ -328,6 +329,7 @@ impl<T> Store for T where
         + Lockout
         + Federation
         + SecurityKeys
+        + Audit
 {
 }
 

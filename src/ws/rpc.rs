@@ -52,10 +52,12 @@ pub(super) async fn upgrade(
     )
     .filter(|code| code.len() <= 64)
     .map(Box::from);
+    let browser = headers.contains_key(header::ORIGIN);
     super::accept(ws, state, move |_, link: Link| {
         tracing::debug!(conn_id = link.conn_id, %peer, "connected");
         let mut conn = Conn::new(link.conn_id, peer, device, link.outbox, link.kick);
         conn.portal_code = portal_code;
+        conn.browser = browser;
         RpcSocket(conn)
     })
 }

@@ -252,3 +252,32 @@ async fn admin_reset_clears_failed_step_1_of_a_user_or_of_a_whole_pool_at_once()
         assert_eq!(error_code(&reply), code, "{args}: {reply}");
     }
 }
+
+/// Refusals anyone can repeat at will without costing the server anything (429 here: the
+/// socket's allowance) are folded into one audit event per period, saying how many more it
+/// stands for; each wrong password is recorded.
+#[tokio::test]
+async fn a_flood_of_refusals_that_cost_nothing_is_folded_in_the_audit_log() {
+    let app = TestApp::spawn_with(|c| c.max_auth_failures = 2).await;
+    let mut flood = app.connect().await;
+    for i in 0..10 {
+        let reply = flood
+            .rpc("auth", json!({"username": "user-2", "password": "wrong"}))
+            .await;
+        assert_eq!(error_code(&reply), if i < 2 { 401 } else { 429 });
+    }
+    let (mut admin, _) = app.login("astravdi").await;
+    let reply = admin
+        .rpc(
+            "admin_audit",
+            json!({"since": "1h", "event": "sign_in_refused", "order": "oldest"}),
+        )
+        .await;
+    let codes: Vec<u64> = reply["args"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [401, 401, 429], "{reply}");
+}

@@ -74,3 +74,18 @@ async fn healthz_is_ok_while_serving() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok\n");
 }
+
+/// The audit events that reached the log but not the store are counted (none here: every
+/// event was stored).
+#[tokio::test]
+async fn audit_events_not_stored_are_counted() {
+    let app = TestApp::spawn().await;
+    let text = scrape(&app).await;
+    assert!(
+        text.contains("# HELP poolgate_audit_events_not_stored Audit events that reached the log but not the state store"),
+        "{text}"
+    );
+    app.login("astravdi").await;
+    let text = scrape(&app).await;
+    assert_eq!(metric(&text, "poolgate_audit_events_not_stored_total"), 0.0);
+}

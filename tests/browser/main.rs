@@ -89,9 +89,18 @@ fn cases() -> Vec<(&'static str, Case)> {
             "portal::keys_on_127_0_0_1_the_page_says_to_open_localhost",
             |b| Box::pin(keys::on_an_ip_address_the_page_says_to_open_localhost(b)),
         ),
+        (
+            "portal::activity_an_auditor_sees_sessions_tasks_and_the_audit_log_filtered",
+            |b| Box::pin(activity::an_auditor_sees_sessions_tasks_and_the_audit_log_filtered(b)),
+        ),
+        (
+            "portal::activity_an_unattended_activity_page_lets_the_session_expire",
+            |b| Box::pin(activity::an_unattended_activity_page_lets_the_session_expire(b)),
+        ),
     ]
 }
 
+mod activity;
 mod keys;
 
 /// The case that needs the test OpenID provider (node) besides the browser.

@@ -2178,6 +2178,10 @@ macro_rules! backend_cases {
                 the_rest_login_takes_a_key,
                 refused_key_answers_count_toward_the_lockout,
                 concurrent_removals_never_take_the_last_key,
+                audit_events_are_ranged_filtered_paged_and_swept,
+                the_audit_log_records_sign_ins_refusals_connections_releases_and_admin_actions,
+                audit_events_are_kept_for_the_retention_and_paged,
+                an_auditor_sees_the_views_and_changes_nothing,
             ],
             durable: [
                 state_survives_a_restart,
@@ -2186,4 +2190,417 @@ macro_rules! backend_cases {
             ],
         }
     };
+}
+
+// ---- The audit log: the store's part, then the app's over real sockets ----
+
+/// The audit clock's start in these cases: 2026-01-01T00:00:00Z.
+const AUDIT_T0: u64 = 1_767_225_600_000;
+
+fn audit_event(ts_ms: u64, user: &str, event: &str) -> poolgate::domain::AuditEvent {
+    poolgate::domain::AuditEvent {
+        id: poolgate::domain::audit::new_id(ts_ms, rand_tail()),
+        ts: String::new(),
+        event: event.into(),
+        user: Some(user.into()),
+        actor: None,
+        ip: Some("192.0.2.7".into()),
+        instance: "test/00000000".into(),
+        transport: "ws".into(),
+        method: Some("rpc/auth".into()),
+        outcome: "ok".into(),
+        code: None,
+        pool: None,
+        detail: None,
+    }
+}
+
+fn rand_tail() -> u64 {
+    u64::from_be_bytes(Uuid::new_v4().as_bytes()[..8].try_into().unwrap())
+}
+
+fn audit_query(since_ms: u64, until_ms: u64) -> poolgate::domain::AuditQuery {
+    poolgate::domain::AuditQuery {
+        since_ms,
+        until_ms,
+        user: None,
+        event: None,
+        limit: 1000,
+        after: None,
+        newest_first: true,
+    }
+}
+
+/// Audit events are kept by id (time order), ranged, filtered by user and event, paged by
+/// cursor either way, and swept before a cutoff.
+pub async fn audit_events_are_ranged_filtered_paged_and_swept(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let ts = |i: u64| AUDIT_T0 + i * 1000;
+    let names = ["alice", "bob", "carol"];
+    let mut all = Vec::new();
+    for i in 0..30u64 {
+        let kind = if i % 2 == 0 { "sign_in" } else { "connect" };
+        let e = audit_event(ts(i), names[i as usize % 3], kind);
+        s.audit_append(&e).await.unwrap();
+        all.push(e);
+    }
+    // Two events in one millisecond are both kept.
+    let twin = audit_event(ts(29), "alice", "connect");
+    s.audit_append(&twin).await.unwrap();
+    all.push(twin);
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let newest = s.audit_query(&audit_query(0, u64::MAX / 2)).await.unwrap();
+    let mut expected: Vec<_> = all.iter().rev().cloned().collect();
+    assert_eq!(newest, expected, "everything, newest first");
+
+    let mut q = audit_query(ts(5), ts(10));
+    q.newest_first = false;
+    let range = s.audit_query(&q).await.unwrap();
+    assert_eq!(
+        range,
+        all[5..10].to_vec(),
+        "since inclusive, until exclusive"
+    );
+
+    let mut q = audit_query(0, ts(100));
+    q.user = Some("alice".into());
+    q.event = Some("sign_in".into());
+    let ids: Vec<u64> = s
+        .audit_query(&q)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.ts_ms() - AUDIT_T0) / 1000)
+        .collect();
+    assert_eq!(ids, [24, 18, 12, 6, 0]);
+
+    // Pages of 3 of bob's events, either way, by cursor: every one once, in order.
+    for newest_first in [true, false] {
+        let mut q = audit_query(0, ts(100));
+        q.user = Some("bob".into());
+        q.limit = 3;
+        q.newest_first = newest_first;
+        let mut seen = Vec::new();
+        loop {
+            let page = s.audit_query(&q).await.unwrap();
+            assert!(page.len() <= 3);
+            seen.extend(page.iter().cloned());
+            if page.len() < 3 {
+                break;
+            }
+            q.after = Some(page.last().unwrap().id.clone());
+        }
+        expected = all
+            .iter()
+            .filter(|e| e.user.as_deref() == Some("bob"))
+            .cloned()
+            .collect();
+        if newest_first {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "newest_first {newest_first}");
+    }
+
+    assert_eq!(s.audit_sweep(ts(10)).await.unwrap(), 10);
+    let left = s.audit_query(&audit_query(0, ts(100))).await.unwrap();
+    assert_eq!(left.len(), 21);
+    assert_eq!(
+        left.last().unwrap().ts_ms(),
+        ts(10),
+        "one at the cutoff stays"
+    );
+    assert_eq!(s.audit_sweep(ts(10)).await.unwrap(), 0);
+}
+
+/// The demo config on a backend, with an auditor (`auditor = true`).
+fn audit_config(state: &str) -> Config {
+    let mut c = config(state);
+    let mut auditor = c
+        .users
+        .iter()
+        .find(|u| u.username == "user-2")
+        .unwrap()
+        .clone();
+    auditor.username = "auditor".into();
+    auditor.id = Uuid::new_v4();
+    auditor.auditor = true;
+    c.users.push(auditor);
+    c
+}
+
+/// The audit log's page of events (oldest first) since the audit clock's `AUDIT_T0`.
+async fn audit_page(c: &mut Client, args: Value) -> Vec<Value> {
+    let reply = c.rpc("admin_audit", args).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    reply["args"]["events"].as_array().unwrap().clone()
+}
+
+fn find<'a>(events: &'a [Value], event: &str, user: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event"] == event && e["user"] == user)
+        .unwrap_or_else(|| panic!("{event} of {user} in {events:#?}"))
+}
+
+/// Every way in and out is recorded once, with who, when, from where, on which instance and
+/// how — and never a password, code or token.
+pub async fn the_audit_log_records_sign_ins_refusals_connections_releases_and_admin_actions(
+    state: &str,
+) {
+    let app = TestApp::spawn_config(audit_config(state)).await;
+    app.state.audit.clock.set_ms(AUDIT_T0);
+    let (mut admin, token) = app.login("astravdi").await;
+    // A wrong password, typed from another address.
+    let mut guess = app.connect_from([127, 0, 0, 9]).await;
+    let reply = guess
+        .rpc(
+            "auth",
+            json!({"username": "user-2", "password": "Wr0ng-Secret!"}),
+        )
+        .await;
+    assert_eq!(error_code(&reply), 401);
+    // A disabled account.
+    let mut disabled = app.connect().await;
+    let reply = disabled
+        .rpc(
+            "auth",
+            json!({"username": "user-1", "password": PASSWORD, "otp_code": date_code()}),
+        )
+        .await;
+    assert_eq!(error_code(&reply), 403);
+    // A one-time code: the challenge, then the code.
+    let mut otp = app.connect().await;
+    let reply = otp
+        .rpc("auth", json!({"username": "user-4", "password": PASSWORD}))
+        .await;
+    assert_eq!(error_code(&reply), 428);
+    let mfa = reply["args"]["mfa_token"].as_str().unwrap().to_owned();
+    let reply = otp
+        .rpc(
+            "otp_verify",
+            json!({"mfa_token": mfa, "otp_code": date_code()}),
+        )
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    // A saved token, and REST.
+    let mut again = app.connect().await;
+    again.rpc("auth_token", json!({"token": token})).await;
+    let jwt = app.jwt("user-2").await;
+    // A connection: both steps, then the admin gives the machine back.
+    step_1_done(&mut admin, POOL_WIN_1).await;
+    let mut info = admin
+        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    if info["args"]["task"].is_object() {
+        admin.follow(&info["args"]["task"]["id"].clone()).await;
+        info = admin
+            .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+            .await;
+    }
+    assert!(info["args"]["connection"].is_object(), "{info}");
+    let reply = admin
+        .rpc(
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": "pool-win-1"}),
+        )
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    // user-4 signs out; then the admin revokes whatever user-4 still holds.
+    otp.rpc("auth_clear", json!({})).await;
+    let reply = admin
+        .rpc("admin_revoke", json!({"username": "user-4"}))
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+
+    let events = audit_page(&mut admin, json!({"since": "1h", "order": "oldest"})).await;
+    let instance = app.state.audit.instance().to_owned();
+    for e in &events {
+        assert_eq!(e["instance"], instance.as_str(), "{e}");
+        assert_eq!(e["ts"], "2026-01-01T00:00:00.000Z", "{e}");
+        let line = e.to_string();
+        for secret in [PASSWORD, "Wr0ng-Secret!", &token, &jwt, &mfa, &date_code()] {
+            assert!(!line.contains(secret), "a secret in {line}");
+        }
+    }
+    let signed_in = find(&events, "sign_in", "astravdi");
+    assert_eq!(signed_in["transport"], "ws");
+    assert_eq!(signed_in["method"], "rpc/auth");
+    assert_eq!(signed_in["ip"], "127.0.0.1");
+    assert_eq!(signed_in["outcome"], "ok");
+    assert_eq!(signed_in["detail"], "password");
+    let refused = find(&events, "sign_in_refused", "user-2");
+    assert_eq!(refused["ip"], "127.0.0.9");
+    assert_eq!(refused["code"], 401);
+    assert_eq!(refused["outcome"], "refused");
+    let disabled = find(&events, "sign_in_refused", "user-1");
+    assert_eq!(disabled["code"], 403);
+    let challenge = find(&events, "sign_in", "user-4");
+    assert_eq!(challenge["outcome"], "challenge");
+    assert!(
+        events.iter().any(|e| e["event"] == "sign_in"
+            && e["user"] == "user-4"
+            && e["method"] == "rpc/otp_verify"
+            && e["outcome"] == "ok"
+            && e["detail"] == "otp"),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["method"] == "rpc/auth_token" && e["detail"] == "token"),
+        "{events:#?}"
+    );
+    let rest = events
+        .iter()
+        .find(|e| e["event"] == "sign_in" && e["transport"] == "rest")
+        .unwrap_or_else(|| panic!("a REST sign-in in {events:#?}"));
+    assert_eq!(rest["user"], "user-2");
+    let connect = find(&events, "connect", "astravdi");
+    assert_eq!(connect["pool"], "pool-win-1");
+    let release = find(&events, "release", "astravdi");
+    assert_eq!(release["transport"], "server");
+    assert!(
+        release["detail"]
+            .as_str()
+            .unwrap()
+            .contains("released by astravdi")
+    );
+    let by_admin = find(&events, "admin", "astravdi");
+    assert_eq!(by_admin["method"], "rpc/admin_release");
+    assert_eq!(by_admin["actor"], "astravdi");
+    let revoke = find(&events, "revoke", "user-4");
+    assert_eq!(revoke["actor"], "astravdi");
+    let out = find(&events, "sign_out", "user-4");
+    assert_eq!(out["method"], "rpc/auth_clear");
+
+    // Filters: by user, by event; the CLI's range as RFC 3339.
+    let only = audit_page(&mut admin, json!({"since": "1h", "user": "user-2"})).await;
+    assert!(!only.is_empty() && only.iter().all(|e| e["user"] == "user-2"));
+    let only = audit_page(
+        &mut admin,
+        json!({"since": "2025-12-31T23:00:00Z", "event": "sign_in_refused"}),
+    )
+    .await;
+    assert_eq!(only.len(), 2, "{only:#?}");
+    let reply = admin
+        .rpc("admin_audit", json!({"since": "yesterday-ish"}))
+        .await;
+    assert_eq!(error_code(&reply), 400);
+}
+
+/// Events are kept for `audit_retention` by the audit's clock, then swept; `since` counts back
+/// from that clock; pages follow their cursor.
+pub async fn audit_events_are_kept_for_the_retention_and_paged(state: &str) {
+    let app = TestApp::spawn_config(audit_config(state)).await;
+    let clock = &app.state.audit.clock;
+    clock.set_ms(AUDIT_T0);
+    let (mut admin, _) = app.login("astravdi").await;
+    for day in 1..=3u64 {
+        clock.set_ms(AUDIT_T0 + day * 86_400_000);
+        app.login("user-2").await;
+    }
+    let signed_in = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["ts"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let recent = audit_page(
+        &mut admin,
+        json!({"since": "36h", "user": "user-2", "event": "sign_in"}),
+    )
+    .await;
+    assert_eq!(
+        signed_in(&recent),
+        ["2026-01-04T00:00:00.000Z", "2026-01-03T00:00:00.000Z"]
+    );
+    // Pages of one, newest first, until the cursor is null.
+    let mut args = json!({"since": "30d", "user": "user-2", "limit": 1});
+    let mut seen = Vec::new();
+    loop {
+        let reply = admin.rpc("admin_audit", args.clone()).await;
+        let page = &reply["args"];
+        seen.extend(signed_in(page["events"].as_array().unwrap()));
+        match page["cursor"].as_str() {
+            Some(cursor) => args["cursor"] = json!(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "2026-01-04T00:00:00.000Z",
+            "2026-01-03T00:00:00.000Z",
+            "2026-01-02T00:00:00.000Z"
+        ]
+    );
+    // 90 days after the second day: the first two days are past the retention.
+    clock.set_ms(AUDIT_T0 + 92 * 86_400_000 + 1);
+    assert_eq!(
+        app.state.audit.sweep().await.unwrap(),
+        3,
+        "astravdi's and two of user-2's"
+    );
+    let left = audit_page(&mut admin, json!({"since": "100d", "user": "user-2"})).await;
+    assert_eq!(signed_in(&left), ["2026-01-04T00:00:00.000Z"]);
+}
+
+/// An auditor sees the views and the audit log; every method that changes something answers
+/// 403 (with the request's id), and the refusal is itself recorded.
+pub async fn an_auditor_sees_the_views_and_changes_nothing(state: &str) {
+    let app = TestApp::spawn_config(audit_config(state)).await;
+    let (mut auditor, _) = app.login("auditor").await;
+    for (name, args) in [
+        ("admin_sessions", json!({})),
+        ("admin_tasks", json!({})),
+        ("admin_audit", json!({"since": "1h"})),
+        ("admin_keys", json!({"username": "user-3"})),
+    ] {
+        let reply = auditor.rpc(name, args).await;
+        assert_eq!(reply["name"], "response", "{name}: {reply}");
+    }
+    for (name, args) in [
+        (
+            "admin_release",
+            json!({"username": "astravdi", "pool_id": POOL_WIN_1}),
+        ),
+        (
+            "admin_reset",
+            json!({"username": "user-2", "pool_id": POOL_WIN_1}),
+        ),
+        ("admin_revoke", json!({"username": "astravdi"})),
+        ("admin_enroll_key", json!({"username": "user-3"})),
+        ("admin_remove_key", json!({"username": "user-3", "id": "x"})),
+        ("admin_unpin_sso", json!({"username": "user-5"})),
+        ("admin_totp", json!({"username": "someone"})),
+    ] {
+        let reply = auditor.call("rpc", name, args).await;
+        assert_eq!(error_code(&reply), 403, "{name}: {reply}");
+        assert_eq!(
+            reply["args"]["message"],
+            "Admin role required: an auditor may look but change nothing.",
+            "{name}"
+        );
+        assert!(reply["id"].as_str().unwrap().starts_with('t'), "{reply}");
+    }
+    // A plain user sees none of it.
+    let (mut user, _) = app.login("user-2").await;
+    let reply = user.rpc("admin_audit", json!({})).await;
+    assert_eq!(error_code(&reply), 403);
+    assert_eq!(reply["args"]["message"], "Admin role required.");
+    // The auditor's attempts are on the record.
+    let events = audit_page(&mut auditor, json!({"since": "1h"})).await;
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["actor"] == "auditor" && e["outcome"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 7, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["actor"] == "user-2" && e["method"] == "rpc/admin_audit"),
+        "{events:#?}"
+    );
 }

@@ -497,3 +497,70 @@ pub async fn a_directory_user_and_the_local_user_of_the_same_name_are_two_guacam
     app.stop().await;
     assert_eq!(names, ["astravdi", "ldap:astravdi"]);
 }
+
+/// `auditor_groups` names a directory group (by DN, written otherwise than the directory
+/// does): its members see the admin views and the audit log and change nothing; their
+/// sign-ins are recorded as `directory` ones, and a wrong directory password as a refusal.
+pub async fn a_directory_group_in_auditor_groups_makes_auditors() {
+    let slapd = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_directory(&slapd, dir.path(), |c| {
+        c.auditor_groups = vec![USERS_GROUP.to_uppercase().replace(',', ", ")];
+    })
+    .await;
+    let mut wrong = app.connect().await;
+    let reply = ws_auth(&mut wrong, "alice", "not-alice-pw", Some(true)).await;
+    assert_eq!(error_code(&reply), 401);
+    let mut alice = app.connect().await;
+    let reply = ws_auth(&mut alice, "alice", "alice-pw", Some(true)).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+    let me = alice.rpc("me", json!({})).await;
+    assert_eq!(me["args"]["roles"], json!(["user", "auditor"]), "{me}");
+    assert_eq!(
+        alice.rpc("admin_sessions", json!({})).await["name"],
+        "response"
+    );
+    let reply = alice
+        .rpc("admin_revoke", json!({"username": "astravdi"}))
+        .await;
+    assert_eq!(error_code(&reply), 403);
+    assert_eq!(
+        reply["args"]["message"],
+        "Admin role required: an auditor may look but change nothing."
+    );
+    let reply = alice
+        .rpc(
+            "admin_audit",
+            json!({"since": "1h", "user": "alice", "order": "oldest"}),
+        )
+        .await;
+    let events = reply["args"]["events"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["detail"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds[..2],
+        [
+            ("sign_in_refused", "directory: Invalid credentials."),
+            ("sign_in", "directory")
+        ],
+        "{reply}"
+    );
+    // bob is in the admins' group too: an admin who is also an auditor is an admin.
+    let mut bob = app.connect().await;
+    ws_auth(&mut bob, "bob", "bob-pw", Some(true)).await;
+    let me = bob.rpc("me", json!({})).await;
+    assert_eq!(
+        me["args"]["roles"],
+        json!(["admin", "user", "auditor"]),
+        "{me}"
+    );
+    let reply = bob.rpc("admin_revoke", json!({"username": "alice"})).await;
+    assert_eq!(reply["name"], "response", "{reply}");
+}

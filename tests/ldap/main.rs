@@ -60,6 +60,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             },
         ),
         (
+            "app::a_directory_group_in_auditor_groups_makes_auditors",
+            || Box::pin(app::a_directory_group_in_auditor_groups_makes_auditors()),
+        ),
+        (
             "app::a_directory_down_answers_503_local_users_still_sign_in_and_it_recovers",
             || {
                 Box::pin(

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::*;
 
+mod audit;
 mod keys;
 
 #[derive(Default)]
@@ -47,6 +48,8 @@ struct Inner {
     keys: HashMap<Uuid, Vec<SecurityKey>>,
     /// Who each credential id is registered to.
     key_owners: HashMap<String, Uuid>,
+    /// The audit log, by id (time order).
+    audit: std::collections::BTreeMap<String, crate::domain::AuditEvent>,
 }
 
 pub struct MemoryStore {

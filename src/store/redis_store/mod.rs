@@ -37,6 +37,7 @@ use uuid::Uuid;
 use super::*;
 
 mod assignments;
+mod audit;
 mod bus;
 mod connection;
 mod directory;

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use super::*;
 
 mod assignments;
+mod audit;
 mod directory;
 mod federation;
 mod inventory;
@@ -78,6 +79,9 @@ CREATE TABLE IF NOT EXISTS webauthn (key TEXT PRIMARY KEY, value TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS security_keys (
     id TEXT PRIMARY KEY, user_id TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS security_keys_user ON security_keys(user_id, seq);
+CREATE TABLE IF NOT EXISTS audit (
+    id TEXT PRIMARY KEY, user TEXT, event TEXT NOT NULL, line TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_user ON audit(user, id);
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
 "#;
