@@ -68,7 +68,7 @@ for n in 1 2 4; do
   front=$(free_port)
   cat > "$dir/haproxy-$n.cfg" <<CFG
 global
-    maxconn $((sockets + 500))
+    maxconn $(( (sockets > 2401 ? sockets : 2401) + 500 ))
 defaults
     mode tcp
     timeout connect 5s
@@ -106,7 +106,7 @@ CFG
   if "$loadgen" idle --url "$url" -c $((600 * n + 1)) --addresses 1 -d 1 >"$dir/cap-$n.out" 2>&1; then
     cap="no: all $((600 * n + 1)) opened"
   else
-    cap="yes ($(grep -o '[0-9]* sockets open' "$dir/cap-$n.out" | tail -n 1 || true))"
+    cap="yes"
   fi
 
   "$loadgen" fanout --url "$url" -c 1000 -d 10 --json "$dir/fanout-$n.json" >/dev/null 2>&1
