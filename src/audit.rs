@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use crate::domain::audit::new_id;
 use crate::domain::{AuditEvent, AuditQuery};
@@ -176,7 +177,17 @@ pub struct AuditLog {
     seq: AtomicU64,
     /// Refused sign-ins of code 400 and 429, folded (see [`AuditLog::record`]).
     folds: [RateLimitedLog; 2],
+    /// When each (user, pool) was last recorded as given a machine's connection data, and
+    /// which machine (see [`AuditLog::first_connect`]).
+    connects: dashmap::DashMap<(Uuid, Uuid), (Uuid, u64), foldhash::fast::RandomState>,
 }
+
+/// A client asking again for the same machine's connection data within this long is not a
+/// new `connect` event.
+pub const CONNECT_EVERY: Duration = Duration::from_secs(60);
+
+/// (user, pool) pairs remembered for [`AuditLog::first_connect`] before the memory is cleared.
+const CONNECTS_MAX: usize = 100_000;
 
 /// At most one event per this long for each kind of refusal that is folded.
 pub const FOLD_EVERY: Duration = Duration::from_secs(10);
@@ -206,7 +217,31 @@ impl AuditLog {
                 RateLimitedLog::new(FOLD_EVERY),
                 RateLimitedLog::new(FOLD_EVERY),
             ],
+            connects: dashmap::DashMap::with_hasher(Default::default()),
         }
+    }
+
+    /// Whether handing `user` the connection data of `machine` in `pool` now is a `connect`
+    /// event: the first time, another machine, or [`CONNECT_EVERY`] after the last one
+    /// recorded. A client polls `connect_info` until its desktop is ready and may ask again
+    /// for the same data; each of those answers is the same connection, and recording every
+    /// one made each of them a log line and a store write (2.7× the CPU of a request,
+    /// docs/benchmarks.md). (A single-use Guacamole link is new each time: its callers
+    /// record it regardless.)
+    pub fn first_connect(&self, user: Uuid, pool: Uuid, machine: Uuid) -> bool {
+        let now = self.clock.now_ms();
+        let every = CONNECT_EVERY.as_millis() as u64;
+        if let Some(last) = self.connects.get(&(user, pool))
+            && last.0 == machine
+            && now.saturating_sub(last.1) < every
+        {
+            return false;
+        }
+        if self.connects.len() >= CONNECTS_MAX {
+            self.connects.clear();
+        }
+        self.connects.insert((user, pool), (machine, now));
+        true
     }
 
     /// The name events of this instance carry.

@@ -141,13 +141,16 @@ pub async fn step2(
         {
             ConnectOutcome::Task(task) => data(StatusCode::ACCEPTED, task),
             ConnectOutcome::Connection(c) => {
-                state.audit.record(
-                    crate::audit::Entry::new("connect", crate::audit::Transport::Rest)
-                        .user(auth.user.username.clone())
-                        .ip(peer.ip())
-                        .method("POST /api/v2/pools/{id}/connect/")
-                        .pool(state.pools.pool_name(pool_id)),
-                );
+                // Asked again for the same machine's data: not a new connection.
+                if state.audit.first_connect(auth.user.id, pool_id, c.id) {
+                    state.audit.record(
+                        crate::audit::Entry::new("connect", crate::audit::Transport::Rest)
+                            .user(auth.user.username.clone())
+                            .ip(peer.ip())
+                            .method("POST /api/v2/pools/{id}/connect/")
+                            .pool(state.pools.pool_name(pool_id)),
+                    );
+                }
                 data(StatusCode::OK, c)
             }
         },

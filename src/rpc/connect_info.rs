@@ -36,18 +36,23 @@ impl ConnectInfo {
         let user = user(ctx)?;
         let pools = &ctx.state.pools;
         let outcome = pools.connect_info(user, self.pool_id, &self.params).await?;
-        if let ConnectOutcome::Connection(_) = &outcome {
-            super::record::connected(ctx, pools.pool_name(self.pool_id));
-        }
         match &outcome {
-            // A Guacamole link is single-use and expires: made afresh, never cached.
-            ConnectOutcome::Connection(c) => match pools.guacamole_link(user, self.pool_id, c)? {
-                Some(link) => to_reply(WithLink {
-                    connection: c,
-                    guacamole: link,
-                }),
-                None => ctx.state.connect_replies.render(c.id, outcome),
-            },
+            ConnectOutcome::Connection(c) => {
+                // A Guacamole link is single-use and expires: made afresh, never cached, and
+                // each one recorded; the same machine's data asked for again is not a new
+                // connection (`AuditLog::first_connect`).
+                let link = pools.guacamole_link(user, self.pool_id, c)?;
+                if link.is_some() || ctx.state.audit.first_connect(user.id, self.pool_id, c.id) {
+                    super::record::connected(ctx, pools.pool_name(self.pool_id));
+                }
+                match link {
+                    Some(link) => to_reply(WithLink {
+                        connection: c,
+                        guacamole: link,
+                    }),
+                    None => ctx.state.connect_replies.render(c.id, outcome),
+                }
+            }
             ConnectOutcome::Task(_) => to_reply(outcome),
         }
     }

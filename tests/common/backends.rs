@@ -2180,6 +2180,7 @@ macro_rules! backend_cases {
                 concurrent_removals_never_take_the_last_key,
                 audit_events_are_ranged_filtered_paged_and_swept,
                 the_audit_log_records_sign_ins_refusals_connections_releases_and_admin_actions,
+                asking_again_for_the_same_connection_is_one_connect_event_a_minute,
                 audit_events_are_kept_for_the_retention_and_paged,
                 an_auditor_sees_the_views_and_changes_nothing,
             ],
@@ -2342,6 +2343,50 @@ fn find<'a>(events: &'a [Value], event: &str, user: &str) -> &'a Value {
         .iter()
         .find(|e| e["event"] == event && e["user"] == user)
         .unwrap_or_else(|| panic!("{event} of {user} in {events:#?}"))
+}
+
+/// A client that asks again for the connection data of the machine it was given (it polls
+/// `connect_info`, or reconnects) makes one `connect` event a minute, on either transport,
+/// not one per answer; a minute later it is recorded again.
+pub async fn asking_again_for_the_same_connection_is_one_connect_event_a_minute(state: &str) {
+    let app = TestApp::spawn_config(audit_config(state)).await;
+    app.state.audit.clock.set_ms(AUDIT_T0);
+    let (mut admin, _) = app.login("astravdi").await;
+    step_1_done(&mut admin, POOL_WIN_1).await;
+    let mut info = admin
+        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    if info["args"]["task"].is_object() {
+        admin.follow(&info["args"]["task"]["id"].clone()).await;
+        info = admin
+            .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+            .await;
+    }
+    assert!(info["args"]["connection"].is_object(), "{info}");
+    for _ in 0..3 {
+        let again = admin
+            .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+            .await;
+        assert!(again["args"]["connection"].is_object(), "{again}");
+    }
+    let connects = |events: &[Value]| {
+        events
+            .iter()
+            .filter(|e| e["event"] == "connect" && e["user"] == "astravdi")
+            .count()
+    };
+    let events = audit_page(&mut admin, json!({"since": "1h", "order": "oldest"})).await;
+    assert_eq!(connects(&events), 1, "{events:#?}");
+    app.state
+        .audit
+        .clock
+        .advance(poolgate::audit::CONNECT_EVERY + Duration::from_secs(1));
+    let again = admin
+        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert!(again["args"]["connection"].is_object(), "{again}");
+    let events = audit_page(&mut admin, json!({"since": "1h", "order": "oldest"})).await;
+    assert_eq!(connects(&events), 2, "{events:#?}");
 }
 
 /// Every way in and out is recorded once, with who, when, from where, on which instance and
