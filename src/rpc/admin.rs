@@ -386,6 +386,13 @@ impl AuditQuery {
         let since_ms = time(self.since.as_deref(), now.saturating_sub(24 * 3600 * 1000))?;
         // Now itself included.
         let until_ms = time(self.until.as_deref(), now + 1)?;
+        if until_ms <= since_ms {
+            return Err(Error::bad_request(format!(
+                "until ({}) must be after since ({}): a span such as 2h means that long ago.",
+                rfc3339_ms(until_ms),
+                rfc3339_ms(since_ms)
+            )));
+        }
         let newest_first = match self.order.as_deref() {
             None | Some("newest") => true,
             Some("oldest") => false,

@@ -281,3 +281,36 @@ async fn a_flood_of_refusals_that_cost_nothing_is_folded_in_the_audit_log() {
         .collect();
     assert_eq!(codes, [401, 401, 429], "{reply}");
 }
+
+/// Every bad `admin_audit` query is a 400 with the request's id and a message that says what
+/// is wrong, and the socket keeps answering.
+#[tokio::test]
+async fn bad_audit_queries_are_400_with_a_reason() {
+    let app = TestApp::spawn().await;
+    let (mut admin, _) = app.login("astravdi").await;
+    for (args, says) in [
+        (
+            json!({"since": "abc"}),
+            "neither an RFC 3339 time nor a span",
+        ),
+        (
+            json!({"since": "2026-13-45T00:00:00Z"}),
+            "neither an RFC 3339 time",
+        ),
+        (json!({"limit": 0}), "limit is 1 to 1000"),
+        (json!({"limit": 1_000_000_000_000u64}), "limit is 1 to 1000"),
+        (json!({"cursor": "zz"}), "Invalid cursor"),
+        (json!({"order": "x"}), "order is \"newest\" or \"oldest\""),
+        (json!({"since": "1h", "until": "2h"}), "must be after since"),
+        (json!({"event": ["sign_in"]}), "Invalid args"),
+    ] {
+        let reply = admin.rpc("admin_audit", args.clone()).await;
+        assert_eq!(error_code(&reply), 400, "{args}: {reply}");
+        let message = reply["args"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{args}: {reply}");
+    }
+    let reply = admin
+        .rpc("admin_audit", json!({"since": "2h", "until": "1h"}))
+        .await;
+    assert_eq!(reply["name"], "response", "{reply}");
+}
