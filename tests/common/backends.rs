@@ -2345,6 +2345,17 @@ fn find<'a>(events: &'a [Value], event: &str, user: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{event} of {user} in {events:#?}"))
 }
 
+/// Both steps done in pool-win-1: the connection data `connect_info` hands out.
+async fn connected_to_win_1(c: &mut Client) {
+    step_1_done(c, POOL_WIN_1).await;
+    let mut info = c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await;
+    if info["args"]["task"].is_object() {
+        c.follow(&info["args"]["task"]["id"].clone()).await;
+        info = c.rpc("connect_info", json!({"pool_id": POOL_WIN_1})).await;
+    }
+    assert!(info["args"]["connection"].is_object(), "{info}");
+}
+
 /// A client that asks again for the connection data of the machine it was given (it polls
 /// `connect_info`, or reconnects) makes one `connect` event a minute, on either transport,
 /// not one per answer; a minute later it is recorded again.
@@ -2352,17 +2363,7 @@ pub async fn asking_again_for_the_same_connection_is_one_connect_event_a_minute(
     let app = TestApp::spawn_config(audit_config(state)).await;
     app.state.audit.clock.set_ms(AUDIT_T0);
     let (mut admin, _) = app.login("astravdi").await;
-    step_1_done(&mut admin, POOL_WIN_1).await;
-    let mut info = admin
-        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
-        .await;
-    if info["args"]["task"].is_object() {
-        admin.follow(&info["args"]["task"]["id"].clone()).await;
-        info = admin
-            .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
-            .await;
-    }
-    assert!(info["args"]["connection"].is_object(), "{info}");
+    connected_to_win_1(&mut admin).await;
     for _ in 0..3 {
         let again = admin
             .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
@@ -2434,17 +2435,7 @@ pub async fn the_audit_log_records_sign_ins_refusals_connections_releases_and_ad
     again.rpc("auth_token", json!({"token": token})).await;
     let jwt = app.jwt("user-2").await;
     // A connection: both steps, then the admin gives the machine back.
-    step_1_done(&mut admin, POOL_WIN_1).await;
-    let mut info = admin
-        .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
-        .await;
-    if info["args"]["task"].is_object() {
-        admin.follow(&info["args"]["task"]["id"].clone()).await;
-        info = admin
-            .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
-            .await;
-    }
-    assert!(info["args"]["connection"].is_object(), "{info}");
+    connected_to_win_1(&mut admin).await;
     let reply = admin
         .rpc(
             "admin_release",
