@@ -1,7 +1,7 @@
 //! The portal's Activity page, for admins and auditors: who is signed in, the tasks under way
 //! and the audit log, filtered by user and pool, with nothing on it that changes anything.
 
-use poolgate_test_common::helpers::{PASSWORD, TestApp, fast_sim};
+use poolgate_test_common::helpers::{PASSWORD, TestApp, add_auditor, fast_sim};
 use serde_json::json;
 
 use super::{Browser, visible};
@@ -28,16 +28,7 @@ pub async fn an_auditor_sees_sessions_tasks_and_the_audit_log_filtered(b: Browse
             "kind = \"simulated\"\npending = 0.05\nrunning = [60, 60]\nexpand = { completed = 1.0, cancelled = 0.0, failed = 0.0 }\nconnect = { completed = 1.0, cancelled = 0.0, failed = 0.0 }",
         )
         .unwrap();
-        let mut auditor = c
-            .users
-            .iter()
-            .find(|u| u.username == "user-2")
-            .unwrap()
-            .clone();
-        auditor.username = "auditor".into();
-        auditor.id = uuid::Uuid::new_v4();
-        auditor.auditor = true;
-        c.users.push(auditor);
+        add_auditor(c);
     })
     .await;
     // astravdi, elsewhere: signed in, a step 1 under way in pool-win-1; and a wrong password.

@@ -2318,16 +2318,7 @@ pub async fn audit_events_are_ranged_filtered_paged_and_swept(state: &str) {
 /// The demo config on a backend, with an auditor (`auditor = true`).
 fn audit_config(state: &str) -> Config {
     let mut c = config(state);
-    let mut auditor = c
-        .users
-        .iter()
-        .find(|u| u.username == "user-2")
-        .unwrap()
-        .clone();
-    auditor.username = "auditor".into();
-    auditor.id = Uuid::new_v4();
-    auditor.auditor = true;
-    c.users.push(auditor);
+    add_auditor(&mut c);
     c
 }
 

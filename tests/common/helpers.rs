@@ -465,6 +465,20 @@ pub const POOL_WIN_1: &str = "bc4f9e45-6b5a-41e6-bb85-ae91f4b8c413";
 pub const POOL_WIN_2: &str = "22aaa425-6387-4767-9611-3c26ad1a6161";
 pub const POOL_ASTRA_2: &str = "2378c527-64eb-48cf-817a-645b645dba54";
 
+/// Adds the user `auditor` (user-2's password and pools, `auditor = true`).
+pub fn add_auditor(config: &mut Config) {
+    let mut auditor = config
+        .users
+        .iter()
+        .find(|u| u.username == "user-2")
+        .expect("the demo's user-2")
+        .clone();
+    auditor.username = "auditor".into();
+    auditor.id = uuid::Uuid::new_v4();
+    auditor.auditor = true;
+    config.users.push(auditor);
+}
+
 /// The simulated provisioner with short timings and fixed weights, and no seed tasks.
 pub fn fast_sim(config: &mut Config, expand: (f64, f64, f64), connect: (f64, f64, f64)) {
     let toml = format!(
