@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::audit::new_id;
+pub use crate::domain::clock::Clock;
 use crate::domain::{AuditEvent, AuditQuery};
-use crate::store::{Store, StoreResult, now_ms};
+use crate::store::{Store, StoreResult};
 use crate::telemetry::RateLimitedLog;
 
 /// Events waiting for the store; past it, new ones reach only the log.
@@ -33,32 +34,6 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Longest a query waits for the events queued before it to be stored.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
-
-/// The audit's time: the wall clock, or a time a test set and moves.
-#[derive(Default)]
-pub struct Clock {
-    /// 0: the wall clock.
-    set_ms: AtomicU64,
-}
-
-impl Clock {
-    pub fn now_ms(&self) -> u64 {
-        match self.set_ms.load(Ordering::Relaxed) {
-            0 => now_ms(),
-            ms => ms,
-        }
-    }
-
-    /// From now on the clock says `ms` (tests).
-    pub fn set_ms(&self, ms: u64) {
-        self.set_ms.store(ms.max(1), Ordering::Relaxed);
-    }
-
-    /// Moves a set clock forward (from the wall clock's now if it was not set).
-    pub fn advance(&self, by: Duration) {
-        self.set_ms(self.now_ms() + by.as_millis() as u64);
-    }
-}
 
 /// How a request reached the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +143,8 @@ pub struct AuditLog {
     store: Arc<dyn Store>,
     instance: String,
     retention: Duration,
-    pub clock: Clock,
+    /// The server's clock (shared with the pools' time-driven rules).
+    pub clock: Arc<Clock>,
     /// Events that reached the log but not the store (a full queue or a store error).
     dropped: Arc<AtomicU64>,
     /// The ids' tails: this instance's random high bits, then a count, so that the events
@@ -209,7 +185,7 @@ impl AuditLog {
             store,
             instance,
             retention,
-            clock: Clock::default(),
+            clock: Arc::default(),
             dropped,
             salt: rand::random::<u64>() << SEQ_BITS,
             seq: AtomicU64::new(0),

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod audit;
 pub mod client_settings;
+pub mod clock;
 pub mod machine;
 pub mod problem;
 pub mod secs;

@@ -28,6 +28,7 @@
 //! | `recovery.rs` | start-up: what a previous run left, seed tasks, reconciliation |
 //! | `sweeps.rs` | background: expired assignments, old tasks, orphaned tasks |
 
+pub mod calendar;
 mod config;
 mod guacamole;
 mod launcher;
@@ -133,6 +134,8 @@ pub struct Inner {
     /// Tasks this instance is driving.
     running: DashSet<Uuid>,
     audit: Arc<crate::audit::AuditLog>,
+    /// The server's clock (the audit log's): schedules, session limits and warm sets read it.
+    clock: Arc<crate::domain::clock::Clock>,
     /// `rpc/pools` replies by (user, favourites only, the user's groups): pools do not change
     /// while the process runs, so each is rendered once ([`Pools::list_reply`]).
     /// With each, how many pools it lists.
@@ -253,6 +256,7 @@ impl Pools {
             metrics,
             timings,
             instance,
+            clock: audit.clock.clone(),
             audit,
             running: DashSet::new(),
             list_replies: dashmap::DashMap::with_hasher(Default::default()),
@@ -261,6 +265,13 @@ impl Pools {
             shutdown,
             drained,
         })))
+    }
+}
+
+impl Pools {
+    /// The server's clock, which the pools' time-driven rules read (a test sets it).
+    pub fn clock(&self) -> &crate::domain::clock::Clock {
+        &self.clock
     }
 }
 
