@@ -93,6 +93,18 @@ pub enum Error {
     /// may be asked again (`failed_step_retry` after the failure), when that is known.
     #[error("Pool cannot be expanded.")]
     PoolCannotExpand { retry_after: Option<u64> },
+    /// Step 1 refused: the pool's `schedule` has it closed now (403, `err_code` 820).
+    /// `opens_at`: its next opening (epoch ms), when there is one within a week.
+    #[error("The pool is closed now.")]
+    PoolClosed { opens_at: Option<u64> },
+    /// The pool may not be used from the client's address (`allow_from`; 403, `err_code`
+    /// 821).
+    #[error("The pool cannot be used from your network.")]
+    PoolNotFromHere,
+    /// Step 1 refused: the user already holds `max_desktops_per_user` desktops (403,
+    /// `err_code` 822).
+    #[error("You already hold {limit} desktops, the most allowed; give one back first.")]
+    DesktopLimit { limit: usize },
     /// Step 2 asked for without a machine from step 1 (the mock's 409, `err_code` 801).
     #[error("No eligible machine found for user connection.")]
     NoEligibleMachine,
@@ -184,7 +196,10 @@ impl Error {
             | Error::InsufficientPermissions
             | Error::AdminRequired
             | Error::AuditorReadOnly
-            | Error::PoolCannotExpand { .. } => 403,
+            | Error::PoolCannotExpand { .. }
+            | Error::PoolClosed { .. }
+            | Error::PoolNotFromHere
+            | Error::DesktopLimit { .. } => 403,
             Error::NotFound(_) => 404,
             Error::NoEligibleMachine | Error::Conflict(_) => 409,
             Error::FrameTooLarge { .. } => 413,
@@ -205,6 +220,9 @@ impl Error {
             }
             Error::PoolCannotExpand { .. } => Some(800),
             Error::NoEligibleMachine => Some(801),
+            Error::PoolClosed { .. } => Some(820),
+            Error::PoolNotFromHere => Some(821),
+            Error::DesktopLimit { .. } => Some(822),
             Error::InvalidOtp => Some(103),
             Error::MfaRequired { kind, .. } => Some(kind.err_code()),
             Error::SsoRequired(_) => Some(MfaKind::Adfs.err_code()),
@@ -232,6 +250,9 @@ impl Error {
                     "The last request for a machine here failed; the pool can be asked again in {secs} s."
                 )),
             );
+        }
+        if let Error::PoolClosed { opens_at } = self {
+            args.extend(closed_fields(*opens_at));
         }
         if let Error::SsoRequired(handoff) = self {
             args.insert(
@@ -273,4 +294,26 @@ impl Error {
         }
         Value::Object(args)
     }
+}
+
+/// What a `PoolClosed` refusal adds on both transports: the next opening and a sentence.
+pub fn closed_fields(opens_at: Option<u64>) -> Map<String, Value> {
+    let mut fields = Map::new();
+    match opens_at {
+        Some(ms) => {
+            let at = crate::domain::clock::rfc3339(ms);
+            fields.insert("opens_at".into(), json!(at));
+            fields.insert(
+                "detail".into(),
+                json!(format!("The pool's schedule has it closed; it opens at {at}.")),
+            );
+        }
+        None => {
+            fields.insert(
+                "detail".into(),
+                json!("The pool's schedule has it closed, and it does not open within a week."),
+            );
+        }
+    }
+    fields
 }

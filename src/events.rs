@@ -507,14 +507,23 @@ impl EventHub {
 
     /// Tells the user's RPC sockets that a machine was given back.
     pub fn released(&self, user: Uuid, pool_id: Uuid, machine_id: Uuid, reason: &str) {
+        self.machine_event(
+            user,
+            &serde_json::json!({"pool_id": pool_id, "machine_id": machine_id, "status": "RELEASED", "reason": reason}),
+        );
+    }
+
+    /// Whether `user` has a signed-in socket here.
+    pub fn has_sockets(&self, user: Uuid) -> bool {
+        self.users.get(&user).is_some_and(|e| !e.subs.is_empty())
+    }
+
+    /// Sends a `machine` event (`args`) to the user's RPC sockets that take them.
+    pub fn machine_event(&self, user: Uuid, args: &serde_json::Value) {
         let Some(entry) = self.users.get(&user) else {
             return;
         };
-        let text: Text = crate::envelope::event(
-            EventName::Machine.as_str(),
-            &serde_json::json!({"pool_id": pool_id, "machine_id": machine_id, "status": "RELEASED", "reason": reason}),
-        )
-        .into();
+        let text: Text = crate::envelope::event(EventName::Machine.as_str(), args).into();
         for sub in entry.subs.iter().filter(|s| {
             s.format == EventFormat::Rpc && s.enabled.get(EventName::Machine) && (s.alive)()
         }) {

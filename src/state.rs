@@ -411,6 +411,7 @@ fn timings(config: &Config) -> Timings {
     Timings {
         deadline: config.task_deadline,
         assignment_ttl: config.assignment_ttl,
+        max_desktops_per_user: config.max_desktops_per_user,
         lease_sweep: config.lease_sweep,
         task_lease: config.task_lease,
         failed_step_retry: config.failed_step_retry,
@@ -438,6 +439,24 @@ async fn dispatch_bus(state: AppState, mut bus: mpsc::UnboundedReceiver<BusEvent
                 machine_id,
                 reason,
             } => state.events.released(user_id, pool_id, machine_id, &reason),
+            BusEvent::Ending {
+                user_id,
+                pool_id,
+                machine_id,
+                ends_at_ms,
+                ends_in,
+                reason,
+            } => state.events.machine_event(
+                user_id,
+                &serde_json::json!({
+                    "pool_id": pool_id,
+                    "machine_id": machine_id,
+                    "status": "ENDING",
+                    "ends_in": ends_in,
+                    "ends_at": crate::domain::clock::rfc3339(ends_at_ms),
+                    "reason": reason,
+                }),
+            ),
             BusEvent::SessionRevoked { hash, .. } => state.auth.tokens.revoke_local(&hash),
             BusEvent::JwtRevoked { jti, exp } => state.auth.jwt.revoke_local(&jti, exp),
             BusEvent::JwtUserRevoked { user_id, before } => {

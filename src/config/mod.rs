@@ -157,6 +157,9 @@ pub struct Config {
     /// active ones, so a user — or a script with a user's password — cannot grow the store
     /// without bound.
     pub max_sessions_per_user: usize,
+    /// Desktops one user may hold at once across all pools (assigned machines and step-1
+    /// tasks under way); unlimited when absent.
+    pub max_desktops_per_user: Option<usize>,
     /// How long ended tasks are kept (for `task`/`tasks` and the admin's view) before they are
     /// deleted; the latest task of each (user, pool, kind) is kept regardless.
     #[serde(with = "secs")]
@@ -266,6 +269,7 @@ impl Default for Config {
             drain_timeout: Duration::ZERO,
             failed_step_retry: Duration::from_secs(60),
             max_sessions_per_user: 32,
+            max_desktops_per_user: None,
             directory_recheck: Duration::from_secs(300),
             session_max_age: Duration::from_secs(12 * 3600),
             task_retention: Duration::from_secs(7 * 24 * 3600),

@@ -83,6 +83,10 @@ impl Config {
                 self.lockout_address_attempts == 0,
             ),
             ("max_sessions_per_user", self.max_sessions_per_user == 0),
+            (
+                "max_desktops_per_user",
+                self.max_desktops_per_user == Some(0),
+            ),
         ] {
             if zero {
                 fail(
@@ -98,6 +102,10 @@ impl Config {
             );
         }
         p.extend(self.browser_problems());
+        for (i, pool) in self.pools.iter().enumerate() {
+            let at = |key: &str| vec!["pools".to_owned(), i.to_string(), key.to_owned()];
+            p.extend(self.policy_problems(pool, &at));
+        }
         p
     }
 
@@ -281,6 +289,55 @@ impl Config {
                     ),
                 ));
             }
+        }
+        p
+    }
+
+    /// A pool's policy keys that cannot work as written.
+    fn policy_problems(
+        &self,
+        pool: &crate::pools::PoolConfig,
+        at: &dyn Fn(&str) -> Vec<String>,
+    ) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let is_static = matches!(
+            self.provisioners.get(&pool.provisioner),
+            Some(crate::provision::ProvisionerConfig::Static(_))
+        );
+        if pool.balance != crate::pools::Balance::First && !is_static {
+            p.push(Problem::at(
+                at("balance"),
+                format!(
+                    "pool {:?}: balance picks among a static inventory's machines, and this                      pool's provisioner {:?} is not kind = \"static\"; remove it",
+                    pool.name, pool.provisioner
+                ),
+            ));
+        }
+        if let Some(idle) = pool.idle_release
+            && idle < Duration::from_secs(60)
+        {
+            p.push(Problem::at(
+                at("idle_release"),
+                format!(
+                    "must be at least 60 s (it is {} s): instances tell each other who has a \
+                     socket every 15 s, and a user reconnecting needs a moment",
+                    idle.as_secs_f64()
+                ),
+            ));
+        }
+        for (key, value) in [("max_session", pool.max_session)] {
+            if value.is_some_and(|d| d.is_zero()) {
+                p.push(Problem::at(
+                    at(key),
+                    "must be greater than zero; remove it for no limit".to_owned(),
+                ));
+            }
+        }
+        if pool.warn_before.is_zero() {
+            p.push(Problem::at(
+                at("warn_before"),
+                "must be greater than zero (600 s by default)".to_owned(),
+            ));
         }
         p
     }

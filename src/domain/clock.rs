@@ -38,3 +38,8 @@ impl Clock {
         self.set_ms.load(Ordering::Relaxed) != 0
     }
 }
+
+/// Epoch milliseconds as RFC 3339 in UTC (`2026-12-07T08:30:00Z`), as clients get times.
+pub fn rfc3339(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64).map_or_else(|_| String::new(), |t| t.to_string())
+}

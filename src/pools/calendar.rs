@@ -322,10 +322,7 @@ impl Calendar {
     }
 }
 
-/// Epoch milliseconds as RFC 3339 in UTC (`2026-12-07T08:30:00Z`), as clients get times.
-pub fn rfc3339(ms: u64) -> String {
-    Timestamp::from_millisecond(ms as i64).map_or_else(|_| String::new(), |t| t.to_string())
-}
+pub use crate::domain::clock::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::calendar::{Days, Hours, Window, Zone};
+pub use crate::provision::Balance;
 use crate::domain::{TaskKind, TaskStatus, secs};
 
 /// A `[[pools]]` table.
@@ -37,6 +39,72 @@ pub struct PoolConfig {
     /// also hand out a link into the desktop through guacamole-auth-json.
     #[serde(default)]
     pub guacamole: Option<GuacamoleConfig>,
+
+    // Policies (protocol/pools.md, docs/policies.md). All optional: a pool without them is
+    // open to its users at all times, from anywhere.
+    /// Client networks the pool may be used from (the address poolgate sees, after
+    /// `trusted_proxies` and the PROXY protocol); empty: any.
+    #[serde(default)]
+    pub allow_from: Vec<ipnet::IpNet>,
+    /// When the pool may be used; empty: always.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleWindow>,
+    /// What happens to a desktop still held when the schedule closes the pool.
+    #[serde(default)]
+    pub end_action: EndAction,
+    /// How long before a desktop is taken away (the schedule closing, `max_session`, the
+    /// lease) its user's sockets are warned.
+    #[serde(default = "warn_before", with = "secs")]
+    pub warn_before: Duration,
+    /// Longest a desktop stays assigned (seconds); `assignment_ttl` bounds it in any case.
+    #[serde(default, with = "secs::option")]
+    pub max_session: Option<Duration>,
+    /// A desktop whose user has had no signed-in socket (on any instance) this long is given
+    /// back.
+    #[serde(default, with = "secs::option")]
+    pub idle_release: Option<Duration>,
+    /// How a static pool's provisioner picks among its free machines.
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+/// One `schedule` entry: `{ days = "Mon-Fri", hours = "07:00-19:00", timezone = "Europe/Moscow" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleWindow {
+    /// Every day when absent.
+    #[serde(default)]
+    pub days: Days,
+    pub hours: Hours,
+    /// UTC when absent.
+    #[serde(default)]
+    pub timezone: Option<Zone>,
+}
+
+impl ScheduleWindow {
+    pub fn window(&self) -> Window {
+        Window {
+            days: self.days,
+            hours: self.hours,
+            zone: self.timezone.clone().unwrap_or_else(Zone::utc),
+        }
+    }
+}
+
+/// `end_action`: what the end of a schedule window does to the desktops still held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndAction {
+    /// They are given back (after the warnings).
+    #[default]
+    Release,
+    /// They stay until their lease, `max_session` or `idle_release` ends them; only new
+    /// requests are refused.
+    Keep,
+}
+
+fn warn_before() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// A pool's `guacamole = { url, secret_key_file }` table.
@@ -119,4 +187,6 @@ pub struct Timings {
     pub task_retention: Duration,
     /// How often they are.
     pub sweep_interval: Duration,
+    /// `max_desktops_per_user` (not a timing, but a rule every pool shares).
+    pub max_desktops_per_user: Option<usize>,
 }

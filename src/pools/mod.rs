@@ -32,6 +32,7 @@ pub mod calendar;
 mod config;
 mod guacamole;
 mod launcher;
+mod policy;
 mod queries;
 mod recovery;
 mod release;
@@ -40,9 +41,13 @@ mod steps;
 mod sweeps;
 mod wire;
 
-pub use config::{GuacamoleConfig, PoolConfig, SeedTask, Timings};
+pub use config::{
+    Balance, EndAction, GuacamoleConfig, PoolConfig, ScheduleWindow, SeedTask, Timings,
+};
 pub use guacamole::{Gateway, GuacamoleLink};
 pub use launcher::Launcher;
+pub use policy::{Availability, Enforced};
+pub use queries::ListedPool;
 pub use wire::{ConnectOutcome, ConnectParams, Discarded, PoolView};
 
 use std::collections::{HashMap, HashSet};
@@ -68,6 +73,7 @@ struct Pool {
     groups: Vec<String>,
     provisioner: Arc<dyn Provisioner>,
     guacamole: Option<guacamole::Gateway>,
+    policy: policy::Policy,
 }
 
 impl Pool {
@@ -142,6 +148,13 @@ pub struct Inner {
     /// Hashed with foldhash (seeded per process): the keys are the server's own, and SipHash
     /// was ~3 % of a `pools` request.
     list_replies: ListReplies,
+    /// Warnings sent of desktops' ends, by (user, pool, machine): the last stage sent
+    /// ([`Pools::enforce_policies`]).
+    warned: dashmap::DashMap<(Uuid, Uuid, Uuid), u8>,
+    /// When this instance first enforced the policies: no one counts as idle since before.
+    enforcing_since: std::sync::OnceLock<u64>,
+    /// Whether some pool's listing depends on the caller's address or the time.
+    conditional: bool,
     /// Permits for provisioner releases (see [`release::CONCURRENT_RELEASES`]).
     releases: Arc<tokio::sync::Semaphore>,
     tracker: TaskTracker,
@@ -241,6 +254,7 @@ impl Pools {
                 groups: p.groups.clone(),
                 provisioner: provisioner.clone(),
                 guacamole,
+                policy: policy::Policy::from_config(p),
             };
             if map.insert(p.id, Arc::new(pool)).is_some() {
                 bail!("pool id {} is used twice", p.id);
@@ -260,6 +274,9 @@ impl Pools {
             audit,
             running: DashSet::new(),
             list_replies: dashmap::DashMap::with_hasher(Default::default()),
+            warned: dashmap::DashMap::new(),
+            enforcing_since: std::sync::OnceLock::new(),
+            conditional: pools.iter().any(|p| !p.allow_from.is_empty() || !p.schedule.is_empty()),
             releases: Arc::new(tokio::sync::Semaphore::new(release::CONCURRENT_RELEASES)),
             tracker,
             shutdown,
@@ -290,8 +307,10 @@ fn step_request(
         pool_id: pool.id,
         pool_name: pool.name.clone(),
         machine,
+        previous_machine: None,
         width: None,
         height: None,
         reason: None,
+        balance: Default::default(),
     }
 }

@@ -1,13 +1,14 @@
 //! Read-only answers about pools, tasks and assignments: what the listing methods and the
 //! admin views need, kept apart from the rules that change anything.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::{GuacamoleLink, Launcher, PoolView, Pools, launcher};
+use super::{Availability, GuacamoleLink, Launcher, Pool, PoolView, Pools, launcher};
 use crate::auth::users::User;
 use crate::domain::{ConnectionData, Machine, Task, TaskKind, TaskStatus};
 use crate::error::Error;
@@ -19,25 +20,36 @@ const RECENT_PER_USER: usize = crate::store::RECENT_TASKS;
 const LIST_REPLIES_MAX: usize = 100_000;
 
 impl Pools {
-    /// The user's pools, in config order; `favorites_only` keeps the favourites.
-    pub fn list(&self, user: &User, favorites_only: bool) -> Vec<PoolView> {
-        self.listed(user, favorites_only).cloned().collect()
+    /// The user's pools, in config order, with their availability to a caller at `from` now;
+    /// `favorites_only` keeps the favourites.
+    pub fn list(&self, user: &User, from: IpAddr, favorites_only: bool) -> Vec<ListedPool> {
+        self.listed(user, favorites_only)
+            .map(|p| ListedPool {
+                view: p.view.clone(),
+                availability: self.availability(p, from),
+            })
+            .collect()
     }
 
-    fn listed(&self, user: &User, favorites_only: bool) -> impl Iterator<Item = &PoolView> {
+    fn listed(&self, user: &User, favorites_only: bool) -> impl Iterator<Item = &Arc<Pool>> {
         self.order
             .iter()
             .map(|id| &self.pools[id])
             .filter(move |p| p.admits(user))
             .filter(move |p| !favorites_only || p.view.is_favorite)
-            .map(|p| &p.view)
     }
 
-    /// [`Pools::list`] rendered as JSON, once per user, flag and group set: what a user sees
-    /// depends on nothing else, since pools are fixed for the life of the process (a
-    /// directory user whose groups changed at a sign-in gets a listing of their own).
-    pub fn list_reply(&self, user: &User, favorites_only: bool) -> Result<Box<RawValue>, Error> {
-        self.with_listing(user, favorites_only, |json, _| json.to_owned())
+    /// [`Pools::list`] rendered as JSON, once per user, flag, group set and — for pools
+    /// whose `allow_from` or `schedule` make it depend on the caller's address or the time —
+    /// what they say now: pools are fixed for the life of the process (a directory user whose
+    /// groups changed at a sign-in gets a listing of their own).
+    pub fn list_reply(
+        &self,
+        user: &User,
+        from: IpAddr,
+        favorites_only: bool,
+    ) -> Result<Box<RawValue>, Error> {
+        self.with_listing(user, from, favorites_only, |json, _| json.to_owned())
     }
 
     /// Calls `f` with the user's rendered listing (see [`Pools::list_reply`]) and how many
@@ -45,20 +57,37 @@ impl Pools {
     pub fn with_listing<R>(
         &self,
         user: &User,
+        from: IpAddr,
         favorites_only: bool,
         f: impl FnOnce(&RawValue, usize) -> R,
     ) -> Result<R, Error> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = |v: &dyn Fn(&mut DefaultHasher)| {
+            let mut h = BuildHasherDefault::<DefaultHasher>::default().build_hasher();
+            v(&mut h);
+            std::hash::Hasher::finish(&h)
+        };
         let groups = if user.groups.is_empty() {
             0
         } else {
-            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-            BuildHasherDefault::<DefaultHasher>::default().hash_one(&user.groups)
+            hash(&|h| std::hash::Hash::hash(&user.groups, h))
         };
-        let key = (user.id, favorites_only, groups);
+        // What the conditional pools say to this caller now (0 when there are none).
+        let conditions = if self.conditional {
+            let now: Vec<Availability> = self
+                .listed(user, favorites_only)
+                .filter(|p| p.policy.is_conditional())
+                .map(|p| self.availability(p, from))
+                .collect();
+            hash(&|h| std::hash::Hash::hash(&now, h))
+        } else {
+            0
+        };
+        let key = (user.id, favorites_only, groups ^ conditions.rotate_left(1));
         if let Some(hit) = self.list_replies.get(&key) {
             return Ok(f(&hit.0, hit.1));
         }
-        let list = self.list(user, favorites_only);
+        let list = self.list(user, from, favorites_only);
         let reply = serde_json::value::to_raw_value(&list).map_err(Error::internal)?;
         let out = f(&reply, list.len());
         if self.list_replies.len() >= LIST_REPLIES_MAX {
@@ -190,4 +219,13 @@ impl Pools {
     pub fn release_deadline(&self) -> Duration {
         self.timings.release_deadline
     }
+}
+
+/// A pool in a listing: what clients see of it, and whether they may ask for it now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListedPool {
+    #[serde(flatten)]
+    pub view: PoolView,
+    #[serde(flatten)]
+    pub availability: Availability,
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{Pool, Pools};
 use crate::domain::{ConnectionData, Machine, Task, TaskError, TaskKind, TaskStatus};
 use crate::provision::{Diagnosis, Progress, Provisioner, StepError, StepRequest, Update};
-use crate::store::{Assignment, BusEvent, now_ms};
+use crate::store::{Assignment, BusEvent};
 
 /// What a step obtains when it succeeds.
 enum StepOk {
@@ -251,11 +251,18 @@ impl Pools {
         machine: Machine,
     ) -> Outcome {
         let machine = Arc::new(machine);
+        let now = self.clock.now_ms();
+        // `max_session` shortens the lease (the policies warn before either ends).
+        let lease = match pool.policy.max_session {
+            Some(max) => max.min(self.timings.assignment_ttl),
+            None => self.timings.assignment_ttl,
+        };
         let assignment = Assignment {
             user_id: task.user_id,
             pool_id: task.pool_id,
             machine: machine.clone(),
-            lease_until_ms: now_ms() + self.timings.assignment_ttl.as_millis() as u64,
+            lease_until_ms: now + lease.as_millis() as u64,
+            since_ms: now,
         };
         // Retried for about six seconds, a failover's worth: a store outage must not throw
         // away a machine the provisioner just made.

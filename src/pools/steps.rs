@@ -3,6 +3,7 @@
 //! Both steps end in `get_or_create`, the one compare-and-set on a key's latest task,
 //! so concurrent requests on any instance agree on one task.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -27,14 +28,36 @@ impl Pools {
         }
     }
 
-    /// Step 1: a machine for the user in the pool.
-    pub async fn request_machine(&self, user: &User, pool_id: Uuid) -> Result<Task, Error> {
+    /// Step 1: a machine for the user in the pool, asked from `from`.
+    ///
+    /// The pool's policies: a request from outside `allow_from` is refused; a new task is
+    /// refused while the schedule has the pool closed or the user holds
+    /// `max_desktops_per_user` desktops — but a repeated request still gets the task under
+    /// way or the desktop held.
+    pub async fn request_machine(
+        &self,
+        user: &User,
+        from: IpAddr,
+        pool_id: Uuid,
+    ) -> Result<Task, Error> {
         let pool = self.pool_for(user, pool_id)?;
+        pool.policy.check_address(from)?;
+        let refusal = self.refusal(user, &pool).await?;
         let key = (user.id, pool_id, TaskKind::PoolExpand);
         // Built only when a task is started.
         let p = pool.clone();
-        let req = || step_request(user.id, &user.username, &p.view, None);
-        self.get_or_create(key, pool, req, |last| async move {
+        let req = || {
+            let mut req = step_request(user.id, &user.username, &p.view, None);
+            req.balance = p.policy.balance;
+            req
+        };
+        let previous = std::sync::Mutex::new(None);
+        let keep = |last: Task| {
+            // Affinity: the machine of the user's last step 1 here, for the provisioner.
+            if let Some(m) = &last.machine {
+                *previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.id);
+            }
+            async move {
             match last.status {
                 TaskStatus::Pending | TaskStatus::Running => Ok(Some(last)),
                 TaskStatus::Completed
@@ -49,18 +72,27 @@ impl Pools {
                 // whose window passed or that an operator cleared.
                 TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => Ok(None),
             }
-        })
-        .await
+            }
+        };
+        let req = || {
+            let mut req = req();
+            req.previous_machine = *previous.lock().unwrap_or_else(|e| e.into_inner());
+            req
+        };
+        self.get_or_create(key, pool, req, refusal, keep).await
     }
 
     /// Step 2: connection data for the user's machine in the pool.
     pub async fn connect_info(
         &self,
         user: &User,
+        from: IpAddr,
         pool_id: Uuid,
         params: &ConnectParams,
     ) -> Result<ConnectOutcome, Error> {
         let pool = self.pool_for(user, pool_id)?;
+        // The connection data is the desktop: not handed out outside `allow_from` either.
+        pool.policy.check_address(from)?;
         let Some(assignment) = self.store.assignment_get(user.id, pool_id).await? else {
             return Err(Error::NoEligibleMachine);
         };
@@ -92,7 +124,7 @@ impl Pools {
             req.height = params.height.map(|h| h as u32);
             req
         };
-        self.get_or_create(key, pool, req, |last| async move {
+        self.get_or_create(key, pool, req, None, |last| async move {
             Ok(match (&last.status, &last.connection) {
                 (TaskStatus::Pending | TaskStatus::Running, _) => Some(last.into()),
                 // Ready, for the machine the user holds now.
@@ -110,12 +142,14 @@ impl Pools {
     /// answers the request (`Some`: the running task on a repeat, a result that stands; or an
     /// error), else a new task, started with what `req` builds, in its place. The new task replaces the
     /// latest by compare-and-set, so concurrent requests on any instance agree on one task: a
-    /// loser reads the winner's and asks `keep` again.
+    /// loser reads the winner's and asks `keep` again. `refuse_new`, when set, is the answer
+    /// instead of a new task (a policy refuses one now).
     async fn get_or_create<T, F>(
         &self,
         key: TaskKey,
         pool: Arc<Pool>,
         req: impl FnOnce() -> StepRequest,
+        mut refuse_new: Option<Error>,
         mut keep: impl FnMut(Task) -> F,
     ) -> Result<T, Error>
     where
@@ -130,6 +164,9 @@ impl Pools {
                 && let Some(answer) = keep(latest).await?
             {
                 return Ok(answer);
+            }
+            if let Some(refusal) = refuse_new.take() {
+                return Err(refusal);
             }
             let task = Task::new(kind, user_id, pool_id);
             if self.store.task_create(expected, &task).await? {

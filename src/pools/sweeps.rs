@@ -1,5 +1,5 @@
-//! The background sweeps, one loop on the tracker until shutdown: expired assignments are
-//! released, ended tasks past `task_retention` deleted, and on shared stores tasks whose
+//! The background sweeps, one loop on the tracker until shutdown: held desktops are checked
+//! against their lease and the pools' policies (`policy.rs`: warnings, ends, idle users), ended tasks past `task_retention` deleted, and on shared stores tasks whose
 //! instance went away (their lease lapsed) ended, so no task stays active without a runner.
 
 use super::Pools;
@@ -7,11 +7,15 @@ use crate::domain::TaskError;
 use crate::error::Error;
 use crate::store::now_ms;
 
+/// The longest wait between two rounds of the policies.
+const POLICY_TICK: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl Pools {
-    /// Background: release expired assignments; delete ended tasks past their retention; on
+    /// Background: enforce leases and policies on held desktops; delete ended tasks past their retention; on
     /// shared stores, end tasks whose instance went away (their lease lapsed).
     pub(super) async fn sweeps(self) {
-        let mut leases = tokio::time::interval(self.timings.lease_sweep);
+        // Often enough for the last warning a minute before a desktop's end to come in time.
+        let mut leases = tokio::time::interval(self.timings.lease_sweep.min(POLICY_TICK));
         let mut orphans = tokio::time::interval(self.timings.task_lease / 2);
         let mut retention = tokio::time::interval(self.timings.sweep_interval);
         loop {
@@ -26,7 +30,10 @@ impl Pools {
                     }
                 }
                 _ = leases.tick() => {
-                    if let Err(e) = self.release_expired().await {
+                    if let Err(e) = self.mark_presence().await {
+                        tracing::warn!(error = %e, "cannot record which users have sockets here");
+                    }
+                    if let Err(e) = self.enforce_policies().await {
                         tracing::warn!(error = %e, "assignment sweep failed");
                     }
                 }
@@ -37,16 +44,6 @@ impl Pools {
                 }
             }
         }
-    }
-
-    async fn release_expired(&self) -> Result<(), Error> {
-        let now = now_ms();
-        for a in self.store.assignments().await? {
-            if a.lease_until_ms <= now {
-                self.release(a.user_id, a.pool_id, "lease expired").await?;
-            }
-        }
-        Ok(())
     }
 
     async fn take_over_orphans(&self) -> Result<(), Error> {

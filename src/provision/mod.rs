@@ -108,6 +108,10 @@ pub struct StepRequest {
     /// Step 2 and release: the machine step 1 gave the user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine: Option<Machine>,
+    /// Step 1: the id of the machine the user's last step 1 in the pool got, if any — a
+    /// provisioner gives it again when it is free (affinity; the static one does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_machine: Option<Uuid>,
     /// Step 2 only: the client's screen size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub width: Option<u32>,
@@ -117,6 +121,9 @@ pub struct StepRequest {
     /// ...; the list is in protocol/provisioners.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Step 1: the pool's `balance` (how a static inventory picks among free machines).
+    #[serde(skip)]
+    pub balance: Balance,
 }
 
 #[async_trait]
@@ -171,6 +178,22 @@ impl ProvisionerConfig {
             ProvisionerConfig::Command(c) => Arc::new(command::Command::new(c.clone())?),
         })
     }
+}
+
+/// `balance`: how a static inventory picks a free machine (after affinity: the machine the
+/// user had last, when it is free and not draining).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The first free machine in the inventory's order.
+    #[default]
+    First,
+    /// The free machine handed out the fewest times.
+    LeastUsed,
+    /// The free machine after the one handed out last, in the inventory's order.
+    RoundRobin,
+    /// The free machine of the highest `priority` (the inventory's order among equals).
+    Priority,
 }
 
 /// Default desktop permissions when the config names none.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{ConnectionData, Machine, Progress, Provisioner, StepError, StepRequest};
+use super::{Balance, ConnectionData, Machine, Progress, Provisioner, StepError, StepRequest};
 use crate::store::Store;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +29,12 @@ pub struct StaticMachine {
     pub protocol_id: u32,
     #[serde(default = "super::default_permissions")]
     pub permissions: Vec<String>,
+    /// With the pool's `balance = "priority"`: higher first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Gets no new users (those holding it keep it until they give it back).
+    #[serde(default)]
+    pub drain: bool,
 }
 
 fn one() -> u32 {
@@ -52,6 +58,8 @@ pub struct Static {
     /// The inventory's name: the key of its claims in the store.
     name: String,
     machines: Vec<Machine>,
+    /// Each machine's `priority` and `drain`, in the same order.
+    rules: Vec<(i32, bool)>,
     probe_timeout: Duration,
     store: Arc<dyn Store>,
 }
@@ -89,6 +97,7 @@ impl Static {
         }
         Ok(Static {
             name: name.to_owned(),
+            rules: config.machines.iter().map(|m| (m.priority, m.drain)).collect(),
             machines,
             probe_timeout: config.probe_timeout,
             store,
@@ -96,13 +105,62 @@ impl Static {
     }
 }
 
+fn store_down(e: crate::store::StoreError) -> StepError {
+    StepError::Failed(format!("Cannot reach the state store: {e}."))
+}
+
+impl Static {
+    /// The free machines that may get a new user (not `held`, not draining), by index, in the
+    /// order to try them: the user's previous machine first (affinity), then as `balance`
+    /// says.
+    async fn candidates(
+        &self,
+        req: &StepRequest,
+        held: &HashSet<Uuid>,
+    ) -> Result<Vec<usize>, StepError> {
+        let mut free: Vec<usize> = (0..self.machines.len())
+            .filter(|&i| !held.contains(&self.machines[i].id) && !self.rules[i].1)
+            .collect();
+        match req.balance {
+            Balance::First => {}
+            Balance::Priority => free.sort_by_key(|&i| std::cmp::Reverse(self.rules[i].0)),
+            Balance::LeastUsed => {
+                let uses: std::collections::HashMap<Uuid, u64> = self
+                    .store
+                    .machine_uses(&self.name)
+                    .await
+                    .map_err(store_down)?
+                    .into_iter()
+                    .collect();
+                free.sort_by_key(|&i| uses.get(&self.machines[i].id).copied().unwrap_or(0));
+            }
+            Balance::RoundRobin if !free.is_empty() => {
+                // The n-th hand-out starts after the machine at n - 1 in the inventory.
+                let n = self
+                    .store
+                    .machine_count_use(&self.name, Uuid::nil())
+                    .await
+                    .map_err(store_down)?;
+                let start = ((n - 1) % self.machines.len() as u64) as usize;
+                let at = free.partition_point(|&i| i < start);
+                free.rotate_left(at);
+            }
+            Balance::RoundRobin => {}
+        }
+        if let Some(previous) = req.previous_machine
+            && let Some(pos) = free.iter().position(|&i| self.machines[i].id == previous)
+        {
+            let i = free.remove(pos);
+            free.insert(0, i);
+        }
+        Ok(free)
+    }
+}
+
 #[async_trait]
 impl Provisioner for Static {
-    async fn expand(&self, _req: &StepRequest, progress: Progress) -> Result<Machine, StepError> {
+    async fn expand(&self, req: &StepRequest, progress: Progress) -> Result<Machine, StepError> {
         progress.running();
-        let store_down = |e: crate::store::StoreError| {
-            StepError::Failed(format!("Cannot reach the state store: {e}."))
-        };
         let held: HashSet<Uuid> = self
             .store
             .machines_claimed(&self.name)
@@ -110,7 +168,8 @@ impl Provisioner for Static {
             .map_err(store_down)?
             .into_iter()
             .collect();
-        for m in self.machines.iter().filter(|m| !held.contains(&m.id)) {
+        for i in self.candidates(req, &held).await? {
+            let m = &self.machines[i];
             // Someone may claim it between our read and here: the claim itself decides.
             if self
                 .store
@@ -118,6 +177,10 @@ impl Provisioner for Static {
                 .await
                 .map_err(store_down)?
             {
+                if let Err(e) = self.store.machine_count_use(&self.name, m.id).await {
+                    // Only `least_used` reads the count: the hand-out stands.
+                    tracing::warn!(machine = %m.verbose_name, error = %e, "cannot count a machine's use");
+                }
                 return Ok(m.clone());
             }
         }

@@ -177,6 +177,16 @@ impl From<Error> for RestError {
                 Self::permission_denied()
             }
             Error::NotFound(_) => Self::not_found(),
+            Error::PoolClosed { opens_at } => {
+                let mut item = json!({"msg": err.to_string(), "err_code": code, "type": "default"});
+                if let Some(item) = item.as_object_mut() {
+                    item.extend(crate::error::closed_fields(*opens_at));
+                }
+                RestError {
+                    status: StatusCode::FORBIDDEN,
+                    detail: vec![item],
+                }
+            }
             Error::Unprocessable(msg) => Self::validation(&["body"], msg.clone(), "value_error"),
             Error::BadRequest(msg) => Self::validation(&["body"], msg.clone(), "value_error"),
             Error::Internal(cause) => {

@@ -27,6 +27,7 @@ const GLINT_V1: i64 = 1;
 
 pub async fn list(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     auth: AuthUser,
     Query(query): Query<validate::Query>,
 ) -> Result<Response, RestError> {
@@ -67,7 +68,7 @@ pub async fn list(
     // per user, written as it is; another page is cut from the listing.
     let (total, first) = state
         .pools
-        .with_listing(&auth.user, favorites_only, |json, total| {
+        .with_listing(&auth.user, peer.ip(), favorites_only, |json, total| {
             (
                 total,
                 (page_no == 1 && total <= size).then(|| page_of(json, total)),
@@ -78,7 +79,7 @@ pub async fn list(
         None => {
             let items: Vec<_> = state
                 .pools
-                .list(&auth.user, favorites_only)
+                .list(&auth.user, peer.ip(), favorites_only)
                 .into_iter()
                 .skip(page_no.saturating_sub(1).saturating_mul(size))
                 .take(size)
@@ -102,6 +103,7 @@ pub async fn list(
 /// Step 1: 202 with the task while it runs (or was just created), 200 once COMPLETED.
 pub async fn step1(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     auth: AuthUser,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, RestError> {
@@ -109,7 +111,9 @@ pub async fn step1(
     let pool_id = validate::uuid_path(path, "id", &mut problems);
     let pool_id = problems.finish(pool_id)?;
 
-    let task = state.pools.request_machine(&auth.user, pool_id).await?;
+    let task = state
+        .pools
+        .request_machine(&auth.user, peer.ip(), pool_id).await?;
     let status = if task.status == TaskStatus::Completed {
         StatusCode::OK
     } else {
@@ -136,7 +140,7 @@ pub async fn step2(
     Ok(
         match state
             .pools
-            .connect_info(&auth.user, pool_id, &params)
+            .connect_info(&auth.user, peer.ip(), pool_id, &params)
             .await?
         {
             ConnectOutcome::Task(task) => data(StatusCode::ACCEPTED, task),

@@ -22,7 +22,7 @@ impl PoolRequest {
         let task = ctx
             .state
             .pools
-            .request_machine(user(ctx)?, self.pool_id)
+            .request_machine(user(ctx)?, ctx.conn.peer.ip(), self.pool_id)
             .await?;
         Ok(json!({ "task": task }))
     }

@@ -26,6 +26,6 @@ impl Pools {
         // Rendered once per user and flag (`Pools::list_reply`).
         ctx.state
             .pools
-            .list_reply(user, self.is_favorite.unwrap_or(false))
+            .list_reply(user, ctx.conn.peer.ip(), self.is_favorite.unwrap_or(false))
     }
 }

@@ -70,6 +70,21 @@ pub trait Upkeep: Send + Sync + 'static {
         let _ = (key, value, ttl);
         Ok(None)
     }
+
+    /// Records that `user` had a signed-in socket on this instance at `seen_ms`, kept for
+    /// `ttl` (a pool's `idle_release` on another instance reads it). A later call replaces an
+    /// earlier one. A store only one instance uses has no other instance to tell: nothing.
+    async fn presence_put(&self, user: Uuid, seen_ms: u64, ttl: Duration) -> StoreResult<()> {
+        let _ = (user, seen_ms, ttl);
+        Ok(())
+    }
+
+    /// The last `seen_ms` recorded for `user` within its `ttl`; `None` otherwise, and always
+    /// on a store only one instance uses.
+    async fn presence_get(&self, user: Uuid) -> StoreResult<Option<u64>> {
+        let _ = user;
+        Ok(None)
+    }
 }
 
 /// The event bus the store carries: what one instance publishes, every instance (itself
@@ -286,6 +301,11 @@ pub trait Inventory: Send + Sync + 'static {
     async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()>;
     /// The inventory's claimed machines, in no order.
     async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>>;
+    /// Counts one more hand-out of `machine` (or of anything, for the nil id: a round-robin
+    /// cursor) and returns the count so far. Atomic: concurrent counts all add up.
+    async fn machine_count_use(&self, inventory: &str, machine: Uuid) -> StoreResult<u64>;
+    /// Every count of the inventory (`balance = "least_used"`), in no order.
+    async fn machine_uses(&self, inventory: &str) -> StoreResult<Vec<(Uuid, u64)>>;
 }
 
 /// Sign-in limits: lockout failure counters and back-off slots.

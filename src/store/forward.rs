@@ -49,6 +49,8 @@ forward!(Upkeep {
     async fn sweep_expired(&self) -> StoreResult<usize>;
     async fn counts(&self) -> StoreResult<StoreCounts>;
     async fn mark(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<Option<String>>;
+    async fn presence_put(&self, user: Uuid, seen_ms: u64, ttl: Duration) -> StoreResult<()>;
+    async fn presence_get(&self, user: Uuid) -> StoreResult<Option<u64>>;
 });
 
 forward!(Sessions {
@@ -105,6 +107,8 @@ forward!(Inventory {
     async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool>;
     async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()>;
     async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>>;
+    async fn machine_count_use(&self, inventory: &str, machine: Uuid) -> StoreResult<u64>;
+    async fn machine_uses(&self, inventory: &str) -> StoreResult<Vec<(Uuid, u64)>>;
 });
 
 forward!(Lockout {

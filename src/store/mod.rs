@@ -165,6 +165,9 @@ pub struct Assignment {
     pub machine: Arc<Machine>,
     /// Wall-clock milliseconds after which the lease sweep gives the machine back.
     pub lease_until_ms: u64,
+    /// When the machine was assigned (0 in records written before it was kept).
+    #[serde(default)]
+    pub since_ms: u64,
 }
 
 /// What travels between instances.
@@ -183,6 +186,17 @@ pub enum BusEvent {
         user_id: Uuid,
         pool_id: Uuid,
         machine_id: Uuid,
+        reason: String,
+    },
+    /// A held machine will be taken away at `ends_at_ms` (the pool's schedule closing,
+    /// `max_session`, its lease): the user's sockets are warned.
+    Ending {
+        user_id: Uuid,
+        pool_id: Uuid,
+        machine_id: Uuid,
+        ends_at_ms: u64,
+        /// Seconds left when the warning was sent.
+        ends_in: u64,
         reason: String,
     },
     /// A session token was revoked: every instance flips its in-memory copy.
@@ -228,6 +242,7 @@ impl BusEvent {
         match self {
             BusEvent::Task { task, .. } => Some(task.user_id),
             BusEvent::Released { user_id, .. }
+            | BusEvent::Ending { user_id, .. }
             | BusEvent::SessionRevoked { user_id, .. }
             | BusEvent::SessionsEnded { user_id, .. }
             | BusEvent::Invalidate { user_id, .. } => Some(*user_id),

@@ -68,13 +68,13 @@ async fn the_static_provisioner_never_gives_a_machine_twice_under_100_concurrent
             // Two requests per user, racing each other too.
             let a = state
                 .pools
-                .request_machine(&user, pool_win_1())
+                .request_machine(&user, LOCAL, pool_win_1())
                 .await
                 .unwrap();
             // The repeat returns the running task; when the first one has
             // already failed (no machine left), the repeat is a refused
             // retry of a failed step, which is the contract too.
-            match state.pools.request_machine(&user, pool_win_1()).await {
+            match state.pools.request_machine(&user, LOCAL, pool_win_1()).await {
                 Ok(b) => assert_eq!(a.id, b.id),
                 Err(poolgate::error::Error::PoolCannotExpand { retry_after }) => {
                     assert!(retry_after.is_some());
@@ -442,7 +442,7 @@ async fn a_panicking_provisioner_fails_the_task_and_the_server_carries_on() {
     let user = state.auth.users.by_name("astravdi").unwrap().clone();
     let task = state
         .pools
-        .request_machine(&user, pool_win_1())
+        .request_machine(&user, LOCAL, pool_win_1())
         .await
         .unwrap();
     assert_eq!(
@@ -455,7 +455,7 @@ async fn a_panicking_provisioner_fails_the_task_and_the_server_carries_on() {
     // FAILED step 1: the pool now refuses, per the rules.
     let err = state
         .pools
-        .request_machine(&user, pool_win_1())
+        .request_machine(&user, LOCAL, pool_win_1())
         .await
         .unwrap_err();
     assert_eq!(err.code(), 403);
@@ -1045,6 +1045,7 @@ async fn a_release_handed_over_during_the_drain_runs() {
                 pool_id: pool_win_1(),
                 machine: Arc::new(machine_named("vm-held")),
                 lease_until_ms: poolgate::store::now_ms() + 600_000,
+                since_ms: poolgate::store::now_ms(),
             })
             .await
             .unwrap()

@@ -15,6 +15,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const PASSWORD: &str = "Bazalt1!";
 
+/// The address test clients connect from, for calls made on the state directly.
+pub const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// The demo admin's user id (the mock's).
 pub const ASTRAVDI_ID: &str = "7e1459c2-3e19-4c3d-98f5-8344d44ae6f4";
 /// Longest any single reply may take in a test before it counts as a failure.

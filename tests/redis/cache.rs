@@ -73,6 +73,7 @@ pub async fn a_write_is_announced_even_when_its_writer_dies_as_it_returns() {
                 pool_id: pool,
                 machine: machine.clone(),
                 lease_until_ms: now_ms() + 600_000,
+                since_ms: now_ms(),
             })
             .await
             .unwrap()

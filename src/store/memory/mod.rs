@@ -31,6 +31,8 @@ struct Inner {
     latest: HashMap<TaskKey, Uuid>,
     assignments: HashMap<(Uuid, Uuid), Assignment>,
     machines: HashMap<String, HashSet<Uuid>>,
+    /// Hand-outs per inventory and machine.
+    machine_uses: HashMap<String, HashMap<Uuid, u64>>,
     /// Failure counters: (count, window ends), the latter in ms.
     failures: HashMap<String, (u32, u64)>,
     /// Back-off keys: (next free slot, kept until), both in ms.
@@ -513,6 +515,27 @@ impl Inventory for MemoryStore {
             .machines
             .get(inventory)
             .map(|s| s.iter().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn machine_count_use(&self, inventory: &str, machine: Uuid) -> StoreResult<u64> {
+        let mut inner = self.lock();
+        let count = inner
+            .machine_uses
+            .entry(inventory.to_owned())
+            .or_default()
+            .entry(machine)
+            .or_default();
+        *count += 1;
+        Ok(*count)
+    }
+
+    async fn machine_uses(&self, inventory: &str) -> StoreResult<Vec<(Uuid, u64)>> {
+        Ok(self
+            .lock()
+            .machine_uses
+            .get(inventory)
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default())
     }
 }

@@ -191,6 +191,25 @@ pub fn aof_warning(without: &[String]) -> Option<String> {
 
 #[async_trait]
 impl Upkeep for RedisStore {
+    async fn presence_put(&self, user: Uuid, seen_ms: u64, ttl: Duration) -> StoreResult<()> {
+        redis::cmd("SET")
+            .arg(self.k(&["presence", &user.to_string()]))
+            .arg(seen_ms)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async::<()>(&mut self.con())
+            .await?;
+        Ok(())
+    }
+
+    async fn presence_get(&self, user: Uuid) -> StoreResult<Option<u64>> {
+        let seen: Option<u64> = redis::cmd("GET")
+            .arg(self.k(&["presence", &user.to_string()]))
+            .query_async(&mut self.con())
+            .await?;
+        Ok(seen)
+    }
+
     async fn mark(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<Option<String>> {
         let key = self.k(&["mark", key]);
         let ttl_ms = ttl.as_millis().max(1) as u64;

@@ -26,4 +26,22 @@ impl Inventory for RedisStore {
             .await?;
         Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
     }
+
+    async fn machine_count_use(&self, inventory: &str, machine: Uuid) -> StoreResult<u64> {
+        Ok(self
+            .con()
+            .hincr(self.k(&["machine-uses", inventory]), machine.to_string(), 1)
+            .await?)
+    }
+
+    async fn machine_uses(&self, inventory: &str) -> StoreResult<Vec<(Uuid, u64)>> {
+        let all: std::collections::HashMap<String, u64> = self
+            .con()
+            .hgetall(self.k(&["machine-uses", inventory]))
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+            .collect())
+    }
 }

@@ -30,4 +30,32 @@ impl Inventory for SqliteStore {
             Ok(rows.filter_map(|r| r.ok()?.parse().ok()).collect())
         })
     }
+
+    async fn machine_count_use(&self, inventory: &str, machine: Uuid) -> StoreResult<u64> {
+        self.with(|c| {
+            c.query_row(
+                "INSERT INTO machine_uses VALUES (?1, ?2, 1) ON CONFLICT (inventory, machine_id) \
+                 DO UPDATE SET uses = uses + 1 RETURNING uses",
+                params![inventory, machine.to_string()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+    }
+
+    async fn machine_uses(&self, inventory: &str) -> StoreResult<Vec<(Uuid, u64)>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT machine_id, uses FROM machine_uses WHERE inventory = ?1")?;
+            let rows = stmt.query_map(params![inventory], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            Ok(rows
+                .filter_map(|r| {
+                    let (id, n) = r.ok()?;
+                    Some((id.parse().ok()?, n as u64))
+                })
+                .collect())
+        })
+    }
 }

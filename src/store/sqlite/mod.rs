@@ -84,6 +84,9 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_user ON audit(user, id);
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
+CREATE TABLE IF NOT EXISTS machine_uses (
+    inventory TEXT NOT NULL, machine_id TEXT NOT NULL, uses INTEGER NOT NULL,
+    PRIMARY KEY (inventory, machine_id));
 "#;
 
 /// This backend's errors as the store's (the message kept).
