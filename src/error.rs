@@ -305,7 +305,9 @@ pub fn closed_fields(opens_at: Option<u64>) -> Map<String, Value> {
             fields.insert("opens_at".into(), json!(at));
             fields.insert(
                 "detail".into(),
-                json!(format!("The pool's schedule has it closed; it opens at {at}.")),
+                json!(format!(
+                    "The pool's schedule has it closed; it opens at {at}."
+                )),
             );
         }
         None => {

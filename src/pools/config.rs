@@ -10,8 +10,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::calendar::{Days, Hours, Window, Zone};
-pub use crate::provision::Balance;
 use crate::domain::{TaskKind, TaskStatus, secs};
+pub use crate::provision::Balance;
 
 /// A `[[pools]]` table.
 #[derive(Debug, Clone, Deserialize)]

@@ -151,6 +151,8 @@ pub struct Inner {
     /// Warnings sent of desktops' ends, by (user, pool, machine): the last stage sent
     /// ([`Pools::enforce_policies`]).
     warned: dashmap::DashMap<(Uuid, Uuid, Uuid), u8>,
+    /// Held by a round of the policies: rounds never overlap (the sweep's and a test's).
+    enforcing: tokio::sync::Mutex<()>,
     /// When this instance first enforced the policies: no one counts as idle since before.
     enforcing_since: std::sync::OnceLock<u64>,
     /// Whether some pool's listing depends on the caller's address or the time.
@@ -275,8 +277,11 @@ impl Pools {
             running: DashSet::new(),
             list_replies: dashmap::DashMap::with_hasher(Default::default()),
             warned: dashmap::DashMap::new(),
+            enforcing: tokio::sync::Mutex::new(()),
             enforcing_since: std::sync::OnceLock::new(),
-            conditional: pools.iter().any(|p| !p.allow_from.is_empty() || !p.schedule.is_empty()),
+            conditional: pools
+                .iter()
+                .any(|p| !p.allow_from.is_empty() || !p.schedule.is_empty()),
             releases: Arc::new(tokio::sync::Semaphore::new(release::CONCURRENT_RELEASES)),
             tracker,
             shutdown,

@@ -200,9 +200,12 @@ impl Pools {
             }
             held += match task.status {
                 TaskStatus::Pending | TaskStatus::Running => 1,
-                TaskStatus::Completed => {
-                    usize::from(self.store.assignment_get(user, task.pool_id).await?.is_some())
-                }
+                TaskStatus::Completed => usize::from(
+                    self.store
+                        .assignment_get(user, task.pool_id)
+                        .await?
+                        .is_some(),
+                ),
                 TaskStatus::Failed | TaskStatus::Cancelled => 0,
             };
         }
@@ -249,6 +252,7 @@ impl Pools {
     /// every `lease_sweep`; tests call it after moving the clock.
     pub async fn enforce_policies(&self) -> Result<Enforced, Error> {
         let mut done = Enforced::default();
+        let _round = self.enforcing.lock().await;
         if self.store.is_shared()
             && !self
                 .store
@@ -259,6 +263,7 @@ impl Pools {
         }
         done.ran = true;
         let now = self.clock.now_ms();
+        self.enforcing_since.get_or_init(|| now);
         let assignments = self.store.assignments().await?;
         let mut warned_now = HashMap::new();
         for a in assignments {
@@ -327,8 +332,9 @@ impl Pools {
         if self.events.has_sockets(user) {
             return Ok(now);
         }
-        // Sockets before this instance started are not known: nobody is idle since earlier.
-        let since = *self.enforcing_since.get_or_init(|| now);
+        // Sockets before this instance's first round are not known: nobody is idle since
+        // earlier.
+        let since = self.enforcing_since.get().copied().unwrap_or(now);
         Ok(self.store.presence_get(user).await?.unwrap_or(0).max(since))
     }
 

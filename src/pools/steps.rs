@@ -58,20 +58,22 @@ impl Pools {
                 *previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.id);
             }
             async move {
-            match last.status {
-                TaskStatus::Pending | TaskStatus::Running => Ok(Some(last)),
-                TaskStatus::Completed
-                    if self.store.assignment_get(user.id, pool_id).await?.is_some() =>
-                {
-                    Ok(Some(last))
+                match last.status {
+                    TaskStatus::Pending | TaskStatus::Running => Ok(Some(last)),
+                    TaskStatus::Completed
+                        if self.store.assignment_get(user.id, pool_id).await?.is_some() =>
+                    {
+                        Ok(Some(last))
+                    }
+                    TaskStatus::Failed if self.failure_holds(&last) => {
+                        Err(Error::PoolCannotExpand {
+                            retry_after: self.retry_after(&last),
+                        })
+                    }
+                    // CANCELLED, COMPLETED whose machine has since been released, or a FAILED one
+                    // whose window passed or that an operator cleared.
+                    TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => Ok(None),
                 }
-                TaskStatus::Failed if self.failure_holds(&last) => Err(Error::PoolCannotExpand {
-                    retry_after: self.retry_after(&last),
-                }),
-                // CANCELLED, COMPLETED whose machine has since been released, or a FAILED one
-                // whose window passed or that an operator cleared.
-                TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed => Ok(None),
-            }
             }
         };
         let req = || {

@@ -97,7 +97,11 @@ impl Static {
         }
         Ok(Static {
             name: name.to_owned(),
-            rules: config.machines.iter().map(|m| (m.priority, m.drain)).collect(),
+            rules: config
+                .machines
+                .iter()
+                .map(|m| (m.priority, m.drain))
+                .collect(),
             machines,
             probe_timeout: config.probe_timeout,
             store,

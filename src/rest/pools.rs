@@ -66,14 +66,15 @@ pub async fn list(
     };
     // The first page holding every pool (what clients ask for) is the listing rendered once
     // per user, written as it is; another page is cut from the listing.
-    let (total, first) = state
-        .pools
-        .with_listing(&auth.user, peer.ip(), favorites_only, |json, total| {
-            (
-                total,
-                (page_no == 1 && total <= size).then(|| page_of(json, total)),
-            )
-        })?;
+    let (total, first) =
+        state
+            .pools
+            .with_listing(&auth.user, peer.ip(), favorites_only, |json, total| {
+                (
+                    total,
+                    (page_no == 1 && total <= size).then(|| page_of(json, total)),
+                )
+            })?;
     let body = match first {
         Some(body) => body,
         None => {
@@ -113,7 +114,8 @@ pub async fn step1(
 
     let task = state
         .pools
-        .request_machine(&auth.user, peer.ip(), pool_id).await?;
+        .request_machine(&auth.user, peer.ip(), pool_id)
+        .await?;
     let status = if task.status == TaskStatus::Completed {
         StatusCode::OK
     } else {

@@ -35,7 +35,9 @@ impl ConnectInfo {
         // connection data of a finished step is rendered once per machine and change.
         let user = user(ctx)?;
         let pools = &ctx.state.pools;
-        let outcome = pools.connect_info(user, ctx.conn.peer.ip(), self.pool_id, &self.params).await?;
+        let outcome = pools
+            .connect_info(user, ctx.conn.peer.ip(), self.pool_id, &self.params)
+            .await?;
         match &outcome {
             ConnectOutcome::Connection(c) => {
                 // A Guacamole link is single-use and expires: made afresh, never cached, and

@@ -74,7 +74,11 @@ async fn the_static_provisioner_never_gives_a_machine_twice_under_100_concurrent
             // The repeat returns the running task; when the first one has
             // already failed (no machine left), the repeat is a refused
             // retry of a failed step, which is the contract too.
-            match state.pools.request_machine(&user, LOCAL, pool_win_1()).await {
+            match state
+                .pools
+                .request_machine(&user, LOCAL, pool_win_1())
+                .await
+            {
                 Ok(b) => assert_eq!(a.id, b.id),
                 Err(poolgate::error::Error::PoolCannotExpand { retry_after }) => {
                     assert!(retry_after.is_some());
@@ -614,7 +618,8 @@ async fn two_machines(c: &mut Client) {
 async fn next_release(c: &mut Client) -> Value {
     loop {
         let frame = c.recv().await;
-        if frame["name"] == "machine" {
+        // Warnings of the lease's end (`ENDING`) come first.
+        if frame["name"] == "machine" && frame["args"]["status"] == "RELEASED" {
             return frame["args"].clone();
         }
     }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::*;
+pub use crate::policies::*;
 pub use crate::webauthn::*;
 
 /// The demo config on a given backend, with fast simulated timings.
@@ -236,9 +237,18 @@ pub async fn an_expired_assignment_is_released(state: &str) {
     let app = TestApp::spawn_config(c).await;
     let (mut a, _) = app.login("astravdi").await;
     let task = step_1_done(&mut a, POOL_WIN_1).await;
-    let event = loop {
+    // Warned of the lease's end first (within warn_before of it from the start).
+    let warning = loop {
         let frame = a.recv().await;
         if frame["name"] == "machine" {
+            break frame["args"].clone();
+        }
+    };
+    assert_eq!(warning["status"], "ENDING", "{warning}");
+    assert_eq!(warning["reason"], "lease expired");
+    let event = loop {
+        let frame = a.recv().await;
+        if frame["name"] == "machine" && frame["args"]["status"] == "RELEASED" {
             break frame["args"].clone();
         }
     };
@@ -2184,6 +2194,13 @@ macro_rules! backend_cases {
                 asking_again_for_the_same_connection_is_one_connect_event_a_minute,
                 audit_events_are_kept_for_the_retention_and_paged,
                 an_auditor_sees_the_views_and_changes_nothing,
+                a_pool_outside_its_schedule_is_listed_closed_and_refused_until_it_opens,
+                the_schedule_warns_before_it_closes_and_releases_unless_end_action_keeps,
+                a_pool_is_refused_from_outside_allow_from,
+                max_session_warns_and_releases_a_desktop,
+                idle_release_gives_back_the_desktop_of_a_user_without_a_socket,
+                max_desktops_per_user_counts_desktops_across_pools,
+                a_static_pool_balances_drains_and_gives_a_user_their_last_machine,
             ],
             durable: [
                 state_survives_a_restart,

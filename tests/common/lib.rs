@@ -6,4 +6,5 @@ pub mod backends;
 pub mod harness;
 pub mod helpers;
 pub mod oidc_provider;
+pub mod policies;
 pub mod webauthn;
