@@ -525,3 +525,71 @@ pub async fn a_static_pool_balances_drains_and_gives_a_user_their_last_machine(s
     assert_eq!(desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await, "m1");
     assert_eq!(desktop(&app, &mut user2, "user-2", POOL_WIN_1).await, "m3");
 }
+
+/// `idle_release` across instances (a shared store): a user whose only socket is on another
+/// instance is present; once it is gone too, the desktop is given back after `idle_release`.
+/// Both instances' clocks are moved together; each runs the round (one of them does it).
+pub async fn idle_release_counts_a_socket_on_another_instance(state: &str) {
+    let mut c = config(state);
+    pool_mut(&mut c, "pool-win-1").idle_release = Some(Duration::from_secs(600));
+    // Instances sharing a store share the JWT key.
+    c.jwt_secret = Some(poolgate::config::SecretString("k".repeat(40)));
+    let mut other = c.clone();
+    other.data_dir = c.data_dir.with_extension("b");
+    let a = TestApp::spawn_config(c).await;
+    let b = TestApp::spawn_config(other).await;
+    let set = |at: u64| {
+        a.state.audit.clock.set_ms(at);
+        b.state.audit.clock.set_ms(at);
+    };
+    let round = || async {
+        a.state.pools.enforce_policies().await.unwrap();
+        b.state.pools.enforce_policies().await.unwrap();
+    };
+    let gone = |app: &TestApp| {
+        let events = app.state.events.clone();
+        let id = user_id(app, "astravdi");
+        async move {
+            for _ in 0..200 {
+                if !events.has_sockets(id) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the socket is still registered");
+        }
+    };
+    let t0 = poolgate::store::now_ms() + 86_400_000;
+    set(t0);
+    let (mut on_a, _) = a.login("astravdi").await;
+    let (on_b, _) = b.login("astravdi").await;
+    desktop(&a, &mut on_a, "astravdi", POOL_WIN_1).await;
+    round().await;
+    drop(on_a);
+    gone(&a).await;
+
+    let held = || async {
+        a.state
+            .pools
+            .assignment(user_id(&a, "astravdi"), POOL_WIN_1.parse().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    };
+    // B tells the store the user is there; 700 s on, the desktop stays.
+    set(t0 + 300_000);
+    b.state.pools.mark_presence().await.unwrap();
+    set(t0 + 700_000);
+    b.state.pools.mark_presence().await.unwrap();
+    round().await;
+    assert!(held().await, "a socket on the other instance counts");
+    // The last socket goes: 600 s after it was last seen, the desktop is given back.
+    drop(on_b);
+    gone(&b).await;
+    set(t0 + 1_299_000);
+    round().await;
+    assert!(held().await);
+    set(t0 + 1_301_000);
+    round().await;
+    assert!(!held().await, "idle for idle_release on every instance");
+}

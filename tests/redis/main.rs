@@ -26,6 +26,7 @@ mod cluster_server;
 mod durability;
 mod failover;
 mod instances;
+mod policies;
 mod redis_server;
 mod routing;
 mod secrets;
@@ -90,6 +91,7 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         secrets::cases,
         routing::cases,
         cluster_failover::cases,
+        policies::cases,
     ] {
         all.extend(cases());
     }
