@@ -334,6 +334,20 @@ function poolCard(pool) {
   const button = card.querySelector(".connect");
   button.setAttribute("aria-label", `Connect to ${pool.name}`);
   button.addEventListener("click", () => connect(pool, card));
+  const closed = unavailableText(pool);
+  if (closed) {
+    // Still listed, so people know it exists and when to come back.
+    card.classList.add("closed");
+    button.disabled = true;
+    const p = card.querySelector(".unavailable");
+    p.textContent = closed;
+    p.hidden = false;
+  } else if (pool.closes_at) {
+    const closes = new Date(pool.closes_at).toLocaleString([], { weekday: "long", hour: "2-digit", minute: "2-digit" });
+    const p = card.querySelector(".unavailable");
+    p.textContent = `Open until ${closes}.`;
+    p.hidden = false;
+  }
   state.cards.set(pool.id, card);
   return card;
 }
@@ -345,6 +359,32 @@ function setProgress(card, percent, text) {
   const line = box.querySelector(".progress-text");
   line.textContent = text;
   line.hidden = !text;
+}
+
+/** Why a desktop ends, for people (the event's `reason`). */
+const ENDING_REASON = {
+  "schedule closes the pool": "the pool closes",
+  "max_session reached": "the longest session allowed",
+  "lease expired": "the longest time a desktop is kept",
+};
+
+function cardNotice(card, text) {
+  const p = card.querySelector(".notice");
+  p.textContent = text || "";
+  p.hidden = !text;
+}
+
+/** Why a listed pool cannot be asked for now, for people; `null` when it can. */
+function unavailableText(pool) {
+  if (pool.available !== false) return null;
+  if (pool.unavailable === "network") return "Not available from your network.";
+  if (pool.opens_at) {
+    const opens = new Date(pool.opens_at).toLocaleString([], {
+      weekday: "long", hour: "2-digit", minute: "2-digit",
+    });
+    return `Not available now: opens ${opens}.`;
+  }
+  return "Not available now.";
 }
 
 function cardError(card, text) {
@@ -395,7 +435,12 @@ function onEvent(name, args) {
   if (name === "task" && args && args.id) remember(args);
   if (name === "machine" && args && args.pool_id) {
     const card = state.cards.get(args.pool_id);
-    if (card) {
+    if (card && args.status === "ENDING") {
+      // A warning: the desktop stays until `ends_at`.
+      const when = new Date(args.ends_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      cardNotice(card, `Your desktop ends at ${when} (${ENDING_REASON[args.reason] || args.reason}): save your work.`);
+    } else if (card) {
+      cardNotice(card, null);
       card.querySelector(".result").hidden = true;
       showGuacamole(card, null, null);
       cardError(card, "Your machine in this pool was given back; connect again to get a new one.");
@@ -488,6 +533,7 @@ function holdBack(pool, card, seconds) {
       state.holds.delete(pool.id);
       button.disabled = false;
       cardError(card, "");
+      cardNotice(card, null);
       return;
     }
     button.disabled = true;
@@ -513,6 +559,7 @@ async function connect(pool, card) {
   state.flows.set(pool.id, flow);
   button.textContent = "Connecting…";
   cardError(card, "");
+  cardNotice(card, null);
   card.querySelector(".result").hidden = true;
   setProgress(card, 0, `${STEP_LABEL.pool_request}…`);
   try {

@@ -308,7 +308,8 @@ impl Config {
             p.push(Problem::at(
                 at("balance"),
                 format!(
-                    "pool {:?}: balance picks among a static inventory's machines, and this                      pool's provisioner {:?} is not kind = \"static\"; remove it",
+                    "pool {:?}: balance picks among a static inventory's machines, and this \
+                     pool's provisioner {:?} is not kind = \"static\"; remove it",
                     pool.name, pool.provisioner
                 ),
             ));

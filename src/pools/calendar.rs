@@ -144,9 +144,17 @@ impl FromStr for Hours {
         let (a, b) = s.split_once('-').ok_or_else(|| {
             format!("{s:?} is not a range of hours: write it as HH:MM-HH:MM, e.g. \"07:00-19:00\"")
         })?;
+        let time = |t: &str| {
+            t.parse::<TimeOfDay>().map_err(|_| {
+                format!(
+                    "{s:?} is not a range of hours: write it as HH:MM-HH:MM, from 00:00 to 24:00, \
+                     e.g. \"07:00-19:00\""
+                )
+            })
+        };
         let hours = Hours {
-            start: a.parse()?,
-            end: b.parse()?,
+            start: time(a)?,
+            end: time(b)?,
         };
         if hours.start.0 == MINUTES_PER_DAY {
             return Err(format!("{s:?} starts at 24:00: write 00:00"));

@@ -472,3 +472,75 @@ async fn check_config_warns_of_a_demo_config_that_listens_beyond_loopback() {
     );
     assert!(err.contains(&said), "expected {said}\nin:\n{err}");
 }
+
+/// Pool policy keys that cannot work are each a problem at their key, with what to write
+/// instead: a schedule's days, hours and time zone, an address network, `balance` on a pool
+/// that is not static, an `idle_release` too short to tell, `max_desktops_per_user = 0`.
+#[tokio::test]
+async fn pool_policy_mistakes_are_each_named_at_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let pool = |id: &str, name: &str, extra: &str| {
+        format!(
+            "[[pools]]\nid = \"{id}\"\nname = \"{name}\"\npool_type = \"X\"\nos_type = \"Y\"\n\
+             connection_types = []\n{extra}\n"
+        )
+    };
+    let text = format!(
+        "max_desktops_per_user = 0\n\n{}{}{}{}",
+        pool(
+            "6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a01",
+            "a",
+            "schedule = [{ days = \"Mon-Fry\", hours = \"07:00-19:00\" }]"
+        ),
+        pool(
+            "6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a02",
+            "b",
+            "schedule = [{ hours = \"7-19\", timezone = \"Europe/Moscow\" }]"
+        ),
+        pool(
+            "6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a03",
+            "c",
+            "allow_from = [\"10.0.0.0/33\"]"
+        ),
+        pool(
+            "6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a04",
+            "d",
+            "balance = \"least_used\"\nidle_release = 5\nschedule = [{ hours = \"08:00-09:00\", timezone = \"Mars/Olympus\" }]"
+        ),
+    );
+    std::fs::write(&file, &text).unwrap();
+    let (ok, err) = run(&["check-config", file.to_str().unwrap()]).await;
+    assert!(!ok, "{err}");
+    for want in [
+        "max_desktops_per_user: must be at least 1",
+        "pools.0.schedule.0.days: \"Mon-Fry\" is not a day or a range of days",
+        "pools.1.schedule.0.hours: \"7-19\" is not a range of hours: write it as HH:MM-HH:MM",
+        "pools.2.allow_from.0: invalid IP address syntax",
+        "pools.3.schedule.0.timezone: \"Mars/Olympus\" is not a time zone this server knows",
+    ] {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+    // What serde reads is fixed first; then the rules across keys.
+    std::fs::write(
+        &file,
+        format!(
+            "max_desktops_per_user = 0\n\n{}",
+            pool(
+                "6f1c2a4e-8a53-4f5e-9a9e-3f2d7c1b0a04",
+                "d",
+                "balance = \"least_used\"\nidle_release = 5"
+            )
+        ),
+    )
+    .unwrap();
+    let (ok, err) = run(&["check-config", file.to_str().unwrap()]).await;
+    assert!(!ok, "{err}");
+    for want in [
+        "max_desktops_per_user: must be at least 1",
+        "pools.0.balance: pool \"d\": balance picks among a static inventory's machines",
+        "pools.0.idle_release: must be at least 60 s",
+    ] {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+}

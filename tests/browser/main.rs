@@ -97,11 +97,20 @@ fn cases() -> Vec<(&'static str, Case)> {
             "portal::activity_an_unattended_activity_page_lets_the_session_expire",
             |b| Box::pin(activity::an_unattended_activity_page_lets_the_session_expire(b)),
         ),
+        (
+            "portal::policies_a_closed_pool_says_when_it_opens_and_a_desktop_about_to_end_is_announced",
+            |b| {
+                Box::pin(
+                    policies::a_closed_pool_says_when_it_opens_and_a_desktop_about_to_end_is_announced(b),
+                )
+            },
+        ),
     ]
 }
 
 mod activity;
 mod keys;
+mod policies;
 
 /// The case that needs the test OpenID provider (node) besides the browser.
 const SSO_CASE: &str = "portal::sso_the_button_leads_to_the_provider_and_back_signed_in";
