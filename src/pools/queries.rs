@@ -98,9 +98,16 @@ impl Pools {
     }
 
     /// The launcher file for the user's desktop in the pool: step 2 must have completed for
-    /// the machine the user holds now (404 otherwise; this never starts a step).
-    pub async fn launcher(&self, user: &User, pool_id: Uuid) -> Result<Launcher, Error> {
+    /// the machine the user holds now (404 otherwise; this never starts a step). It holds the
+    /// connection data, so `allow_from` applies as to step 2.
+    pub async fn launcher(
+        &self,
+        user: &User,
+        from: IpAddr,
+        pool_id: Uuid,
+    ) -> Result<Launcher, Error> {
         let pool = self.pool_for(user, pool_id)?;
+        pool.policy.check_address(from)?;
         let Some(assignment) = self.store.assignment_get(user.id, pool_id).await? else {
             return Err(Error::NoEligibleMachine);
         };

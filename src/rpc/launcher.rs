@@ -20,7 +20,11 @@ impl LauncherRequest {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
-        let launcher = ctx.state.pools.launcher(user(ctx)?, self.pool_id).await?;
+        let launcher = ctx
+            .state
+            .pools
+            .launcher(user(ctx)?, ctx.conn.peer.ip(), self.pool_id)
+            .await?;
         to_reply(launcher)
     }
 }

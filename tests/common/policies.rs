@@ -306,6 +306,11 @@ pub async fn a_pool_is_refused_from_outside_allow_from(state: &str) {
         .rpc("connect_info", json!({"pool_id": POOL_WIN_1}))
         .await;
     assert_eq!(step2["name"], "response", "{step2}");
+    // Nor the launcher file, which holds the same data.
+    let launcher = outside
+        .rpc("launcher", json!({"pool_id": POOL_WIN_1}))
+        .await;
+    assert_eq!(err(&launcher), (403, 821));
 }
 
 /// `max_session`: the desktop is warned `warn_before` its end and given back at it.
