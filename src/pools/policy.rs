@@ -270,10 +270,7 @@ impl Pools {
             let Some(pool) = self.pools.get(&a.pool_id).cloned() else {
                 // A pool no longer configured: only its lease ends it.
                 if a.lease_until_ms <= now {
-                    self.release(a.user_id, a.pool_id, Ending::Lease.reason())
-                        .await?;
-                    done.released
-                        .push((a.user_id, a.pool_id, Ending::Lease.reason().into()));
+                    self.end(&a, Ending::Lease.reason(), &mut done).await;
                 }
                 continue;
             };
@@ -281,16 +278,13 @@ impl Pools {
                 let seen = self.last_seen(a.user_id).await?.max(a.since_ms);
                 if seen > 0 && now.saturating_sub(seen) >= idle.as_millis() as u64 {
                     let reason = "idle_release: no socket";
-                    self.release(a.user_id, a.pool_id, reason).await?;
-                    done.released.push((a.user_id, a.pool_id, reason.into()));
+                    self.end(&a, reason, &mut done).await;
                     continue;
                 }
             }
             let (end, why) = self.ending(&pool, &a, now);
             if end <= now {
-                self.release(a.user_id, a.pool_id, why.reason()).await?;
-                done.released
-                    .push((a.user_id, a.pool_id, why.reason().into()));
+                self.end(&a, why.reason(), &mut done).await;
                 continue;
             }
             let left = Duration::from_millis(end - now);
@@ -323,6 +317,15 @@ impl Pools {
             self.warned.insert(key, stage);
         }
         Ok(done)
+    }
+
+    /// Gives a held desktop back for `reason`; a store error is logged and the round goes on
+    /// (the next round tries again).
+    async fn end(&self, a: &Assignment, reason: &str, done: &mut Enforced) {
+        match self.release(a.user_id, a.pool_id, reason).await {
+            Ok(_) => done.released.push((a.user_id, a.pool_id, reason.into())),
+            Err(e) => tracing::warn!(user = %a.user_id, pool = %a.pool_id, reason, error = %e, "cannot give a desktop back; the next round tries again"),
+        }
     }
 
     /// When `user` last had a signed-in socket on any instance (0: not since this store
