@@ -20,6 +20,8 @@
 //! | `config.rs` | `[[pools]]`, seed tasks, [`Timings`] |
 //! | `wire.rs` | what clients send and get ([`PoolView`], [`ConnectParams`], [`ConnectOutcome`]) |
 //! | `steps.rs` | the step 1 / step 2 rules and the compare-and-set that starts a task |
+//! | `policy.rs` | pool policies: who may ask from where and when, limits per user, warning of and ending held desktops |
+//! | `calendar.rs` | weekly windows in IANA time zones (`schedule`) |
 //! | `queries.rs` | read-only answers: pool lists, tasks, assignments, the launcher file |
 //! | `launcher.rs` | the `.rdp` / `.vv` file a desktop client opens ([`Launcher`]) |
 //! | `guacamole.rs` | the link into a desktop through a Guacamole gateway ([`GuacamoleLink`]) |
