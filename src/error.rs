@@ -103,7 +103,7 @@ pub enum Error {
     PoolNotFromHere,
     /// Step 1 refused: the user already holds `max_desktops_per_user` desktops (403,
     /// `err_code` 822).
-    #[error("You already hold {limit} desktops, the most allowed; give one back first.")]
+    #[error("You already hold the most desktops allowed ({limit}); give one back first.")]
     DesktopLimit { limit: usize },
     /// Step 2 asked for without a machine from step 1 (the mock's 409, `err_code` 801).
     #[error("No eligible machine found for user connection.")]

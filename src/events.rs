@@ -355,9 +355,31 @@ impl Drop for Seeding {
 pub struct EventHub {
     users: Arc<DashMap<Uuid, UserEntry>>,
     routing: OnceLock<Routed>,
+    /// When each user's last socket here closed (the server's clock, ms), until they sign in
+    /// again or the pools' round forgets it: what `idle_release` counts from.
+    left: DashMap<Uuid, u64>,
+    clock: Arc<crate::domain::clock::Clock>,
 }
 
 impl EventHub {
+    /// A hub that tells the time by `clock` (the server's, which tests set).
+    pub fn with_clock(clock: Arc<crate::domain::clock::Clock>) -> Self {
+        EventHub {
+            clock,
+            ..EventHub::default()
+        }
+    }
+
+    /// When `user`'s last socket here closed, if they have none now and it is remembered.
+    pub fn left_at(&self, user: Uuid) -> Option<u64> {
+        self.left.get(&user).map(|at| *at)
+    }
+
+    /// Forgets the departures before `before_ms` (nobody asks about them any more).
+    pub fn forget_left_before(&self, before_ms: u64) {
+        self.left.retain(|_, at| *at >= before_ms);
+    }
+
     /// Routes by user when `store` does (once, before any socket signs in).
     pub fn attach(&self, store: &Arc<dyn Store>) {
         if let Some(router) = store.router() {
@@ -416,6 +438,7 @@ impl EventHub {
         }
         entry.subs.push(sub);
         drop(entry);
+        self.left.remove(&user);
         // After the entry's lock is let go: ending the seeding takes it.
         drop(seeding);
     }
@@ -467,9 +490,13 @@ impl EventHub {
     pub fn unsubscribe(&self, user: Uuid, conn_id: u64) {
         let routed = self.routing.get().is_some();
         if let dashmap::Entry::Occupied(mut e) = self.users.entry(user) {
+            let before = e.get().subs.len();
             e.get_mut().subs.retain(|s| s.conn_id != conn_id);
             e.get_mut().watches.retain(|(id, _)| *id != conn_id);
             let entry = e.get();
+            if before > 0 && entry.subs.is_empty() {
+                self.left.insert(user, self.clock.now_ms());
+            }
             // Routed, a user without sockets is not heard any more: what the hub knows of
             // their tasks would only grow stale.
             let idle = if routed {

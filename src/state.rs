@@ -152,9 +152,9 @@ impl AppState {
         let stop_now = CancellationToken::new();
         let drained = drain_timer(config.drain_timeout, &shutdown, &stop_now);
         let tracker = TaskTracker::new();
-        let events = Arc::new(EventHub::default());
-        events.attach(&store);
         let (instance, audit) = audit_log(&config, &store);
+        let events = Arc::new(EventHub::with_clock(audit.clock.clone()));
+        events.attach(&store);
         let pools = Pools::new(
             &config.pools,
             PoolsDeps {

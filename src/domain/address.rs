@@ -32,6 +32,36 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A network or an address (a network of one) as settings write them: `trusted_proxies`,
+/// a pool's `allow_from`. An IPv4-mapped one (`::ffff:10.0.0.0/104`, what
+/// a listener on `[::]` shows) is taken as the IPv4 network it is, as peers are.
+pub fn network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    let net = s
+        .parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an address nor a network (10.0.0.0/8)"))?;
+    if let ipnet::IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        return Ok(ipnet::IpNet::V4(
+            ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("a prefix of at most 32"),
+        ));
+    }
+    Ok(net)
+}
+
+/// Serde for a list of [`network`]s.
+pub fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    use serde::Deserialize;
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| network(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

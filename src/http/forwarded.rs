@@ -18,25 +18,7 @@ impl std::str::FromStr for TrustedProxies {
     }
 }
 
-/// A network or address of `trusted_proxies`. An IPv4-mapped one (`::ffff:10.0.0.0/104`, what
-/// a listener on `[::]` shows) is taken as the IPv4 network it is, as peers are.
-fn network(s: &str) -> Result<ipnet::IpNet, String> {
-    let s = s.trim();
-    let net = s
-        .parse::<ipnet::IpNet>()
-        .map(|n| n.trunc())
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| format!("{s:?} is neither an address nor a network (10.0.0.0/8)"))?;
-    if let ipnet::IpNet::V6(v6) = net
-        && let Some(v4) = v6.addr().to_ipv4_mapped()
-        && v6.prefix_len() >= 96
-    {
-        return Ok(ipnet::IpNet::V4(
-            ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("a prefix of at most 32"),
-        ));
-    }
-    Ok(net)
-}
+use crate::domain::address::network;
 
 impl<'de> serde::Deserialize<'de> for TrustedProxies {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -111,7 +111,8 @@ impl FromStr for TimeOfDay {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?} is not a time of day: write it as HH:MM, from 00:00 to 24:00");
         let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
-        if h.len() != 2 || m.len() != 2 {
+        if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit())
+        {
             return Err(bad());
         }
         let h: u16 = h.parse().map_err(|_| bad())?;
@@ -373,6 +374,8 @@ mod tests {
             "25:00-26:00",
             "07:60-08:00",
             "24:00-02:00",
+            "+8:00-09:00",
+            "08:+0-09:00",
         ] {
             assert!(bad.parse::<Hours>().is_err(), "{bad:?}");
         }

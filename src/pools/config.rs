@@ -44,7 +44,7 @@ pub struct PoolConfig {
     // open to its users at all times, from anywhere.
     /// Client networks the pool may be used from (the address poolgate sees, after
     /// `trusted_proxies` and the PROXY protocol); empty: any.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::address::networks")]
     pub allow_from: Vec<ipnet::IpNet>,
     /// When the pool may be used; empty: always.
     #[serde(default)]

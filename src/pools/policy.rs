@@ -19,12 +19,15 @@ use super::calendar::{Calendar, Openness};
 use super::config::{Balance, EndAction, PoolConfig};
 use super::{Pool, Pools};
 use crate::auth::users::User;
-use crate::domain::{TaskKind, TaskStatus};
+use crate::domain::TaskKind;
 use crate::error::Error;
 use crate::store::{Assignment, BusEvent};
 
 /// The second warning, this long before the end (when `warn_before` is longer).
 const LAST_WARNING: Duration = Duration::from_secs(60);
+
+/// How often the instances mark who has a socket (the sweep's longest period).
+const PRESENCE_EVERY: Duration = super::sweeps::POLICY_TICK;
 
 /// How long a presence record is kept (longer than any sensible `idle_release`).
 const PRESENCE_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -177,37 +180,27 @@ impl Pools {
         Ok(None)
     }
 
-    /// The desktops `user` holds or is being given, across pools other than `except`: an
-    /// assignment, or a step 1 under way.
+    /// The desktops `user` holds or is being given, across the configured pools other than
+    /// `except`: an assignment, or a step 1 under way. Read pool by pool (each key's latest
+    /// task and the assignment), so nothing the user does elsewhere hides one.
     pub(super) async fn desktops_held(
         &self,
         user: Uuid,
         except: Option<Uuid>,
     ) -> Result<usize, Error> {
-        let mut seen = HashSet::new();
         let mut held = 0;
-        for task in self
-            .store
-            .tasks_of_user(user, crate::store::RECENT_TASKS)
-            .await?
-        {
-            // Newest first: the first step-1 task of each pool is its latest.
-            if task.kind != TaskKind::PoolExpand
-                || Some(task.pool_id) == except
-                || !seen.insert(task.pool_id)
-            {
+        for &pool in self.order.iter().filter(|p| Some(**p) != except) {
+            if self.store.assignment_get(user, pool).await?.is_some() {
+                held += 1;
                 continue;
             }
-            held += match task.status {
-                TaskStatus::Pending | TaskStatus::Running => 1,
-                TaskStatus::Completed => usize::from(
-                    self.store
-                        .assignment_get(user, task.pool_id)
-                        .await?
-                        .is_some(),
-                ),
-                TaskStatus::Failed | TaskStatus::Cancelled => 0,
-            };
+            let latest = self
+                .store
+                .task_latest((user, pool, TaskKind::PoolExpand))
+                .await?;
+            if latest.is_some_and(|t| t.status.is_active()) {
+                held += 1;
+            }
         }
         Ok(held)
     }
@@ -227,7 +220,7 @@ impl Pools {
         if let Some(max) = pool.policy.max_session
             && a.since_ms > 0
         {
-            let at = a.since_ms.saturating_add(max.as_millis() as u64);
+            let at = a.since_ms.saturating_add(millis(max));
             if at <= end.0 {
                 end = (at, Ending::MaxSession);
             }
@@ -276,7 +269,7 @@ impl Pools {
             };
             if let Some(idle) = pool.policy.idle_release {
                 let seen = self.last_seen(a.user_id).await?.max(a.since_ms);
-                if seen > 0 && now.saturating_sub(seen) >= idle.as_millis() as u64 {
+                if seen > 0 && now.saturating_sub(seen) >= millis(idle) {
                     let reason = "idle_release: no socket";
                     self.end(&a, reason, &mut done).await;
                     continue;
@@ -311,6 +304,15 @@ impl Pools {
             });
             done.warned.push((a.user_id, a.pool_id, ends_in));
         }
+        // Departures are asked about for the longest idle_release (a round's margin beside).
+        let longest_idle = self
+            .pools
+            .values()
+            .filter_map(|p| p.policy.idle_release)
+            .max()
+            .unwrap_or_default();
+        self.events
+            .forget_left_before(now.saturating_sub(millis(longest_idle + PRESENCE_EVERY)));
         // Only what is still under warning is remembered.
         self.warned.clear();
         for (key, stage) in warned_now {
@@ -324,21 +326,32 @@ impl Pools {
     async fn end(&self, a: &Assignment, reason: &str, done: &mut Enforced) {
         match self.release(a.user_id, a.pool_id, reason).await {
             Ok(_) => done.released.push((a.user_id, a.pool_id, reason.into())),
-            Err(e) => tracing::warn!(user = %a.user_id, pool = %a.pool_id, reason, error = %e, "cannot give a desktop back; the next round tries again"),
+            Err(e) => {
+                tracing::warn!(user = %a.user_id, pool = %a.pool_id, reason, error = %e, "cannot give a desktop back; the next round tries again")
+            }
         }
     }
 
     /// When `user` last had a signed-in socket on any instance (0: not since this store
     /// started keeping it): now, when they have one here.
+    ///
+    /// Here, the moment their last socket closed; elsewhere (shared stores), their last
+    /// presence mark plus a round, since a socket seen then may have lived until the next
+    /// mark — so a desktop is given back between `idle_release` and a round after it, never
+    /// before. Sockets before this instance's first round are not known: nobody is idle since
+    /// earlier.
     async fn last_seen(&self, user: Uuid) -> Result<u64, Error> {
         let now = self.clock.now_ms();
         if self.events.has_sockets(user) {
             return Ok(now);
         }
-        // Sockets before this instance's first round are not known: nobody is idle since
-        // earlier.
         let since = self.enforcing_since.get().copied().unwrap_or(now);
-        Ok(self.store.presence_get(user).await?.unwrap_or(0).max(since))
+        let here = self.events.left_at(user).unwrap_or(0);
+        let elsewhere = match self.store.presence_get(user).await? {
+            Some(at) => at.saturating_add(PRESENCE_EVERY.as_millis() as u64),
+            None => 0,
+        };
+        Ok(here.max(elsewhere).max(since))
     }
 
     /// Records that the users with a socket here are present now, for the `idle_release` of
@@ -373,4 +386,10 @@ impl Pools {
 /// The lease id of the enforcer's turn (one for the whole deployment).
 fn enforcer_lease_id() -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_URL, b"poolgate:policy-enforcer")
+}
+
+/// A duration in whole milliseconds, saturating (a configured `max_session` of 10^20 s is
+/// "never", not a wrapped few ms).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

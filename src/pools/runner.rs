@@ -261,7 +261,8 @@ impl Pools {
             user_id: task.user_id,
             pool_id: task.pool_id,
             machine: machine.clone(),
-            lease_until_ms: now + lease.as_millis() as u64,
+            lease_until_ms: now
+                .saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)),
             since_ms: now,
         };
         // Retried for about six seconds, a failover's worth: a store outage must not throw

@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::store::now_ms;
 
 /// The longest wait between two rounds of the policies.
-const POLICY_TICK: std::time::Duration = std::time::Duration::from_secs(15);
+pub(super) const POLICY_TICK: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Pools {
     /// Background: enforce leases and policies on held desktops; delete ended tasks past their retention; on

@@ -139,13 +139,17 @@ impl Static {
                 free.sort_by_key(|&i| uses.get(&self.machines[i].id).copied().unwrap_or(0));
             }
             Balance::RoundRobin if !free.is_empty() => {
-                // The n-th hand-out starts after the machine at n - 1 in the inventory.
+                // The n-th hand-out starts at the (n-1)-th machine that takes users (draining
+                // ones have no turn), in the inventory's order.
                 let n = self
                     .store
                     .machine_count_use(&self.name, Uuid::nil())
                     .await
                     .map_err(store_down)?;
-                let start = ((n - 1) % self.machines.len() as u64) as usize;
+                let serving: Vec<usize> = (0..self.machines.len())
+                    .filter(|&i| !self.rules[i].1)
+                    .collect();
+                let start = serving[((n - 1) % serving.len() as u64) as usize];
                 let at = free.partition_point(|&i| i < start);
                 free.rotate_left(at);
             }
@@ -245,5 +249,63 @@ impl Provisioner for Static {
             }
         }
         released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(balance: Balance) -> StepRequest {
+        StepRequest {
+            task_id: None,
+            user_id: Uuid::new_v4(),
+            username: "u".into(),
+            pool_id: Uuid::new_v4(),
+            pool_name: "p".into(),
+            machine: None,
+            previous_machine: None,
+            width: None,
+            height: None,
+            reason: None,
+            balance,
+        }
+    }
+
+    /// Hand-outs, each given back before the next, by new users (no affinity).
+    async fn turns(inventory: &Static, balance: Balance, n: usize) -> Vec<String> {
+        let mut names = Vec::new();
+        for _ in 0..n {
+            let (progress, _rx) = Progress::channel();
+            let mut req = request(balance);
+            let m = inventory.expand(&req, progress.clone()).await.unwrap();
+            names.push(m.verbose_name.clone());
+            req.machine = Some(m);
+            inventory.release(&req, progress).await.unwrap();
+        }
+        names
+    }
+
+    #[tokio::test]
+    async fn round_robin_turns_through_the_machines_that_take_users() {
+        let (sink, _bus) = tokio::sync::mpsc::unbounded_channel();
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new(sink));
+        let config: StaticConfig = toml::from_str(
+            r#"machines = [
+  { verbose_name = "a", host = "127.0.0.1", port = 1 },
+  { verbose_name = "b", host = "127.0.0.1", port = 2, drain = true },
+  { verbose_name = "c", host = "127.0.0.1", port = 3 },
+  { verbose_name = "d", host = "127.0.0.1", port = 4 },
+]"#,
+        )
+        .unwrap();
+        let inventory = Static::new("rr", config, store).unwrap();
+        // The drained b has no turn, and its neighbour no second one.
+        assert_eq!(
+            turns(&inventory, Balance::RoundRobin, 6).await,
+            ["a", "c", "d", "a", "c", "d"]
+        );
+        // First: always the first free one.
+        assert_eq!(turns(&inventory, Balance::First, 2).await, ["a", "a"]);
     }
 }

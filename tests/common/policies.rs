@@ -272,7 +272,9 @@ pub async fn the_schedule_warns_before_it_closes_and_releases_unless_end_action_
 /// 2 are refused with 403 / 821; from inside it works.
 pub async fn a_pool_is_refused_from_outside_allow_from(state: &str) {
     let mut c = config(state);
-    pool_mut(&mut c, "pool-win-1").allow_from = vec!["127.0.0.2/32".parse().unwrap()];
+    // A bare address is a network of one (as the config may write it).
+    pool_mut(&mut c, "pool-win-1").allow_from =
+        vec![poolgate::domain::address::network("127.0.0.2").unwrap()];
     let app = TestApp::spawn_config(c).await;
 
     let mut outside = app.connect_from([127, 0, 0, 1]).await;
@@ -319,12 +321,15 @@ pub async fn max_session_warns_and_releases_a_desktop(state: &str) {
     let win1 = pool_mut(&mut c, "pool-win-1");
     win1.max_session = Some(Duration::from_secs(3600));
     win1.warn_before = Duration::from_secs(300);
+    // Past what milliseconds since 1970 can count: never, not a wrapped few ms.
+    pool_mut(&mut c, "pool-win-2").max_session = Some(Duration::from_secs(u64::MAX / 1000));
     let app = TestApp::spawn_config(c).await;
     let clock = &app.state.audit.clock;
     let t0 = ms(MONDAY_15);
     clock.set_ms(t0);
     let (mut admin, _) = app.login("astravdi").await;
     desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await;
+    desktop(&app, &mut admin, "astravdi", POOL_WIN_2).await;
 
     clock.set_ms(t0 + 3_299_000);
     app.state.pools.enforce_policies().await.unwrap();
@@ -350,6 +355,15 @@ pub async fn max_session_warns_and_releases_a_desktop(state: &str) {
     );
     // A new request starts a new session.
     desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await;
+    assert!(
+        app.state
+            .pools
+            .assignment(user_id(&app, "astravdi"), POOL_WIN_2.parse().unwrap())
+            .await
+            .unwrap()
+            .is_some(),
+        "an unbounded max_session never ends"
+    );
 }
 
 /// `idle_release`: a desktop whose user has no socket for that long is given back; one whose
@@ -370,7 +384,9 @@ pub async fn idle_release_gives_back_the_desktop_of_a_user_without_a_socket(stat
     desktop(&app, &mut carol, "carol", POOL_WIN_1).await;
     app.state.pools.enforce_policies().await.unwrap();
 
-    // Carol goes away.
+    // Carol goes away 300 s later: idle_release counts from then.
+    clock.set_ms(t0 + 300_000);
+    app.state.pools.enforce_policies().await.unwrap();
     drop(carol);
     let carol_id = user_id(&app, "carol");
     for _ in 0..200 {
@@ -381,7 +397,7 @@ pub async fn idle_release_gives_back_the_desktop_of_a_user_without_a_socket(stat
     }
     assert!(!app.state.events.has_sockets(carol_id));
     let win1: Uuid = POOL_WIN_1.parse().unwrap();
-    clock.set_ms(t0 + 599_000);
+    clock.set_ms(t0 + 899_000);
     app.state.pools.enforce_policies().await.unwrap();
     assert!(
         app.state
@@ -391,7 +407,7 @@ pub async fn idle_release_gives_back_the_desktop_of_a_user_without_a_socket(stat
             .unwrap()
             .is_some()
     );
-    clock.set_ms(t0 + 601_000);
+    clock.set_ms(t0 + 901_000);
     app.state.pools.enforce_policies().await.unwrap();
     assert!(
         app.state
@@ -425,11 +441,26 @@ pub async fn max_desktops_per_user_counts_desktops_across_pools(state: &str) {
         .rpc("pool_request", json!({"pool_id": POOL_WIN_2}))
         .await;
     assert_eq!(err(&refused), (403, 822));
+    // Sixty newer tasks of the user's (ended step 2s here) do not hide the desktop held.
+    let admin_id = user_id(&app, "astravdi");
+    let win1: Uuid = POOL_WIN_1.parse().unwrap();
+    let store = &app.state.store;
+    let key = (admin_id, win1, poolgate::domain::TaskKind::GlintStart);
+    for _ in 0..60 {
+        let latest = store.task_latest(key).await.unwrap().map(|t| t.id);
+        let mut task = poolgate::domain::Task::new(key.2, admin_id, win1);
+        task.finish(poolgate::domain::TaskStatus::Failed, None);
+        assert!(store.task_create(latest, &task).await.unwrap());
+    }
+    let refused = admin
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_2}))
+        .await;
+    assert_eq!(err(&refused), (403, 822));
     assert!(
         refused["args"]["message"]
             .as_str()
             .unwrap()
-            .contains("1 desktops"),
+            .contains("the most desktops allowed (1)"),
         "{refused}"
     );
     let again = admin
@@ -466,7 +497,9 @@ machines = [
     pool.balance = toml::Value::String(balance.into()).try_into().unwrap();
 }
 
-/// Step 1 for `user`, then give the machine back; the machine's name.
+/// Step 1 for `user`, then give the machine back and wait until the inventory has it back
+/// (the provisioner's release runs in the background); the machine's name. Only while
+/// nobody else holds one of the inventory's machines.
 async fn take_and_give_back(app: &TestApp, c: &mut Client, user: &str) -> String {
     let name = desktop(app, c, user, POOL_WIN_1).await;
     app.state
@@ -478,7 +511,21 @@ async fn take_and_give_back(app: &TestApp, c: &mut Client, user: &str) -> String
         )
         .await
         .unwrap();
-    name
+    let inventory = &app.state.config.pools[0].provisioner;
+    for _ in 0..500 {
+        if app
+            .state
+            .store
+            .machines_claimed(inventory)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            return name;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} was not given back to {inventory}");
 }
 
 /// `balance`: `priority` takes the highest free machine, `least_used` the one handed out
@@ -588,13 +635,15 @@ pub async fn idle_release_counts_a_socket_on_another_instance(state: &str) {
     b.state.pools.mark_presence().await.unwrap();
     round().await;
     assert!(held().await, "a socket on the other instance counts");
-    // The last socket goes: 600 s after it was last seen, the desktop is given back.
+    // The last socket goes: 600 s after it was last seen — plus the 15 s between two marks,
+    // as the instance that is not B cannot tell when in them it went — the desktop is given
+    // back.
     drop(on_b);
     gone(&b).await;
-    set(t0 + 1_299_000);
+    set(t0 + 1_314_000);
     round().await;
     assert!(held().await);
-    set(t0 + 1_301_000);
+    set(t0 + 1_316_000);
     round().await;
     assert!(!held().await, "idle for idle_release on every instance");
 }
