@@ -12,9 +12,9 @@ use uuid::Uuid;
 use super::{
     Audit, Directory, DirectoryUser, FederatedUser, Federation, Handoff, Inventory, JwtRevocations,
     KeyRemoval, Lockout, Mfa, MfaRecord, SecurityKey, SecurityKeys, SessionRecord, Sessions,
-    SsoOutcome, Store, StoreCounts, StoreResult, Upkeep,
+    SsoOutcome, Store, StoreCounts, StoreResult, Upkeep, Warm,
 };
-use crate::domain::{AuditEvent, AuditQuery, TokenHash};
+use crate::domain::{AuditEvent, AuditQuery, Machine, TokenHash};
 
 /// A store in front of `inner`.
 pub trait Wraps: Send + Sync + 'static {
@@ -105,6 +105,13 @@ forward!(Inventory {
     async fn machine_claim(&self, inventory: &str, machine: Uuid) -> StoreResult<bool>;
     async fn machine_release(&self, inventory: &str, machine: Uuid) -> StoreResult<()>;
     async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>>;
+});
+
+forward!(Warm {
+    async fn warm_add(&self, pool: Uuid, machine: &Machine) -> StoreResult<bool>;
+    async fn warm_take(&self, pool: Uuid) -> StoreResult<Option<Machine>>;
+    async fn warm_list(&self, pool: Uuid) -> StoreResult<Vec<Machine>>;
+    async fn warm_remove(&self, pool: Uuid, machine: Uuid) -> StoreResult<bool>;
 });
 
 forward!(Lockout {

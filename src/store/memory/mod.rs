@@ -14,6 +14,7 @@ use super::*;
 
 mod audit;
 mod keys;
+mod warm;
 
 #[derive(Default)]
 struct Inner {
@@ -31,6 +32,8 @@ struct Inner {
     latest: HashMap<TaskKey, Uuid>,
     assignments: HashMap<(Uuid, Uuid), Assignment>,
     machines: HashMap<String, HashSet<Uuid>>,
+    /// Each pool's warm set, oldest first.
+    warm: HashMap<Uuid, std::collections::VecDeque<Machine>>,
     /// Failure counters: (count, window ends), the latter in ms.
     failures: HashMap<String, (u32, u64)>,
     /// Back-off keys: (next free slot, kept until), both in ms.

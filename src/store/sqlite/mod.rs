@@ -37,6 +37,7 @@ mod revocations;
 mod security_keys;
 mod sessions;
 mod tasks;
+mod warm;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sessions (
@@ -84,6 +85,10 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_user ON audit(user, id);
 CREATE TABLE IF NOT EXISTS machines (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, PRIMARY KEY (inventory, machine_id));
+CREATE TABLE IF NOT EXISTS warm (
+    seq INTEGER PRIMARY KEY, pool_id TEXT NOT NULL, machine_id TEXT NOT NULL, body TEXT NOT NULL,
+    UNIQUE (pool_id, machine_id));
+CREATE INDEX IF NOT EXISTS warm_pool ON warm(pool_id, seq);
 "#;
 
 /// This backend's errors as the store's (the message kept).
