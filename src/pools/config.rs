@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::calendar::{self, Days, TimeOfDay, Zone};
 use crate::domain::{TaskKind, TaskStatus, secs};
 
 /// A `[[pools]]` table.
@@ -37,6 +38,56 @@ pub struct PoolConfig {
     /// also hand out a link into the desktop through guacamole-auth-json.
     #[serde(default)]
     pub guacamole: Option<GuacamoleConfig>,
+    /// Machines kept provisioned and unassigned (a warm set), so that step 1 completes at once
+    /// from them instead of waiting for the provisioner (docs/warm-sets.md). 0: none.
+    #[serde(default)]
+    pub warm: u32,
+    /// Raises the warm set ahead of known peaks: the target at an instant is the largest of
+    /// `warm` and the `count` of every window open then.
+    #[serde(default)]
+    pub warm_schedule: Vec<WarmWindow>,
+}
+
+/// The most machines a warm set may hold: a bound on what one line of config can make a
+/// provisioner create.
+pub const MAX_WARM: u32 = 1000;
+
+/// An entry of a pool's `warm_schedule`: `count` machines warm on `days` from `at` until
+/// `until`, in `timezone`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmWindow {
+    /// Every day unless given (`"Mon-Fri"`, `"Sat,Sun"`).
+    #[serde(default)]
+    pub days: Days,
+    /// When the set is raised (`"08:30"`).
+    pub at: TimeOfDay,
+    /// When it may shrink again; the end of the day (`24:00`) unless given. Not after `at`:
+    /// the window runs over midnight.
+    #[serde(default)]
+    pub until: Option<TimeOfDay>,
+    /// Machines warm while the window is open.
+    pub count: u32,
+    /// The zone `at` and `until` are in (an IANA name); UTC unless given.
+    #[serde(default)]
+    pub timezone: Option<Zone>,
+}
+
+impl WarmWindow {
+    /// `24:00`, where a window ends unless it says `until`.
+    pub const END_OF_DAY: TimeOfDay = TimeOfDay(24 * 60);
+
+    /// The entry as a calendar window: `at` to `until` (24:00 unless given) in its zone.
+    pub fn window(&self) -> calendar::Window {
+        calendar::Window {
+            days: self.days,
+            hours: calendar::Hours {
+                start: self.at,
+                end: self.until.unwrap_or(Self::END_OF_DAY),
+            },
+            zone: self.timezone.clone().unwrap_or_else(Zone::utc),
+        }
+    }
 }
 
 /// A pool's `guacamole = { url, secret_key_file }` table.

@@ -27,6 +27,7 @@
 //! | `release.rs` | taking a machine away and giving it back to its provisioner |
 //! | `recovery.rs` | start-up: what a previous run left, seed tasks, reconciliation |
 //! | `sweeps.rs` | background: expired assignments, old tasks, orphaned tasks |
+//! | `warm.rs` | warm sets: machines made ahead of demand, taken by step 1, filled and shrunk |
 
 pub mod calendar;
 mod config;
@@ -38,11 +39,13 @@ mod release;
 mod runner;
 mod steps;
 mod sweeps;
+mod warm;
 mod wire;
 
-pub use config::{GuacamoleConfig, PoolConfig, SeedTask, Timings};
+pub use config::{GuacamoleConfig, MAX_WARM, PoolConfig, SeedTask, Timings, WarmWindow};
 pub use guacamole::{Gateway, GuacamoleLink};
 pub use launcher::Launcher;
+pub use warm::WarmLook;
 pub use wire::{ConnectOutcome, ConnectParams, Discarded, PoolView};
 
 use std::collections::{HashMap, HashSet};
@@ -144,6 +147,8 @@ pub struct Inner {
     list_replies: ListReplies,
     /// Permits for provisioner releases (see [`release::CONCURRENT_RELEASES`]).
     releases: Arc<tokio::sync::Semaphore>,
+    /// The pools' warm sets and the rounds filling them here.
+    warm: warm::WarmSets,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     drained: CancellationToken,
@@ -261,6 +266,7 @@ impl Pools {
             running: DashSet::new(),
             list_replies: dashmap::DashMap::with_hasher(Default::default()),
             releases: Arc::new(tokio::sync::Semaphore::new(release::CONCURRENT_RELEASES)),
+            warm: warm::WarmSets::new(pools),
             tracker,
             shutdown,
             drained,
@@ -293,5 +299,6 @@ fn step_request(
         width: None,
         height: None,
         reason: None,
+        warm: false,
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::*;
+pub use crate::warm::*;
 pub use crate::webauthn::*;
 
 /// The demo config on a given backend, with fast simulated timings.
@@ -2263,11 +2264,15 @@ macro_rules! backend_cases {
                 asking_again_for_the_same_connection_is_one_connect_event_a_minute,
                 audit_events_are_kept_for_the_retention_and_paged,
                 an_auditor_sees_the_views_and_changes_nothing,
+                a_warm_set_fills_and_step_1_completes_at_once_from_it,
+                a_warm_schedule_raises_the_set_at_its_time_and_shrinks_it_after,
+                a_failing_provisioner_is_not_hammered_to_fill_a_warm_set,
             ],
             durable: [
                 state_survives_a_restart,
                 a_task_cut_off_by_a_stop_is_cancelled_and_restarts,
                 orphaned_machines_are_released_at_start_up,
+                warm_machines_survive_a_restart_and_go_back_when_the_pool_drops_its_set,
             ],
         }
     };

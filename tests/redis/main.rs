@@ -29,6 +29,7 @@ mod instances;
 mod redis_server;
 mod routing;
 mod secrets;
+mod warm;
 
 /// What a case needs to run.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -90,6 +91,7 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         secrets::cases,
         routing::cases,
         cluster_failover::cases,
+        warm::cases,
     ] {
         all.extend(cases());
     }
