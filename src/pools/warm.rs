@@ -183,7 +183,7 @@ impl Round {
     fn begin(&mut self, pool: &str, held: usize, target: usize) {
         if !self.began {
             self.began = true;
-            tracing::info!(pool, held, target, "warm set round started");
+            tracing::info!(pool = %pool, held, target, "warm set round started");
         }
     }
 }
