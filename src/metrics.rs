@@ -3,8 +3,8 @@
 //!
 //! What is counted: accepted connections (open, and refused by reason), WebSocket connections
 //! (open and total), RPCs by method and result code, sign-ins by outcome, task durations by
-//! kind and outcome, failed provisioner steps by pool, step and outcome, and, sampled at
-//! scrape time, signed-in sockets and sessions held in memory.
+//! kind and outcome, failed provisioner steps by pool, step and outcome, each pool's warm set
+//! and its target, and, sampled at scrape time, signed-in sockets and sessions held in memory.
 //!
 //! This module knows no method table and no state: the RPC layer names its methods once
 //! ([`Metrics::name_methods`]) and the router passes the sampled figures to [`Metrics::encode`].
@@ -47,9 +47,15 @@ pub struct TaskLabels {
 pub struct ProvisionerLabels {
     /// The pool's name (its id when the pool is unknown).
     pub pool: String,
-    /// `expand`, `connect` or `release`.
+    /// `expand`, `connect`, `release`, or `warm` (an expand that fills a warm set).
     pub step: &'static str,
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The pool's name.
+    pub pool: String,
 }
 
 fn task_histogram() -> Histogram {
@@ -69,6 +75,10 @@ pub struct Metrics {
     pub task_seconds: Family<TaskLabels, Histogram, fn() -> Histogram>,
     /// Failed provisioner steps, each counted once where it is logged.
     pub provisioner_failures: Family<ProvisionerLabels, Counter>,
+    /// Machines in each pool's warm set, and what the set is to hold now, as this instance
+    /// last looked (every few seconds, and when a fill or shrink round ends).
+    pub warm_machines: Family<PoolLabels, Gauge>,
+    pub warm_target: Family<PoolLabels, Gauge>,
     signed_in_sockets: Gauge,
     cached_sessions: Gauge,
     /// Accepted connections of every kind held against `max_connections` (sampled).
@@ -102,6 +112,8 @@ impl Default for Metrics {
             logins: Family::default(),
             task_seconds: Family::new_with_constructor(task_histogram),
             provisioner_failures: Family::default(),
+            warm_machines: Family::default(),
+            warm_target: Family::default(),
             signed_in_sockets: Gauge::default(),
             cached_sessions: Gauge::default(),
             accepted_open: Gauge::default(),
@@ -140,6 +152,16 @@ impl Default for Metrics {
             "provisioner_failures",
             "Failed provisioner steps by pool, step and outcome",
             m.provisioner_failures.clone(),
+        );
+        registry.register(
+            "warm_machines",
+            "Machines in each pool's warm set: provisioned, unassigned, taken at once by step 1",
+            m.warm_machines.clone(),
+        );
+        registry.register(
+            "warm_target",
+            "How many machines each pool's warm set is to hold now (warm, raised by warm_schedule)",
+            m.warm_target.clone(),
         );
         registry.register(
             "signed_in_sockets",

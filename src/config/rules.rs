@@ -11,6 +11,8 @@ use anyhow::bail;
 
 use super::Config;
 use crate::domain::Problem;
+use crate::pools::{MAX_WARM, WarmWindow};
+use crate::provision::ProvisionerConfig;
 use crate::store::StateUrl;
 
 impl Config {
@@ -106,6 +108,7 @@ impl Config {
             let at = |key: &str| vec!["pools".to_owned(), i.to_string(), key.to_owned()];
             p.extend(self.policy_problems(pool, &at));
         }
+        p.extend(self.warm_problems());
         p
     }
 
@@ -417,6 +420,72 @@ impl Config {
         p
     }
 
+    /// Warm sets (`warm`, `warm_schedule`): only on pools whose provisioner makes machines,
+    /// at most [`MAX_WARM`] machines, and windows that open and close.
+    fn warm_problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            let at = |key: &[&str]| {
+                let mut path = vec!["pools".to_owned(), i.to_string()];
+                path.extend(key.iter().map(|k| (*k).to_owned()));
+                path
+            };
+            let too_many = |n: u32| {
+                format!(
+                    "must be at most {MAX_WARM} (it is {n}): each is a machine the provisioner \
+                     keeps running for nobody; e.g. warm = 2"
+                )
+            };
+            if pool.warm > MAX_WARM {
+                p.push(Problem::at(at(&["warm"]), too_many(pool.warm)));
+            }
+            if (pool.warm > 0 || !pool.warm_schedule.is_empty())
+                && let Some(ProvisionerConfig::Static(_)) = self.provisioners.get(&pool.provisioner)
+            {
+                let key = if pool.warm > 0 {
+                    "warm"
+                } else {
+                    "warm_schedule"
+                };
+                p.push(Problem::at(
+                    at(&[key]),
+                    format!(
+                        "pool {:?} takes its machines from the static inventory {:?}, whose \
+                         machines are always up: there is nothing to start ahead of time, and \
+                         a warm set would only keep machines from users; remove warm and \
+                         warm_schedule from this pool",
+                        pool.name, pool.provisioner
+                    ),
+                ));
+            }
+            for (j, w) in pool.warm_schedule.iter().enumerate() {
+                let j = j.to_string();
+                if w.count > MAX_WARM {
+                    p.push(Problem::at(
+                        at(&["warm_schedule", &j, "count"]),
+                        too_many(w.count),
+                    ));
+                }
+                if w.at == WarmWindow::END_OF_DAY {
+                    p.push(Problem::at(
+                        at(&["warm_schedule", &j, "at"]),
+                        "starts at 24:00: write at = \"00:00\"",
+                    ));
+                } else if w.until == Some(w.at) {
+                    p.push(Problem::at(
+                        at(&["warm_schedule", &j, "until"]),
+                        format!(
+                            "ends when it starts ({}): leave until out to keep the set up to the \
+                             end of the day, or give the time it may shrink again",
+                            w.at
+                        ),
+                    ));
+                }
+            }
+        }
+        p
+    }
+
     /// Each provisioner builds (what serving builds, on a throwaway store).
     fn provisioner_problems(&self) -> Vec<Problem> {
         let (sink, _bus) = tokio::sync::mpsc::unbounded_channel();
@@ -447,5 +516,84 @@ fn suggest(name: &str, known: &[String], table: &str) -> String {
     match super::read::closest(name, known) {
         Some(near) => format!("did you mean {near:?}?"),
         None => format!("define it in a {table}, or correct the name"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with one pool on `provisioner` (a static inventory `lab` is defined), with
+    /// `warm` lines added to the pool's table.
+    fn pool_with(provisioner: &str, warm: &str) -> Config {
+        Config::parse(
+            &format!(
+                "[provisioners.lab]\nkind = \"static\"\nmachines = [{{ host = \"10.0.0.1\", port = 3389 }}]\n\n\
+                 [[pools]]\nid = \"6f1c2a4e-0000-4000-8000-000000000001\"\nname = \"p\"\n\
+                 pool_type = \"AUTOMATED\"\nos_type = \"Windows\"\nconnection_types = [\"RDP\"]\n\
+                 provisioner = \"{provisioner}\"\n{warm}\n"
+            ),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn keys(config: &Config) -> Vec<String> {
+        config.problems().iter().map(|p| p.key_path()).collect()
+    }
+
+    #[test]
+    fn a_warm_set_on_a_static_inventory_is_refused_at_its_key() {
+        let config = pool_with("lab", "warm = 2");
+        let problems = config.value_problems();
+        assert_eq!(keys(&config), ["pools.0.warm"]);
+        assert!(
+            problems[0].message.contains("static inventory \"lab\""),
+            "{problems:?}"
+        );
+        assert!(config.validate().is_err(), "serve refuses it too");
+        let config = pool_with("lab", "warm_schedule = [{ at = \"08:00\", count = 3 }]");
+        assert_eq!(keys(&config), ["pools.0.warm_schedule"]);
+        let fine = pool_with(
+            "simulated",
+            "warm = 2\nwarm_schedule = [{ days = \"Mon-Fri\", at = \"08:30\", until = \"13:30\", \
+             count = 30, timezone = \"Europe/Moscow\" }]",
+        );
+        assert_eq!(keys(&fine), Vec::<String>::new());
+    }
+
+    #[test]
+    fn warm_counts_are_bounded_and_windows_must_open_and_close() {
+        let config = pool_with(
+            "simulated",
+            "warm = 5000\nwarm_schedule = [\
+             { at = \"08:00\", count = 1001 },\
+             { at = \"24:00\", count = 1 },\
+             { at = \"09:00\", until = \"09:00\", count = 1 },\
+             { at = \"22:00\", until = \"06:00\", count = 1 }]",
+        );
+        assert_eq!(
+            keys(&config),
+            [
+                "pools.0.warm",
+                "pools.0.warm_schedule.0.count",
+                "pools.0.warm_schedule.1.at",
+                "pools.0.warm_schedule.2.until",
+            ]
+        );
+        for bad in [
+            "warm_schedule = [{ at = \"8:00\", count = 1 }]",
+            "warm_schedule = [{ at = \"08:00\" }]",
+            "warm_schedule = [{ at = \"08:00\", count = 1, zone = \"UTC\" }]",
+            "warm_schedule = [{ at = \"08:00\", count = 1, timezone = \"Mars/Olympus\" }]",
+            "warm_schedule = [{ days = \"Funday\", at = \"08:00\", count = 1 }]",
+            "warm = -1",
+        ] {
+            let text = format!(
+                "[[pools]]\nid = \"6f1c2a4e-0000-4000-8000-000000000001\"\nname = \"p\"\n\
+                 pool_type = \"A\"\nos_type = \"W\"\nconnection_types = []\n{bad}\n"
+            );
+            assert!(Config::parse(&text, None).is_err(), "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::calendar::{Days, Hours, Window, Zone};
+use super::calendar::{self, Days, Hours, TimeOfDay, Window, Zone};
 use crate::domain::{TaskKind, TaskStatus, secs};
 pub use crate::provision::Balance;
 
@@ -66,6 +66,15 @@ pub struct PoolConfig {
     /// How a static pool's provisioner picks among its free machines.
     #[serde(default)]
     pub balance: Balance,
+
+    /// Machines kept provisioned and unassigned (a warm set), so that step 1 completes at once
+    /// from them instead of waiting for the provisioner (docs/warm-sets.md). 0: none.
+    #[serde(default)]
+    pub warm: u32,
+    /// Raises the warm set ahead of known peaks: the target at an instant is the largest of
+    /// `warm` and the `count` of every window open then.
+    #[serde(default)]
+    pub warm_schedule: Vec<WarmWindow>,
 }
 
 /// One `schedule` entry: `{ days = "Mon-Fri", hours = "07:00-19:00", timezone = "Europe/Moscow" }`.
@@ -77,6 +86,31 @@ pub struct ScheduleWindow {
     pub days: Days,
     pub hours: Hours,
     /// UTC when absent.
+    #[serde(default)]
+    pub timezone: Option<Zone>,
+}
+
+/// The most machines a warm set may hold: a bound on what one line of config can make a
+/// provisioner create.
+pub const MAX_WARM: u32 = 1000;
+
+/// An entry of a pool's `warm_schedule`: `count` machines warm on `days` from `at` until
+/// `until`, in `timezone`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmWindow {
+    /// Every day unless given (`"Mon-Fri"`, `"Sat,Sun"`).
+    #[serde(default)]
+    pub days: Days,
+    /// When the set is raised (`"08:30"`).
+    pub at: TimeOfDay,
+    /// When it may shrink again; the end of the day (`24:00`) unless given. Not after `at`:
+    /// the window runs over midnight.
+    #[serde(default)]
+    pub until: Option<TimeOfDay>,
+    /// Machines warm while the window is open.
+    pub count: u32,
+    /// The zone `at` and `until` are in (an IANA name); UTC unless given.
     #[serde(default)]
     pub timezone: Option<Zone>,
 }
@@ -105,6 +139,23 @@ pub enum EndAction {
 
 fn warn_before() -> Duration {
     Duration::from_secs(600)
+}
+
+impl WarmWindow {
+    /// `24:00`, where a window ends unless it says `until`.
+    pub const END_OF_DAY: TimeOfDay = TimeOfDay(24 * 60);
+
+    /// The entry as a calendar window: `at` to `until` (24:00 unless given) in its zone.
+    pub fn window(&self) -> calendar::Window {
+        calendar::Window {
+            days: self.days,
+            hours: calendar::Hours {
+                start: self.at,
+                end: self.until.unwrap_or(Self::END_OF_DAY),
+            },
+            zone: self.timezone.clone().unwrap_or_else(Zone::utc),
+        }
+    }
 }
 
 /// A pool's `guacamole = { url, secret_key_file }` table.

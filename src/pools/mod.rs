@@ -29,6 +29,7 @@
 //! | `release.rs` | taking a machine away and giving it back to its provisioner |
 //! | `recovery.rs` | start-up: what a previous run left, seed tasks, reconciliation |
 //! | `sweeps.rs` | background: expired assignments, old tasks, orphaned tasks |
+//! | `warm.rs` | warm sets: machines made ahead of demand, taken by step 1, filled and shrunk |
 
 pub mod calendar;
 mod config;
@@ -41,15 +42,18 @@ mod release;
 mod runner;
 mod steps;
 mod sweeps;
+mod warm;
 mod wire;
 
 pub use config::{
-    Balance, EndAction, GuacamoleConfig, PoolConfig, ScheduleWindow, SeedTask, Timings,
+    Balance, EndAction, GuacamoleConfig, MAX_WARM, PoolConfig, ScheduleWindow, SeedTask, Timings,
+    WarmWindow,
 };
 pub use guacamole::{Gateway, GuacamoleLink};
 pub use launcher::Launcher;
 pub use policy::{Availability, Enforced};
 pub use queries::ListedPool;
+pub use warm::WarmLook;
 pub use wire::{ConnectOutcome, ConnectParams, Discarded, PoolView};
 
 use std::collections::{HashMap, HashSet};
@@ -161,6 +165,8 @@ pub struct Inner {
     conditional: bool,
     /// Permits for provisioner releases (see [`release::CONCURRENT_RELEASES`]).
     releases: Arc<tokio::sync::Semaphore>,
+    /// The pools' warm sets and the rounds filling them here.
+    warm: warm::WarmSets,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     drained: CancellationToken,
@@ -285,6 +291,7 @@ impl Pools {
                 .iter()
                 .any(|p| !p.allow_from.is_empty() || !p.schedule.is_empty()),
             releases: Arc::new(tokio::sync::Semaphore::new(release::CONCURRENT_RELEASES)),
+            warm: warm::WarmSets::new(pools),
             tracker,
             shutdown,
             drained,
@@ -319,5 +326,6 @@ fn step_request(
         height: None,
         reason: None,
         balance: Default::default(),
+        warm: false,
     }
 }

@@ -14,8 +14,9 @@ use crate::domain::{Task, TaskError, TaskKind, TaskStatus};
 
 impl Pools {
     /// Start-up: end what a previous run left unfinished (single-instance stores), add the
-    /// seed tasks, give back machines nobody holds, fill the event hub's view of active
-    /// tasks, and start the background sweeps.
+    /// seed tasks, give back machines nobody holds (and the warm sets of pools that no longer
+    /// have one), fill the event hub's view of active tasks, and start the background sweeps
+    /// and the warm sets' loop.
     pub async fn start(&self, seeds: &[SeedTask], users: &UserDirectory) -> anyhow::Result<()> {
         if !self.store.is_shared() {
             // Nothing else runs on this store: every active task lost its runner.
@@ -28,8 +29,11 @@ impl Pools {
         for task in self.store.tasks_active().await? {
             self.events.publish(&task, false);
         }
+        self.warm_leftovers().await;
         let this = self.clone();
         self.tracker.spawn(async move { this.sweeps().await });
+        let this = self.clone();
+        self.tracker.spawn(async move { this.warm_loop().await });
         Ok(())
     }
 
@@ -66,16 +70,19 @@ impl Pools {
         Ok(())
     }
 
-    /// Gives back machines a provisioner holds that no assignment owns (a crash between
-    /// claiming a machine and recording it, or an assignment removed by hand).
+    /// Gives back machines a provisioner holds that no assignment or warm set owns (a crash
+    /// between claiming a machine and recording it, or an assignment removed by hand).
     async fn reconcile(&self) -> anyhow::Result<()> {
-        let assigned: HashSet<Uuid> = self
+        let mut assigned: HashSet<Uuid> = self
             .store
             .assignments()
             .await?
             .iter()
             .map(|a| a.machine.id)
             .collect();
+        for id in &self.order {
+            assigned.extend(self.store.warm_list(*id).await?.iter().map(|m| m.id));
+        }
         if self.store.is_shared()
             && self
                 .store

@@ -1,4 +1,5 @@
-//! The task runner: drives one task to an end. The provisioner's step runs on its own tokio
+//! The task runner: drives one task to an end. A step 1 takes a machine from the pool's warm
+//! set when there is one (see `warm.rs`); otherwise the provisioner's step runs on its own tokio
 //! task, so a panic becomes a FAILED task instead of a lost one; the runner follows its
 //! progress, renews the task's lease (shared stores) and ends the task at `task_deadline` or
 //! at shutdown, giving back whatever an abandoned step still obtained. Whatever happens, the
@@ -68,33 +69,45 @@ impl Pools {
         });
     }
 
-    /// Drives one task to an end: progress updates become events; the deadline, a provisioner
-    /// error or panic, and shutdown all end the task. `req` carries the task id.
+    /// Drives one task to an end: a step 1 takes a machine from the pool's warm set if it can;
+    /// otherwise the provisioner's step runs, its progress updates become events, and the
+    /// deadline, a provisioner error or panic, and shutdown all end the task. `req` carries
+    /// the task id.
     async fn drive(&self, mut task: Task, pool: Arc<Pool>, req: StepRequest) {
-        let (progress, mut updates) = Progress::channel();
-        let mut work = start_step(pool.provisioner.clone(), task.kind, req.clone(), progress);
-        let (status, error) = match self.follow(&mut task, &mut work, &mut updates).await {
-            Ended::Lost => {
-                tracing::warn!(task_id = %task.id, "another instance ended this task while it ran here (the lease could not be renewed); its end stands and the step is abandoned");
-                self.abandon(&pool, work, &req, "its task was ended by another instance")
-                    .await;
-                return;
-            }
-            Ended::Shutdown => {
-                self.abandon(&pool, work, &req, "server shutting down")
-                    .await;
-                (TaskStatus::Cancelled, Some(TaskError::server_shut_down()))
-            }
-            Ended::Deadline => self.overran(task.kind, &pool, work, &req).await,
-            Ended::Step(result, diagnosis) => {
-                self.settle(&mut task, &pool, &req, result, diagnosis).await
-            }
+        let (status, error) = match self.take_warm(&task).await {
+            // Made ahead of time: assigned like a machine the provisioner just made.
+            Some(machine) => self.assign(&mut task, &pool, &req, machine).await,
+            None => match self.run_step(&mut task, &pool, &req).await {
+                Some(outcome) => outcome,
+                None => return,
+            },
         };
         task.finish(status, error);
         if !self.save(&task, true).await {
             tracing::warn!(task_id = %task.id, status = task.status.as_str(), "another instance ended this task first (the lease could not be renewed); its end stands");
             self.give_back(&task, &pool, &req).await;
         }
+    }
+
+    /// Runs the provisioner's step for the task and follows it to an outcome; `None` when
+    /// another instance ended the task meanwhile (its end stands, the step is abandoned).
+    async fn run_step(&self, task: &mut Task, pool: &Pool, req: &StepRequest) -> Option<Outcome> {
+        let (progress, mut updates) = Progress::channel();
+        let mut work = start_step(pool.provisioner.clone(), task.kind, req.clone(), progress);
+        Some(match self.follow(task, &mut work, &mut updates).await {
+            Ended::Lost => {
+                tracing::warn!(task_id = %task.id, "another instance ended this task while it ran here (the lease could not be renewed); its end stands and the step is abandoned");
+                self.abandon(pool, work, req, "its task was ended by another instance")
+                    .await;
+                return None;
+            }
+            Ended::Shutdown => {
+                self.abandon(pool, work, req, "server shutting down").await;
+                (TaskStatus::Cancelled, Some(TaskError::server_shut_down()))
+            }
+            Ended::Deadline => self.overran(task.kind, pool, work, req).await,
+            Ended::Step(result, diagnosis) => self.settle(task, pool, req, result, diagnosis).await,
+        })
     }
 
     /// A step 1 whose end was refused (the task had been ended elsewhere) may have assigned

@@ -95,7 +95,7 @@ impl Progress {
 }
 
 /// Who and what a step is for: the same fields for every step, so a provisioner can always
-/// tell whose machine it is handling.
+/// tell whose machine it is handling (nobody's yet, for a warm set: `warm`).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRequest {
     /// The task the step runs for. On `release`: the step-1 task that obtained the machine,
@@ -124,12 +124,19 @@ pub struct StepRequest {
     /// Step 1: the pool's `balance` (how a static inventory picks among free machines).
     #[serde(skip)]
     pub balance: Balance,
+    /// For nobody: an `expand` that fills the pool's warm set, or the `release` of a machine
+    /// from it that was never given to a user (the set shrank). `user_id` is then the nil
+    /// UUID, `username` empty and `task_id` null; the user arrives with step 2. Sent only
+    /// when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
 }
 
 #[async_trait]
 pub trait Provisioner: Send + Sync {
-    /// Step 1: find or create a machine for the user. Must be safe to run concurrently: two
-    /// calls never return the same machine while it is held.
+    /// Step 1: find or create a machine for the user, or for the pool's warm set (`req.warm`:
+    /// no user yet). Must be safe to run concurrently: two calls never return the same
+    /// machine while it is held.
     async fn expand(&self, req: &StepRequest, progress: Progress) -> Result<Machine, StepError>;
 
     /// Step 2: make `req.machine` connectable and return how to connect.
@@ -145,7 +152,7 @@ pub trait Provisioner: Send + Sync {
     async fn release(&self, req: &StepRequest, progress: Progress) -> Result<(), StepError>;
 
     /// Start-up reconciliation: gives back the machines this provisioner holds that no
-    /// assignment owns (`owned` are the machine ids assignments hold) — a crash between
+    /// assignment or warm set owns (`owned` are the machine ids they hold) — a crash between
     /// claiming a machine and recording it, or an assignment removed by hand — and returns
     /// them. Provisioners that keep no record of what they hold do nothing.
     async fn reconcile(&self, owned: &std::collections::HashSet<Uuid>) -> Vec<Machine> {

@@ -269,6 +269,7 @@ mod tests {
             height: None,
             reason: None,
             balance,
+            warm: false,
         }
     }
 

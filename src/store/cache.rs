@@ -347,6 +347,9 @@ impl Forward<dyn Mfa> for CachedStore {}
 impl Forward<dyn Directory> for CachedStore {}
 impl Forward<dyn JwtRevocations> for CachedStore {}
 impl Forward<dyn Inventory> for CachedStore {}
+// Warm sets are read only by the filler and taken atomically: a cached list would be stale
+// the moment another instance takes a machine, and nothing reads one on a client's path.
+impl Forward<dyn Warm> for CachedStore {}
 impl Forward<dyn Lockout> for CachedStore {}
 impl Forward<dyn Federation> for CachedStore {}
 impl Forward<dyn SecurityKeys> for CachedStore {}

@@ -33,7 +33,7 @@ use super::{
     Assignment, BusEvent, DirectoryUser, FederatedUser, Handoff, KeyRemoval, MfaRecord,
     SecurityKey, SessionRecord, SsoOutcome, StoreCounts, StoreResult, TaskKey,
 };
-use crate::domain::{AuditEvent, AuditQuery, Task, TokenHash};
+use crate::domain::{AuditEvent, AuditQuery, Machine, Task, TokenHash};
 
 /// What the store says of itself: whether it answers, and what it holds.
 #[async_trait]
@@ -306,6 +306,27 @@ pub trait Inventory: Send + Sync + 'static {
     async fn machine_count_use(&self, inventory: &str, machine: Uuid) -> StoreResult<u64>;
     /// Every count of the inventory (`balance = "least_used"`), in no order.
     async fn machine_uses(&self, inventory: &str) -> StoreResult<Vec<(Uuid, u64)>>;
+}
+
+/// Warm sets: machines a pool's provisioner made ahead of demand, kept provisioned and
+/// unassigned until a step 1 takes one (`warm`, `warm_schedule`). One set per pool, in the
+/// order the machines were added. Shared by every instance: a machine in it is given to
+/// exactly one taker however many instances take at once. Never expires, and is not cached
+/// (every call reaches the backend): the pools' filler alone shrinks a set.
+#[async_trait]
+pub trait Warm: Send + Sync + 'static {
+    /// Adds `machine` at the end of the pool's set; false, nothing changed, when a machine of
+    /// that id is in the set already. Atomic (check and add are one step).
+    async fn warm_add(&self, pool: Uuid, machine: &Machine) -> StoreResult<bool>;
+    /// Removes and returns the pool's oldest warm machine, `None` when the set is empty.
+    /// Atomic: of concurrent takers (on any instance), each machine goes to exactly one, and
+    /// never also to a concurrent [`Warm::warm_remove`].
+    async fn warm_take(&self, pool: Uuid) -> StoreResult<Option<Machine>>;
+    /// The pool's warm machines, oldest first.
+    async fn warm_list(&self, pool: Uuid) -> StoreResult<Vec<Machine>>;
+    /// Removes the machine `machine` from the pool's set; true only for the one call that
+    /// removed it (atomic, like a take: a machine taken is not also removed, nor the reverse).
+    async fn warm_remove(&self, pool: Uuid, machine: Uuid) -> StoreResult<bool>;
 }
 
 /// Sign-in limits: lockout failure counters and back-off slots.

@@ -12,9 +12,9 @@ use uuid::Uuid;
 use super::{
     Audit, Directory, DirectoryUser, FederatedUser, Federation, Handoff, Inventory, JwtRevocations,
     KeyRemoval, Lockout, Mfa, MfaRecord, SecurityKey, SecurityKeys, SessionRecord, Sessions,
-    SsoOutcome, Store, StoreCounts, StoreResult, Upkeep,
+    SsoOutcome, Store, StoreCounts, StoreResult, Upkeep, Warm,
 };
-use crate::domain::{AuditEvent, AuditQuery, TokenHash};
+use crate::domain::{AuditEvent, AuditQuery, Machine, TokenHash};
 
 /// A store in front of `inner`.
 pub trait Wraps: Send + Sync + 'static {
@@ -109,6 +109,13 @@ forward!(Inventory {
     async fn machines_claimed(&self, inventory: &str) -> StoreResult<Vec<Uuid>>;
     async fn machine_count_use(&self, inventory: &str, machine: Uuid) -> StoreResult<u64>;
     async fn machine_uses(&self, inventory: &str) -> StoreResult<Vec<(Uuid, u64)>>;
+});
+
+forward!(Warm {
+    async fn warm_add(&self, pool: Uuid, machine: &Machine) -> StoreResult<bool>;
+    async fn warm_take(&self, pool: Uuid) -> StoreResult<Option<Machine>>;
+    async fn warm_list(&self, pool: Uuid) -> StoreResult<Vec<Machine>>;
+    async fn warm_remove(&self, pool: Uuid, machine: Uuid) -> StoreResult<bool>;
 });
 
 forward!(Lockout {

@@ -1,8 +1,8 @@
 //! Durable state behind one interface, three backends (`state = "sqlite:<path>" | "redis://…"
 //! | "redis-cluster://…" | "memory"`): sessions, MFA challenges, TOTP last-used steps, JWT revocations, tasks and
 //! the latest task per (user, pool, kind), machine assignments with their leases, machines
-//! held by static inventories, task leases (which instance drives a task), lockout counters
-//! and back-off slots.
+//! held by static inventories, warm sets (machines made ahead of demand), task leases (which
+//! instance drives a task), lockout counters and back-off slots.
 //!
 //! Every operation the rules need to be atomic is one call here (a compare-and-set, a
 //! set-if-absent), so the rules hold whether one process or several share the state. The
@@ -10,8 +10,8 @@
 //! included) receives on the sink it was built with.
 //!
 //! The contract is one trait per concern ([`contract`]: sessions, MFA challenges, directory
-//! records, JWT revocations, tasks, assignments, inventories, sign-in limits, the bus, upkeep);
-//! [`Store`] is all of them. Their docs say what each call returns, what is atomic, what
+//! records, JWT revocations, tasks, assignments, inventories, warm sets, sign-in limits, the
+//! bus, upkeep); [`Store`] is all of them. Their docs say what each call returns, what is atomic, what
 //! expires by itself and when, what a backend may skip — and the backend suite
 //! (tests/api/backends.rs, on all three) checks it, so a rule that works on one backend works
 //! on the others.
@@ -29,7 +29,7 @@ mod url;
 
 pub use contract::{
     Assignments, Audit, Bus, Directory, Federation, Inventory, JwtRevocations, Lockout, Mfa,
-    SecurityKeys, Sessions, Tasks, Upkeep,
+    SecurityKeys, Sessions, Tasks, Upkeep, Warm,
 };
 pub use url::StateUrl;
 
@@ -328,6 +328,7 @@ pub trait Store:
     + Federation
     + SecurityKeys
     + Audit
+    + Warm
 {
 }
 
@@ -345,6 +346,7 @@ impl<T> Store for T where
         + Federation
         + SecurityKeys
         + Audit
+        + Warm
 {
 }
 

@@ -28,5 +28,6 @@ mod service;
 mod timeouts;
 mod tls;
 mod transport;
+mod warm_sets;
 
 use poolgate_test_common::helpers;

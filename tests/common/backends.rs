@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 pub use crate::policies::*;
+pub use crate::warm::*;
 pub use crate::webauthn::*;
 
 /// The demo config on a given backend, with fast simulated timings.
@@ -1512,6 +1513,85 @@ pub async fn a_machine_is_claimed_once_per_inventory(state: &str) {
     assert!(s.machines_claimed("none").await.unwrap().is_empty());
 }
 
+/// A warm set keeps its machines once each, in the order added; a take gives the oldest, and
+/// of concurrent takers and removers each machine goes to exactly one.
+pub async fn a_warm_machine_is_taken_once_oldest_first(state: &str) {
+    let f = fresh(state).await;
+    let s = &f.store;
+    let machine = |n: usize| Machine {
+        id: Uuid::new_v4(),
+        verbose_name: format!("warm-{n}"),
+        host: format!("10.0.1.{n}"),
+        port: 3389,
+        protocol_id: 1,
+        permissions: vec!["USB_REDIR".into()],
+    };
+    let (pool, other) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(s.warm_take(pool).await.unwrap(), None);
+    assert!(s.warm_list(pool).await.unwrap().is_empty());
+    assert!(!s.warm_remove(pool, Uuid::new_v4()).await.unwrap());
+    let three: Vec<Machine> = (0..3).map(machine).collect();
+    for m in &three {
+        assert!(s.warm_add(pool, m).await.unwrap());
+    }
+    assert!(!s.warm_add(pool, &three[1]).await.unwrap(), "once per set");
+    assert!(
+        s.warm_add(other, &three[1]).await.unwrap(),
+        "sets are per pool"
+    );
+    assert_eq!(
+        s.warm_list(pool).await.unwrap(),
+        three,
+        "in the order added"
+    );
+    assert_eq!(
+        s.warm_take(pool).await.unwrap(),
+        Some(three[0].clone()),
+        "the oldest first, whole"
+    );
+    assert!(s.warm_remove(pool, three[2].id).await.unwrap());
+    assert!(
+        !s.warm_remove(pool, three[2].id).await.unwrap(),
+        "removed once"
+    );
+    assert!(
+        !s.warm_remove(pool, three[0].id).await.unwrap(),
+        "a taken machine is gone"
+    );
+    assert_eq!(s.warm_list(pool).await.unwrap(), vec![three[1].clone()]);
+    assert_eq!(s.warm_list(other).await.unwrap(), vec![three[1].clone()]);
+
+    // Eight takers and a remover per machine, all at once, for five machines.
+    let race = Uuid::new_v4();
+    let five: Vec<Machine> = (10..15).map(machine).collect();
+    for m in &five {
+        assert!(s.warm_add(race, m).await.unwrap());
+    }
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = f.store.clone();
+            tokio::spawn(async move { store.warm_take(race).await.unwrap().map(|m| m.id) })
+        })
+        .collect();
+    let removers: Vec<_> = five
+        .iter()
+        .map(|m| {
+            let (store, id) = (f.store.clone(), m.id);
+            tokio::spawn(async move { store.warm_remove(race, id).await.unwrap().then_some(id) })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for h in takers.into_iter().chain(removers) {
+        got.extend(h.await.unwrap());
+    }
+    assert_eq!(
+        sorted(got),
+        sorted(five.iter().map(|m| m.id).collect()),
+        "each machine to exactly one taker or remover"
+    );
+    assert!(s.warm_list(race).await.unwrap().is_empty());
+}
+
 pub async fn a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others(state: &str) {
     let f = fresh(state).await;
     let s = &f.store;
@@ -2166,6 +2246,7 @@ macro_rules! backend_cases {
                 ended_tasks_created_before_the_cutoff_go_except_each_keys_latest,
                 a_user_holds_at_most_one_assignment_per_pool,
                 a_machine_is_claimed_once_per_inventory,
+                a_warm_machine_is_taken_once_oldest_first,
                 a_task_lease_is_exclusive_on_a_shared_store_and_granted_on_others,
                 a_failure_counter_counts_in_a_fixed_window_and_never_below_zero,
                 back_off_slots_are_spaced_refused_past_the_wait_and_forgotten_after_the_window,
@@ -2201,11 +2282,15 @@ macro_rules! backend_cases {
                 idle_release_gives_back_the_desktop_of_a_user_without_a_socket,
                 max_desktops_per_user_counts_desktops_across_pools,
                 a_static_pool_balances_drains_and_gives_a_user_their_last_machine,
+                a_warm_set_fills_and_step_1_completes_at_once_from_it,
+                a_warm_schedule_raises_the_set_at_its_time_and_shrinks_it_after,
+                a_failing_provisioner_is_not_hammered_to_fill_a_warm_set,
             ],
             durable: [
                 state_survives_a_restart,
                 a_task_cut_off_by_a_stop_is_cancelled_and_restarts,
                 orphaned_machines_are_released_at_start_up,
+                warm_machines_survive_a_restart_and_go_back_when_the_pool_drops_its_set,
             ],
         }
     };

@@ -30,6 +30,7 @@ mod policies;
 mod redis_server;
 mod routing;
 mod secrets;
+mod warm;
 
 /// What a case needs to run.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -92,6 +93,7 @@ fn cases() -> Vec<(&'static str, Needs, Case)> {
         routing::cases,
         cluster_failover::cases,
         policies::cases,
+        warm::cases,
     ] {
         all.extend(cases());
     }

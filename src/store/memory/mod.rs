@@ -14,6 +14,7 @@ use super::*;
 
 mod audit;
 mod keys;
+mod warm;
 
 #[derive(Default)]
 struct Inner {
@@ -33,6 +34,8 @@ struct Inner {
     machines: HashMap<String, HashSet<Uuid>>,
     /// Hand-outs per inventory and machine.
     machine_uses: HashMap<String, HashMap<Uuid, u64>>,
+    /// Each pool's warm set, oldest first.
+    warm: HashMap<Uuid, std::collections::VecDeque<Machine>>,
     /// Failure counters: (count, window ends), the latter in ms.
     failures: HashMap<String, (u32, u64)>,
     /// Back-off keys: (next free slot, kept until), both in ms.

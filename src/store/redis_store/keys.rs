@@ -11,7 +11,7 @@
 //! still names its session's slot. Tags by bucket, not by user, so that the sweeps visit a
 //! fixed 1 024 index keys instead of a registry of users, while 1 024 tags still spread evenly
 //! over the cluster's masters. Keys used alone (leases, counters, TOTP steps, JWT revocations,
-//! directory records, inventories) carry no tag. Users' bus channels are sharded channels
+//! directory records, inventories, warm sets) carry no tag. Users' bus channels are sharded channels
 //! (`SSUBSCRIBE`/`SPUBLISH`) in their user's bucket, so a script publishes on the channel of the
 //! slot it writes in; the global channel stays a plain one.
 
@@ -138,6 +138,12 @@ impl Keys {
 
     pub(super) fn assignments(&self, bucket: u16) -> String {
         self.tagged("assignments", bucket, &[])
+    }
+
+    /// A pool's warm set: a list of machines (JSON), oldest first. One key, so every script
+    /// on it stays in one slot.
+    pub(super) fn warm(&self, pool: Uuid) -> String {
+        self.k(&["warm", &pool.to_string()])
     }
 
     /// A user's channel: their tasks, releases, session revocations and the cache's

@@ -19,7 +19,7 @@
 //! its caller), [`bus`] (publisher, push reader, subscriptions), [`watches`] (per-user
 //! routing), [`health`] (health, counts, append-only checks), then the contract's concerns in
 //! its order: [`sessions`], [`mfa`], [`directory`], [`revocations`], [`tasks`],
-//! [`assignments`], [`inventory`], [`lockout`].
+//! [`assignments`], [`inventory`], [`warm`], [`lockout`].
 
 use std::time::Duration;
 
@@ -52,6 +52,7 @@ mod scripts;
 mod security_keys;
 mod sessions;
 mod tasks;
+mod warm;
 pub mod watches;
 
 use bus::*;

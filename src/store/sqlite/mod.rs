@@ -37,6 +37,7 @@ mod revocations;
 mod security_keys;
 mod sessions;
 mod tasks;
+mod warm;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sessions (
@@ -87,6 +88,10 @@ CREATE TABLE IF NOT EXISTS machines (
 CREATE TABLE IF NOT EXISTS machine_uses (
     inventory TEXT NOT NULL, machine_id TEXT NOT NULL, uses INTEGER NOT NULL,
     PRIMARY KEY (inventory, machine_id));
+CREATE TABLE IF NOT EXISTS warm (
+    seq INTEGER PRIMARY KEY, pool_id TEXT NOT NULL, machine_id TEXT NOT NULL, body TEXT NOT NULL,
+    UNIQUE (pool_id, machine_id));
+CREATE INDEX IF NOT EXISTS warm_pool ON warm(pool_id, seq);
 "#;
 
 /// This backend's errors as the store's (the message kept).
