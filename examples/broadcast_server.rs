@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
     let (tx, _) = broadcast::channel::<Utf8Bytes>(64);
     loop {
         let (stream, _) = listener.accept().await?;
+        // As poolgate's listener does.
+        stream.set_nodelay(true)?;
         let (tx, mut rx) = (tx.clone(), tx.subscribe());
         tokio::spawn(async move {
             let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await

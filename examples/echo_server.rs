@@ -18,6 +18,8 @@ async fn main() -> anyhow::Result<()> {
         .write_buffer_size(poolgate::ws::WRITE_BUFFER_BYTES);
     loop {
         let (stream, _) = listener.accept().await?;
+        // As poolgate's listener does.
+        stream.set_nodelay(true)?;
         tokio::spawn(async move {
             let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
             else {

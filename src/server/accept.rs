@@ -41,6 +41,10 @@ pub(super) async fn accept_loop(listener: TcpListener, site: Site, state: AppSta
                 }
             },
         };
+        // Replies and events are small writes a client waits for: each goes out at once, not
+        // after the client's delayed ACK of the one before (Nagle: a reply followed by its
+        // task's event waited ~40 ms).
+        let _ = tcp.set_nodelay(true);
         if site.proxy_protocol {
             admit_proxied(tcp, peer, &site, &state, &refusals, &refusers);
             continue;
