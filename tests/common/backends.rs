@@ -88,7 +88,11 @@ pub async fn a_static_inventory_never_gives_a_machine_twice(state: &str) {
         let state = app.state.clone();
         handles.push(tokio::spawn(async move {
             let user = state.auth.users.by_name(&name).unwrap().clone();
-            let task = state.pools.request_machine(&user, LOCAL, pool).await.unwrap();
+            let task = state
+                .pools
+                .request_machine(&user, LOCAL, pool)
+                .await
+                .unwrap();
             for _ in 0..200 {
                 let t = state.pools.task(&user, task.id).await.unwrap();
                 if t.status.is_done() {

@@ -122,9 +122,7 @@ fn err(reply: &Value) -> (u64, u64) {
 
 /// Outside its schedule a pool is listed as closed with its next opening, and step 1 is
 /// refused (403 / 820, with the request's id) on both transports; at the opening it is open.
-pub async fn a_pool_outside_its_schedule_is_listed_closed_and_refused_until_it_opens(
-    state: &str,
-) {
+pub async fn a_pool_outside_its_schedule_is_listed_closed_and_refused_until_it_opens(state: &str) {
     let mut c = config(state);
     pool_mut(&mut c, "pool-win-1").schedule = moscow_working_days();
     let app = TestApp::spawn_config(c).await;
@@ -198,9 +196,7 @@ pub async fn a_pool_outside_its_schedule_is_listed_closed_and_refused_until_it_o
 
 /// A desktop in a pool whose schedule closes is warned `warn_before` and a minute before,
 /// once each, and given back at the closing; with `end_action = "keep"` it stays.
-pub async fn the_schedule_warns_before_it_closes_and_releases_unless_end_action_keeps(
-    state: &str,
-) {
+pub async fn the_schedule_warns_before_it_closes_and_releases_unless_end_action_keeps(state: &str) {
     let mut c = config(state);
     pool_mut(&mut c, "pool-win-1").schedule = moscow_working_days();
     let astra = pool_mut(&mut c, "pool-astra-2");
@@ -259,7 +255,9 @@ pub async fn the_schedule_warns_before_it_closes_and_releases_unless_end_action_
             .unwrap()
             .is_some()
     );
-    let refused = admin.rpc("pool_request", json!({"pool_id": POOL_WIN_1})).await;
+    let refused = admin
+        .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
+        .await;
     assert_eq!(err(&refused), (403, 820));
     // Asking again for the desktop still held answers with it.
     let again = admin
@@ -539,7 +537,10 @@ pub async fn a_static_pool_balances_drains_and_gives_a_user_their_last_machine(s
     let app = TestApp::spawn_config(c).await;
     let (mut admin, _) = app.login("astravdi").await;
     let (mut carol, _) = app.login("carol").await;
-    assert_eq!(desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await, "m2");
+    assert_eq!(
+        desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await,
+        "m2"
+    );
     assert_eq!(desktop(&app, &mut carol, "carol", POOL_WIN_1).await, "m3");
     drop(app);
 
@@ -555,7 +556,10 @@ pub async fn a_static_pool_balances_drains_and_gives_a_user_their_last_machine(s
     // Carol's last machine is m2 (used once, as m1): hers again, not the unused m3.
     assert_eq!(take_and_give_back(&app, &mut carol, "carol").await, "m2");
     // astravdi had m1: free, so m1 again although m3 is used least.
-    assert_eq!(desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await, "m1");
+    assert_eq!(
+        desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await,
+        "m1"
+    );
     // Carol's m2 is free, astravdi holds m1: m2 for her.
     assert_eq!(desktop(&app, &mut carol, "carol", POOL_WIN_1).await, "m2");
     drop(app);
@@ -574,7 +578,10 @@ pub async fn a_static_pool_balances_drains_and_gives_a_user_their_last_machine(s
     assert_eq!(take_and_give_back(&app, &mut user2, "user-2").await, "m3");
     // m4's turn: it drains, so the turn goes round to m1 — and carol's own m2 comes first.
     assert_eq!(desktop(&app, &mut carol, "carol", POOL_WIN_1).await, "m2");
-    assert_eq!(desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await, "m1");
+    assert_eq!(
+        desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await,
+        "m1"
+    );
     assert_eq!(desktop(&app, &mut user2, "user-2", POOL_WIN_1).await, "m3");
 }
 
