@@ -519,10 +519,20 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
     }
 
     /// Collects the statuses pushed for `task_id` until it ends; returns them and the last task.
+    /// `machine` events in between (a release, a warning of a lease's end) are passed over.
     pub async fn follow(&mut self, task_id: &Value) -> (Vec<String>, Value) {
         let mut seen = Vec::new();
         loop {
-            let task = self.next_event().await;
+            let frame = self.recv().await;
+            assert_eq!(
+                frame["namespace"], "events",
+                "expected an event, got {frame}"
+            );
+            if frame["name"] == "machine" {
+                continue;
+            }
+            assert_eq!(frame["name"], "task", "{frame}");
+            let task = frame["args"].clone();
             if &task["id"] != task_id {
                 continue;
             }
