@@ -526,17 +526,24 @@ async fn take_and_give_back(app: &TestApp, c: &mut Client, user: &str) -> String
     panic!("{name} was not given back to {inventory}");
 }
 
+/// The demo with carol on pool-win-1, served by a static inventory balanced as `balance`,
+/// and astravdi's and carol's sockets.
+async fn balanced_app(state: &str, inventory: &str, balance: &str) -> (TestApp, Client, Client) {
+    let mut c = config(state);
+    add_carol(&mut c);
+    static_inventory(&mut c, inventory, balance);
+    let app = TestApp::spawn_config(c).await;
+    let (admin, _) = app.login("astravdi").await;
+    let (carol, _) = app.login("carol").await;
+    (app, admin, carol)
+}
+
 /// `balance`: `priority` takes the highest free machine, `least_used` the one handed out
 /// least, `round_robin` the next in turn; a draining machine is never handed out; a user gets
 /// the machine they had last when it is free (affinity).
 pub async fn a_static_pool_balances_drains_and_gives_a_user_their_last_machine(state: &str) {
     // priority: m4 (100) drains, so m2 (10), then m3 (5) while m2 is held.
-    let mut c = config(state);
-    add_carol(&mut c);
-    static_inventory(&mut c, "inv-priority", "priority");
-    let app = TestApp::spawn_config(c).await;
-    let (mut admin, _) = app.login("astravdi").await;
-    let (mut carol, _) = app.login("carol").await;
+    let (app, mut admin, mut carol) = balanced_app(state, "inv-priority", "priority").await;
     assert_eq!(
         desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await,
         "m2"
@@ -545,12 +552,7 @@ pub async fn a_static_pool_balances_drains_and_gives_a_user_their_last_machine(s
     drop(app);
 
     // least_used, and affinity over it.
-    let mut c = config(state);
-    add_carol(&mut c);
-    static_inventory(&mut c, "inv-least", "least_used");
-    let app = TestApp::spawn_config(c).await;
-    let (mut admin, _) = app.login("astravdi").await;
-    let (mut carol, _) = app.login("carol").await;
+    let (app, mut admin, mut carol) = balanced_app(state, "inv-least", "least_used").await;
     assert_eq!(take_and_give_back(&app, &mut admin, "astravdi").await, "m1");
     assert_eq!(take_and_give_back(&app, &mut carol, "carol").await, "m2");
     // Carol's last machine is m2 (used once, as m1): hers again, not the unused m3.
@@ -565,12 +567,7 @@ pub async fn a_static_pool_balances_drains_and_gives_a_user_their_last_machine(s
     drop(app);
 
     // round_robin: each hand-out starts after the last one's place; m4 drains.
-    let mut c = config(state);
-    add_carol(&mut c);
-    static_inventory(&mut c, "inv-rr", "round_robin");
-    let app = TestApp::spawn_config(c).await;
-    let (mut admin, _) = app.login("astravdi").await;
-    let (mut carol, _) = app.login("carol").await;
+    let (app, mut admin, mut carol) = balanced_app(state, "inv-rr", "round_robin").await;
     let (mut user2, _) = app.login("user-2").await;
     assert_eq!(take_and_give_back(&app, &mut admin, "astravdi").await, "m1");
     // m1 is free, but it is m2's turn, then m3's.
