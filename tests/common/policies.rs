@@ -91,6 +91,16 @@ async fn desktop(app: &TestApp, c: &mut Client, user: &str, pool: &str) -> Strin
         .verbose_name
 }
 
+/// Whether `user` holds a machine in `pool`.
+async fn holds(app: &TestApp, user: Uuid, pool: Uuid) -> bool {
+    app.state
+        .pools
+        .assignment(user, pool)
+        .await
+        .unwrap()
+        .is_some()
+}
+
 /// The next `machine` event on the socket (task events before it are skipped).
 async fn machine_event(c: &mut Client) -> Value {
     loop {
@@ -239,22 +249,9 @@ pub async fn the_schedule_warns_before_it_closes_and_releases_unless_end_action_
     assert_eq!(released["pool_id"], POOL_WIN_1);
     assert_eq!(released["reason"], "schedule closes the pool");
     let admin_id = user_id(&app, "astravdi");
-    let pools = &app.state.pools;
-    assert!(
-        pools
-            .assignment(admin_id, POOL_WIN_1.parse().unwrap())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!holds(&app, admin_id, POOL_WIN_1.parse().unwrap()).await);
     // end_action = "keep": still held, but a new request is refused.
-    assert!(
-        pools
-            .assignment(admin_id, POOL_ASTRA_2.parse().unwrap())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(holds(&app, admin_id, POOL_ASTRA_2.parse().unwrap()).await);
     let refused = admin
         .rpc("pool_request", json!({"pool_id": POOL_WIN_1}))
         .await;
@@ -354,12 +351,7 @@ pub async fn max_session_warns_and_releases_a_desktop(state: &str) {
     // A new request starts a new session.
     desktop(&app, &mut admin, "astravdi", POOL_WIN_1).await;
     assert!(
-        app.state
-            .pools
-            .assignment(user_id(&app, "astravdi"), POOL_WIN_2.parse().unwrap())
-            .await
-            .unwrap()
-            .is_some(),
+        holds(&app, user_id(&app, "astravdi"), POOL_WIN_2.parse().unwrap()).await,
         "an unbounded max_session never ends"
     );
 }
@@ -397,32 +389,15 @@ pub async fn idle_release_gives_back_the_desktop_of_a_user_without_a_socket(stat
     let win1: Uuid = POOL_WIN_1.parse().unwrap();
     clock.set_ms(t0 + 899_000);
     app.state.pools.enforce_policies().await.unwrap();
-    assert!(
-        app.state
-            .pools
-            .assignment(carol_id, win1)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(holds(&app, carol_id, win1).await);
     clock.set_ms(t0 + 901_000);
     app.state.pools.enforce_policies().await.unwrap();
     assert!(
-        app.state
-            .pools
-            .assignment(carol_id, win1)
-            .await
-            .unwrap()
-            .is_none(),
+        !holds(&app, carol_id, win1).await,
         "carol's desktop is given back"
     );
     assert!(
-        app.state
-            .pools
-            .assignment(user_id(&app, "astravdi"), win1)
-            .await
-            .unwrap()
-            .is_some(),
+        holds(&app, user_id(&app, "astravdi"), win1).await,
         "astravdi kept a socket"
     );
 }
@@ -624,14 +599,7 @@ pub async fn idle_release_counts_a_socket_on_another_instance(state: &str) {
     drop(on_a);
     gone(&a).await;
 
-    let held = || async {
-        a.state
-            .pools
-            .assignment(user_id(&a, "astravdi"), POOL_WIN_1.parse().unwrap())
-            .await
-            .unwrap()
-            .is_some()
-    };
+    let held = || holds(&a, user_id(&a, "astravdi"), POOL_WIN_1.parse().unwrap());
     // B tells the store the user is there; 700 s on, the desktop stays.
     set(t0 + 300_000);
     b.state.pools.mark_presence().await.unwrap();
