@@ -311,8 +311,9 @@ impl Pools {
             .filter_map(|p| p.policy.idle_release)
             .max()
             .unwrap_or_default();
-        self.events
-            .forget_left_before(now.saturating_sub(millis(longest_idle + PRESENCE_EVERY)));
+        self.events.forget_left_before(
+            now.saturating_sub(millis(longest_idle.saturating_add(PRESENCE_EVERY))),
+        );
         // Only what is still under warning is remembered.
         self.warned.clear();
         for (key, stage) in warned_now {
