@@ -79,7 +79,7 @@ pub async fn handoff(ctx: &mut Ctx<'_>) -> Error {
     }
     let wait = Arc::new(SsoWait {
         session: Mutex::new(None),
-        stop: ctx.conn.kick.child_token(),
+        stop: ctx.state.shutdown.child_token(),
         until: tokio::time::Instant::now() + Duration::from_secs(fields.expires_in),
     });
     ctx.conn.sso = Some(wait.clone());

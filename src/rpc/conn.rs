@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, Method, dispatch};
 use crate::auth::tokens::Session;
@@ -35,11 +34,9 @@ pub struct Conn {
     /// The portal's one-time single sign-on code, if the upgrade carried its cookie (for
     /// `auth_sso_code`, once).
     pub portal_code: Option<Box<str>>,
-    /// The socket's outbound queue (events; the loop writes replies directly).
+    /// The socket's outbound queue (events; the loop writes replies directly). Its kick
+    /// closes the socket as too slow.
     pub outbound: Arc<Outbox>,
-    /// Cancelled to close the socket as too slow (its event subscription does, when the queue
-    /// is full); a child of the server's shutdown token, so also cancelled at shutdown.
-    pub kick: CancellationToken,
     /// Set by a sign-in; the socket subscribes to events once the reply is queued, so the
     /// catch-up events follow the reply.
     pending_subscribe: bool,
@@ -55,7 +52,6 @@ impl Conn {
         peer: SocketAddr,
         device: Option<crate::auth::lockout::DeviceId>,
         outbound: Arc<Outbox>,
-        kick: CancellationToken,
     ) -> Self {
         Conn {
             id,
@@ -68,7 +64,6 @@ impl Conn {
             browser: false,
             sso: None,
             outbound,
-            kick,
             pending_subscribe: false,
             prepared: Prepared::default(),
         }
@@ -130,7 +125,6 @@ impl Conn {
             format: EventFormat::Rpc,
             tx: self.outbound.clone(),
             enabled: self.events_enabled.clone(),
-            kick: self.kick.clone(),
         };
         let prepared = std::mem::take(&mut self.prepared);
         state.events.subscribe(user, sub, prepared);

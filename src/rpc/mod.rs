@@ -345,7 +345,6 @@ mod future_sizes {
             "127.0.0.1:1".parse().unwrap(),
             None,
             crate::events::Outbox::new(16),
-            tokio_util::sync::CancellationToken::new(),
         );
         let request = super::conn::handle_text(&state, &mut conn, "{}");
         let size = std::mem::size_of_val(&request);

@@ -14,14 +14,16 @@
 //! a write needs is boxed while it runs instead of living in that future.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
+use tokio::sync::futures::Notified;
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFuture;
 use tungstenite::error::CapacityError;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
@@ -118,12 +120,9 @@ impl Policy {
 /// What the loop gives a handler when its socket opens.
 pub struct Link {
     pub conn_id: u64,
-    /// The socket's outbound queue: events queued here are written by the loop.
+    /// The socket's outbound queue: events queued here are written by the loop, and
+    /// [`Outbox::kick`] makes the socket close as too slow (4002).
     pub outbox: Arc<Outbox>,
-    /// Cancel it to make the socket close as too slow (4002). A child of the server's shutdown
-    /// token, so it is also cancelled at shutdown: one uncontended token for the loop to watch
-    /// instead of the shared one.
-    pub kick: CancellationToken,
 }
 
 /// How long a closing socket may take to flush its last frames.
@@ -164,13 +163,11 @@ pub fn serve<H: Handler>(
     state.metrics.connections_total.inc();
     // Events from elsewhere arrive here; the socket's own task writes them (no writer task).
     let outbox = Outbox::new(state.config.outbound_queue);
-    let kick = state.shutdown.child_token();
     let handler = open(
         &state,
         Link {
             conn_id,
             outbox: outbox.clone(),
-            kick: kick.clone(),
         },
     );
     socket
@@ -178,7 +175,7 @@ pub fn serve<H: Handler>(
         .limit()
         .set(policy.message_limit(handler.signed_in()));
     let clock = Clock::new(policy, Instant::now());
-    run(socket, state, handler, outbox, kick, clock, conn_id)
+    run(socket, state, handler, outbox, clock, conn_id)
 }
 
 /// The socket's loop, from its first read to the close handshake (see [`serve`]).
@@ -189,7 +186,6 @@ fn run<H: Handler>(
     state: AppState,
     mut handler: H,
     outbox: Arc<Outbox>,
-    kick: CancellationToken,
     mut clock: Clock,
     conn_id: u64,
 ) -> impl Future<Output = ()> {
@@ -198,7 +194,9 @@ fn run<H: Handler>(
         // or a deadline moves earlier (a sign-out), so a message costs no timer or waiter
         // registration: the idle deadline moves with `last_seen` and is checked when it fires.
         let timer = sleep_until(clock.next());
-        let stop = kick.cancelled();
+        // Shutdown: the server's token, watched by every socket (a waiter each, no allocation).
+        // A kick (the socket fell behind) comes as a wake-up of `queued`.
+        let stop = state.shutdown.cancelled();
         let queued = outbox.ready();
         tokio::pin!(timer, stop, queued);
 
@@ -212,13 +210,16 @@ fn run<H: Handler>(
                     match due {
                         Err(end) => break end,
                         // An empty text frame would confuse clients; a ping is answered by any stack.
-                        Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox, &kick)).await,
+                        Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox, stop.as_mut(), queued.as_mut())).await,
                         Ok(false) => continue,
                     }
                 }
                 _ = &mut queued => {
                     queued.set(outbox.ready());
-                    Box::pin(write(&mut socket, None, &outbox, &kick)).await
+                    if outbox.kicked() {
+                        break stopped(&state);
+                    }
+                    Box::pin(write(&mut socket, None, &outbox, stop.as_mut(), queued.as_mut())).await
                 }
                 frame = socket.next() => {
                     clock.last_seen = Instant::now();
@@ -248,7 +249,7 @@ fn run<H: Handler>(
                     };
                     let Some(reply) = reply else { continue };
                     // Boxed, like the request: the write's state lives only while it runs.
-                    let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, &kick)).await;
+                    let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, stop.as_mut(), queued.as_mut())).await;
                     handler.replied(&state);
                     let signed_in = handler.signed_in();
                     // Read before the next frame is: a sign-in raises the limit, a sign-out lowers it.
@@ -298,7 +299,7 @@ async fn send_last(socket: &mut WebSocket, text: String) {
     let _ = tokio::time::timeout(CLOSE_FLUSH, socket.send(Message::Text(text.into()))).await;
 }
 
-/// Why `kick` fired: shutdown, or the socket fell behind on its events.
+/// Why the loop was stopped: shutdown, or the socket fell behind on its events (a kick).
 fn stopped(state: &AppState) -> End {
     if state.shutdown.is_cancelled() {
         End::Close(close_code::GOING_AWAY, "server shutting down".into())
@@ -471,22 +472,43 @@ async fn write_batch(
 }
 
 /// Writes from the socket's own task. Almost every write completes at once; one that waits
-/// (the peer's receive window is full) is abandoned when `stop` is cancelled (the peer fell
-/// behind, or shutdown), or after [`WRITE_STALL`].
-async fn write(
+/// (the peer's receive window is full) is abandoned at shutdown (`stop`), when the socket is
+/// kicked (the peer fell behind: seen when `queued` wakes), or after [`WRITE_STALL`].
+async fn write<'a>(
     socket: &mut WebSocket,
     first: Option<Frame>,
-    outbox: &Outbox,
-    stop: &CancellationToken,
+    outbox: &'a Outbox,
+    mut stop: Pin<&mut WaitForCancellationFuture<'_>>,
+    mut queued: Pin<&mut Notified<'a>>,
 ) -> Result<(), End> {
     let mut batch = std::pin::pin!(write_batch(socket, first, outbox));
     let done = match std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await {
         Poll::Ready(done) => done,
-        Poll::Pending => tokio::select! {
-            done = &mut batch => done,
-            _ = stop.cancelled() => return Err(End::Gone),
-            _ = tokio::time::sleep(WRITE_STALL) => return Err(End::Gone),
-        },
+        Poll::Pending => {
+            let stall = tokio::time::sleep(WRITE_STALL);
+            tokio::pin!(stall);
+            // Events queued meanwhile go out with the next batch; a kick ends the write now.
+            let mut woken = false;
+            let done = loop {
+                tokio::select! {
+                    done = &mut batch => break done,
+                    _ = &mut stop => return Err(End::Gone),
+                    _ = &mut stall => return Err(End::Gone),
+                    _ = &mut queued => {
+                        queued.set(outbox.ready());
+                        if outbox.kicked() {
+                            return Err(End::Gone);
+                        }
+                        woken = true;
+                    }
+                }
+            };
+            if woken {
+                // The wake-ups taken here were for the loop: give one back.
+                outbox.rearm();
+            }
+            done
+        }
     };
     match done {
         Ok(false) => Ok(()),

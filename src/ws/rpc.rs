@@ -55,7 +55,7 @@ pub(super) async fn upgrade(
     let browser = headers.contains_key(header::ORIGIN);
     super::accept(ws, state, move |_, link: Link| {
         tracing::debug!(conn_id = link.conn_id, %peer, "connected");
-        let mut conn = Conn::new(link.conn_id, peer, device, link.outbox, link.kick);
+        let mut conn = Conn::new(link.conn_id, peer, device, link.outbox);
         conn.portal_code = portal_code;
         conn.browser = browser;
         RpcSocket(conn)

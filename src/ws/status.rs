@@ -56,7 +56,6 @@ pub(super) async fn upgrade(
                 format: EventFormat::V2Status,
                 tx: link.outbox,
                 enabled: Arc::new(true.into()),
-                kick: link.kick,
                 alive: alive.clone(),
             },
             prepared,
