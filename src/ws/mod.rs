@@ -17,13 +17,13 @@ use axum::routing::{MethodRouter, get};
 use crate::state::AppState;
 use connection::{Handler, Link};
 
-/// Read buffer per socket (256 bytes): what an idle socket holds between messages, so it is
+/// Read buffer per socket (512 bytes): what an idle socket holds between messages, so it is
 /// as small as our requests are (a `pools` or `task` request is under 100 bytes; a longer
-/// message is read in 256-byte steps into a buffer grown to its announced length).
+/// message is read in 512-byte steps into a buffer grown to its announced length).
 /// tungstenite's default (128 KiB) costs that much RSS per idle socket and halves
 /// small-message throughput (tungstenite-rs#480); 2 KiB cost 1.5 KiB more per idle socket
 /// than this (docs/benchmarks.md, "Idle sockets").
-pub const READ_BUFFER_BYTES: usize = 256;
+pub const READ_BUFFER_BYTES: usize = 512;
 /// Write buffer per socket (frames are flushed when the outbound queue drains).
 pub const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
