@@ -154,14 +154,16 @@ impl EventFormat {
 /// costs nothing while empty. (A tokio mpsc channel reserves a 32-slot block up front: about
 /// 1.3 KiB of every idle socket, measured in bench/.)
 ///
-/// It also carries the socket's kick: a socket that fell behind (its queue full) is told to
+/// It also carries the socket's kick — a socket that fell behind (its queue full) is told to
 /// close through the same wake-up as its events, rather than through a cancellation token of
-/// its own (a child of the shutdown token: 123 bytes of every idle socket).
+/// its own (a child of the shutdown token: 123 bytes of every idle socket) — and which events
+/// the socket takes (in the queue's padding rather than an allocation of their own).
 pub struct Outbox {
     queue: std::sync::Mutex<VecDeque<Frame>>,
     ready: Notify,
     capacity: u32,
     kicked: AtomicBool,
+    subscriptions: Subscriptions,
 }
 
 impl Outbox {
@@ -171,7 +173,13 @@ impl Outbox {
             ready: Notify::new(),
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             kicked: AtomicBool::new(false),
+            subscriptions: true.into(),
         })
+    }
+
+    /// Which events the socket takes (all, until `events/unsubscribe`).
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
@@ -237,8 +245,6 @@ pub struct Subscriber {
     pub conn_id: u64,
     pub format: EventFormat,
     pub tx: Arc<Outbox>,
-    /// Which events it gets (`events/unsubscribe` turns them off).
-    pub enabled: Arc<Subscriptions>,
     /// Whether the socket's credentials still hold (token not expired or revoked); events
     /// stop the moment they do not, even before the socket's next message.
     pub alive: Arc<dyn Fn() -> bool + Send + Sync>,
@@ -291,7 +297,7 @@ impl UserEntry {
             for sub in self
                 .subs
                 .iter()
-                .filter(|s| s.enabled.get(EventName::Task) && (s.alive)())
+                .filter(|s| s.tx.subscriptions().get(EventName::Task) && (s.alive)())
             {
                 let slot = &mut rendered[sub.format as usize];
                 let text = slot.get_or_insert_with(|| sub.format.render(task)).clone();
@@ -441,7 +447,7 @@ impl EventHub {
             // Quietly: the new socket gets it in the catch-up below, and the others heard it.
             entry.merge(task, false);
         }
-        if sub.enabled.get(EventName::Task) {
+        if sub.tx.subscriptions().get(EventName::Task) {
             let mut active: Vec<&Task> = entry.active.values().collect();
             active.sort_by_key(|t| t.created);
             for task in active {
@@ -567,7 +573,9 @@ impl EventHub {
         };
         let text: Text = crate::envelope::event(EventName::Machine.as_str(), args).into();
         for sub in entry.subs.iter().filter(|s| {
-            s.format == EventFormat::Rpc && s.enabled.get(EventName::Machine) && (s.alive)()
+            s.format == EventFormat::Rpc
+                && s.tx.subscriptions().get(EventName::Machine)
+                && (s.alive)()
         }) {
             sub.push(text.clone());
         }

@@ -11,7 +11,7 @@ use super::{Ctx, Method, dispatch};
 use crate::auth::tokens::Session;
 use crate::envelope;
 use crate::error::Error;
-use crate::events::{EventFormat, Outbox, Prepared, Subscriber, Subscriptions};
+use crate::events::{EventFormat, Outbox, Prepared, Subscriber};
 use crate::state::AppState;
 
 /// What one connection knows about itself between messages.
@@ -23,8 +23,6 @@ pub struct Conn {
     pub device: Option<Box<crate::auth::lockout::DeviceId>>,
     /// The signed-in session, if any. Checked (not looked up) on every message.
     pub session: Option<Arc<Session>>,
-    /// Which events are pushed to this socket (all on by default once signed in).
-    pub events_enabled: Arc<Subscriptions>,
     /// Failed sign-in attempts on this socket; past the limit, auth calls get 429.
     pub auth_failures: u32,
     /// The upgrade came from a browser (it carried an `Origin`): the portal, for the audit.
@@ -59,7 +57,6 @@ impl Conn {
             device: device.map(Box::new),
             session: None,
             portal_code: None,
-            events_enabled: Arc::new(true.into()),
             auth_failures: 0,
             browser: false,
             sso: None,
@@ -124,7 +121,6 @@ impl Conn {
             conn_id: self.id,
             format: EventFormat::Rpc,
             tx: self.outbound.clone(),
-            enabled: self.events_enabled.clone(),
         };
         let prepared = std::mem::take(&mut self.prepared);
         state.events.subscribe(user, sub, prepared);

@@ -52,7 +52,7 @@ impl Subscription {
 
     pub fn apply(self, ctx: &mut Ctx<'_>, on: bool) -> Result<Value, Error> {
         for &name in &self.names {
-            ctx.conn.events_enabled.set(name, on);
+            ctx.conn.outbound.subscriptions().set(name, on);
         }
         let key = if on { "subscribe" } else { "unsubscribe" };
         Ok(json!({ key: self.echo }))

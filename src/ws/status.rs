@@ -55,7 +55,6 @@ pub(super) async fn upgrade(
                 conn_id: link.conn_id,
                 format: EventFormat::V2Status,
                 tx: link.outbox,
-                enabled: Arc::new(true.into()),
                 alive: alive.clone(),
             },
             prepared,
