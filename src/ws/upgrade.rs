@@ -240,13 +240,7 @@ struct FrameScan {
 impl FrameScan {
     /// Header bytes needed once the first two are known.
     fn header_len(&self) -> usize {
-        let ext = match self.header[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
-        2 + ext + mask
+        header_len(self.header[1])
     }
 
     fn payload_len(&self) -> u64 {
@@ -272,12 +266,24 @@ impl FrameScan {
             }
             if self.have == 0 {
                 header_start = i;
+                // The usual case: the whole header is in this read, and is taken at once.
+                let rest = &bytes[i..];
+                if let Some(&second) = rest.get(1)
+                    && let Some(header) = rest.get(..header_len(second))
+                {
+                    self.header[..header.len()].copy_from_slice(header);
+                    self.have = header.len();
+                    i += header.len();
+                }
             }
-            self.header[self.have] = bytes[i];
-            self.have += 1;
-            i += 1;
             if self.have < 2 || self.have < self.header_len() {
-                continue;
+                // A header split between reads: a byte at a time.
+                self.header[self.have] = bytes[i];
+                self.have += 1;
+                i += 1;
+                if self.have < 2 || self.have < self.header_len() {
+                    continue;
+                }
             }
             let len = self.payload_len();
             let opcode = self.header[0] & 0x0f;
@@ -307,6 +313,17 @@ impl FrameScan {
         }
         Ok(())
     }
+}
+
+/// A frame header's length (2 to 14 bytes) from its second byte: the length's form, the mask.
+fn header_len(second: u8) -> usize {
+    let ext = match second & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    2 + ext + mask
 }
 
 /// The upgraded stream, read through a [`FrameScan`] against a [`MessageLimit`].
