@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use uuid::Uuid;
 
 use crate::domain::Task;
@@ -150,8 +150,10 @@ impl EventFormat {
     }
 }
 
-/// A socket's outbound queue: bounded, never blocks a sender, woken through a `Notify`, and
-/// costs nothing while empty. (A tokio mpsc channel reserves a 32-slot block up front: about
+/// A socket's outbound queue: bounded, never blocks a sender, wakes its one reader (the
+/// socket's task) through an `AtomicWaker` and a flag, and costs nothing while empty. (A
+/// tokio `Notify` took its mutex on every poll of the socket's loop, and its waiter lived in
+/// every idle socket's future.) (A tokio mpsc channel reserves a 32-slot block up front: about
 /// 1.3 KiB of every idle socket, measured in bench/.)
 ///
 /// It also carries the socket's kick — a socket that fell behind (its queue full) is told to
@@ -160,7 +162,10 @@ impl EventFormat {
 /// the socket takes (in the queue's padding rather than an allocation of their own).
 pub struct Outbox {
     queue: std::sync::Mutex<VecDeque<Frame>>,
-    ready: Notify,
+    /// The socket's task, while it waits.
+    waker: AtomicWaker,
+    /// A wake-up not yet taken by [`Outbox::poll_ready`].
+    woken: AtomicBool,
     capacity: u32,
     kicked: AtomicBool,
     subscriptions: Subscriptions,
@@ -170,7 +175,8 @@ impl Outbox {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Outbox {
             queue: std::sync::Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             kicked: AtomicBool::new(false),
             subscriptions: true.into(),
@@ -195,7 +201,7 @@ impl Outbox {
             }
             queue.push_back(frame);
         }
-        self.ready.notify_one();
+        self.wake();
         Ok(())
     }
 
@@ -217,21 +223,42 @@ impl Outbox {
         self.lock().retain(|f| !matches!(f, Frame::Text(_)));
     }
 
-    /// Completes when a frame was pushed since the last wake-up (possibly already popped).
-    pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
-        self.ready.notified()
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready when a frame was pushed (or [`Outbox::rearm`] or [`Outbox::kick`] called) since
+    /// the last time it was; several wake-ups before then are one. For the socket's own task
+    /// only (one waker is kept).
+    pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake-up between the check and the registration found no waker: look again.
+        if self.woken.swap(false, Ordering::AcqRel) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// [`Outbox::poll_ready`] as a future.
+    pub fn ready(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_ready(cx))
     }
 
     /// Makes the next `ready` complete at once (the writer stopped with frames still queued).
     pub fn rearm(&self) {
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// Tells the socket to close as too slow (4002): its loop sees it at its next wake-up,
     /// which this causes.
     pub fn kick(&self) {
         self.kicked.store(true, Ordering::Release);
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// Whether the socket was kicked.

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::futures::Notified;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::WaitForCancellationFuture;
 use tungstenite::error::CapacityError;
@@ -174,7 +173,7 @@ pub fn serve<H: Handler>(
         .get_ref()
         .limit()
         .set(policy.message_limit(handler.signed_in()));
-    let clock = Clock::new(policy, Instant::now());
+    let clock = Clock::new(&policy, Instant::now());
     run(socket, state, handler, outbox, clock, conn_id)
 }
 
@@ -193,40 +192,47 @@ fn run<H: Handler>(
         // One timer serves every deadline (idle, grace, ping). It is re-armed only when it fires
         // or a deadline moves earlier (a sign-out), so a message costs no timer or waiter
         // registration: the idle deadline moves with `last_seen` and is checked when it fires.
-        let timer = sleep_until(clock.next());
+        // The policy is read from the config when needed rather than kept in this future.
+        let policy = || H::policy(&state.config);
+        let timer = sleep_until(clock.next(&policy()));
         // Shutdown: the server's token, watched by every socket (a waiter each, no allocation).
-        // A kick (the socket fell behind) comes as a wake-up of `queued`.
+        // A kick (the socket fell behind) comes as a wake-up of its outbound queue.
         let stop = state.shutdown.cancelled();
-        let queued = outbox.ready();
-        tokio::pin!(timer, stop, queued);
+        tokio::pin!(timer, stop);
 
         let end = loop {
             let outcome = tokio::select! {
                 biased;
                 _ = &mut stop => break stopped(&state),
                 _ = &mut timer => {
-                    let due = clock.fired(Instant::now(), || handler.alive());
-                    timer.as_mut().reset(clock.next());
+                    // The policy is not kept over the write below (every socket's future has room
+                    // for what any of its waits holds).
+                    let due = {
+                        let policy = policy();
+                        let due = clock.fired(&policy, Instant::now(), || handler.alive());
+                        timer.as_mut().reset(clock.next(&policy));
+                        due
+                    };
                     match due {
                         Err(end) => break end,
                         // An empty text frame would confuse clients; a ping is answered by any stack.
-                        Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox, stop.as_mut(), queued.as_mut())).await,
+                        Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox, stop.as_mut())).await,
                         Ok(false) => continue,
                     }
                 }
-                _ = &mut queued => {
-                    queued.set(outbox.ready());
+                _ = outbox.ready() => {
                     if outbox.kicked() {
                         break stopped(&state);
                     }
-                    Box::pin(write(&mut socket, None, &outbox, stop.as_mut(), queued.as_mut())).await
+                    Box::pin(write(&mut socket, None, &outbox, stop.as_mut())).await
                 }
                 frame = socket.next() => {
                     clock.last_seen = Instant::now();
+                    let max_frame = policy().max_frame;
                     let reply = match frame {
                         None => break End::Gone,
-                        Some(Ok(Message::Text(text))) if text.len() > clock.policy.max_frame => {
-                            handler.refusal(&Error::FrameTooLarge { limit: clock.policy.max_frame })
+                        Some(Ok(Message::Text(text))) if text.len() > max_frame => {
+                            handler.refusal(&Error::FrameTooLarge { limit: max_frame })
                         }
                         // Boxed: the request's future (the largest method's state) lives only while a
                         // request runs, instead of inside every idle connection's future.
@@ -249,13 +255,14 @@ fn run<H: Handler>(
                     };
                     let Some(reply) = reply else { continue };
                     // Boxed, like the request: the write's state lives only while it runs.
-                    let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, stop.as_mut(), queued.as_mut())).await;
+                    let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, stop.as_mut())).await;
                     handler.replied(&state);
                     let signed_in = handler.signed_in();
                     // Read before the next frame is: a sign-in raises the limit, a sign-out lowers it.
-                    socket.get_ref().limit().set(clock.policy.message_limit(signed_in));
-                    if clock.signed_in(signed_in) {
-                        timer.as_mut().reset(clock.next());
+                    let policy = policy();
+                    socket.get_ref().limit().set(policy.message_limit(signed_in));
+                    if clock.signed_in(&policy, signed_in) {
+                        timer.as_mut().reset(clock.next(&policy));
                     }
                     outcome
                 }
@@ -311,9 +318,9 @@ fn stopped(state: &AppState) -> End {
     }
 }
 
-/// The socket's deadlines, all served by one timer.
+/// The socket's deadlines, all served by one timer. (Its rules, the [`Policy`], are passed
+/// in: every idle socket holds this, and the policy is the config's.)
 struct Clock {
-    policy: Policy,
     /// When the last frame of any kind arrived.
     last_seen: Instant,
     /// Closed unless signed in by then; `None` while signed in (or without a grace period).
@@ -322,9 +329,8 @@ struct Clock {
 }
 
 impl Clock {
-    fn new(policy: Policy, now: Instant) -> Self {
+    fn new(policy: &Policy, now: Instant) -> Self {
         Clock {
-            policy,
             last_seen: now,
             grace_ends: policy.grace.map(|grace| now + grace),
             next_ping: policy.ping.map(|every| now + every),
@@ -332,16 +338,21 @@ impl Clock {
     }
 
     /// The earliest deadline.
-    fn next(&self) -> Instant {
+    fn next(&self, policy: &Policy) -> Instant {
         [self.grace_ends, self.next_ping]
             .into_iter()
             .flatten()
-            .fold(self.last_seen + self.policy.idle, Instant::min)
+            .fold(self.last_seen + policy.idle, Instant::min)
     }
 
     /// The timer fired at `now`: the reason to close, or whether to ping now. Credentials are
     /// checked at ping time, before the idle rule; the idle rule before the grace rule.
-    fn fired(&mut self, now: Instant, alive: impl FnOnce() -> bool) -> Result<bool, End> {
+    fn fired(
+        &mut self,
+        policy: &Policy,
+        now: Instant,
+        alive: impl FnOnce() -> bool,
+    ) -> Result<bool, End> {
         let ping = self.next_ping.is_some_and(|at| at <= now);
         if ping && !alive() {
             return Err(End::Close(
@@ -349,16 +360,16 @@ impl Clock {
                 "token expired or revoked".into(),
             ));
         }
-        if self.last_seen + self.policy.idle <= now {
+        if self.last_seen + policy.idle <= now {
             return Err(End::Close(
                 close_code::IDLE_TIMEOUT,
                 format!(
                     "idle timeout: nothing received for {} s",
-                    self.policy.idle.as_secs_f64()
+                    policy.idle.as_secs_f64()
                 ),
             ));
         }
-        if let (Some(at), Some(grace)) = (self.grace_ends, self.policy.grace)
+        if let (Some(at), Some(grace)) = (self.grace_ends, policy.grace)
             && at <= now
         {
             return Err(End::Close(
@@ -370,15 +381,15 @@ impl Clock {
             ));
         }
         if ping {
-            self.next_ping = self.policy.ping.map(|every| now + every);
+            self.next_ping = policy.ping.map(|every| now + every);
         }
         Ok(ping)
     }
 
     /// Follows the handler's sign-in state after a reply; a sign-out starts the grace period
     /// again from the frame that caused it. True when a deadline moved earlier (re-arm).
-    fn signed_in(&mut self, signed_in: bool) -> bool {
-        let Some(grace) = self.policy.grace else {
+    fn signed_in(&mut self, policy: &Policy, signed_in: bool) -> bool {
+        let Some(grace) = policy.grace else {
             return false;
         };
         match (signed_in, self.grace_ends) {
@@ -473,13 +484,12 @@ async fn write_batch(
 
 /// Writes from the socket's own task. Almost every write completes at once; one that waits
 /// (the peer's receive window is full) is abandoned at shutdown (`stop`), when the socket is
-/// kicked (the peer fell behind: seen when `queued` wakes), or after [`WRITE_STALL`].
-async fn write<'a>(
+/// kicked (the peer fell behind: seen when the outbound queue wakes), or after [`WRITE_STALL`].
+async fn write(
     socket: &mut WebSocket,
     first: Option<Frame>,
-    outbox: &'a Outbox,
+    outbox: &Outbox,
     mut stop: Pin<&mut WaitForCancellationFuture<'_>>,
-    mut queued: Pin<&mut Notified<'a>>,
 ) -> Result<(), End> {
     let mut batch = std::pin::pin!(write_batch(socket, first, outbox));
     let done = match std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await {
@@ -494,8 +504,7 @@ async fn write<'a>(
                     done = &mut batch => break done,
                     _ = &mut stop => return Err(End::Gone),
                     _ = &mut stall => return Err(End::Gone),
-                    _ = &mut queued => {
-                        queued.set(outbox.ready());
+                    _ = outbox.ready() => {
                         if outbox.kicked() {
                             return Err(End::Gone);
                         }
