@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::Task;
@@ -264,6 +265,64 @@ impl Outbox {
     /// Whether the socket was kicked.
     pub fn kicked(&self) -> bool {
         self.kicked.load(Ordering::Acquire)
+    }
+
+    /// Completes once the socket is kicked; other wake-ups are left for
+    /// [`Outbox::poll_ready`]. For the socket's own task.
+    pub fn stopped(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.kicked() {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.kicked() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
+
+/// Every open socket's outbound queue, by connection id: how shutdown reaches each socket (it
+/// is kicked, and closes with 1001) without every socket's task waiting on the shutdown token
+/// itself — a waiter of 72 bytes in each idle socket's future, and a lock taken on each of its
+/// wake-ups.
+#[derive(Default)]
+pub struct OpenSockets(std::sync::Mutex<HashMap<u64, std::sync::Weak<Outbox>>>);
+
+impl OpenSockets {
+    /// A new socket: `shutdown` stops it too, also when it began while the socket opened.
+    pub fn open(&self, conn_id: u64, outbox: &Arc<Outbox>, shutdown: &CancellationToken) {
+        self.lock().insert(conn_id, Arc::downgrade(outbox));
+        // After the insertion: either the sweep sees this socket or this sees the shutdown.
+        if shutdown.is_cancelled() {
+            outbox.kick();
+        }
+    }
+
+    pub fn close(&self, conn_id: u64) {
+        self.lock().remove(&conn_id);
+    }
+
+    /// Kicks every open socket: called once `shutdown` is cancelled.
+    pub fn stop_all(&self) {
+        for outbox in self.lock().values().filter_map(std::sync::Weak::upgrade) {
+            outbox.kick();
+        }
+    }
+
+    /// Kicks every socket once `shutdown` is cancelled (a task of its own).
+    pub fn stop_at(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let (sockets, shutdown) = (self.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            sockets.stop_all();
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, std::sync::Weak<Outbox>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -695,5 +754,44 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready())
             .await
             .expect("the wake-up was kept");
+    }
+
+    #[tokio::test]
+    async fn a_kick_stops_a_socket_and_an_event_does_not() {
+        let outbox = Outbox::new(4);
+        outbox.push(Frame::Ping).unwrap();
+        let short = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(short, outbox.stopped()).await.is_err(),
+            "an event is not a stop"
+        );
+        outbox.ready().await;
+        outbox.kick();
+        tokio::time::timeout(short, outbox.stopped())
+            .await
+            .expect("a kick stops");
+        assert!(outbox.kicked());
+    }
+
+    #[tokio::test]
+    async fn shutdown_kicks_every_open_socket_also_one_opened_after_it() {
+        let (sockets, shutdown) = (Arc::new(OpenSockets::default()), CancellationToken::new());
+        sockets.stop_at(&shutdown);
+        let (open, closed) = (Outbox::new(4), Outbox::new(4));
+        sockets.open(1, &open, &shutdown);
+        sockets.open(2, &closed, &shutdown);
+        sockets.close(2);
+        shutdown.cancel();
+        let second = std::time::Duration::from_secs(1);
+        tokio::time::timeout(second, open.stopped())
+            .await
+            .expect("an open socket is kicked at shutdown");
+        assert!(!closed.kicked(), "a closed socket is forgotten");
+        let late = Outbox::new(4);
+        sockets.open(3, &late, &shutdown);
+        assert!(
+            late.kicked(),
+            "a socket opened after shutdown is kicked at once"
+        );
     }
 }

@@ -42,6 +42,8 @@ pub struct Inner {
     /// Cancelled to stop at once: running tasks are cancelled without waiting out
     /// `drain_timeout` (a second stop signal).
     pub stop_now: CancellationToken,
+    /// Every open WebSocket's outbound queue: shutdown kicks each (they close with 1001).
+    pub sockets: Arc<crate::events::OpenSockets>,
     /// Every connection task and background job, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Events from the store's bus, consumed once `start` runs.
@@ -152,6 +154,8 @@ impl AppState {
         let stop_now = CancellationToken::new();
         let drained = drain_timer(config.drain_timeout, &shutdown, &stop_now);
         let tracker = TaskTracker::new();
+        let sockets = Arc::new(crate::events::OpenSockets::default());
+        sockets.stop_at(&shutdown);
         let (instance, audit) = audit_log(&config, &store);
         let events = Arc::new(EventHub::with_clock(audit.clock.clone()));
         events.attach(&store);
@@ -184,6 +188,7 @@ impl AppState {
             metrics: metrics.clone(),
             shutdown,
             stop_now,
+            sockets,
             tracker,
             bus: Mutex::new(Some(bus)),
             next_conn_id: AtomicU64::new(1),

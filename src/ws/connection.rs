@@ -14,7 +14,6 @@
 //! a write needs is boxed while it runs instead of living in that future.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -22,7 +21,6 @@ use std::time::Duration;
 use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::WaitForCancellationFuture;
 use tungstenite::error::CapacityError;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
@@ -162,6 +160,7 @@ pub fn serve<H: Handler>(
     state.metrics.connections_total.inc();
     // Events from elsewhere arrive here; the socket's own task writes them (no writer task).
     let outbox = Outbox::new(state.config.outbound_queue);
+    state.sockets.open(conn_id, &outbox, &state.shutdown);
     let handler = open(
         &state,
         Link {
@@ -195,15 +194,19 @@ fn run<H: Handler>(
         // The policy is read from the config when needed rather than kept in this future.
         let policy = || H::policy(&state.config);
         let timer = sleep_until(clock.next(&policy()));
-        // Shutdown: the server's token, watched by every socket (a waiter each, no allocation).
-        // A kick (the socket fell behind) comes as a wake-up of its outbound queue.
-        let stop = state.shutdown.cancelled();
-        tokio::pin!(timer, stop);
+        tokio::pin!(timer);
 
         let end = loop {
             let outcome = tokio::select! {
                 biased;
-                _ = &mut stop => break stopped(&state),
+                // Events, and the kick that stops the socket (it fell behind, or shutdown:
+                // `OpenSockets`) come as wake-ups of the outbound queue.
+                _ = outbox.ready() => {
+                    if outbox.kicked() {
+                        break stopped(&state);
+                    }
+                    Box::pin(write(&mut socket, None, &outbox)).await
+                }
                 _ = &mut timer => {
                     // The policy is not kept over the write below (every socket's future has room
                     // for what any of its waits holds).
@@ -216,15 +219,9 @@ fn run<H: Handler>(
                     match due {
                         Err(end) => break end,
                         // An empty text frame would confuse clients; a ping is answered by any stack.
-                        Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox, stop.as_mut())).await,
+                        Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox)).await,
                         Ok(false) => continue,
                     }
-                }
-                _ = outbox.ready() => {
-                    if outbox.kicked() {
-                        break stopped(&state);
-                    }
-                    Box::pin(write(&mut socket, None, &outbox, stop.as_mut())).await
                 }
                 frame = socket.next() => {
                     clock.last_seen = Instant::now();
@@ -241,7 +238,7 @@ fn run<H: Handler>(
                         // rather than when, or if, the request ends.
                         Some(Ok(Message::Text(text))) => {
                             let request = Box::pin(handler.text(&state, &text));
-                            match futures_util::future::select(request, stop.as_mut()).await {
+                            match futures_util::future::select(request, outbox.stopped()).await {
                                 Either::Left((reply, _)) => reply,
                                 Either::Right(_) => break stopped(&state),
                             }
@@ -255,7 +252,7 @@ fn run<H: Handler>(
                     };
                     let Some(reply) = reply else { continue };
                     // Boxed, like the request: the write's state lives only while it runs.
-                    let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox, stop.as_mut())).await;
+                    let outcome = Box::pin(write(&mut socket, Some(Frame::Text(reply.into())), &outbox)).await;
                     handler.replied(&state);
                     let signed_in = handler.signed_in();
                     // Read before the next frame is: a sign-in raises the limit, a sign-out lowers it.
@@ -273,6 +270,7 @@ fn run<H: Handler>(
         };
 
         handler.close(&state);
+        state.sockets.close(conn_id);
         Box::pin(finish(&mut socket, end, &state, conn_id, H::KIND)).await;
     }
 }
@@ -483,40 +481,18 @@ async fn write_batch(
 }
 
 /// Writes from the socket's own task. Almost every write completes at once; one that waits
-/// (the peer's receive window is full) is abandoned at shutdown (`stop`), when the socket is
-/// kicked (the peer fell behind: seen when the outbound queue wakes), or after [`WRITE_STALL`].
-async fn write(
-    socket: &mut WebSocket,
-    first: Option<Frame>,
-    outbox: &Outbox,
-    mut stop: Pin<&mut WaitForCancellationFuture<'_>>,
-) -> Result<(), End> {
+/// (the peer's receive window is full) is abandoned when the socket is kicked (the peer fell
+/// behind, or shutdown), or after [`WRITE_STALL`].
+async fn write(socket: &mut WebSocket, first: Option<Frame>, outbox: &Outbox) -> Result<(), End> {
     let mut batch = std::pin::pin!(write_batch(socket, first, outbox));
     let done = match std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await {
         Poll::Ready(done) => done,
         Poll::Pending => {
-            let stall = tokio::time::sleep(WRITE_STALL);
-            tokio::pin!(stall);
-            // Events queued meanwhile go out with the next batch; a kick ends the write now.
-            let mut woken = false;
-            let done = loop {
-                tokio::select! {
-                    done = &mut batch => break done,
-                    _ = &mut stop => return Err(End::Gone),
-                    _ = &mut stall => return Err(End::Gone),
-                    _ = outbox.ready() => {
-                        if outbox.kicked() {
-                            return Err(End::Gone);
-                        }
-                        woken = true;
-                    }
-                }
-            };
-            if woken {
-                // The wake-ups taken here were for the loop: give one back.
-                outbox.rearm();
+            tokio::select! {
+                done = &mut batch => done,
+                _ = outbox.stopped() => return Err(End::Gone),
+                _ = tokio::time::sleep(WRITE_STALL) => return Err(End::Gone),
             }
-            done
         }
     };
     match done {
