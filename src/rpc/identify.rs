@@ -6,9 +6,9 @@
 //! The reply is rendered once per process: it cannot change while the server runs (a host
 //! renamed under a running server keeps its old name here until the restart), and asking the
 //! kernel for the hostname on every call was most of the method's cost. A demo server's reply
-//! carries the date, so it is rendered on every call from the cached fields.
+//! carries the date, so it is rendered again each second from the cached fields.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
 use serde_json::{Value, json};
 
@@ -27,12 +27,32 @@ static FIELDS: LazyLock<Value> = LazyLock::new(fields);
 static REPLY: LazyLock<Result<Reply, String>> =
     LazyLock::new(|| to_reply(&*FIELDS).map_err(|e| e.to_string()));
 
+/// A demo server's reply and the second (Unix time) it was rendered in: rendered again in the
+/// next second, so the code follows the date within a second of midnight, while asking the
+/// system for the local date (a time-zone look-up) is not part of every call.
+static DEMO_REPLY: Mutex<Option<(u64, Reply)>> = Mutex::new(None);
+
+fn demo_reply() -> Result<Reply, Error> {
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut cached = DEMO_REPLY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, reply)) = cached.as_ref()
+        && *at == second
+    {
+        return Ok(reply.clone());
+    }
+    let mut fields = FIELDS.clone();
+    fields["demo"] = json!(true);
+    fields["demo_code"] = json!(crate::auth::otp::date_code());
+    let reply = to_reply(fields)?;
+    *cached = Some((second, reply.clone()));
+    Ok(reply)
+}
+
 pub fn apply(ctx: &Ctx<'_>) -> Result<Reply, Error> {
     if ctx.state.config.demo {
-        let mut reply = FIELDS.clone();
-        reply["demo"] = json!(true);
-        reply["demo_code"] = json!(crate::auth::otp::date_code());
-        return to_reply(reply);
+        return demo_reply();
     }
     (*REPLY)
         .clone()
