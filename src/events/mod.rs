@@ -165,7 +165,8 @@ pub struct Subscriber {
 impl Subscriber {
     /// Queues a frame without waiting; a full queue kicks the socket.
     pub fn push(&self, text: Text) {
-        if self.tx.push(Frame::Text(text)).is_err() {
+        if self.tx.push(Frame::Text(text)).is_err() && !self.tx.kicked() {
+            // Once: the pushes that follow until the socket closes find it full too.
             tracing::warn!(
                 conn_id = self.conn_id,
                 "outbound queue full: closing slow socket"

@@ -199,14 +199,6 @@ fn run<H: Handler>(
         let end = loop {
             let outcome = tokio::select! {
                 biased;
-                // Events, and the kick that stops the socket (it fell behind, or shutdown:
-                // `OpenSockets`) come as wake-ups of the outbound queue.
-                _ = outbox.ready() => {
-                    if outbox.kicked() {
-                        break stopped(&state);
-                    }
-                    Box::pin(write(&mut socket, None, &outbox)).await
-                }
                 _ = &mut timer => {
                     // The policy is not kept over the write below (every socket's future has room
                     // for what any of its waits holds).
@@ -222,6 +214,15 @@ fn run<H: Handler>(
                         Ok(true) => Box::pin(write(&mut socket, Some(Frame::Ping), &outbox)).await,
                         Ok(false) => continue,
                     }
+                }
+                // After the timer, so that a flood of events cannot hold off the idle and ping
+                // deadlines. Events, and the kick that stops the socket (it fell behind, or shutdown:
+                // `OpenSockets`) come as wake-ups of the outbound queue.
+                _ = outbox.ready() => {
+                    if outbox.kicked() {
+                        break stopped(&state);
+                    }
+                    Box::pin(write(&mut socket, None, &outbox)).await
                 }
                 frame = socket.next() => {
                     clock.last_seen = Instant::now();
