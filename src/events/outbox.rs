@@ -92,12 +92,21 @@ impl Outbox {
     /// the last time it was; several wake-ups before then are one. For the socket's own task
     /// only (one waker is kept).
     pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.woken.swap(false, Ordering::AcqRel) {
+        self.poll_until(cx, || self.woken.swap(false, Ordering::AcqRel))
+    }
+
+    /// Ready once `done` says so, else the socket's task is woken at the next wake-up.
+    fn poll_until(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        done: impl Fn() -> bool,
+    ) -> std::task::Poll<()> {
+        if done() {
             return std::task::Poll::Ready(());
         }
         self.waker.register(cx.waker());
         // A wake-up between the check and the registration found no waker: look again.
-        if self.woken.swap(false, Ordering::AcqRel) {
+        if done() {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
@@ -129,17 +138,7 @@ impl Outbox {
     /// Completes once the socket is kicked; other wake-ups are left for
     /// [`Outbox::poll_ready`]. For the socket's own task.
     pub fn stopped(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| {
-            if self.kicked() {
-                return std::task::Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.kicked() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
+        std::future::poll_fn(|cx| self.poll_until(cx, || self.kicked()))
     }
 }
 
