@@ -8,6 +8,7 @@
 //! that use it — so the state that holds it does not depend on `rpc`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -37,34 +38,81 @@ pub struct BadRequest<'a> {
     pub error: Error,
 }
 
-/// The envelope's fields, unparsed; anything else in the object is ignored.
+/// The envelope's fields: `namespace` and `name` read as they come (a string, or not one),
+/// `id` and `args` left raw; anything else in the object is ignored.
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(borrow, default)]
-    namespace: Option<&'a RawValue>,
+    namespace: Option<Text<'a>>,
     #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
+    name: Option<Text<'a>>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     args: Option<&'a RawValue>,
 }
 
-/// A raw JSON string's contents (borrowed unless it has escapes); `None` if not a string.
-fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
-    if !text.starts_with('"') {
-        return None;
+/// A field that should be a string: its contents (borrowed from the frame unless they have
+/// escapes), or `NotText` for any other JSON value, which is skipped so that the error can
+/// name the field and echo the id. Read in one pass by serde_json's string reader (as a raw
+/// value, the string was scanned for its end and then again for escapes).
+enum Text<'a> {
+    Str(Cow<'a, str>),
+    NotText,
+}
+
+impl<'a> Text<'a> {
+    fn string(self) -> Option<Cow<'a, str>> {
+        match self {
+            Text::Str(s) => Some(s),
+            Text::NotText => None,
+        }
     }
-    // The parser has checked the string; without a backslash, its contents are the bytes
-    // between the quotes, so the common case is not parsed twice.
-    let inner = &text[1..text.len() - 1];
-    if !inner.contains('\\') {
-        return Some(Cow::Borrowed(inner));
-    }
-    match serde_json::from_str::<&str>(text) {
-        Ok(s) => Some(Cow::Borrowed(s)),
-        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct Any<'a>(std::marker::PhantomData<Text<'a>>);
+        impl<'de: 'a, 'a> Visitor<'de> for Any<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Text<'a>, E> {
+                Ok(Text::NotText)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Text<'a>, E> {
+                Ok(Text::NotText)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Text<'a>, E> {
+                Ok(Text::NotText)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Text<'a>, E> {
+                Ok(Text::NotText)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Text<'a>, E> {
+                Ok(Text::NotText)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text<'a>, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Text::NotText)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Text<'a>, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| Text::NotText)
+            }
+        }
+        deserializer.deserialize_any(Any(std::marker::PhantomData))
     }
 }
 
@@ -77,7 +125,7 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
     };
     let wire = read_wire(text)?;
     let id = wire.id.filter(|id| echoable(id));
-    let namespace = wire.namespace.and_then(string);
+    let namespace = wire.namespace.and_then(Text::string);
     let Some(id) = id else {
         return Err(bad(
             namespace,
@@ -92,7 +140,7 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
             Error::bad_request("`namespace` must be a string."),
         ));
     };
-    let Some(name) = wire.name.and_then(string) else {
+    let Some(name) = wire.name.and_then(Text::string) else {
         return Err(bad(
             Some(namespace),
             id,
@@ -149,6 +197,8 @@ fn read_wire(text: &str) -> Result<Wire<'_>, BadRequest<'_>> {
 fn echoable(id: &RawValue) -> bool {
     match id.get().as_bytes()[0] {
         b'"' => !id.get().contains('\\') || serde_json::from_str::<String>(id.get()).is_ok(),
+        // An integer shorter than f64's range (no fraction, no exponent) always reads back.
+        b'-' | b'0'..=b'9' if id.get().len() < 300 && !id.get().contains(['.', 'e', 'E']) => true,
         b'-' | b'0'..=b'9' => serde_json::from_str::<serde_json::Number>(id.get()).is_ok(),
         _ => false,
     }
@@ -220,7 +270,7 @@ const REPLIES_MAX: usize = 16_384;
 /// same bytes until the next change, without serializing the value again (a third of a task
 /// lookup's instructions, measured with callgrind). Hashed with foldhash (seeded per process)
 /// rather than SipHash: the keys are ids the server made, and SipHash was ~3 % of a lookup.
-pub struct Replies<V>(DashMap<Uuid, (V, Box<RawValue>), foldhash::fast::RandomState>);
+pub struct Replies<V>(DashMap<Uuid, (V, Arc<RawValue>), foldhash::fast::RandomState>);
 
 impl<V> Default for Replies<V> {
     fn default() -> Self {
@@ -231,13 +281,16 @@ impl<V> Default for Replies<V> {
 impl<V: Serialize + PartialEq> Replies<V> {
     /// `value` as a reply's `args`, rendered again only when it differs from the one last
     /// rendered under `key`; serializing failure is a bug, reported as a 500.
-    pub fn render(&self, key: Uuid, value: V) -> Result<Box<RawValue>, Error> {
+    /// The reply is shared with the cache, not copied out of it.
+    pub fn render(&self, key: Uuid, value: V) -> Result<Arc<RawValue>, Error> {
         if let Some(hit) = self.0.get(&key)
             && hit.0 == value
         {
             return Ok(hit.1.clone());
         }
-        let reply = serde_json::value::to_raw_value(&value).map_err(Error::internal)?;
+        let reply: Arc<RawValue> = serde_json::value::to_raw_value(&value)
+            .map_err(Error::internal)?
+            .into();
         if self.0.len() >= REPLIES_MAX {
             self.0.clear();
         }
@@ -308,6 +361,27 @@ mod tests {
         let e = parse(r#"{"id":7,"namespace":"rpc","name":3}"#).unwrap_err();
         assert_eq!(e.id.get(), "7");
         assert_eq!(e.error.code(), 400);
+        // Whatever a field that should be a string holds, the error names it and echoes the id.
+        for (text, field) in [
+            (
+                r#"{"id":7,"namespace":{"a":[1,{"b":null}]},"name":"x"}"#,
+                "namespace",
+            ),
+            (r#"{"id":7,"namespace":null,"name":"x"}"#, "namespace"),
+            (
+                r#"{"namespace":"rpc","name":[true,-1.5e3,"s"],"id":7}"#,
+                "name",
+            ),
+            (r#"{"namespace":"rpc","id":7,"name":false}"#, "name"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.id.get(), "7", "{text}");
+            let message = e.error.to_string();
+            assert!(
+                message.contains(&format!("`{field}` must be a string")),
+                "{text}: {message}"
+            );
+        }
         let e = parse(r#"{"id":{"x":1},"namespace":"rpc","name":"auth"}"#).unwrap_err();
         assert_eq!(e.id.get(), "null");
         // Echoed byte for byte, however the number is written.

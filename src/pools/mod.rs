@@ -102,7 +102,7 @@ impl Pool {
 /// The rendered `rpc/pools` listings and their counts, by (user, favourites only, groups).
 type ListReplies = dashmap::DashMap<
     (Uuid, bool, u64),
-    (Box<serde_json::value::RawValue>, usize),
+    (std::sync::Arc<serde_json::value::RawValue>, usize),
     foldhash::fast::RandomState,
 >;
 

@@ -52,7 +52,11 @@ impl ConnectInfo {
                         connection: c,
                         guacamole: link,
                     }),
-                    None => ctx.state.connect_replies.render(c.id, outcome),
+                    None => ctx
+                        .state
+                        .connect_replies
+                        .render(c.id, outcome)
+                        .map(Reply::from),
                 }
             }
             ConnectOutcome::Task(_) => to_reply(outcome),

@@ -8,11 +8,12 @@
 //! kernel for the hostname on every call was most of the method's cost. A demo server's reply
 //! carries the date, so it is rendered again each second from the cached fields.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{Ctx, Reply, to_reply};
+use super::{Ctx, Reply};
 use crate::error::Error;
 
 fn fields() -> Value {
@@ -24,13 +25,20 @@ fn fields() -> Value {
 }
 
 static FIELDS: LazyLock<Value> = LazyLock::new(fields);
-static REPLY: LazyLock<Result<Reply, String>> =
-    LazyLock::new(|| to_reply(&*FIELDS).map_err(|e| e.to_string()));
+static REPLY: LazyLock<Result<Arc<RawValue>, String>> =
+    LazyLock::new(|| shared(&FIELDS).map_err(|e| e.to_string()));
+
+/// Rendered once, and shared with every reply made from it.
+fn shared(fields: &Value) -> Result<Arc<RawValue>, Error> {
+    serde_json::value::to_raw_value(fields)
+        .map(Arc::from)
+        .map_err(Error::internal)
+}
 
 /// A demo server's reply and the second (Unix time) it was rendered in: rendered again in the
 /// next second, so the code follows the date within a second of midnight, while asking the
 /// system for the local date (a time-zone look-up) is not part of every call.
-static DEMO_REPLY: Mutex<Option<(u64, Reply)>> = Mutex::new(None);
+static DEMO_REPLY: Mutex<Option<(u64, Arc<RawValue>)>> = Mutex::new(None);
 
 fn demo_reply() -> Result<Reply, Error> {
     let second = std::time::SystemTime::now()
@@ -40,14 +48,14 @@ fn demo_reply() -> Result<Reply, Error> {
     if let Some((at, reply)) = cached.as_ref()
         && *at == second
     {
-        return Ok(reply.clone());
+        return Ok(reply.clone().into());
     }
     let mut fields = FIELDS.clone();
     fields["demo"] = json!(true);
     fields["demo_code"] = json!(crate::auth::otp::date_code());
-    let reply = to_reply(fields)?;
+    let reply = shared(&fields)?;
     *cached = Some((second, reply.clone()));
-    Ok(reply)
+    Ok(reply.into())
 }
 
 pub fn apply(ctx: &Ctx<'_>) -> Result<Reply, Error> {
@@ -56,5 +64,6 @@ pub fn apply(ctx: &Ctx<'_>) -> Result<Reply, Error> {
     }
     (*REPLY)
         .clone()
+        .map(Reply::from)
         .map_err(|e| Error::internal(anyhow::anyhow!(e)))
 }

@@ -211,7 +211,9 @@ pub async fn dispatch(
     // A hand-off done since the last request signs the socket in first. (This and the two
     // checks below are rare and their futures large — a store or a directory round trip —
     // so each is boxed, keeping every request's own future small.)
-    Box::pin(ctx.conn.adopt_sso(ctx.state)).await;
+    if ctx.conn.sso.is_some() {
+        Box::pin(ctx.conn.adopt_sso(ctx.state)).await;
+    }
     let ttl = ctx.state.auth.tokens.ttl();
     let auth = &ctx.state.auth;
     // Expired, revoked, past session_max_age, or — a directory user's, when its re-check is
@@ -294,12 +296,36 @@ fn user<'a>(ctx: &'a Ctx<'_>) -> Result<&'a Arc<crate::auth::users::User>, Error
         .ok_or(Error::Unauthenticated)
 }
 
-/// A method's successful result, as the JSON that goes into the reply's `args`.
-pub type Reply = Box<RawValue>;
+/// A method's successful result, as the JSON that goes into the reply's `args`: rendered for
+/// this request, or shared with the cache it was rendered into once (a `pools` listing, a
+/// task, a machine's connection data), which costs a reference count instead of a copy.
+pub enum Reply {
+    Owned(Box<RawValue>),
+    Shared(Arc<RawValue>),
+}
+
+impl std::ops::Deref for Reply {
+    type Target = RawValue;
+
+    fn deref(&self) -> &RawValue {
+        match self {
+            Reply::Owned(json) => json,
+            Reply::Shared(json) => json,
+        }
+    }
+}
+
+impl From<Arc<RawValue>> for Reply {
+    fn from(json: Arc<RawValue>) -> Self {
+        Reply::Shared(json)
+    }
+}
 
 /// Serializes a result; failure here is a bug, reported as a 500.
 fn to_reply(v: impl serde::Serialize) -> Result<Reply, Error> {
-    serde_json::value::to_raw_value(&v).map_err(Error::internal)
+    serde_json::value::to_raw_value(&v)
+        .map(Reply::Owned)
+        .map_err(Error::internal)
 }
 
 /// Issues a token for a user who just passed authentication and binds it to the connection.

@@ -14,8 +14,8 @@ pub struct Pools {
 
 impl Pools {
     pub fn parse(args: &RawValue) -> Result<Self, Error> {
-        // sysadm clients often send no args, or an empty string.
-        if matches!(args.get(), "null" | "\"\"") {
+        // sysadm clients often send no args, or an empty string; most send `{}`.
+        if matches!(args.get(), "null" | "\"\"" | "{}") {
             return Ok(Pools { is_favorite: None });
         }
         parse_args(args)
@@ -27,5 +27,6 @@ impl Pools {
         ctx.state
             .pools
             .list_reply(user, ctx.conn.peer.ip(), self.is_favorite.unwrap_or(false))
+            .map(Reply::from)
     }
 }

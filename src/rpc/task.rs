@@ -20,6 +20,9 @@ impl TaskLookup {
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Reply, Error> {
         let task = ctx.state.pools.task(user(ctx)?, self.task_id).await?;
         // Rendered once per change of the task (`envelope::Replies`).
-        ctx.state.task_replies.render(task.id, task)
+        ctx.state
+            .task_replies
+            .render(task.id, task)
+            .map(Reply::from)
     }
 }
