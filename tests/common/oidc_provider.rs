@@ -259,7 +259,7 @@ pub fn node() -> Option<PathBuf> {
 /// Why the cases cannot run here, with how to make them run; `None` if they can.
 pub fn missing() -> Option<String> {
     if node().is_none() {
-        return Some("no node on the PATH; to run them: apt-get install nodejs npm".into());
+        return Some("no node on the PATH; to run them: apt-get install nodejs npm, then npm ci --prefix tests/oidc/provider".into());
     }
     if !provider_dir()
         .join("node_modules/oidc-provider/package.json")

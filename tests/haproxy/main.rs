@@ -273,9 +273,9 @@ fn cases() -> Vec<(&'static str, Case)> {
 
 /// Why the cases cannot run here, with how to make them run; `None` if they can.
 fn missing() -> Option<String> {
-    haproxy_program()
-        .is_none()
-        .then(|| "no haproxy on the PATH; to run it: apt-get install haproxy".to_owned())
+    haproxy_program().is_none().then(|| {
+        "no haproxy on the PATH or in /usr/sbin; to run it: apt-get install haproxy".to_owned()
+    })
 }
 
 fn main() -> ExitCode {

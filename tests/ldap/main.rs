@@ -266,7 +266,7 @@ fn missing() -> Option<String> {
         .collect();
     (!absent.is_empty()).then(|| {
         format!(
-            "no {} on the PATH; to run it: apt-get install slapd ldap-utils",
+            "no {} on the PATH or in /usr/sbin; to run it: apt-get install slapd ldap-utils",
             absent.join(" and no ")
         )
     })
