@@ -41,6 +41,13 @@ struct Args {
 
 impl ConnectInfo {
     pub fn parse(args: &RawValue) -> Result<Self, Error> {
+        // serde reads a struct from an array too (fields by position): the arguments are an
+        // object, as they were when `flatten` read them (a hostile review).
+        if !args.get().trim_start().starts_with('{') {
+            return Err(Error::bad_request(
+                "Invalid args: expected an object with `pool_id`.",
+            ));
+        }
         let args: Args = parse_args(args)?;
         Ok(ConnectInfo {
             pool_id: args.pool_id,
@@ -116,6 +123,9 @@ mod tests {
             format!(r#"{{"pool_id":"{id}","width":"wide"}}"#),
             r#"{"pool_id":"nope"}"#.to_string(),
             r#"{"width":1}"#.to_string(),
+            format!(r#"["{id}"]"#),
+            format!(r#"["{id}",1,1920,1080,"pw"]"#),
+            "[]".to_string(),
         ] {
             assert_eq!(parse(&bad).err().map(|e| e.code()), Some(400), "{bad}");
         }
