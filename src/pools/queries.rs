@@ -49,23 +49,12 @@ impl Pools {
         from: IpAddr,
         favorites_only: bool,
     ) -> Result<Arc<RawValue>, Error> {
-        self.with_listing_shared(user, from, favorites_only, |json, _| json.clone())
+        self.with_listing(user, from, favorites_only, |json, _| json.clone())
     }
 
-    /// Calls `f` with the user's rendered listing (see [`Pools::list_reply`]) and how many
-    /// pools it holds, without copying it.
+    /// Calls `f` with the user's rendered listing (see [`Pools::list_reply`]) as the cache
+    /// holds it, and how many pools it holds, without copying it.
     pub fn with_listing<R>(
-        &self,
-        user: &User,
-        from: IpAddr,
-        favorites_only: bool,
-        f: impl FnOnce(&RawValue, usize) -> R,
-    ) -> Result<R, Error> {
-        self.with_listing_shared(user, from, favorites_only, |json, count| f(json, count))
-    }
-
-    /// [`Pools::with_listing`], with the listing as the cache holds it (shared, not copied).
-    fn with_listing_shared<R>(
         &self,
         user: &User,
         from: IpAddr,
@@ -99,9 +88,7 @@ impl Pools {
             return Ok(f(&hit.0, hit.1));
         }
         let list = self.list(user, from, favorites_only);
-        let reply: Arc<RawValue> = serde_json::value::to_raw_value(&list)
-            .map_err(Error::internal)?
-            .into();
+        let reply = crate::envelope::shared_json(&list)?;
         let out = f(&reply, list.len());
         if self.list_replies.len() >= LIST_REPLIES_MAX {
             self.list_replies.clear();

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{Ctx, Reply};
+use crate::envelope::shared_json;
 use crate::error::Error;
 
 fn fields() -> Value {
@@ -26,14 +27,7 @@ fn fields() -> Value {
 
 static FIELDS: LazyLock<Value> = LazyLock::new(fields);
 static REPLY: LazyLock<Result<Arc<RawValue>, String>> =
-    LazyLock::new(|| shared(&FIELDS).map_err(|e| e.to_string()));
-
-/// Rendered once, and shared with every reply made from it.
-fn shared(fields: &Value) -> Result<Arc<RawValue>, Error> {
-    serde_json::value::to_raw_value(fields)
-        .map(Arc::from)
-        .map_err(Error::internal)
-}
+    LazyLock::new(|| shared_json(&*FIELDS).map_err(|e| e.to_string()));
 
 /// A demo server's reply and the second (Unix time) it was rendered in: rendered again in the
 /// next second, so the code follows the date within a second of midnight, while asking the
@@ -53,7 +47,7 @@ fn demo_reply() -> Result<Reply, Error> {
     let mut fields = FIELDS.clone();
     fields["demo"] = json!(true);
     fields["demo_code"] = json!(crate::auth::otp::date_code());
-    let reply = shared(&fields)?;
+    let reply = shared_json(&fields)?;
     *cached = Some((second, reply.clone()));
     Ok(reply.into())
 }
