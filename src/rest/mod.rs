@@ -34,29 +34,42 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Routes under `/api/v2`, plus the docs. `status_socket` serves the status WebSocket (its
 /// socket phase runs in `ws`, which the shim may not import; its checks are [`status_ws`]'s).
+///
+/// The routes carry their whole path rather than being nested under `/api/v2`: axum's `nest`
+/// rebuilds every request's URI to strip the prefix (~2k instructions of a `GET /pools/`,
+/// docs/benchmarks.md section 2). What the nest gave is kept: any other path under `/api/v2`
+/// answers the shim's 404, a known path with another method its 405 (with `Allow`), and
+/// bodies are limited to [`MAX_BODY`] — on these routes only, not on the rest of the server.
 pub fn router(status_socket: MethodRouter<AppState>) -> Router<AppState> {
-    let api = Router::new()
-        .route("/users/login/", post(users::login))
-        .route("/users/login/sso/{user_code}/", get(sso::poll))
-        .route("/users/login/webauthn/", post(users::login_webauthn))
-        .route("/users/logout/", post(users::logout))
-        .route("/users/settings/", get(users::settings))
-        .route("/users/adfs/", any(mfa::adfs))
-        .route("/users/hardware_token/", any(mfa::hardware_token))
-        .route("/pools/", get(pools::list))
-        .route("/pools/{id}/connect/", get(pools::step1).post(pools::step2))
-        .route("/pools/ws/{client_id}/", status_socket)
-        .route("/tasks/{id}/", get(tasks::get))
-        .route("/tasks/{id}/is-done/", get(tasks::is_done))
-        .route("/health/", get(core::health))
-        .route("/version/", get(core::version))
-        .route("/openapi.json", get(openapi::spec))
-        .fallback(not_found)
+    const API: &str = "/api/v2";
+    let routes: [(&str, MethodRouter<AppState>); 15] = [
+        ("/users/login/", post(users::login)),
+        ("/users/login/sso/{user_code}/", get(sso::poll)),
+        ("/users/login/webauthn/", post(users::login_webauthn)),
+        ("/users/logout/", post(users::logout)),
+        ("/users/settings/", get(users::settings)),
+        ("/users/adfs/", any(mfa::adfs)),
+        ("/users/hardware_token/", any(mfa::hardware_token)),
+        ("/pools/", get(pools::list)),
+        ("/pools/{id}/connect/", get(pools::step1).post(pools::step2)),
+        ("/pools/ws/{client_id}/", status_socket),
+        ("/tasks/{id}/", get(tasks::get)),
+        ("/tasks/{id}/is-done/", get(tasks::is_done)),
+        ("/health/", get(core::health)),
+        ("/version/", get(core::version)),
+        ("/openapi.json", get(openapi::spec)),
+    ];
+    let api = routes
+        .into_iter()
+        .fold(Router::new(), |api, (path, route)| {
+            api.route(&format!("{API}{path}"), route)
+        })
+        .route(API, any(not_found))
+        .route(&format!("{API}/"), any(not_found))
+        .route(&format!("{API}/{{*rest}}"), any(not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY));
-    Router::new()
-        .nest("/api/v2", api)
-        .route("/docs", get(openapi::docs))
+    api.route("/docs", get(openapi::docs))
         .route("/docs/{asset}", get(openapi::asset))
 }
 

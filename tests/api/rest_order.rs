@@ -393,6 +393,33 @@ async fn a_known_path_with_another_method_is_a_mock_shaped_405() {
 }
 
 #[tokio::test]
+async fn any_other_path_under_the_api_is_a_mock_shaped_404_and_other_paths_are_not() {
+    let app = TestApp::spawn().await;
+    let token = app.jwt("astravdi").await;
+    for path in [
+        "/api/v2",
+        "/api/v2/",
+        "/api/v2/nope",
+        "/api/v2/pools",
+        "/api/v2/pools/x",
+        "/api/v2/users/login",
+        "/api/v2//pools/",
+    ] {
+        for method in [Method::GET, Method::POST, Method::DELETE] {
+            let mut req = Req::get(path).token(&token);
+            req.method = method.clone();
+            let (status, _, body) = req.send(&app).await;
+            assert_eq!(status, 404, "{method} {path}");
+            assert_eq!(body["detail"][0]["msg"], "Not found.", "{method} {path}");
+        }
+    }
+    // Outside the shim, the server's own 404 (no body), as before.
+    let resp = reqwest::get(app.url("/api/v22/pools/")).await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.text().await.unwrap(), "");
+}
+
+#[tokio::test]
 async fn the_status_socket_refuses_plain_http_before_it_checks_the_token() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn().await;
