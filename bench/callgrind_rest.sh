@@ -3,9 +3,10 @@
 # are not): poolgate's `GET /api/v2/pools/` with a valid JWT against the bare axum handler of
 # examples/rest_ceiling.rs returning the same bytes, each under valgrind, counters zeroed
 # after sign-in and warm-up, then `wrk -t1 -c16` for SECONDS; the dump's total divided by the
-# requests wrk made. Prints both and their ratio.
+# requests hyper parsed in that window (counted in the dump). Prints both and their ratio.
 #
-# Usage: bench/callgrind_rest.sh [SECONDS]        (default 5)
+# Usage: [POOLGATE=BINARY] bench/callgrind_rest.sh [SECONDS]        (default 5)
+#   POOLGATE: another build of the server to measure (default: this tree's release build)
 # Needs valgrind and wrk (Debian: valgrind wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +23,7 @@ measure() { # NAME PID URL [wrk args...]: prints instructions per request
   local name=$1 pid=$2 url=$3; shift 3
   wrk -t1 -c16 -d2s "$@" "$url" >/dev/null            # warm-up
   callgrind_control --zero "$pid" >/dev/null 2>&1
-  local reqs
-  reqs=$(wrk -t1 -c16 -d"${secs}s" "$@" "$url" | awk '/requests in/ {print $1}')
+  wrk -t1 -c16 -d"${secs}s" "$@" "$url" >/dev/null
   callgrind_control --dump="$name" "$pid" >/dev/null 2>&1
   sleep 1
   local file
@@ -31,10 +31,11 @@ measure() { # NAME PID URL [wrk args...]: prints instructions per request
   # Requests counted in the dump itself (calls of hyper's request parser), not from wrk:
   # valgrind takes the zero and dump commands when it next looks, not when they are sent.
   local parsed
-  parsed=$(callgrind_annotate --tree=calling "$file" 2>/dev/null \
+  parsed=$(callgrind_annotate --tree=calling --inclusive=yes "$file" 2>/dev/null \
     | grep -E '>   .*httparse::Request::parse_with_config_and_uninit_headers \(' | head -1 \
     | sed -E 's/.*\(([0-9,]+)x\).*/\1/' | tr -d ,)
-  python3 - "$file" "${parsed:-$reqs}" <<'PY'
+  [ -n "$parsed" ] || { echo "no request parser calls in $file" >&2; exit 1; }
+  python3 - "$file" "$parsed" <<'PY'
 import sys
 f, reqs = sys.argv[1], int(sys.argv[2])
 ir = max(int(l.split()[1]) for l in open(f) if l.startswith("totals:") or l.startswith("summary:"))
@@ -43,7 +44,7 @@ PY
 }
 
 pg_port=$(free_port)
-valgrind --tool=callgrind --callgrind-out-file="$out/rest-poolgate.out" ./target/release/poolgate serve \
+valgrind --tool=callgrind --callgrind-out-file="$out/rest-poolgate.out" "${POOLGATE:-./target/release/poolgate}" serve \
   --listen "127.0.0.1:$pg_port" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
 pg=$!; pids+=("$pg"); wait_port "$pg_port"
 token=$(curl -sf -X POST "http://127.0.0.1:$pg_port/api/v2/users/login/" -H 'content-type: application/json' \
