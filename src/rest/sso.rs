@@ -6,12 +6,13 @@
 
 use std::net::SocketAddr;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 
+use super::validate;
 use super::{RestError, data};
 use crate::auth::federated::Poll;
 use crate::error::{Error, MfaKind};
@@ -42,22 +43,21 @@ pub async fn handoff(state: &AppState, peer: std::net::IpAddr) -> RestError {
     }
 }
 
-#[derive(Deserialize)]
-pub struct PollQuery {
-    #[serde(default)]
-    device_code: String,
-}
-
-/// `GET /users/login/sso/{user_code}/?device_code=…`.
+/// `GET /users/login/sso/{user_code}/?device_code=…`. The query is read as `/pools/` reads
+/// its own (a repeated parameter: the last one, as Starlette does), and a user code that is
+/// not UTF-8 is answered as an unknown one — not with axum's plain-text 400s (found by a
+/// hostile review).
 pub async fn poll(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(user_code): Path<String>,
-    Query(query): Query<PollQuery>,
+    user_code: Result<Path<String>, PathRejection>,
+    Query(query): Query<validate::Query>,
 ) -> Result<Response, RestError> {
+    let user_code = user_code.map(|Path(code)| code).unwrap_or_default();
+    let device_code = query.get("device_code").map_or("", String::as_str);
     let answer = state
         .auth
-        .sso_poll(&user_code, &query.device_code, peer.ip())
+        .sso_poll(&user_code, device_code, peer.ip())
         .await?;
     let error = match answer {
         Poll::Done(user) => {

@@ -420,6 +420,23 @@ async fn any_other_path_under_the_api_is_a_mock_shaped_404_and_other_paths_are_n
 }
 
 #[tokio::test]
+async fn an_unreadable_sso_poll_is_answered_in_the_shims_shape_like_any_other() {
+    // Found by a hostile review: a user code that is not UTF-8 and a repeated `device_code`
+    // got axum's plain-text 400s. (`Req::send` checks every error's shape.)
+    let app = TestApp::spawn().await;
+    let (usual, _, _) = Req::get("/api/v2/users/login/sso/abc/?device_code=a")
+        .send(&app)
+        .await;
+    for path in [
+        "/api/v2/users/login/sso/%FF/?device_code=a",
+        "/api/v2/users/login/sso/abc/?device_code=a&device_code=b",
+    ] {
+        let (status, _, _) = Req::get(path).send(&app).await;
+        assert_eq!(status, usual, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn the_status_socket_refuses_plain_http_before_it_checks_the_token() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn().await;
