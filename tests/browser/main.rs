@@ -328,8 +328,11 @@ impl Browser {
     }
 }
 
+/// An element missing counts as not visible: while the browser is between pages (back from the
+/// provider), the element is not there yet, and reading `.hidden` of null failed the wait
+/// instead of letting it look again (seen once on CI).
 fn visible(id: &str) -> String {
-    format!("!document.getElementById('{id}').hidden")
+    format!("(document.getElementById('{id}') || {{hidden: true}}).hidden === false")
 }
 
 /// Where pool-win-1's Guacamole gateway is said to be (nothing listens there: the page's link
